@@ -1,0 +1,259 @@
+//! The events a trace is made of: one per source of nondeterminism the recorder closed.
+//!
+//! Events are plain data. The recorder builds them from ptrace stops; the replayer consumes them
+//! in order and checks the replayed tracee against them.
+
+use serde::{Deserialize, Serialize};
+
+/// A thread id as the recording saw it.
+pub type Tid = i32;
+
+/// The general registers in the kernel's `struct user_regs_struct` order (27 words).
+pub type RegsWords = [u64; 27];
+
+/// One event of a recording, in the order it happened.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The program image right after the kernel loaded it (the first event of every trace).
+    Exec(ExecEvent),
+    /// A system call and everything it returned.
+    Syscall(SyscallEvent),
+    /// A signal delivered to the tracee.
+    Signal(SignalEvent),
+    /// A trapped `rdtsc`/`rdtscp` and the value it produced.
+    Rdtsc(RdtscEvent),
+    /// A trapped `cpuid` and the values it produced (only where CPUID faulting exists).
+    Cpuid(CpuidEvent),
+    /// The tracee ended.
+    Exit(ExitEvent),
+}
+
+impl Event {
+    /// The task the event belongs to.
+    pub fn tid(&self) -> Tid {
+        match self {
+            Event::Exec(e) => e.tid,
+            Event::Syscall(e) => e.tid,
+            Event::Signal(e) => e.tid,
+            Event::Rdtsc(e) => e.tid,
+            Event::Cpuid(e) => e.tid,
+            Event::Exit(e) => e.tid,
+        }
+    }
+
+    /// A short name of the event kind, for reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Exec(_) => "exec",
+            Event::Syscall(_) => "syscall",
+            Event::Signal(_) => "signal",
+            Event::Rdtsc(_) => "rdtsc",
+            Event::Cpuid(_) => "cpuid",
+            Event::Exit(_) => "exit",
+        }
+    }
+}
+
+/// Where a piece of recorded bytes lives: inline in the event stream, or in the blob file.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// Small payloads travel inside the event frame.
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Large payloads are stored once in `blobs.zst` at this offset (compressed frame) and
+    /// decompress to `len` bytes.
+    Blob {
+        /// Offset of the blob's record in the blob file.
+        offset: u64,
+        /// Uncompressed length.
+        len: u64,
+    },
+}
+
+impl Data {
+    /// Number of bytes this payload holds once resolved.
+    pub fn len(&self) -> u64 {
+        match self {
+            Data::Inline(v) => v.len() as u64,
+            Data::Blob { len, .. } => *len,
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Bytes the kernel wrote into the tracee's memory at `addr`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MemWrite {
+    /// Tracee address of the first byte.
+    pub addr: u64,
+    /// The bytes.
+    pub data: Data,
+}
+
+/// A file kept in the trace's content-addressed file store.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileRef {
+    /// Hex BLAKE3 digest of the content; the file is `files/<hash>` in the trace directory.
+    pub hash: String,
+    /// The path the recorded program knew it by.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// One line of `/proc/PID/maps` as it was in the recording.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Permissions as the kernel prints them, e.g. `r-xp`.
+    pub perms: String,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// The path or pseudo-name (`[stack]`, `[vdso]`), empty for anonymous memory.
+    pub name: String,
+    /// The stored copy of the file, for file-backed mappings.
+    pub file: Option<FileRef>,
+}
+
+/// The state of a freshly exec'd program.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ExecEvent {
+    /// The task.
+    pub tid: Tid,
+    /// Registers at the exec stop.
+    pub regs: RegsWords,
+    /// The executable the kernel ran (after `#!` resolution), kept in the file store.
+    pub exe: FileRef,
+    /// Address of the first byte of `stack`: the stack pointer at the exec stop.
+    pub stack_addr: u64,
+    /// The initial stack from the stack pointer to the top of `[stack]`: argv, envp, auxv with
+    /// its AT_RANDOM bytes, and the strings they point to, exactly as the program saw them.
+    #[serde(with = "serde_bytes")]
+    pub stack: Vec<u8>,
+    /// The memory map at the exec stop.
+    pub mappings: Vec<Mapping>,
+}
+
+/// A system call as it happened in the recording.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SyscallEvent {
+    /// The task.
+    pub tid: Tid,
+    /// Syscall number (x86-64).
+    pub nr: u64,
+    /// The six argument registers at entry.
+    pub args: [u64; 6],
+    /// Address of the instruction after the `syscall` instruction.
+    pub rip: u64,
+    /// Digest of the general registers at entry, to detect divergence in registers the other
+    /// fields do not name.
+    pub regs_digest: u64,
+    /// The value the kernel returned in `rax` (negative errno on failure, or a restart code
+    /// when a signal interrupted the call).
+    pub result: i64,
+    /// Memory the kernel wrote into the tracee.
+    pub writes: Vec<MemWrite>,
+    /// For `mmap` of a file: the stored copy of the file that was mapped.
+    pub mapped_file: Option<FileRef>,
+    /// The stream (1 stdout, 2 stderr) a write went to, so replay can echo it.
+    pub echo: Option<u8>,
+}
+
+/// How a recorded signal came about, which decides how the replayer reproduces it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalOrigin {
+    /// Raised by the instruction at `rip` itself (a fault): replay reproduces it by executing.
+    Fault,
+    /// Sent from outside the instruction stream (kill, timer, raise, abort) and delivered at a
+    /// syscall boundary: replay sends it at the same event.
+    Async,
+}
+
+/// A signal delivered to the tracee.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct SignalEvent {
+    /// The task.
+    pub tid: Tid,
+    /// Signal number.
+    pub signo: i32,
+    /// The kernel's `siginfo_t` (128 bytes) as the tracee received it.
+    #[serde(with = "serde_bytes")]
+    pub siginfo: Vec<u8>,
+    /// Fault or asynchronous.
+    pub origin: SignalOrigin,
+    /// Instruction pointer at delivery.
+    pub rip: u64,
+    /// Whether the signal was passed on to the program (false when the recorder consumed it).
+    pub delivered: bool,
+}
+
+/// A trapped time-stamp-counter read.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct RdtscEvent {
+    /// The task.
+    pub tid: Tid,
+    /// Address of the `rdtsc`/`rdtscp` instruction.
+    pub rip: u64,
+    /// The counter value returned in `edx:eax`.
+    pub tsc: u64,
+    /// `TSC_AUX` returned in `ecx` by `rdtscp`; `None` for `rdtsc`.
+    pub aux: Option<u32>,
+}
+
+/// A trapped `cpuid`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CpuidEvent {
+    /// The task.
+    pub tid: Tid,
+    /// Address of the `cpuid` instruction.
+    pub rip: u64,
+    /// Leaf (`eax`) and subleaf (`ecx`) asked for.
+    pub leaf: u32,
+    /// Subleaf.
+    pub subleaf: u32,
+    /// `eax`, `ebx`, `ecx`, `edx` as returned.
+    pub regs: [u32; 4],
+}
+
+/// How a task ended.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The status a shell reports: the code, or 128 + the signal number.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Exited(c) => write!(f, "exited with status {c}"),
+            ExitStatus::Signaled(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
+/// The end of a task.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ExitEvent {
+    /// The task.
+    pub tid: Tid,
+    /// How it ended.
+    pub status: ExitStatus,
+}

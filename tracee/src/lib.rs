@@ -1,0 +1,21 @@
+//! Shared control of a traced process, used by both the recorder and the replayer.
+//!
+//! Spawning a program under ptrace with a seccomp filter, waiting for and classifying its stops,
+//! reading and writing its registers and memory, and small decoders of what the kernel hands a
+//! new process (its memory map, its initial stack and auxiliary vector, its instructions).
+
+pub mod auxv;
+pub mod cpuid;
+pub mod elf;
+pub mod insn;
+pub mod maps;
+pub mod regs;
+pub mod seccomp;
+pub mod spawn;
+pub mod stop;
+pub mod tracee;
+
+pub use regs::Regs;
+pub use spawn::{spawn, SpawnOptions};
+pub use stop::Stop;
+pub use tracee::Tracee;

@@ -1,0 +1,82 @@
+//! `/proc/PID/maps`, parsed.
+
+use anyhow::{Context, Result};
+use nix::unistd::Pid;
+
+/// One mapping of a task's address space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Permissions, e.g. `r-xp`.
+    pub perms: String,
+    /// File offset.
+    pub offset: u64,
+    /// Device as `major:minor`.
+    pub dev: String,
+    /// Inode of the mapped file, 0 for anonymous memory.
+    pub inode: u64,
+    /// Path or pseudo-name; empty for anonymous memory.
+    pub name: String,
+}
+
+impl MapEntry {
+    /// Whether this maps a regular file (not anonymous memory nor a `[pseudo]` region).
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.name.starts_with('/')
+    }
+}
+
+/// Parses the text of a maps file.
+pub fn parse(text: &str) -> Vec<MapEntry> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<MapEntry> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.to_string();
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?.to_string();
+    let inode = it.next()?.parse().ok()?;
+    let name = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    Some(MapEntry {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        perms,
+        offset,
+        dev,
+        inode,
+        name,
+    })
+}
+
+/// Reads and parses `/proc/PID/maps`.
+pub fn read(pid: Pid) -> Result<Vec<MapEntry>> {
+    let path = format!("/proc/{pid}/maps");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(parse(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_and_anonymous_lines() {
+        let text = "555555554000-555555556000 r--p 00000000 fe:01 1234 /usr/bin/cat\n\
+                    7ffff7fc3000-7ffff7fc7000 r--p 00000000 00:00 0                          [vvar]\n\
+                    7ffff7ff0000-7ffff7ff1000 rw-p 00000000 00:00 0 \n";
+        let m = parse(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].start, 0x5555_5555_4000);
+        assert_eq!(m[0].name, "/usr/bin/cat");
+        assert!(m[0].is_file());
+        assert_eq!(m[1].name, "[vvar]");
+        assert!(!m[1].is_file());
+        assert_eq!(m[2].name, "");
+    }
+}

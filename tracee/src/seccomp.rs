@@ -1,0 +1,61 @@
+//! The seccomp-bpf filter that sends every x86-64 syscall of the tracee to the tracer.
+
+use libc::sock_filter;
+
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+/// Syscall numbers with this bit belong to the x32 ABI.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+const SECCOMP_RET_TRACE: u32 = 0x7ff0_0000;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+
+// Offsets in `struct seccomp_data`.
+const OFF_NR: u32 = 0;
+const OFF_ARCH: u32 = 4;
+
+const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const BPF_JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+fn stmt(code: u16, k: u32) -> sock_filter {
+    sock_filter { code, jt: 0, jf: 0, k }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+/// The filter program: x86-64 syscalls trap to the tracer (`SECCOMP_RET_TRACE`); i386 and x32
+/// syscalls, which deja does not model, fail with `ENOSYS` so they cannot bypass recording.
+pub fn trace_all_filter() -> Vec<sock_filter> {
+    let deny = SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    vec![
+        stmt(BPF_LD_W_ABS, OFF_ARCH),
+        jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 0, 3),
+        stmt(BPF_LD_W_ABS, OFF_NR),
+        jump(BPF_JGE_K, X32_SYSCALL_BIT, 1, 0),
+        stmt(BPF_RET_K, SECCOMP_RET_TRACE),
+        stmt(BPF_RET_K, deny),
+    ]
+}
+
+/// Installs `filter` on the calling thread. Async-signal-safe: meant for a forked child.
+///
+/// # Safety
+/// `filter` must be a valid BPF program; the caller must accept that every later syscall of this
+/// thread is subject to it.
+pub unsafe fn install(filter: &[sock_filter]) -> libc::c_long {
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut sock_filter,
+    };
+    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        return -1;
+    }
+    libc::syscall(
+        libc::SYS_seccomp,
+        libc::SECCOMP_SET_MODE_FILTER,
+        0,
+        &prog as *const libc::sock_fprog,
+    )
+}

@@ -1,0 +1,131 @@
+//! Starting a program as a tracee: forked, traced from its first instruction, with address-space
+//! randomization off, pinned to one CPU, `rdtsc` trapping, and (optionally) every syscall trapped
+//! by seccomp.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use nix::unistd::Pid;
+
+use crate::seccomp;
+use crate::stop::Stop;
+use crate::tracee::Tracee;
+
+/// How to start a tracee.
+#[derive(Debug, Clone)]
+pub struct SpawnOptions {
+    /// The file to execute.
+    pub program: PathBuf,
+    /// The argument vector, `argv[0]` included.
+    pub argv: Vec<String>,
+    /// The environment, as `NAME=value` strings.
+    pub env: Vec<String>,
+    /// CPU to pin the tracee to, so CPU numbers it can observe do not vary.
+    pub cpu: Option<usize>,
+    /// Make `rdtsc`/`rdtscp` fault (`PR_SET_TSC`), so the tracer can record or replay them.
+    pub trap_tsc: bool,
+    /// Install the trap-everything seccomp filter.
+    pub seccomp: bool,
+    /// Forbid core dumps (replay reproduces a crash, it need not dump it again).
+    pub no_core_dump: bool,
+}
+
+fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>> {
+    v.iter()
+        .map(|s| CString::new(s.as_bytes()).with_context(|| format!("{what} contains a NUL byte")))
+        .collect()
+}
+
+/// Forks and prepares the tracee, returning it stopped at its `execve` seccomp trap (when
+/// `seccomp` is set) or at its exec stop. The exec itself has not run yet in the first case.
+pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
+    let program = CString::new(opts.program.as_os_str().as_bytes())
+        .context("program path contains a NUL byte")?;
+    let argv = cstrings(&opts.argv, "an argument")?;
+    let env = cstrings(&opts.env, "the environment")?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|c| c.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    let filter = seccomp::trace_all_filter();
+    // SAFETY: zero is a valid cpu_set_t (the empty set).
+    let mut cpuset: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if let Some(cpu) = opts.cpu {
+        // SAFETY: CPU_SET writes one bit inside `cpuset`; `cpu` is bounds-checked by the macro.
+        unsafe { libc::CPU_SET(cpu, &mut cpuset) };
+    }
+
+    // SAFETY: the child only calls async-signal-safe functions on memory prepared above, then
+    // execs or exits; the parent continues normally.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        // SAFETY: in the forked child; see above. Every failure exits with a distinct code the
+        // parent reports.
+        unsafe {
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) < 0 {
+                libc::_exit(120);
+            }
+            libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
+            if opts.cpu.is_some()
+                && libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &cpuset) < 0
+            {
+                libc::_exit(121);
+            }
+            if opts.no_core_dump {
+                let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::setrlimit(libc::RLIMIT_CORE, &zero);
+            }
+            libc::raise(libc::SIGSTOP);
+            if opts.trap_tsc && libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV, 0, 0, 0) < 0 {
+                libc::_exit(122);
+            }
+            if opts.seccomp && seccomp::install(&filter) < 0 {
+                libc::_exit(123);
+            }
+            libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
+            libc::_exit(124);
+        }
+    }
+    let pid = Pid::from_raw(pid);
+    let child_failure = |code: i32| -> anyhow::Error {
+        let what = match code {
+            120 => "PTRACE_TRACEME failed",
+            121 => "pinning to a CPU failed",
+            122 => "PR_SET_TSC failed",
+            123 => "installing the seccomp filter failed",
+            124 => "execve failed",
+            _ => "the child exited early",
+        };
+        anyhow::anyhow!("starting {}: {what}", opts.program.display())
+    };
+    match crate::stop::wait_for(pid)? {
+        Stop::Signal(sig) if sig == libc::SIGSTOP => {}
+        Stop::Exited(code) => return Err(child_failure(code)),
+        other => bail!("unexpected first stop of the tracee: {other:?}"),
+    }
+    let options = libc::PTRACE_O_TRACESECCOMP
+        | libc::PTRACE_O_TRACEEXEC
+        | libc::PTRACE_O_EXITKILL
+        | libc::PTRACE_O_TRACESYSGOOD;
+    // SAFETY: plain ptrace request on our stopped child.
+    if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid.as_raw(), 0, options as usize) } < 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        return Err(e).context("PTRACE_SETOPTIONS");
+    }
+    let tracee = Tracee::attach_traced(pid)?;
+    tracee.cont(0)?;
+    match tracee.wait()? {
+        Stop::SeccompEntry | Stop::Exec => Ok(tracee),
+        Stop::Exited(code) => Err(child_failure(code)),
+        other => {
+            tracee.kill_and_reap();
+            bail!("unexpected stop of the tracee before exec: {other:?}")
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! What a waited-for tracee is doing: the kinds of ptrace stop and of ending.
+
+use anyhow::{Context, Result};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Why a tracee stopped (or that it ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The seccomp filter trapped a syscall at its entry (`PTRACE_EVENT_SECCOMP`).
+    SeccompEntry,
+    /// A syscall-stop (after `PTRACE_SYSCALL`): the caller knows whether it is an exit.
+    SyscallStop,
+    /// The task completed an `execve` (`PTRACE_EVENT_EXEC`).
+    Exec,
+    /// Another ptrace event (clone, fork, exit, ...), by its `PTRACE_EVENT_*` number.
+    Event(i32),
+    /// A signal is about to be delivered (signal-delivery-stop) or a group-stop.
+    Signal(i32),
+    /// The task exited with this status.
+    Exited(i32),
+    /// The task was killed by this signal.
+    Killed(i32),
+}
+
+impl Stop {
+    /// Whether the task is gone.
+    pub fn is_end(self) -> bool {
+        matches!(self, Stop::Exited(_) | Stop::Killed(_))
+    }
+}
+
+/// Waits for `pid` to stop or end, retrying on `EINTR`.
+pub fn wait_for(pid: Pid) -> Result<Stop> {
+    loop {
+        let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => other.with_context(|| format!("waiting for task {pid}"))?,
+        };
+        return Ok(match status {
+            WaitStatus::Exited(_, code) => Stop::Exited(code),
+            WaitStatus::Signaled(_, sig, _) => Stop::Killed(sig as i32),
+            WaitStatus::PtraceSyscall(_) => Stop::SyscallStop,
+            WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_SECCOMP => {
+                Stop::SeccompEntry
+            }
+            WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_EXEC => Stop::Exec,
+            WaitStatus::PtraceEvent(_, _, ev) => Stop::Event(ev),
+            WaitStatus::Stopped(_, sig) => Stop::Signal(sig as i32),
+            WaitStatus::Continued(_) | WaitStatus::StillAlive => continue,
+        });
+    }
+}

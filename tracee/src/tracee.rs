@@ -1,0 +1,221 @@
+//! A task under ptrace: registers, memory, signals, and resuming it.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::ptrace;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::regs::Regs;
+use crate::stop::{wait_for, Stop};
+
+/// Size of the kernel's `siginfo_t`.
+pub const SIGINFO_SIZE: usize = 128;
+
+/// A traced task. All methods other than the resume ones require the task to be in a ptrace
+/// stop; the kernel refuses them otherwise and the error says so.
+#[derive(Debug)]
+pub struct Tracee {
+    pid: Pid,
+    /// `/proc/PID/mem`, which reads and writes through page protections (as ptrace may).
+    mem: File,
+}
+
+impl Tracee {
+    /// Takes control of an already traced task `pid`.
+    pub fn attach_traced(pid: Pid) -> Result<Self> {
+        let mem = open_mem(pid)?;
+        Ok(Tracee { pid, mem })
+    }
+
+    /// The task id.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Reopens `/proc/PID/mem`: needed after `execve`, which replaces the address space the old
+    /// handle refers to.
+    pub fn reopen_mem(&mut self) -> Result<()> {
+        self.mem = open_mem(self.pid)?;
+        Ok(())
+    }
+
+    /// The general registers.
+    pub fn regs(&self) -> Result<Regs> {
+        ptrace::getregs(self.pid).with_context(|| format!("reading registers of task {}", self.pid))
+    }
+
+    /// Sets the general registers.
+    pub fn set_regs(&self, regs: &Regs) -> Result<()> {
+        ptrace::setregs(self.pid, *regs)
+            .with_context(|| format!("writing registers of task {}", self.pid))
+    }
+
+    /// Reads up to `buf.len()` bytes at `addr`; returns how many were readable.
+    pub fn read_mem_partial(&self, addr: u64, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.mem.read_at(&mut buf[done..], addr + done as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => done += n,
+            }
+        }
+        done
+    }
+
+    /// Reads exactly `buf.len()` bytes at `addr`.
+    pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        let n = self.read_mem_partial(addr, buf);
+        if n != buf.len() {
+            bail!(
+                "cannot read {} bytes of task {} memory at {:#x} (only {} readable)",
+                buf.len(),
+                self.pid,
+                addr,
+                n
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `addr` into a new vector.
+    pub fn read_vec(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
+        let mut v = vec![0; len];
+        self.read_mem(addr, &mut v)?;
+        Ok(v)
+    }
+
+    /// Reads a little-endian u64 at `addr`.
+    pub fn read_u64(&self, addr: u64) -> Result<u64> {
+        let mut b = [0; 8];
+        self.read_mem(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes `data` at `addr`, even into read-only pages (as a debugger may).
+    pub fn write_mem(&self, addr: u64, data: &[u8]) -> Result<()> {
+        let mut done = 0;
+        while done < data.len() {
+            let n = self
+                .mem
+                .write_at(&data[done..], addr + done as u64)
+                .with_context(|| {
+                    format!(
+                        "writing {} bytes of task {} memory at {:#x}",
+                        data.len(),
+                        self.pid,
+                        addr + done as u64
+                    )
+                })?;
+            if n == 0 {
+                bail!("task {} memory at {:#x} is not writable", self.pid, addr);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The `siginfo_t` of the signal the task is stopped for, as raw bytes.
+    pub fn siginfo(&self) -> Result<[u8; SIGINFO_SIZE]> {
+        let mut buf = [0u8; SIGINFO_SIZE];
+        // SAFETY: PTRACE_GETSIGINFO writes exactly one siginfo_t (128 bytes) to `data`, which
+        // points at a buffer of that size owned by this frame.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_GETSIGINFO,
+                self.pid.as_raw(),
+                0usize,
+                buf.as_mut_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("reading siginfo of task {}", self.pid));
+        }
+        Ok(buf)
+    }
+
+    /// Replaces the `siginfo_t` of the signal the task is stopped for.
+    pub fn set_siginfo(&self, info: &[u8]) -> Result<()> {
+        let mut buf = [0u8; SIGINFO_SIZE];
+        let n = info.len().min(SIGINFO_SIZE);
+        buf[..n].copy_from_slice(&info[..n]);
+        // SAFETY: PTRACE_SETSIGINFO reads one siginfo_t (128 bytes) from `data`, a buffer of
+        // that size owned by this frame.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_SETSIGINFO,
+                self.pid.as_raw(),
+                0usize,
+                buf.as_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("writing siginfo of task {}", self.pid));
+        }
+        Ok(())
+    }
+
+    /// Resumes until the next stop, delivering `sig` if the task is in a signal-delivery-stop.
+    pub fn cont(&self, sig: i32) -> Result<()> {
+        // SAFETY: plain ptrace request on our tracee; no pointers involved.
+        let r = unsafe { libc::ptrace(libc::PTRACE_CONT, self.pid.as_raw(), 0usize, sig as usize) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("resuming task {}", self.pid));
+        }
+        Ok(())
+    }
+
+    /// Resumes until the next syscall-stop (or other stop).
+    pub fn cont_syscall(&self, sig: i32) -> Result<()> {
+        // SAFETY: plain ptrace request on our tracee; no pointers involved.
+        let r =
+            unsafe { libc::ptrace(libc::PTRACE_SYSCALL, self.pid.as_raw(), 0usize, sig as usize) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("resuming task {} to its syscall exit", self.pid));
+        }
+        Ok(())
+    }
+
+    /// Waits for the next stop or end of this task.
+    pub fn wait(&self) -> Result<Stop> {
+        wait_for(self.pid)
+    }
+
+    /// Sends `sig` to this thread (the tracee will stop for it at its next return to user mode).
+    pub fn tgkill(&self, tgid: Pid, sig: i32) -> Result<()> {
+        // SAFETY: tgkill takes only integers.
+        let r = unsafe { libc::syscall(libc::SYS_tgkill, tgid.as_raw(), self.pid.as_raw(), sig) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("sending signal {sig} to task {}", self.pid));
+        }
+        Ok(())
+    }
+
+    /// Kills the task and reaps it. Errors are ignored: the task may already be gone.
+    pub fn kill_and_reap(&self) {
+        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        loop {
+            match wait_for(self.pid) {
+                Ok(s) if s.is_end() => break,
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+fn open_mem(pid: Pid) -> Result<File> {
+    let path = format!("/proc/{pid}/mem");
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {path}"))
+}
