@@ -1,1 +1,37 @@
-fn main() {}
+//! `deja`: record a Linux x86-64 program, then replay the exact same execution.
+
+mod cli;
+mod show;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    init_logging();
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("deja: {}", one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// An error and its causes on one line (multi-line reports such as divergences keep their
+/// own lines).
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+/// Logs go to stderr through `tracing`, enabled with `DEJA_LOG=debug` (any `EnvFilter` syntax).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEJA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+}

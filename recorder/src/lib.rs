@@ -1,1 +1,22 @@
-//! recorder
+//! The recorder: runs a program under ptrace with every syscall trapped by seccomp, and writes a
+//! trace of everything nondeterministic it observed (see `README.md` in this crate).
+
+mod echo;
+mod exec;
+mod mapped_files;
+mod memory;
+mod session;
+mod signals;
+
+use std::path::PathBuf;
+
+pub use session::{record, RecordOptions, RecordOutcome};
+
+/// Where a new recording goes: an explicit directory, or a fresh one under the trace root.
+#[derive(Debug, Clone)]
+pub enum TraceDest {
+    /// `-o DIR`.
+    Dir(PathBuf),
+    /// Under `$DEJA_TRACE_DIR` (or the default root), named after the program.
+    Root,
+}

@@ -1,1 +1,12 @@
-//! replayer
+//! The replayer: re-executes a recorded program from its trace, feeding it the recorded results
+//! of every nondeterministic operation and checking at every event that it still does what the
+//! recording did.
+
+mod divergence;
+mod echo;
+mod exec;
+mod mmap;
+mod session;
+
+pub use divergence::{Divergence, Incomplete};
+pub use session::{replay, ReplayOptions, ReplayOutcome};

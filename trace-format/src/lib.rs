@@ -1,1 +1,24 @@
-//! trace-format
+//! The on-disk trace of a deja recording: events, blobs, stored files and metadata.
+//!
+//! A trace is a directory written by [`TraceWriter`] and read by [`TraceReader`]; the layout
+//! is described in this crate's `README.md`. [`TraceRoot`] manages the directory traces are
+//! kept in. This crate is pure data: it never touches a tracee.
+
+mod error;
+pub mod event;
+mod format;
+mod index;
+mod meta;
+mod reader;
+mod store;
+mod writer;
+
+pub use error::{Result, TraceError};
+pub use event::*;
+pub use meta::{CpuidRecord, TraceMeta};
+pub use reader::{ChunkInfo, EventIter, TraceReader};
+pub use store::{TraceEntry, TraceRoot, LATEST_LINK};
+pub use writer::{TraceWriter, CHUNK_TARGET_BYTES, FLUSH_INTERVAL, INLINE_MAX, SYSTEM_PREFIXES};
+
+/// The trace format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;

@@ -66,6 +66,11 @@ pub fn normalize(leaf: u32, regs: [u32; 4]) -> [u32; 4] {
     match leaf {
         1 => r[1] &= 0x00ff_ffff,
         0xb | 0x1f => r[3] = 0,
+        // AMD: extended APIC id and compute-unit id.
+        0x8000_001e => {
+            r[0] = 0;
+            r[1] &= !0xff;
+        }
         _ => {}
     }
     r

@@ -1,0 +1,81 @@
+//! Which descriptors of the program still write to the recorder's stdout or stderr, so the
+//! replay can echo exactly what the program printed there.
+
+use std::collections::HashMap;
+
+/// Descriptor → stream (1 or 2) it aliases.
+pub struct EchoFds {
+    aliases: HashMap<u64, u8>,
+}
+
+impl Default for EchoFds {
+    fn default() -> Self {
+        EchoFds {
+            aliases: HashMap::from([(1, 1), (2, 2)]),
+        }
+    }
+}
+
+impl EchoFds {
+    /// The stream a write to `fd` reaches, if any.
+    pub fn stream(&self, fd: u64) -> Option<u8> {
+        self.aliases.get(&fd).copied()
+    }
+
+    /// Updates the aliases after a successful syscall `nr(args) = result`.
+    pub fn after_syscall(&mut self, nr: u64, args: &[u64; 6], result: i64) {
+        if result < 0 {
+            return;
+        }
+        let new = result as u64;
+        match nr as i64 {
+            libc::SYS_close => {
+                self.aliases.remove(&args[0]);
+            }
+            libc::SYS_dup => self.copy(args[0], new),
+            libc::SYS_dup2 | libc::SYS_dup3 => self.copy(args[0], args[1]),
+            libc::SYS_fcntl
+                if matches!(args[1] as i32, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) =>
+            {
+                self.copy(args[0], new)
+            }
+            libc::SYS_close_range => {
+                let (lo, hi) = (args[0], args[1]);
+                self.aliases.retain(|fd, _| *fd < lo || *fd > hi);
+            }
+            // Any call that creates a descriptor gets a fresh number, which a close freed.
+            _ => {}
+        }
+    }
+
+    fn copy(&mut self, from: u64, to: u64) {
+        if from == to {
+            return;
+        }
+        match self.aliases.get(&from).copied() {
+            Some(s) => {
+                self.aliases.insert(to, s);
+            }
+            None => {
+                self.aliases.remove(&to);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_dup_and_close() {
+        let mut e = EchoFds::default();
+        e.after_syscall(libc::SYS_dup as u64, &[1, 0, 0, 0, 0, 0], 5);
+        assert_eq!(e.stream(5), Some(1));
+        e.after_syscall(libc::SYS_dup2 as u64, &[7, 1, 0, 0, 0, 0], 1);
+        assert_eq!(e.stream(1), None);
+        e.after_syscall(libc::SYS_close as u64, &[5, 0, 0, 0, 0, 0], 0);
+        assert_eq!(e.stream(5), None);
+        assert_eq!(e.stream(2), Some(2));
+    }
+}

@@ -1,0 +1,57 @@
+//! Capturing the program image at its exec stop.
+
+use anyhow::{Context, Result};
+use trace_format::{ExecEvent, Mapping, TraceWriter};
+use tracee::{auxv, maps, regs, Tracee};
+
+use crate::mapped_files::MappedFiles;
+
+/// At the exec stop: hides the vDSO from the program, then records registers, the initial
+/// stack, the memory map, and stores the executable and every mapped file.
+pub fn capture(
+    tracee: &Tracee,
+    writer: &mut TraceWriter,
+    files: &mut MappedFiles,
+) -> Result<ExecEvent> {
+    let pid = tracee.pid();
+    let r = tracee.regs()?;
+    let entries = maps::read(pid)?;
+    let stack_top = entries
+        .iter()
+        .find(|e| e.name == "[stack]")
+        .map(|e| e.end)
+        .context("the new program has no [stack] mapping")?;
+    let mut stack = tracee.read_vec(r.rsp, (stack_top - r.rsp) as usize)?;
+    if auxv::hide_vdso(&mut stack) {
+        tracee.write_mem(r.rsp, &stack)?;
+    }
+    let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .context("finding the executable of the new program")?
+        .to_string_lossy()
+        .into_owned();
+    let exe = files.store(writer, &format!("/proc/{pid}/exe"), &exe_path)?;
+    let mut mappings = Vec::with_capacity(entries.len());
+    for e in entries {
+        let file = if e.is_file() {
+            Some(files.store(writer, &e.name, &e.name)?)
+        } else {
+            None
+        };
+        mappings.push(Mapping {
+            start: e.start,
+            end: e.end,
+            perms: e.perms,
+            offset: e.offset,
+            name: e.name,
+            file,
+        });
+    }
+    Ok(ExecEvent {
+        tid: pid.as_raw(),
+        regs: regs::to_words(&r),
+        exe,
+        stack_addr: r.rsp,
+        stack,
+        mappings,
+    })
+}

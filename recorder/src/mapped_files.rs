@@ -1,0 +1,56 @@
+//! Keeping every file the program maps in the trace, once per file version.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::{Context, Result};
+use nix::unistd::Pid;
+use trace_format::{FileRef, TraceWriter};
+
+/// Identity of one version of a file: device, inode, size and modification time.
+type FileVersion = (u64, u64, u64, i64, i64);
+
+/// Remembers which file versions are already in the store, so a library mapped segment by
+/// segment is hashed and stored once.
+#[derive(Default)]
+pub struct MappedFiles {
+    stored: HashMap<FileVersion, FileRef>,
+}
+
+impl MappedFiles {
+    /// Stores the file behind `source` (a path the recorder can open, such as
+    /// `/proc/PID/fd/N`), known to the program as `shown_path`.
+    pub fn store(
+        &mut self,
+        writer: &mut TraceWriter,
+        source: &str,
+        shown_path: &str,
+    ) -> Result<FileRef> {
+        let m = std::fs::metadata(source).with_context(|| format!("inspecting {shown_path}"))?;
+        let key = (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec());
+        if let Some(f) = self.stored.get(&key) {
+            return Ok(f.clone());
+        }
+        // Link the program's path when it still names the same file (links are cheaper than
+        // copies); otherwise store from the recorder's handle.
+        let same_file = std::fs::metadata(shown_path)
+            .map(|p| p.dev() == m.dev() && p.ino() == m.ino())
+            .unwrap_or(false);
+        let from = if same_file { shown_path } else { source };
+        let f = writer
+            .store_file(std::path::Path::new(from), shown_path)
+            .with_context(|| format!("keeping a copy of {shown_path}"))?;
+        self.stored.insert(key, f.clone());
+        Ok(f)
+    }
+
+    /// Stores the file open as descriptor `fd` in task `pid`.
+    pub fn store_fd(&mut self, writer: &mut TraceWriter, pid: Pid, fd: u64) -> Result<FileRef> {
+        let source = format!("/proc/{pid}/fd/{fd}");
+        let shown = std::fs::read_link(&source)
+            .with_context(|| format!("finding the file of descriptor {fd}"))?;
+        let shown = shown.to_string_lossy().into_owned();
+        let shown = shown.strip_suffix(" (deleted)").unwrap_or(&shown).to_string();
+        self.store(writer, &source, &shown)
+    }
+}

@@ -1,0 +1,64 @@
+//! Restoring the recorded program image at the replay's exec stop.
+
+use anyhow::{Context, Result};
+use trace_format::ExecEvent;
+use tracee::{maps, regs, Tracee};
+
+use crate::divergence::Divergence;
+
+/// Makes the freshly exec'd replay tracee identical to the recorded one at its exec stop: checks
+/// the memory map, writes the recorded initial stack (argv, environment, auxv, AT_RANDOM bytes,
+/// with the vDSO hidden as in the recording) and the recorded registers.
+pub fn restore(tracee: &Tracee, ev: &ExecEvent) -> Result<()> {
+    let entries = maps::read(tracee.pid())?;
+    let found: Vec<(u64, u64, &str)> = entries
+        .iter()
+        .filter(|e| e.name != "[stack]")
+        .map(|e| (e.start, e.end, e.perms.as_str()))
+        .collect();
+    let expected: Vec<(u64, u64, &str)> = ev
+        .mappings
+        .iter()
+        .filter(|m| m.name != "[stack]")
+        .map(|m| (m.start, m.end, m.perms.as_str()))
+        .collect();
+    if found != expected {
+        let show = |v: &[(u64, u64, &str)]| {
+            v.iter()
+                .map(|(s, e, p)| format!("{s:#x}-{e:#x} {p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(Divergence {
+            event: 0,
+            expected: format!("the recorded memory map [{}]", show(&expected)),
+            found: format!("[{}]", show(&found)),
+            details: vec![
+                "the program or its dynamic loader differs from the recorded one, or address \
+                 randomization could not be disabled"
+                    .into(),
+            ],
+        }
+        .into());
+    }
+    let stack = entries
+        .iter()
+        .find(|e| e.name == "[stack]")
+        .context("the replayed program has no [stack] mapping")?;
+    if ev.stack_addr < stack.start || ev.stack_addr + ev.stack.len() as u64 != stack.end {
+        return Err(Divergence {
+            event: 0,
+            expected: format!(
+                "an initial stack at {:#x}-{:#x}",
+                ev.stack_addr,
+                ev.stack_addr + ev.stack.len() as u64
+            ),
+            found: format!("a stack mapping at {:#x}-{:#x}", stack.start, stack.end),
+            details: vec![],
+        }
+        .into());
+    }
+    tracee.write_mem(ev.stack_addr, &ev.stack)?;
+    tracee.set_regs(&regs::from_words(&ev.regs))?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Command-line interface: parsing and dispatch to the recorder, replayer and trace readers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use recorder::{RecordOptions, TraceDest};
+use replayer::ReplayOptions;
+use trace_format::TraceRoot;
+
+use crate::show;
+
+/// Record a Linux x86-64 program once, replay the exact same execution as often as needed.
+#[derive(Parser, Debug)]
+#[command(name = "deja", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run PROG under the recorder and save a trace of its execution.
+    #[command(alias = "record")]
+    Rec {
+        /// Write the trace to this directory instead of a new one under $DEJA_TRACE_DIR.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// The program to record.
+        program: String,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Replay a trace (the latest one by default).
+    Replay {
+        /// The trace directory or name (default: the latest trace).
+        trace: Option<String>,
+        /// Replay to the end without a debugger.
+        #[arg(short = 'a', long = "autopilot")]
+        autopilot: bool,
+        /// Do not echo what the program wrote to stdout and stderr.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// List the recorded traces.
+    Ls,
+    /// Show what a trace holds.
+    Info {
+        /// The trace directory or name (default: the latest trace).
+        trace: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every event of a trace.
+    Dump {
+        /// The trace directory or name (default: the latest trace).
+        trace: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the processes of a trace.
+    Ps {
+        /// The trace directory or name (default: the latest trace).
+        trace: Option<String>,
+    },
+}
+
+fn resolve(trace: Option<&str>) -> Result<PathBuf> {
+    Ok(TraceRoot::from_env()?.resolve(trace)?)
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Rec {
+            output,
+            program,
+            args,
+        } => {
+            let dest = match output {
+                Some(d) => TraceDest::Dir(d),
+                None => TraceDest::Root,
+            };
+            let outcome = recorder::record(&RecordOptions {
+                program,
+                args,
+                dest,
+            })?;
+            tracing::info!(trace = %outcome.trace_dir.display(), "recorded");
+            Ok(exit_code(outcome.status.shell_code()))
+        }
+        Command::Replay {
+            trace,
+            autopilot,
+            quiet,
+        } => {
+            let dir = resolve(trace.as_deref())?;
+            if !autopilot {
+                bail!(
+                    "debugging a replay in gdb is not available yet (the GDB server comes in a \
+                     later version); use `deja replay -a` to replay without a debugger"
+                );
+            }
+            let outcome = replayer::replay(&dir, &ReplayOptions { quiet })?;
+            tracing::info!(events = outcome.events, status = %outcome.status, "replayed");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ls => {
+            show::list(&TraceRoot::from_env()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Info { trace, json } => {
+            show::info(&resolve(trace.as_deref())?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dump { trace, json } => {
+            show::dump(&resolve(trace.as_deref())?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ps { trace } => {
+            show::ps(&resolve(trace.as_deref())?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
+}

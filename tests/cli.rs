@@ -1,0 +1,180 @@
+//! The command-line contract: exit statuses, trace location and `latest-trace`, `ls`, `info`,
+//! `dump`, trace permissions, and `replay` without `-a`.
+
+mod common;
+
+use common::*;
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[test]
+fn rec_exit_status_is_programs() {
+    let prog = program("exit3");
+    let native = run_native(&prog, &[]);
+    assert_eq!(native.status.code(), Some(3));
+    let r = assert_replays_exactly_status(&prog, &[], 3);
+    // Output passes through unchanged.
+    assert_eq!(r.rec.stdout, native.stdout, "{}", describe("rec", &r.rec));
+}
+
+/// The traces directly under `DEJA_TRACE_DIR` (excluding the `latest-trace` link).
+fn traces_in(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != "latest-trace" && p.is_dir())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn default_location_and_ls() {
+    let ctx = Ctx::new();
+    let rec = ctx.record_default(program("exit3"), &[]);
+    assert_eq!(rec.status.code(), Some(3), "{}", describe("rec", &rec));
+    let rec2 = ctx.record_default(program("spin"), &["1000"]);
+    assert!(rec2.status.success(), "{}", describe("rec", &rec2));
+    let traces = traces_in(&ctx.trace_root());
+    assert_eq!(traces.len(), 2, "expected two traces under DEJA_TRACE_DIR, found {traces:?}");
+
+    let out = ctx.run_deja(&["ls"]);
+    assert_no_panic("ls", &out);
+    assert!(out.status.success(), "{}", describe("ls", &out));
+    let listing = stdout_str(&out);
+    for t in &traces {
+        let name = t.file_name().unwrap().to_string_lossy();
+        assert!(listing.contains(&*name), "deja ls does not list {name}\n{}", describe("ls", &out));
+    }
+}
+
+#[test]
+fn latest_trace_is_default() {
+    let ctx = Ctx::new();
+    let first = ctx.record_default(program("spin"), &["1000"]);
+    assert!(first.status.success(), "{}", describe("rec", &first));
+    let second = ctx.record_default(program("pipe"), &[]);
+    assert!(second.status.success(), "{}", describe("rec", &second));
+
+    let link = ctx.trace_root().join("latest-trace");
+    let meta = std::fs::symlink_metadata(&link)
+        .unwrap_or_else(|e| panic!("no latest-trace link in DEJA_TRACE_DIR ({e})"));
+    assert!(meta.file_type().is_symlink(), "latest-trace is not a symlink");
+    let target = ctx.latest_trace().unwrap();
+    assert!(target.join("events").is_file(), "latest-trace -> {} is not a trace", target.display());
+
+    // No TRACE: replays the latest (the second) recording.
+    let replay = ctx.replay_latest();
+    assert_replay_matches(&second, &replay);
+    // The same as naming it.
+    let named = ctx.replay(&target);
+    assert_replay_matches(&second, &named);
+}
+
+#[test]
+fn info_json_fields() {
+    let ctx = Ctx::new();
+    let prog = program("exit3");
+    let (trace, rec) = ctx.record(&prog, &["arg one", "two"]);
+    assert_eq!(rec.status.code(), Some(3), "{}", describe("rec", &rec));
+    let info = ctx.info_json(&trace);
+
+    let argv = info["argv"].as_array().unwrap_or_else(|| panic!("argv is not an array: {info}"));
+    let argv: Vec<&str> = argv.iter().map(|a| a.as_str().expect("argv entries are strings")).collect();
+    assert_eq!(argv.len(), 3, "argv: {argv:?}");
+    assert!(argv[0].ends_with("exit3"), "argv[0]: {argv:?}");
+    assert_eq!(&argv[1..], &["arg one", "two"]);
+
+    let exit = &info["exit"];
+    assert!(!exit.is_null(), "info has no exit: {info}");
+    if let Some(n) = exit.as_i64() {
+        assert_eq!(n, 3, "exit: {info}");
+    } else {
+        assert!(exit.to_string().contains('3'), "exit does not show status 3: {info}");
+    }
+    let count = info["event_count"].as_u64().unwrap_or_else(|| panic!("event_count not a number: {info}"));
+    assert!(count >= 3, "event_count {count} too small (exec, a write, exit at least)");
+    assert_eq!(info["complete"], serde_json::Value::Bool(true), "complete: {info}");
+
+    // The human-readable form works too.
+    let out = ctx.run_deja(&[OsStr::new("info"), trace.as_os_str()]);
+    assert_no_panic("info", &out);
+    assert!(out.status.success() && !out.stdout.is_empty(), "{}", describe("info", &out));
+}
+
+#[test]
+fn dump_events() {
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(program("pipe"), &[]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    let count = ctx.info_json(&trace)["event_count"].as_u64().expect("event_count");
+
+    let out = ctx.run_deja(&[OsStr::new("dump"), trace.as_os_str()]);
+    assert_no_panic("dump", &out);
+    assert!(out.status.success(), "{}", describe("dump", &out));
+    let text = stdout_str(&out);
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+    assert!(lines >= count, "dump printed {lines} lines for {count} events\n{text}");
+    let lower = text.to_lowercase();
+    assert!(lower.contains("exec"), "dump does not mention exec\n{text}");
+    assert!(lower.contains("syscall"), "dump does not mention syscall\n{text}");
+
+    let out = ctx.run_deja(&[OsStr::new("dump"), trace.as_os_str(), OsStr::new("--json")]);
+    assert_no_panic("dump --json", &out);
+    assert!(out.status.success(), "{}", describe("dump --json", &out));
+    let mut n = 0u64;
+    for line in stdout_str(&out).lines().filter(|l| !l.trim().is_empty()) {
+        let _: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("dump --json line is not JSON ({e}): {line}"));
+        n += 1;
+    }
+    assert_eq!(n, count, "dump --json printed {n} events, info says {count}");
+}
+
+fn assert_owner_only(trace: &Path) {
+    let meta = std::fs::metadata(trace).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700, "trace dir {} mode", trace.display());
+    for p in walk(trace) {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.file_type().is_symlink() {
+            continue;
+        }
+        let mode = m.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}: group/other bits set", p.display());
+        if m.is_dir() {
+            assert_eq!(mode, 0o700, "{} directory mode {mode:o}", p.display());
+        } else {
+            assert!(mode == 0o600 || mode == 0o700, "{} file mode {mode:o}", p.display());
+        }
+    }
+}
+
+#[test]
+fn trace_permissions() {
+    let ctx = Ctx::new();
+    // mmap_file makes the trace keep a copy of the mapped file in its file store.
+    let input = ctx.dir().join("input.txt");
+    std::fs::write(&input, "some private data\n").unwrap();
+    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (trace, rec) = ctx.record(program("mmap_file"), &[input.to_str().unwrap()]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    assert_owner_only(&trace);
+
+    let rec = ctx.record_default(program("exit3"), &[]);
+    assert_eq!(rec.status.code(), Some(3));
+    let latest = ctx.latest_trace().expect("latest-trace");
+    assert_owner_only(&latest);
+}
+
+#[test]
+fn replay_without_autopilot_mentions_gdb() {
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(program("exit3"), &[]);
+    assert_eq!(rec.status.code(), Some(3));
+    let out = run_with_timeout(ctx.deja().arg("replay").arg(&trace), Duration::from_secs(30));
+    assert_deja_error("replay without -a", &out);
+    assert_stderr_mentions("replay without -a", &out, &["gdb"]);
+}

@@ -1,0 +1,97 @@
+//! Real, installed programs recorded and replayed. A test whose program is not installed prints
+//! a note and passes. Only single-process uses: nothing here forks or execs another program.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+
+/// The installed program's real executable (symlinks resolved), or `None` with a note.
+fn installed(name: &str) -> Option<PathBuf> {
+    let Some(p) = which(name) else {
+        eprintln!("note: {name} is not installed; skipping");
+        return None;
+    };
+    let real = std::fs::canonicalize(&p).unwrap_or(p);
+    if !is_elf(&real) {
+        eprintln!("note: {} is not an ELF executable (a wrapper script?); skipping", real.display());
+        return None;
+    }
+    Some(real)
+}
+
+#[test]
+fn python_random_time_urandom_uuid() {
+    // `python3` may be a wrapper (e.g. a pyenv shim script that execs the interpreter): ask the
+    // interpreter for its real executable.
+    let Some(launcher) = which("python3") else {
+        eprintln!("note: python3 is not installed; skipping");
+        return;
+    };
+    let out = run_native(&launcher, &["-c", "import sys; print(sys.executable)"]);
+    let exe = PathBuf::from(stdout_str(&out).trim());
+    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+    if !out.status.success() || !is_elf(&exe) {
+        eprintln!("note: cannot find python3's real interpreter ({}); skipping", describe("python3", &out));
+        return;
+    }
+    let script = "import random,time,os,uuid; print(random.random(), time.time(), os.urandom(8).hex(), uuid.uuid4())";
+    assert_native_nondeterministic(&exe, &["-c", script]);
+    let r = assert_replays_exactly(&exe, &["-c", script]);
+    assert_eq!(stdout_str(&r.rec).split_whitespace().count(), 4, "{}", describe("rec", &r.rec));
+}
+
+#[test]
+fn date_nanoseconds() {
+    let Some(date) = installed("date") else { return };
+    assert_native_nondeterministic(&date, &["+%N"]);
+    assert_replays_exactly(&date, &["+%N"]);
+}
+
+#[test]
+fn sort_random() {
+    let Some(sort) = installed("sort") else { return };
+    let ctx = Ctx::new();
+    let input = ctx.dir().join("lines.txt");
+    let text: String = (0..200).map(|i| format!("line {i:03}\n")).collect();
+    std::fs::write(&input, &text).unwrap();
+    let input_s = input.to_str().unwrap();
+    // --parallel=1: GNU sort would use threads on big inputs; keep it single-threaded.
+    let args = ["-R", "--parallel=1", input_s];
+    assert_native_nondeterministic(&sort, &args);
+    let (trace, rec) = ctx.record(&sort, &args);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    let mut lines: Vec<&str> = std::str::from_utf8(&rec.stdout).unwrap().lines().collect();
+    lines.sort();
+    assert_eq!(lines.len(), 200, "sort -R lost lines\n{}", describe("rec", &rec));
+    // Replay must not depend on the input file still being there.
+    std::fs::remove_file(&input).unwrap();
+    let replay = ctx.replay(&trace);
+    assert_replay_matches(&rec, &replay);
+}
+
+#[test]
+fn ls_proc_self() {
+    let Some(ls) = installed("ls") else { return };
+    let r = assert_replays_exactly(&ls, &["-la", "/proc/self/"]);
+    assert!(stdout_str(&r.rec).contains("maps"), "{}", describe("rec", &r.rec));
+}
+
+#[test]
+fn perl_rand() {
+    let Some(perl) = installed("perl") else { return };
+    let args = ["-e", "print rand(), \"\\n\""];
+    assert_native_nondeterministic(&perl, &args);
+    assert_replays_exactly(&perl, &args);
+}
+
+#[test]
+fn sh_builtins_only() {
+    // Only builtins: an external command would make the shell fork, which deja does not
+    // support yet.
+    let Some(sh) = installed("sh") else { return };
+    let args = ["-c", "echo $$; echo hi"];
+    assert_native_nondeterministic(&sh, &args);
+    let r = assert_replays_exactly(&sh, &args);
+    assert!(stdout_str(&r.rec).ends_with("\nhi\n"), "{}", describe("rec", &r.rec));
+}

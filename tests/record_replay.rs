@@ -1,0 +1,214 @@
+//! Record then replay each test program in `tests/programs/`: the replay (`deja replay -a`)
+//! must exit 0 and print exactly what the recording printed. Where the program is
+//! nondeterministic natively, two native runs are checked to differ first, so equality under
+//! replay means deja really reproduced the recorded values.
+
+mod common;
+
+use common::*;
+
+/// Native runs differ; the replay reproduces the recording.
+fn nondeterministic_roundtrip(name: &str, args: &[&str]) -> Replayed {
+    let prog = program(name);
+    assert_native_nondeterministic(&prog, args);
+    assert_replays_exactly(&prog, args)
+}
+
+#[test]
+fn time_sources() {
+    let r = nondeterministic_roundtrip("time", &[]);
+    let out = stdout_str(&r.rec);
+    for needle in ["vdso realtime", "gettimeofday", "raw syscall    0 ", "raw time", "loop digest"] {
+        assert!(out.contains(needle), "recorded output lacks {needle:?}:\n{out}");
+    }
+    assert!(stderr_str(&r.rec).contains("time: stderr line"), "{}", describe("rec", &r.rec));
+}
+
+#[test]
+fn rdtsc_and_rdtscp() {
+    nondeterministic_roundtrip("rdtsc", &[]);
+}
+
+#[test]
+fn cpuid_leaves() {
+    // Deterministic natively (on one CPU); only replay equality is checked.
+    let r = assert_replays_exactly(program("cpuid"), &[]);
+    assert!(stdout_str(&r.rec).starts_with("leaf0 max="), "{}", describe("rec", &r.rec));
+}
+
+#[test]
+fn getrandom_and_urandom() {
+    let r = nondeterministic_roundtrip("random", &[]);
+    let out = stdout_str(&r.rec);
+    assert!(out.contains("getrandom returned 32"), "{out}");
+    assert!(out.contains("urandom read 64"), "{out}");
+}
+
+#[test]
+fn at_random_auxv() {
+    nondeterministic_roundtrip("auxv", &[]);
+}
+
+#[test]
+fn pids() {
+    nondeterministic_roundtrip("pids", &[]);
+}
+
+#[test]
+fn addresses() {
+    let prog = program("addrs");
+    if aslr_enabled() {
+        assert_native_nondeterministic(&prog, &[]);
+    } else {
+        eprintln!("note: ASLR is disabled on this machine; not checking that native runs differ");
+    }
+    let r = assert_replays_exactly(&prog, &[]);
+    // deja records without ASLR, so two recordings see the same addresses.
+    let (_trace2, rec2) = r.ctx.record(&prog, &[]);
+    assert!(rec2.status.success(), "{}", describe("second rec", &rec2));
+    assert_eq!(
+        stdout_str(&r.rec),
+        stdout_str(&rec2),
+        "two recordings of addrs printed different addresses: is ASLR disabled under deja?"
+    );
+}
+
+#[test]
+fn mmapped_input_file_changed_then_deleted() {
+    let ctx = Ctx::new();
+    let input = ctx.dir().join("input.txt");
+    let nonce: String = random_bytes(12).iter().map(|b| format!("{b:02x}")).collect();
+    let original = format!("original contents {nonce}\nsecond line\n").repeat(50);
+    std::fs::write(&input, &original).unwrap();
+    let input_s = input.to_str().unwrap();
+
+    let prog = program("mmap_file");
+    let (trace, rec) = ctx.record(&prog, &[input_s]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    assert!(stdout_str(&rec).contains(&original), "recorded output lacks the file contents\n{}", describe("rec", &rec));
+
+    // Same contents: plain replay.
+    let replay = ctx.replay(&trace);
+    assert_replay_matches(&rec, &replay);
+
+    // Overwrite with other contents (different size too): replay must use the recorded copy.
+    std::fs::write(&input, "something else entirely\n").unwrap();
+    let replay = ctx.replay(&trace);
+    assert_replay_matches(&rec, &replay);
+
+    // Delete it: still the original.
+    std::fs::remove_file(&input).unwrap();
+    let replay = ctx.replay(&trace);
+    assert_replay_matches(&rec, &replay);
+}
+
+#[test]
+fn pipe_to_self() {
+    nondeterministic_roundtrip("pipe", &[]);
+}
+
+#[test]
+fn poll_and_epoll() {
+    let r = nondeterministic_roundtrip("poll", &[]);
+    let out = stdout_str(&r.rec);
+    assert!(out.contains("poll ready: 1"), "{out}");
+    assert!(out.contains("epoll ready: 1"), "{out}");
+}
+
+#[test]
+fn socketpair_stream_and_dgram() {
+    nondeterministic_roundtrip("socketpair", &[]);
+}
+
+#[test]
+fn tcp_loopback() {
+    let r = nondeterministic_roundtrip("tcp", &[]);
+    let out = stdout_str(&r.rec);
+    assert!(out.contains("connect: -1 EINPROGRESS") || out.contains("connect: 0 ok"), "{out}");
+    assert!(out.contains("SO_ERROR 0"), "{out}");
+    assert!(out.contains("client got"), "{out}");
+}
+
+#[test]
+fn large_read_of_changed_file() {
+    let ctx = Ctx::new();
+    let input = ctx.dir().join("big.bin");
+    std::fs::write(&input, random_bytes(3 << 20)).unwrap();
+    let input_s = input.to_str().unwrap();
+    let prog = program("bigread");
+    let (trace, rec) = ctx.record(&prog, &[input_s]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    assert!(stdout_str(&rec).contains("total 3145728 bytes"), "{}", describe("rec", &rec));
+
+    let replay = ctx.replay(&trace);
+    assert_replay_matches(&rec, &replay);
+
+    // The data must come from the trace, not the file.
+    std::fs::write(&input, vec![0u8; 1 << 20]).unwrap();
+    let replay = ctx.replay(&trace);
+    assert_replay_matches(&rec, &replay);
+    std::fs::remove_file(&input).unwrap();
+    let replay = ctx.replay(&trace);
+    assert_replay_matches(&rec, &replay);
+}
+
+#[test]
+fn readv_writev() {
+    let r = nondeterministic_roundtrip("iovec", &[]);
+    assert!(stdout_str(&r.rec).contains("second third\n"), "{}", describe("rec", &r.rec));
+    assert!(stderr_str(&r.rec).contains("stderr via writev"), "{}", describe("rec", &r.rec));
+}
+
+#[test]
+fn sigsegv_handler() {
+    let r = nondeterministic_roundtrip("segv", &[]);
+    let out = stdout_str(&r.rec);
+    assert!(out.contains("caught SIGSEGV at 0x1000 code SEGV_MAPERR"), "{out}");
+    assert!(out.contains("offset 100 code SEGV_ACCERR"), "{out}");
+    assert!(out.contains("continued after 2 faults"), "{out}");
+}
+
+#[test]
+fn alarm_interrupts_read() {
+    let r = nondeterministic_roundtrip("alarm", &[]);
+    let out = stdout_str(&r.rec);
+    assert!(out.contains("read returned -1 errno EINTR"), "{out}");
+    assert!(out.contains("handler saw signal 14"), "{out}");
+}
+
+#[test]
+fn raise_sigusr1() {
+    let r = nondeterministic_roundtrip("raise", &[]);
+    let out = stdout_str(&r.rec);
+    assert!(out.contains("in SIGUSR1 handler\nraise returned 0, handler ran 1 times"), "{out}");
+    assert!(out.contains("after unblock handled=12"), "{out}");
+}
+
+#[test]
+fn abort_exit_status() {
+    let prog = program("abort");
+    let native = run_native(&prog, &[]);
+    assert_eq!(shell_code(&native.status), 134, "{}", describe("native", &native));
+    assert_native_nondeterministic(&prog, &[]);
+    // rec exits 134 like the program; the faithful replay exits 0 with the same output.
+    let r = assert_replays_exactly_status(&prog, &[], 134);
+    assert!(stdout_str(&r.rec).starts_with("about to abort"), "{}", describe("rec", &r.rec));
+}
+
+#[test]
+fn spin_compute_loop() {
+    let prog = program("spin");
+    let native = run_native(&prog, &["2000000"]);
+    let r = assert_replays_exactly(&prog, &["2000000"]);
+    // Deterministic program: rec passes the output through unchanged.
+    assert_eq!(stdout_str(&r.rec), stdout_str(&native));
+}
+
+#[test]
+fn many_small_reads() {
+    let prog = program("reads");
+    let native = run_native(&prog, &["5000"]);
+    let r = assert_replays_exactly(&prog, &["5000"]);
+    assert_eq!(stdout_str(&r.rec), "reads 5000 ok 5000 sum 0\n");
+    assert_eq!(stdout_str(&r.rec), stdout_str(&native));
+}

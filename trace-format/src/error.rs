@@ -1,0 +1,118 @@
+//! The errors reading or writing a trace can end in.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong with a trace. Each message reads well as one line after
+/// `deja: `.
+#[derive(thiserror::Error, Debug)]
+pub enum TraceError {
+    /// The directory has no `index.sqlite`.
+    #[error("{} is not a deja trace (no index.sqlite)", .0.display())]
+    NotATrace(PathBuf),
+
+    /// The trace was written in a format version this build cannot read.
+    #[error("trace format version {found} is not supported (this deja reads version {supported})")]
+    UnsupportedVersion {
+        /// The version the trace declares.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+
+    /// The trace's bytes do not mean what the format says they must.
+    #[error("trace is corrupt: {what} ({})", .path.display())]
+    Corrupt {
+        /// The file (or trace directory) the damage was found in.
+        path: PathBuf,
+        /// What is wrong, e.g. `events chunk 3 at offset 1234 fails its checksum`.
+        what: String,
+    },
+
+    /// A system call on a trace file failed.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The file the call was about.
+        path: PathBuf,
+        /// The error the kernel returned.
+        source: io::Error,
+    },
+
+    /// The trace index (`index.sqlite`) could not be read or written.
+    #[error("trace index {}: {source}", .path.display())]
+    Sqlite {
+        /// The index file.
+        path: PathBuf,
+        /// What SQLite reported.
+        source: rusqlite::Error,
+    },
+
+    /// An event or the metadata could not be encoded (a bug, not a property of any file).
+    #[error("cannot encode {what}: {message}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's message.
+        message: String,
+    },
+
+    /// A new trace was to be created in a directory that already holds something.
+    #[error("{} already exists and is not empty", .0.display())]
+    DirNotEmpty(PathBuf),
+
+    /// There is no place to keep traces.
+    #[error("cannot find a place for traces: set $DEJA_TRACE_DIR or $HOME")]
+    NoTraceRoot,
+
+    /// `latest` was asked for but nothing has been recorded yet.
+    #[error("no traces yet in {}; record one with `deja rec PROG`", .root.display())]
+    NoTraces {
+        /// The trace root directory.
+        root: PathBuf,
+    },
+
+    /// The `latest-trace` link names a trace that is gone.
+    #[error("the latest trace {} no longer exists", .target.display())]
+    LatestMissing {
+        /// Where `latest-trace` points.
+        target: PathBuf,
+    },
+
+    /// A trace named on the command line is neither a path nor a trace under the root.
+    #[error("no trace {name:?}: not a directory, nor a trace in {}", .root.display())]
+    TraceNotFound {
+        /// The name as given.
+        name: String,
+        /// The trace root directory that was searched.
+        root: PathBuf,
+    },
+}
+
+/// Result of trace operations.
+pub type Result<T, E = TraceError> = std::result::Result<T, E>;
+
+impl TraceError {
+    /// A `Corrupt` error about `path`.
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
+        TraceError::Corrupt {
+            path: path.into(),
+            what: what.into(),
+        }
+    }
+}
+
+/// Wraps an I/O error with the path it concerns, for `map_err`.
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TraceError + '_ {
+    move |source| TraceError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Wraps an SQLite error with the index path, for `map_err`.
+pub(crate) fn sql_err(path: &Path) -> impl FnOnce(rusqlite::Error) -> TraceError + '_ {
+    move |source| TraceError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,206 @@
+//! Byte-level encoding shared by the writer and the reader: chunk and blob headers, checksums,
+//! event encoding. See `README.md` for the layout.
+
+use std::collections::VecDeque;
+use std::io::Read;
+
+use bincode::Options;
+
+use crate::event::Event;
+
+/// File name of the index inside a trace directory.
+pub(crate) const INDEX_FILE: &str = "index.sqlite";
+/// File name of the event stream inside a trace directory.
+pub(crate) const EVENTS_FILE: &str = "events";
+/// File name of the blob file inside a trace directory.
+pub(crate) const BLOBS_FILE: &str = "blobs";
+/// Directory name of the file store inside a trace directory.
+pub(crate) const FILES_DIR: &str = "files";
+
+/// Magic of an events chunk.
+pub(crate) const CHUNK_MAGIC: [u8; 4] = *b"DJCK";
+/// Size of an events chunk header.
+pub(crate) const CHUNK_HEADER_LEN: usize = 24;
+/// Magic of a blob record.
+pub(crate) const BLOB_MAGIC: [u8; 4] = *b"DJBL";
+/// Size of a blob record header.
+pub(crate) const BLOB_HEADER_LEN: usize = 24;
+/// zstd level for chunks and blobs: fast, and most of the ratio.
+pub(crate) const ZSTD_LEVEL: i32 = 3;
+
+/// The first four bytes of the BLAKE3 hash of `bytes`, little-endian.
+pub(crate) fn checksum(bytes: &[u8]) -> u32 {
+    let h = blake3::hash(bytes);
+    let b = h.as_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// The header in front of every events chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChunkHeader {
+    /// Length of the zstd frame that follows.
+    pub compressed_len: u32,
+    /// Number of events in the chunk.
+    pub events: u32,
+    /// Index of the chunk's first event in the whole trace.
+    pub first_event: u64,
+    /// [`checksum`] of the zstd frame.
+    pub checksum: u32,
+}
+
+impl ChunkHeader {
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; CHUNK_HEADER_LEN] {
+        let mut h = [0u8; CHUNK_HEADER_LEN];
+        h[0..4].copy_from_slice(&CHUNK_MAGIC);
+        h[4..8].copy_from_slice(&self.compressed_len.to_le_bytes());
+        h[8..12].copy_from_slice(&self.events.to_le_bytes());
+        h[12..20].copy_from_slice(&self.first_event.to_le_bytes());
+        h[20..24].copy_from_slice(&self.checksum.to_le_bytes());
+        h
+    }
+
+    /// Parses a header; `None` when the magic is wrong.
+    pub fn decode(h: &[u8; CHUNK_HEADER_LEN]) -> Option<Self> {
+        if h[0..4] != CHUNK_MAGIC {
+            return None;
+        }
+        Some(ChunkHeader {
+            compressed_len: le_u32(h, 4),
+            events: le_u32(h, 8),
+            first_event: le_u64(h, 12),
+            checksum: le_u32(h, 20),
+        })
+    }
+}
+
+/// The header in front of every blob record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlobHeader {
+    /// Length of the zstd frame that follows.
+    pub compressed_len: u64,
+    /// Length of the blob once decompressed.
+    pub raw_len: u64,
+    /// [`checksum`] of the zstd frame.
+    pub checksum: u32,
+}
+
+impl BlobHeader {
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; BLOB_HEADER_LEN] {
+        let mut h = [0u8; BLOB_HEADER_LEN];
+        h[0..4].copy_from_slice(&BLOB_MAGIC);
+        h[4..12].copy_from_slice(&self.compressed_len.to_le_bytes());
+        h[12..20].copy_from_slice(&self.raw_len.to_le_bytes());
+        h[20..24].copy_from_slice(&self.checksum.to_le_bytes());
+        h
+    }
+
+    /// Parses a header; `None` when the magic is wrong.
+    pub fn decode(h: &[u8; BLOB_HEADER_LEN]) -> Option<Self> {
+        if h[0..4] != BLOB_MAGIC {
+            return None;
+        }
+        Some(BlobHeader {
+            compressed_len: le_u64(h, 4),
+            raw_len: le_u64(h, 12),
+            checksum: le_u32(h, 20),
+        })
+    }
+}
+
+/// bincode settings of the format: varint integers, little-endian, no trailing bytes.
+fn bincode_options() -> impl Options {
+    bincode::DefaultOptions::new()
+}
+
+/// Appends `ev` to `out` as a u32 LE length and its bincode bytes.
+pub(crate) fn encode_event(ev: &Event, out: &mut Vec<u8>) -> Result<(), String> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 4]);
+    let res = bincode_options()
+        .serialize_into(&mut *out, ev)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            u32::try_from(out.len() - start - 4)
+                .map_err(|_| "event is larger than 4 GiB".to_string())
+        });
+    match res {
+        Ok(len) => {
+            out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Decodes one event's bincode bytes (all of them).
+fn decode_event(bytes: &[u8]) -> Result<Event, String> {
+    bincode_options()
+        .with_limit(bytes.len() as u64)
+        .deserialize(bytes)
+        .map_err(|e| e.to_string())
+}
+
+/// Decompresses a chunk's zstd frame and decodes its `count` events. Allocation follows the
+/// bytes actually present, whatever the lengths inside claim.
+pub(crate) fn decode_chunk(frame: &[u8], count: u32) -> Result<VecDeque<Event>, String> {
+    let mut dec = zstd::stream::read::Decoder::with_buffer(frame)
+        .map_err(|e| format!("cannot start decompressing: {e}"))?;
+    let mut events = VecDeque::with_capacity(count.min(4096) as usize);
+    let mut len_bytes = [0u8; 4];
+    let mut buf = Vec::new();
+    for i in 0..count {
+        dec.read_exact(&mut len_bytes)
+            .map_err(|e| format!("event {i} of {count}: {e}"))?;
+        let len = u32::from_le_bytes(len_bytes);
+        buf.clear();
+        (&mut dec)
+            .take(u64::from(len))
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("event {i} of {count}: {e}"))?;
+        if buf.len() != len as usize {
+            return Err(format!("event {i} of {count} is cut short"));
+        }
+        let ev = decode_event(&buf).map_err(|e| format!("event {i} of {count}: {e}"))?;
+        events.push_back(ev);
+    }
+    let mut one = [0u8; 1];
+    match dec.read(&mut one) {
+        Ok(0) => Ok(events),
+        Ok(_) => Err(format!("has bytes after its {count} events")),
+        Err(e) => Err(format!("after its {count} events: {e}")),
+    }
+}
+
+/// Decompresses a blob frame that must hold exactly `raw_len` bytes.
+pub(crate) fn decode_blob(frame: &[u8], raw_len: u64) -> Result<Vec<u8>, String> {
+    let dec = zstd::stream::read::Decoder::with_buffer(frame)
+        .map_err(|e| format!("cannot start decompressing: {e}"))?;
+    let mut out = Vec::with_capacity(raw_len.min(64 << 20) as usize);
+    dec.take(raw_len.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    if out.len() as u64 != raw_len {
+        return Err(format!(
+            "decompresses to {} bytes instead of {raw_len}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,118 @@
+//! The SQLite index: schema, metadata and row access shared by the writer and the reader.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::error::{sql_err, Result, TraceError};
+use crate::meta::TraceMeta;
+use crate::FORMAT_VERSION;
+
+/// How long a connection waits for the other side's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Creates the schema in a fresh, empty database.
+pub(crate) fn create_schema(db: &Connection, path: &Path) -> Result<()> {
+    db.busy_timeout(BUSY_TIMEOUT).map_err(sql_err(path))?;
+    // The recorder commits a row per chunk; without fsync a crash of the *process* loses
+    // nothing (the kernel has the data), and `finish` syncs once at the end.
+    db.execute_batch(&format!(
+        "PRAGMA journal_mode = DELETE;
+         PRAGMA synchronous = OFF;
+         BEGIN;
+         CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE chunks(seq INTEGER PRIMARY KEY, offset INTEGER NOT NULL,
+                             len INTEGER NOT NULL, first_event INTEGER NOT NULL,
+                             events INTEGER NOT NULL, raw_len INTEGER NOT NULL);
+         CREATE TABLE files(hash TEXT PRIMARY KEY, path TEXT NOT NULL,
+                            size INTEGER NOT NULL, how TEXT NOT NULL);
+         PRAGMA user_version = {FORMAT_VERSION};
+         COMMIT;"
+    ))
+    .map_err(sql_err(path))
+}
+
+/// Stores `meta` as JSON under the key `meta`.
+pub(crate) fn write_meta(db: &Connection, path: &Path, meta: &TraceMeta) -> Result<()> {
+    let json = serde_json::to_string(meta).map_err(|e| TraceError::Encode {
+        what: "trace metadata",
+        message: e.to_string(),
+    })?;
+    db.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES('meta', ?1)",
+        [json],
+    )
+    .map_err(sql_err(path))?;
+    Ok(())
+}
+
+/// Opens an existing index for reading, checks its version and reads the metadata.
+pub(crate) fn open(path: &Path) -> Result<(Connection, TraceMeta)> {
+    use rusqlite::OpenFlags;
+    // Read-write when possible, so SQLite can roll back a transaction the recorder left
+    // behind when it was killed; read-only otherwise.
+    let base = OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let db = Connection::open_with_flags(path, base | OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .or_else(|_| Connection::open_with_flags(path, base | OpenFlags::SQLITE_OPEN_READ_ONLY))
+        .map_err(sql_err(path))?;
+    db.busy_timeout(BUSY_TIMEOUT).map_err(sql_err(path))?;
+    let version: u32 = match db.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
+        Ok(v) => u32::try_from(v).unwrap_or(u32::MAX),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            return Err(TraceError::corrupt(
+                path,
+                "the index is not an SQLite database",
+            ));
+        }
+        Err(e) => return Err(sql_err(path)(e)),
+    };
+    if version == 0 {
+        return Err(TraceError::corrupt(
+            path,
+            "the index has no format version (the recorder died while creating it?)",
+        ));
+    }
+    if version != FORMAT_VERSION {
+        return Err(TraceError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let json: Option<String> = db
+        .query_row("SELECT value FROM meta WHERE key = 'meta'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                TraceError::corrupt(path, "the index is not an SQLite database")
+            }
+            e => sql_err(path)(e),
+        })?;
+    let Some(json) = json else {
+        return Err(TraceError::corrupt(path, "the index holds no metadata"));
+    };
+    let meta = parse_meta(&json, path)?;
+    Ok((db, meta))
+}
+
+/// Parses the metadata JSON, checking its version before its shape.
+fn parse_meta(json: &str, path: &Path) -> Result<TraceMeta> {
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| TraceError::corrupt(path, format!("the metadata is not JSON: {e}")))?;
+    let version = value
+        .get("format_version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| TraceError::corrupt(path, "the metadata has no format_version"))?;
+    if version != u64::from(FORMAT_VERSION) {
+        return Err(TraceError::UnsupportedVersion {
+            found: u32::try_from(version).unwrap_or(u32::MAX),
+            supported: FORMAT_VERSION,
+        });
+    }
+    serde_json::from_value(value)
+        .map_err(|e| TraceError::corrupt(path, format!("the metadata is malformed: {e}")))
+}

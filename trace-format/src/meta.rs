@@ -1,0 +1,54 @@
+//! The trace's metadata: what was recorded, where, and how it ended.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::ExitStatus;
+
+/// What one `cpuid` leaf returned on the recording machine.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuidRecord {
+    /// The leaf (`eax` on input).
+    pub leaf: u32,
+    /// The subleaf (`ecx` on input).
+    pub subleaf: u32,
+    /// `eax`, `ebx`, `ecx`, `edx` as returned.
+    pub regs: [u32; 4],
+}
+
+/// Everything about a recording that is not an event. Stored as JSON in the index.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct TraceMeta {
+    /// The trace format version ([`crate::FORMAT_VERSION`] for traces this build writes).
+    pub format_version: u32,
+    /// The version of deja that recorded the trace.
+    pub deja_version: String,
+    /// The recorded program's command line.
+    pub argv: Vec<String>,
+    /// The executable the command line resolved to.
+    pub exe: String,
+    /// The working directory the program started in.
+    pub cwd: String,
+    /// The environment the program started with, as `NAME=value` strings.
+    pub env: Vec<String>,
+    /// When recording started, in seconds since the Unix epoch.
+    pub start_time_unix: i64,
+    /// The CPU the recording was pinned to, if it was.
+    pub cpu: Option<u32>,
+    /// Whether the recording machine trapped `cpuid` (so `cpuid` events were recorded).
+    pub cpuid_faulting: bool,
+    /// The `cpuid` leaves of the recording machine, to compare with the replaying one.
+    pub cpuid: Vec<CpuidRecord>,
+    /// How the recorded program ended; `None` while recording or if the recorder died.
+    pub exit: Option<ExitStatus>,
+    /// Number of events in the trace (valid when `complete`).
+    pub event_count: u64,
+    /// Whether the recorder finished the trace; `false` means it was still running or died.
+    pub complete: bool,
+    /// Size of the `events` file in bytes (valid when `complete`).
+    pub events_bytes: u64,
+    /// Size of the `blobs` file in bytes (valid when `complete`).
+    pub blobs_bytes: u64,
+    /// Total size of the distinct files in the file store, hard links included (valid when
+    /// `complete`).
+    pub files_bytes: u64,
+}

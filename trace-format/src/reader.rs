@@ -1,0 +1,434 @@
+//! Reading a trace.
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+use crate::error::{io_err, sql_err, Result, TraceError};
+use crate::event::{Data, Event, FileRef};
+use crate::format::{
+    self, BlobHeader, ChunkHeader, BLOBS_FILE, BLOB_HEADER_LEN, CHUNK_HEADER_LEN, EVENTS_FILE,
+    FILES_DIR, INDEX_FILE,
+};
+use crate::index;
+use crate::meta::TraceMeta;
+
+/// One events chunk as the index lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Sequence number, from 0.
+    pub seq: u64,
+    /// Offset of the chunk header in the `events` file.
+    pub offset: u64,
+    /// Length of header and compressed frame together.
+    pub len: u64,
+    /// Index of the chunk's first event.
+    pub first_event: u64,
+    /// Number of events in the chunk.
+    pub events: u64,
+    /// Size of the chunk's events once decompressed.
+    pub raw_len: u64,
+}
+
+/// An open trace directory.
+pub struct TraceReader {
+    dir: PathBuf,
+    index_path: PathBuf,
+    db: Connection,
+    meta: TraceMeta,
+    events_path: PathBuf,
+    blobs_path: PathBuf,
+    blobs: File,
+}
+
+impl std::fmt::Debug for TraceReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceReader")
+            .field("dir", &self.dir)
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TraceReader {
+    /// Opens the trace in `dir`: [`TraceError::NotATrace`] without an `index.sqlite`,
+    /// [`TraceError::UnsupportedVersion`] for another format version, [`TraceError::Corrupt`]
+    /// for unreadable metadata or missing data files.
+    pub fn open(dir: &Path) -> Result<Self> {
+        fs::metadata(dir).map_err(io_err(dir))?;
+        let index_path = dir.join(INDEX_FILE);
+        match fs::metadata(&index_path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(TraceError::NotATrace(dir.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(TraceError::NotATrace(dir.to_path_buf()))
+            }
+            Err(e) => return Err(io_err(&index_path)(e)),
+        }
+        let (db, meta) = index::open(&index_path)?;
+        let events_path = dir.join(EVENTS_FILE);
+        match fs::metadata(&events_path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(TraceError::corrupt(&events_path, "not a regular file")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(TraceError::corrupt(dir, "the events file is missing"))
+            }
+            Err(e) => return Err(io_err(&events_path)(e)),
+        }
+        let blobs_path = dir.join(BLOBS_FILE);
+        let blobs = match File::open(&blobs_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(TraceError::corrupt(dir, "the blobs file is missing"))
+            }
+            Err(e) => return Err(io_err(&blobs_path)(e)),
+        };
+        Ok(TraceReader {
+            dir: dir.to_path_buf(),
+            index_path,
+            db,
+            meta,
+            events_path,
+            blobs_path,
+            blobs,
+        })
+    }
+
+    /// The trace's metadata.
+    pub fn meta(&self) -> &TraceMeta {
+        &self.meta
+    }
+
+    /// The trace directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Streams the events from the first, one chunk in memory at a time. See [`EventIter`]
+    /// for how the stream ends.
+    pub fn events(&self) -> Result<EventIter> {
+        let file = File::open(&self.events_path).map_err(io_err(&self.events_path))?;
+        let file_len = file.metadata().map_err(io_err(&self.events_path))?.len();
+        let last_indexed: Option<i64> = self
+            .db
+            .query_row("SELECT MAX(offset) FROM chunks", [], |r| r.get(0))
+            .map_err(sql_err(&self.index_path))?;
+        Ok(EventIter {
+            path: self.events_path.clone(),
+            file,
+            file_len,
+            offset: 0,
+            seq: 0,
+            next_index: 0,
+            pending: VecDeque::new(),
+            complete: self.meta.complete,
+            expected: self.meta.event_count,
+            last_indexed_offset: last_indexed.map(|o| u64::try_from(o).unwrap_or(0)),
+            done: false,
+            truncated: false,
+        })
+    }
+
+    /// The bytes `data` stands for, checked against its length and the blob checksum.
+    pub fn read_data(&self, data: &Data) -> Result<Vec<u8>> {
+        let (offset, len) = match data {
+            Data::Inline(v) => return Ok(v.clone()),
+            Data::Blob { offset, len } => (*offset, *len),
+        };
+        let corrupt = |what: String| {
+            TraceError::corrupt(&self.blobs_path, format!("blob at offset {offset} {what}"))
+        };
+        let file_len = self
+            .blobs
+            .metadata()
+            .map_err(io_err(&self.blobs_path))?
+            .len();
+        if offset
+            .checked_add(BLOB_HEADER_LEN as u64)
+            .map_or(true, |end| end > file_len)
+        {
+            return Err(corrupt(format!(
+                "lies beyond the end of the blob file ({file_len} bytes)"
+            )));
+        }
+        let mut h = [0u8; BLOB_HEADER_LEN];
+        self.blobs
+            .read_exact_at(&mut h, offset)
+            .map_err(io_err(&self.blobs_path))?;
+        let header = BlobHeader::decode(&h).ok_or_else(|| corrupt("has no blob magic".into()))?;
+        if header.raw_len != len {
+            return Err(corrupt(format!(
+                "holds {} bytes, but the event says {len}",
+                header.raw_len
+            )));
+        }
+        let start = offset + BLOB_HEADER_LEN as u64;
+        if header.compressed_len > file_len - start {
+            return Err(corrupt(format!(
+                "is cut short ({} compressed bytes announced, {} in the file)",
+                header.compressed_len,
+                file_len - start
+            )));
+        }
+        // Bounded by the file's size, checked above.
+        let mut frame = vec![0u8; header.compressed_len as usize];
+        self.blobs
+            .read_exact_at(&mut frame, start)
+            .map_err(io_err(&self.blobs_path))?;
+        if format::checksum(&frame) != header.checksum {
+            return Err(corrupt("fails its checksum".into()));
+        }
+        format::decode_blob(&frame, len).map_err(corrupt)
+    }
+
+    /// The path of a stored file in this trace; an error if it is missing or has the wrong
+    /// size.
+    pub fn file_path(&self, file: &FileRef) -> Result<PathBuf> {
+        let valid = file.hash.len() == 64
+            && file
+                .hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !valid {
+            return Err(TraceError::corrupt(
+                &self.dir,
+                format!(
+                    "stored file name {:?} for {} is not a hash",
+                    file.hash, file.path
+                ),
+            ));
+        }
+        let path = self.dir.join(FILES_DIR).join(&file.hash);
+        match fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.len() == file.size => Ok(path),
+            Ok(m) if m.is_file() => Err(TraceError::corrupt(
+                &path,
+                format!(
+                    "stored copy of {} has {} bytes instead of {}",
+                    file.path,
+                    m.len(),
+                    file.size
+                ),
+            )),
+            Ok(_) => Err(TraceError::corrupt(
+                &path,
+                format!("stored copy of {} is not a regular file", file.path),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(TraceError::corrupt(
+                &path,
+                format!("stored copy of {} is missing", file.path),
+            )),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Every file in the file store, with how it was stored (`"link"` or `"copy"`), in the
+    /// order they were stored.
+    pub fn stored_files(&self) -> Result<Vec<(FileRef, String)>> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT hash, path, size, how FROM files ORDER BY rowid")
+            .map_err(sql_err(&self.index_path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    FileRef {
+                        hash: r.get(0)?,
+                        path: r.get(1)?,
+                        size: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                    },
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(sql_err(&self.index_path))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql_err(&self.index_path))
+    }
+
+    /// The events chunks the index lists, in order. The index may miss the last chunk of a
+    /// trace whose recorder was killed; [`TraceReader::events`] reads it anyway.
+    pub fn chunks(&self) -> Result<Vec<ChunkInfo>> {
+        let mut stmt = self
+            .db
+            .prepare(
+                "SELECT seq, offset, len, first_event, events, raw_len FROM chunks ORDER BY seq",
+            )
+            .map_err(sql_err(&self.index_path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let u = |i: usize| -> rusqlite::Result<u64> {
+                    Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0))
+                };
+                Ok(ChunkInfo {
+                    seq: u(0)?,
+                    offset: u(1)?,
+                    len: u(2)?,
+                    first_event: u(3)?,
+                    events: u(4)?,
+                    raw_len: u(5)?,
+                })
+            })
+            .map_err(sql_err(&self.index_path))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql_err(&self.index_path))
+    }
+}
+
+/// The events of a trace, in order, read chunk by chunk.
+///
+/// The iteration ends with `None` at the end of a sound stream. In a trace whose recorder did
+/// not finish (`meta.complete == false`), a cut or garbled last chunk also ends it, and
+/// [`EventIter::truncated`] then says so. Damage anywhere else, a damaged end of a complete
+/// trace, or an event count other than `meta.event_count` yields one
+/// `Err(TraceError::Corrupt)`, after which the iterator is exhausted.
+pub struct EventIter {
+    path: PathBuf,
+    file: File,
+    file_len: u64,
+    offset: u64,
+    seq: u64,
+    next_index: u64,
+    pending: VecDeque<Event>,
+    complete: bool,
+    expected: u64,
+    last_indexed_offset: Option<u64>,
+    done: bool,
+    truncated: bool,
+}
+
+/// How the bytes at the end of an events file are wrong.
+enum Tail {
+    /// The file ends inside the chunk.
+    Cut,
+    /// The chunk is all there but wrong (bad magic or checksum).
+    Garbled,
+}
+
+impl EventIter {
+    /// Whether the stream ended at a cut or garbled last chunk of an incomplete trace (the
+    /// events of that chunk are lost). Meaningful once the iteration has ended.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// Number of events yielded or buffered so far; after a clean end, the trace's count.
+    pub fn events_read(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Either ends the stream at a tolerated tail (returning `Ok(false)`) or reports damage.
+    fn bad_tail(&mut self, kind: Tail, what: String) -> Result<bool> {
+        let later_chunk_indexed = self.last_indexed_offset.is_some_and(|o| o > self.offset);
+        let tolerated = !self.complete
+            && match kind {
+                Tail::Cut => true,
+                Tail::Garbled => !later_chunk_indexed,
+            };
+        if tolerated {
+            tracing::debug!("{}: {what}; the recording ends here", self.path.display());
+            self.truncated = true;
+            Ok(false)
+        } else {
+            Err(self.corrupt(what))
+        }
+    }
+
+    fn corrupt(&self, what: String) -> TraceError {
+        TraceError::corrupt(&self.path, what)
+    }
+
+    /// Loads the next chunk into `pending`; `Ok(false)` at the end of the stream.
+    fn read_chunk(&mut self) -> Result<bool> {
+        let remaining = self.file_len - self.offset;
+        if remaining == 0 {
+            return Ok(false);
+        }
+        let name = format!("events chunk {} at offset {}", self.seq, self.offset);
+        if remaining < CHUNK_HEADER_LEN as u64 {
+            return self.bad_tail(
+                Tail::Cut,
+                format!("{name} ends after {remaining} bytes of its header"),
+            );
+        }
+        let mut h = [0u8; CHUNK_HEADER_LEN];
+        self.file.read_exact(&mut h).map_err(io_err(&self.path))?;
+        let Some(header) = ChunkHeader::decode(&h) else {
+            return self.bad_tail(Tail::Garbled, format!("{name} has no chunk magic"));
+        };
+        let available = remaining - CHUNK_HEADER_LEN as u64;
+        let len = u64::from(header.compressed_len);
+        if len > available {
+            return self.bad_tail(
+                Tail::Cut,
+                format!("{name} is cut short ({len} bytes announced, {available} present)"),
+            );
+        }
+        let mut frame = Vec::with_capacity(len as usize);
+        (&mut self.file)
+            .take(len)
+            .read_to_end(&mut frame)
+            .map_err(io_err(&self.path))?;
+        if frame.len() as u64 != len {
+            return self.bad_tail(Tail::Cut, format!("{name} is cut short"));
+        }
+        if format::checksum(&frame) != header.checksum {
+            let what = format!("{name} fails its checksum");
+            return if len == available {
+                self.bad_tail(Tail::Garbled, what)
+            } else {
+                Err(self.corrupt(what))
+            };
+        }
+        if header.first_event != self.next_index {
+            return Err(self.corrupt(format!(
+                "{name} starts at event {} instead of {}",
+                header.first_event, self.next_index
+            )));
+        }
+        let events = format::decode_chunk(&frame, header.events)
+            .map_err(|e| self.corrupt(format!("{name}: {e}")))?;
+        self.pending = events;
+        self.next_index += u64::from(header.events);
+        self.offset += CHUNK_HEADER_LEN as u64 + len;
+        self.seq += 1;
+        Ok(true)
+    }
+}
+
+impl Iterator for EventIter {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(Ok(ev));
+            }
+            if self.done {
+                return None;
+            }
+            match self.read_chunk() {
+                Ok(true) => continue,
+                Ok(false) => {
+                    self.done = true;
+                    if self.complete && self.next_index != self.expected {
+                        return Some(Err(self.corrupt(format!(
+                            "the trace holds {} events but its metadata says {}",
+                            self.next_index, self.expected
+                        ))));
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl std::iter::FusedIterator for EventIter {}
