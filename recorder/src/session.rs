@@ -203,6 +203,11 @@ impl Session {
             }
             other => bail!("the program did not start: {other:?}"),
         }
+        self.record_exec()
+    }
+
+    /// At an exec stop: records the new program image, then runs to the end of the `execve`.
+    fn record_exec(&mut self) -> Result<()> {
         self.tracee.reopen_mem()?;
         let ev = exec::capture(&self.tracee, &mut self.writer, &mut self.files)?;
         self.writer.push(&Event::Exec(ev))?;
@@ -275,11 +280,16 @@ impl Session {
                 self.tracee.cont(0)?;
                 return Ok(None);
             }
-            Replay::Emulate | Replay::Execute | Replay::Mmap => {}
+            Replay::Emulate | Replay::Execute | Replay::Mmap | Replay::Exec => {}
         }
         self.tracee.cont_syscall(0)?;
         match self.tracee.wait()? {
             Stop::SyscallStop => {}
+            // A successful exec: the new image is the event (a failed one is a plain syscall).
+            Stop::Exec if replay == Replay::Exec => {
+                self.record_exec()?;
+                return Ok(None);
+            }
             // Killed while inside the syscall (SIGKILL): the syscall never returned.
             Stop::Exited(c) => return Ok(Some(ExitStatus::Exited(c))),
             Stop::Killed(s) => return Ok(Some(ExitStatus::Signaled(s))),

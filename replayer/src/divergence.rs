@@ -43,8 +43,9 @@ impl fmt::Display for Incomplete {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "the recording is incomplete (its recorder was probably killed): replayed all {} \
-             recorded events faithfully, then the trace ends before the program did",
+            "the recording is incomplete (its recorder was killed or stopped with an error): \
+             replayed all {} recorded events faithfully, then the trace ends before the program \
+             did",
             self.events
         )
     }

@@ -148,17 +148,10 @@ impl Session<'_> {
             Stop::Exec => {}
             other => bail!("the recorded program did not start in replay: {other:?}"),
         }
-        self.tracee.reopen_mem()?;
-        exec::restore(&self.tracee, exec_ev)?;
-        self.tracee.cont_syscall(0)?;
-        match self.tracee.wait()? {
-            Stop::SyscallStop => {}
-            other => bail!("unexpected stop after exec: {other:?}"),
-        }
-        self.resume(0)?;
+        self.finish_exec(exec_ev)?;
         loop {
             let Some(ev) = self.take()? else {
-                if self.events.truncated() {
+                if self.events.truncated() || !self.reader.meta().complete {
                     bail!(Incomplete { events: self.index + 1 });
                 }
                 bail!("the trace ends without the program's exit");
@@ -169,8 +162,53 @@ impl Session<'_> {
                 Event::Signal(e) => self.signal(&e)?,
                 Event::Rdtsc(e) => self.rdtsc(&e)?,
                 Event::Exit(e) => return self.exit(e.status),
-                Event::Exec(_) => bail!("a second exec in one trace is not supported yet"),
+                Event::Exec(e) => self.exec(&e)?,
                 Event::Cpuid(_) => bail!("trapped CPUID events are not supported by this replayer"),
+            }
+        }
+    }
+
+    /// At the exec stop: makes the new image the recorded one and runs to the end of `execve`.
+    fn finish_exec(&mut self, ev: &trace_format::ExecEvent) -> Result<()> {
+        self.tracee.reopen_mem()?;
+        exec::restore(&self.tracee, ev)?;
+        self.tracee.cont_syscall(0)?;
+        match self.tracee.wait()? {
+            Stop::SyscallStop => {}
+            other => bail!("unexpected stop after exec: {other:?}"),
+        }
+        self.resume(0)
+    }
+
+    /// A successful `execve` of the program: runs it for real, but on the trace's copy of the
+    /// executable the recording ran.
+    fn exec(&mut self, ev: &trace_format::ExecEvent) -> Result<()> {
+        let stop = self.wait_stop(None)?;
+        let mut r = self.tracee.regs()?;
+        if stop != Stop::SeccompEntry || r.orig_rax != libc::SYS_execve as u64 {
+            let found = self.describe_stop(stop);
+            return Err(self.diverged(format!("execve of {}", ev.exe.path), found, vec![]));
+        }
+        let path = self.reader.file_path(&ev.exe)?;
+        let mut bytes = path.as_os_str().as_encoded_bytes().to_vec();
+        bytes.push(0);
+        // Just below the red zone of the old image's stack, which the exec discards anyway.
+        let at = (r.rsp - 128 - bytes.len() as u64) & !15;
+        self.tracee.write_mem(at, &bytes)?;
+        r.rdi = at;
+        self.tracee.set_regs(&r)?;
+        self.tracee.cont_syscall(0)?;
+        match self.tracee.wait()? {
+            Stop::Exec => self.finish_exec(ev),
+            other => {
+                let found = match other {
+                    Stop::SyscallStop => {
+                        let err = self.tracee.regs()?.rax as i64;
+                        format!("execve failing with {}", errno_text(err))
+                    }
+                    other => self.describe_stop(other),
+                };
+                Err(self.diverged(format!("execve of {}", ev.exe.path), found, vec![]))
             }
         }
     }
@@ -287,7 +325,10 @@ impl Session<'_> {
                 return Ok(());
             }
             Replay::Unsupported(reason) => bail!("{name} is not supported: {reason}"),
-            Replay::Emulate | Replay::Deny(_) | Replay::Mmap => {
+            Replay::Exec if !(-4095..0).contains(&e.result) => {
+                bail!("the trace records a successful execve as a plain syscall")
+            }
+            Replay::Emulate | Replay::Deny(_) | Replay::Mmap | Replay::Exec => {
                 if !self.opts.quiet {
                     echo::echo(&self.tracee, e).unwrap_or_else(|err| {
                         tracing::warn!("could not echo output: {err:#}");

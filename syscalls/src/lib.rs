@@ -27,6 +27,9 @@ pub enum Replay {
     Mmap,
     /// `exit` / `exit_group`: ends the thread or process.
     Exit,
+    /// `execve`: a successful one replaces the program image (recorded as an exec event and
+    /// replayed by exec'ing the trace's copy of the new executable); a failed one is emulated.
+    Exec,
     /// Refused with this errno in recording and replay (the program sees e.g. `ENOSYS`); the recorder warns once.
     Deny(i32),
     /// Recording stops with the error "`<name>` is not supported yet: `<reason>`".
@@ -299,7 +302,7 @@ pub fn out_regions(call: &Call, mem: &dyn Memory) -> Vec<Region> {
                 for i in 0..call.ret().min(MAX_VEC) {
                     let m = base.wrapping_add(i * size::MMSGHDR);
                     push(&mut out, m, size::MMSGHDR);
-                    let msg_len = mem.read_u32(m + size::MSGHDR).unwrap_or(0);
+                    let msg_len = mem.read_u32(m.wrapping_add(size::MSGHDR)).unwrap_or(0);
                     msghdr(mem, m, u64::from(msg_len), &mut out);
                 }
             }

@@ -29,7 +29,7 @@ const fn sa(addr: usize, len_ptr: usize) -> Out {
 const NOSYS: Replay = Deny(libc::ENOSYS);
 const THREADS: Replay =
     Unsupported("threads and child processes are recorded from a later version on");
-const EXEC: Replay = Unsupported("exec of another program");
+const EXECAT: Replay = Unsupported("execveat (fexecve) is recorded from a later version on");
 const SYSV_SHM: Replay = Unsupported("System V shared memory");
 
 /// One table entry: `sys!(nr, name, replay)`, `sys!(nr, name, replay, [outs])`, or
@@ -109,7 +109,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(56, clone, THREADS),
     sys!(57, fork, THREADS),
     sys!(58, vfork, THREADS),
-    sys!(59, execve, EXEC),
+    sys!(59, execve, Exec),
     sys!(60, exit, Exit),
     sys!(61, wait4, Emulate, [f(1, 4), f(3, RUSAGE)]),
     sys!(62, kill, Emulate),
@@ -375,7 +375,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(319, memfd_create, Emulate),
     sys!(320, kexec_file_load, Emulate),
     sys!(321, bpf, NOSYS),
-    sys!(322, execveat, EXEC),
+    sys!(322, execveat, EXECAT),
     sys!(323, userfaultfd, NOSYS),
     sys!(324, membarrier, Emulate),
     sys!(325, mlock2, Execute),
@@ -479,7 +479,9 @@ fn ioctl(c: &Call, mem: &dyn Memory, out: &mut Vec<Region>) {
             push(out, argp, len);
             if req == 0x8912 {
                 // struct ifconf { int ifc_len; char *ifc_buf; }: ifc_len is now the bytes written.
-                if let (Some(n), Some(buf)) = (mem.read_u32(argp), mem.read_u64(argp + 8)) {
+                if let (Some(n), Some(buf)) =
+                    (mem.read_u32(argp), mem.read_u64(argp.wrapping_add(8)))
+                {
                     push(out, buf, u64::from(n));
                 }
             }

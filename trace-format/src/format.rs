@@ -204,3 +204,100 @@ pub(crate) fn decode_blob(frame: &[u8], raw_len: u64) -> Result<Vec<u8>, String>
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ExitEvent, ExitStatus, RdtscEvent, SignalEvent, SignalOrigin};
+
+    fn sample() -> Vec<Event> {
+        vec![
+            Event::Signal(SignalEvent {
+                tid: 7,
+                signo: 11,
+                siginfo: vec![3; 128],
+                origin: SignalOrigin::Fault,
+                rip: 0x1234,
+                delivered: true,
+            }),
+            Event::Rdtsc(RdtscEvent {
+                tid: 7,
+                rip: 0x1240,
+                tsc: 99,
+                aux: Some(1),
+            }),
+            Event::Exit(ExitEvent {
+                tid: 7,
+                status: ExitStatus::Exited(0),
+            }),
+        ]
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let h = ChunkHeader {
+            compressed_len: 5,
+            events: 6,
+            first_event: 7,
+            checksum: 8,
+        };
+        assert_eq!(ChunkHeader::decode(&h.encode()), Some(h));
+        let b = BlobHeader {
+            compressed_len: 1,
+            raw_len: 2,
+            checksum: 3,
+        };
+        assert_eq!(BlobHeader::decode(&b.encode()), Some(b));
+        assert_eq!(ChunkHeader::decode(&[0; CHUNK_HEADER_LEN]), None);
+    }
+
+    /// Damaged event bytes behind a valid frame (what a checksum collision would let
+    /// through) are errors, never panics or huge allocations.
+    #[test]
+    fn garbled_event_bytes_are_errors() {
+        let events = sample();
+        let mut raw = Vec::new();
+        for ev in &events {
+            encode_event(ev, &mut raw).unwrap();
+        }
+        let frame = zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap();
+        assert_eq!(decode_chunk(&frame, 3).unwrap(), events);
+        assert!(decode_chunk(&frame, 2).is_err());
+        assert!(decode_chunk(&frame, 4).is_err());
+        for pos in 0..raw.len() {
+            for mask in [0x01u8, 0x80, 0xff] {
+                let mut bad = raw.clone();
+                bad[pos] ^= mask;
+                let frame = zstd::bulk::compress(&bad, ZSTD_LEVEL).unwrap();
+                let _ = decode_chunk(&frame, 3);
+            }
+        }
+        for cut in 0..raw.len() {
+            let frame = zstd::bulk::compress(&raw[..cut], ZSTD_LEVEL).unwrap();
+            assert!(decode_chunk(&frame, 3).is_err());
+        }
+        for cut in 0..frame.len() {
+            assert!(decode_chunk(&frame[..cut], 3).is_err());
+        }
+        // A length prefix claiming 4 GiB, and a vector length claiming 2^60 elements.
+        let mut huge = u32::MAX.to_le_bytes().to_vec();
+        huge.extend_from_slice(&[1, 2, 3]);
+        let frame = zstd::bulk::compress(&huge, ZSTD_LEVEL).unwrap();
+        assert!(decode_chunk(&frame, 1).is_err());
+        let mut body = vec![2u8, 7]; // Event::Signal, tid 7 (varint zigzag 14 would be 7)
+        body.extend_from_slice(&[0xff; 9]);
+        let mut rec = (body.len() as u32).to_le_bytes().to_vec();
+        rec.extend_from_slice(&body);
+        let frame = zstd::bulk::compress(&rec, ZSTD_LEVEL).unwrap();
+        assert!(decode_chunk(&frame, 1).is_err());
+    }
+
+    #[test]
+    fn blob_lengths_are_checked() {
+        let frame = zstd::bulk::compress(b"0123456789", ZSTD_LEVEL).unwrap();
+        assert_eq!(decode_blob(&frame, 10).unwrap(), b"0123456789");
+        assert!(decode_blob(&frame, 9).is_err());
+        assert!(decode_blob(&frame, 11).is_err());
+        assert!(decode_blob(&frame[..frame.len() - 1], 10).is_err());
+    }
+}

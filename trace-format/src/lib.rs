@@ -4,6 +4,8 @@
 //! is described in this crate's `README.md`. [`TraceRoot`] manages the directory traces are
 //! kept in. This crate is pure data: it never touches a tracee.
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod event;
 mod format;

@@ -15,8 +15,11 @@ pub struct CpuidRecord {
     pub regs: [u32; 4],
 }
 
-/// Everything about a recording that is not an event. Stored as JSON in the index.
+/// Everything about a recording that is not an event. Stored as JSON in the index; fields
+/// missing from the JSON take their default, so fields can be added without a new format
+/// version.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
 pub struct TraceMeta {
     /// The trace format version ([`crate::FORMAT_VERSION`] for traces this build writes).
     pub format_version: u32,

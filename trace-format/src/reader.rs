@@ -367,7 +367,7 @@ impl EventIter {
                 format!("{name} is cut short ({len} bytes announced, {available} present)"),
             );
         }
-        let mut frame = Vec::with_capacity(len as usize);
+        let mut frame = Vec::with_capacity(len.min(16 << 20) as usize);
         (&mut self.file)
             .take(len)
             .read_to_end(&mut frame)

@@ -598,7 +598,10 @@ fn damaged_index_is_an_error() {
     fs::write(&index, &pristine).unwrap();
     sql(&dir, "UPDATE meta SET value = '{not json'");
     assert_corrupt(TraceReader::open(&dir).map(|_| ()), "not JSON");
-    sql(&dir, "UPDATE meta SET value = '{\"format_version\": 1}'");
+    sql(
+        &dir,
+        "UPDATE meta SET value = '{\"format_version\": 1, \"argv\": 5}'",
+    );
     assert_corrupt(TraceReader::open(&dir).map(|_| ()), "malformed");
     sql(&dir, "DELETE FROM meta");
     assert_corrupt(TraceReader::open(&dir).map(|_| ()), "no metadata");
