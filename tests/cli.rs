@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::ffi::OsStr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -143,6 +143,12 @@ fn assert_owner_only(trace: &Path) {
             continue;
         }
         let mode = m.permissions().mode() & 0o777;
+        if m.is_file() && m.nlink() > 1 {
+            // A hard link to a system file (the file store links /usr/lib/... instead of
+            // copying): the mode is the original's, and the 0700 directories protect it.
+            assert_eq!(mode & 0o022, 0, "{} is a hard link to a group/other-writable file", p.display());
+            continue;
+        }
         assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}: group/other bits set", p.display());
         if m.is_dir() {
             assert_eq!(mode, 0o700, "{} directory mode {mode:o}", p.display());
@@ -150,6 +156,15 @@ fn assert_owner_only(trace: &Path) {
             assert!(mode == 0o600 || mode == 0o700, "{} file mode {mode:o}", p.display());
         }
     }
+}
+
+/// The stored copies in the trace whose content is `content`.
+fn stored_copies(trace: &Path, content: &[u8]) -> Vec<PathBuf> {
+    walk(trace)
+        .into_iter()
+        .filter(|p| std::fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false))
+        .filter(|p| std::fs::read(p).map(|c| c == content).unwrap_or(false))
+        .collect()
 }
 
 #[test]
@@ -162,6 +177,13 @@ fn trace_permissions() {
     let (trace, rec) = ctx.record(program("mmap_file"), &[input.to_str().unwrap()]);
     assert!(rec.status.success(), "{}", describe("rec", &rec));
     assert_owner_only(&trace);
+    // The user's (0644) file was copied into the trace, privately.
+    let copies = stored_copies(&trace, b"some private data\n");
+    assert!(!copies.is_empty(), "no copy of the mmapped input in the trace's file store");
+    for c in copies {
+        let mode = std::fs::metadata(&c).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "stored copy {} of a 0644 user file has mode {mode:o}", c.display());
+    }
 
     let rec = ctx.record_default(program("exit3"), &[]);
     assert_eq!(rec.status.code(), Some(3));

@@ -85,6 +85,8 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         root.set_latest(&dir)?;
     }
     install_interrupt_passthrough();
+    start_flush_timer();
+    tracee::pin_current_thread(cpu)?;
     let tracee = spawn(&SpawnOptions {
         program: path.clone(),
         argv,
@@ -105,7 +107,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         resent: HashMap::new(),
         cpu: cpu as u32,
     };
-    match session.run() {
+    let result = session.run();
+    stop_flush_timer();
+    match result {
         Ok(status) => {
             session.writer.finish(status)?;
             Ok(RecordOutcome {
@@ -143,6 +147,40 @@ fn install_interrupt_passthrough() {
     }
 }
 
+extern "C" fn wake_waiter(_: libc::c_int) {}
+
+/// Interval of the timer that interrupts the recorder's waits so buffered events reach the disk
+/// while the tracee blocks or computes (a recorder killed then still leaves them in the trace).
+const FLUSH_TICK_US: libc::suseconds_t = 250_000;
+
+fn start_flush_timer() {
+    // SAFETY: installs an async-signal-safe no-op handler without SA_RESTART (so the signal
+    // interrupts waitpid), then arms a periodic real-time timer; neither is inherited by the
+    // tracee after its exec.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = wake_waiter as *const () as libc::sighandler_t;
+        libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
+        let tick = libc::timeval {
+            tv_sec: 0,
+            tv_usec: FLUSH_TICK_US,
+        };
+        let it = libc::itimerval {
+            it_interval: tick,
+            it_value: tick,
+        };
+        libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut());
+    }
+}
+
+fn stop_flush_timer() {
+    // SAFETY: disarms the timer armed by start_flush_timer.
+    unsafe {
+        let it: libc::itimerval = std::mem::zeroed();
+        libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut());
+    }
+}
+
 struct Session {
     tracee: Tracee,
     writer: TraceWriter,
@@ -170,10 +208,16 @@ impl Session {
         self.tracee.pid()
     }
 
+    /// Waits for the tracee's next stop, writing out buffered events while it takes long.
+    fn wait(&mut self) -> Result<Stop> {
+        let writer = &mut self.writer;
+        tracee::stop::wait_for_or_idle(self.tracee.pid(), &mut || Ok(writer.flush()?))
+    }
+
     fn run(&mut self) -> Result<ExitStatus> {
         self.first_exec()?;
         loop {
-            match self.tracee.wait()? {
+            match self.wait()? {
                 Stop::SeccompEntry => {
                     if let Some(status) = self.on_syscall()? {
                         return self.on_end(status);
@@ -192,7 +236,7 @@ impl Session {
     /// Runs the initial `execve` and records the new program image.
     fn first_exec(&mut self) -> Result<()> {
         self.tracee.cont_syscall(0)?;
-        match self.tracee.wait()? {
+        match self.wait()? {
             Stop::Exec => {}
             Stop::SyscallStop => {
                 let err = -(self.tracee.regs()?.rax as i64);
@@ -212,7 +256,7 @@ impl Session {
         let ev = exec::capture(&self.tracee, &mut self.writer, &mut self.files)?;
         self.writer.push(&Event::Exec(ev))?;
         self.tracee.cont_syscall(0)?;
-        match self.tracee.wait()? {
+        match self.wait()? {
             Stop::SyscallStop => {}
             other => bail!("unexpected stop after exec: {other:?}"),
         }
@@ -283,7 +327,7 @@ impl Session {
             Replay::Emulate | Replay::Execute | Replay::Mmap | Replay::Exec => {}
         }
         self.tracee.cont_syscall(0)?;
-        match self.tracee.wait()? {
+        match self.wait()? {
             Stop::SyscallStop => {}
             // A successful exec: the new image is the event (a failed one is a plain syscall).
             Stop::Exec if replay == Replay::Exec => {

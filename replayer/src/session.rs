@@ -51,6 +51,9 @@ pub fn replay(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
     let meta = reader.meta();
     let program = reader.file_path(&exec_ev.exe)?;
     let cpu = meta.cpu.map(|c| c as usize).filter(|&c| cpu_allowed(c));
+    if let Some(c) = cpu {
+        tracee::pin_current_thread(c)?;
+    }
     let tracee = spawn(&SpawnOptions {
         program,
         argv: meta.argv.clone(),

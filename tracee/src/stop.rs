@@ -32,9 +32,18 @@ impl Stop {
 
 /// Waits for `pid` to stop or end, retrying on `EINTR`.
 pub fn wait_for(pid: Pid) -> Result<Stop> {
+    wait_for_or_idle(pid, &mut || Ok(()))
+}
+
+/// Like [`wait_for`], calling `on_idle` each time a signal interrupts the wait (the recorder
+/// uses a periodic timer signal to write out buffered events while the tracee blocks).
+pub fn wait_for_or_idle(pid: Pid, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<Stop> {
     loop {
         let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EINTR) => {
+                on_idle()?;
+                continue;
+            }
             other => other.with_context(|| format!("waiting for task {pid}"))?,
         };
         return Ok(match status {
