@@ -119,7 +119,10 @@ fn describe(ev: &Event) -> String {
             e.signo, e.origin, e.rip
         ),
         Event::Rdtsc(e) => match e.aux {
-            Some(aux) => format!("[{tid}] rdtscp = {:#x} aux {aux} at rip {:#x}", e.tsc, e.rip),
+            Some(aux) => format!(
+                "[{tid}] rdtscp = {:#x} aux {aux} at rip {:#x}",
+                e.tsc, e.rip
+            ),
             None => format!("[{tid}] rdtsc = {:#x} at rip {:#x}", e.tsc, e.rip),
         },
         Event::Cpuid(e) => format!(

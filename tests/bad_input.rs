@@ -16,13 +16,24 @@ fn missing_program() {
     let ctx = Ctx::new();
     let (trace, out) = ctx.record("/nonexistent/deja-no-such-program", &[]);
     assert_one_line_error("rec of a missing path", &out);
-    assert_stderr_mentions("rec of a missing path", &out, &["No such file", "not found"]);
-    assert!(!trace.join("events").exists(), "a trace was written for a program that never ran");
+    assert_stderr_mentions(
+        "rec of a missing path",
+        &out,
+        &["No such file", "not found"],
+    );
+    assert!(
+        !trace.join("events").exists(),
+        "a trace was written for a program that never ran"
+    );
 
     // A bare name that is not on PATH.
     let (_trace, out) = ctx.record("deja-no-such-program-on-path", &[]);
     assert_one_line_error("rec of a missing command", &out);
-    assert_stderr_mentions("rec of a missing command", &out, &["No such file", "not found"]);
+    assert_stderr_mentions(
+        "rec of a missing command",
+        &out,
+        &["No such file", "not found"],
+    );
 }
 
 #[test]
@@ -33,7 +44,11 @@ fn non_executable_file() {
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (_trace, out) = ctx.record(&copy, &[]);
     assert_one_line_error("rec of a non-executable file", &out);
-    assert_stderr_mentions("rec of a non-executable file", &out, &["permission denied", "not executable"]);
+    assert_stderr_mentions(
+        "rec of a non-executable file",
+        &out,
+        &["permission denied", "not executable"],
+    );
 }
 
 #[test]
@@ -53,7 +68,11 @@ fn text_file_without_shebang() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (_trace, out) = ctx.record(&script, &[]);
     assert_one_line_error("rec of a text file", &out);
-    assert_stderr_mentions("rec of a text file", &out, &["exec format error", "format", "ELF"]);
+    assert_stderr_mentions(
+        "rec of a text file",
+        &out,
+        &["exec format error", "format", "ELF"],
+    );
 }
 
 /// Records a small program that makes a good number of events; returns (ctx, trace, rec output).
@@ -61,7 +80,11 @@ fn good_trace() -> (Ctx, std::path::PathBuf, std::process::Output) {
     let ctx = Ctx::new();
     let (trace, rec) = ctx.record(program("pipe"), &[]);
     assert!(rec.status.success(), "{}", describe("rec", &rec));
-    assert!(trace.join("events").is_file(), "trace has no `events` file: {}", trace.display());
+    assert!(
+        trace.join("events").is_file(),
+        "trace has no `events` file: {}",
+        trace.display()
+    );
     (ctx, trace, rec)
 }
 
@@ -88,7 +111,11 @@ fn corrupt_trace() {
     let (ctx, trace, _rec) = good_trace();
     let events = trace.join("events");
     let mut bytes = std::fs::read(&events).unwrap();
-    assert!(bytes.len() >= 16, "events file suspiciously small ({} bytes)", bytes.len());
+    assert!(
+        bytes.len() >= 16,
+        "events file suspiciously small ({} bytes)",
+        bytes.len()
+    );
     let mid = bytes.len() / 2;
     let span = (bytes.len() / 8).clamp(8, 64);
     for b in &mut bytes[mid - span / 2..mid + span / 2] {
@@ -144,10 +171,20 @@ fn no_trace_recorded_yet() {
 #[test]
 fn usage_errors_do_not_panic() {
     let ctx = Ctx::new();
-    for args in [&["rec"][..], &["replay", "-a", "a", "b"], &["info"], &["no-such-subcommand"], &["rec", "-o"]] {
+    for args in [
+        &["rec"][..],
+        &["replay", "-a", "a", "b"],
+        &["info"],
+        &["no-such-subcommand"],
+        &["rec", "-o"],
+    ] {
         let out = ctx.run_deja(args);
         assert_no_panic(&format!("deja {args:?}"), &out);
-        assert!(!out.status.success(), "deja {args:?} should fail\n{}", describe("usage", &out));
+        assert!(
+            !out.status.success(),
+            "deja {args:?} should fail\n{}",
+            describe("usage", &out)
+        );
     }
 }
 
@@ -178,7 +215,10 @@ fn killed_recorder_leaves_incomplete_trace() {
             panic!("no first line from `deja rec slow` within 30 s: {other:?}");
         }
     };
-    assert!(first.starts_with("slow: started pid "), "unexpected first line {first:?}");
+    assert!(
+        first.starts_with("slow: started pid "),
+        "unexpected first line {first:?}"
+    );
     // Let the tracee get into its sleep (the write's event recorded), then kill the recorder.
     std::thread::sleep(Duration::from_millis(1000));
     child.kill().expect("SIGKILL deja rec");
@@ -204,7 +244,11 @@ fn killed_recorder_leaves_incomplete_trace() {
     );
 
     let info = ctx.info_json(&trace);
-    assert_eq!(info["complete"], serde_json::Value::Bool(false), "info --json: {info}");
+    assert_eq!(
+        info["complete"],
+        serde_json::Value::Bool(false),
+        "info --json: {info}"
+    );
     let out = ctx.run_deja(&[OsStr::new("info"), trace.as_os_str()]);
     assert_no_panic("info of a killed recording", &out);
     assert!(out.status.success(), "{}", describe("info", &out));

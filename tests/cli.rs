@@ -38,7 +38,11 @@ fn default_location_and_ls() {
     let rec2 = ctx.record_default(program("spin"), &["1000"]);
     assert!(rec2.status.success(), "{}", describe("rec", &rec2));
     let traces = traces_in(&ctx.trace_root());
-    assert_eq!(traces.len(), 2, "expected two traces under DEJA_TRACE_DIR, found {traces:?}");
+    assert_eq!(
+        traces.len(),
+        2,
+        "expected two traces under DEJA_TRACE_DIR, found {traces:?}"
+    );
 
     let out = ctx.run_deja(&["ls"]);
     assert_no_panic("ls", &out);
@@ -46,7 +50,11 @@ fn default_location_and_ls() {
     let listing = stdout_str(&out);
     for t in &traces {
         let name = t.file_name().unwrap().to_string_lossy();
-        assert!(listing.contains(&*name), "deja ls does not list {name}\n{}", describe("ls", &out));
+        assert!(
+            listing.contains(&*name),
+            "deja ls does not list {name}\n{}",
+            describe("ls", &out)
+        );
     }
 }
 
@@ -61,9 +69,16 @@ fn latest_trace_is_default() {
     let link = ctx.trace_root().join("latest-trace");
     let meta = std::fs::symlink_metadata(&link)
         .unwrap_or_else(|e| panic!("no latest-trace link in DEJA_TRACE_DIR ({e})"));
-    assert!(meta.file_type().is_symlink(), "latest-trace is not a symlink");
+    assert!(
+        meta.file_type().is_symlink(),
+        "latest-trace is not a symlink"
+    );
     let target = ctx.latest_trace().unwrap();
-    assert!(target.join("events").is_file(), "latest-trace -> {} is not a trace", target.display());
+    assert!(
+        target.join("events").is_file(),
+        "latest-trace -> {} is not a trace",
+        target.display()
+    );
 
     // No TRACE: replays the latest (the second) recording.
     let replay = ctx.replay_latest();
@@ -81,8 +96,13 @@ fn info_json_fields() {
     assert_eq!(rec.status.code(), Some(3), "{}", describe("rec", &rec));
     let info = ctx.info_json(&trace);
 
-    let argv = info["argv"].as_array().unwrap_or_else(|| panic!("argv is not an array: {info}"));
-    let argv: Vec<&str> = argv.iter().map(|a| a.as_str().expect("argv entries are strings")).collect();
+    let argv = info["argv"]
+        .as_array()
+        .unwrap_or_else(|| panic!("argv is not an array: {info}"));
+    let argv: Vec<&str> = argv
+        .iter()
+        .map(|a| a.as_str().expect("argv entries are strings"))
+        .collect();
     assert_eq!(argv.len(), 3, "argv: {argv:?}");
     assert!(argv[0].ends_with("exit3"), "argv[0]: {argv:?}");
     assert_eq!(&argv[1..], &["arg one", "two"]);
@@ -92,16 +112,32 @@ fn info_json_fields() {
     if let Some(n) = exit.as_i64() {
         assert_eq!(n, 3, "exit: {info}");
     } else {
-        assert!(exit.to_string().contains('3'), "exit does not show status 3: {info}");
+        assert!(
+            exit.to_string().contains('3'),
+            "exit does not show status 3: {info}"
+        );
     }
-    let count = info["event_count"].as_u64().unwrap_or_else(|| panic!("event_count not a number: {info}"));
-    assert!(count >= 3, "event_count {count} too small (exec, a write, exit at least)");
-    assert_eq!(info["complete"], serde_json::Value::Bool(true), "complete: {info}");
+    let count = info["event_count"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("event_count not a number: {info}"));
+    assert!(
+        count >= 3,
+        "event_count {count} too small (exec, a write, exit at least)"
+    );
+    assert_eq!(
+        info["complete"],
+        serde_json::Value::Bool(true),
+        "complete: {info}"
+    );
 
     // The human-readable form works too.
     let out = ctx.run_deja(&[OsStr::new("info"), trace.as_os_str()]);
     assert_no_panic("info", &out);
-    assert!(out.status.success() && !out.stdout.is_empty(), "{}", describe("info", &out));
+    assert!(
+        out.status.success() && !out.stdout.is_empty(),
+        "{}",
+        describe("info", &out)
+    );
 }
 
 #[test]
@@ -109,34 +145,50 @@ fn dump_events() {
     let ctx = Ctx::new();
     let (trace, rec) = ctx.record(program("pipe"), &[]);
     assert!(rec.status.success(), "{}", describe("rec", &rec));
-    let count = ctx.info_json(&trace)["event_count"].as_u64().expect("event_count");
+    let count = ctx.info_json(&trace)["event_count"]
+        .as_u64()
+        .expect("event_count");
 
     let out = ctx.run_deja(&[OsStr::new("dump"), trace.as_os_str()]);
     assert_no_panic("dump", &out);
     assert!(out.status.success(), "{}", describe("dump", &out));
     let text = stdout_str(&out);
     let lines = text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
-    assert!(lines >= count, "dump printed {lines} lines for {count} events\n{text}");
+    assert!(
+        lines >= count,
+        "dump printed {lines} lines for {count} events\n{text}"
+    );
     let lower = text.to_lowercase();
     assert!(lower.contains("exec"), "dump does not mention exec\n{text}");
-    assert!(lower.contains("syscall"), "dump does not mention syscall\n{text}");
+    assert!(
+        lower.contains("syscall"),
+        "dump does not mention syscall\n{text}"
+    );
 
     let out = ctx.run_deja(&[OsStr::new("dump"), trace.as_os_str(), OsStr::new("--json")]);
     assert_no_panic("dump --json", &out);
     assert!(out.status.success(), "{}", describe("dump --json", &out));
     let mut n = 0u64;
     for line in stdout_str(&out).lines().filter(|l| !l.trim().is_empty()) {
-        let _: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("dump --json line is not JSON ({e}): {line}"));
+        let _: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("dump --json line is not JSON ({e}): {line}"));
         n += 1;
     }
-    assert_eq!(n, count, "dump --json printed {n} events, info says {count}");
+    assert_eq!(
+        n, count,
+        "dump --json printed {n} events, info says {count}"
+    );
 }
 
 fn assert_owner_only(trace: &Path) {
     let meta = std::fs::metadata(trace).unwrap();
     assert!(meta.is_dir());
-    assert_eq!(meta.permissions().mode() & 0o777, 0o700, "trace dir {} mode", trace.display());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "trace dir {} mode",
+        trace.display()
+    );
     for p in walk(trace) {
         let m = std::fs::symlink_metadata(&p).unwrap();
         if m.file_type().is_symlink() {
@@ -146,14 +198,28 @@ fn assert_owner_only(trace: &Path) {
         if m.is_file() && m.nlink() > 1 {
             // A hard link to a system file (the file store links /usr/lib/... instead of
             // copying): the mode is the original's, and the 0700 directories protect it.
-            assert_eq!(mode & 0o022, 0, "{} is a hard link to a group/other-writable file", p.display());
+            assert_eq!(
+                mode & 0o022,
+                0,
+                "{} is a hard link to a group/other-writable file",
+                p.display()
+            );
             continue;
         }
-        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}: group/other bits set", p.display());
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} has mode {mode:o}: group/other bits set",
+            p.display()
+        );
         if m.is_dir() {
             assert_eq!(mode, 0o700, "{} directory mode {mode:o}", p.display());
         } else {
-            assert!(mode == 0o600 || mode == 0o700, "{} file mode {mode:o}", p.display());
+            assert!(
+                mode == 0o600 || mode == 0o700,
+                "{} file mode {mode:o}",
+                p.display()
+            );
         }
     }
 }
@@ -162,7 +228,11 @@ fn assert_owner_only(trace: &Path) {
 fn stored_copies(trace: &Path, content: &[u8]) -> Vec<PathBuf> {
     walk(trace)
         .into_iter()
-        .filter(|p| std::fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false))
+        .filter(|p| {
+            std::fs::symlink_metadata(p)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+        })
         .filter(|p| std::fs::read(p).map(|c| c == content).unwrap_or(false))
         .collect()
 }
@@ -179,10 +249,18 @@ fn trace_permissions() {
     assert_owner_only(&trace);
     // The user's (0644) file was copied into the trace, privately.
     let copies = stored_copies(&trace, b"some private data\n");
-    assert!(!copies.is_empty(), "no copy of the mmapped input in the trace's file store");
+    assert!(
+        !copies.is_empty(),
+        "no copy of the mmapped input in the trace's file store"
+    );
     for c in copies {
         let mode = std::fs::metadata(&c).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "stored copy {} of a 0644 user file has mode {mode:o}", c.display());
+        assert_eq!(
+            mode,
+            0o600,
+            "stored copy {} of a 0644 user file has mode {mode:o}",
+            c.display()
+        );
     }
 
     let rec = ctx.record_default(program("exit3"), &[]);
@@ -196,7 +274,10 @@ fn replay_without_autopilot_mentions_gdb() {
     let ctx = Ctx::new();
     let (trace, rec) = ctx.record(program("exit3"), &[]);
     assert_eq!(rec.status.code(), Some(3));
-    let out = run_with_timeout(ctx.deja().arg("replay").arg(&trace), Duration::from_secs(30));
+    let out = run_with_timeout(
+        ctx.deja().arg("replay").arg(&trace),
+        Duration::from_secs(30),
+    );
     assert_deja_error("replay without -a", &out);
     assert_stderr_mentions("replay without -a", &out, &["gdb"]);
 }

@@ -14,7 +14,10 @@ fn installed(name: &str) -> Option<PathBuf> {
     };
     let real = std::fs::canonicalize(&p).unwrap_or(p);
     if !is_elf(&real) {
-        eprintln!("note: {} is not an ELF executable (a wrapper script?); skipping", real.display());
+        eprintln!(
+            "note: {} is not an ELF executable (a wrapper script?); skipping",
+            real.display()
+        );
         return None;
     }
     Some(real)
@@ -32,25 +35,37 @@ fn python_random_time_urandom_uuid() {
     let exe = PathBuf::from(stdout_str(&out).trim());
     let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
     if !out.status.success() || !is_elf(&exe) {
-        eprintln!("note: cannot find python3's real interpreter ({}); skipping", describe("python3", &out));
+        eprintln!(
+            "note: cannot find python3's real interpreter ({}); skipping",
+            describe("python3", &out)
+        );
         return;
     }
     let script = "import random,time,os,uuid; print(random.random(), time.time(), os.urandom(8).hex(), uuid.uuid4())";
     assert_native_nondeterministic(&exe, &["-c", script]);
     let r = assert_replays_exactly(&exe, &["-c", script]);
-    assert_eq!(stdout_str(&r.rec).split_whitespace().count(), 4, "{}", describe("rec", &r.rec));
+    assert_eq!(
+        stdout_str(&r.rec).split_whitespace().count(),
+        4,
+        "{}",
+        describe("rec", &r.rec)
+    );
 }
 
 #[test]
 fn date_nanoseconds() {
-    let Some(date) = installed("date") else { return };
+    let Some(date) = installed("date") else {
+        return;
+    };
     assert_native_nondeterministic(&date, &["+%N"]);
     assert_replays_exactly(&date, &["+%N"]);
 }
 
 #[test]
 fn sort_random() {
-    let Some(sort) = installed("sort") else { return };
+    let Some(sort) = installed("sort") else {
+        return;
+    };
     let ctx = Ctx::new();
     let input = ctx.dir().join("lines.txt");
     let text: String = (0..200).map(|i| format!("line {i:03}\n")).collect();
@@ -63,7 +78,12 @@ fn sort_random() {
     assert!(rec.status.success(), "{}", describe("rec", &rec));
     let mut lines: Vec<&str> = std::str::from_utf8(&rec.stdout).unwrap().lines().collect();
     lines.sort();
-    assert_eq!(lines.len(), 200, "sort -R lost lines\n{}", describe("rec", &rec));
+    assert_eq!(
+        lines.len(),
+        200,
+        "sort -R lost lines\n{}",
+        describe("rec", &rec)
+    );
     // Replay must not depend on the input file still being there.
     std::fs::remove_file(&input).unwrap();
     let replay = ctx.replay(&trace);
@@ -74,12 +94,18 @@ fn sort_random() {
 fn ls_proc_self() {
     let Some(ls) = installed("ls") else { return };
     let r = assert_replays_exactly(&ls, &["-la", "/proc/self/"]);
-    assert!(stdout_str(&r.rec).contains("maps"), "{}", describe("rec", &r.rec));
+    assert!(
+        stdout_str(&r.rec).contains("maps"),
+        "{}",
+        describe("rec", &r.rec)
+    );
 }
 
 #[test]
 fn perl_rand() {
-    let Some(perl) = installed("perl") else { return };
+    let Some(perl) = installed("perl") else {
+        return;
+    };
     let args = ["-e", "print rand(), \"\\n\""];
     assert_native_nondeterministic(&perl, &args);
     assert_replays_exactly(&perl, &args);
@@ -93,5 +119,9 @@ fn sh_builtins_only() {
     let args = ["-c", "echo $$; echo hi"];
     assert_native_nondeterministic(&sh, &args);
     let r = assert_replays_exactly(&sh, &args);
-    assert!(stdout_str(&r.rec).ends_with("\nhi\n"), "{}", describe("rec", &r.rec));
+    assert!(
+        stdout_str(&r.rec).ends_with("\nhi\n"),
+        "{}",
+        describe("rec", &r.rec)
+    );
 }

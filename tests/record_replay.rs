@@ -18,10 +18,23 @@ fn nondeterministic_roundtrip(name: &str, args: &[&str]) -> Replayed {
 fn time_sources() {
     let r = nondeterministic_roundtrip("time", &[]);
     let out = stdout_str(&r.rec);
-    for needle in ["vdso realtime", "gettimeofday", "raw syscall    0 ", "raw time", "loop digest"] {
-        assert!(out.contains(needle), "recorded output lacks {needle:?}:\n{out}");
+    for needle in [
+        "vdso realtime",
+        "gettimeofday",
+        "raw syscall    0 ",
+        "raw time",
+        "loop digest",
+    ] {
+        assert!(
+            out.contains(needle),
+            "recorded output lacks {needle:?}:\n{out}"
+        );
     }
-    assert!(stderr_str(&r.rec).contains("time: stderr line"), "{}", describe("rec", &r.rec));
+    assert!(
+        stderr_str(&r.rec).contains("time: stderr line"),
+        "{}",
+        describe("rec", &r.rec)
+    );
 }
 
 #[test]
@@ -33,7 +46,11 @@ fn rdtsc_and_rdtscp() {
 fn cpuid_leaves() {
     // Deterministic natively (on one CPU); only replay equality is checked.
     let r = assert_replays_exactly(program("cpuid"), &[]);
-    assert!(stdout_str(&r.rec).starts_with("leaf0 max="), "{}", describe("rec", &r.rec));
+    assert!(
+        stdout_str(&r.rec).starts_with("leaf0 max="),
+        "{}",
+        describe("rec", &r.rec)
+    );
 }
 
 #[test]
@@ -77,7 +94,10 @@ fn addresses() {
 fn mmapped_input_file_changed_then_deleted() {
     let ctx = Ctx::new();
     let input = ctx.dir().join("input.txt");
-    let nonce: String = random_bytes(12).iter().map(|b| format!("{b:02x}")).collect();
+    let nonce: String = random_bytes(12)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let original = format!("original contents {nonce}\nsecond line\n").repeat(50);
     std::fs::write(&input, &original).unwrap();
     let input_s = input.to_str().unwrap();
@@ -85,7 +105,11 @@ fn mmapped_input_file_changed_then_deleted() {
     let prog = program("mmap_file");
     let (trace, rec) = ctx.record(&prog, &[input_s]);
     assert!(rec.status.success(), "{}", describe("rec", &rec));
-    assert!(stdout_str(&rec).contains(&original), "recorded output lacks the file contents\n{}", describe("rec", &rec));
+    assert!(
+        stdout_str(&rec).contains(&original),
+        "recorded output lacks the file contents\n{}",
+        describe("rec", &rec)
+    );
 
     // Same contents: plain replay.
     let replay = ctx.replay(&trace);
@@ -124,7 +148,10 @@ fn socketpair_stream_and_dgram() {
 fn tcp_loopback() {
     let r = nondeterministic_roundtrip("tcp", &[]);
     let out = stdout_str(&r.rec);
-    assert!(out.contains("connect: -1 EINPROGRESS") || out.contains("connect: 0 ok"), "{out}");
+    assert!(
+        out.contains("connect: -1 EINPROGRESS") || out.contains("connect: 0 ok"),
+        "{out}"
+    );
     assert!(out.contains("SO_ERROR 0"), "{out}");
     assert!(out.contains("client got"), "{out}");
 }
@@ -138,7 +165,11 @@ fn large_read_of_changed_file() {
     let prog = program("bigread");
     let (trace, rec) = ctx.record(&prog, &[input_s]);
     assert!(rec.status.success(), "{}", describe("rec", &rec));
-    assert!(stdout_str(&rec).contains("total 3145728 bytes"), "{}", describe("rec", &rec));
+    assert!(
+        stdout_str(&rec).contains("total 3145728 bytes"),
+        "{}",
+        describe("rec", &rec)
+    );
 
     let replay = ctx.replay(&trace);
     assert_replay_matches(&rec, &replay);
@@ -155,15 +186,26 @@ fn large_read_of_changed_file() {
 #[test]
 fn readv_writev() {
     let r = nondeterministic_roundtrip("iovec", &[]);
-    assert!(stdout_str(&r.rec).contains("second third\n"), "{}", describe("rec", &r.rec));
-    assert!(stderr_str(&r.rec).contains("stderr via writev"), "{}", describe("rec", &r.rec));
+    assert!(
+        stdout_str(&r.rec).contains("second third\n"),
+        "{}",
+        describe("rec", &r.rec)
+    );
+    assert!(
+        stderr_str(&r.rec).contains("stderr via writev"),
+        "{}",
+        describe("rec", &r.rec)
+    );
 }
 
 #[test]
 fn sigsegv_handler() {
     let r = nondeterministic_roundtrip("segv", &[]);
     let out = stdout_str(&r.rec);
-    assert!(out.contains("caught SIGSEGV at 0x1000 code SEGV_MAPERR"), "{out}");
+    assert!(
+        out.contains("caught SIGSEGV at 0x1000 code SEGV_MAPERR"),
+        "{out}"
+    );
     assert!(out.contains("offset 100 code SEGV_ACCERR"), "{out}");
     assert!(out.contains("continued after 2 faults"), "{out}");
 }
@@ -180,7 +222,10 @@ fn alarm_interrupts_read() {
 fn raise_sigusr1() {
     let r = nondeterministic_roundtrip("raise", &[]);
     let out = stdout_str(&r.rec);
-    assert!(out.contains("in SIGUSR1 handler\nraise returned 0, handler ran 1 times"), "{out}");
+    assert!(
+        out.contains("in SIGUSR1 handler\nraise returned 0, handler ran 1 times"),
+        "{out}"
+    );
     assert!(out.contains("after unblock handled=12"), "{out}");
 }
 
@@ -188,11 +233,20 @@ fn raise_sigusr1() {
 fn abort_exit_status() {
     let prog = program("abort");
     let native = run_native(&prog, &[]);
-    assert_eq!(shell_code(&native.status), 134, "{}", describe("native", &native));
+    assert_eq!(
+        shell_code(&native.status),
+        134,
+        "{}",
+        describe("native", &native)
+    );
     assert_native_nondeterministic(&prog, &[]);
     // rec exits 134 like the program; the faithful replay exits 0 with the same output.
     let r = assert_replays_exactly_status(&prog, &[], 134);
-    assert!(stdout_str(&r.rec).starts_with("about to abort"), "{}", describe("rec", &r.rec));
+    assert!(
+        stdout_str(&r.rec).starts_with("about to abort"),
+        "{}",
+        describe("rec", &r.rec)
+    );
 }
 
 #[test]

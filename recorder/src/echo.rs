@@ -34,9 +34,7 @@ impl EchoFds {
             }
             libc::SYS_dup => self.copy(args[0], new),
             libc::SYS_dup2 | libc::SYS_dup3 => self.copy(args[0], args[1]),
-            libc::SYS_fcntl
-                if matches!(args[1] as i32, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) =>
-            {
+            libc::SYS_fcntl if matches!(args[1] as i32, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) => {
                 self.copy(args[0], new)
             }
             libc::SYS_close_range => {

@@ -50,7 +50,10 @@ impl MappedFiles {
         let shown = std::fs::read_link(&source)
             .with_context(|| format!("finding the file of descriptor {fd}"))?;
         let shown = shown.to_string_lossy().into_owned();
-        let shown = shown.strip_suffix(" (deleted)").unwrap_or(&shown).to_string();
+        let shown = shown
+            .strip_suffix(" (deleted)")
+            .unwrap_or(&shown)
+            .to_string();
         self.store(writer, &source, &shown)
     }
 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use syscalls::{Call, Replay};
 use trace_format::{
-    CpuidRecord, Event, ExitStatus, MemWrite, RdtscEvent, SignalEvent, SignalOrigin,
-    SyscallEvent, TraceMeta, TraceRoot, TraceWriter, FORMAT_VERSION,
+    CpuidRecord, Event, ExitStatus, MemWrite, RdtscEvent, SignalEvent, SignalOrigin, SyscallEvent,
+    TraceMeta, TraceRoot, TraceWriter, FORMAT_VERSION,
 };
 use tracee::insn::{decode_trapped, Trapped};
 use tracee::{regs, spawn, Regs, SpawnOptions, Stop, Tracee};
@@ -76,7 +76,11 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         cpuid_faulting: false,
         cpuid: tracee::cpuid::fingerprint()
             .into_iter()
-            .map(|(leaf, subleaf, regs)| CpuidRecord { leaf, subleaf, regs })
+            .map(|(leaf, subleaf, regs)| CpuidRecord {
+                leaf,
+                subleaf,
+                regs,
+            })
             .collect(),
         ..TraceMeta::default()
     };
@@ -143,7 +147,10 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 fn install_interrupt_passthrough() {
     // SAFETY: installs an async-signal-safe no-op handler.
     unsafe {
-        libc::signal(libc::SIGINT, ignore_signal as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            ignore_signal as *const () as libc::sighandler_t,
+        );
     }
 }
 
@@ -277,7 +284,7 @@ impl Session {
         let args = regs::syscall_args(&entry);
         let name = syscalls::name(nr);
         let replay = match syscalls::lookup(nr) {
-            Some(def) => def.replay.clone(),
+            Some(def) => def.replay,
             None => {
                 self.warn_once(nr, || {
                     format!("{name} is not modelled; the program gets ENOSYS for it")
@@ -411,7 +418,11 @@ impl Session {
         } else if at_boundary {
             (SignalOrigin::Async, info)
         } else {
-            tracing::debug!(sig, rip = regs.rip, "holding back a signal that landed mid-code");
+            tracing::debug!(
+                sig,
+                rip = regs.rip,
+                "holding back a signal that landed mid-code"
+            );
             self.deferred.push((sig, info));
             return self.tracee.cont(0);
         };

@@ -5,8 +5,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use syscalls::Replay;
 use trace_format::{
-    Event, EventIter, ExitStatus, RdtscEvent, SignalEvent, SignalOrigin, SyscallEvent,
-    TraceReader,
+    Event, EventIter, ExitStatus, RdtscEvent, SignalEvent, SignalOrigin, SyscallEvent, TraceReader,
 };
 use tracee::insn::{decode_trapped, Trapped};
 use tracee::{regs, spawn, SpawnOptions, Stop, Tracee};
@@ -155,7 +154,9 @@ impl Session<'_> {
         loop {
             let Some(ev) = self.take()? else {
                 if self.events.truncated() || !self.reader.meta().complete {
-                    bail!(Incomplete { events: self.index + 1 });
+                    bail!(Incomplete {
+                        events: self.index + 1
+                    });
                 }
                 bail!("the trace ends without the program's exit");
             };
@@ -277,7 +278,11 @@ impl Session<'_> {
         let stop = self.wait_stop(None)?;
         if stop != Stop::SeccompEntry {
             let found = self.describe_stop(stop);
-            return Err(self.diverged(format!("syscall {name} at rip {:#x}", e.rip), found, vec![]));
+            return Err(self.diverged(
+                format!("syscall {name} at rip {:#x}", e.rip),
+                found,
+                vec![],
+            ));
         }
         let mut r = self.tracee.regs()?;
         let args = regs::syscall_args(&r);
@@ -299,7 +304,7 @@ impl Session<'_> {
             ));
         }
         let replay = syscalls::lookup(e.nr)
-            .map(|d| d.replay.clone())
+            .map(|d| d.replay)
             .unwrap_or(Replay::Deny(libc::ENOSYS));
         match replay {
             Replay::Execute => {
@@ -388,9 +393,9 @@ impl Session<'_> {
     fn write_memory(&self, e: &SyscallEvent) -> Result<()> {
         for w in &e.writes {
             let data = self.reader.read_data(&w.data)?;
-            self.tracee.write_mem(w.addr, &data).with_context(|| {
-                format!("restoring what {} wrote", syscalls::name(e.nr))
-            })?;
+            self.tracee
+                .write_mem(w.addr, &data)
+                .with_context(|| format!("restoring what {} wrote", syscalls::name(e.nr)))?;
         }
         Ok(())
     }
@@ -425,7 +430,11 @@ impl Session<'_> {
         let mut bytes = [0u8; 16];
         let n = self.tracee.read_mem_partial(r.rip, &mut bytes);
         let decoded = decode_trapped(&bytes[..n], r.rip);
-        let expected = if e.aux.is_some() { Trapped::Rdtscp } else { Trapped::Rdtsc };
+        let expected = if e.aux.is_some() {
+            Trapped::Rdtscp
+        } else {
+            Trapped::Rdtsc
+        };
         let Some((kind, len)) = decoded.filter(|_| stop == Stop::Signal(libc::SIGSEGV)) else {
             let found = self.describe_stop(stop);
             return Err(self.diverged(format!("rdtsc at rip {:#x}", e.rip), found, vec![]));
@@ -454,7 +463,11 @@ impl Session<'_> {
             Stop::Killed(s) => ExitStatus::Signaled(s),
             other => {
                 let found = self.describe_stop(other);
-                return Err(self.diverged(format!("the program to end ({expected})"), found, vec![]));
+                return Err(self.diverged(
+                    format!("the program to end ({expected})"),
+                    found,
+                    vec![],
+                ));
             }
         };
         if found != expected {

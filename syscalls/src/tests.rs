@@ -550,8 +550,13 @@ fn policy() {
     );
     assert_eq!(replay("execve"), Some(Replay::Exec));
     assert_eq!(
-        by_name("execveat").unwrap().unsupported_message().as_deref(),
-        Some("execveat is not supported yet: execveat (fexecve) is recorded from a later version on")
+        by_name("execveat")
+            .unwrap()
+            .unsupported_message()
+            .as_deref(),
+        Some(
+            "execveat is not supported yet: execveat (fexecve) is recorded from a later version on"
+        )
     );
     assert_eq!(by_name("read").unwrap().unsupported_message(), None);
 }

@@ -29,7 +29,9 @@ pub fn deja_bin() -> &'static Path {
 
 /// `tests/programs` in the source tree.
 pub fn programs_src_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("programs")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("programs")
 }
 
 /// Where compiled test programs go.
@@ -48,7 +50,10 @@ fn gcc_missing_panic(e: &std::io::Error) -> ! {
 pub fn program(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
     let cell = {
-        let mut map = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = BUILT
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         map.entry(name.to_string()).or_default().clone()
     };
     cell.get_or_init(|| build_program(name, &[], name)).clone()
@@ -67,7 +72,11 @@ fn build_program(src: &str, extra: &[&str], out_name: &str) -> PathBuf {
 /// panics).
 pub fn try_build_program(src: &str, extra: &[&str], out_name: &str) -> Result<PathBuf, String> {
     let source = programs_src_dir().join(format!("{src}.c"));
-    assert!(source.exists(), "test program source {} does not exist", source.display());
+    assert!(
+        source.exists(),
+        "test program source {} does not exist",
+        source.display()
+    );
     let out_dir = programs_out_dir();
     std::fs::create_dir_all(&out_dir).expect("create deja-test-programs dir");
     let out = out_dir.join(out_name);
@@ -80,7 +89,11 @@ pub fn try_build_program(src: &str, extra: &[&str], out_name: &str) -> Result<Pa
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let mut cmd = Command::new("gcc");
-    cmd.args(["-O1", "-g"]).args(extra).arg("-o").arg(&tmp).arg(&source);
+    cmd.args(["-O1", "-g"])
+        .args(extra)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&source);
     let output = match cmd.stdin(Stdio::null()).output() {
         Ok(o) => o,
         Err(e) => gcc_missing_panic(&e),
@@ -148,8 +161,12 @@ pub fn kill_group(pgid: u32) {
 
 /// Spawns `cmd` with stdin closed, stdout/stderr captured, in a new process group.
 pub fn spawn_captured(cmd: &mut Command) -> Child {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"))
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"))
 }
 
 fn reader<R: Read + Send + 'static>(mut r: R) -> mpsc::Receiver<Vec<u8>> {
@@ -184,11 +201,22 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         kill_group(pgid);
         let _ = child.kill();
         let status = child.wait().expect("wait");
-        let stdout = out_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
-        let stderr = err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+        let stdout = out_rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
+        let stderr = err_rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
         panic!(
             "timed out after {timeout:?}: {desc}\n{}",
-            describe("killed", &Output { status, stdout, stderr })
+            describe(
+                "killed",
+                &Output {
+                    status,
+                    stdout,
+                    stderr
+                }
+            )
         );
     };
     // The command is done; give leftovers holding the pipes (an orphaned tracee) a moment, then
@@ -205,7 +233,11 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         }
         eprintln!("note: {desc} left processes holding its stdout/stderr; killed them");
     }
-    Output { status, stdout: stdout.unwrap_or_default(), stderr: stderr.unwrap_or_default() }
+    Output {
+        status,
+        stdout: stdout.unwrap_or_default(),
+        stderr: stderr.unwrap_or_default(),
+    }
 }
 
 /// Runs a program natively (no deja).
@@ -222,14 +254,23 @@ pub fn assert_no_panic(what: &str, out: &Output) {
         describe(what, out)
     );
     // A panic that escapes main exits with 101.
-    assert_ne!(out.status.code(), Some(101), "deja exited 101 (panic?) during {what}\n{}", describe(what, out));
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "deja exited 101 (panic?) during {what}\n{}",
+        describe(what, out)
+    );
 }
 
 /// Asserts a failed deja command that reported its error properly: non-zero exit, no panic, and
 /// a line starting with `deja: ` on stderr.
 pub fn assert_deja_error(what: &str, out: &Output) {
     assert_no_panic(what, out);
-    assert!(!out.status.success(), "{what} should have failed\n{}", describe(what, out));
+    assert!(
+        !out.status.success(),
+        "{what} should have failed\n{}",
+        describe(what, out)
+    );
     assert!(
         stderr_str(out).lines().any(|l| l.starts_with("deja: ")),
         "{what}: expected a `deja: ...` error line on stderr\n{}",
@@ -277,8 +318,14 @@ impl Ctx {
     pub fn new() -> Ctx {
         let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deja-test-runs");
         std::fs::create_dir_all(&base).expect("create deja-test-runs");
-        let tmp = tempfile::Builder::new().prefix("t-").tempdir_in(&base).expect("tempdir");
-        let ctx = Ctx { tmp: Some(tmp), seq: AtomicUsize::new(0) };
+        let tmp = tempfile::Builder::new()
+            .prefix("t-")
+            .tempdir_in(&base)
+            .expect("tempdir");
+        let ctx = Ctx {
+            tmp: Some(tmp),
+            seq: AtomicUsize::new(0),
+        };
         std::fs::create_dir_all(ctx.trace_root()).expect("create trace root");
         ctx
     }
@@ -316,7 +363,11 @@ impl Ctx {
     pub fn record(&self, prog: impl AsRef<OsStr>, args: &[&str]) -> (PathBuf, Output) {
         let trace = self.fresh_path("trace");
         let mut cmd = self.deja();
-        cmd.arg("rec").arg("-o").arg(&trace).arg(prog.as_ref()).args(args);
+        cmd.arg("rec")
+            .arg("-o")
+            .arg(&trace)
+            .arg(prog.as_ref())
+            .args(args);
         let out = run_with_timeout(&mut cmd, TIMEOUT);
         assert_no_panic("deja rec", &out);
         (trace, out)
@@ -349,9 +400,16 @@ impl Ctx {
     pub fn info_json(&self, trace: &Path) -> serde_json::Value {
         let out = self.run_deja(&[OsStr::new("info"), trace.as_os_str(), OsStr::new("--json")]);
         assert_no_panic("deja info --json", &out);
-        assert!(out.status.success(), "deja info --json failed\n{}", describe("info", &out));
+        assert!(
+            out.status.success(),
+            "deja info --json failed\n{}",
+            describe("info", &out)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("deja info --json printed invalid JSON ({e})\n{}", describe("info", &out))
+            panic!(
+                "deja info --json printed invalid JSON ({e})\n{}",
+                describe("info", &out)
+            )
         });
         assert!(v.is_object(), "deja info --json is not an object: {v}");
         v
@@ -361,7 +419,11 @@ impl Ctx {
     pub fn latest_trace(&self) -> Option<PathBuf> {
         let link = self.trace_root().join("latest-trace");
         let target = std::fs::read_link(&link).ok()?;
-        Some(if target.is_absolute() { target } else { self.trace_root().join(target) })
+        Some(if target.is_absolute() {
+            target
+        } else {
+            self.trace_root().join(target)
+        })
     }
 }
 
@@ -370,7 +432,10 @@ impl Drop for Ctx {
         if std::thread::panicking() {
             if let Some(tmp) = self.tmp.take() {
                 let kept = tmp.keep();
-                eprintln!("note: test failed; its traces are kept in {}", kept.display());
+                eprintln!(
+                    "note: test failed; its traces are kept in {}",
+                    kept.display()
+                );
             }
         }
     }
@@ -394,7 +459,11 @@ pub fn assert_replays_exactly(prog: impl AsRef<OsStr>, args: &[&str]) -> Replaye
 
 /// [`assert_replays_exactly`] for a program whose recording ends with shell status
 /// `expected_rec_code` (128+N when killed by signal N). A faithful replay still exits 0.
-pub fn assert_replays_exactly_status(prog: impl AsRef<OsStr>, args: &[&str], expected_rec_code: i32) -> Replayed {
+pub fn assert_replays_exactly_status(
+    prog: impl AsRef<OsStr>,
+    args: &[&str],
+    expected_rec_code: i32,
+) -> Replayed {
     let ctx = Ctx::new();
     let (trace, rec) = ctx.record(prog.as_ref(), args);
     assert_eq!(
@@ -406,14 +475,29 @@ pub fn assert_replays_exactly_status(prog: impl AsRef<OsStr>, args: &[&str], exp
     );
     let replay = ctx.replay(&trace);
     assert_replay_matches(&rec, &replay);
-    Replayed { ctx, trace, rec, replay }
+    Replayed {
+        ctx,
+        trace,
+        rec,
+        replay,
+    }
 }
 
 /// Asserts `replay` is a faithful replay of `rec`: exit 0, same stdout, same program stderr.
 pub fn assert_replay_matches(rec: &Output, replay: &Output) {
-    let both = || format!("{}\n{}", describe("rec", rec), describe("replay -a", replay));
+    let both = || {
+        format!(
+            "{}\n{}",
+            describe("rec", rec),
+            describe("replay -a", replay)
+        )
+    };
     assert_no_panic("replay", replay);
-    assert!(replay.status.success(), "replay -a did not exit 0 (divergence?)\n{}", both());
+    assert!(
+        replay.status.success(),
+        "replay -a did not exit 0 (divergence?)\n{}",
+        both()
+    );
     assert!(
         replay.stdout == rec.stdout,
         "replay stdout differs from the recorded stdout\n{}",
@@ -470,15 +554,22 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
 /// Finds `name` on `PATH` (like `which`).
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| {
-        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-    })
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 /// Whether `path` is an ELF file (not a script, e.g. a pyenv shim that would fork).
 pub fn is_elf(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"\x7fELF"
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"\x7fELF"
 }
 
 /// Builds a 32-bit x86 executable: with `gcc -m32` if the multilib toolchain is there, else a
@@ -534,9 +625,14 @@ pub fn walk(root: &Path) -> Vec<PathBuf> {
     while i < out.len() {
         let p = out[i].clone();
         i += 1;
-        if std::fs::symlink_metadata(&p).map(|m| m.is_dir()).unwrap_or(false) {
-            let mut entries: Vec<PathBuf> =
-                std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()).collect();
+        if std::fs::symlink_metadata(&p)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
             entries.sort();
             out.extend(entries);
         }

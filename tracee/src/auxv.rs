@@ -64,7 +64,19 @@ mod tests {
 
     #[test]
     fn finds_and_hides_vdso() {
-        let mut s = build(&[1, 0x1000, 0, 0x2000, 0, AT_SYSINFO_EHDR, 0x7fff, AT_RANDOM, 0x3000, AT_NULL, 0]);
+        let mut s = build(&[
+            1,
+            0x1000,
+            0,
+            0x2000,
+            0,
+            AT_SYSINFO_EHDR,
+            0x7fff,
+            AT_RANDOM,
+            0x3000,
+            AT_NULL,
+            0,
+        ]);
         let e = entries(&s);
         assert_eq!(e.len(), 3);
         assert_eq!(e[0].1, AT_SYSINFO_EHDR);

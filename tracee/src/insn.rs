@@ -33,8 +33,14 @@ mod tests {
 
     #[test]
     fn decodes_rdtsc_family() {
-        assert_eq!(decode_trapped(&[0x0f, 0x31, 0x90], 0), Some((Trapped::Rdtsc, 2)));
-        assert_eq!(decode_trapped(&[0x0f, 0x01, 0xf9], 0), Some((Trapped::Rdtscp, 3)));
+        assert_eq!(
+            decode_trapped(&[0x0f, 0x31, 0x90], 0),
+            Some((Trapped::Rdtsc, 2))
+        );
+        assert_eq!(
+            decode_trapped(&[0x0f, 0x01, 0xf9], 0),
+            Some((Trapped::Rdtscp, 3))
+        );
         assert_eq!(decode_trapped(&[0x0f, 0xa2], 0), Some((Trapped::Cpuid, 2)));
         assert_eq!(decode_trapped(&[0x90, 0x0f, 0x31], 0), None);
         assert_eq!(decode_trapped(&[], 0), None);

@@ -77,7 +77,10 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
                 libc::_exit(121);
             }
             if opts.no_core_dump {
-                let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let zero = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
                 libc::setrlimit(libc::RLIMIT_CORE, &zero);
             }
             libc::raise(libc::SIGSTOP);
@@ -140,7 +143,8 @@ pub fn pin_current_thread(cpu: usize) -> Result<()> {
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: the set is a valid cpu_set_t of the size passed.
     if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } < 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("pinning to CPU {cpu}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("pinning to CPU {cpu}"));
     }
     Ok(())
 }

@@ -173,8 +173,14 @@ impl Tracee {
     /// Resumes until the next syscall-stop (or other stop).
     pub fn cont_syscall(&self, sig: i32) -> Result<()> {
         // SAFETY: plain ptrace request on our tracee; no pointers involved.
-        let r =
-            unsafe { libc::ptrace(libc::PTRACE_SYSCALL, self.pid.as_raw(), 0usize, sig as usize) };
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_SYSCALL,
+                self.pid.as_raw(),
+                0usize,
+                sig as usize,
+            )
+        };
         if r < 0 {
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("resuming task {} to its syscall exit", self.pid));
