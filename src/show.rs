@@ -48,7 +48,15 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
     writeln!(out, "recorded at:    {} (unix time)", m.start_time_unix)?;
     writeln!(out, "status:         {}", status_text(m))?;
     writeln!(out, "complete:       {}", m.complete)?;
-    writeln!(out, "events:         {}", m.event_count)?;
+    if m.complete {
+        writeln!(out, "events:         {}", m.event_count)?;
+    } else {
+        let kept: u64 = reader.chunks()?.iter().map(|c| c.events).sum();
+        writeln!(
+            out,
+            "events:         {kept} (kept before the recording was cut off)"
+        )?;
+    }
     writeln!(out, "format version: {}", m.format_version)?;
     writeln!(
         out,

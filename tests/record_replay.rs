@@ -219,6 +219,32 @@ fn alarm_interrupts_read() {
 }
 
 #[test]
+fn signals_during_syscalls_with_temporary_masks_and_restarts() {
+    let r = nondeterministic_roundtrip("sigmask", &[]);
+    let out = stdout_str(&r.rec);
+    for call in ["sigsuspend", "pselect", "ppoll", "epoll_pwait"] {
+        assert!(
+            out.contains(&format!(
+                "{call}: ret -1 errno Interrupted system call hits"
+            )),
+            "{out}"
+        );
+    }
+    // Handlers ran under the temporary mask, and the original mask came back after each call.
+    assert_eq!(
+        out.matches("usr1-blocked-in-handler 1 alrm-blocked-after 1")
+            .count(),
+        4,
+        "{out}"
+    );
+    assert!(
+        out.contains("restarted read: ret 1 errno - hits 5"),
+        "{out}"
+    );
+    assert!(out.contains("read byte R"), "{out}");
+}
+
+#[test]
 fn raise_sigusr1() {
     let r = nondeterministic_roundtrip("raise", &[]);
     let out = stdout_str(&r.rec);

@@ -292,6 +292,17 @@ impl Session {
                 Replay::Deny(libc::ENOSYS)
             }
         };
+        if nr == libc::SYS_ioctl as u64 && !syscalls::ioctl_known(args[1]) {
+            // Keyed apart from syscall numbers (which are below 1024).
+            let key = (1 << 32) | (args[1] & 0xffff_ffff);
+            self.warn_once(key, || {
+                format!(
+                    "ioctl request {:#x} is not modelled: only the size its number encodes is \
+                     recorded, so the replay may differ if it wrote more",
+                    args[1] & 0xffff_ffff
+                )
+            });
+        }
         let mut ev = SyscallEvent {
             tid: self.pid().as_raw(),
             nr,

@@ -7,6 +7,7 @@ mod echo;
 mod exec;
 mod mmap;
 mod session;
+mod sigmask;
 
 pub use divergence::{Divergence, Incomplete};
 pub use session::{replay, ReplayOptions, ReplayOutcome};

@@ -11,7 +11,7 @@ use tracee::insn::{decode_trapped, Trapped};
 use tracee::{regs, spawn, SpawnOptions, Stop, Tracee};
 
 use crate::divergence::{Divergence, Incomplete};
-use crate::{echo, exec, mmap};
+use crate::{echo, exec, mmap, sigmask};
 
 /// How to replay.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +68,7 @@ pub fn replay(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
         events,
         next: None,
         index: 0,
+        signal_sent: false,
         opts: opts.clone(),
     };
     let result = session.run(&exec_ev);
@@ -118,6 +119,8 @@ struct Session<'r> {
     next: Option<Event>,
     /// Index of the event being replayed.
     index: u64,
+    /// The signal of the next event was already sent (see [`sigmask`]).
+    signal_sent: bool,
     opts: ReplayOptions,
 }
 
@@ -223,7 +226,9 @@ impl Session<'_> {
         match self.peek()? {
             Some(Event::Signal(s)) if s.origin == SignalOrigin::Async => {
                 let signo = s.signo;
-                self.tracee.tgkill(self.tracee.pid(), signo)?;
+                if !std::mem::take(&mut self.signal_sent) {
+                    self.tracee.tgkill(self.tracee.pid(), signo)?;
+                }
             }
             Some(Event::Exit(e)) if e.status == ExitStatus::Signaled(libc::SIGKILL) => {
                 // SIGKILL never shows as a stop: the recorded process just ended here.
@@ -342,7 +347,29 @@ impl Session<'_> {
                         tracing::warn!("could not echo output: {err:#}");
                     });
                 }
-                if is_restart_code(e.result) {
+                let interrupted = is_restart_code(e.result) || e.result == -(libc::EINTR as i64);
+                let signal_next = match self.peek()? {
+                    Some(Event::Signal(s)) if s.origin == SignalOrigin::Async => Some(s.signo),
+                    _ => None,
+                };
+                let mask = match signal_next {
+                    Some(_) if interrupted => sigmask::temporary_mask(&self.tracee, e)?,
+                    _ => None,
+                };
+                if let (Some((set, size)), Some(signo)) = (mask, signal_next) {
+                    let saved = r;
+                    r.orig_rax = libc::SYS_rt_sigsuspend as u64;
+                    r.rdi = set;
+                    r.rsi = size;
+                    self.tracee.set_regs(&r)?;
+                    self.tracee.tgkill(self.tracee.pid(), signo)?;
+                    self.signal_sent = true;
+                    self.tracee.cont_syscall(0)?;
+                    self.expect_syscall_exit(&name)?;
+                    r = self.tracee.regs()?;
+                    regs::set_syscall_args(&mut r, &regs::syscall_args(&saved));
+                    r.orig_rax = e.nr;
+                } else if is_restart_code(e.result) {
                     // The restart logic that runs when the following signal is delivered needs
                     // the syscall to have really happened: run getpid in its place.
                     r.orig_rax = libc::SYS_getpid as u64;
