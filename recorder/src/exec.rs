@@ -46,6 +46,7 @@ pub fn capture(
             file,
         });
     }
+    let signals = tracee::SignalState::of_task(pid)?;
     Ok(ExecEvent {
         tid: pid.as_raw(),
         regs: regs::to_words(&r),
@@ -53,5 +54,7 @@ pub fn capture(
         stack_addr: r.rsp,
         stack,
         mappings,
+        sig_blocked: signals.blocked,
+        sig_ignored: signals.ignored,
     })
 }

@@ -88,6 +88,8 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     if let Some(root) = &root {
         root.set_latest(&dir)?;
     }
+    // The program inherits the user's signal state, not the handlers deja installs for itself.
+    let signals = tracee::SignalState::current();
     install_interrupt_passthrough();
     start_flush_timer();
     tracee::pin_current_thread(cpu)?;
@@ -99,6 +101,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         trap_tsc: true,
         seccomp: true,
         no_core_dump: false,
+        signals,
     })?;
     let mut session = Session {
         tracee,

@@ -58,6 +58,26 @@ pub fn restore(tracee: &Tracee, ev: &ExecEvent) -> Result<()> {
         }
         .into());
     }
+    let signals = tracee::SignalState::of_task(tracee.pid())?;
+    if (signals.blocked, signals.ignored) != (ev.sig_blocked, ev.sig_ignored) {
+        return Err(Divergence {
+            event: 0,
+            expected: format!(
+                "blocked signals {:#x} and ignored signals {:#x} at exec",
+                ev.sig_blocked, ev.sig_ignored
+            ),
+            found: format!("{:#x} and {:#x}", signals.blocked, signals.ignored),
+            details: vec![],
+        }
+        .into());
+    }
+    // The replay's own initial stack may reach lower than the recorded one (its executable
+    // path is longer); below the recorded stack pointer the recording had untouched, zeroed
+    // stack, and so must the replay, for programs that read uninitialized stack.
+    let replay_sp = tracee.regs()?.rsp;
+    if replay_sp < ev.stack_addr {
+        tracee.write_mem(replay_sp, &vec![0u8; (ev.stack_addr - replay_sp) as usize])?;
+    }
     tracee.write_mem(ev.stack_addr, &ev.stack)?;
     tracee.set_regs(&regs::from_words(&ev.regs))?;
     Ok(())

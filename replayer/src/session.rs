@@ -61,6 +61,10 @@ pub fn replay(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
         trap_tsc: true,
         seccomp: true,
         no_core_dump: true,
+        signals: tracee::SignalState {
+            blocked: exec_ev.sig_blocked,
+            ignored: exec_ev.sig_ignored,
+        },
     })?;
     let mut session = Session {
         tracee,
@@ -293,7 +297,12 @@ impl Session<'_> {
         let args = regs::syscall_args(&r);
         if r.orig_rax != e.nr || args != e.args || r.rip != e.rip {
             let show = |nr: u64, a: &[u64; 6], rip: u64| {
-                format!("{}({a:#x?}) at rip {rip:#x}", syscalls::name(nr))
+                let args: Vec<String> = a.iter().map(|x| format!("{x:#x}")).collect();
+                format!(
+                    "{}({}) at rip {rip:#x}",
+                    syscalls::name(nr),
+                    args.join(", ")
+                )
             };
             return Err(self.diverged(
                 show(e.nr, &e.args, e.rip),

@@ -138,6 +138,10 @@ pub struct ExecEvent {
     pub stack: Vec<u8>,
     /// The memory map at the exec stop.
     pub mappings: Vec<Mapping>,
+    /// Signals blocked at the exec (bit `signo - 1`): the mask survives `execve`.
+    pub sig_blocked: u64,
+    /// Signals ignored (`SIG_IGN`) at the exec, which also survives `execve`.
+    pub sig_ignored: u64,
 }
 
 /// A system call as it happened in the recording.

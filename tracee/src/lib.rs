@@ -16,6 +16,6 @@ pub mod stop;
 pub mod tracee;
 
 pub use regs::Regs;
-pub use spawn::{pin_current_thread, spawn, SpawnOptions};
+pub use spawn::{pin_current_thread, spawn, SignalState, SpawnOptions};
 pub use stop::Stop;
 pub use tracee::Tracee;

@@ -30,6 +30,85 @@ pub struct SpawnOptions {
     pub seccomp: bool,
     /// Forbid core dumps (replay reproduces a crash, it need not dump it again).
     pub no_core_dump: bool,
+    /// The signal mask and the set of ignored signals the program starts with (both survive
+    /// `execve`, and programs consult them), as bit masks of `1 << (signo - 1)`.
+    pub signals: SignalState,
+}
+
+/// Signal state a program inherits across `execve`: blocked and ignored signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SignalState {
+    /// Blocked signals.
+    pub blocked: u64,
+    /// Signals whose disposition is `SIG_IGN`.
+    pub ignored: u64,
+}
+
+impl SignalState {
+    /// The calling thread's state (call it before installing any handler of deja's own).
+    pub fn current() -> Self {
+        // SAFETY: zeroed sigset_t/sigaction are valid out-buffers for these queries.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+            let mut st = SignalState::default();
+            for sig in 1..=64 {
+                if libc::sigismember(&set, sig) == 1 {
+                    st.blocked |= 1 << (sig - 1);
+                }
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut sa) == 0
+                    && sa.sa_sigaction == libc::SIG_IGN
+                {
+                    st.ignored |= 1 << (sig - 1);
+                }
+            }
+            st
+        }
+    }
+
+    /// Reads a task's state from `/proc/PID/status` (`SigBlk`, `SigIgn`).
+    pub fn of_task(pid: Pid) -> Result<Self> {
+        let path = format!("/proc/{pid}/status");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let field = |name: &str| -> Result<u64> {
+            let line = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .with_context(|| format!("{path} has no {name}"))?;
+            u64::from_str_radix(line.trim(), 16)
+                .with_context(|| format!("parsing {name} in {path}"))
+        };
+        Ok(SignalState {
+            blocked: field("SigBlk:")?,
+            ignored: field("SigIgn:")?,
+        })
+    }
+
+    /// Applies the state to the calling thread. Async-signal-safe, for a forked child.
+    ///
+    /// # Safety
+    /// Changes process-wide signal dispositions: only for a child about to exec.
+    unsafe fn apply(&self) {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in 1..=64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let disposition = if self.ignored & (1 << (sig - 1)) != 0 {
+                libc::SIG_IGN
+            } else {
+                libc::SIG_DFL
+            };
+            // glibc refuses its two internal signals (32, 33); they keep their state.
+            libc::signal(sig, disposition);
+            if self.blocked & (1 << (sig - 1)) != 0 {
+                libc::sigaddset(&mut set, sig);
+            }
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
 }
 
 fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>> {
@@ -84,6 +163,7 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
                 libc::setrlimit(libc::RLIMIT_CORE, &zero);
             }
             libc::raise(libc::SIGSTOP);
+            opts.signals.apply();
             if opts.trap_tsc && libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV, 0, 0, 0) < 0 {
                 libc::_exit(122);
             }
