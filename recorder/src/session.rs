@@ -40,6 +40,12 @@ pub struct RecordOutcome {
 
 /// Records `opts.program` to a new trace and returns how it ended.
 pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
+    let opts = opts.clone();
+    tracee::tsc::on_tracer_thread(move || record_here(&opts))
+}
+
+/// [`record`], on the tracer thread.
+fn record_here(opts: &RecordOptions) -> Result<RecordOutcome> {
     let path = tracee::elf::resolve_program(&opts.program)?;
     tracee::elf::check_executable(&path)?;
     let name = path
@@ -460,13 +466,9 @@ impl Session {
         };
         let rip = regs.rip;
         let (tsc, aux) = match kind {
-            // SAFETY: rdtsc/rdtscp are available on every x86-64 CPU Linux runs deja on (the
-            // program just executed one).
-            Trapped::Rdtsc => (unsafe { core::arch::x86_64::_rdtsc() }, None),
+            Trapped::Rdtsc => (tracee::tsc::read_tsc().0, None),
             Trapped::Rdtscp => {
-                let mut aux = 0u32;
-                // SAFETY: as above; `aux` is a valid out-pointer.
-                let tsc = unsafe { core::arch::x86_64::__rdtscp(&mut aux) };
+                let (tsc, aux) = tracee::tsc::read_tsc();
                 // TSC_AUX names the CPU (low 12 bits) the read ran on: the tracee's pinned CPU.
                 (tsc, Some((aux & !0xfff) | self.cpu))
             }

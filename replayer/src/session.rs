@@ -37,6 +37,12 @@ fn is_restart_code(result: i64) -> bool {
 
 /// Replays the trace in `dir` to its end.
 pub fn replay(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
+    let (dir, opts) = (dir.to_path_buf(), opts.clone());
+    tracee::tsc::on_tracer_thread(move || replay_here(&dir, &opts))
+}
+
+/// [`replay`], on the tracer thread.
+fn replay_here(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
     let reader = TraceReader::open(dir)?;
     warn_if_cpu_differs(&reader);
     let mut events = reader.events()?;

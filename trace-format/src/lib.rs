@@ -20,7 +20,7 @@ pub use event::*;
 pub use meta::{CpuidRecord, TraceMeta};
 pub use reader::{ChunkInfo, EventIter, TraceReader};
 pub use store::{TraceEntry, TraceRoot, LATEST_LINK};
-pub use writer::{TraceWriter, CHUNK_TARGET_BYTES, FLUSH_INTERVAL, INLINE_MAX, SYSTEM_PREFIXES};
+pub use writer::{TraceWriter, CHUNK_TARGET_BYTES, INLINE_MAX, SYSTEM_PREFIXES};
 
 /// The trace format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;

@@ -5,7 +5,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -23,8 +22,6 @@ use crate::FORMAT_VERSION;
 pub const INLINE_MAX: usize = 16 * 1024;
 /// An events chunk is written once this many encoded bytes are buffered.
 pub const CHUNK_TARGET_BYTES: usize = 1 << 20;
-/// An events chunk is written at the first push this long after the previous write.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 /// Path prefixes of files the file store hard-links instead of copying: package managers
 /// replace such files by rename, so a link keeps the recorded content.
 pub const SYSTEM_PREFIXES: [&str; 5] = ["/usr/", "/lib/", "/lib64/", "/bin/", "/sbin/"];
@@ -76,7 +73,6 @@ pub struct TraceWriter {
     buf_first: u64,
     next_event: u64,
     next_seq: u64,
-    last_flush: Instant,
     finished: bool,
 }
 
@@ -176,7 +172,6 @@ impl TraceWriter {
             buf_first: 0,
             next_event: 0,
             next_seq: 0,
-            last_flush: Instant::now(),
             finished: false,
         })
     }
@@ -192,8 +187,9 @@ impl TraceWriter {
     }
 
     /// Appends an event and returns its index (0-based). The event reaches the disk with its
-    /// chunk: when 1 MiB is buffered, at the first push 250 ms after the last write, or at
-    /// [`TraceWriter::flush`].
+    /// chunk: when 1 MiB is buffered, or at [`TraceWriter::flush`]. The writer reads no clock
+    /// (the recorder's tracer thread must not: see `tracee::tsc`); the recorder calls `flush`
+    /// on its own timer so a killed recording keeps recent events.
     pub fn push(&mut self, ev: &Event) -> Result<u64> {
         format::encode_event(ev, &mut self.buf).map_err(|message| TraceError::Encode {
             what: "an event",
@@ -205,10 +201,7 @@ impl TraceWriter {
         }
         self.buf_events += 1;
         self.next_event += 1;
-        if self.buf.len() >= CHUNK_TARGET_BYTES
-            || self.buf_events == u32::MAX
-            || self.last_flush.elapsed() >= FLUSH_INTERVAL
-        {
+        if self.buf.len() >= CHUNK_TARGET_BYTES || self.buf_events == u32::MAX {
             self.flush()?;
         }
         Ok(idx)
@@ -240,7 +233,6 @@ impl TraceWriter {
 
     /// Writes the buffered events as one chunk, if there are any.
     pub fn flush(&mut self) -> Result<()> {
-        self.last_flush = Instant::now();
         if self.buf_events == 0 {
             return Ok(());
         }

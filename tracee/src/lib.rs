@@ -14,6 +14,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod stop;
 pub mod tracee;
+pub mod tsc;
 
 pub use regs::Regs;
 pub use spawn::{pin_current_thread, spawn, SignalState, SpawnOptions};
