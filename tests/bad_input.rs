@@ -255,3 +255,39 @@ fn killed_recorder_leaves_incomplete_trace() {
     let out = ctx.run_deja(&[OsStr::new("dump"), trace.as_os_str()]);
     assert_no_panic("dump of a killed recording", &out);
 }
+
+/// A replay whose program no longer does what the recording did must stop at the first
+/// mismatching event and say what was expected and what was found.
+#[test]
+fn divergence_is_reported_with_the_event_and_both_sides() {
+    let recorded = build_program("variant", &["-DVARIANT=1"], "variant1");
+    let swapped = build_program("variant", &["-DVARIANT=2"], "variant2");
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(&recorded, &[]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    // Swap the trace's copy of the executable for the other build.
+    let original = std::fs::read(&recorded).unwrap();
+    let mut swapped_any = false;
+    for entry in std::fs::read_dir(trace.join("files")).unwrap() {
+        let path = entry.unwrap().path();
+        if std::fs::read(&path).unwrap() == original {
+            std::fs::write(&path, std::fs::read(&swapped).unwrap()).unwrap();
+            swapped_any = true;
+        }
+    }
+    assert!(swapped_any, "the trace keeps no copy of the executable");
+    let out = ctx.replay(&trace);
+    let err = stderr_str(&out);
+    assert_ne!(shell_code(&out.status), 0, "{}", describe("replay", &out));
+    assert_no_panic("replay", &out);
+    assert!(err.contains("diverged"), "{err}");
+    assert!(err.contains("at event"), "{err}");
+    assert!(err.contains("expected getpid"), "{err}");
+    assert!(err.contains("found getppid"), "{err}");
+    // Everything before the divergence replayed and was echoed.
+    assert!(
+        stdout_str(&out).contains("before the syscall"),
+        "{}",
+        describe("replay", &out)
+    );
+}

@@ -61,7 +61,7 @@ pub fn program(name: &str) -> PathBuf {
 
 /// Compiles `tests/programs/<src>.c` with extra gcc flags into `<out dir>/<out_name>`.
 /// Panics with gcc's diagnostics if it fails.
-fn build_program(src: &str, extra: &[&str], out_name: &str) -> PathBuf {
+pub fn build_program(src: &str, extra: &[&str], out_name: &str) -> PathBuf {
     match try_build_program(src, extra, out_name) {
         Ok(p) => p,
         Err(msg) => panic!("{msg}"),
