@@ -292,3 +292,33 @@ fn many_small_reads() {
     assert_eq!(stdout_str(&r.rec), "reads 5000 ok 5000 sum 0\n");
     assert_eq!(stdout_str(&r.rec), stdout_str(&native));
 }
+
+/// The kernel loads the ELF interpreter from the system; a trace must still replay after it
+/// changed (as after a glibc update): the replayer mounts the recorded copy over it.
+#[test]
+fn replays_after_the_elf_interpreter_changed() {
+    let dir = programs_out_dir().join(format!("interp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let loader = dir.join("ld.so");
+    std::fs::copy("/lib64/ld-linux-x86-64.so.2", &loader).unwrap();
+    let flag = format!("-Wl,--dynamic-linker={}", loader.display());
+    let prog = build_program(
+        "pids",
+        &[&flag],
+        &format!("pids-own-loader-{}", std::process::id()),
+    );
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(&prog, &[]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    // "Update" the loader: any other content.
+    std::fs::copy("/bin/true", &loader).unwrap();
+    let out = ctx.replay(&trace);
+    assert_eq!(shell_code(&out.status), 0, "{}", describe("replay", &out));
+    assert_eq!(stdout_str(&out), stdout_str(&rec));
+    // The system's file was not touched.
+    assert_eq!(
+        std::fs::read(&loader).unwrap(),
+        std::fs::read("/bin/true").unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -108,6 +108,7 @@ fn record_here(opts: &RecordOptions) -> Result<RecordOutcome> {
         seccomp: true,
         no_core_dump: false,
         signals,
+        bind_over: None,
     })?;
     let mut session = Session {
         tracee,

@@ -1,7 +1,9 @@
 //! Restoring the recorded program image at the replay's exec stop.
 
-use anyhow::{Context, Result};
-use trace_format::ExecEvent;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use trace_format::{ExecEvent, TraceReader};
 use tracee::{maps, regs, Tracee};
 
 use crate::divergence::Divergence;
@@ -81,4 +83,41 @@ pub fn restore(tracee: &Tracee, ev: &ExecEvent) -> Result<()> {
     tracee.write_mem(ev.stack_addr, &ev.stack)?;
     tracee.set_regs(&regs::from_words(&ev.regs))?;
     Ok(())
+}
+
+/// The kernel loads a program's ELF interpreter from the system, not from the trace. When the
+/// system's copy differs from the recorded one (a glibc update, a rebuilt loader), returns the
+/// trace's copy and the path to bind-mount it over, in the replay's private mount namespace.
+pub fn interpreter_override(
+    reader: &TraceReader,
+    ev: &ExecEvent,
+    program: &Path,
+) -> Result<Option<(PathBuf, PathBuf)>> {
+    let Some(interp) = tracee::elf::interpreter(program)? else {
+        return Ok(None);
+    };
+    // At the exec stop only the executable and its interpreter are mapped.
+    let Some(recorded) = ev
+        .mappings
+        .iter()
+        .filter_map(|m| m.file.as_ref())
+        .find(|f| f.hash != ev.exe.hash)
+    else {
+        return Ok(None);
+    };
+    let current = std::fs::read(&interp)
+        .ok()
+        .map(|d| blake3::hash(&d).to_hex().to_string());
+    if current.as_deref() == Some(recorded.hash.as_str()) {
+        return Ok(None);
+    }
+    if current.is_none() {
+        bail!(
+            "the program's ELF interpreter {interp} no longer exists; replay needs a file at that \
+             path to mount the recorded copy ({}) over",
+            reader.file_path(recorded)?.display()
+        );
+    }
+    tracing::info!(%interp, "the ELF interpreter changed since the recording: using the recorded copy");
+    Ok(Some((reader.file_path(recorded)?, PathBuf::from(interp))))
 }

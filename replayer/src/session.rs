@@ -55,6 +55,7 @@ fn replay_here(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
     };
     let meta = reader.meta();
     let program = reader.file_path(&exec_ev.exe)?;
+    let bind_over = exec::interpreter_override(&reader, &exec_ev, &program)?;
     let cpu = meta.cpu.map(|c| c as usize).filter(|&c| cpu_allowed(c));
     if let Some(c) = cpu {
         tracee::pin_current_thread(c)?;
@@ -71,6 +72,7 @@ fn replay_here(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
             blocked: exec_ev.sig_blocked,
             ignored: exec_ev.sig_ignored,
         },
+        bind_over,
     })?;
     let mut session = Session {
         tracee,

@@ -68,3 +68,35 @@ pub fn resolve_program(name: &str) -> Result<std::path::PathBuf> {
     }
     bail!("{name}: command not found (No such file in PATH)")
 }
+
+/// The ELF interpreter (`PT_INTERP`) an executable asks for, if any.
+pub fn interpreter(path: &Path) -> Result<Option<String>> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        bail!("{}: truncated ELF header", path.display());
+    };
+    for i in 0..usize::from(phnum) {
+        let ph = phoff as usize + i * usize::from(phentsize);
+        let p_type = data
+            .get(ph..ph + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if p_type != Some(3) {
+            continue;
+        }
+        let (Some(off), Some(size)) = (u64_at(ph + 8), u64_at(ph + 32)) else {
+            bail!("{}: truncated program header", path.display());
+        };
+        let bytes = data
+            .get(off as usize..(off + size) as usize)
+            .with_context(|| format!("{}: PT_INTERP out of the file", path.display()))?;
+        let s = bytes.split(|&b| b == 0).next().unwrap_or_default();
+        return Ok(Some(String::from_utf8_lossy(s).into_owned()));
+    }
+    Ok(None)
+}

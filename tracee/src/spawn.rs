@@ -33,6 +33,9 @@ pub struct SpawnOptions {
     /// The signal mask and the set of ignored signals the program starts with (both survive
     /// `execve`, and programs consult them), as bit masks of `1 << (signo - 1)`.
     pub signals: SignalState,
+    /// `(file, path)`: run the tracee in a private mount namespace where `file` is bind-mounted
+    /// over `path`, e.g. the trace's copy of the ELF interpreter over the system's one.
+    pub bind_over: Option<(PathBuf, PathBuf)>,
 }
 
 /// Signal state a program inherits across `execve`: blocked and ignored signals.
@@ -129,6 +132,23 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|c| c.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
     let filter = seccomp::trace_all_filter();
+    let bind = opts
+        .bind_over
+        .as_ref()
+        .map(|(from, to)| -> Result<_> {
+            let c = |p: &PathBuf| {
+                CString::new(p.as_os_str().as_bytes()).context("bind path contains a NUL byte")
+            };
+            // SAFETY: getuid/getgid cannot fail.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            Ok((
+                c(from)?,
+                c(to)?,
+                CString::new(format!("{uid} {uid} 1")).context("uid map")?,
+                CString::new(format!("{gid} {gid} 1")).context("gid map")?,
+            ))
+        })
+        .transpose()?;
     // SAFETY: zero is a valid cpu_set_t (the empty set).
     let mut cpuset: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     if let Some(cpu) = opts.cpu {
@@ -164,6 +184,11 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
             }
             libc::raise(libc::SIGSTOP);
             opts.signals.apply();
+            if let Some((from, to, uid_map, gid_map)) = &bind {
+                if !bind_mount_privately(from, to, uid_map, gid_map) {
+                    libc::_exit(125);
+                }
+            }
             if opts.trap_tsc && libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV, 0, 0, 0) < 0 {
                 libc::_exit(122);
             }
@@ -182,6 +207,7 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
             122 => "PR_SET_TSC failed",
             123 => "installing the seccomp filter failed",
             124 => "execve failed",
+            125 => "setting up the mount namespace for the recorded ELF interpreter failed",
             _ => "the child exited early",
         };
         anyhow::anyhow!("starting {}: {what}", opts.program.display())
@@ -211,6 +237,57 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
             bail!("unexpected stop of the tracee before exec: {other:?}")
         }
     }
+}
+
+/// In a forked child: enters a private mount namespace (a user namespace too when not root)
+/// and bind-mounts `from` over `to`. Async-signal-safe.
+///
+/// # Safety
+/// For a forked child about to exec only; all pointers are valid C strings.
+unsafe fn bind_mount_privately(
+    from: &CString,
+    to: &CString,
+    uid_map: &CString,
+    gid_map: &CString,
+) -> bool {
+    if libc::unshare(libc::CLONE_NEWNS) != 0 {
+        if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+            return false;
+        }
+        let write_file = |path: &std::ffi::CStr, bytes: &[u8]| -> bool {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return false;
+            }
+            let ok = libc::write(fd, bytes.as_ptr().cast(), bytes.len()) == bytes.len() as isize;
+            libc::close(fd);
+            ok
+        };
+        if !write_file(c"/proc/self/setgroups", b"deny")
+            || !write_file(c"/proc/self/uid_map", uid_map.as_bytes())
+            || !write_file(c"/proc/self/gid_map", gid_map.as_bytes())
+        {
+            return false;
+        }
+    }
+    let none = c"none".as_ptr();
+    if libc::mount(
+        none,
+        c"/".as_ptr(),
+        std::ptr::null(),
+        libc::MS_REC | libc::MS_PRIVATE,
+        std::ptr::null(),
+    ) != 0
+    {
+        return false;
+    }
+    libc::mount(
+        from.as_ptr(),
+        to.as_ptr(),
+        std::ptr::null(),
+        libc::MS_BIND,
+        std::ptr::null(),
+    ) == 0
 }
 
 /// Pins the calling thread to `cpu`. The tracer runs on its tracee's CPU: each ptrace stop is a
