@@ -41,11 +41,14 @@ pub struct RecordOutcome {
 /// Records `opts.program` to a new trace and returns how it ended.
 pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     let opts = opts.clone();
-    tracee::tsc::on_tracer_thread(move || record_here(&opts))
+    // The program inherits the user's signal state, not the mask of deja's tracer thread nor
+    // the handlers deja installs for itself: read it before either exists.
+    let signals = tracee::SignalState::current();
+    tracee::tsc::on_tracer_thread(move || record_here(&opts, signals))
 }
 
 /// [`record`], on the tracer thread.
-fn record_here(opts: &RecordOptions) -> Result<RecordOutcome> {
+fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<RecordOutcome> {
     let path = tracee::elf::resolve_program(&opts.program)?;
     tracee::elf::check_executable(&path)?;
     let name = path
@@ -94,8 +97,6 @@ fn record_here(opts: &RecordOptions) -> Result<RecordOutcome> {
     if let Some(root) = &root {
         root.set_latest(&dir)?;
     }
-    // The program inherits the user's signal state, not the handlers deja installs for itself.
-    let signals = tracee::SignalState::current();
     install_interrupt_passthrough();
     start_flush_timer();
     tracee::pin_current_thread(cpu)?;
