@@ -15,8 +15,9 @@ use tracee::{regs, spawn, Regs, SpawnOptions, Stop, Tracee};
 use crate::echo::EchoFds;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
-use crate::signals::{is_fault, signo_code, SI_KERNEL};
+use crate::signals::{is_fault, SI_KERNEL};
 use crate::{exec, TraceDest};
+use tracee::tracee::signo_code;
 
 /// What to record.
 #[derive(Debug, Clone)]
@@ -217,10 +218,6 @@ struct Session {
     cpu: u32,
 }
 
-fn is_error(result: i64) -> bool {
-    (-4095..0).contains(&result)
-}
-
 impl Session {
     fn pid(&self) -> nix::unistd::Pid {
         self.tracee.pid()
@@ -387,7 +384,7 @@ impl Session {
             }
         }
         if nr == libc::SYS_mmap as u64
-            && !is_error(ev.result)
+            && !syscalls::is_error(ev.result)
             && args[3] & libc::MAP_ANONYMOUS as u64 == 0
         {
             let pid = self.pid();

@@ -4,12 +4,6 @@
 /// fault).
 pub const SI_KERNEL: i32 = 0x80;
 
-/// Reads `si_signo` and `si_code` from raw `siginfo_t` bytes.
-pub fn signo_code(info: &[u8]) -> (i32, i32) {
-    let word = |o: usize| i32::from_le_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
-    (word(0), word(8))
-}
-
 /// Whether the signal was raised by the instruction the task was executing (a fault the
 /// replay reproduces by executing the same instruction), rather than sent to it.
 pub fn is_fault(signo: i32, code: i32) -> bool {

@@ -265,7 +265,7 @@ impl Session<'_> {
                     self.tracee.cont(0)?;
                     continue;
                 };
-                let code = i32::from_le_bytes([info[8], info[9], info[10], info[11]]);
+                let (_, code) = tracee::tracee::signo_code(&info);
                 if code <= 0 {
                     tracing::debug!(sig, "ignoring a signal sent to the replay from outside");
                     self.tracee.cont(0)?;
@@ -333,7 +333,7 @@ impl Session<'_> {
                 self.run_for_real(&name)?;
                 self.check_result(e)?;
             }
-            Replay::Mmap if !(-4095..0).contains(&e.result) => {
+            Replay::Mmap if !syscalls::is_error(e.result) => {
                 let saved = r;
                 regs::set_syscall_args(&mut r, &mmap::replacement_args(e));
                 self.tracee.set_regs(&r)?;
@@ -355,7 +355,7 @@ impl Session<'_> {
                 return Ok(());
             }
             Replay::Unsupported(reason) => bail!("{name} is not supported: {reason}"),
-            Replay::Exec if !(-4095..0).contains(&e.result) => {
+            Replay::Exec if !syscalls::is_error(e.result) => {
                 bail!("the trace records a successful execve as a plain syscall")
             }
             Replay::Emulate | Replay::Deny(_) | Replay::Mmap | Replay::Exec => {
@@ -525,7 +525,7 @@ impl Session<'_> {
 }
 
 fn errno_text(v: i64) -> String {
-    if (-4095..0).contains(&v) {
+    if syscalls::is_error(v) {
         std::io::Error::from_raw_os_error(-v as i32).to_string()
     } else {
         "success".into()

@@ -138,6 +138,11 @@ impl Syscall {
     }
 }
 
+/// Whether a raw syscall return value is an error (`-4095..=-1`, a negative errno).
+pub fn is_error(result: i64) -> bool {
+    (-4095..0).contains(&result)
+}
+
 /// A system call as seen at its exit stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Call {

@@ -14,6 +14,12 @@ use crate::stop::{wait_for, Stop};
 /// Size of the kernel's `siginfo_t`.
 pub const SIGINFO_SIZE: usize = 128;
 
+/// `si_signo` and `si_code` of raw `siginfo_t` bytes.
+pub fn signo_code(info: &[u8; SIGINFO_SIZE]) -> (i32, i32) {
+    let word = |o: usize| i32::from_le_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
+    (word(0), word(8))
+}
+
 /// A traced task. All methods other than the resume ones require the task to be in a ptrace
 /// stop; the kernel refuses them otherwise and the error says so.
 #[derive(Debug)]
