@@ -9,7 +9,7 @@ use trace_format::{
     CpuidRecord, Event, ExitStatus, MemWrite, RdtscEvent, SignalEvent, SignalOrigin, SyscallEvent,
     TraceMeta, TraceRoot, TraceWriter, FORMAT_VERSION,
 };
-use tracee::insn::{decode_trapped, Trapped};
+use tracee::insn::Trapped;
 use tracee::{regs, spawn, Regs, SpawnOptions, Stop, Tracee};
 
 use crate::echo::EchoFds;
@@ -458,9 +458,7 @@ impl Session {
 
     /// Emulates a trapped `rdtsc`/`rdtscp` at `regs.rip`; false if the fault was something else.
     fn emulate_trapped(&mut self, mut regs: Regs) -> Result<bool> {
-        let mut bytes = [0u8; 16];
-        let n = self.tracee.read_mem_partial(regs.rip, &mut bytes);
-        let Some((kind, len)) = decode_trapped(&bytes[..n], regs.rip) else {
+        let Some((kind, len)) = self.tracee.trapped_insn_at(regs.rip) else {
             return Ok(false);
         };
         let rip = regs.rip;

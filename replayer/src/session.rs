@@ -7,7 +7,7 @@ use syscalls::Replay;
 use trace_format::{
     Event, EventIter, ExitStatus, RdtscEvent, SignalEvent, SignalOrigin, SyscallEvent, TraceReader,
 };
-use tracee::insn::{decode_trapped, Trapped};
+use tracee::insn::Trapped;
 use tracee::{regs, spawn, SpawnOptions, Stop, Tracee};
 
 use crate::divergence::{Divergence, Incomplete};
@@ -471,9 +471,7 @@ impl Session<'_> {
     fn rdtsc(&mut self, e: &RdtscEvent) -> Result<()> {
         let stop = self.wait_stop(Some(libc::SIGSEGV))?;
         let mut r = self.tracee.regs()?;
-        let mut bytes = [0u8; 16];
-        let n = self.tracee.read_mem_partial(r.rip, &mut bytes);
-        let decoded = decode_trapped(&bytes[..n], r.rip);
+        let decoded = self.tracee.trapped_insn_at(r.rip);
         let expected = if e.aux.is_some() {
             Trapped::Rdtscp
         } else {

@@ -167,31 +167,30 @@ impl Tracee {
 
     /// Resumes until the next stop, delivering `sig` if the task is in a signal-delivery-stop.
     pub fn cont(&self, sig: i32) -> Result<()> {
-        // SAFETY: plain ptrace request on our tracee; no pointers involved.
-        let r = unsafe { libc::ptrace(libc::PTRACE_CONT, self.pid.as_raw(), 0usize, sig as usize) };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("resuming task {}", self.pid));
-        }
-        Ok(())
+        self.resume(libc::PTRACE_CONT, sig, "resuming")
     }
 
     /// Resumes until the next syscall-stop (or other stop).
     pub fn cont_syscall(&self, sig: i32) -> Result<()> {
-        // SAFETY: plain ptrace request on our tracee; no pointers involved.
-        let r = unsafe {
-            libc::ptrace(
-                libc::PTRACE_SYSCALL,
-                self.pid.as_raw(),
-                0usize,
-                sig as usize,
-            )
-        };
+        self.resume(libc::PTRACE_SYSCALL, sig, "resuming to the syscall exit")
+    }
+
+    fn resume(&self, request: libc::c_uint, sig: i32, what: &str) -> Result<()> {
+        // SAFETY: a resume request on our tracee takes only integers.
+        let r = unsafe { libc::ptrace(request, self.pid.as_raw(), 0usize, sig as usize) };
         if r < 0 {
             return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("resuming task {} to its syscall exit", self.pid));
+                .with_context(|| format!("{what} task {}", self.pid));
         }
         Ok(())
+    }
+
+    /// The `rdtsc`/`rdtscp`/`cpuid` instruction at `rip`, with its length, if that is what is
+    /// there.
+    pub fn trapped_insn_at(&self, rip: u64) -> Option<(crate::insn::Trapped, usize)> {
+        let mut bytes = [0u8; 16];
+        let n = self.read_mem_partial(rip, &mut bytes);
+        crate::insn::decode_trapped(&bytes[..n], rip)
     }
 
     /// Waits for the next stop or end of this task.
