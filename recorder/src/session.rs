@@ -291,7 +291,8 @@ impl Session {
         let nr = entry.orig_rax;
         let args = regs::syscall_args(&entry);
         let name = syscalls::name(nr);
-        let replay = match syscalls::lookup(nr) {
+        let def = syscalls::lookup(nr);
+        let replay = match def {
             Some(def) => def.replay,
             None => {
                 self.warn_once(nr, || {
@@ -323,10 +324,16 @@ impl Session {
             echo: None,
         };
         match replay {
-            Replay::Unsupported(reason) => bail!("{name} is not supported yet: {reason}"),
+            Replay::Unsupported(_) => {
+                bail!(
+                    "{}",
+                    def.and_then(|d| d.unsupported_message())
+                        .unwrap_or_default()
+                )
+            }
             Replay::Deny(errno) => {
                 // rseq is refused for every glibc program, which copes silently: no warning.
-                if syscalls::lookup(nr).is_some() && nr != libc::SYS_rseq as u64 {
+                if def.is_some() && nr != libc::SYS_rseq as u64 {
                     self.warn_once(nr, || {
                         format!(
                             "{name} is refused with {} (as rr does)",
