@@ -138,6 +138,14 @@ fn describe(ev: &Event) -> String {
             e.leaf, e.subleaf, e.regs, e.rip
         ),
         Event::Exit(e) => format!("[{tid}] exit: {}", e.status),
+        Event::Clone(e) => format!(
+            "[{tid}] {} made task {} (process {}, flags {:#x})",
+            syscalls::name(e.nr),
+            e.child,
+            e.child_pid,
+            e.flags
+        ),
+        Event::Start(_) => format!("[{tid}] starts"),
     }
 }
 

@@ -47,10 +47,19 @@ pub fn capture(
         });
     }
     let signals = tracee::SignalState::of_task(pid)?;
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(ExecEvent {
         tid: pid.as_raw(),
         regs: regs::to_words(&r),
         exe,
+        argv,
         stack_addr: r.rsp,
         stack,
         mappings,

@@ -183,6 +183,7 @@ impl Session<'_> {
                 Event::Exit(e) => return self.exit(e.status),
                 Event::Exec(e) => self.exec(&e)?,
                 Event::Cpuid(_) => bail!("trapped CPUID events are not supported by this replayer"),
+                Event::Clone(_) | Event::Start(_) => bail!("process trees are not replayed yet"),
             }
         }
     }

@@ -12,7 +12,10 @@ pub enum TraceError {
     NotATrace(PathBuf),
 
     /// The trace was written in a format version this build cannot read.
-    #[error("trace format version {found} is not supported (this deja reads version {supported})")]
+    #[error(
+        "trace format version {found} is not supported (this deja reads version {supported}): \
+         replay it with the deja that recorded it, or record the program again"
+    )]
     UnsupportedVersion {
         /// The version the trace declares.
         found: u32,

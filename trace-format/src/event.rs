@@ -26,6 +26,11 @@ pub enum Event {
     Cpuid(CpuidEvent),
     /// The tracee ended.
     Exit(ExitEvent),
+    /// A task made a new task (`clone`, `fork`, `vfork`, `clone3`), at the moment the kernel
+    /// created it; the parent's syscall event follows later, when the parent runs again.
+    Clone(CloneEvent),
+    /// A task made by a [`CloneEvent`] runs for the first time.
+    Start(StartEvent),
 }
 
 impl Event {
@@ -38,6 +43,8 @@ impl Event {
             Event::Rdtsc(e) => e.tid,
             Event::Cpuid(e) => e.tid,
             Event::Exit(e) => e.tid,
+            Event::Clone(e) => e.tid,
+            Event::Start(e) => e.tid,
         }
     }
 
@@ -50,6 +57,8 @@ impl Event {
             Event::Rdtsc(_) => "rdtsc",
             Event::Cpuid(_) => "cpuid",
             Event::Exit(_) => "exit",
+            Event::Clone(_) => "clone",
+            Event::Start(_) => "start",
         }
     }
 }
@@ -130,6 +139,8 @@ pub struct ExecEvent {
     pub regs: RegsWords,
     /// The executable the kernel ran (after `#!` resolution), kept in the file store.
     pub exe: FileRef,
+    /// The command line of the new program (`/proc/PID/cmdline`), for `deja ps`.
+    pub argv: Vec<String>,
     /// Address of the first byte of `stack`: the stack pointer at the exec stop.
     pub stack_addr: u64,
     /// The initial stack from the stack pointer to the top of `[stack]`: argv, envp, auxv with
@@ -260,4 +271,35 @@ pub struct ExitEvent {
     pub tid: Tid,
     /// How it ended.
     pub status: ExitStatus,
+}
+
+/// A new task, as its parent's `clone`-family syscall created it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CloneEvent {
+    /// The task that called `clone`, `fork`, `vfork` or `clone3`.
+    pub tid: Tid,
+    /// The syscall number used.
+    pub nr: u64,
+    /// The new task's id.
+    pub child: Tid,
+    /// The new task's process id: the parent's for a thread (`CLONE_THREAD`), else `child`.
+    pub child_pid: Tid,
+    /// The process id of the parent task.
+    pub parent_pid: Tid,
+    /// The `clone` flags (for `fork` and `vfork`, the flags they imply).
+    pub flags: u64,
+    /// What the kernel wrote into the parent's memory while creating the task (the child's
+    /// id at `CLONE_PARENT_SETTID`, the pidfd at `CLONE_PIDFD`): replay writes these back, since
+    /// ids differ in replay.
+    pub writes: Vec<MemWrite>,
+}
+
+/// The first moment a task made by [`CloneEvent`] runs.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StartEvent {
+    /// The new task.
+    pub tid: Tid,
+    /// What the kernel wrote into the new task's memory before it ran (its id at
+    /// `CLONE_CHILD_SETTID`).
+    pub writes: Vec<MemWrite>,
 }

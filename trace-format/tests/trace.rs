@@ -85,6 +85,7 @@ fn every_variant(w: &mut TraceWriter) -> (Vec<Event>, Vec<(Data, Vec<u8>)>) {
             tid: 100,
             regs,
             exe: fr.clone(),
+            argv: vec!["prog".into(), "arg".into()],
             stack_addr: 0x7ffd_0000_0000,
             stack: noise(1, 3000),
             mappings: vec![
@@ -601,7 +602,7 @@ fn damaged_index_is_an_error() {
     assert_corrupt(TraceReader::open(&dir).map(|_| ()), "not JSON");
     sql(
         &dir,
-        "UPDATE meta SET value = '{\"format_version\": 1, \"argv\": 5}'",
+        &format!("UPDATE meta SET value = '{{\"format_version\": {FORMAT_VERSION}, \"argv\": 5}}'"),
     );
     assert_corrupt(TraceReader::open(&dir).map(|_| ()), "malformed");
     sql(&dir, "DELETE FROM meta");
@@ -621,14 +622,17 @@ fn unknown_version_is_unsupported() {
         err,
         TraceError::UnsupportedVersion {
             found: 7,
-            supported: 1
+            supported: FORMAT_VERSION
         }
     ));
     assert_eq!(
         err.to_string(),
-        "trace format version 7 is not supported (this deja reads version 1)"
+        format!(
+            "trace format version 7 is not supported (this deja reads version {FORMAT_VERSION}): \
+             replay it with the deja that recorded it, or record the program again"
+        )
     );
-    sql(&dir, "PRAGMA user_version = 1");
+    sql(&dir, &format!("PRAGMA user_version = {FORMAT_VERSION}"));
     sql(
         &dir,
         "UPDATE meta SET value = json_set(value, '$.format_version', 9)",
