@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-/// Descriptor → stream (1 or 2) it aliases.
+/// Descriptor → stream (1 or 2) it aliases, for one process's descriptor table.
+#[derive(Clone)]
 pub struct EchoFds {
     aliases: HashMap<u64, u8>,
 }

@@ -5,8 +5,10 @@ mod echo;
 mod exec;
 mod mapped_files;
 mod memory;
+mod recording;
 mod session;
 mod signals;
+mod task;
 
 use std::path::PathBuf;
 

@@ -7,6 +7,8 @@ use std::fmt;
 pub struct Divergence {
     /// Index of the event that did not match (0 is the exec).
     pub event: u64,
+    /// The recorded id of the task the event belongs to.
+    pub task: i32,
     /// What the recording expected there.
     pub expected: String,
     /// What the replay found instead.
@@ -19,8 +21,8 @@ impl fmt::Display for Divergence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "replay diverged from the recording at event {}: expected {}, found {}",
-            self.event, self.expected, self.found
+            "replay diverged from the recording at event {} (task {}): expected {}, found {}",
+            self.event, self.task, self.expected, self.found
         )?;
         for d in &self.details {
             write!(f, "\n  {d}")?;

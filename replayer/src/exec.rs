@@ -11,7 +11,7 @@ use crate::divergence::Divergence;
 /// Makes the freshly exec'd replay tracee identical to the recorded one at its exec stop: checks
 /// the memory map, writes the recorded initial stack (argv, environment, auxv, AT_RANDOM bytes,
 /// with the vDSO hidden as in the recording) and the recorded registers.
-pub fn restore(tracee: &Tracee, ev: &ExecEvent) -> Result<()> {
+pub fn restore(tracee: &Tracee, ev: &ExecEvent, event: u64) -> Result<()> {
     let entries = maps::read(tracee.pid())?;
     let found: Vec<(u64, u64, &str)> = entries
         .iter()
@@ -32,7 +32,8 @@ pub fn restore(tracee: &Tracee, ev: &ExecEvent) -> Result<()> {
                 .join(", ")
         };
         return Err(Divergence {
-            event: 0,
+            event,
+            task: ev.tid,
             expected: format!("the recorded memory map [{}]", show(&expected)),
             found: format!("[{}]", show(&found)),
             details: vec![
@@ -49,7 +50,8 @@ pub fn restore(tracee: &Tracee, ev: &ExecEvent) -> Result<()> {
         .context("the replayed program has no [stack] mapping")?;
     if ev.stack_addr < stack.start || ev.stack_addr + ev.stack.len() as u64 != stack.end {
         return Err(Divergence {
-            event: 0,
+            event,
+            task: ev.tid,
             expected: format!(
                 "an initial stack at {:#x}-{:#x}",
                 ev.stack_addr,
@@ -63,7 +65,8 @@ pub fn restore(tracee: &Tracee, ev: &ExecEvent) -> Result<()> {
     let signals = tracee::SignalState::of_task(tracee.pid())?;
     if (signals.blocked, signals.ignored) != (ev.sig_blocked, ev.sig_ignored) {
         return Err(Divergence {
-            event: 0,
+            event,
+            task: ev.tid,
             expected: format!(
                 "blocked signals {:#x} and ignored signals {:#x} at exec",
                 ev.sig_blocked, ev.sig_ignored

@@ -8,6 +8,7 @@ mod exec;
 mod mmap;
 mod session;
 mod sigmask;
+mod tasks;
 
 pub use divergence::{Divergence, Incomplete};
 pub use session::{replay, ReplayOptions, ReplayOutcome};

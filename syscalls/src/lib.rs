@@ -12,9 +12,18 @@
 
 use std::borrow::Cow;
 
+mod clone;
 mod table;
 
+pub use clone::{clone_args, CloneArgs};
 pub use table::TABLE;
+
+/// Syscalls that send a signal to another task (`kill`, `tkill`, `tgkill`, `rt_sigqueueinfo`,
+/// `rt_tgsigqueueinfo`, `pidfd_send_signal`). The recorder runs them while no other task runs,
+/// so the signal reaches its target at a syscall boundary, where replay can deliver it again.
+pub fn sends_signal(nr: u64) -> bool {
+    matches!(nr as i64, 62 | 200 | 234 | 129 | 297 | 424)
+}
 
 /// How a system call is handled in replay (and, for `Deny`/`Unsupported`, in recording).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +36,13 @@ pub enum Replay {
     Mmap,
     /// `exit` / `exit_group`: ends the thread or process.
     Exit,
+    /// Runs for real in replay (for its effect on kernel state) but returns the recorded value,
+    /// a task id that differs in replay (`set_tid_address`).
+    ExecuteRecordedResult,
+    /// `clone`, `fork`, `vfork`, `clone3`: runs for real in replay and makes a new task; the
+    /// recorded task ids replace the replay's in the result and in the memory the kernel wrote
+    /// (see [`clone_args`]). A failed call is emulated.
+    Clone,
     /// `execve`: a successful one replaces the program image (recorded as an exec event and
     /// replayed by exec'ing the trace's copy of the new executable); a failed one is emulated.
     Exec,

@@ -27,8 +27,6 @@ const fn sa(addr: usize, len_ptr: usize) -> Out {
 }
 
 const NOSYS: Replay = Deny(libc::ENOSYS);
-const THREADS: Replay =
-    Unsupported("threads and child processes are recorded from a later version on");
 const EXECAT: Replay = Unsupported("execveat (fexecve) is recorded from a later version on");
 const SYSV_SHM: Replay = Unsupported("System V shared memory");
 
@@ -106,9 +104,9 @@ pub static TABLE: &[Syscall] = &[
     sys!(53, socketpair, Emulate, [f(3, 8)]),
     sys!(54, setsockopt, Emulate),
     sys!(55, getsockopt, Emulate, [b(3, DerefU32(4)), f(4, 4)]),
-    sys!(56, clone, THREADS),
-    sys!(57, fork, THREADS),
-    sys!(58, vfork, THREADS),
+    sys!(56, clone, Clone),
+    sys!(57, fork, Clone),
+    sys!(58, vfork, Clone),
     sys!(59, execve, Exec),
     sys!(60, exit, Exit),
     sys!(61, wait4, Emulate, [f(1, 4), f(3, RUSAGE)]),
@@ -268,7 +266,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(215, epoll_wait_old, Emulate), // always ENOSYS
     sys!(216, remap_file_pages, Unsupported("nonlinear file mappings")),
     sys!(217, getdents64, Emulate, [b(1, Ret)]),
-    sys!(218, set_tid_address, Emulate),
+    sys!(218, set_tid_address, ExecuteRecordedResult),
     // Continues an interrupted nanosleep/clock_nanosleep/poll/futex; the recorder must apply
     // the outs of the call it restarts.
     sys!(219, restart_syscall, Emulate),
@@ -399,7 +397,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(432, fsmount, Emulate),
     sys!(433, fspick, Emulate),
     sys!(434, pidfd_open, Emulate),
-    sys!(435, clone3, THREADS),
+    sys!(435, clone3, Clone),
     sys!(436, close_range, Emulate),
     sys!(437, openat2, Emulate),
     sys!(438, pidfd_getfd, Emulate),

@@ -517,11 +517,14 @@ fn policy() {
         assert_eq!(replay(n), Some(Replay::Deny(libc::ENOSYS)), "{n}");
     }
     assert_eq!(replay("ptrace"), Some(Replay::Deny(libc::EPERM)));
+    for n in ["clone", "clone3", "fork", "vfork"] {
+        assert_eq!(replay(n), Some(Replay::Clone), "{n}");
+    }
+    assert_eq!(
+        replay("set_tid_address"),
+        Some(Replay::ExecuteRecordedResult)
+    );
     for n in [
-        "clone",
-        "clone3",
-        "fork",
-        "vfork",
         "execveat",
         "shmat",
         "shmget",
@@ -543,11 +546,6 @@ fn policy() {
     ] {
         assert_eq!(replay(n), Some(Replay::Emulate), "{n}");
     }
-    let clone = by_name("clone").unwrap();
-    assert_eq!(
-        clone.unsupported_message().as_deref(),
-        Some("clone is not supported yet: threads and child processes are recorded from a later version on")
-    );
     assert_eq!(replay("execve"), Some(Replay::Exec));
     assert_eq!(
         by_name("execveat")

@@ -15,7 +15,7 @@ pub type RegsWords = [u64; 27];
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Event {
     /// The program image right after the kernel loaded it (the first event of every trace).
-    Exec(ExecEvent),
+    Exec(Box<ExecEvent>),
     /// A system call and everything it returned.
     Syscall(SyscallEvent),
     /// A signal delivered to the tracee.

@@ -81,7 +81,7 @@ fn every_variant(w: &mut TraceWriter) -> (Vec<Event>, Vec<(Data, Vec<u8>)>) {
     }
     let fr = file_ref(&"ab".repeat(32));
     let events = vec![
-        Event::Exec(ExecEvent {
+        Event::Exec(Box::new(ExecEvent {
             tid: 100,
             regs,
             exe: fr.clone(),
@@ -108,7 +108,7 @@ fn every_variant(w: &mut TraceWriter) -> (Vec<Event>, Vec<(Data, Vec<u8>)>) {
             ],
             sig_blocked: 1 << 13,
             sig_ignored: 1 << 1,
-        }),
+        })),
         syscall(
             100,
             0,

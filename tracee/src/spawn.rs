@@ -217,8 +217,13 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
         Stop::Exited(code) => return Err(child_failure(code)),
         other => bail!("unexpected first stop of the tracee: {other:?}"),
     }
+    // Children and threads are traced from their first instruction (they start with a
+    // SIGSTOP), and the parent reports their creation as a ptrace event.
     let options = libc::PTRACE_O_TRACESECCOMP
         | libc::PTRACE_O_TRACEEXEC
+        | libc::PTRACE_O_TRACECLONE
+        | libc::PTRACE_O_TRACEFORK
+        | libc::PTRACE_O_TRACEVFORK
         | libc::PTRACE_O_EXITKILL
         | libc::PTRACE_O_TRACESYSGOOD;
     // SAFETY: plain ptrace request on our stopped child.

@@ -35,6 +35,56 @@ pub fn wait_for(pid: Pid) -> Result<Stop> {
     wait_for_or_idle(pid, &mut || Ok(()))
 }
 
+/// Waits for any traced task to stop or end, calling `on_idle` each time a signal interrupts
+/// the wait; returns the task and what it did.
+pub fn wait_any(on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> {
+    wait_pid_flags(None, WaitPidFlag::__WALL, on_idle).map(|r| r.expect("blocking wait"))
+}
+
+/// Like [`wait_any`] but returns `None` at once if no task has anything to report.
+pub fn poll_any() -> Result<Option<(Pid, Stop)>> {
+    wait_pid_flags(
+        None,
+        WaitPidFlag::__WALL | WaitPidFlag::WNOHANG,
+        &mut || Ok(()),
+    )
+}
+
+fn wait_pid_flags(
+    pid: Option<Pid>,
+    flags: WaitPidFlag,
+    on_idle: &mut dyn FnMut() -> Result<()>,
+) -> Result<Option<(Pid, Stop)>> {
+    loop {
+        let status = match waitpid(pid, Some(flags)) {
+            Err(nix::errno::Errno::EINTR) => {
+                on_idle()?;
+                continue;
+            }
+            other => other.context("waiting for the traced tasks")?,
+        };
+        let Some(who) = status.pid() else {
+            return Ok(None);
+        };
+        if let Some(stop) = decode(status) {
+            return Ok(Some((who, stop)));
+        }
+    }
+}
+
+fn decode(status: WaitStatus) -> Option<Stop> {
+    Some(match status {
+        WaitStatus::Exited(_, code) => Stop::Exited(code),
+        WaitStatus::Signaled(_, sig, _) => Stop::Killed(sig as i32),
+        WaitStatus::PtraceSyscall(_) => Stop::SyscallStop,
+        WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_SECCOMP => Stop::SeccompEntry,
+        WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_EXEC => Stop::Exec,
+        WaitStatus::PtraceEvent(_, _, ev) => Stop::Event(ev),
+        WaitStatus::Stopped(_, sig) => Stop::Signal(sig as i32),
+        WaitStatus::Continued(_) | WaitStatus::StillAlive => return None,
+    })
+}
+
 /// Like [`wait_for`], calling `on_idle` each time a signal interrupts the wait (the recorder
 /// uses a periodic timer signal to write out buffered events while the tracee blocks).
 pub fn wait_for_or_idle(pid: Pid, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<Stop> {
@@ -46,17 +96,8 @@ pub fn wait_for_or_idle(pid: Pid, on_idle: &mut dyn FnMut() -> Result<()>) -> Re
             }
             other => other.with_context(|| format!("waiting for task {pid}"))?,
         };
-        return Ok(match status {
-            WaitStatus::Exited(_, code) => Stop::Exited(code),
-            WaitStatus::Signaled(_, sig, _) => Stop::Killed(sig as i32),
-            WaitStatus::PtraceSyscall(_) => Stop::SyscallStop,
-            WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_SECCOMP => {
-                Stop::SeccompEntry
-            }
-            WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_EXEC => Stop::Exec,
-            WaitStatus::PtraceEvent(_, _, ev) => Stop::Event(ev),
-            WaitStatus::Stopped(_, sig) => Stop::Signal(sig as i32),
-            WaitStatus::Continued(_) | WaitStatus::StillAlive => continue,
-        });
+        if let Some(stop) = decode(status) {
+            return Ok(stop);
+        }
     }
 }

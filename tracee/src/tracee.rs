@@ -193,6 +193,26 @@ impl Tracee {
         crate::insn::decode_trapped(&bytes[..n], rip)
     }
 
+    /// The message of the ptrace event this task is stopped at (`PTRACE_GETEVENTMSG`): the new
+    /// task's id at a clone, fork or vfork event, the former thread id at an exec event.
+    pub fn event_msg(&self) -> Result<u64> {
+        let mut msg: libc::c_ulong = 0;
+        // SAFETY: PTRACE_GETEVENTMSG stores one unsigned long at `data`, a local of that type.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_GETEVENTMSG,
+                self.pid.as_raw(),
+                0usize,
+                &mut msg as *mut libc::c_ulong,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("reading the ptrace event of task {}", self.pid));
+        }
+        Ok(msg)
+    }
+
     /// Waits for the next stop or end of this task.
     pub fn wait(&self) -> Result<Stop> {
         wait_for(self.pid)

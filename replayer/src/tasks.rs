@@ -1,0 +1,145 @@
+//! The replay's tasks, named by their recorded ids, and waiting for one of them while keeping
+//! what the others report for later.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::unistd::Pid;
+use trace_format::{ExitStatus, Tid};
+use tracee::{Regs, Stop, Tracee};
+
+/// Where a replayed task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RState {
+    /// Created by a clone; not seen stopped yet.
+    Unstarted,
+    /// Stopped at this stop, which belongs to the task's next event.
+    Parked(Stop),
+    /// Resumed to the exit of a syscall that really runs in replay (a clone).
+    InSyscall,
+    /// Resumed into its end (`exit`, `exit_group`, a fatal signal); the end is not collected.
+    Exiting,
+    /// Ended.
+    Dead(ExitStatus),
+}
+
+/// One task of the replay.
+pub struct Task {
+    /// ptrace handle (the replay's own task id).
+    pub tracee: Tracee,
+    /// The task's process id in replay.
+    pub pid: Pid,
+    /// Where it is.
+    pub state: RState,
+    /// A signal the replayer sent to reproduce the task's next event, not yet seen.
+    pub injected: Option<i32>,
+    /// The signal of the next event was already sent (see `sigmask`).
+    pub signal_sent: bool,
+    /// Registers at the entry of the clone whose result is still to come.
+    pub clone_entry: Option<Regs>,
+}
+
+/// All tasks, and the stops reported by tasks other than the one waited for.
+#[derive(Default)]
+pub struct Tasks {
+    by_tid: HashMap<Tid, Task>,
+    /// Replay task id → recorded task id.
+    recorded: HashMap<i32, Tid>,
+    stash: HashMap<i32, VecDeque<Stop>>,
+}
+
+impl Tasks {
+    /// Adds task `tid` (recorded id), traced as `tracee` in process `pid`.
+    pub fn add(&mut self, tid: Tid, tracee: Tracee, pid: Pid, state: RState) {
+        self.recorded.insert(tracee.pid().as_raw(), tid);
+        self.by_tid.insert(
+            tid,
+            Task {
+                tracee,
+                pid,
+                state,
+                injected: None,
+                signal_sent: false,
+                clone_entry: None,
+            },
+        );
+    }
+
+    /// The task the recording called `tid`.
+    pub fn get(&mut self, tid: Tid) -> Option<&mut Task> {
+        self.by_tid.get_mut(&tid)
+    }
+
+    /// Forgets an ended task.
+    pub fn remove(&mut self, tid: Tid) {
+        if let Some(t) = self.by_tid.remove(&tid) {
+            self.recorded.remove(&t.tracee.pid().as_raw());
+            self.stash.remove(&t.tracee.pid().as_raw());
+        }
+    }
+
+    /// The next stop of the replay task `real`, blocking.
+    pub fn wait_real(&mut self, real: Pid) -> Result<Stop> {
+        if let Some(s) = self
+            .stash
+            .get_mut(&real.as_raw())
+            .and_then(|q| q.pop_front())
+        {
+            return Ok(s);
+        }
+        loop {
+            let (pid, stop) = tracee::stop::wait_any(&mut || Ok(()))?;
+            if pid == real {
+                return Ok(stop);
+            }
+            self.stash.entry(pid.as_raw()).or_default().push_back(stop);
+        }
+    }
+
+    /// Waits up to `limit` for the replay task `real` to end; `None` if it did not.
+    pub fn wait_end(&mut self, real: Pid, limit: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            while let Some(s) = self
+                .stash
+                .get_mut(&real.as_raw())
+                .and_then(|q| q.pop_front())
+            {
+                match s {
+                    Stop::Exited(c) => return Ok(Some(ExitStatus::Exited(c))),
+                    Stop::Killed(s) => return Ok(Some(ExitStatus::Signaled(s))),
+                    // On its way out (e.g. a stop just before a group exit killed it).
+                    _ => {
+                        let _ = nix::sys::ptrace::cont(real, None);
+                    }
+                }
+            }
+            match tracee::stop::poll_any()? {
+                Some((pid, stop)) => self.stash.entry(pid.as_raw()).or_default().push_back(stop),
+                None if Instant::now() >= deadline => return Ok(None),
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// Kills every task (after an error or at the end).
+    pub fn kill_all(&mut self) {
+        for t in self.by_tid.values() {
+            let _ = nix::sys::signal::kill(t.tracee.pid(), nix::sys::signal::Signal::SIGKILL);
+        }
+        for (_, t) in self.by_tid.drain() {
+            t.tracee.kill_and_reap();
+        }
+    }
+}
+
+/// The recorded task `tid` has no task in the replay.
+pub fn unknown(tid: Tid) -> anyhow::Error {
+    anyhow::anyhow!("the trace names task {tid}, which the replay never created")
+}
+
+/// Looks up `tid` or says it does not exist.
+pub fn task(tasks: &mut Tasks, tid: Tid) -> Result<&mut Task> {
+    tasks.get(tid).with_context(|| unknown(tid))
+}
