@@ -21,10 +21,19 @@ pub fn replacement_args(ev: &SyscallEvent) -> [u64; 6] {
     };
     flags &= !(libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE);
     if ev.mapped_file.is_some() {
-        // The sharing type bits (MAP_SHARED, MAP_SHARED_VALIDATE) become private: writes of the
-        // program land in its memory only, as nothing else observes the file during replay.
+        // A writable shared file mapping becomes shared anonymous memory, which stays shared
+        // with the children the process forks afterwards, as the file mapping was. Any other
+        // becomes private (the kernel refuses to fill a read-only shared mapping through
+        // /proc/PID/mem, and nothing can write to it anyway).
+        let writable_shared =
+            flags & libc::MAP_SHARED != 0 && prot & libc::PROT_WRITE as u64 != 0;
         flags &= !0x3;
-        flags |= libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        flags |= libc::MAP_ANONYMOUS;
+        flags |= if writable_shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
         flags &= !(libc::MAP_POPULATE | libc::MAP_SYNC);
         return [addr, len, prot, (flags | fixed) as u64, u64::MAX, 0];
     }
