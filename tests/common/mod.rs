@@ -525,6 +525,38 @@ pub fn assert_native_nondeterministic(prog: impl AsRef<OsStr>, args: &[&str]) {
     );
 }
 
+/// Like [`assert_native_nondeterministic`], for programs whose output differs between most but
+/// not necessarily any two runs (thread interleavings): runs `prog args` natively up to `tries`
+/// times and passes as soon as one stdout differs from the first. Every run must exit 0.
+pub fn assert_native_nondeterministic_within(prog: impl AsRef<OsStr>, args: &[&str], tries: usize) {
+    let first = run_native(prog.as_ref(), args);
+    assert!(
+        first.status.success(),
+        "native run of {:?} {args:?} failed\n{}",
+        prog.as_ref(),
+        describe("native 1", &first)
+    );
+    for n in 2..=tries.max(2) {
+        let again = run_native(prog.as_ref(), args);
+        assert!(
+            again.status.success(),
+            "native run of {:?} {args:?} failed\n{}",
+            prog.as_ref(),
+            describe(&format!("native {n}"), &again)
+        );
+        if again.stdout != first.stdout {
+            return;
+        }
+    }
+    panic!(
+        "{} native runs of {:?} {args:?} all printed the same stdout; the test program is not \
+         nondeterministic enough\n{}",
+        tries.max(2),
+        prog.as_ref(),
+        describe("native 1", &first)
+    );
+}
+
 /// Whether the kernel randomises address spaces (so addresses differ between native runs).
 pub fn aslr_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/randomize_va_space")
