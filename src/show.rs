@@ -1,10 +1,12 @@
 //! Printing traces for people (and, with `--json`, for programs): `ls`, `info`, `dump`, `ps`.
 
+use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
-use trace_format::{Event, ExitStatus, TraceMeta, TraceReader, TraceRoot};
+use trace_format::{Event, ExitStatus, Tid, TraceMeta, TraceReader, TraceRoot};
 
 /// `deja ls`: one line per trace under the root.
 pub fn list(root: &TraceRoot) -> Result<()> {
@@ -31,12 +33,24 @@ fn status_text(m: &TraceMeta) -> String {
 pub fn info(dir: &Path, json: bool) -> Result<()> {
     let reader = TraceReader::open(dir)?;
     let m = reader.meta();
+    // Counting processes and threads takes every event; damaged events leave them unknown
+    // without hiding the metadata.
+    let tasks = walk(&reader).map(|table| (table.rows.len(), table.tasks));
     let mut out = std::io::stdout().lock();
     if json {
         let mut v = serde_json::to_value(m)?;
         if let Some(obj) = v.as_object_mut() {
             obj.insert("path".into(), dir.display().to_string().into());
             obj.insert("status".into(), status_text(m).into());
+            let (processes, threads) = match &tasks {
+                Ok((p, t)) => ((*p).into(), (*t).into()),
+                Err(e) => {
+                    obj.insert("events_error".into(), format!("{e:#}").into());
+                    (serde_json::Value::Null, serde_json::Value::Null)
+                }
+            };
+            obj.insert("processes".into(), processes);
+            obj.insert("threads".into(), threads);
         }
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
@@ -56,6 +70,27 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
             out,
             "events:         {kept} (kept before the recording was cut off)"
         )?;
+    }
+    match &tasks {
+        Ok((processes, threads)) => {
+            let (kept, threads_kept) = if m.complete {
+                ("", "")
+            } else {
+                (" (in the events kept)", "; in the events kept")
+            };
+            writeln!(out, "processes:      {processes}{kept}")?;
+            writeln!(
+                out,
+                "threads:        {threads} (tasks, main threads included{threads_kept})"
+            )?;
+        }
+        Err(e) => {
+            writeln!(
+                out,
+                "processes:      unknown (the events cannot be read: {e:#})"
+            )?;
+            writeln!(out, "threads:        unknown")?;
+        }
     }
     writeln!(out, "format version: {}", m.format_version)?;
     writeln!(
@@ -149,30 +184,173 @@ fn describe(ev: &Event) -> String {
     }
 }
 
-/// `deja ps`: the processes of the trace (one until process trees are recorded).
+/// `deja ps`: the processes of the trace, in order of creation.
 pub fn ps(dir: &Path) -> Result<()> {
     let reader = TraceReader::open(dir)?;
+    let table = walk(&reader)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<8} {:<8} {:<12} CMD", "PID", "PPID", "EXIT")?;
-    let mut pid = None;
-    let mut status = None;
-    for ev in reader.events()? {
-        match ev? {
-            Event::Exec(e) => pid = pid.or(Some(e.tid)),
-            Event::Exit(e) => status = Some(e.status),
-            _ => {}
-        }
+    for row in &table.rows {
+        writeln!(out, "{}", ps_line(row))?;
     }
-    let exit = match status {
-        Some(s) => s.shell_code().to_string(),
-        None => "none".into(),
-    };
-    let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
-    writeln!(
-        out,
-        "{pid:<8} {:<8} {exit:<12} {}",
-        "--",
-        reader.meta().argv.join(" ")
-    )?;
     Ok(())
 }
+
+/// One line of `deja ps` under its header.
+fn ps_line(row: &ProcessRow) -> String {
+    let ppid = row
+        .ppid
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "--".into());
+    let exit = row
+        .exit
+        .map(|s| s.shell_code().to_string())
+        .unwrap_or_else(|| "none".into());
+    format!("{:<8} {ppid:<8} {exit:<12} {}", row.pid, row.argv.join(" "))
+}
+
+/// Every event of the trace through a [`ProcessTable`] (the events kept, for a recording that
+/// was cut off).
+fn walk(reader: &TraceReader) -> Result<ProcessTable> {
+    let mut error = None;
+    let table = process_table(
+        &reader.meta().argv,
+        reader
+            .events()?
+            .map_while(|ev| ev.map_err(|e| error = Some(e)).ok()),
+    );
+    match error {
+        Some(e) => Err(e.into()),
+        None => Ok(table),
+    }
+}
+
+/// One process of a trace, as `deja ps` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRow {
+    /// Its process id.
+    pub pid: Tid,
+    /// The process id of the process that created it; `None` for the initial process.
+    pub ppid: Option<Tid>,
+    /// How its leader task (tid == pid) ended; `None` if the trace does not say.
+    pub exit: Option<ExitStatus>,
+    /// The command line of its last exec (inherited from its parent until it execs).
+    pub argv: Vec<String>,
+}
+
+/// The processes and tasks of a trace, built one event at a time.
+#[derive(Debug)]
+pub struct ProcessTable {
+    /// The processes in order of creation.
+    pub rows: Vec<ProcessRow>,
+    /// Every task seen: the initial one and each one a clone made (threads and processes).
+    pub tasks: usize,
+    /// The command line of the initial process until its first exec event (the trace's
+    /// metadata).
+    initial_argv: Vec<String>,
+    /// The process (index in `rows`) of each task.
+    process_of_task: HashMap<Tid, usize>,
+    /// The latest process (index in `rows`) with each pid.
+    process_of_pid: HashMap<Tid, usize>,
+}
+
+impl ProcessTable {
+    /// An empty table; `initial_argv` is the initial process's command line before its first
+    /// exec event.
+    pub fn new(initial_argv: Vec<String>) -> Self {
+        ProcessTable {
+            rows: Vec::new(),
+            tasks: 0,
+            initial_argv,
+            process_of_task: HashMap::new(),
+            process_of_pid: HashMap::new(),
+        }
+    }
+
+    /// The process a task belongs to. A task not seen before is taken to be a process leader
+    /// (after an exec by a non-leader thread, that thread carries the pid as its tid).
+    fn process(&self, tid: Tid) -> Option<usize> {
+        self.process_of_task
+            .get(&tid)
+            .or_else(|| self.process_of_pid.get(&tid))
+            .copied()
+    }
+
+    fn add_process(&mut self, pid: Tid, ppid: Option<Tid>, argv: Vec<String>) -> usize {
+        let i = self.rows.len();
+        self.rows.push(ProcessRow {
+            pid,
+            ppid,
+            exit: None,
+            argv,
+        });
+        self.process_of_pid.insert(pid, i);
+        self.process_of_task.insert(pid, i);
+        self.tasks += 1;
+        i
+    }
+
+    /// Takes the next event of the trace into account.
+    pub fn observe(&mut self, ev: &Event) {
+        if self.rows.is_empty() {
+            // The first event belongs to the initial process (it is its exec).
+            let argv = std::mem::take(&mut self.initial_argv);
+            self.add_process(ev.tid(), None, argv);
+        }
+        match ev {
+            Event::Exec(e) => {
+                if let Some(i) = self.process(e.tid) {
+                    self.rows[i].argv = if e.argv.is_empty() {
+                        vec![e.exe.path.clone()]
+                    } else {
+                        e.argv.clone()
+                    };
+                }
+            }
+            Event::Clone(e) => {
+                let parent = self.process(e.tid);
+                if e.flags & libc::CLONE_THREAD as u64 != 0 {
+                    let process = self.process_of_pid.get(&e.child_pid).copied().or(parent);
+                    if let Some(i) = process {
+                        self.process_of_task.insert(e.child, i);
+                    }
+                    self.tasks += 1;
+                } else {
+                    let argv = parent
+                        .map(|i| self.rows[i].argv.clone())
+                        .unwrap_or_default();
+                    self.add_process(e.child, Some(e.parent_pid), argv);
+                }
+            }
+            Event::Exit(e) => {
+                if let Some(i) = self.process(e.tid) {
+                    if self.rows[i].pid == e.tid {
+                        self.rows[i].exit = Some(e.status);
+                    }
+                }
+                self.process_of_task.remove(&e.tid);
+            }
+            Event::Syscall(_)
+            | Event::Signal(_)
+            | Event::Rdtsc(_)
+            | Event::Cpuid(_)
+            | Event::Start(_) => {}
+        }
+    }
+}
+
+/// The processes and tasks of a list of events, `initial_argv` being the initial process's
+/// command line before its first exec event.
+pub fn process_table<E: Borrow<Event>>(
+    initial_argv: &[String],
+    events: impl IntoIterator<Item = E>,
+) -> ProcessTable {
+    let mut table = ProcessTable::new(initial_argv.to_vec());
+    for ev in events {
+        table.observe(ev.borrow());
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests;
