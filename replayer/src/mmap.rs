@@ -25,8 +25,7 @@ pub fn replacement_args(ev: &SyscallEvent) -> [u64; 6] {
         // with the children the process forks afterwards, as the file mapping was. Any other
         // becomes private (the kernel refuses to fill a read-only shared mapping through
         // /proc/PID/mem, and nothing can write to it anyway).
-        let writable_shared =
-            flags & libc::MAP_SHARED != 0 && prot & libc::PROT_WRITE as u64 != 0;
+        let writable_shared = flags & libc::MAP_SHARED != 0 && prot & libc::PROT_WRITE as u64 != 0;
         flags &= !0x3;
         flags |= libc::MAP_ANONYMOUS;
         flags |= if writable_shared {

@@ -15,27 +15,22 @@ const THREAD_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_PARENT_SETTID
     | libc::CLONE_CHILD_CLEARTID) as u64;
 
-// `.into()` builds the event whether `Event::Exec` holds an `ExecEvent` or a `Box` of one.
-#[allow(clippy::useless_conversion)]
 fn exec(tid: Tid, argv: &[&str]) -> Event {
-    Event::Exec(
-        ExecEvent {
-            tid,
-            regs: [0; 27],
-            exe: FileRef {
-                hash: "0".repeat(64),
-                path: format!("/usr/bin/{}", argv.first().copied().unwrap_or("prog")),
-                size: 0,
-            },
-            argv: argv.iter().map(|a| a.to_string()).collect(),
-            stack_addr: 0x7fff_0000,
-            stack: Vec::new(),
-            mappings: Vec::new(),
-            sig_blocked: 0,
-            sig_ignored: 0,
-        }
-        .into(),
-    )
+    Event::Exec(Box::new(ExecEvent {
+        tid,
+        regs: [0; 27],
+        exe: FileRef {
+            hash: "0".repeat(64),
+            path: format!("/usr/bin/{}", argv.first().copied().unwrap_or("prog")),
+            size: 0,
+        },
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        stack_addr: 0x7fff_0000,
+        stack: Vec::new(),
+        mappings: Vec::new(),
+        sig_blocked: 0,
+        sig_ignored: 0,
+    }))
 }
 
 /// `parent` (a task of process `parent_pid`) makes process `child` (fork-like flags).

@@ -13,8 +13,6 @@ pub type RegsWords = [u64; 27];
 
 /// One event of a recording, in the order it happened.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-// Exec events (one per program run) are the large ones; readers hold a chunk of events at most.
-#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// The program image right after the kernel loaded it (the first event of every trace).
     Exec(Box<ExecEvent>),
