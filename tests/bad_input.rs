@@ -266,28 +266,6 @@ fn divergence_is_reported_with_the_event_and_both_sides() {
     let (trace, rec) = ctx.record(&recorded, &[]);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
     // Swap the trace's copy of the executable for the other build.
-    let original = std::fs::read(&recorded).unwrap();
-    let mut swapped_any = false;
-    for entry in std::fs::read_dir(trace.join("files")).unwrap() {
-        let path = entry.unwrap().path();
-        if std::fs::read(&path).unwrap() == original {
-            std::fs::write(&path, std::fs::read(&swapped).unwrap()).unwrap();
-            swapped_any = true;
-        }
-    }
-    assert!(swapped_any, "the trace keeps no copy of the executable");
-    let out = ctx.replay(&trace);
-    let err = stderr_str(&out);
-    assert_ne!(shell_code(&out.status), 0, "{}", describe("replay", &out));
-    assert_no_panic("replay", &out);
-    assert!(err.contains("diverged"), "{err}");
-    assert!(err.contains("at event"), "{err}");
-    assert!(err.contains("expected getpid"), "{err}");
-    assert!(err.contains("found getppid"), "{err}");
-    // Everything before the divergence replayed and was echoed.
-    assert!(
-        stdout_str(&out).contains("before the syscall"),
-        "{}",
-        describe("replay", &out)
-    );
+    swap_trace_file(&trace, &recorded, &swapped);
+    assert_variant_diverged(&ctx.replay(&trace));
 }

@@ -1007,3 +1007,32 @@ fn exit_from_a_non_main_thread() {
         describe("rec", &r.rec)
     );
 }
+
+/// A divergence in a child process is reported with the event and the child's task id: the
+/// trace's copy of the program a shell runs in a child is swapped for a build that makes
+/// another syscall.
+#[test]
+fn divergence_in_a_child_names_the_task() {
+    let recorded = build_program("variant", &["-DVARIANT=1"], "variant1");
+    let swapped = build_program("variant", &["-DVARIANT=2"], "variant2");
+    let ctx = Ctx::new();
+    let sh = installed("sh").expect("sh");
+    let script = r#""$0"; echo "after the child""#;
+    let (trace, rec) = ctx.record(&sh, &["-c", script, recorded.to_str().unwrap()]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    let ps = ctx.run_deja(&[OsStr::new("ps"), trace.as_os_str()]);
+    let child_pid = stdout_str(&ps)
+        .lines()
+        .filter(|l| l.contains("variant1"))
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|f| f.get(1).is_some_and(|ppid| ppid != "--"))
+        .map(|f| f[0].clone())
+        .unwrap_or_else(|| panic!("no variant1 process\n{}", describe("ps", &ps)));
+    // Swap the trace's copy of the executable for the other build.
+    swap_trace_file(&trace, &recorded, &swapped);
+    let err = assert_variant_diverged(&ctx.replay(&trace));
+    assert!(
+        err.contains(&format!("(task {child_pid})")),
+        "the report does not name task {child_pid}: {err}"
+    );
+}

@@ -3,7 +3,7 @@
 //! events in the trace (see the crate README).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
@@ -20,11 +20,12 @@ use crate::echo::EchoFds;
 use crate::exec;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
+use crate::session::TICK;
 use crate::signals::{is_fault, SI_KERNEL};
 use crate::task::{Entry, State, Task};
 
-/// How long a task may run user code without a syscall, while other tasks exist, before the
-/// recorder warns that it may be starving them.
+/// How long a task may run user code without a syscall, while another task waits for the CPU,
+/// before the recorder warns that it is starving it.
 const SPIN_WARNING: Duration = Duration::from_secs(2);
 
 /// A recording in progress.
@@ -49,6 +50,9 @@ pub struct Session {
     root: i32,
     root_status: Option<ExitStatus>,
     cpu: u32,
+    /// For the spin warning: the task holding the CPU and the event count at the last tick,
+    /// and for how many ticks neither changed.
+    stall: (Option<i32>, u64, u32),
 }
 
 impl Session {
@@ -70,6 +74,7 @@ impl Session {
             root: tid,
             root_status: None,
             cpu,
+            stall: (None, 0, 0),
         }
     }
 
@@ -127,11 +132,23 @@ impl Session {
             writer,
             tasks,
             current,
+            ready,
+            stall,
             ..
         } = self;
         tracee::stop::wait_any(&mut || {
             writer.flush()?;
-            warn_if_spinning(tasks, *current);
+            // No clock is read on the recorder's hot path (the tracer thread traps `rdtsc`, so
+            // a clock read costs a signal): a stall is counted in timer ticks instead.
+            let now = (*current, writer.event_count());
+            if (stall.0, stall.1) == now {
+                stall.2 += 1;
+            } else {
+                *stall = (now.0, now.1, 0);
+            }
+            if TICK * stall.2 >= SPIN_WARNING {
+                warn_if_spinning(tasks, ready, *current, TICK * stall.2);
+            }
             Ok(())
         })
     }
@@ -223,7 +240,6 @@ impl Session {
         self.after_event(tid, regs)?;
         let t = self.task(tid)?;
         t.state = State::Running;
-        t.since = Instant::now();
         t.tracee.cont(0)?;
         self.current = Some(tid);
         Ok(())
@@ -636,7 +652,6 @@ impl Session {
             delivered: true,
         }))?;
         let t = self.task(tid)?;
-        t.since = Instant::now();
         t.tracee.cont(sig)
     }
 
@@ -680,26 +695,31 @@ fn hash_path(path: &str) -> u64 {
 }
 
 /// Warns once per task when the task holding the CPU has run user code for long without a
-/// syscall while other tasks exist: they cannot run until it makes one.
-fn warn_if_spinning(tasks: &mut HashMap<i32, Task>, current: Option<i32>) {
-    let others = tasks.len() > 1;
+/// syscall while another task waits for the CPU: that one cannot run until it makes one.
+fn warn_if_spinning(
+    tasks: &mut HashMap<i32, Task>,
+    ready: &VecDeque<i32>,
+    current: Option<i32>,
+    ran: Duration,
+) {
+    let waiting = ready.iter().any(|r| {
+        tasks
+            .get(r)
+            .is_some_and(|t| matches!(t.state, State::ReadyToStart | State::ReadyAfter(_)))
+    });
     let Some(t) = current.and_then(|c| tasks.get_mut(&c)) else {
         return;
     };
-    if !others || t.warned_spin || !matches!(t.state, State::Running) {
-        return;
-    }
-    let ran = t.since.elapsed();
-    if ran < SPIN_WARNING {
+    if !waiting || t.warned_spin || !matches!(t.state, State::Running) {
         return;
     }
     t.warned_spin = true;
     let tid = t.tid();
     let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
     eprintln!(
-        "deja: warning: task {tid} ({}) has run for {} s without a system call; the other tasks \
-         cannot run until it makes one (threads that spin-wait on each other without system \
-         calls hang under this version of deja)",
+        "deja: warning: task {tid} ({}) has run for {} s without a system call while other \
+         tasks wait: they cannot run until it makes one (threads that spin-wait on each other \
+         without system calls hang under this version of deja)",
         comm.trim(),
         ran.as_secs()
     );

@@ -89,7 +89,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         root.set_latest(&dir)?;
     }
     install_interrupt_passthrough();
-    start_flush_timer();
+    tracee::alarm::start(TICK, TICK);
     tracee::pin_current_thread(cpu)?;
     let root = spawn(&SpawnOptions {
         program: path.clone(),
@@ -104,7 +104,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
     })?;
     let mut session = Session::new(root, writer, cpu as u32);
     let result = session.run();
-    stop_flush_timer();
+    tracee::alarm::stop();
     match result {
         Ok(status) => {
             session.finish(status)?;
@@ -146,36 +146,6 @@ fn install_interrupt_passthrough() {
     }
 }
 
-extern "C" fn wake_waiter(_: libc::c_int) {}
-
 /// Interval of the timer that interrupts the recorder's waits so buffered events reach the disk
 /// while the tracee blocks or computes (a recorder killed then still leaves them in the trace).
-const FLUSH_TICK_US: libc::suseconds_t = 250_000;
-
-fn start_flush_timer() {
-    // SAFETY: installs an async-signal-safe no-op handler without SA_RESTART (so the signal
-    // interrupts waitpid), then arms a periodic real-time timer; neither is inherited by the
-    // tracee after its exec.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = wake_waiter as *const () as libc::sighandler_t;
-        libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
-        let tick = libc::timeval {
-            tv_sec: 0,
-            tv_usec: FLUSH_TICK_US,
-        };
-        let it = libc::itimerval {
-            it_interval: tick,
-            it_value: tick,
-        };
-        libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut());
-    }
-}
-
-fn stop_flush_timer() {
-    // SAFETY: disarms the timer armed by start_flush_timer.
-    unsafe {
-        let it: libc::itimerval = std::mem::zeroed();
-        libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut());
-    }
-}
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);

@@ -1,7 +1,5 @@
 //! One traced task (thread or process) of the recording, and what it is doing.
 
-use std::time::Instant;
-
 use syscalls::Replay;
 use trace_format::SyscallEvent;
 use tracee::tracee::SIGINFO_SIZE;
@@ -60,8 +58,6 @@ pub struct Task {
     pub resent: Vec<HeldSignal>,
     /// Where the kernel wrote this task's id into its own memory (`CLONE_CHILD_SETTID`).
     pub child_tid_at: Option<u64>,
-    /// When it last got the CPU or made an event.
-    pub since: Instant,
     /// Whether the "runs without a system call" warning was printed for it.
     pub warned_spin: bool,
 }
@@ -77,7 +73,6 @@ impl Task {
             deferred: Vec::new(),
             resent: Vec::new(),
             child_tid_at: None,
-            since: Instant::now(),
             warned_spin: false,
         }
     }

@@ -2,7 +2,7 @@
 //! what the others report for later.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::unistd::Pid;
@@ -99,7 +99,18 @@ impl Tasks {
 
     /// Waits up to `limit` for the replay task `real` to end; `None` if it did not.
     pub fn wait_end(&mut self, real: Pid, limit: Duration) -> Result<Option<ExitStatus>> {
-        let start = Instant::now();
+        let mut timed_out = false;
+        tracee::alarm::start(limit, Duration::ZERO);
+        let result = self.wait_end_until_alarm(real, &mut timed_out);
+        tracee::alarm::stop();
+        result
+    }
+
+    fn wait_end_until_alarm(
+        &mut self,
+        real: Pid,
+        timed_out: &mut bool,
+    ) -> Result<Option<ExitStatus>> {
         loop {
             while let Some(s) = self
                 .stash
@@ -115,13 +126,17 @@ impl Tasks {
                     }
                 }
             }
-            match tracee::stop::poll_any()? {
-                Some((pid, stop)) => self.stash.entry(pid.as_raw()).or_default().push_back(stop),
-                None if start.elapsed() >= limit => return Ok(None),
-                // The end is usually under way (a group exit, a fatal signal): let the dying
-                // task have the CPU first, and only sleep once that did not suffice.
-                None if start.elapsed() < Duration::from_millis(20) => std::thread::yield_now(),
-                None => std::thread::sleep(Duration::from_millis(1)),
+            if *timed_out {
+                return Ok(None);
+            }
+            let waited = tracee::stop::wait_any(&mut || {
+                *timed_out = true;
+                anyhow::bail!("no end within the grace period")
+            });
+            match waited {
+                Ok((pid, stop)) => self.stash.entry(pid.as_raw()).or_default().push_back(stop),
+                Err(_) if *timed_out => return Ok(None),
+                Err(e) => return Err(e),
             }
         }
     }

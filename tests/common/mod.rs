@@ -671,3 +671,39 @@ pub fn walk(root: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Replaces every copy of the file `original` in the trace's file store with the bytes of
+/// `replacement` (to make a replay diverge on purpose); panics if the trace kept no copy.
+pub fn swap_trace_file(trace: &Path, original: &Path, replacement: &Path) {
+    let original = std::fs::read(original).unwrap();
+    let replacement = std::fs::read(replacement).unwrap();
+    let mut swapped_any = false;
+    for entry in std::fs::read_dir(trace.join("files")).unwrap() {
+        let path = entry.unwrap().path();
+        if std::fs::read(&path).unwrap() == original {
+            std::fs::write(&path, &replacement).unwrap();
+            swapped_any = true;
+        }
+    }
+    assert!(swapped_any, "the trace keeps no copy of the file");
+}
+
+/// Checks the replay of a `variant` build swapped for the other (see `variant.c`): it reports a
+/// divergence from getpid to getppid after replaying and echoing what came before. Returns the
+/// report.
+pub fn assert_variant_diverged(out: &Output) -> String {
+    let err = stderr_str(out);
+    assert_ne!(shell_code(&out.status), 0, "{}", describe("replay", out));
+    assert_no_panic("replay", out);
+    assert!(err.contains("diverged"), "{err}");
+    assert!(err.contains("at event"), "{err}");
+    assert!(err.contains("expected getpid"), "{err}");
+    assert!(err.contains("found getppid"), "{err}");
+    // Everything before the divergence replayed and was echoed.
+    assert!(
+        stdout_str(out).contains("before the syscall"),
+        "{}",
+        describe("replay", out)
+    );
+    err
+}

@@ -4,6 +4,7 @@
 //! reading and writing its registers and memory, and small decoders of what the kernel hands a
 //! new process (its memory map, its initial stack and auxiliary vector, its instructions).
 
+pub mod alarm;
 pub mod auxv;
 pub mod cpuid;
 pub mod elf;

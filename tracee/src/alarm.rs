@@ -1,0 +1,37 @@
+//! A real-time timer whose `SIGALRM` interrupts the tracer's `waitpid` (with `EINTR`), so the
+//! tracer can do periodic work or give up waiting. Only the tracer thread unblocks `SIGALRM`
+//! (see [`crate::tsc::on_tracer_thread`]).
+
+use std::time::Duration;
+
+extern "C" fn wake_waiter(_: libc::c_int) {}
+
+/// Arms the timer: it fires after `first`, then every `interval` (never again if zero).
+pub fn start(first: Duration, interval: Duration) {
+    let tv = |d: Duration| libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: installs an async-signal-safe no-op handler without SA_RESTART (so the signal
+    // interrupts waitpid), then arms the process's real-time timer; neither is inherited by a
+    // tracee after its exec.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = wake_waiter as *const () as libc::sighandler_t;
+        libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
+        let it = libc::itimerval {
+            it_interval: tv(interval),
+            it_value: tv(first),
+        };
+        libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut());
+    }
+}
+
+/// Disarms the timer.
+pub fn stop() {
+    // SAFETY: setitimer with a zeroed value disarms the timer.
+    unsafe {
+        let it: libc::itimerval = std::mem::zeroed();
+        libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut());
+    }
+}
