@@ -1036,3 +1036,25 @@ fn divergence_in_a_child_names_the_task() {
         "the report does not name task {child_pid}: {err}"
     );
 }
+
+/// Anonymous and file `MAP_SHARED` memory written by forked children replays exactly; the
+/// file mapping, which a process outside the recording could change, is warned about by name.
+#[test]
+fn shared_memory_between_forked_processes() {
+    let ctx = Ctx::new();
+    let file = ctx.dir().join("shared-page");
+    let prog = program("shared_memory");
+    let (trace, rec) = ctx.record(&prog, &[file.to_str().unwrap()]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    assert_stdout_has("rec", &rec, &["anon 3000 file 6000"]);
+    let err = stderr_str(&rec);
+    assert!(
+        err.lines().any(|l| l.starts_with("deja: warning:")
+            && l.contains(file.to_str().unwrap())
+            && l.contains("mapped shared")),
+        "no warning naming the shared file\n{}",
+        describe("rec", &rec)
+    );
+    let replay = ctx.replay(&trace);
+    assert_replay_matches(&rec, &replay);
+}
