@@ -38,36 +38,16 @@ pub fn wait_for(pid: Pid) -> Result<Stop> {
 /// Waits for any traced task to stop or end, calling `on_idle` each time a signal interrupts
 /// the wait; returns the task and what it did.
 pub fn wait_any(on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> {
-    wait_pid_flags(None, WaitPidFlag::__WALL, on_idle).map(|r| r.expect("blocking wait"))
-}
-
-/// Like [`wait_any`] but returns `None` at once if no task has anything to report.
-pub fn poll_any() -> Result<Option<(Pid, Stop)>> {
-    wait_pid_flags(
-        None,
-        WaitPidFlag::__WALL | WaitPidFlag::WNOHANG,
-        &mut || Ok(()),
-    )
-}
-
-fn wait_pid_flags(
-    pid: Option<Pid>,
-    flags: WaitPidFlag,
-    on_idle: &mut dyn FnMut() -> Result<()>,
-) -> Result<Option<(Pid, Stop)>> {
     loop {
-        let status = match waitpid(pid, Some(flags)) {
+        let status = match waitpid(None, Some(WaitPidFlag::__WALL)) {
             Err(nix::errno::Errno::EINTR) => {
                 on_idle()?;
                 continue;
             }
             other => other.context("waiting for the traced tasks")?,
         };
-        let Some(who) = status.pid() else {
-            return Ok(None);
-        };
-        if let Some(stop) = decode(status) {
-            return Ok(Some((who, stop)));
+        if let (Some(who), Some(stop)) = (status.pid(), decode(status)) {
+            return Ok((who, stop));
         }
     }
 }
