@@ -12,84 +12,11 @@
 mod common;
 
 use common::*;
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
-
-/// Builds `tests/programs/<name>.c` with `-pthread` (once per test process).
-fn threaded(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    built
-        .entry(name.to_string())
-        .or_insert_with(|| build_program(name, &["-pthread"], &format!("{name}-pthread")))
-        .clone()
-}
-
-/// The installed program's real executable (symlinks resolved), or `None` with a note.
-fn installed(name: &str) -> Option<PathBuf> {
-    let Some(p) = which(name) else {
-        eprintln!("note: {name} is not installed; skipping");
-        return None;
-    };
-    let real = std::fs::canonicalize(&p).unwrap_or(p);
-    if !is_elf(&real) {
-        eprintln!(
-            "note: {} is not an ELF executable (a wrapper script?); skipping",
-            real.display()
-        );
-        return None;
-    }
-    Some(real)
-}
-
-/// python3's real interpreter (`python3` may be a pyenv shim script that forks), or `None` with
-/// a note.
-fn python3_interpreter() -> Option<PathBuf> {
-    let Some(launcher) = which("python3") else {
-        eprintln!("note: python3 is not installed; skipping");
-        return None;
-    };
-    let out = run_native(&launcher, &["-c", "import sys; print(sys.executable)"]);
-    let exe = PathBuf::from(stdout_str(&out).trim());
-    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
-    if !out.status.success() || !is_elf(&exe) {
-        eprintln!(
-            "note: cannot find python3's real interpreter ({}); skipping",
-            describe("python3", &out)
-        );
-        return None;
-    }
-    Some(exe)
-}
-
-/// `deja rec -o <fresh dir> PROG ARGS...` after `tweak` adjusted the command (environment,
-/// limits); returns the trace directory and rec's output.
-fn record_with(
-    ctx: &Ctx,
-    prog: impl AsRef<OsStr>,
-    args: &[&str],
-    tweak: impl FnOnce(&mut Command),
-) -> (PathBuf, Output) {
-    let trace = ctx.fresh_path("trace");
-    let mut cmd = ctx.deja();
-    cmd.arg("rec")
-        .arg("-o")
-        .arg(&trace)
-        .arg(prog.as_ref())
-        .args(args);
-    tweak(&mut cmd);
-    let out = run_with_timeout(&mut cmd, TIMEOUT);
-    assert_no_panic("deja rec", &out);
-    (trace, out)
-}
 
 /// Asserts `out`'s stdout contains each of `needles`.
 fn assert_stdout_has(what: &str, out: &Output, needles: &[&str]) {
@@ -364,7 +291,7 @@ fn make_j2_builds_a_c_project() {
     let dir = ctx.dir().join("project");
     write_c_project(&dir);
     let dir_s = dir.to_str().unwrap();
-    let (trace, rec) = record_with(&ctx, &make, &["-j2", "-C", dir_s], without_make_env);
+    let (trace, rec) = ctx.record_with(&make, &["-j2", "-C", dir_s], without_make_env);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
     assert_stdout_has(
         "rec of make -j2",
@@ -532,7 +459,7 @@ fn rust_test_harness_on_four_threads() {
         "rustc could not build the test binary\n{}",
         describe("rustc", &build)
     );
-    let (trace, rec) = record_with(&ctx, &bin, &["--test-threads=4"], without_test_env);
+    let (trace, rec) = ctx.record_with(&bin, &["--test-threads=4"], without_test_env);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
     let mut needles = vec![
         "running 6 tests\n".to_string(),
@@ -721,7 +648,7 @@ fn thousand_children_under_a_low_fd_limit() {
     let ctx = Ctx::new();
     // 256 descriptors: plenty for a recorder that keeps a few per live task (the program keeps
     // at most 8 children alive), far too few for one that leaks one per child.
-    let (trace, rec) = record_with(&ctx, &prog, &[], |c| with_fd_limit(c, 256));
+    let (trace, rec) = ctx.record_with(&prog, &[], |c| with_fd_limit(c, 256));
     assert_eq!(
         shell_code(&rec.status),
         0,

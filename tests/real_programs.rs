@@ -4,43 +4,12 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
-
-/// The installed program's real executable (symlinks resolved), or `None` with a note.
-fn installed(name: &str) -> Option<PathBuf> {
-    let Some(p) = which(name) else {
-        eprintln!("note: {name} is not installed; skipping");
-        return None;
-    };
-    let real = std::fs::canonicalize(&p).unwrap_or(p);
-    if !is_elf(&real) {
-        eprintln!(
-            "note: {} is not an ELF executable (a wrapper script?); skipping",
-            real.display()
-        );
-        return None;
-    }
-    Some(real)
-}
 
 #[test]
 fn python_random_time_urandom_uuid() {
-    // `python3` may be a wrapper (e.g. a pyenv shim script that execs the interpreter): ask the
-    // interpreter for its real executable.
-    let Some(launcher) = which("python3") else {
-        eprintln!("note: python3 is not installed; skipping");
+    let Some(exe) = python3_interpreter() else {
         return;
     };
-    let out = run_native(&launcher, &["-c", "import sys; print(sys.executable)"]);
-    let exe = PathBuf::from(stdout_str(&out).trim());
-    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
-    if !out.status.success() || !is_elf(&exe) {
-        eprintln!(
-            "note: cannot find python3's real interpreter ({}); skipping",
-            describe("python3", &out)
-        );
-        return;
-    }
     let script = "import random,time,os,uuid; print(random.random(), time.time(), os.urandom(8).hex(), uuid.uuid4())";
     assert_native_nondeterministic(&exe, &["-c", script]);
     let r = assert_replays_exactly(&exe, &["-c", script]);

@@ -91,12 +91,8 @@ impl Session {
 
     /// Kills every task still alive (after an error).
     pub fn kill_all(&mut self) {
-        for t in self.tasks.values() {
-            let _ = nix::sys::signal::kill(t.tracee.pid(), nix::sys::signal::Signal::SIGKILL);
-        }
-        for (_, t) in self.tasks.drain() {
-            t.tracee.kill_and_reap();
-        }
+        Tracee::kill_and_reap_all(self.tasks.values().map(|t| &t.tracee));
+        self.tasks.clear();
     }
 
     fn task(&mut self, tid: i32) -> Result<&mut Task> {
@@ -212,26 +208,14 @@ impl Session {
 
     /// A new task runs for the first time.
     fn start(&mut self, tid: i32) -> Result<()> {
-        let t = self.task(tid)?;
-        let mut writes = Vec::new();
-        if let Some(at) = t.child_tid_at {
-            let mut buf = [0u8; 4];
-            if t.tracee.read_mem_partial(at, &mut buf) == 4 {
-                writes.push((at, buf.to_vec()));
-            }
-        }
+        let Session { tasks, writer, .. } = self;
+        let t = tasks.get_mut(&tid).context("starting an unknown task")?;
+        let writes = match t.child_tid_at {
+            Some(at) => capture(writer, &t.tracee, at, 4)?.into_iter().collect(),
+            None => Vec::new(),
+        };
         let r = t.tracee.regs()?;
-        let writes = writes
-            .into_iter()
-            .map(|(addr, b)| {
-                Ok(MemWrite {
-                    addr,
-                    data: self.writer.data(&b)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.writer
-            .push(&Event::Start(StartEvent { tid, writes }))?;
+        writer.push(&Event::Start(StartEvent { tid, writes }))?;
         self.resume(tid, r)
     }
 
@@ -266,10 +250,7 @@ impl Session {
                 Stop::SeccompEntry => self.on_syscall_entry(tid),
                 Stop::Signal(sig) => self.on_signal(tid, sig),
                 Stop::Event(_) => t.tracee.cont(0),
-                Stop::Exec => bail!(
-                    "execve from a thread other than the main thread of a multi-threaded \
-                     process is not supported yet"
-                ),
+                Stop::Exec => bail!(THREAD_EXEC),
                 other => bail!("unexpected stop of task {tid} in user code: {other:?}"),
             },
             State::InSyscall(_) => self.on_syscall_stop(tid, stop),
@@ -277,10 +258,7 @@ impl Session {
             State::Exiting => t.tracee.cont(0),
             State::ReadyToStart | State::ReadyAfter(_) => {
                 if stop == Stop::Exec {
-                    bail!(
-                        "execve from a thread other than the main thread of a multi-threaded \
-                         process is not supported yet"
-                    );
+                    bail!(THREAD_EXEC);
                 }
                 bail!("task {tid} reported {stop:?} while it was stopped")
             }
@@ -453,10 +431,7 @@ impl Session {
             {
                 self.on_new_task(tid, entry)
             }
-            Stop::Exec => bail!(
-                "execve from a thread other than the main thread of a multi-threaded process is \
-                 not supported yet"
-            ),
+            Stop::Exec => bail!(THREAD_EXEC),
             other => {
                 let name = syscalls::name(entry.ev.nr);
                 bail!("unexpected stop of task {tid} inside {name}: {other:?}")
@@ -467,25 +442,16 @@ impl Session {
     /// At the clone/fork/vfork event of `tid`: records the new task and lets the parent finish
     /// its syscall without holding the CPU (a `vfork` parent waits for its child).
     fn on_new_task(&mut self, tid: i32, mut entry: Box<Entry>) -> Result<()> {
-        let t = self.task(tid)?;
+        let Session { tasks, writer, .. } = self;
+        let t = tasks.get_mut(&tid).context("a clone of an unknown task")?;
         let child = i32::try_from(t.tracee.event_msg()?).context("bad new task id")?;
         let args = syscalls::clone_args(entry.ev.nr, &entry.ev.args, &TraceeMemory(&t.tracee))
             .unwrap_or_default();
         let parent_pid = t.pid;
         let child_pid = if args.is_thread() { parent_pid } else { child };
-        let mut captured = Vec::new();
+        let mut writes = Vec::new();
         for (addr, len) in args.parent_regions() {
-            let mut buf = vec![0u8; len as usize];
-            if t.tracee.read_mem_partial(addr, &mut buf) == buf.len() {
-                captured.push((addr, buf));
-            }
-        }
-        let mut writes = Vec::with_capacity(captured.len());
-        for (addr, b) in captured {
-            writes.push(MemWrite {
-                addr,
-                data: self.writer.data(&b)?,
-            });
+            writes.extend(capture(writer, &t.tracee, addr, len)?);
         }
         self.writer.push(&Event::Clone(CloneEvent {
             tid,
@@ -554,15 +520,8 @@ impl Session {
             result: ev.result,
         };
         for region in syscalls::out_regions(&call, &TraceeMemory(&t.tracee)) {
-            let mut buf = vec![0u8; region.len as usize];
-            let n = t.tracee.read_mem_partial(region.addr, &mut buf);
-            buf.truncate(n);
-            if !buf.is_empty() {
-                ev.writes.push(MemWrite {
-                    addr: region.addr,
-                    data: writer.data(&buf)?,
-                });
-            }
+            ev.writes
+                .extend(capture(writer, &t.tracee, region.addr, region.len)?);
         }
         if nr == libc::SYS_mmap as u64
             && !syscalls::is_error(ev.result)
@@ -685,6 +644,30 @@ impl Session {
         Ok(true)
     }
 }
+
+/// What the kernel left in `len` bytes of `tracee`'s memory at `addr`, as recorded bytes: as
+/// much as is readable, or nothing if none is.
+fn capture(
+    writer: &mut TraceWriter,
+    tracee: &Tracee,
+    addr: u64,
+    len: u64,
+) -> Result<Option<MemWrite>> {
+    let mut buf = vec![0u8; len as usize];
+    let n = tracee.read_mem_partial(addr, &mut buf);
+    buf.truncate(n);
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(MemWrite {
+        addr,
+        data: writer.data(&buf)?,
+    }))
+}
+
+/// The recording error for an `execve` by a thread other than its process's main thread.
+const THREAD_EXEC: &str = "execve from a thread other than the main thread of a multi-threaded \
+                           process is not supported yet";
 
 /// A warning key for a path (apart from syscall numbers and ioctl requests).
 fn hash_path(path: &str) -> u64 {

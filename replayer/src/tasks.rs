@@ -143,12 +143,8 @@ impl Tasks {
 
     /// Kills every task (after an error or at the end).
     pub fn kill_all(&mut self) {
-        for t in self.by_tid.values() {
-            let _ = nix::sys::signal::kill(t.tracee.pid(), nix::sys::signal::Signal::SIGKILL);
-        }
-        for (_, t) in self.by_tid.drain() {
-            t.tracee.kill_and_reap();
-        }
+        Tracee::kill_and_reap_all(self.by_tid.values().map(|t| &t.tracee));
+        self.by_tid.clear();
     }
 }
 

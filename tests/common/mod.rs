@@ -48,15 +48,26 @@ fn gcc_missing_panic(e: &std::io::Error) -> ! {
 
 /// Builds `tests/programs/<name>.c` (once per test process) and returns the executable's path.
 pub fn program(name: &str) -> PathBuf {
+    built_once(name, &[], name)
+}
+
+/// Like [`program`], built with `-pthread`.
+pub fn threaded(name: &str) -> PathBuf {
+    built_once(name, &["-pthread"], &format!("{name}-pthread"))
+}
+
+/// [`build_program`], once per test process and output name.
+fn built_once(src: &str, extra: &[&str], out_name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
     let cell = {
         let mut map = BUILT
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        map.entry(name.to_string()).or_default().clone()
+        map.entry(out_name.to_string()).or_default().clone()
     };
-    cell.get_or_init(|| build_program(name, &[], name)).clone()
+    cell.get_or_init(|| build_program(src, extra, out_name))
+        .clone()
 }
 
 /// Compiles `tests/programs/<src>.c` with extra gcc flags into `<out dir>/<out_name>`.
@@ -361,6 +372,16 @@ impl Ctx {
     /// `deja rec -o <fresh dir> PROG ARGS...`; returns the trace directory and rec's output.
     /// The trace directory does not exist before the call.
     pub fn record(&self, prog: impl AsRef<OsStr>, args: &[&str]) -> (PathBuf, Output) {
+        self.record_with(prog, args, |_| {})
+    }
+
+    /// [`Ctx::record`] after `tweak` adjusted the command (environment, limits).
+    pub fn record_with(
+        &self,
+        prog: impl AsRef<OsStr>,
+        args: &[&str],
+        tweak: impl FnOnce(&mut Command),
+    ) -> (PathBuf, Output) {
         let trace = self.fresh_path("trace");
         let mut cmd = self.deja();
         cmd.arg("rec")
@@ -368,6 +389,7 @@ impl Ctx {
             .arg(&trace)
             .arg(prog.as_ref())
             .args(args);
+        tweak(&mut cmd);
         let out = run_with_timeout(&mut cmd, TIMEOUT);
         assert_no_panic("deja rec", &out);
         (trace, out)
@@ -706,4 +728,41 @@ pub fn assert_variant_diverged(out: &Output) -> String {
         describe("replay", out)
     );
     err
+}
+
+/// The installed program's real executable (symlinks resolved), or `None` with a note.
+pub fn installed(name: &str) -> Option<PathBuf> {
+    let Some(p) = which(name) else {
+        eprintln!("note: {name} is not installed; skipping");
+        return None;
+    };
+    let real = std::fs::canonicalize(&p).unwrap_or(p);
+    if !is_elf(&real) {
+        eprintln!(
+            "note: {} is not an ELF executable (a wrapper script?); skipping",
+            real.display()
+        );
+        return None;
+    }
+    Some(real)
+}
+
+/// python3's real interpreter (`python3` may be a wrapper, e.g. a pyenv shim script that
+/// forks), or `None` with a note.
+pub fn python3_interpreter() -> Option<PathBuf> {
+    let Some(launcher) = which("python3") else {
+        eprintln!("note: python3 is not installed; skipping");
+        return None;
+    };
+    let out = run_native(&launcher, &["-c", "import sys; print(sys.executable)"]);
+    let exe = PathBuf::from(stdout_str(&out).trim());
+    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+    if !out.status.success() || !is_elf(&exe) {
+        eprintln!(
+            "note: cannot find python3's real interpreter ({}); skipping",
+            describe("python3", &out)
+        );
+        return None;
+    }
+    Some(exe)
 }

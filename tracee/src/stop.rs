@@ -32,19 +32,26 @@ impl Stop {
 
 /// Waits for `pid` to stop or end, retrying on `EINTR`.
 pub fn wait_for(pid: Pid) -> Result<Stop> {
-    wait_for_or_idle(pid, &mut || Ok(()))
+    wait(Some(pid), &mut || Ok(()))
+        .map(|(_, stop)| stop)
+        .with_context(|| format!("waiting for task {pid}"))
 }
 
 /// Waits for any traced task to stop or end, calling `on_idle` each time a signal interrupts
-/// the wait; returns the task and what it did.
+/// the wait (the recorder's periodic timer); returns the task and what it did.
 pub fn wait_any(on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> {
+    wait(None, on_idle).context("waiting for the traced tasks")
+}
+
+/// `waitpid(pid or any, __WALL)` until a stop or an end is reported.
+fn wait(pid: Option<Pid>, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> {
     loop {
-        let status = match waitpid(None, Some(WaitPidFlag::__WALL)) {
+        let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
             Err(nix::errno::Errno::EINTR) => {
                 on_idle()?;
                 continue;
             }
-            other => other.context("waiting for the traced tasks")?,
+            other => other?,
         };
         if let (Some(who), Some(stop)) = (status.pid(), decode(status)) {
             return Ok((who, stop));
@@ -63,21 +70,4 @@ fn decode(status: WaitStatus) -> Option<Stop> {
         WaitStatus::Stopped(_, sig) => Stop::Signal(sig as i32),
         WaitStatus::Continued(_) | WaitStatus::StillAlive => return None,
     })
-}
-
-/// Like [`wait_for`], calling `on_idle` each time a signal interrupts the wait (the recorder
-/// uses a periodic timer signal to write out buffered events while the tracee blocks).
-pub fn wait_for_or_idle(pid: Pid, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<Stop> {
-    loop {
-        let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-            Err(nix::errno::Errno::EINTR) => {
-                on_idle()?;
-                continue;
-            }
-            other => other.with_context(|| format!("waiting for task {pid}"))?,
-        };
-        if let Some(stop) = decode(status) {
-            return Ok(stop);
-        }
-    }
 }

@@ -229,6 +229,17 @@ impl Tracee {
         Ok(())
     }
 
+    /// Kills all `tracees` at once (so none waits on another, e.g. a vfork parent on its
+    /// child), then reaps each. Errors are ignored: a task may already be gone.
+    pub fn kill_and_reap_all<'a>(tracees: impl IntoIterator<Item = &'a Tracee> + Clone) {
+        for t in tracees.clone() {
+            let _ = nix::sys::signal::kill(t.pid, Signal::SIGKILL);
+        }
+        for t in tracees {
+            t.kill_and_reap();
+        }
+    }
+
     /// Kills the task and reaps it. Errors are ignored: the task may already be gone.
     pub fn kill_and_reap(&self) {
         let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
