@@ -190,11 +190,23 @@ fn usage_errors_do_not_panic() {
 
 #[test]
 fn killed_recorder_leaves_incomplete_trace() {
+    killed_recording_replays_to_its_end(&program("slow"), "slow: started pid ");
+}
+
+/// The same with a thread and a child process alive when the recorder dies.
+#[test]
+fn killed_recorder_of_a_process_tree_leaves_incomplete_trace() {
+    killed_recording_replays_to_its_end(&threaded("slow_tree"), "slow_tree: started pid ");
+}
+
+/// Records `slow` (which prints a line starting with `first_prefix` and its pid, then sleeps),
+/// kills the recorder, and checks that the trace replays faithfully up to its end and says it
+/// is incomplete, and that `info` and `dump` still read it.
+fn killed_recording_replays_to_its_end(slow: &Path, first_prefix: &str) {
     let ctx = Ctx::new();
     let trace = ctx.fresh_path("trace");
-    let slow = program("slow");
     let mut cmd = ctx.deja();
-    cmd.arg("rec").arg("-o").arg(&trace).arg(&slow);
+    cmd.arg("rec").arg("-o").arg(&trace).arg(slow);
     let mut child = spawn_captured(&mut cmd);
     let pgid = child.id();
 
@@ -212,11 +224,14 @@ fn killed_recorder_leaves_incomplete_trace() {
             kill_group(pgid);
             let _ = child.kill();
             let _ = child.wait();
-            panic!("no first line from `deja rec slow` within 30 s: {other:?}");
+            panic!(
+                "no first line from `deja rec {}` within 30 s: {other:?}",
+                slow.display()
+            );
         }
     };
     assert!(
-        first.starts_with("slow: started pid "),
+        first.starts_with(first_prefix),
         "unexpected first line {first:?}"
     );
     // Let the tracee get into its sleep (the write's event recorded), then kill the recorder.
@@ -229,7 +244,7 @@ fn killed_recorder_leaves_incomplete_trace() {
     kill_group(pgid);
     if let Ok(pid) = first.trim().rsplit(' ').next().unwrap().parse::<i32>() {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-        if exe.as_deref() == Some(slow.as_path()) {
+        if exe.as_deref() == Some(slow) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }

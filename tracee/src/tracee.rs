@@ -229,14 +229,27 @@ impl Tracee {
         Ok(())
     }
 
-    /// Kills all `tracees` at once (so none waits on another, e.g. a vfork parent on its
-    /// child), then reaps each. Errors are ignored: a task may already be gone.
-    pub fn kill_and_reap_all<'a>(tracees: impl IntoIterator<Item = &'a Tracee> + Clone) {
-        for t in tracees.clone() {
-            let _ = nix::sys::signal::kill(t.pid, Signal::SIGKILL);
+    /// Kills all `tracees` at once, then reaps them in whatever order the kernel reports their
+    /// ends: a thread group's leader is reported only after its other threads, and a vfork
+    /// parent only after its child, so reaping one by one could wait forever. Errors are
+    /// ignored: a task may already be gone.
+    pub fn kill_and_reap_all<'a>(tracees: impl IntoIterator<Item = &'a Tracee>) {
+        let mut alive: std::collections::HashSet<Pid> =
+            tracees.into_iter().map(|t| t.pid).collect();
+        for &pid in &alive {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         }
-        for t in tracees {
-            t.kill_and_reap();
+        while !alive.is_empty() {
+            match crate::stop::wait_any(&mut || Ok(())) {
+                Ok((pid, stop)) if stop.is_end() => {
+                    alive.remove(&pid);
+                }
+                Ok(_) => {}
+                // No traced task is left (the rest were reaped before).
+                Err(_) => break,
+            }
+            // Ends already collected elsewhere are not reported again.
+            alive.retain(|&pid| nix::sys::signal::kill(pid, None).is_ok());
         }
     }
 
