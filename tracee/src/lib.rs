@@ -16,6 +16,7 @@ pub mod spawn;
 pub mod stop;
 pub mod tracee;
 pub mod tsc;
+pub mod xregs;
 
 pub use regs::Regs;
 pub use spawn::{pin_current_thread, spawn, SignalState, SpawnOptions};
