@@ -7,6 +7,7 @@
 pub mod alarm;
 pub mod auxv;
 pub mod cpuid;
+pub mod debugregs;
 pub mod elf;
 pub mod insn;
 pub mod maps;
