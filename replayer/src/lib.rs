@@ -2,6 +2,8 @@
 //! of every nondeterministic operation and checking at every event that it still does what the
 //! recording did.
 
+mod debug;
+mod debugger;
 mod divergence;
 mod echo;
 mod exec;
@@ -10,5 +12,7 @@ mod session;
 mod sigmask;
 mod tasks;
 
+pub use debug::{Halt, HwPoint, WatchKind};
+pub use debugger::{DebugOptions, DebugReplay, Resume};
 pub use divergence::{Divergence, Incomplete};
 pub use session::{replay, ReplayOptions, ReplayOutcome};

@@ -1,6 +1,7 @@
 //! The replay loop: drives the tracee from event to event of the trace.
 
 use std::path::Path;
+use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,7 @@ use trace_format::{
 use tracee::insn::Trapped;
 use tracee::{regs, spawn, SpawnOptions, Stop, Tracee};
 
+use crate::debug::{self, Debug, Halt};
 use crate::divergence::{Divergence, Incomplete};
 use crate::tasks::{self, RState, Task, Tasks};
 use crate::{echo, exec, mmap, sigmask};
@@ -33,6 +35,19 @@ pub struct ReplayOutcome {
     pub events: u64,
 }
 
+/// What becomes of a running task after a stop.
+enum Next {
+    /// It reached its next event: park it there.
+    Park(Stop),
+    /// The stop is not the recording's (a dropped signal, a breakpoint stepped over): go on.
+    Again,
+    /// The debugger halts the replay here.
+    Halt(Halt),
+}
+
+/// `si_code` of a hardware breakpoint or watchpoint trap.
+const TRAP_HWBKPT: i32 = 4;
+
 /// `-ERESTARTSYS` .. `-ERESTART_RESTARTBLOCK`: results that make the kernel restart or fail the
 /// syscall when the signal that follows is delivered.
 fn is_restart_code(result: i64) -> bool {
@@ -42,58 +57,73 @@ fn is_restart_code(result: i64) -> bool {
 /// Replays the trace in `dir` to its end.
 pub fn replay(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
     let (dir, opts) = (dir.to_path_buf(), opts.clone());
-    tracee::tsc::on_tracer_thread(move || replay_here(&dir, &opts))
+    tracee::tsc::on_tracer_thread(move || {
+        let mut session = Session::open(&dir, &opts, None)?;
+        let result = session.run_events().and_then(|end| match end {
+            Some(outcome) => Ok(outcome),
+            None => bail!("the replay halted without a debugger"),
+        });
+        session.tasks.kill_all();
+        result
+    })
 }
 
-/// [`replay`], on the tracer thread.
-fn replay_here(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
-    let reader = TraceReader::open(dir)?;
-    warn_if_cpu_differs(&reader);
-    let mut events = reader.events()?;
-    let first = match events.next() {
-        Some(ev) => ev?,
-        None => bail!(Incomplete { events: 0 }),
-    };
-    let Event::Exec(exec_ev) = first else {
-        bail!("the trace does not start with the program's exec");
-    };
-    let meta = reader.meta();
-    let program = reader.file_path(&exec_ev.exe)?;
-    let bind_over = exec::interpreter_override(&reader, &exec_ev, &program)?;
-    let cpu = meta.cpu.map(|c| c as usize).filter(|&c| cpu_allowed(c));
-    if let Some(c) = cpu {
-        tracee::pin_current_thread(c)?;
+impl Session {
+    /// Opens the trace in `dir`, starts the program and replays its exec (event 0). With a
+    /// debugger, the replay then halts before the program's first instruction.
+    pub(crate) fn open(dir: &Path, opts: &ReplayOptions, debug: Option<Debug>) -> Result<Self> {
+        let reader = Rc::new(TraceReader::open(dir)?);
+        warn_if_cpu_differs(&reader);
+        let mut events = reader.events()?;
+        let first = match events.next() {
+            Some(ev) => ev?,
+            None => bail!(Incomplete { events: 0 }),
+        };
+        let Event::Exec(exec_ev) = first else {
+            bail!("the trace does not start with the program's exec");
+        };
+        let meta = reader.meta();
+        let program = reader.file_path(&exec_ev.exe)?;
+        let bind_over = exec::interpreter_override(&reader, &exec_ev, &program)?;
+        let cpu = meta.cpu.map(|c| c as usize).filter(|&c| cpu_allowed(c));
+        if let Some(c) = cpu {
+            tracee::pin_current_thread(c)?;
+        }
+        let tracee = spawn(&SpawnOptions {
+            program,
+            argv: meta.argv.clone(),
+            env: meta.env.clone(),
+            cpu,
+            trap_tsc: true,
+            seccomp: true,
+            no_core_dump: true,
+            signals: tracee::SignalState {
+                blocked: exec_ev.sig_blocked,
+                ignored: exec_ev.sig_ignored,
+            },
+            bind_over,
+        })?;
+        let mut tasks = Tasks::default();
+        let pid = tracee.pid();
+        tasks.add(exec_ev.tid, exec_ev.tid, tracee, pid, RState::Unstarted);
+        let mut session = Session {
+            tasks,
+            reader,
+            events,
+            next: None,
+            index: 0,
+            opts: opts.clone(),
+            root: exec_ev.tid,
+            root_status: None,
+            running: None,
+            debug,
+        };
+        if let Err(e) = session.first_exec(&exec_ev) {
+            session.tasks.kill_all();
+            return Err(e);
+        }
+        Ok(session)
     }
-    let tracee = spawn(&SpawnOptions {
-        program,
-        argv: meta.argv.clone(),
-        env: meta.env.clone(),
-        cpu,
-        trap_tsc: true,
-        seccomp: true,
-        no_core_dump: true,
-        signals: tracee::SignalState {
-            blocked: exec_ev.sig_blocked,
-            ignored: exec_ev.sig_ignored,
-        },
-        bind_over,
-    })?;
-    let mut tasks = Tasks::default();
-    let pid = tracee.pid();
-    tasks.add(exec_ev.tid, tracee, pid, RState::Unstarted);
-    let mut session = Session {
-        tasks,
-        reader: &reader,
-        events,
-        next: None,
-        index: 0,
-        opts: opts.clone(),
-        root: exec_ev.tid,
-        root_status: None,
-    };
-    let result = session.run(&exec_ev);
-    session.tasks.kill_all();
-    result
 }
 
 fn cpu_allowed(cpu: usize) -> bool {
@@ -129,9 +159,10 @@ fn warn_if_cpu_differs(reader: &TraceReader) {
     }
 }
 
-struct Session<'r> {
-    tasks: Tasks,
-    reader: &'r TraceReader,
+/// A replay in progress: the tasks, where the trace is, and the debugger's requests.
+pub(crate) struct Session {
+    pub(crate) tasks: Tasks,
+    reader: Rc<TraceReader>,
     events: EventIter,
     /// The next event, once peeked.
     next: Option<Event>,
@@ -141,12 +172,27 @@ struct Session<'r> {
     /// The initial process (recorded id).
     root: Tid,
     root_status: Option<ExitStatus>,
+    /// The task that must run user code, up to its next stop, before the next event: the
+    /// one resumed after the last event, if it has not reached that stop yet.
+    running: Option<Run>,
+    /// The debugger, when one drives the replay.
+    pub(crate) debug: Option<Debug>,
+}
+
+/// A task resumed after its event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    tid: Tid,
+    /// The signal to deliver as it resumes.
+    sig: i32,
+    /// The debugger was already told about `sig`.
+    sig_reported: bool,
 }
 
 /// How long an `Exit` event waits for its task to end before calling it a divergence.
 const END_GRACE: Duration = Duration::from_secs(10);
 
-impl Session<'_> {
+impl Session {
     fn peek(&mut self) -> Result<Option<&Event>> {
         if self.next.is_none() {
             self.next = self.events.next().transpose()?;
@@ -188,7 +234,8 @@ impl Session<'_> {
         Ok(&self.task(tid)?.tracee)
     }
 
-    fn run(&mut self, exec_ev: &trace_format::ExecEvent) -> Result<ReplayOutcome> {
+    /// Runs the program to its exec stop and replays the exec (event 0).
+    fn first_exec(&mut self, exec_ev: &trace_format::ExecEvent) -> Result<()> {
         let root = self.root;
         let t = self.tracee(root)?;
         t.cont_syscall(0)?;
@@ -196,8 +243,28 @@ impl Session<'_> {
             Stop::Exec => {}
             other => bail!("the recorded program did not start in replay: {other:?}"),
         }
-        self.finish_exec(root, exec_ev)?;
+        self.note_exec(exec_ev)?;
+        self.finish_exec(root, exec_ev)
+    }
+
+    /// The index of the event replayed last (0 is the program's exec).
+    pub(crate) fn when(&self) -> u64 {
+        self.index
+    }
+
+    /// Replays events until the end of the trace (`Some`), or until the debugger's halt
+    /// (`None`, with the reason in `debug.halt`).
+    pub(crate) fn run_events(&mut self) -> Result<Option<ReplayOutcome>> {
         loop {
+            self.run_task()?;
+            if self.halted() {
+                return Ok(None);
+            }
+            if self.debug.as_mut().is_some_and(|d| d.interrupt_requested()) {
+                let tid = self.halt_thread();
+                self.halt(Halt::Interrupted(tid));
+                return Ok(None);
+            }
             let Some(ev) = self.take()? else {
                 if self.events.truncated() || !self.reader.meta().complete {
                     bail!(Incomplete {
@@ -207,10 +274,10 @@ impl Session<'_> {
                 let status = self
                     .root_status
                     .context("the trace ends without the program's exit")?;
-                return Ok(ReplayOutcome {
+                return Ok(Some(ReplayOutcome {
                     status,
                     events: self.index + 1,
-                });
+                }));
             };
             self.index += 1;
             let tid = ev.tid();
@@ -232,6 +299,58 @@ impl Session<'_> {
                 Event::Cpuid(_) => bail!("trapped CPUID events are not supported by this replayer"),
             }
         }
+    }
+
+    fn halted(&self) -> bool {
+        self.debug.as_ref().is_some_and(|d| d.halt.is_some())
+    }
+
+    fn halt(&mut self, why: Halt) {
+        if let Some(d) = self.debug.as_mut() {
+            tracing::debug!(?why, event = self.index, "halting for the debugger");
+            d.halt = Some(why);
+            d.step = None;
+            d.interrupt_sent = None;
+        }
+    }
+
+    /// The task of the debugged process to name in a halt that is not any task's doing.
+    pub(crate) fn halt_thread(&self) -> Tid {
+        let Some(d) = self.debug.as_ref() else {
+            return self.root;
+        };
+        let alive = |t: Tid| self.tasks.in_process(d.process).any(|(id, _)| id == t);
+        match d.current {
+            Some(t) if alive(t) => t,
+            _ => self
+                .tasks
+                .in_process(d.process)
+                .map(|(id, _)| id)
+                .min()
+                .unwrap_or(d.process),
+        }
+    }
+
+    /// Whether task `tid` belongs to the debugged process.
+    fn debugged(&self, tid: Tid) -> bool {
+        match (&self.debug, self.tasks.by_tid(tid)) {
+            (Some(d), Some(t)) => t.rpid == d.process,
+            _ => false,
+        }
+    }
+
+    /// Keeps what the debugger needs of the debugged process's exec.
+    fn note_exec(&mut self, ev: &trace_format::ExecEvent) -> Result<()> {
+        let debugged = self.debugged(ev.tid);
+        let reader = Rc::clone(&self.reader);
+        if let Some(d) = self.debug.as_mut().filter(|_| debugged) {
+            d.breakpoints.clear();
+            d.lifted = None;
+            d.hw_generation += 1;
+            d.exe = reader.file_path(&ev.exe)?;
+            d.auxv = tracee::auxv::raw(&ev.stack);
+        }
+        Ok(())
     }
 
     /// The stop task `tid` is parked at, for its next event.
@@ -273,48 +392,269 @@ impl Session<'_> {
             }
             t.injected = Some(signo);
         }
-        t.tracee.cont(sig)?;
-        self.park(tid)
+        self.running = Some(Run {
+            tid,
+            sig,
+            sig_reported: false,
+        });
+        self.run_task()
     }
 
-    /// Waits for the next stop of `tid` that belongs to the recording and parks it there.
-    /// Signals the replay itself causes but the recording delivered at other points (a
-    /// child's SIGCHLD, which the replayer delivers from the trace) and signals sent from
-    /// outside are dropped.
-    fn park(&mut self, tid: Tid) -> Result<()> {
-        loop {
-            let stop = self.wait_task(tid)?;
-            let t = self.task(tid)?;
-            if let Stop::Signal(sig) = stop {
-                if t.injected == Some(sig) {
-                    t.injected = None;
-                } else {
-                    let drop = match t.tracee.siginfo() {
-                        Err(_) => true,
-                        Ok(info) => {
-                            let (_, code) = tracee::tracee::signo_code(&info);
-                            code <= 0 || sig == libc::SIGCHLD
-                        }
-                    };
-                    if drop {
-                        tracing::debug!(tid, sig, "dropping a signal the recording did not have");
-                        t.tracee.cont(0)?;
-                        continue;
-                    }
+    /// Runs the task resumed after the last event up to its next stop that belongs to the
+    /// recording (parking it there), unless the debugger halts the replay first. Signals the
+    /// replay itself causes but the recording delivered at other points (a child's SIGCHLD,
+    /// which the replayer delivers from the trace) and signals sent from outside are dropped.
+    fn run_task(&mut self) -> Result<()> {
+        while let Some(run) = self.running {
+            if self.halted() {
+                return Ok(());
+            }
+            if self.debug.is_some() {
+                if let Some(why) = self.halt_before_run(run) {
+                    self.halt(why);
+                    return Ok(());
                 }
             }
-            t.state = match stop {
-                Stop::Exited(c) => RState::Dead(ExitStatus::Exited(c)),
-                Stop::Killed(s) => RState::Dead(ExitStatus::Signaled(s)),
-                other => RState::Parked(other),
-            };
+            self.launch(run)?;
+            self.running = Some(Run {
+                sig: 0,
+                sig_reported: false,
+                ..run
+            });
+            let stop = self.wait_running(run.tid)?;
+            match self.classify(run.tid, stop)? {
+                Next::Park(stop) => {
+                    self.task(run.tid)?.state = match stop {
+                        Stop::Exited(c) => RState::Dead(ExitStatus::Exited(c)),
+                        Stop::Killed(s) => RState::Dead(ExitStatus::Signaled(s)),
+                        other => RState::Parked(other),
+                    };
+                    self.running = None;
+                }
+                Next::Again => {}
+                Next::Halt(why) => self.halt(why),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the debugger wants the replay to halt before `run` goes on.
+    fn halt_before_run(&mut self, run: Run) -> Option<Halt> {
+        let debugged = self.debugged(run.tid);
+        let index = self.index;
+        let reached = self.halt_thread();
+        let d = self.debug.as_mut()?;
+        if debugged {
+            d.current = Some(run.tid);
+        }
+        if d.halt_after_event.is_some_and(|e| index >= e) {
+            d.halt_after_event = None;
+            return Some(Halt::Reached(if debugged { run.tid } else { reached }));
+        }
+        if !debugged {
+            return None;
+        }
+        if let Some(w) = d.pending_watch.take() {
+            return Some(w);
+        }
+        if run.sig != 0 && !run.sig_reported {
+            self.running = Some(Run {
+                sig_reported: true,
+                ..run
+            });
+            return Some(Halt::Signal {
+                tid: run.tid,
+                signo: run.sig,
+            });
+        }
+        match d.step {
+            Some(s) if s.tid == run.tid && s.launched && run.sig == 0 => Some(Halt::Step(run.tid)),
+            _ => None,
+        }
+    }
+
+    /// Lets `run`'s task go: continues it, or single-steps it when the debugger steps it or
+    /// when it must step over a breakpoint at its pc.
+    fn launch(&mut self, run: Run) -> Result<()> {
+        if self.debug.is_none() {
+            return self.tracee(run.tid)?.cont(run.sig);
+        }
+        let debugged = self.debugged(run.tid);
+        self.put_back_lifted()?;
+        if debugged {
+            self.sync_debug_regs(run.tid)?;
+        }
+        let t = tasks::task(&mut self.tasks, run.tid)?;
+        let Some(d) = self.debug.as_mut() else {
+            return Ok(());
+        };
+        let mut step = false;
+        if let Some(s) = d.step.as_mut().filter(|s| s.tid == run.tid) {
+            s.launched = true;
+            step = true;
+        }
+        d.stepped_over = None;
+        if !d.breakpoints.is_empty() {
+            let rip = t.tracee.regs()?.rip;
+            let mut byte = [0u8];
+            if let Some(&orig) = d.breakpoints.get(&rip) {
+                if t.tracee.read_mem_partial(rip, &mut byte) == 1 && byte[0] == debug::INT3 {
+                    t.tracee.write_mem(rip, &[orig])?;
+                    d.lifted = Some(rip);
+                    d.stepped_over = Some(run.tid);
+                    step = true;
+                }
+            }
+        }
+        if step {
+            t.tracee.step(run.sig)
+        } else {
+            t.tracee.cont(run.sig)
+        }
+    }
+
+    /// Puts back the breakpoint taken out for a step over it.
+    fn put_back_lifted(&mut self) -> Result<()> {
+        let Some(addr) = self.debug.as_mut().and_then(|d| d.lifted.take()) else {
+            return Ok(());
+        };
+        match self.process_tracee() {
+            Some(t) => t.write_mem(addr, &[debug::INT3]),
+            None => Ok(()),
+        }
+    }
+
+    /// A live task of the debugged process, to reach its memory.
+    pub(crate) fn process_tracee(&self) -> Option<&Tracee> {
+        let d = self.debug.as_ref()?;
+        let tid = self.tasks.in_process(d.process).map(|(id, _)| id).min()?;
+        self.tasks.by_tid(tid).map(|t| &t.tracee)
+    }
+
+    /// Writes the debugger's hardware breakpoints and watchpoints into `tid`'s debug
+    /// registers, if they changed since it last ran.
+    fn sync_debug_regs(&mut self, tid: Tid) -> Result<()> {
+        let Some(d) = self.debug.as_ref() else {
+            return Ok(());
+        };
+        let generation = d.hw_generation;
+        let regs = d.regs;
+        let t = self.task(tid)?;
+        if t.hw_generation == generation {
             return Ok(());
         }
+        t.tracee.set_debug_regs(&regs)?;
+        t.hw_generation = generation;
+        Ok(())
+    }
+
+    /// Waits for the next stop of the running task `tid`. With a debugger, checks for its
+    /// interrupt every 100 ms and stops the task with `SIGSTOP` when it comes.
+    fn wait_running(&mut self, tid: Tid) -> Result<Stop> {
+        let (real, pid) = {
+            let t = self.task(tid)?;
+            (t.tracee.pid(), t.pid)
+        };
+        let Some(d) = self.debug.as_mut() else {
+            return self.tasks.wait_real(real, &mut || Ok(()));
+        };
+        const POLL: Duration = Duration::from_millis(100);
+        tracee::alarm::start(POLL, POLL);
+        let stop = self.tasks.wait_real(real, &mut || {
+            if d.interrupt_sent.is_none() && d.interrupt_requested() {
+                // SAFETY: tgkill takes only integers.
+                unsafe {
+                    libc::syscall(libc::SYS_tgkill, pid.as_raw(), real.as_raw(), libc::SIGSTOP)
+                };
+                d.interrupt_sent = Some(tid);
+            }
+            Ok(())
+        });
+        tracee::alarm::stop();
+        stop
+    }
+
+    /// What to do with the stop the running task `tid` reached.
+    fn classify(&mut self, tid: Tid, stop: Stop) -> Result<Next> {
+        let Stop::Signal(sig) = stop else {
+            return Ok(Next::Park(stop));
+        };
+        if self.debug.is_some() {
+            if let Some(next) = self.debug_trap(tid, sig)? {
+                return Ok(next);
+            }
+        }
+        let t = self.task(tid)?;
+        if t.injected == Some(sig) {
+            t.injected = None;
+            return Ok(Next::Park(stop));
+        }
+        let drop = match t.tracee.siginfo() {
+            Err(_) => true,
+            Ok(info) => {
+                let (_, code) = tracee::tracee::signo_code(&info);
+                code <= 0 || sig == libc::SIGCHLD
+            }
+        };
+        if drop {
+            tracing::debug!(tid, sig, "dropping a signal the recording did not have");
+            return Ok(Next::Again);
+        }
+        Ok(Next::Park(stop))
+    }
+
+    /// Whether signal `sig` stopping `tid` is the debugger's doing (a breakpoint, a watchpoint,
+    /// a single step, an interrupt) rather than the program's.
+    fn debug_trap(&mut self, tid: Tid, sig: i32) -> Result<Option<Next>> {
+        let debugged = self.debugged(tid);
+        let halt_thread = self.halt_thread();
+        let t = tasks::task(&mut self.tasks, tid)?;
+        let Some(d) = self.debug.as_mut() else {
+            return Ok(None);
+        };
+        if sig == libc::SIGSTOP && d.interrupt_sent == Some(tid) {
+            d.interrupt_sent = None;
+            let who = if debugged { tid } else { halt_thread };
+            return Ok(Some(Next::Halt(Halt::Interrupted(who))));
+        }
+        if sig != libc::SIGTRAP {
+            return Ok(None);
+        }
+        let (_, code) = tracee::tracee::signo_code(&t.tracee.siginfo()?);
+        if code == libc::SI_KERNEL {
+            let mut r = t.tracee.regs()?;
+            let at = r.rip.wrapping_sub(1);
+            if d.breakpoints.contains_key(&at) && d.lifted != Some(at) {
+                r.rip = at;
+                t.tracee.set_regs(&r)?;
+                return Ok(Some(if debugged {
+                    Next::Halt(Halt::Breakpoint(tid))
+                } else {
+                    Next::Again
+                }));
+            }
+        }
+        if code == TRAP_HWBKPT && debugged {
+            let dr6 = t.tracee.debug_reg(6)?;
+            t.tracee.set_debug_reg(6, 0)?;
+            if let Some(point) = d.point_hit(dr6) {
+                return Ok(Some(Next::Halt(point.halt(tid))));
+            }
+        }
+        if code > 0 {
+            if d.step.is_some_and(|s| s.tid == tid && s.launched) {
+                return Ok(Some(Next::Halt(Halt::Step(tid))));
+            }
+            if d.stepped_over == Some(tid) {
+                return Ok(Some(Next::Again));
+            }
+        }
+        Ok(None)
     }
 
     fn wait_task(&mut self, tid: Tid) -> Result<Stop> {
         let real = self.tracee(tid)?.pid();
-        self.tasks.wait_real(real)
+        self.tasks.wait_real(real, &mut || Ok(()))
     }
 
     /// At the exec stop of `tid`: makes the new image the recorded one and runs to the end of
@@ -336,7 +676,7 @@ impl Session<'_> {
     /// recording ran.
     fn exec(&mut self, ev: &trace_format::ExecEvent) -> Result<()> {
         let tid = ev.tid;
-        let reader = self.reader;
+        let reader = Rc::clone(&self.reader);
         let stop = self.parked(tid)?;
         let t = self.tracee(tid)?;
         let mut r = t.regs()?;
@@ -354,7 +694,10 @@ impl Session<'_> {
         t.set_regs(&r)?;
         t.cont_syscall(0)?;
         match self.wait_task(tid)? {
-            Stop::Exec => self.finish_exec(tid, ev),
+            Stop::Exec => {
+                self.note_exec(ev)?;
+                self.finish_exec(tid, ev)
+            }
             other => {
                 let found = match other {
                     Stop::SyscallStop => {
@@ -447,7 +790,7 @@ impl Session<'_> {
                 regs::set_syscall_args(&mut r, &mmap::replacement_args(e));
                 self.tracee(tid)?.set_regs(&r)?;
                 self.run_for_real(tid, &name)?;
-                let reader = self.reader;
+                let reader = Rc::clone(&self.reader);
                 let t = self.tracee(tid)?;
                 let mut after = t.regs()?;
                 if after.rax as i64 != e.result {
@@ -457,7 +800,7 @@ impl Session<'_> {
                         format!("{:#x} ({})", after.rax, errno_text(after.rax as i64)),
                     ));
                 }
-                mmap::fill_from_file(t, reader, e)?;
+                mmap::fill_from_file(t, &reader, e)?;
                 regs::set_syscall_args(&mut after, &regs::syscall_args(&saved));
                 t.set_regs(&after)?;
             }
@@ -578,7 +921,15 @@ impl Session<'_> {
             parent_pid
         };
         let child = Tracee::attach_traced(real)?;
-        self.tasks.add(e.child, child, child_pid, RState::Unstarted);
+        let inherits = e.flags & libc::CLONE_VM as u64 == 0
+            && self.debugged(tid)
+            && self
+                .debug
+                .as_ref()
+                .is_some_and(|d| !d.breakpoints.is_empty());
+        self.tasks
+            .add(e.child, e.child_pid, child, child_pid, RState::Unstarted);
+        self.task(e.child)?.inherits_breakpoints = inherits;
         let t = self.task(tid)?;
         t.tracee.cont_syscall(0)?;
         t.state = RState::InSyscall;
@@ -622,10 +973,15 @@ impl Session<'_> {
         let t = self.task(tid)?;
         if t.state == RState::Unstarted {
             let real = t.tracee.pid();
-            let stop = self.tasks.wait_real(real)?;
+            let stop = self.tasks.wait_real(real, &mut || Ok(()))?;
             if !matches!(stop, Stop::Signal(_)) {
                 let found = self.describe_stop(tid, stop);
                 return Err(self.diverged(tid, "the new task to start".into(), found));
+            }
+        }
+        if std::mem::take(&mut self.task(tid)?.inherits_breakpoints) {
+            if let (Some(d), Some(t)) = (self.debug.as_ref(), self.tasks.by_tid(tid)) {
+                debug::restore_original_bytes(&t.tracee, &d.breakpoints)?;
             }
         }
         self.write_memory(tid, &e.writes, "clone")?;
@@ -661,12 +1017,21 @@ impl Session<'_> {
     }
 
     fn write_memory(&mut self, tid: Tid, writes: &[MemWrite], name: &str) -> Result<()> {
-        let reader = self.reader;
+        let reader = Rc::clone(&self.reader);
         let t = self.tracee(tid)?;
+        let mut written = Vec::with_capacity(writes.len());
         for w in writes {
             let data = reader.read_data(&w.data)?;
             t.write_mem(w.addr, &data)
                 .with_context(|| format!("restoring what {name} wrote"))?;
+            written.push((w.addr, data.len() as u64));
+        }
+        if self.debugged(tid) {
+            if let Some(d) = self.debug.as_mut() {
+                for (addr, len) in written {
+                    d.note_write(tid, addr, len);
+                }
+            }
         }
         Ok(())
     }
@@ -700,9 +1065,14 @@ impl Session<'_> {
     fn rdtsc(&mut self, e: &RdtscEvent) -> Result<()> {
         let tid = e.tid;
         let stop = self.parked(tid)?;
-        let t = self.tracee(tid)?;
+        let t = &self.tasks.by_tid(tid).context(tasks::unknown(tid))?.tracee;
         let mut r = t.regs()?;
-        let decoded = t.trapped_insn_at(r.rip);
+        let mut code = [0u8; 16];
+        let n = t.read_mem_partial(r.rip, &mut code);
+        if let Some(d) = self.debug.as_ref() {
+            d.hide_breakpoints(r.rip, &mut code[..n]);
+        }
+        let decoded = tracee::insn::decode_trapped(&code[..n], r.rip);
         let expected = if e.aux.is_some() {
             Trapped::Rdtscp
         } else {
@@ -763,6 +1133,9 @@ impl Session<'_> {
             self.root_status = Some(found);
         }
         self.tasks.remove(tid);
+        if self.debug.as_ref().is_some_and(|d| d.process == tid) {
+            self.halt(Halt::Exited(found));
+        }
         Ok(())
     }
 }

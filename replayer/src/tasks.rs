@@ -30,6 +30,8 @@ pub struct Task {
     pub tracee: Tracee,
     /// The task's process id in replay.
     pub pid: Pid,
+    /// The task's process id in the recording.
+    pub rpid: Tid,
     /// Where it is.
     pub state: RState,
     /// A signal the replayer sent to reproduce the task's next event, not yet seen.
@@ -38,6 +40,11 @@ pub struct Task {
     pub signal_sent: bool,
     /// Registers at the entry of the clone whose result is still to come.
     pub clone_entry: Option<Regs>,
+    /// The debugger's hardware breakpoints last written into this task's debug registers
+    /// (their generation; 0 for none).
+    pub hw_generation: u64,
+    /// The task is a forked copy of the debugged process's memory, breakpoints included.
+    pub inherits_breakpoints: bool,
 }
 
 /// All tasks, and the stops reported by tasks other than the one waited for.
@@ -50,18 +57,21 @@ pub struct Tasks {
 }
 
 impl Tasks {
-    /// Adds task `tid` (recorded id), traced as `tracee` in process `pid`.
-    pub fn add(&mut self, tid: Tid, tracee: Tracee, pid: Pid, state: RState) {
+    /// Adds task `tid` of recorded process `rpid`, traced as `tracee` in replay process `pid`.
+    pub fn add(&mut self, tid: Tid, rpid: Tid, tracee: Tracee, pid: Pid, state: RState) {
         self.recorded.insert(tracee.pid().as_raw(), tid);
         self.by_tid.insert(
             tid,
             Task {
                 tracee,
                 pid,
+                rpid,
                 state,
                 injected: None,
                 signal_sent: false,
                 clone_entry: None,
+                hw_generation: 0,
+                inherits_breakpoints: false,
             },
         );
     }
@@ -69,6 +79,23 @@ impl Tasks {
     /// The task the recording called `tid`.
     pub fn get(&mut self, tid: Tid) -> Option<&mut Task> {
         self.by_tid.get_mut(&tid)
+    }
+
+    /// The task the recording called `tid`, to look at.
+    pub fn by_tid(&self, tid: Tid) -> Option<&Task> {
+        self.by_tid.get(&tid)
+    }
+
+    /// The tasks of recorded process `rpid` that a debugger can look at: started, and not
+    /// ended or on their way out.
+    pub fn in_process(&self, rpid: Tid) -> impl Iterator<Item = (Tid, &Task)> {
+        self.by_tid.iter().filter_map(move |(&id, t)| {
+            let visible = !matches!(
+                t.state,
+                RState::Unstarted | RState::Exiting | RState::Dead(_)
+            );
+            (t.rpid == rpid && visible).then_some((id, t))
+        })
     }
 
     /// Forgets an ended task.
@@ -79,8 +106,13 @@ impl Tasks {
         }
     }
 
-    /// The next stop of the replay task `real`, blocking.
-    pub fn wait_real(&mut self, real: Pid) -> Result<Stop> {
+    /// The next stop of the replay task `real`, blocking; `on_idle` runs whenever a signal
+    /// interrupts the wait (see `tracee::alarm`).
+    pub fn wait_real(
+        &mut self,
+        real: Pid,
+        on_idle: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Stop> {
         if let Some(s) = self
             .stash
             .get_mut(&real.as_raw())
@@ -89,7 +121,7 @@ impl Tasks {
             return Ok(s);
         }
         loop {
-            let (pid, stop) = tracee::stop::wait_any(&mut || Ok(()))?;
+            let (pid, stop) = tracee::stop::wait_any(on_idle)?;
             if pid == real {
                 return Ok(stop);
             }

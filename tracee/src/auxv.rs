@@ -54,6 +54,17 @@ pub fn hide_vdso(stack: &mut [u8]) -> bool {
     found
 }
 
+/// The auxiliary vector as the program sees it in memory (pairs of words up to and including
+/// `AT_NULL`), as a debugger reads it from `/proc/PID/auxv`.
+pub fn raw(stack: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (_, t, v) in entries(stack) {
+        out.extend_from_slice(&t.to_le_bytes());
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -175,6 +175,12 @@ impl Tracee {
         self.resume(libc::PTRACE_SYSCALL, sig, "resuming to the syscall exit")
     }
 
+    /// Executes one instruction (or stops earlier at a syscall, signal or event stop),
+    /// delivering `sig` if the task is in a signal-delivery-stop.
+    pub fn step(&self, sig: i32) -> Result<()> {
+        self.resume(libc::PTRACE_SINGLESTEP, sig, "single-stepping")
+    }
+
     fn resume(&self, request: libc::c_uint, sig: i32, what: &str) -> Result<()> {
         // SAFETY: a resume request on our tracee takes only integers.
         let r = unsafe { libc::ptrace(request, self.pid.as_raw(), 0usize, sig as usize) };

@@ -1,0 +1,324 @@
+//! What a debugger attached to a replay asks of it: where to halt (breakpoints, watchpoints,
+//! single steps, an interrupt, an event number) and why the replay halted.
+//!
+//! A debugger never changes what the replay computes. Breakpoints are `int3` bytes that the
+//! replay hides from every read (its own and the debugger's) and steps over; watchpoints are
+//! the CPU's debug registers, plus a check of the memory the replay itself writes for a
+//! syscall; halts happen between two instructions of one task, or before a task runs after an
+//! event, and resuming goes on exactly where the replay was.
+
+use std::collections::BTreeMap;
+
+use trace_format::{ExitStatus, Tid};
+use tracee::debugregs::{self, DebugRegs};
+
+/// Why a debugged replay halted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// The task executed a software breakpoint (its pc is the breakpoint's address).
+    Breakpoint(Tid),
+    /// The task reached a hardware breakpoint.
+    HwBreakpoint(Tid),
+    /// The task accessed watched memory (or a syscall it made wrote there).
+    Watch {
+        /// The task.
+        tid: Tid,
+        /// The kind of the watchpoint that fired.
+        kind: WatchKind,
+        /// The address the debugger watches.
+        addr: u64,
+    },
+    /// The task completed the single step it was asked for.
+    Step(Tid),
+    /// A recorded signal is about to be delivered to the task.
+    Signal {
+        /// The task.
+        tid: Tid,
+        /// The signal.
+        signo: i32,
+    },
+    /// The debugger interrupted the replay (Ctrl-C); the task is the one that was running.
+    Interrupted(Tid),
+    /// The replay reached the position it was asked to start at.
+    Reached(Tid),
+    /// The debugged process ended as recorded.
+    Exited(ExitStatus),
+    /// The recording ends here without the debugged process having ended (its recorder was
+    /// killed); nothing further can be replayed.
+    End,
+}
+
+/// What a watchpoint watches for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    /// Writes.
+    Write,
+    /// Reads (x86 debug registers cannot watch reads alone: reads and writes fire).
+    Read,
+    /// Reads and writes.
+    Access,
+}
+
+/// A hardware breakpoint or watchpoint the debugger set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HwPoint {
+    /// Its address.
+    pub addr: u64,
+    /// How many bytes it watches (1 for a breakpoint).
+    pub len: u64,
+    /// `None` for a breakpoint (execution), else the watchpoint's kind.
+    pub watch: Option<WatchKind>,
+}
+
+impl HwPoint {
+    /// Whether `[addr, addr+len)` overlaps what this point watches for writes.
+    fn catches_write(&self, addr: u64, len: u64) -> bool {
+        matches!(self.watch, Some(WatchKind::Write | WatchKind::Access))
+            && addr < self.addr + self.len
+            && self.addr < addr + len
+    }
+
+    /// How the debug registers watch for this point.
+    fn dr_kind(&self) -> debugregs::WatchKind {
+        match self.watch {
+            None => debugregs::WatchKind::Execute,
+            Some(WatchKind::Write) => debugregs::WatchKind::Write,
+            Some(WatchKind::Read | WatchKind::Access) => debugregs::WatchKind::ReadWrite,
+        }
+    }
+
+    /// The halt this point causes in task `tid`.
+    pub fn halt(&self, tid: Tid) -> Halt {
+        match self.watch {
+            None => Halt::HwBreakpoint(tid),
+            Some(kind) => Halt::Watch {
+                tid,
+                kind,
+                addr: self.addr,
+            },
+        }
+    }
+}
+
+/// A single step the debugger asked of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Step {
+    pub tid: Tid,
+    /// The task was resumed for the step (so its next halt before running completes it).
+    pub launched: bool,
+}
+
+/// The debugger's side of a replay session.
+pub(crate) struct Debug {
+    /// The debugged process (recorded pid); halts happen only in its tasks.
+    pub process: Tid,
+    /// Software breakpoints inserted in the debugged process: address → the byte `int3`
+    /// replaced.
+    pub breakpoints: BTreeMap<u64, u8>,
+    /// A breakpoint taken out to step its task over it, to put back before the next run.
+    pub lifted: Option<u64>,
+    /// The debug registers implementing the hardware breakpoints and watchpoints.
+    pub regs: DebugRegs,
+    /// The point each debug register serves.
+    pub hw: [Option<HwPoint>; debugregs::SLOTS],
+    /// Bumped whenever `hw` changes, so each task's debug registers are rewritten before it
+    /// next runs.
+    pub hw_generation: u64,
+    /// The single step in progress.
+    pub step: Option<Step>,
+    /// Why the replay halted, once it has.
+    pub halt: Option<Halt>,
+    /// A watchpoint hit by memory a syscall wrote, reported before the task runs again.
+    pub pending_watch: Option<Halt>,
+    /// Halt before any task runs once this event has been replayed.
+    pub halt_after_event: Option<u64>,
+    /// Asks whether the debugger wants the replay interrupted (gdb's Ctrl-C).
+    pub interrupt: Option<Box<dyn FnMut() -> bool>>,
+    /// The task sent `SIGSTOP` to interrupt it.
+    pub interrupt_sent: Option<Tid>,
+    /// The debugged process's auxiliary vector as the program saw it (raw words).
+    pub auxv: Vec<u8>,
+    /// Path of the debugged process's executable (the trace's copy).
+    pub exe: std::path::PathBuf,
+    /// The last task of the debugged process that ran or halted.
+    pub current: Option<Tid>,
+    /// The task single-stepped over a breakpoint at its pc (its step trap is not a halt).
+    pub stepped_over: Option<Tid>,
+}
+
+impl Debug {
+    /// A debugger for process `process`.
+    pub fn new(process: Tid) -> Self {
+        Debug {
+            process,
+            breakpoints: BTreeMap::new(),
+            lifted: None,
+            regs: DebugRegs::new(),
+            hw: [None; debugregs::SLOTS],
+            hw_generation: 1,
+            step: None,
+            halt: None,
+            pending_watch: None,
+            halt_after_event: None,
+            interrupt: None,
+            interrupt_sent: None,
+            auxv: Vec::new(),
+            exe: Default::default(),
+            current: None,
+            stepped_over: None,
+        }
+    }
+
+    /// Whether the debugger wants the replay interrupted now.
+    pub fn interrupt_requested(&mut self) -> bool {
+        self.interrupt.as_mut().is_some_and(|f| f())
+    }
+
+    /// Replaces inserted breakpoint bytes in `buf` (read at `addr`) with the program's own.
+    pub fn hide_breakpoints(&self, addr: u64, buf: &mut [u8]) {
+        let end = addr.saturating_add(buf.len() as u64);
+        for (&at, &orig) in self.breakpoints.range(addr..end) {
+            if Some(at) != self.lifted {
+                buf[(at - addr) as usize] = orig;
+            }
+        }
+    }
+
+    /// Notes that a syscall of task `tid` wrote `[addr, addr+len)`: a watchpoint there fires
+    /// before the task runs again.
+    pub fn note_write(&mut self, tid: Tid, addr: u64, len: u64) {
+        if self.pending_watch.is_some() {
+            return;
+        }
+        if let Some(p) = self
+            .hw
+            .iter()
+            .flatten()
+            .find(|p| p.catches_write(addr, len))
+        {
+            self.pending_watch = Some(p.halt(tid));
+        }
+    }
+
+    /// Adds a hardware breakpoint or watchpoint; false if the debug registers cannot take it.
+    pub fn add_hw_point(&mut self, point: HwPoint) -> bool {
+        if self.hw.contains(&Some(point)) {
+            return true;
+        }
+        let Some(slots) = self.regs.insert(point.addr, point.len, point.dr_kind()) else {
+            return false;
+        };
+        for i in slots {
+            self.hw[i] = Some(point);
+        }
+        self.hw_generation += 1;
+        true
+    }
+
+    /// Removes a hardware breakpoint or watchpoint; false if there was none.
+    pub fn remove_hw_point(&mut self, point: HwPoint) -> bool {
+        let Some(slots) = self.regs.remove(point.addr, point.len, point.dr_kind()) else {
+            return false;
+        };
+        for i in slots {
+            self.hw[i] = None;
+        }
+        self.hw_generation += 1;
+        true
+    }
+
+    /// The point whose debug register fired, from the status register DR6.
+    pub fn point_hit(&self, dr6: u64) -> Option<HwPoint> {
+        debugregs::hit_slots(dr6).find_map(|i| self.hw[i])
+    }
+}
+
+/// Puts the program's bytes back where breakpoints are in `t`, a forked child of the debugged
+/// process: it starts with a copy of the debugged memory, `int3` bytes included.
+pub(crate) fn restore_original_bytes(
+    t: &tracee::Tracee,
+    breakpoints: &BTreeMap<u64, u8>,
+) -> anyhow::Result<()> {
+    for (&addr, &orig) in breakpoints {
+        let mut now = [0u8];
+        if t.read_mem_partial(addr, &mut now) == 1 && now[0] == INT3 {
+            t.write_mem(addr, &[orig])?;
+        }
+    }
+    Ok(())
+}
+
+/// The breakpoint instruction.
+pub(crate) const INT3: u8 = 0xcc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hides_breakpoints_in_reads() {
+        let mut d = Debug::new(1);
+        d.breakpoints.insert(0x1001, 0x55);
+        d.breakpoints.insert(0x1010, 0x90);
+        let mut buf = [0xcc, 0xcc, 0xcc];
+        d.hide_breakpoints(0x1000, &mut buf);
+        assert_eq!(buf, [0xcc, 0x55, 0xcc]);
+        d.lifted = Some(0x1001);
+        let mut buf = [0x55];
+        d.hide_breakpoints(0x1001, &mut buf);
+        assert_eq!(buf, [0x55]);
+    }
+
+    #[test]
+    fn hardware_points_take_debug_registers() {
+        let mut d = Debug::new(1);
+        let watch = HwPoint {
+            addr: 0x4010,
+            len: 4,
+            watch: Some(WatchKind::Write),
+        };
+        let unaligned = HwPoint {
+            addr: 0x5001,
+            len: 8,
+            watch: Some(WatchKind::Access),
+        };
+        assert!(d.add_hw_point(watch));
+        assert!(
+            !d.add_hw_point(unaligned),
+            "four pieces, three registers left"
+        );
+        assert_eq!(d.point_hit(0b1), Some(watch));
+        assert!(d.remove_hw_point(watch));
+        assert!(d.add_hw_point(unaligned));
+        assert_eq!(d.point_hit(0b100), Some(unaligned));
+        assert!(!d.remove_hw_point(watch));
+    }
+
+    #[test]
+    fn syscall_writes_fire_write_watchpoints_only() {
+        let mut d = Debug::new(1);
+        assert!(d.add_hw_point(HwPoint {
+            addr: 0x2000,
+            len: 8,
+            watch: Some(WatchKind::Read),
+        }));
+        d.note_write(5, 0x1ff0, 0x20);
+        assert_eq!(d.pending_watch, None);
+        assert!(d.add_hw_point(HwPoint {
+            addr: 0x2004,
+            len: 4,
+            watch: Some(WatchKind::Write),
+        }));
+        d.note_write(5, 0x1ff0, 0x14);
+        assert_eq!(d.pending_watch, None, "ends just before the watched bytes");
+        d.note_write(5, 0x1ff0, 0x15);
+        assert_eq!(
+            d.pending_watch,
+            Some(Halt::Watch {
+                tid: 5,
+                kind: WatchKind::Write,
+                addr: 0x2004
+            })
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! A replay driven by a debugger: resumed, single-stepped and halted at breakpoints,
+//! watchpoints and interrupts, its tasks' registers and memory open to inspection.
+//!
+//! The debugger sees one process of the recording (the initial one, or one it chose). Every
+//! task of the recording still replays in the recorded order; breakpoints and steps only
+//! decide where the replay pauses, never what it computes. Moving backwards will build on
+//! this: a position is an event index plus, at most, a task part-way to its next event, and
+//! [`DebugReplay::open`] can already reach any event from the start.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use trace_format::{Event, Tid, TraceReader};
+use tracee::{Regs, Tracee};
+
+use crate::debug::{Debug, Halt, HwPoint, Step, INT3};
+use crate::divergence::Incomplete;
+use crate::session::{ReplayOptions, Session};
+
+/// Where the debugger wants the replay to start.
+#[derive(Debug, Clone, Default)]
+pub struct DebugOptions {
+    /// The process to debug (recorded pid); the initial process if `None`. The replay starts
+    /// at its first exec, or at its first instruction if it never execs.
+    pub process: Option<Tid>,
+    /// Start no earlier than after this event.
+    pub event: Option<u64>,
+    /// Do not echo what the program wrote to stdout/stderr.
+    pub quiet: bool,
+}
+
+/// How the debugger resumes the replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Run until something makes it halt.
+    Continue,
+    /// Run until this task has executed one instruction (other tasks run as the recording
+    /// has them run meanwhile).
+    Step(Tid),
+}
+
+/// A replay under a debugger's control. Must be used from the thread that made it (the
+/// tracer).
+pub struct DebugReplay {
+    session: Session,
+    /// The halt that ends the replay (the process ended, or the recording did).
+    finished: Option<Halt>,
+}
+
+impl DebugReplay {
+    /// Starts replaying the trace in `dir` and runs it to the position `opts` asks for; returns
+    /// the replay and why it halted there.
+    pub fn open(dir: &Path, opts: &DebugOptions) -> Result<(Self, Halt)> {
+        let (process, start) = start_position(dir, opts)?;
+        let mut debug = Debug::new(process);
+        debug.halt_after_event = Some(start);
+        let replay_opts = ReplayOptions { quiet: opts.quiet };
+        let session = Session::open(dir, &replay_opts, Some(debug))?;
+        let mut replay = DebugReplay {
+            session,
+            finished: None,
+        };
+        let halt = replay.advance()?;
+        match halt {
+            Halt::Reached(_) => Ok((replay, halt)),
+            other => bail!(
+                "the replay could not reach its starting point (event {start}): it stopped with \
+                 {other:?}"
+            ),
+        }
+    }
+
+    /// Resumes the replay as asked, until it halts.
+    pub fn resume(&mut self, how: Resume) -> Result<Halt> {
+        if let Some(end) = self.finished {
+            return Ok(end);
+        }
+        let d = self.debug_mut();
+        d.halt = None;
+        d.step = match how {
+            Resume::Continue => None,
+            Resume::Step(tid) => Some(Step {
+                tid,
+                launched: false,
+            }),
+        };
+        self.advance()
+    }
+
+    fn advance(&mut self) -> Result<Halt> {
+        let halt = match self.session.run_events() {
+            Ok(None) => self
+                .debug_mut()
+                .halt
+                .take()
+                .context("the replay halted for no reason")?,
+            Ok(Some(outcome)) => Halt::Exited(outcome.status),
+            Err(e) if e.downcast_ref::<Incomplete>().is_some() => Halt::End,
+            Err(e) => return Err(e),
+        };
+        if matches!(halt, Halt::Exited(_) | Halt::End) {
+            self.finished = Some(halt);
+        }
+        Ok(halt)
+    }
+
+    /// Installs the check for the debugger's interrupt request (gdb's Ctrl-C), polled
+    /// between events and every 100 ms while a task runs.
+    pub fn set_interrupt(&mut self, check: Box<dyn FnMut() -> bool>) {
+        self.debug_mut().interrupt = Some(check);
+    }
+
+    /// The index of the event replayed last (0 is the program's exec).
+    pub fn when(&self) -> u64 {
+        self.session.when()
+    }
+
+    /// The debugged process (its recorded pid).
+    pub fn process(&self) -> Tid {
+        self.debug().process
+    }
+
+    /// The threads of the debugged process that exist now (recorded ids, ascending).
+    pub fn threads(&self) -> Vec<Tid> {
+        let mut ids: Vec<Tid> = self
+            .session
+            .tasks
+            .in_process(self.process())
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The thread to name in a stop that is no thread's doing.
+    pub fn current_thread(&self) -> Tid {
+        self.session.halt_thread()
+    }
+
+    /// The name of thread `tid` (its `comm`).
+    pub fn thread_name(&self, tid: Tid) -> Option<String> {
+        let real = self.tracee(tid).ok()?.pid();
+        let comm = std::fs::read_to_string(format!("/proc/{real}/task/{real}/comm")).ok()?;
+        Some(comm.trim_end().to_string())
+    }
+
+    fn tracee(&self, tid: Tid) -> Result<&Tracee> {
+        let process = self.process();
+        self.session
+            .tasks
+            .in_process(process)
+            .find(|(id, _)| *id == tid)
+            .map(|(_, t)| &t.tracee)
+            .with_context(|| format!("thread {tid} is not a live thread of process {process}"))
+    }
+
+    /// The general registers of thread `tid`.
+    pub fn regs(&self, tid: Tid) -> Result<Regs> {
+        self.tracee(tid)?.regs()
+    }
+
+    /// The ptrace handle of thread `tid`, to read more of its state.
+    pub fn thread(&self, tid: Tid) -> Result<&Tracee> {
+        self.tracee(tid)
+    }
+
+    /// Reads the debugged process's memory at `addr` as the program sees it (breakpoints
+    /// hidden); returns how many bytes were readable.
+    pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> usize {
+        let Some(t) = self.session.process_tracee() else {
+            return 0;
+        };
+        let n = t.read_mem_partial(addr, buf);
+        self.debug().hide_breakpoints(addr, &mut buf[..n]);
+        n
+    }
+
+    /// Inserts a software breakpoint at `addr`; false if there is no code to patch there.
+    pub fn add_breakpoint(&mut self, addr: u64) -> Result<bool> {
+        if self.debug().breakpoints.contains_key(&addr) {
+            return Ok(true);
+        }
+        let Some(t) = self.session.process_tracee() else {
+            return Ok(false);
+        };
+        let mut orig = [0u8];
+        if t.read_mem_partial(addr, &mut orig) != 1 || t.write_mem(addr, &[INT3]).is_err() {
+            return Ok(false);
+        }
+        self.debug_mut().breakpoints.insert(addr, orig[0]);
+        Ok(true)
+    }
+
+    /// Removes the software breakpoint at `addr`; false if there was none.
+    pub fn remove_breakpoint(&mut self, addr: u64) -> Result<bool> {
+        let d = self.debug_mut();
+        let Some(orig) = d.breakpoints.remove(&addr) else {
+            return Ok(false);
+        };
+        if d.lifted == Some(addr) {
+            d.lifted = None;
+            return Ok(true);
+        }
+        if let Some(t) = self.session.process_tracee() {
+            t.write_mem(addr, &[orig])?;
+        }
+        Ok(true)
+    }
+
+    /// Adds a hardware breakpoint or watchpoint; false if the debug registers cannot take it.
+    pub fn add_hw_point(&mut self, point: HwPoint) -> bool {
+        self.debug_mut().add_hw_point(point)
+    }
+
+    /// Removes a hardware breakpoint or watchpoint; false if there was none.
+    pub fn remove_hw_point(&mut self, point: HwPoint) -> bool {
+        self.debug_mut().remove_hw_point(point)
+    }
+
+    /// The auxiliary vector of the debugged process's program.
+    pub fn auxv(&self) -> &[u8] {
+        &self.debug().auxv
+    }
+
+    /// The executable the debugged process runs (the trace's copy, so symbols match).
+    pub fn exe(&self) -> &Path {
+        &self.debug().exe
+    }
+
+    fn debug(&self) -> &Debug {
+        self.session
+            .debug
+            .as_ref()
+            .expect("a DebugReplay always has its debugger state")
+    }
+
+    fn debug_mut(&mut self) -> &mut Debug {
+        self.session
+            .debug
+            .as_mut()
+            .expect("a DebugReplay always has its debugger state")
+    }
+}
+
+impl Drop for DebugReplay {
+    fn drop(&mut self) {
+        self.session.tasks.kill_all();
+    }
+}
+
+/// The process to debug and the event after which the replay first halts.
+fn start_position(dir: &Path, opts: &DebugOptions) -> Result<(Tid, u64)> {
+    let reader = TraceReader::open(dir)?;
+    let mut first_exec = None;
+    let mut first_start = None;
+    let mut root = None;
+    let mut count = 0u64;
+    for (index, ev) in reader.events()?.enumerate() {
+        let ev = ev?;
+        count += 1;
+        let index = index as u64;
+        if index == 0 {
+            root = Some(ev.tid());
+        }
+        let wanted = opts.process.or(root);
+        match &ev {
+            Event::Exec(e) if Some(e.tid) == wanted && first_exec.is_none() => {
+                first_exec = Some(index)
+            }
+            Event::Start(e) if Some(e.tid) == wanted && first_start.is_none() => {
+                first_start = Some(index)
+            }
+            _ => {}
+        }
+        if first_exec.is_some() && opts.event.map_or(true, |e| e < index) {
+            break;
+        }
+    }
+    let root = root.context("the trace has no events")?;
+    let process = opts.process.unwrap_or(root);
+    let Some(at) = first_exec.or(first_start) else {
+        bail!("the recording has no process {process} (`deja ps` lists its processes)");
+    };
+    let start = opts.event.map_or(at, |e| e.max(at));
+    if start >= count && opts.event.is_some() {
+        bail!(
+            "event {start} is past the end of the recording ({count} events; `deja info` \
+             tells)"
+        );
+    }
+    Ok((process, start))
+}
