@@ -101,6 +101,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         no_core_dump: false,
         signals,
         bind_over: None,
+        own_process_group: false,
     })?;
     let mut session = Session::new(root, writer, cpu as u32);
     let result = session.run();

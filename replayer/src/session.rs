@@ -102,6 +102,7 @@ impl Session {
                 ignored: exec_ev.sig_ignored,
             },
             bind_over,
+            own_process_group: true,
         })?;
         let mut tasks = Tasks::default();
         let pid = tracee.pid();

@@ -36,6 +36,9 @@ pub struct SpawnOptions {
     /// `(file, path)`: run the tracee in a private mount namespace where `file` is bind-mounted
     /// over `path`, e.g. the trace's copy of the ELF interpreter over the system's one.
     pub bind_over: Option<(PathBuf, PathBuf)>,
+    /// Put the tracee in a process group of its own, so the terminal's signals (Ctrl-C)
+    /// reach the tracer (and a debugger) only.
+    pub own_process_group: bool,
 }
 
 /// Signal state a program inherits across `execve`: blocked and ignored signals.
@@ -170,6 +173,9 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
                 libc::_exit(120);
             }
             libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
+            if opts.own_process_group {
+                libc::setpgid(0, 0);
+            }
             if opts.cpu.is_some()
                 && libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &cpuset) < 0
             {

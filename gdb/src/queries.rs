@@ -1,0 +1,69 @@
+//! What gdb asks about the program rather than its threads: the executable, the auxiliary
+//! vector, and deja's own `monitor` commands.
+
+use gdbstub::common::Pid;
+use gdbstub::target::ext::auxv::Auxv;
+use gdbstub::target::ext::exec_file::ExecFile;
+use gdbstub::target::ext::monitor_cmd::{outputln, ConsoleOutput, MonitorCmd};
+use gdbstub::target::TargetResult;
+
+use crate::target::ReplayTarget;
+
+/// Copies the part of `whole` gdb asked for; returns its length.
+fn copy_part(whole: &[u8], offset: u64, length: usize, buf: &mut [u8]) -> usize {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(whole.len());
+    let part = &whole[start..];
+    let n = part.len().min(length).min(buf.len());
+    buf[..n].copy_from_slice(&part[..n]);
+    n
+}
+
+impl ExecFile for ReplayTarget {
+    fn get_exec_file(
+        &self,
+        _pid: Option<Pid>,
+        offset: u64,
+        length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        let path = self.replay_ref().exe().as_os_str().as_encoded_bytes();
+        Ok(copy_part(path, offset, length, buf))
+    }
+}
+
+impl Auxv for ReplayTarget {
+    fn get_auxv(&self, offset: u64, length: usize, buf: &mut [u8]) -> TargetResult<usize, Self> {
+        Ok(copy_part(self.replay_ref().auxv(), offset, length, buf))
+    }
+}
+
+/// The monitor commands, for `monitor help`.
+const HELP: &str = "deja monitor commands:
+  monitor when    the number of the event the replay is at (`deja dump` lists events)
+  monitor help    this list";
+
+impl MonitorCmd for ReplayTarget {
+    fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), Self::Error> {
+        let cmd = String::from_utf8_lossy(cmd);
+        match cmd.trim() {
+            "when" => outputln!(out, "Current event: {}", self.replay_ref().when()),
+            "help" | "" => outputln!(out, "{HELP}"),
+            other => outputln!(out, "deja: unknown monitor command `{other}`\n{HELP}"),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_clamped() {
+        let mut buf = [0u8; 8];
+        assert_eq!(copy_part(b"abcdef", 2, 3, &mut buf), 3);
+        assert_eq!(&buf[..3], b"cde");
+        assert_eq!(copy_part(b"abcdef", 4, 100, &mut buf), 2);
+        assert_eq!(copy_part(b"abcdef", 9, 100, &mut buf), 0);
+    }
+}

@@ -1,0 +1,415 @@
+//! The replay as a gdbstub target: threads, registers, memory, breakpoints, watchpoints and
+//! resuming, all answered by a [`DebugReplay`].
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use gdbstub::common::{Pid, Signal, Tid};
+use gdbstub::stub::MultiThreadStopReason;
+use gdbstub::target::ext::base::multithread::{
+    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
+    MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
+};
+use gdbstub::target::ext::base::single_register_access::{
+    SingleRegisterAccess, SingleRegisterAccessOps,
+};
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::breakpoints::{
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+    SwBreakpoint, SwBreakpointOps, WatchKind,
+};
+use gdbstub::target::ext::extended_mode::{
+    Args, AttachKind, CurrentActivePid, CurrentActivePidOps, ExtendedMode, ExtendedModeOps,
+    ShouldTerminate,
+};
+use gdbstub::target::ext::thread_extra_info::{ThreadExtraInfo, ThreadExtraInfoOps};
+use gdbstub::target::{Target, TargetError, TargetResult};
+use replayer::{DebugOptions, DebugReplay, Halt, HwPoint, Resume};
+
+use crate::arch::{RegId, Registers, X86_64Linux};
+
+/// A debugged replay, as gdb sees it.
+pub struct ReplayTarget {
+    replay: DebugReplay,
+    /// The trace, to start over (gdb's `run`).
+    dir: PathBuf,
+    opts: DebugOptions,
+    /// The thread gdb asked to single-step in the coming resume, if any.
+    step: Option<trace_format::Tid>,
+    /// The last halt, for gdb's `?` after a restart.
+    pub(crate) last_halt: Halt,
+}
+
+impl ReplayTarget {
+    /// Starts the replay of `dir` at the position `opts` asks for.
+    pub fn open(dir: PathBuf, opts: DebugOptions) -> anyhow::Result<Self> {
+        let (replay, halt) = DebugReplay::open(&dir, &opts)?;
+        Ok(ReplayTarget {
+            replay,
+            dir,
+            opts,
+            step: None,
+            last_halt: halt,
+        })
+    }
+
+    /// The replay.
+    pub fn replay(&mut self) -> &mut DebugReplay {
+        &mut self.replay
+    }
+
+    /// Runs the replay as gdb's last resume asked, until it halts.
+    pub(crate) fn run(&mut self) -> anyhow::Result<Halt> {
+        let how = match self.step.take() {
+            Some(tid) => Resume::Step(tid),
+            None => Resume::Continue,
+        };
+        let halt = self.replay.resume(how)?;
+        self.last_halt = halt;
+        Ok(halt)
+    }
+
+    /// The stop reply for `halt`.
+    pub(crate) fn stop_reason(&self, halt: Halt) -> MultiThreadStopReason<u64> {
+        let trap = |tid| MultiThreadStopReason::SignalWithThread {
+            tid: gdb_tid(tid),
+            signal: Signal::SIGTRAP,
+        };
+        match halt {
+            Halt::Breakpoint(tid) => MultiThreadStopReason::SwBreak(gdb_tid(tid)),
+            Halt::HwBreakpoint(tid) => MultiThreadStopReason::HwBreak(gdb_tid(tid)),
+            Halt::Watch { tid, kind, addr } => MultiThreadStopReason::Watch {
+                tid: gdb_tid(tid),
+                kind: match kind {
+                    replayer::WatchKind::Write => WatchKind::Write,
+                    replayer::WatchKind::Read => WatchKind::Read,
+                    replayer::WatchKind::Access => WatchKind::ReadWrite,
+                },
+                addr,
+            },
+            Halt::Step(tid) | Halt::Reached(tid) => trap(tid),
+            Halt::Signal { tid, signo } => MultiThreadStopReason::SignalWithThread {
+                tid: gdb_tid(tid),
+                signal: Signal(signo as u8),
+            },
+            Halt::Interrupted(tid) => MultiThreadStopReason::SignalWithThread {
+                tid: gdb_tid(tid),
+                signal: Signal::SIGINT,
+            },
+            Halt::Exited(trace_format::ExitStatus::Exited(code)) => {
+                MultiThreadStopReason::Exited(code as u8)
+            }
+            Halt::Exited(trace_format::ExitStatus::Signaled(sig)) => {
+                MultiThreadStopReason::Terminated(Signal(sig as u8))
+            }
+            Halt::End => MultiThreadStopReason::SignalWithThread {
+                tid: gdb_tid(self.replay.current_thread()),
+                signal: Signal::SIGKILL,
+            },
+        }
+    }
+
+    fn registers(&self, tid: Tid) -> anyhow::Result<Registers> {
+        let tid = recorded_tid(tid);
+        let t = self.replay.thread(tid)?;
+        Ok(Registers {
+            gpr: t.regs()?,
+            fp: t.fp_regs()?,
+        })
+    }
+}
+
+/// gdb's id for recorded task `tid`.
+pub(crate) fn gdb_tid(tid: trace_format::Tid) -> Tid {
+    NonZeroUsize::new(tid.max(1) as usize).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// The recorded task gdb calls `tid`.
+fn recorded_tid(tid: Tid) -> trace_format::Tid {
+    tid.get() as trace_format::Tid
+}
+
+/// Says why gdb may not change the replay, on deja's terminal (gdb only shows an error
+/// number).
+fn refuse_write(what: &str) -> TargetError<anyhow::Error> {
+    eprintln!(
+        "deja: refusing to write {what}: a replay must stay exactly the recorded execution \
+         (set breakpoints and watchpoints freely; values cannot be changed)"
+    );
+    TargetError::Errno(libc::EPERM as u8)
+}
+
+impl Target for ReplayTarget {
+    type Arch = X86_64Linux;
+    type Error = anyhow::Error;
+
+    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
+        BaseOps::MultiThread(self)
+    }
+
+    fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
+        true
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_monitor_cmd(
+        &mut self,
+    ) -> Option<gdbstub::target::ext::monitor_cmd::MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_extended_mode(&mut self) -> Option<ExtendedModeOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_exec_file(&mut self) -> Option<gdbstub::target::ext::exec_file::ExecFileOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_auxv(&mut self) -> Option<gdbstub::target::ext::auxv::AuxvOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadBase for ReplayTarget {
+    fn read_registers(&mut self, regs: &mut Registers, tid: Tid) -> TargetResult<(), Self> {
+        *regs = self.registers(tid).map_err(TargetError::Fatal)?;
+        Ok(())
+    }
+
+    fn write_registers(&mut self, regs: &Registers, tid: Tid) -> TargetResult<(), Self> {
+        let now = self.registers(tid).map_err(TargetError::Fatal)?;
+        if now == *regs {
+            return Ok(());
+        }
+        Err(refuse_write("registers"))
+    }
+
+    fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
+        Some(self)
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8], _tid: Tid) -> TargetResult<usize, Self> {
+        match self.replay.read_mem(start, data) {
+            0 if !data.is_empty() => Err(TargetError::Errno(libc::EFAULT as u8)),
+            n => Ok(n),
+        }
+    }
+
+    fn write_addrs(&mut self, start: u64, data: &[u8], _tid: Tid) -> TargetResult<(), Self> {
+        let mut now = vec![0u8; data.len()];
+        if self.replay.read_mem(start, &mut now) == data.len() && now == data {
+            return Ok(());
+        }
+        Err(refuse_write(&format!("memory at {start:#x}")))
+    }
+
+    fn list_active_threads(
+        &mut self,
+        thread_is_active: &mut dyn FnMut(Tid),
+    ) -> Result<(), Self::Error> {
+        for tid in self.replay.threads() {
+            thread_is_active(gdb_tid(tid));
+        }
+        Ok(())
+    }
+
+    fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_thread_extra_info(&mut self) -> Option<ThreadExtraInfoOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleRegisterAccess<Tid> for ReplayTarget {
+    fn read_register(&mut self, tid: Tid, reg: RegId, buf: &mut [u8]) -> TargetResult<usize, Self> {
+        let regs = self.registers(tid).map_err(TargetError::Fatal)?;
+        regs.read_reg(reg, buf).ok_or(TargetError::NonFatal)
+    }
+
+    fn write_register(&mut self, tid: Tid, reg: RegId, val: &[u8]) -> TargetResult<(), Self> {
+        let regs = self.registers(tid).map_err(TargetError::Fatal)?;
+        let mut changed = regs.clone();
+        changed.write_reg(reg, val).map_err(|_| TargetError::NonFatal)?;
+        // gdb writes orig_rax = -1 when it restarts a call; the replay restarts nothing.
+        if changed == regs || reg == RegId::OrigRax {
+            return Ok(());
+        }
+        Err(refuse_write("a register"))
+    }
+}
+
+impl MultiThreadResume for ReplayTarget {
+    fn resume(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
+        self.step = None;
+        Ok(())
+    }
+
+    fn set_resume_action_continue(
+        &mut self,
+        _tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), Self::Error> {
+        // The signal gdb passes is the recorded one (or one it wants suppressed): the replay
+        // delivers what the recording delivered either way.
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadSingleStep for ReplayTarget {
+    fn set_resume_action_step(
+        &mut self,
+        tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), Self::Error> {
+        self.step = Some(recorded_tid(tid));
+        Ok(())
+    }
+}
+
+impl MultiThreadSchedulerLocking for ReplayTarget {
+    fn set_resume_action_scheduler_lock(&mut self) -> Result<(), Self::Error> {
+        // Other threads run when the recording has them run: a replay cannot hold them back
+        // (rr behaves the same). Halts still come from any thread of the debugged process.
+        Ok(())
+    }
+}
+
+impl ThreadExtraInfo for ReplayTarget {
+    fn thread_extra_info(&self, tid: Tid, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        let name = self
+            .replay
+            .thread_name(recorded_tid(tid))
+            .unwrap_or_default();
+        let n = name.len().min(buf.len());
+        buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Ok(n)
+    }
+}
+
+impl Breakpoints for ReplayTarget {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SwBreakpoint for ReplayTarget {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.replay.add_breakpoint(addr).map_err(TargetError::Fatal)
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.replay.remove_breakpoint(addr).map_err(TargetError::Fatal)
+    }
+}
+
+fn hw_point(addr: u64, len: u64, kind: Option<WatchKind>) -> HwPoint {
+    HwPoint {
+        addr,
+        len,
+        watch: kind.map(|k| match k {
+            WatchKind::Write => replayer::WatchKind::Write,
+            WatchKind::Read => replayer::WatchKind::Read,
+            WatchKind::ReadWrite => replayer::WatchKind::Access,
+        }),
+    }
+}
+
+impl HwBreakpoint for ReplayTarget {
+    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.replay.add_hw_point(hw_point(addr, 1, None)))
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.replay.remove_hw_point(hw_point(addr, 1, None)))
+    }
+}
+
+impl HwWatchpoint for ReplayTarget {
+    fn add_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
+        Ok(self.replay.add_hw_point(hw_point(addr, len, Some(kind))))
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        Ok(self.replay.remove_hw_point(hw_point(addr, len, Some(kind))))
+    }
+}
+
+impl ExtendedMode for ReplayTarget {
+    /// gdb's `run`: the replay starts over from where it first started.
+    fn run(&mut self, _filename: Option<&[u8]>, _args: Args<'_, '_>) -> TargetResult<Pid, Self> {
+        let (replay, halt) =
+            DebugReplay::open(&self.dir, &self.opts).map_err(TargetError::Fatal)?;
+        // The old replay's tasks are killed when it is dropped here.
+        self.replay = replay;
+        self.last_halt = halt;
+        self.step = None;
+        Ok(gdb_pid(self.replay.process()))
+    }
+
+    fn attach(&mut self, _pid: Pid) -> TargetResult<(), Self> {
+        eprintln!("deja: a replay cannot attach to other processes (use `deja replay -p PID`)");
+        Err(TargetError::NonFatal)
+    }
+
+    fn query_if_attached(&mut self, _pid: Pid) -> TargetResult<AttachKind, Self> {
+        // "Attached": gdb's `quit` then detaches instead of killing, which ends the session.
+        Ok(AttachKind::Attach)
+    }
+
+    fn kill(&mut self, _pid: Option<Pid>) -> TargetResult<ShouldTerminate, Self> {
+        Ok(ShouldTerminate::Yes)
+    }
+
+    fn restart(&mut self) -> Result<(), Self::Error> {
+        let (replay, halt) = DebugReplay::open(&self.dir, &self.opts)?;
+        self.replay = replay;
+        self.last_halt = halt;
+        self.step = None;
+        Ok(())
+    }
+
+    fn support_current_active_pid(&mut self) -> Option<CurrentActivePidOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl CurrentActivePid for ReplayTarget {
+    fn current_active_pid(&mut self) -> Result<Pid, Self::Error> {
+        Ok(gdb_pid(self.replay.process()))
+    }
+}
+
+fn gdb_pid(pid: trace_format::Tid) -> Pid {
+    gdb_tid(pid)
+}
