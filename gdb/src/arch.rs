@@ -1,0 +1,814 @@
+//! The x86-64 Linux architecture as gdb sees a deja task: gdb's register numbers, the `g`
+//! packet layout, and the target description that tells gdb about them.
+//!
+//! `gdbstub_arch`'s x86-64 lacks `orig_rax` (which gdb needs to restart interrupted syscalls
+//! correctly), `fs_base`/`gs_base` (thread-local storage) and the AVX upper halves, hence this
+//! one. The registers follow gdb's own `amd64-avx-linux` description: the features
+//! `org.gnu.gdb.i386.core`, `.sse`, `.linux`, `.segments` and `.avx`, in that order, numbered
+//! 0–75 as gdb numbers them in the remote protocol.
+
+use std::fmt::Write as _;
+use std::num::NonZeroUsize;
+use std::sync::OnceLock;
+
+use tracee::xregs::FpRegs;
+use tracee::Regs;
+
+/// The x86-64 Linux architecture with AVX, for `gdbstub`.
+#[derive(Debug)]
+pub enum X86_64Linux {}
+
+impl gdbstub::arch::Arch for X86_64Linux {
+    type Usize = u64;
+    type Registers = Registers;
+    type BreakpointKind = usize;
+    type RegId = RegId;
+
+    fn target_description_xml() -> Option<&'static str> {
+        Some(target_description())
+    }
+}
+
+/// Number of registers gdb knows here (remote numbers 0 to `NUM_REGS - 1`).
+pub const NUM_REGS: usize = 76;
+
+/// Size in bytes of a `g` packet's register data (before hex encoding).
+pub const G_PACKET_SIZE: usize = 816;
+
+/// A register, by what gdb calls it. Index payloads are positions in gdb's order; a
+/// `RegId` built by hand with an index out of range is refused by [`Registers::read_reg`] and
+/// [`Registers::write_reg`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegId {
+    /// A general register, 0–15: rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, r8 … r15 (gdb
+    /// numbers 0–15; note gdb's order is not the kernel's).
+    Gpr(u8),
+    /// rip (16).
+    Rip,
+    /// eflags, 32 bits (17).
+    Eflags,
+    /// A segment selector, 32 bits, 0–5: cs, ss, ds, es, fs, gs (18–23).
+    Segment(u8),
+    /// st0–st7, 80 bits (24–31).
+    St(u8),
+    /// fctrl, 32 bits (32).
+    Fctrl,
+    /// fstat, 32 bits (33).
+    Fstat,
+    /// ftag, the full i387 tag word, 32 bits (34).
+    Ftag,
+    /// fiseg, 32 bits (35).
+    Fiseg,
+    /// fioff, 32 bits (36).
+    Fioff,
+    /// foseg, 32 bits (37).
+    Foseg,
+    /// fooff, 32 bits (38).
+    Fooff,
+    /// fop, 32 bits (39).
+    Fop,
+    /// xmm0–xmm15, 128 bits (40–55).
+    Xmm(u8),
+    /// mxcsr, 32 bits (56).
+    Mxcsr,
+    /// orig_rax: the syscall number at a syscall stop, -1 otherwise (57).
+    OrigRax,
+    /// fs_base (58).
+    FsBase,
+    /// gs_base (59).
+    GsBase,
+    /// ymm0h–ymm15h: bits 128–255 of ymm0–ymm15 (60–75).
+    Ymmh(u8),
+}
+
+impl RegId {
+    /// The register gdb numbers `n` in the remote protocol.
+    pub fn from_gdb_number(n: usize) -> Option<RegId> {
+        let i = |base: usize| (n - base) as u8;
+        Some(match n {
+            0..=15 => RegId::Gpr(i(0)),
+            16 => RegId::Rip,
+            17 => RegId::Eflags,
+            18..=23 => RegId::Segment(i(18)),
+            24..=31 => RegId::St(i(24)),
+            32 => RegId::Fctrl,
+            33 => RegId::Fstat,
+            34 => RegId::Ftag,
+            35 => RegId::Fiseg,
+            36 => RegId::Fioff,
+            37 => RegId::Foseg,
+            38 => RegId::Fooff,
+            39 => RegId::Fop,
+            40..=55 => RegId::Xmm(i(40)),
+            56 => RegId::Mxcsr,
+            57 => RegId::OrigRax,
+            58 => RegId::FsBase,
+            59 => RegId::GsBase,
+            60..=75 => RegId::Ymmh(i(60)),
+            _ => return None,
+        })
+    }
+
+    /// gdb's remote number of this register (meaningless for an out-of-range index, see
+    /// [`RegId::is_valid`]).
+    pub fn gdb_number(self) -> usize {
+        match self {
+            RegId::Gpr(i) => usize::from(i),
+            RegId::Rip => 16,
+            RegId::Eflags => 17,
+            RegId::Segment(i) => 18 + usize::from(i),
+            RegId::St(i) => 24 + usize::from(i),
+            RegId::Fctrl => 32,
+            RegId::Fstat => 33,
+            RegId::Ftag => 34,
+            RegId::Fiseg => 35,
+            RegId::Fioff => 36,
+            RegId::Foseg => 37,
+            RegId::Fooff => 38,
+            RegId::Fop => 39,
+            RegId::Xmm(i) => 40 + usize::from(i),
+            RegId::Mxcsr => 56,
+            RegId::OrigRax => 57,
+            RegId::FsBase => 58,
+            RegId::GsBase => 59,
+            RegId::Ymmh(i) => 60 + usize::from(i),
+        }
+    }
+
+    /// Whether the index of this register, if it has one, is in range.
+    pub fn is_valid(self) -> bool {
+        RegId::from_gdb_number(self.gdb_number()) == Some(self)
+    }
+
+    /// Size in bytes, as the target description declares it.
+    pub fn size(self) -> usize {
+        match self {
+            RegId::Gpr(_) | RegId::Rip | RegId::OrigRax | RegId::FsBase | RegId::GsBase => 8,
+            RegId::Eflags
+            | RegId::Segment(_)
+            | RegId::Fctrl
+            | RegId::Fstat
+            | RegId::Ftag
+            | RegId::Fiseg
+            | RegId::Fioff
+            | RegId::Foseg
+            | RegId::Fooff
+            | RegId::Fop
+            | RegId::Mxcsr => 4,
+            RegId::St(_) => 10,
+            RegId::Xmm(_) | RegId::Ymmh(_) => 16,
+        }
+    }
+
+    /// The register's name, type and group in the target description.
+    fn describe(self) -> (String, &'static str, Option<&'static str>) {
+        const GPR: [&str; 16] = [
+            "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
+            "r12", "r13", "r14", "r15",
+        ];
+        const SEGMENT: [&str; 6] = ["cs", "ss", "ds", "es", "fs", "gs"];
+        let x87 = |name: &str| (name.to_string(), "int", Some("float"));
+        match self {
+            RegId::Gpr(i @ (6 | 7)) => (GPR[usize::from(i)].into(), "data_ptr", None),
+            RegId::Gpr(i) => (GPR[usize::from(i)].into(), "int64", None),
+            RegId::Rip => ("rip".into(), "code_ptr", None),
+            RegId::Eflags => ("eflags".into(), "i386_eflags", None),
+            RegId::Segment(i) => (SEGMENT[usize::from(i)].into(), "int32", None),
+            RegId::St(i) => (format!("st{i}"), "i387_ext", None),
+            RegId::Fctrl => x87("fctrl"),
+            RegId::Fstat => x87("fstat"),
+            RegId::Ftag => x87("ftag"),
+            RegId::Fiseg => x87("fiseg"),
+            RegId::Fioff => x87("fioff"),
+            RegId::Foseg => x87("foseg"),
+            RegId::Fooff => x87("fooff"),
+            RegId::Fop => x87("fop"),
+            RegId::Xmm(i) => (format!("xmm{i}"), "vec128", None),
+            RegId::Mxcsr => ("mxcsr".into(), "i386_mxcsr", Some("vector")),
+            RegId::OrigRax => ("orig_rax".into(), "int", None),
+            RegId::FsBase => ("fs_base".into(), "int", None),
+            RegId::GsBase => ("gs_base".into(), "int", None),
+            RegId::Ymmh(i) => (format!("ymm{i}h"), "uint128", None),
+        }
+    }
+}
+
+impl gdbstub::arch::RegId for RegId {
+    fn from_raw_id(id: usize) -> Option<(Self, Option<NonZeroUsize>)> {
+        let r = RegId::from_gdb_number(id)?;
+        Some((r, NonZeroUsize::new(r.size())))
+    }
+
+    fn to_raw_id(&self) -> Option<usize> {
+        self.is_valid().then(|| self.gdb_number())
+    }
+}
+
+/// A register value of the wrong size, or a [`RegId`] out of range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadRegWrite {
+    /// The register.
+    pub reg: RegId,
+    /// The number of bytes given.
+    pub len: usize,
+}
+
+impl std::fmt::Display for BadRegWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.reg.is_valid() {
+            write!(
+                f,
+                "register {:?} takes {} bytes, not {}",
+                self.reg,
+                self.reg.size(),
+                self.len
+            )
+        } else {
+            write!(f, "there is no register {:?}", self.reg)
+        }
+    }
+}
+
+impl std::error::Error for BadRegWrite {}
+
+/// Every register gdb sees: the general registers and the x87/SSE/AVX state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registers {
+    /// The general registers (with `orig_rax`, `fs_base` and `gs_base`).
+    pub gpr: Regs,
+    /// The x87, SSE and AVX registers.
+    pub fp: FpRegs,
+}
+
+impl Default for Registers {
+    fn default() -> Self {
+        Registers {
+            gpr: tracee::regs::from_words(&[0; tracee::regs::REGS_WORDS]),
+            fp: FpRegs::default(),
+        }
+    }
+}
+
+/// A 64-bit register's field.
+fn u64_field(g: &mut Regs, id: RegId) -> Option<&mut u64> {
+    Some(match id {
+        RegId::Gpr(i) => match i {
+            0 => &mut g.rax,
+            1 => &mut g.rbx,
+            2 => &mut g.rcx,
+            3 => &mut g.rdx,
+            4 => &mut g.rsi,
+            5 => &mut g.rdi,
+            6 => &mut g.rbp,
+            7 => &mut g.rsp,
+            8 => &mut g.r8,
+            9 => &mut g.r9,
+            10 => &mut g.r10,
+            11 => &mut g.r11,
+            12 => &mut g.r12,
+            13 => &mut g.r13,
+            14 => &mut g.r14,
+            15 => &mut g.r15,
+            _ => return None,
+        },
+        RegId::Rip => &mut g.rip,
+        RegId::OrigRax => &mut g.orig_rax,
+        RegId::FsBase => &mut g.fs_base,
+        RegId::GsBase => &mut g.gs_base,
+        // Kept as 64 bits by the kernel, 32 in gdb's view.
+        RegId::Eflags => &mut g.eflags,
+        RegId::Segment(i) => match i {
+            0 => &mut g.cs,
+            1 => &mut g.ss,
+            2 => &mut g.ds,
+            3 => &mut g.es,
+            4 => &mut g.fs,
+            5 => &mut g.gs,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// A 32-bit x87 or SSE control register's field.
+fn u32_field(fp: &mut FpRegs, id: RegId) -> Option<&mut u32> {
+    Some(match id {
+        RegId::Fctrl => &mut fp.fctrl,
+        RegId::Fstat => &mut fp.fstat,
+        RegId::Ftag => &mut fp.ftag,
+        RegId::Fiseg => &mut fp.fiseg,
+        RegId::Fioff => &mut fp.fioff,
+        RegId::Foseg => &mut fp.foseg,
+        RegId::Fooff => &mut fp.fooff,
+        RegId::Fop => &mut fp.fop,
+        RegId::Mxcsr => &mut fp.mxcsr,
+        _ => return None,
+    })
+}
+
+/// [`Registers::read_reg`] from a register set the caller lets us borrow mutably (it is not
+/// changed).
+fn read_from(r: &mut Registers, id: RegId, out: &mut [u8]) -> Option<usize> {
+    let size = id.size();
+    let out = out.get_mut(..size)?;
+    if let Some(v) = u64_field(&mut r.gpr, id) {
+        out.copy_from_slice(&v.to_le_bytes()[..size]);
+    } else if let Some(v) = u32_field(&mut r.fp, id) {
+        out.copy_from_slice(&v.to_le_bytes());
+    } else {
+        out.copy_from_slice(bytes_field(&mut r.fp, id)?);
+    }
+    Some(size)
+}
+
+/// A register's bytes (for `St`, `Xmm` and `Ymmh`).
+fn bytes_field(fp: &mut FpRegs, id: RegId) -> Option<&mut [u8]> {
+    match id {
+        RegId::St(i) => fp.st.get_mut(usize::from(i)).map(|r| &mut r[..]),
+        RegId::Xmm(i) => fp.xmm.get_mut(usize::from(i)).map(|r| &mut r[..]),
+        RegId::Ymmh(i) => fp.ymmh.get_mut(usize::from(i)).map(|r| &mut r[..]),
+        _ => None,
+    }
+}
+
+impl Registers {
+    /// Writes register `id`, little-endian and of the size the target description declares,
+    /// to the start of `out`; returns its size, or `None` if `out` is too small or `id` out of
+    /// range.
+    pub fn read_reg(&self, id: RegId, out: &mut [u8]) -> Option<usize> {
+        // The field accessors hand out mutable references: read from a copy.
+        read_from(&mut { *self }, id, out)
+    }
+
+    /// Sets register `id` from `val`, little-endian, which must have the size the target
+    /// description declares. 32-bit views of 64-bit kernel fields (eflags, segment selectors)
+    /// are zero-extended.
+    pub fn write_reg(&mut self, id: RegId, val: &[u8]) -> Result<(), BadRegWrite> {
+        let bad = BadRegWrite {
+            reg: id,
+            len: val.len(),
+        };
+        if val.len() != id.size() || !id.is_valid() {
+            return Err(bad);
+        }
+        if let Some(v) = u64_field(&mut self.gpr, id) {
+            let mut w = [0; 8];
+            w[..val.len()].copy_from_slice(val);
+            *v = u64::from_le_bytes(w);
+        } else if let Some(v) = u32_field(&mut self.fp, id) {
+            *v = u32::from_le_bytes([val[0], val[1], val[2], val[3]]);
+        } else {
+            bytes_field(&mut self.fp, id)
+                .ok_or(bad)?
+                .copy_from_slice(val);
+        }
+        Ok(())
+    }
+}
+
+impl gdbstub::arch::Registers for Registers {
+    type ProgramCounter = u64;
+
+    fn pc(&self) -> u64 {
+        self.gpr.rip
+    }
+
+    fn gdb_serialize(&self, mut write_byte: impl FnMut(Option<u8>)) {
+        let mut buf = [0u8; 16];
+        let mut copy = *self;
+        for id in (0..NUM_REGS).filter_map(RegId::from_gdb_number) {
+            // In range by construction, and `buf` holds the largest register.
+            let n = read_from(&mut copy, id, &mut buf).unwrap_or(0);
+            buf[..n].iter().for_each(|&b| write_byte(Some(b)));
+        }
+    }
+
+    fn gdb_deserialize(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        if bytes.len() != G_PACKET_SIZE {
+            return Err(());
+        }
+        let mut new = *self;
+        let mut rest = bytes;
+        for id in (0..NUM_REGS).filter_map(RegId::from_gdb_number) {
+            let (val, tail) = rest.split_at(id.size());
+            new.write_reg(id, val).map_err(drop)?;
+            rest = tail;
+        }
+        *self = new;
+        Ok(())
+    }
+}
+
+/// The gdb features, in order, each with its register numbers and the types it defines.
+const FEATURES: [(&str, std::ops::Range<usize>); 5] = [
+    ("org.gnu.gdb.i386.core", 0..40),
+    ("org.gnu.gdb.i386.sse", 40..57),
+    ("org.gnu.gdb.i386.linux", 57..58),
+    ("org.gnu.gdb.i386.segments", 58..60),
+    ("org.gnu.gdb.i386.avx", 60..76),
+];
+
+/// The bits of eflags gdb names.
+const EFLAGS_BITS: [(&str, u8); 17] = [
+    ("CF", 0),
+    ("", 1),
+    ("PF", 2),
+    ("AF", 4),
+    ("ZF", 6),
+    ("SF", 7),
+    ("TF", 8),
+    ("IF", 9),
+    ("DF", 10),
+    ("OF", 11),
+    ("NT", 14),
+    ("RF", 16),
+    ("VM", 17),
+    ("AC", 18),
+    ("VIF", 19),
+    ("VIP", 20),
+    ("ID", 21),
+];
+
+/// The bits of mxcsr gdb names.
+const MXCSR_BITS: [(&str, u8); 14] = [
+    ("IE", 0),
+    ("DE", 1),
+    ("ZE", 2),
+    ("OE", 3),
+    ("UE", 4),
+    ("PE", 5),
+    ("DAZ", 6),
+    ("IM", 7),
+    ("DM", 8),
+    ("ZM", 9),
+    ("OM", 10),
+    ("UM", 11),
+    ("PM", 12),
+    ("FZ", 15),
+];
+
+/// The views of an xmm register. gdb 12 and later add bfloat16 and half-precision views;
+/// they are left out so that older gdbs, which do not know those types, accept the
+/// description.
+const VEC128_VIEWS: [(&str, &str, &str, u8); 6] = [
+    ("v4_float", "v4f", "ieee_single", 4),
+    ("v2_double", "v2d", "ieee_double", 2),
+    ("v16_int8", "v16i8", "int8", 16),
+    ("v8_int16", "v8i16", "int16", 8),
+    ("v4_int32", "v4i32", "int32", 4),
+    ("v2_int64", "v2i64", "int64", 2),
+];
+
+fn flags(xml: &mut String, id: &str, bits: &[(&str, u8)]) {
+    let _ = writeln!(xml, "    <flags id=\"{id}\" size=\"4\">");
+    for (name, bit) in bits {
+        let _ = writeln!(
+            xml,
+            "      <field name=\"{name}\" start=\"{bit}\" end=\"{bit}\"/>"
+        );
+    }
+    xml.push_str("    </flags>\n");
+}
+
+/// The target description: one document, gdb's amd64 Linux AVX description.
+pub fn target_description() -> &'static str {
+    static XML: OnceLock<String> = OnceLock::new();
+    XML.get_or_init(|| {
+        let mut xml = String::from(
+            "<?xml version=\"1.0\"?>\n\
+             <!DOCTYPE target SYSTEM \"gdb-target.dtd\">\n\
+             <target version=\"1.0\">\n  \
+             <architecture>i386:x86-64</architecture>\n  \
+             <osabi>GNU/Linux</osabi>\n",
+        );
+        for (feature, regs) in FEATURES {
+            let _ = writeln!(xml, "  <feature name=\"{feature}\">");
+            match feature {
+                "org.gnu.gdb.i386.core" => flags(&mut xml, "i386_eflags", &EFLAGS_BITS),
+                "org.gnu.gdb.i386.sse" => {
+                    for (_, id, ty, count) in VEC128_VIEWS {
+                        let _ = writeln!(
+                            xml,
+                            "    <vector id=\"{id}\" type=\"{ty}\" count=\"{count}\"/>"
+                        );
+                    }
+                    xml.push_str("    <union id=\"vec128\">\n");
+                    for (name, id, _, _) in VEC128_VIEWS {
+                        let _ = writeln!(xml, "      <field name=\"{name}\" type=\"{id}\"/>");
+                    }
+                    xml.push_str("      <field name=\"uint128\" type=\"uint128\"/>\n");
+                    xml.push_str("    </union>\n");
+                    flags(&mut xml, "i386_mxcsr", &MXCSR_BITS);
+                }
+                _ => {}
+            }
+            for id in regs.filter_map(RegId::from_gdb_number) {
+                let (name, ty, group) = id.describe();
+                let _ = write!(
+                    xml,
+                    "    <reg name=\"{name}\" bitsize=\"{}\" type=\"{ty}\" regnum=\"{}\"",
+                    id.size() * 8,
+                    id.gdb_number()
+                );
+                if let Some(g) = group {
+                    let _ = write!(xml, " group=\"{g}\"");
+                }
+                xml.push_str("/>\n");
+            }
+            xml.push_str("  </feature>\n");
+        }
+        xml.push_str("</target>\n");
+        xml
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gdbstub::arch::{Arch, RegId as _, Registers as _};
+
+    /// Registers with a distinct value in every byte gdb sees.
+    fn sample() -> Registers {
+        let mut r = Registers::default();
+        let mut k = 1u8;
+        for id in (0..NUM_REGS).filter_map(RegId::from_gdb_number) {
+            let v: Vec<u8> = (0..id.size())
+                .map(|_| {
+                    k = k.wrapping_add(37);
+                    k
+                })
+                .collect();
+            r.write_reg(id, &v).unwrap();
+        }
+        r
+    }
+
+    fn serialize(r: &Registers) -> Vec<u8> {
+        let mut out = Vec::new();
+        r.gdb_serialize(|b| out.push(b.expect("every register is available")));
+        out
+    }
+
+    #[test]
+    fn numbers_and_sizes() {
+        let sizes: Vec<usize> = (0..NUM_REGS)
+            .map(|n| {
+                let id = RegId::from_gdb_number(n).unwrap();
+                assert_eq!(id.gdb_number(), n);
+                assert!(id.is_valid());
+                assert_eq!(id.to_raw_id(), Some(n));
+                let (id2, size) = RegId::from_raw_id(n).unwrap();
+                assert_eq!(id2, id);
+                assert_eq!(size.map(NonZeroUsize::get), Some(id.size()));
+                id.size()
+            })
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), G_PACKET_SIZE);
+        assert_eq!(RegId::from_gdb_number(NUM_REGS), None);
+        assert!(!RegId::Gpr(16).is_valid());
+        assert!(!RegId::Ymmh(16).is_valid());
+        assert_eq!(RegId::from_gdb_number(57), Some(RegId::OrigRax));
+        assert_eq!(RegId::from_gdb_number(58), Some(RegId::FsBase));
+        assert_eq!(RegId::from_gdb_number(60), Some(RegId::Ymmh(0)));
+    }
+
+    #[test]
+    fn serialize_round_trip() {
+        let r = sample();
+        let bytes = serialize(&r);
+        assert_eq!(bytes.len(), G_PACKET_SIZE);
+        let mut back = Registers::default();
+        back.gdb_deserialize(&bytes).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(serialize(&back), bytes);
+
+        let before = back;
+        assert!(back.gdb_deserialize(&bytes[..G_PACKET_SIZE - 1]).is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(back.gdb_deserialize(&long).is_err());
+        assert!(back.gdb_deserialize(&[]).is_err());
+        assert_eq!(back, before);
+    }
+
+    #[test]
+    fn layout_puts_each_register_where_gdb_expects() {
+        let mut r = Registers::default();
+        r.gpr.rax = 0x1122_3344_5566_7788;
+        r.gpr.rbx = 2;
+        r.gpr.rsp = 7;
+        r.gpr.r15 = 15;
+        r.gpr.rip = 0x40_1000;
+        r.gpr.eflags = 0x246;
+        r.gpr.cs = 0x33;
+        r.gpr.gs = 0x1234;
+        r.gpr.orig_rax = u64::MAX;
+        r.gpr.fs_base = 0x7fff_0000_1000;
+        r.gpr.gs_base = 0x5a5a;
+        r.fp.st[0][9] = 0x3f;
+        r.fp.fctrl = 0x37f;
+        r.fp.fop = 0x7ff;
+        r.fp.xmm[0][0] = 0xee;
+        r.fp.xmm[15][15] = 0xef;
+        r.fp.mxcsr = 0x1f80;
+        r.fp.ymmh[0][0] = 0xaa;
+        r.fp.ymmh[15][15] = 0xab;
+        assert_eq!(r.pc(), 0x40_1000);
+        let b = serialize(&r);
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        assert_eq!(u64_at(0), 0x1122_3344_5566_7788);
+        assert_eq!(u64_at(8), 2);
+        assert_eq!(u64_at(56), 7);
+        assert_eq!(u64_at(120), 15);
+        assert_eq!(u64_at(128), 0x40_1000);
+        assert_eq!(u32_at(136), 0x246);
+        assert_eq!(u32_at(140), 0x33);
+        assert_eq!(u32_at(160), 0x1234);
+        assert_eq!(b[164 + 9], 0x3f);
+        assert_eq!(u32_at(244), 0x37f);
+        assert_eq!(u32_at(272), 0x7ff);
+        assert_eq!(b[276], 0xee);
+        assert_eq!(b[276 + 16 * 16 - 1], 0xef);
+        assert_eq!(u32_at(532), 0x1f80);
+        assert_eq!(u64_at(536), u64::MAX);
+        assert_eq!(u64_at(544), 0x7fff_0000_1000);
+        assert_eq!(u64_at(552), 0x5a5a);
+        assert_eq!(b[560], 0xaa);
+        assert_eq!(b[815], 0xab);
+    }
+
+    #[test]
+    fn single_registers_match_the_g_packet() {
+        let r = sample();
+        let g = serialize(&r);
+        let mut offset = 0;
+        for n in 0..NUM_REGS {
+            let id = RegId::from_gdb_number(n).unwrap();
+            let mut buf = [0u8; 16];
+            let len = r.read_reg(id, &mut buf).unwrap();
+            assert_eq!(&buf[..len], &g[offset..offset + len], "register {n}");
+            // Writing one register changes exactly its bytes of the g packet.
+            let mut w = r;
+            let new = vec![0x5au8; len];
+            w.write_reg(id, &new).unwrap();
+            let g2 = serialize(&w);
+            assert_eq!(&g2[offset..offset + len], &new[..]);
+            assert_eq!(&g2[..offset], &g[..offset]);
+            assert_eq!(&g2[offset + len..], &g[offset + len..]);
+            assert!(w.write_reg(id, &new[1..]).is_err());
+            assert_eq!(r.read_reg(id, &mut buf[..len - 1]), None);
+            offset += len;
+        }
+        assert_eq!(offset, G_PACKET_SIZE);
+        let mut w = r;
+        assert!(w.write_reg(RegId::Xmm(16), &[0; 16]).is_err());
+        assert_eq!(r.read_reg(RegId::Segment(6), &mut [0; 16]), None);
+    }
+
+    #[test]
+    fn write_zero_extends_32_bit_views() {
+        let mut r = Registers::default();
+        r.gpr.eflags = u64::MAX;
+        r.write_reg(RegId::Eflags, &0x202u32.to_le_bytes()).unwrap();
+        assert_eq!(r.gpr.eflags, 0x202);
+        r.write_reg(RegId::Segment(0), &0x33u32.to_le_bytes())
+            .unwrap();
+        assert_eq!(r.gpr.cs, 0x33);
+    }
+
+    /// Every tag of `xml`, in order: (name, is closing, is self-closing).
+    fn tags(xml: &str) -> Vec<(String, bool, bool)> {
+        let mut out = Vec::new();
+        let mut rest = xml;
+        while let Some(start) = rest.find('<') {
+            let end = rest[start..].find('>').expect("unterminated tag") + start;
+            let tag = &rest[start + 1..end];
+            rest = &rest[end + 1..];
+            if tag.starts_with('?') || tag.starts_with('!') {
+                continue;
+            }
+            let closing = tag.starts_with('/');
+            let self_closing = tag.ends_with('/');
+            let name = tag
+                .trim_start_matches('/')
+                .split(|c: char| c.is_whitespace() || c == '/')
+                .next()
+                .unwrap()
+                .to_string();
+            out.push((name, closing, self_closing));
+        }
+        out
+    }
+
+    /// The value of attribute `attr` in the tag text `tag`.
+    fn attr<'a>(tag: &'a str, attr: &str) -> Option<&'a str> {
+        let key = format!(" {attr}=\"");
+        let start = tag.find(&key)? + key.len();
+        Some(&tag[start..start + tag[start..].find('"')?])
+    }
+
+    #[test]
+    fn description_is_well_formed_and_matches_the_layout() {
+        let xml = X86_64Linux::target_description_xml().unwrap();
+        assert!(!xml.contains("xi:include"));
+        assert!(xml.contains("<architecture>i386:x86-64</architecture>"));
+        assert!(xml.contains("<osabi>GNU/Linux</osabi>"));
+        let mut stack = Vec::new();
+        for (name, closing, self_closing) in tags(xml) {
+            if closing {
+                assert_eq!(stack.pop(), Some(name));
+            } else if !self_closing {
+                stack.push(name);
+            }
+        }
+        assert!(stack.is_empty(), "unclosed: {stack:?}");
+
+        let regs: Vec<&str> = xml
+            .split("<reg ")
+            .skip(1)
+            .map(|s| &s[..s.find("/>").unwrap()])
+            .collect();
+        assert_eq!(regs.len(), NUM_REGS);
+        for (n, tag) in regs.iter().enumerate() {
+            let id = RegId::from_gdb_number(n).unwrap();
+            let tag = format!(" {tag}");
+            assert_eq!(attr(&tag, "regnum"), Some(n.to_string().as_str()));
+            assert_eq!(
+                attr(&tag, "bitsize"),
+                Some((id.size() * 8).to_string().as_str())
+            );
+            assert_eq!(attr(&tag, "name"), Some(id.describe().0.as_str()));
+        }
+        for name in [
+            "orig_rax", "fs_base", "gs_base", "ymm0h", "ymm15h", "st7", "mxcsr",
+        ] {
+            assert!(xml.contains(&format!("name=\"{name}\"")), "{name}");
+        }
+        for ty in ["vec128", "i387_ext", "i386_eflags", "i386_mxcsr"] {
+            assert!(xml.contains(&format!("type=\"{ty}\"")), "{ty}");
+        }
+    }
+
+    /// gdb itself reads the description: it must accept it, number the registers as we do and
+    /// put each at the `g` packet offset `gdb_serialize` uses.
+    #[test]
+    fn gdb_agrees_with_the_layout() {
+        let dir = std::env::temp_dir().join(format!("deja-gdb-arch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("target.xml");
+        std::fs::write(&file, target_description()).unwrap();
+        let out = std::process::Command::new("gdb")
+            .args(["-nx", "-batch", "-ex"])
+            .arg(format!("set tdesc filename {}", file.display()))
+            .args(["-ex", "maint print remote-registers"])
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                println!("note: skipping, cannot run gdb: {e}");
+                return;
+            }
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "gdb failed: {stderr}");
+        let complaint = stderr.to_lowercase();
+        assert!(
+            !complaint.contains("error") && !complaint.contains("warning"),
+            "gdb complained: {stderr}"
+        );
+
+        // Columns: Name Nr Rel Offset Size Type Rmt-Nr g/G-Offset; the last two are present
+        // for registers the remote side transfers.
+        let mut seen = vec![None; NUM_REGS];
+        for line in stdout.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                continue;
+            }
+            let (Ok(size), Ok(rmt), Ok(goff)) = (
+                f[4].parse::<usize>(),
+                f[f.len() - 2].parse::<usize>(),
+                f[f.len() - 1].parse::<usize>(),
+            ) else {
+                continue;
+            };
+            assert!(rmt < NUM_REGS, "gdb expects remote register {rmt}: {line}");
+            seen[rmt] = Some((f[0].to_string(), size, goff));
+        }
+        let mut offset = 0;
+        for (n, s) in seen.iter().enumerate() {
+            let id = RegId::from_gdb_number(n).unwrap();
+            let (name, size, goff) = s
+                .clone()
+                .unwrap_or_else(|| panic!("gdb does not transfer register {n}:\n{stdout}"));
+            assert_eq!(name, id.describe().0, "register {n}");
+            assert_eq!(size, id.size(), "size of {name}");
+            assert_eq!(goff, offset, "g packet offset of {name}");
+            offset += size;
+        }
+        assert_eq!(offset, G_PACKET_SIZE);
+    }
+}
