@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use recorder::{RecordOptions, TraceDest};
-use replayer::ReplayOptions;
+use replayer::{DebugOptions, ReplayOptions};
 use trace_format::TraceRoot;
 
-use crate::show;
+use crate::{debug, show};
 
 /// Record a Linux x86-64 program once, replay the exact same execution as often as needed.
 #[derive(Parser, Debug)]
@@ -43,6 +43,36 @@ enum Command {
         /// Do not echo what the program wrote to stdout and stderr.
         #[arg(short = 'q', long)]
         quiet: bool,
+        /// Only serve the replay to gdb on this port (do not launch gdb).
+        #[arg(
+            short = 's',
+            long = "dbgport",
+            value_name = "PORT",
+            conflicts_with = "autopilot"
+        )]
+        serve: Option<u16>,
+        /// Debug this process of the recording (a pid `deja ps` lists), from its first exec.
+        #[arg(
+            short = 'p',
+            long = "onprocess",
+            value_name = "PID",
+            conflicts_with = "autopilot"
+        )]
+        process: Option<i32>,
+        /// Start debugging after this event (`deja dump` numbers them).
+        #[arg(
+            short = 'g',
+            long = "goto",
+            value_name = "EVENT",
+            conflicts_with = "autopilot"
+        )]
+        event: Option<u64>,
+        /// Listen on this address instead of 127.0.0.1 (the server grants code execution).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+        host: String,
+        /// Arguments for the gdb deja launches (after `--`).
+        #[arg(last = true)]
+        gdb_args: Vec<String>,
     },
     /// List the recorded traces.
     Ls,
@@ -97,13 +127,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             trace,
             autopilot,
             quiet,
+            serve,
+            process,
+            event,
+            host,
+            gdb_args,
         } => {
             let dir = resolve(trace.as_deref())?;
             if !autopilot {
-                bail!(
-                    "debugging a replay in gdb is not available yet (the GDB server comes in a \
-                     later version); use `deja replay -a` to replay without a debugger"
-                );
+                return debug::debug(debug::DebugArgs {
+                    dir,
+                    opts: DebugOptions {
+                        process,
+                        event,
+                        quiet,
+                    },
+                    serve_port: serve,
+                    host,
+                    gdb_args,
+                });
             }
             let outcome = replayer::replay(&dir, &ReplayOptions { quiet })?;
             tracing::info!(events = outcome.events, status = %outcome.status, "replayed");

@@ -1,6 +1,7 @@
 //! `deja`: record a Linux x86-64 program, then replay the exact same execution.
 
 mod cli;
+mod debug;
 mod show;
 
 use std::process::ExitCode;

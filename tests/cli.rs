@@ -7,7 +7,6 @@ use common::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 #[test]
 fn rec_exit_status_is_programs() {
@@ -293,17 +292,4 @@ fn trace_permissions() {
     assert_eq!(rec.status.code(), Some(3));
     let latest = ctx.latest_trace().expect("latest-trace");
     assert_owner_only(&latest);
-}
-
-#[test]
-fn replay_without_autopilot_mentions_gdb() {
-    let ctx = Ctx::new();
-    let (trace, rec) = ctx.record(program("exit3"), &[]);
-    assert_eq!(rec.status.code(), Some(3));
-    let out = run_with_timeout(
-        ctx.deja().arg("replay").arg(&trace),
-        Duration::from_secs(30),
-    );
-    assert_deja_error("replay without -a", &out);
-    assert_stderr_mentions("replay without -a", &out, &["gdb"]);
 }

@@ -1,6 +1,11 @@
-//! GDB remote serial protocol support for deja, built on `gdbstub`.
-//!
-//! For now only the architecture: the registers of an x86-64 Linux task as gdb numbers and
-//! lays them out ([`arch::X86_64Linux`]).
+//! The GDB remote serial protocol server of deja, built on `gdbstub`: serves a replay to gdb,
+//! which debugs it as it would a live process (threads, registers, memory, breakpoints,
+//! watchpoints, stepping), every value as recorded.
 
 pub mod arch;
+mod queries;
+pub mod server;
+mod target;
+
+pub use server::{gdb_command, serve};
+pub use target::ReplayTarget;

@@ -11,7 +11,9 @@ use crate::target::ReplayTarget;
 
 /// Copies the part of `whole` gdb asked for; returns its length.
 fn copy_part(whole: &[u8], offset: u64, length: usize, buf: &mut [u8]) -> usize {
-    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(whole.len());
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(whole.len());
     let part = &whole[start..];
     let n = part.len().min(length).min(buf.len());
     buf[..n].copy_from_slice(&part[..n]);
@@ -43,7 +45,11 @@ const HELP: &str = "deja monitor commands:
   monitor help    this list";
 
 impl MonitorCmd for ReplayTarget {
-    fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), Self::Error> {
+    fn handle_monitor_cmd(
+        &mut self,
+        cmd: &[u8],
+        mut out: ConsoleOutput<'_>,
+    ) -> Result<(), Self::Error> {
         let cmd = String::from_utf8_lossy(cmd);
         match cmd.trim() {
             "when" => outputln!(out, "Current event: {}", self.replay_ref().when()),

@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use gdbstub::conn::{Connection, ConnectionExt};
-use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
-use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
 use gdbstub::common::Signal;
-use gdbstub::target::Target;
-use replayer::DebugOptions;
+use gdbstub::conn::ConnectionExt;
+use gdbstub::stub::state_machine::GdbStubStateMachine;
+use gdbstub::stub::{DisconnectReason, GdbStub, GdbStubError, MultiThreadStopReason};
+use replayer::{DebugOptions, Halt};
 
 use crate::target::{gdb_tid, ReplayTarget};
 
@@ -75,17 +74,65 @@ fn serve_connection(mut target: ReplayTarget, conn: TcpStream) -> Result<()> {
     target
         .replay()
         .set_interrupt(Box::new(move || has_input(&probe)));
-    let stub = GdbStub::new(conn);
-    match stub.run_blocking::<ReplayLoop>(&mut target) {
-        Ok(DisconnectReason::Disconnect | DisconnectReason::Kill) => Ok(()),
-        Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_)) => Ok(()),
-        Err(e) if e.is_target_error() => {
-            let e = e.into_target_error().map(|e| format!("{e:#}")).unwrap_or_default();
-            bail!("{e}")
-        }
-        Err(e) if e.is_connection_error() => Ok(()),
-        Err(e) => bail!("gdb protocol error: {e}"),
+    let mut machine = GdbStub::new(conn)
+        .run_state_machine(&mut target)
+        .map_err(protocol_error)?;
+    loop {
+        machine = match machine {
+            GdbStubStateMachine::Idle(mut gdb) => {
+                let byte = match gdb.borrow_conn().read() {
+                    Ok(b) => b,
+                    // gdb went away.
+                    Err(_) => return Ok(()),
+                };
+                gdb.incoming_data(&mut target, byte)
+                    .map_err(protocol_error)?
+            }
+            GdbStubStateMachine::Running(mut gdb) => {
+                let halt = target.run()?;
+                if matches!(halt, Halt::Interrupted(_)) && has_input(gdb.borrow_conn()) {
+                    // gdb's interrupt byte: gdbstub then asks for the stop (CtrlCInterrupt).
+                    let byte = match gdb.borrow_conn().read() {
+                        Ok(b) => b,
+                        Err(_) => return Ok(()),
+                    };
+                    gdb.incoming_data(&mut target, byte)
+                        .map_err(protocol_error)?
+                } else {
+                    let reason = target.stop_reason(halt);
+                    gdb.report_stop(&mut target, reason)
+                        .map_err(protocol_error)?
+                }
+            }
+            GdbStubStateMachine::CtrlCInterrupt(gdb) => {
+                let tid = target.replay_ref().current_thread();
+                let reason = MultiThreadStopReason::SignalWithThread {
+                    tid: gdb_tid(tid),
+                    signal: Signal::SIGINT,
+                };
+                gdb.interrupt_handled(&mut target, Some(reason))
+                    .map_err(protocol_error)?
+            }
+            GdbStubStateMachine::Disconnected(gdb) => match gdb.get_reason() {
+                // The program ended, the session goes on: gdb may look around or `run` again.
+                DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_) => {
+                    gdb.return_to_idle()
+                }
+                DisconnectReason::Disconnect | DisconnectReason::Kill => return Ok(()),
+            },
+        };
     }
+}
+
+/// A gdbstub error as deja reports it: the replay's own errors (a divergence) as they are.
+fn protocol_error(e: GdbStubError<anyhow::Error, std::io::Error>) -> anyhow::Error {
+    if e.is_target_error() {
+        if let Some(e) = e.into_target_error() {
+            return e;
+        }
+        return anyhow::anyhow!("the replay failed");
+    }
+    anyhow::anyhow!("gdb protocol error: {e}")
 }
 
 /// Whether gdb sent something (its interrupt) without consuming it.
@@ -101,37 +148,4 @@ fn has_input(conn: &TcpStream) -> bool {
         )
     };
     n == 1
-}
-
-/// gdbstub's event loop: runs the replay, and hands gdb's interrupt to gdbstub.
-enum ReplayLoop {}
-
-impl BlockingEventLoop for ReplayLoop {
-    type Target = ReplayTarget;
-    type Connection = TcpStream;
-    type StopReason = MultiThreadStopReason<u64>;
-
-    fn wait_for_stop_reason(
-        target: &mut ReplayTarget,
-        conn: &mut TcpStream,
-    ) -> Result<
-        Event<Self::StopReason>,
-        WaitForStopReasonError<<ReplayTarget as Target>::Error, std::io::Error>,
-    > {
-        let halt = target.run().map_err(WaitForStopReasonError::Target)?;
-        if matches!(halt, replayer::Halt::Interrupted(_)) && has_input(conn) {
-            // Let gdbstub see gdb's interrupt byte; it then asks `on_interrupt` for the stop.
-            let byte = conn.read().map_err(WaitForStopReasonError::Connection)?;
-            return Ok(Event::IncomingData(byte));
-        }
-        Ok(Event::TargetStopped(target.stop_reason(halt)))
-    }
-
-    fn on_interrupt(target: &mut ReplayTarget) -> Result<Option<Self::StopReason>, anyhow::Error> {
-        let tid = target.replay_ref().current_thread();
-        Ok(Some(MultiThreadStopReason::SignalWithThread {
-            tid: gdb_tid(tid),
-            signal: Signal::SIGINT,
-        }))
-    }
 }

@@ -58,6 +58,11 @@ impl ReplayTarget {
         &mut self.replay
     }
 
+    /// The replay, to look at.
+    pub fn replay_ref(&self) -> &DebugReplay {
+        &self.replay
+    }
+
     /// Runs the replay as gdb's last resume asked, until it halts.
     pub(crate) fn run(&mut self) -> anyhow::Result<Halt> {
         let how = match self.step.take() {
@@ -165,7 +170,9 @@ impl Target for ReplayTarget {
         Some(self)
     }
 
-    fn support_exec_file(&mut self) -> Option<gdbstub::target::ext::exec_file::ExecFileOps<'_, Self>> {
+    fn support_exec_file(
+        &mut self,
+    ) -> Option<gdbstub::target::ext::exec_file::ExecFileOps<'_, Self>> {
         Some(self)
     }
 
@@ -234,8 +241,10 @@ impl SingleRegisterAccess<Tid> for ReplayTarget {
 
     fn write_register(&mut self, tid: Tid, reg: RegId, val: &[u8]) -> TargetResult<(), Self> {
         let regs = self.registers(tid).map_err(TargetError::Fatal)?;
-        let mut changed = regs.clone();
-        changed.write_reg(reg, val).map_err(|_| TargetError::NonFatal)?;
+        let mut changed = regs;
+        changed
+            .write_reg(reg, val)
+            .map_err(|_| TargetError::NonFatal)?;
         // gdb writes orig_rax = -1 when it restarts a call; the replay restarts nothing.
         if changed == regs || reg == RegId::OrigRax {
             return Ok(());
@@ -324,7 +333,9 @@ impl SwBreakpoint for ReplayTarget {
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.replay.remove_breakpoint(addr).map_err(TargetError::Fatal)
+        self.replay
+            .remove_breakpoint(addr)
+            .map_err(TargetError::Fatal)
     }
 }
 
@@ -351,7 +362,12 @@ impl HwBreakpoint for ReplayTarget {
 }
 
 impl HwWatchpoint for ReplayTarget {
-    fn add_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
         Ok(self.replay.add_hw_point(hw_point(addr, len, Some(kind))))
     }
 
@@ -368,9 +384,9 @@ impl HwWatchpoint for ReplayTarget {
 impl ExtendedMode for ReplayTarget {
     /// gdb's `run`: the replay starts over from where it first started.
     fn run(&mut self, _filename: Option<&[u8]>, _args: Args<'_, '_>) -> TargetResult<Pid, Self> {
+        self.replay.kill();
         let (replay, halt) =
             DebugReplay::open(&self.dir, &self.opts).map_err(TargetError::Fatal)?;
-        // The old replay's tasks are killed when it is dropped here.
         self.replay = replay;
         self.last_halt = halt;
         self.step = None;
@@ -392,6 +408,7 @@ impl ExtendedMode for ReplayTarget {
     }
 
     fn restart(&mut self) -> Result<(), Self::Error> {
+        self.replay.kill();
         let (replay, halt) = DebugReplay::open(&self.dir, &self.opts)?;
         self.replay = replay;
         self.last_halt = halt;

@@ -140,6 +140,8 @@ pub(crate) struct Debug {
     pub auxv: Vec<u8>,
     /// Path of the debugged process's executable (the trace's copy).
     pub exe: std::path::PathBuf,
+    /// The thread name the kernel gave the debugged program in the recording.
+    pub comm: String,
     /// The last task of the debugged process that ran or halted.
     pub current: Option<Tid>,
     /// The task single-stepped over a breakpoint at its pc (its step trap is not a halt).
@@ -164,6 +166,7 @@ impl Debug {
             interrupt_sent: None,
             auxv: Vec::new(),
             exe: Default::default(),
+            comm: String::new(),
             current: None,
             stepped_over: None,
         }
@@ -248,12 +251,30 @@ pub(crate) fn restore_original_bytes(
     Ok(())
 }
 
+/// The name the kernel gives the threads of a program executed from `path`: its file name,
+/// cut to 15 bytes.
+pub(crate) fn comm_of(path: &str) -> String {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
 /// The breakpoint instruction.
 pub(crate) const INT3: u8 = 0xcc;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_names_come_from_the_file_name() {
+        assert_eq!(comm_of("/usr/bin/python3.11"), "python3.11");
+        assert_eq!(comm_of("./a-very-long-program-name"), "a-very-long-pro");
+        assert_eq!(comm_of("plain"), "plain");
+    }
 
     #[test]
     fn hides_breakpoints_in_reads() {

@@ -7,7 +7,8 @@
 //! this: a position is an event index plus, at most, a task part-way to its next event, and
 //! [`DebugReplay::open`] can already reach any event from the start.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use trace_format::{Event, Tid, TraceReader};
@@ -51,9 +52,11 @@ impl DebugReplay {
     /// Starts replaying the trace in `dir` and runs it to the position `opts` asks for; returns
     /// the replay and why it halted there.
     pub fn open(dir: &Path, opts: &DebugOptions) -> Result<(Self, Halt)> {
-        let (process, start) = start_position(dir, opts)?;
-        let mut debug = Debug::new(process);
-        debug.halt_after_event = Some(start);
+        let start = start_point(dir, opts)?;
+        let mut debug = Debug::new(start.process);
+        debug.halt_after_event = Some(start.event);
+        debug.exe = start.exe;
+        debug.comm = start.comm;
         let replay_opts = ReplayOptions { quiet: opts.quiet };
         let session = Session::open(dir, &replay_opts, Some(debug))?;
         let mut replay = DebugReplay {
@@ -64,8 +67,9 @@ impl DebugReplay {
         match halt {
             Halt::Reached(_) => Ok((replay, halt)),
             other => bail!(
-                "the replay could not reach its starting point (event {start}): it stopped with \
-                 {other:?}"
+                "the replay could not reach its starting point (event {}): it stopped with \
+                 {other:?}",
+                start.event
             ),
         }
     }
@@ -137,11 +141,19 @@ impl DebugReplay {
         self.session.halt_thread()
     }
 
-    /// The name of thread `tid` (its `comm`).
+    /// The name of thread `tid` (its `comm`, as the recording had it).
     pub fn thread_name(&self, tid: Tid) -> Option<String> {
         let real = self.tracee(tid).ok()?.pid();
         let comm = std::fs::read_to_string(format!("/proc/{real}/task/{real}/comm")).ok()?;
-        Some(comm.trim_end().to_string())
+        let comm = comm.trim_end();
+        // The replay runs the trace's copy of the executable, named by its hash: a thread
+        // that kept the default name shows the recorded program's.
+        let copy = self.exe().file_name()?.to_string_lossy();
+        Some(if !comm.is_empty() && copy.starts_with(comm) {
+            self.debug().comm.clone()
+        } else {
+            comm.to_string()
+        })
     }
 
     fn tracee(&self, tid: Tid) -> Result<&Tracee> {
@@ -242,51 +254,91 @@ impl DebugReplay {
     }
 }
 
+impl DebugReplay {
+    /// Ends the replay: kills its tasks (as dropping it does).
+    pub fn kill(&mut self) {
+        self.session.tasks.kill_all();
+        self.finished = Some(Halt::End);
+    }
+}
+
 impl Drop for DebugReplay {
     fn drop(&mut self) {
         self.session.tasks.kill_all();
     }
 }
 
-/// The process to debug and the event after which the replay first halts.
-fn start_position(dir: &Path, opts: &DebugOptions) -> Result<(Tid, u64)> {
+/// Where a debugged replay starts.
+#[derive(Debug, Clone)]
+pub struct StartPoint {
+    /// The debugged process (recorded pid).
+    pub process: Tid,
+    /// The event after which the replay first halts.
+    pub event: u64,
+    /// The executable the process runs there (the trace's copy), for gdb's symbols.
+    pub exe: PathBuf,
+    /// The name the kernel gave the process's threads there (from the recorded path).
+    pub comm: String,
+}
+
+/// Finds where the replay of `dir` starts for `opts`: after the debugged process's first
+/// exec (or its first run, if it never execs), and no earlier than `opts.event`.
+pub fn start_point(dir: &Path, opts: &DebugOptions) -> Result<StartPoint> {
     let reader = TraceReader::open(dir)?;
-    let mut first_exec = None;
-    let mut first_start = None;
+    let mut at = None;
     let mut root = None;
     let mut count = 0u64;
+    // The process of each task, and the file each process runs.
+    let mut process_of: HashMap<Tid, Tid> = HashMap::new();
+    let mut exe_of: HashMap<Tid, trace_format::FileRef> = HashMap::new();
     for (index, ev) in reader.events()?.enumerate() {
         let ev = ev?;
         count += 1;
         let index = index as u64;
-        if index == 0 {
-            root = Some(ev.tid());
-        }
-        let wanted = opts.process.or(root);
+        let root = *root.get_or_insert(ev.tid());
+        let wanted = opts.process.unwrap_or(root);
         match &ev {
-            Event::Exec(e) if Some(e.tid) == wanted && first_exec.is_none() => {
-                first_exec = Some(index)
+            Event::Exec(e) => {
+                process_of.insert(e.tid, e.tid);
+                exe_of.insert(e.tid, e.exe.clone());
+                if e.tid == wanted && !matches!(at, Some((_, true))) {
+                    at = Some((index, true));
+                }
             }
-            Event::Start(e) if Some(e.tid) == wanted && first_start.is_none() => {
-                first_start = Some(index)
+            Event::Clone(c) => {
+                process_of.insert(c.child, c.child_pid);
+                let parent = process_of.get(&c.tid).copied().unwrap_or(c.tid);
+                if let Some(exe) = exe_of.get(&parent).cloned() {
+                    exe_of.entry(c.child_pid).or_insert(exe);
+                }
             }
+            Event::Start(e) if e.tid == wanted && at.is_none() => at = Some((index, false)),
             _ => {}
         }
-        if first_exec.is_some() && opts.event.map_or(true, |e| e < index) {
+        let exec_found = matches!(at, Some((_, true)));
+        if exec_found && opts.event.map_or(true, |e| e < index) {
             break;
         }
     }
     let root = root.context("the trace has no events")?;
     let process = opts.process.unwrap_or(root);
-    let Some(at) = first_exec.or(first_start) else {
+    let Some((at, _)) = at else {
         bail!("the recording has no process {process} (`deja ps` lists its processes)");
     };
-    let start = opts.event.map_or(at, |e| e.max(at));
-    if start >= count && opts.event.is_some() {
+    let event = opts.event.map_or(at, |e| e.max(at));
+    if event >= count {
         bail!(
-            "event {start} is past the end of the recording ({count} events; `deja info` \
+            "event {event} is past the end of the recording ({count} events; `deja info` \
              tells)"
         );
     }
-    Ok((process, start))
+    let exe = exe_of
+        .get(&process)
+        .with_context(|| format!("no executable is recorded for process {process}"))?;
+    Ok(StartPoint {
+        process,
+        event,
+        exe: reader.file_path(exe)?,
+        comm: crate::debug::comm_of(&exe.path),
+    })
 }

@@ -13,6 +13,6 @@ mod sigmask;
 mod tasks;
 
 pub use debug::{Halt, HwPoint, WatchKind};
-pub use debugger::{DebugOptions, DebugReplay, Resume};
+pub use debugger::{start_point, DebugOptions, DebugReplay, Resume, StartPoint};
 pub use divergence::{Divergence, Incomplete};
 pub use session::{replay, ReplayOptions, ReplayOutcome};

@@ -349,6 +349,7 @@ impl Session {
             d.lifted = None;
             d.hw_generation += 1;
             d.exe = reader.file_path(&ev.exe)?;
+            d.comm = debug::comm_of(&ev.exe.path);
             d.auxv = tracee::auxv::raw(&ev.stack);
         }
         Ok(())
@@ -393,6 +394,7 @@ impl Session {
             }
             t.injected = Some(signo);
         }
+        t.state = RState::Resumed;
         self.running = Some(Run {
             tid,
             sig,

@@ -16,6 +16,9 @@ pub enum RState {
     Unstarted,
     /// Stopped at this stop, which belongs to the task's next event.
     Parked(Stop),
+    /// Resumed after its event, to run up to its next one (stopped while a debugger has
+    /// halted the replay).
+    Resumed,
     /// Resumed to the exit of a syscall that really runs in replay (a clone).
     InSyscall,
     /// Resumed into its end (`exit`, `exit_group`, a fatal signal); the end is not collected.
@@ -90,9 +93,9 @@ impl Tasks {
     /// ended or on their way out.
     pub fn in_process(&self, rpid: Tid) -> impl Iterator<Item = (Tid, &Task)> {
         self.by_tid.iter().filter_map(move |(&id, t)| {
-            let visible = !matches!(
+            let visible = matches!(
                 t.state,
-                RState::Unstarted | RState::Exiting | RState::Dead(_)
+                RState::Parked(_) | RState::Resumed | RState::InSyscall
             );
             (t.rpid == rpid && visible).then_some((id, t))
         })

@@ -1,0 +1,113 @@
+//! `deja replay` with a debugger: serve the replay over the GDB remote protocol, and launch
+//! gdb connected to it (as `rr replay` does).
+
+use std::io::ErrorKind;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result};
+use replayer::DebugOptions;
+
+/// How to serve a replay to gdb.
+#[derive(Debug, Clone)]
+pub struct DebugArgs {
+    /// The trace.
+    pub dir: PathBuf,
+    /// Where the replay starts and what it shows.
+    pub opts: DebugOptions,
+    /// Serve on this port and do not launch gdb.
+    pub serve_port: Option<u16>,
+    /// The address to listen on.
+    pub host: String,
+    /// Extra arguments for the gdb deja launches.
+    pub gdb_args: Vec<String>,
+}
+
+/// Serves the replay; launches gdb unless asked to only serve. Returns gdb's exit status.
+pub fn debug(args: DebugArgs) -> Result<ExitCode> {
+    let start = replayer::start_point(&args.dir, &args.opts)?;
+    let port = args.serve_port.unwrap_or(0);
+    let listener = TcpListener::bind((args.host.as_str(), port))
+        .with_context(|| format!("cannot listen on {}:{port}", args.host))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the server's address")?;
+    let (dir, opts) = (args.dir.clone(), args.opts.clone());
+    if args.serve_port.is_some() {
+        eprintln!(
+            "deja: serving the replay of process {} on {addr}; connect with:\n  gdb {}",
+            start.process,
+            gdb::gdb_command(&addr.to_string(), &start.exe)
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        tracee::tsc::on_tracer_thread(move || gdb::serve(dir, opts, listener, None))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut gdb_args = gdb::gdb_command(&addr.to_string(), &start.exe);
+    let exe = gdb_args.pop().unwrap_or_default();
+    gdb_args.extend(args.gdb_args.iter().cloned());
+    gdb_args.push(exe);
+    let mut cmd = Command::new("gdb");
+    cmd.args(&gdb_args);
+    // SAFETY: the closure only calls signal(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    // Ctrl-C is gdb's: it interrupts the replay through the protocol.
+    // SAFETY: ignoring SIGINT process-wide; tracees reset their dispositions at spawn.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let mut child = cmd.spawn().map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            anyhow::anyhow!(
+                "gdb is not installed (install it, or serve only with `deja replay -s PORT` and \
+                 connect any gdb)"
+            )
+        } else {
+            anyhow::Error::new(e).context("starting gdb")
+        }
+    })?;
+    let gdb_pid = child.id() as libc::pid_t;
+    let served =
+        tracee::tsc::on_tracer_thread(move || gdb::serve(dir, opts, listener, Some(gdb_pid)));
+    let status = match child.wait() {
+        Ok(status) => status.code().unwrap_or(1),
+        // The tracer reaped gdb (waiting for any of its tasks, or for gdb to connect); how gdb
+        // ended is then lost, and the server's outcome tells.
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => 0,
+        Err(e) => return Err(e).context("waiting for gdb"),
+    };
+    served?;
+    Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
+}
+
+/// `s` quoted for a POSIX shell when it needs to be.
+fn shell_quote(s: &str) -> String {
+    let plain = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-:=+,".contains(c));
+    if plain && !s.is_empty() {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_only_what_needs_it() {
+        assert_eq!(shell_quote("/tmp/a.out"), "/tmp/a.out");
+        assert_eq!(shell_quote("set sysroot /"), "'set sysroot /'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}
