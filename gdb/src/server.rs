@@ -74,11 +74,12 @@ fn serve_connection(mut target: ReplayTarget, conn: TcpStream) -> Result<()> {
     target
         .replay()
         .set_interrupt(Box::new(move || has_input(&probe)));
-    let mut machine = GdbStub::new(conn)
-        .run_state_machine(&mut target)
-        .map_err(protocol_error)?;
+    let Some(mut machine) = or_disconnect(GdbStub::new(conn).run_state_machine(&mut target))?
+    else {
+        return Ok(());
+    };
     loop {
-        machine = match machine {
+        let next = match machine {
             GdbStubStateMachine::Idle(mut gdb) => {
                 let byte = match gdb.borrow_conn().read() {
                     Ok(b) => b,
@@ -86,7 +87,6 @@ fn serve_connection(mut target: ReplayTarget, conn: TcpStream) -> Result<()> {
                     Err(_) => return Ok(()),
                 };
                 gdb.incoming_data(&mut target, byte)
-                    .map_err(protocol_error)?
             }
             GdbStubStateMachine::Running(mut gdb) => {
                 let halt = target.run()?;
@@ -97,11 +97,9 @@ fn serve_connection(mut target: ReplayTarget, conn: TcpStream) -> Result<()> {
                         Err(_) => return Ok(()),
                     };
                     gdb.incoming_data(&mut target, byte)
-                        .map_err(protocol_error)?
                 } else {
                     let reason = target.stop_reason(halt);
                     gdb.report_stop(&mut target, reason)
-                        .map_err(protocol_error)?
                 }
             }
             GdbStubStateMachine::CtrlCInterrupt(gdb) => {
@@ -111,16 +109,31 @@ fn serve_connection(mut target: ReplayTarget, conn: TcpStream) -> Result<()> {
                     signal: Signal::SIGINT,
                 };
                 gdb.interrupt_handled(&mut target, Some(reason))
-                    .map_err(protocol_error)?
             }
             GdbStubStateMachine::Disconnected(gdb) => match gdb.get_reason() {
                 // The program ended, the session goes on: gdb may look around or `run` again.
                 DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_) => {
-                    gdb.return_to_idle()
+                    Ok(gdb.return_to_idle())
                 }
                 DisconnectReason::Disconnect | DisconnectReason::Kill => return Ok(()),
             },
         };
+        match or_disconnect(next)? {
+            Some(m) => machine = m,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// A step of the protocol: `None` when gdb went away (a closed connection ends the session
+/// normally), the replay's own errors (a divergence) as they are.
+fn or_disconnect<T>(
+    step: Result<T, GdbStubError<anyhow::Error, std::io::Error>>,
+) -> Result<Option<T>> {
+    match step {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_connection_error() => Ok(None),
+        Err(e) => Err(protocol_error(e)),
     }
 }
 

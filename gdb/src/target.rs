@@ -95,7 +95,7 @@ impl ReplayTarget {
             Halt::Step(tid) | Halt::Reached(tid) => trap(tid),
             Halt::Signal { tid, signo } => MultiThreadStopReason::SignalWithThread {
                 tid: gdb_tid(tid),
-                signal: Signal(signo as u8),
+                signal: gdb_signal(signo),
             },
             Halt::Interrupted(tid) => MultiThreadStopReason::SignalWithThread {
                 tid: gdb_tid(tid),
@@ -105,7 +105,7 @@ impl ReplayTarget {
                 MultiThreadStopReason::Exited(code as u8)
             }
             Halt::Exited(trace_format::ExitStatus::Signaled(sig)) => {
-                MultiThreadStopReason::Terminated(Signal(sig as u8))
+                MultiThreadStopReason::Terminated(gdb_signal(sig))
             }
             Halt::End => MultiThreadStopReason::SignalWithThread {
                 tid: gdb_tid(self.replay.current_thread()),
@@ -121,6 +121,48 @@ impl ReplayTarget {
             gpr: t.regs()?,
             fp: t.fp_regs()?,
         })
+    }
+}
+
+/// gdb's number for Linux signal `signo` (the protocol numbers signals its own way).
+pub(crate) fn gdb_signal(signo: i32) -> Signal {
+    match signo {
+        libc::SIGHUP => Signal::SIGHUP,
+        libc::SIGINT => Signal::SIGINT,
+        libc::SIGQUIT => Signal::SIGQUIT,
+        libc::SIGILL => Signal::SIGILL,
+        libc::SIGTRAP => Signal::SIGTRAP,
+        libc::SIGABRT => Signal::SIGABRT,
+        libc::SIGBUS => Signal::SIGBUS,
+        libc::SIGFPE => Signal::SIGFPE,
+        libc::SIGKILL => Signal::SIGKILL,
+        libc::SIGUSR1 => Signal::SIGUSR1,
+        libc::SIGSEGV => Signal::SIGSEGV,
+        libc::SIGUSR2 => Signal::SIGUSR2,
+        libc::SIGPIPE => Signal::SIGPIPE,
+        libc::SIGALRM => Signal::SIGALRM,
+        libc::SIGTERM => Signal::SIGTERM,
+        libc::SIGSTKFLT => Signal(0),
+        libc::SIGCHLD => Signal::SIGCHLD,
+        libc::SIGCONT => Signal::SIGCONT,
+        libc::SIGSTOP => Signal::SIGSTOP,
+        libc::SIGTSTP => Signal::SIGTSTP,
+        libc::SIGTTIN => Signal::SIGTTIN,
+        libc::SIGTTOU => Signal::SIGTTOU,
+        libc::SIGURG => Signal::SIGURG,
+        libc::SIGXCPU => Signal::SIGXCPU,
+        libc::SIGXFSZ => Signal::SIGXFSZ,
+        libc::SIGVTALRM => Signal::SIGVTALRM,
+        libc::SIGPROF => Signal::SIGPROF,
+        libc::SIGWINCH => Signal::SIGWINCH,
+        libc::SIGIO => Signal::SIGIO,
+        libc::SIGPWR => Signal::SIGPWR,
+        libc::SIGSYS => Signal::SIGSYS,
+        32 => Signal::SIG32,
+        // SIG33..SIG63 are numbered 45..75, SIG64.. from 78.
+        33..=63 => Signal((signo + 12) as u8),
+        64 => Signal::SIG64,
+        _ => Signal(0),
     }
 }
 
@@ -429,4 +471,19 @@ impl CurrentActivePid for ReplayTarget {
 
 fn gdb_pid(pid: trace_format::Tid) -> Pid {
     gdb_tid(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_use_gdb_numbers() {
+        assert_eq!(gdb_signal(libc::SIGUSR1), Signal::SIGUSR1);
+        assert_eq!(gdb_signal(libc::SIGBUS), Signal::SIGBUS);
+        assert_eq!(gdb_signal(libc::SIGCHLD), Signal::SIGCHLD);
+        assert_eq!(gdb_signal(33), Signal::SIG33);
+        assert_eq!(gdb_signal(63), Signal::SIG63);
+        assert_eq!(gdb_signal(64), Signal::SIG64);
+    }
 }

@@ -45,6 +45,9 @@ enum Next {
     Halt(Halt),
 }
 
+/// The trap flag (TF) of rflags: single-stepping.
+const TRAP_FLAG: u64 = 0x100;
+
 /// `si_code` of a hardware breakpoint or watchpoint trap.
 const TRAP_HWBKPT: i32 = 4;
 
@@ -510,6 +513,7 @@ impl Session {
             }
         }
         if step {
+            t.single_stepped = true;
             t.tracee.step(run.sig)
         } else {
             t.tracee.cont(run.sig)
@@ -729,6 +733,20 @@ impl Session {
         }
     }
 
+    /// The registers of `tid` at a syscall entry. A task the debugger single-stepped into
+    /// the `syscall` instruction has the trap flag in r11 (the instruction saves rflags
+    /// there): it is taken out, so the program sees, and the check compares, the recorded
+    /// value.
+    fn entry_regs(&mut self, tid: Tid) -> Result<tracee::Regs> {
+        let t = self.task(tid)?;
+        let mut r = t.tracee.regs()?;
+        if std::mem::take(&mut t.single_stepped) && r.r11 & TRAP_FLAG != 0 {
+            r.r11 &= !TRAP_FLAG;
+            t.tracee.set_regs(&r)?;
+        }
+        Ok(r)
+    }
+
     /// Checks that `tid`, stopped at a syscall entry with registers `r`, makes the recorded
     /// call.
     fn check_entry(&self, tid: Tid, r: &tracee::Regs, e: &SyscallEvent) -> Result<()> {
@@ -771,7 +789,7 @@ impl Session {
             let found = self.describe_stop(tid, stop);
             return Err(self.diverged(tid, format!("syscall {name} at rip {:#x}", e.rip), found));
         }
-        let mut r = self.tracee(tid)?.regs()?;
+        let mut r = self.entry_regs(tid)?;
         self.check_entry(tid, &r, e)?;
         let replay = syscalls::lookup(e.nr)
             .map(|d| d.replay)
@@ -882,8 +900,8 @@ impl Session {
     fn clone_task(&mut self, e: &CloneEvent) -> Result<()> {
         let tid = e.tid;
         let stop = self.parked(tid)?;
+        let r = self.entry_regs(tid)?;
         let t = self.tracee(tid)?;
-        let r = t.regs()?;
         if stop != Stop::SeccompEntry || r.orig_rax != e.nr {
             let found = self.describe_stop(tid, stop);
             return Err(self.diverged(

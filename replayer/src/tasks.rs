@@ -48,6 +48,8 @@ pub struct Task {
     pub hw_generation: u64,
     /// The task is a forked copy of the debugged process's memory, breakpoints included.
     pub inherits_breakpoints: bool,
+    /// The debugger single-stepped the task since its last syscall entry.
+    pub single_stepped: bool,
 }
 
 /// All tasks, and the stops reported by tasks other than the one waited for.
@@ -75,6 +77,7 @@ impl Tasks {
                 clone_entry: None,
                 hw_generation: 0,
                 inherits_breakpoints: false,
+                single_stepped: false,
             },
         );
     }

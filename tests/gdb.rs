@@ -1,0 +1,396 @@
+//! Debugging replays with the real gdb: `deja replay TRACE -- GDB-ARGS` launches gdb on the
+//! replay; each test scripts gdb in batch mode and checks what it prints against what the
+//! recording printed.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `debugme.c` without optimization, so every local is visible.
+fn debugme() -> PathBuf {
+    build_program("debugme", &["-pthread", "-O0"], "debugme-O0")
+}
+
+/// Runs gdb in batch mode on the replay of `trace` with `commands`; returns its output (gdb's
+/// and the replayed program's, which deja echoes).
+fn gdb_batch(ctx: &Ctx, trace: &Path, deja_args: &[&str], commands: &[&str]) -> Output {
+    let mut cmd = ctx.deja();
+    cmd.arg("replay").arg(trace).args(deja_args);
+    cmd.args(["--", "-batch", "-nx"]);
+    for c in commands {
+        cmd.args(["-ex", c]);
+    }
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    assert_no_panic("deja replay with gdb", &out);
+    out
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", stdout_str(out), stderr_str(out))
+}
+
+/// The `name=value` fields of the program's result line.
+fn field(line: &str, name: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        .to_string()
+}
+
+fn assert_has(all: &str, needle: &str) {
+    assert!(
+        all.contains(needle),
+        "expected {needle:?} in gdb's session:\n{all}"
+    );
+}
+
+#[test]
+fn threads_breakpoints_values_and_the_exit_status_are_the_recorded_ones() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(debugme(), &[]);
+    assert_eq!(rec.status.code(), Some(3), "{}", describe("rec", &rec));
+    let line = stdout_str(&rec);
+    let seed = field(&line, "seed");
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "break worker",
+            "continue",
+            "info threads",
+            "bt",
+            "print seed_global",
+            "next",
+            "print id",
+            "next",
+            "print local",
+            "info sharedlibrary",
+            "delete",
+            "continue",
+        ],
+    );
+    let all = text(&out);
+    // Which worker gets there first is as recorded; its id is its argument.
+    let hit = "hit Breakpoint 1, worker (arg=0x";
+    let at = all
+        .find(hit)
+        .unwrap_or_else(|| panic!("the breakpoint is hit:\n{all}"));
+    let id: i32 = all[at + hit.len()..]
+        .chars()
+        .next()
+        .unwrap()
+        .to_digit(10)
+        .unwrap() as i32;
+    // Two threads, named as the recording named them, the second in worker.
+    assert!(
+        all.lines()
+            .filter(|l| l.contains("Thread ") && l.contains("(debugme-O0)"))
+            .count()
+            >= 2,
+        "info threads shows both threads by name:\n{all}"
+    );
+    // The backtrace goes through libc's thread start.
+    assert_has(&all, "start_thread");
+    assert_has(&all, &format!("$1 = {seed}"));
+    assert_has(&all, &format!("$2 = {id}"));
+    let local = id * 100 + seed.parse::<i32>().unwrap();
+    assert_has(&all, &format!("$3 = {local}"));
+    assert_has(&all, "/libc.so.6");
+    // The program's own output, echoed, and its recorded exit status.
+    assert_has(&all, line.trim());
+    assert_has(&all, "exited with code 03");
+}
+
+#[test]
+fn finish_step_and_watchpoints_see_the_recorded_execution() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(debugme(), &[]);
+    let line = stdout_str(&rec);
+    let (seed, r) = (field(&line, "seed"), field(&line, "r"));
+    let seed: i64 = seed.parse().unwrap();
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "break main",
+            "continue",
+            "next",
+            "next",
+            "step",
+            "print x",
+            "finish",
+            "watch counter",
+            "continue",
+            "continue",
+            "delete",
+            "continue",
+        ],
+    );
+    let all = text(&out);
+    // `step` enters square_plus with the recorded argument; `finish` returns the recorded value.
+    assert_has(&all, &format!("square_plus (x={}, k=3)", seed % 7));
+    assert_has(&all, &format!("Value returned is $2 = {r}"));
+    // The watchpoint fires where a worker wrote the global, with the recorded values: each
+    // write adds the writing worker's `local` (100 * id + seed).
+    assert_has(&all, "Hardware watchpoint 2: counter");
+    let values: Vec<i64> = all
+        .lines()
+        .filter_map(|l| l.strip_prefix("New value = "))
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), 2, "two watchpoint stops:\n{all}");
+    let locals = [100 + seed, 200 + seed];
+    assert!(locals.contains(&values[0]), "{values:?} {all}");
+    assert!(
+        locals.contains(&(values[1] - values[0])),
+        "{values:?} {all}"
+    );
+    assert_has(&all, &format!("Old value = 0\nNew value = {}", values[0]));
+    assert_has(&all, "exited with code 03");
+}
+
+#[test]
+fn breakpoints_on_a_syscall_an_rdtsc_and_in_a_signal_handler_replay_exactly() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(program("debug_sites"), &[]);
+    let line = stdout_str(&rec);
+    let pid: i64 = field(&line, "pid").parse().unwrap();
+    let tsc: u64 = field(&line, "tsc").parse().unwrap();
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "break *syscall_site",
+            "break *rdtsc_site",
+            "break on_usr1",
+            "continue",
+            "stepi",
+            "print $rax",
+            "continue",
+            "stepi",
+            "print/x $rax",
+            "print/x $rdx",
+            "continue",
+            "bt 1",
+            "continue",
+            "set var handled = 5",
+            "print $rip = 0",
+            "continue",
+        ],
+    );
+    let all = text(&out);
+    assert_has(&all, &format!("$1 = {pid}"));
+    assert_has(&all, &format!("$2 = {:#x}", tsc & 0xffff_ffff));
+    assert_has(&all, &format!("$3 = {:#x}", tsc >> 32));
+    assert_has(&all, "Program received signal SIGUSR1");
+    assert_has(&all, "Breakpoint 3, on_usr1 (sig=10)");
+    // Changing the recorded execution is refused, with a reason.
+    assert_has(&all, "deja: refusing to write memory");
+    assert_has(&all, "deja: refusing to write a register");
+    // The replay went on exactly: same output, normal exit.
+    assert_has(&all, line.trim());
+    assert_has(&all, "exited normally");
+    assert!(!all.contains("diverged"), "{all}");
+}
+
+#[test]
+fn monitor_commands_starting_at_an_event_and_running_again_after_the_end() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(debugme(), &[]);
+    let seed: i64 = field(&stdout_str(&rec), "seed").parse().unwrap();
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &["-g", "12"],
+        &[
+            "monitor when",
+            "monitor help",
+            "continue",
+            "break square_plus",
+            "run",
+            "print x",
+        ],
+    );
+    let all = text(&out);
+    assert_has(&all, "Current event: 12");
+    assert_has(&all, "monitor when");
+    // The session outlives the program: `run` replays it again, from event 12.
+    let end = all.find("exited with code 03").expect("the first run ends");
+    assert!(all[end..].contains("Breakpoint 1, square_plus"), "{all}");
+    assert_has(&all, &format!("$1 = {}", seed % 7));
+    let out = gdb_batch(&ctx, &trace, &["-g", "999999"], &[]);
+    assert_deja_error("replay -g past the end", &out);
+    assert_stderr_mentions("replay -g past the end", &out, &["999999", "past the end"]);
+}
+
+#[test]
+fn a_child_process_is_debugged_with_p() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(program("child_signaled"), &[]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    let ps = ctx.run_deja(&[OsStr::new("ps"), trace.as_os_str()]);
+    // The first child (which dies of SIGSEGV): the second line of the table.
+    let child: String = stdout_str(&ps)
+        .lines()
+        .nth(2)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("deja ps lists the child")
+        .to_string();
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &["-p", &child],
+        &["info inferiors", "continue", "continue"],
+    );
+    let all = text(&out);
+    assert_has(&all, &format!("process {child}"));
+    assert_has(&all, "Program received signal SIGSEGV");
+    assert_has(&all, "Program terminated with signal SIGSEGV");
+    let out = gdb_batch(&ctx, &trace, &["-p", "999999"], &[]);
+    assert_deja_error("replay -p of no process", &out);
+    assert_stderr_mentions("replay -p of no process", &out, &["999999", "deja ps"]);
+}
+
+/// A minimal GDB remote protocol client, for what batch gdb cannot do (an interrupt).
+struct Rsp(TcpStream);
+
+impl Rsp {
+    fn connect(port: u16) -> Rsp {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    return Rsp(s);
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("cannot connect to deja's server: {e}"),
+            }
+        }
+    }
+
+    fn send(&mut self, body: &str) {
+        let sum = body.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+        write!(self.0, "${body}#{sum:02x}").unwrap();
+    }
+
+    /// The next packet's body (acknowledging it).
+    fn recv(&mut self) -> String {
+        let mut byte = [0u8];
+        loop {
+            self.0.read_exact(&mut byte).expect("a reply from deja");
+            if byte[0] == b'$' {
+                break;
+            }
+        }
+        let mut body = Vec::new();
+        loop {
+            self.0.read_exact(&mut byte).unwrap();
+            if byte[0] == b'#' {
+                break;
+            }
+            body.push(byte[0]);
+        }
+        let mut sum = [0u8; 2];
+        self.0.read_exact(&mut sum).unwrap();
+        self.0.write_all(b"+").unwrap();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    fn ask(&mut self, body: &str) -> String {
+        self.send(body);
+        self.recv()
+    }
+}
+
+#[test]
+fn serving_only_binds_loopback_and_an_interrupt_stops_a_long_continue() {
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(program("spin"), &["600000000"]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = ctx
+        .deja()
+        .arg("replay")
+        .arg(&trace)
+        .args(["-s", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rsp = Rsp::connect(port);
+    assert_eq!(rsp.ask("?").get(..3), Some("T05"));
+    // Continue, then interrupt: the replay stops in the program with SIGINT (gdb's 2).
+    rsp.send("vCont;c");
+    std::thread::sleep(Duration::from_millis(200));
+    rsp.0.write_all(&[0x03]).unwrap();
+    let stop = rsp.recv();
+    assert!(stop.starts_with("T02"), "an interrupt stop, got {stop:?}");
+    // Continue to the end: the recorded exit status.
+    rsp.send("vCont;c");
+    let end = rsp.recv();
+    assert!(end.starts_with('W'), "the exit, got {end:?}");
+    rsp.send("vKill;1");
+    drop(rsp);
+    let out = wait_output(&mut server);
+    let err = stderr_str(&out);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(out.status.success(), "{}", describe("deja replay -s", &out));
+}
+
+fn wait_output(child: &mut std::process::Child) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "deja replay -s did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut stderr)
+        .unwrap();
+    Output {
+        status: child.wait().unwrap(),
+        stdout,
+        stderr,
+    }
+}
