@@ -181,7 +181,7 @@ fn breakpoints_on_a_syscall_an_rdtsc_and_in_a_signal_handler_replay_exactly() {
         &[
             "break *syscall_site",
             "break *rdtsc_site",
-            "break on_usr1",
+            "hbreak on_usr1",
             "continue",
             "stepi",
             "print $rax",
@@ -202,6 +202,8 @@ fn breakpoints_on_a_syscall_an_rdtsc_and_in_a_signal_handler_replay_exactly() {
     assert_has(&all, &format!("$2 = {:#x}", tsc & 0xffff_ffff));
     assert_has(&all, &format!("$3 = {:#x}", tsc >> 32));
     assert_has(&all, "Program received signal SIGUSR1");
+    // A hardware breakpoint (a debug register) in the signal handler.
+    assert_has(&all, "Hardware assisted breakpoint 3");
     assert_has(&all, "Breakpoint 3, on_usr1 (sig=10)");
     // Changing the recorded execution is refused, with a reason.
     assert_has(&all, "deja: refusing to write memory");
@@ -393,4 +395,19 @@ fn wait_output(child: &mut std::process::Child) -> Output {
         stdout,
         stderr,
     }
+}
+
+#[test]
+fn without_gdb_replay_says_how_to_serve_only() {
+    let ctx = Ctx::new();
+    let (trace, _) = ctx.record(program("exit3"), &[]);
+    let out = run_with_timeout(
+        ctx.deja()
+            .arg("replay")
+            .arg(&trace)
+            .env("PATH", ctx.dir().join("no-such-bin")),
+        Duration::from_secs(60),
+    );
+    assert_deja_error("replay without gdb installed", &out);
+    assert_stderr_mentions("replay without gdb installed", &out, &["gdb", "-s PORT"]);
 }
