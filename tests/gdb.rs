@@ -134,8 +134,12 @@ fn finish_step_and_watchpoints_see_the_recorded_execution() {
             "step",
             "print x",
             "finish",
+            "next",
+            "next",
+            "print errno",
             "watch counter",
             "continue",
+            "print errno",
             "continue",
             "delete",
             "continue",
@@ -145,6 +149,9 @@ fn finish_step_and_watchpoints_see_the_recorded_execution() {
     // `step` enters square_plus with the recorded argument; `finish` returns the recorded value.
     assert_has(&all, &format!("square_plus (x={}, k=3)", seed % 7));
     assert_has(&all, &format!("Value returned is $2 = {r}"));
+    // errno is thread-local: ENOENT from the failed open in the main thread, 0 in a worker.
+    assert_has(&all, "$3 = 2");
+    assert_has(&all, "$4 = 0");
     // The watchpoint fires where a worker wrote the global, with the recorded values: each
     // write adds the writing worker's `local` (100 * id + seed).
     assert_has(&all, "Hardware watchpoint 2: counter");
@@ -233,6 +240,8 @@ fn monitor_commands_starting_at_an_event_and_running_again_after_the_end() {
             "break square_plus",
             "run",
             "print x",
+            "run",
+            "print x",
         ],
     );
     let all = text(&out);
@@ -242,6 +251,8 @@ fn monitor_commands_starting_at_an_event_and_running_again_after_the_end() {
     let end = all.find("exited with code 03").expect("the first run ends");
     assert!(all[end..].contains("Breakpoint 1, square_plus"), "{all}");
     assert_has(&all, &format!("$1 = {}", seed % 7));
+    // `run` while the program runs starts over too.
+    assert_has(&all, &format!("$2 = {}", seed % 7));
     let out = gdb_batch(&ctx, &trace, &["-g", "999999"], &[]);
     assert_deja_error("replay -g past the end", &out);
     assert_stderr_mentions("replay -g past the end", &out, &["999999", "past the end"]);

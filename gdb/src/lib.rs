@@ -1,11 +1,13 @@
 //! The GDB remote serial protocol server of deja, built on `gdbstub`: serves a replay to gdb,
 //! which debugs it as it would a live process (threads, registers, memory, breakpoints,
-//! watchpoints, stepping), every value as recorded.
+//! watchpoints, stepping, thread-local variables), every value as recorded.
 
 pub mod arch;
 mod queries;
 pub mod server;
 mod target;
+mod tls;
+mod tls_packet;
 
 pub use server::{gdb_command, serve};
 pub use target::ReplayTarget;

@@ -1,18 +1,17 @@
 //! Serving a replay to gdb over TCP, and launching gdb connected to it.
 
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use gdbstub::common::Signal;
-use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStub, GdbStubError, MultiThreadStopReason};
 use replayer::{DebugOptions, Halt};
 
 use crate::target::{gdb_tid, ReplayTarget};
+use crate::tls_packet::{stream_has_input, GdbConnection, Incoming, TlsRequest};
 
 /// The gdb commands that connect to a server at `addr` and load symbols from `exe`, as `rr`
 /// launches gdb: libraries come from this machine's file system.
@@ -73,30 +72,35 @@ fn serve_connection(mut target: ReplayTarget, conn: TcpStream) -> Result<()> {
     let probe = conn.try_clone().context("cloning the gdb connection")?;
     target
         .replay()
-        .set_interrupt(Box::new(move || has_input(&probe)));
-    let Some(mut machine) = or_disconnect(GdbStub::new(conn).run_state_machine(&mut target))?
-    else {
+        .set_interrupt(Box::new(move || stream_has_input(&probe)));
+    let start = GdbStub::new(GdbConnection::new(conn)).run_state_machine(&mut target);
+    let Some(mut machine) = or_disconnect(start)? else {
         return Ok(());
     };
     loop {
         let next = match machine {
-            GdbStubStateMachine::Idle(mut gdb) => {
-                let byte = match gdb.borrow_conn().read() {
-                    Ok(b) => b,
-                    // gdb went away.
-                    Err(_) => return Ok(()),
-                };
-                gdb.incoming_data(&mut target, byte)
-            }
+            GdbStubStateMachine::Idle(mut gdb) => match gdb.borrow_conn().read_incoming() {
+                Ok(Incoming::Byte(byte)) => gdb.incoming_data(&mut target, byte),
+                Ok(Incoming::GetTlsAddr(req)) => {
+                    answer_tls(&mut target, gdb.borrow_conn(), req)?;
+                    Ok(GdbStubStateMachine::Idle(gdb))
+                }
+                // gdb went away.
+                Err(_) => return Ok(()),
+            },
             GdbStubStateMachine::Running(mut gdb) => {
                 let halt = target.run()?;
-                if matches!(halt, Halt::Interrupted(_)) && has_input(gdb.borrow_conn()) {
+                if matches!(halt, Halt::Interrupted(_)) && gdb.borrow_conn().has_input() {
                     // gdb's interrupt byte: gdbstub then asks for the stop (CtrlCInterrupt).
-                    let byte = match gdb.borrow_conn().read() {
-                        Ok(b) => b,
+                    match gdb.borrow_conn().read_incoming() {
+                        Ok(Incoming::Byte(byte)) => gdb.incoming_data(&mut target, byte),
+                        // Not expected while running (gdb waits for the stop), but answerable.
+                        Ok(Incoming::GetTlsAddr(req)) => {
+                            answer_tls(&mut target, gdb.borrow_conn(), req)?;
+                            Ok(GdbStubStateMachine::Running(gdb))
+                        }
                         Err(_) => return Ok(()),
-                    };
-                    gdb.incoming_data(&mut target, byte)
+                    }
                 } else {
                     let reason = target.stop_reason(halt);
                     gdb.report_stop(&mut target, reason)
@@ -137,6 +141,25 @@ fn or_disconnect<T>(
     }
 }
 
+/// Answers gdb's `qGetTLSAddr` (which gdbstub does not know). Why an address cannot be
+/// found goes to deja's terminal: gdb only says the request failed.
+fn answer_tls(
+    target: &mut ReplayTarget,
+    conn: &mut GdbConnection,
+    req: Result<TlsRequest>,
+) -> Result<()> {
+    let address = req.and_then(|req| target.tls_address(&req));
+    let address = match address {
+        Ok(addr) => Some(addr),
+        Err(e) => {
+            eprintln!("deja: cannot find a thread-local variable for gdb: {e:#}");
+            None
+        }
+    };
+    conn.send_tls_reply(address)
+        .context("answering gdb's qGetTLSAddr")
+}
+
 /// A gdbstub error as deja reports it: the replay's own errors (a divergence) as they are.
 fn protocol_error(e: GdbStubError<anyhow::Error, std::io::Error>) -> anyhow::Error {
     if e.is_target_error() {
@@ -146,19 +169,4 @@ fn protocol_error(e: GdbStubError<anyhow::Error, std::io::Error>) -> anyhow::Err
         return anyhow::anyhow!("the replay failed");
     }
     anyhow::anyhow!("gdb protocol error: {e}")
-}
-
-/// Whether gdb sent something (its interrupt) without consuming it.
-fn has_input(conn: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: a non-blocking peek of at most one byte into a local.
-    let n = unsafe {
-        libc::recv(
-            conn.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n == 1
 }

@@ -27,6 +27,8 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 use replayer::{DebugOptions, DebugReplay, Halt, HwPoint, Resume};
 
 use crate::arch::{RegId, Registers, X86_64Linux};
+use crate::tls::TlsResolver;
+use crate::tls_packet::TlsRequest;
 
 /// A debugged replay, as gdb sees it.
 pub struct ReplayTarget {
@@ -38,6 +40,8 @@ pub struct ReplayTarget {
     step: Option<trace_format::Tid>,
     /// The last halt, for gdb's `?` after a restart.
     pub(crate) last_halt: Halt,
+    /// Where thread-local variables are.
+    tls: TlsResolver,
 }
 
 impl ReplayTarget {
@@ -50,6 +54,7 @@ impl ReplayTarget {
             opts,
             step: None,
             last_halt: halt,
+            tls: TlsResolver::default(),
         })
     }
 
@@ -72,6 +77,11 @@ impl ReplayTarget {
         let halt = self.replay.resume(how)?;
         self.last_halt = halt;
         Ok(halt)
+    }
+
+    /// The address of a thread-local variable, as gdb's `qGetTLSAddr` asks.
+    pub(crate) fn tls_address(&mut self, req: &TlsRequest) -> anyhow::Result<u64> {
+        self.tls.address(&self.replay, req)
     }
 
     /// The stop reply for `halt`.
@@ -432,6 +442,7 @@ impl ExtendedMode for ReplayTarget {
         self.replay = replay;
         self.last_halt = halt;
         self.step = None;
+        self.tls.clear();
         Ok(gdb_pid(self.replay.process()))
     }
 
@@ -445,8 +456,11 @@ impl ExtendedMode for ReplayTarget {
         Ok(AttachKind::Attach)
     }
 
+    /// gdb's `kill` (also sent before `run` restarts a running program): the replay ends,
+    /// the session stays for `run`.
     fn kill(&mut self, _pid: Option<Pid>) -> TargetResult<ShouldTerminate, Self> {
-        Ok(ShouldTerminate::Yes)
+        self.replay.kill();
+        Ok(ShouldTerminate::No)
     }
 
     fn restart(&mut self) -> Result<(), Self::Error> {
@@ -455,6 +469,7 @@ impl ExtendedMode for ReplayTarget {
         self.replay = replay;
         self.last_halt = halt;
         self.step = None;
+        self.tls.clear();
         Ok(())
     }
 
