@@ -34,26 +34,23 @@ pub fn debug(args: DebugArgs) -> Result<ExitCode> {
     let addr = listener
         .local_addr()
         .context("reading the server's address")?;
-    let (dir, opts) = (args.dir.clone(), args.opts.clone());
+    let (dir, quiet, exe) = (args.dir.clone(), args.opts.quiet, start.exe.clone());
+    let addr = addr.to_string();
     if args.serve_port.is_some() {
         eprintln!(
             "deja: serving the replay of process {} on {addr}; connect with:\n  gdb {}",
             start.process,
-            gdb::gdb_command(&addr.to_string(), &start.exe)
+            gdb::gdb_command(&addr, &exe, &[])
                 .iter()
                 .map(|a| shell_quote(a))
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        tracee::tsc::on_tracer_thread(move || gdb::serve(dir, opts, listener, None))?;
+        tracee::tsc::on_tracer_thread(move || gdb::serve(dir, start, quiet, listener, None))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut gdb_args = gdb::gdb_command(&addr.to_string(), &start.exe);
-    let exe = gdb_args.pop().unwrap_or_default();
-    gdb_args.extend(args.gdb_args.iter().cloned());
-    gdb_args.push(exe);
     let mut cmd = Command::new("gdb");
-    cmd.args(&gdb_args);
+    cmd.args(gdb::gdb_command(&addr, &exe, &args.gdb_args));
     // SAFETY: the closure only calls signal(2), which is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -75,8 +72,9 @@ pub fn debug(args: DebugArgs) -> Result<ExitCode> {
         }
     })?;
     let gdb_pid = child.id() as libc::pid_t;
-    let served =
-        tracee::tsc::on_tracer_thread(move || gdb::serve(dir, opts, listener, Some(gdb_pid)));
+    let served = tracee::tsc::on_tracer_thread(move || {
+        gdb::serve(dir, start, quiet, listener, Some(gdb_pid))
+    });
     let status = match child.wait() {
         Ok(status) => status.code().unwrap_or(1),
         // The tracer reaped gdb (waiting for any of its tasks, or for gdb to connect); how gdb

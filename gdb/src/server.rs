@@ -8,35 +8,40 @@ use anyhow::{bail, Context, Result};
 use gdbstub::common::Signal;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStub, GdbStubError, MultiThreadStopReason};
-use replayer::{DebugOptions, Halt};
+use replayer::{Halt, StartPoint};
 
 use crate::target::{gdb_tid, ReplayTarget};
 use crate::tls_packet::{stream_has_input, GdbConnection, Incoming, TlsRequest};
 
-/// The gdb commands that connect to a server at `addr` and load symbols from `exe`, as `rr`
-/// launches gdb: libraries come from this machine's file system.
-pub fn gdb_command(addr: &str, exe: &Path) -> Vec<String> {
-    vec![
+/// gdb's arguments to connect to a server at `addr` and load symbols from `exe`, as `rr`
+/// launches gdb (libraries come from this machine's file system), with `extra` arguments
+/// before the program.
+pub fn gdb_command(addr: &str, exe: &Path, extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
         "-l".into(),
         "10000".into(),
         "-ex".into(),
         "set sysroot /".into(),
         "-ex".into(),
         format!("target extended-remote {addr}"),
-        exe.display().to_string(),
-    ]
+    ];
+    args.extend_from_slice(extra);
+    args.push(exe.display().to_string());
+    args
 }
 
-/// Serves the replay of the trace in `dir` to the first gdb that connects to `listener`.
-/// `companion` is the gdb this deja launched: if it ends before connecting, serving ends too.
-/// Must run on the tracer thread.
+/// Serves the replay of the trace in `dir`, from `start`, to the first gdb that connects to
+/// `listener`; `quiet` keeps the program's output from being echoed. `companion` is the gdb
+/// this deja launched: if it ends before connecting, serving ends too. Must run on the tracer
+/// thread.
 pub fn serve(
     dir: PathBuf,
-    opts: DebugOptions,
+    start: StartPoint,
+    quiet: bool,
     listener: TcpListener,
     companion: Option<libc::pid_t>,
 ) -> Result<()> {
-    let target = ReplayTarget::open(dir, opts)?;
+    let target = ReplayTarget::open(dir, start, quiet)?;
     let conn = accept(&listener, companion)?;
     serve_connection(target, conn)
 }

@@ -24,7 +24,7 @@ use gdbstub::target::ext::extended_mode::{
 };
 use gdbstub::target::ext::thread_extra_info::{ThreadExtraInfo, ThreadExtraInfoOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
-use replayer::{DebugOptions, DebugReplay, Halt, HwPoint, Resume};
+use replayer::{DebugReplay, Halt, HwPoint, Resume, StartPoint};
 
 use crate::arch::{RegId, Registers, X86_64Linux};
 use crate::tls::TlsResolver;
@@ -33,29 +33,38 @@ use crate::tls_packet::TlsRequest;
 /// A debugged replay, as gdb sees it.
 pub struct ReplayTarget {
     replay: DebugReplay,
-    /// The trace, to start over (gdb's `run`).
+    /// The trace and where its replay starts, to start over (gdb's `run`).
     dir: PathBuf,
-    opts: DebugOptions,
+    start: StartPoint,
+    quiet: bool,
     /// The thread gdb asked to single-step in the coming resume, if any.
     step: Option<trace_format::Tid>,
-    /// The last halt, for gdb's `?` after a restart.
-    pub(crate) last_halt: Halt,
     /// Where thread-local variables are.
     tls: TlsResolver,
 }
 
 impl ReplayTarget {
-    /// Starts the replay of `dir` at the position `opts` asks for.
-    pub fn open(dir: PathBuf, opts: DebugOptions) -> anyhow::Result<Self> {
-        let (replay, halt) = DebugReplay::open(&dir, &opts)?;
+    /// Starts the replay of `dir` at `start`; `quiet` keeps the program's output from being
+    /// echoed.
+    pub fn open(dir: PathBuf, start: StartPoint, quiet: bool) -> anyhow::Result<Self> {
+        let replay = DebugReplay::open(&dir, &start, quiet)?;
         Ok(ReplayTarget {
             replay,
             dir,
-            opts,
+            start,
+            quiet,
             step: None,
-            last_halt: halt,
             tls: TlsResolver::default(),
         })
+    }
+
+    /// Ends the replay and starts it again from its start.
+    fn start_over(&mut self) -> anyhow::Result<()> {
+        self.replay.kill();
+        self.replay = DebugReplay::open(&self.dir, &self.start, self.quiet)?;
+        self.step = None;
+        self.tls.clear();
+        Ok(())
     }
 
     /// The replay.
@@ -74,9 +83,7 @@ impl ReplayTarget {
             Some(tid) => Resume::Step(tid),
             None => Resume::Continue,
         };
-        let halt = self.replay.resume(how)?;
-        self.last_halt = halt;
-        Ok(halt)
+        self.replay.resume(how)
     }
 
     /// The address of a thread-local variable, as gdb's `qGetTLSAddr` asks.
@@ -176,7 +183,7 @@ pub(crate) fn gdb_signal(signo: i32) -> Signal {
     }
 }
 
-/// gdb's id for recorded task `tid`.
+/// gdb's id for recorded task (or process) `tid`.
 pub(crate) fn gdb_tid(tid: trace_format::Tid) -> Tid {
     NonZeroUsize::new(tid.max(1) as usize).unwrap_or(NonZeroUsize::MIN)
 }
@@ -436,14 +443,8 @@ impl HwWatchpoint for ReplayTarget {
 impl ExtendedMode for ReplayTarget {
     /// gdb's `run`: the replay starts over from where it first started.
     fn run(&mut self, _filename: Option<&[u8]>, _args: Args<'_, '_>) -> TargetResult<Pid, Self> {
-        self.replay.kill();
-        let (replay, halt) =
-            DebugReplay::open(&self.dir, &self.opts).map_err(TargetError::Fatal)?;
-        self.replay = replay;
-        self.last_halt = halt;
-        self.step = None;
-        self.tls.clear();
-        Ok(gdb_pid(self.replay.process()))
+        self.start_over().map_err(TargetError::Fatal)?;
+        Ok(gdb_tid(self.replay.process()))
     }
 
     fn attach(&mut self, _pid: Pid) -> TargetResult<(), Self> {
@@ -464,13 +465,7 @@ impl ExtendedMode for ReplayTarget {
     }
 
     fn restart(&mut self) -> Result<(), Self::Error> {
-        self.replay.kill();
-        let (replay, halt) = DebugReplay::open(&self.dir, &self.opts)?;
-        self.replay = replay;
-        self.last_halt = halt;
-        self.step = None;
-        self.tls.clear();
-        Ok(())
+        self.start_over()
     }
 
     fn support_current_active_pid(&mut self) -> Option<CurrentActivePidOps<'_, Self>> {
@@ -480,12 +475,8 @@ impl ExtendedMode for ReplayTarget {
 
 impl CurrentActivePid for ReplayTarget {
     fn current_active_pid(&mut self) -> Result<Pid, Self::Error> {
-        Ok(gdb_pid(self.replay.process()))
+        Ok(gdb_tid(self.replay.process()))
     }
-}
-
-fn gdb_pid(pid: trace_format::Tid) -> Pid {
-    gdb_tid(pid)
 }
 
 #[cfg(test)]

@@ -49,23 +49,21 @@ pub struct DebugReplay {
 }
 
 impl DebugReplay {
-    /// Starts replaying the trace in `dir` and runs it to the position `opts` asks for; returns
-    /// the replay and why it halted there.
-    pub fn open(dir: &Path, opts: &DebugOptions) -> Result<(Self, Halt)> {
-        let start = start_point(dir, opts)?;
+    /// Starts replaying the trace in `dir` and runs it to `start` (see [`start_point`]);
+    /// `quiet` keeps the program's output from being echoed.
+    pub fn open(dir: &Path, start: &StartPoint, quiet: bool) -> Result<Self> {
         let mut debug = Debug::new(start.process);
         debug.halt_after_event = Some(start.event);
-        debug.exe = start.exe;
-        debug.comm = start.comm;
-        let replay_opts = ReplayOptions { quiet: opts.quiet };
-        let session = Session::open(dir, &replay_opts, Some(debug))?;
+        debug.exe = start.exe.clone();
+        debug.comm = start.comm.clone();
+        let session = Session::open(dir, &ReplayOptions { quiet }, Some(debug))?;
         let mut replay = DebugReplay {
             session,
             finished: None,
         };
         let halt = replay.advance()?;
         match halt {
-            Halt::Reached(_) => Ok((replay, halt)),
+            Halt::Reached(_) => Ok(replay),
             other => bail!(
                 "the replay could not reach its starting point (event {}): it stopped with \
                  {other:?}",
@@ -143,7 +141,7 @@ impl DebugReplay {
 
     /// The name of thread `tid` (its `comm`, as the recording had it).
     pub fn thread_name(&self, tid: Tid) -> Option<String> {
-        let real = self.tracee(tid).ok()?.pid();
+        let real = self.thread(tid).ok()?.pid();
         let comm = std::fs::read_to_string(format!("/proc/{real}/task/{real}/comm")).ok()?;
         let comm = comm.trim_end();
         // The replay runs the trace's copy of the executable, named by its hash: a thread
@@ -156,7 +154,8 @@ impl DebugReplay {
         })
     }
 
-    fn tracee(&self, tid: Tid) -> Result<&Tracee> {
+    /// The ptrace handle of thread `tid`, to read more of its state.
+    pub fn thread(&self, tid: Tid) -> Result<&Tracee> {
         let process = self.process();
         self.session
             .tasks
@@ -168,12 +167,7 @@ impl DebugReplay {
 
     /// The general registers of thread `tid`.
     pub fn regs(&self, tid: Tid) -> Result<Regs> {
-        self.tracee(tid)?.regs()
-    }
-
-    /// The ptrace handle of thread `tid`, to read more of its state.
-    pub fn thread(&self, tid: Tid) -> Result<&Tracee> {
-        self.tracee(tid)
+        self.thread(tid)?.regs()
     }
 
     /// Reads the debugged process's memory at `addr` as the program sees it (breakpoints

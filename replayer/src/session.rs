@@ -447,16 +447,25 @@ impl Session {
     /// Whether the debugger wants the replay to halt before `run` goes on.
     fn halt_before_run(&mut self, run: Run) -> Option<Halt> {
         let debugged = self.debugged(run.tid);
-        let index = self.index;
-        let reached = self.halt_thread();
-        let d = self.debug.as_mut()?;
         if debugged {
-            d.current = Some(run.tid);
+            self.debug.as_mut()?.current = Some(run.tid);
         }
-        if d.halt_after_event.is_some_and(|e| index >= e) {
-            d.halt_after_event = None;
-            return Some(Halt::Reached(if debugged { run.tid } else { reached }));
+        let index = self.index;
+        if self
+            .debug
+            .as_ref()?
+            .halt_after_event
+            .is_some_and(|e| index >= e)
+        {
+            let who = if debugged {
+                run.tid
+            } else {
+                self.halt_thread()
+            };
+            self.debug.as_mut()?.halt_after_event = None;
+            return Some(Halt::Reached(who));
         }
+        let d = self.debug.as_mut()?;
         if !debugged {
             return None;
         }
