@@ -90,7 +90,6 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
     }
     install_interrupt_passthrough();
     tracee::alarm::start(TICK, TICK);
-    tracee::pin_current_thread(cpu)?;
     let root = spawn(&SpawnOptions {
         program: path.clone(),
         argv,

@@ -89,9 +89,6 @@ impl Session {
         let program = reader.file_path(&exec_ev.exe)?;
         let bind_over = exec::interpreter_override(&reader, &exec_ev, &program)?;
         let cpu = meta.cpu.map(|c| c as usize).filter(|&c| cpu_allowed(c));
-        if let Some(c) = cpu {
-            tracee::pin_current_thread(c)?;
-        }
         let tracee = spawn(&SpawnOptions {
             program,
             argv: meta.argv.clone(),

@@ -20,6 +20,6 @@ pub mod tsc;
 pub mod xregs;
 
 pub use regs::Regs;
-pub use spawn::{pin_current_thread, spawn, SignalState, SpawnOptions};
+pub use spawn::{spawn, SignalState, SpawnOptions};
 pub use stop::Stop;
 pub use tracee::Tracee;

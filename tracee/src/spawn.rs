@@ -22,7 +22,8 @@ pub struct SpawnOptions {
     pub argv: Vec<String>,
     /// The environment, as `NAME=value` strings.
     pub env: Vec<String>,
-    /// CPU to pin the tracee to, so CPU numbers it can observe do not vary.
+    /// CPU to pin the tracee to, so CPU numbers it can observe do not vary. The calling
+    /// thread (the tracer) is pinned there too, and the tracee inherits its affinity.
     pub cpu: Option<usize>,
     /// Make `rdtsc`/`rdtscp` fault (`PR_SET_TSC`), so the tracer can record or replay them.
     pub trap_tsc: bool,
@@ -152,11 +153,9 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
             ))
         })
         .transpose()?;
-    // SAFETY: zero is a valid cpu_set_t (the empty set).
-    let mut cpuset: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // The child inherits the calling thread's affinity.
     if let Some(cpu) = opts.cpu {
-        // SAFETY: CPU_SET writes one bit inside `cpuset`; `cpu` is bounds-checked by the macro.
-        unsafe { libc::CPU_SET(cpu, &mut cpuset) };
+        pin_current_thread(cpu)?;
     }
 
     // SAFETY: the child only calls async-signal-safe functions on memory prepared above, then
@@ -175,11 +174,6 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
             libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
             if opts.own_process_group {
                 libc::setpgid(0, 0);
-            }
-            if opts.cpu.is_some()
-                && libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &cpuset) < 0
-            {
-                libc::_exit(121);
             }
             if opts.no_core_dump {
                 let zero = libc::rlimit {
@@ -209,7 +203,6 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
     let child_failure = |code: i32| -> anyhow::Error {
         let what = match code {
             120 => "PTRACE_TRACEME failed",
-            121 => "pinning to a CPU failed",
             122 => "PR_SET_TSC failed",
             123 => "installing the seccomp filter failed",
             124 => "execve failed",
@@ -305,7 +298,7 @@ unsafe fn bind_mount_privately(
 /// hand-off between the two, and waking a task on another CPU costs an inter-processor
 /// interrupt, which is slow on virtual machines (measured here: 116 µs per recorded syscall
 /// across CPUs, 42 µs on one).
-pub fn pin_current_thread(cpu: usize) -> Result<()> {
+fn pin_current_thread(cpu: usize) -> Result<()> {
     // SAFETY: zero is a valid (empty) cpu_set_t; CPU_SET bounds-checks `cpu`.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     unsafe { libc::CPU_SET(cpu, &mut set) };
