@@ -25,11 +25,9 @@ pub fn capture(
     if auxv::hide_vdso(&mut stack) {
         tracee.write_mem(r.rsp, &stack)?;
     }
-    let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .context("finding the executable of the new program")?
-        .to_string_lossy()
-        .into_owned();
-    let exe = files.store(writer, &format!("/proc/{pid}/exe"), &exe_path)?;
+    let exe = files
+        .store_link(writer, &format!("/proc/{pid}/exe"))
+        .context("keeping the executable of the new program")?;
     let mut mappings = Vec::with_capacity(entries.len());
     for e in entries {
         let file = if e.is_file() {

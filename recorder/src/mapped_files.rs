@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result};
-use nix::unistd::Pid;
 use trace_format::{FileRef, TraceWriter};
 
 /// Identity of one version of a file: device, inode, size and modification time.
@@ -44,16 +43,12 @@ impl MappedFiles {
         Ok(f)
     }
 
-    /// Stores the file open as descriptor `fd` in task `pid`.
-    pub fn store_fd(&mut self, writer: &mut TraceWriter, pid: Pid, fd: u64) -> Result<FileRef> {
-        let source = format!("/proc/{pid}/fd/{fd}");
-        let shown = std::fs::read_link(&source)
-            .with_context(|| format!("finding the file of descriptor {fd}"))?;
-        let shown = shown.to_string_lossy().into_owned();
-        let shown = shown
-            .strip_suffix(" (deleted)")
-            .unwrap_or(&shown)
-            .to_string();
-        self.store(writer, &source, &shown)
+    /// Stores the file behind the `/proc` link `link` (`/proc/PID/exe`, `/proc/PID/fd/N`),
+    /// known to the program by the path the link names.
+    pub fn store_link(&mut self, writer: &mut TraceWriter, link: &str) -> Result<FileRef> {
+        let shown = std::fs::read_link(link).with_context(|| format!("reading {link}"))?;
+        let shown = shown.to_string_lossy();
+        let shown = shown.strip_suffix(" (deleted)").unwrap_or(&shown);
+        self.store(writer, link, shown)
     }
 }

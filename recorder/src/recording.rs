@@ -527,7 +527,8 @@ impl Session {
             && !syscalls::is_error(ev.result)
             && args[3] & libc::MAP_ANONYMOUS as u64 == 0
         {
-            let f = files.store_fd(writer, t.tracee.pid(), args[4])?;
+            let fd = format!("/proc/{}/fd/{}", t.tracee.pid(), args[4]);
+            let f = files.store_link(writer, &fd)?;
             // A shared mapping the program may write, or one in /dev/shm, is how processes
             // share memory: one outside the recording would change it unrecorded.
             let shared = args[3] & libc::MAP_SHARED as u64 != 0
