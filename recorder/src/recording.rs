@@ -21,7 +21,7 @@ use crate::exec;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
 use crate::session::TICK;
-use crate::signals::{is_fault, SI_KERNEL};
+use crate::signals::is_fault;
 use crate::task::{Entry, State, Task};
 
 /// How long a task may run user code without a syscall, while another task waits for the CPU,
@@ -576,7 +576,7 @@ impl Session {
         };
         let regs = t.tracee.regs()?;
         let (signo, code) = signo_code(&info);
-        if sig == libc::SIGSEGV && code == SI_KERNEL && self.emulate_trapped(tid, regs)? {
+        if sig == libc::SIGSEGV && code == libc::SI_KERNEL && self.emulate_trapped(tid, regs)? {
             return Ok(());
         }
         let t = self.task(tid)?;

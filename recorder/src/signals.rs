@@ -1,9 +1,5 @@
 //! Telling synchronous faults from asynchronous signals.
 
-/// `si_code` of signals the kernel raises itself (e.g. the `rdtsc` trap, a general protection
-/// fault).
-pub const SI_KERNEL: i32 = 0x80;
-
 /// Whether the signal was raised by the instruction the task was executing (a fault the
 /// replay reproduces by executing the same instruction), rather than sent to it.
 pub fn is_fault(signo: i32, code: i32) -> bool {

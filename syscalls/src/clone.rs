@@ -3,10 +3,10 @@
 use crate::Memory;
 
 /// `SYS_clone`, `SYS_fork`, `SYS_vfork`, `SYS_clone3` on x86-64.
-const CLONE: u64 = 56;
-const FORK: u64 = 57;
-const VFORK: u64 = 58;
-const CLONE3: u64 = 435;
+const CLONE: u64 = libc::SYS_clone as u64;
+const FORK: u64 = libc::SYS_fork as u64;
+const VFORK: u64 = libc::SYS_vfork as u64;
+const CLONE3: u64 = libc::SYS_clone3 as u64;
 
 /// The parts of a `clone`-family call that the recorder and replayer need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -22,7 +22,15 @@ pub use table::TABLE;
 /// `rt_tgsigqueueinfo`, `pidfd_send_signal`). The recorder runs them while no other task runs,
 /// so the signal reaches its target at a syscall boundary, where replay can deliver it again.
 pub fn sends_signal(nr: u64) -> bool {
-    matches!(nr as i64, 62 | 200 | 234 | 129 | 297 | 424)
+    matches!(
+        nr as i64,
+        libc::SYS_kill
+            | libc::SYS_tkill
+            | libc::SYS_tgkill
+            | libc::SYS_rt_sigqueueinfo
+            | libc::SYS_rt_tgsigqueueinfo
+            | libc::SYS_pidfd_send_signal
+    )
 }
 
 /// How a system call is handled in replay (and, for `Deny`/`Unsupported`, in recording).

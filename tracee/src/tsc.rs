@@ -45,7 +45,7 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         let uc = &mut *(ctx as *mut libc::ucontext_t);
         let g = &mut uc.uc_mcontext.gregs;
         let ip = g[libc::REG_RIP as usize] as *const u8;
-        let len = if (*info).si_code == 0x80 {
+        let len = if (*info).si_code == libc::SI_KERNEL {
             tsc_insn_len(ip)
         } else {
             None
