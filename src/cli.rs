@@ -170,6 +170,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn exit_code(code: i32) -> ExitCode {
+/// The process exit code for `code` (its low byte, as a shell sees it).
+pub(crate) fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
 }

@@ -83,7 +83,7 @@ pub fn debug(args: DebugArgs) -> Result<ExitCode> {
         Err(e) => return Err(e).context("waiting for gdb"),
     };
     served?;
-    Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
+    Ok(crate::cli::exit_code(status))
 }
 
 /// `s` quoted for a POSIX shell when it needs to be.

@@ -59,15 +59,7 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, TraceMeta)> {
     db.busy_timeout(BUSY_TIMEOUT).map_err(sql_err(path))?;
     let version: u32 = match db.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
         Ok(v) => u32::try_from(v).unwrap_or(u32::MAX),
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::NotADatabase =>
-        {
-            return Err(TraceError::corrupt(
-                path,
-                "the index is not an SQLite database",
-            ));
-        }
-        Err(e) => return Err(sql_err(path)(e)),
+        Err(e) => return Err(read_err(path, e)),
     };
     if version == 0 {
         return Err(TraceError::corrupt(
@@ -86,12 +78,7 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, TraceMeta)> {
             r.get(0)
         })
         .optional()
-        .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
-                TraceError::corrupt(path, "the index is not an SQLite database")
-            }
-            e => sql_err(path)(e),
-        })?;
+        .map_err(|e| read_err(path, e))?;
     let Some(json) = json else {
         return Err(TraceError::corrupt(path, "the index holds no metadata"));
     };
@@ -115,4 +102,15 @@ fn parse_meta(json: &str, path: &Path) -> Result<TraceMeta> {
     }
     serde_json::from_value(value)
         .map_err(|e| TraceError::corrupt(path, format!("the metadata is malformed: {e}")))
+}
+
+/// An error reading the index at `path`: a file that is not an SQLite database is a corrupt
+/// trace.
+fn read_err(path: &Path, e: rusqlite::Error) -> TraceError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+            TraceError::corrupt(path, "the index is not an SQLite database")
+        }
+        e => sql_err(path)(e),
+    }
 }

@@ -2,7 +2,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, Result, TraceError};
@@ -47,11 +46,7 @@ impl TraceRoot {
     /// The root at `root`, created with mode 0700 if missing.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(root)
-                .map_err(io_err(root))?;
+            crate::writer::create_private_dir(root, true).map_err(io_err(root))?;
         }
         Ok(TraceRoot {
             root: root.to_path_buf(),
@@ -70,12 +65,8 @@ impl TraceRoot {
         let base = sanitize_name(program_name);
         for n in 0u64.. {
             let dir = self.root.join(format!("{base}-{n}"));
-            match fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => {
-                    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                        .map_err(io_err(&dir))?;
-                    return Ok(dir);
-                }
+            match crate::writer::create_private_dir(&dir, false) {
+                Ok(()) => return Ok(dir),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io_err(&dir)(e)),
             }

@@ -96,15 +96,21 @@ fn prepare_dir(dir: &Path) -> Result<()> {
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io_err(dir))?;
+            return create_private_dir(dir, true).map_err(io_err(dir));
         }
         Err(e) => return Err(io_err(dir)(e)),
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+}
+
+/// Creates directory `dir` with mode 0700 whatever the umask (and its parents, if
+/// `parents`).
+pub(crate) fn create_private_dir(dir: &Path, parents: bool) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(parents)
+        .mode(0o700)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
 /// Whether `path` lies under one of the [`SYSTEM_PREFIXES`].
@@ -133,12 +139,7 @@ impl TraceWriter {
         let blobs_path = dir.join(BLOBS_FILE);
         let blobs = create_private_file(&blobs_path)?;
         let files_dir = dir.join(FILES_DIR);
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&files_dir)
-            .map_err(io_err(&files_dir))?;
-        fs::set_permissions(&files_dir, fs::Permissions::from_mode(0o700))
-            .map_err(io_err(&files_dir))?;
+        create_private_dir(&files_dir, false).map_err(io_err(&files_dir))?;
 
         let meta = TraceMeta {
             format_version: FORMAT_VERSION,
@@ -174,11 +175,6 @@ impl TraceWriter {
             next_seq: 0,
             finished: false,
         })
-    }
-
-    /// The trace directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Number of events pushed so far (the index the next event will get).
@@ -379,7 +375,6 @@ impl TraceWriter {
             .execute_batch("PRAGMA synchronous = FULL")
             .map_err(sql_err(&self.index_path))?;
         index::write_meta(&self.db, &self.index_path, &meta)?;
-        self.meta = meta.clone();
         self.finished = true;
         Ok(meta)
     }

@@ -162,22 +162,19 @@ impl DebugRegs {
         Some(found)
     }
 
-    /// DR7 for these slots.
+    /// DR7 enabling the used slots: local-enable bit L<i> (bit 2i), R/W at bits 16+4i and
+    /// LEN at bits 18+4i (1 byte 00, 2 bytes 01, 8 bytes 10, 4 bytes 11).
     pub fn dr7(&self) -> u64 {
-        dr7(&self.slots)
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.map(|s| (i, s)))
+            .fold(0, |v, (i, s)| {
+                v | (1 << (2 * i))
+                    | (s.kind.rw_bits() << (16 + 4 * i))
+                    | (s.len_bits() << (18 + 4 * i))
+            })
     }
-}
-
-/// DR7 enabling the used `slots`: local-enable bit L<i> (bit 2i), R/W at bits 16+4i and LEN
-/// at bits 18+4i (1 byte 00, 2 bytes 01, 8 bytes 10, 4 bytes 11).
-pub fn dr7(slots: &[Option<Slot>; SLOTS]) -> u64 {
-    slots
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| s.map(|s| (i, s)))
-        .fold(0, |v, (i, s)| {
-            v | (1 << (2 * i)) | (s.kind.rw_bits() << (16 + 4 * i)) | (s.len_bits() << (18 + 4 * i))
-        })
 }
 
 /// The slots whose condition DR6 reports as hit (bits B0–B3).
