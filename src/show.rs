@@ -35,7 +35,8 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
     let m = reader.meta();
     // Counting processes and threads takes every event; damaged events leave them unknown
     // without hiding the metadata.
-    let tasks = walk(&reader).map(|table| (table.rows.len(), table.tasks));
+    let (table, walked) = walk(&reader);
+    let tasks = table.map(|table| (table.rows.len(), table.tasks));
     let mut out = std::io::stdout().lock();
     if json {
         let mut v = serde_json::to_value(m)?;
@@ -65,7 +66,12 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
     if m.complete {
         writeln!(out, "events:         {}", m.event_count)?;
     } else {
-        let kept: u64 = reader.chunks()?.iter().map(|c| c.events).sum();
+        // The events read, which may include a last chunk the index missed; the index's
+        // count when they cannot all be read.
+        let kept: u64 = match &tasks {
+            Ok(_) => walked,
+            Err(_) => reader.chunks()?.iter().map(|c| c.events).sum(),
+        };
         writeln!(
             out,
             "events:         {kept} (kept before the recording was cut off)"
@@ -187,7 +193,7 @@ fn describe(ev: &Event) -> String {
 /// `deja ps`: the processes of the trace, in order of creation.
 pub fn ps(dir: &Path) -> Result<()> {
     let reader = TraceReader::open(dir)?;
-    let table = walk(&reader)?;
+    let table = walk(&reader).0?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{:<8} {:<8} {:<12} CMD", "PID", "PPID", "EXIT")?;
     for row in &table.rows {
@@ -210,18 +216,23 @@ fn ps_line(row: &ProcessRow) -> String {
 }
 
 /// Every event of the trace through a [`ProcessTable`] (the events kept, for a recording that
-/// was cut off).
-fn walk(reader: &TraceReader) -> Result<ProcessTable> {
+/// was cut off), with the number of events read.
+fn walk(reader: &TraceReader) -> (Result<ProcessTable>, u64) {
+    let mut events = match reader.events() {
+        Ok(events) => events,
+        Err(e) => return (Err(e.into()), 0),
+    };
     let mut error = None;
     let table = process_table(
         &reader.meta().argv,
-        reader
-            .events()?
+        events
+            .by_ref()
             .map_while(|ev| ev.map_err(|e| error = Some(e)).ok()),
     );
+    let read = events.events_read();
     match error {
-        Some(e) => Err(e.into()),
-        None => Ok(table),
+        Some(e) => (Err(e.into()), read),
+        None => (Ok(table), read),
     }
 }
 
