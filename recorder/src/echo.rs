@@ -38,7 +38,8 @@ impl EchoFds {
             libc::SYS_fcntl if matches!(args[1] as i32, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) => {
                 self.copy(args[0], new)
             }
-            libc::SYS_close_range => {
+            // With CLOSE_RANGE_CLOEXEC nothing is closed now.
+            libc::SYS_close_range if args[2] & libc::CLOSE_RANGE_CLOEXEC as u64 == 0 => {
                 let (lo, hi) = (args[0], args[1]);
                 self.aliases.retain(|fd, _| *fd < lo || *fd > hi);
             }
@@ -76,5 +77,16 @@ mod tests {
         e.after_syscall(libc::SYS_close as u64, &[5, 0, 0, 0, 0, 0], 0);
         assert_eq!(e.stream(5), None);
         assert_eq!(e.stream(2), Some(2));
+    }
+
+    #[test]
+    fn close_range_closes_unless_it_only_marks_close_on_exec() {
+        let mut e = EchoFds::default();
+        let cloexec = libc::CLOSE_RANGE_CLOEXEC as u64;
+        e.after_syscall(libc::SYS_close_range as u64, &[0, 10, cloexec, 0, 0, 0], 0);
+        assert_eq!(e.stream(1), Some(1));
+        e.after_syscall(libc::SYS_close_range as u64, &[2, 10, 0, 0, 0, 0], 0);
+        assert_eq!(e.stream(1), Some(1));
+        assert_eq!(e.stream(2), None);
     }
 }
