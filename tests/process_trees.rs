@@ -18,18 +18,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
-/// Asserts `out`'s stdout contains each of `needles`.
-fn assert_stdout_has(what: &str, out: &Output, needles: &[&str]) {
-    let text = stdout_str(out);
-    for n in needles {
-        assert!(
-            text.contains(n),
-            "{what}: stdout lacks {n:?}\n{}",
-            describe(what, out)
-        );
-    }
-}
-
 /// Runs a program natively, expecting shell status `code`.
 fn native_expect(prog: &Path, args: &[&str], code: i32) -> Output {
     let out = run_native(prog, args);

@@ -532,6 +532,32 @@ pub fn assert_replay_matches(rec: &Output, replay: &Output) {
     );
 }
 
+/// Asserts `out`'s stdout contains each of `needles`.
+pub fn assert_stdout_has(what: &str, out: &Output, needles: &[&str]) {
+    let text = stdout_str(out);
+    for n in needles {
+        assert!(
+            text.contains(n),
+            "{what}: stdout lacks {n:?}\n{}",
+            describe(what, out)
+        );
+    }
+}
+
+/// Native runs of `prog args` differ ([`assert_native_nondeterministic`]); the recording
+/// replays exactly ([`assert_replays_exactly`]) and its stdout contains each of
+/// `stdout_needles`.
+pub fn nondeterministic_roundtrip(
+    prog: impl AsRef<OsStr>,
+    args: &[&str],
+    stdout_needles: &[&str],
+) -> Replayed {
+    assert_native_nondeterministic(prog.as_ref(), args);
+    let r = assert_replays_exactly(prog.as_ref(), args);
+    assert_stdout_has("rec", &r.rec, stdout_needles);
+    r
+}
+
 /// Runs `prog args` natively twice and asserts the two stdouts differ (the program really is
 /// nondeterministic, so an equal replay means deja did its job).
 pub fn assert_native_nondeterministic(prog: impl AsRef<OsStr>, args: &[&str]) {
