@@ -18,19 +18,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
-/// Runs a program natively, expecting shell status `code`.
-fn native_expect(prog: &Path, args: &[&str], code: i32) -> Output {
-    let out = run_native(prog, args);
-    assert_eq!(
-        shell_code(&out.status),
-        code,
-        "native run of {} {args:?}: unexpected status\n{}",
-        prog.display(),
-        describe("native", &out)
-    );
-    out
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. pthreads whose output depends on the interleaving.
 
@@ -113,49 +100,26 @@ arrival order: talker echo cat quitter
 
 #[test]
 fn fork_pipes_exec_and_exit_statuses() {
-    let prog = program("fork_exec");
-    let native = native_expect(&prog, &[], 0);
-    assert_eq!(
-        stdout_str(&native),
-        FORK_EXEC_EXPECTED,
-        "the test program misbehaves natively\n{}",
-        describe("native", &native)
-    );
-    let r = assert_replays_exactly(&prog, &[]);
-    assert_eq!(
-        stdout_str(&r.rec),
-        FORK_EXEC_EXPECTED,
-        "the recording printed something else than the native run\n{}",
-        describe("rec", &r.rec)
-    );
+    assert_replays_like_native(program("fork_exec"), &[], 0, Some(FORK_EXEC_EXPECTED));
 }
 
 #[test]
 fn children_killed_by_sigsegv_and_sigkill() {
-    let prog = program("child_signaled");
-    let native = native_expect(&prog, &[], 0);
+    // The recording printed what the native run printed, so these hold natively too.
+    let r = assert_replays_like_native(program("child_signaled"), &[], 0, None);
     assert_stdout_has(
-        "native child_signaled",
-        &native,
+        "rec of child_signaled",
+        &r.rec,
         &[
             "segv child: WIFEXITED 0 WIFSIGNALED 1 WTERMSIG 11 ",
             "blocked child: WIFEXITED 0 WIFSIGNALED 1 WTERMSIG 9 ",
             "parent done\n",
         ],
     );
-    let r = assert_replays_exactly(&prog, &[]);
-    assert_eq!(
-        stdout_str(&r.rec),
-        stdout_str(&native),
-        "the recording printed something else than the native run\n{}",
-        describe("rec", &r.rec)
-    );
 }
 
 #[test]
 fn vfork_exec_and_posix_spawn() {
-    let prog = program("vfork_spawn");
-    let native = native_expect(&prog, &[], 0);
     let expected = "\
 hello from vfork + execve of /bin/echo
 vfork echo: exited 1 status 0
@@ -165,19 +129,7 @@ posix_spawn child wrote: hello from posix_spawn through a pipe
 posix_spawn echo: exited 1 status 0
 posix_spawnp true: exited 1 status 0
 ";
-    assert_eq!(
-        stdout_str(&native),
-        expected,
-        "the test program misbehaves natively\n{}",
-        describe("native", &native)
-    );
-    let r = assert_replays_exactly(&prog, &[]);
-    assert_eq!(
-        stdout_str(&r.rec),
-        expected,
-        "the recording printed something else than the native run\n{}",
-        describe("rec", &r.rec)
-    );
+    assert_replays_like_native(program("vfork_spawn"), &[], 0, Some(expected));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -187,17 +139,11 @@ posix_spawnp true: exited 1 status 0
 fn sh_pipeline_ls_sort_head() {
     let Some(sh) = installed("sh") else { return };
     let args = ["-c", "ls / | sort | head"];
-    let native = native_expect(&sh, &args, 0);
+    // The recorded pipeline printed what the native one printed.
+    let r = assert_replays_like_native(&sh, &args, 0, None);
     assert!(
-        stdout_str(&native).lines().count() >= 3,
-        "ls / printed too little natively\n{}",
-        describe("native", &native)
-    );
-    let r = assert_replays_exactly(&sh, &args);
-    assert_eq!(
-        stdout_str(&r.rec),
-        stdout_str(&native),
-        "the recorded pipeline printed something else than the native one\n{}",
+        stdout_str(&r.rec).lines().count() >= 3,
+        "ls / printed too little\n{}",
         describe("rec", &r.rec)
     );
 }
@@ -541,34 +487,16 @@ fn sigchld_handler_with_sigsuspend() {
 
 #[test]
 fn sigpipe_ignored_gives_epipe() {
-    let prog = program("sigpipe");
-    let native = native_expect(&prog, &["ignore"], 0);
     let expected = "reader child exited with status 0; writing again (SIGPIPE ignored)\n\
                     second write returned -1 errno EPIPE\n";
-    assert_eq!(
-        stdout_str(&native),
-        expected,
-        "{}",
-        describe("native", &native)
-    );
-    let r = assert_replays_exactly(&prog, &["ignore"]);
-    assert_eq!(stdout_str(&r.rec), expected, "{}", describe("rec", &r.rec));
+    assert_replays_like_native(program("sigpipe"), &["ignore"], 0, Some(expected));
 }
 
 #[test]
 fn sigpipe_default_kills_the_writer() {
-    let prog = program("sigpipe");
-    let native = native_expect(&prog, &["default"], 128 + 13);
     let expected = "reader child exited with status 0; writing again (SIGPIPE default)\n";
-    assert_eq!(
-        stdout_str(&native),
-        expected,
-        "{}",
-        describe("native", &native)
-    );
     // rec exits 141 like the program; the faithful replay exits 0 with the same output.
-    let r = assert_replays_exactly_status(&prog, &["default"], 128 + 13);
-    assert_eq!(stdout_str(&r.rec), expected, "{}", describe("rec", &r.rec));
+    let r = assert_replays_like_native(program("sigpipe"), &["default"], 128 + 13, Some(expected));
     // The trace says how the program ended.
     let info = r.ctx.info_json(&r.trace);
     let exit = info["exit"].to_string();
@@ -580,21 +508,12 @@ fn sigpipe_default_kills_the_writer() {
 
 #[test]
 fn process_directed_signal_goes_to_the_thread_that_unblocks_it() {
-    let prog = threaded("thread_sigmask");
-    let native = native_expect(&prog, &[], 0);
     let expected = "\
 round 0: SIGUSR2 sent to the process, handled by thread 2 (handled 1 so far); blocked in workers: 1 1 0 1; main blocks it: 1
 round 1: SIGUSR2 sent to the process, handled by thread 0 (handled 2 so far); blocked in workers: 0 1 1 1; main blocks it: 1
 round 2: SIGUSR2 sent to the process, handled by thread 3 (handled 3 so far); blocked in workers: 1 1 1 0; main blocks it: 1
 ";
-    assert_eq!(
-        stdout_str(&native),
-        expected,
-        "{}",
-        describe("native", &native)
-    );
-    let r = assert_replays_exactly(&prog, &[]);
-    assert_eq!(stdout_str(&r.rec), expected, "{}", describe("rec", &r.rec));
+    assert_replays_like_native(threaded("thread_sigmask"), &[], 0, Some(expected));
 }
 
 // ---------------------------------------------------------------------------------------------

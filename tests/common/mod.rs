@@ -256,6 +256,19 @@ pub fn run_native(prog: impl AsRef<OsStr>, args: &[&str]) -> Output {
     run_with_timeout(Command::new(prog.as_ref()).args(args), TIMEOUT)
 }
 
+/// Runs a program natively, expecting shell status `code`.
+pub fn native_expect(prog: impl AsRef<OsStr>, args: &[&str], code: i32) -> Output {
+    let out = run_native(prog.as_ref(), args);
+    assert_eq!(
+        shell_code(&out.status),
+        code,
+        "native run of {:?} {args:?}: unexpected status\n{}",
+        prog.as_ref(),
+        describe("native", &out)
+    );
+    out
+}
+
 /// Asserts that deja did not panic.
 pub fn assert_no_panic(what: &str, out: &Output) {
     let err = stderr_str(out);
@@ -530,6 +543,35 @@ pub fn assert_replay_matches(rec: &Output, replay: &Output) {
         "replay stderr (without `deja: ` lines) differs from the recorded stderr\n{}",
         both()
     );
+}
+
+/// Runs `prog args` natively expecting shell status `code` ([`native_expect`]) and, if
+/// `expected` is given, exactly that stdout; then [`assert_replays_exactly_status`] with the same
+/// status, and asserts the recording printed the native run's stdout byte for byte (the recorder
+/// did not change what the program did).
+pub fn assert_replays_like_native(
+    prog: impl AsRef<OsStr>,
+    args: &[&str],
+    code: i32,
+    expected: Option<&str>,
+) -> Replayed {
+    let native = native_expect(prog.as_ref(), args, code);
+    if let Some(expected) = expected {
+        assert_eq!(
+            stdout_str(&native),
+            expected,
+            "the test program misbehaves natively\n{}",
+            describe("native", &native)
+        );
+    }
+    let r = assert_replays_exactly_status(prog.as_ref(), args, code);
+    assert!(
+        r.rec.stdout == native.stdout,
+        "the recording printed something else than the native run\n{}\n{}",
+        describe("native", &native),
+        describe("rec", &r.rec)
+    );
+    r
 }
 
 /// Asserts `out`'s stdout contains each of `needles`.
