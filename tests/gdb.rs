@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -266,14 +265,13 @@ fn a_child_process_is_debugged_with_p() {
     let ctx = Ctx::new();
     let (trace, rec) = ctx.record(program("child_signaled"), &[]);
     assert!(rec.status.success(), "{}", describe("rec", &rec));
-    let ps = ctx.run_deja(&[OsStr::new("ps"), trace.as_os_str()]);
-    // The first child (which dies of SIGSEGV): the second line of the table.
-    let child: String = stdout_str(&ps)
-        .lines()
-        .nth(2)
-        .and_then(|l| l.split_whitespace().next())
+    // The first child (which dies of SIGSEGV): the second row of the table.
+    let child: String = ctx
+        .ps(&trace)
+        .get(1)
         .expect("deja ps lists the child")
-        .to_string();
+        .pid
+        .clone();
     let out = gdb_batch(
         &ctx,
         &trace,

@@ -12,7 +12,6 @@
 mod common;
 
 use common::*;
-use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -573,44 +572,14 @@ fn thousand_children_under_a_low_fd_limit() {
 // ---------------------------------------------------------------------------------------------
 // 11. deja ps.
 
-struct PsRow {
-    pid: String,
-    ppid: String,
-    exit: String,
-    cmd: String,
-}
-
 #[test]
 fn ps_lists_the_process_tree() {
     let ctx = Ctx::new();
     let (trace, rec) = ctx.record(program("fork_exec"), &[]);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
-    let out = ctx.run_deja(&[OsStr::new("ps"), trace.as_os_str()]);
-    assert_no_panic("deja ps", &out);
-    assert!(out.status.success(), "{}", describe("ps", &out));
-    let text = stdout_str(&out);
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
-    assert_eq!(
-        header,
-        ["PID", "PPID", "EXIT", "CMD"],
-        "deja ps header\n{}",
-        describe("ps", &out)
-    );
-    let rows: Vec<PsRow> = lines
-        .map(|l| {
-            let mut f = l.split_whitespace();
-            let mut next = || f.next().unwrap_or("").to_string();
-            let (pid, ppid, exit) = (next(), next(), next());
-            PsRow {
-                pid,
-                ppid,
-                exit,
-                cmd: f.collect::<Vec<_>>().join(" "),
-            }
-        })
-        .collect();
-    let ctx_msg = || describe("ps", &out);
+    // ps checks the header and that there is no blank line.
+    let rows = ctx.ps(&trace);
+    let ctx_msg = || format!("deja ps rows: {rows:#?}");
     assert_eq!(
         rows.len(),
         5,
@@ -854,14 +823,12 @@ fn divergence_in_a_child_names_the_task() {
     let script = r#""$0"; echo "after the child""#;
     let (trace, rec) = ctx.record(&sh, &["-c", script, recorded.to_str().unwrap()]);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
-    let ps = ctx.run_deja(&[OsStr::new("ps"), trace.as_os_str()]);
-    let child_pid = stdout_str(&ps)
-        .lines()
-        .filter(|l| l.contains("variant1"))
-        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .find(|f| f.get(1).is_some_and(|ppid| ppid != "--"))
-        .map(|f| f[0].clone())
-        .unwrap_or_else(|| panic!("no variant1 process\n{}", describe("ps", &ps)));
+    let ps = ctx.ps(&trace);
+    let child_pid = ps
+        .iter()
+        .find(|r| r.cmd.contains("variant1") && r.ppid != "--")
+        .map(|r| r.pid.clone())
+        .unwrap_or_else(|| panic!("no variant1 process: {ps:#?}"));
     // Swap the trace's copy of the executable for the other build.
     swap_trace_file(&trace, &recorded, &swapped);
     let err = assert_variant_diverged(&ctx.replay(&trace));

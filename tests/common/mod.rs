@@ -450,6 +450,33 @@ impl Ctx {
         v
     }
 
+    /// `deja ps TRACE`, parsed into its rows; asserts it did not panic, succeeded, printed the
+    /// header `PID PPID EXIT CMD` and no blank line.
+    pub fn ps(&self, trace: &Path) -> Vec<PsRow> {
+        let out = self.run_deja(&[OsStr::new("ps"), trace.as_os_str()]);
+        assert_no_panic("deja ps", &out);
+        assert!(
+            out.status.success(),
+            "deja ps failed\n{}",
+            describe("ps", &out)
+        );
+        let text = stdout_str(&out);
+        assert!(
+            !text.lines().any(|l| l.trim().is_empty()),
+            "deja ps printed a blank line\n{}",
+            describe("ps", &out)
+        );
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+        assert_eq!(
+            header,
+            ["PID", "PPID", "EXIT", "CMD"],
+            "deja ps header\n{}",
+            describe("ps", &out)
+        );
+        lines.map(PsRow::parse).collect()
+    }
+
     /// The trace `latest-trace` points to, if any.
     pub fn latest_trace(&self) -> Option<PathBuf> {
         let link = self.trace_root().join("latest-trace");
@@ -472,6 +499,30 @@ impl Drop for Ctx {
                     kept.display()
                 );
             }
+        }
+    }
+}
+
+/// One row of `deja ps`: its whitespace-separated PID, PPID (`--` for the initial process) and
+/// EXIT columns, and the rest, the command line, with its words joined by single spaces.
+#[derive(Debug)]
+pub struct PsRow {
+    pub pid: String,
+    pub ppid: String,
+    pub exit: String,
+    pub cmd: String,
+}
+
+impl PsRow {
+    fn parse(line: &str) -> PsRow {
+        let mut f = line.split_whitespace();
+        let mut next = || f.next().unwrap_or("").to_string();
+        let (pid, ppid, exit) = (next(), next(), next());
+        PsRow {
+            pid,
+            ppid,
+            exit,
+            cmd: f.collect::<Vec<_>>().join(" "),
         }
     }
 }
