@@ -57,7 +57,7 @@ pub fn threaded(name: &str) -> PathBuf {
 }
 
 /// [`build_program`], once per test process and output name.
-fn built_once(src: &str, extra: &[&str], out_name: &str) -> PathBuf {
+pub fn built_once(src: &str, extra: &[&str], out_name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
     let cell = {
         let mut map = BUILT
@@ -194,7 +194,14 @@ fn reader<R: Read + Send + 'static>(mut r: R) -> mpsc::Receiver<Vec<u8>> {
 /// takes longer than `timeout`. Anything left in its process group afterwards is killed.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let desc = format!("{cmd:?}");
-    let mut child = spawn_captured(cmd);
+    let child = spawn_captured(cmd);
+    wait_with_timeout(child, &desc, timeout)
+}
+
+/// Waits for `child`, started by [`spawn_captured`], and collects its output; panics with
+/// whatever it printed if it does not end within `timeout` from now (`desc` names it). Anything
+/// left in its process group afterwards is killed.
+pub fn wait_with_timeout(mut child: Child, desc: &str, timeout: Duration) -> Output {
     let pgid = child.id();
     let out_rx = reader(child.stdout.take().unwrap());
     let err_rx = reader(child.stderr.take().unwrap());
