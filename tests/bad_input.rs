@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn missing_program() {
@@ -199,6 +199,13 @@ fn killed_recorder_of_a_process_tree_leaves_incomplete_trace() {
     killed_recording_replays_to_its_end(&threaded("slow_tree"), "slow_tree: started pid ");
 }
 
+/// Kills `child` (started by `spawn_captured`) and its process group, and reaps it.
+fn abandon(child: &mut std::process::Child) {
+    kill_group(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Records `slow` (which prints a line starting with `first_prefix` and its pid, then sleeps),
 /// kills the recorder, and checks that the trace replays faithfully up to its end and says it
 /// is incomplete, and that `info` and `dump` still read it.
@@ -221,9 +228,7 @@ fn killed_recording_replays_to_its_end(slow: &Path, first_prefix: &str) {
     let first = match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(l) if !l.is_empty() => l,
         other => {
-            kill_group(pgid);
-            let _ = child.kill();
-            let _ = child.wait();
+            abandon(&mut child);
             panic!(
                 "no first line from `deja rec {}` within 30 s: {other:?}",
                 slow.display()
@@ -234,8 +239,19 @@ fn killed_recording_replays_to_its_end(slow: &Path, first_prefix: &str) {
         first.starts_with(first_prefix),
         "unexpected first line {first:?}"
     );
-    // Let the tracee get into its sleep (the write's event recorded), then kill the recorder.
-    std::thread::sleep(Duration::from_millis(1000));
+    // Wait until the line's write is in the trace (the recorder writes its events out on a
+    // 250 ms timer while the tracee sleeps), then kill the recorder.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stdout_write_in_trace(&ctx, &trace) {
+        if Instant::now() > deadline {
+            abandon(&mut child);
+            panic!(
+                "the write of {first:?} did not reach the trace of `deja rec {}` within 30 s",
+                slow.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     child.kill().expect("SIGKILL deja rec");
     let status = child.wait().unwrap();
     assert!(!status.success());
@@ -269,6 +285,17 @@ fn killed_recording_replays_to_its_end(slow: &Path, first_prefix: &str) {
     assert!(out.status.success(), "{}", describe("info", &out));
     let out = ctx.run_deja(&[OsStr::new("dump"), trace.as_os_str()]);
     assert_no_panic("dump of a killed recording", &out);
+}
+
+/// Whether `deja dump --json TRACE` (of a recording that may still be going on) shows a write to
+/// stdout: a syscall event whose `echo` stream is 1.
+fn stdout_write_in_trace(ctx: &Ctx, trace: &Path) -> bool {
+    let out = ctx.run_deja(&[OsStr::new("dump"), OsStr::new("--json"), trace.as_os_str()]);
+    assert_no_panic("dump --json of a recording in progress", &out);
+    stdout_str(&out).lines().any(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|v| v["Syscall"]["echo"] == serde_json::json!(1))
+    })
 }
 
 /// A replay whose program no longer does what the recording did must stop at the first

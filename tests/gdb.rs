@@ -4,18 +4,17 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 /// `debugme.c` without optimization, so every local is visible.
 fn debugme() -> PathBuf {
-    build_program("debugme", &["-pthread", "-O0"], "debugme-O0")
+    built_once("debugme", &["-pthread", "-O0"], "debugme-O0")
 }
 
 /// Runs gdb in batch mode on the replay of `trace` with `commands`; returns its output (gdb's
@@ -27,7 +26,7 @@ fn gdb_batch(ctx: &Ctx, trace: &Path, deja_args: &[&str], commands: &[&str]) -> 
     for c in commands {
         cmd.args(["-ex", c]);
     }
-    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    let out = run_with_timeout(&mut cmd, TIMEOUT);
     assert_no_panic("deja replay with gdb", &out);
     out
 }
@@ -266,14 +265,13 @@ fn a_child_process_is_debugged_with_p() {
     let ctx = Ctx::new();
     let (trace, rec) = ctx.record(program("child_signaled"), &[]);
     assert!(rec.status.success(), "{}", describe("rec", &rec));
-    let ps = ctx.run_deja(&[OsStr::new("ps"), trace.as_os_str()]);
-    // The first child (which dies of SIGSEGV): the second line of the table.
-    let child: String = stdout_str(&ps)
-        .lines()
-        .nth(2)
-        .and_then(|l| l.split_whitespace().next())
+    // The first child (which dies of SIGSEGV): the second row of the table.
+    let child: String = ctx
+        .ps(&trace)
+        .get(1)
         .expect("deja ps lists the child")
-        .to_string();
+        .pid
+        .clone();
     let out = gdb_batch(
         &ctx,
         &trace,
@@ -352,15 +350,12 @@ fn serving_only_binds_loopback_and_an_interrupt_stops_a_long_continue() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut server = ctx
-        .deja()
-        .arg("replay")
-        .arg(&trace)
-        .args(["-s", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = spawn_captured(
+        ctx.deja()
+            .arg("replay")
+            .arg(&trace)
+            .args(["-s", &port.to_string()]),
+    );
     let mut rsp = Rsp::connect(port);
     assert_eq!(rsp.ask("?").get(..3), Some("T05"));
     // Continue, then interrupt: the replay stops in the program with SIGINT (gdb's 2).
@@ -375,37 +370,10 @@ fn serving_only_binds_loopback_and_an_interrupt_stops_a_long_continue() {
     assert!(end.starts_with('W'), "the exit, got {end:?}");
     rsp.send("vKill;1");
     drop(rsp);
-    let out = wait_output(&mut server);
+    let out = wait_with_timeout(server, "deja replay -s", Duration::from_secs(60));
     let err = stderr_str(&out);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(out.status.success(), "{}", describe("deja replay -s", &out));
-}
-
-fn wait_output(child: &mut std::process::Child) -> Output {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "deja replay -s did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut stderr)
-        .unwrap();
-    Output {
-        status: child.wait().unwrap(),
-        stdout,
-        stderr,
-    }
 }
 
 #[test]

@@ -12,36 +12,10 @@
 mod common;
 
 use common::*;
-use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
-
-/// Asserts `out`'s stdout contains each of `needles`.
-fn assert_stdout_has(what: &str, out: &Output, needles: &[&str]) {
-    let text = stdout_str(out);
-    for n in needles {
-        assert!(
-            text.contains(n),
-            "{what}: stdout lacks {n:?}\n{}",
-            describe(what, out)
-        );
-    }
-}
-
-/// Runs a program natively, expecting shell status `code`.
-fn native_expect(prog: &Path, args: &[&str], code: i32) -> Output {
-    let out = run_native(prog, args);
-    assert_eq!(
-        shell_code(&out.status),
-        code,
-        "native run of {} {args:?}: unexpected status\n{}",
-        prog.display(),
-        describe("native", &out)
-    );
-    out
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. pthreads whose output depends on the interleaving.
@@ -125,49 +99,26 @@ arrival order: talker echo cat quitter
 
 #[test]
 fn fork_pipes_exec_and_exit_statuses() {
-    let prog = program("fork_exec");
-    let native = native_expect(&prog, &[], 0);
-    assert_eq!(
-        stdout_str(&native),
-        FORK_EXEC_EXPECTED,
-        "the test program misbehaves natively\n{}",
-        describe("native", &native)
-    );
-    let r = assert_replays_exactly(&prog, &[]);
-    assert_eq!(
-        stdout_str(&r.rec),
-        FORK_EXEC_EXPECTED,
-        "the recording printed something else than the native run\n{}",
-        describe("rec", &r.rec)
-    );
+    assert_replays_like_native(program("fork_exec"), &[], 0, Some(FORK_EXEC_EXPECTED));
 }
 
 #[test]
 fn children_killed_by_sigsegv_and_sigkill() {
-    let prog = program("child_signaled");
-    let native = native_expect(&prog, &[], 0);
+    // The recording printed what the native run printed, so these hold natively too.
+    let r = assert_replays_like_native(program("child_signaled"), &[], 0, None);
     assert_stdout_has(
-        "native child_signaled",
-        &native,
+        "rec of child_signaled",
+        &r.rec,
         &[
             "segv child: WIFEXITED 0 WIFSIGNALED 1 WTERMSIG 11 ",
             "blocked child: WIFEXITED 0 WIFSIGNALED 1 WTERMSIG 9 ",
             "parent done\n",
         ],
     );
-    let r = assert_replays_exactly(&prog, &[]);
-    assert_eq!(
-        stdout_str(&r.rec),
-        stdout_str(&native),
-        "the recording printed something else than the native run\n{}",
-        describe("rec", &r.rec)
-    );
 }
 
 #[test]
 fn vfork_exec_and_posix_spawn() {
-    let prog = program("vfork_spawn");
-    let native = native_expect(&prog, &[], 0);
     let expected = "\
 hello from vfork + execve of /bin/echo
 vfork echo: exited 1 status 0
@@ -177,19 +128,7 @@ posix_spawn child wrote: hello from posix_spawn through a pipe
 posix_spawn echo: exited 1 status 0
 posix_spawnp true: exited 1 status 0
 ";
-    assert_eq!(
-        stdout_str(&native),
-        expected,
-        "the test program misbehaves natively\n{}",
-        describe("native", &native)
-    );
-    let r = assert_replays_exactly(&prog, &[]);
-    assert_eq!(
-        stdout_str(&r.rec),
-        expected,
-        "the recording printed something else than the native run\n{}",
-        describe("rec", &r.rec)
-    );
+    assert_replays_like_native(program("vfork_spawn"), &[], 0, Some(expected));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,17 +138,11 @@ posix_spawnp true: exited 1 status 0
 fn sh_pipeline_ls_sort_head() {
     let Some(sh) = installed("sh") else { return };
     let args = ["-c", "ls / | sort | head"];
-    let native = native_expect(&sh, &args, 0);
+    // The recorded pipeline printed what the native one printed.
+    let r = assert_replays_like_native(&sh, &args, 0, None);
     assert!(
-        stdout_str(&native).lines().count() >= 3,
-        "ls / printed too little natively\n{}",
-        describe("native", &native)
-    );
-    let r = assert_replays_exactly(&sh, &args);
-    assert_eq!(
-        stdout_str(&r.rec),
-        stdout_str(&native),
-        "the recorded pipeline printed something else than the native one\n{}",
+        stdout_str(&r.rec).lines().count() >= 3,
+        "ls / printed too little\n{}",
         describe("rec", &r.rec)
     );
 }
@@ -553,60 +486,33 @@ fn sigchld_handler_with_sigsuspend() {
 
 #[test]
 fn sigpipe_ignored_gives_epipe() {
-    let prog = program("sigpipe");
-    let native = native_expect(&prog, &["ignore"], 0);
     let expected = "reader child exited with status 0; writing again (SIGPIPE ignored)\n\
                     second write returned -1 errno EPIPE\n";
-    assert_eq!(
-        stdout_str(&native),
-        expected,
-        "{}",
-        describe("native", &native)
-    );
-    let r = assert_replays_exactly(&prog, &["ignore"]);
-    assert_eq!(stdout_str(&r.rec), expected, "{}", describe("rec", &r.rec));
+    assert_replays_like_native(program("sigpipe"), &["ignore"], 0, Some(expected));
 }
 
 #[test]
 fn sigpipe_default_kills_the_writer() {
-    let prog = program("sigpipe");
-    let native = native_expect(&prog, &["default"], 128 + 13);
     let expected = "reader child exited with status 0; writing again (SIGPIPE default)\n";
-    assert_eq!(
-        stdout_str(&native),
-        expected,
-        "{}",
-        describe("native", &native)
-    );
     // rec exits 141 like the program; the faithful replay exits 0 with the same output.
-    let r = assert_replays_exactly_status(&prog, &["default"], 128 + 13);
-    assert_eq!(stdout_str(&r.rec), expected, "{}", describe("rec", &r.rec));
+    let r = assert_replays_like_native(program("sigpipe"), &["default"], 128 + 13, Some(expected));
     // The trace says how the program ended.
     let info = r.ctx.info_json(&r.trace);
-    let exit = info["exit"].to_string();
-    assert!(
-        info["exit"].as_i64() == Some(141) || exit.contains("13"),
-        "info --json does not show death by SIGPIPE (13): exit {exit}\n{info}"
+    assert_eq!(
+        info["exit"],
+        serde_json::json!({"Signaled": 13}),
+        "info --json does not show death by SIGPIPE (13)\n{info}"
     );
 }
 
 #[test]
 fn process_directed_signal_goes_to_the_thread_that_unblocks_it() {
-    let prog = threaded("thread_sigmask");
-    let native = native_expect(&prog, &[], 0);
     let expected = "\
 round 0: SIGUSR2 sent to the process, handled by thread 2 (handled 1 so far); blocked in workers: 1 1 0 1; main blocks it: 1
 round 1: SIGUSR2 sent to the process, handled by thread 0 (handled 2 so far); blocked in workers: 0 1 1 1; main blocks it: 1
 round 2: SIGUSR2 sent to the process, handled by thread 3 (handled 3 so far); blocked in workers: 1 1 1 0; main blocks it: 1
 ";
-    assert_eq!(
-        stdout_str(&native),
-        expected,
-        "{}",
-        describe("native", &native)
-    );
-    let r = assert_replays_exactly(&prog, &[]);
-    assert_eq!(stdout_str(&r.rec), expected, "{}", describe("rec", &r.rec));
+    assert_replays_like_native(threaded("thread_sigmask"), &[], 0, Some(expected));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -666,44 +572,14 @@ fn thousand_children_under_a_low_fd_limit() {
 // ---------------------------------------------------------------------------------------------
 // 11. deja ps.
 
-struct PsRow {
-    pid: String,
-    ppid: String,
-    exit: String,
-    cmd: String,
-}
-
 #[test]
 fn ps_lists_the_process_tree() {
     let ctx = Ctx::new();
     let (trace, rec) = ctx.record(program("fork_exec"), &[]);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
-    let out = ctx.run_deja(&[OsStr::new("ps"), trace.as_os_str()]);
-    assert_no_panic("deja ps", &out);
-    assert!(out.status.success(), "{}", describe("ps", &out));
-    let text = stdout_str(&out);
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
-    assert_eq!(
-        header,
-        ["PID", "PPID", "EXIT", "CMD"],
-        "deja ps header\n{}",
-        describe("ps", &out)
-    );
-    let rows: Vec<PsRow> = lines
-        .map(|l| {
-            let mut f = l.split_whitespace();
-            let mut next = || f.next().unwrap_or("").to_string();
-            let (pid, ppid, exit) = (next(), next(), next());
-            PsRow {
-                pid,
-                ppid,
-                exit,
-                cmd: f.collect::<Vec<_>>().join(" "),
-            }
-        })
-        .collect();
-    let ctx_msg = || describe("ps", &out);
+    // ps checks the header and that there is no blank line.
+    let rows = ctx.ps(&trace);
+    let ctx_msg = || format!("deja ps rows: {rows:#?}");
     assert_eq!(
         rows.len(),
         5,
@@ -947,14 +823,12 @@ fn divergence_in_a_child_names_the_task() {
     let script = r#""$0"; echo "after the child""#;
     let (trace, rec) = ctx.record(&sh, &["-c", script, recorded.to_str().unwrap()]);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
-    let ps = ctx.run_deja(&[OsStr::new("ps"), trace.as_os_str()]);
-    let child_pid = stdout_str(&ps)
-        .lines()
-        .filter(|l| l.contains("variant1"))
-        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .find(|f| f.get(1).is_some_and(|ppid| ppid != "--"))
-        .map(|f| f[0].clone())
-        .unwrap_or_else(|| panic!("no variant1 process\n{}", describe("ps", &ps)));
+    let ps = ctx.ps(&trace);
+    let child_pid = ps
+        .iter()
+        .find(|r| r.cmd.contains("variant1") && r.ppid != "--")
+        .map(|r| r.pid.clone())
+        .unwrap_or_else(|| panic!("no variant1 process: {ps:#?}"));
     // Swap the trace's copy of the executable for the other build.
     swap_trace_file(&trace, &recorded, &swapped);
     let err = assert_variant_diverged(&ctx.replay(&trace));

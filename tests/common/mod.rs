@@ -57,7 +57,7 @@ pub fn threaded(name: &str) -> PathBuf {
 }
 
 /// [`build_program`], once per test process and output name.
-fn built_once(src: &str, extra: &[&str], out_name: &str) -> PathBuf {
+pub fn built_once(src: &str, extra: &[&str], out_name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, Arc<OnceLock<PathBuf>>>>> = OnceLock::new();
     let cell = {
         let mut map = BUILT
@@ -194,7 +194,14 @@ fn reader<R: Read + Send + 'static>(mut r: R) -> mpsc::Receiver<Vec<u8>> {
 /// takes longer than `timeout`. Anything left in its process group afterwards is killed.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let desc = format!("{cmd:?}");
-    let mut child = spawn_captured(cmd);
+    let child = spawn_captured(cmd);
+    wait_with_timeout(child, &desc, timeout)
+}
+
+/// Waits for `child`, started by [`spawn_captured`], and collects its output; panics with
+/// whatever it printed if it does not end within `timeout` from now (`desc` names it). Anything
+/// left in its process group afterwards is killed.
+pub fn wait_with_timeout(mut child: Child, desc: &str, timeout: Duration) -> Output {
     let pgid = child.id();
     let out_rx = reader(child.stdout.take().unwrap());
     let err_rx = reader(child.stderr.take().unwrap());
@@ -254,6 +261,19 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
 /// Runs a program natively (no deja).
 pub fn run_native(prog: impl AsRef<OsStr>, args: &[&str]) -> Output {
     run_with_timeout(Command::new(prog.as_ref()).args(args), TIMEOUT)
+}
+
+/// Runs a program natively, expecting shell status `code`.
+pub fn native_expect(prog: impl AsRef<OsStr>, args: &[&str], code: i32) -> Output {
+    let out = run_native(prog.as_ref(), args);
+    assert_eq!(
+        shell_code(&out.status),
+        code,
+        "native run of {:?} {args:?}: unexpected status\n{}",
+        prog.as_ref(),
+        describe("native", &out)
+    );
+    out
 }
 
 /// Asserts that deja did not panic.
@@ -437,6 +457,33 @@ impl Ctx {
         v
     }
 
+    /// `deja ps TRACE`, parsed into its rows; asserts it did not panic, succeeded, printed the
+    /// header `PID PPID EXIT CMD` and no blank line.
+    pub fn ps(&self, trace: &Path) -> Vec<PsRow> {
+        let out = self.run_deja(&[OsStr::new("ps"), trace.as_os_str()]);
+        assert_no_panic("deja ps", &out);
+        assert!(
+            out.status.success(),
+            "deja ps failed\n{}",
+            describe("ps", &out)
+        );
+        let text = stdout_str(&out);
+        assert!(
+            !text.lines().any(|l| l.trim().is_empty()),
+            "deja ps printed a blank line\n{}",
+            describe("ps", &out)
+        );
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+        assert_eq!(
+            header,
+            ["PID", "PPID", "EXIT", "CMD"],
+            "deja ps header\n{}",
+            describe("ps", &out)
+        );
+        lines.map(PsRow::parse).collect()
+    }
+
     /// The trace `latest-trace` points to, if any.
     pub fn latest_trace(&self) -> Option<PathBuf> {
         let link = self.trace_root().join("latest-trace");
@@ -459,6 +506,30 @@ impl Drop for Ctx {
                     kept.display()
                 );
             }
+        }
+    }
+}
+
+/// One row of `deja ps`: its whitespace-separated PID, PPID (`--` for the initial process) and
+/// EXIT columns, and the rest, the command line, with its words joined by single spaces.
+#[derive(Debug)]
+pub struct PsRow {
+    pub pid: String,
+    pub ppid: String,
+    pub exit: String,
+    pub cmd: String,
+}
+
+impl PsRow {
+    fn parse(line: &str) -> PsRow {
+        let mut f = line.split_whitespace();
+        let mut next = || f.next().unwrap_or("").to_string();
+        let (pid, ppid, exit) = (next(), next(), next());
+        PsRow {
+            pid,
+            ppid,
+            exit,
+            cmd: f.collect::<Vec<_>>().join(" "),
         }
     }
 }
@@ -530,6 +601,61 @@ pub fn assert_replay_matches(rec: &Output, replay: &Output) {
         "replay stderr (without `deja: ` lines) differs from the recorded stderr\n{}",
         both()
     );
+}
+
+/// Runs `prog args` natively expecting shell status `code` ([`native_expect`]) and, if
+/// `expected` is given, exactly that stdout; then [`assert_replays_exactly_status`] with the same
+/// status, and asserts the recording printed the native run's stdout byte for byte (the recorder
+/// did not change what the program did).
+pub fn assert_replays_like_native(
+    prog: impl AsRef<OsStr>,
+    args: &[&str],
+    code: i32,
+    expected: Option<&str>,
+) -> Replayed {
+    let native = native_expect(prog.as_ref(), args, code);
+    if let Some(expected) = expected {
+        assert_eq!(
+            stdout_str(&native),
+            expected,
+            "the test program misbehaves natively\n{}",
+            describe("native", &native)
+        );
+    }
+    let r = assert_replays_exactly_status(prog.as_ref(), args, code);
+    assert!(
+        r.rec.stdout == native.stdout,
+        "the recording printed something else than the native run\n{}\n{}",
+        describe("native", &native),
+        describe("rec", &r.rec)
+    );
+    r
+}
+
+/// Asserts `out`'s stdout contains each of `needles`.
+pub fn assert_stdout_has(what: &str, out: &Output, needles: &[&str]) {
+    let text = stdout_str(out);
+    for n in needles {
+        assert!(
+            text.contains(n),
+            "{what}: stdout lacks {n:?}\n{}",
+            describe(what, out)
+        );
+    }
+}
+
+/// Native runs of `prog args` differ ([`assert_native_nondeterministic`]); the recording
+/// replays exactly ([`assert_replays_exactly`]) and its stdout contains each of
+/// `stdout_needles`.
+pub fn nondeterministic_roundtrip(
+    prog: impl AsRef<OsStr>,
+    args: &[&str],
+    stdout_needles: &[&str],
+) -> Replayed {
+    assert_native_nondeterministic(prog.as_ref(), args);
+    let r = assert_replays_exactly(prog.as_ref(), args);
+    assert_stdout_has("rec", &r.rec, stdout_needles);
+    r
 }
 
 /// Runs `prog args` natively twice and asserts the two stdouts differ (the program really is
