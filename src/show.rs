@@ -164,8 +164,11 @@ fn describe(ev: &Event) -> String {
             s
         }
         Event::Signal(e) => format!(
-            "[{tid}] signal {} ({:?}) at rip {:#x}",
-            e.signo, e.origin, e.rip
+            "[{tid}] signal {} ({:?}) at rip {:#x}{}",
+            e.signo,
+            e.origin,
+            e.rip,
+            if e.point.is_some() { " mid-code" } else { "" }
         ),
         Event::Rdtsc(e) => match e.aux {
             Some(aux) => format!(
@@ -187,6 +190,12 @@ fn describe(ev: &Event) -> String {
             e.flags
         ),
         Event::Start(_) => format!("[{tid}] starts"),
+        Event::Preempt(e) => format!(
+            "[{tid}] preempted at rip {:#x} ({} memory words watched)",
+            e.point.regs[16],
+            e.point.watch.len()
+        ),
+        Event::Resume(_) => format!("[{tid}] resumes"),
     }
 }
 
@@ -345,7 +354,9 @@ impl ProcessTable {
             | Event::Signal(_)
             | Event::Rdtsc(_)
             | Event::Cpuid(_)
-            | Event::Start(_) => {}
+            | Event::Start(_)
+            | Event::Preempt(_)
+            | Event::Resume(_) => {}
         }
     }
 }

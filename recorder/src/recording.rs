@@ -610,6 +610,7 @@ impl Session {
             origin,
             rip: regs.rip,
             delivered: true,
+            point: None,
         }))?;
         let t = self.task(tid)?;
         t.tracee.cont(sig)

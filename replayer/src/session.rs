@@ -298,6 +298,9 @@ impl Session {
                 Event::Clone(e) => self.clone_task(&e)?,
                 Event::Start(e) => self.start(&e)?,
                 Event::Cpuid(_) => bail!("trapped CPUID events are not supported by this replayer"),
+                Event::Preempt(_) | Event::Resume(_) => {
+                    bail!("preemption events are not supported by this replayer yet")
+                }
             }
         }
     }

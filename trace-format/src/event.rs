@@ -31,6 +31,11 @@ pub enum Event {
     Clone(CloneEvent),
     /// A task made by a [`CloneEvent`] runs for the first time.
     Start(StartEvent),
+    /// The recorder took the CPU from a task in the middle of its user code (its time slice
+    /// ran out while another task waited): the task stops at [`PreemptEvent::point`].
+    Preempt(PreemptEvent),
+    /// A preempted task gets the CPU again and runs on from its point.
+    Resume(ResumeEvent),
 }
 
 impl Event {
@@ -45,6 +50,8 @@ impl Event {
             Event::Exit(e) => e.tid,
             Event::Clone(e) => e.tid,
             Event::Start(e) => e.tid,
+            Event::Preempt(e) => e.tid,
+            Event::Resume(e) => e.tid,
         }
     }
 
@@ -59,6 +66,8 @@ impl Event {
             Event::Exit(_) => "exit",
             Event::Clone(_) => "clone",
             Event::Start(_) => "start",
+            Event::Preempt(_) => "preempt",
+            Event::Resume(_) => "resume",
         }
     }
 }
@@ -206,6 +215,10 @@ pub struct SignalEvent {
     pub rip: u64,
     /// Whether the signal was passed on to the program (false when the recorder consumed it).
     pub delivered: bool,
+    /// For an asynchronous signal that landed in the middle of user code: the exact point it
+    /// was delivered at, which the replay finds again before sending it. `None` when it was
+    /// delivered right after the task's previous event (or is a fault).
+    pub point: Option<Box<Point>>,
 }
 
 /// A trapped time-stamp-counter read.
@@ -302,4 +315,59 @@ pub struct StartEvent {
     /// What the kernel wrote into the new task's memory before it ran (its id at
     /// `CLONE_CHILD_SETTID`).
     pub writes: Vec<MemWrite>,
+}
+
+/// The general registers in [`RegsWords`] order that a [`Point`] does not compare: `orig_rax`
+/// (kernel bookkeeping, not user state), at index 15.
+pub const POINT_IGNORED_REG: usize = 15;
+
+/// An exact moment in a task's user code between two of its events: the complete state the
+/// task's future depends on, so the replay can recognise the same moment again (see the
+/// recorder's README for why matching this state is exact).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Point {
+    /// General registers (`rip`, `eflags`, `fs_base`, `gs_base` included) in `user_regs_struct`
+    /// order. `orig_rax` is not compared, and only the arithmetic and direction flags of `eflags`.
+    pub regs: RegsWords,
+    /// The x87/SSE/AVX state in `tracee::xregs::FpRegs::to_bytes` form.
+    #[serde(with = "serde_bytes")]
+    pub fpregs: Vec<u8>,
+    /// BLAKE3 digest (first 16 bytes) of every writable mapping of the task's process, with the
+    /// `excluded` ranges left out (see `tracee::state::memory_digest`).
+    pub digest: [u8; 16],
+    /// `[start, end)` ranges left out of `digest`: memory the kernel may have written for other
+    /// tasks' system calls whose events come later in the trace.
+    pub excluded: Vec<(u64, u64)>,
+    /// Memory the task wrote just before the point, with its value there: the replay's quick
+    /// filter of candidate moments (loops whose progress lives in memory, not registers).
+    pub watch: Vec<WatchedWord>,
+    /// How many timer ticks the task had run since its previous event, a hint for reports.
+    pub ticks: u32,
+}
+
+/// A small piece of memory and its value at a [`Point`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WatchedWord {
+    /// Address.
+    pub addr: u64,
+    /// Size in bytes: 1, 2, 4 or 8.
+    pub size: u8,
+    /// The value (little-endian, zero-extended).
+    pub value: u64,
+}
+
+/// The recorder took the CPU from a task at a point in its user code.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PreemptEvent {
+    /// The task.
+    pub tid: Tid,
+    /// Where it stopped.
+    pub point: Box<Point>,
+}
+
+/// A preempted task runs again.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ResumeEvent {
+    /// The task.
+    pub tid: Tid,
 }

@@ -219,6 +219,7 @@ mod tests {
                 origin: SignalOrigin::Fault,
                 rip: 0x1234,
                 delivered: true,
+                point: None,
             }),
             Event::Rdtsc(RdtscEvent {
                 tid: 7,

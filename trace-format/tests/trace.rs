@@ -137,6 +137,7 @@ fn every_variant(w: &mut TraceWriter) -> (Vec<Event>, Vec<(Data, Vec<u8>)>) {
             origin: SignalOrigin::Fault,
             rip: 0x401234,
             delivered: true,
+            point: None,
         }),
         Event::Signal(SignalEvent {
             tid: 100,
@@ -145,6 +146,7 @@ fn every_variant(w: &mut TraceWriter) -> (Vec<Event>, Vec<(Data, Vec<u8>)>) {
             origin: SignalOrigin::Async,
             rip: 0x401235,
             delivered: false,
+            point: None,
         }),
         Event::Rdtsc(RdtscEvent {
             tid: 100,
