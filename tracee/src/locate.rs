@@ -139,6 +139,9 @@ struct Trampoline {
     patch: Vec<u8>,
     /// `(slot, address)`: an execute breakpoint on each covered instruction after the first.
     guards: Vec<(usize, u64)>,
+    /// `(trampoline address, original address)` of the relocated instructions and of the jump
+    /// back (whose original is the end of the patched bytes).
+    relocated: Vec<(u64, u64)>,
 }
 
 impl Trampoline {
@@ -168,13 +171,18 @@ impl Locator {
             bail!("there is no debug register slot {bad} (0-3)");
         }
         let rip = point.regs[RIP];
+        let maps = maps::read(t.pid())?;
+        // The trampoline reads the watched words with the program's rights: readable mappings
+        // only (the tracer could read more).
+        let readable = |a: u64, len: u64| {
+            maps.iter()
+                .any(|m| a >= m.start && a + len <= m.end && m.perms.starts_with('r'))
+        };
         let watch: Vec<WatchedWord> = point
             .watch
             .iter()
             .filter(|w| {
-                let ok = matches!(w.size, 1 | 2 | 4 | 8)
-                    && t.read_mem_partial(w.addr, &mut [0u8; 8][..usize::from(w.size)])
-                        == usize::from(w.size);
+                let ok = matches!(w.size, 1 | 2 | 4 | 8) && readable(w.addr, u64::from(w.size));
                 if !ok {
                     tracing::warn!(
                         "watched word {:#x} ({} bytes) is not readable: not filtered on",
@@ -186,7 +194,6 @@ impl Locator {
             })
             .cloned()
             .collect();
-        let maps = maps::read(t.pid())?;
         let mode = match build_trampoline(t, point, &watch, &maps, avoid, free_slots) {
             Ok(tr) => Mode::Trampoline(tr),
             Err(why) => {
@@ -311,8 +318,24 @@ impl Locator {
     /// resume again), or [`Verdict::Other`] (not the locator's stop). Errors are the give-up
     /// rules (a cycle: a near miss whose state repeats an earlier one's; more than 64 near
     /// misses), to be reported as a divergence.
+    ///
+    /// A signal stop inside the trampoline's copy of the original instructions (a fault there,
+    /// a watchpoint they triggered) is moved to the equivalent address in the original code
+    /// (which is back in place), so the caller never sees the trampoline.
     pub fn on_stop(&mut self, t: &Tracee, stop: Stop) -> Result<Verdict> {
         self.read_visits(t);
+        let verdict = self.classify(t, stop)?;
+        if let (Verdict::Other(Stop::Signal(_)), Mode::Trampoline(tr)) = (verdict, &self.mode) {
+            let mut r = t.regs()?;
+            if let Some(&(_, original)) = tr.relocated.iter().find(|&&(new, _)| new == r.rip) {
+                r.rip = original;
+                t.set_regs(&r)?;
+            }
+        }
+        Ok(verdict)
+    }
+
+    fn classify(&mut self, t: &Tracee, stop: Stop) -> Result<Verdict> {
         if stop != Stop::Signal(libc::SIGTRAP) {
             return Ok(Verdict::Other(stop));
         }
@@ -674,7 +697,11 @@ fn build_trampoline(
     let base = choose_gap(maps, rip).with_context(|| {
         format!("no free {SCRATCH_SIZE}-byte gap within 2 GiB of {rip:#x} for the trampoline")
     })?;
-    let (code, resume) = assemble(base, point, watch, &insns, end)?;
+    let Assembled {
+        code,
+        resume,
+        relocated,
+    } = assemble(base, point, watch, &insns, end)?;
     let rel = base.wrapping_sub(rip + JMP_LEN as u64) as i64;
     let rel = i32::try_from(rel).context("the trampoline is out of jmp's reach")?;
     let mut patch = vec![0xe9];
@@ -688,6 +715,7 @@ fn build_trampoline(
         original: bytes[..covered].to_vec(),
         patch,
         guards,
+        relocated,
     })
 }
 
@@ -763,7 +791,16 @@ fn at(addr: u64) -> MemoryOperand {
     MemoryOperand::with_base_displ(Register::RIP, addr as i64)
 }
 
-/// Assembles the trampoline at `base`: returns its code and the address after its `int3`.
+/// An assembled trampoline.
+struct Assembled {
+    code: Vec<u8>,
+    /// The address after its `int3`.
+    resume: u64,
+    /// The `(new, original)` addresses of the relocated instructions and of the jump back.
+    relocated: Vec<(u64, u64)>,
+}
+
+/// Assembles the trampoline at `base`.
 ///
 /// ```text
 ///   mov [r11_save], r11 ; mov [rsp_save], rsp ; lea rsp, [stack_top] ; pushfq
@@ -785,7 +822,7 @@ fn assemble(
     watch: &[WatchedWord],
     insns: &[Instruction],
     back: u64,
-) -> Result<(Vec<u8>, u64)> {
+) -> Result<Assembled> {
     let data = base + PAGE;
     let w = &point.regs;
     let mut a = CodeAssembler::new(64)?;
@@ -888,9 +925,13 @@ fn assemble(
     a.int3()?;
     a.set_label(&mut resume)?;
     a.zero_bytes()?;
+    // Indices in the assembler's list, with the original addresses.
+    let mut moved = Vec::new();
     for insn in insns {
+        moved.push((a.instructions().len(), insn.ip()));
         a.add_instruction(*insn)?;
     }
+    moved.push((a.instructions().len(), back));
     a.jmp(back)?;
     a.set_label(&mut miss_r10)?;
     raw(
@@ -905,6 +946,16 @@ fn assemble(
         .assemble_options(base, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
         .context("assembling the trampoline (relocating the original instructions)")?;
     let resume_ip = result.label_ip(&resume)?;
+    let offsets = &result.inner.new_instruction_offsets;
+    // An instruction the encoder rewrote into several (a short branch made long) has no
+    // offset: a branch stops nowhere in between.
+    let relocated = moved
+        .into_iter()
+        .filter_map(|(i, original)| {
+            let off = *offsets.get(i)?;
+            (off != u32::MAX).then(|| (base + u64::from(off), original))
+        })
+        .collect();
     let code = result.inner.code_buffer;
     if code.len() as u64 > PAGE {
         bail!(
@@ -912,7 +963,11 @@ fn assemble(
             code.len()
         );
     }
-    Ok((code, resume_ip))
+    Ok(Assembled {
+        code,
+        resume: resume_ip,
+        relocated,
+    })
 }
 
 /// `popfq ; mov rsp, [rsp_save] ; mov r11, [r11_save]`: the program's flags, stack pointer and

@@ -411,3 +411,34 @@ fn the_signal_to_deliver_goes_before_anything_else() {
     );
     loc.finish(t).unwrap();
 }
+
+#[test]
+fn a_watchpoint_hit_in_the_moved_code_is_reported_at_the_original_address() {
+    let p = prog();
+    let rip = p.sym("guard_point");
+    let point = record_at_visit("g", rip, 100);
+    let c = start("g");
+    let t = &c.0;
+    // The debugger's write watchpoint on the counter, which the patched `addq` writes.
+    let mut d = DebugRegs::new();
+    assert_eq!(
+        d.insert(p.sym("counter"), 8, WatchKind::Write),
+        Some(vec![0])
+    );
+    t.set_debug_regs(&d).unwrap();
+    let mut loc = Locator::new(t, &point, &[], &[1, 2, 3]).unwrap();
+    assert_eq!(loc.method(), Method::Trampoline { guards: 1 });
+    assert_eq!(
+        loc.run(t, 0).unwrap(),
+        Verdict::Other(Stop::Signal(libc::SIGTRAP))
+    );
+    // Trapped after the copy of `addq` in the trampoline: seen after the original.
+    assert_eq!(t.regs().unwrap().rip, p.sym("guard_target") + 8);
+    assert_eq!(t.read_u64(p.sym("counter")).unwrap(), 1);
+    t.set_debug_regs(&DebugRegs::new()).unwrap();
+    assert_eq!(loc.run(t, 0).unwrap(), Verdict::Reached);
+    loc.finish(t).unwrap();
+    let now = capture(t);
+    assert_eq!(now.digest, point.digest);
+    assert_eq!(now.watch, point.watch);
+}
