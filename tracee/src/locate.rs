@@ -260,21 +260,20 @@ impl Locator {
             return Ok(());
         }
         self.ensure_scratch(t)?;
+        if let Mode::Trampoline(tr) = &self.mode {
+            if tr.interior(self.rip, t.regs()?.rip) {
+                if let Some(stop) = self.step_out(t)? {
+                    bail!(
+                        "task {} stopped ({stop:?}) while being stepped out of the bytes patched \
+                         at {:#x}",
+                        t.pid(),
+                        self.rip
+                    );
+                }
+            }
+        }
         match &self.mode {
             Mode::Trampoline(tr) => {
-                if tr.interior(self.rip, t.regs()?.rip) {
-                    if let Some(stop) = self.step_out(t)? {
-                        bail!(
-                            "task {} stopped ({stop:?}) while being stepped out of the bytes \
-                             patched at {:#x}",
-                            t.pid(),
-                            self.rip
-                        );
-                    }
-                }
-                let Mode::Trampoline(tr) = &self.mode else {
-                    unreachable!("the mode does not change while stepping")
-                };
                 t.write_mem(self.rip, &tr.patch)
                     .context("patching the point's code")?;
                 set_exec_slots(t, &tr.guards)?;
@@ -419,6 +418,8 @@ impl Locator {
             t.cont(0)?;
             let stop = t.wait()?;
             if stop.is_end() {
+                // Other threads may still run this code.
+                let _ = self.restore_code(t);
                 self.armed = false;
                 return Ok(Verdict::Other(stop));
             }
