@@ -16,6 +16,7 @@ pub mod maps;
 pub mod regs;
 pub mod seccomp;
 pub mod spawn;
+pub mod state;
 pub mod stop;
 pub mod tracee;
 pub mod tsc;

@@ -23,15 +23,14 @@ use iced_x86::{
     BlockEncoderOptions, Code, Decoder, DecoderOptions, FlowControl, Instruction, MemoryOperand,
     Mnemonic, Register,
 };
-use trace_format::{Point, WatchedWord, POINT_IGNORED_REG};
+use trace_format::{Point, WatchedWord};
 
 use crate::maps::{self, MapEntry};
-use crate::regs::{self, REGS_WORDS, WORD_NAMES};
+use crate::regs::{self, REGS_WORDS};
+use crate::state::{comparable, differences, memory_digest, FLAGS_COMPARED};
 use crate::stop::Stop;
 use crate::tracee::{signo_code, Tracee};
 
-/// eflags bits a point compares: CF PF AF ZF SF OF and DF.
-const FLAGS_COMPARED: u64 = 0x0cd5 | 0x0400;
 /// Index of `rip`, `eflags` and `rsp` in [`regs::to_words`] order.
 const RIP: usize = 16;
 const EFLAGS: usize = 18;
@@ -242,8 +241,7 @@ impl Locator {
     /// Full check of the current state of stopped `t` against the point.
     pub fn at_point(&mut self, t: &Tracee) -> Result<bool> {
         let words = regs::to_words(&t.regs()?);
-        Ok(self.quick_match(t, &words)
-            && full_match(t, &self.point, self.scratch_range())?.is_empty())
+        Ok(self.quick_match(t, &words) && self.full_match(t)?.is_empty())
     }
 
     /// Installs the patch (or breakpoint) before the task is resumed.
@@ -486,11 +484,18 @@ impl Locator {
     }
 
     /// The scratch mapping's range, left out of memory digests.
-    fn scratch_range(&self) -> (u64, u64) {
+    fn scratch_range(&self) -> Option<(u64, u64)> {
         match &self.mode {
-            Mode::Trampoline(tr) => (tr.base, tr.base + SCRATCH_SIZE),
-            _ => (0, 0),
+            Mode::Trampoline(tr) => Some((tr.base, tr.base + SCRATCH_SIZE)),
+            _ => None,
         }
+    }
+
+    /// How the task's complete state differs from the point's (empty: identical), the scratch
+    /// mapping left out.
+    fn full_match(&self, t: &Tracee) -> Result<Vec<String>> {
+        let scratch: Vec<(u64, u64)> = self.scratch_range().into_iter().collect();
+        differences(t, &self.point, &scratch)
     }
 
     /// Maps the scratch page and writes the trampoline, once. If the mapping fails, falls back
@@ -563,13 +568,13 @@ impl Locator {
     /// The registers and watched words matched at `rip` (which `t` is at now): the full check,
     /// and the give-up rules.
     fn candidate(&mut self, t: &Tracee) -> Result<Verdict> {
-        let diffs = full_match(t, &self.point, self.scratch_range())?;
+        let diffs = self.full_match(t)?;
         if diffs.is_empty() {
             return Ok(Verdict::Reached);
         }
         let words = comparable(&regs::to_words(&t.regs()?));
         let mut excluded = self.point.excluded.clone();
-        excluded.push(self.scratch_range());
+        excluded.extend(self.scratch_range());
         let key = (words, memory_digest(t, &excluded)?);
         tracing::debug!("point {:#x}: near miss ({})", self.rip, diffs.join(", "));
         if self
@@ -1019,95 +1024,4 @@ fn clear_slots(t: &Tracee, slots: impl IntoIterator<Item = usize>) -> Result<()>
         t.set_debug_reg(7, cleared)?;
     }
     Ok(())
-}
-
-/// `words` with what a point does not compare cleared.
-fn comparable(words: &[u64; REGS_WORDS]) -> [u64; REGS_WORDS] {
-    let mut w = *words;
-    w[POINT_IGNORED_REG] = 0;
-    w[EFLAGS] &= FLAGS_COMPARED;
-    w
-}
-
-/// How the stopped task's state differs from `point` (empty = identical), the scratch range
-/// left out of the memory comparison.
-fn full_match(t: &Tracee, point: &Point, scratch: (u64, u64)) -> Result<Vec<String>> {
-    let now = comparable(&regs::to_words(&t.regs()?));
-    let want = comparable(&point.regs);
-    let mut d: Vec<String> = (0..REGS_WORDS)
-        .filter(|&i| now[i] != want[i])
-        .map(|i| format!("{}: {:#x} -> {:#x}", WORD_NAMES[i], want[i], now[i]))
-        .collect();
-    if fp_bytes(&t.fp_regs()?) != point.fpregs {
-        d.push("FP state".to_string());
-    }
-    let mut excluded = point.excluded.clone();
-    excluded.push(scratch);
-    if memory_digest(t, &excluded)? != point.digest {
-        d.push("memory".to_string());
-    }
-    Ok(d)
-}
-
-// Interim stand-ins for `crate::state` (being written in parallel): the FP state's bytes and
-// the memory digest. Replaced by `state::differences` once it is merged.
-
-/// The FP state as bytes (interim form).
-fn fp_bytes(fp: &crate::xregs::FpRegs) -> Vec<u8> {
-    let mut v = Vec::new();
-    for st in &fp.st {
-        v.extend_from_slice(st);
-    }
-    for x in [
-        fp.fctrl, fp.fstat, fp.ftag, fp.fiseg, fp.fioff, fp.foseg, fp.fooff, fp.fop, fp.mxcsr,
-    ] {
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    for x in fp.xmm.iter().chain(&fp.ymmh) {
-        v.extend_from_slice(x);
-    }
-    v
-}
-
-/// BLAKE3 (16 bytes) of every writable mapping's non-zero pages, `excluded` zeroed (interim).
-fn memory_digest(t: &Tracee, excluded: &[(u64, u64)]) -> Result<[u8; 16]> {
-    let mut h = blake3::Hasher::new();
-    let mut page = vec![0u8; PAGE as usize];
-    for m in maps::read(t.pid())?
-        .iter()
-        .filter(|m| m.perms.contains('w'))
-    {
-        let mut addr = m.start;
-        while addr < m.end {
-            page.fill(0);
-            t.read_mem_partial(addr, &mut page);
-            for &(s, e) in excluded {
-                let (s, e) = (s.max(addr), e.min(addr + PAGE));
-                if s < e {
-                    page[(s - addr) as usize..(e - addr) as usize].fill(0);
-                }
-            }
-            if page.iter().any(|&b| b != 0) {
-                h.update(&addr.to_le_bytes());
-                h.update(&page);
-            }
-            addr += PAGE;
-        }
-    }
-    let mut d = [0u8; 16];
-    d.copy_from_slice(&h.finalize().as_bytes()[..16]);
-    Ok(d)
-}
-
-/// Interim test support until `state::capture` exists: the point `t` is stopped at.
-#[doc(hidden)]
-pub fn interim_capture(t: &Tracee, watch: Vec<WatchedWord>) -> Result<Point> {
-    Ok(Point {
-        regs: regs::to_words(&t.regs()?),
-        fpregs: fp_bytes(&t.fp_regs()?),
-        digest: memory_digest(t, &[])?,
-        excluded: Vec::new(),
-        watch,
-        ticks: 0,
-    })
 }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use trace_format::{Point, WatchedWord};
 use tracee::debugregs::{DebugRegs, WatchKind};
-use tracee::locate::{interim_capture, Locator, Method, Verdict};
+use tracee::locate::{Locator, Method, Verdict};
 use tracee::regs::{self, to_words};
+use tracee::state::capture;
 use tracee::{spawn, SignalState, SpawnOptions, Stop, Tracee};
 
 /// The test program, built once, and its symbols.
@@ -113,16 +114,18 @@ fn start(mode: &str) -> Child {
 }
 
 /// The point `t` is stopped at, watching the counter.
-fn capture(t: &Tracee) -> Point {
+fn point_here(t: &Tracee) -> Point {
     let addr = prog().sym("counter");
     let value = t.read_u64(addr).unwrap();
-    interim_capture(
+    capture(
         t,
+        vec![],
         vec![WatchedWord {
             addr,
             size: 8,
             value,
         }],
+        0,
     )
     .unwrap()
 }
@@ -136,7 +139,7 @@ fn record_timed(mode: &str, ms: u64) -> Point {
     std::thread::sleep(Duration::from_millis(ms));
     t.tgkill(t.pid(), libc::SIGSTOP).unwrap();
     assert_eq!(t.wait().unwrap(), Stop::Signal(libc::SIGSTOP));
-    capture(t)
+    point_here(t)
 }
 
 /// Run 1 stopped deterministically: at the `n`th execution of the instruction at `rip`.
@@ -152,7 +155,7 @@ fn record_at_visit(mode: &str, rip: u64, n: usize) -> Point {
         assert_eq!(t.regs().unwrap().rip, rip);
     }
     t.set_debug_regs(&DebugRegs::new()).unwrap();
-    capture(t)
+    point_here(t)
 }
 
 /// What a replay reports: the verdict, the locator's account, the time taken.
@@ -199,7 +202,7 @@ fn assert_reached(r: &Replay, point: &Point) {
         Ok(Verdict::Reached) => {}
         other => panic!("not reached: {other:?}; {}", r.report),
     }
-    let now = capture(&r.child.0);
+    let now = point_here(&r.child.0);
     let differ = regs::differences(&point.regs, &now.regs);
     // orig_rax is not part of a point.
     assert!(
@@ -388,7 +391,7 @@ fn inject_syscall_leaves_the_task_as_it_was() {
 
 #[test]
 fn a_task_already_at_the_point_is_reached_without_running() {
-    let point = capture(&start("r").0);
+    let point = point_here(&start("r").0);
     let r = replay("r", &point, &[], &[0, 1, 2, 3]);
     assert_reached(&r, &point);
     assert_eq!(r.visits, 0);
@@ -438,7 +441,7 @@ fn a_watchpoint_hit_in_the_moved_code_is_reported_at_the_original_address() {
     t.set_debug_regs(&DebugRegs::new()).unwrap();
     assert_eq!(loc.run(t, 0).unwrap(), Verdict::Reached);
     loc.finish(t).unwrap();
-    let now = capture(t);
+    let now = point_here(t);
     assert_eq!(now.digest, point.digest);
     assert_eq!(now.watch, point.watch);
 }
