@@ -25,16 +25,19 @@ use iced_x86::{
 };
 use trace_format::{Point, WatchedWord};
 
+use crate::debugregs::hit_slots;
 use crate::maps::{self, MapEntry};
 use crate::regs::{self, REGS_WORDS};
 use crate::state::{comparable, differences, memory_digest, FLAGS_COMPARED};
 use crate::stop::Stop;
 use crate::tracee::{signo_code, Tracee};
 
-/// Index of `rip`, `eflags` and `rsp` in [`regs::to_words`] order.
+/// Index of `rip` in [`regs::to_words`] order.
 const RIP: usize = 16;
+/// Index of `eflags` in [`regs::to_words`] order.
 const EFLAGS: usize = 18;
 
+/// Page size.
 const PAGE: u64 = 4096;
 /// The scratch mapping: the trampoline's code page, then its data page (counters, saved
 /// registers, and a private stack at its top for `pushfq`: the program's stack has a red zone
@@ -154,7 +157,9 @@ impl Locator {
     /// Prepares to find `point` in stopped task `t`: chooses a scratch address within ±2 GiB
     /// of the point's `rip` and builds the trampoline (or chooses a fallback). `avoid`: byte
     /// ranges `[start, end)` not to patch (the debugger's breakpoints); `free_slots`: debug
-    /// register slots (0–3) it may use (guards / fallback).
+    /// register slots (0–3) it may use (guards / fallback). Both are taken as they are now: a
+    /// breakpoint the caller inserts later inside the patched bytes needs a new locator
+    /// (disarming writes the bytes seen here back).
     ///
     /// Does not resume the task: the scratch page is mapped (by an injected `mmap`) at the
     /// first [`Locator::arm`]. A task in a signal-delivery-stop whose signal is still to be
@@ -352,10 +357,12 @@ impl Locator {
                     return Ok(verdict);
                 }
                 if code == TRAP_HWBKPT {
-                    let dr6 = t.debug_reg(6)?;
-                    let guard = crate::debugregs::hit_slots(dr6)
-                        .any(|s| tr.guards.iter().any(|&(gs, ga)| gs == s && ga == r.rip));
-                    if guard {
+                    let hits: Vec<usize> = hit_slots(t.debug_reg(6)?).collect();
+                    let guard = hits
+                        .iter()
+                        .any(|&s| tr.guards.iter().any(|&(gs, ga)| gs == s && ga == r.rip));
+                    let foreign = hits.iter().any(|&s| tr.guards.iter().all(|g| g.0 != s));
+                    if guard && !foreign {
                         self.guard_hits += 1;
                         tracing::debug!("guard hit at {:#x}: stepping out", r.rip);
                         return Ok(match self.step_out(t)? {
@@ -367,14 +374,21 @@ impl Locator {
                 Ok(Verdict::Other(stop))
             }
             &Mode::Breakpoint { slot } => {
-                let ours = code == TRAP_HWBKPT
-                    && r.rip == self.rip
-                    && crate::debugregs::hit_slots(t.debug_reg(6)?).any(|s| s == slot);
-                if !ours {
+                let hits: Vec<usize> = if code == TRAP_HWBKPT && r.rip == self.rip {
+                    hit_slots(t.debug_reg(6)?).collect()
+                } else {
+                    Vec::new()
+                };
+                if !hits.contains(&slot) {
                     return Ok(Verdict::Other(stop));
                 }
-                // The kernel set RF: resuming executes the instruction without trapping again.
-                self.visit(t)
+                // The kernel set RF: resuming executes the instruction without trapping again,
+                // so this visit is checked now even if a breakpoint of the caller's fired too.
+                let verdict = self.visit(t)?;
+                if verdict == Verdict::Continue && hits.iter().any(|&s| s != slot) {
+                    return Ok(Verdict::Other(stop));
+                }
+                Ok(verdict)
             }
             Mode::Int3 { .. } => {
                 if code != libc::SI_KERNEL || r.rip != self.rip + 1 {
@@ -933,9 +947,17 @@ fn assemble(
     a.zero_bytes()?;
     // Indices in the assembler's list, with the original addresses.
     let mut moved = Vec::new();
-    for insn in insns {
+    for (k, insn) in insns.iter().enumerate() {
         moved.push((a.instructions().len(), insn.ip()));
-        a.add_instruction(*insn)?;
+        let mut insn = *insn;
+        if k == 0 {
+            // The block encoder sends branches aimed at an instruction of the block to its
+            // copy; a branch back to the point must reach the patch (a new visit), so the
+            // point's copy does not answer to the point's address. (Branches to the others'
+            // addresses may use the copies: same instructions, no guard stop.)
+            insn.set_ip(0);
+        }
+        a.add_instruction(insn)?;
     }
     moved.push((a.instructions().len(), back));
     a.jmp(back)?;
@@ -1024,4 +1046,116 @@ fn clear_slots(t: &Tracee, slots: impl IntoIterator<Item = usize>) -> Result<()>
         t.set_debug_reg(7, cleared)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(start: u64, end: u64, name: &str) -> MapEntry {
+        MapEntry {
+            start,
+            end,
+            perms: "r-xp".into(),
+            offset: 0,
+            dev: "00:00".into(),
+            inode: 0,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn gap_is_the_nearest_free_one_in_reach_never_under_the_stack() {
+        let maps = [
+            map(0x40_0000, 0x40_2000, "/prog"),
+            map(0x40_3000, 0x40_5000, "/prog"),
+            map(0x7fff_f000_0000, 0x7fff_f000_1000, "[stack]"),
+        ];
+        // The one-page hole between the program's mappings is too small (a page of margin on
+        // each side); the nearest room is just above it.
+        assert_eq!(choose_gap(&maps, 0x40_1000), Some(0x3f_d000));
+        // The room between a library and the stack above it is the stack's to grow into.
+        let top = [
+            map(0x7fff_f7ff_0000, 0x7fff_f7ff_1000, "/lib"),
+            map(0x7fff_fffd_e000, USER_TOP, "[stack]"),
+        ];
+        assert_eq!(choose_gap(&top, 0x7fff_f7ff_0800), Some(0x7fff_f7fe_d000));
+        // Nothing in reach at all.
+        let far = [map(MIN_ADDR, USER_TOP, "/huge")];
+        assert_eq!(choose_gap(&far, 0x40_0000), None);
+        // Below the first mapping (as near as above it: the first found wins).
+        let high = [map(0x1_0000_0000, 0x1_0000_1000, "/lib")];
+        assert_eq!(choose_gap(&high, 0x1_0000_0800), Some(0xffff_d000));
+    }
+
+    fn decode(bytes: &[u8]) -> Instruction {
+        Decoder::with_ip(64, bytes, 0x40_1000, DecoderOptions::NONE).decode()
+    }
+
+    #[test]
+    fn calls_syscalls_and_traps_are_not_moved() {
+        assert!(unmovable(&decode(&[0xe8, 0, 0, 0, 0])).is_some()); // call rel32
+        assert!(unmovable(&decode(&[0xff, 0xd0])).is_some()); // call rax
+        assert!(unmovable(&decode(&[0x0f, 0x05])).is_some()); // syscall
+        assert!(unmovable(&decode(&[0xcc])).is_some()); // int3
+        assert!(unmovable(&decode(&[0x0f, 0x31])).is_some()); // rdtsc
+        assert!(unmovable(&decode(&[0x0f, 0x0b])).is_some()); // ud2
+        assert!(unmovable(&decode(&[0x0f])).is_some()); // truncated
+        assert!(unmovable(&decode(&[0x48, 0xff, 0xc0])).is_none()); // inc rax
+        assert!(unmovable(&decode(&[0x75, 0xf0])).is_none()); // jne
+        assert!(unmovable(&decode(&[0x48, 0x8b, 0x05, 1, 0, 0, 0])).is_none()); // rip-relative
+    }
+
+    #[test]
+    fn trampoline_traps_then_runs_the_moved_code_and_jumps_back() {
+        let base = 0x50_0000;
+        let mut regs = [0u64; REGS_WORDS];
+        regs[RIP] = 0x40_1000;
+        regs[10] = 0x1234_5678_9abc; // rax, not an imm32
+        let point = Point {
+            regs,
+            fpregs: vec![],
+            digest: [0; 16],
+            excluded: vec![],
+            watch: vec![WatchedWord {
+                addr: 0x40_3000,
+                size: 4,
+                value: 7,
+            }],
+            ticks: 0,
+        };
+        // `mov rax, [rip + 0x10]` then `jne` back to the point.
+        let insns = [
+            Decoder::with_ip(64, &[0x48, 0x8b, 0x05, 0x10, 0, 0, 0], 0x40_1000, 0).decode(),
+            Decoder::with_ip(64, &[0x75, 0xf7], 0x40_1007, 0).decode(),
+        ];
+        let asm = assemble(base, &point, &point.watch, &insns, 0x40_1009).unwrap();
+        let code: Vec<Instruction> = Decoder::with_ip(64, &asm.code, base, DecoderOptions::NONE)
+            .into_iter()
+            .collect();
+        let int3 = code
+            .iter()
+            .position(|i| i.mnemonic() == Mnemonic::Int3)
+            .unwrap();
+        assert_eq!(code[int3].next_ip(), asm.resume);
+        // The moved load still reads the original address; the branch still targets the point.
+        let moved = &code[int3 + 1];
+        assert_eq!(moved.ip(), asm.resume);
+        assert_eq!(moved.ip_rel_memory_address(), 0x40_1007 + 0x10);
+        assert_eq!(code[int3 + 2].near_branch_target(), 0x40_1000);
+        assert_eq!(code[int3 + 3].mnemonic(), Mnemonic::Jmp);
+        assert_eq!(code[int3 + 3].near_branch_target(), 0x40_1009);
+        assert_eq!(
+            asm.relocated,
+            vec![
+                (asm.resume, 0x40_1000),
+                (code[int3 + 2].ip(), 0x40_1007),
+                (code[int3 + 3].ip(), 0x40_1009)
+            ]
+        );
+        // Nothing before the trap touches memory below the program's stack pointer.
+        assert!(code[..int3]
+            .iter()
+            .all(|i| i.memory_base() != Register::RSP || i.mnemonic() == Mnemonic::Mov));
+    }
 }

@@ -269,10 +269,14 @@ fn a_point_never_reached_ends_at_the_programs_next_stop() {
             r.report
         ),
     }
-    assert_eq!(
-        r.child.0.regs().unwrap().orig_rax,
-        libc::SYS_exit_group as u64
-    );
+    // `finish` unmapped the scratch page from that seccomp stop: the task was set back before
+    // its `syscall`, which it makes again.
+    let t = &r.child.0;
+    t.cont(0).unwrap();
+    assert_eq!(t.wait().unwrap(), Stop::SeccompEntry);
+    assert_eq!(t.regs().unwrap().orig_rax, libc::SYS_exit_group as u64);
+    t.cont(0).unwrap();
+    assert_eq!(t.wait().unwrap(), Stop::Exited(0));
     assert_eq!(r.near_misses, 0);
     eprintln!("tampered watch: {:?}; {}", r.elapsed, r.report);
 }
@@ -444,4 +448,16 @@ fn a_watchpoint_hit_in_the_moved_code_is_reported_at_the_original_address() {
     let now = point_here(t);
     assert_eq!(now.digest, point.digest);
     assert_eq!(now.watch, point.watch);
+}
+
+#[test]
+fn a_branch_back_to_the_point_among_the_patched_instructions_is_a_visit() {
+    let p = prog();
+    // `inc rax` (3 bytes) then `loop tight_point` (2): the loop's branch is moved too.
+    let rip = p.sym("tight_point");
+    let point = record_at_visit("t", rip, 2000);
+    let r = replay("t", &point, &[], &[0]);
+    assert_eq!(r.method, Method::Trampoline { guards: 1 });
+    assert_reached(&r, &point);
+    assert_eq!(r.visits, 2000, "{}", r.report);
 }

@@ -14,6 +14,7 @@ u64 sink;
 
 void guard_loop(void);
 void spin_loop(void);
+void tight_loop(void);
 
 static void scrub_at_random(u64 *sp) {
     u64 *p = sp + 1 + sp[0] + 1; /* argc, argv..., NULL */
@@ -42,6 +43,9 @@ void cmain(u64 *sp) {
         guard_loop();
     case 's':
         spin_loop();
+    case 't':
+        tight_loop();
+        break;
     }
     sys1(231, 0);
 }
@@ -56,4 +60,7 @@ __asm__(
     ".globl guard_target\nguard_target:\n addq $1, counter(%rip)\n dec %edx\n jg guard_target\n"
     " jmp guard_point\n"
     ".globl spin_loop\nspin_loop:\n"
-    ".globl spin_point\nspin_point:\n mov stop_flag(%rip), %rax\n test %rax, %rax\n jz spin_point\n ret\n");
+    ".globl spin_point\nspin_point:\n mov stop_flag(%rip), %rax\n test %rax, %rax\n jz spin_point\n ret\n"
+    /* tight_loop: the branch back to the point is one of the instructions a patch covers. */
+    ".globl tight_loop\ntight_loop:\n mov $200000, %ecx\n xor %eax, %eax\n"
+    ".globl tight_point\ntight_point:\n inc %rax\n loop tight_point\n ret\n");
