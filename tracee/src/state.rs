@@ -737,6 +737,55 @@ pub fn differences(t: &Tracee, p: &Point, extra_excluded: &[(u64, u64)]) -> Resu
     Ok(out)
 }
 
+/// The resume flag: suppresses instruction breakpoints for one instruction.
+const EFLAGS_RF: u64 = 1 << 16;
+
+/// Makes a debug exception at the current instruction the stopped task's last trap, without
+/// running any instruction: a hardware execution breakpoint on `rip` fires before the instruction
+/// executes.
+///
+/// The kernel copies the number and error code of a thread's last trap into every signal frame
+/// it writes later (`sigcontext.trapno`/`err`), also for asynchronous signals. The recorder's
+/// single steps and the replayer's breakpoints are different traps, so without this the frames
+/// (and the stale copies of them left below the stack pointer, which a point's memory digest
+/// covers) would differ between a recording and its replay. Both call this right before
+/// delivering an asynchronous signal, so every such frame says "debug exception, error 0".
+///
+/// Resuming discards a signal the task is stopped to deliver: the caller delivers it afterwards
+/// from the returned `SIGTRAP` stop (set its siginfo, resume with it). Returns `None` when done,
+/// the task then being in that `SIGTRAP` stop at the same `rip`, or the stop that came instead
+/// (another pending signal, the task's death), the task then being in that stop.
+pub fn settle_trap(t: &Tracee) -> Result<Option<Stop>> {
+    let dr7 = t.debug_reg(7)?;
+    // A free slot if there is one; else slot 3, put back afterwards.
+    let slot = (0..4).find(|i| (dr7 >> (2 * i)) & 0b11 == 0).unwrap_or(3);
+    let saved_addr = t.debug_reg(slot)?;
+    let mut r = t.regs()?;
+    if r.eflags & EFLAGS_RF != 0 {
+        r.eflags &= !EFLAGS_RF;
+        t.set_regs(&r)?;
+    }
+    // Slot `slot`: locally enabled, R/W = 00 (execute), LEN = 00 (one byte).
+    let fields = (0b11 << (2 * slot)) | (0b1111 << (16 + 4 * slot));
+    t.set_debug_reg(7, dr7 & !fields)?;
+    t.set_debug_reg(slot, r.rip)?;
+    t.set_debug_reg(7, (dr7 & !fields) | (1 << (2 * slot)))?;
+    t.cont(0)?;
+    let stop = t.wait();
+    if matches!(stop, Ok(s) if s.is_end()) {
+        return stop.map(Some);
+    }
+    t.set_debug_reg(7, dr7 & !fields)?;
+    t.set_debug_reg(slot, saved_addr)?;
+    t.set_debug_reg(7, dr7)?;
+    let stop = stop?;
+    let dr6 = t.debug_reg(6)?;
+    t.set_debug_reg(6, 0)?;
+    let ours =
+        stop == Stop::Signal(libc::SIGTRAP) && dr6 & (1 << slot) != 0 && t.regs()?.rip == r.rip;
+    Ok(if ours { None } else { Some(stop) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -471,3 +471,31 @@ fn digest_cost() {
         );
     }
 }
+
+/// Runs `trapno` under ptrace, passing every signal on; at the SIGUSR1 stop, `settle_trap` first
+/// when `settle` is set. Returns the program's exit status (the trap number its handler saw).
+fn trapno_exit(settle: bool) -> i32 {
+    let prog = program("trapno", &[]);
+    // The tracer's exit kills it (PTRACE_O_EXITKILL) should an assertion fail midway.
+    let t = spawn(&options(&prog, &[], false)).expect("spawning trapno");
+    t.cont(0).unwrap();
+    loop {
+        match t.wait().unwrap() {
+            Stop::Exited(code) => return code,
+            Stop::Signal(libc::SIGUSR1) if settle => {
+                let info = t.siginfo().unwrap();
+                assert_eq!(tracee::state::settle_trap(&t).unwrap(), None);
+                t.set_siginfo(&info).unwrap();
+                t.cont(libc::SIGUSR1).unwrap();
+            }
+            Stop::Signal(sig) => t.cont(sig).unwrap(),
+            stop => panic!("unexpected stop {stop:?}"),
+        }
+    }
+}
+
+#[test]
+fn settle_trap_makes_signal_frames_say_debug_exception() {
+    assert_eq!(trapno_exit(false), 3, "the int3's trap number");
+    assert_eq!(trapno_exit(true), 1, "a debug exception's trap number");
+}
