@@ -63,6 +63,9 @@ const MAX_NEAR_MISSES: usize = 64;
 /// Single steps allowed to leave the patched bytes after control entered them from elsewhere.
 const MAX_STEP_OUT: usize = 100_000;
 
+/// The resume flag, which the kernel sets after an instruction breakpoint fires.
+const EFLAGS_RF: u64 = 1 << 16;
+
 /// `si_code` of a hardware breakpoint's SIGTRAP.
 const TRAP_HWBKPT: i32 = 4;
 
@@ -388,6 +391,11 @@ impl Locator {
                 if verdict == Verdict::Continue && hits.iter().any(|&s| s != slot) {
                     return Ok(Verdict::Other(stop));
                 }
+                if verdict == Verdict::Reached {
+                    // Our breakpoint is gone: RF would only hide a caller's breakpoint here.
+                    r.eflags &= !EFLAGS_RF;
+                    t.set_regs(&r)?;
+                }
                 Ok(verdict)
             }
             Mode::Int3 { .. } => {
@@ -414,6 +422,9 @@ impl Locator {
     /// at the handler's first instruction, or after one instruction if nothing handles it);
     /// then checks whether the task is already at the point, and arms / resumes / waits /
     /// disarms / [`Locator::on_stop`] until `Reached` or `Other`.
+    ///
+    /// The signal may come from a [`crate::state::settle_trap`] stop: set its siginfo there and
+    /// pass it here. After `Other`, deliver its signal (if any) by calling `run` again with it.
     pub fn run(&mut self, t: &Tracee, sig: i32) -> Result<Verdict> {
         if sig != 0 {
             t.step(sig)?;
