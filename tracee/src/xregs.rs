@@ -230,6 +230,35 @@ impl FpRegs {
         self.fooff = 0;
         self.fop = 0;
     }
+
+    /// The registers as canonical bytes, for storing in a trace and comparing: every field in
+    /// declaration order, little-endian (`st0`–`st7` as 10 bytes each, then `fctrl`, `fstat`,
+    /// `ftag`, `fiseg`, `fioff`, `foseg`, `fooff`, `fop` as 4 bytes each, `xmm0`–`xmm15`,
+    /// `mxcsr`, `ymm0h`–`ymm15h`): [`FpRegs::BYTES`] bytes. Equal registers give equal bytes,
+    /// whichever image (XSAVE or FXSAVE) they were read from.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::BYTES);
+        for st in &self.st {
+            out.extend_from_slice(st);
+        }
+        for w in [
+            self.fctrl, self.fstat, self.ftag, self.fiseg, self.fioff, self.foseg, self.fooff,
+            self.fop,
+        ] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        for x in &self.xmm {
+            out.extend_from_slice(x);
+        }
+        out.extend_from_slice(&self.mxcsr.to_le_bytes());
+        for h in &self.ymmh {
+            out.extend_from_slice(h);
+        }
+        out
+    }
+
+    /// Length of [`FpRegs::to_bytes`].
+    pub const BYTES: usize = 8 * 10 + 8 * 4 + 16 * 16 + 4 + 16 * 16;
 }
 
 /// Offset of the AVX component in `xsave` if it is there: the CPU has one, the kernel enables
@@ -548,6 +577,37 @@ mod tests {
         assert!(put_xsave(&mut buf, None, &r).is_ok());
         r.ymmh[0][0] = 1;
         assert!(put_xsave(&mut buf, None, &r).is_err());
+    }
+
+    #[test]
+    fn canonical_bytes_cover_every_field() {
+        let r = sample();
+        let b = r.to_bytes();
+        assert_eq!(b.len(), FpRegs::BYTES);
+        assert_eq!(&b[..10], &ONE);
+        // fctrl right after the eight 10-byte registers, fop last of the eight words.
+        assert_eq!(&b[80..84], &0x037fu32.to_le_bytes());
+        assert_eq!(&b[108..112], &0x7ddu32.to_le_bytes());
+        assert_eq!(&b[112..128], &[1; 16]);
+        assert_eq!(&b[368..372], &0x1fa0u32.to_le_bytes());
+        assert_eq!(&b[372..388], &[0x80; 16]);
+        // Each field shows: changing any one changes the bytes.
+        let changed = |f: &dyn Fn(&mut FpRegs)| {
+            let mut o = r;
+            f(&mut o);
+            o.to_bytes() != b
+        };
+        assert!(changed(&|o| o.st[7][9] ^= 1));
+        assert!(changed(&|o| o.fstat ^= 1));
+        assert!(changed(&|o| o.ftag ^= 1));
+        assert!(changed(&|o| o.fiseg ^= 1));
+        assert!(changed(&|o| o.fioff ^= 1));
+        assert!(changed(&|o| o.foseg ^= 1));
+        assert!(changed(&|o| o.fooff ^= 1));
+        assert!(changed(&|o| o.fop ^= 1));
+        assert!(changed(&|o| o.xmm[15][15] ^= 1));
+        assert!(changed(&|o| o.mxcsr ^= 1));
+        assert!(changed(&|o| o.ymmh[15][15] ^= 1));
     }
 
     #[test]

@@ -1,0 +1,1172 @@
+//! Finding a recorded [`Point`] again in a replayed task, at native speed and without a PMU.
+//!
+//! The instruction(s) at the point's `rip` are patched with a `jmp` to a **trampoline** in a
+//! scratch mapping within ±2 GiB. The trampoline compares the general registers, the
+//! arithmetic flags and the point's watched words against the recorded values and executes
+//! `int3` only when all match; otherwise it runs the relocated original instructions and jumps
+//! back. At the `int3` the tracer compares the complete state (FP registers, memory digest):
+//! equal means reached (identical state, identical future), different is a *near miss* and the
+//! task continues. Interior boundaries of the patched bytes, where the program might branch,
+//! are guarded by hardware execute breakpoints. When no trampoline can be built (instructions
+//! that cannot be moved, no room for guards, no address nearby), every visit of `rip` stops the
+//! task instead (a hardware breakpoint, or an `int3` byte without a free debug register).
+//!
+//! Typical use (what [`Locator::run`] does): `new`, then `arm` / resume / wait / `disarm` /
+//! `on_stop` until `Reached` or `Other`, then `finish`.
+
+use anyhow::{bail, Context, Result};
+use iced_x86::code_asm::{
+    byte_ptr, dword_ptr, qword_ptr, r10, r11, r11b, r11d, r11w, r12, r13, r14, r15, r8, r9, rax,
+    rbp, rbx, rcx, rdi, rdx, rsi, rsp, word_ptr, AsmRegister64, CodeAssembler, CodeLabel,
+};
+use iced_x86::{
+    BlockEncoderOptions, Code, Decoder, DecoderOptions, FlowControl, Instruction, MemoryOperand,
+    Mnemonic, Register,
+};
+use trace_format::{Point, WatchedWord};
+
+use crate::debugregs::hit_slots;
+use crate::maps::{self, MapEntry};
+use crate::regs::{self, REGS_WORDS};
+use crate::state::{comparable, differences, memory_digest, FLAGS_COMPARED};
+use crate::stop::Stop;
+use crate::tracee::{signo_code, Tracee};
+
+/// Index of `rip` in [`regs::to_words`] order.
+const RIP: usize = 16;
+/// Index of `eflags` in [`regs::to_words`] order.
+const EFLAGS: usize = 18;
+
+/// Page size.
+const PAGE: u64 = 4096;
+/// The scratch mapping: the trampoline's code page, then its data page (counters, saved
+/// registers, and a private stack at its top for `pushfq`: the program's stack has a red zone
+/// that must not be touched). Code and data live in different pages so the trampoline's stores
+/// never look like self-modifying code to the CPU.
+const SCRATCH_SIZE: u64 = 2 * PAGE;
+/// Offsets in the data page.
+const DATA_VISITS: u64 = 0;
+const DATA_R11: u64 = 8;
+const DATA_RSP: u64 = 16;
+const DATA_R10: u64 = 24;
+/// Length of `jmp rel32`, the patch at the point.
+const JMP_LEN: usize = 5;
+/// How far a `rel32` may reach, with a margin.
+const REL32_REACH: u64 = (1 << 31) - (1 << 20);
+/// Lowest address the scratch may take (the usual `vm.mmap_min_addr`), and the end of the
+/// 47-bit user address space.
+const MIN_ADDR: u64 = 0x10000;
+const USER_TOP: u64 = 0x7fff_ffff_f000;
+
+/// Give-up rule: more near misses than this is a divergence.
+const MAX_NEAR_MISSES: usize = 64;
+/// Single steps allowed to leave the patched bytes after control entered them from elsewhere.
+const MAX_STEP_OUT: usize = 100_000;
+
+/// The resume flag, which the kernel sets after an instruction breakpoint fires.
+const EFLAGS_RF: u64 = 1 << 16;
+
+/// `si_code` of a hardware breakpoint's SIGTRAP.
+const TRAP_HWBKPT: i32 = 4;
+
+/// What a stop meant to the locator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The task is exactly at the point: `rip` is the point's, its complete state equals the
+    /// recorded one. The code is disarmed; call [`Locator::finish`].
+    Reached,
+    /// A near miss or a guard: the task is prepared; arm and resume it again.
+    Continue,
+    /// A stop that is not the locator's (a signal, a syscall, the task's end, ...): the
+    /// caller's business. The task stays in it.
+    Other(Stop),
+}
+
+/// How the locator watches the point's `rip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The in-process filter; `guards` debug-register slots watch interior instruction
+    /// boundaries of the patched bytes.
+    Trampoline {
+        /// Guard slots used.
+        guards: usize,
+    },
+    /// A hardware execute breakpoint at `rip`: a ptrace stop per visit.
+    HardwareBreakpoint,
+    /// An `int3` byte at `rip`: a ptrace stop (and a single step) per visit.
+    Int3,
+}
+
+/// Runs a task to a recorded [`Point`]. See the module documentation.
+#[derive(Debug)]
+pub struct Locator {
+    point: Point,
+    /// The point's `rip`.
+    rip: u64,
+    /// Watched words the trampoline and the fallback's quick check compare (the readable ones).
+    watch: Vec<WatchedWord>,
+    mode: Mode,
+    /// What `new` was given, for a late fallback.
+    avoid: Vec<(u64, u64)>,
+    free_slots: Vec<usize>,
+    armed: bool,
+    /// Visits the trampoline counted when last read.
+    trampoline_visits: u64,
+    /// Visits seen as ptrace stops (fallback).
+    stop_visits: u64,
+    guard_hits: u64,
+    /// `(comparable registers, memory digest)` of every near miss, for the cycle rule.
+    candidates: Vec<([u64; REGS_WORDS], [u8; 16])>,
+    /// The differences of the nearest miss (fewest differences).
+    nearest: Option<Vec<String>>,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Trampoline(Trampoline),
+    Breakpoint { slot: usize },
+    Int3 { original: u8 },
+}
+
+#[derive(Debug)]
+struct Trampoline {
+    /// Address of the scratch mapping.
+    base: u64,
+    /// Whether it is mapped and holds `code`.
+    mapped: bool,
+    /// The trampoline, assembled for `base`.
+    code: Vec<u8>,
+    /// Where the trampoline's `int3` leaves `rip` (the relocated original instructions follow).
+    resume: u64,
+    /// The program's bytes under the patch.
+    original: Vec<u8>,
+    /// `jmp trampoline` and `int3` filler, as long as `original`.
+    patch: Vec<u8>,
+    /// `(slot, address)`: an execute breakpoint on each covered instruction after the first.
+    guards: Vec<(usize, u64)>,
+    /// `(trampoline address, original address)` of the relocated instructions and of the jump
+    /// back (whose original is the end of the patched bytes).
+    relocated: Vec<(u64, u64)>,
+}
+
+impl Trampoline {
+    /// Whether `addr` is inside the patched bytes, past their first one.
+    fn interior(&self, rip: u64, addr: u64) -> bool {
+        addr > rip && addr < rip + self.original.len() as u64
+    }
+}
+
+impl Locator {
+    /// Prepares to find `point` in stopped task `t`: chooses a scratch address within ±2 GiB
+    /// of the point's `rip` and builds the trampoline (or chooses a fallback). `avoid`: byte
+    /// ranges `[start, end)` not to patch (the debugger's breakpoints); `free_slots`: debug
+    /// register slots (0–3) it may use (guards / fallback). Both are taken as they are now: a
+    /// breakpoint the caller inserts later inside the patched bytes needs a new locator
+    /// (disarming writes the bytes seen here back).
+    ///
+    /// Does not resume the task: the scratch page is mapped (by an injected `mmap`) at the
+    /// first [`Locator::arm`]. A task in a signal-delivery-stop whose signal is still to be
+    /// delivered must get it first: [`Locator::run`] with that signal does so before arming
+    /// (arming resumes the task, which would discard it).
+    pub fn new(
+        t: &Tracee,
+        point: &Point,
+        avoid: &[(u64, u64)],
+        free_slots: &[usize],
+    ) -> Result<Locator> {
+        if let Some(&bad) = free_slots.iter().find(|&&s| s >= crate::debugregs::SLOTS) {
+            bail!("there is no debug register slot {bad} (0-3)");
+        }
+        let rip = point.regs[RIP];
+        let maps = maps::read(t.pid())?;
+        // The trampoline reads the watched words with the program's rights: readable mappings
+        // only (the tracer could read more).
+        let readable = |a: u64, len: u64| {
+            maps.iter()
+                .any(|m| a >= m.start && a + len <= m.end && m.perms.starts_with('r'))
+        };
+        let watch: Vec<WatchedWord> = point
+            .watch
+            .iter()
+            .filter(|w| {
+                let ok = matches!(w.size, 1 | 2 | 4 | 8) && readable(w.addr, u64::from(w.size));
+                if !ok {
+                    tracing::warn!(
+                        "watched word {:#x} ({} bytes) is not readable: not filtered on",
+                        w.addr,
+                        w.size
+                    );
+                }
+                ok
+            })
+            .cloned()
+            .collect();
+        let mode = match build_trampoline(t, point, &watch, &maps, avoid, free_slots) {
+            Ok(tr) => Mode::Trampoline(tr),
+            Err(why) => {
+                let mode = fallback(t, rip, avoid, free_slots)?;
+                tracing::info!("point {rip:#x}: no trampoline ({why:#}); stopping at every visit");
+                mode
+            }
+        };
+        Ok(Locator {
+            point: point.clone(),
+            rip,
+            watch,
+            mode,
+            avoid: avoid.to_vec(),
+            free_slots: free_slots.to_vec(),
+            armed: false,
+            trampoline_visits: 0,
+            stop_visits: 0,
+            guard_hits: 0,
+            candidates: Vec::new(),
+            nearest: None,
+        })
+    }
+
+    /// How visits of the point's `rip` are watched.
+    pub fn method(&self) -> Method {
+        match &self.mode {
+            Mode::Trampoline(tr) => Method::Trampoline {
+                guards: tr.guards.len(),
+            },
+            Mode::Breakpoint { .. } => Method::HardwareBreakpoint,
+            Mode::Int3 { .. } => Method::Int3,
+        }
+    }
+
+    /// Visits of the point's `rip` so far (as of the last stop).
+    pub fn visits(&self) -> u64 {
+        self.trampoline_visits + self.stop_visits
+    }
+
+    /// Near misses so far: visits whose registers and watched words matched, not the rest.
+    pub fn near_misses(&self) -> usize {
+        self.candidates.len()
+    }
+
+    /// Full check of the current state of stopped `t` against the point.
+    pub fn at_point(&mut self, t: &Tracee) -> Result<bool> {
+        let words = regs::to_words(&t.regs()?);
+        Ok(self.quick_match(t, &words) && self.full_match(t)?.is_empty())
+    }
+
+    /// Installs the patch (or breakpoint) before the task is resumed.
+    ///
+    /// May run the task itself: it maps the scratch page on first use (an injected `mmap`),
+    /// and if the task stands inside the patched bytes (past their first instruction, e.g.
+    /// after a stop of the caller's there), it single-steps it out of them. Either discards
+    /// the signal of a signal-delivery-stop: deliver a pending signal before arming (as
+    /// [`Locator::run`] does). The task is then in a ptrace stop whose resumption delivers
+    /// nothing. An error (the task stopped for something else while being stepped out) leaves
+    /// the code disarmed.
+    pub fn arm(&mut self, t: &Tracee) -> Result<()> {
+        if self.armed {
+            return Ok(());
+        }
+        self.ensure_scratch(t)?;
+        if let Mode::Trampoline(tr) = &self.mode {
+            if tr.interior(self.rip, t.regs()?.rip) {
+                if let Some(stop) = self.step_out(t)? {
+                    bail!(
+                        "task {} stopped ({stop:?}) while being stepped out of the bytes patched \
+                         at {:#x}",
+                        t.pid(),
+                        self.rip
+                    );
+                }
+            }
+        }
+        match &self.mode {
+            Mode::Trampoline(tr) => {
+                t.write_mem(self.rip, &tr.patch)
+                    .context("patching the point's code")?;
+                set_exec_slots(t, &tr.guards)?;
+            }
+            &Mode::Breakpoint { slot } => set_exec_slots(t, &[(slot, self.rip)])?,
+            Mode::Int3 { .. } => t
+                .write_mem(self.rip, &[0xcc])
+                .context("writing a breakpoint at the point")?,
+        }
+        self.armed = true;
+        Ok(())
+    }
+
+    /// Restores the program's code and frees the debug registers, at a stop after arming.
+    pub fn disarm(&mut self, t: &Tracee) -> Result<()> {
+        if !self.armed {
+            return Ok(());
+        }
+        self.armed = false;
+        self.restore_code(t)?;
+        match &self.mode {
+            Mode::Trampoline(tr) => clear_slots(t, tr.guards.iter().map(|g| g.0)),
+            &Mode::Breakpoint { slot } => clear_slots(t, [slot]),
+            Mode::Int3 { .. } => Ok(()),
+        }
+    }
+
+    /// Puts the program's bytes back at the point.
+    fn restore_code(&self, t: &Tracee) -> Result<()> {
+        let original = match &self.mode {
+            Mode::Trampoline(tr) => &tr.original[..],
+            Mode::Int3 { original } => std::slice::from_ref(original),
+            Mode::Breakpoint { .. } => return Ok(()),
+        };
+        t.write_mem(self.rip, original)
+            .context("restoring the code at the point")
+    }
+
+    /// After a stop of the armed-then-disarmed task: [`Verdict::Reached`] (task left exactly
+    /// at the point), [`Verdict::Continue`] (a near miss or a guard, task prepared: arm and
+    /// resume again), or [`Verdict::Other`] (not the locator's stop). Errors are the give-up
+    /// rules (a cycle: a near miss whose state repeats an earlier one's; more than 64 near
+    /// misses), to be reported as a divergence.
+    ///
+    /// A signal stop inside the trampoline's copy of the original instructions (a fault there,
+    /// a watchpoint they triggered) is moved to the equivalent address in the original code
+    /// (which is back in place), so the caller never sees the trampoline.
+    pub fn on_stop(&mut self, t: &Tracee, stop: Stop) -> Result<Verdict> {
+        self.read_visits(t);
+        let verdict = self.classify(t, stop)?;
+        if let (Verdict::Other(Stop::Signal(_)), Mode::Trampoline(tr)) = (verdict, &self.mode) {
+            let mut r = t.regs()?;
+            if let Some(&(_, original)) = tr.relocated.iter().find(|&&(new, _)| new == r.rip) {
+                r.rip = original;
+                t.set_regs(&r)?;
+            }
+        }
+        Ok(verdict)
+    }
+
+    fn classify(&mut self, t: &Tracee, stop: Stop) -> Result<Verdict> {
+        if stop != Stop::Signal(libc::SIGTRAP) {
+            return Ok(Verdict::Other(stop));
+        }
+        let (_, code) = signo_code(&t.siginfo()?);
+        let mut r = t.regs()?;
+        match &self.mode {
+            Mode::Trampoline(tr) => {
+                if code == libc::SI_KERNEL && r.rip == tr.resume {
+                    let resume = tr.resume;
+                    r.rip = self.rip;
+                    t.set_regs(&r)?;
+                    let verdict = self.candidate(t)?;
+                    if verdict == Verdict::Continue {
+                        r.rip = resume;
+                        t.set_regs(&r)?;
+                    }
+                    return Ok(verdict);
+                }
+                if code == TRAP_HWBKPT {
+                    let hits: Vec<usize> = hit_slots(t.debug_reg(6)?).collect();
+                    let guard = hits
+                        .iter()
+                        .any(|&s| tr.guards.iter().any(|&(gs, ga)| gs == s && ga == r.rip));
+                    let foreign = hits.iter().any(|&s| tr.guards.iter().all(|g| g.0 != s));
+                    if guard && !foreign {
+                        self.guard_hits += 1;
+                        tracing::debug!("guard hit at {:#x}: stepping out", r.rip);
+                        return Ok(match self.step_out(t)? {
+                            Some(other) => Verdict::Other(other),
+                            None => Verdict::Continue,
+                        });
+                    }
+                }
+                Ok(Verdict::Other(stop))
+            }
+            &Mode::Breakpoint { slot } => {
+                let hits: Vec<usize> = if code == TRAP_HWBKPT && r.rip == self.rip {
+                    hit_slots(t.debug_reg(6)?).collect()
+                } else {
+                    Vec::new()
+                };
+                if !hits.contains(&slot) {
+                    return Ok(Verdict::Other(stop));
+                }
+                // The kernel set RF: resuming executes the instruction without trapping again,
+                // so this visit is checked now even if a breakpoint of the caller's fired too.
+                let verdict = self.visit(t)?;
+                if verdict == Verdict::Continue && hits.iter().any(|&s| s != slot) {
+                    return Ok(Verdict::Other(stop));
+                }
+                if verdict == Verdict::Reached {
+                    // Our breakpoint is gone: RF would only hide a caller's breakpoint here.
+                    r.eflags &= !EFLAGS_RF;
+                    t.set_regs(&r)?;
+                }
+                Ok(verdict)
+            }
+            Mode::Int3 { .. } => {
+                if code != libc::SI_KERNEL || r.rip != self.rip + 1 {
+                    return Ok(Verdict::Other(stop));
+                }
+                r.rip = self.rip;
+                t.set_regs(&r)?;
+                let verdict = self.visit(t)?;
+                if verdict != Verdict::Continue {
+                    return Ok(verdict);
+                }
+                // Execute the original instruction before the int3 goes back.
+                t.step(0)?;
+                Ok(match t.wait()? {
+                    Stop::Signal(libc::SIGTRAP) => Verdict::Continue,
+                    other => Verdict::Other(other),
+                })
+            }
+        }
+    }
+
+    /// Convenience: if `sig != 0` it is delivered first (a single step with it: the task stops
+    /// at the handler's first instruction, or after one instruction if nothing handles it);
+    /// then checks whether the task is already at the point, and arms / resumes / waits /
+    /// disarms / [`Locator::on_stop`] until `Reached` or `Other`.
+    ///
+    /// The signal may come from a [`crate::state::settle_trap`] stop: set its siginfo there and
+    /// pass it here. After `Other`, deliver its signal (if any) by calling `run` again with it.
+    pub fn run(&mut self, t: &Tracee, sig: i32) -> Result<Verdict> {
+        if sig != 0 {
+            t.step(sig)?;
+            match t.wait()? {
+                Stop::Signal(libc::SIGTRAP) => {}
+                other => return Ok(Verdict::Other(other)),
+            }
+        }
+        if self.at_point(t)? {
+            return Ok(Verdict::Reached);
+        }
+        loop {
+            self.arm(t)?;
+            t.cont(0)?;
+            let stop = t.wait()?;
+            if stop.is_end() {
+                // Other threads may still run this code.
+                let _ = self.restore_code(t);
+                self.armed = false;
+                return Ok(Verdict::Other(stop));
+            }
+            self.disarm(t)?;
+            match self.on_stop(t, stop)? {
+                Verdict::Continue => {}
+                v => return Ok(v),
+            }
+        }
+    }
+
+    /// Restores the code, clears the debug registers it used and unmaps the scratch page (an
+    /// injected `munmap`). Always call (also after errors). The task is then in the
+    /// syscall-exit-stop of that `munmap` with its registers unchanged: resuming it continues
+    /// from where it stood.
+    ///
+    /// If the task has ended, only the code is put back (its address space may live on in
+    /// other threads, which then keep the scratch mapping).
+    pub fn finish(mut self, t: &Tracee) -> Result<()> {
+        if t.regs().is_err() {
+            if self.armed {
+                let _ = self.restore_code(t);
+            }
+            return Ok(());
+        }
+        self.read_visits(t);
+        let disarmed = self.disarm(t);
+        if let Mode::Trampoline(tr) = &self.mode {
+            if tr.mapped {
+                let r = t
+                    .inject_syscall(libc::SYS_munmap, [tr.base, SCRATCH_SIZE, 0, 0, 0, 0])
+                    .context("unmapping the locator's scratch page")?;
+                if r != 0 {
+                    bail!(
+                        "unmapping the locator's scratch page at {:#x} failed: errno {}",
+                        tr.base,
+                        -r
+                    );
+                }
+            }
+        }
+        disarmed
+    }
+
+    /// A one-line account for divergence reports: visits, near misses, the nearest miss's
+    /// differences.
+    pub fn report(&self) -> String {
+        let method = match self.method() {
+            Method::Trampoline { guards } => format!("trampoline with {guards} guard(s)"),
+            Method::HardwareBreakpoint => "hardware breakpoint".to_string(),
+            Method::Int3 => "int3".to_string(),
+        };
+        let nearest = match &self.nearest {
+            Some(d) => format!("the nearest differed in {}", d.join(", ")),
+            None => "none had the recorded registers and watched words".to_string(),
+        };
+        format!(
+            "point {:#x} ({method}): {} visit(s), {} guard hit(s), {} near miss(es); {nearest}",
+            self.rip,
+            self.visits(),
+            self.guard_hits,
+            self.candidates.len()
+        )
+    }
+
+    /// The scratch mapping's range, left out of memory digests.
+    fn scratch_range(&self) -> Option<(u64, u64)> {
+        match &self.mode {
+            Mode::Trampoline(tr) => Some((tr.base, tr.base + SCRATCH_SIZE)),
+            _ => None,
+        }
+    }
+
+    /// How the task's complete state differs from the point's (empty: identical), the scratch
+    /// mapping left out.
+    fn full_match(&self, t: &Tracee) -> Result<Vec<String>> {
+        let scratch: Vec<(u64, u64)> = self.scratch_range().into_iter().collect();
+        differences(t, &self.point, &scratch)
+    }
+
+    /// Maps the scratch page and writes the trampoline, once. If the mapping fails, falls back
+    /// to stopping at every visit.
+    fn ensure_scratch(&mut self, t: &Tracee) -> Result<()> {
+        let Mode::Trampoline(tr) = &mut self.mode else {
+            return Ok(());
+        };
+        if tr.mapped {
+            return Ok(());
+        }
+        let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+        let r = t.inject_syscall(
+            libc::SYS_mmap,
+            [tr.base, SCRATCH_SIZE, prot, flags, u64::MAX, 0],
+        )?;
+        if r == tr.base as i64 {
+            t.write_mem(tr.base, &tr.code)
+                .context("writing the trampoline")?;
+            tr.mapped = true;
+            return Ok(());
+        }
+        if r > 0 {
+            // An old kernel took MAP_FIXED_NOREPLACE as a hint and put it elsewhere.
+            t.inject_syscall(libc::SYS_munmap, [r as u64, SCRATCH_SIZE, 0, 0, 0, 0])?;
+        }
+        tracing::info!(
+            "point {:#x}: mapping the scratch page at {:#x} failed ({r}); stopping at every visit",
+            self.rip,
+            tr.base
+        );
+        self.mode = fallback(t, self.rip, &self.avoid, &self.free_slots)?;
+        Ok(())
+    }
+
+    /// Single-steps the disarmed task until it is no longer inside the patched bytes; returns
+    /// a stop that interrupted that.
+    fn step_out(&mut self, t: &Tracee) -> Result<Option<Stop>> {
+        let Mode::Trampoline(tr) = &self.mode else {
+            return Ok(None);
+        };
+        for _ in 0..MAX_STEP_OUT {
+            if !tr.interior(self.rip, t.regs()?.rip) {
+                return Ok(None);
+            }
+            t.step(0)?;
+            match t.wait()? {
+                Stop::Signal(libc::SIGTRAP) => {}
+                other => return Ok(Some(other)),
+            }
+        }
+        bail!(
+            "task {} stayed inside the bytes patched at {:#x} for {MAX_STEP_OUT} steps",
+            t.pid(),
+            self.rip
+        )
+    }
+
+    /// A fallback visit of `rip` (a ptrace stop): the quick check, then the full one.
+    fn visit(&mut self, t: &Tracee) -> Result<Verdict> {
+        self.stop_visits += 1;
+        let words = regs::to_words(&t.regs()?);
+        if !self.quick_match(t, &words) {
+            return Ok(Verdict::Continue);
+        }
+        self.candidate(t)
+    }
+
+    /// The registers and watched words matched at `rip` (which `t` is at now): the full check,
+    /// and the give-up rules.
+    fn candidate(&mut self, t: &Tracee) -> Result<Verdict> {
+        let diffs = self.full_match(t)?;
+        if diffs.is_empty() {
+            return Ok(Verdict::Reached);
+        }
+        let words = comparable(&regs::to_words(&t.regs()?));
+        let mut excluded = self.point.excluded.clone();
+        excluded.extend(self.scratch_range());
+        let key = (words, memory_digest(t, &excluded)?);
+        tracing::debug!("point {:#x}: near miss ({})", self.rip, diffs.join(", "));
+        if self
+            .nearest
+            .as_ref()
+            .map_or(true, |n| diffs.len() < n.len())
+        {
+            self.nearest = Some(diffs);
+        }
+        if self.candidates.contains(&key) {
+            bail!(
+                "the task came back to a state it had already been in without reaching the \
+                 point, so it never will (a cycle); {}",
+                self.report()
+            );
+        }
+        self.candidates.push(key);
+        if self.candidates.len() > MAX_NEAR_MISSES {
+            bail!("more than {MAX_NEAR_MISSES} near misses; {}", self.report());
+        }
+        Ok(Verdict::Continue)
+    }
+
+    /// Registers (as compared) and watched words equal the point's.
+    fn quick_match(&self, t: &Tracee, words: &[u64; REGS_WORDS]) -> bool {
+        comparable(words) == comparable(&self.point.regs)
+            && self.watch.iter().all(|w| {
+                let mut b = [0u8; 8];
+                let n = usize::from(w.size);
+                t.read_mem_partial(w.addr, &mut b[..n]) == n
+                    && u64::from_le_bytes(b) == w.value & size_mask(w.size)
+            })
+    }
+
+    /// Reads the trampoline's visit counter, if it is mapped.
+    fn read_visits(&mut self, t: &Tracee) {
+        if let Mode::Trampoline(tr) = &self.mode {
+            if tr.mapped {
+                if let Ok(v) = t.read_u64(tr.base + PAGE + DATA_VISITS) {
+                    self.trampoline_visits = v;
+                }
+            }
+        }
+    }
+}
+
+/// Low `size` bytes.
+fn size_mask(size: u8) -> u64 {
+    if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * u32::from(size))) - 1
+    }
+}
+
+/// The fallback when no trampoline can be used: a hardware execute breakpoint at `rip` in the
+/// first free slot, else an `int3` byte there.
+fn fallback(t: &Tracee, rip: u64, avoid: &[(u64, u64)], free_slots: &[usize]) -> Result<Mode> {
+    if let Some(&slot) = free_slots.first() {
+        return Ok(Mode::Breakpoint { slot });
+    }
+    if avoid.iter().any(|&(s, e)| rip >= s && rip < e) {
+        bail!(
+            "cannot watch the point {rip:#x}: no free debug register and a breakpoint of the \
+             debugger there"
+        );
+    }
+    let mut b = [0u8; 1];
+    t.read_mem(rip, &mut b)
+        .context("reading the code at the point")?;
+    Ok(Mode::Int3 { original: b[0] })
+}
+
+/// Decodes the instructions covering `[rip, rip + 5)`, checks they can be moved, finds a
+/// scratch address and assembles the trampoline for it.
+fn build_trampoline(
+    t: &Tracee,
+    point: &Point,
+    watch: &[WatchedWord],
+    maps: &[MapEntry],
+    avoid: &[(u64, u64)],
+    free_slots: &[usize],
+) -> Result<Trampoline> {
+    let rip = point.regs[RIP];
+    let map = maps
+        .iter()
+        .find(|m| rip >= m.start && rip < m.end)
+        .with_context(|| format!("the point {rip:#x} is not mapped"))?;
+    if !map.perms.contains('x') {
+        bail!("the point {rip:#x} is not in executable memory");
+    }
+    let mut bytes = vec![0u8; 32.min((map.end - rip) as usize)];
+    let n = t.read_mem_partial(rip, &mut bytes);
+    bytes.truncate(n);
+    let mut decoder = Decoder::with_ip(64, &bytes, rip, DecoderOptions::NONE);
+    let mut insns = Vec::new();
+    let mut covered = 0usize;
+    while covered < JMP_LEN {
+        if !decoder.can_decode() {
+            bail!("the code at {rip:#x} ends before 5 bytes of whole instructions");
+        }
+        let insn = decoder.decode();
+        if let Some(why) = unmovable(&insn) {
+            bail!("{why} at {:#x} cannot be moved", insn.ip());
+        }
+        covered += insn.len();
+        insns.push(insn);
+    }
+    let end = rip + covered as u64;
+    if let Some(&(s, e)) = avoid.iter().find(|&&(s, e)| s < end && e > rip) {
+        bail!("the bytes to patch, [{rip:#x}, {end:#x}), overlap a breakpoint at [{s:#x}, {e:#x})");
+    }
+    if insns.len() - 1 > free_slots.len() {
+        bail!(
+            "{} instruction boundaries inside the patched bytes need guards, {} debug register(s) \
+             are free",
+            insns.len() - 1,
+            free_slots.len()
+        );
+    }
+    let guards: Vec<(usize, u64)> = free_slots
+        .iter()
+        .copied()
+        .zip(insns[1..].iter().map(|i| i.ip()))
+        .collect();
+    let base = choose_gap(maps, rip).with_context(|| {
+        format!("no free {SCRATCH_SIZE}-byte gap within 2 GiB of {rip:#x} for the trampoline")
+    })?;
+    let Assembled {
+        code,
+        resume,
+        relocated,
+    } = assemble(base, point, watch, &insns, end)?;
+    let rel = base.wrapping_sub(rip + JMP_LEN as u64) as i64;
+    let rel = i32::try_from(rel).context("the trampoline is out of jmp's reach")?;
+    let mut patch = vec![0xe9];
+    patch.extend_from_slice(&rel.to_le_bytes());
+    patch.resize(covered, 0xcc);
+    Ok(Trampoline {
+        base,
+        mapped: false,
+        code,
+        resume,
+        original: bytes[..covered].to_vec(),
+        patch,
+        guards,
+        relocated,
+    })
+}
+
+/// Why `insn` cannot run relocated in the trampoline, if it cannot.
+fn unmovable(insn: &Instruction) -> Option<&'static str> {
+    if insn.is_invalid() {
+        return Some("an undecodable instruction");
+    }
+    match insn.flow_control() {
+        FlowControl::Call | FlowControl::IndirectCall => {
+            return Some("a call (its return address would be the trampoline's)")
+        }
+        FlowControl::Interrupt | FlowControl::Exception | FlowControl::XbeginXabortXend => {
+            return Some("a trapping or transactional instruction")
+        }
+        _ => {}
+    }
+    match insn.mnemonic() {
+        Mnemonic::Syscall
+        | Mnemonic::Sysenter
+        | Mnemonic::Int
+        | Mnemonic::Int1
+        | Mnemonic::Int3
+        | Mnemonic::Into
+        | Mnemonic::Ud0
+        | Mnemonic::Ud1
+        | Mnemonic::Ud2
+        | Mnemonic::Hlt
+        | Mnemonic::Rdtsc
+        | Mnemonic::Rdtscp
+        | Mnemonic::Cpuid => Some("an instruction that enters the kernel or is emulated"),
+        _ => None,
+    }
+}
+
+/// The free, page-aligned `SCRATCH_SIZE` range nearest to `rip` within `rel32` reach, a page
+/// away from its neighbours and never just below the stack (which grows down).
+fn choose_gap(maps: &[MapEntry], rip: u64) -> Option<u64> {
+    let mut best: Option<(u64, u64)> = None;
+    let mut prev_end = MIN_ADDR;
+    let mut consider = |lo: u64, hi: u64| {
+        let (lo, hi) = (lo + PAGE, hi.saturating_sub(PAGE));
+        if hi < lo + SCRATCH_SIZE {
+            return;
+        }
+        let addr = if rip < lo {
+            lo
+        } else if rip + SCRATCH_SIZE > hi {
+            hi - SCRATCH_SIZE
+        } else {
+            rip & !(PAGE - 1)
+        };
+        let dist = rip.abs_diff(addr).max(rip.abs_diff(addr + SCRATCH_SIZE));
+        if dist < REL32_REACH && best.map_or(true, |(d, _)| dist < d) {
+            best = Some((dist, addr));
+        }
+    };
+    for m in maps.iter().filter(|m| m.start < USER_TOP) {
+        if m.start > prev_end && m.name != "[stack]" {
+            consider(prev_end, m.start);
+        }
+        prev_end = prev_end.max(m.end);
+    }
+    if prev_end < USER_TOP {
+        consider(prev_end, USER_TOP);
+    }
+    best.map(|(_, a)| a)
+}
+
+/// A RIP-relative memory operand at absolute address `addr` (iced's convention: the encoder
+/// turns it into a displacement from the next instruction).
+fn at(addr: u64) -> MemoryOperand {
+    MemoryOperand::with_base_displ(Register::RIP, addr as i64)
+}
+
+/// An assembled trampoline.
+struct Assembled {
+    code: Vec<u8>,
+    /// The address after its `int3`.
+    resume: u64,
+    /// The `(new, original)` addresses of the relocated instructions and of the jump back.
+    relocated: Vec<(u64, u64)>,
+}
+
+/// Assembles the trampoline at `base`.
+///
+/// ```text
+///   mov [r11_save], r11 ; mov [rsp_save], rsp ; lea rsp, [stack_top] ; pushfq
+///   add qword [visits], 1
+///   cmp each of rax rcx rdx rbx rbp rsi rdi r8 r9 r10 r12-r15 with its value ; jne miss
+///   cmp [rsp_save] and [r11_save] with theirs ; jne miss
+///   mov r11, [rsp] ; and r11, FLAGS_COMPARED ; cmp r11, flags ; jne miss
+///   mov [r10_save], r10 ; for each watched word: mov r10, addr ; cmp size [r10], value ;
+///   jne miss_r10 ; ... ; mov r10, [r10_save]
+///   popfq ; mov rsp, [rsp_save] ; mov r11, [r11_save] ; int3
+/// resume:
+///   <the relocated original instructions> ; jmp back
+/// miss_r10: mov r10, [r10_save]
+/// miss: popfq ; mov rsp, [rsp_save] ; mov r11, [r11_save] ; jmp resume
+/// ```
+fn assemble(
+    base: u64,
+    point: &Point,
+    watch: &[WatchedWord],
+    insns: &[Instruction],
+    back: u64,
+) -> Result<Assembled> {
+    let data = base + PAGE;
+    let w = &point.regs;
+    let mut a = CodeAssembler::new(64)?;
+    let mut miss: CodeLabel = a.create_label();
+    let mut miss_r10: CodeLabel = a.create_label();
+    let mut resume: CodeLabel = a.create_label();
+    let raw = |a: &mut CodeAssembler, i: Instruction| a.add_instruction(i);
+
+    raw(
+        &mut a,
+        Instruction::with2(Code::Mov_rm64_r64, at(data + DATA_R11), Register::R11)?,
+    )?;
+    raw(
+        &mut a,
+        Instruction::with2(Code::Mov_rm64_r64, at(data + DATA_RSP), Register::RSP)?,
+    )?;
+    raw(
+        &mut a,
+        Instruction::with2(Code::Lea_r64_m, Register::RSP, at(base + SCRATCH_SIZE))?,
+    )?;
+    a.pushfq()?;
+    raw(
+        &mut a,
+        Instruction::with2(Code::Add_rm64_imm8, at(data + DATA_VISITS), 1i32)?,
+    )?;
+
+    let direct: [(AsmRegister64, usize); 14] = [
+        (rax, 10),
+        (rcx, 11),
+        (rdx, 12),
+        (rbx, 5),
+        (rbp, 4),
+        (rsi, 13),
+        (rdi, 14),
+        (r8, 9),
+        (r9, 8),
+        (r10, 7),
+        (r12, 3),
+        (r13, 2),
+        (r14, 1),
+        (r15, 0),
+    ];
+    for (reg, i) in direct {
+        let v = w[i];
+        match i32::try_from(v as i64) {
+            Ok(imm) => a.cmp(reg, imm)?,
+            Err(_) => {
+                a.mov(r11, v)?;
+                a.cmp(reg, r11)?;
+            }
+        }
+        a.jne(miss)?;
+    }
+    for (slot, i) in [(DATA_RSP, 19), (DATA_R11, 6)] {
+        a.mov(r11, w[i])?;
+        raw(
+            &mut a,
+            Instruction::with2(Code::Cmp_rm64_r64, at(data + slot), Register::R11)?,
+        )?;
+        a.jne(miss)?;
+    }
+    a.mov(r11, qword_ptr(rsp))?;
+    a.and(r11, FLAGS_COMPARED as i32)?;
+    a.cmp(r11, (w[EFLAGS] & FLAGS_COMPARED) as i32)?;
+    a.jne(miss)?;
+    if !watch.is_empty() {
+        raw(
+            &mut a,
+            Instruction::with2(Code::Mov_rm64_r64, at(data + DATA_R10), Register::R10)?,
+        )?;
+        for ww in watch {
+            let v = ww.value & size_mask(ww.size);
+            a.mov(r10, ww.addr)?;
+            match ww.size {
+                1 => {
+                    a.mov(r11b, v as u8 as i32)?;
+                    a.cmp(byte_ptr(r10), r11b)?;
+                }
+                2 => {
+                    a.mov(r11w, v as u16 as i32)?;
+                    a.cmp(word_ptr(r10), r11w)?;
+                }
+                4 => {
+                    a.mov(r11d, v as u32)?;
+                    a.cmp(dword_ptr(r10), r11d)?;
+                }
+                _ => {
+                    a.mov(r11, v)?;
+                    a.cmp(qword_ptr(r10), r11)?;
+                }
+            }
+            a.jne(miss_r10)?;
+        }
+        raw(
+            &mut a,
+            Instruction::with2(Code::Mov_r64_rm64, Register::R10, at(data + DATA_R10))?,
+        )?;
+    }
+    restore_and(&mut a, data)?;
+    a.int3()?;
+    a.set_label(&mut resume)?;
+    a.zero_bytes()?;
+    // Indices in the assembler's list, with the original addresses.
+    let mut moved = Vec::new();
+    for (k, insn) in insns.iter().enumerate() {
+        moved.push((a.instructions().len(), insn.ip()));
+        let mut insn = *insn;
+        if k == 0 {
+            // The block encoder sends branches aimed at an instruction of the block to its
+            // copy; a branch back to the point must reach the patch (a new visit), so the
+            // point's copy does not answer to the point's address. (Branches to the others'
+            // addresses may use the copies: same instructions, no guard stop.)
+            insn.set_ip(0);
+        }
+        a.add_instruction(insn)?;
+    }
+    moved.push((a.instructions().len(), back));
+    a.jmp(back)?;
+    a.set_label(&mut miss_r10)?;
+    raw(
+        &mut a,
+        Instruction::with2(Code::Mov_r64_rm64, Register::R10, at(data + DATA_R10))?,
+    )?;
+    a.set_label(&mut miss)?;
+    restore_and(&mut a, data)?;
+    a.jmp(resume)?;
+
+    let result = a
+        .assemble_options(base, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+        .context("assembling the trampoline (relocating the original instructions)")?;
+    let resume_ip = result.label_ip(&resume)?;
+    let offsets = &result.inner.new_instruction_offsets;
+    // An instruction the encoder rewrote into several (a short branch made long) has no
+    // offset: a branch stops nowhere in between.
+    let relocated = moved
+        .into_iter()
+        .filter_map(|(i, original)| {
+            let off = *offsets.get(i)?;
+            (off != u32::MAX).then(|| (base + u64::from(off), original))
+        })
+        .collect();
+    let code = result.inner.code_buffer;
+    if code.len() as u64 > PAGE {
+        bail!(
+            "the trampoline takes {} bytes, more than a page",
+            code.len()
+        );
+    }
+    Ok(Assembled {
+        code,
+        resume: resume_ip,
+        relocated,
+    })
+}
+
+/// `popfq ; mov rsp, [rsp_save] ; mov r11, [r11_save]`: the program's flags, stack pointer and
+/// r11 back.
+fn restore_and(a: &mut CodeAssembler, data: u64) -> Result<()> {
+    a.popfq()?;
+    a.add_instruction(Instruction::with2(
+        Code::Mov_r64_rm64,
+        Register::RSP,
+        at(data + DATA_RSP),
+    )?)?;
+    a.add_instruction(Instruction::with2(
+        Code::Mov_r64_rm64,
+        Register::R11,
+        at(data + DATA_R11),
+    )?)?;
+    Ok(())
+}
+
+/// DR7 bits of slot `i`: its enable bits and its R/W and LEN fields.
+fn slot_bits(i: usize) -> u64 {
+    (0b11 << (2 * i)) | (0xf << (16 + 4 * i))
+}
+
+/// Sets an instruction breakpoint at each `(slot, address)`, leaving the other slots alone.
+fn set_exec_slots(t: &Tracee, slots: &[(usize, u64)]) -> Result<()> {
+    if slots.is_empty() {
+        return Ok(());
+    }
+    let mut dr7 = t.debug_reg(7)?;
+    for &(i, _) in slots {
+        dr7 &= !slot_bits(i);
+    }
+    t.set_debug_reg(7, dr7)?;
+    for &(i, addr) in slots {
+        t.set_debug_reg(i, addr)?;
+        // Local enable; R/W 00 (execute) and LEN 00 (one byte).
+        dr7 |= 1 << (2 * i);
+    }
+    t.set_debug_reg(7, dr7)
+}
+
+/// Disables `slots`, leaving the others alone.
+fn clear_slots(t: &Tracee, slots: impl IntoIterator<Item = usize>) -> Result<()> {
+    let dr7 = t.debug_reg(7)?;
+    let cleared = slots.into_iter().fold(dr7, |v, i| v & !slot_bits(i));
+    if cleared != dr7 {
+        t.set_debug_reg(7, cleared)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(start: u64, end: u64, name: &str) -> MapEntry {
+        MapEntry {
+            start,
+            end,
+            perms: "r-xp".into(),
+            offset: 0,
+            dev: "00:00".into(),
+            inode: 0,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn gap_is_the_nearest_free_one_in_reach_never_under_the_stack() {
+        let maps = [
+            map(0x40_0000, 0x40_2000, "/prog"),
+            map(0x40_3000, 0x40_5000, "/prog"),
+            map(0x7fff_f000_0000, 0x7fff_f000_1000, "[stack]"),
+        ];
+        // The one-page hole between the program's mappings is too small (a page of margin on
+        // each side); the nearest room is just above it.
+        assert_eq!(choose_gap(&maps, 0x40_1000), Some(0x3f_d000));
+        // The room between a library and the stack above it is the stack's to grow into.
+        let top = [
+            map(0x7fff_f7ff_0000, 0x7fff_f7ff_1000, "/lib"),
+            map(0x7fff_fffd_e000, USER_TOP, "[stack]"),
+        ];
+        assert_eq!(choose_gap(&top, 0x7fff_f7ff_0800), Some(0x7fff_f7fe_d000));
+        // Nothing in reach at all.
+        let far = [map(MIN_ADDR, USER_TOP, "/huge")];
+        assert_eq!(choose_gap(&far, 0x40_0000), None);
+        // Below the first mapping (as near as above it: the first found wins).
+        let high = [map(0x1_0000_0000, 0x1_0000_1000, "/lib")];
+        assert_eq!(choose_gap(&high, 0x1_0000_0800), Some(0xffff_d000));
+    }
+
+    fn decode(bytes: &[u8]) -> Instruction {
+        Decoder::with_ip(64, bytes, 0x40_1000, DecoderOptions::NONE).decode()
+    }
+
+    #[test]
+    fn calls_syscalls_and_traps_are_not_moved() {
+        assert!(unmovable(&decode(&[0xe8, 0, 0, 0, 0])).is_some()); // call rel32
+        assert!(unmovable(&decode(&[0xff, 0xd0])).is_some()); // call rax
+        assert!(unmovable(&decode(&[0x0f, 0x05])).is_some()); // syscall
+        assert!(unmovable(&decode(&[0xcc])).is_some()); // int3
+        assert!(unmovable(&decode(&[0x0f, 0x31])).is_some()); // rdtsc
+        assert!(unmovable(&decode(&[0x0f, 0x0b])).is_some()); // ud2
+        assert!(unmovable(&decode(&[0x0f])).is_some()); // truncated
+        assert!(unmovable(&decode(&[0x48, 0xff, 0xc0])).is_none()); // inc rax
+        assert!(unmovable(&decode(&[0x75, 0xf0])).is_none()); // jne
+        assert!(unmovable(&decode(&[0x48, 0x8b, 0x05, 1, 0, 0, 0])).is_none()); // rip-relative
+    }
+
+    #[test]
+    fn trampoline_traps_then_runs_the_moved_code_and_jumps_back() {
+        let base = 0x50_0000;
+        let mut regs = [0u64; REGS_WORDS];
+        regs[RIP] = 0x40_1000;
+        regs[10] = 0x1234_5678_9abc; // rax, not an imm32
+        let point = Point {
+            regs,
+            fpregs: vec![],
+            digest: [0; 16],
+            excluded: vec![],
+            watch: vec![WatchedWord {
+                addr: 0x40_3000,
+                size: 4,
+                value: 7,
+            }],
+            ticks: 0,
+        };
+        // `mov rax, [rip + 0x10]` then `jne` back to the point.
+        let insns = [
+            Decoder::with_ip(64, &[0x48, 0x8b, 0x05, 0x10, 0, 0, 0], 0x40_1000, 0).decode(),
+            Decoder::with_ip(64, &[0x75, 0xf7], 0x40_1007, 0).decode(),
+        ];
+        let asm = assemble(base, &point, &point.watch, &insns, 0x40_1009).unwrap();
+        let code: Vec<Instruction> = Decoder::with_ip(64, &asm.code, base, DecoderOptions::NONE)
+            .into_iter()
+            .collect();
+        let int3 = code
+            .iter()
+            .position(|i| i.mnemonic() == Mnemonic::Int3)
+            .unwrap();
+        assert_eq!(code[int3].next_ip(), asm.resume);
+        // The moved load still reads the original address; the branch still targets the point.
+        let moved = &code[int3 + 1];
+        assert_eq!(moved.ip(), asm.resume);
+        assert_eq!(moved.ip_rel_memory_address(), 0x40_1007 + 0x10);
+        assert_eq!(code[int3 + 2].near_branch_target(), 0x40_1000);
+        assert_eq!(code[int3 + 3].mnemonic(), Mnemonic::Jmp);
+        assert_eq!(code[int3 + 3].near_branch_target(), 0x40_1009);
+        assert_eq!(
+            asm.relocated,
+            vec![
+                (asm.resume, 0x40_1000),
+                (code[int3 + 2].ip(), 0x40_1007),
+                (code[int3 + 3].ip(), 0x40_1009)
+            ]
+        );
+        // Nothing before the trap touches memory below the program's stack pointer.
+        assert!(code[..int3]
+            .iter()
+            .all(|i| i.memory_base() != Register::RSP || i.mnemonic() == Mnemonic::Mov));
+    }
+}
