@@ -417,16 +417,67 @@ fn assert_point_divergence(ctx: &Ctx, trace: &Path, rip: u64) -> Output {
     out
 }
 
+/// The point of an event that has one, to change it.
+fn point_mut(ev: &mut Event) -> Option<&mut Point> {
+    match ev {
+        Event::Preempt(e) => Some(&mut e.point),
+        Event::Signal(e) => e.point.as_deref_mut(),
+        _ => None,
+    }
+}
+
+/// Rewrites the recording `r` twice: unchanged, which must replay faithfully (the rewriting
+/// itself changes nothing), and with the memory digest of event `target`'s point changed, which
+/// the replay must report as a divergence at that event naming the point's rip and that the
+/// nearest candidate differed in memory. Returns the report.
+fn assert_tampered_digest_diverges(ctx: &Ctx, r: &Recording, target: usize) -> String {
+    let evs = events(&r.trace);
+    let rip = point_of(&evs[target])
+        .map(|p| p.regs[16])
+        .expect("the target event has a point");
+
+    let same = ctx.fresh_path("rewritten");
+    rewrite_trace(&r.trace, &same, |_, _| {});
+    assert!(
+        resolved_events(&same) == resolved_events(&r.trace),
+        "the rewritten trace has other events"
+    );
+    let replay = ctx.replay(&same);
+    assert_replay_matches(&r.rec, &replay);
+
+    let bad = ctx.fresh_path("tampered");
+    rewrite_trace(&r.trace, &bad, |i, ev| {
+        if i == target {
+            if let Some(p) = point_mut(ev) {
+                p.digest[0] ^= 0xff;
+            }
+        }
+    });
+    let out = assert_point_divergence(ctx, &bad, rip);
+    let err = stderr_str(&out);
+    assert!(
+        err.contains(&format!("at event {target} ")),
+        "the divergence report does not name event {target}\n{}",
+        describe("replay", &out)
+    );
+    assert!(
+        err.contains("memory"),
+        "the divergence report does not say the candidate's memory differed\n{}",
+        describe("replay", &out)
+    );
+    eprintln!("divergence report: {}", err.trim());
+    err
+}
+
 #[test]
 fn tampered_preemption_digest_is_a_divergence() {
     let prog = threaded("spin_handoff");
-    let args = ["3", "4"];
     let ctx = Ctx::new();
-    let r = record_ok(&ctx, &prog, &args);
+    let r = record_ok(&ctx, &prog, &["3", "4"]);
     let evs = events(&r.trace);
     // Tamper with a preemption in the wait loop (the rip most preemptions share): there the
-    // task's state does not change while it spins, so the replay meets the (wrong) point's
-    // registers again and again and must give up, not spin forever.
+    // task's state does not change while it spins, so the replay meets the point's registers
+    // again and again, and must give up (the same state twice: a cycle), not spin on.
     let mut by_rip: HashMap<u64, usize> = HashMap::new();
     for ev in &evs {
         if let Event::Preempt(p) = ev {
@@ -441,50 +492,22 @@ fn tampered_preemption_digest_is_a_divergence() {
         .iter()
         .position(|e| matches!(e, Event::Preempt(p) if p.point.regs[16] == rip))
         .expect("a preemption at the chosen rip");
-
-    // The rewriting alone changes nothing.
-    let same = ctx.fresh_path("rewritten");
-    rewrite_trace(&r.trace, &same, |_, _| {});
-    assert!(
-        resolved_events(&same) == resolved_events(&r.trace),
-        "the rewritten trace has other events"
-    );
-    let replay = ctx.replay(&same);
-    assert_replay_matches(&r.rec, &replay);
-
-    let bad = ctx.fresh_path("tampered");
-    rewrite_trace(&r.trace, &bad, |i, ev| {
-        if i == target {
-            if let Event::Preempt(p) = ev {
-                p.point.digest[0] ^= 0xff;
-            }
-        }
-    });
-    let out = assert_point_divergence(&ctx, &bad, rip);
-    eprintln!("divergence report: {}", stderr_str(&out).trim());
+    assert_tampered_digest_diverges(&ctx, &r, target);
 }
 
 #[test]
 fn tampered_signal_point_digest_is_a_divergence() {
+    // The idle loop (`while (!done) ;`) never changes the task's state, so the replay meets the
+    // tampered point's registers again and again, as above. (In the counting loop every
+    // iteration has other registers: a wrong point there is only given up at the replayer's
+    // time limit, 30 s.)
     let prog = program("timer_loop");
     let ctx = Ctx::new();
-    let r = record_ok(&ctx, &prog, &[]);
+    let r = record_ok(&ctx, &prog, &["20000", "2", "idle"]);
     let evs = events(&r.trace);
     let target = evs
         .iter()
         .position(|e| matches!(e, Event::Signal(s) if s.point.is_some()))
         .unwrap_or_else(|| panic!("no mid-code signal\n{}", dump(&ctx, &r.trace)));
-    let rip = point_of(&evs[target]).map(|p| p.regs[16]).unwrap_or(0);
-    let bad = ctx.fresh_path("tampered");
-    rewrite_trace(&r.trace, &bad, |i, ev| {
-        if i == target {
-            if let Event::Signal(s) = ev {
-                if let Some(p) = s.point.as_mut() {
-                    p.digest[0] ^= 0xff;
-                }
-            }
-        }
-    });
-    let out = assert_point_divergence(&ctx, &bad, rip);
-    eprintln!("divergence report: {}", stderr_str(&out).trim());
+    assert_tampered_digest_diverges(&ctx, &r, target);
 }

@@ -9,7 +9,9 @@
  * With argv[3] = "virtual" the timer is ITIMER_VIRTUAL (SIGVTALRM after every interval of the
  * process's own user CPU time) instead of ITIMER_REAL (SIGALRM, wall-clock time): then the
  * loop runs the same CPU time whatever a tracer adds around it (scripts/bench uses this to
- * measure the cost of each signal).
+ * measure the cost of each signal). With argv[3] = "idle" the timer is ITIMER_REAL but the loop
+ * is `while (!done) ;`, whose state never changes between two signals (the tests use this to
+ * tamper with a point the replay then meets again and again).
  *
  * Everything is deterministic except where the signals land, which is pure timing: native runs
  * print different counters. A recorder that can only deliver signals at syscalls never ends
@@ -39,10 +41,13 @@ static void on_alarm(int sig) {
 int main(int argc, char **argv) {
     long interval_us = argc > 1 ? strtol(argv[1], NULL, 0) : 20000;
     want = argc > 2 ? atoi(argv[2]) : 3;
-    int virt = argc > 3 && strcmp(argv[3], "virtual") == 0;
+    const char *mode = argc > 3 ? argv[3] : "real";
+    int virt = strcmp(mode, "virtual") == 0;
+    int idle = strcmp(mode, "idle") == 0;
     if (interval_us <= 0 || want <= 0 || want > MAX_SIGNALS ||
-        (argc > 3 && !virt && strcmp(argv[3], "real") != 0)) {
-        fprintf(stderr, "usage: timer_loop [interval_us > 0] [signals 1..%d] [real|virtual]\n",
+        !(virt || idle || strcmp(mode, "real") == 0)) {
+        fprintf(stderr,
+                "usage: timer_loop [interval_us > 0] [signals 1..%d] [real|virtual|idle]\n",
                 MAX_SIGNALS);
         return 2;
     }
@@ -65,13 +70,18 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    while (!done) counter++;
+    if (idle) {
+        while (!done) {
+        }
+    } else {
+        while (!done) counter++;
+    }
 
     memset(&it, 0, sizeof it);
     setitimer(which, &it, NULL);
 
     printf("timer_loop: %d signals every %ld us%s\n", want, interval_us,
-           virt ? " of user time" : "");
+           virt ? " of user time" : idle ? " (idle loop)" : "");
     long sum = 0;
     for (int i = 0; i < want; i++) {
         if (i < 10) printf("signal %d saw counter %ld\n", i + 1, seen[i]);
