@@ -21,6 +21,9 @@ pub enum RState {
     Resumed,
     /// Resumed to the exit of a syscall that really runs in replay (a clone).
     InSyscall,
+    /// Stopped at the point in its user code where its next event (a preemption, a signal
+    /// delivered mid-code) happened in the recording, found again (see `crate::point`).
+    AtPoint,
     /// Resumed into its end (`exit`, `exit_group`, a fatal signal); the end is not collected.
     Exiting,
     /// Ended.
@@ -98,7 +101,7 @@ impl Tasks {
         self.by_tid.iter().filter_map(move |(&id, t)| {
             let visible = matches!(
                 t.state,
-                RState::Parked(_) | RState::Resumed | RState::InSyscall
+                RState::Parked(_) | RState::Resumed | RState::InSyscall | RState::AtPoint
             );
             (t.rpid == rpid && visible).then_some((id, t))
         })
