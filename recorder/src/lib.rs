@@ -5,6 +5,7 @@ mod echo;
 mod exec;
 mod mapped_files;
 mod memory;
+mod points;
 mod recording;
 mod session;
 mod signals;
@@ -12,6 +13,7 @@ mod task;
 
 use std::path::PathBuf;
 
+pub use recording::STOP_AT_SYSCALLS_ENV;
 pub use session::{record, RecordOptions, RecordOutcome};
 
 /// Where a new recording goes: an explicit directory, or a fresh one under the trace root.

@@ -9,24 +9,43 @@ use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
 use syscalls::{Call, Replay};
 use trace_format::{
-    CloneEvent, Event, ExitEvent, ExitStatus, MemWrite, RdtscEvent, SignalEvent, SignalOrigin,
-    StartEvent, SyscallEvent, TraceWriter,
+    CloneEvent, Event, ExitEvent, ExitStatus, MemWrite, Point, PreemptEvent, RdtscEvent,
+    ResumeEvent, SignalEvent, SignalOrigin, StartEvent, SyscallEvent, TraceWriter,
 };
 use tracee::insn::Trapped;
-use tracee::tracee::signo_code;
+use tracee::tracee::{signo_code, SIGINFO_SIZE};
 use tracee::{regs, Regs, Stop, Tracee};
 
 use crate::echo::EchoFds;
 use crate::exec;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
-use crate::session::TICK;
-use crate::signals::is_fault;
-use crate::task::{Entry, State, Task};
+use crate::points;
+use crate::session::{set_ticks_blocked, TICK};
+use crate::signals::{is_fault, is_ours, is_restart, restart_pending, ERESTART_RESTARTBLOCK};
+use crate::task::{Entry, HeldSignal, State, Task};
 
-/// How long a task may run user code without a syscall, while another task waits for the CPU,
-/// before the recorder warns that it is starving it.
-const SPIN_WARNING: Duration = Duration::from_secs(2);
+/// How long a task may hold the CPU in user code without an event while another task waits
+/// for it: then the recorder preempts it.
+const TIME_SLICE: Duration = Duration::from_millis(20);
+
+/// How often buffered events are written out while the tracee blocks or computes.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// Most instructions single-stepped past a stop to learn which memory the task writes near a
+/// point (one iteration of a loop, see `tracee::state::step_for_watch`).
+const WATCH_STEPS: usize = 64;
+
+/// Index of `rip` in a point's register words (`user_regs_struct` order).
+const RIP: usize = 16;
+
+/// Most watched words a point records.
+const WATCH_WORDS: usize = 8;
+
+/// Set (to anything) in the environment of the recorder, makes it send its preemption
+/// `SIGSTOP` to a task at the entry of every syscall that lets others run: the signal then
+/// interrupts the syscall, as it rarely does when it races with one (for tests).
+pub const STOP_AT_SYSCALLS_ENV: &str = "DEJA_TEST_STOP_AT_SYSCALLS";
 
 /// A recording in progress.
 pub struct Session {
@@ -50,9 +69,15 @@ pub struct Session {
     root: i32,
     root_status: Option<ExitStatus>,
     cpu: u32,
-    /// For the spin warning: the task holding the CPU and the event count at the last tick,
-    /// and for how many ticks neither changed.
+    /// The task holding the CPU and the event count at the last tick, and for how many ticks
+    /// neither changed (the time slice of the task holding the CPU).
     stall: (Option<i32>, u64, u32),
+    /// Timer ticks so far (buffered events are written out every [`FLUSH_EVERY`]).
+    ticks: u32,
+    /// The recorder's process id: the sender of its preemption `SIGSTOP`s.
+    me: i32,
+    /// [`STOP_AT_SYSCALLS_ENV`] is set.
+    stop_at_syscalls: bool,
 }
 
 impl Session {
@@ -75,6 +100,9 @@ impl Session {
             root_status: None,
             cpu,
             stall: (None, 0, 0),
+            ticks: 0,
+            me: std::process::id() as i32,
+            stop_at_syscalls: std::env::var_os(STOP_AT_SYSCALLS_ENV).is_some(),
         }
     }
 
@@ -121,8 +149,9 @@ impl Session {
             .context("the initial process ended without a reported status")
     }
 
-    /// Waits for any task, writing out buffered events and watching for spinning tasks while
-    /// they take long.
+    /// Waits for any task; at each timer tick while it waits, writes out buffered events now
+    /// and then, and preempts the task holding the CPU once its time slice is over while
+    /// another task waits for the CPU.
     fn wait_any(&mut self) -> Result<(Pid, Stop)> {
         let Session {
             writer,
@@ -130,23 +159,34 @@ impl Session {
             current,
             ready,
             stall,
+            ticks,
             ..
         } = self;
-        tracee::stop::wait_any(&mut || {
-            writer.flush()?;
+        set_ticks_blocked(false);
+        let stop = tracee::stop::wait_any(&mut || {
+            set_ticks_blocked(true);
+            *ticks = ticks.wrapping_add(1);
+            let flushed = if *ticks % ticks_in(FLUSH_EVERY) == 0 {
+                writer.flush().map_err(anyhow::Error::from)
+            } else {
+                Ok(())
+            };
             // No clock is read on the recorder's hot path (the tracer thread traps `rdtsc`, so
-            // a clock read costs a signal): a stall is counted in timer ticks instead.
+            // a clock read costs a signal): a time slice is counted in timer ticks instead.
             let now = (*current, writer.event_count());
             if (stall.0, stall.1) == now {
                 stall.2 += 1;
             } else {
                 *stall = (now.0, now.1, 0);
             }
-            if TICK * stall.2 >= SPIN_WARNING {
-                warn_if_spinning(tasks, ready, *current, TICK * stall.2);
+            if stall.2 >= ticks_in(TIME_SLICE) {
+                preempt_if_others_wait(tasks, ready, *current);
             }
-            Ok(())
-        })
+            set_ticks_blocked(false);
+            flushed
+        });
+        set_ticks_blocked(true);
+        stop
     }
 
     /// Runs the initial `execve` and records the new program image.
@@ -186,6 +226,10 @@ impl Session {
         } = self;
         let t = tasks.get_mut(&tid).context("exec of an unknown task")?;
         t.tracee.reopen_mem()?;
+        // A vfork child leaves its parent's address space for a new one; no id is cleared at
+        // the new program's exit until it asks.
+        t.mm = t.pid;
+        t.clear_tid_at = None;
         let ev = exec::capture(&t.tracee, writer, files)?;
         writer.push(&Event::Exec(Box::new(ev)))?;
         Ok(())
@@ -200,6 +244,11 @@ impl Session {
             match std::mem::replace(&mut t.state, State::Running) {
                 State::ReadyToStart => return self.start(tid),
                 State::ReadyAfter(entry) => return self.finish_syscall(tid, *entry),
+                State::Preempted => {
+                    let r = t.tracee.regs()?;
+                    self.writer.push(&Event::Resume(ResumeEvent { tid }))?;
+                    return self.resume(tid, r);
+                }
                 other => t.state = other,
             }
         }
@@ -219,14 +268,17 @@ impl Session {
         self.resume(tid, r)
     }
 
-    /// Resumes `tid` in user code right after an event, with the CPU.
+    /// Resumes `tid` in user code right after an event, with the CPU (`regs`: its registers
+    /// now). A task stopped for a signal it held handles that stop now, right after the event.
     fn resume(&mut self, tid: i32, regs: Regs) -> Result<()> {
-        self.after_event(tid, regs)?;
-        let t = self.task(tid)?;
-        t.state = State::Running;
-        t.tracee.cont(0)?;
         self.current = Some(tid);
-        Ok(())
+        let t = self.task(tid)?;
+        t.boundary = Some(regs);
+        t.state = State::Running;
+        if let Some(sig) = t.held_signal.take() {
+            return self.on_signal(tid, sig);
+        }
+        t.tracee.cont(0)
     }
 
     fn dispatch(&mut self, tid: i32, stop: Stop) -> Result<()> {
@@ -254,9 +306,10 @@ impl Session {
                 other => bail!("unexpected stop of task {tid} in user code: {other:?}"),
             },
             State::InSyscall(_) => self.on_syscall_stop(tid, stop),
+            State::Restarting(_) => self.on_restart_stop(tid, stop),
             // Nothing but its end is expected from an exiting task: let it go on.
             State::Exiting => t.tracee.cont(0),
-            State::ReadyToStart | State::ReadyAfter(_) => {
+            State::ReadyToStart | State::ReadyAfter(_) | State::Preempted => {
                 if stop == Stop::Exec {
                     bail!(THREAD_EXEC);
                 }
@@ -381,7 +434,12 @@ impl Session {
                 // task tree, and calls that send signals, run while no other task runs; the
                 // others (which may block) let other tasks run meanwhile.
                 let exclusive = replay != Replay::Emulate || syscalls::sends_signal(nr);
+                let stop_now = !exclusive && self.stop_at_syscalls;
                 let t = self.task(tid)?;
+                if stop_now && !t.stop_sent {
+                    t.tracee.tgkill(Pid::from_raw(t.pid), libc::SIGSTOP)?;
+                    t.stop_sent = true;
+                }
                 t.state = State::InSyscall(Box::new(Entry {
                     ev,
                     replay,
@@ -403,6 +461,23 @@ impl Session {
         let State::InSyscall(mut entry) = std::mem::replace(&mut t.state, State::Running) else {
             bail!("task {tid} is not in a syscall");
         };
+        if stop == Stop::SyscallStop && t.stop_sent && !entry.exec_done {
+            let rax = t.tracee.regs()?.rax;
+            if is_restart(rax) {
+                // Our preemption SIGSTOP came while the task entered this syscall, and
+                // interrupted it: the kernel restarts it after the signal's stop, and this
+                // attempt is no event (replay makes the call once).
+                entry.ev.result = rax as i64;
+                tracing::debug!(
+                    tid,
+                    call = %syscalls::name(entry.ev.nr),
+                    code = entry.ev.result,
+                    "the preemption SIGSTOP interrupted a syscall: the kernel restarts it"
+                );
+                t.state = State::Restarting(entry);
+                return t.tracee.cont(0);
+            }
+        }
         match stop {
             Stop::SyscallStop if entry.exec_done => {
                 let r = t.tracee.regs()?;
@@ -448,6 +523,15 @@ impl Session {
         let args = syscalls::clone_args(entry.ev.nr, &entry.ev.args, &TraceeMemory(&t.tracee))
             .unwrap_or_default();
         let parent_pid = t.pid;
+        let parent_mm = t.mm;
+        let clear_tid_at = if args.flags & libc::CLONE_CHILD_CLEARTID as u64 == 0 {
+            None
+        } else if entry.ev.nr == libc::SYS_clone3 as u64 {
+            // struct clone_args { flags, pidfd, child_tid, .. }
+            syscalls::Memory::read_u64(&TraceeMemory(&t.tracee), entry.ev.args[0] + 16)
+        } else {
+            Some(entry.ev.args[3]) // clone(flags, stack, parent_tid, child_tid, tls)
+        };
         let child_pid = if args.is_thread() { parent_pid } else { child };
         let mut writes = Vec::new();
         for (addr, len) in args.parent_regions() {
@@ -485,6 +569,10 @@ impl Session {
                 };
                 let mut task = Task::new(tracee, child_pid, state);
                 task.child_tid_at = args.child_tid;
+                task.clear_tid_at = clear_tid_at.filter(|&a| a != 0);
+                if args.flags & libc::CLONE_VM as u64 != 0 {
+                    task.mm = parent_mm;
+                }
                 self.tasks.insert(child, task);
             }
         }
@@ -514,6 +602,9 @@ impl Session {
         let exit = t.tracee.regs()?;
         ev.result = exit.rax as i64;
         let (nr, args) = (ev.nr, ev.args);
+        if nr == libc::SYS_set_tid_address as u64 {
+            t.clear_tid_at = (args[0] != 0).then_some(args[0]);
+        }
         let call = Call {
             nr,
             args,
@@ -555,26 +646,27 @@ impl Session {
         self.resume(tid, exit)
     }
 
-    /// Called with the registers `tid` is about to resume with, right after an event: sends
-    /// its held-back signals so they are delivered at this boundary.
-    fn after_event(&mut self, tid: i32, resume_regs: Regs) -> Result<()> {
-        let t = self.task(tid)?;
-        for (sig, info) in std::mem::take(&mut t.deferred) {
-            t.tracee.tgkill(Pid::from_raw(t.pid), sig)?;
-            t.resent.push((sig, info));
-        }
-        t.boundary = Some(resume_regs);
-        Ok(())
-    }
-
     /// A signal stop of the running task `tid`.
     fn on_signal(&mut self, tid: i32, sig: i32) -> Result<()> {
+        let me = self.me;
         let t = self.task(tid)?;
-        let Ok(info) = t.tracee.siginfo() else {
+        let Ok(mut info) = t.tracee.siginfo() else {
             // A group-stop (no siginfo): let the task go on.
             return t.tracee.cont(0);
         };
         let regs = t.tracee.regs()?;
+        if let Some(i) = t.resent.iter().position(|(s, _)| *s == sig) {
+            // A signal the recorder sent again: it gets back the siginfo it first came with.
+            let (_, original) = t.resent.remove(i);
+            t.tracee.set_siginfo(&original)?;
+            info = original;
+            if sig == libc::SIGSTOP {
+                // A preemption SIGSTOP sent meanwhile merged with it: none is pending now.
+                t.stop_sent = false;
+            }
+        } else if is_ours(&info, me) {
+            return self.on_preemption_stop(tid, regs);
+        }
         let (signo, code) = signo_code(&info);
         if sig == libc::SIGSEGV && code == libc::SI_KERNEL && self.emulate_trapped(tid, regs)? {
             return Ok(());
@@ -584,24 +676,12 @@ impl Session {
             .boundary
             .take()
             .is_some_and(|b| regs::to_words(&b) == regs::to_words(&regs));
-        let resent = t.resent.iter().position(|(s, _)| *s == sig);
-        let (origin, info) = if is_fault(signo, code) {
-            (SignalOrigin::Fault, info)
-        } else if let Some(i) = resent {
-            let (_, original) = t.resent.remove(i);
-            t.tracee.set_siginfo(&original)?;
-            (SignalOrigin::Async, original)
+        let origin = if is_fault(signo, code) {
+            SignalOrigin::Fault
         } else if at_boundary {
-            (SignalOrigin::Async, info)
+            SignalOrigin::Async
         } else {
-            tracing::debug!(
-                tid,
-                sig,
-                rip = regs.rip,
-                "holding back a signal that landed mid-code"
-            );
-            t.deferred.push((sig, info));
-            return t.tracee.cont(0);
+            return self.signal_mid_code(tid, sig, info);
         };
         self.writer.push(&Event::Signal(SignalEvent {
             tid,
@@ -612,8 +692,272 @@ impl Session {
             delivered: true,
             point: None,
         }))?;
+        self.task(tid)?.tracee.cont(sig)
+    }
+
+    /// At the stop for the recorder's own preemption `SIGSTOP` of the running task `tid`
+    /// (registers `regs`): takes the CPU from it if another task still waits for it.
+    fn on_preemption_stop(&mut self, tid: i32, regs: Regs) -> Result<()> {
+        let others_wait = self.others_wait();
         let t = self.task(tid)?;
-        t.tracee.cont(sig)
+        t.stop_sent = false;
+        // Right after a syscall the kernel is about to restart, the task is not in its user
+        // code yet (the restart rewinds it to the `syscall` instruction): no point there.
+        if restart_pending(&regs) || !others_wait {
+            // Suppressed, the SIGSTOP changes nothing in the task.
+            return t.tracee.cont(0);
+        }
+        self.preempt(tid)
+    }
+
+    /// Takes the CPU from the running task `tid`, stopped in its user code: records the point
+    /// it stops at (see [`Session::reach_point`]) and queues it for the CPU.
+    fn preempt(&mut self, tid: i32) -> Result<()> {
+        let mut aside = Vec::new();
+        let Some(point) = self.reach_point(tid, &mut aside)? else {
+            return Ok(());
+        };
+        self.writer.push(&Event::Preempt(PreemptEvent {
+            tid,
+            point: Box::new(point),
+        }))?;
+        let t = self.task(tid)?;
+        t.state = State::Preempted;
+        t.boundary = None;
+        self.ready.push_back(tid);
+        self.current = None;
+        // Pending while it waits, they come as soon as it runs again.
+        self.send_again(tid, aside)
+    }
+
+    /// An asynchronous signal `sig` (with `info`) that stopped the running task `tid` in the
+    /// middle of its user code: recorded at an exact point (see [`Session::reach_point`]), and
+    /// delivered there. The task keeps the CPU.
+    fn signal_mid_code(&mut self, tid: i32, sig: i32, info: [u8; SIGINFO_SIZE]) -> Result<()> {
+        let mut aside = Vec::new();
+        // Stepping discards the signal; it is injected again at the point.
+        let Some(point) = self.reach_point(tid, &mut aside)? else {
+            // The task ended: the signal ends with it.
+            return Ok(());
+        };
+        self.writer.push(&Event::Signal(SignalEvent {
+            tid,
+            signo: sig,
+            siginfo: info.to_vec(),
+            origin: SignalOrigin::Async,
+            rip: point.regs[RIP],
+            delivered: true,
+            point: Some(Box::new(point)),
+        }))?;
+        let t = self.task(tid)?;
+        t.tracee.set_siginfo(&info)?;
+        t.tracee.cont(sig)?;
+        self.send_again(tid, aside)
+    }
+
+    /// Brings the running task `tid`, stopped in its user code, to a point and records it:
+    /// single-steps it (at most [`WATCH_STEPS`] instructions, see
+    /// `tracee::state::step_for_watch`) to learn which memory it writes, then makes a debug
+    /// exception its last trap (`tracee::state::settle_trap`: the kernel copies the last trap
+    /// into later signal frames, which points' digests cover, so at every point it is the same
+    /// in recording and replay). The task is left stopped at the point, where a signal can be
+    /// injected. A signal that stops it meanwhile is discarded there and put in `aside`, to be
+    /// sent again once the task is past the point. `None` if the task ended (its end handled).
+    fn reach_point(&mut self, tid: i32, aside: &mut Vec<HeldSignal>) -> Result<Option<Point>> {
+        let t = self.task(tid)?;
+        let stepped = tracee::state::step_for_watch(&t.tracee, WATCH_STEPS)
+            .with_context(|| format!("single-stepping task {tid} to a point"))?;
+        let mut interrupted = stepped.interrupted;
+        loop {
+            match interrupted {
+                None => {}
+                Some(end) if end.is_end() => {
+                    self.dispatch(tid, end)?;
+                    return Ok(None);
+                }
+                Some(Stop::Signal(sig)) => self.put_aside(tid, sig, aside)?,
+                Some(other) => {
+                    bail!("unexpected stop of task {tid} on its way to a point: {other:?}")
+                }
+            }
+            let t = self.task(tid)?;
+            interrupted = tracee::state::settle_trap(&t.tracee)
+                .with_context(|| format!("settling the last trap of task {tid} at a point"))?;
+            if interrupted.is_none() {
+                break;
+            }
+        }
+        self.capture_point(tid, &stepped.written).map(Some)
+    }
+
+    /// `tid` stopped for signal `sig` on its way to a point, where the recorder discards it: an
+    /// asynchronous signal goes to `aside` with its siginfo (to be sent again), a fault is just
+    /// discarded (the instruction faults again when it runs again), the recorder's preemption
+    /// `SIGSTOP` is no longer pending, and a group-stop passes.
+    fn put_aside(&mut self, tid: i32, sig: i32, aside: &mut Vec<HeldSignal>) -> Result<()> {
+        let me = self.me;
+        let t = self.task(tid)?;
+        let Ok(info) = t.tracee.siginfo() else {
+            return Ok(());
+        };
+        let (signo, code) = signo_code(&info);
+        if let Some(i) = t.resent.iter().position(|(s, _)| *s == sig) {
+            aside.push(t.resent.remove(i));
+        } else if is_ours(&info, me) {
+            t.stop_sent = false;
+        } else if !is_fault(signo, code) {
+            aside.push((sig, info));
+        }
+        Ok(())
+    }
+
+    /// Sends the signals `reach_point` put aside to `tid` again; their stops get back their
+    /// original siginfo (see `on_signal`).
+    fn send_again(&mut self, tid: i32, aside: Vec<HeldSignal>) -> Result<()> {
+        let t = self.task(tid)?;
+        for (sig, info) in aside {
+            t.tracee.tgkill(Pid::from_raw(t.pid), sig)?;
+            t.resent.push((sig, info));
+        }
+        Ok(())
+    }
+
+    /// Whether a task waits in the ready FIFO for the CPU.
+    fn others_wait(&self) -> bool {
+        self.ready
+            .iter()
+            .any(|r| self.tasks.get(r).is_some_and(|t| t.state.waits_for_cpu()))
+    }
+
+    /// The point the running task `tid` is stopped at, with `written` (what it wrote while
+    /// single-stepped) for the watched words.
+    fn capture_point(&mut self, tid: i32, written: &[(u64, u8)]) -> Result<Point> {
+        let excluded = self.excluded(tid)?;
+        let ticks = if self.stall.0 == Some(tid) {
+            self.stall.2
+        } else {
+            0
+        };
+        let t = self.task(tid)?;
+        let watch = tracee::state::watch_values(&t.tracee, written, WATCH_WORDS);
+        tracee::state::capture(&t.tracee, excluded, watch, ticks)
+            .with_context(|| format!("recording the point task {tid} stopped at"))
+    }
+
+    /// The memory a point of `tid` leaves out of its digest: what the kernel may write into
+    /// its address space for other tasks' syscalls whose events come later in the trace (the
+    /// bound of a call still in progress, the exact writes of one that returned), the
+    /// `CLONE_CHILD_SETTID` word of a thread that has not started, and the
+    /// `CLONE_CHILD_CLEARTID` word of a task that is exiting.
+    fn excluded(&self, tid: i32) -> Result<Vec<(u64, u64)>> {
+        let t = self
+            .tasks
+            .get(&tid)
+            .with_context(|| format!("task {tid} is not traced"))?;
+        let mem = TraceeMemory(&t.tracee);
+        let mut ranges = Vec::new();
+        for o in self.tasks.values() {
+            if o.mm != t.mm || o.tid() == tid {
+                continue;
+            }
+            match &o.state {
+                State::InSyscall(e) | State::Restarting(e) if !e.exec_done => ranges.extend(
+                    points::pending_regions(e.ev.nr, e.ev.args, &mem)
+                        .iter()
+                        .map(points::range),
+                ),
+                State::ReadyAfter(e) => {
+                    // The result is in the exit registers (a task killed meanwhile has none:
+                    // then the call's bound).
+                    let regions = match o.tracee.regs() {
+                        Ok(r) => {
+                            let call = Call {
+                                nr: e.ev.nr,
+                                args: e.ev.args,
+                                result: r.rax as i64,
+                            };
+                            syscalls::out_regions(&call, &mem)
+                        }
+                        Err(_) => points::pending_regions(e.ev.nr, e.ev.args, &mem),
+                    };
+                    ranges.extend(regions.iter().map(points::range));
+                }
+                State::Unborn | State::ReadyToStart => {
+                    if let Some(at) = o.child_tid_at {
+                        ranges.push((at, at + 4));
+                    }
+                }
+                // A leader that left its threads behind exits without the CPU: the kernel
+                // clears its `CLONE_CHILD_CLEARTID` word at some moment of theirs.
+                State::Exiting => {
+                    if let Some(at) = o.clear_tid_at {
+                        ranges.push((at, at + 4));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(points::merge(ranges))
+    }
+
+    /// A stop of `tid` after the recorder's preemption SIGSTOP interrupted its syscall.
+    fn on_restart_stop(&mut self, tid: i32, stop: Stop) -> Result<()> {
+        let me = self.me;
+        let holds_cpu = self.current == Some(tid);
+        let t = self.task(tid)?;
+        let State::Restarting(mut entry) = std::mem::replace(&mut t.state, State::Running) else {
+            bail!("task {tid} is not restarting a syscall");
+        };
+        match stop {
+            Stop::Signal(sig) => {
+                let info = t.tracee.siginfo().ok();
+                let resent = t.resent.iter().any(|(s, _)| *s == sig);
+                let ours = !resent && info.is_some_and(|i| is_ours(&i, me));
+                if ours || info.is_none() {
+                    // The SIGSTOP (suppressed), or a group-stop passing through: the kernel
+                    // restarts the call next.
+                    t.stop_sent &= !ours;
+                    t.state = State::Restarting(entry);
+                    return t.tracee.cont(0);
+                }
+                // Another signal came too: it may be what interrupted the call, and its
+                // handler decides whether the call restarts. The attempt is recorded after
+                // all, with its restart code, and this signal right after it, when the task
+                // has the CPU.
+                t.held_signal = Some(sig);
+                if holds_cpu {
+                    self.finish_syscall(tid, *entry)
+                } else {
+                    t.state = State::ReadyAfter(entry);
+                    self.ready.push_back(tid);
+                    Ok(())
+                }
+            }
+            Stop::SeccompEntry => {
+                let nr = t.tracee.regs()?.orig_rax;
+                let restart = if entry.ev.result == ERESTART_RESTARTBLOCK {
+                    libc::SYS_restart_syscall as u64
+                } else {
+                    entry.ev.nr
+                };
+                if nr != restart {
+                    bail!(
+                        "task {tid} made {} instead of restarting {}",
+                        syscalls::name(nr),
+                        syscalls::name(entry.ev.nr)
+                    );
+                }
+                // The same call again (or `restart_syscall` continuing it): one event, as if
+                // the call had run once, with the CPU held as before.
+                entry.ev.result = 0;
+                t.state = State::InSyscall(entry);
+                t.tracee.cont_syscall(0)
+            }
+            other => bail!(
+                "unexpected stop of task {tid} restarting {}: {other:?}",
+                syscalls::name(entry.ev.nr)
+            ),
+        }
     }
 
     /// Emulates a trapped `rdtsc`/`rdtscp` at `regs.rip`; false if the fault was something else.
@@ -679,33 +1023,31 @@ fn hash_path(path: &str) -> u64 {
     h.finish() | (1 << 63)
 }
 
-/// Warns once per task when the task holding the CPU has run user code for long without a
-/// syscall while another task waits for the CPU: that one cannot run until it makes one.
-fn warn_if_spinning(
+/// At a tick, once the task holding the CPU has used up its time slice: if it runs user code
+/// while another task waits for the CPU, sends it a `SIGSTOP` (once), to take the CPU from it
+/// at its stop.
+fn preempt_if_others_wait(
     tasks: &mut HashMap<i32, Task>,
     ready: &VecDeque<i32>,
     current: Option<i32>,
-    ran: Duration,
 ) {
-    let waiting = ready.iter().any(|r| {
-        tasks
-            .get(r)
-            .is_some_and(|t| matches!(t.state, State::ReadyToStart | State::ReadyAfter(_)))
-    });
+    let waiting = ready
+        .iter()
+        .any(|r| tasks.get(r).is_some_and(|t| t.state.waits_for_cpu()));
     let Some(t) = current.and_then(|c| tasks.get_mut(&c)) else {
         return;
     };
-    if !waiting || t.warned_spin || !matches!(t.state, State::Running) {
+    if !waiting || t.stop_sent || !matches!(t.state, State::Running) {
         return;
     }
-    t.warned_spin = true;
-    let tid = t.tid();
-    let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
-    eprintln!(
-        "deja: warning: task {tid} ({}) has run for {} s without a system call while other \
-         tasks wait: they cannot run until it makes one (threads that spin-wait on each other \
-         without system calls hang under this version of deja)",
-        comm.trim(),
-        ran.as_secs()
-    );
+    match t.tracee.tgkill(Pid::from_raw(t.pid), libc::SIGSTOP) {
+        Ok(()) => t.stop_sent = true,
+        // The task may have ended, its end not reported yet.
+        Err(e) => tracing::debug!(tid = t.tid(), "no preemption: {e:#}"),
+    }
+}
+
+/// How many timer ticks make `d` (at least one).
+fn ticks_in(d: Duration) -> u32 {
+    (d.as_micros() / TICK.as_micros()).max(1) as u32
 }

@@ -89,6 +89,8 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         root.set_latest(&dir)?;
     }
     install_interrupt_passthrough();
+    // Ticks interrupt the recorder only in its waits for the tracee (see `set_ticks_blocked`).
+    set_ticks_blocked(true);
     tracee::alarm::start(TICK, TICK);
     let root = spawn(&SpawnOptions {
         program: path.clone(),
@@ -146,6 +148,29 @@ fn install_interrupt_passthrough() {
     }
 }
 
-/// Interval of the timer that interrupts the recorder's waits so buffered events reach the disk
-/// while the tracee blocks or computes (a recorder killed then still leaves them in the trace).
-pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+/// Blocks (`true`) or unblocks the timer's `SIGALRM` in the calling thread, the tracer thread.
+/// It is blocked except while the recorder waits for the tracee: a tick then interrupts that
+/// `waitpid`, and never another syscall of the recorder (copying a file, say, which would fail
+/// with `EINTR`). A tick that comes while it is blocked is handled when it is unblocked, just
+/// before the wait, and does not interrupt it: it is not counted, the next one is (10 ms
+/// later).
+pub(crate) fn set_ticks_blocked(blocked: bool) {
+    let how = if blocked {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: sigemptyset/sigaddset fill a local set, which pthread_sigmask only reads.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGALRM);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// Interval of the timer that interrupts the recorder's waits: it measures time slices (a task
+/// that holds the CPU too long while others wait is preempted), and buffered events reach the
+/// disk every few ticks while the tracee blocks or computes (a recorder killed then still
+/// leaves them in the trace).
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);

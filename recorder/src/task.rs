@@ -33,11 +33,30 @@ pub enum State {
     Running,
     /// Inside a syscall (resumed to its exit stop). Holds the CPU only if `exclusive`.
     InSyscall(Box<Entry>),
+    /// The recorder's preemption `SIGSTOP` interrupted this syscall (its exit showed a restart
+    /// code): the attempt is not recorded; the task goes on to the signal's stop, where the
+    /// recorder suppresses it, and the kernel then restarts the call (a new seccomp entry).
+    /// Holds the CPU only if `exclusive`. `ev.result` holds the restart code.
+    Restarting(Box<Entry>),
+    /// Taken off the CPU at a point in its user code (a [`trace_format::PreemptEvent`]),
+    /// stopped there, waiting for the CPU (a [`trace_format::ResumeEvent`] is written when it
+    /// gets it).
+    Preempted,
     /// Made `exit` or `exit_group`; its death has not been reported yet.
     Exiting,
 }
 
-/// A signal the recorder held back, with the siginfo it arrived with.
+impl State {
+    /// Whether a task in this state waits in the ready FIFO for the CPU.
+    pub fn waits_for_cpu(&self) -> bool {
+        matches!(
+            self,
+            State::ReadyToStart | State::ReadyAfter(_) | State::Preempted
+        )
+    }
+}
+
+/// A signal the recorder sent again, with the siginfo it first arrived with.
 pub type HeldSignal = (i32, [u8; SIGINFO_SIZE]);
 
 /// A traced task.
@@ -46,34 +65,43 @@ pub struct Task {
     pub tracee: Tracee,
     /// Its process (thread group) id.
     pub pid: i32,
+    /// The process whose address space it runs in: its own, or its parent's for a child made
+    /// with `CLONE_VM` but not `CLONE_THREAD` (`vfork`, `posix_spawn`) until it calls `execve`.
+    pub mm: i32,
     /// Schedule state.
     pub state: State,
     /// Registers the task was resumed with right after its last event, while no instruction
     /// can have run since: a signal stop with these registers landed exactly after that event.
     pub boundary: Option<Regs>,
-    /// Asynchronous signals that landed in the middle of user code, held back until the task's
-    /// next event boundary (see the crate README).
-    pub deferred: Vec<HeldSignal>,
-    /// Held-back signals sent again by the recorder, with their original siginfo.
+    /// Signals the recorder had to discard at a stop where it delivered another one, and sent
+    /// again (with `tgkill`); their stop gets back their original siginfo.
     pub resent: Vec<HeldSignal>,
     /// Where the kernel wrote this task's id into its own memory (`CLONE_CHILD_SETTID`).
     pub child_tid_at: Option<u64>,
-    /// Whether the "runs without a system call" warning was printed for it.
-    pub warned_spin: bool,
+    /// Where the kernel clears a word when the task exits (`CLONE_CHILD_CLEARTID`,
+    /// `set_tid_address`).
+    pub clear_tid_at: Option<u64>,
+    /// The recorder sent this task a preemption `SIGSTOP` whose stop has not been seen yet.
+    pub stop_sent: bool,
+    /// The task is stopped at the signal-delivery-stop of this signal, to be handled when the
+    /// task gets the CPU (right after its pending syscall event is written).
+    pub held_signal: Option<i32>,
 }
 
 impl Task {
-    /// A task in state `state`.
+    /// A task of process `pid` in state `state`, in its own process's address space.
     pub fn new(tracee: Tracee, pid: i32, state: State) -> Task {
         Task {
             tracee,
             pid,
+            mm: pid,
             state,
             boundary: None,
-            deferred: Vec::new(),
             resent: Vec::new(),
             child_tid_at: None,
-            warned_spin: false,
+            clear_tid_at: None,
+            stop_sent: false,
+            held_signal: None,
         }
     }
 
