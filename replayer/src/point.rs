@@ -213,6 +213,12 @@ impl Toward {
         Ok(())
     }
 
+    /// Whether arming the locator will run a syscall in the task (the first arming maps its
+    /// trampoline).
+    pub fn arming_injects(&self) -> bool {
+        !self.built.as_ref().is_some_and(|b| b.armed_once)
+    }
+
     /// The locator, if built.
     pub fn built(&mut self) -> Option<&mut Locator> {
         self.built.as_mut().map(|b| &mut b.locator)

@@ -1308,6 +1308,11 @@ impl Session {
             tracing::debug!(tid, "the debugger's points changed: a new locator");
             self.retire_locator(tid)?;
         }
+        if self.toward.as_ref().is_some_and(|w| w.arming_injects()) {
+            if let Some(stop) = self.leave_syscall_entry(tid)? {
+                return Ok(Some(stop));
+            }
+        }
         let t = &tasks::task(&mut self.tasks, tid)?.tracee;
         let Some(w) = self.toward.as_mut().filter(|w| w.tid == tid) else {
             bail!("task {tid} runs toward no point");
@@ -1329,6 +1334,25 @@ impl Session {
         w.armed = true;
         t.cont(0)?;
         Ok(None)
+    }
+
+    /// If task `tid` is stopped at a syscall's entry (an emulated syscall, skipped with its
+    /// result set), lets that syscall end: a syscall run in the task at its entry would run in
+    /// the syscall's place and make the task enter it again (see `Tracee::inject_syscall`).
+    /// Returns the stop that came instead of the syscall's exit, if one did.
+    fn leave_syscall_entry(&mut self, tid: Tid) -> Result<Option<Stop>> {
+        let t = self.tracee(tid)?;
+        if !matches!(
+            syscall_stop_op(t)?,
+            SYSCALL_INFO_ENTRY | SYSCALL_INFO_SECCOMP
+        ) {
+            return Ok(None);
+        }
+        t.cont_syscall(0)?;
+        match self.wait_task(tid)? {
+            Stop::SyscallStop => Ok(None),
+            other => Ok(Some(other)),
+        }
     }
 
     /// Runs `getpid` in task `tid` (stopped toward its point) until no signal stops it first,
@@ -1386,12 +1410,20 @@ impl Session {
     /// the way (a visit that matched).
     fn leave_trampoline(&mut self, tid: Tid) -> Result<bool> {
         const MAX_STEPS: usize = 1000;
+        // Stepping the trampoline's `pushfq` pushes the trap flag, which its `popfq` would
+        // leave set in the program's flags: it gets the value it had.
+        let trap_flag = self.tracee(tid)?.regs()?.eflags & TRAP_FLAG;
         for _ in 0..MAX_STEPS {
             let t = &tasks::task(&mut self.tasks, tid)?.tracee;
             let Some(w) = self.toward.as_mut().filter(|w| w.tid == tid) else {
                 return Ok(false);
             };
-            if !w.in_trampoline(t.regs()?.rip) {
+            let mut r = t.regs()?;
+            if !w.in_trampoline(r.rip) {
+                if r.eflags & TRAP_FLAG != trap_flag {
+                    r.eflags = (r.eflags & !TRAP_FLAG) | trap_flag;
+                    t.set_regs(&r)?;
+                }
                 return Ok(false);
             }
             t.step(0)?;
@@ -1407,7 +1439,14 @@ impl Session {
                         None => return Ok(false),
                     };
                     match verdict {
-                        Ok(Verdict::Reached) => return Ok(true),
+                        Ok(Verdict::Reached) => {
+                            let mut r = t.regs()?;
+                            if r.eflags & TRAP_FLAG != trap_flag {
+                                r.eflags = (r.eflags & !TRAP_FLAG) | trap_flag;
+                                t.set_regs(&r)?;
+                            }
+                            return Ok(true);
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             return Err(
@@ -1612,7 +1651,10 @@ impl Session {
     fn preempt(&mut self, e: &PreemptEvent) -> Result<()> {
         let rip = point::rip(&e.point);
         let expected = format!("the preemption point at rip {rip:#x}");
-        self.expect_at_point(e.tid, expected, &e.point)
+        self.expect_at_point(e.tid, expected.clone(), &e.point)?;
+        // The recorder settled the task's last trap at the point (which later signal frames
+        // copy); the replay's last trap was the locator's.
+        self.settle_trap(e.tid, &expected)
     }
 
     /// A preempted task runs on from its point.
@@ -1690,6 +1732,32 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// `PTRACE_GET_SYSCALL_INFO` kinds of stop: a syscall-entry stop, the seccomp stop.
+const SYSCALL_INFO_ENTRY: u8 = 1;
+const SYSCALL_INFO_SECCOMP: u8 = 3;
+
+/// The kind of stop (`struct ptrace_syscall_info.op`) stopped task `t` is in: 0 for none of the
+/// syscall stops, else entry, exit or seccomp.
+fn syscall_stop_op(t: &Tracee) -> Result<u8> {
+    // The struct's first byte is `op`; the kernel copies at most the size it is given.
+    let mut info = [0u8; 88];
+    // SAFETY: PTRACE_GET_SYSCALL_INFO writes at most `addr` (= info.len()) bytes to `data`, a
+    // buffer of that size owned by this frame.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GET_SYSCALL_INFO,
+            t.pid().as_raw(),
+            info.len(),
+            info.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading the syscall stop of task {}", t.pid()));
+    }
+    Ok(info[0])
 }
 
 /// Whether thread `t` blocks signal `signo` (its `SigBlk` in `/proc`).
