@@ -157,16 +157,22 @@ impl Toward {
         }
     }
 
-    /// Details for a divergence report: how far the search went.
-    pub fn details(&self) -> Vec<String> {
+    /// Details for a divergence report whose `found` part is `found`: how far the search went
+    /// (unless `found` says so already, as the locator's give-up errors do).
+    pub fn details(&self, found: &str) -> Vec<String> {
         let mut d = Vec::new();
         if let Some(b) = &self.built {
-            d.push(format!("search: {}", b.locator.report()));
+            let report = b.locator.report();
+            if !found.contains(&report) {
+                d.push(format!("search: {report}"));
+            }
         }
+        let ticks = self.point.ticks;
         d.push(format!(
-            "ran {:.2} s toward the point (recorded: {} ticks of 10 ms since the previous event)",
+            "ran {:.2} s toward the point (the recording: {ticks} tick{} of 10 ms since the \
+             previous event)",
             self.ran.as_secs_f64(),
-            self.point.ticks
+            if ticks == 1 { "" } else { "s" }
         ));
         d
     }
@@ -281,13 +287,15 @@ mod tests {
         let w = Toward::new(7, point(0x401136, 3), PointEvent::Signal(14));
         assert_eq!(w.expected(), "signal 14 delivered mid-code at rip 0x401136");
         assert_eq!(
-            w.details(),
+            w.details("anything"),
             vec![
-                "ran 0.00 s toward the point (recorded: 3 ticks of 10 ms since the previous \
-                  event)"
+                "ran 0.00 s toward the point (the recording: 3 ticks of 10 ms since the \
+                  previous event)"
                     .to_string()
             ]
         );
+        let w = Toward::new(7, point(0x401136, 1), PointEvent::Preempt);
+        assert!(w.details("")[0].contains(": 1 tick of"));
     }
 
     #[test]

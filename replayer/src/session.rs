@@ -18,7 +18,7 @@ use tracee::{regs, spawn, SpawnOptions, Stop, Tracee};
 use crate::debug::{self, Debug, Halt};
 use crate::divergence::{Divergence, Incomplete};
 use crate::point::{self, PointEvent, Room, Toward};
-use crate::tasks::{self, RState, Task, Tasks};
+use crate::tasks::{self, LastTrap, RState, Task, Tasks};
 use crate::{echo, exec, mmap, sigmask};
 
 /// How to replay.
@@ -671,6 +671,9 @@ impl Session {
         };
         if self.debug.is_some() {
             if let Some(next) = self.debug_trap(tid, sig)? {
+                if sig == libc::SIGTRAP {
+                    self.task(tid)?.debugger_trapped = true;
+                }
                 return Ok(next);
             }
         }
@@ -958,6 +961,7 @@ impl Session {
             t.tracee.set_regs(&r)?;
             t.tracee.tgkill(t.pid, signo)?;
             t.signal_sent = true;
+            t.temporary_mask = true;
             t.tracee.cont_syscall(0)?;
             self.expect_syscall_exit(tid, &name)?;
             r = self.tracee(tid)?.regs()?;
@@ -1019,6 +1023,8 @@ impl Session {
         let t = self.task(tid)?;
         let real = Pid::from_raw(i32::try_from(t.tracee.event_msg()?).context("bad task id")?);
         let parent_pid = t.pid;
+        // The new task inherits its parent's last trap.
+        let (last_trap, debugger_trapped) = (t.last_trap, t.debugger_trapped);
         t.clone_entry = Some(r);
         self.write_memory(tid, &e.writes, "clone")?;
         let child_pid = if e.child_pid == e.child {
@@ -1035,7 +1041,10 @@ impl Session {
                 .is_some_and(|d| !d.breakpoints.is_empty());
         self.tasks
             .add(e.child, e.child_pid, child, child_pid, RState::Unstarted);
-        self.task(e.child)?.inherits_breakpoints = inherits;
+        let c = self.task(e.child)?;
+        c.inherits_breakpoints = inherits;
+        c.last_trap = last_trap;
+        c.debugger_trapped = debugger_trapped;
         let t = self.task(tid)?;
         t.tracee.cont_syscall(0)?;
         t.state = RState::InSyscall;
@@ -1165,8 +1174,21 @@ impl Session {
                 format!("signal {} at rip {rip:#x}", e.signo),
             ));
         }
-        if e.origin == SignalOrigin::Async {
-            t.set_siginfo(&e.siginfo)?;
+        let temporary_mask = std::mem::take(&mut self.task(tid)?.temporary_mask);
+        match e.origin {
+            SignalOrigin::Fault => {
+                // The fault trapped in the replay too.
+                let t = self.task(tid)?;
+                t.last_trap = LastTrap::Fault;
+                t.debugger_trapped = false;
+            }
+            SignalOrigin::Async => {
+                if e.delivered && self.task(tid)?.debugger_trapped {
+                    let expected = format!("signal {} at rip {:#x}", e.signo, e.rip);
+                    self.restore_last_trap(tid, temporary_mask, &expected)?;
+                }
+                self.tracee(tid)?.set_siginfo(&e.siginfo)?;
+            }
         }
         self.resume(tid, if e.delivered { e.signo } else { 0 })
     }
@@ -1205,6 +1227,9 @@ impl Session {
         }
         r.rip += len as u64;
         t.set_regs(&r)?;
+        let t = self.task(tid)?;
+        t.last_trap = LastTrap::Tsc;
+        t.debugger_trapped = false;
         self.resume(tid, 0)
     }
 
@@ -1604,7 +1629,7 @@ impl Session {
         let Some(mut w) = self.toward.take() else {
             return anyhow::anyhow!("task {tid} runs toward no point");
         };
-        let details = w.details();
+        let details = w.details(&found);
         if let Some(t) = self.tasks.by_tid(tid) {
             if let Err(e) = w.finish(&t.tracee) {
                 tracing::debug!("after the divergence: {e:#}");
@@ -1726,11 +1751,85 @@ impl Session {
                 }
             }
         }
+        let t = self.task(tid)?;
+        t.last_trap = LastTrap::Debug;
+        t.debugger_trapped = false;
         if interrupt {
-            let t = self.task(tid)?;
             t.tracee.tgkill(t.pid, libc::SIGSTOP)?;
         }
         Ok(())
+    }
+
+    /// Task `tid` is stopped to be delivered an asynchronous signal after the debugger's traps
+    /// took the place of its last trap in the recording (breakpoints, single steps): it takes
+    /// that trap again (without executing anything), so that the signal's frame is the
+    /// recorded one. A syscall restart pending at the signal stays pending. Returns with the
+    /// task in that trap's stop, from which the signal is delivered as from its own.
+    fn restore_last_trap(&mut self, tid: Tid, temporary_mask: bool, expected: &str) -> Result<()> {
+        let t = self.task(tid)?;
+        let kind = t.last_trap;
+        if kind == LastTrap::Fault || temporary_mask {
+            // A fault cannot be taken again here; nor can the task be resumed while the
+            // temporary mask of its syscall is in force (the kernel would restore the old mask
+            // on the way back to user code).
+            tracing::warn!(
+                tid,
+                "the debugger's traps show in the frame of the signal delivered now (the \
+                 recording's last trap cannot be taken again here)"
+            );
+            return Ok(());
+        }
+        let saved = t.tracee.regs()?;
+        let mut r = saved;
+        // Not "in a syscall" while the trap is taken, so no restart happens on the way.
+        r.orig_rax = u64::MAX;
+        t.tracee.set_regs(&r)?;
+        match kind {
+            LastTrap::Debug => self.settle_trap(tid, expected)?,
+            _ => self.tsc_trap(tid, expected)?,
+        }
+        let t = self.task(tid)?;
+        t.tracee.set_regs(&saved)?;
+        t.last_trap = kind;
+        t.debugger_trapped = false;
+        Ok(())
+    }
+
+    /// Makes task `tid` take a general-protection fault with error code 0, as a trapped
+    /// `rdtsc` does, without executing anything: an `rdtsc` written at its `rip` for the time of
+    /// the fault. Signals pending meanwhile are not the recording's: dropped.
+    fn tsc_trap(&mut self, tid: Tid, expected: &str) -> Result<()> {
+        const RDTSC: [u8; 2] = [0x0f, 0x31];
+        let rip = self.tracee(tid)?.regs()?.rip;
+        let mut original = [0u8; 2];
+        self.tracee(tid)?
+            .read_mem(rip, &mut original)
+            .context("reading the code where a trap is to be taken")?;
+        for _ in 0..MAX_STRAY_SIGNALS {
+            let t = self.tracee(tid)?;
+            t.write_mem(rip, &RDTSC)?;
+            let resumed = t.cont(0);
+            let stop = resumed.and_then(|()| self.wait_task(tid));
+            if let Some(t) = self.tasks.by_tid(tid).map(|t| &t.tracee) {
+                if t.regs().is_ok() {
+                    t.write_mem(rip, &original)
+                        .context("restoring the code where a trap was taken")?;
+                }
+            }
+            match stop? {
+                Stop::Signal(libc::SIGSEGV) if self.tracee(tid)?.regs()?.rip == rip => {
+                    return Ok(())
+                }
+                Stop::Signal(sig) => {
+                    tracing::debug!(tid, sig, "dropping a signal the recording did not have")
+                }
+                stop => {
+                    let found = self.describe_stop(tid, stop);
+                    return Err(self.diverged(tid, expected.to_string(), found));
+                }
+            }
+        }
+        bail!("signals keep stopping task {tid} before it can take a trap")
     }
 }
 
