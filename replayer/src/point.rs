@@ -16,7 +16,8 @@ use anyhow::{bail, Context, Result};
 use trace_format::{Point, Tid};
 use tracee::debugregs::{DebugRegs, WatchKind, SLOTS};
 use tracee::locate::Locator;
-use tracee::{maps, Tracee};
+use tracee::state::comparable;
+use tracee::{maps, regs, Tracee};
 
 /// Index of `rip` in [`Point::regs`] (`user_regs_struct` order).
 const RIP: usize = 16;
@@ -255,6 +256,23 @@ impl Toward {
 /// The instruction address of `point`.
 pub(crate) fn rip(point: &Point) -> u64 {
     point.regs[RIP]
+}
+
+/// How the registers and FP state of stopped task `t` differ from `point`'s (empty: equal), as
+/// a point compares them. (Its memory digest is compared when the locator finds the point;
+/// what the replay does in the task afterwards, syscalls run with its registers restored,
+/// leaves the memory alone.)
+pub(crate) fn registers_differ(t: &Tracee, point: &Point) -> Result<Vec<String>> {
+    let now = comparable(&regs::to_words(&t.regs()?));
+    let want = comparable(&point.regs);
+    let mut out: Vec<String> = (0..regs::REGS_WORDS)
+        .filter(|&i| now[i] != want[i])
+        .map(|i| format!("{}: {:#x} -> {:#x}", regs::WORD_NAMES[i], want[i], now[i]))
+        .collect();
+    if t.fp_regs()?.to_bytes() != point.fpregs {
+        out.push("FP state".into());
+    }
+    Ok(out)
 }
 
 /// How long a task may run toward a point it reached after `ticks` ticks in the recording.
