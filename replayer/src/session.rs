@@ -1506,23 +1506,22 @@ impl Session {
                 locator.disarm(t)?;
             }
         }
-        if stop == Stop::Signal(libc::SIGSTOP) && std::mem::take(&mut w.timeout_sent) {
-            let interrupt = self
+        let timed_out = stop == Stop::Signal(libc::SIGSTOP)
+            && std::mem::take(&mut w.timeout_sent)
+            && !self
                 .debug
                 .as_ref()
                 .is_some_and(|d| d.interrupt_sent == Some(tid));
-            if !interrupt {
-                return Err(self.lost_point(
-                    tid,
-                    "the task still running without having reached it".into(),
-                ));
-            }
-        }
+        let lost_in_time = "the task still running without having reached it";
         if armed {
+            // (Also when it is lost: the locator counts the visits at each stop.)
             let verdict = match w.built() {
                 Some(locator) => locator.on_stop(t, stop),
                 None => bail!("task {tid} ran toward its point without a locator"),
             };
+            if timed_out {
+                return Err(self.lost_point(tid, lost_in_time.into()));
+            }
             return match verdict {
                 Ok(Verdict::Reached) => {
                     self.reached(tid)?;
@@ -1538,6 +1537,9 @@ impl Session {
                 }
                 Err(e) => Err(self.lost_point(tid, format!("no moment matching it ({e:#})"))),
             };
+        }
+        if timed_out {
+            return Err(self.lost_point(tid, lost_in_time.into()));
         }
         if !stepped {
             let next = self.classify(tid, stop)?;
