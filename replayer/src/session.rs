@@ -15,7 +15,7 @@ use tracee::insn::Trapped;
 use tracee::locate::Verdict;
 use tracee::{regs, spawn, SpawnOptions, Stop, Tracee};
 
-use crate::debug::{self, Debug, Halt};
+use crate::debug::{self, Debug, Halt, WatchKind};
 use crate::divergence::{Divergence, Incomplete};
 use crate::point::{self, PointEvent, Room, Toward};
 use crate::tasks::{self, LastTrap, RState, Task, Tasks};
@@ -1532,7 +1532,16 @@ impl Session {
                     Ok(Some(Next::Again))
                 }
                 Ok(Verdict::Other(stop)) => {
+                    // The locator moved a stop in its copy of the program's instructions to
+                    // their own addresses: still in the trampoline is in its filter.
+                    let in_filter = w.in_trampoline(t.regs()?.rip);
                     let next = self.classify(tid, stop)?;
+                    if in_filter
+                        && matches!(next, Next::Halt(Halt::Watch { kind, .. }) if kind != WatchKind::Write)
+                    {
+                        // The filter reading a watched word, not the program.
+                        return Ok(Some(Next::Again));
+                    }
                     self.halt_outside_trampoline(tid, next)
                 }
                 Err(e) => Err(self.lost_point(tid, format!("no moment matching it ({e:#})"))),
