@@ -8,6 +8,7 @@ mod divergence;
 mod echo;
 mod exec;
 mod mmap;
+mod point;
 mod session;
 mod sigmask;
 mod tasks;

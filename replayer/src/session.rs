@@ -2,21 +2,23 @@
 
 use std::path::Path;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
 use syscalls::Replay;
 use trace_format::{
-    CloneEvent, Event, EventIter, ExitStatus, MemWrite, RdtscEvent, SignalEvent, SignalOrigin,
-    StartEvent, SyscallEvent, Tid, TraceReader,
+    CloneEvent, Event, EventIter, ExitStatus, MemWrite, Point, PreemptEvent, RdtscEvent,
+    SignalEvent, SignalOrigin, StartEvent, SyscallEvent, Tid, TraceReader,
 };
 use tracee::insn::Trapped;
+use tracee::locate::Verdict;
 use tracee::{regs, spawn, SpawnOptions, Stop, Tracee};
 
-use crate::debug::{self, Debug, Halt};
+use crate::debug::{self, Debug, Halt, WatchKind};
 use crate::divergence::{Divergence, Incomplete};
-use crate::tasks::{self, RState, Task, Tasks};
+use crate::point::{self, PointEvent, Room, Toward};
+use crate::tasks::{self, LastTrap, RState, Task, Tasks};
 use crate::{echo, exec, mmap, sigmask};
 
 /// How to replay.
@@ -117,6 +119,7 @@ impl Session {
             root: exec_ev.tid,
             root_status: None,
             running: None,
+            toward: None,
             debug,
         };
         if let Err(e) = session.first_exec(&exec_ev) {
@@ -176,6 +179,9 @@ pub(crate) struct Session {
     /// The task that must run user code, up to its next stop, before the next event: the
     /// one resumed after the last event, if it has not reached that stop yet.
     running: Option<Run>,
+    /// The running task must stop at the exact point of its next event (a preemption, a signal
+    /// delivered mid-code), found again with a locator.
+    toward: Option<Toward>,
     /// The debugger, when one drives the replay.
     pub(crate) debug: Option<Debug>,
 }
@@ -298,9 +304,8 @@ impl Session {
                 Event::Clone(e) => self.clone_task(&e)?,
                 Event::Start(e) => self.start(&e)?,
                 Event::Cpuid(_) => bail!("trapped CPUID events are not supported by this replayer"),
-                Event::Preempt(_) | Event::Resume(_) => {
-                    bail!("preemption events are not supported by this replayer yet")
-                }
+                Event::Preempt(e) => self.preempt(&e)?,
+                Event::Resume(e) => self.resume_preempted(e.tid)?,
             }
         }
     }
@@ -367,6 +372,11 @@ impl Session {
                 "the task to go on".into(),
                 format!("the task ended ({status})"),
             )),
+            RState::AtPoint => Err(self.diverged(
+                tid,
+                "the task's next event".into(),
+                "the task stopped at a point in its user code (preempted)".into(),
+            )),
             other => bail!("task {tid} is not stopped at an event ({other:?})"),
         }
     }
@@ -375,7 +385,18 @@ impl Session {
     /// at this point, if any, then runs it to its next stop: exactly one task runs user code
     /// at a time, in the recorded order.
     fn resume(&mut self, tid: Tid, sig: i32) -> Result<()> {
+        let mut toward = None;
         let next = match self.peek()? {
+            // The task's run ends at an exact point in its user code.
+            Some(Event::Preempt(p)) if p.tid == tid => {
+                toward = Some(Toward::new(tid, p.point.clone(), PointEvent::Preempt));
+                None
+            }
+            Some(Event::Signal(s)) if s.tid == tid && s.point.is_some() => {
+                let signal = PointEvent::Signal(s.signo);
+                toward = s.point.clone().map(|p| Toward::new(tid, p, signal));
+                None
+            }
             Some(Event::Signal(s)) if s.tid == tid && s.origin == SignalOrigin::Async => {
                 Some(s.signo)
             }
@@ -398,6 +419,10 @@ impl Session {
             t.injected = Some(signo);
         }
         t.state = RState::Resumed;
+        if let Some(w) = &toward {
+            tracing::debug!(tid, rip = w.rip(), event = ?w.event, "running to a point");
+        }
+        self.toward = toward;
         self.running = Some(Run {
             tid,
             sig,
@@ -421,14 +446,29 @@ impl Session {
                     return Ok(());
                 }
             }
-            self.launch(run)?;
+            let early = self.launch(run)?;
             self.running = Some(Run {
                 sig: 0,
                 sig_reported: false,
                 ..run
             });
-            let stop = self.wait_running(run.tid)?;
-            match self.classify(run.tid, stop)? {
+            let stop = match early {
+                Some(stop) => stop,
+                None => self.wait_running(run.tid)?,
+            };
+            let next = if self.running_toward(run.tid) {
+                match self.toward_stop(run.tid, stop)? {
+                    Some(next) => next,
+                    // Parked at the point.
+                    None => continue,
+                }
+            } else {
+                self.classify(run.tid, stop)?
+            };
+            match next {
+                Next::Park(stop) if self.running_toward(run.tid) => {
+                    return Err(self.missed_point(run.tid, stop));
+                }
                 Next::Park(stop) => {
                     self.task(run.tid)?.state = match stop {
                         Stop::Exited(c) => RState::Dead(ExitStatus::Exited(c)),
@@ -489,11 +529,30 @@ impl Session {
     }
 
     /// Lets `run`'s task go: continues it, or single-steps it when the debugger steps it or
-    /// when it must step over a breakpoint at its pc.
-    fn launch(&mut self, run: Run) -> Result<()> {
-        if self.debug.is_none() {
-            return self.tracee(run.tid)?.cont(run.sig);
+    /// when it must step over a breakpoint at its pc. Returns a stop the task reached while
+    /// being prepared, before it could be let go (see [`Self::launch_toward`]).
+    fn launch(&mut self, run: Run) -> Result<Option<Stop>> {
+        let step = if self.debug.is_some() {
+            self.debug_launch(run)?
+        } else {
+            false
+        };
+        if self.running_toward(run.tid) {
+            return self.launch_toward(run, step);
         }
+        let t = self.tracee(run.tid)?;
+        if step {
+            t.step(run.sig)?;
+        } else {
+            t.cont(run.sig)?;
+        }
+        Ok(None)
+    }
+
+    /// The debugger's part of [`Self::launch`]: puts back a breakpoint lifted for a step,
+    /// writes its debug registers, lifts a breakpoint at the task's pc; whether the task must
+    /// single-step (the debugger's step, or a step over that breakpoint).
+    fn debug_launch(&mut self, run: Run) -> Result<bool> {
         let debugged = self.debugged(run.tid);
         self.put_back_lifted()?;
         if debugged {
@@ -501,7 +560,7 @@ impl Session {
         }
         let t = tasks::task(&mut self.tasks, run.tid)?;
         let Some(d) = self.debug.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         let mut step = false;
         if let Some(s) = d.step.as_mut().filter(|s| s.tid == run.tid) {
@@ -523,10 +582,8 @@ impl Session {
         }
         if step {
             t.single_stepped = true;
-            t.tracee.step(run.sig)
-        } else {
-            t.tracee.cont(run.sig)
         }
+        Ok(step)
     }
 
     /// Puts back the breakpoint taken out for a step over it.
@@ -565,28 +622,45 @@ impl Session {
     }
 
     /// Waits for the next stop of the running task `tid`. With a debugger, checks for its
-    /// interrupt every 100 ms and stops the task with `SIGSTOP` when it comes.
+    /// interrupt every 100 ms and stops the task with `SIGSTOP` when it comes; a task running
+    /// toward a point is stopped the same way once it has run longer than the search may take.
     fn wait_running(&mut self, tid: Tid) -> Result<Stop> {
         let (real, pid) = {
             let t = self.task(tid)?;
             (t.tracee.pid(), t.pid)
         };
-        let Some(d) = self.debug.as_mut() else {
+        let mut toward = self.toward.as_mut().filter(|w| w.tid == tid);
+        let mut debug = self.debug.as_mut();
+        if debug.is_none() && toward.is_none() {
             return self.tasks.wait_real(real, &mut || Ok(()));
+        }
+        let stop_task = || {
+            // SAFETY: tgkill takes only integers.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid.as_raw(), real.as_raw(), libc::SIGSTOP) };
         };
         const POLL: Duration = Duration::from_millis(100);
+        let started = Instant::now();
         tracee::alarm::start(POLL, POLL);
         let stop = self.tasks.wait_real(real, &mut || {
-            if d.interrupt_sent.is_none() && d.interrupt_requested() {
-                // SAFETY: tgkill takes only integers.
-                unsafe {
-                    libc::syscall(libc::SYS_tgkill, pid.as_raw(), real.as_raw(), libc::SIGSTOP)
-                };
-                d.interrupt_sent = Some(tid);
+            if let Some(d) = debug.as_deref_mut() {
+                if d.interrupt_sent.is_none() && d.interrupt_requested() {
+                    stop_task();
+                    d.interrupt_sent = Some(tid);
+                }
+            }
+            if let Some(w) = toward.as_deref_mut() {
+                if !w.timeout_sent && w.ran + started.elapsed() > w.limit {
+                    tracing::debug!(tid, "the run to a point takes too long: stopping the task");
+                    stop_task();
+                    w.timeout_sent = true;
+                }
             }
             Ok(())
         });
         tracee::alarm::stop();
+        if let Some(w) = toward {
+            w.ran += started.elapsed();
+        }
         stop
     }
 
@@ -597,6 +671,9 @@ impl Session {
         };
         if self.debug.is_some() {
             if let Some(next) = self.debug_trap(tid, sig)? {
+                if sig == libc::SIGTRAP {
+                    self.task(tid)?.debugger_trapped = true;
+                }
                 return Ok(next);
             }
         }
@@ -864,7 +941,9 @@ impl Session {
         }
         let interrupted = is_restart_code(e.result) || e.result == -(libc::EINTR as i64);
         let signal_next = match self.peek()? {
-            Some(Event::Signal(s)) if s.tid == tid && s.origin == SignalOrigin::Async => {
+            Some(Event::Signal(s))
+                if s.tid == tid && s.origin == SignalOrigin::Async && s.point.is_none() =>
+            {
                 Some(s.signo)
             }
             _ => None,
@@ -882,6 +961,7 @@ impl Session {
             t.tracee.set_regs(&r)?;
             t.tracee.tgkill(t.pid, signo)?;
             t.signal_sent = true;
+            t.temporary_mask = true;
             t.tracee.cont_syscall(0)?;
             self.expect_syscall_exit(tid, &name)?;
             r = self.tracee(tid)?.regs()?;
@@ -943,6 +1023,8 @@ impl Session {
         let t = self.task(tid)?;
         let real = Pid::from_raw(i32::try_from(t.tracee.event_msg()?).context("bad task id")?);
         let parent_pid = t.pid;
+        // The new task inherits its parent's last trap.
+        let (last_trap, debugger_trapped) = (t.last_trap, t.debugger_trapped);
         t.clone_entry = Some(r);
         self.write_memory(tid, &e.writes, "clone")?;
         let child_pid = if e.child_pid == e.child {
@@ -959,7 +1041,10 @@ impl Session {
                 .is_some_and(|d| !d.breakpoints.is_empty());
         self.tasks
             .add(e.child, e.child_pid, child, child_pid, RState::Unstarted);
-        self.task(e.child)?.inherits_breakpoints = inherits;
+        let c = self.task(e.child)?;
+        c.inherits_breakpoints = inherits;
+        c.last_trap = last_trap;
+        c.debugger_trapped = debugger_trapped;
         let t = self.task(tid)?;
         t.tracee.cont_syscall(0)?;
         t.state = RState::InSyscall;
@@ -1067,6 +1152,9 @@ impl Session {
     }
 
     fn signal(&mut self, e: &SignalEvent) -> Result<()> {
+        if e.point.is_some() {
+            return self.signal_at_point(e);
+        }
         let tid = e.tid;
         let stop = self.parked(tid)?;
         if stop != Stop::Signal(e.signo) {
@@ -1086,8 +1174,21 @@ impl Session {
                 format!("signal {} at rip {rip:#x}", e.signo),
             ));
         }
-        if e.origin == SignalOrigin::Async {
-            t.set_siginfo(&e.siginfo)?;
+        let temporary_mask = std::mem::take(&mut self.task(tid)?.temporary_mask);
+        match e.origin {
+            SignalOrigin::Fault => {
+                // The fault trapped in the replay too.
+                let t = self.task(tid)?;
+                t.last_trap = LastTrap::Fault;
+                t.debugger_trapped = false;
+            }
+            SignalOrigin::Async => {
+                if e.delivered && self.task(tid)?.debugger_trapped {
+                    let expected = format!("signal {} at rip {:#x}", e.signo, e.rip);
+                    self.restore_last_trap(tid, temporary_mask, &expected)?;
+                }
+                self.tracee(tid)?.set_siginfo(&e.siginfo)?;
+            }
         }
         self.resume(tid, if e.delivered { e.signo } else { 0 })
     }
@@ -1126,6 +1227,9 @@ impl Session {
         }
         r.rip += len as u64;
         t.set_regs(&r)?;
+        let t = self.task(tid)?;
+        t.last_trap = LastTrap::Tsc;
+        t.debugger_trapped = false;
         self.resume(tid, 0)
     }
 
@@ -1168,6 +1272,615 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// How many signals the replay may drop (ones the recording did not have at this point) while
+/// it delivers a recorded signal at a point, or runs a syscall in a task at a point, before
+/// giving up.
+const MAX_STRAY_SIGNALS: usize = 16;
+
+/// The signal `t` is stopped for, if a signal-delivery-stop other than a `SIGTRAP` and other
+/// than the stop it was in when its `siginfo` was `before`: after a syscall injected into it
+/// failed, whether a signal stopped it before the syscall ran.
+fn stopped_by_signal(
+    t: &Tracee,
+    before: Option<[u8; tracee::tracee::SIGINFO_SIZE]>,
+) -> Option<i32> {
+    let now = t.siginfo().ok()?;
+    let (sig, _) = tracee::tracee::signo_code(&now);
+    (Some(now) != before && sig > 0 && sig != libc::SIGTRAP).then_some(sig)
+}
+
+/// Exact points: running a task to the point of its next event, and the events there.
+impl Session {
+    /// Whether task `tid` runs toward the point of its next event.
+    fn running_toward(&self, tid: Tid) -> bool {
+        self.toward.as_ref().is_some_and(|w| w.tid == tid)
+    }
+
+    /// What a locator may use in task `tid`: everything, unless the debugger has breakpoints
+    /// in its memory or hardware points in its debug registers.
+    fn room(&self, tid: Tid) -> Room {
+        match &self.debug {
+            Some(d) if self.debugged(tid) => Room::around(&d.breakpoints, &d.regs),
+            _ => Room::all(),
+        }
+    }
+
+    /// [`Self::launch`] for a task running toward a point: a step (the debugger's, a step over
+    /// a breakpoint, or one that delivers the signal the task resumes with) runs unarmed;
+    /// otherwise the locator is armed and the task continued. Arming may run a syscall in the
+    /// task (the first time, to map the trampoline): a signal that stops the task before that
+    /// syscall is returned as the task's stop.
+    fn launch_toward(&mut self, run: Run, step: bool) -> Result<Option<Stop>> {
+        let tid = run.tid;
+        if step || run.sig != 0 {
+            // Arming runs syscalls, which would lose a signal the task is stopped for: the
+            // signal is delivered first, by a single step that stops at the handler's first
+            // instruction.
+            let t = tasks::task(&mut self.tasks, tid)?;
+            let Some(w) = self.toward.as_mut().filter(|w| w.tid == tid) else {
+                bail!("task {tid} runs toward no point");
+            };
+            w.stepped = true;
+            w.delivering = run.sig != 0;
+            t.single_stepped = true;
+            t.tracee.step(run.sig)?;
+            return Ok(None);
+        }
+        let room = self.room(tid);
+        if self.toward.as_ref().is_some_and(|w| w.stale(&room)) {
+            tracing::debug!(tid, "the debugger's points changed: a new locator");
+            self.retire_locator(tid)?;
+        }
+        if self.toward.as_ref().is_some_and(|w| w.arming_injects()) {
+            if let Some(stop) = self.leave_syscall_entry(tid)? {
+                return Ok(Some(stop));
+            }
+        }
+        let t = &tasks::task(&mut self.tasks, tid)?.tracee;
+        let Some(w) = self.toward.as_mut().filter(|w| w.tid == tid) else {
+            bail!("task {tid} runs toward no point");
+        };
+        let before = t.siginfo().ok();
+        if let Err(e) = w.arm(t, room) {
+            return match stopped_by_signal(t, before) {
+                Some(sig) => {
+                    tracing::debug!(
+                        tid,
+                        sig,
+                        "a signal came before the locator was armed: {e:#}"
+                    );
+                    Ok(Some(Stop::Signal(sig)))
+                }
+                None => Err(e),
+            };
+        }
+        w.armed = true;
+        t.cont(0)?;
+        Ok(None)
+    }
+
+    /// If task `tid` is stopped at a syscall's entry (an emulated syscall, skipped with its
+    /// result set), lets that syscall end: a syscall run in the task at its entry would run in
+    /// the syscall's place and make the task enter it again (see `Tracee::inject_syscall`).
+    /// Returns the stop that came instead of the syscall's exit, if one did.
+    fn leave_syscall_entry(&mut self, tid: Tid) -> Result<Option<Stop>> {
+        let t = self.tracee(tid)?;
+        if !matches!(
+            syscall_stop_op(t)?,
+            SYSCALL_INFO_ENTRY | SYSCALL_INFO_SECCOMP
+        ) {
+            return Ok(None);
+        }
+        t.cont_syscall(0)?;
+        match self.wait_task(tid)? {
+            Stop::SyscallStop => Ok(None),
+            other => Ok(Some(other)),
+        }
+    }
+
+    /// Runs `getpid` in task `tid` (stopped toward its point) until no signal stops it first,
+    /// so that the next syscall the locator runs in it is not cut short by one. Such signals
+    /// are not the recording's here: they are dropped; the debugger's interrupt is sent again,
+    /// and a `SIGSTOP` of the time limit will be.
+    fn drain_signals(&mut self, tid: Tid) -> Result<()> {
+        let mut interrupt = false;
+        for _ in 0..MAX_STRAY_SIGNALS {
+            let t = self.tracee(tid)?;
+            let before = t.siginfo().ok();
+            let result = t.inject_syscall(libc::SYS_getpid, [0; 6]);
+            let Err(e) = result else {
+                if interrupt {
+                    let t = self.task(tid)?;
+                    t.tracee.tgkill(t.pid, libc::SIGSTOP)?;
+                }
+                return Ok(());
+            };
+            let Some(sig) = stopped_by_signal(t, before) else {
+                return Err(e);
+            };
+            tracing::debug!(
+                tid,
+                sig,
+                "dropping a signal before the locator runs a syscall"
+            );
+            if sig == libc::SIGSTOP {
+                interrupt |= self
+                    .debug
+                    .as_ref()
+                    .is_some_and(|d| d.interrupt_sent == Some(tid));
+                if let Some(w) = self.toward.as_mut().filter(|w| w.tid == tid) {
+                    w.timeout_sent = false;
+                }
+            }
+        }
+        bail!("signals keep stopping task {tid} before it can run a syscall")
+    }
+
+    /// Removes the locator of task `tid` (stopped toward its point, outside the trampoline),
+    /// to build a new one.
+    fn retire_locator(&mut self, tid: Tid) -> Result<()> {
+        self.drain_signals(tid)?;
+        let t = &tasks::task(&mut self.tasks, tid)?.tracee;
+        match self.toward.as_mut().filter(|w| w.tid == tid) {
+            Some(w) => w.finish(t),
+            None => Ok(()),
+        }
+    }
+
+    /// Single-steps task `tid`, stopped in the locator's trampoline, until it is back in the
+    /// program's code, so that a debugger halting there sees the program's registers (the
+    /// trampoline uses a stack and a register of its own). Whether it reached its point on
+    /// the way (a visit that matched).
+    fn leave_trampoline(&mut self, tid: Tid) -> Result<bool> {
+        const MAX_STEPS: usize = 1000;
+        // Stepping the trampoline's `pushfq` pushes the trap flag, which its `popfq` would
+        // leave set in the program's flags: it gets the value it had.
+        let trap_flag = self.tracee(tid)?.regs()?.eflags & TRAP_FLAG;
+        for _ in 0..MAX_STEPS {
+            let t = &tasks::task(&mut self.tasks, tid)?.tracee;
+            let Some(w) = self.toward.as_mut().filter(|w| w.tid == tid) else {
+                return Ok(false);
+            };
+            let mut r = t.regs()?;
+            if !w.in_trampoline(r.rip) {
+                if r.eflags & TRAP_FLAG != trap_flag {
+                    r.eflags = (r.eflags & !TRAP_FLAG) | trap_flag;
+                    t.set_regs(&r)?;
+                }
+                return Ok(false);
+            }
+            t.step(0)?;
+            let stop = self.wait_task(tid)?;
+            let t = &tasks::task(&mut self.tasks, tid)?.tracee;
+            let Some(w) = self.toward.as_mut().filter(|w| w.tid == tid) else {
+                return Ok(false);
+            };
+            match stop {
+                Stop::Signal(libc::SIGTRAP) => {
+                    let verdict = match w.built() {
+                        Some(locator) => locator.on_stop(t, stop),
+                        None => return Ok(false),
+                    };
+                    match verdict {
+                        Ok(Verdict::Reached) => {
+                            let mut r = t.regs()?;
+                            if r.eflags & TRAP_FLAG != trap_flag {
+                                r.eflags = (r.eflags & !TRAP_FLAG) | trap_flag;
+                                t.set_regs(&r)?;
+                            }
+                            return Ok(true);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            return Err(
+                                self.lost_point(tid, format!("no moment matching it ({e:#})"))
+                            )
+                        }
+                    }
+                }
+                // Dropped by the next step, as the debugger's halt makes it moot.
+                Stop::Signal(sig) => {
+                    tracing::debug!(tid, sig, "dropping a signal in the trampoline")
+                }
+                other => return Err(self.missed_point(tid, other)),
+            }
+        }
+        bail!("task {tid} did not leave the point locator's trampoline in {MAX_STEPS} steps")
+    }
+
+    /// What to do with `stop` of task `tid`, which runs toward a point: `None` if it reached
+    /// the point (it is parked there), else as [`Self::classify`] says (parking it anywhere
+    /// else is a divergence, which the caller reports).
+    fn toward_stop(&mut self, tid: Tid, stop: Stop) -> Result<Option<Next>> {
+        let t = &tasks::task(&mut self.tasks, tid)?.tracee;
+        let Some(w) = self.toward.as_mut().filter(|w| w.tid == tid) else {
+            bail!("task {tid} runs toward no point");
+        };
+        let armed = std::mem::take(&mut w.armed);
+        let stepped = std::mem::take(&mut w.stepped);
+        let delivering = std::mem::take(&mut w.delivering);
+        if armed && !stop.is_end() {
+            if let Some(locator) = w.built() {
+                locator.disarm(t)?;
+            }
+        }
+        let timed_out = stop == Stop::Signal(libc::SIGSTOP)
+            && std::mem::take(&mut w.timeout_sent)
+            && !self
+                .debug
+                .as_ref()
+                .is_some_and(|d| d.interrupt_sent == Some(tid));
+        let lost_in_time = "the task still running without having reached it";
+        if armed {
+            // (Also when it is lost: the locator counts the visits at each stop.)
+            let verdict = match w.built() {
+                Some(locator) => locator.on_stop(t, stop),
+                None => bail!("task {tid} ran toward its point without a locator"),
+            };
+            if timed_out {
+                return Err(self.lost_point(tid, lost_in_time.into()));
+            }
+            return match verdict {
+                Ok(Verdict::Reached) => {
+                    self.reached(tid)?;
+                    Ok(None)
+                }
+                Ok(Verdict::Continue) => {
+                    w.passes += 1;
+                    Ok(Some(Next::Again))
+                }
+                Ok(Verdict::Other(stop)) => {
+                    // The locator moved a stop in its copy of the program's instructions to
+                    // their own addresses: still in the trampoline is in its filter.
+                    let in_filter = w.in_trampoline(t.regs()?.rip);
+                    let next = self.classify(tid, stop)?;
+                    if in_filter
+                        && matches!(next, Next::Halt(Halt::Watch { kind, .. }) if kind != WatchKind::Write)
+                    {
+                        // The filter reading a watched word, not the program.
+                        return Ok(Some(Next::Again));
+                    }
+                    self.halt_outside_trampoline(tid, next)
+                }
+                Err(e) => Err(self.lost_point(tid, format!("no moment matching it ({e:#})"))),
+            };
+        }
+        if timed_out {
+            return Err(self.lost_point(tid, lost_in_time.into()));
+        }
+        if !stepped {
+            let next = self.classify(tid, stop)?;
+            return self.halt_outside_trampoline(tid, next);
+        }
+        // A single step: the locator was not armed, so check the state the step led to.
+        let debugger_step = self
+            .debug
+            .as_ref()
+            .and_then(|d| d.step)
+            .is_some_and(|s| s.tid == tid && s.launched);
+        let next = if delivering && stop == Stop::Signal(libc::SIGTRAP) && !debugger_step {
+            Next::Again
+        } else {
+            self.classify(tid, stop)?
+        };
+        if matches!(next, Next::Park(_)) || stop != Stop::Signal(libc::SIGTRAP) {
+            return Ok(Some(next));
+        }
+        if !self.check_at_point(tid)? {
+            return Ok(Some(next));
+        }
+        self.reached(tid)?;
+        if let Next::Halt(why) = next {
+            self.halt(why);
+        }
+        Ok(None)
+    }
+
+    /// `next` for task `tid`, which runs toward its point; a halt happens outside the
+    /// locator's trampoline (`None` if the task reached its point on the way out, and halted
+    /// there).
+    fn halt_outside_trampoline(&mut self, tid: Tid, next: Next) -> Result<Option<Next>> {
+        let Next::Halt(why) = next else {
+            return Ok(Some(next));
+        };
+        if !self.leave_trampoline(tid)? {
+            return Ok(Some(next));
+        }
+        self.reached(tid)?;
+        self.halt(why);
+        Ok(None)
+    }
+
+    /// Whether task `tid`, stopped in its user code, is exactly at its point.
+    fn check_at_point(&mut self, tid: Tid) -> Result<bool> {
+        let room = self.room(tid);
+        let t = &tasks::task(&mut self.tasks, tid)?.tracee;
+        let Some(w) = self.toward.as_mut().filter(|w| w.tid == tid) else {
+            return Ok(false);
+        };
+        w.locator(t, room)?
+            .at_point(t)
+            .with_context(|| format!("comparing task {tid} with its recorded point"))
+    }
+
+    /// Task `tid` is at its point: the locator goes, the task waits there for the event.
+    fn reached(&mut self, tid: Tid) -> Result<()> {
+        self.drain_signals(tid)?;
+        let t = tasks::task(&mut self.tasks, tid)?;
+        if let Some(mut w) = self.toward.take() {
+            w.finish(&t.tracee)?;
+            tracing::debug!(
+                tid,
+                rip = w.rip(),
+                passes = w.passes,
+                ran = ?w.ran,
+                "reached the point"
+            );
+        }
+        t.state = RState::AtPoint;
+        self.running = None;
+        Ok(())
+    }
+
+    /// The divergence of a task that stopped at `stop` before its point.
+    fn missed_point(&mut self, tid: Tid, stop: Stop) -> anyhow::Error {
+        let found = self.describe_stop(tid, stop);
+        let found = match stop {
+            Stop::Exited(_) | Stop::Killed(_) => found,
+            _ => format!("{found} first"),
+        };
+        self.lost_point(tid, found)
+    }
+
+    /// The divergence of task `tid`, which did not reach its point: `found` happened instead.
+    /// The event is the point's (the next one), and the report says how far the search went.
+    fn lost_point(&mut self, tid: Tid, found: String) -> anyhow::Error {
+        let Some(mut w) = self.toward.take() else {
+            return anyhow::anyhow!("task {tid} runs toward no point");
+        };
+        let details = w.details(&found);
+        if let Some(t) = self.tasks.by_tid(tid) {
+            if let Err(e) = w.finish(&t.tracee) {
+                tracing::debug!("after the divergence: {e:#}");
+            }
+        }
+        self.running = None;
+        Divergence {
+            event: self.index + 1,
+            task: tid,
+            expected: w.expected(),
+            found,
+            details,
+        }
+        .into()
+    }
+
+    /// Checks that `tid` waits at `point`, where its event happened (`expected` says which),
+    /// with the recorded registers and FP state (the memory was compared when the point was
+    /// found).
+    fn expect_at_point(&mut self, tid: Tid, expected: String, point: &Point) -> Result<()> {
+        let found = match self.task(tid)?.state {
+            RState::AtPoint => {
+                let t = self.tracee(tid)?;
+                let differences = point::registers_differ(t, point)
+                    .with_context(|| format!("comparing task {tid} with its recorded point"))?;
+                if differences.is_empty() {
+                    return Ok(());
+                }
+                return Err(self.diverged_with(
+                    tid,
+                    expected,
+                    "the task at the point's rip in another state".into(),
+                    vec![format!("differences: {}", differences.join(", "))],
+                ));
+            }
+            RState::Parked(stop) => self.describe_stop(tid, stop),
+            RState::Dead(status) => format!("the task ended ({status})"),
+            other => format!("the task elsewhere ({other:?})"),
+        };
+        Err(self.diverged(tid, expected, found))
+    }
+
+    /// The recorder took the CPU from the task at its point: it waits there until its
+    /// `Resume`.
+    fn preempt(&mut self, e: &PreemptEvent) -> Result<()> {
+        let rip = point::rip(&e.point);
+        let expected = format!("the preemption point at rip {rip:#x}");
+        self.expect_at_point(e.tid, expected.clone(), &e.point)?;
+        // The recorder settled the task's last trap at the point (which later signal frames
+        // copy); the replay's last trap was the locator's.
+        self.settle_trap(e.tid, &expected)
+    }
+
+    /// A preempted task runs on from its point.
+    fn resume_preempted(&mut self, tid: Tid) -> Result<()> {
+        if self.task(tid)?.state != RState::AtPoint {
+            let found = match self.task(tid)?.state {
+                RState::Parked(stop) => self.describe_stop(tid, stop),
+                RState::Dead(status) => format!("the task ended ({status})"),
+                other => format!("the task elsewhere ({other:?})"),
+            };
+            return Err(self.diverged(tid, "the preempted task to run on".into(), found));
+        }
+        self.resume(tid, 0)
+    }
+
+    /// An asynchronous signal the recording delivered at a point in the task's user code: the
+    /// task waits there; the signal is delivered with the recorded `siginfo` before the task
+    /// executes anything more, right after a debug exception as in the recording (see
+    /// `tracee::state::settle_trap`).
+    fn signal_at_point(&mut self, e: &SignalEvent) -> Result<()> {
+        let tid = e.tid;
+        let expected = format!("signal {} delivered mid-code at rip {:#x}", e.signo, e.rip);
+        let Some(point) = &e.point else {
+            bail!("the signal of event {} has no point", self.index);
+        };
+        self.expect_at_point(tid, expected.clone(), point)?;
+        if e.delivered && signal_blocked(self.tracee(tid)?, e.signo)? {
+            return Err(self.diverged(
+                tid,
+                expected,
+                format!("signal {} blocked in the replay", e.signo),
+            ));
+        }
+        self.settle_trap(tid, &expected)?;
+        let t = self.tracee(tid)?;
+        let rip = t.regs()?.rip;
+        if rip != e.rip {
+            return Err(self.diverged(tid, expected, format!("the task at rip {rip:#x}")));
+        }
+        t.set_siginfo(&e.siginfo)?;
+        self.task(tid)?.state = RState::Parked(Stop::Signal(e.signo));
+        self.resume(tid, if e.delivered { e.signo } else { 0 })
+    }
+
+    /// Makes a debug exception the last trap of task `tid`, stopped at a point, without it
+    /// executing anything (`tracee::state::settle_trap`): it is then in that trap's `SIGTRAP`
+    /// stop, from which a signal is delivered as the recorder delivered it. Signals pending
+    /// meanwhile are not the recording's: dropped (the debugger's interrupt is sent again).
+    fn settle_trap(&mut self, tid: Tid, expected: &str) -> Result<()> {
+        let mut interrupt = false;
+        let mut strays = 0;
+        loop {
+            let stop = tracee::state::settle_trap(self.tracee(tid)?)
+                .with_context(|| format!("preparing task {tid} for its signal"))?;
+            match stop {
+                None => break,
+                Some(Stop::Signal(sig)) if strays < MAX_STRAY_SIGNALS => {
+                    tracing::debug!(tid, sig, "dropping a signal the recording did not have");
+                    interrupt |= sig == libc::SIGSTOP
+                        && self
+                            .debug
+                            .as_ref()
+                            .is_some_and(|d| d.interrupt_sent == Some(tid));
+                    strays += 1;
+                }
+                Some(stop) => {
+                    let found = self.describe_stop(tid, stop);
+                    return Err(self.diverged(tid, expected.to_string(), found));
+                }
+            }
+        }
+        let t = self.task(tid)?;
+        t.last_trap = LastTrap::Debug;
+        t.debugger_trapped = false;
+        if interrupt {
+            t.tracee.tgkill(t.pid, libc::SIGSTOP)?;
+        }
+        Ok(())
+    }
+
+    /// Task `tid` is stopped to be delivered an asynchronous signal after the debugger's traps
+    /// took the place of its last trap in the recording (breakpoints, single steps): it takes
+    /// that trap again (without executing anything), so that the signal's frame is the
+    /// recorded one. A syscall restart pending at the signal stays pending. Returns with the
+    /// task in that trap's stop, from which the signal is delivered as from its own.
+    fn restore_last_trap(&mut self, tid: Tid, temporary_mask: bool, expected: &str) -> Result<()> {
+        let t = self.task(tid)?;
+        let kind = t.last_trap;
+        if kind == LastTrap::Fault || temporary_mask {
+            // A fault cannot be taken again here; nor can the task be resumed while the
+            // temporary mask of its syscall is in force (the kernel would restore the old mask
+            // on the way back to user code).
+            tracing::warn!(
+                tid,
+                "the debugger's traps show in the frame of the signal delivered now (the \
+                 recording's last trap cannot be taken again here)"
+            );
+            return Ok(());
+        }
+        let saved = t.tracee.regs()?;
+        let mut r = saved;
+        // Not "in a syscall" while the trap is taken, so no restart happens on the way.
+        r.orig_rax = u64::MAX;
+        t.tracee.set_regs(&r)?;
+        match kind {
+            LastTrap::Debug => self.settle_trap(tid, expected)?,
+            _ => self.tsc_trap(tid, expected)?,
+        }
+        let t = self.task(tid)?;
+        t.tracee.set_regs(&saved)?;
+        t.last_trap = kind;
+        t.debugger_trapped = false;
+        Ok(())
+    }
+
+    /// Makes task `tid` take a general-protection fault with error code 0, as a trapped
+    /// `rdtsc` does, without executing anything: an `rdtsc` written at its `rip` for the time of
+    /// the fault. Signals pending meanwhile are not the recording's: dropped.
+    fn tsc_trap(&mut self, tid: Tid, expected: &str) -> Result<()> {
+        const RDTSC: [u8; 2] = [0x0f, 0x31];
+        let rip = self.tracee(tid)?.regs()?.rip;
+        let mut original = [0u8; 2];
+        self.tracee(tid)?
+            .read_mem(rip, &mut original)
+            .context("reading the code where a trap is to be taken")?;
+        for _ in 0..MAX_STRAY_SIGNALS {
+            let t = self.tracee(tid)?;
+            t.write_mem(rip, &RDTSC)?;
+            let resumed = t.cont(0);
+            let stop = resumed.and_then(|()| self.wait_task(tid));
+            if let Some(t) = self.tasks.by_tid(tid).map(|t| &t.tracee) {
+                if t.regs().is_ok() {
+                    t.write_mem(rip, &original)
+                        .context("restoring the code where a trap was taken")?;
+                }
+            }
+            match stop? {
+                Stop::Signal(libc::SIGSEGV) if self.tracee(tid)?.regs()?.rip == rip => {
+                    return Ok(())
+                }
+                Stop::Signal(sig) => {
+                    tracing::debug!(tid, sig, "dropping a signal the recording did not have")
+                }
+                stop => {
+                    let found = self.describe_stop(tid, stop);
+                    return Err(self.diverged(tid, expected.to_string(), found));
+                }
+            }
+        }
+        bail!("signals keep stopping task {tid} before it can take a trap")
+    }
+}
+
+/// `PTRACE_GET_SYSCALL_INFO` kinds of stop: a syscall-entry stop, the seccomp stop.
+const SYSCALL_INFO_ENTRY: u8 = 1;
+const SYSCALL_INFO_SECCOMP: u8 = 3;
+
+/// The kind of stop (`struct ptrace_syscall_info.op`) stopped task `t` is in: 0 for none of the
+/// syscall stops, else entry, exit or seccomp.
+fn syscall_stop_op(t: &Tracee) -> Result<u8> {
+    // The struct's first byte is `op`; the kernel copies at most the size it is given.
+    let mut info = [0u8; 88];
+    // SAFETY: PTRACE_GET_SYSCALL_INFO writes at most `addr` (= info.len()) bytes to `data`, a
+    // buffer of that size owned by this frame.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GET_SYSCALL_INFO,
+            t.pid().as_raw(),
+            info.len(),
+            info.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading the syscall stop of task {}", t.pid()));
+    }
+    Ok(info[0])
+}
+
+/// Whether thread `t` blocks signal `signo` (its `SigBlk` in `/proc`).
+fn signal_blocked(t: &Tracee, signo: i32) -> Result<bool> {
+    let path = format!("/proc/{}/status", t.pid());
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .with_context(|| format!("no signal mask in {path}"))?;
+    Ok((1..=64).contains(&signo) && mask & (1 << (signo - 1)) != 0)
 }
 
 fn errno_text(v: i64) -> String {

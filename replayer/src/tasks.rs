@@ -21,10 +21,29 @@ pub enum RState {
     Resumed,
     /// Resumed to the exit of a syscall that really runs in replay (a clone).
     InSyscall,
+    /// Stopped at the point in its user code where its next event (a preemption, a signal
+    /// delivered mid-code) happened in the recording, found again (see `crate::point`).
+    AtPoint,
     /// Resumed into its end (`exit`, `exit_group`, a fatal signal); the end is not collected.
     Exiting,
     /// Ended.
     Dead(ExitStatus),
+}
+
+/// The last trap (exception) a task took in the recording, which the kernel copies into every
+/// signal frame it writes afterwards (`sigcontext.trapno` and `err`), in a form the replay can
+/// take again when the debugger's traps took its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastTrap {
+    /// A general-protection fault with error code 0: a trapped `rdtsc`. Every program starts
+    /// with it: the tracer thread that forks it traps its own `rdtsc`s, and the fork inherits
+    /// its last trap.
+    Tsc,
+    /// A debug exception with error code 0: the last trap settled at a point (see
+    /// `tracee::state::settle_trap`).
+    Debug,
+    /// A fault of the program's (a page fault, ...), which the replay does not take again.
+    Fault,
 }
 
 /// One task of the replay.
@@ -50,6 +69,14 @@ pub struct Task {
     pub inherits_breakpoints: bool,
     /// The debugger single-stepped the task since its last syscall entry.
     pub single_stepped: bool,
+    /// The task's last trap in the recording.
+    pub last_trap: LastTrap,
+    /// The debugger's breakpoints or single steps trapped the task since `last_trap`: its
+    /// signal frames would tell them instead.
+    pub debugger_trapped: bool,
+    /// A signal interrupts the task in `rt_sigsuspend` with the temporary mask of its
+    /// syscall (see `crate::sigmask`).
+    pub temporary_mask: bool,
 }
 
 /// All tasks, and the stops reported by tasks other than the one waited for.
@@ -78,6 +105,9 @@ impl Tasks {
                 hw_generation: 0,
                 inherits_breakpoints: false,
                 single_stepped: false,
+                last_trap: LastTrap::Tsc,
+                debugger_trapped: false,
+                temporary_mask: false,
             },
         );
     }
@@ -98,7 +128,7 @@ impl Tasks {
         self.by_tid.iter().filter_map(move |(&id, t)| {
             let visible = matches!(
                 t.state,
-                RState::Parked(_) | RState::Resumed | RState::InSyscall
+                RState::Parked(_) | RState::Resumed | RState::InSyscall | RState::AtPoint
             );
             (t.rpid == rpid && visible).then_some((id, t))
         })
