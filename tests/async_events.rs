@@ -290,7 +290,7 @@ fn racy_counter_loses_updates_where_preempted() {
         let expected = number_after(&out, "expected ");
         let fin = number_after(&out, "final ");
         assert!(
-            expected == Some(8_000_000) && fin.is_some_and(|f| f > 0 && f <= 8_000_000),
+            expected == Some(16_000_000) && fin.is_some_and(|f| f > 0 && f <= 16_000_000),
             "{}",
             describe("rec", &r.rec)
         );

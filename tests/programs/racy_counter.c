@@ -1,13 +1,14 @@
 /* A racy, unsynchronised counter incremented by several threads.
  *
  * argv[1] threads (default 4) each increment a shared `volatile long` argv[2] times (default
- * 2000000) with a plain read-modify-write: load it, compute a little (32 rounds of a multiply in
+ * 4000000) with a plain read-modify-write: load it, compute a little (32 rounds of a multiply in
  * registers, so a thread spends most of its time between its load and its store), store the
  * loaded value plus one. No atomic, no lock, no syscall. Whenever a thread loses the CPU (or the
  * cache line) between its load and its store, the increments other threads made meanwhile are
  * lost. The program prints the expected total, the final value and how many updates were lost;
- * how many is pure timing, so native runs print different values. About 30 ms of work per
- * thread (some 0.1 s natively on two cores).
+ * how many is pure timing, so native runs print different values. About 60 ms of work per
+ * thread (0.3 to 0.5 s natively on two cores, where the threads also fight for the cache line),
+ * enough for a recorder with a 10 to 20 ms time slice to preempt each thread a few times.
  *
  * Under a recorder that runs one task at a time, updates are lost only where it preempted a
  * thread between its load and its store (nearly every preemption, given the computation in
@@ -19,7 +20,7 @@
 #define MAX_THREADS 16
 
 static volatile long counter;
-static long per_thread = 2000000;
+static long per_thread = 4000000;
 
 static void *bump(void *arg) {
     (void)arg;
@@ -37,7 +38,7 @@ static void *bump(void *arg) {
 
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 4;
-    per_thread = argc > 2 ? atol(argv[2]) : 2000000;
+    per_thread = argc > 2 ? atol(argv[2]) : 4000000;
     if (n < 1 || n > MAX_THREADS || per_thread < 1) {
         fprintf(stderr, "usage: racy_counter [threads 1..%d] [increments per thread]\n",
                 MAX_THREADS);

@@ -7,9 +7,9 @@
  * variable the compiler cannot remove, without any syscall. Then it prints the result and how
  * long the loop took (clock_gettime around it), and joins the worker.
  *
- * A recorder that runs one task at a time cannot let the sleeper run while the spinner computes;
- * it should say so (deja warns after 2 s, naming the spinning task), and the replay must still
- * match. */
+ * A recorder that runs one task at a time lets the sleeper run while the spinner computes only
+ * if it preempts the spinner (deja does, at the end of its time slice): the sleeper's line then
+ * comes before the spinner's result, and the replay must print the same. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
