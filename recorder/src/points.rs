@@ -94,20 +94,6 @@ fn recvmmsg_bound(args: [u64; 6], mem: &dyn Memory) -> Vec<Region> {
     out
 }
 
-/// `[start, end)` ranges covering `regions`, sorted, overlapping and touching ones merged.
-pub fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    ranges.retain(|(s, e)| s < e);
-    ranges.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-    for (s, e) in ranges {
-        match out.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => out.push((s, e)),
-        }
-    }
-    out
-}
-
 /// `[start, end)` of a region (clipped at the top of the address space).
 pub fn range(r: &Region) -> (u64, u64) {
     (r.addr, r.addr.saturating_add(r.len))
@@ -164,12 +150,11 @@ mod tests {
     fn bounds_cover_every_result_and_stay_small() {
         let args = [64; 6];
         for sys in syscalls::TABLE {
-            let bound = merge(
-                pending_regions(sys.nr, args, &Sixty)
-                    .iter()
-                    .map(range)
-                    .collect(),
-            );
+            let ranges: Vec<_> = pending_regions(sys.nr, args, &Sixty)
+                .iter()
+                .map(range)
+                .collect();
+            let bound = tracee::state::merge_ranges(&ranges);
             for &(s, e) in &bound {
                 assert!(
                     e - s <= 64 * 1024,
@@ -194,18 +179,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn merge_sorts_and_joins_overlapping_and_touching_ranges() {
-        let m = merge(vec![
-            (30, 40),
-            (0, 10),
-            (5, 12),
-            (12, 20),
-            (50, 50),
-            (45, 60),
-        ]);
-        assert_eq!(m, vec![(0, 20), (30, 40), (45, 60)]);
     }
 }

@@ -897,7 +897,7 @@ impl Session {
                 _ => {}
             }
         }
-        Ok(points::merge(ranges))
+        Ok(tracee::state::merge_ranges(&ranges))
     }
 
     /// A stop of `tid` after the recorder's preemption SIGSTOP interrupted its syscall.

@@ -7,9 +7,9 @@
  * variable the compiler cannot remove, without any syscall. Then it prints the result and how
  * long the loop took (clock_gettime around it), and joins the worker.
  *
- * A recorder that runs one task at a time lets the sleeper run while the spinner computes only
- * if it preempts the spinner (deja does, at the end of its time slice): the sleeper's line then
- * comes before the spinner's result, and the replay must print the same. */
+ * A recorder that runs one task at a time must preempt the spinner to let the sleeper run while
+ * it computes (the sleeper's line comes first), and the replay must reach the same preemption
+ * points. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>

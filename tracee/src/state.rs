@@ -92,7 +92,7 @@ fn digest_using(t: &Tracee, excluded: &[(u64, u64)], scan: bool) -> Result<([u8;
         t,
         pid,
         pagemap,
-        excluded: normalize(excluded),
+        excluded: merge_ranges(excluded),
         content: blake3::Hasher::new(),
         addrs: blake3::Hasher::new(),
         buf: vec![0; CHUNK],
@@ -126,8 +126,8 @@ fn digest_using(t: &Tracee, excluded: &[(u64, u64)], scan: bool) -> Result<([u8;
     Ok((out, d.stats))
 }
 
-/// Sorted, merged, non-empty `[start, end)` ranges.
-fn normalize(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+/// `ranges` as sorted, non-empty `[start, end)` ranges, overlapping and touching ones merged.
+pub fn merge_ranges(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut v: Vec<(u64, u64)> = ranges.iter().copied().filter(|&(s, e)| s < e).collect();
     v.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
@@ -807,9 +807,9 @@ mod tests {
     }
 
     #[test]
-    fn ranges_normalize() {
+    fn ranges_merge() {
         assert_eq!(
-            normalize(&[(30, 40), (5, 5), (10, 20), (15, 30), (50, 60)]),
+            merge_ranges(&[(30, 40), (5, 5), (10, 20), (15, 30), (50, 60)]),
             vec![(10, 40), (50, 60)]
         );
     }
