@@ -14,7 +14,7 @@ mod task;
 use std::path::PathBuf;
 
 pub use recording::STOP_AT_SYSCALLS_ENV;
-pub use session::{record, RecordOptions, RecordOutcome};
+pub use session::{record, set_ticks_blocked, RecordOptions, RecordOutcome};
 
 /// Where a new recording goes: an explicit directory, or a fresh one under the trace root.
 #[derive(Debug, Clone)]

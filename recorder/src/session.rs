@@ -154,7 +154,7 @@ fn install_interrupt_passthrough() {
 /// with `EINTR`). A tick that comes while it is blocked is handled when it is unblocked, just
 /// before the wait, and does not interrupt it: it is not counted, the next one is (10 ms
 /// later).
-pub(crate) fn set_ticks_blocked(blocked: bool) {
+pub fn set_ticks_blocked(blocked: bool) {
     let how = if blocked {
         libc::SIG_BLOCK
     } else {

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use recorder::{record, RecordOptions, TraceDest, STOP_AT_SYSCALLS_ENV};
+use recorder::{record, set_ticks_blocked, RecordOptions, TraceDest, STOP_AT_SYSCALLS_ENV};
 use trace_format::{Event, ExitStatus, Point, SignalOrigin, TraceReader};
 
 /// How long a recording may take before the test fails (instead of hanging).
@@ -21,7 +21,7 @@ const RECORDING_TIMEOUT: Duration = Duration::from_secs(30);
 const RIP: usize = 16;
 
 fn main() {
-    set_sigalrm_blocked(true);
+    set_ticks_blocked(true);
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -210,22 +210,6 @@ fn interrupted_syscalls_are_recorded_once() {
     assert!(reads.iter().all(|s| s.result == 1), "{reads:#?}");
 }
 
-/// Blocks or unblocks `SIGALRM` in the calling thread (threads it starts inherit the mask).
-fn set_sigalrm_blocked(blocked: bool) {
-    let how = if blocked {
-        libc::SIG_BLOCK
-    } else {
-        libc::SIG_UNBLOCK
-    };
-    // SAFETY: sigemptyset/sigaddset fill a local set; pthread_sigmask only reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGALRM);
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
-    }
-}
-
 /// What every point must hold.
 fn check_point(p: &Point) {
     assert!(!p.fpregs.is_empty(), "a point without FP state");
@@ -255,7 +239,7 @@ fn record_ok(prog: &Path, args: &[&str]) -> (ExitStatus, Vec<Event>) {
     std::thread::spawn(move || {
         // The program inherits this thread's signal mask: as a user's, without SIGALRM
         // blocked (`record` blocks it here itself while it records).
-        set_sigalrm_blocked(false);
+        set_ticks_blocked(false);
         let _ = tx.send(
             record(&opts)
                 .map(|o| o.status)
