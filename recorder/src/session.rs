@@ -153,7 +153,8 @@ fn install_interrupt_passthrough() {
 /// `waitpid`, and never another syscall of the recorder (copying a file, say, which would fail
 /// with `EINTR`). A tick that comes while it is blocked is handled when it is unblocked, just
 /// before the wait, and does not interrupt it: it is not counted, the next one is (10 ms
-/// later).
+/// later). A program that calls [`record`] from a thread of its own must block it in all its
+/// other threads too (the timer is per process), e.g. with this at the start of `main`.
 pub fn set_ticks_blocked(blocked: bool) {
     let how = if blocked {
         libc::SIG_BLOCK
