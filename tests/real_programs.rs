@@ -90,3 +90,42 @@ fn sh_builtins_only() {
         describe("rec", &r.rec)
     );
 }
+
+/// Three CPU-bound Python threads: the recorder preempts them in the interpreter's loop, where
+/// the point's instruction passes at every bytecode with the same registers, and the replay must
+/// still find each point (the watched words span several bytecodes) and print the same
+/// interleaving.
+#[test]
+fn python_threads_preempted() {
+    let Some(exe) = python3_interpreter() else {
+        return;
+    };
+    let script = "import sys, threading\n\
+                  order = []\n\
+                  def work(k):\n\
+                  \x20   s = 0\n\
+                  \x20   for i in range(1500000):\n\
+                  \x20       s += i * i\n\
+                  \x20       if i % 100000 == 0: order.append(k)\n\
+                  \x20   sys.stdout.write(f'thread {k} {s}\\n')\n\
+                  ts = [threading.Thread(target=work, args=(k,)) for k in range(3)]\n\
+                  for t in ts: t.start()\n\
+                  for t in ts: t.join()\n\
+                  print('order', ''.join(map(str, order)))\n";
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(&exe, &["-c", script]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    assert_stdout_has(
+        "rec",
+        &rec,
+        &["thread 0 ", "thread 1 ", "thread 2 ", "order "],
+    );
+    let dump = ctx.run_deja(&[std::ffi::OsStr::new("dump"), trace.as_os_str()]);
+    assert!(
+        stdout_str(&dump).contains("preempted at rip"),
+        "no preemption in the trace\n{}",
+        describe("dump", &dump)
+    );
+    let replay = ctx.replay(&trace);
+    assert_replay_matches(&rec, &replay);
+}

@@ -34,13 +34,16 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 /// Most instructions single-stepped past a stop to learn which memory the task writes near a
 /// point (one iteration of a loop, see `tracee::state::step_for_watch`).
-const WATCH_STEPS: usize = 64;
+const WATCH_STEPS: usize = 512;
+
+/// Most instructions of one pass of [`WATCH_STEPS`] (one loop iteration).
+const PASS_STEPS: usize = 64;
 
 /// Index of `rip` in a point's register words (`user_regs_struct` order).
 const RIP: usize = 16;
 
 /// Most watched words a point records.
-const WATCH_WORDS: usize = 8;
+const WATCH_WORDS: usize = 32;
 
 /// Set (to anything) in the environment of the recorder, makes it send its preemption
 /// `SIGSTOP` to a task at the entry of every syscall that lets others run: the signal then
@@ -765,9 +768,22 @@ impl Session {
     /// sent again once the task is past the point. `None` if the task ended (its end handled).
     fn reach_point(&mut self, tid: i32, aside: &mut Vec<HeldSignal>) -> Result<Option<Point>> {
         let t = self.task(tid)?;
-        let stepped = tracee::state::step_for_watch(&t.tracee, WATCH_STEPS)
-            .with_context(|| format!("single-stepping task {tid} to a point"))?;
-        let mut interrupted = stepped.interrupted;
+        // Several passes of one loop iteration each (an interpreter's dispatch comes back to
+        // the same instruction at every bytecode, and the loop of the program it runs spans
+        // many of them): the words written over the whole window show that loop's progress.
+        let mut stepped = tracee::state::Stepped::default();
+        let mut budget = WATCH_STEPS;
+        while budget > 0 && stepped.interrupted.is_none() {
+            let pass = tracee::state::step_for_watch(&t.tracee, budget.min(PASS_STEPS))
+                .with_context(|| format!("single-stepping task {tid} to a point"))?;
+            if pass.steps == 0 {
+                break;
+            }
+            budget = budget.saturating_sub(pass.steps);
+            stepped.written.extend(pass.written);
+            stepped.interrupted = pass.interrupted;
+        }
+        let mut interrupted = stepped.interrupted.take();
         loop {
             match interrupted {
                 None => {}

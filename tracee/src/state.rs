@@ -439,6 +439,8 @@ pub struct Stepped {
     /// The stop that ended the pass when it was not a single step's (another signal, an event,
     /// the task's end); the task stays in that stop.
     pub interrupted: Option<Stop>,
+    /// How many instructions were stepped.
+    pub steps: usize,
 }
 
 /// Largest write of one memory operand recorded (as up to eight 8-byte pieces).
@@ -478,6 +480,7 @@ pub fn step_for_watch(t: &Tracee, max: usize) -> Result<Stepped> {
             break;
         }
         out.written.extend(writes);
+        out.steps += 1;
         if matches!(insn.mnemonic(), Mnemonic::Pushf | Mnemonic::Pushfq)
             && regs.eflags & EFLAGS_TF == 0
         {
