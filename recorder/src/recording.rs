@@ -36,6 +36,9 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// point (one iteration of a loop, see `tracee::state::step_for_watch`).
 const WATCH_STEPS: usize = 512;
 
+/// Most instructions stepped further to leave a point the replay could not patch.
+const PATCHABLE_STEPS: usize = 16;
+
 /// Most instructions of one pass of [`WATCH_STEPS`] (one loop iteration).
 const PASS_STEPS: usize = 64;
 
@@ -780,6 +783,24 @@ impl Session {
                 break;
             }
             budget = budget.saturating_sub(pass.steps);
+            stepped.written.extend(pass.written);
+            stepped.interrupted = pass.interrupted;
+        }
+        // A point on a `call` (or near one) could only be found at a ptrace stop per visit in
+        // replay, since the call cannot be moved into the trampoline: step on a little.
+        for _ in 0..PATCHABLE_STEPS {
+            if stepped.interrupted.is_some() {
+                break;
+            }
+            let rip = t.tracee.regs()?.rip;
+            if tracee::locate::patchable(&t.tracee, rip) {
+                break;
+            }
+            let pass = tracee::state::step_for_watch(&t.tracee, 1)
+                .with_context(|| format!("single-stepping task {tid} to a point"))?;
+            if pass.steps == 0 {
+                break;
+            }
             stepped.written.extend(pass.written);
             stepped.interrupted = pass.interrupted;
         }

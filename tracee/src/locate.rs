@@ -673,6 +673,27 @@ fn fallback(t: &Tracee, rip: u64, avoid: &[(u64, u64)], free_slots: &[usize]) ->
     Ok(Mode::Int3 { original: b[0] })
 }
 
+/// Whether the instructions covering `[rip, rip + 5)` in `t` could be moved into a trampoline
+/// (none is a `call`, a syscall, a trap, ...), so a point at `rip` would be found at native speed
+/// rather than at a ptrace stop per visit. The recorder steps a little further when not.
+pub fn patchable(t: &Tracee, rip: u64) -> bool {
+    let mut bytes = [0u8; 32];
+    let n = t.read_mem_partial(rip, &mut bytes);
+    let mut decoder = Decoder::with_ip(64, &bytes[..n], rip, DecoderOptions::NONE);
+    let mut covered = 0usize;
+    while covered < JMP_LEN {
+        if !decoder.can_decode() {
+            return false;
+        }
+        let insn = decoder.decode();
+        if insn.is_invalid() || unmovable(&insn).is_some() {
+            return false;
+        }
+        covered += insn.len();
+    }
+    true
+}
+
 /// Decodes the instructions covering `[rip, rip + 5)`, checks they can be moved, finds a
 /// scratch address and assembles the trampoline for it.
 fn build_trampoline(
