@@ -759,14 +759,7 @@ fn spinning_thread_is_preempted() {
         "{}",
         describe("rec", &rec)
     );
-    let dump = ctx.run_deja(&[std::ffi::OsStr::new("dump"), trace.as_os_str()]);
-    assert!(
-        stdout_str(&dump).contains("preempted at rip"),
-        "no preemption in the trace\n{}",
-        describe("dump", &dump)
-    );
-    let replay = ctx.replay(&trace);
-    assert_replay_matches(&rec, &replay);
+    ctx.assert_preempted_and_replays(&trace, &rec);
 }
 
 #[test]

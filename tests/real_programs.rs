@@ -120,12 +120,5 @@ fn python_threads_preempted() {
         &rec,
         &["thread 0 ", "thread 1 ", "thread 2 ", "order "],
     );
-    let dump = ctx.run_deja(&[std::ffi::OsStr::new("dump"), trace.as_os_str()]);
-    assert!(
-        stdout_str(&dump).contains("preempted at rip"),
-        "no preemption in the trace\n{}",
-        describe("dump", &dump)
-    );
-    let replay = ctx.replay(&trace);
-    assert_replay_matches(&rec, &replay);
+    ctx.assert_preempted_and_replays(&trace, &rec);
 }

@@ -389,6 +389,19 @@ impl Ctx {
         run_with_timeout(self.deja().args(args), TIMEOUT)
     }
 
+    /// Asserts that `deja dump` shows a preemption in `trace` and that it replays to what its
+    /// recording `rec` printed.
+    pub fn assert_preempted_and_replays(&self, trace: &Path, rec: &Output) {
+        let dump = self.run_deja(&[OsStr::new("dump"), trace.as_os_str()]);
+        assert!(
+            stdout_str(&dump).contains("preempted at rip"),
+            "no preemption in the trace\n{}",
+            describe("dump", &dump)
+        );
+        let replay = self.replay(trace);
+        assert_replay_matches(rec, &replay);
+    }
+
     /// `deja rec -o <fresh dir> PROG ARGS...`; returns the trace directory and rec's output.
     /// The trace directory does not exist before the call.
     pub fn record(&self, prog: impl AsRef<OsStr>, args: &[&str]) -> (PathBuf, Output) {
