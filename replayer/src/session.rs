@@ -1367,10 +1367,7 @@ impl Session {
     /// Returns the stop that came instead of the syscall's exit, if one did.
     fn leave_syscall_entry(&mut self, tid: Tid) -> Result<Option<Stop>> {
         let t = self.tracee(tid)?;
-        if !matches!(
-            syscall_stop_op(t)?,
-            SYSCALL_INFO_ENTRY | SYSCALL_INFO_SECCOMP
-        ) {
+        if !t.at_syscall_entry()? {
             return Ok(None);
         }
         t.cont_syscall(0)?;
@@ -1843,32 +1840,6 @@ impl Session {
         }
         bail!("signals keep stopping task {tid} before it can take a trap")
     }
-}
-
-/// `PTRACE_GET_SYSCALL_INFO` kinds of stop: a syscall-entry stop, the seccomp stop.
-const SYSCALL_INFO_ENTRY: u8 = 1;
-const SYSCALL_INFO_SECCOMP: u8 = 3;
-
-/// The kind of stop (`struct ptrace_syscall_info.op`) stopped task `t` is in: 0 for none of the
-/// syscall stops, else entry, exit or seccomp.
-fn syscall_stop_op(t: &Tracee) -> Result<u8> {
-    // The struct's first byte is `op`; the kernel copies at most the size it is given.
-    let mut info = [0u8; 88];
-    // SAFETY: PTRACE_GET_SYSCALL_INFO writes at most `addr` (= info.len()) bytes to `data`, a
-    // buffer of that size owned by this frame.
-    let r = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GET_SYSCALL_INFO,
-            t.pid().as_raw(),
-            info.len(),
-            info.as_mut_ptr(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("reading the syscall stop of task {}", t.pid()));
-    }
-    Ok(info[0])
 }
 
 /// Whether thread `t` blocks signal `signo` (its `SigBlk` in `/proc`).

@@ -167,6 +167,13 @@ impl Tracee {
         )
     }
 
+    /// Whether the stopped task is at a syscall's entry: its syscall-entry stop or its seccomp
+    /// stop (where a syscall injected now would run in the place of the task's own).
+    pub fn at_syscall_entry(&self) -> Result<bool> {
+        let (op, _) = self.syscall_info()?;
+        Ok(matches!(op, INFO_ENTRY | INFO_SECCOMP))
+    }
+
     /// `PTRACE_GET_SYSCALL_INFO`: the kind of syscall stop and, at an exit, the return value.
     fn syscall_info(&self) -> Result<(u8, i64)> {
         let mut buf = [0u8; INFO_SIZE];
