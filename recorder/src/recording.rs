@@ -770,39 +770,27 @@ impl Session {
     /// injected. A signal that stops it meanwhile is discarded there and put in `aside`, to be
     /// sent again once the task is past the point. `None` if the task ended (its end handled).
     fn reach_point(&mut self, tid: i32, aside: &mut Vec<HeldSignal>) -> Result<Option<Point>> {
-        let t = self.task(tid)?;
+        let t = &self.task(tid)?.tracee;
+        let in_steps = || format!("single-stepping task {tid} to a point");
         // Several passes of one loop iteration each (an interpreter's dispatch comes back to
         // the same instruction at every bytecode, and the loop of the program it runs spans
         // many of them): the words written over the whole window show that loop's progress.
         let mut stepped = tracee::state::Stepped::default();
-        let mut budget = WATCH_STEPS;
-        while budget > 0 && stepped.interrupted.is_none() {
-            let pass = tracee::state::step_for_watch(&t.tracee, budget.min(PASS_STEPS))
-                .with_context(|| format!("single-stepping task {tid} to a point"))?;
-            if pass.steps == 0 {
+        while stepped.steps < WATCH_STEPS && stepped.interrupted.is_none() {
+            let max = (WATCH_STEPS - stepped.steps).min(PASS_STEPS);
+            if step_more(t, max, &mut stepped).with_context(in_steps)? == 0 {
                 break;
             }
-            budget = budget.saturating_sub(pass.steps);
-            stepped.written.extend(pass.written);
-            stepped.interrupted = pass.interrupted;
         }
         // A point on a `call` (or near one) could only be found at a ptrace stop per visit in
         // replay, since the call cannot be moved into the trampoline: step on a little.
         for _ in 0..PATCHABLE_STEPS {
-            if stepped.interrupted.is_some() {
+            if stepped.interrupted.is_some()
+                || tracee::locate::patchable(t, t.regs()?.rip)
+                || step_more(t, 1, &mut stepped).with_context(in_steps)? == 0
+            {
                 break;
             }
-            let rip = t.tracee.regs()?.rip;
-            if tracee::locate::patchable(&t.tracee, rip) {
-                break;
-            }
-            let pass = tracee::state::step_for_watch(&t.tracee, 1)
-                .with_context(|| format!("single-stepping task {tid} to a point"))?;
-            if pass.steps == 0 {
-                break;
-            }
-            stepped.written.extend(pass.written);
-            stepped.interrupted = pass.interrupted;
         }
         let mut interrupted = stepped.interrupted.take();
         loop {
@@ -1046,6 +1034,16 @@ fn capture(
         addr,
         data: writer.data(&buf)?,
     }))
+}
+
+/// One more pass of `tracee::state::step_for_watch` (at most `max` instructions), added to
+/// `stepped`; returns how many instructions it stepped.
+fn step_more(t: &Tracee, max: usize, stepped: &mut tracee::state::Stepped) -> Result<usize> {
+    let pass = tracee::state::step_for_watch(t, max)?;
+    stepped.written.extend(pass.written);
+    stepped.interrupted = pass.interrupted;
+    stepped.steps += pass.steps;
+    Ok(pass.steps)
 }
 
 /// The recording error for an `execve` by a thread other than its process's main thread.
