@@ -17,7 +17,7 @@ use trace_format::{Point, Tid};
 use tracee::debugregs::{DebugRegs, WatchKind, SLOTS};
 use tracee::locate::Locator;
 use tracee::state::comparable;
-use tracee::{maps, regs, Tracee};
+use tracee::{regs, Tracee};
 
 /// Index of `rip` in [`Point::regs`] (`user_regs_struct` order).
 const RIP: usize = 16;
@@ -49,8 +49,6 @@ struct Built {
     room: Room,
     /// It was armed once (which maps its scratch memory).
     armed_once: bool,
-    /// The memory its first arming mapped: the trampoline, where a near miss leaves the task.
-    scratch: Vec<(u64, u64)>,
 }
 
 /// What a locator may use in the task: code ranges it must not patch, debug-register slots it
@@ -193,30 +191,20 @@ impl Toward {
                 )?,
                 room,
                 armed_once: false,
-                scratch: Vec::new(),
             },
         };
         Ok(&mut self.built.insert(built).locator)
     }
 
     /// Arms the locator (built for `room` if there is none) in stopped task `t` before it is
-    /// continued. The first arming maps the trampoline: the mappings it added are noted.
+    /// continued. The first arming maps the trampoline.
     pub fn arm(&mut self, t: &Tracee, room: Room) -> Result<()> {
         self.locator(t, room)?;
         let Some(b) = self.built.as_mut() else {
             bail!("task {} has no point locator to arm", self.tid);
         };
-        if b.armed_once {
-            return b.locator.arm(t);
-        }
-        let before = maps::read(t.pid())?;
         b.locator.arm(t)?;
         b.armed_once = true;
-        b.scratch = maps::read(t.pid())?
-            .into_iter()
-            .filter(|m| !before.contains(m))
-            .map(|m| (m.start, m.end))
-            .collect();
         Ok(())
     }
 
@@ -235,9 +223,10 @@ impl Toward {
     /// where an interrupt may catch it).
     pub fn in_trampoline(&self, rip: u64) -> bool {
         self.built.as_ref().is_some_and(|b| {
-            b.scratch
-                .iter()
-                .any(|&(start, end)| rip >= start && rip < end)
+            b.armed_once
+                && b.locator
+                    .scratch_range()
+                    .is_some_and(|(start, end)| rip >= start && rip < end)
         })
     }
 

@@ -508,8 +508,9 @@ impl Locator {
         )
     }
 
-    /// The scratch mapping's range, left out of memory digests.
-    fn scratch_range(&self) -> Option<(u64, u64)> {
+    /// The range of the scratch page holding the trampoline (mapped at the first `arm`), left
+    /// out of memory digests; `None` when the point is watched without a trampoline.
+    pub fn scratch_range(&self) -> Option<(u64, u64)> {
         match &self.mode {
             Mode::Trampoline(tr) => Some((tr.base, tr.base + SCRATCH_SIZE)),
             _ => None,
