@@ -196,6 +196,7 @@ fn describe(ev: &Event) -> String {
             e.point.watch.len()
         ),
         Event::Resume(_) => format!("[{tid}] resumes"),
+        Event::Ptrace(e) => format!("[{tid}] emulated ptrace: {:?}", e.action),
     }
 }
 
@@ -356,7 +357,8 @@ impl ProcessTable {
             | Event::Cpuid(_)
             | Event::Start(_)
             | Event::Preempt(_)
-            | Event::Resume(_) => {}
+            | Event::Resume(_)
+            | Event::Ptrace(_) => {}
         }
     }
 }

@@ -350,7 +350,8 @@ fn writes_mut(ev: &mut Event) -> &mut [MemWrite] {
         | Event::Cpuid(_)
         | Event::Exit(_)
         | Event::Preempt(_)
-        | Event::Resume(_) => &mut [],
+        | Event::Resume(_)
+        | Event::Ptrace(_) => &mut [],
     }
 }
 

@@ -6,6 +6,7 @@ mod exec;
 mod mapped_files;
 mod memory;
 mod points;
+mod ptrace_emu;
 mod recording;
 mod session;
 mod signals;

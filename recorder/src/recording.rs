@@ -25,6 +25,8 @@ use crate::session::{set_ticks_blocked, TICK};
 use crate::signals::{is_fault, is_ours, is_restart, restart_pending, ERESTART_RESTARTBLOCK};
 use crate::task::{Entry, HeldSignal, State, Task};
 
+mod ptrace;
+
 /// How long a task may hold the CPU in user code without an event while another task waits
 /// for it: then the recorder preempts it.
 const TIME_SLICE: Duration = Duration::from_millis(20);
@@ -43,7 +45,7 @@ const PATCHABLE_STEPS: usize = 16;
 const PASS_STEPS: usize = 64;
 
 /// Index of `rip` in a point's register words (`user_regs_struct` order).
-const RIP: usize = 16;
+pub(crate) const RIP: usize = 16;
 
 /// Most watched words a point records.
 const WATCH_WORDS: usize = 32;
@@ -84,6 +86,8 @@ pub struct Session {
     me: i32,
     /// [`STOP_AT_SYSCALLS_ENV`] is set.
     stop_at_syscalls: bool,
+    /// Emulated ptrace relations between recorded tasks.
+    ptrace: crate::ptrace_emu::Relations,
 }
 
 impl Session {
@@ -109,6 +113,7 @@ impl Session {
             ticks: 0,
             me: std::process::id() as i32,
             stop_at_syscalls: std::env::var_os(STOP_AT_SYSCALLS_ENV).is_some(),
+            ptrace: Default::default(),
         }
     }
 
@@ -238,6 +243,9 @@ impl Session {
         t.clear_tid_at = None;
         let ev = exec::capture(&t.tracee, writer, files)?;
         writer.push(&Event::Exec(Box::new(ev)))?;
+        if let Some(rel) = self.ptrace.get_mut(tid) {
+            rel.exec_pending = true;
+        }
         Ok(())
     }
 
@@ -254,6 +262,13 @@ impl Session {
                     let r = t.tracee.regs()?;
                     self.writer.push(&Event::Resume(ResumeEvent { tid }))?;
                     return self.resume(tid, r);
+                }
+                State::Ptraced(held) if held.resume.is_some() => {
+                    return self.ptrace_resume(tid, held)
+                }
+                State::AtEntry => {
+                    self.current = Some(tid);
+                    return self.on_syscall_entry(tid);
                 }
                 other => t.state = other,
             }
@@ -277,6 +292,15 @@ impl Session {
     /// Resumes `tid` in user code right after an event, with the CPU (`regs`: its registers
     /// now). A task stopped for a signal it held handles that stop now, right after the event.
     fn resume(&mut self, tid: i32, regs: Regs) -> Result<()> {
+        if self.ptrace_stops_after_event(tid)? {
+            return Ok(());
+        }
+        self.run_on(tid, regs, false)
+    }
+
+    /// The body of [`Session::resume`]: continues `tid` (or single-steps it, for an emulated
+    /// `PTRACE_SINGLESTEP`) with the CPU.
+    fn run_on(&mut self, tid: i32, regs: Regs, step: bool) -> Result<()> {
         self.current = Some(tid);
         let t = self.task(tid)?;
         t.boundary = Some(regs);
@@ -284,7 +308,11 @@ impl Session {
         if let Some(sig) = t.held_signal.take() {
             return self.on_signal(tid, sig);
         }
-        t.tracee.cont(0)
+        if step {
+            t.tracee.step(0)
+        } else {
+            t.tracee.cont(0)
+        }
     }
 
     fn dispatch(&mut self, tid: i32, stop: Stop) -> Result<()> {
@@ -315,6 +343,9 @@ impl Session {
             State::Restarting(_) => self.on_restart_stop(tid, stop),
             // Nothing but its end is expected from an exiting task: let it go on.
             State::Exiting => t.tracee.cont(0),
+            State::Ptraced(_) | State::AtEntry => {
+                bail!("task {tid} reported {stop:?} while held stopped")
+            }
             State::ReadyToStart | State::ReadyAfter(_) | State::Preempted => {
                 if stop == Stop::Exec {
                     bail!(THREAD_EXEC);
@@ -339,7 +370,7 @@ impl Session {
             self.echo.remove(&t.pid);
         }
         self.exits.push(ExitEvent { tid, status });
-        Ok(())
+        self.ptrace_on_death(tid, t.pid)
     }
 
     fn warn_once(&mut self, key: u64, msg: impl FnOnce() -> String) {
@@ -352,6 +383,9 @@ impl Session {
     fn on_syscall_entry(&mut self, tid: i32) -> Result<()> {
         let t = self.task(tid)?;
         let entry = t.tracee.regs()?;
+        if self.ptrace_entry(tid, &entry)? {
+            return Ok(());
+        }
         let (nr, args) = (entry.orig_rax, regs::syscall_args(&entry));
         let name = syscalls::name(nr);
         let def = syscalls::lookup(nr);
@@ -682,6 +716,9 @@ impl Session {
             .boundary
             .take()
             .is_some_and(|b| regs::to_words(&b) == regs::to_words(&regs));
+        if self.ptrace.is_traced(tid) && sig != libc::SIGKILL {
+            return self.ptrace_signal(tid, sig, info, &regs, at_boundary);
+        }
         let origin = if is_fault(signo, code) {
             SignalOrigin::Fault
         } else if at_boundary {
@@ -972,6 +1009,14 @@ impl Session {
                         syscalls::name(entry.ev.nr)
                     );
                 }
+                if self.ptrace_wait_served(tid, &entry.ev)? {
+                    // A tracer's wait that an emulated stop now answers: handled as a new
+                    // entry when the tracer gets the CPU.
+                    self.task(tid)?.state = State::AtEntry;
+                    self.ready.push_back(tid);
+                    return Ok(());
+                }
+                let t = self.task(tid)?;
                 // The same call again (or `restart_syscall` continuing it): one event, as if
                 // the call had run once, with the CPU held as before.
                 entry.ev.result = 0;

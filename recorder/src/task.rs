@@ -1,6 +1,8 @@
 //! One traced task (thread or process) of the recording, and what it is doing.
 
 use syscalls::Replay;
+
+use crate::ptrace_emu::Held;
 use trace_format::SyscallEvent;
 use tracee::tracee::SIGINFO_SIZE;
 use tracee::{Regs, Tracee};
@@ -44,6 +46,12 @@ pub enum State {
     Preempted,
     /// Made `exit` or `exit_group`; its death has not been reported yet.
     Exiting,
+    /// Held in an emulated ptrace stop for its emulated tracer (see `recording::ptrace`);
+    /// waits for the CPU once the tracer resumed it.
+    Ptraced(Held),
+    /// Stopped at the entry of a syscall the recorder handles when it gets the CPU (a tracer's
+    /// `wait` restarted because one of its tracees stopped).
+    AtEntry,
 }
 
 impl State {
@@ -51,7 +59,14 @@ impl State {
     pub fn waits_for_cpu(&self) -> bool {
         matches!(
             self,
-            State::ReadyToStart | State::ReadyAfter(_) | State::Preempted
+            State::ReadyToStart
+                | State::ReadyAfter(_)
+                | State::Preempted
+                | State::AtEntry
+                | State::Ptraced(Held {
+                    resume: Some(_),
+                    ..
+                })
         )
     }
 }

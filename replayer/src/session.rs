@@ -21,6 +21,8 @@ use crate::point::{self, PointEvent, Room, Toward};
 use crate::tasks::{self, LastTrap, RState, Task, Tasks};
 use crate::{echo, exec, mmap, sigmask};
 
+mod ptrace;
+
 /// How to replay.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
@@ -121,6 +123,7 @@ impl Session {
             running: None,
             toward: None,
             debug,
+            ptrace_held: Default::default(),
         };
         if let Err(e) = session.first_exec(&exec_ev) {
             session.tasks.kill_all();
@@ -184,6 +187,8 @@ pub(crate) struct Session {
     toward: Option<Toward>,
     /// The debugger, when one drives the replay.
     pub(crate) debug: Option<Debug>,
+    /// Tasks held in an emulated ptrace stop, and where (see `ptrace`).
+    ptrace_held: std::collections::HashMap<Tid, trace_format::PtraceHeld>,
 }
 
 /// A task resumed after its event.
@@ -306,6 +311,7 @@ impl Session {
                 Event::Cpuid(_) => bail!("trapped CPUID events are not supported by this replayer"),
                 Event::Preempt(e) => self.preempt(&e)?,
                 Event::Resume(e) => self.resume_preempted(e.tid)?,
+                Event::Ptrace(e) => self.ptrace(&e)?,
             }
         }
     }
@@ -385,6 +391,9 @@ impl Session {
     /// at this point, if any, then runs it to its next stop: exactly one task runs user code
     /// at a time, in the recorded order.
     fn resume(&mut self, tid: Tid, sig: i32) -> Result<()> {
+        if self.ptrace_holds(tid)? {
+            return Ok(());
+        }
         let mut toward = None;
         let next = match self.peek()? {
             // The task's run ends at an exact point in its user code.

@@ -149,7 +149,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(98, getrusage, Emulate, [f(1, RUSAGE)]),
     sys!(99, sysinfo, Emulate, [f(0, SYSINFO)]),
     sys!(100, times, Emulate, [f(0, TMS)]),
-    sys!(101, ptrace, Deny(libc::EPERM)),
+    sys!(101, ptrace, Emulate),
     sys!(102, getuid, Emulate),
     sys!(103, syslog, Emulate, [Custom(syslog)]),
     sys!(104, getgid, Emulate),

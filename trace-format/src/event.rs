@@ -36,6 +36,9 @@ pub enum Event {
     Preempt(PreemptEvent),
     /// A preempted task gets the CPU again and runs on from its point.
     Resume(ResumeEvent),
+    /// Emulated ptrace between two recorded tasks: the traced task stops for its emulated
+    /// tracer, is changed by it, or is resumed by it (see the recorder's README).
+    Ptrace(PtraceEvent),
 }
 
 impl Event {
@@ -52,6 +55,7 @@ impl Event {
             Event::Start(e) => e.tid,
             Event::Preempt(e) => e.tid,
             Event::Resume(e) => e.tid,
+            Event::Ptrace(e) => e.tid,
         }
     }
 
@@ -68,6 +72,7 @@ impl Event {
             Event::Start(_) => "start",
             Event::Preempt(_) => "preempt",
             Event::Resume(_) => "resume",
+            Event::Ptrace(_) => "ptrace",
         }
     }
 }
@@ -370,4 +375,52 @@ pub struct PreemptEvent {
 pub struct ResumeEvent {
     /// The task.
     pub tid: Tid,
+}
+
+/// Something emulated ptrace did to a traced task, at this moment of the trace.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PtraceEvent {
+    /// The traced task (the tracee, not its tracer).
+    pub tid: Tid,
+    /// What happened to it.
+    pub action: PtraceAction,
+}
+
+/// Where an emulated ptrace stop holds its task.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PtraceHeld {
+    /// At the signal-delivery-stop of this signal, which was not delivered (the event before
+    /// is the task's undelivered [`SignalEvent`]).
+    Signal(i32),
+    /// At the entry of its next syscall, before the syscall's event.
+    SyscallEntry,
+    /// Right after its previous event (a syscall's exit, an exec), before it runs on.
+    AfterEvent,
+}
+
+/// One emulated ptrace action on a traced task.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum PtraceAction {
+    /// The task entered an emulated ptrace stop: it stays stopped until a [`PtraceAction::Resume`].
+    Stop(PtraceHeld),
+    /// Its tracer changed it with this ptrace request while it was stopped (`PTRACE_POKEDATA`,
+    /// `PTRACE_SETREGS`, ...): the replay makes the same request on the replayed task.
+    Change {
+        /// The `PTRACE_*` request.
+        request: i64,
+        /// Its `addr` argument.
+        addr: u64,
+        /// Its `data` argument: the word for a `PTRACE_POKE*`, else unused.
+        word: u64,
+        /// The bytes `data` pointed to in the tracer (registers, siginfo, an iovec's buffer).
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Its tracer resumed it; written when the task gets the CPU again.
+    Resume {
+        /// The signal delivered as it resumes (0 for none).
+        sig: i32,
+        /// Resumed with `PTRACE_SINGLESTEP`: it runs one instruction.
+        step: bool,
+    },
 }

@@ -1,0 +1,278 @@
+//! Emulated ptrace between recorded tasks: who traces whom, with which options, and the stop a
+//! tracee is held in for its tracer (see the crate README, "ptrace inside a recording"). The
+//! recorder is every task's real tracer; these relations exist only in the recorder, which
+//! turns the tracee's real stops into the stops its emulated tracer asked for.
+
+use std::collections::HashMap;
+
+use trace_format::PtraceHeld;
+use tracee::tracee::SIGINFO_SIZE;
+
+/// How a tracer last resumed its tracee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `PTRACE_CONT` (or `PTRACE_DETACH`): stops only for signals and asked-for events.
+    Cont,
+    /// `PTRACE_SYSCALL`: also at the entry and exit of its next syscall.
+    Syscall,
+    /// `PTRACE_SINGLESTEP`: also after its next instruction.
+    Step,
+}
+
+/// The emulated stop a tracee is in, as its tracer's `wait` reports it.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The `wait` status (`WIFSTOPPED`).
+    pub status: i32,
+    /// What `PTRACE_GETSIGINFO` returns.
+    pub siginfo: [u8; SIGINFO_SIZE],
+    /// The tracer's `wait` already returned it.
+    pub reported: bool,
+}
+
+/// One emulated tracing relation, keyed by the tracee's task id.
+#[derive(Debug, Clone)]
+pub struct Relation {
+    /// The tracer's process id (any of its threads may wait for the tracee and drive it).
+    pub tracer: i32,
+    /// `PTRACE_O_*` options.
+    pub options: u64,
+    /// How it was last resumed.
+    pub mode: Mode,
+    /// The tracee is inside a syscall whose entry it was resumed from (an exit stop may come).
+    pub in_syscall: bool,
+    /// It made an `execve` whose stop has not been reported yet.
+    pub exec_pending: bool,
+    /// The stop it is held in, if any.
+    pub stop: Option<Report>,
+    /// What `PTRACE_GETEVENTMSG` returns.
+    pub event_msg: u64,
+}
+
+impl Relation {
+    /// A new relation with tracer process `tracer` and options `options`.
+    pub fn new(tracer: i32, options: u64) -> Relation {
+        Relation {
+            tracer,
+            options,
+            mode: Mode::Cont,
+            in_syscall: false,
+            exec_pending: false,
+            stop: None,
+            event_msg: 0,
+        }
+    }
+
+    /// Whether option `o` (`PTRACE_O_*`) is set.
+    pub fn has(&self, o: i32) -> bool {
+        self.options & o as u64 != 0
+    }
+
+    /// The wait status of a syscall stop (`SIGTRAP`, with bit 7 under `PTRACE_O_TRACESYSGOOD`).
+    pub fn syscall_status(&self) -> i32 {
+        let sig = if self.has(libc::PTRACE_O_TRACESYSGOOD) {
+            libc::SIGTRAP | 0x80
+        } else {
+            libc::SIGTRAP
+        };
+        stopped_status(sig)
+    }
+}
+
+/// Where the recorder holds a tracee in an emulated stop, and how its tracer resumed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Where it stands.
+    pub at: PtraceHeld,
+    /// Set once the tracer resumed it: the signal to deliver and how it runs on.
+    pub resume: Option<(i32, Mode)>,
+}
+
+/// Every emulated tracing relation of the recording.
+#[derive(Debug, Default)]
+pub struct Relations {
+    by_tracee: HashMap<i32, Relation>,
+}
+
+impl Relations {
+    /// The relation of tracee `tid`.
+    pub fn get(&self, tid: i32) -> Option<&Relation> {
+        self.by_tracee.get(&tid)
+    }
+
+    /// The relation of tracee `tid`, to change it.
+    pub fn get_mut(&mut self, tid: i32) -> Option<&mut Relation> {
+        self.by_tracee.get_mut(&tid)
+    }
+
+    /// Whether `tid` has an emulated tracer.
+    pub fn is_traced(&self, tid: i32) -> bool {
+        self.by_tracee.contains_key(&tid)
+    }
+
+    /// Makes `tracer` trace `tid`.
+    pub fn insert(&mut self, tid: i32, rel: Relation) {
+        self.by_tracee.insert(tid, rel);
+    }
+
+    /// Ends the relation of tracee `tid`.
+    pub fn remove(&mut self, tid: i32) -> Option<Relation> {
+        self.by_tracee.remove(&tid)
+    }
+
+    /// The tracees of process `tracer`.
+    pub fn tracees_of(&self, tracer: i32) -> Vec<i32> {
+        let mut v: Vec<i32> = self
+            .by_tracee
+            .iter()
+            .filter(|(_, r)| r.tracer == tracer)
+            .map(|(&t, _)| t)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Whether any task is traced (nothing to do for the others' waits otherwise).
+    pub fn is_empty(&self) -> bool {
+        self.by_tracee.is_empty()
+    }
+}
+
+/// The wait status of a task stopped with `sig` (`WIFSTOPPED`, `WSTOPSIG == sig & 0xff`).
+pub fn stopped_status(sig: i32) -> i32 {
+    (sig << 8) | 0x7f
+}
+
+/// The wait status of a `PTRACE_EVENT_*` stop.
+pub fn event_status(event: i32) -> i32 {
+    stopped_status(libc::SIGTRAP | (event << 8))
+}
+
+/// A `siginfo_t` as the kernel shows it at a ptrace stop that is no signal (a syscall or event
+/// stop): `SIGTRAP` with `si_code` the stop's signal number.
+pub fn trap_siginfo(status: i32) -> [u8; SIGINFO_SIZE] {
+    let mut info = [0u8; SIGINFO_SIZE];
+    info[0..4].copy_from_slice(&libc::SIGTRAP.to_le_bytes());
+    info[8..12].copy_from_slice(&((status >> 8) & 0xffff).to_le_bytes());
+    info
+}
+
+/// The `siginfo_t` `waitid` fills in for a tracee `tid` (of process `pid`, user `uid`) in a
+/// stop with wait status `status`.
+pub fn waitid_siginfo(pid: i32, uid: u32, status: i32) -> [u8; SIGINFO_SIZE] {
+    let mut info = [0u8; SIGINFO_SIZE];
+    info[0..4].copy_from_slice(&libc::SIGCHLD.to_le_bytes());
+    info[8..12].copy_from_slice(&libc::CLD_TRAPPED.to_le_bytes());
+    info[16..20].copy_from_slice(&pid.to_le_bytes());
+    info[20..24].copy_from_slice(&uid.to_le_bytes());
+    info[24..28].copy_from_slice(&((status >> 8) & 0xffff).to_le_bytes());
+    info
+}
+
+/// Which tasks a `wait4`/`waitid` call selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selector {
+    /// Any child (also process groups, which are not told apart here).
+    Any,
+    /// The task or process with this id.
+    Id(i32),
+    /// None this emulation can serve (a pidfd).
+    Unknown,
+}
+
+impl Selector {
+    /// The selector of `wait4(pid, ...)`.
+    pub fn of_wait4(pid: i64) -> Selector {
+        if pid > 0 {
+            Selector::Id(pid as i32)
+        } else {
+            Selector::Any
+        }
+    }
+
+    /// The selector of `waitid(idtype, id, ...)`.
+    pub fn of_waitid(idtype: u64, id: u64) -> Selector {
+        match idtype as u32 {
+            libc::P_ALL | libc::P_PGID => Selector::Any,
+            libc::P_PID => Selector::Id(id as i32),
+            _ => Selector::Unknown,
+        }
+    }
+
+    /// Whether task `tid` of process `pid` is selected.
+    pub fn selects(self, tid: i32, pid: i32) -> bool {
+        match self {
+            Selector::Any => true,
+            Selector::Id(id) => id == tid || id == pid,
+            Selector::Unknown => false,
+        }
+    }
+}
+
+/// The name of a `PTRACE_*` request, for warnings.
+pub fn request_name(req: i64) -> String {
+    let name = match req {
+        0 => "PTRACE_TRACEME",
+        1 => "PTRACE_PEEKTEXT",
+        2 => "PTRACE_PEEKDATA",
+        3 => "PTRACE_PEEKUSER",
+        4 => "PTRACE_POKETEXT",
+        5 => "PTRACE_POKEDATA",
+        6 => "PTRACE_POKEUSER",
+        7 => "PTRACE_CONT",
+        8 => "PTRACE_KILL",
+        9 => "PTRACE_SINGLESTEP",
+        12 => "PTRACE_GETREGS",
+        13 => "PTRACE_SETREGS",
+        14 => "PTRACE_GETFPREGS",
+        15 => "PTRACE_SETFPREGS",
+        16 => "PTRACE_ATTACH",
+        17 => "PTRACE_DETACH",
+        24 => "PTRACE_SYSCALL",
+        25 => "PTRACE_GET_THREAD_AREA",
+        26 => "PTRACE_SET_THREAD_AREA",
+        30 => "PTRACE_ARCH_PRCTL",
+        31 => "PTRACE_SYSEMU",
+        32 => "PTRACE_SYSEMU_SINGLESTEP",
+        0x4200 => "PTRACE_SETOPTIONS",
+        0x4201 => "PTRACE_GETEVENTMSG",
+        0x4202 => "PTRACE_GETSIGINFO",
+        0x4203 => "PTRACE_SETSIGINFO",
+        0x4204 => "PTRACE_GETREGSET",
+        0x4205 => "PTRACE_SETREGSET",
+        0x4206 => "PTRACE_SEIZE",
+        0x4207 => "PTRACE_INTERRUPT",
+        0x4208 => "PTRACE_LISTEN",
+        0x4209 => "PTRACE_PEEKSIGINFO",
+        0x420e => "PTRACE_GET_SYSCALL_INFO",
+        _ => return format!("ptrace request {req:#x}"),
+    };
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_decode_like_the_kernels() {
+        let s = stopped_status(libc::SIGSTOP);
+        assert!(libc::WIFSTOPPED(s));
+        assert_eq!(libc::WSTOPSIG(s), libc::SIGSTOP);
+        let mut r = Relation::new(1, libc::PTRACE_O_TRACESYSGOOD as u64);
+        assert_eq!(r.syscall_status(), 0x857f);
+        r.options = 0;
+        assert_eq!(r.syscall_status(), 0x57f);
+        let e = event_status(libc::PTRACE_EVENT_EXEC);
+        assert_eq!(e >> 16, libc::PTRACE_EVENT_EXEC);
+        assert_eq!(libc::WSTOPSIG(e), libc::SIGTRAP);
+    }
+
+    #[test]
+    fn selectors() {
+        assert!(Selector::of_wait4(-1).selects(5, 5));
+        assert!(Selector::of_wait4(7).selects(7, 3));
+        assert!(!Selector::of_wait4(7).selects(8, 8));
+        assert!(!Selector::of_waitid(3, 4).selects(4, 4));
+    }
+}

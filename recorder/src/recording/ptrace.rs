@@ -1,0 +1,730 @@
+//! Emulated ptrace in the recording loop (see the crate README, "ptrace inside a recording"):
+//! a recorded task's `ptrace` calls on another recorded task are served by the recorder, which
+//! is that task's real tracer; the tracee's real stops its tracer asked for become emulated
+//! stops in which it stays until the tracer resumes it; the tracer's `wait4`/`waitid` report
+//! them. Everything is written as events the replay performs identically.
+
+use anyhow::{Context, Result};
+use nix::unistd::Pid;
+use trace_format::{
+    Event, MemWrite, PtraceAction, PtraceEvent, PtraceHeld, SignalEvent, SignalOrigin,
+    SyscallEvent,
+};
+use tracee::tracee::{signo_code, SIGINFO_SIZE};
+use tracee::{regs, Regs};
+
+use super::{Session, RIP};
+use crate::ptrace_emu::{self as emu, Held, Mode, Relation, Report, Selector};
+use crate::signals::is_fault;
+use crate::task::State;
+
+/// Size of `struct user_regs_struct`.
+const REGS_SIZE: usize = 27 * 8;
+/// Size of `struct user_fpregs_struct`.
+const FPREGS_SIZE: usize = 512;
+/// Size of `struct rusage`.
+const RUSAGE_SIZE: usize = 144;
+/// `waitid`'s `WNOWAIT`: report, but leave the stop reportable.
+const WNOWAIT: u64 = 0x0100_0000;
+/// Largest register set `PTRACE_GETREGSET` copies (the XSAVE area of this CPU is smaller).
+const MAX_REGSET: usize = 1 << 16;
+
+/// What an emulated syscall of a tracer returns and writes into its memory.
+#[derive(Default)]
+struct Served {
+    result: i64,
+    writes: Vec<(u64, Vec<u8>)>,
+}
+
+impl Served {
+    fn ok(result: i64) -> Served {
+        Served {
+            result,
+            writes: Vec::new(),
+        }
+    }
+
+    fn err(errno: i32) -> Served {
+        Served::ok(-(errno as i64))
+    }
+
+    fn writing(result: i64, addr: u64, bytes: Vec<u8>) -> Served {
+        Served {
+            result,
+            writes: vec![(addr, bytes)],
+        }
+    }
+}
+
+/// `ptrace(req, pid, addr, data)` as a raw syscall (a `PEEK*` stores its word at `data`).
+fn raw_ptrace(req: i64, pid: i32, addr: u64, data: u64) -> std::result::Result<i64, i32> {
+    // SAFETY: every caller passes in `data` either a plain word or the address of a live
+    // buffer of this process at least as large as the request writes or reads.
+    let r = unsafe { libc::syscall(libc::SYS_ptrace, req, pid, addr, data) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
+    } else {
+        Ok(r)
+    }
+}
+
+/// The parent process of task `tid` (`PPid` of `/proc/TID/status`).
+fn parent_of(tid: i32) -> Result<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .with_context(|| format!("reading the status of task {tid}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no parent in the status of task {tid}"))
+}
+
+impl Session {
+    /// At the entry of a syscall of the running task `tid` (registers `entry`): an emulated
+    /// syscall-entry stop, an emulated `ptrace` request, or a `wait` an emulated stop answers.
+    /// True if handled here.
+    pub(super) fn ptrace_entry(&mut self, tid: i32, entry: &Regs) -> Result<bool> {
+        if let Some(rel) = self.ptrace.get(tid) {
+            if rel.mode == Mode::Syscall && !rel.in_syscall {
+                let status = rel.syscall_status();
+                self.ptrace_stop(
+                    tid,
+                    PtraceHeld::SyscallEntry,
+                    status,
+                    emu::trap_siginfo(status),
+                )?;
+                return Ok(true);
+            }
+        }
+        let nr = entry.orig_rax;
+        if nr == libc::SYS_ptrace as u64 {
+            let served = self.ptrace_request(tid, entry)?;
+            self.finish_emulated(tid, entry, served)?;
+            return Ok(true);
+        }
+        if let Some(served) = self.ptrace_wait(tid, entry)? {
+            self.finish_emulated(tid, entry, served)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Writes the event of a syscall the recorder answered itself (its memory writes done),
+    /// skips the syscall and resumes the task with the result.
+    fn finish_emulated(&mut self, tid: i32, entry: &Regs, served: Served) -> Result<()> {
+        let mut writes = Vec::new();
+        for (addr, bytes) in &served.writes {
+            writes.push(MemWrite {
+                addr: *addr,
+                data: self.writer.data(bytes)?,
+            });
+        }
+        self.writer.push(&Event::Syscall(SyscallEvent {
+            tid,
+            nr: entry.orig_rax,
+            args: regs::syscall_args(entry),
+            rip: entry.rip,
+            regs_digest: regs::digest(entry),
+            result: served.result,
+            writes,
+            mapped_file: None,
+            echo: None,
+        }))?;
+        let mut r = *entry;
+        r.orig_rax = u64::MAX;
+        r.rax = served.result as u64;
+        self.task(tid)?.tracee.set_regs(&r)?;
+        self.resume(tid, r)
+    }
+
+    /// Writes `bytes` into the tracer `tid` at `addr`, as the kernel would for its request:
+    /// the answer, or `EFAULT` if it cannot be written.
+    fn answer(&mut self, tid: i32, result: i64, addr: u64, bytes: Vec<u8>) -> Result<Served> {
+        if self.task(tid)?.tracee.write_mem(addr, &bytes).is_err() {
+            return Ok(Served::err(libc::EFAULT));
+        }
+        Ok(Served::writing(result, addr, bytes))
+    }
+
+    /// Records a change the tracer makes to its stopped tracee `target`.
+    fn record_change(
+        &mut self,
+        target: i32,
+        request: i64,
+        addr: u64,
+        word: u64,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
+        self.writer.push(&Event::Ptrace(PtraceEvent {
+            tid: target,
+            action: PtraceAction::Change {
+                request,
+                addr,
+                word,
+                bytes,
+            },
+        }))?;
+        Ok(())
+    }
+
+    /// Where the tracee `target` of process `tracer` is held, if it is in an emulated stop its
+    /// tracer has not resumed yet.
+    fn held_by(&self, target: i32, tracer: i32) -> Option<PtraceHeld> {
+        if self.ptrace.get(target)?.tracer != tracer {
+            return None;
+        }
+        match &self.tasks.get(&target)?.state {
+            State::Ptraced(Held { at, resume: None }) => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// Serves the `ptrace` call of `tid` (registers `entry`).
+    fn ptrace_request(&mut self, tid: i32, entry: &Regs) -> Result<Served> {
+        let args = regs::syscall_args(entry);
+        let (req, target, addr, data) = (args[0] as i64, args[1] as i32, args[2], args[3]);
+        let me = self.task(tid)?.pid;
+        tracing::debug!(tid, request = %emu::request_name(req), target, "emulated ptrace");
+        let known = |s: &Session| s.tasks.get(&target).map(|t| t.pid);
+        match req {
+            0 => {
+                // PTRACE_TRACEME
+                if self.ptrace.is_traced(tid) {
+                    return Ok(Served::err(libc::EPERM));
+                }
+                let parent = parent_of(tid)?;
+                self.ptrace.insert(tid, Relation::new(parent, 0));
+                Ok(Served::ok(0))
+            }
+            16 | 0x4206 => {
+                // PTRACE_ATTACH, PTRACE_SEIZE
+                let Some(pid) = known(self) else {
+                    return Ok(Served::err(libc::ESRCH));
+                };
+                if pid == me || self.ptrace.is_traced(target) {
+                    return Ok(Served::err(libc::EPERM));
+                }
+                let seize = req == 0x4206;
+                let options = if seize { data } else { 0 };
+                self.ptrace.insert(target, Relation::new(me, options));
+                if !seize {
+                    self.send_attach_stop(target, pid, me)?;
+                }
+                Ok(Served::ok(0))
+            }
+            8 => {
+                // PTRACE_KILL
+                match known(self) {
+                    Some(pid) if self.ptrace.get(target).is_some_and(|r| r.tracer == me) => {
+                        let t = self.task(target)?;
+                        if let Err(e) = t.tracee.tgkill(Pid::from_raw(pid), libc::SIGKILL) {
+                            tracing::debug!(target, "PTRACE_KILL: {e:#}");
+                        }
+                        Ok(Served::ok(0))
+                    }
+                    _ => Ok(Served::err(libc::ESRCH)),
+                }
+            }
+            7 | 9 | 17 | 24 => {
+                // PTRACE_CONT, PTRACE_SINGLESTEP, PTRACE_DETACH, PTRACE_SYSCALL
+                if self.held_by(target, me).is_none() {
+                    return Ok(Served::err(libc::ESRCH));
+                }
+                let sig = data as i32;
+                if !(0..=64).contains(&sig) {
+                    return Ok(Served::err(libc::EIO));
+                }
+                let mode = match req {
+                    9 => Mode::Step,
+                    24 => Mode::Syscall,
+                    _ => Mode::Cont,
+                };
+                if req == 17 {
+                    self.ptrace.remove(target);
+                }
+                self.let_go(target, sig, mode)?;
+                Ok(Served::ok(0))
+            }
+            _ => {
+                let Some(at) = self.held_by(target, me) else {
+                    return Ok(Served::err(libc::ESRCH));
+                };
+                self.ptrace_inspect(tid, req, target, at, addr, data)
+            }
+        }
+    }
+
+    /// Requests on a tracee held in an emulated stop: reading and changing its memory,
+    /// registers and options.
+    fn ptrace_inspect(
+        &mut self,
+        tid: i32,
+        req: i64,
+        target: i32,
+        at: PtraceHeld,
+        addr: u64,
+        data: u64,
+    ) -> Result<Served> {
+        match req {
+            1 | 2 => {
+                // PTRACE_PEEKTEXT, PTRACE_PEEKDATA: the raw call stores the word at `data`.
+                let mut word = [0u8; 8];
+                if self.task(target)?.tracee.read_mem_partial(addr, &mut word) != 8 {
+                    return Ok(Served::err(libc::EIO));
+                }
+                self.answer(tid, 0, data, word.to_vec())
+            }
+            3 => {
+                // PTRACE_PEEKUSER
+                let mut word = 0u64;
+                match raw_ptrace(req, target, addr, &mut word as *mut u64 as u64) {
+                    Ok(_) => self.answer(tid, 0, data, word.to_le_bytes().to_vec()),
+                    Err(e) => Ok(Served::err(e)),
+                }
+            }
+            4 | 5 => {
+                // PTRACE_POKETEXT, PTRACE_POKEDATA
+                if self
+                    .task(target)?
+                    .tracee
+                    .write_mem(addr, &data.to_le_bytes())
+                    .is_err()
+                {
+                    return Ok(Served::err(libc::EIO));
+                }
+                self.record_change(target, req, addr, data, Vec::new())?;
+                Ok(Served::ok(0))
+            }
+            6 => {
+                // PTRACE_POKEUSER
+                match raw_ptrace(req, target, addr, data) {
+                    Ok(_) => {
+                        self.record_change(target, req, addr, data, Vec::new())?;
+                        Ok(Served::ok(0))
+                    }
+                    Err(e) => Ok(Served::err(e)),
+                }
+            }
+            12 => {
+                // PTRACE_GETREGS
+                let r = self.task(target)?.tracee.regs()?;
+                let bytes: Vec<u8> = regs::to_words(&r)
+                    .iter()
+                    .flat_map(|w| w.to_le_bytes())
+                    .collect();
+                self.answer(tid, 0, data, bytes)
+            }
+            13 => {
+                // PTRACE_SETREGS
+                let Ok(bytes) = self.task(tid)?.tracee.read_vec(data, REGS_SIZE) else {
+                    return Ok(Served::err(libc::EFAULT));
+                };
+                let mut words = [0u64; 27];
+                for (w, c) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+                    *w = u64::from_le_bytes(c.try_into().context("a register word")?);
+                }
+                let mut r = regs::from_words(&words);
+                let t = &self.task(target)?.tracee;
+                if at == PtraceHeld::AfterEvent {
+                    // Past its syscall: the replay's own bookkeeping there stays.
+                    r.orig_rax = t.regs()?.orig_rax;
+                }
+                if t.set_regs(&r).is_err() {
+                    return Ok(Served::err(libc::EIO));
+                }
+                self.record_change(target, req, 0, 0, bytes)?;
+                Ok(Served::ok(0))
+            }
+            14 => {
+                // PTRACE_GETFPREGS
+                let mut buf = vec![0u8; FPREGS_SIZE];
+                match raw_ptrace(req, target, 0, buf.as_mut_ptr() as u64) {
+                    Ok(_) => self.answer(tid, 0, data, buf),
+                    Err(e) => Ok(Served::err(e)),
+                }
+            }
+            15 => {
+                // PTRACE_SETFPREGS
+                let Ok(mut buf) = self.task(tid)?.tracee.read_vec(data, FPREGS_SIZE) else {
+                    return Ok(Served::err(libc::EFAULT));
+                };
+                match raw_ptrace(req, target, 0, buf.as_mut_ptr() as u64) {
+                    Ok(_) => {
+                        self.record_change(target, req, 0, 0, buf)?;
+                        Ok(Served::ok(0))
+                    }
+                    Err(e) => Ok(Served::err(e)),
+                }
+            }
+            0x4204 | 0x4205 => self.ptrace_regset(tid, req, target, addr, data),
+            0x4200 => {
+                // PTRACE_SETOPTIONS
+                if let Some(rel) = self.ptrace.get_mut(target) {
+                    rel.options = data;
+                }
+                Ok(Served::ok(0))
+            }
+            0x4201 => {
+                // PTRACE_GETEVENTMSG
+                let msg = self.ptrace.get(target).map_or(0, |r| r.event_msg);
+                self.answer(tid, 0, data, msg.to_le_bytes().to_vec())
+            }
+            0x4202 => {
+                // PTRACE_GETSIGINFO
+                let info = self
+                    .ptrace
+                    .get(target)
+                    .and_then(|r| r.stop.as_ref())
+                    .map_or([0u8; SIGINFO_SIZE], |s| s.siginfo);
+                self.answer(tid, 0, data, info.to_vec())
+            }
+            _ => {
+                self.warn_once((2 << 32) | (req as u64 & 0xffff_ffff), || {
+                    format!(
+                        "{} is not emulated inside a recording; the program gets EIO for it",
+                        emu::request_name(req)
+                    )
+                });
+                Ok(Served::err(libc::EIO))
+            }
+        }
+    }
+
+    /// `PTRACE_GETREGSET` / `PTRACE_SETREGSET` with the tracer's `struct iovec` at `iov`.
+    fn ptrace_regset(
+        &mut self,
+        tid: i32,
+        req: i64,
+        target: i32,
+        kind: u64,
+        iov: u64,
+    ) -> Result<Served> {
+        let t = &self.task(tid)?.tracee;
+        let (Ok(base), Ok(len)) = (t.read_u64(iov), t.read_u64(iov + 8)) else {
+            return Ok(Served::err(libc::EFAULT));
+        };
+        let len = (len as usize).min(MAX_REGSET);
+        let mut buf = if req == 0x4205 {
+            match t.read_vec(base, len) {
+                Ok(b) => b,
+                Err(_) => return Ok(Served::err(libc::EFAULT)),
+            }
+        } else {
+            vec![0u8; len]
+        };
+        let mut local = [buf.as_mut_ptr() as u64, len as u64];
+        if let Err(e) = raw_ptrace(req, target, kind, local.as_mut_ptr() as u64) {
+            return Ok(Served::err(e));
+        }
+        let done = (local[1] as usize).min(len);
+        buf.truncate(done);
+        if req == 0x4205 {
+            self.record_change(target, req, kind, 0, buf)?;
+            return Ok(Served::ok(0));
+        }
+        let mut served = self.answer(tid, 0, base, buf)?;
+        if served.result == 0 {
+            let more = self.answer(tid, 0, iov + 8, (done as u64).to_le_bytes().to_vec())?;
+            served.writes.extend(more.writes);
+        }
+        Ok(served)
+    }
+
+    /// `PTRACE_ATTACH`'s `SIGSTOP` to `target` (of process `pid`), as sent by the tracer
+    /// process `tracer` (`SI_QUEUE`: the recorder may not fake a kernel `si_code`, and its own
+    /// `SI_TKILL` `SIGSTOP` is its preemption).
+    fn send_attach_stop(&mut self, target: i32, pid: i32, tracer: i32) -> Result<()> {
+        // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        info.si_signo = libc::SIGSTOP;
+        info.si_code = libc::SI_QUEUE;
+        // SAFETY: the sender's pid and uid sit at bytes 16 and 20 of siginfo_t for SI_QUEUE,
+        // inside the struct.
+        unsafe {
+            let p = (&mut info as *mut libc::siginfo_t).cast::<u8>();
+            std::ptr::copy_nonoverlapping(tracer.to_le_bytes().as_ptr(), p.add(16), 4);
+            std::ptr::copy_nonoverlapping(libc::getuid().to_le_bytes().as_ptr(), p.add(20), 4);
+        }
+        // SAFETY: rt_tgsigqueueinfo reads the siginfo_t it is given, which lives on our stack.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_tgsigqueueinfo,
+                pid,
+                target,
+                libc::SIGSTOP,
+                &info as *const libc::siginfo_t,
+            )
+        };
+        if r < 0 {
+            tracing::debug!(target, "the attach SIGSTOP could not be sent");
+        }
+        Ok(())
+    }
+
+    /// The tracer resumed its held tracee `target`: it waits for the CPU.
+    fn let_go(&mut self, target: i32, sig: i32, mode: Mode) -> Result<()> {
+        let t = self.task(target)?;
+        if let State::Ptraced(h) = &mut t.state {
+            h.resume = Some((sig, mode));
+            self.ready.push_back(target);
+        }
+        Ok(())
+    }
+
+    /// The tracee of process `pid`'s tracers that a `wait4`/`waitid` with these arguments
+    /// would report now, if any.
+    fn reportable(&self, pid: i32, nr: u64, args: &[u64; 6]) -> Option<i32> {
+        if self.ptrace.is_empty() {
+            return None;
+        }
+        let selector = if nr == libc::SYS_wait4 as u64 {
+            Selector::of_wait4(args[0] as i64)
+        } else if nr == libc::SYS_waitid as u64 {
+            Selector::of_waitid(args[0], args[1])
+        } else {
+            return None;
+        };
+        self.ptrace.tracees_of(pid).into_iter().find(|&t| {
+            let stopped = self
+                .ptrace
+                .get(t)
+                .and_then(|r| r.stop.as_ref())
+                .is_some_and(|s| !s.reported);
+            stopped && selector.selects(t, self.tasks.get(&t).map_or(t, |k| k.pid))
+        })
+    }
+
+    /// Whether the restarted `wait` of `tid` (its event so far `ev`) now has an emulated stop
+    /// to report.
+    pub(super) fn ptrace_wait_served(&self, tid: i32, ev: &SyscallEvent) -> Result<bool> {
+        let pid = self.tasks.get(&tid).map_or(tid, |t| t.pid);
+        Ok(self.reportable(pid, ev.nr, &ev.args).is_some())
+    }
+
+    /// Serves a `wait4`/`waitid` of `tid` that an emulated stop answers, if one does.
+    fn ptrace_wait(&mut self, tid: i32, entry: &Regs) -> Result<Option<Served>> {
+        let (nr, args) = (entry.orig_rax, regs::syscall_args(entry));
+        let pid = self.task(tid)?.pid;
+        let Some(tracee) = self.reportable(pid, nr, &args) else {
+            return Ok(None);
+        };
+        let tracee_pid = self.tasks.get(&tracee).map_or(tracee, |t| t.pid);
+        let waitid = nr == libc::SYS_waitid as u64;
+        let options = if waitid { args[3] } else { args[2] };
+        let rel = self.ptrace.get_mut(tracee).context("a reportable tracee")?;
+        let report = rel.stop.as_mut().context("a reportable stop")?;
+        let status = report.status;
+        if !(waitid && options & WNOWAIT != 0) {
+            report.reported = true;
+        }
+        let mut served = Served::ok(if waitid { 0 } else { tracee as i64 });
+        let (info_at, rusage_at) = if waitid {
+            (args[2], args[4])
+        } else {
+            (args[1], args[3])
+        };
+        if info_at != 0 {
+            let bytes = if waitid {
+                // SAFETY: getuid cannot fail.
+                let uid = unsafe { libc::getuid() };
+                emu::waitid_siginfo(tracee, uid, status).to_vec()
+            } else {
+                status.to_le_bytes().to_vec()
+            };
+            let a = self.answer(tid, served.result, info_at, bytes)?;
+            served.writes.extend(a.writes);
+        }
+        if rusage_at != 0 {
+            let a = self.answer(tid, served.result, rusage_at, vec![0u8; RUSAGE_SIZE])?;
+            served.writes.extend(a.writes);
+        }
+        tracing::debug!(tid, tracee, tracee_pid, status, "emulated wait");
+        Ok(Some(served))
+    }
+
+    /// A signal `sig` (with `info`, registers `regs`) stopped the traced task `tid`: recorded
+    /// undelivered, and the task is held for its tracer (which decides what is delivered).
+    pub(super) fn ptrace_signal(
+        &mut self,
+        tid: i32,
+        sig: i32,
+        info: [u8; SIGINFO_SIZE],
+        regs: &Regs,
+        at_boundary: bool,
+    ) -> Result<()> {
+        let (signo, code) = signo_code(&info);
+        let mut aside = Vec::new();
+        let (origin, point) = if is_fault(signo, code) {
+            (SignalOrigin::Fault, None)
+        } else if at_boundary {
+            (SignalOrigin::Async, None)
+        } else {
+            let Some(point) = self.reach_point(tid, &mut aside)? else {
+                return Ok(());
+            };
+            (SignalOrigin::Async, Some(Box::new(point)))
+        };
+        let rip = point.as_ref().map_or(regs.rip, |p| p.regs[RIP]);
+        self.writer.push(&Event::Signal(SignalEvent {
+            tid,
+            signo: sig,
+            siginfo: info.to_vec(),
+            origin,
+            rip,
+            delivered: false,
+            point,
+        }))?;
+        self.ptrace_stop(
+            tid,
+            PtraceHeld::Signal(sig),
+            emu::stopped_status(sig),
+            info,
+        )?;
+        self.send_again(tid, aside)
+    }
+
+    /// Holds `tid` in an emulated stop (`at`, reported with wait status `status` and `info`)
+    /// and wakes its tracer's threads blocked in `wait`, so they can see it.
+    fn ptrace_stop(
+        &mut self,
+        tid: i32,
+        at: PtraceHeld,
+        status: i32,
+        info: [u8; SIGINFO_SIZE],
+    ) -> Result<()> {
+        tracing::debug!(tid, ?at, status, "emulated ptrace stop");
+        self.writer.push(&Event::Ptrace(PtraceEvent {
+            tid,
+            action: PtraceAction::Stop(at),
+        }))?;
+        let t = self.task(tid)?;
+        t.state = State::Ptraced(Held { at, resume: None });
+        t.boundary = None;
+        if self.current == Some(tid) {
+            self.current = None;
+        }
+        let rel = self.ptrace.get_mut(tid).context("a stop of an untraced task")?;
+        rel.stop = Some(Report {
+            status,
+            siginfo: info,
+            reported: false,
+        });
+        let tracer = rel.tracer;
+        self.wake_waiters(tracer);
+        Ok(())
+    }
+
+    /// Interrupts the threads of process `tracer` blocked in `wait4`/`waitid` in the kernel
+    /// (with the preemption `SIGSTOP`): the kernel restarts the call, and the restart is
+    /// answered by the emulated stop (see `on_restart_stop`).
+    fn wake_waiters(&mut self, tracer: i32) {
+        for t in self.tasks.values_mut() {
+            let State::InSyscall(e) = &t.state else {
+                continue;
+            };
+            let waits = e.ev.nr == libc::SYS_wait4 as u64 || e.ev.nr == libc::SYS_waitid as u64;
+            if t.pid != tracer || !waits || t.stop_sent {
+                continue;
+            }
+            match t.tracee.tgkill(Pid::from_raw(t.pid), libc::SIGSTOP) {
+                Ok(()) => t.stop_sent = true,
+                Err(e) => tracing::debug!(tid = t.tid(), "no wake-up: {e:#}"),
+            }
+        }
+    }
+
+    /// Right after an event of `tid`, before it runs on: whether an emulated stop comes here
+    /// (the exit of a syscall under `PTRACE_SYSCALL`, an `execve`); it is then held.
+    pub(super) fn ptrace_stops_after_event(&mut self, tid: i32) -> Result<bool> {
+        let Some(rel) = self.ptrace.get_mut(tid) else {
+            return Ok(false);
+        };
+        let status = if std::mem::take(&mut rel.exec_pending) {
+            if rel.has(libc::PTRACE_O_TRACEEXEC) {
+                emu::event_status(libc::PTRACE_EVENT_EXEC)
+            } else {
+                // A tracee without PTRACE_O_TRACEEXEC gets a SIGTRAP after execve.
+                emu::stopped_status(libc::SIGTRAP)
+            }
+        } else if std::mem::take(&mut rel.in_syscall) && rel.mode == Mode::Syscall {
+            rel.syscall_status()
+        } else {
+            return Ok(false);
+        };
+        self.ptrace_stop(
+            tid,
+            PtraceHeld::AfterEvent,
+            status,
+            emu::trap_siginfo(status),
+        )?;
+        Ok(true)
+    }
+
+    /// The held task `tid`, resumed by its tracer, gets the CPU: writes its resumption and
+    /// lets it run on as asked.
+    pub(super) fn ptrace_resume(&mut self, tid: i32, held: Held) -> Result<()> {
+        let (sig, mode) = held.resume.context("resuming a task its tracer did not resume")?;
+        let mut info = None;
+        if let Some(rel) = self.ptrace.get_mut(tid) {
+            rel.mode = mode;
+            info = rel.stop.take().map(|s| s.siginfo);
+            rel.in_syscall = held.at == PtraceHeld::SyscallEntry;
+        }
+        let step = mode == Mode::Step;
+        self.writer.push(&Event::Ptrace(PtraceEvent {
+            tid,
+            action: PtraceAction::Resume { sig, step },
+        }))?;
+        self.current = Some(tid);
+        match held.at {
+            PtraceHeld::SyscallEntry => {
+                self.task(tid)?.state = State::Running;
+                self.on_syscall_entry(tid)
+            }
+            PtraceHeld::Signal(stopped) => {
+                let t = self.task(tid)?;
+                t.state = State::Running;
+                t.boundary = Some(t.tracee.regs()?);
+                if sig != 0 && sig == stopped {
+                    if let Some(info) = info {
+                        t.tracee.set_siginfo(&info)?;
+                    }
+                }
+                if step {
+                    t.tracee.step(sig)
+                } else {
+                    t.tracee.cont(sig)
+                }
+            }
+            PtraceHeld::AfterEvent => {
+                if self.ptrace_stops_after_event(tid)? {
+                    return Ok(());
+                }
+                let r = self.task(tid)?.tracee.regs()?;
+                self.run_on(tid, r, step)
+            }
+        }
+    }
+
+    /// Task `tid` of process `pid` died: its relation ends, and if its process has no task
+    /// left, its tracees are detached (a held one runs on).
+    pub(super) fn ptrace_on_death(&mut self, tid: i32, pid: i32) -> Result<()> {
+        self.ptrace.remove(tid);
+        if self.tasks.values().any(|t| t.pid == pid) {
+            return Ok(());
+        }
+        for tracee in self.ptrace.tracees_of(pid) {
+            self.ptrace.remove(tracee);
+            let held = self
+                .tasks
+                .get(&tracee)
+                .is_some_and(|t| matches!(t.state, State::Ptraced(Held { resume: None, .. })));
+            if held {
+                self.let_go(tracee, 0, Mode::Cont)?;
+            }
+        }
+        Ok(())
+    }
+}
