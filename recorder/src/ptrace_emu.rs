@@ -3,7 +3,7 @@
 //! recorder is every task's real tracer; these relations exist only in the recorder, which
 //! turns the tracee's real stops into the stops its emulated tracer asked for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use trace_format::PtraceHeld;
 use tracee::tracee::SIGINFO_SIZE;
@@ -43,6 +43,8 @@ pub struct Relation {
     pub in_syscall: bool,
     /// It made an `execve` whose stop has not been reported yet.
     pub exec_pending: bool,
+    /// Its `PTRACE_EVENT_EXIT` stop was reported (it is on its way out).
+    pub exit_reported: bool,
     /// The stop it is held in, if any.
     pub stop: Option<Report>,
     /// What `PTRACE_GETEVENTMSG` returns.
@@ -58,6 +60,7 @@ impl Relation {
             mode: Mode::Cont,
             in_syscall: false,
             exec_pending: false,
+            exit_reported: false,
             stop: None,
             event_msg: 0,
         }
@@ -92,6 +95,9 @@ pub struct Held {
 #[derive(Debug, Default)]
 pub struct Relations {
     by_tracee: HashMap<i32, Relation>,
+    /// Per tracer process, the `siginfo_t`s of the `SIGCHLD`s the recorder sent it for its
+    /// tracees' stops, in order (their stops get these back).
+    sigchld: HashMap<i32, VecDeque<[u8; SIGINFO_SIZE]>>,
 }
 
 impl Relations {
@@ -130,6 +136,16 @@ impl Relations {
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// Notes the `siginfo_t` of a `SIGCHLD` sent to process `tracer`.
+    pub fn push_sigchld(&mut self, tracer: i32, info: [u8; SIGINFO_SIZE]) {
+        self.sigchld.entry(tracer).or_default().push_back(info);
+    }
+
+    /// The `siginfo_t` of the oldest `SIGCHLD` sent to process `tracer` and not seen yet.
+    pub fn pop_sigchld(&mut self, tracer: i32) -> Option<[u8; SIGINFO_SIZE]> {
+        self.sigchld.get_mut(&tracer)?.pop_front()
     }
 
     /// Whether any task is traced (nothing to do for the others' waits otherwise).

@@ -695,6 +695,12 @@ impl Session {
             return t.tracee.cont(0);
         };
         let regs = t.tracee.regs()?;
+        if sig == libc::SIGCHLD {
+            if let Some(synthetic) = self.ptrace_sigchld_info(tid, &info)? {
+                info = synthetic;
+            }
+        }
+        let t = self.task(tid)?;
         if let Some(i) = t.resent.iter().position(|(s, _)| *s == sig) {
             // A signal the recorder sent again: it gets back the siginfo it first came with.
             let (_, original) = t.resent.remove(i);

@@ -26,6 +26,10 @@ const FPREGS_SIZE: usize = 512;
 const RUSAGE_SIZE: usize = 144;
 /// `waitid`'s `WNOWAIT`: report, but leave the stop reportable.
 const WNOWAIT: u64 = 0x0100_0000;
+/// `NT_PRSTATUS`: the general registers' register set.
+const NT_PRSTATUS: u64 = 1;
+/// End of `orig_rax` in `struct user_regs_struct` (word 15).
+const ORIG_RAX_END: usize = 16 * 8;
 /// Largest register set `PTRACE_GETREGSET` copies (the XSAVE area of this CPU is smaller).
 const MAX_REGSET: usize = 1 << 16;
 
@@ -70,6 +74,16 @@ fn raw_ptrace(req: i64, pid: i32, addr: u64, data: u64) -> std::result::Result<i
     }
 }
 
+/// Whether `e` says a task no longer exists (`ESRCH`): it was killed, its death not reported.
+fn is_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<nix::errno::Errno>() == Some(&nix::errno::Errno::ESRCH)
+            || c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.raw_os_error())
+                == Some(libc::ESRCH)
+    })
+}
+
 /// The parent process of task `tid` (`PPid` of `/proc/TID/status`).
 fn parent_of(tid: i32) -> Result<i32> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status"))
@@ -99,6 +113,22 @@ impl Session {
             }
         }
         let nr = entry.orig_rax;
+        let exits = nr == libc::SYS_exit as u64 || nr == libc::SYS_exit_group as u64;
+        if let Some(rel) = self.ptrace.get_mut(tid).filter(|_| exits) {
+            if rel.has(libc::PTRACE_O_TRACEEXIT) && !rel.exit_reported {
+                // PTRACE_EVENT_EXIT, before the exit; the message is the exit status.
+                rel.exit_reported = true;
+                rel.event_msg = (entry.rdi & 0xff) << 8;
+                let status = emu::event_status(libc::PTRACE_EVENT_EXIT);
+                self.ptrace_stop(
+                    tid,
+                    PtraceHeld::SyscallEntry,
+                    status,
+                    emu::trap_siginfo(status),
+                )?;
+                return Ok(true);
+            }
+        }
         if nr == libc::SYS_ptrace as u64 {
             let served = self.ptrace_request(tid, entry)?;
             self.finish_emulated(tid, entry, served)?;
@@ -297,6 +327,10 @@ impl Session {
                 self.record_change(target, req, addr, data, Vec::new())?;
                 Ok(Served::ok(0))
             }
+            6 if at == PtraceHeld::AfterEvent && addr == ORIG_RAX_END as u64 - 8 => {
+                // orig_rax past a syscall: the replay's bookkeeping there stays (see SETREGS).
+                Ok(Served::ok(0))
+            }
             6 => {
                 // PTRACE_POKEUSER
                 match raw_ptrace(req, target, addr, data) {
@@ -358,7 +392,7 @@ impl Session {
                     Err(e) => Ok(Served::err(e)),
                 }
             }
-            0x4204 | 0x4205 => self.ptrace_regset(tid, req, target, addr, data),
+            0x4204 | 0x4205 => self.ptrace_regset(tid, req, target, at, addr, data),
             0x4200 => {
                 // PTRACE_SETOPTIONS
                 if let Some(rel) = self.ptrace.get_mut(target) {
@@ -398,6 +432,7 @@ impl Session {
         tid: i32,
         req: i64,
         target: i32,
+        at: PtraceHeld,
         kind: u64,
         iov: u64,
     ) -> Result<Served> {
@@ -414,6 +449,15 @@ impl Session {
         } else {
             vec![0u8; len]
         };
+        if req == 0x4205
+            && at == PtraceHeld::AfterEvent
+            && kind == NT_PRSTATUS
+            && buf.len() >= ORIG_RAX_END
+        {
+            // As for PTRACE_SETREGS.
+            let orig = self.task(target)?.tracee.regs()?.orig_rax;
+            buf[ORIG_RAX_END - 8..ORIG_RAX_END].copy_from_slice(&orig.to_le_bytes());
+        }
         let mut local = [buf.as_mut_ptr() as u64, len as u64];
         if let Err(e) = raw_ptrace(req, target, kind, local.as_mut_ptr() as u64) {
             return Ok(Served::err(e));
@@ -613,7 +657,56 @@ impl Session {
         });
         let tracer = rel.tracer;
         self.wake_waiters(tracer);
+        self.send_sigchld(tracer, tid, status)
+    }
+
+    /// Sends the tracer process `tracer` the `SIGCHLD` of its tracee `tid`'s stop (status
+    /// `status`). The recorder may not send a kernel `si_code` (`CLD_TRAPPED`) itself, so it
+    /// sends `SI_QUEUE` and gives the signal its real `siginfo_t` at the tracer's stop.
+    fn send_sigchld(&mut self, tracer: i32, tid: i32, status: i32) -> Result<()> {
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        self.ptrace
+            .push_sigchld(tracer, emu::waitid_siginfo(tid, uid, status));
+        let mut info = [0u8; SIGINFO_SIZE];
+        info[0..4].copy_from_slice(&libc::SIGCHLD.to_le_bytes());
+        info[8..12].copy_from_slice(&libc::SI_QUEUE.to_le_bytes());
+        info[16..20].copy_from_slice(&self.me.to_le_bytes());
+        info[20..24].copy_from_slice(&uid.to_le_bytes());
+        // SAFETY: rt_sigqueueinfo reads the 128-byte siginfo_t it is given, on our stack.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigqueueinfo,
+                tracer,
+                libc::SIGCHLD,
+                info.as_ptr(),
+            )
+        };
+        if r < 0 {
+            tracing::debug!(tracer, "the tracer's SIGCHLD could not be sent");
+            self.ptrace.pop_sigchld(tracer);
+        }
         Ok(())
+    }
+
+    /// At a `SIGCHLD` stop of `tid` with `info`: if it is one the recorder sent for an
+    /// emulated stop, the `siginfo_t` the kernel would have given it, which the task gets.
+    pub(super) fn ptrace_sigchld_info(
+        &mut self,
+        tid: i32,
+        info: &[u8; SIGINFO_SIZE],
+    ) -> Result<Option<[u8; SIGINFO_SIZE]>> {
+        let (_, code) = signo_code(info);
+        let sender = i32::from_le_bytes([info[16], info[17], info[18], info[19]]);
+        if code != libc::SI_QUEUE || sender != self.me {
+            return Ok(None);
+        }
+        let pid = self.task(tid)?.pid;
+        let Some(real) = self.ptrace.pop_sigchld(pid) else {
+            return Ok(None);
+        };
+        self.task(tid)?.tracee.set_siginfo(&real)?;
+        Ok(Some(real))
     }
 
     /// Interrupts the threads of process `tracer` blocked in `wait4`/`waitid` in the kernel
@@ -678,7 +771,27 @@ impl Session {
             action: PtraceAction::Resume { sig, step },
         }))?;
         self.current = Some(tid);
-        match held.at {
+        match self.ptrace_run_on(tid, held.at, sig, step, info) {
+            Err(e) if is_gone(&e) => {
+                // Killed while held (its tracer's PTRACE_KILL or kill): its death comes next.
+                tracing::debug!(tid, "a held task is gone: {e:#}");
+                self.task(tid)?.state = State::Exiting;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The held task `tid` runs on from `at` as its tracer asked (signal `sig`, one step).
+    fn ptrace_run_on(
+        &mut self,
+        tid: i32,
+        at: PtraceHeld,
+        sig: i32,
+        step: bool,
+        info: Option<[u8; SIGINFO_SIZE]>,
+    ) -> Result<()> {
+        match at {
             PtraceHeld::SyscallEntry => {
                 self.task(tid)?.state = State::Running;
                 self.on_syscall_entry(tid)

@@ -10,6 +10,11 @@ use tracee::{regs, Stop};
 use super::Session;
 use crate::tasks::RState;
 
+/// `NT_PRSTATUS`: the general registers' register set.
+const NT_PRSTATUS: u64 = 1;
+/// End of `orig_rax` in `struct user_regs_struct` (word 15).
+const ORIG_RAX_END: usize = 16 * 8;
+
 /// `ptrace(req, pid, addr, data)` as a raw syscall.
 fn raw_ptrace(req: i64, pid: i32, addr: u64, data: u64) -> Result<()> {
     // SAFETY: callers pass in `data` a plain word or the address of a live buffer at least as
@@ -113,7 +118,8 @@ impl Session {
         match request {
             // PTRACE_POKETEXT, PTRACE_POKEDATA
             4 | 5 => t.write_mem(addr, &word.to_le_bytes()).with_context(what),
-            // PTRACE_POKEUSER
+            // PTRACE_POKEUSER (as for PTRACE_SETREGS, not orig_rax past a syscall)
+            6 if after_event && addr == ORIG_RAX_END as u64 - 8 => Ok(()),
             6 => raw_ptrace(request, pid, addr, word).with_context(what),
             // PTRACE_SETREGS
             13 => {
@@ -136,6 +142,11 @@ impl Session {
             // PTRACE_SETREGSET
             0x4205 => {
                 let mut buf = bytes.to_vec();
+                if after_event && addr == NT_PRSTATUS && buf.len() >= ORIG_RAX_END {
+                    // As for PTRACE_SETREGS.
+                    let orig = t.regs()?.orig_rax;
+                    buf[ORIG_RAX_END - 8..ORIG_RAX_END].copy_from_slice(&orig.to_le_bytes());
+                }
                 let mut iov = [buf.as_mut_ptr() as u64, buf.len() as u64];
                 raw_ptrace(request, pid, addr, iov.as_mut_ptr() as u64).with_context(what)
             }
