@@ -5,7 +5,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use trace_format::PtraceHeld;
+use trace_format::{ExitStatus, PtraceHeld};
+
+use crate::task::Entry;
 use tracee::tracee::SIGINFO_SIZE;
 
 /// How a tracer last resumed its tracee.
@@ -49,6 +51,15 @@ pub struct Relation {
     pub stop: Option<Report>,
     /// What `PTRACE_GETEVENTMSG` returns.
     pub event_msg: u64,
+    /// Attached with `PTRACE_SEIZE` (its new tasks start with `PTRACE_EVENT_STOP`).
+    pub seized: bool,
+    /// Made by a traced clone: its first run starts with an emulated stop.
+    pub start_pending: bool,
+    /// Its real parent process, whose kernel `wait` reports its end (`None` for a thread):
+    /// a tracer that is not that parent is told of the end by the recorder.
+    pub real_parent: Option<i32>,
+    /// The clone syscall it is held in at a clone event, to go on with when resumed.
+    pub clone_entry: Option<Box<Entry>>,
 }
 
 impl Relation {
@@ -63,6 +74,10 @@ impl Relation {
             exit_reported: false,
             stop: None,
             event_msg: 0,
+            seized: false,
+            start_pending: false,
+            real_parent: None,
+            clone_entry: None,
         }
     }
 
@@ -98,6 +113,44 @@ pub struct Relations {
     /// Per tracer process, the `siginfo_t`s of the `SIGCHLD`s the recorder sent it for its
     /// tracees' stops, in order (their stops get these back).
     sigchld: HashMap<i32, VecDeque<[u8; SIGINFO_SIZE]>>,
+    /// Ended tracees whose tracer is not their parent, until the tracer's `wait` reports them.
+    pub zombies: Vec<Zombie>,
+}
+
+/// A tracee's end, for its tracer's `wait`.
+#[derive(Debug, Clone, Copy)]
+pub struct Zombie {
+    /// The tracer process.
+    pub tracer: i32,
+    /// The tracee and its process.
+    pub tid: i32,
+    /// Its process.
+    pub pid: i32,
+    /// How it ended.
+    pub status: ExitStatus,
+}
+
+/// The wait status of an end.
+pub fn end_status(status: ExitStatus) -> i32 {
+    match status {
+        ExitStatus::Exited(c) => (c & 0xff) << 8,
+        ExitStatus::Signaled(s) => s & 0x7f,
+    }
+}
+
+/// The `siginfo_t` `waitid` fills in (and a `SIGCHLD` carries) for the end of `tid`.
+pub fn end_siginfo(tid: i32, uid: u32, status: ExitStatus) -> [u8; SIGINFO_SIZE] {
+    let (code, value) = match status {
+        ExitStatus::Exited(c) => (libc::CLD_EXITED, c),
+        ExitStatus::Signaled(s) => (libc::CLD_KILLED, s),
+    };
+    let mut info = [0u8; SIGINFO_SIZE];
+    info[0..4].copy_from_slice(&libc::SIGCHLD.to_le_bytes());
+    info[8..12].copy_from_slice(&code.to_le_bytes());
+    info[16..20].copy_from_slice(&tid.to_le_bytes());
+    info[20..24].copy_from_slice(&uid.to_le_bytes());
+    info[24..28].copy_from_slice(&value.to_le_bytes());
+    info
 }
 
 impl Relations {

@@ -343,7 +343,7 @@ impl Session {
             State::Restarting(_) => self.on_restart_stop(tid, stop),
             // Nothing but its end is expected from an exiting task: let it go on.
             State::Exiting => t.tracee.cont(0),
-            State::Ptraced(_) | State::AtEntry => {
+            State::Ptraced(_) | State::AtEntry | State::WaitsForTracee => {
                 bail!("task {tid} reported {stop:?} while held stopped")
             }
             State::ReadyToStart | State::ReadyAfter(_) | State::Preempted => {
@@ -370,7 +370,7 @@ impl Session {
             self.echo.remove(&t.pid);
         }
         self.exits.push(ExitEvent { tid, status });
-        self.ptrace_on_death(tid, t.pid)
+        self.ptrace_on_death(tid, t.pid, status)
     }
 
     fn warn_once(&mut self, key: u64, msg: impl FnOnce() -> String) {
@@ -617,10 +617,14 @@ impl Session {
             }
         }
         entry.exclusive = false;
+        self.current = None;
+        let Some(entry) = self.ptrace_on_clone(tid, child, args.flags, entry)? else {
+            // Held at its clone event for its emulated tracer.
+            return Ok(());
+        };
         let t = self.task(tid)?;
         t.state = State::InSyscall(entry);
         t.tracee.cont_syscall(0)?;
-        self.current = None;
         Ok(())
     }
 

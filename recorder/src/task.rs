@@ -52,6 +52,9 @@ pub enum State {
     /// Stopped at the entry of a syscall the recorder handles when it gets the CPU (a tracer's
     /// `wait` restarted because one of its tracees stopped).
     AtEntry,
+    /// Stopped at the entry of a tracer's `wait` that only an emulated tracee that is not its
+    /// child can answer (by a stop or its end); becomes [`State::AtEntry`] when one does.
+    WaitsForTracee,
 }
 
 impl State {

@@ -394,8 +394,12 @@ pub enum PtraceHeld {
     Signal(i32),
     /// At the entry of its next syscall, before the syscall's event.
     SyscallEntry,
-    /// Right after its previous event (a syscall's exit, an exec), before it runs on.
+    /// Right after its previous event (a syscall's exit, an exec, its start), before it runs
+    /// on.
     AfterEvent,
+    /// Inside the `clone`/`fork`/`vfork` whose [`CloneEvent`] came before, which returns only
+    /// after it is resumed (no user code runs meanwhile).
+    CloneEvent,
 }
 
 /// One emulated ptrace action on a traced task.

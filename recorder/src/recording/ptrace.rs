@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use nix::unistd::Pid;
 use trace_format::{
-    Event, MemWrite, PtraceAction, PtraceEvent, PtraceHeld, SignalEvent, SignalOrigin,
+    Event, ExitStatus, MemWrite, PtraceAction, PtraceEvent, PtraceHeld, SignalEvent, SignalOrigin,
     SyscallEvent,
 };
 use tracee::tracee::{signo_code, SIGINFO_SIZE};
@@ -16,8 +16,10 @@ use tracee::{regs, Regs};
 use super::{Session, RIP};
 use crate::ptrace_emu::{self as emu, Held, Mode, Relation, Report, Selector};
 use crate::signals::is_fault;
-use crate::task::State;
+use crate::task::{Entry, State};
 
+/// `PTRACE_EVENT_STOP`: the stop of a seized task (its first, or `PTRACE_INTERRUPT`'s).
+const PTRACE_EVENT_STOP: i32 = 128;
 /// Size of `struct user_regs_struct`.
 const REGS_SIZE: usize = 27 * 8;
 /// Size of `struct user_fpregs_struct`.
@@ -30,6 +32,8 @@ const WNOWAIT: u64 = 0x0100_0000;
 const NT_PRSTATUS: u64 = 1;
 /// End of `orig_rax` in `struct user_regs_struct` (word 15).
 const ORIG_RAX_END: usize = 16 * 8;
+/// A [`Served`] result meaning the syscall is not answered yet (its task waits).
+const PARKED: i64 = i64::MIN;
 /// Largest register set `PTRACE_GETREGSET` copies (the XSAVE area of this CPU is smaller).
 const MAX_REGSET: usize = 1 << 16;
 
@@ -40,7 +44,31 @@ struct Served {
     writes: Vec<(u64, Vec<u8>)>,
 }
 
+/// What a tracer's `wait` reports.
+enum Found {
+    /// The emulated stop of this tracee.
+    Stop(i32),
+    /// The end of the tracee `zombies[i]`.
+    End(usize),
+}
+
+/// Which tasks a `wait4`/`waitid` selects (`None` for other syscalls).
+fn wait_selector(nr: u64, args: &[u64; 6]) -> Option<Selector> {
+    if nr == libc::SYS_wait4 as u64 {
+        Some(Selector::of_wait4(args[0] as i64))
+    } else if nr == libc::SYS_waitid as u64 {
+        Some(Selector::of_waitid(args[0], args[1]))
+    } else {
+        None
+    }
+}
+
 impl Served {
+    /// The caller was parked (no event now).
+    fn parked() -> Served {
+        Served::ok(PARKED)
+    }
+
     fn ok(result: i64) -> Served {
         Served {
             result,
@@ -72,6 +100,12 @@ fn raw_ptrace(req: i64, pid: i32, addr: u64, data: u64) -> std::result::Result<i
     } else {
         Ok(r)
     }
+}
+
+/// The recorder's user id (the tracees').
+fn rel_uid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
 }
 
 /// Whether `e` says a task no longer exists (`ESRCH`): it was killed, its death not reported.
@@ -135,7 +169,9 @@ impl Session {
             return Ok(true);
         }
         if let Some(served) = self.ptrace_wait(tid, entry)? {
-            self.finish_emulated(tid, entry, served)?;
+            if served.result != PARKED {
+                self.finish_emulated(tid, entry, served)?;
+            }
             return Ok(true);
         }
         Ok(false)
@@ -225,7 +261,9 @@ impl Session {
                     return Ok(Served::err(libc::EPERM));
                 }
                 let parent = parent_of(tid)?;
-                self.ptrace.insert(tid, Relation::new(parent, 0));
+                let mut rel = Relation::new(parent, 0);
+                rel.real_parent = Some(parent);
+                self.ptrace.insert(tid, rel);
                 Ok(Served::ok(0))
             }
             16 | 0x4206 => {
@@ -238,7 +276,14 @@ impl Session {
                 }
                 let seize = req == 0x4206;
                 let options = if seize { data } else { 0 };
-                self.ptrace.insert(target, Relation::new(me, options));
+                let mut rel = Relation::new(me, options);
+                rel.seized = seize;
+                rel.real_parent = if target == pid {
+                    parent_of(target).ok()
+                } else {
+                    None
+                };
+                self.ptrace.insert(target, rel);
                 if !seize {
                     self.send_attach_stop(target, pid, me)?;
                 }
@@ -517,32 +562,64 @@ impl Session {
         Ok(())
     }
 
-    /// The tracee of process `pid`'s tracers that a `wait4`/`waitid` with these arguments
-    /// would report now, if any.
-    fn reportable(&self, pid: i32, nr: u64, args: &[u64; 6]) -> Option<i32> {
-        if self.ptrace.is_empty() {
-            return None;
+    /// The emulated stop or end of a tracee of process `pid` that a `wait4`/`waitid` with
+    /// these arguments would report now, if any.
+    fn reportable(&self, pid: i32, nr: u64, args: &[u64; 6]) -> Option<Found> {
+        let selector = wait_selector(nr, args)?;
+        if let Some(i) = self
+            .ptrace
+            .zombies
+            .iter()
+            .position(|z| z.tracer == pid && selector.selects(z.tid, z.pid))
+        {
+            return Some(Found::End(i));
         }
-        let selector = if nr == libc::SYS_wait4 as u64 {
-            Selector::of_wait4(args[0] as i64)
-        } else if nr == libc::SYS_waitid as u64 {
-            Selector::of_waitid(args[0], args[1])
-        } else {
-            return None;
+        self.ptrace
+            .tracees_of(pid)
+            .into_iter()
+            .find(|&t| {
+                let stopped = self
+                    .ptrace
+                    .get(t)
+                    .and_then(|r| r.stop.as_ref())
+                    .is_some_and(|s| !s.reported);
+                stopped && selector.selects(t, self.tasks.get(&t).map_or(t, |k| k.pid))
+            })
+            .map(Found::Stop)
+    }
+
+    /// Whether a `wait` of process `pid` with these arguments can only be answered by tracees
+    /// that are not its children (the kernel would fail it with `ECHILD`, or block on other
+    /// children): the recorder answers it when one of them stops or ends.
+    fn waits_for_non_children(&self, pid: i32, nr: u64, args: &[u64; 6]) -> bool {
+        let Some(selector) = wait_selector(nr, args) else {
+            return false;
         };
-        self.ptrace.tracees_of(pid).into_iter().find(|&t| {
-            let stopped = self
-                .ptrace
-                .get(t)
-                .and_then(|r| r.stop.as_ref())
-                .is_some_and(|s| !s.reported);
-            stopped && selector.selects(t, self.tasks.get(&t).map_or(t, |k| k.pid))
-        })
+        let tracees = self.ptrace.tracees_of(pid);
+        let foreign = |t: &i32| {
+            self.ptrace
+                .get(*t)
+                .is_some_and(|r| r.real_parent != Some(pid))
+        };
+        match selector {
+            Selector::Id(id) => tracees.iter().any(|t| *t == id && foreign(t)),
+            Selector::Any => {
+                tracees.iter().any(foreign)
+                    && !self
+                        .tasks
+                        .values()
+                        .any(|t| t.is_leader() && parent_of(t.tid()).ok() == Some(pid))
+            }
+            Selector::Unknown => false,
+        }
     }
 
     /// Whether the restarted `wait` of `tid` (its event so far `ev`) now has an emulated stop
     /// to report.
     pub(super) fn ptrace_wait_served(&self, tid: i32, ev: &SyscallEvent) -> Result<bool> {
+        if self.ptrace.is_empty() && self.ptrace.zombies.is_empty() {
+            return Ok(false);
+        }
         let pid = self.tasks.get(&tid).map_or(tid, |t| t.pid);
         Ok(self.reportable(pid, ev.nr, &ev.args).is_some())
     }
@@ -550,19 +627,42 @@ impl Session {
     /// Serves a `wait4`/`waitid` of `tid` that an emulated stop answers, if one does.
     fn ptrace_wait(&mut self, tid: i32, entry: &Regs) -> Result<Option<Served>> {
         let (nr, args) = (entry.orig_rax, regs::syscall_args(entry));
-        let pid = self.task(tid)?.pid;
-        let Some(tracee) = self.reportable(pid, nr, &args) else {
+        if self.ptrace.is_empty() && self.ptrace.zombies.is_empty() {
             return Ok(None);
-        };
-        let tracee_pid = self.tasks.get(&tracee).map_or(tracee, |t| t.pid);
+        }
+        let pid = self.task(tid)?.pid;
         let waitid = nr == libc::SYS_waitid as u64;
         let options = if waitid { args[3] } else { args[2] };
-        let rel = self.ptrace.get_mut(tracee).context("a reportable tracee")?;
-        let report = rel.stop.as_mut().context("a reportable stop")?;
-        let status = report.status;
-        if !(waitid && options & WNOWAIT != 0) {
-            report.reported = true;
-        }
+        let keep = waitid && options & WNOWAIT != 0;
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let (tracee, status, info) = match self.reportable(pid, nr, &args) {
+            Some(Found::Stop(tracee)) => {
+                let rel = self.ptrace.get_mut(tracee).context("a reportable tracee")?;
+                let report = rel.stop.as_mut().context("a reportable stop")?;
+                report.reported |= !keep;
+                let status = report.status;
+                (tracee, status, emu::waitid_siginfo(tracee, uid, status))
+            }
+            Some(Found::End(i)) => {
+                let z = self.ptrace.zombies[i];
+                if !keep {
+                    self.ptrace.zombies.remove(i);
+                }
+                let status = emu::end_status(z.status);
+                (z.tid, status, emu::end_siginfo(z.tid, uid, z.status))
+            }
+            None if self.waits_for_non_children(pid, nr, &args) => {
+                if options & libc::WNOHANG as u64 != 0 {
+                    return Ok(Some(Served::ok(0)));
+                }
+                tracing::debug!(tid, "a tracer waits for tracees that are not its children");
+                self.task(tid)?.state = State::WaitsForTracee;
+                self.current = None;
+                return Ok(Some(Served::parked()));
+            }
+            None => return Ok(None),
+        };
         let mut served = Served::ok(if waitid { 0 } else { tracee as i64 });
         let (info_at, rusage_at) = if waitid {
             (args[2], args[4])
@@ -571,9 +671,7 @@ impl Session {
         };
         if info_at != 0 {
             let bytes = if waitid {
-                // SAFETY: getuid cannot fail.
-                let uid = unsafe { libc::getuid() };
-                emu::waitid_siginfo(tracee, uid, status).to_vec()
+                info.to_vec()
             } else {
                 status.to_le_bytes().to_vec()
             };
@@ -584,7 +682,7 @@ impl Session {
             let a = self.answer(tid, served.result, rusage_at, vec![0u8; RUSAGE_SIZE])?;
             served.writes.extend(a.writes);
         }
-        tracing::debug!(tid, tracee, tracee_pid, status, "emulated wait");
+        tracing::debug!(tid, tracee, status, "emulated wait");
         Ok(Some(served))
     }
 
@@ -664,10 +762,14 @@ impl Session {
     /// `status`). The recorder may not send a kernel `si_code` (`CLD_TRAPPED`) itself, so it
     /// sends `SI_QUEUE` and gives the signal its real `siginfo_t` at the tracer's stop.
     fn send_sigchld(&mut self, tracer: i32, tid: i32, status: i32) -> Result<()> {
-        // SAFETY: getuid cannot fail.
-        let uid = unsafe { libc::getuid() };
-        self.ptrace
-            .push_sigchld(tracer, emu::waitid_siginfo(tid, uid, status));
+        self.queue_sigchld(tracer, emu::waitid_siginfo(tid, rel_uid(), status));
+        Ok(())
+    }
+
+    /// Sends process `tracer` a `SIGCHLD` that gets `real` as its `siginfo_t` at its stop.
+    fn queue_sigchld(&mut self, tracer: i32, real: [u8; SIGINFO_SIZE]) {
+        let uid = rel_uid();
+        self.ptrace.push_sigchld(tracer, real);
         let mut info = [0u8; SIGINFO_SIZE];
         info[0..4].copy_from_slice(&libc::SIGCHLD.to_le_bytes());
         info[8..12].copy_from_slice(&libc::SI_QUEUE.to_le_bytes());
@@ -686,7 +788,6 @@ impl Session {
             tracing::debug!(tracer, "the tracer's SIGCHLD could not be sent");
             self.ptrace.pop_sigchld(tracer);
         }
-        Ok(())
     }
 
     /// At a `SIGCHLD` stop of `tid` with `info`: if it is one the recorder sent for an
@@ -714,6 +815,11 @@ impl Session {
     /// answered by the emulated stop (see `on_restart_stop`).
     fn wake_waiters(&mut self, tracer: i32) {
         for t in self.tasks.values_mut() {
+            if t.pid == tracer && matches!(t.state, State::WaitsForTracee) {
+                t.state = State::AtEntry;
+                self.ready.push_back(t.tid());
+                continue;
+            }
             let State::InSyscall(e) = &t.state else {
                 continue;
             };
@@ -734,7 +840,13 @@ impl Session {
         let Some(rel) = self.ptrace.get_mut(tid) else {
             return Ok(false);
         };
-        let status = if std::mem::take(&mut rel.exec_pending) {
+        let status = if std::mem::take(&mut rel.start_pending) {
+            if rel.seized {
+                emu::event_status(PTRACE_EVENT_STOP)
+            } else {
+                emu::stopped_status(libc::SIGSTOP)
+            }
+        } else if std::mem::take(&mut rel.exec_pending) {
             if rel.has(libc::PTRACE_O_TRACEEXEC) {
                 emu::event_status(libc::PTRACE_EVENT_EXEC)
             } else {
@@ -763,7 +875,7 @@ impl Session {
         if let Some(rel) = self.ptrace.get_mut(tid) {
             rel.mode = mode;
             info = rel.stop.take().map(|s| s.siginfo);
-            rel.in_syscall = held.at == PtraceHeld::SyscallEntry;
+            rel.in_syscall |= held.at == PtraceHeld::SyscallEntry;
         }
         let step = mode == Mode::Step;
         self.writer.push(&Event::Ptrace(PtraceEvent {
@@ -811,6 +923,17 @@ impl Session {
                     t.tracee.cont(sig)
                 }
             }
+            PtraceHeld::CloneEvent => {
+                let entry = self
+                    .ptrace
+                    .get_mut(tid)
+                    .and_then(|r| r.clone_entry.take())
+                    .context("a task held at a clone event without its syscall")?;
+                self.current = None;
+                let t = self.task(tid)?;
+                t.state = State::InSyscall(entry);
+                t.tracee.cont_syscall(0)
+            }
             PtraceHeld::AfterEvent => {
                 if self.ptrace_stops_after_event(tid)? {
                     return Ok(());
@@ -821,10 +944,76 @@ impl Session {
         }
     }
 
+    /// At the clone event of `tid` (its syscall `entry`, new task `child`, clone `flags`):
+    /// if its tracer asked for this event (`PTRACE_O_TRACECLONE`, `TRACEFORK`, `TRACEVFORK`),
+    /// the new task is traced too and `tid` is held at the event (`None`); else `entry` back.
+    pub(super) fn ptrace_on_clone(
+        &mut self,
+        tid: i32,
+        child: i32,
+        flags: u64,
+        entry: Box<Entry>,
+    ) -> Result<Option<Box<Entry>>> {
+        let Some(rel) = self.ptrace.get(tid) else {
+            return Ok(Some(entry));
+        };
+        let nr = entry.ev.nr;
+        let (event, option) = if nr == libc::SYS_vfork as u64 || flags & libc::CLONE_VFORK as u64 != 0
+        {
+            (libc::PTRACE_EVENT_VFORK, libc::PTRACE_O_TRACEVFORK)
+        } else if nr == libc::SYS_fork as u64 || flags & 0xff == libc::SIGCHLD as u64 {
+            (libc::PTRACE_EVENT_FORK, libc::PTRACE_O_TRACEFORK)
+        } else {
+            (libc::PTRACE_EVENT_CLONE, libc::PTRACE_O_TRACECLONE)
+        };
+        if !rel.has(option) || flags & libc::CLONE_UNTRACED as u64 != 0 {
+            return Ok(Some(entry));
+        }
+        let mut traced = Relation::new(rel.tracer, rel.options);
+        traced.seized = rel.seized;
+        traced.start_pending = true;
+        let thread = flags & libc::CLONE_THREAD as u64 != 0;
+        traced.real_parent = (!thread).then(|| self.tasks.get(&tid).map_or(tid, |t| t.pid));
+        if self.tasks.contains_key(&child) {
+            self.ptrace.insert(child, traced);
+        }
+        let rel = self.ptrace.get_mut(tid).context("a traced parent")?;
+        rel.event_msg = child as u64;
+        rel.clone_entry = Some(entry);
+        let status = emu::event_status(event);
+        self.ptrace_stop(
+            tid,
+            PtraceHeld::CloneEvent,
+            status,
+            emu::trap_siginfo(status),
+        )?;
+        Ok(None)
+    }
+
     /// Task `tid` of process `pid` died: its relation ends, and if its process has no task
     /// left, its tracees are detached (a held one runs on).
-    pub(super) fn ptrace_on_death(&mut self, tid: i32, pid: i32) -> Result<()> {
-        self.ptrace.remove(tid);
+    pub(super) fn ptrace_on_death(
+        &mut self,
+        tid: i32,
+        pid: i32,
+        status: ExitStatus,
+    ) -> Result<()> {
+        if let Some(rel) = self.ptrace.remove(tid) {
+            let alive = self.tasks.values().any(|t| t.pid == rel.tracer);
+            if rel.real_parent != Some(rel.tracer) && alive {
+                // The kernel tells only its parent: the recorder tells its tracer.
+                self.ptrace.zombies.push(emu::Zombie {
+                    tracer: rel.tracer,
+                    tid,
+                    pid,
+                    status,
+                });
+                self.wake_waiters(rel.tracer);
+                let uid = rel_uid();
+                self.queue_sigchld(rel.tracer, emu::end_siginfo(tid, uid, status));
+            }
+        }
+        self.ptrace.zombies.retain(|z| z.tracer != pid || self.tasks.values().any(|t| t.pid == pid));
         if self.tasks.values().any(|t| t.pid == pid) {
             return Ok(());
         }

@@ -75,8 +75,9 @@ impl Session {
                     ));
                 };
                 let sig = match at {
-                    // Its syscall's event comes next, from where it stands.
-                    PtraceHeld::SyscallEntry => return Ok(()),
+                    // Its syscall's event comes next, from where it stands (the replay already
+                    // let a clone's syscall go on: nothing of the task's runs before it ends).
+                    PtraceHeld::SyscallEntry | PtraceHeld::CloneEvent => return Ok(()),
                     PtraceHeld::Signal(_) => *sig,
                     PtraceHeld::AfterEvent => 0,
                 };
