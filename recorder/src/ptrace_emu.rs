@@ -58,6 +58,8 @@ pub struct Relation {
     /// Its real parent process, whose kernel `wait` reports its end (`None` for a thread):
     /// a tracer that is not that parent is told of the end by the recorder.
     pub real_parent: Option<i32>,
+    /// Its `vfork` made this child: a `PTRACE_EVENT_VFORK_DONE` stop comes when it returns.
+    pub vfork_done: Option<i32>,
     /// The clone syscall it is held in at a clone event, to go on with when resumed.
     pub clone_entry: Option<Box<Entry>>,
 }
@@ -78,6 +80,7 @@ impl Relation {
             start_pending: false,
             real_parent: None,
             clone_entry: None,
+            vfork_done: None,
         }
     }
 

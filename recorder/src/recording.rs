@@ -152,6 +152,11 @@ impl Session {
                     break;
                 }
                 self.schedule_next()?;
+                if self.current.is_none() && self.others_wait() {
+                    // The task given the CPU gave it up at once (held for its emulated tracer,
+                    // or into a syscall that may block): the next one gets it.
+                    continue;
+                }
             }
             let (pid, stop) = self.wait_any()?;
             self.dispatch(pid.as_raw(), stop)?;

@@ -775,11 +775,13 @@ impl Session {
         info[8..12].copy_from_slice(&libc::SI_QUEUE.to_le_bytes());
         info[16..20].copy_from_slice(&self.me.to_le_bytes());
         info[20..24].copy_from_slice(&uid.to_le_bytes());
-        // SAFETY: rt_sigqueueinfo reads the 128-byte siginfo_t it is given, on our stack.
+        let to = self.sigchld_thread(tracer);
+        // SAFETY: rt_tgsigqueueinfo reads the 128-byte siginfo_t it is given, on our stack.
         let r = unsafe {
             libc::syscall(
-                libc::SYS_rt_sigqueueinfo,
+                libc::SYS_rt_tgsigqueueinfo,
                 tracer,
+                to,
                 libc::SIGCHLD,
                 info.as_ptr(),
             )
@@ -788,6 +790,32 @@ impl Session {
             tracing::debug!(tracer, "the tracer's SIGCHLD could not be sent");
             self.ptrace.pop_sigchld(tracer);
         }
+    }
+
+    /// The thread of process `tracer` that gets its tracees' `SIGCHLD`: one waiting for a
+    /// child, else one not blocked in a syscall, else the main thread. The kernel sends it to
+    /// the process, and may then interrupt any thread's blocking syscall with it; a thread of
+    /// the recorder's choosing keeps that choice out of the recording.
+    fn sigchld_thread(&self, tracer: i32) -> i32 {
+        let mut threads: Vec<&crate::task::Task> =
+            self.tasks.values().filter(|t| t.pid == tracer).collect();
+        threads.sort_by_key(|t| t.tid());
+        let waiting = |t: &&crate::task::Task| match &t.state {
+            State::InSyscall(e) => {
+                e.ev.nr == libc::SYS_wait4 as u64 || e.ev.nr == libc::SYS_waitid as u64
+            }
+            State::WaitsForTracee | State::AtEntry => true,
+            _ => false,
+        };
+        let free = |t: &&crate::task::Task| {
+            !matches!(t.state, State::InSyscall(_) | State::Restarting(_))
+        };
+        threads
+            .iter()
+            .copied()
+            .find(waiting)
+            .or_else(|| threads.iter().copied().find(free))
+            .map_or(tracer, |t| t.tid())
     }
 
     /// At a `SIGCHLD` stop of `tid` with `info`: if it is one the recorder sent for an
@@ -853,6 +881,9 @@ impl Session {
                 // A tracee without PTRACE_O_TRACEEXEC gets a SIGTRAP after execve.
                 emu::stopped_status(libc::SIGTRAP)
             }
+        } else if let Some(child) = rel.vfork_done.take() {
+            rel.event_msg = child as u64;
+            emu::event_status(libc::PTRACE_EVENT_VFORK_DONE)
         } else if std::mem::take(&mut rel.in_syscall) && rel.mode == Mode::Syscall {
             rel.syscall_status()
         } else {
@@ -954,12 +985,15 @@ impl Session {
         flags: u64,
         entry: Box<Entry>,
     ) -> Result<Option<Box<Entry>>> {
-        let Some(rel) = self.ptrace.get(tid) else {
+        let nr = entry.ev.nr;
+        let vfork = nr == libc::SYS_vfork as u64 || flags & libc::CLONE_VFORK as u64 != 0;
+        let Some(rel) = self.ptrace.get_mut(tid) else {
             return Ok(Some(entry));
         };
-        let nr = entry.ev.nr;
-        let (event, option) = if nr == libc::SYS_vfork as u64 || flags & libc::CLONE_VFORK as u64 != 0
-        {
+        if vfork && rel.has(libc::PTRACE_O_TRACEVFORKDONE) {
+            rel.vfork_done = Some(child);
+        }
+        let (event, option) = if vfork {
             (libc::PTRACE_EVENT_VFORK, libc::PTRACE_O_TRACEVFORK)
         } else if nr == libc::SYS_fork as u64 || flags & 0xff == libc::SIGCHLD as u64 {
             (libc::PTRACE_EVENT_FORK, libc::PTRACE_O_TRACEFORK)
