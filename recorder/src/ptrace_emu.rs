@@ -60,6 +60,8 @@ pub struct Relation {
     pub real_parent: Option<i32>,
     /// Its `vfork` made this child: a `PTRACE_EVENT_VFORK_DONE` stop comes when it returns.
     pub vfork_done: Option<i32>,
+    /// `PTRACE_INTERRUPT` sent it a `SIGSTOP` whose stop is reported as `PTRACE_EVENT_STOP`.
+    pub interrupt: bool,
     /// The clone syscall it is held in at a clone event, to go on with when resumed.
     pub clone_entry: Option<Box<Entry>>,
 }
@@ -81,6 +83,7 @@ impl Relation {
             real_parent: None,
             clone_entry: None,
             vfork_done: None,
+            interrupt: false,
         }
     }
 

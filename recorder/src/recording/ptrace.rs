@@ -102,6 +102,18 @@ fn raw_ptrace(req: i64, pid: i32, addr: u64, data: u64) -> std::result::Result<i
     }
 }
 
+/// Whether thread `tid` blocks `SIGCHLD` (`SigBlk` of `/proc/TID/status`; true if unknown).
+fn sigchld_blocked(tid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_none_or(|mask| mask & (1 << (libc::SIGCHLD - 1)) != 0)
+}
+
 /// The recorder's user id (the tracees').
 fn rel_uid() -> u32 {
     // SAFETY: getuid cannot fail.
@@ -287,6 +299,23 @@ impl Session {
                 if !seize {
                     self.send_attach_stop(target, pid, me)?;
                 }
+                Ok(Served::ok(0))
+            }
+            0x4207 => {
+                // PTRACE_INTERRUPT: a seized tracee stops (at once if it is held already)
+                let held = self.held_by(target, me).is_some();
+                let Some(rel) = self.ptrace.get_mut(target).filter(|r| r.tracer == me) else {
+                    return Ok(Served::err(libc::ESRCH));
+                };
+                if !rel.seized {
+                    return Ok(Served::err(libc::EIO));
+                }
+                if held {
+                    return Ok(Served::ok(0));
+                }
+                rel.interrupt = true;
+                let pid = known(self).unwrap_or(target);
+                self.send_attach_stop(target, pid, me)?;
                 Ok(Served::ok(0))
             }
             8 => {
@@ -718,12 +747,17 @@ impl Session {
             delivered: false,
             point,
         }))?;
-        self.ptrace_stop(
-            tid,
-            PtraceHeld::Signal(sig),
-            emu::stopped_status(sig),
-            info,
-        )?;
+        let interrupted = sig == libc::SIGSTOP
+            && self
+                .ptrace
+                .get_mut(tid)
+                .is_some_and(|r| std::mem::take(&mut r.interrupt));
+        let status = if interrupted {
+            emu::event_status(PTRACE_EVENT_STOP)
+        } else {
+            emu::stopped_status(sig)
+        };
+        self.ptrace_stop(tid, PtraceHeld::Signal(sig), status, info)?;
         self.send_again(tid, aside)
     }
 
@@ -754,20 +788,22 @@ impl Session {
             reported: false,
         });
         let tracer = rel.tracer;
-        self.wake_waiters(tracer);
-        self.send_sigchld(tracer, tid, status)
+        let woken = self.send_sigchld(tracer, tid, status);
+        self.wake_waiters(tracer, woken);
+        Ok(())
     }
 
     /// Sends the tracer process `tracer` the `SIGCHLD` of its tracee `tid`'s stop (status
     /// `status`). The recorder may not send a kernel `si_code` (`CLD_TRAPPED`) itself, so it
     /// sends `SI_QUEUE` and gives the signal its real `siginfo_t` at the tracer's stop.
-    fn send_sigchld(&mut self, tracer: i32, tid: i32, status: i32) -> Result<()> {
-        self.queue_sigchld(tracer, emu::waitid_siginfo(tid, rel_uid(), status));
-        Ok(())
+    fn send_sigchld(&mut self, tracer: i32, tid: i32, status: i32) -> Option<i32> {
+        self.queue_sigchld(tracer, emu::waitid_siginfo(tid, rel_uid(), status))
     }
 
     /// Sends process `tracer` a `SIGCHLD` that gets `real` as its `siginfo_t` at its stop.
-    fn queue_sigchld(&mut self, tracer: i32, real: [u8; SIGINFO_SIZE]) {
+    /// Returns the thread it went to if that thread does not block it: a `wait` of that thread
+    /// is interrupted by it (and restarted as a new entry, which sees the emulated stop).
+    fn queue_sigchld(&mut self, tracer: i32, real: [u8; SIGINFO_SIZE]) -> Option<i32> {
         let uid = rel_uid();
         self.ptrace.push_sigchld(tracer, real);
         let mut info = [0u8; SIGINFO_SIZE];
@@ -789,7 +825,9 @@ impl Session {
         if r < 0 {
             tracing::debug!(tracer, "the tracer's SIGCHLD could not be sent");
             self.ptrace.pop_sigchld(tracer);
+            return None;
         }
+        (!sigchld_blocked(to)).then_some(to)
     }
 
     /// The thread of process `tracer` that gets its tracees' `SIGCHLD`: one waiting for a
@@ -841,8 +879,12 @@ impl Session {
     /// Interrupts the threads of process `tracer` blocked in `wait4`/`waitid` in the kernel
     /// (with the preemption `SIGSTOP`): the kernel restarts the call, and the restart is
     /// answered by the emulated stop (see `on_restart_stop`).
-    fn wake_waiters(&mut self, tracer: i32) {
+    /// `woken`: a thread the tracee's `SIGCHLD` interrupts anyway.
+    fn wake_waiters(&mut self, tracer: i32, woken: Option<i32>) {
         for t in self.tasks.values_mut() {
+            if Some(t.tid()) == woken && matches!(t.state, State::InSyscall(_)) {
+                continue;
+            }
             if t.pid == tracer && matches!(t.state, State::WaitsForTracee) {
                 t.state = State::AtEntry;
                 self.ready.push_back(t.tid());
@@ -1042,9 +1084,9 @@ impl Session {
                     pid,
                     status,
                 });
-                self.wake_waiters(rel.tracer);
                 let uid = rel_uid();
-                self.queue_sigchld(rel.tracer, emu::end_siginfo(tid, uid, status));
+                let woken = self.queue_sigchld(rel.tracer, emu::end_siginfo(tid, uid, status));
+                self.wake_waiters(rel.tracer, woken);
             }
         }
         self.ptrace.zombies.retain(|z| z.tracer != pid || self.tasks.values().any(|t| t.pid == pid));
