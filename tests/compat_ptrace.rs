@@ -46,3 +46,38 @@ fn tracer_single_steps_the_child() {
         ),
     );
 }
+
+/// PTRACE_ATTACH of a child blocked in `read`, fork and exit events
+/// (PTRACE_O_TRACEFORK/TRACEEXIT), the auto-traced grandchild (not the tracer's child) from
+/// its first stop to its end, the child's SIGCHLD stop passed on, PTRACE_DETACH.
+#[test]
+fn tracer_attaches_and_follows_a_fork() {
+    assert_replays_like_native(
+        program("ptrace_attach_fork"),
+        &[],
+        0,
+        Some(
+            "parent: fork event, the new task is newer\n\
+             parent: grandchild exit event, status 5\n\
+             parent: grandchild exited with 5\n\
+             parent: child stopped by signal 17\n\
+             parent: child exited with 6\n",
+        ),
+    );
+}
+
+/// A request deja does not emulate fails with EIO and a warning naming it, instead of
+/// hanging; PTRACE_KILL ends the held child.
+#[test]
+fn unemulated_request_fails_cleanly() {
+    let r = assert_replays_exactly(program("ptrace_unemulated"), &[]);
+    assert_eq!(
+        stdout_str(&r.rec),
+        "sysemu: -1 (Input/output error)\nkill: 0\nchild killed by signal 9\n"
+    );
+    assert_stderr_mentions(
+        "rec",
+        &r.rec,
+        &["PTRACE_SYSEMU is not emulated inside a recording"],
+    );
+}
