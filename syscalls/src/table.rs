@@ -149,6 +149,8 @@ pub static TABLE: &[Syscall] = &[
     sys!(98, getrusage, Emulate, [f(1, RUSAGE)]),
     sys!(99, sysinfo, Emulate, [f(0, SYSINFO)]),
     sys!(100, times, Emulate, [f(0, TMS)]),
+    // Served by the recorder's ptrace emulation (recorder/src/recording/ptrace.rs), which
+    // records exactly what it wrote.
     sys!(101, ptrace, Emulate),
     sys!(102, getuid, Emulate),
     sys!(103, syslog, Emulate, [Custom(syslog)]),
