@@ -33,6 +33,22 @@ pub fn sends_signal(nr: u64) -> bool {
     )
 }
 
+/// Emulated syscalls the recorder runs while no other task runs: those that send a signal
+/// (see [`sends_signal`]), and futex operations that never block but write a word other
+/// threads read (`FUTEX_WAKE_OP` sets `*uaddr2` and wakes a waiter that reads it next;
+/// `FUTEX_UNLOCK_PI`, `FUTEX_TRYLOCK_PI` write the lock word). The others may block and run
+/// while other tasks do, their memory writes replayed at their event: such a write must not be
+/// one another task can read before that event.
+pub fn runs_exclusively(nr: u64, args: &[u64; 6]) -> bool {
+    const FUTEX_CMD_MASK: u64 = !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME) as u64;
+    sends_signal(nr)
+        || (nr == libc::SYS_futex as u64
+            && matches!(
+                (args[1] & FUTEX_CMD_MASK) as i32,
+                libc::FUTEX_WAKE_OP | libc::FUTEX_UNLOCK_PI | libc::FUTEX_TRYLOCK_PI
+            ))
+}
+
 /// How a system call is handled in replay (and, for `Deny`/`Unsupported`, in recording).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {
