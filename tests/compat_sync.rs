@@ -19,3 +19,14 @@ fn futex_wake_op_flag_is_seen_by_the_woken_thread() {
         describe("rec", &r.rec)
     );
 }
+
+/// `semctl(GETALL)` writes as many values as the set has semaphores: all of them replayed.
+#[test]
+fn semctl_getall_values_replay() {
+    let r = assert_replays_exactly(program("sem_getall"), &[]);
+    assert!(
+        stdout_str(&r.rec).starts_with("getall=0 values=1 2 "),
+        "{}",
+        describe("rec", &r.rec)
+    );
+}

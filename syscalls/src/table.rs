@@ -553,11 +553,32 @@ fn quotactl_fd(c: &Call, _: &dyn Memory, out: &mut Vec<Region>) {
 /// Known gap: GETALL writes `nsems` shorts, which cannot be known here.
 fn semctl(c: &Call, _: &dyn Memory, out: &mut Vec<Region>) {
     let len = match c.arg(2) & !0x100 {
-        2 | 18 | 20 => SEMID_DS, // IPC_STAT, SEM_STAT, SEM_STAT_ANY
-        3 | 19 => SEMINFO,       // IPC_INFO, SEM_INFO
+        2 | 18 | 20 => SEMID_DS,               // IPC_STAT, SEM_STAT, SEM_STAT_ANY
+        3 | 19 => SEMINFO,                     // IPC_INFO, SEM_INFO
+        13 => 2 * semaphores_in_set(c.arg(0)), // GETALL: one unsigned short per semaphore
         _ => 0,
     };
     push(out, c.arg(3), len);
+}
+
+/// How many semaphores set `semid` holds, asked of the kernel by the recorder (which shares the
+/// tracee's IPC namespace unless the tracee left it); if it cannot tell, the most a set may
+/// hold (`SEMMSL`): over-approximating an output is safe (see [`crate::out_regions`]).
+fn semaphores_in_set(semid: u64) -> u64 {
+    const SEMMSL: u64 = 32_000;
+    let Ok(id) = i32::try_from(semid) else {
+        return SEMMSL;
+    };
+    // SAFETY: IPC_STAT writes one `semid_ds` into `ds`, a valid, writable value of that type
+    // (all-zero is a valid `semid_ds`).
+    let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the variadic argument is the `struct semid_ds *` IPC_STAT expects.
+    let r = unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) };
+    if r == 0 {
+        ds.sem_nsems as u64
+    } else {
+        SEMMSL
+    }
 }
 
 /// msgctl(id, cmd, buf): status and info commands.

@@ -902,3 +902,21 @@ fn hostile_arguments_do_not_panic() {
         }
     }
 }
+
+/// `semctl(GETALL)` writes one `unsigned short` per semaphore of the set, a count only the
+/// kernel knows: asked of it for a real set of 3.
+#[test]
+fn semctl_getall_writes_one_short_per_semaphore() {
+    // SAFETY: plain System V calls on a private set this test creates and removes.
+    let id = unsafe { libc::semget(libc::IPC_PRIVATE, 3, 0o600) };
+    assert!(id >= 0, "semget: {}", std::io::Error::last_os_error());
+    let c = call(
+        libc::SYS_semctl,
+        [id as u64, 0, libc::GETALL as u64, 0x1000, 0, 0],
+        0,
+    );
+    let regions = out_regions(&c, &NO_MEM);
+    // SAFETY: removes the set made above.
+    unsafe { libc::semctl(id, 0, libc::IPC_RMID) };
+    assert_eq!(regions, vec![r(0x1000, 6)]);
+}
