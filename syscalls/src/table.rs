@@ -102,7 +102,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(51, getsockname, Emulate, [sa(1, 2)]),
     sys!(52, getpeername, Emulate, [sa(1, 2)]),
     sys!(53, socketpair, Emulate, [f(3, 8)]),
-    sys!(54, setsockopt, Emulate),
+    sys!(54, setsockopt, Emulate, [Custom(setsockopt)]),
     sys!(55, getsockopt, Emulate, [b(3, DerefU32(4)), f(4, 4)]),
     sys!(56, clone, Clone),
     sys!(57, fork, Clone),
@@ -578,6 +578,27 @@ fn semaphores_in_set(semid: u64) -> u64 {
         ds.sem_nsems as u64
     } else {
         SEMMSL
+    }
+}
+
+/// setsockopt(fd, level, name, val, len): replacing an iptables/ip6tables table
+/// (`IPT_SO_SET_REPLACE`, `IP6T_SO_SET_REPLACE`) writes the old table's counters to the array
+/// `struct ipt_replace` points at (`num_counters` of `struct xt_counters`, 16 bytes each).
+fn setsockopt(c: &Call, mem: &dyn Memory, out: &mut Vec<Region>) {
+    const SO_SET_REPLACE: u64 = 64; // IPT_SO_SET_REPLACE == IP6T_SO_SET_REPLACE
+    const REPLACE_NUM_COUNTERS: u64 = 84; // offsetof(struct ipt_replace, num_counters)
+    const REPLACE_COUNTERS: u64 = 88; // offsetof(struct ipt_replace, counters)
+    const XT_COUNTERS: u64 = 16;
+    let level = c.arg(1) as i32;
+    if !(level == libc::SOL_IP || level == libc::SOL_IPV6) || c.arg(2) != SO_SET_REPLACE {
+        return;
+    }
+    let repl = c.arg(3);
+    if let (Some(n), Some(at)) = (
+        mem.read_u32(repl + REPLACE_NUM_COUNTERS),
+        mem.read_u64(repl + REPLACE_COUNTERS),
+    ) {
+        push(out, at, u64::from(n) * XT_COUNTERS);
     }
 }
 

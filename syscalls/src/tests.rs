@@ -920,3 +920,28 @@ fn semctl_getall_writes_one_short_per_semaphore() {
     unsafe { libc::semctl(id, 0, libc::IPC_RMID) };
     assert_eq!(regions, vec![r(0x1000, 6)]);
 }
+
+/// Replacing an iptables table writes the old counters where `ipt_replace.counters` points,
+/// `num_counters` of 16 bytes; other socket options write nothing.
+#[test]
+fn setsockopt_ipt_replace_writes_the_counters() {
+    let mut mem = FakeMem::new(0x1000, 0x100);
+    mem.put_u32(0x1000 + 84, 3); // num_counters
+    mem.put_u64(0x1000 + 88, 0x5000); // counters
+    let replace = |level: i32| {
+        call(
+            libc::SYS_setsockopt,
+            [3, level as u64, 64, 0x1000, 0x100, 0],
+            0,
+        )
+    };
+    assert_eq!(
+        out_regions(&replace(libc::SOL_IP), &mem),
+        vec![r(0x5000, 48)]
+    );
+    assert_eq!(
+        out_regions(&replace(libc::SOL_IPV6), &mem),
+        vec![r(0x5000, 48)]
+    );
+    assert!(out_regions(&replace(libc::SOL_SOCKET), &mem).is_empty());
+}
