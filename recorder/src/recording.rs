@@ -433,6 +433,7 @@ impl Session {
             Replay::Emulate
             | Replay::Execute
             | Replay::ExecuteRecordedResult
+            | Replay::SetLimit
             | Replay::Mmap
             | Replay::Exec
             | Replay::Clone => {

@@ -63,6 +63,12 @@ pub enum Replay {
     /// Runs for real in replay (for its effect on kernel state) but returns the recorded value,
     /// a task id that differs in replay (`set_tid_address`).
     ExecuteRecordedResult,
+    /// `setrlimit`, `prlimit64`: a new limit of the calling process runs for real in replay (a
+    /// stack or address-space limit decides where the program faults, which replay
+    /// reproduces by executing); the result and the old limit written are the recorded ones
+    /// (the replaying machine's limits may differ). A call that only reads, or that sets the
+    /// limit of another process, is emulated.
+    SetLimit,
     /// `clone`, `fork`, `vfork`, `clone3`: runs for real in replay and makes a new task; the
     /// recorded task ids replace the replay's in the result and in the memory the kernel wrote
     /// (see [`clone_args`]). A failed call is emulated.

@@ -208,7 +208,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(157, prctl, Execute),
     sys!(158, arch_prctl, Execute),
     sys!(159, adjtimex, Emulate, [f(0, TIMEX)]),
-    sys!(160, setrlimit, Emulate),
+    sys!(160, setrlimit, SetLimit),
     sys!(161, chroot, Emulate),
     sys!(162, sync, Emulate),
     sys!(163, acct, Emulate),
@@ -352,7 +352,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(299, recvmmsg, Emulate, [Mmsghdr { vec: 1 }, f(4, TIMESPEC)]),
     sys!(300, fanotify_init, Emulate),
     sys!(301, fanotify_mark, Emulate),
-    sys!(302, prlimit64, Emulate, [f(3, RLIMIT)]),
+    sys!(302, prlimit64, SetLimit, [f(3, RLIMIT)]),
     sys!(303, name_to_handle_at, Emulate, [Custom(name_to_handle_at)], on_error), // EOVERFLOW reports the size
     sys!(304, open_by_handle_at, Emulate),
     sys!(305, clock_adjtime, Emulate, [f(1, TIMEX)]),
