@@ -781,7 +781,10 @@ impl Session {
         if self.current == Some(tid) {
             self.current = None;
         }
-        let rel = self.ptrace.get_mut(tid).context("a stop of an untraced task")?;
+        let rel = self
+            .ptrace
+            .get_mut(tid)
+            .context("a stop of an untraced task")?;
         rel.stop = Some(Report {
             status,
             siginfo: info,
@@ -845,9 +848,8 @@ impl Session {
             State::WaitsForTracee | State::AtEntry => true,
             _ => false,
         };
-        let free = |t: &&crate::task::Task| {
-            !matches!(t.state, State::InSyscall(_) | State::Restarting(_))
-        };
+        let free =
+            |t: &&crate::task::Task| !matches!(t.state, State::InSyscall(_) | State::Restarting(_));
         threads
             .iter()
             .copied()
@@ -943,7 +945,9 @@ impl Session {
     /// The held task `tid`, resumed by its tracer, gets the CPU: writes its resumption and
     /// lets it run on as asked.
     pub(super) fn ptrace_resume(&mut self, tid: i32, held: Held) -> Result<()> {
-        let (sig, mode) = held.resume.context("resuming a task its tracer did not resume")?;
+        let (sig, mode) = held
+            .resume
+            .context("resuming a task its tracer did not resume")?;
         let mut info = None;
         if let Some(rel) = self.ptrace.get_mut(tid) {
             rel.mode = mode;
@@ -1068,12 +1072,7 @@ impl Session {
 
     /// Task `tid` of process `pid` died: its relation ends, and if its process has no task
     /// left, its tracees are detached (a held one runs on).
-    pub(super) fn ptrace_on_death(
-        &mut self,
-        tid: i32,
-        pid: i32,
-        status: ExitStatus,
-    ) -> Result<()> {
+    pub(super) fn ptrace_on_death(&mut self, tid: i32, pid: i32, status: ExitStatus) -> Result<()> {
         if let Some(rel) = self.ptrace.remove(tid) {
             let alive = self.tasks.values().any(|t| t.pid == rel.tracer);
             if rel.real_parent != Some(rel.tracer) && alive {
@@ -1089,7 +1088,9 @@ impl Session {
                 self.wake_waiters(rel.tracer, woken);
             }
         }
-        self.ptrace.zombies.retain(|z| z.tracer != pid || self.tasks.values().any(|t| t.pid == pid));
+        self.ptrace
+            .zombies
+            .retain(|z| z.tracer != pid || self.tasks.values().any(|t| t.pid == pid));
         if self.tasks.values().any(|t| t.pid == pid) {
             return Ok(());
         }
