@@ -111,7 +111,7 @@ fn sigchld_blocked(tid: i32) -> bool {
         .lines()
         .find_map(|l| l.strip_prefix("SigBlk:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_none_or(|mask| mask & (1 << (libc::SIGCHLD - 1)) != 0)
+        .map_or(true, |mask| mask & (1 << (libc::SIGCHLD - 1)) != 0)
 }
 
 /// The recorder's user id (the tracees').
