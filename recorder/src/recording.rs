@@ -157,9 +157,10 @@ impl Session {
                     break;
                 }
                 self.schedule_next()?;
-                if self.current.is_none() && self.others_wait() {
-                    // The task given the CPU gave it up at once (held for its emulated tracer,
-                    // or into a syscall that may block): the next one gets it.
+                let gave_up = std::mem::take(&mut self.ptrace.gave_up_cpu);
+                if gave_up && self.current.is_none() && self.others_wait() {
+                    // The task given the CPU gave it up at once for emulated ptrace: the next
+                    // one gets it.
                     continue;
                 }
             }
@@ -278,6 +279,7 @@ impl Session {
                     return self.ptrace_resume(tid, held)
                 }
                 State::AtEntry => {
+                    self.ptrace.gave_up_cpu = true;
                     self.current = Some(tid);
                     return self.on_syscall_entry(tid);
                 }

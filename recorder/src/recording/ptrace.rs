@@ -688,6 +688,7 @@ impl Session {
                 tracing::debug!(tid, "a tracer waits for tracees that are not its children");
                 self.task(tid)?.state = State::WaitsForTracee;
                 self.current = None;
+                self.ptrace.gave_up_cpu = true;
                 return Ok(Some(Served::parked()));
             }
             None => return Ok(None),
@@ -775,6 +776,7 @@ impl Session {
             tid,
             action: PtraceAction::Stop(at),
         }))?;
+        self.ptrace.gave_up_cpu = true;
         let t = self.task(tid)?;
         t.state = State::Ptraced(Held { at, resume: None });
         t.boundary = None;
@@ -1007,6 +1009,7 @@ impl Session {
                     .and_then(|r| r.clone_entry.take())
                     .context("a task held at a clone event without its syscall")?;
                 self.current = None;
+                self.ptrace.gave_up_cpu = true;
                 let t = self.task(tid)?;
                 t.state = State::InSyscall(entry);
                 t.tracee.cont_syscall(0)
