@@ -20,6 +20,11 @@ use crate::task::{Entry, State};
 
 /// `PTRACE_EVENT_STOP`: the stop of a seized task (its first, or `PTRACE_INTERRUPT`'s).
 const PTRACE_EVENT_STOP: i32 = 128;
+/// `arch_prctl` codes (`asm/prctl.h`).
+const ARCH_SET_GS: u64 = 0x1001;
+const ARCH_SET_FS: u64 = 0x1002;
+const ARCH_GET_FS: u64 = 0x1003;
+const ARCH_GET_GS: u64 = 0x1004;
 /// Size of `struct user_regs_struct`.
 const REGS_SIZE: usize = 27 * 8;
 /// Size of `struct user_fpregs_struct`.
@@ -467,6 +472,26 @@ impl Session {
                 }
             }
             0x4204 | 0x4205 => self.ptrace_regset(tid, req, target, at, addr, data),
+            30 => {
+                // PTRACE_ARCH_PRCTL(addr, code): get into the tracer's `addr`, or set to `addr`.
+                match data {
+                    ARCH_GET_FS | ARCH_GET_GS => {
+                        let mut word = 0u64;
+                        match raw_ptrace(req, target, &mut word as *mut u64 as u64, data) {
+                            Ok(_) => self.answer(tid, 0, addr, word.to_le_bytes().to_vec()),
+                            Err(e) => Ok(Served::err(e)),
+                        }
+                    }
+                    ARCH_SET_FS | ARCH_SET_GS => match raw_ptrace(req, target, addr, data) {
+                        Ok(_) => {
+                            self.record_change(target, req, addr, data, Vec::new())?;
+                            Ok(Served::ok(0))
+                        }
+                        Err(e) => Ok(Served::err(e)),
+                    },
+                    _ => Ok(Served::err(libc::EINVAL)),
+                }
+            }
             0x4200 => {
                 // PTRACE_SETOPTIONS
                 if let Some(rel) = self.ptrace.get_mut(target) {

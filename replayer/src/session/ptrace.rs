@@ -135,6 +135,8 @@ impl Session {
                 }
                 t.set_regs(&r).with_context(what)
             }
+            // PTRACE_ARCH_PRCTL(ARCH_SET_FS/GS): `addr` is the base, `word` the code
+            30 => raw_ptrace(request, pid, addr, word).with_context(what),
             // PTRACE_SETFPREGS
             15 => {
                 let mut buf = bytes.to_vec();
