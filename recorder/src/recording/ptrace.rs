@@ -860,6 +860,40 @@ impl Session {
         (!sigchld_blocked(to)).then_some(to)
     }
 
+    /// At the exit of `tid`'s `pwrite64` (its event so far `ev`): a write into a recorded
+    /// task's memory through `/proc/PID/mem` (how debuggers plant breakpoints) is a change the
+    /// replay must make too, since it does not run the `pwrite64`: recorded as a `POKEDATA`
+    /// change carrying the bytes.
+    pub(super) fn mem_file_write(&mut self, tid: i32, ev: &SyscallEvent) -> Result<()> {
+        if ev.nr != libc::SYS_pwrite64 as u64 {
+            return Ok(());
+        }
+        let t = self.task(tid)?;
+        let written = t.tracee.regs()?.rax as i64;
+        if written <= 0 {
+            return Ok(());
+        }
+        let Ok(path) = std::fs::read_link(format!("/proc/{tid}/fd/{}", ev.args[0])) else {
+            return Ok(());
+        };
+        let Some(target) = path
+            .to_str()
+            .and_then(|p| p.strip_prefix("/proc/"))
+            .and_then(|p| p.strip_suffix("/mem"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            return Ok(());
+        };
+        if !self.tasks.contains_key(&target) {
+            return Ok(());
+        }
+        let Ok(bytes) = self.task(tid)?.tracee.read_vec(ev.args[1], written as usize) else {
+            return Ok(());
+        };
+        tracing::debug!(tid, target, len = written, "a write through /proc/PID/mem");
+        self.record_change(target, 5, ev.args[3], 0, bytes)
+    }
+
     /// The thread of process `tracer` that gets its tracees' `SIGCHLD`: one waiting for a
     /// child, else one not blocked in a syscall, else the main thread. The kernel sends it to
     /// the process, and may then interrupt any thread's blocking syscall with it; a thread of
