@@ -81,3 +81,15 @@ fn unemulated_request_fails_cleanly() {
         &["PTRACE_SYSEMU is not emulated inside a recording"],
     );
 }
+
+/// Writes into another task's memory through `/proc/PID/mem` (`pwrite`, `lseek` + `write`),
+/// which the replay does not run, are made again in replay.
+#[test]
+fn writes_through_proc_mem_are_replayed() {
+    assert_replays_like_native(
+        program("ptrace_proc_mem"),
+        &[],
+        0,
+        Some("child: first=111 second=222\nparent: child exited with 0\n"),
+    );
+}
