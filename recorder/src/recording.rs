@@ -25,6 +25,8 @@ use crate::session::{set_ticks_blocked, TICK};
 use crate::signals::{is_fault, is_ours, is_restart, restart_pending, ERESTART_RESTARTBLOCK};
 use crate::task::{Entry, HeldSignal, State, Task};
 
+mod vanish;
+
 /// How long a task may hold the CPU in user code without an event while another task waits
 /// for it: then the recorder preempts it.
 const TIME_SLICE: Duration = Duration::from_millis(20);
@@ -146,10 +148,15 @@ impl Session {
                 if self.tasks.is_empty() {
                     break;
                 }
-                self.schedule_next()?;
+                let scheduled = self.schedule_next();
+                if self.unless_vanished(scheduled)? {
+                    // The next ready task, if any, gets the CPU instead.
+                    continue;
+                }
             }
             let (pid, stop) = self.wait_any()?;
-            self.dispatch(pid.as_raw(), stop)?;
+            let handled = self.dispatch(pid.as_raw(), stop);
+            self.unless_vanished(handled)?;
         }
         self.root_status
             .context("the initial process ended without a reported status")
