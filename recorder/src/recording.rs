@@ -22,9 +22,10 @@ use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
 use crate::points;
 use crate::session::{set_ticks_blocked, TICK};
-use crate::signals::{is_fault, is_ours, is_restart, restart_pending, ERESTART_RESTARTBLOCK};
+use crate::signals::{is_fault, is_ours, restart_pending};
 use crate::task::{Entry, HeldSignal, State, Task};
 
+mod restart;
 mod vanish;
 
 /// How long a task may hold the CPU in user code without an event while another task waits
@@ -474,23 +475,13 @@ impl Session {
         let State::InSyscall(mut entry) = std::mem::replace(&mut t.state, State::Running) else {
             bail!("task {tid} is not in a syscall");
         };
-        if stop == Stop::SyscallStop && t.stop_sent && !entry.exec_done {
-            let rax = t.tracee.regs()?.rax;
-            if is_restart(rax) {
-                // Our preemption SIGSTOP came while the task entered this syscall, and
-                // interrupted it: the kernel restarts it after the signal's stop, and this
-                // attempt is no event (replay makes the call once).
-                entry.ev.result = rax as i64;
-                tracing::debug!(
-                    tid,
-                    call = %syscalls::name(entry.ev.nr),
-                    code = entry.ev.result,
-                    "the preemption SIGSTOP interrupted a syscall: the kernel restarts it"
-                );
-                t.state = State::Restarting(entry);
-                return t.tracee.cont(0);
-            }
+        if stop == Stop::SyscallStop && !entry.exec_done {
+            let Some(back) = self.unless_interrupted(tid, entry)? else {
+                return Ok(());
+            };
+            entry = back;
         }
+        let t = self.task(tid)?;
         match stop {
             Stop::SyscallStop if entry.exec_done => {
                 let r = t.tracee.regs()?;
@@ -930,66 +921,6 @@ impl Session {
             }
         }
         Ok(tracee::state::merge_ranges(&ranges))
-    }
-
-    /// A stop of `tid` after the recorder's preemption SIGSTOP interrupted its syscall.
-    fn on_restart_stop(&mut self, tid: i32, stop: Stop) -> Result<()> {
-        let me = self.me;
-        let holds_cpu = self.current == Some(tid);
-        let t = self.task(tid)?;
-        let State::Restarting(mut entry) = std::mem::replace(&mut t.state, State::Running) else {
-            bail!("task {tid} is not restarting a syscall");
-        };
-        match stop {
-            Stop::Signal(sig) => {
-                let info = t.tracee.siginfo().ok();
-                let resent = t.resent.iter().any(|(s, _)| *s == sig);
-                let ours = !resent && info.is_some_and(|i| is_ours(&i, me));
-                if ours || info.is_none() {
-                    // The SIGSTOP (suppressed), or a group-stop passing through: the kernel
-                    // restarts the call next.
-                    t.stop_sent &= !ours;
-                    t.state = State::Restarting(entry);
-                    return t.tracee.cont(0);
-                }
-                // Another signal came too: it may be what interrupted the call, and its
-                // handler decides whether the call restarts. The attempt is recorded after
-                // all, with its restart code, and this signal right after it, when the task
-                // has the CPU.
-                t.held_signal = Some(sig);
-                if holds_cpu {
-                    self.finish_syscall(tid, *entry)
-                } else {
-                    t.state = State::ReadyAfter(entry);
-                    self.ready.push_back(tid);
-                    Ok(())
-                }
-            }
-            Stop::SeccompEntry => {
-                let nr = t.tracee.regs()?.orig_rax;
-                let restart = if entry.ev.result == ERESTART_RESTARTBLOCK {
-                    libc::SYS_restart_syscall as u64
-                } else {
-                    entry.ev.nr
-                };
-                if nr != restart {
-                    bail!(
-                        "task {tid} made {} instead of restarting {}",
-                        syscalls::name(nr),
-                        syscalls::name(entry.ev.nr)
-                    );
-                }
-                // The same call again (or `restart_syscall` continuing it): one event, as if
-                // the call had run once, with the CPU held as before.
-                entry.ev.result = 0;
-                t.state = State::InSyscall(entry);
-                t.tracee.cont_syscall(0)
-            }
-            other => bail!(
-                "unexpected stop of task {tid} restarting {}: {other:?}",
-                syscalls::name(entry.ev.nr)
-            ),
-        }
     }
 
     /// Emulates a trapped `rdtsc`/`rdtscp` at `regs.rip`; false if the fault was something else.
