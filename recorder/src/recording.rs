@@ -25,6 +25,7 @@ use crate::session::{set_ticks_blocked, TICK};
 use crate::signals::{is_fault, is_ours, restart_pending};
 use crate::task::{Entry, HeldSignal, State, Task};
 
+mod ending;
 mod restart;
 mod vanish;
 
@@ -87,11 +88,14 @@ pub struct Session {
     me: i32,
     /// [`STOP_AT_SYSCALLS_ENV`] is set.
     stop_at_syscalls: bool,
+    /// Record until every task has ended, not only the initial process (see `ending`).
+    wait_all: bool,
 }
 
 impl Session {
-    /// A recording of `root`, stopped before its initial `execve`.
-    pub fn new(root: Tracee, writer: TraceWriter, cpu: u32) -> Session {
+    /// A recording of `root`, stopped before its initial `execve`; with `wait_all`, it lasts
+    /// until every task has ended, else until the initial process has (see `ending`).
+    pub fn new(root: Tracee, writer: TraceWriter, cpu: u32, wait_all: bool) -> Session {
         let tid = root.pid().as_raw();
         let mut tasks = HashMap::new();
         tasks.insert(tid, Task::new(root, tid, State::Running));
@@ -112,6 +116,7 @@ impl Session {
             ticks: 0,
             me: std::process::id() as i32,
             stop_at_syscalls: std::env::var_os(STOP_AT_SYSCALLS_ENV).is_some(),
+            wait_all,
         }
     }
 
@@ -347,6 +352,9 @@ impl Session {
             self.echo.remove(&t.pid);
         }
         self.exits.push(ExitEvent { tid, status });
+        if tid == self.root {
+            self.initial_process_ended();
+        }
         Ok(())
     }
 
