@@ -449,13 +449,15 @@ impl Session {
             Replay::Emulate
             | Replay::Execute
             | Replay::ExecuteRecordedResult
+            | Replay::SetLimit
             | Replay::Mmap
             | Replay::Exec
             | Replay::Clone => {
                 // Calls that change the address space, the signal state, the program or the
                 // task tree, and calls that send signals, run while no other task runs; the
-                // others (which may block) let other tasks run meanwhile.
-                let exclusive = replay != Replay::Emulate || syscalls::sends_signal(nr);
+                // others (which may block) let other tasks run meanwhile, but for the few that
+                // write memory other tasks read at once (`syscalls::runs_exclusively`).
+                let exclusive = replay != Replay::Emulate || syscalls::runs_exclusively(nr, &args);
                 let stop_now = !exclusive && self.stop_at_syscalls;
                 let t = self.task(tid)?;
                 if stop_now && !t.stop_sent {
