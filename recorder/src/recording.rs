@@ -26,6 +26,7 @@ use crate::signals::{is_fault, is_ours, restart_pending};
 use crate::task::{Entry, HeldSignal, State, Task};
 
 mod ending;
+mod group_stop;
 mod restart;
 mod vanish;
 
@@ -160,9 +161,13 @@ impl Session {
                     continue;
                 }
             }
-            let (pid, stop) = self.wait_any()?;
-            let handled = self.dispatch(pid.as_raw(), stop);
-            self.unless_vanished(handled)?;
+            if let Some((pid, stop)) = self.wait_any()? {
+                let handled = self.dispatch(pid.as_raw(), stop);
+                self.unless_vanished(handled)?;
+            }
+            if self.any_group_stopped() {
+                self.continue_group_stops();
+            }
         }
         self.root_status
             .context("the initial process ended without a reported status")
@@ -170,8 +175,9 @@ impl Session {
 
     /// Waits for any task; at each timer tick while it waits, writes out buffered events now
     /// and then, and preempts the task holding the CPU once its time slice is over while
-    /// another task waits for the CPU.
-    fn wait_any(&mut self) -> Result<(Pid, Stop)> {
+    /// another task waits for the CPU. `None` when a tick found a group-stopped task whose
+    /// process got a `SIGCONT` (see `group_stop`).
+    fn wait_any(&mut self) -> Result<Option<(Pid, Stop)>> {
         let Session {
             writer,
             tasks,
@@ -202,10 +208,15 @@ impl Session {
                 preempt_if_others_wait(tasks, ready, *current);
             }
             set_ticks_blocked(false);
-            flushed
+            flushed?;
+            group_stop::continued_while_waiting(tasks)
         });
         set_ticks_blocked(true);
-        stop
+        match stop {
+            Ok(stop) => Ok(Some(stop)),
+            Err(e) if group_stop::is_continued(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs the initial `execve` and records the new program image.
@@ -263,6 +274,9 @@ impl Session {
             match std::mem::replace(&mut t.state, State::Running) {
                 State::ReadyToStart => return self.start(tid),
                 State::ReadyAfter(entry) => return self.finish_syscall(tid, *entry),
+                State::ReadyToContinue(restarting) => {
+                    return self.continue_stopped(tid, restarting)
+                }
                 State::Preempted => {
                     let r = t.tracee.regs()?;
                     self.writer.push(&Event::Resume(ResumeEvent { tid }))?;
@@ -328,7 +342,11 @@ impl Session {
             State::Restarting(_) => self.on_restart_stop(tid, stop),
             // Nothing but its end is expected from an exiting task: let it go on.
             State::Exiting => t.tracee.cont(0),
-            State::ReadyToStart | State::ReadyAfter(_) | State::Preempted => {
+            State::ReadyToStart
+            | State::ReadyAfter(_)
+            | State::Preempted
+            | State::GroupStopped(_)
+            | State::ReadyToContinue(_) => {
                 if stop == Stop::Exec {
                     bail!(THREAD_EXEC);
                 }
@@ -664,9 +682,11 @@ impl Session {
     fn on_signal(&mut self, tid: i32, sig: i32) -> Result<()> {
         let me = self.me;
         let t = self.task(tid)?;
-        let Ok(mut info) = t.tracee.siginfo() else {
-            // A group-stop (no siginfo): let the task go on.
-            return t.tracee.cont(0);
+        let mut info = match t.tracee.siginfo() {
+            Ok(info) => info,
+            Err(e) if tracee::gone::vanished_task(&e).is_some() => return Err(e),
+            // A group-stop (no siginfo).
+            Err(_) => return self.on_group_stop(tid, None),
         };
         let regs = t.tracee.regs()?;
         if let Some(i) = t.resent.iter().position(|(s, _)| *s == sig) {
@@ -686,10 +706,14 @@ impl Session {
             return Ok(());
         }
         let t = self.task(tid)?;
+        // A stop between a syscall's restart code and the kernel's restart (a second signal
+        // after one whose default action was to ignore it) is at the same boundary: no user
+        // code ran since the event.
         let at_boundary = t
             .boundary
             .take()
-            .is_some_and(|b| regs::to_words(&b) == regs::to_words(&regs));
+            .is_some_and(|b| regs::to_words(&b) == regs::to_words(&regs))
+            || restart_pending(&regs);
         let origin = if is_fault(signo, code) {
             SignalOrigin::Fault
         } else if at_boundary {
@@ -894,11 +918,18 @@ impl Session {
                 continue;
             }
             match &o.state {
-                State::InSyscall(e) | State::Restarting(e) if !e.exec_done => ranges.extend(
-                    points::pending_regions(e.ev.nr, e.ev.args, &mem)
-                        .iter()
-                        .map(points::range),
-                ),
+                State::InSyscall(e)
+                | State::Restarting(e)
+                | State::GroupStopped(Some(e))
+                | State::ReadyToContinue(Some(e))
+                    if !e.exec_done =>
+                {
+                    ranges.extend(
+                        points::pending_regions(e.ev.nr, e.ev.args, &mem)
+                            .iter()
+                            .map(points::range),
+                    )
+                }
                 State::ReadyAfter(e) => {
                     // The result is in the exit registers (a task killed meanwhile has none:
                     // then the call's bound).

@@ -56,10 +56,14 @@ impl Session {
                 let info = t.tracee.siginfo().ok();
                 let resent = t.resent.iter().any(|(s, _)| *s == sig);
                 let ours = !resent && info.is_some_and(|i| is_ours(&i, me));
-                if ours || info.is_none() {
-                    // The recorder's SIGSTOP (suppressed), or a group-stop passing through:
-                    // no signal is delivered, the kernel restarts the call next.
-                    t.stop_sent &= !ours;
+                if info.is_none() {
+                    // A group-stop: the task stays stopped until its process is continued.
+                    return self.on_group_stop(tid, Some(entry));
+                }
+                if ours {
+                    // The recorder's SIGSTOP (suppressed): no signal is delivered, the kernel
+                    // restarts the call next.
+                    t.stop_sent = false;
                     t.state = State::Restarting(entry);
                     return t.tracee.cont(0);
                 }

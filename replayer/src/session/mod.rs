@@ -14,6 +14,7 @@ use crate::exec;
 use crate::point::Toward;
 use crate::tasks::{self, RState, Task, Tasks};
 
+mod group_stop;
 mod lifecycle;
 mod run;
 mod signal;
@@ -294,6 +295,7 @@ impl Session {
                     "no such task in the replay".into(),
                 ));
             }
+            self.leave_group_stop(tid, &ev)?;
             match ev {
                 Event::Syscall(e) => self.syscall(&e)?,
                 Event::Signal(e) => self.signal(&e)?,

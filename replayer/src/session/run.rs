@@ -334,6 +334,11 @@ impl Session {
             return Ok(Next::Park(stop));
         }
         let drop = match t.tracee.siginfo() {
+            Err(e) if tracee::gone::vanished_task(&e).is_none() => {
+                // A group-stop: the recording's task stopped there too, until its next event.
+                t.group_stopped = true;
+                return Ok(Next::Park(stop));
+            }
             Err(_) => true,
             Ok(info) => {
                 let (_, code) = tracee::tracee::signo_code(&info);
