@@ -91,6 +91,9 @@ pub struct Session {
     stop_at_syscalls: bool,
     /// Record until every task has ended, not only the initial process (see `ending`).
     wait_all: bool,
+    /// Processes continued by a `SIGCONT` since the last stop signal delivered to them (see
+    /// `group_stop`).
+    continued: HashSet<i32>,
 }
 
 impl Session {
@@ -118,6 +121,7 @@ impl Session {
             me: std::process::id() as i32,
             stop_at_syscalls: std::env::var_os(STOP_AT_SYSCALLS_ENV).is_some(),
             wait_all,
+            continued: HashSet::new(),
         }
     }
 
@@ -702,6 +706,7 @@ impl Session {
             return self.on_preemption_stop(tid, regs);
         }
         let (signo, code) = signo_code(&info);
+        self.stop_signal_delivered(tid, sig);
         if sig == libc::SIGSEGV && code == libc::SI_KERNEL && self.emulate_trapped(tid, regs)? {
             return Ok(());
         }

@@ -72,10 +72,18 @@ impl Session {
             .any(|t| matches!(t.state, State::GroupStopped(_)))
     }
 
-    /// Queues for the CPU every group-stopped task whose process got a `SIGCONT`.
+    /// Queues for the CPU every group-stopped task whose process got a `SIGCONT`. A `SIGCONT`
+    /// continues a whole process, and one of its threads dequeues it, so all the process's
+    /// stopped threads go on together, and so does a thread whose group-stop is reported after
+    /// that (its process is in `continued` until the next stop signal).
     pub(super) fn continue_group_stops(&mut self) {
+        for (&tid, t) in &self.tasks {
+            if matches!(t.state, State::GroupStopped(_)) && sigcont_pending(tid) {
+                self.continued.insert(t.pid);
+            }
+        }
         for (&tid, t) in self.tasks.iter_mut() {
-            if !matches!(t.state, State::GroupStopped(_)) || !sigcont_pending(tid) {
+            if !matches!(t.state, State::GroupStopped(_)) || !self.continued.contains(&t.pid) {
                 continue;
             }
             let State::GroupStopped(restarting) = std::mem::replace(&mut t.state, State::Running)
@@ -85,6 +93,19 @@ impl Session {
             tracing::debug!(tid, "SIGCONT: the group-stopped task goes on");
             t.state = State::ReadyToContinue(restarting);
             self.ready.push_back(tid);
+        }
+    }
+
+    /// Signal `sig` is about to be delivered to `tid`: a stop signal starts a new group-stop
+    /// of its process, which only a new `SIGCONT` ends.
+    pub(super) fn stop_signal_delivered(&mut self, tid: i32, sig: i32) {
+        if matches!(
+            sig,
+            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+        ) {
+            if let Some(t) = self.tasks.get(&tid) {
+                self.continued.remove(&t.pid);
+            }
         }
     }
 
