@@ -197,6 +197,9 @@ impl Session {
                 let real = t.tracee.pid();
                 if expected == ExitStatus::Signaled(libc::SIGKILL) {
                     // Killed from outside the task (another process, or outside the recording).
+                    if matches!(state, RState::Parked(_) | RState::AtPoint) {
+                        self.robust_futexes_die(tid)?;
+                    }
                     let _ = nix::sys::signal::kill(real, nix::sys::signal::SIGKILL);
                 }
                 match self.tasks.wait_end(real, END_GRACE)? {

@@ -16,6 +16,7 @@ use crate::tasks::{self, RState, Task, Tasks};
 
 mod group_stop;
 mod lifecycle;
+mod robust;
 mod run;
 mod signal;
 mod syscall;

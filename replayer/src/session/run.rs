@@ -55,6 +55,7 @@ impl Session {
                 if e.tid == tid && e.status == ExitStatus::Signaled(libc::SIGKILL) =>
             {
                 // SIGKILL never shows as a stop: the recorded task just ended here.
+                self.robust_futexes_die(tid)?;
                 let t = self.task(tid)?;
                 let _ = nix::sys::signal::kill(t.tracee.pid(), nix::sys::signal::SIGKILL);
                 t.state = RState::Exiting;
