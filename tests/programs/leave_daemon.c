@@ -2,13 +2,18 @@
  * pipe nobody writes, with a busy grandchild making syscalls; the initial process exits first.
  * A recorder that waits for every process never ends; rr (and deja) end the recording with the
  * initial process.
+ * leave_daemon brief: the daemon instead ends by itself 100 ms after the initial process, after
+ * printing a line (for `deja rec -w`, which waits for it).
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
-int main(void) {
+int main(int argc, char **argv) {
+  int brief = argc > 1 && strcmp(argv[1], "brief") == 0;
   int never[2], started[2];
   if (pipe(never) < 0 || pipe(started) < 0) {
     perror("pipe");
@@ -21,6 +26,15 @@ int main(void) {
   }
   if (child == 0) {
     setsid();
+    if (brief) {
+      if (write(started[1], "cg", 2) != 2)
+        _exit(3);
+      struct timespec ts = {0, 100 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+      printf("leave_daemon: the daemon ends by itself\n");
+      fflush(stdout);
+      _exit(0);
+    }
     if (fork() == 0) {
       if (write(started[1], "g", 1) != 1)
         _exit(3);
