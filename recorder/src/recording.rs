@@ -482,6 +482,10 @@ impl Session {
                 let exclusive = replay != Replay::Emulate || syscalls::runs_exclusively(nr, &args);
                 let stop_now = !exclusive && self.stop_at_syscalls;
                 let t = self.task(tid)?;
+                let mut traced = entry;
+                if regs::strip_clone_untraced(&mut traced) {
+                    t.tracee.set_regs(&traced)?;
+                }
                 if stop_now && !t.stop_sent {
                     t.tracee.tgkill(Pid::from_raw(t.pid), libc::SIGSTOP)?;
                     t.stop_sent = true;
@@ -735,7 +739,15 @@ impl Session {
             delivered: true,
             point: None,
         }))?;
-        self.task(tid)?.tracee.cont(sig)
+        let t = self.task(tid)?;
+        if origin == SignalOrigin::Fault && t.tracee.fault_ignored_as_ns_init(sig) {
+            // A traced pid namespace init would ignore its fatal fault forever: detached, it
+            // faults again and dies of it (see `tracee::nsinit`), which is its end here.
+            t.tracee.detach(sig)?;
+            let status = ExitStatus::Signaled(sig);
+            return self.on_death(tid, status, Stop::Killed(sig));
+        }
+        t.tracee.cont(sig)
     }
 
     /// At the stop for the recorder's own preemption `SIGSTOP` of the running task `tid`

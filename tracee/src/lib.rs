@@ -14,6 +14,7 @@ pub mod inject;
 pub mod insn;
 pub mod locate;
 pub mod maps;
+pub mod nsinit;
 pub mod regs;
 pub mod seccomp;
 pub mod spawn;
