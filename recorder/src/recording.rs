@@ -12,6 +12,7 @@ use trace_format::{
     CloneEvent, Event, ExitEvent, ExitStatus, MemWrite, Point, PreemptEvent, RdtscEvent,
     ResumeEvent, SignalEvent, SignalOrigin, StartEvent, SyscallEvent, TraceWriter,
 };
+use tracee::forced_segv::{SegvActions, KERNEL_SIGACTION};
 use tracee::insn::Trapped;
 use tracee::tracee::{signo_code, SIGINFO_SIZE};
 use tracee::{regs, Regs, Stop, Tracee};
@@ -94,6 +95,9 @@ pub struct Session {
     /// Processes continued by a `SIGCONT` since the last stop signal delivered to them (see
     /// `group_stop`).
     continued: HashSet<i32>,
+    /// Each process's `SIGSEGV` action, put back where a trapped `rdtsc` made the kernel reset
+    /// it (see `tracee::forced_segv`).
+    segv: SegvActions,
 }
 
 impl Session {
@@ -122,6 +126,7 @@ impl Session {
             stop_at_syscalls: std::env::var_os(STOP_AT_SYSCALLS_ENV).is_some(),
             wait_all,
             continued: HashSet::new(),
+            segv: SegvActions::default(),
         }
     }
 
@@ -266,6 +271,7 @@ impl Session {
         t.clear_tid_at = None;
         let ev = exec::capture(&t.tracee, writer, files)?;
         writer.push(&Event::Exec(Box::new(ev)))?;
+        self.segv.exec(t.pid);
         Ok(())
     }
 
@@ -372,6 +378,7 @@ impl Session {
         }
         if t.is_leader() {
             self.echo.remove(&t.pid);
+            self.segv.exit(t.pid);
         }
         self.exits.push(ExitEvent { tid, status });
         if tid == self.root {
@@ -589,6 +596,7 @@ impl Session {
         if !args.is_thread() {
             let table = self.echo.get(&parent_pid).cloned().unwrap_or_default();
             self.echo.insert(child, table);
+            self.segv.fork(parent_pid, child);
         }
         match self.early.remove(&child) {
             Some(Stop::Exited(c)) => self.exits.push(ExitEvent {
@@ -634,6 +642,7 @@ impl Session {
             files,
             echo,
             warned,
+            segv,
             ..
         } = self;
         let t = tasks
@@ -644,6 +653,12 @@ impl Session {
         let (nr, args) = (ev.nr, ev.args);
         if nr == libc::SYS_set_tid_address as u64 {
             t.clear_tid_at = (args[0] != 0).then_some(args[0]);
+        }
+        if nr == libc::SYS_rt_sigaction as u64 && ev.result == 0 && args[0] == libc::SIGSEGV as u64
+        {
+            let mut act = [0u8; KERNEL_SIGACTION];
+            let read = args[1] != 0 && t.tracee.read_mem(args[1], &mut act).is_ok();
+            segv.note_sigaction(t.pid, read.then_some(act));
         }
         let call = Call {
             nr,
@@ -1005,6 +1020,10 @@ impl Session {
         }
         regs.rip += len as u64;
         t.tracee.set_regs(&regs)?;
+        let pid = t.pid;
+        if let Some(t) = self.tasks.get(&tid) {
+            self.segv.restore_after_trap(pid, &t.tracee)?;
+        }
         self.writer
             .push(&Event::Rdtsc(RdtscEvent { tid, rip, tsc, aux }))?;
         self.resume(tid, regs)?;

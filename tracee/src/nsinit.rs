@@ -26,15 +26,6 @@ fn default_is_fatal(sig: i32) -> bool {
     )
 }
 
-/// A hex signal set line (`SigCgt:`, `SigIgn:`) of a `/proc/TID/status` text.
-fn sigset(status: &str, key: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0)
-}
-
 impl Tracee {
     /// Whether delivering fault signal `sig` to this task would be ignored only because it is
     /// a traced pid namespace init: it is the init (its last `NSpid` is 1), and the signal has
@@ -49,7 +40,9 @@ impl Tracee {
             .and_then(|v| v.split_whitespace().last())
             .is_some_and(|last| last == "1");
         let bit = 1u64 << (sig - 1);
-        let handled = (sigset(&status, "SigCgt:") | sigset(&status, "SigIgn:")) & bit != 0;
+        let handled = ["SigCgt", "SigIgn"]
+            .iter()
+            .any(|field| self.signal_set(field).map_or(true, |set| set & bit != 0));
         init && !handled && default_is_fatal(sig)
     }
 

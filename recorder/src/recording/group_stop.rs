@@ -22,6 +22,8 @@ use std::collections::HashMap;
 use anyhow::Result;
 
 use super::Session;
+use tracee::Tracee;
+
 use crate::task::{Entry, State, Task};
 
 /// Ends the recorder's wait for the tasks at a tick: a group-stopped task's process got a
@@ -34,8 +36,8 @@ pub(super) struct Continued;
 /// `SIGCONT`.
 pub(super) fn continued_while_waiting(tasks: &HashMap<i32, Task>) -> Result<()> {
     let continued = tasks
-        .iter()
-        .any(|(&tid, t)| matches!(t.state, State::GroupStopped(_)) && sigcont_pending(tid));
+        .values()
+        .any(|t| matches!(t.state, State::GroupStopped(_)) && sigcont_pending(&t.tracee));
     if continued {
         return Err(Continued.into());
     }
@@ -77,8 +79,8 @@ impl Session {
     /// stopped threads go on together, and so does a thread whose group-stop is reported after
     /// that (its process is in `continued` until the next stop signal).
     pub(super) fn continue_group_stops(&mut self) {
-        for (&tid, t) in &self.tasks {
-            if matches!(t.state, State::GroupStopped(_)) && sigcont_pending(tid) {
+        for t in self.tasks.values() {
+            if matches!(t.state, State::GroupStopped(_)) && sigcont_pending(&t.tracee) {
                 self.continued.insert(t.pid);
             }
         }
@@ -138,17 +140,9 @@ impl Session {
     }
 }
 
-/// Whether a `SIGCONT` is pending for task `tid` or its process (an unreadable status: no).
-pub(super) fn sigcont_pending(tid: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("SigPnd:")
-                .or_else(|| l.strip_prefix("ShdPnd:"))
-        })
-        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .any(|set| set & SIGCONT_BIT != 0)
+/// Whether a `SIGCONT` is pending for task `t` or its process (an unreadable status: no).
+pub(super) fn sigcont_pending(t: &Tracee) -> bool {
+    ["SigPnd", "ShdPnd"]
+        .iter()
+        .any(|field| t.signal_set(field).is_ok_and(|set| set & SIGCONT_BIT != 0))
 }

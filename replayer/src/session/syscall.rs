@@ -6,6 +6,7 @@ use std::rc::Rc;
 use anyhow::{bail, Context, Result};
 use syscalls::Replay;
 use trace_format::{Event, MemWrite, SignalOrigin, SyscallEvent, Tid};
+use tracee::forced_segv::KERNEL_SIGACTION;
 use tracee::{regs, Stop};
 
 use crate::tasks::RState;
@@ -94,6 +95,7 @@ impl Session {
             Replay::Execute => {
                 self.run_for_real(tid, &name)?;
                 self.check_result(tid, e)?;
+                self.note_sigaction(tid, e)?;
             }
             Replay::ExecuteRecordedResult => {
                 self.run_for_real(tid, &name)?;
@@ -141,6 +143,21 @@ impl Session {
             }
         }
         self.resume(tid, 0)
+    }
+
+    /// After a successful `rt_sigaction`: remembers the `SIGSEGV` action the program set (see
+    /// `tracee::forced_segv`), as the recorder does.
+    fn note_sigaction(&mut self, tid: Tid, e: &SyscallEvent) -> Result<()> {
+        let sigsegv = libc::SIGSEGV as u64;
+        if e.nr != libc::SYS_rt_sigaction as u64 || e.result != 0 || e.args[0] != sigsegv {
+            return Ok(());
+        }
+        let t = self.task(tid)?;
+        let rpid = t.rpid;
+        let mut act = [0u8; KERNEL_SIGACTION];
+        let read = e.args[1] != 0 && t.tracee.read_mem(e.args[1], &mut act).is_ok();
+        self.segv.note_sigaction(rpid, read.then_some(act));
+        Ok(())
     }
 
     /// `setrlimit`/`prlimit64` (see [`Replay::SetLimit`]): a new limit of the task's own process
