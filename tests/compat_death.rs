@@ -1,7 +1,8 @@
 //! Tasks that die or stop while the recorder handles them, syscalls the kernel restarts, and
 //! the end of a recording (rr's corpus: fatal_sigsegv_thread, grandchild_threads_*,
-//! pid_ns_kill_*, daemon, sigstop, wait_sigstop, robust_futex, ...). Each program is recorded
-//! and replayed; the replay must exit 0 and print exactly what the recording printed.
+//! pid_ns_kill_*, daemon, sigstop, wait_sigstop, robust_futex, ...), and the real programs that
+//! showed them (python's multiprocessing Pool, a cargo build). Each program is recorded and
+//! replayed; the replay must exit 0 and print exactly what the recording printed.
 
 mod common;
 
@@ -141,4 +142,42 @@ fn robust_mutex_owner_dies() {
             "child: lock after the owner died: EOWNERDEAD\n",
         ],
     );
+}
+
+/// `cargo build` of a fresh crate: rustc's main thread waits in `pthread_join`'s futex while
+/// `SIGCHLD`s of the jobs come (the futex restarts when another thread takes one).
+#[test]
+fn cargo_build_of_a_small_crate() {
+    let Some(cargo) = which("cargo") else {
+        eprintln!("note: cargo is not installed; skipping");
+        return;
+    };
+    let ctx = Ctx::new();
+    // Outside deja's own workspace, which `cargo new` would otherwise join.
+    let outside = tempfile::tempdir().expect("a temporary directory");
+    let krate = outside.path().join("small");
+    let path = krate.to_string_lossy();
+    let made = run_native(&cargo, &["new", "--vcs", "none", "--quiet", &path]);
+    assert!(made.status.success(), "{}", describe("cargo new", &made));
+    let trace = ctx.fresh_path("trace");
+    let mut cmd = ctx.deja();
+    cmd.current_dir(&krate)
+        .env("CARGO_TARGET_DIR", krate.join("target"))
+        .args(["rec", "-o"])
+        .arg(&trace)
+        .arg(&cargo)
+        .args(["build", "--offline", "--quiet"]);
+    let rec = run_with_timeout(&mut cmd, TIMEOUT);
+    assert_no_panic("deja rec cargo build", &rec);
+    assert!(
+        rec.status.success(),
+        "{}",
+        describe("rec cargo build", &rec)
+    );
+    assert!(
+        krate.join("target/debug/small").exists(),
+        "cargo built the crate"
+    );
+    let replay = ctx.replay(&trace);
+    assert_replay_matches(&rec, &replay);
 }
