@@ -44,7 +44,7 @@ pub enum State {
     /// stopped there, waiting for the CPU (a [`trace_format::ResumeEvent`] is written when it
     /// gets it).
     Preempted,
-    /// Made `exit` or `exit_group`; its death has not been reported yet.
+    /// Made `exit` or `exit_group`, or was killed; its death has not been reported yet.
     Exiting,
     /// Held in an emulated ptrace stop for its emulated tracer (see `recording::ptrace`);
     /// waits for the CPU once the tracer resumed it.
@@ -55,6 +55,12 @@ pub enum State {
     /// Stopped at the entry of a tracer's `wait` that only an emulated tracee that is not its
     /// child can answer (by a stop or its end); becomes [`State::AtEntry`] when one does.
     WaitsForTracee,
+    /// Stopped by job control (a group-stop: `SIGSTOP`, `SIGTSTP`, ...), kept stopped until its
+    /// process gets a `SIGCONT` (see `recording::group_stop`). Holds the syscall it was
+    /// restarting, if any (else it stopped on its way back to user code).
+    GroupStopped(Option<Box<Entry>>),
+    /// Continued after a group-stop, waiting for the CPU to go on.
+    ReadyToContinue(Option<Box<Entry>>),
 }
 
 impl State {
@@ -70,6 +76,7 @@ impl State {
                     resume: Some(_),
                     ..
                 })
+                | State::ReadyToContinue(_)
         )
     }
 }

@@ -319,8 +319,21 @@ impl Session {
                 } else {
                     None
                 };
+                let group_stopped = self
+                    .tasks
+                    .get(&target)
+                    .is_some_and(|t| matches!(t.state, State::GroupStopped(_)));
+                if !seize && group_stopped {
+                    // Already stopped by job control: its tracer's wait reports that stop (a
+                    // SIGSTOP would not reach it). Resuming it from there is not emulated.
+                    rel.stop = Some(Report {
+                        status: emu::stopped_status(libc::SIGSTOP),
+                        siginfo: [0u8; SIGINFO_SIZE],
+                        reported: false,
+                    });
+                }
                 self.ptrace.insert(target, rel);
-                if !seize {
+                if !seize && !group_stopped {
                     self.send_attach_stop(target, pid, me)?;
                 }
                 Ok(Served::ok(0))
@@ -1101,6 +1114,9 @@ impl Session {
                 self.on_syscall_entry(tid)
             }
             PtraceHeld::Signal(stopped) => {
+                if sig != 0 {
+                    self.stop_signal_delivered(tid, sig);
+                }
                 let t = self.task(tid)?;
                 t.state = State::Running;
                 t.boundary = Some(t.tracee.regs()?);
