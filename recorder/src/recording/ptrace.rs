@@ -350,6 +350,20 @@ impl Session {
                 if held {
                     return Ok(Served::ok(0));
                 }
+                let group_stopped = self
+                    .tasks
+                    .get(&target)
+                    .is_some_and(|t| matches!(t.state, State::GroupStopped(_)));
+                let rel = self.ptrace.get_mut(target).context("a seized tracee")?;
+                if group_stopped {
+                    // Stopped by job control: a seized tracee reports that group-stop.
+                    rel.stop = Some(Report {
+                        status: emu::event_status(PTRACE_EVENT_STOP) | (libc::SIGSTOP << 8),
+                        siginfo: [0u8; SIGINFO_SIZE],
+                        reported: false,
+                    });
+                    return Ok(Served::ok(0));
+                }
                 rel.interrupt = true;
                 let pid = known(self).unwrap_or(target);
                 self.send_attach_stop(target, pid, me)?;
