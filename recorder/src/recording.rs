@@ -9,14 +9,14 @@ use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
 use syscalls::{Call, Replay};
 use trace_format::{
-    CloneEvent, Event, ExitEvent, ExitStatus, MemWrite, Point, PreemptEvent, RdtscEvent,
+    CloneEvent, Echoed, Event, ExitEvent, ExitStatus, MemWrite, Point, PreemptEvent, RdtscEvent,
     ResumeEvent, SignalEvent, SignalOrigin, StartEvent, SyscallEvent, TraceWriter,
 };
 use tracee::insn::Trapped;
 use tracee::tracee::{signo_code, SIGINFO_SIZE};
 use tracee::{regs, Regs, Stop, Tracee};
 
-use crate::echo::EchoFds;
+use crate::echo::{self, EchoFds};
 use crate::exec;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
@@ -386,6 +386,13 @@ impl Session {
             mapped_file: None,
             echo: None,
         };
+        if syscalls::writes_to_fd(nr) {
+            let pid = self.task(tid)?.pid;
+            ev.echo = echo::stream_of(tid, args[0], self.echo.get(&pid)).map(|stream| Echoed {
+                stream,
+                bytes: Vec::new(),
+            });
+        }
         match replay {
             Replay::Unsupported(_) => {
                 bail!(
@@ -438,8 +445,11 @@ impl Session {
             | Replay::Clone => {
                 // Calls that change the address space, the signal state, the program or the
                 // task tree, and calls that send signals, run while no other task runs; the
-                // others (which may block) let other tasks run meanwhile.
-                let exclusive = replay != Replay::Emulate || syscalls::sends_signal(nr);
+                // others (which may block) let other tasks run meanwhile. Writes to the
+                // recording's stdout/stderr also run alone, so the order in which their bytes
+                // reach the stream is the order of their events, which the replay echoes.
+                let exclusive =
+                    replay != Replay::Emulate || syscalls::sends_signal(nr) || ev.echo.is_some();
                 let stop_now = !exclusive && self.stop_at_syscalls;
                 let t = self.task(tid)?;
                 if stop_now && !t.stop_sent {
@@ -639,15 +649,15 @@ impl Session {
             }
             ev.mapped_file = Some(f);
         }
-        let fds = echo.entry(t.pid).or_default();
-        if matches!(
-            nr as i64,
-            libc::SYS_write | libc::SYS_writev | libc::SYS_pwrite64 | libc::SYS_pwritev
-        ) && ev.result > 0
-        {
-            ev.echo = fds.stream(args[0]);
+        if let Some(echoed) = &mut ev.echo {
+            match syscalls::written_bytes(&call, &TraceeMemory(&t.tracee)) {
+                Some(bytes) if !bytes.is_empty() => echoed.bytes = bytes,
+                _ => ev.echo = None,
+            }
         }
-        fds.after_syscall(nr, &args, ev.result);
+        echo.entry(t.pid)
+            .or_default()
+            .after_syscall(nr, &args, ev.result);
         writer.push(&Event::Syscall(ev))?;
         self.resume(tid, exit)
     }

@@ -934,10 +934,11 @@ impl Session {
     /// Skips the syscall `tid` is stopped at and gives it the recorded result and memory.
     fn emulate(&mut self, tid: Tid, e: &SyscallEvent, mut r: tracee::Regs) -> Result<()> {
         let name = syscalls::name(e.nr);
-        if !self.opts.quiet {
-            echo::echo(self.tracee(tid)?, e).unwrap_or_else(|err| {
-                tracing::warn!("could not echo output: {err:#}");
-            });
+        let quiet = self.opts.quiet;
+        match echo::check_and_echo(self.tracee(tid)?, e, quiet) {
+            Ok(Some(m)) => return Err(self.diverged(tid, m.expected, m.found)),
+            Ok(None) => {}
+            Err(err) => tracing::warn!("could not echo output: {err:#}"),
         }
         let interrupted = is_restart_code(e.result) || e.result == -(libc::EINTR as i64);
         let signal_next = match self.peek()? {

@@ -14,9 +14,11 @@ use std::borrow::Cow;
 
 mod clone;
 mod table;
+mod written;
 
 pub use clone::{clone_args, CloneArgs};
 pub use table::TABLE;
+pub use written::{writes_to_fd, written_bytes};
 
 /// Syscalls that send a signal to another task (`kill`, `tkill`, `tgkill`, `rt_sigqueueinfo`,
 /// `rt_tgsigqueueinfo`, `pidfd_send_signal`). The recorder runs them while no other task runs,
