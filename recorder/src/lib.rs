@@ -3,6 +3,7 @@
 
 mod echo;
 mod exec;
+mod ioctls;
 mod mapped_files;
 mod memory;
 mod points;
@@ -10,6 +11,7 @@ mod recording;
 mod session;
 mod signals;
 mod task;
+mod tsc_mode;
 
 use std::path::PathBuf;
 

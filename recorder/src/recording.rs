@@ -18,12 +18,14 @@ use tracee::{regs, Regs, Stop, Tracee};
 
 use crate::echo::{self, EchoFds};
 use crate::exec;
+use crate::ioctls::ioctl_warning;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
 use crate::points;
 use crate::session::{set_ticks_blocked, TICK};
 use crate::signals::{is_fault, is_ours, is_restart, restart_pending, ERESTART_RESTARTBLOCK};
 use crate::task::{Entry, HeldSignal, State, Task};
+use crate::tsc_mode::TscModes;
 
 /// How long a task may hold the CPU in user code without an event while another task waits
 /// for it: then the recorder preempts it.
@@ -59,6 +61,8 @@ pub struct Session {
     files: MappedFiles,
     /// Descriptors aliasing stdout/stderr, per process.
     echo: HashMap<i32, EchoFds>,
+    /// The `PR_SET_TSC` setting each task chose.
+    tsc: TscModes,
     /// Syscalls already warned about.
     warned: HashSet<u64>,
     tasks: HashMap<i32, Task>,
@@ -96,6 +100,7 @@ impl Session {
             writer,
             files: MappedFiles::default(),
             echo: HashMap::from([(tid, EchoFds::default())]),
+            tsc: TscModes::default(),
             warned: HashSet::new(),
             tasks,
             ready: VecDeque::new(),
@@ -338,6 +343,7 @@ impl Session {
         if t.is_leader() {
             self.echo.remove(&t.pid);
         }
+        self.tsc.forget(tid);
         self.exits.push(ExitEvent { tid, status });
         Ok(())
     }
@@ -355,7 +361,7 @@ impl Session {
         let (nr, args) = (entry.orig_rax, regs::syscall_args(&entry));
         let name = syscalls::name(nr);
         let def = syscalls::lookup(nr);
-        let replay = match def {
+        let mut replay = match def {
             Some(def) => def.replay,
             None => {
                 self.warn_once(nr, || {
@@ -364,16 +370,14 @@ impl Session {
                 Replay::Deny(libc::ENOSYS)
             }
         };
-        if nr == libc::SYS_ioctl as u64 && !syscalls::ioctl_known(args[1]) {
-            // Keyed apart from syscall numbers (which are below 1024).
-            let key = (1 << 32) | (args[1] & 0xffff_ffff);
-            self.warn_once(key, || {
-                format!(
-                    "ioctl request {:#x} is not modelled: only the size its number encodes is \
-                     recorded, so the replay may differ if it wrote more",
-                    args[1] & 0xffff_ffff
-                )
-            });
+        if nr == libc::SYS_ioctl as u64 {
+            if let Some((refused, warning)) = ioctl_warning(args[1]) {
+                // Keyed apart from syscall numbers (which are below 1024).
+                self.warn_once((1 << 32) | (args[1] & 0xffff_ffff), || warning);
+                if refused {
+                    replay = Replay::Deny(libc::ENOTTY);
+                }
+            }
         }
         let mut ev = SyscallEvent {
             tid,
@@ -393,6 +397,9 @@ impl Session {
                 bytes: Vec::new(),
             });
         }
+        if nr == libc::SYS_prctl as u64 && syscalls::EMULATED_PRCTL.contains(&args[0]) {
+            return self.emulate_prctl_tsc(tid, entry, ev);
+        }
         match replay {
             Replay::Unsupported(_) => {
                 bail!(
@@ -402,8 +409,9 @@ impl Session {
                 )
             }
             Replay::Deny(errno) => {
-                // rseq is refused for every glibc program, which copes silently: no warning.
-                if def.is_some() && nr != libc::SYS_rseq as u64 {
+                // rseq is refused for every glibc program, which copes silently: no warning;
+                // a refused ioctl was warned about by its request.
+                if def.is_some() && nr != libc::SYS_rseq as u64 && nr != libc::SYS_ioctl as u64 {
                     self.warn_once(nr, || {
                         format!(
                             "{name} is refused with {} (as rr does)",
@@ -469,6 +477,31 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// `prctl(PR_GET_TSC | PR_SET_TSC)` at its entry: skipped, and answered from the program's
+    /// own setting (see `tsc_mode.rs`).
+    fn emulate_prctl_tsc(&mut self, tid: i32, entry: Regs, mut ev: SyscallEvent) -> Result<()> {
+        let Session {
+            tasks, writer, tsc, ..
+        } = self;
+        let t = tasks.get_mut(&tid).context("prctl of an unknown task")?;
+        ev.result = tsc.prctl(tid, &t.tracee, ev.args[0], ev.args[1])?;
+        let call = Call {
+            nr: ev.nr,
+            args: ev.args,
+            result: ev.result,
+        };
+        for region in syscalls::out_regions(&call, &TraceeMemory(&t.tracee)) {
+            ev.writes
+                .extend(capture(writer, &t.tracee, region.addr, region.len)?);
+        }
+        let mut r = entry;
+        r.orig_rax = u64::MAX;
+        r.rax = ev.result as u64;
+        t.tracee.set_regs(&r)?;
+        writer.push(&Event::Syscall(ev))?;
+        self.resume(tid, r)
     }
 
     /// A stop of `tid` while it is inside a syscall.
@@ -562,6 +595,7 @@ impl Session {
             flags: args.flags,
             writes,
         }))?;
+        self.tsc.inherit(tid, child);
         if !args.is_thread() {
             let table = self.echo.get(&parent_pid).cloned().unwrap_or_default();
             self.echo.insert(child, table);
@@ -998,6 +1032,7 @@ impl Session {
     /// Emulates a trapped `rdtsc`/`rdtscp` at `regs.rip`; false if the fault was something else.
     fn emulate_trapped(&mut self, tid: i32, mut regs: Regs) -> Result<bool> {
         let cpu = self.cpu;
+        let faults = self.tsc.faults(tid);
         let t = self.task(tid)?;
         let Some((kind, len)) = t.tracee.trapped_insn_at(regs.rip) else {
             return Ok(false);
@@ -1012,6 +1047,11 @@ impl Session {
             }
             Trapped::Cpuid => return Ok(false),
         };
+        if faults {
+            // The program asked for rdtsc to fault: its SIGSEGV is delivered as a fault.
+            return Ok(false);
+        }
+
         regs.rax = tsc & 0xffff_ffff;
         regs.rdx = tsc >> 32;
         if let Some(a) = aux {

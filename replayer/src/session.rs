@@ -877,9 +877,7 @@ impl Session {
         }
         let mut r = self.entry_regs(tid)?;
         self.check_entry(tid, &r, e)?;
-        let replay = syscalls::lookup(e.nr)
-            .map(|d| d.replay)
-            .unwrap_or(Replay::Deny(libc::ENOSYS));
+        let replay = syscalls::replay_of(e.nr, &e.args).unwrap_or(Replay::Deny(libc::ENOSYS));
         match replay {
             Replay::Execute => {
                 self.run_for_real(tid, &name)?;
