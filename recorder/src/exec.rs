@@ -1,6 +1,8 @@
 //! Capturing the program image at its exec stop.
 
-use anyhow::{Context, Result};
+use std::io::Read;
+
+use anyhow::{bail, Context, Result};
 use trace_format::{ExecEvent, Mapping, TraceWriter};
 use tracee::{auxv, maps, regs, Tracee};
 
@@ -14,6 +16,7 @@ pub fn capture(
     files: &mut MappedFiles,
 ) -> Result<ExecEvent> {
     let pid = tracee.pid();
+    refuse_non_x86_64(pid.as_raw())?;
     let r = tracee.regs()?;
     let entries = maps::read(pid)?;
     let stack_top = entries
@@ -64,4 +67,27 @@ pub fn capture(
         sig_blocked: signals.blocked,
         sig_ignored: signals.ignored,
     })
+}
+
+/// Stops the recording, naming the program, when a recorded process has just exec'd a program
+/// that is not x86-64: a 32-bit (i386) or x32 program makes syscalls deja does not model (the
+/// seccomp filter answers them `ENOSYS`), so it would crash or misbehave under recording only.
+fn refuse_non_x86_64(pid: i32) -> Result<()> {
+    let exe = format!("/proc/{pid}/exe");
+    let mut head = [0u8; 20];
+    std::fs::File::open(&exe)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .with_context(|| format!("reading the ELF header of {exe}"))?;
+    let machine = u16::from_le_bytes([head[18], head[19]]);
+    let kind = match (head[4], machine) {
+        (2, 62) => return Ok(()),
+        (1, 62) => "an x32 program",
+        (1, 3) => "a 32-bit (i386) program",
+        (1, _) => "a 32-bit program",
+        _ => "not an x86-64 program",
+    };
+    let shown = std::fs::read_link(&exe)
+        .map(|p| p.display().to_string())
+        .unwrap_or(exe);
+    bail!("process {pid} exec'd {shown}, {kind}: deja records x86-64 programs only")
 }
