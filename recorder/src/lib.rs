@@ -2,6 +2,7 @@
 //! trace of everything nondeterministic it observed (see `README.md` in this crate).
 
 mod echo;
+mod emulated;
 mod exec;
 mod ioctls;
 mod mapped_files;

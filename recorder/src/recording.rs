@@ -18,6 +18,7 @@ use tracee::tracee::{signo_code, SIGINFO_SIZE};
 use tracee::{regs, Regs, Stop, Tracee};
 
 use crate::echo::{self, EchoFds};
+use crate::emulated;
 use crate::exec;
 use crate::ioctls::ioctl_warning;
 use crate::mapped_files::MappedFiles;
@@ -404,8 +405,10 @@ impl Session {
                 bytes: Vec::new(),
             });
         }
-        if nr == libc::SYS_prctl as u64 && syscalls::EMULATED_PRCTL.contains(&args[0]) {
-            return self.emulate_prctl_tsc(tid, entry, ev);
+        if (nr == libc::SYS_prctl as u64 && syscalls::EMULATED_PRCTL.contains(&args[0]))
+            || emulated::is_vsyscall(entry.rip)
+        {
+            return self.emulate_in_recorder(tid, entry, ev);
         }
         match replay {
             Replay::Unsupported(_) => {
@@ -489,28 +492,22 @@ impl Session {
         }
     }
 
-    /// `prctl(PR_GET_TSC | PR_SET_TSC)` at its entry: skipped, and answered from the program's
-    /// own setting (see `tsc_mode.rs`).
-    fn emulate_prctl_tsc(&mut self, tid: i32, entry: Regs, mut ev: SyscallEvent) -> Result<()> {
+    /// `prctl(PR_GET_TSC | PR_SET_TSC | PR_GET_SECCOMP)` (answered from the program's own
+    /// setting, see `tsc_mode.rs`) or a call through the vsyscall page, at its entry: the
+    /// recorder answers it and the kernel skips it.
+    fn emulate_in_recorder(&mut self, tid: i32, entry: Regs, ev: SyscallEvent) -> Result<()> {
         let Session {
             tasks, writer, tsc, ..
         } = self;
-        let t = tasks.get_mut(&tid).context("prctl of an unknown task")?;
-        ev.result = tsc.prctl(tid, &t.tracee, ev.args[0], ev.args[1])?;
-        let call = Call {
-            nr: ev.nr,
-            args: ev.args,
-            result: ev.result,
+        let t = tasks
+            .get_mut(&tid)
+            .context("a syscall of an unknown task")?;
+        let result = if emulated::is_vsyscall(entry.rip) {
+            emulated::vsyscall(&t.tracee, ev.nr, &ev.args)?
+        } else {
+            tsc.prctl(tid, &t.tracee, ev.args[0], ev.args[1])?
         };
-        for region in syscalls::out_regions(&call, &TraceeMemory(&t.tracee)) {
-            ev.writes
-                .extend(capture(writer, &t.tracee, region.addr, region.len)?);
-        }
-        let mut r = entry;
-        r.orig_rax = u64::MAX;
-        r.rax = ev.result as u64;
-        t.tracee.set_regs(&r)?;
-        writer.push(&Event::Syscall(ev))?;
+        let r = emulated::answer(&t.tracee, writer, ev, entry, result)?;
         self.resume(tid, r)
     }
 
@@ -1090,7 +1087,7 @@ impl Session {
 
 /// What the kernel left in `len` bytes of `tracee`'s memory at `addr`, as recorded bytes: as
 /// much as is readable, or nothing if none is.
-fn capture(
+pub(crate) fn capture(
     writer: &mut TraceWriter,
     tracee: &Tracee,
     addr: u64,
