@@ -175,3 +175,27 @@ fn a_32_bit_program_exec_d_under_recording_is_refused_by_name() {
     );
     assert_stderr_mentions("rec", &out, &["32-bit", &prog32.display().to_string()]);
 }
+
+#[test]
+fn sigpipe_keeps_its_default_disposition_under_recording() {
+    let expected = "SIGPIPE default\n";
+    assert_replays_like_native(program("sigpipe_inherited"), &[], 128 + 13, Some(expected));
+}
+
+#[test]
+fn calls_through_the_vsyscall_page_are_recorded() {
+    let prog = program("vsyscall_page");
+    let r = assert_replays_exactly(&prog, &[]);
+    let out = stdout_str(&r.rec);
+    assert!(
+        out == "no vsyscall page\n" || !out.contains("wrong") && out.matches("sane").count() == 3,
+        "{}",
+        describe("rec", &r.rec)
+    );
+}
+
+#[test]
+fn a_file_mapping_replays_its_whole_last_page() {
+    let expected = "mapped: ab, past the length: c, past the file: 0\n";
+    assert_replays_like_native(program("mmap_page_tail"), &[], 0, Some(expected));
+}
