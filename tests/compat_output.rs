@@ -199,3 +199,14 @@ fn a_file_mapping_replays_its_whole_last_page() {
     let expected = "mapped: ab, past the length: c, past the file: 0\n";
     assert_replays_like_native(program("mmap_page_tail"), &[], 0, Some(expected));
 }
+
+#[test]
+fn the_vdso_stays_visible_and_its_clock_calls_are_recorded() {
+    let expected = "vdso: an ELF64 image\n\
+                    clock_gettime: 0 0 ordered, gettimeofday: 0, time: sane\n";
+    let r = assert_replays_like_native(program("vdso_image"), &[], 0, Some(expected));
+    let dump = dump(&r.ctx, &r.trace);
+    for call in ["clock_gettime(", "gettimeofday(", "time("] {
+        assert!(dump.contains(call), "no {call} event:\n{dump}");
+    }
+}

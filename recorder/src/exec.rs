@@ -4,11 +4,11 @@ use std::io::Read;
 
 use anyhow::{bail, Context, Result};
 use trace_format::{ExecEvent, Mapping, TraceWriter};
-use tracee::{auxv, maps, regs, Tracee};
+use tracee::{auxv, maps, regs, vdso, Tracee};
 
 use crate::mapped_files::MappedFiles;
 
-/// At the exec stop: hides the vDSO from the program, then records registers, the initial
+/// At the exec stop: makes the vDSO's functions syscalls (see `tracee::vdso`), then records registers, the initial
 /// stack, the memory map, and stores the executable and every mapped file.
 pub fn capture(
     tracee: &Tracee,
@@ -25,8 +25,13 @@ pub fn capture(
         .map(|e| e.end)
         .context("the new program has no [stack] mapping")?;
     let mut stack = tracee.read_vec(r.rsp, (stack_top - r.rsp) as usize)?;
-    if auxv::hide_vdso(&mut stack) {
-        tracee.write_mem(r.rsp, &stack)?;
+    // The vDSO stays (programs read its image), its functions made syscalls; where that
+    // cannot be done it is hidden, and the C library makes the syscalls itself.
+    if let Err(e) = vdso::patch(tracee) {
+        tracing::warn!("hiding the vDSO: {e:#}");
+        if auxv::hide_vdso(&mut stack) {
+            tracee.write_mem(r.rsp, &stack)?;
+        }
     }
     let exe = files
         .store_link(writer, &format!("/proc/{pid}/exe"))
