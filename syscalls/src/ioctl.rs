@@ -103,6 +103,14 @@ fn out_len(req: u32) -> Option<u64> {
         | 0x8004_5200 => 4,        // RNDGETENTCNT
         0x1267 | 0x127E => 2,      // BLKSECTGET BLKROTATIONAL
         0x5603 => 6,               // VT_GETSTATE (struct vt_stat)
+        0x5601 => 8,               // VT_GETMODE (struct vt_mode)
+        0x4B33 => 1,               // KDGKBTYPE
+        0x5419 | 0x4B3B => 4,      // TIOCGSOFTCAR KDGETMODE
+        0x542E | 0x542F => 32,     // TIOCGRS485 TIOCSRS485 (the kernel writes the result back)
+        0x4C05 => 232,             // LOOP_GET_STATUS64 (struct loop_info64)
+        0x4601 => 160,             // FBIOPUT_VSCREENINFO (the kernel writes the result back)
+        0x8935 | 0x8970 | 0x8947 | 0x8948 => IFREQ, // SIOCGIFPFLAGS SIOCGIFMAP SIOCGMIIPHY SIOCGMIIREG
+        0x8B01 | 0x8B05 | 0x8B07 | 0x8B09 | 0x8B21 => 32, // SIOCGIW{NAME,FREQ,MODE,SENS,RATE} (struct iwreq)
         0x5305 => 2,               // CDROMREADTOCHDR
         0x5306 => 12,              // CDROMREADTOCENTRY
         0x0301 => 16,              // HDIO_GETGEO
@@ -130,6 +138,20 @@ fn out_len(req: u32) -> Option<u64> {
         | 0x5420 | 0x5423 | 0x5427 | 0x5428 // TIOCPKT TIOCSETD TIOCSBRK TIOCCBRK
         | 0x4004_5431 | 0x5441     // TIOCSPTLCK TIOCGPTPEER
         | 0x8941                   // SIOCSIFBR (reads only)
+        // Privileged socket requests that only read: interface, bridge, route settings.
+        | 0x8914 | 0x8916 | 0x8918 | 0x891A | 0x891C | 0x891E // SIOCSIF{FLAGS,ADDR,DSTADDR,BRDADDR,NETMASK,METRIC}
+        | 0x8922 | 0x8923 | 0x8924 | 0x8934 | 0x8937 | 0x8943 | 0x8971 // SIOCSIF{MTU,NAME,HWADDR,PFLAGS,HWBROADCAST,TXQLEN,MAP}
+        | 0x8931 | 0x8932 | 0x890B | 0x890C // SIOCADDMULTI SIOCDELMULTI SIOCADDRT SIOCDELRT
+        | 0x89A0 | 0x89A1 | 0x89A2 | 0x89A3 // SIOCBRADDBR SIOCBRDELBR SIOCBRADDIF SIOCBRDELIF
+        | 0x541A | 0x5437 | 0x545C // TIOCSSOFTCAR TIOCVHANGUP TIOCMIWAIT
+        | 0x4B3A | 0x4B45          // KDSETMODE KDSKBMODE
+        | 0x5602 | 0x5605 | 0x5606 | 0x5607 // VT_SETMODE VT_RELDISP VT_ACTIVATE VT_WAITACTIVE
+        | 0x4C00 | 0x4C01 | 0x4C04 | 0x4C0A // LOOP_SET_FD LOOP_CLR_FD LOOP_SET_STATUS64 LOOP_CONFIGURE
+        | 0x4C80 | 0x4C81 | 0x4C82 // LOOP_CTL_ADD LOOP_CTL_REMOVE LOOP_CTL_GET_FREE
+        | 0x125D | 0x125F | 0x1261 // BLKROSET BLKRRPART BLKFLSBUF
+        | 0x1277 | 0x127D | 0x127F // BLKDISCARD BLKSECDISCARD BLKZEROOUT
+        | 0x5309 | 0x5326 | 0x5331 // CDROMEJECT CDROM_DRIVE_STATUS CDROM_GET_CAPABILITY
+        | 0x2201 | 0x2202 | 0x2275 // SG_SET_TIMEOUT SG_GET_TIMEOUT SG_SET_RESERVED_SIZE
         | 0x4008_6602 => 0,        // FS_IOC_SETFLAGS
         _ => return None,
     })
@@ -183,5 +205,34 @@ pub(crate) fn ioctl(c: &Call, mem: &dyn Memory, out: &mut Vec<Region>) {
             push(out, argp, u64::from((req >> 16) & 0x3FFF));
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_requests_are_handled_by_what_their_number_proves() {
+        // Known, legacy-numbered: VT_OPENQRY writes an int; SIOCSIFADDR only reads.
+        assert_eq!(ioctl_model(0x5600), IoctlModel::Known);
+        assert_eq!(out_len(0x5600), Some(4));
+        assert_eq!(ioctl_model(0x8916), IoctlModel::Known);
+        assert_eq!(out_len(0x8916), Some(0));
+        // Unknown, legacy type, no direction: refused.
+        assert_eq!(ioctl_model(0x56ff), IoctlModel::Refused);
+        assert_eq!(ioctl_model(0x89ff), IoctlModel::Refused);
+        // Unknown _IOR: its encoded size; unknown _IO/_IOW of an encoded type: nothing.
+        assert_eq!(
+            ioctl_model((2 << 30) | (24 << 16) | 0x7801),
+            IoctlModel::EncodedSize
+        );
+        assert_eq!(ioctl_model(0x2400), IoctlModel::WritesNothing); // PERF_EVENT_IOC_ENABLE
+        assert_eq!(
+            ioctl_model((1 << 30) | (8 << 16) | 0x7801),
+            IoctlModel::WritesNothing
+        );
+        // The kernel compares requests as 32-bit values.
+        assert_eq!(ioctl_model(0xffff_ffff_0000_5600), IoctlModel::Known);
     }
 }
