@@ -2,7 +2,9 @@
 //! trace of everything nondeterministic it observed (see `README.md` in this crate).
 
 mod echo;
+mod emulated;
 mod exec;
+mod ioctls;
 mod mapped_files;
 mod memory;
 mod points;
@@ -10,6 +12,7 @@ mod recording;
 mod session;
 mod signals;
 mod task;
+mod tsc_mode;
 
 use std::path::PathBuf;
 
