@@ -25,13 +25,16 @@ pub fn capture(
     if auxv::hide_vdso(&mut stack) {
         tracee.write_mem(r.rsp, &stack)?;
     }
+    let exe_link = format!("/proc/{pid}/exe");
     let exe = files
-        .store_link(writer, &format!("/proc/{pid}/exe"))
+        .store_link(writer, &exe_link)
         .context("keeping the executable of the new program")?;
     let mut mappings = Vec::with_capacity(entries.len());
     for e in entries {
         let file = if e.is_file() {
-            Some(files.store(writer, &e.name, &e.name)?)
+            let shown = e.name.strip_suffix(" (deleted)").unwrap_or(&e.name);
+            let source = mapping_source(pid.as_raw(), shown, &exe.path, e.start, e.end);
+            Some(files.store(writer, &source, shown)?)
         } else {
             None
         };
@@ -64,4 +67,19 @@ pub fn capture(
         sig_blocked: signals.blocked,
         sig_ignored: signals.ignored,
     })
+}
+
+/// A path the recorder can open for the file a mapping of the new program shows as `shown`:
+/// the executable through `/proc/PID/exe` (it may have no path at all: a memfd run by
+/// `fexecve`), other files through `/proc/PID/map_files` (the file itself, even deleted or in
+/// another mount namespace), or through the task's root directory if that is not readable.
+fn mapping_source(pid: i32, shown: &str, exe: &str, start: u64, end: u64) -> String {
+    if shown == exe {
+        return format!("/proc/{pid}/exe");
+    }
+    let by_map = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+    if std::fs::metadata(&by_map).is_ok() {
+        return by_map;
+    }
+    format!("/proc/{pid}/root{shown}")
 }

@@ -773,18 +773,11 @@ impl Session {
         let stop = self.parked(tid)?;
         let t = self.tracee(tid)?;
         let mut r = t.regs()?;
-        if stop != Stop::SeccompEntry || r.orig_rax != libc::SYS_execve as u64 {
+        if stop != Stop::SeccompEntry || !exec::is_exec(r.orig_rax) {
             let found = self.describe_stop(tid, stop);
             return Err(self.diverged(tid, format!("execve of {}", ev.exe.path), found));
         }
-        let path = reader.file_path(&ev.exe)?;
-        let mut bytes = path.as_os_str().as_encoded_bytes().to_vec();
-        bytes.push(0);
-        // Just below the red zone of the old image's stack, which the exec discards anyway.
-        let at = (r.rsp - 128 - bytes.len() as u64) & !15;
-        t.write_mem(at, &bytes)?;
-        r.rdi = at;
-        t.set_regs(&r)?;
+        exec::run_trace_copy(t, &mut r, &reader.file_path(&ev.exe)?)?;
         t.cont_syscall(0)?;
         match self.wait_task(tid)? {
             Stop::Exec => {

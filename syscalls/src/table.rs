@@ -27,7 +27,6 @@ const fn sa(addr: usize, len_ptr: usize) -> Out {
 }
 
 const NOSYS: Replay = Deny(libc::ENOSYS);
-const EXECAT: Replay = Unsupported("execveat (fexecve) is recorded from a later version on");
 const SYSV_SHM: Replay = Unsupported("System V shared memory");
 
 /// One table entry: `sys!(nr, name, replay)`, `sys!(nr, name, replay, [outs])`, or
@@ -373,7 +372,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(319, memfd_create, Emulate),
     sys!(320, kexec_file_load, Emulate),
     sys!(321, bpf, NOSYS),
-    sys!(322, execveat, EXECAT),
+    sys!(322, execveat, Exec),
     sys!(323, userfaultfd, NOSYS),
     sys!(324, membarrier, Emulate),
     sys!(325, mlock2, Execute),

@@ -524,14 +524,7 @@ fn policy() {
         replay("set_tid_address"),
         Some(Replay::ExecuteRecordedResult)
     );
-    for n in [
-        "execveat",
-        "shmat",
-        "shmget",
-        "shmctl",
-        "shmdt",
-        "process_vm_writev",
-    ] {
+    for n in ["shmat", "shmget", "shmctl", "shmdt", "process_vm_writev"] {
         assert!(matches!(replay(n), Some(Replay::Unsupported(_))), "{n}");
     }
     for n in [
@@ -547,15 +540,7 @@ fn policy() {
         assert_eq!(replay(n), Some(Replay::Emulate), "{n}");
     }
     assert_eq!(replay("execve"), Some(Replay::Exec));
-    assert_eq!(
-        by_name("execveat")
-            .unwrap()
-            .unsupported_message()
-            .as_deref(),
-        Some(
-            "execveat is not supported yet: execveat (fexecve) is recorded from a later version on"
-        )
-    );
+    assert_eq!(replay("execveat"), Some(Replay::Exec));
     assert_eq!(by_name("read").unwrap().unsupported_message(), None);
 }
 
