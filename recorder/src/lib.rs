@@ -5,6 +5,7 @@ mod echo;
 mod exec;
 mod mapped_files;
 mod memory;
+mod own_filters;
 mod points;
 mod recording;
 mod session;

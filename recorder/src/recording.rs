@@ -20,6 +20,7 @@ use crate::echo::EchoFds;
 use crate::exec;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
+use crate::own_filters;
 use crate::points;
 use crate::session::{set_ticks_blocked, TICK};
 use crate::signals::{is_fault, is_ours, is_restart, restart_pending, ERESTART_RESTARTBLOCK};
@@ -605,7 +606,8 @@ impl Session {
         let t = tasks
             .get_mut(&tid)
             .context("finishing a syscall of an unknown task")?;
-        let exit = t.tracee.regs()?;
+        let mut exit = t.tracee.regs()?;
+        own_filters::at_exit(&t.tracee, ev.nr, &ev.args, &mut exit)?;
         ev.result = exit.rax as i64;
         let (nr, args) = (ev.nr, ev.args);
         if nr == libc::SYS_set_tid_address as u64 {

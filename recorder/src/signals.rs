@@ -8,11 +8,14 @@ pub const ERESTART_RESTARTBLOCK: i64 = -516;
 
 /// Whether the signal was raised by the instruction the task was executing (a fault the
 /// replay reproduces by executing the same instruction), rather than sent to it.
+/// A `SIGSYS` of a program's own seccomp filter (`SECCOMP_RET_TRAP`) is one too: the filter
+/// runs for real in the replay, where the same `syscall` instruction raises it again.
 pub fn is_fault(signo: i32, code: i32) -> bool {
     matches!(
         signo,
         libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
     ) && code > 0
+        || signo == libc::SIGSYS && code == tracee::seccomp::SYS_SECCOMP
 }
 
 /// Whether a syscall result is one of the kernel's restart codes (`ERESTARTSYS`,

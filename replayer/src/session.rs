@@ -19,7 +19,7 @@ use crate::debug::{self, Debug, Halt, WatchKind};
 use crate::divergence::{Divergence, Incomplete};
 use crate::point::{self, PointEvent, Room, Toward};
 use crate::tasks::{self, LastTrap, RState, Task, Tasks};
-use crate::{echo, exec, mmap, sigmask};
+use crate::{echo, exec, mmap, seccomp, sigmask};
 
 /// How to replay.
 #[derive(Debug, Clone, Default)]
@@ -876,6 +876,7 @@ impl Session {
         match replay {
             Replay::Execute => {
                 self.run_for_real(tid, &name)?;
+                seccomp::hide_own_filter(self.tracee(tid)?, e.nr, e.args[0])?;
                 self.check_result(tid, e)?;
             }
             Replay::ExecuteRecordedResult => {

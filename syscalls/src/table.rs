@@ -366,7 +366,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(314, sched_setattr, Emulate, [f(1, 4)], on_error), // E2BIG writes attr->size
     sys!(315, sched_getattr, Emulate, [b(1, Arg(2))]),
     sys!(316, renameat2, Emulate),
-    sys!(317, seccomp, NOSYS),
+    sys!(317, seccomp, Execute),
     sys!(318, getrandom, Emulate, [b(0, Ret)]),
     // Mapping a memfd later is handled by the replayer like any file mapping (a copy).
     sys!(319, memfd_create, Emulate),
