@@ -402,6 +402,7 @@ fn numbers_match_libc() {
         SYS_sched_setattr,
         SYS_sched_getattr,
         SYS_renameat2,
+        SYS_seccomp,
         SYS_getrandom,
         SYS_memfd_create,
         SYS_kexec_file_load,
