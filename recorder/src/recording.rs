@@ -26,6 +26,8 @@ use crate::session::{set_ticks_blocked, TICK};
 use crate::signals::{is_fault, is_ours, is_restart, restart_pending, ERESTART_RESTARTBLOCK};
 use crate::task::{Entry, HeldSignal, State, Task};
 
+mod thread_exec;
+
 /// How long a task may hold the CPU in user code without an event while another task waits
 /// for it: then the recorder preempts it.
 const TIME_SLICE: Duration = Duration::from_millis(20);
@@ -212,7 +214,7 @@ impl Session {
             }
             other => bail!("the program did not start: {other:?}"),
         }
-        self.record_exec(root)?;
+        self.record_exec(root, root)?;
         let t = self.task(root)?;
         t.tracee.cont_syscall(0)?;
         match t.tracee.wait()? {
@@ -223,8 +225,10 @@ impl Session {
         self.resume(root, r)
     }
 
-    /// At an exec stop of `tid`: records the new program image.
-    fn record_exec(&mut self, tid: i32) -> Result<()> {
+    /// At an exec stop of `tid`: records the new program image, as an exec of task `named`
+    /// (the thread that called `execve`, which may have had another id before, see
+    /// `thread_exec`).
+    fn record_exec(&mut self, tid: i32, named: i32) -> Result<()> {
         let Session {
             tasks,
             writer,
@@ -237,7 +241,8 @@ impl Session {
         // the new program's exit until it asks.
         t.mm = t.pid;
         t.clear_tid_at = None;
-        let ev = exec::capture(&t.tracee, writer, files)?;
+        let mut ev = exec::capture(&t.tracee, writer, files)?;
+        ev.tid = named;
         writer.push(&Event::Exec(Box::new(ev)))?;
         Ok(())
     }
@@ -293,6 +298,11 @@ impl Session {
             Stop::Exited(c) => return self.on_death(tid, ExitStatus::Exited(c), stop),
             Stop::Killed(s) => return self.on_death(tid, ExitStatus::Signaled(s), stop),
             _ => {}
+        }
+        if stop == Stop::Exec {
+            if let Some(former) = self.exec_by_other_thread(tid)? {
+                return self.on_thread_exec(tid, former);
+            }
         }
         let Some(t) = self.tasks.get_mut(&tid) else {
             // A new task's first stop can come before its parent's clone event.
@@ -499,7 +509,7 @@ impl Session {
             Stop::Exec if entry.replay == Replay::Exec => {
                 entry.exec_done = true;
                 t.state = State::InSyscall(entry);
-                self.record_exec(tid)?;
+                self.record_exec(tid, tid)?;
                 self.task(tid)?.tracee.cont_syscall(0)
             }
             Stop::Event(e)

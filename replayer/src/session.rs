@@ -779,10 +779,29 @@ impl Session {
         }
         exec::run_trace_copy(t, &mut r, &reader.file_path(&ev.exe)?)?;
         t.cont_syscall(0)?;
-        match self.wait_task(tid)? {
+        let (real, leader, rpid) = {
+            let t = self.task(tid)?;
+            (t.tracee.pid(), t.pid, t.rpid)
+        };
+        // A thread other than the main one gets the process id in its exec (its exec stop
+        // is reported under that id).
+        let stop = loop {
+            match self.tasks.wait_either(real, leader)? {
+                // A stop the main thread reported before the exec killed it (its clone's
+                // exit, say): stale.
+                (pid, stop) if pid != real && stop != Stop::Exec => {
+                    tracing::debug!(?stop, "a stop of the main thread the exec killed");
+                }
+                (_, stop) => break stop,
+            }
+        };
+        match stop {
             Stop::Exec => {
                 self.note_exec(ev)?;
-                self.finish_exec(tid, ev)
+                if rpid != tid {
+                    self.tasks.exec_by_thread(tid, rpid)?;
+                }
+                self.finish_exec(rpid, ev)
             }
             other => {
                 let found = match other {
