@@ -1,7 +1,6 @@
 //! What a waited-for tracee is doing: the kinds of ptrace stop and of ending.
 
 use anyhow::{Context, Result};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 /// Why a tracee stopped (or that it ended).
@@ -43,31 +42,73 @@ pub fn wait_any(on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> 
     wait(None, on_idle).context("waiting for the traced tasks")
 }
 
-/// `waitpid(pid or any, __WALL)` until a stop or an end is reported.
+/// `waitpid(pid or any, __WALL)` until a stop or an end is reported. The raw status is decoded
+/// here, not by `nix`, whose `Signal` cannot hold a realtime signal (`SIGRTMIN`..`SIGRTMAX`):
+/// a task stopped or killed by one would make the wait fail with `EINVAL`.
 fn wait(pid: Option<Pid>, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> {
+    let target = pid.map_or(-1, Pid::as_raw);
     loop {
-        let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-            Err(nix::errno::Errno::EINTR) => {
-                on_idle()?;
-                continue;
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid only writes the status word we pass.
+        let who = unsafe { libc::waitpid(target, &mut status, libc::__WALL) };
+        if who < 0 {
+            match nix::errno::Errno::last() {
+                nix::errno::Errno::EINTR => {
+                    on_idle()?;
+                    continue;
+                }
+                e => return Err(e.into()),
             }
-            other => other?,
-        };
-        if let (Some(who), Some(stop)) = (status.pid(), decode(status)) {
-            return Ok((who, stop));
+        }
+        if let Some(stop) = decode(status) {
+            return Ok((Pid::from_raw(who), stop));
         }
     }
 }
 
-fn decode(status: WaitStatus) -> Option<Stop> {
-    Some(match status {
-        WaitStatus::Exited(_, code) => Stop::Exited(code),
-        WaitStatus::Signaled(_, sig, _) => Stop::Killed(sig as i32),
-        WaitStatus::PtraceSyscall(_) => Stop::SyscallStop,
-        WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_SECCOMP => Stop::SeccompEntry,
-        WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_EXEC => Stop::Exec,
-        WaitStatus::PtraceEvent(_, _, ev) => Stop::Event(ev),
-        WaitStatus::Stopped(_, sig) => Stop::Signal(sig as i32),
-        WaitStatus::Continued(_) | WaitStatus::StillAlive => return None,
+/// What a raw `waitpid` status says (`None`: a continued task, not a stop).
+fn decode(status: libc::c_int) -> Option<Stop> {
+    if libc::WIFEXITED(status) {
+        return Some(Stop::Exited(libc::WEXITSTATUS(status)));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Some(Stop::Killed(libc::WTERMSIG(status)));
+    }
+    if !libc::WIFSTOPPED(status) {
+        return None;
+    }
+    let sig = libc::WSTOPSIG(status);
+    let event = status >> 16;
+    Some(if sig == libc::SIGTRAP | 0x80 {
+        Stop::SyscallStop
+    } else if event == libc::PTRACE_EVENT_SECCOMP {
+        Stop::SeccompEntry
+    } else if event == libc::PTRACE_EVENT_EXEC {
+        Stop::Exec
+    } else if event != 0 {
+        Stop::Event(event)
+    } else {
+        Stop::Signal(sig)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_realtime_signals_and_events() {
+        // Stopped by SIGRTMIN+2 (36): (sig << 8) | 0x7f.
+        assert_eq!(decode((36 << 8) | 0x7f), Some(Stop::Signal(36)));
+        // Killed by SIGRTMAX (64).
+        assert_eq!(decode(64), Some(Stop::Killed(64)));
+        assert_eq!(decode(3 << 8), Some(Stop::Exited(3)));
+        let seccomp = (libc::PTRACE_EVENT_SECCOMP << 16) | (libc::SIGTRAP << 8) | 0x7f;
+        assert_eq!(decode(seccomp), Some(Stop::SeccompEntry));
+        assert_eq!(
+            decode(((libc::SIGTRAP | 0x80) << 8) | 0x7f),
+            Some(Stop::SyscallStop)
+        );
+        assert_eq!(decode(0xffff), None);
+    }
 }
