@@ -1,0 +1,58 @@
+//! Programs from the `exec` families of issue 11, recorded and replayed exactly: `fexecve` of
+//! a memfd (an executable without a path), `execve` from a thread that is not the main one, a
+//! program's own seccomp filter (`SECCOMP_RET_ERRNO` and `SECCOMP_RET_TRAP` with a `SIGSYS`
+//! handler), and realtime signals queued with `sigqueue`.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn fexecve_of_a_memfd_replays_exactly() {
+    let prog = program("memfd_exec");
+    assert_replays_like_native(
+        &prog,
+        &[],
+        0,
+        Some("copied some bytes into the memfd\nsecond run: exe is a memfd: yes\n"),
+    );
+}
+
+#[test]
+fn execve_from_a_second_thread_replays_exactly() {
+    let prog = threaded("thread_exec");
+    assert_replays_like_native(
+        &prog,
+        &[],
+        0,
+        Some("thread is not main, exec\nafter exec: pid == tid, SIGUSR2 blocked\n"),
+    );
+}
+
+#[test]
+fn own_seccomp_filter_with_errno_and_trap_replays_exactly() {
+    let prog = program("own_seccomp");
+    let round = "getppid: -1 (Operation not permitted)\n";
+    let mut expected = String::from("PR_GET_SECCOMP before: 0\nPR_GET_SECCOMP after: 2\n");
+    for n in 1..=3 {
+        expected.push_str(round);
+        expected.push_str(&format!(
+            "uname: 42, SIGSYS handled {n} times, siginfo right\n"
+        ));
+    }
+    assert_replays_like_native(&prog, &[], 0, Some(&expected));
+}
+
+#[test]
+fn realtime_signals_queued_with_sigqueue_replay_exactly() {
+    let prog = program("sigqueue_rt");
+    assert_replays_like_native(
+        &prog,
+        &[],
+        0,
+        Some(
+            "queued: 6 delivered: RTMIN+2=100 RTMIN+2=103 RTMIN+1=101 RTMIN+1=102 \
+             RTMIN+1=104 RTMIN+1=105\nraised 31, caught 31\n",
+        ),
+    );
+}
