@@ -1,0 +1,247 @@
+//! Events that change the task tree or the program: exec, clone and a new task's start, and
+//! a task's end.
+
+use std::rc::Rc;
+
+use anyhow::{bail, Context, Result};
+use nix::unistd::Pid;
+use trace_format::{CloneEvent, ExitStatus, StartEvent, SyscallEvent, Tid};
+use tracee::{Stop, Tracee};
+
+use crate::debug::{self, Halt};
+use crate::exec;
+use crate::tasks::RState;
+
+use super::{errno_text, Session, END_GRACE};
+
+impl Session {
+    /// At the exec stop of `tid`: makes the new image the recorded one and runs to the end of
+    /// `execve`.
+    pub(super) fn finish_exec(&mut self, tid: Tid, ev: &trace_format::ExecEvent) -> Result<()> {
+        let index = self.index;
+        let t = self.task(tid)?;
+        let rpid = t.rpid;
+        t.tracee.reopen_mem()?;
+        exec::restore(&t.tracee, ev, index)?;
+        t.tracee.cont_syscall(0)?;
+        match self.wait_task(tid)? {
+            Stop::SyscallStop => {}
+            other => bail!("unexpected stop after exec: {other:?}"),
+        }
+        self.segv.exec(rpid);
+        self.resume(tid, 0)
+    }
+
+    /// A successful `execve`: runs it for real, but on the trace's copy of the executable the
+    /// recording ran.
+    pub(super) fn exec(&mut self, ev: &trace_format::ExecEvent) -> Result<()> {
+        let tid = ev.tid;
+        let reader = Rc::clone(&self.reader);
+        let stop = self.parked(tid)?;
+        let t = self.tracee(tid)?;
+        let mut r = t.regs()?;
+        if stop != Stop::SeccompEntry || !exec::is_exec(r.orig_rax) {
+            let found = self.describe_stop(tid, stop);
+            return Err(self.diverged(tid, format!("execve of {}", ev.exe.path), found));
+        }
+        exec::run_trace_copy(t, &mut r, &reader.file_path(&ev.exe)?)?;
+        t.cont_syscall(0)?;
+        let (real, leader, rpid) = {
+            let t = self.task(tid)?;
+            (t.tracee.pid(), t.pid, t.rpid)
+        };
+        // A thread other than the main one gets the process id in its exec (its exec stop
+        // is reported under that id).
+        let stop = loop {
+            match self.tasks.wait_either(real, leader)? {
+                // A stop the main thread reported before the exec killed it (its clone's
+                // exit, say): stale.
+                (pid, stop) if pid != real && stop != Stop::Exec => {
+                    tracing::debug!(?stop, "a stop of the main thread the exec killed");
+                }
+                (_, stop) => break stop,
+            }
+        };
+        match stop {
+            Stop::Exec => {
+                self.note_exec(ev)?;
+                if rpid != tid {
+                    self.tasks.exec_by_thread(tid, rpid)?;
+                }
+                self.finish_exec(rpid, ev)
+            }
+            other => {
+                let found = match other {
+                    Stop::SyscallStop => {
+                        let err = self.tracee(tid)?.regs()?.rax as i64;
+                        format!("execve failing with {}", errno_text(err))
+                    }
+                    other => self.describe_stop(tid, other),
+                };
+                Err(self.diverged(tid, format!("execve of {}", ev.exe.path), found))
+            }
+        }
+    }
+
+    /// A clone, fork or vfork: runs it for real up to the moment the kernel made the new task,
+    /// which then exists in the replay as the recorded task `e.child`.
+    pub(super) fn clone_task(&mut self, e: &CloneEvent) -> Result<()> {
+        let tid = e.tid;
+        let stop = self.parked(tid)?;
+        let r = self.entry_regs(tid)?;
+        let t = self.tracee(tid)?;
+        if stop != Stop::SeccompEntry || r.orig_rax != e.nr {
+            let found = self.describe_stop(tid, stop);
+            return Err(self.diverged(
+                tid,
+                format!("{} making a task", syscalls::name(e.nr)),
+                found,
+            ));
+        }
+        t.cont_syscall(0)?;
+        let stop = self.wait_task(tid)?;
+        if !matches!(
+            stop,
+            Stop::Event(
+                libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK
+            )
+        ) {
+            let found = match stop {
+                Stop::SyscallStop => {
+                    let err = self.tracee(tid)?.regs()?.rax as i64;
+                    format!("{} failing with {}", syscalls::name(e.nr), errno_text(err))
+                }
+                other => self.describe_stop(tid, other),
+            };
+            return Err(self.diverged(
+                tid,
+                format!("{} making a task", syscalls::name(e.nr)),
+                found,
+            ));
+        }
+        let t = self.task(tid)?;
+        let real = Pid::from_raw(i32::try_from(t.tracee.event_msg()?).context("bad task id")?);
+        let parent_pid = t.pid;
+        // The new task inherits its parent's last trap.
+        let (last_trap, debugger_trapped) = (t.last_trap, t.debugger_trapped);
+        t.clone_entry = Some(r);
+        self.write_memory(tid, &e.writes, "clone")?;
+        let child_pid = if e.child_pid == e.child {
+            real
+        } else {
+            parent_pid
+        };
+        let child = Tracee::attach_traced(real)?;
+        let inherits = e.flags & libc::CLONE_VM as u64 == 0
+            && self.debugged(tid)
+            && self
+                .debug
+                .as_ref()
+                .is_some_and(|d| !d.breakpoints.is_empty());
+        self.tasks
+            .add(e.child, e.child_pid, child, child_pid, RState::Unstarted);
+        if e.child_pid == e.child {
+            self.segv.fork(e.parent_pid, e.child);
+        }
+        let c = self.task(e.child)?;
+        c.inherits_breakpoints = inherits;
+        c.last_trap = last_trap;
+        c.debugger_trapped = debugger_trapped;
+        let t = self.task(tid)?;
+        t.tracee.cont_syscall(0)?;
+        t.state = RState::InSyscall;
+        Ok(())
+    }
+
+    /// The result of a clone whose task was made at its [`CloneEvent`]: the recorded id
+    /// replaces the replay's.
+    pub(super) fn finish_clone(&mut self, e: &SyscallEvent) -> Result<()> {
+        let tid = e.tid;
+        let name = syscalls::name(e.nr);
+        let entry = self.task(tid)?.clone_entry.take();
+        if let Some(entry) = entry {
+            self.check_entry(tid, &entry, e)?;
+        }
+        match self.wait_task(tid)? {
+            Stop::SyscallStop => {}
+            other => {
+                let found = self.describe_stop(tid, other);
+                return Err(self.diverged(tid, format!("{name} to return"), found));
+            }
+        }
+        let t = self.tracee(tid)?;
+        let mut r = t.regs()?;
+        if syscalls::is_error(r.rax as i64) {
+            return Err(self.diverged(
+                tid,
+                format!("{name} to return {}", e.result),
+                errno_text(r.rax as i64),
+            ));
+        }
+        r.rax = e.result as u64;
+        t.set_regs(&r)?;
+        self.write_memory(tid, &e.writes, &name)?;
+        self.resume(tid, 0)
+    }
+
+    /// A task made by a clone runs for the first time.
+    pub(super) fn start(&mut self, e: &StartEvent) -> Result<()> {
+        let tid = e.tid;
+        let t = self.task(tid)?;
+        if t.state == RState::Unstarted {
+            let real = t.tracee.pid();
+            let stop = self.tasks.wait_real(real, &mut || Ok(()))?;
+            if !matches!(stop, Stop::Signal(_)) {
+                let found = self.describe_stop(tid, stop);
+                return Err(self.diverged(tid, "the new task to start".into(), found));
+            }
+        }
+        if std::mem::take(&mut self.task(tid)?.inherits_breakpoints) {
+            if let (Some(d), Some(t)) = (self.debug.as_ref(), self.tasks.by_tid(tid)) {
+                debug::restore_original_bytes(&t.tracee, &d.breakpoints)?;
+            }
+        }
+        self.write_memory(tid, &e.writes, "clone")?;
+        self.resume(tid, 0)
+    }
+
+    /// The end of task `tid`: collects it and checks how it ended.
+    pub(super) fn exit(&mut self, tid: Tid, expected: ExitStatus) -> Result<()> {
+        let t = self.task(tid)?;
+        let found = match t.state {
+            RState::Dead(status) => status,
+            state => {
+                let real = t.tracee.pid();
+                if expected == ExitStatus::Signaled(libc::SIGKILL) {
+                    // Killed from outside the task (another process, or outside the recording).
+                    let _ = nix::sys::signal::kill(real, nix::sys::signal::SIGKILL);
+                }
+                match self.tasks.wait_end(real, END_GRACE)? {
+                    Some(status) => status,
+                    None => {
+                        let found = match state {
+                            RState::Parked(stop) => self.describe_stop(tid, stop),
+                            other => format!("the task still running ({other:?})"),
+                        };
+                        return Err(self.diverged(
+                            tid,
+                            format!("the task to end ({expected})"),
+                            found,
+                        ));
+                    }
+                }
+            }
+        };
+        if found != expected {
+            return Err(self.diverged(tid, expected.to_string(), found.to_string()));
+        }
+        if tid == self.root {
+            self.root_status = Some(found);
+        }
+        self.tasks.remove(tid);
+        if self.debug.as_ref().is_some_and(|d| d.process == tid) {
+            self.halt(Halt::Exited(found));
+        }
+        Ok(())
+    }
+}

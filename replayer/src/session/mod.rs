@@ -1,0 +1,400 @@
+//! The replay loop: drives the tracee from event to event of the trace.
+
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use trace_format::{Event, EventIter, ExitStatus, Tid, TraceReader};
+use tracee::forced_segv::SegvActions;
+use tracee::{spawn, SpawnOptions, Stop, Tracee};
+
+use crate::debug::{self, Debug, Halt};
+use crate::divergence::{Divergence, Incomplete};
+use crate::exec;
+use crate::point::Toward;
+use crate::tasks::{self, RState, Task, Tasks};
+
+mod lifecycle;
+mod run;
+mod signal;
+mod syscall;
+mod toward;
+
+/// How to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Do not echo what the program wrote to stdout/stderr.
+    pub quiet: bool,
+}
+
+/// A replay that reached the end of the recording faithfully.
+#[derive(Debug, Clone)]
+pub struct ReplayOutcome {
+    /// How the program ended (as recorded, and as replayed).
+    pub status: ExitStatus,
+    /// Number of events replayed.
+    pub events: u64,
+}
+
+/// What becomes of a running task after a stop.
+enum Next {
+    /// It reached its next event: park it there.
+    Park(Stop),
+    /// The stop is not the recording's (a dropped signal, a breakpoint stepped over): go on.
+    Again,
+    /// The debugger halts the replay here.
+    Halt(Halt),
+}
+
+/// The trap flag (TF) of rflags: single-stepping.
+const TRAP_FLAG: u64 = 0x100;
+
+/// `si_code` of a hardware breakpoint or watchpoint trap.
+const TRAP_HWBKPT: i32 = 4;
+
+/// `-ERESTARTSYS` .. `-ERESTART_RESTARTBLOCK`: results that make the kernel restart or fail the
+/// syscall when the signal that follows is delivered.
+fn is_restart_code(result: i64) -> bool {
+    (-516..=-512).contains(&result)
+}
+
+/// Replays the trace in `dir` to its end.
+pub fn replay(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
+    let (dir, opts) = (dir.to_path_buf(), opts.clone());
+    tracee::tsc::on_tracer_thread(move || {
+        let mut session = Session::open(&dir, &opts, None)?;
+        let result = session.run_events().and_then(|end| match end {
+            Some(outcome) => Ok(outcome),
+            None => bail!("the replay halted without a debugger"),
+        });
+        session.tasks.kill_all();
+        result
+    })
+}
+
+impl Session {
+    /// Opens the trace in `dir`, starts the program and replays its exec (event 0). With a
+    /// debugger, the replay then halts before the program's first instruction.
+    pub(crate) fn open(dir: &Path, opts: &ReplayOptions, debug: Option<Debug>) -> Result<Self> {
+        let reader = Rc::new(TraceReader::open(dir)?);
+        warn_if_cpu_differs(&reader);
+        let mut events = reader.events()?;
+        let first = match events.next() {
+            Some(ev) => ev?,
+            None => bail!(Incomplete { events: 0 }),
+        };
+        let Event::Exec(exec_ev) = first else {
+            bail!("the trace does not start with the program's exec");
+        };
+        let meta = reader.meta();
+        let program = reader.file_path(&exec_ev.exe)?;
+        let bind_over = exec::interpreter_override(&reader, &exec_ev, &program)?;
+        let cpu = meta.cpu.map(|c| c as usize).filter(|&c| cpu_allowed(c));
+        let tracee = spawn(&SpawnOptions {
+            program,
+            argv: meta.argv.clone(),
+            env: meta.env.clone(),
+            cpu,
+            trap_tsc: true,
+            seccomp: true,
+            no_core_dump: true,
+            signals: tracee::SignalState {
+                blocked: exec_ev.sig_blocked,
+                ignored: exec_ev.sig_ignored,
+            },
+            bind_over,
+            own_process_group: true,
+        })?;
+        let mut tasks = Tasks::default();
+        let pid = tracee.pid();
+        tasks.add(exec_ev.tid, exec_ev.tid, tracee, pid, RState::Unstarted);
+        let mut session = Session {
+            tasks,
+            reader,
+            events,
+            next: None,
+            index: 0,
+            opts: opts.clone(),
+            root: exec_ev.tid,
+            root_status: None,
+            running: None,
+            toward: None,
+            debug,
+            segv: SegvActions::default(),
+        };
+        if let Err(e) = session.first_exec(&exec_ev) {
+            session.tasks.kill_all();
+            return Err(e);
+        }
+        Ok(session)
+    }
+}
+
+fn cpu_allowed(cpu: usize) -> bool {
+    // SAFETY: zero is a valid (empty) cpu_set_t, filled in by sched_getaffinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0
+            && cpu < libc::CPU_SETSIZE as usize
+            && libc::CPU_ISSET(cpu, &set)
+    }
+}
+
+/// CPUID cannot be trapped on machines without CPUID faulting; replay then relies on the
+/// replaying CPU answering as the recording one did. Say so when it does not.
+fn warn_if_cpu_differs(reader: &TraceReader) {
+    let recorded = &reader.meta().cpuid;
+    if recorded.is_empty() {
+        return;
+    }
+    let here = tracee::cpuid::fingerprint();
+    let differs = recorded.iter().any(|r| {
+        let now = here
+            .iter()
+            .find(|(l, s, _)| *l == r.leaf && *s == r.subleaf)
+            .map(|(l, _, v)| tracee::cpuid::normalize(*l, *v));
+        now != Some(tracee::cpuid::normalize(r.leaf, r.regs))
+    });
+    if differs {
+        eprintln!(
+            "deja: warning: this CPU answers CPUID differently from the one that recorded the \
+             trace; a program that consults CPUID may diverge"
+        );
+    }
+}
+
+/// A replay in progress: the tasks, where the trace is, and the debugger's requests.
+pub(crate) struct Session {
+    pub(crate) tasks: Tasks,
+    reader: Rc<TraceReader>,
+    events: EventIter,
+    /// The next event, once peeked.
+    next: Option<Event>,
+    /// Index of the event being replayed.
+    index: u64,
+    opts: ReplayOptions,
+    /// The initial process (recorded id).
+    root: Tid,
+    root_status: Option<ExitStatus>,
+    /// The task that must run user code, up to its next stop, before the next event: the
+    /// one resumed after the last event, if it has not reached that stop yet.
+    running: Option<Run>,
+    /// The running task must stop at the exact point of its next event (a preemption, a signal
+    /// delivered mid-code), found again with a locator.
+    toward: Option<Toward>,
+    /// The debugger, when one drives the replay.
+    pub(crate) debug: Option<Debug>,
+    /// Each process's `SIGSEGV` action, put back where a trapped `rdtsc` made the kernel reset
+    /// it, as the recorder did (see `tracee::forced_segv`).
+    segv: SegvActions,
+}
+
+/// A task resumed after its event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    tid: Tid,
+    /// The signal to deliver as it resumes.
+    sig: i32,
+    /// The debugger was already told about `sig`.
+    sig_reported: bool,
+}
+
+/// How long an `Exit` event waits for its task to end before calling it a divergence.
+const END_GRACE: Duration = Duration::from_secs(10);
+
+impl Session {
+    fn peek(&mut self) -> Result<Option<&Event>> {
+        if self.next.is_none() {
+            self.next = self.events.next().transpose()?;
+        }
+        Ok(self.next.as_ref())
+    }
+
+    fn take(&mut self) -> Result<Option<Event>> {
+        self.peek()?;
+        Ok(self.next.take())
+    }
+
+    fn diverged(&self, tid: Tid, expected: String, found: String) -> anyhow::Error {
+        self.diverged_with(tid, expected, found, vec![])
+    }
+
+    fn diverged_with(
+        &self,
+        tid: Tid,
+        expected: String,
+        found: String,
+        details: Vec<String>,
+    ) -> anyhow::Error {
+        Divergence {
+            event: self.index,
+            task: tid,
+            expected,
+            found,
+            details,
+        }
+        .into()
+    }
+
+    fn task(&mut self, tid: Tid) -> Result<&mut Task> {
+        tasks::task(&mut self.tasks, tid)
+    }
+
+    fn tracee(&mut self, tid: Tid) -> Result<&Tracee> {
+        Ok(&self.task(tid)?.tracee)
+    }
+
+    /// Runs the program to its exec stop and replays the exec (event 0).
+    fn first_exec(&mut self, exec_ev: &trace_format::ExecEvent) -> Result<()> {
+        let root = self.root;
+        let t = self.tracee(root)?;
+        t.cont_syscall(0)?;
+        match t.wait()? {
+            Stop::Exec => {}
+            other => bail!("the recorded program did not start in replay: {other:?}"),
+        }
+        self.note_exec(exec_ev)?;
+        self.finish_exec(root, exec_ev)
+    }
+
+    /// The index of the event replayed last (0 is the program's exec).
+    pub(crate) fn when(&self) -> u64 {
+        self.index
+    }
+
+    /// Replays events until the end of the trace (`Some`), or until the debugger's halt
+    /// (`None`, with the reason in `debug.halt`).
+    pub(crate) fn run_events(&mut self) -> Result<Option<ReplayOutcome>> {
+        loop {
+            self.run_task()?;
+            if self.halted() {
+                return Ok(None);
+            }
+            if self.debug.as_mut().is_some_and(|d| d.interrupt_requested()) {
+                let tid = self.halt_thread();
+                self.halt(Halt::Interrupted(tid));
+                return Ok(None);
+            }
+            let Some(ev) = self.take()? else {
+                if self.events.truncated() || !self.reader.meta().complete {
+                    bail!(Incomplete {
+                        events: self.index + 1
+                    });
+                }
+                let status = self
+                    .root_status
+                    .context("the trace ends without the program's exit")?;
+                return Ok(Some(ReplayOutcome {
+                    status,
+                    events: self.index + 1,
+                }));
+            };
+            self.index += 1;
+            let tid = ev.tid();
+            if self.tasks.get(tid).is_none() {
+                return Err(self.diverged(
+                    tid,
+                    format!("a {} event", ev.kind()),
+                    "no such task in the replay".into(),
+                ));
+            }
+            match ev {
+                Event::Syscall(e) => self.syscall(&e)?,
+                Event::Signal(e) => self.signal(&e)?,
+                Event::Rdtsc(e) => self.rdtsc(&e)?,
+                Event::Exit(e) => self.exit(e.tid, e.status)?,
+                Event::Exec(e) => self.exec(&e)?,
+                Event::Clone(e) => self.clone_task(&e)?,
+                Event::Start(e) => self.start(&e)?,
+                Event::Cpuid(_) => bail!("trapped CPUID events are not supported by this replayer"),
+                Event::Preempt(e) => self.preempt(&e)?,
+                Event::Resume(e) => self.resume_preempted(e.tid)?,
+            }
+        }
+    }
+
+    fn halted(&self) -> bool {
+        self.debug.as_ref().is_some_and(|d| d.halt.is_some())
+    }
+
+    fn halt(&mut self, why: Halt) {
+        if let Some(d) = self.debug.as_mut() {
+            tracing::debug!(?why, event = self.index, "halting for the debugger");
+            d.halt = Some(why);
+            d.step = None;
+            d.interrupt_sent = None;
+        }
+    }
+
+    /// The task of the debugged process to name in a halt that is not any task's doing.
+    pub(crate) fn halt_thread(&self) -> Tid {
+        let Some(d) = self.debug.as_ref() else {
+            return self.root;
+        };
+        let alive = |t: Tid| self.tasks.in_process(d.process).any(|(id, _)| id == t);
+        match d.current {
+            Some(t) if alive(t) => t,
+            _ => self
+                .tasks
+                .in_process(d.process)
+                .map(|(id, _)| id)
+                .min()
+                .unwrap_or(d.process),
+        }
+    }
+
+    /// Whether task `tid` belongs to the debugged process.
+    fn debugged(&self, tid: Tid) -> bool {
+        match (&self.debug, self.tasks.by_tid(tid)) {
+            (Some(d), Some(t)) => t.rpid == d.process,
+            _ => false,
+        }
+    }
+
+    /// Keeps what the debugger needs of the debugged process's exec.
+    fn note_exec(&mut self, ev: &trace_format::ExecEvent) -> Result<()> {
+        let debugged = self.debugged(ev.tid);
+        let reader = Rc::clone(&self.reader);
+        if let Some(d) = self.debug.as_mut().filter(|_| debugged) {
+            d.breakpoints.clear();
+            d.lifted = None;
+            d.hw_generation += 1;
+            d.exe = reader.file_path(&ev.exe)?;
+            d.comm = debug::comm_of(&ev.exe.path);
+            d.auxv = tracee::auxv::raw(&ev.stack);
+        }
+        Ok(())
+    }
+}
+
+/// How many signals the replay may drop (ones the recording did not have at this point) while
+/// it delivers a recorded signal at a point, or runs a syscall in a task at a point, before
+/// giving up.
+const MAX_STRAY_SIGNALS: usize = 16;
+
+/// The signal `t` is stopped for, if a signal-delivery-stop other than a `SIGTRAP` and other
+/// than the stop it was in when its `siginfo` was `before`: after a syscall injected into it
+/// failed, whether a signal stopped it before the syscall ran.
+fn stopped_by_signal(
+    t: &Tracee,
+    before: Option<[u8; tracee::tracee::SIGINFO_SIZE]>,
+) -> Option<i32> {
+    let now = t.siginfo().ok()?;
+    let (sig, _) = tracee::tracee::signo_code(&now);
+    (Some(now) != before && sig > 0 && sig != libc::SIGTRAP).then_some(sig)
+}
+
+/// Whether thread `t` blocks signal `signo` (its `SigBlk` in `/proc`).
+fn signal_blocked(t: &Tracee, signo: i32) -> Result<bool> {
+    let mask = t.signal_set("SigBlk")?;
+    Ok((1..=64).contains(&signo) && mask & (1 << (signo - 1)) != 0)
+}
+
+fn errno_text(v: i64) -> String {
+    if syscalls::is_error(v) {
+        std::io::Error::from_raw_os_error(-v as i32).to_string()
+    } else {
+        "success".into()
+    }
+}
