@@ -14,6 +14,7 @@ use trace_format::{
 };
 use tracee::forced_segv::{SegvActions, KERNEL_SIGACTION};
 use tracee::insn::Trapped;
+use tracee::segv_mask::SegvBlocked;
 use tracee::tracee::{signo_code, SIGINFO_SIZE};
 use tracee::{regs, Regs, Stop, Tracee};
 
@@ -91,6 +92,8 @@ pub struct Session {
     /// Each process's `SIGSEGV` action, put back where a trapped `rdtsc` made the kernel reset
     /// it (see `tracee::forced_segv`).
     segv: SegvActions,
+    /// Which tasks block `SIGSEGV`, for the same trap (see `tracee::segv_mask`).
+    segv_blocked: SegvBlocked,
 }
 
 impl Session {
@@ -117,6 +120,7 @@ impl Session {
             me: std::process::id() as i32,
             stop_at_syscalls: std::env::var_os(STOP_AT_SYSCALLS_ENV).is_some(),
             segv: SegvActions::default(),
+            segv_blocked: SegvBlocked::default(),
         }
     }
 
@@ -250,6 +254,7 @@ impl Session {
         ev.tid = named;
         writer.push(&Event::Exec(Box::new(ev)))?;
         self.segv.exec(t.pid);
+        self.segv_blocked.after_call(tid, &t.tracee, None)?;
         Ok(())
     }
 
@@ -352,6 +357,7 @@ impl Session {
         if self.current == Some(tid) {
             self.current = None;
         }
+        self.segv_blocked.forget(tid);
         if t.is_leader() {
             self.echo.remove(&t.pid);
             self.segv.exit(t.pid);
@@ -572,6 +578,7 @@ impl Session {
             flags: args.flags,
             writes,
         }))?;
+        self.segv_blocked.clone_task(tid, child);
         if !args.is_thread() {
             let table = self.echo.get(&parent_pid).cloned().unwrap_or_default();
             self.echo.insert(child, table);
@@ -622,6 +629,7 @@ impl Session {
             echo,
             warned,
             segv,
+            segv_blocked,
             ..
         } = self;
         let t = tasks
@@ -629,6 +637,7 @@ impl Session {
             .context("finishing a syscall of an unknown task")?;
         let mut exit = t.tracee.regs()?;
         own_filters::at_exit(&t.tracee, ev.nr, &ev.args, &mut exit)?;
+        segv_blocked.after_call(tid, &t.tracee, Some(ev.nr))?;
         ev.result = exit.rax as i64;
         let (nr, args) = (ev.nr, ev.args);
         if nr == libc::SYS_set_tid_address as u64 {
@@ -1041,6 +1050,7 @@ impl Session {
         let pid = t.pid;
         if let Some(t) = self.tasks.get(&tid) {
             self.segv.restore_after_trap(pid, &t.tracee)?;
+            self.segv_blocked.reblock_after_trap(tid, &t.tracee)?;
         }
         self.writer
             .push(&Event::Rdtsc(RdtscEvent { tid, rip, tsc, aux }))?;

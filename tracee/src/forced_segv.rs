@@ -13,8 +13,8 @@
 //! trapped instruction put it back if the kernel reset it ([`SegvActions::restore_after_trap`]),
 //! blocking `SIGSEGV` again when the action was a handler (a handler is reset only when the
 //! signal was blocked). Both sides see the same trap in the same state, so they restore
-//! identically. Not covered: a program that blocks `SIGSEGV` with the default action finds
-//! it unblocked afterwards (nothing tells that it was blocked).
+//! identically. A program that blocks `SIGSEGV` with the default action gets it blocked again
+//! by `crate::segv_mask`, which follows each task's mask.
 
 use std::collections::HashMap;
 

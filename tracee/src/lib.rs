@@ -16,6 +16,7 @@ pub mod locate;
 pub mod maps;
 pub mod regs;
 pub mod seccomp;
+pub mod segv_mask;
 pub mod spawn;
 pub mod state;
 pub mod stop;

@@ -45,6 +45,7 @@ impl Session {
             .remove(&former)
             .with_context(|| format!("thread {former} of process {pid} called execve unseen"))?;
         tracing::debug!(pid, former, "execve by a thread other than the main one");
+        self.segv_blocked.forget(former);
         task.tracee = leader;
         self.ready.retain(|&r| r != pid && r != former);
         if self.current == Some(former) {

@@ -10,7 +10,7 @@ use tracee::{Stop, Tracee};
 
 use crate::debug::{self, Halt};
 use crate::exec;
-use crate::tasks::RState;
+use crate::tasks::{self, RState};
 
 use super::{errno_text, Session, END_GRACE};
 
@@ -29,6 +29,8 @@ impl Session {
             other => bail!("unexpected stop after exec: {other:?}"),
         }
         self.segv.exec(rpid);
+        let t = &tasks::task(&mut self.tasks, tid)?.tracee;
+        self.segv_blocked.after_call(tid, t, None)?;
         self.resume(tid, 0)
     }
 
@@ -67,6 +69,7 @@ impl Session {
                 self.note_exec(ev)?;
                 if rpid != tid {
                     self.tasks.exec_by_thread(tid, rpid)?;
+                    self.segv_blocked.forget(tid);
                 }
                 self.finish_exec(rpid, ev)
             }
@@ -143,6 +146,7 @@ impl Session {
         if e.child_pid == e.child {
             self.segv.fork(e.parent_pid, e.child);
         }
+        self.segv_blocked.clone_task(tid, e.child);
         let c = self.task(e.child)?;
         c.inherits_breakpoints = inherits;
         c.last_trap = last_trap;
@@ -239,6 +243,7 @@ impl Session {
             self.root_status = Some(found);
         }
         self.tasks.remove(tid);
+        self.segv_blocked.forget(tid);
         if self.debug.as_ref().is_some_and(|d| d.process == tid) {
             self.halt(Halt::Exited(found));
         }
