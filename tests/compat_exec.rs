@@ -59,3 +59,10 @@ fn realtime_signals_queued_with_sigqueue_replay_exactly() {
         ),
     );
 }
+
+#[test]
+fn the_program_inherits_the_default_sigpipe_not_deja_s() {
+    // deja, a Rust program, ignores SIGPIPE itself; the recorded program must not inherit that.
+    let prog = program("inherited_sigpipe");
+    assert_replays_like_native(&prog, &[], 0, Some("child killed by signal 13\n"));
+}

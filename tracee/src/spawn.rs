@@ -53,6 +53,9 @@ pub struct SignalState {
 
 impl SignalState {
     /// The calling thread's state (call it before installing any handler of deja's own).
+    /// `SIGPIPE` counts as not ignored: the Rust runtime sets it to `SIG_IGN` in every Rust
+    /// program before `main`, so that `SIG_IGN` is deja's, not the user's (whose shell leaves it
+    /// at its default, as a program run without deja gets it).
     pub fn current() -> Self {
         // SAFETY: zeroed sigset_t/sigaction are valid out-buffers for these queries.
         unsafe {
@@ -64,7 +67,8 @@ impl SignalState {
                     st.blocked |= 1 << (sig - 1);
                 }
                 let mut sa: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(sig, std::ptr::null(), &mut sa) == 0
+                if sig != libc::SIGPIPE
+                    && libc::sigaction(sig, std::ptr::null(), &mut sa) == 0
                     && sa.sa_sigaction == libc::SIG_IGN
                 {
                     st.ignored |= 1 << (sig - 1);
