@@ -25,7 +25,10 @@ use crate::memory::TraceeMemory;
 use crate::own_filters;
 use crate::points;
 use crate::session::{set_ticks_blocked, TICK};
-use crate::signals::{is_fault, is_ours, is_restart, restart_pending, ERESTART_RESTARTBLOCK};
+use crate::signals::{
+    dropped_by_namespace_init, is_fault, is_ours, is_restart, restart_pending,
+    ERESTART_RESTARTBLOCK,
+};
 use crate::task::{Entry, HeldSignal, State, Task};
 
 mod thread_exec;
@@ -727,16 +730,17 @@ impl Session {
         } else {
             return self.signal_mid_code(tid, sig, info);
         };
+        let delivered = origin == SignalOrigin::Fault || !dropped_by_namespace_init(tid, sig);
         self.writer.push(&Event::Signal(SignalEvent {
             tid,
             signo: sig,
             siginfo: info.to_vec(),
             origin,
             rip: regs.rip,
-            delivered: true,
+            delivered,
             point: None,
         }))?;
-        self.task(tid)?.tracee.cont(sig)
+        self.task(tid)?.tracee.cont(if delivered { sig } else { 0 })
     }
 
     /// At the stop for the recorder's own preemption `SIGSTOP` of the running task `tid`
@@ -778,6 +782,7 @@ impl Session {
     /// middle of its user code: recorded at an exact point (see [`Session::reach_point`]), and
     /// delivered there. The task keeps the CPU.
     fn signal_mid_code(&mut self, tid: i32, sig: i32, info: [u8; SIGINFO_SIZE]) -> Result<()> {
+        let delivered = !dropped_by_namespace_init(tid, sig);
         let mut aside = Vec::new();
         // Stepping discards the signal; it is injected again at the point.
         let Some(point) = self.reach_point(tid, &mut aside)? else {
@@ -790,12 +795,12 @@ impl Session {
             siginfo: info.to_vec(),
             origin: SignalOrigin::Async,
             rip: point.regs[RIP],
-            delivered: true,
+            delivered,
             point: Some(Box::new(point)),
         }))?;
         let t = self.task(tid)?;
         t.tracee.set_siginfo(&info)?;
-        t.tracee.cont(sig)?;
+        t.tracee.cont(if delivered { sig } else { 0 })?;
         self.send_again(tid, aside)
     }
 
