@@ -31,6 +31,7 @@ use crate::signals::{
 };
 use crate::task::{Entry, HeldSignal, State, Task};
 
+mod fatal_call;
 mod thread_exec;
 
 /// How long a task may hold the CPU in user code without an event while another task waits
@@ -357,6 +358,7 @@ impl Session {
             self.early.insert(tid, stop);
             return Ok(());
         };
+        self.record_fatal_call(&t, status)?;
         if self.current == Some(tid) {
             self.current = None;
         }
