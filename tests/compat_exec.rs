@@ -66,3 +66,9 @@ fn the_program_inherits_the_default_sigpipe_not_deja_s() {
     let prog = program("inherited_sigpipe");
     assert_replays_like_native(&prog, &[], 0, Some("child killed by signal 13\n"));
 }
+
+#[test]
+fn a_clone_vm_child_killing_itself_runs_up_to_its_kill_in_replay() {
+    let prog = program("clone_vm_selfkill");
+    assert_replays_like_native(&prog, &[], 0, Some("child killed by 9; word 7: abcdefg\n"));
+}
