@@ -26,7 +26,7 @@ use crate::own_filters;
 use crate::points;
 use crate::session::{set_ticks_blocked, TICK};
 use crate::signals::{
-    dropped_by_namespace_init, is_fault, is_ours, is_restart, restart_pending,
+    dropped_by_namespace_init, is_fault, is_ours, is_restart, restart_pending, still_at,
     ERESTART_RESTARTBLOCK,
 };
 use crate::task::{Entry, HeldSignal, State, Task};
@@ -721,10 +721,7 @@ impl Session {
             return Ok(());
         }
         let t = self.task(tid)?;
-        let at_boundary = t
-            .boundary
-            .take()
-            .is_some_and(|b| regs::to_words(&b) == regs::to_words(&regs));
+        let at_boundary = t.boundary.take().is_some_and(|b| still_at(&b, &regs));
         let origin = if is_fault(signo, code) {
             SignalOrigin::Fault
         } else if at_boundary {
@@ -742,7 +739,13 @@ impl Session {
             delivered,
             point: None,
         }))?;
-        self.task(tid)?.tracee.cont(if delivered { sig } else { 0 })
+        let t = self.task(tid)?;
+        if origin == SignalOrigin::Async {
+            // Still right after the event if the kernel discards this signal (ignored): a
+            // signal stopping the task next, before it runs anything, is at the event too.
+            t.boundary = Some(regs);
+        }
+        t.tracee.cont(if delivered { sig } else { 0 })
     }
 
     /// At the stop for the recorder's own preemption `SIGSTOP` of the running task `tid`

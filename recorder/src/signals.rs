@@ -60,3 +60,27 @@ pub fn dropped_by_namespace_init(tid: i32, sig: i32) -> bool {
         .is_some_and(|set| set & (1 << (sig - 1)) != 0);
     is_init && !caught
 }
+
+/// Whether a task stopped for a signal with registers `now` has run nothing since it was at
+/// `boundary` (the registers it was resumed with after its last event): they are the same, or
+/// `boundary` is the exit of a syscall that returned a restart code and the kernel restarted
+/// it without running a handler (an ignored signal came): `rip` back on the `syscall`
+/// instruction and the call's number back in `rax` (`restart_syscall`'s for
+/// `-ERESTART_RESTARTBLOCK`). Such a signal is delivered right at the event (as the kernel
+/// does when it unblocks a signal at the end of `ppoll`'s temporary mask, rr's `intr_ppoll`).
+pub fn still_at(boundary: &Regs, now: &Regs) -> bool {
+    if tracee::regs::to_words(boundary) == tracee::regs::to_words(now) {
+        return true;
+    }
+    if !restart_pending(boundary) {
+        return false;
+    }
+    let mut restarted = *boundary;
+    restarted.rip = boundary.rip.wrapping_sub(2);
+    restarted.rax = if boundary.rax as i64 == ERESTART_RESTARTBLOCK {
+        libc::SYS_restart_syscall as u64
+    } else {
+        boundary.orig_rax
+    };
+    tracee::regs::to_words(&restarted) == tracee::regs::to_words(now)
+}
