@@ -36,9 +36,12 @@ impl SegvBlocked {
     /// After syscall `nr` of task `key` (traced as `t`) returned, or at its exec stop (`nr`
     /// `None`): notes whether it blocks `SIGSEGV` if the call may have changed its mask.
     pub fn after_call(&mut self, key: i32, t: &Tracee, nr: Option<u64>) -> Result<()> {
-        let changes_mask = nr.is_none_or(|nr| {
-            nr == libc::SYS_rt_sigprocmask as u64 || nr == libc::SYS_rt_sigreturn as u64
-        });
+        let changes_mask = match nr {
+            None => true,
+            Some(nr) => {
+                nr == libc::SYS_rt_sigprocmask as u64 || nr == libc::SYS_rt_sigreturn as u64
+            }
+        };
         if !changes_mask {
             return Ok(());
         }
