@@ -72,3 +72,21 @@ fn a_clone_vm_child_killing_itself_runs_up_to_its_kill_in_replay() {
     let prog = program("clone_vm_selfkill");
     assert_replays_like_native(&prog, &[], 0, Some("child killed by 9; word 7: abcdefg\n"));
 }
+
+#[test]
+fn a_signal_unblocked_when_ppoll_restarts_after_ignored_signals_replays_exactly() {
+    let prog = program("ppoll_ignored_signal");
+    let mut expected = String::new();
+    for round in 0..4 {
+        expected.push_str(&format!(
+            "round {round}: ppoll 0, SIGCHLD handled -, blocked after: no\n"
+        ));
+    }
+    assert_replays_like_native(&prog, &[], 0, Some(&expected));
+}
+
+#[test]
+fn a_pid_namespace_init_survives_a_signal_it_has_no_handler_for_in_replay() {
+    let prog = program("ns_init_signal");
+    assert_replays_like_native(&prog, &[], 0, Some("child exited with 55\n"));
+}
