@@ -39,28 +39,6 @@ pub fn is_ours(info: &[u8; SIGINFO_SIZE], me: i32) -> bool {
     signo == libc::SIGSTOP && code == libc::SI_TKILL && pid == me
 }
 
-/// Whether the kernel discards signal `sig` when task `tid` would take it: the init process of
-/// a pid namespace (its id there is 1) ignores every signal it has no handler for, but
-/// `SIGKILL` and `SIGSTOP`. Under ptrace the signal still stops the task first, and the
-/// recorder records it as not delivered; the replay, whose process is no namespace's init
-/// (namespaces are not recreated), suppresses it likewise instead of dying of it.
-pub fn dropped_by_namespace_init(tid: i32, sig: i32) -> bool {
-    if sig == libc::SIGKILL || sig == libc::SIGSTOP || !(1..=64).contains(&sig) {
-        return false;
-    }
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return false;
-    };
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
-    let is_init = field("NSpid:")
-        .and_then(|ids| ids.split_whitespace().last())
-        .is_some_and(|id| id == "1");
-    let caught = field("SigCgt:")
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|set| set & (1 << (sig - 1)) != 0);
-    is_init && !caught
-}
-
 /// Whether a task stopped for a signal with registers `now` has run nothing since it was at
 /// `boundary` (the registers it was resumed with after its last event): they are the same, or
 /// `boundary` is the exit of a syscall that returned a restart code and the kernel restarted

@@ -43,22 +43,21 @@ pub fn wait_any(on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> 
 }
 
 /// `waitpid(pid or any, __WALL)` until a stop or an end is reported. The raw status is decoded
-/// here, not by `nix`, whose `Signal` cannot hold a realtime signal (`SIGRTMIN`..`SIGRTMAX`):
-/// a task stopped or killed by one would make the wait fail with `EINVAL`.
+/// here rather than by `nix`, whose decoding refuses realtime signals (`SIGRTMIN`..`SIGRTMAX`)
+/// with `EINVAL`.
 fn wait(pid: Option<Pid>, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> {
     let target = pid.map_or(-1, Pid::as_raw);
     loop {
         let mut status: libc::c_int = 0;
-        // SAFETY: waitpid only writes the status word we pass.
+        // SAFETY: waitpid stores one int at `status`, a local that outlives the call.
         let who = unsafe { libc::waitpid(target, &mut status, libc::__WALL) };
         if who < 0 {
-            match nix::errno::Errno::last() {
-                nix::errno::Errno::EINTR => {
-                    on_idle()?;
-                    continue;
-                }
-                e => return Err(e.into()),
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                on_idle()?;
+                continue;
             }
+            return Err(err.into());
         }
         if let Some(stop) = decode(status) {
             return Ok((Pid::from_raw(who), stop));
@@ -66,7 +65,8 @@ fn wait(pid: Option<Pid>, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pi
     }
 }
 
-/// What a raw `waitpid` status says (`None`: a continued task, not a stop).
+/// A raw `waitpid` status as a [`Stop`] (`None`: a continuation, which ptrace never reports
+/// with these flags).
 fn decode(status: libc::c_int) -> Option<Stop> {
     if libc::WIFEXITED(status) {
         return Some(Stop::Exited(libc::WEXITSTATUS(status)));
@@ -79,16 +79,12 @@ fn decode(status: libc::c_int) -> Option<Stop> {
     }
     let sig = libc::WSTOPSIG(status);
     let event = status >> 16;
-    Some(if sig == libc::SIGTRAP | 0x80 {
-        Stop::SyscallStop
-    } else if event == libc::PTRACE_EVENT_SECCOMP {
-        Stop::SeccompEntry
-    } else if event == libc::PTRACE_EVENT_EXEC {
-        Stop::Exec
-    } else if event != 0 {
-        Stop::Event(event)
-    } else {
-        Stop::Signal(sig)
+    Some(match event {
+        0 if sig == libc::SIGTRAP | 0x80 => Stop::SyscallStop,
+        0 => Stop::Signal(sig),
+        libc::PTRACE_EVENT_SECCOMP => Stop::SeccompEntry,
+        libc::PTRACE_EVENT_EXEC => Stop::Exec,
+        ev => Stop::Event(ev),
     })
 }
 
@@ -97,18 +93,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decodes_realtime_signals_and_events() {
-        // Stopped by SIGRTMIN+2 (36): (sig << 8) | 0x7f.
-        assert_eq!(decode((36 << 8) | 0x7f), Some(Stop::Signal(36)));
-        // Killed by SIGRTMAX (64).
-        assert_eq!(decode(64), Some(Stop::Killed(64)));
-        assert_eq!(decode(3 << 8), Some(Stop::Exited(3)));
+    fn decodes_realtime_signal_stops_and_events() {
+        // Stopped by SIGRTMIN+2 (as `waitpid` encodes it: signal << 8 | 0x7f).
+        let rt = libc::SIGRTMIN() + 2;
+        assert_eq!(decode((rt << 8) | 0x7f), Some(Stop::Signal(rt)));
+        let syscall = ((libc::SIGTRAP | 0x80) << 8) | 0x7f;
+        assert_eq!(decode(syscall), Some(Stop::SyscallStop));
         let seccomp = (libc::PTRACE_EVENT_SECCOMP << 16) | (libc::SIGTRAP << 8) | 0x7f;
         assert_eq!(decode(seccomp), Some(Stop::SeccompEntry));
-        assert_eq!(
-            decode(((libc::SIGTRAP | 0x80) << 8) | 0x7f),
-            Some(Stop::SyscallStop)
-        );
-        assert_eq!(decode(0xffff), None);
+        assert_eq!(decode(3 << 8), Some(Stop::Exited(3)));
+        assert_eq!(decode(libc::SIGKILL), Some(Stop::Killed(libc::SIGKILL)));
     }
 }
