@@ -449,6 +449,9 @@ impl Session {
             mapped_file: None,
             echo: None,
         };
+        if let Some(why) = own_filters::unsupported(nr, &args) {
+            bail!("{why}");
+        }
         match replay {
             Replay::Unsupported(_) => {
                 bail!(
