@@ -7,6 +7,7 @@ mod exec;
 mod ioctls;
 mod mapped_files;
 mod memory;
+mod own_filters;
 mod points;
 mod recording;
 mod session;
