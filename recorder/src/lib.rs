@@ -2,15 +2,19 @@
 //! trace of everything nondeterministic it observed (see `README.md` in this crate).
 
 mod echo;
+mod emulated;
 mod exec;
+mod ioctls;
 mod mapped_files;
 mod memory;
+mod own_filters;
 mod points;
 mod ptrace_emu;
 mod recording;
 mod session;
 mod signals;
 mod task;
+mod tsc_mode;
 
 use std::path::PathBuf;
 

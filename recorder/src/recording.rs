@@ -9,27 +9,34 @@ use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
 use syscalls::{Call, Replay};
 use trace_format::{
-    CloneEvent, Event, ExitEvent, ExitStatus, MemWrite, Point, PreemptEvent, RdtscEvent,
+    CloneEvent, Echoed, Event, ExitEvent, ExitStatus, MemWrite, Point, PreemptEvent, RdtscEvent,
     ResumeEvent, SignalEvent, SignalOrigin, StartEvent, SyscallEvent, TraceWriter,
 };
 use tracee::forced_segv::{SegvActions, KERNEL_SIGACTION};
 use tracee::insn::Trapped;
+use tracee::segv_mask::SegvBlocked;
 use tracee::tracee::{signo_code, SIGINFO_SIZE};
 use tracee::{regs, Regs, Stop, Tracee};
 
-use crate::echo::EchoFds;
+use crate::echo::{self, EchoFds};
+use crate::emulated;
 use crate::exec;
+use crate::ioctls::ioctl_warning;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
+use crate::own_filters;
 use crate::points;
 use crate::session::{set_ticks_blocked, TICK};
-use crate::signals::{is_fault, is_ours, restart_pending};
+use crate::signals::{is_fault, is_ours, restart_pending, still_at};
 use crate::task::{Entry, HeldSignal, State, Task};
+use crate::tsc_mode::TscModes;
 
 mod ending;
+mod fatal_call;
 mod group_stop;
 mod ptrace;
 mod restart;
+mod thread_exec;
 mod vanish;
 
 /// How long a task may hold the CPU in user code without an event while another task waits
@@ -66,6 +73,8 @@ pub struct Session {
     files: MappedFiles,
     /// Descriptors aliasing stdout/stderr, per process.
     echo: HashMap<i32, EchoFds>,
+    /// The `PR_SET_TSC` setting each task chose.
+    tsc: TscModes,
     /// Syscalls already warned about.
     warned: HashSet<u64>,
     tasks: HashMap<i32, Task>,
@@ -101,6 +110,8 @@ pub struct Session {
     /// Each process's `SIGSEGV` action, put back where a trapped `rdtsc` made the kernel reset
     /// it (see `tracee::forced_segv`).
     segv: SegvActions,
+    /// Which tasks block `SIGSEGV`, for the same trap (see `tracee::segv_mask`).
+    segv_blocked: SegvBlocked,
 }
 
 impl Session {
@@ -114,6 +125,7 @@ impl Session {
             writer,
             files: MappedFiles::default(),
             echo: HashMap::from([(tid, EchoFds::default())]),
+            tsc: TscModes::default(),
             warned: HashSet::new(),
             tasks,
             ready: VecDeque::new(),
@@ -131,6 +143,7 @@ impl Session {
             wait_all,
             continued: HashSet::new(),
             segv: SegvActions::default(),
+            segv_blocked: SegvBlocked::default(),
         }
     }
 
@@ -254,7 +267,7 @@ impl Session {
             }
             other => bail!("the program did not start: {other:?}"),
         }
-        self.record_exec(root)?;
+        self.record_exec(root, root)?;
         let t = self.task(root)?;
         t.tracee.cont_syscall(0)?;
         match t.tracee.wait()? {
@@ -265,8 +278,10 @@ impl Session {
         self.resume(root, r)
     }
 
-    /// At an exec stop of `tid`: records the new program image.
-    fn record_exec(&mut self, tid: i32) -> Result<()> {
+    /// At an exec stop of `tid`: records the new program image, as an exec of task `named`
+    /// (the thread that called `execve`, which may have had another id before, see
+    /// `thread_exec`).
+    fn record_exec(&mut self, tid: i32, named: i32) -> Result<()> {
         let Session {
             tasks,
             writer,
@@ -279,12 +294,14 @@ impl Session {
         // the new program's exit until it asks.
         t.mm = t.pid;
         t.clear_tid_at = None;
-        let ev = exec::capture(&t.tracee, writer, files)?;
+        let mut ev = exec::capture(&t.tracee, writer, files)?;
+        ev.tid = named;
         writer.push(&Event::Exec(Box::new(ev)))?;
         if let Some(rel) = self.ptrace.get_mut(tid) {
             rel.exec_pending = true;
         }
         self.segv.exec(t.pid);
+        self.segv_blocked.after_call(tid, &t.tracee, None)?;
         Ok(())
     }
 
@@ -364,6 +381,11 @@ impl Session {
             Stop::Killed(s) => return self.on_death(tid, ExitStatus::Signaled(s), stop),
             _ => {}
         }
+        if stop == Stop::Exec {
+            if let Some(former) = self.exec_by_other_thread(tid)? {
+                return self.on_thread_exec(tid, former);
+            }
+        }
         let Some(t) = self.tasks.get_mut(&tid) else {
             // A new task's first stop can come before its parent's clone event.
             self.early.insert(tid, stop);
@@ -410,13 +432,16 @@ impl Session {
             self.early.insert(tid, stop);
             return Ok(());
         };
+        self.record_fatal_call(&t, status)?;
         if self.current == Some(tid) {
             self.current = None;
         }
+        self.segv_blocked.forget(tid);
         if t.is_leader() {
             self.echo.remove(&t.pid);
             self.segv.exit(t.pid);
         }
+        self.tsc.forget(tid);
         self.exits.push(ExitEvent { tid, status });
         if tid == self.root {
             self.initial_process_ended();
@@ -440,7 +465,7 @@ impl Session {
         let (nr, args) = (entry.orig_rax, regs::syscall_args(&entry));
         let name = syscalls::name(nr);
         let def = syscalls::lookup(nr);
-        let replay = match def {
+        let mut replay = match def {
             Some(def) => def.replay,
             None => {
                 self.warn_once(nr, || {
@@ -449,16 +474,14 @@ impl Session {
                 Replay::Deny(libc::ENOSYS)
             }
         };
-        if nr == libc::SYS_ioctl as u64 && !syscalls::ioctl_known(args[1]) {
-            // Keyed apart from syscall numbers (which are below 1024).
-            let key = (1 << 32) | (args[1] & 0xffff_ffff);
-            self.warn_once(key, || {
-                format!(
-                    "ioctl request {:#x} is not modelled: only the size its number encodes is \
-                     recorded, so the replay may differ if it wrote more",
-                    args[1] & 0xffff_ffff
-                )
-            });
+        if nr == libc::SYS_ioctl as u64 {
+            if let Some((refused, warning)) = ioctl_warning(args[1]) {
+                // Keyed apart from syscall numbers (which are below 1024).
+                self.warn_once((1 << 32) | (args[1] & 0xffff_ffff), || warning);
+                if refused {
+                    replay = Replay::Deny(libc::ENOTTY);
+                }
+            }
         }
         let mut ev = SyscallEvent {
             tid,
@@ -471,6 +494,21 @@ impl Session {
             mapped_file: None,
             echo: None,
         };
+        if let Some(why) = own_filters::unsupported(nr, &args) {
+            bail!("{why}");
+        }
+        if syscalls::writes_to_fd(nr) {
+            let pid = self.task(tid)?.pid;
+            ev.echo = echo::stream_of(tid, args[0], self.echo.get(&pid)).map(|stream| Echoed {
+                stream,
+                bytes: Vec::new(),
+            });
+        }
+        if (nr == libc::SYS_prctl as u64 && syscalls::EMULATED_PRCTL.contains(&args[0]))
+            || emulated::is_vsyscall(entry.rip)
+        {
+            return self.emulate_in_recorder(tid, entry, ev);
+        }
         match replay {
             Replay::Unsupported(_) => {
                 bail!(
@@ -480,8 +518,9 @@ impl Session {
                 )
             }
             Replay::Deny(errno) => {
-                // rseq is refused for every glibc program, which copes silently: no warning.
-                if def.is_some() && nr != libc::SYS_rseq as u64 {
+                // rseq is refused for every glibc program, which copes silently: no warning;
+                // a refused ioctl was warned about by its request.
+                if def.is_some() && nr != libc::SYS_rseq as u64 && nr != libc::SYS_ioctl as u64 {
                     self.warn_once(nr, || {
                         format!(
                             "{name} is refused with {} (as rr does)",
@@ -525,8 +564,12 @@ impl Session {
                 // Calls that change the address space, the signal state, the program or the
                 // task tree, and calls that send signals, run while no other task runs; the
                 // others (which may block) let other tasks run meanwhile, but for the few that
-                // write memory other tasks read at once (`syscalls::runs_exclusively`).
-                let exclusive = replay != Replay::Emulate || syscalls::runs_exclusively(nr, &args);
+                // write memory other tasks read at once (`syscalls::runs_exclusively`). Writes
+                // to the recording's stdout/stderr also run alone, so the order in which their
+                // bytes reach the stream is the order of their events, which the replay echoes.
+                let exclusive = replay != Replay::Emulate
+                    || syscalls::runs_exclusively(nr, &args)
+                    || ev.echo.is_some();
                 let stop_now = !exclusive && self.stop_at_syscalls;
                 let t = self.task(tid)?;
                 let mut traced = entry;
@@ -550,6 +593,25 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// `prctl(PR_GET_TSC | PR_SET_TSC | PR_GET_SECCOMP)` (answered from the program's own
+    /// setting, see `tsc_mode.rs`) or a call through the vsyscall page, at its entry: the
+    /// recorder answers it and the kernel skips it.
+    fn emulate_in_recorder(&mut self, tid: i32, entry: Regs, ev: SyscallEvent) -> Result<()> {
+        let Session {
+            tasks, writer, tsc, ..
+        } = self;
+        let t = tasks
+            .get_mut(&tid)
+            .context("a syscall of an unknown task")?;
+        let result = if emulated::is_vsyscall(entry.rip) {
+            emulated::vsyscall(&t.tracee, ev.nr, &ev.args)?
+        } else {
+            tsc.prctl(tid, &t.tracee, ev.args[0], ev.args[1])?
+        };
+        let r = emulated::answer(&t.tracee, writer, ev, entry, result)?;
+        self.resume(tid, r)
     }
 
     /// A stop of `tid` while it is inside a syscall.
@@ -579,7 +641,7 @@ impl Session {
             Stop::Exec if entry.replay == Replay::Exec => {
                 entry.exec_done = true;
                 t.state = State::InSyscall(entry);
-                self.record_exec(tid)?;
+                self.record_exec(tid, tid)?;
                 self.task(tid)?.tracee.cont_syscall(0)
             }
             Stop::Event(e)
@@ -633,6 +695,8 @@ impl Session {
             flags: args.flags,
             writes,
         }))?;
+        self.tsc.inherit(tid, child);
+        self.segv_blocked.clone_task(tid, child);
         if !args.is_thread() {
             let table = self.echo.get(&parent_pid).cloned().unwrap_or_default();
             self.echo.insert(child, table);
@@ -688,12 +752,15 @@ impl Session {
             echo,
             warned,
             segv,
+            segv_blocked,
             ..
         } = self;
         let t = tasks
             .get_mut(&tid)
             .context("finishing a syscall of an unknown task")?;
-        let exit = t.tracee.regs()?;
+        let mut exit = t.tracee.regs()?;
+        own_filters::at_exit(&t.tracee, ev.nr, &ev.args, &mut exit)?;
+        segv_blocked.after_call(tid, &t.tracee, Some(ev.nr))?;
         ev.result = exit.rax as i64;
         let (nr, args) = (ev.nr, ev.args);
         if nr == libc::SYS_set_tid_address as u64 {
@@ -733,15 +800,15 @@ impl Session {
             }
             ev.mapped_file = Some(f);
         }
-        let fds = echo.entry(t.pid).or_default();
-        if matches!(
-            nr as i64,
-            libc::SYS_write | libc::SYS_writev | libc::SYS_pwrite64 | libc::SYS_pwritev
-        ) && ev.result > 0
-        {
-            ev.echo = fds.stream(args[0]);
+        if let Some(echoed) = &mut ev.echo {
+            match syscalls::written_bytes(&call, &TraceeMemory(&t.tracee)) {
+                Some(bytes) if !bytes.is_empty() => echoed.bytes = bytes,
+                _ => ev.echo = None,
+            }
         }
-        fds.after_syscall(nr, &args, ev.result);
+        echo.entry(t.pid)
+            .or_default()
+            .after_syscall(nr, &args, ev.result);
         writer.push(&Event::Syscall(ev))?;
         self.resume(tid, exit)
     }
@@ -782,12 +849,10 @@ impl Session {
         let t = self.task(tid)?;
         // A stop between a syscall's restart code and the kernel's restart (a second signal
         // after one whose default action was to ignore it) is at the same boundary: no user
-        // code ran since the event.
-        let at_boundary = t
-            .boundary
-            .take()
-            .is_some_and(|b| regs::to_words(&b) == regs::to_words(&regs))
-            || restart_pending(&regs);
+        // code ran since the event; so is one right after the kernel restarted the call
+        // (`still_at`).
+        let at_boundary =
+            t.boundary.take().is_some_and(|b| still_at(&b, &regs)) || restart_pending(&regs);
         if self.ptrace.is_traced(tid) && sig != libc::SIGKILL {
             return self.ptrace_signal(tid, sig, info, &regs, at_boundary);
         }
@@ -799,13 +864,18 @@ impl Session {
         } else {
             return self.signal_mid_code(tid, sig, info);
         };
+        // The kernel discards a signal sent to a pid namespace's init that has no handler for
+        // it (`tracee::nsinit`): not delivered, and the replay's process, no namespace's init,
+        // must not die of it.
+        let delivered =
+            origin == SignalOrigin::Fault || !self.task(tid)?.tracee.fault_ignored_as_ns_init(sig);
         self.writer.push(&Event::Signal(SignalEvent {
             tid,
             signo: sig,
             siginfo: info.to_vec(),
             origin,
             rip: regs.rip,
-            delivered: true,
+            delivered,
             point: None,
         }))?;
         let t = self.task(tid)?;
@@ -816,7 +886,12 @@ impl Session {
             let status = ExitStatus::Signaled(sig);
             return self.on_death(tid, status, Stop::Killed(sig));
         }
-        t.tracee.cont(sig)
+        if origin == SignalOrigin::Async {
+            // Still right after the event if the kernel discards this signal (ignored): a
+            // signal stopping the task next, before it runs anything, is at the event too.
+            t.boundary = Some(regs);
+        }
+        t.tracee.cont(if delivered { sig } else { 0 })
     }
 
     /// At the stop for the recorder's own preemption `SIGSTOP` of the running task `tid`
@@ -858,6 +933,7 @@ impl Session {
     /// middle of its user code: recorded at an exact point (see [`Session::reach_point`]), and
     /// delivered there. The task keeps the CPU.
     fn signal_mid_code(&mut self, tid: i32, sig: i32, info: [u8; SIGINFO_SIZE]) -> Result<()> {
+        let delivered = !self.task(tid)?.tracee.fault_ignored_as_ns_init(sig);
         let mut aside = Vec::new();
         // Stepping discards the signal; it is injected again at the point.
         let Some(point) = self.reach_point(tid, &mut aside)? else {
@@ -870,12 +946,12 @@ impl Session {
             siginfo: info.to_vec(),
             origin: SignalOrigin::Async,
             rip: point.regs[RIP],
-            delivered: true,
+            delivered,
             point: Some(Box::new(point)),
         }))?;
         let t = self.task(tid)?;
         t.tracee.set_siginfo(&info)?;
-        t.tracee.cont(sig)?;
+        t.tracee.cont(if delivered { sig } else { 0 })?;
         self.send_again(tid, aside)
     }
 
@@ -1053,6 +1129,7 @@ impl Session {
     /// Emulates a trapped `rdtsc`/`rdtscp` at `regs.rip`; false if the fault was something else.
     fn emulate_trapped(&mut self, tid: i32, mut regs: Regs) -> Result<bool> {
         let cpu = self.cpu;
+        let faults = self.tsc.faults(tid);
         let t = self.task(tid)?;
         let Some((kind, len)) = t.tracee.trapped_insn_at(regs.rip) else {
             return Ok(false);
@@ -1067,6 +1144,11 @@ impl Session {
             }
             Trapped::Cpuid => return Ok(false),
         };
+        if faults {
+            // The program asked for rdtsc to fault: its SIGSEGV is delivered as a fault.
+            return Ok(false);
+        }
+
         regs.rax = tsc & 0xffff_ffff;
         regs.rdx = tsc >> 32;
         if let Some(a) = aux {
@@ -1077,6 +1159,7 @@ impl Session {
         let pid = t.pid;
         if let Some(t) = self.tasks.get(&tid) {
             self.segv.restore_after_trap(pid, &t.tracee)?;
+            self.segv_blocked.reblock_after_trap(tid, &t.tracee)?;
         }
         self.writer
             .push(&Event::Rdtsc(RdtscEvent { tid, rip, tsc, aux }))?;
@@ -1087,7 +1170,7 @@ impl Session {
 
 /// What the kernel left in `len` bytes of `tracee`'s memory at `addr`, as recorded bytes: as
 /// much as is readable, or nothing if none is.
-fn capture(
+pub(crate) fn capture(
     writer: &mut TraceWriter,
     tracee: &Tracee,
     addr: u64,
@@ -1115,9 +1198,9 @@ fn step_more(t: &Tracee, max: usize, stepped: &mut tracee::state::Stepped) -> Re
     Ok(pass.steps)
 }
 
-/// The recording error for an `execve` by a thread other than its process's main thread.
-const THREAD_EXEC: &str = "execve from a thread other than the main thread of a multi-threaded \
-                           process is not supported yet";
+/// The recording error for an exec stop of a task that was not inside an `execve` (an exec
+/// by another thread is handled before, see `thread_exec`).
+const THREAD_EXEC: &str = "an exec stop came while the task was not inside execve";
 
 /// A warning key for a path (apart from syscall numbers and ioctl requests).
 fn hash_path(path: &str) -> u64 {

@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use trace_format::{ExecEvent, TraceReader};
-use tracee::{maps, regs, Tracee};
+use tracee::{auxv, maps, regs, vdso, Regs, Tracee};
 
 use crate::divergence::Divergence;
 
 /// Makes the freshly exec'd replay tracee identical to the recorded one at its exec stop: checks
 /// the memory map, writes the recorded initial stack (argv, environment, auxv, AT_RANDOM bytes,
-/// with the vDSO hidden as in the recording) and the recorded registers.
+/// the vDSO kept or hidden as in the recording) and the recorded registers, and patches the
+/// vDSO as the recorder did.
 pub fn restore(tracee: &Tracee, ev: &ExecEvent, event: u64) -> Result<()> {
     let entries = maps::read(tracee.pid())?;
     let found: Vec<(u64, u64, &str)> = entries
@@ -84,6 +85,14 @@ pub fn restore(tracee: &Tracee, ev: &ExecEvent, event: u64) -> Result<()> {
         tracee.write_mem(replay_sp, &vec![0u8; (ev.stack_addr - replay_sp) as usize])?;
     }
     tracee.write_mem(ev.stack_addr, &ev.stack)?;
+    // The recording kept the vDSO with its functions made syscalls (unless its auxv hides it):
+    // the replay's must be the same code at the same address.
+    let keeps_vdso = auxv::entries(&ev.stack)
+        .iter()
+        .any(|(_, t, _)| *t == auxv::AT_SYSINFO_EHDR);
+    if keeps_vdso && !vdso::patch(tracee).context("patching the replay's vDSO")? {
+        bail!("the recorded program had a vDSO, the replayed one has none");
+    }
     tracee.set_regs(&regs::from_words(&ev.regs))?;
     Ok(())
 }
@@ -123,4 +132,31 @@ pub fn interpreter_override(
     }
     tracing::info!(%interp, "the ELF interpreter changed since the recording: using the recorded copy");
     Ok(Some((reader.file_path(recorded)?, PathBuf::from(interp))))
+}
+
+/// Whether syscall `nr` runs a new program (`execve`, or `execveat`: `fexecve`).
+pub fn is_exec(nr: u64) -> bool {
+    nr == libc::SYS_execve as u64 || nr == libc::SYS_execveat as u64
+}
+
+/// Turns the exec `tracee` is stopped at the entry of (registers `r`) into an `execve` of the
+/// trace's copy of the executable the recording ran, `program`, with the program's own argv
+/// and environment: an `execveat` of a descriptor (a memfd has no path at all) becomes an
+/// `execve` of that copy too.
+pub fn run_trace_copy(tracee: &Tracee, r: &mut Regs, program: &Path) -> Result<()> {
+    let mut bytes = program.as_os_str().as_encoded_bytes().to_vec();
+    bytes.push(0);
+    // Just below the red zone of the old image's stack, which the exec discards anyway.
+    let at = (r.rsp - 128 - bytes.len() as u64) & !15;
+    tracee
+        .write_mem(at, &bytes)
+        .context("writing the path of the trace's copy of the executable")?;
+    if r.orig_rax == libc::SYS_execveat as u64 {
+        // execveat(dirfd, path, argv, envp, flags) -> execve(path, argv, envp)
+        r.orig_rax = libc::SYS_execve as u64;
+        r.rsi = r.rdx;
+        r.rdx = r.r10;
+    }
+    r.rdi = at;
+    tracee.set_regs(r)
 }

@@ -46,7 +46,10 @@ pub fn fill_from_file(tracee: &Tracee, reader: &TraceReader, ev: &SyscallEvent) 
     };
     let path = reader.file_path(file)?;
     let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let (len, offset) = (ev.args[1], ev.args[5]);
+    // The mapping covers whole pages: the file's bytes past `len` up to the end of the last
+    // page are mapped too (rr's syscall_in_writable_mem maps 2 bytes and runs the third).
+    let page = 4096;
+    let (len, offset) = (ev.args[1].div_ceil(page) * page, ev.args[5]);
     let avail = file.size.saturating_sub(offset).min(len);
     let mut buf = vec![0u8; avail as usize];
     f.read_exact_at(&mut buf, offset)

@@ -56,7 +56,10 @@ fn syscall(tid: Tid, nr: u64, writes: Vec<MemWrite>) -> Event {
         result: -4,
         writes,
         mapped_file: None,
-        echo: Some(1),
+        echo: Some(Echoed {
+            stream: 1,
+            bytes: b"hi\n".to_vec(),
+        }),
     })
 }
 

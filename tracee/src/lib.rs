@@ -18,11 +18,13 @@ pub mod maps;
 pub mod nsinit;
 pub mod regs;
 pub mod seccomp;
+pub mod segv_mask;
 pub mod spawn;
 pub mod state;
 pub mod stop;
 pub mod tracee;
 pub mod tsc;
+pub mod vdso;
 pub mod xregs;
 
 pub use regs::Regs;

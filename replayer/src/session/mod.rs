@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use trace_format::{Event, EventIter, ExitStatus, Tid, TraceReader};
 use tracee::forced_segv::SegvActions;
+use tracee::segv_mask::SegvBlocked;
 use tracee::{spawn, SpawnOptions, Stop, Tracee};
 
 use crate::debug::{self, Debug, Halt};
@@ -126,6 +127,7 @@ impl Session {
             debug,
             segv: SegvActions::default(),
             ptrace_held: Default::default(),
+            segv_blocked: SegvBlocked::default(),
         };
         if let Err(e) = session.first_exec(&exec_ev) {
             session.tasks.kill_all();
@@ -194,6 +196,9 @@ pub(crate) struct Session {
     segv: SegvActions,
     /// Tasks held in an emulated ptrace stop, and where (see `ptrace`).
     ptrace_held: std::collections::HashMap<Tid, trace_format::PtraceHeld>,
+    /// Which tasks block `SIGSEGV`, for the same trap, as the recorder noted them (see
+    /// `tracee::segv_mask`).
+    segv_blocked: SegvBlocked,
 }
 
 /// A task resumed after its event.
