@@ -26,12 +26,12 @@ pub fn capture(
         tracee.write_mem(r.rsp, &stack)?;
     }
     let exe = files
-        .store_link(writer, &format!("/proc/{pid}/exe"))
+        .store_link(writer, &format!("/proc/{pid}/exe"), false)
         .context("keeping the executable of the new program")?;
     let mut mappings = Vec::with_capacity(entries.len());
     for e in entries {
         let file = if e.is_file() {
-            Some(files.store(writer, &e.name, &e.name)?)
+            Some(files.store(writer, &e.name, &e.name, false)?)
         } else {
             None
         };

@@ -3,6 +3,7 @@
 
 mod echo;
 mod exec;
+mod file_effects;
 mod mapped_files;
 mod memory;
 mod points;

@@ -18,6 +18,7 @@ use tracee::{regs, Regs, Stop, Tracee};
 
 use crate::echo::EchoFds;
 use crate::exec;
+use crate::file_effects::FileEffects;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
 use crate::points;
@@ -57,6 +58,8 @@ pub const STOP_AT_SYSCALLS_ENV: &str = "DEJA_TEST_STOP_AT_SYSCALLS";
 pub struct Session {
     writer: TraceWriter,
     files: MappedFiles,
+    /// Files the program maps, and the effects of syscalls on them.
+    effects: FileEffects,
     /// Descriptors aliasing stdout/stderr, per process.
     echo: HashMap<i32, EchoFds>,
     /// Syscalls already warned about.
@@ -95,6 +98,7 @@ impl Session {
         Session {
             writer,
             files: MappedFiles::default(),
+            effects: FileEffects::default(),
             echo: HashMap::from([(tid, EchoFds::default())]),
             warned: HashSet::new(),
             tasks,
@@ -384,6 +388,7 @@ impl Session {
             result: 0,
             writes: Vec::new(),
             mapped_file: None,
+            file_effect: None,
             echo: None,
         };
         match replay {
@@ -598,6 +603,7 @@ impl Session {
             tasks,
             writer,
             files,
+            effects,
             echo,
             warned,
             ..
@@ -624,20 +630,22 @@ impl Session {
             && !syscalls::is_error(ev.result)
             && args[3] & libc::MAP_ANONYMOUS as u64 == 0
         {
-            let fd = format!("/proc/{}/fd/{}", t.tracee.pid(), args[4]);
-            let f = files.store_link(writer, &fd)?;
-            // A shared mapping the program may write, or one in /dev/shm, is how processes
-            // share memory: one outside the recording would change it unrecorded.
-            let shared = args[3] & libc::MAP_SHARED as u64 != 0
-                && (args[2] & libc::PROT_WRITE as u64 != 0 || f.path.starts_with("/dev/shm/"));
-            if shared && warned.insert(hash_path(&f.path)) {
-                eprintln!(
-                    "deja: warning: {} is mapped shared: changes other processes outside the \
-                     recording make to it are not recorded, so the replay may differ",
-                    f.path
-                );
+            effects.on_mmap(files, writer, t.tracee.pid().as_raw(), &mut ev)?;
+            if let Some(f) = &ev.mapped_file {
+                // A shared mapping the program may write, or one in /dev/shm, is how processes
+                // share memory: one outside the recording would change it unrecorded.
+                let shared = args[3] & libc::MAP_SHARED as u64 != 0
+                    && (args[2] & libc::PROT_WRITE as u64 != 0 || f.path.starts_with("/dev/shm/"));
+                if shared && warned.insert(hash_path(&f.path)) {
+                    eprintln!(
+                        "deja: warning: {} is mapped shared: changes other processes outside \
+                         the recording make to it are not recorded, so the replay may differ",
+                        f.path
+                    );
+                }
             }
-            ev.mapped_file = Some(f);
+        } else {
+            ev.file_effect = effects.effect(t.tracee.pid().as_raw(), &call);
         }
         let fds = echo.entry(t.pid).or_default();
         if matches!(

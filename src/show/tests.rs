@@ -76,6 +76,7 @@ fn syscall(tid: Tid) -> Event {
         result: i64::from(tid),
         writes: Vec::new(),
         mapped_file: None,
+        file_effect: None,
         echo: None,
     })
 }

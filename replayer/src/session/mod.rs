@@ -120,6 +120,7 @@ impl Session {
             running: None,
             toward: None,
             debug,
+            emu: Default::default(),
         };
         if let Err(e) = session.first_exec(&exec_ev) {
             session.tasks.kill_all();
@@ -183,6 +184,8 @@ pub(crate) struct Session {
     toward: Option<Toward>,
     /// The debugger, when one drives the replay.
     pub(crate) debug: Option<Debug>,
+    /// The replay's copies of the files the program maps.
+    emu: crate::mmap::EmuFiles,
 }
 
 /// A task resumed after its event.

@@ -1,0 +1,134 @@
+//! Files the program maps, and what syscalls do to them: an `mmap` of a file stores the file
+//! and names it by its identity ([`FileEffect::Map`]); a later `write`, `ftruncate` or
+//! `fallocate` to a mapped file is recorded as a [`FileEffect`] the replay applies to its own
+//! copy of the file, so the replayed mappings change as the recorded ones did.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use anyhow::{bail, Result};
+use syscalls::Call;
+use trace_format::{FileEffect, FileId, SyscallEvent, TraceWriter};
+
+use crate::mapped_files::MappedFiles;
+
+/// `/dev/zero`'s device number (major 1, minor 5): a mapping of it is anonymous memory.
+const DEV_ZERO: u64 = libc::makedev(1, 5);
+
+/// The files mapped so far, each with whether it may have changed since it was last stored
+/// (a writable shared mapping of it, or a recorded effect on it).
+#[derive(Default)]
+pub struct FileEffects {
+    mapped: HashMap<FileId, bool>,
+}
+
+/// The identity and metadata of what the `/proc` path `link` names.
+fn identity(link: &str) -> Option<(FileId, std::fs::Metadata)> {
+    let m = std::fs::metadata(link).ok()?;
+    Some((
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        },
+        m,
+    ))
+}
+
+/// The file offset of descriptor `fd` of process `pid` (`/proc/PID/fdinfo/FD`).
+fn fd_pos(pid: i32, fd: u64) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("pos:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl FileEffects {
+    /// At the exit of a successful `mmap` of descriptor `args[4]` by process `pid`: stores the
+    /// file (afresh when it may have changed since its last copy) and sets the event's
+    /// `mapped_file` and `file_effect`. A `/dev/zero` mapping gets neither: replay maps
+    /// anonymous memory with the same flags.
+    pub(crate) fn on_mmap(
+        &mut self,
+        files: &mut MappedFiles,
+        writer: &mut TraceWriter,
+        pid: i32,
+        ev: &mut SyscallEvent,
+    ) -> Result<()> {
+        let args = ev.args;
+        let link = format!("/proc/{pid}/fd/{}", args[4]);
+        let Some((id, meta)) = identity(&link) else {
+            bail!(
+                "mapping descriptor {} of process {pid}: it is gone",
+                args[4]
+            );
+        };
+        if meta.file_type().is_char_device() && meta.rdev() == DEV_ZERO {
+            return Ok(());
+        }
+        let fresh = self.mapped.get(&id).copied().unwrap_or(false);
+        let f = files.store_link(writer, &link, fresh)?;
+        let shared_writable =
+            args[3] & libc::MAP_SHARED as u64 != 0 && args[2] & libc::PROT_WRITE as u64 != 0;
+        let changed = self.mapped.entry(id).or_insert(false);
+        *changed |= shared_writable;
+        ev.mapped_file = Some(f);
+        ev.file_effect = Some(FileEffect::Map(id));
+        Ok(())
+    }
+
+    /// At the exit of any other syscall of process `pid`: the effect it had on a mapped file
+    /// (`write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`, `ftruncate`, `fallocate`), if any.
+    pub fn effect(&mut self, pid: i32, call: &Call) -> Option<FileEffect> {
+        if self.mapped.is_empty() || call.result < 0 {
+            return None;
+        }
+        let fd_file = |fd: u64| identity(&format!("/proc/{pid}/fd/{fd}")).map(|(id, _)| id);
+        let nr = call.nr as i64;
+        let effect = match nr {
+            libc::SYS_write
+            | libc::SYS_writev
+            | libc::SYS_pwrite64
+            | libc::SYS_pwritev
+            | libc::SYS_pwritev2
+                if call.result > 0 =>
+            {
+                let file = fd_file(call.arg(0))?;
+                if !self.mapped.contains_key(&file) {
+                    return None;
+                }
+                let explicit = match nr {
+                    libc::SYS_pwrite64 => Some(call.arg(3)),
+                    libc::SYS_pwritev => Some(call.arg(3)),
+                    libc::SYS_pwritev2 if call.arg(3) as i64 != -1 => Some(call.arg(3)),
+                    _ => None,
+                };
+                let offset = match explicit {
+                    Some(o) => o,
+                    // The descriptor's offset moved past the bytes written.
+                    None => fd_pos(pid, call.arg(0))?.checked_sub(call.ret())?,
+                };
+                FileEffect::Write { file, offset }
+            }
+            libc::SYS_ftruncate => FileEffect::Resize {
+                file: fd_file(call.arg(0))?,
+                size: call.arg(1),
+            },
+            libc::SYS_fallocate => FileEffect::Fallocate {
+                file: fd_file(call.arg(0))?,
+                mode: call.arg(1) as i32,
+                offset: call.arg(2),
+                len: call.arg(3),
+            },
+            _ => return None,
+        };
+        let file = match &effect {
+            FileEffect::Write { file, .. }
+            | FileEffect::Resize { file, .. }
+            | FileEffect::Fallocate { file, .. } => *file,
+            _ => return None,
+        };
+        let changed = self.mapped.get_mut(&file)?;
+        *changed = true;
+        Some(effect)
+    }
+}
