@@ -6,9 +6,13 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use anyhow::{bail, Result};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use anyhow::{bail, Context, Result};
 use syscalls::Call;
 use trace_format::{FileEffect, FileId, SyscallEvent, TraceWriter};
+use tracee::Tracee;
 
 use crate::mapped_files::MappedFiles;
 
@@ -20,6 +24,8 @@ const DEV_ZERO: u64 = libc::makedev(1, 5);
 #[derive(Default)]
 pub struct FileEffects {
     mapped: HashMap<FileId, bool>,
+    /// System V segments by the address they were attached at, with their sizes.
+    shm_attached: HashMap<u64, u64>,
 }
 
 /// The identity and metadata of what the `/proc` path `link` names.
@@ -73,6 +79,55 @@ impl FileEffects {
         *changed |= shared_writable;
         ev.mapped_file = Some(f);
         ev.file_effect = Some(FileEffect::Map(id));
+        Ok(())
+    }
+
+    /// At the exit of a successful `shmat` or `shmdt` of task `tracee`: a `shmat` stores the
+    /// segment's bytes as they are now, as the content of the emulated segment the replay
+    /// maps ([`FileEffect::ShmAttach`]); a `shmdt` records the size to unmap.
+    pub(crate) fn on_shm(
+        &mut self,
+        files: &mut MappedFiles,
+        writer: &mut TraceWriter,
+        tracee: &Tracee,
+        ev: &mut SyscallEvent,
+    ) -> Result<()> {
+        if ev.nr == libc::SYS_shmdt as u64 {
+            let Some(&size) = self.shm_attached.get(&ev.args[0]) else {
+                bail!(
+                    "shmdt({:#x}): no System V segment was attached there in the recording",
+                    ev.args[0]
+                );
+            };
+            ev.file_effect = Some(FileEffect::ShmDetach { size });
+            return Ok(());
+        }
+        let shmid = ev.args[0] as i32;
+        // SAFETY: an all-zero shmid_ds is a valid value of this plain C struct.
+        let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: IPC_STAT writes one shmid_ds into `ds`, which outlives the call.
+        if unsafe { libc::shmctl(shmid, libc::IPC_STAT, &mut ds) } < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("reading the size of System V segment {shmid}"));
+        }
+        let size = ds.shm_segsz as u64;
+        let addr = ev.result as u64;
+        let mut bytes = vec![0u8; size as usize];
+        tracee
+            .read_mem(addr, &mut bytes)
+            .with_context(|| format!("reading System V segment {shmid} at {addr:#x}"))?;
+        let copy = memfd_with(&bytes)?;
+        let source = format!("/proc/self/fd/{}", copy.as_raw_fd());
+        let f = files.store(writer, &source, &format!("SYSV shm {shmid}"), true)?;
+        self.shm_attached.insert(addr, size);
+        ev.mapped_file = Some(f);
+        ev.file_effect = Some(FileEffect::ShmAttach {
+            file: FileId {
+                dev: 0,
+                ino: shmid as u64,
+            },
+            size,
+        });
         Ok(())
     }
 
@@ -131,4 +186,18 @@ impl FileEffects {
         *changed = true;
         Some(effect)
     }
+}
+
+/// A new memfd holding `bytes`.
+fn memfd_with(bytes: &[u8]) -> Result<File> {
+    let name = c"deja-shm";
+    // SAFETY: memfd_create with a NUL-terminated name that outlives the call.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("creating a memfd");
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let f = unsafe { File::from_raw_fd(fd) };
+    std::io::Write::write_all(&mut &f, bytes).context("copying a System V segment")?;
+    Ok(f)
 }

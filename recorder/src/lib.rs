@@ -8,6 +8,7 @@ mod mapped_files;
 mod memory;
 mod points;
 mod recording;
+mod remote_memory;
 mod session;
 mod signals;
 mod task;

@@ -22,6 +22,7 @@ use crate::file_effects::FileEffects;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
 use crate::points;
+use crate::remote_memory;
 use crate::session::{set_ticks_blocked, TICK};
 use crate::signals::{is_fault, is_ours, is_restart, restart_pending, ERESTART_RESTARTBLOCK};
 use crate::task::{Entry, HeldSignal, State, Task};
@@ -357,6 +358,9 @@ impl Session {
         let t = self.task(tid)?;
         let entry = t.tracee.regs()?;
         let (nr, args) = (entry.orig_rax, regs::syscall_args(&entry));
+        if let Some(refusal) = remote_memory::refusal(t.pid, nr, &args) {
+            bail!("{refusal}");
+        }
         let name = syscalls::name(nr);
         let def = syscalls::lookup(nr);
         let replay = match def {
@@ -644,6 +648,10 @@ impl Session {
                     );
                 }
             }
+        } else if matches!(nr as i64, libc::SYS_shmat | libc::SYS_shmdt)
+            && !syscalls::is_error(ev.result)
+        {
+            effects.on_shm(files, writer, &t.tracee, &mut ev)?;
         } else {
             ev.file_effect = effects.effect(t.tracee.pid().as_raw(), &call);
         }

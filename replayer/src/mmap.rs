@@ -63,29 +63,74 @@ pub struct EmuFiles {
 }
 
 impl EmuFiles {
-    /// Whether `ev` (a successful `mmap`) maps an emulated file.
+    /// Whether `ev` (a successful `mmap`, `shmat` or `shmdt`) is replayed with an emulated
+    /// file.
     pub fn maps_file(ev: &SyscallEvent) -> bool {
-        matches!(ev.file_effect, Some(FileEffect::Map(_))) && ev.mapped_file.is_some()
+        match ev.file_effect {
+            Some(FileEffect::Map(_) | FileEffect::ShmAttach { .. }) => ev.mapped_file.is_some(),
+            Some(FileEffect::ShmDetach { .. }) => true,
+            _ => false,
+        }
     }
 
-    /// Replays the `mmap` event `ev` of a file: `t` is stopped at the call's entry. Sets the
-    /// emulated file's content to the recorded copy if needed, then makes the task open it,
-    /// map it with the recorded flags at the recorded address and close it (injected
-    /// syscalls). Returns the mapping's address (or the `-errno` of the failed `mmap`); the
-    /// task is left at the exit stop of the last injected call, registers to be set by the
-    /// caller.
+    /// Replays the `mmap` of a file, `shmat` or `shmdt` event `ev` ([`Self::maps_file`]): `t`
+    /// is stopped at the call's entry. Sets the emulated file's content to the recorded copy
+    /// if needed, then makes the task open it, map it with the recorded flags at the recorded
+    /// address and close it (injected syscalls); a `shmdt` unmaps the segment. Returns the
+    /// result to compare with the recorded one; the task is left at the exit stop of the last
+    /// injected call, its registers to be set by the caller.
     pub fn map(&mut self, t: &Tracee, reader: &TraceReader, ev: &SyscallEvent) -> Result<i64> {
-        let (Some(FileEffect::Map(id)), Some(stored)) = (&ev.file_effect, &ev.mapped_file) else {
-            bail!("the mmap event names no mapped file");
-        };
-        let emu = self.load(*id, reader, stored)?;
-        let [_, len, prot, flags, _, off] = ev.args;
-        if flags & libc::MAP_SHARED as u64 != 0 && prot & libc::PROT_WRITE as u64 != 0 {
+        let stored = ev.mapped_file.as_ref();
+        match (&ev.file_effect, stored) {
+            (Some(FileEffect::Map(id)), Some(stored)) => {
+                let [_, len, prot, flags, _, off] = ev.args;
+                let args = [ev.result as u64, len, prot, placed(flags) as u64, 0, off];
+                self.map_emu(t, reader, *id, stored, args)
+            }
+            (Some(FileEffect::ShmAttach { file, size }), Some(stored)) => {
+                let shmflg = ev.args[2] as i32;
+                let mut prot = libc::PROT_READ;
+                if shmflg & libc::SHM_RDONLY == 0 {
+                    prot |= libc::PROT_WRITE;
+                }
+                if shmflg & libc::SHM_EXEC != 0 {
+                    prot |= libc::PROT_EXEC;
+                }
+                let fixed = if shmflg & libc::SHM_REMAP != 0 {
+                    libc::MAP_FIXED
+                } else {
+                    libc::MAP_FIXED_NOREPLACE
+                };
+                let flags = (libc::MAP_SHARED | fixed) as u64;
+                let args = [ev.result as u64, *size, prot as u64, flags, 0, 0];
+                self.map_emu(t, reader, *file, stored, args)?;
+                Ok(ev.result)
+            }
+            (Some(FileEffect::ShmDetach { size }), _) => {
+                let r = t.inject_syscall(libc::SYS_munmap, [ev.args[0], *size, 0, 0, 0, 0])?;
+                Ok(if r == 0 { ev.result } else { r })
+            }
+            _ => bail!("the {} event names no mapped file", syscalls::name(ev.nr)),
+        }
+    }
+
+    /// Maps emulated file `id` (content `stored`) with `mmap(args)`, the descriptor argument
+    /// replaced by the tracee's own descriptor of the emulated file.
+    fn map_emu(
+        &mut self,
+        t: &Tracee,
+        reader: &TraceReader,
+        id: FileId,
+        stored: &FileRef,
+        mut args: [u64; 6],
+    ) -> Result<i64> {
+        let emu = self.load(id, reader, stored)?;
+        if args[3] & libc::MAP_SHARED as u64 != 0 && args[2] & libc::PROT_WRITE as u64 != 0 {
             emu.changed = true;
         }
         let path = format!("/proc/{}/fd/{}", std::process::id(), emu.file.as_raw_fd());
         let fd = open_in(t, &path)?;
-        let args = [ev.result as u64, len, prot, placed(flags) as u64, fd, off];
+        args[4] = fd;
         let mapped = t.inject_syscall(libc::SYS_mmap, args);
         let closed = t.inject_syscall(libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
         let mapped = mapped.context("mapping the emulated file in the tracee")?;
