@@ -40,6 +40,16 @@ fn identity(link: &str) -> Option<(FileId, std::fs::Metadata)> {
     ))
 }
 
+/// The task whose memory descriptor `fd` of process `pid` is (`/proc/PID/mem`,
+/// `/proc/PID/task/TID/mem`), if it is one.
+fn proc_mem_task(pid: i32, fd: u64) -> Option<i32> {
+    let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let target = target.to_str()?;
+    let rest = target.strip_prefix("/proc/")?.strip_suffix("/mem")?;
+    let task = rest.rsplit('/').next()?;
+    task.parse().ok()
+}
+
 /// The file offset of descriptor `fd` of process `pid` (`/proc/PID/fdinfo/FD`).
 fn fd_pos(pid: i32, fd: u64) -> Option<u64> {
     let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
@@ -134,7 +144,7 @@ impl FileEffects {
     /// At the exit of any other syscall of process `pid`: the effect it had on a mapped file
     /// (`write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`, `ftruncate`, `fallocate`), if any.
     pub fn effect(&mut self, pid: i32, call: &Call) -> Option<FileEffect> {
-        if self.mapped.is_empty() || call.result < 0 {
+        if call.result < 0 {
             return None;
         }
         let fd_file = |fd: u64| identity(&format!("/proc/{pid}/fd/{fd}")).map(|(id, _)| id);
@@ -147,23 +157,36 @@ impl FileEffects {
             | libc::SYS_pwritev2
                 if call.result > 0 =>
             {
-                let file = fd_file(call.arg(0))?;
-                if !self.mapped.contains_key(&file) {
-                    return None;
-                }
                 let explicit = match nr {
                     libc::SYS_pwrite64 => Some(call.arg(3)),
                     libc::SYS_pwritev => Some(call.arg(3)),
                     libc::SYS_pwritev2 if call.arg(3) as i64 != -1 => Some(call.arg(3)),
                     _ => None,
                 };
-                let offset = match explicit {
-                    Some(o) => o,
+                let offset = || match explicit {
+                    Some(o) => Some(o),
                     // The descriptor's offset moved past the bytes written.
-                    None => fd_pos(pid, call.arg(0))?.checked_sub(call.ret())?,
+                    None => fd_pos(pid, call.arg(0))?.checked_sub(call.ret()),
                 };
-                FileEffect::Write { file, offset }
+                if let Some(tid) = proc_mem_task(pid, call.arg(0)) {
+                    return Some(FileEffect::ProcMem {
+                        tid,
+                        addr: offset()?,
+                    });
+                }
+                if self.mapped.is_empty() {
+                    return None;
+                }
+                let file = fd_file(call.arg(0))?;
+                if !self.mapped.contains_key(&file) {
+                    return None;
+                }
+                FileEffect::Write {
+                    file,
+                    offset: offset()?,
+                }
             }
+            _ if self.mapped.is_empty() => return None,
             libc::SYS_ftruncate => FileEffect::Resize {
                 file: fd_file(call.arg(0))?,
                 size: call.arg(1),

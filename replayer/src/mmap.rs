@@ -255,7 +255,7 @@ fn open_in(t: &Tracee, path: &str) -> Result<u64> {
 }
 
 /// The `result` bytes a write-family call of `ev` took from its buffers.
-fn written_bytes(t: &Tracee, ev: &SyscallEvent) -> Result<Vec<u8>> {
+pub fn written_bytes(t: &Tracee, ev: &SyscallEvent) -> Result<Vec<u8>> {
     let total = ev.result.max(0) as usize;
     let mut data = vec![0u8; total];
     match ev.nr as i64 {

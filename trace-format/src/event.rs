@@ -166,6 +166,14 @@ pub enum FileEffect {
         /// File offset of the first byte.
         offset: u64,
     },
+    /// A `write`-family call to `/proc/PID/mem` (or `/proc/PID/task/TID/mem`): its `result`
+    /// bytes land in the memory of task `tid` (the recording's id) at `addr`.
+    ProcMem {
+        /// The task whose memory is written.
+        tid: Tid,
+        /// Address of the first byte.
+        addr: u64,
+    },
     /// `ftruncate`: the file now has `size` bytes.
     Resize {
         /// The file resized.

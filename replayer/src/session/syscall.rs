@@ -147,7 +147,14 @@ impl Session {
                 bail!("the trace records a successful {name} without the task it made")
             }
             Replay::Emulate | Replay::Deny(_) | Replay::Mmap | Replay::Exec | Replay::Clone => {
-                if e.file_effect.is_some() {
+                if let Some(trace_format::FileEffect::ProcMem { tid: target, addr }) =
+                    e.file_effect
+                {
+                    let data = mmap::written_bytes(self.tracee(tid)?, e)?;
+                    self.tracee(target)?
+                        .write_mem(addr, &data)
+                        .with_context(|| format!("replaying a write to /proc/{target}/mem"))?;
+                } else if e.file_effect.is_some() {
                     let t = &crate::tasks::task(&mut self.tasks, tid)?.tracee;
                     self.emu.apply(t, e)?;
                 }
