@@ -63,5 +63,8 @@ pub fn capture(
         mappings,
         sig_blocked: signals.blocked,
         sig_ignored: signals.ignored,
+        comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end_matches('\n').to_string())
+            .unwrap_or_default(),
     })
 }

@@ -30,6 +30,7 @@ fn exec(tid: Tid, argv: &[&str]) -> Event {
         mappings: Vec::new(),
         sig_blocked: 0,
         sig_ignored: 0,
+        comm: String::new(),
     }))
 }
 

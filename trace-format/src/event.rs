@@ -230,6 +230,9 @@ pub struct ExecEvent {
     pub sig_blocked: u64,
     /// Signals ignored (`SIG_IGN`) at the exec, which also survives `execve`.
     pub sig_ignored: u64,
+    /// The task's name after the exec (`/proc/PID/comm`, what `prctl(PR_GET_NAME)` returns):
+    /// the replay, which runs the trace's copy of the executable, gives its task this name.
+    pub comm: String,
 }
 
 /// A system call as it happened in the recording.

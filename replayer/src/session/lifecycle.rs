@@ -27,6 +27,7 @@ impl Session {
             Stop::SyscallStop => {}
             other => bail!("unexpected stop after exec: {other:?}"),
         }
+        exec::set_comm(self.tracee(tid)?, ev)?;
         self.resume(tid, 0)
     }
 

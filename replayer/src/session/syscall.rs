@@ -147,8 +147,7 @@ impl Session {
                 bail!("the trace records a successful {name} without the task it made")
             }
             Replay::Emulate | Replay::Deny(_) | Replay::Mmap | Replay::Exec | Replay::Clone => {
-                if let Some(trace_format::FileEffect::ProcMem { tid: target, addr }) =
-                    e.file_effect
+                if let Some(trace_format::FileEffect::ProcMem { tid: target, addr }) = e.file_effect
                 {
                     let data = mmap::written_bytes(self.tracee(tid)?, e)?;
                     self.tracee(target)?
