@@ -11,6 +11,7 @@ mod recording;
 mod remote_memory;
 mod session;
 mod signals;
+mod sysv;
 mod task;
 
 use std::path::PathBuf;

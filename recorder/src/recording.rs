@@ -626,7 +626,9 @@ impl Session {
             args,
             result: ev.result,
         };
-        for region in syscalls::out_regions(&call, &TraceeMemory(&t.tracee)) {
+        let mut regions = syscalls::out_regions(&call, &TraceeMemory(&t.tracee));
+        regions.extend(crate::sysv::extra_regions(&call));
+        for region in regions {
             ev.writes
                 .extend(capture(writer, &t.tracee, region.addr, region.len)?);
         }

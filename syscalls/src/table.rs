@@ -552,7 +552,7 @@ fn quotactl_fd(c: &Call, _: &dyn Memory, out: &mut Vec<Region>) {
 }
 
 /// semctl(id, num, cmd, arg): status and info commands.
-/// Known gap: GETALL writes `nsems` shorts, which cannot be known here.
+/// GETALL writes `nsems` shorts, which cannot be known here: the recorder adds them.
 fn semctl(c: &Call, _: &dyn Memory, out: &mut Vec<Region>) {
     let len = match c.arg(2) & !0x100 {
         2 | 18 | 20 => SEMID_DS, // IPC_STAT, SEM_STAT, SEM_STAT_ANY
