@@ -103,7 +103,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(51, getsockname, Emulate, [sa(1, 2)]),
     sys!(52, getpeername, Emulate, [sa(1, 2)]),
     sys!(53, socketpair, Emulate, [f(3, 8)]),
-    sys!(54, setsockopt, Emulate),
+    sys!(54, setsockopt, Emulate, [Custom(setsockopt)]),
     sys!(55, getsockopt, Emulate, [b(3, DerefU32(4)), f(4, 4)]),
     sys!(56, clone, Clone),
     sys!(57, fork, Clone),
@@ -449,7 +449,13 @@ pub(crate) fn ioctl_out_len(req: u32) -> Option<u64> {
         | 0x8008_6601              // FS_IOC_GETFLAGS (the kernel writes an int)
         | 0x0002                   // FIGETBSZ
         | 0x0001                   // FIBMAP (in/out int)
-        | 0x8004_5200 => 4,        // RNDGETENTCNT
+        | 0x8004_5200              // RNDGETENTCNT
+        | 0x8004_54CF              // TUNGETFEATURES
+        | 0x8004_54D3              // TUNGETSNDBUF
+        | 0x8004_54D7 => 4,        // TUNGETVNETHDRSZ
+        0x4004_54CA                // TUNSETIFF (writes the interface name back)
+        | 0x8004_54D2 => IFREQ,    // TUNGETIFF (encoded as an int, writes a struct ifreq)
+        0x8010_54DB => 16,         // TUNGETFILTER: struct sock_fprog
         0x5460                     // FIOQSIZE
         | 0x8008_1272 => 8,        // BLKGETSIZE64
         0x8910 | 0x8913 | 0x8915 | 0x8917 | 0x8919 | 0x891B | 0x891D | 0x8921 | 0x8927
@@ -464,7 +470,8 @@ pub(crate) fn ioctl_out_len(req: u32) -> Option<u64> {
         | 0x5416 | 0x5417 | 0x5418 // TIOCMBIS TIOCMBIC TIOCMSET
         | 0x5420 | 0x5423 | 0x5427 | 0x5428 // TIOCPKT TIOCSETD TIOCSBRK TIOCCBRK
         | 0x4004_5431 | 0x5441     // TIOCSPTLCK TIOCGPTPEER
-        | 0x4008_6602 => 0,        // FS_IOC_SETFLAGS
+        | 0x4008_6602              // FS_IOC_SETFLAGS
+        | 0x4010_54D6 => 0,        // TUNDETACHFILTER
         _ => return None,
     })
 }
@@ -560,6 +567,29 @@ fn semctl(c: &Call, _: &dyn Memory, out: &mut Vec<Region>) {
         _ => 0,
     };
     push(out, c.arg(3), len);
+}
+
+/// setsockopt(fd, level, name, val, len): `IPT_SO_SET_REPLACE` / `IP6T_SO_SET_REPLACE` (a new
+/// iptables table) write the old table's counters to `ipt_replace.counters`.
+fn setsockopt(c: &Call, mem: &dyn Memory, out: &mut Vec<Region>) {
+    const SOL_IP: u64 = 0;
+    const SOL_IPV6: u64 = 41;
+    const SO_SET_REPLACE: u64 = 64;
+    /// Offsets of `num_counters` and `counters` in `struct ipt_replace` (and `ip6t_replace`).
+    const NUM_COUNTERS: u64 = 84;
+    const COUNTERS: u64 = 88;
+    /// `struct xt_counters`: packet and byte counts.
+    const XT_COUNTERS: u64 = 16;
+    if !matches!(c.arg(1), SOL_IP | SOL_IPV6) || c.arg(2) != SO_SET_REPLACE {
+        return;
+    }
+    let repl = c.arg(3);
+    if let (Some(n), Some(counters)) = (
+        mem.read_u32(repl.wrapping_add(NUM_COUNTERS)),
+        mem.read_u64(repl.wrapping_add(COUNTERS)),
+    ) {
+        push(out, counters, u64::from(n).saturating_mul(XT_COUNTERS));
+    }
 }
 
 /// shmctl(id, cmd, buf): status and info commands.
