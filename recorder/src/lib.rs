@@ -11,7 +11,6 @@ mod recording;
 mod remote_memory;
 mod session;
 mod signals;
-mod sysv;
 mod task;
 
 use std::path::PathBuf;

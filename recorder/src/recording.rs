@@ -12,6 +12,7 @@ use trace_format::{
     CloneEvent, Event, ExitEvent, ExitStatus, MemWrite, Point, PreemptEvent, RdtscEvent,
     ResumeEvent, SignalEvent, SignalOrigin, StartEvent, SyscallEvent, TraceWriter,
 };
+use tracee::forced_segv::{SegvActions, KERNEL_SIGACTION};
 use tracee::insn::Trapped;
 use tracee::tracee::{signo_code, SIGINFO_SIZE};
 use tracee::{regs, Regs, Stop, Tracee};
@@ -88,6 +89,9 @@ pub struct Session {
     me: i32,
     /// [`STOP_AT_SYSCALLS_ENV`] is set.
     stop_at_syscalls: bool,
+    /// Each process's `SIGSEGV` action, put back where a trapped `rdtsc` made the kernel reset
+    /// it (see `tracee::forced_segv`).
+    segv: SegvActions,
 }
 
 impl Session {
@@ -114,6 +118,7 @@ impl Session {
             ticks: 0,
             me: std::process::id() as i32,
             stop_at_syscalls: std::env::var_os(STOP_AT_SYSCALLS_ENV).is_some(),
+            segv: SegvActions::default(),
         }
     }
 
@@ -243,6 +248,7 @@ impl Session {
         t.clear_tid_at = None;
         let ev = exec::capture(&t.tracee, writer, files)?;
         writer.push(&Event::Exec(Box::new(ev)))?;
+        self.segv.exec(t.pid);
         Ok(())
     }
 
@@ -342,6 +348,7 @@ impl Session {
         }
         if t.is_leader() {
             self.echo.remove(&t.pid);
+            self.segv.exit(t.pid);
         }
         self.exits.push(ExitEvent { tid, status });
         Ok(())
@@ -442,13 +449,15 @@ impl Session {
             Replay::Emulate
             | Replay::Execute
             | Replay::ExecuteRecordedResult
+            | Replay::SetLimit
             | Replay::Mmap
             | Replay::Exec
             | Replay::Clone => {
                 // Calls that change the address space, the signal state, the program or the
                 // task tree, and calls that send signals, run while no other task runs; the
-                // others (which may block) let other tasks run meanwhile.
-                let exclusive = replay != Replay::Emulate || syscalls::sends_signal(nr);
+                // others (which may block) let other tasks run meanwhile, but for the few that
+                // write memory other tasks read at once (`syscalls::runs_exclusively`).
+                let exclusive = replay != Replay::Emulate || syscalls::runs_exclusively(nr, &args);
                 let stop_now = !exclusive && self.stop_at_syscalls;
                 let t = self.task(tid)?;
                 if stop_now && !t.stop_sent {
@@ -564,6 +573,7 @@ impl Session {
         if !args.is_thread() {
             let table = self.echo.get(&parent_pid).cloned().unwrap_or_default();
             self.echo.insert(child, table);
+            self.segv.fork(parent_pid, child);
         }
         match self.early.remove(&child) {
             Some(Stop::Exited(c)) => self.exits.push(ExitEvent {
@@ -610,6 +620,7 @@ impl Session {
             effects,
             echo,
             warned,
+            segv,
             ..
         } = self;
         let t = tasks
@@ -621,14 +632,18 @@ impl Session {
         if nr == libc::SYS_set_tid_address as u64 {
             t.clear_tid_at = (args[0] != 0).then_some(args[0]);
         }
+        if nr == libc::SYS_rt_sigaction as u64 && ev.result == 0 && args[0] == libc::SIGSEGV as u64
+        {
+            let mut act = [0u8; KERNEL_SIGACTION];
+            let read = args[1] != 0 && t.tracee.read_mem(args[1], &mut act).is_ok();
+            segv.note_sigaction(t.pid, read.then_some(act));
+        }
         let call = Call {
             nr,
             args,
             result: ev.result,
         };
-        let mut regions = syscalls::out_regions(&call, &TraceeMemory(&t.tracee));
-        regions.extend(crate::sysv::extra_regions(&call));
-        for region in regions {
+        for region in syscalls::out_regions(&call, &TraceeMemory(&t.tracee)) {
             ev.writes
                 .extend(capture(writer, &t.tracee, region.addr, region.len)?);
         }
@@ -1027,6 +1042,10 @@ impl Session {
         }
         regs.rip += len as u64;
         t.tracee.set_regs(&regs)?;
+        let pid = t.pid;
+        if let Some(t) = self.tasks.get(&tid) {
+            self.segv.restore_after_trap(pid, &t.tracee)?;
+        }
         self.writer
             .push(&Event::Rdtsc(RdtscEvent { tid, rip, tsc, aux }))?;
         self.resume(tid, regs)?;

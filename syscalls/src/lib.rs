@@ -33,6 +33,22 @@ pub fn sends_signal(nr: u64) -> bool {
     )
 }
 
+/// Emulated syscalls the recorder runs while no other task runs: those that send a signal
+/// (see [`sends_signal`]), and futex operations that never block but write a word other
+/// threads read (`FUTEX_WAKE_OP` sets `*uaddr2` and wakes a waiter that reads it next;
+/// `FUTEX_UNLOCK_PI`, `FUTEX_TRYLOCK_PI` write the lock word). The others may block and run
+/// while other tasks do, their memory writes replayed at their event: such a write must not be
+/// one another task can read before that event.
+pub fn runs_exclusively(nr: u64, args: &[u64; 6]) -> bool {
+    const FUTEX_CMD_MASK: u64 = !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME) as u64;
+    sends_signal(nr)
+        || (nr == libc::SYS_futex as u64
+            && matches!(
+                (args[1] & FUTEX_CMD_MASK) as i32,
+                libc::FUTEX_WAKE_OP | libc::FUTEX_UNLOCK_PI | libc::FUTEX_TRYLOCK_PI
+            ))
+}
+
 /// How a system call is handled in replay (and, for `Deny`/`Unsupported`, in recording).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {
@@ -48,6 +64,12 @@ pub enum Replay {
     /// Runs for real in replay (for its effect on kernel state) but returns the recorded value,
     /// a task id that differs in replay (`set_tid_address`).
     ExecuteRecordedResult,
+    /// `setrlimit`, `prlimit64`: a new limit of the calling process runs for real in replay (a
+    /// stack or address-space limit decides where the program faults, which replay
+    /// reproduces by executing); the result and the old limit written are the recorded ones
+    /// (the replaying machine's limits may differ). A call that only reads, or that sets the
+    /// limit of another process, is emulated.
+    SetLimit,
     /// `clone`, `fork`, `vfork`, `clone3`: runs for real in replay and makes a new task; the
     /// recorded task ids replace the replay's in the result and in the memory the kernel wrote
     /// (see [`clone_args`]). A failed call is emulated.

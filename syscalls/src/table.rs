@@ -209,7 +209,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(157, prctl, Execute),
     sys!(158, arch_prctl, Execute),
     sys!(159, adjtimex, Emulate, [f(0, TIMEX)]),
-    sys!(160, setrlimit, Emulate),
+    sys!(160, setrlimit, SetLimit),
     sys!(161, chroot, Emulate),
     sys!(162, sync, Emulate),
     sys!(163, acct, Emulate),
@@ -353,7 +353,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(299, recvmmsg, Emulate, [Mmsghdr { vec: 1 }, f(4, TIMESPEC)]),
     sys!(300, fanotify_init, Emulate),
     sys!(301, fanotify_mark, Emulate),
-    sys!(302, prlimit64, Emulate, [f(3, RLIMIT)]),
+    sys!(302, prlimit64, SetLimit, [f(3, RLIMIT)]),
     sys!(303, name_to_handle_at, Emulate, [Custom(name_to_handle_at)], on_error), // EOVERFLOW reports the size
     sys!(304, open_by_handle_at, Emulate),
     sys!(305, clock_adjtime, Emulate, [f(1, TIMEX)]),
@@ -559,36 +559,54 @@ fn quotactl_fd(c: &Call, _: &dyn Memory, out: &mut Vec<Region>) {
 }
 
 /// semctl(id, num, cmd, arg): status and info commands.
-/// GETALL writes `nsems` shorts, which cannot be known here: the recorder adds them.
 fn semctl(c: &Call, _: &dyn Memory, out: &mut Vec<Region>) {
     let len = match c.arg(2) & !0x100 {
-        2 | 18 | 20 => SEMID_DS, // IPC_STAT, SEM_STAT, SEM_STAT_ANY
-        3 | 19 => SEMINFO,       // IPC_INFO, SEM_INFO
+        2 | 18 | 20 => SEMID_DS,               // IPC_STAT, SEM_STAT, SEM_STAT_ANY
+        3 | 19 => SEMINFO,                     // IPC_INFO, SEM_INFO
+        13 => 2 * semaphores_in_set(c.arg(0)), // GETALL: one unsigned short per semaphore
         _ => 0,
     };
     push(out, c.arg(3), len);
 }
 
-/// setsockopt(fd, level, name, val, len): `IPT_SO_SET_REPLACE` / `IP6T_SO_SET_REPLACE` (a new
-/// iptables table) write the old table's counters to `ipt_replace.counters`.
+/// How many semaphores set `semid` holds, asked of the kernel by the recorder (which shares the
+/// tracee's IPC namespace unless the tracee left it); if it cannot tell, the most a set may
+/// hold (`SEMMSL`): over-approximating an output is safe (see [`crate::out_regions`]).
+fn semaphores_in_set(semid: u64) -> u64 {
+    const SEMMSL: u64 = 32_000;
+    let Ok(id) = i32::try_from(semid) else {
+        return SEMMSL;
+    };
+    // SAFETY: IPC_STAT writes one `semid_ds` into `ds`, a valid, writable value of that type
+    // (all-zero is a valid `semid_ds`).
+    let mut ds: libc::semid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the variadic argument is the `struct semid_ds *` IPC_STAT expects.
+    let r = unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) };
+    if r == 0 {
+        ds.sem_nsems as u64
+    } else {
+        SEMMSL
+    }
+}
+
+/// setsockopt(fd, level, name, val, len): replacing an iptables/ip6tables table
+/// (`IPT_SO_SET_REPLACE`, `IP6T_SO_SET_REPLACE`) writes the old table's counters to the array
+/// `struct ipt_replace` points at (`num_counters` of `struct xt_counters`, 16 bytes each).
 fn setsockopt(c: &Call, mem: &dyn Memory, out: &mut Vec<Region>) {
-    const SOL_IP: u64 = 0;
-    const SOL_IPV6: u64 = 41;
-    const SO_SET_REPLACE: u64 = 64;
-    /// Offsets of `num_counters` and `counters` in `struct ipt_replace` (and `ip6t_replace`).
-    const NUM_COUNTERS: u64 = 84;
-    const COUNTERS: u64 = 88;
-    /// `struct xt_counters`: packet and byte counts.
+    const SO_SET_REPLACE: u64 = 64; // IPT_SO_SET_REPLACE == IP6T_SO_SET_REPLACE
+    const REPLACE_NUM_COUNTERS: u64 = 84; // offsetof(struct ipt_replace, num_counters)
+    const REPLACE_COUNTERS: u64 = 88; // offsetof(struct ipt_replace, counters)
     const XT_COUNTERS: u64 = 16;
-    if !matches!(c.arg(1), SOL_IP | SOL_IPV6) || c.arg(2) != SO_SET_REPLACE {
+    let level = c.arg(1) as i32;
+    if !(level == libc::SOL_IP || level == libc::SOL_IPV6) || c.arg(2) != SO_SET_REPLACE {
         return;
     }
     let repl = c.arg(3);
-    if let (Some(n), Some(counters)) = (
-        mem.read_u32(repl.wrapping_add(NUM_COUNTERS)),
-        mem.read_u64(repl.wrapping_add(COUNTERS)),
+    if let (Some(n), Some(at)) = (
+        mem.read_u32(repl + REPLACE_NUM_COUNTERS),
+        mem.read_u64(repl + REPLACE_COUNTERS),
     ) {
-        push(out, counters, u64::from(n).saturating_mul(XT_COUNTERS));
+        push(out, at, u64::from(n) * XT_COUNTERS);
     }
 }
 

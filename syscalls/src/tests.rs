@@ -897,3 +897,46 @@ fn hostile_arguments_do_not_panic() {
         }
     }
 }
+
+/// `semctl(GETALL)` writes one `unsigned short` per semaphore of the set, a count only the
+/// kernel knows: asked of it for a real set of 3.
+#[test]
+fn semctl_getall_writes_one_short_per_semaphore() {
+    // SAFETY: plain System V calls on a private set this test creates and removes.
+    let id = unsafe { libc::semget(libc::IPC_PRIVATE, 3, 0o600) };
+    assert!(id >= 0, "semget: {}", std::io::Error::last_os_error());
+    let c = call(
+        libc::SYS_semctl,
+        [id as u64, 0, libc::GETALL as u64, 0x1000, 0, 0],
+        0,
+    );
+    let regions = out_regions(&c, &NO_MEM);
+    // SAFETY: removes the set made above.
+    unsafe { libc::semctl(id, 0, libc::IPC_RMID) };
+    assert_eq!(regions, vec![r(0x1000, 6)]);
+}
+
+/// Replacing an iptables table writes the old counters where `ipt_replace.counters` points,
+/// `num_counters` of 16 bytes; other socket options write nothing.
+#[test]
+fn setsockopt_ipt_replace_writes_the_counters() {
+    let mut mem = FakeMem::new(0x1000, 0x100);
+    mem.put_u32(0x1000 + 84, 3); // num_counters
+    mem.put_u64(0x1000 + 88, 0x5000); // counters
+    let replace = |level: i32| {
+        call(
+            libc::SYS_setsockopt,
+            [3, level as u64, 64, 0x1000, 0x100, 0],
+            0,
+        )
+    };
+    assert_eq!(
+        out_regions(&replace(libc::SOL_IP), &mem),
+        vec![r(0x5000, 48)]
+    );
+    assert_eq!(
+        out_regions(&replace(libc::SOL_IPV6), &mem),
+        vec![r(0x5000, 48)]
+    );
+    assert!(out_regions(&replace(libc::SOL_SOCKET), &mem).is_empty());
+}

@@ -123,6 +123,18 @@ impl Tracee {
         Ok(())
     }
 
+    /// One of the task's signal sets as `/proc/TID/status` shows it (`field` is e.g. `"SigBlk"`,
+    /// `"SigCgt"`, `"SigIgn"`): bit `n - 1` stands for signal `n`.
+    pub fn signal_set(&self, field: &str) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid);
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .with_context(|| format!("no {field} in {path}"))
+    }
+
     /// The `siginfo_t` of the signal the task is stopped for, as raw bytes.
     pub fn siginfo(&self) -> Result<[u8; SIGINFO_SIZE]> {
         let mut buf = [0u8; SIGINFO_SIZE];

@@ -20,6 +20,7 @@ impl Session {
     pub(super) fn finish_exec(&mut self, tid: Tid, ev: &trace_format::ExecEvent) -> Result<()> {
         let index = self.index;
         let t = self.task(tid)?;
+        let rpid = t.rpid;
         t.tracee.reopen_mem()?;
         exec::restore(&t.tracee, ev, index)?;
         t.tracee.cont_syscall(0)?;
@@ -27,6 +28,7 @@ impl Session {
             Stop::SyscallStop => {}
             other => bail!("unexpected stop after exec: {other:?}"),
         }
+        self.segv.exec(rpid);
         exec::set_comm(self.tracee(tid)?, ev)?;
         self.resume(tid, 0)
     }
@@ -127,6 +129,9 @@ impl Session {
                 .is_some_and(|d| !d.breakpoints.is_empty());
         self.tasks
             .add(e.child, e.child_pid, child, child_pid, RState::Unstarted);
+        if e.child_pid == e.child {
+            self.segv.fork(e.parent_pid, e.child);
+        }
         let c = self.task(e.child)?;
         c.inherits_breakpoints = inherits;
         c.last_trap = last_trap;

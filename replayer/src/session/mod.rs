@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use trace_format::{Event, EventIter, ExitStatus, Tid, TraceReader};
+use tracee::forced_segv::SegvActions;
 use tracee::{spawn, SpawnOptions, Stop, Tracee};
 
 use crate::debug::{self, Debug, Halt};
@@ -121,6 +122,7 @@ impl Session {
             toward: None,
             debug,
             emu: Default::default(),
+            segv: SegvActions::default(),
         };
         if let Err(e) = session.first_exec(&exec_ev) {
             session.tasks.kill_all();
@@ -186,6 +188,9 @@ pub(crate) struct Session {
     pub(crate) debug: Option<Debug>,
     /// The replay's copies of the files the program maps.
     emu: crate::mmap::EmuFiles,
+    /// Each process's `SIGSEGV` action, put back where a trapped `rdtsc` made the kernel reset
+    /// it, as the recorder did (see `tracee::forced_segv`).
+    segv: SegvActions,
 }
 
 /// A task resumed after its event.
@@ -385,13 +390,7 @@ fn stopped_by_signal(
 
 /// Whether thread `t` blocks signal `signo` (its `SigBlk` in `/proc`).
 fn signal_blocked(t: &Tracee, signo: i32) -> Result<bool> {
-    let path = format!("/proc/{}/status", t.pid());
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let mask = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigBlk:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .with_context(|| format!("no signal mask in {path}"))?;
+    let mask = t.signal_set("SigBlk")?;
     Ok((1..=64).contains(&signo) && mask & (1 << (signo - 1)) != 0)
 }
 

@@ -87,6 +87,9 @@ impl Session {
         }
         r.rip += len as u64;
         t.set_regs(&r)?;
+        let rpid = self.task(tid)?.rpid;
+        let t = &self.tasks.by_tid(tid).context(tasks::unknown(tid))?.tracee;
+        self.segv.restore_after_trap(rpid, t)?;
         let t = self.task(tid)?;
         t.last_trap = LastTrap::Tsc;
         t.debugger_trapped = false;

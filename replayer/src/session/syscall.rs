@@ -6,6 +6,7 @@ use std::rc::Rc;
 use anyhow::{bail, Context, Result};
 use syscalls::Replay;
 use trace_format::{Event, MemWrite, SignalOrigin, SyscallEvent, Tid};
+use tracee::forced_segv::KERNEL_SIGACTION;
 use tracee::{regs, Stop};
 
 use crate::tasks::RState;
@@ -94,6 +95,7 @@ impl Session {
             Replay::Execute => {
                 self.run_for_real(tid, &name)?;
                 self.check_result(tid, e)?;
+                self.note_sigaction(tid, e)?;
             }
             Replay::ExecuteRecordedResult => {
                 self.run_for_real(tid, &name)?;
@@ -116,6 +118,7 @@ impl Session {
                 r.rax = got as u64;
                 self.tracee(tid)?.set_regs(&r)?;
             }
+            Replay::SetLimit => self.set_limit(tid, e, r)?,
             Replay::Mmap if !syscalls::is_error(e.result) => {
                 let saved = r;
                 regs::set_syscall_args(&mut r, &mmap::replacement_args(e));
@@ -161,6 +164,55 @@ impl Session {
             }
         }
         self.resume(tid, 0)
+    }
+
+    /// After a successful `rt_sigaction`: remembers the `SIGSEGV` action the program set (see
+    /// `tracee::forced_segv`), as the recorder does.
+    fn note_sigaction(&mut self, tid: Tid, e: &SyscallEvent) -> Result<()> {
+        let sigsegv = libc::SIGSEGV as u64;
+        if e.nr != libc::SYS_rt_sigaction as u64 || e.result != 0 || e.args[0] != sigsegv {
+            return Ok(());
+        }
+        let t = self.task(tid)?;
+        let rpid = t.rpid;
+        let mut act = [0u8; KERNEL_SIGACTION];
+        let read = e.args[1] != 0 && t.tracee.read_mem(e.args[1], &mut act).is_ok();
+        self.segv.note_sigaction(rpid, read.then_some(act));
+        Ok(())
+    }
+
+    /// `setrlimit`/`prlimit64` (see [`Replay::SetLimit`]): a new limit of the task's own process
+    /// is set for real (as `prlimit64(0, resource, new, NULL)`, so the replay's old limit is
+    /// not written), then the task gets the recorded result and old limit; anything else is
+    /// emulated.
+    fn set_limit(&mut self, tid: Tid, e: &SyscallEvent, mut r: tracee::Regs) -> Result<()> {
+        let rpid = self.task(tid)?.rpid;
+        let own = e.nr == libc::SYS_setrlimit as u64
+            || (e.args[2] != 0 && (e.args[0] == 0 || e.args[0] == rpid as u64));
+        if !own || syscalls::is_error(e.result) {
+            return self.emulate(tid, e, r);
+        }
+        let saved = r;
+        if e.nr == libc::SYS_prlimit64 as u64 {
+            r.rdi = 0;
+            r.r10 = 0;
+        }
+        self.tracee(tid)?.set_regs(&r)?;
+        let name = syscalls::name(e.nr);
+        self.run_for_real(tid, &name)?;
+        let t = self.tracee(tid)?;
+        let mut after = t.regs()?;
+        if after.rax != 0 {
+            return Err(self.diverged(
+                tid,
+                format!("{name} to set the limit"),
+                format!("{:#x} ({})", after.rax, errno_text(after.rax as i64)),
+            ));
+        }
+        regs::set_syscall_args(&mut after, &regs::syscall_args(&saved));
+        after.rax = e.result as u64;
+        t.set_regs(&after)?;
+        self.write_memory(tid, &e.writes, &name)
     }
 
     /// Skips the syscall `tid` is stopped at and gives it the recorded result and memory.
