@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 use anyhow::{bail, Context, Result};
 use trace_format::{FileEffect, FileId, FileRef, SyscallEvent, TraceReader};
@@ -60,6 +60,8 @@ struct Emu {
 #[derive(Default)]
 pub struct EmuFiles {
     files: HashMap<FileId, Emu>,
+    /// The descriptor of an emulated file each task's process holds, by task and file.
+    tracee_fds: HashMap<(i32, FileId), u64>,
 }
 
 impl EmuFiles {
@@ -75,10 +77,10 @@ impl EmuFiles {
 
     /// Replays the `mmap` of a file, `shmat` or `shmdt` event `ev` ([`Self::maps_file`]): `t`
     /// is stopped at the call's entry. Sets the emulated file's content to the recorded copy
-    /// if needed, then makes the task open it, map it with the recorded flags at the recorded
-    /// address and close it (injected syscalls); a `shmdt` unmaps the segment. Returns the
-    /// result to compare with the recorded one; the task is left at the exit stop of the last
-    /// injected call, its registers to be set by the caller.
+    /// if needed, then makes the task map it with the recorded flags at the recorded address,
+    /// through a descriptor of it the process keeps (injected syscalls); a `shmdt` unmaps the
+    /// segment. Returns the result to compare with the recorded one; the task is left at the
+    /// exit stop of the last injected call, its registers to be set by the caller.
     pub fn map(&mut self, t: &Tracee, reader: &TraceReader, ev: &SyscallEvent) -> Result<i64> {
         let stored = ev.mapped_file.as_ref();
         match (&ev.file_effect, stored) {
@@ -128,14 +130,43 @@ impl EmuFiles {
         if args[3] & libc::MAP_SHARED as u64 != 0 && args[2] & libc::PROT_WRITE as u64 != 0 {
             emu.changed = true;
         }
-        let path = format!("/proc/{}/fd/{}", std::process::id(), emu.file.as_raw_fd());
-        let fd = open_in(t, &path)?;
-        args[4] = fd;
-        let mapped = t.inject_syscall(libc::SYS_mmap, args);
-        let closed = t.inject_syscall(libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
-        let mapped = mapped.context("mapping the emulated file in the tracee")?;
-        closed.context("closing the emulated file in the tracee")?;
-        Ok(mapped)
+        args[4] = self.tracee_fd(t, id)?;
+        t.inject_syscall(libc::SYS_mmap, args)
+            .context("mapping the emulated file in the tracee")
+    }
+
+    /// A descriptor of emulated file `id` in the process of task `t`, opened (injected) once
+    /// and kept: mappings of one file made through one open file are one `struct file` to the
+    /// kernel, which merges adjacent mappings of it as in the recording (a later `mremap`
+    /// across them depends on that). A descriptor a forked child inherited is found by its
+    /// inode.
+    fn tracee_fd(&mut self, t: &Tracee, id: FileId) -> Result<u64> {
+        let emu = self
+            .files
+            .get(&id)
+            .context("an emulated file that was never loaded")?;
+        let meta = emu.file.metadata()?;
+        let want = (meta.dev(), meta.ino());
+        let pid = t.pid().as_raw();
+        let holds = |fd: u64| {
+            std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+                .is_ok_and(|m| (m.dev(), m.ino()) == want)
+        };
+        let known = self
+            .tracee_fds
+            .iter()
+            .filter(|((_, f), _)| *f == id)
+            .map(|(_, fd)| *fd)
+            .find(|fd| holds(*fd));
+        let fd = match known {
+            Some(fd) => fd,
+            None => {
+                let path = format!("/proc/{}/fd/{}", std::process::id(), emu.file.as_raw_fd());
+                open_in(t, &path)?
+            }
+        };
+        self.tracee_fds.insert((pid, id), fd);
+        Ok(fd)
     }
 
     /// The emulated file `id`, its content set to the stored copy `stored` unless it already
