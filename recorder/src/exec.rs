@@ -31,7 +31,9 @@ pub fn capture(
     let mut mappings = Vec::with_capacity(entries.len());
     for e in entries {
         let file = if e.is_file() {
-            Some(files.store(writer, &e.name, &e.name, false)?)
+            // Through the task's own root: the path is the one its mount namespace sees.
+            let source = format!("/proc/{pid}/root{}", e.name);
+            Some(files.store(writer, &source, &e.name, false)?)
         } else {
             None
         };
