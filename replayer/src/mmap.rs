@@ -183,9 +183,7 @@ impl EmuFiles {
         if emu.changed || emu.loaded.as_deref() != Some(stored.hash.as_str()) {
             let path = reader.file_path(stored)?;
             let from = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            emu.file
-                .set_len(0)
-                .and_then(|()| trace_format::sparse::copy(&from, &emu.file, stored.size))
+            trace_format::sparse::overwrite(&from, &emu.file, stored.size)
                 .with_context(|| format!("loading the trace's copy of {}", stored.path))?;
             emu.loaded = Some(stored.hash.clone());
             emu.changed = false;

@@ -66,6 +66,13 @@ int main(int argc, char **argv) {
         printf("signal %d past the end of the file\n", sig);
     }
     bad |= check("the grown page is zero past the old end", past[3 * PAGE + 50] == 0);
+    /* A private mapping keeps the pages it wrote when the file is mapped again. */
+    char *priv = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    priv[0] = 'P';
+    pwrite(fd, "new", 3, PAGE);
+    char *again = mmap(NULL, 2 * PAGE, PROT_READ, MAP_SHARED, fd, 0);
+    bad |= check("a private copy survives another mapping of its file",
+                 priv[0] == 'P' && again[0] == 'a' && !memcmp(priv + PAGE, "new", 3));
     unsigned sum = 0;
     for (int i = 0; i < 3 * PAGE; i++)
         sum = sum * 31 + (unsigned char)rw[i];

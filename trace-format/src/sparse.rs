@@ -63,6 +63,63 @@ pub fn copy(from: &File, to: &File, size: u64) -> io::Result<()> {
     to.set_len(size)
 }
 
+/// Makes the content of `to` that of `from` (of `size` bytes) in place: the gaps between
+/// `from`'s data extents become holes in `to` (punched), its data is written over, and the size
+/// set last. Unlike truncating `to` and copying, this keeps the private copy-on-write pages of
+/// mappings of `to` (a truncation would discard them), as a file changing under a private
+/// mapping does.
+pub fn overwrite(from: &File, to: &File, size: u64) -> io::Result<()> {
+    let extents = data_extents(from, size);
+    let old = to.metadata()?.len().min(size);
+    let mut pos = 0u64;
+    let gaps = extents
+        .iter()
+        .map(|&(off, len)| {
+            let gap = (pos, off);
+            pos = off + len;
+            gap
+        })
+        .collect::<Vec<_>>();
+    for (start, end) in gaps.into_iter().chain(std::iter::once((pos, size))) {
+        let end = end.min(old);
+        if end > start {
+            punch(to, start, end - start)?;
+        }
+    }
+    let mut buf = vec![0u8; STEP];
+    for (off, len) in extents {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(STEP as u64) as usize;
+            let chunk = buf.get_mut(..n).unwrap_or_default();
+            let got = from.read_at(chunk, off + done)?;
+            if got == 0 {
+                break;
+            }
+            to.write_all_at(chunk.get(..got).unwrap_or_default(), off + done)?;
+            done += got as u64;
+        }
+    }
+    to.set_len(size)
+}
+
+/// Deallocates `len` bytes of `file` at `offset`, keeping its size: they read as zeros.
+fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor this function borrows; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as i64,
+            len as i64,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The hex content hash of `file` (of `size` bytes): BLAKE3 of the bytes for a file without
 /// holes; for a file with holes, BLAKE3 of `"deja-sparse-1"`, the size and, for each data
 /// extent, its offset, its length and its bytes (all integers little-endian u64), so holes are
@@ -131,6 +188,31 @@ mod tests {
         dst.read_exact_at(&mut b, 4096 * 7).unwrap();
         assert_eq!(&b, b"x");
         assert_eq!(hash(&src, size).unwrap(), hash(&dst, size).unwrap());
+    }
+
+    #[test]
+    fn overwrite_makes_holes_and_data_of_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.path().join(name))
+                .unwrap()
+        };
+        let (from, to) = (open("from"), open("to"));
+        from.set_len(5 * 4096).unwrap();
+        from.write_all_at(b"new", 4096).unwrap();
+        to.write_all_at(&[7u8; 6 * 4096], 0).unwrap();
+        overwrite(&from, &to, 5 * 4096).unwrap();
+        let mut got = vec![0u8; 5 * 4096];
+        to.read_exact_at(&mut got, 0).unwrap();
+        let mut want = vec![0u8; 5 * 4096];
+        want[4096..4099].copy_from_slice(b"new");
+        assert!(got == want);
+        assert_eq!(to.metadata().unwrap().len(), 5 * 4096);
     }
 
     #[test]
