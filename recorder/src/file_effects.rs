@@ -26,6 +26,8 @@ pub struct FileEffects {
     mapped: HashMap<FileId, bool>,
     /// System V segments by the address they were attached at, with their sizes.
     shm_attached: HashMap<u64, u64>,
+    /// Devices seen under written descriptors, and whether each is a procfs instance.
+    procfs: HashMap<u64, bool>,
 }
 
 /// The identity and metadata of what the `/proc` path `link` names.
@@ -59,6 +61,21 @@ fn fd_pos(pid: i32, fd: u64) -> Option<u64> {
 }
 
 impl FileEffects {
+    /// Whether device `dev`, the file system of what `link` names, is a procfs instance
+    /// (asked of the kernel once per device: `statfs`).
+    fn is_procfs(&mut self, dev: u64, link: &str) -> bool {
+        *self.procfs.entry(dev).or_insert_with(|| {
+            let Ok(path) = std::ffi::CString::new(link) else {
+                return false;
+            };
+            // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+            let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+            // SAFETY: `path` is NUL-terminated and `fs` is writable; both outlive the call.
+            let r = unsafe { libc::statfs(path.as_ptr(), &mut fs) };
+            r == 0 && fs.f_type == libc::PROC_SUPER_MAGIC
+        })
+    }
+
     /// At the exit of a successful `mmap` of descriptor `args[4]` by process `pid`: stores the
     /// file (afresh when it may have changed since its last copy) and sets the event's
     /// `mapped_file` and `file_effect`. A `/dev/zero` mapping gets neither: replay maps
@@ -168,16 +185,16 @@ impl FileEffects {
                     // The descriptor's offset moved past the bytes written.
                     None => fd_pos(pid, call.arg(0))?.checked_sub(call.ret()),
                 };
-                if let Some(tid) = proc_mem_task(pid, call.arg(0)) {
+                // One stat per write: the file's identity, and whether it lives in procfs
+                // (only then is the link read, for /proc/PID/mem).
+                let file = fd_file(call.arg(0))?;
+                if self.is_procfs(file.dev, &format!("/proc/{pid}/fd/{}", call.arg(0))) {
+                    let tid = proc_mem_task(pid, call.arg(0))?;
                     return Some(FileEffect::ProcMem {
                         tid,
                         addr: offset()?,
                     });
                 }
-                if self.mapped.is_empty() {
-                    return None;
-                }
-                let file = fd_file(call.arg(0))?;
                 if !self.mapped.contains_key(&file) {
                     return None;
                 }
