@@ -76,11 +76,47 @@ impl FileEffects {
         })
     }
 
+    /// At the exit stop of any syscall `call` of task `tracee`, with its event `ev`: stores a
+    /// mapped file or System V segment and records the effects on mapped files (see the
+    /// methods below). Returns the path of a file mapped shared that a process outside the
+    /// recording could change unrecorded (writable, or under `/dev/shm`), to warn about.
+    pub(crate) fn after_syscall(
+        &mut self,
+        files: &mut MappedFiles,
+        writer: &mut TraceWriter,
+        tracee: &Tracee,
+        call: &Call,
+        ev: &mut SyscallEvent,
+    ) -> Result<Option<String>> {
+        let pid = tracee.pid().as_raw();
+        let args = call.args;
+        let ok = !syscalls::is_error(call.result);
+        match call.nr as i64 {
+            libc::SYS_mmap if ok && args[3] & libc::MAP_ANONYMOUS as u64 == 0 => {
+                self.on_mmap(files, writer, pid, ev)?;
+                let shared = args[3] & libc::MAP_SHARED as u64 != 0;
+                Ok(ev.mapped_file.as_ref().and_then(|f| {
+                    let writable = args[2] & libc::PROT_WRITE as u64 != 0;
+                    (shared && (writable || f.path.starts_with("/dev/shm/")))
+                        .then(|| f.path.clone())
+                }))
+            }
+            libc::SYS_shmat | libc::SYS_shmdt if ok => {
+                self.on_shm(files, writer, tracee, ev)?;
+                Ok(None)
+            }
+            _ => {
+                ev.file_effect = self.effect(pid, call);
+                Ok(None)
+            }
+        }
+    }
+
     /// At the exit of a successful `mmap` of descriptor `args[4]` by process `pid`: stores the
     /// file (afresh when it may have changed since its last copy) and sets the event's
     /// `mapped_file` and `file_effect`. A `/dev/zero` mapping gets neither: replay maps
     /// anonymous memory with the same flags.
-    pub(crate) fn on_mmap(
+    fn on_mmap(
         &mut self,
         files: &mut MappedFiles,
         writer: &mut TraceWriter,
@@ -112,7 +148,7 @@ impl FileEffects {
     /// At the exit of a successful `shmat` or `shmdt` of task `tracee`: a `shmat` stores the
     /// segment's bytes as they are now, as the content of the emulated segment the replay
     /// maps ([`FileEffect::ShmAttach`]); a `shmdt` records the size to unmap.
-    pub(crate) fn on_shm(
+    fn on_shm(
         &mut self,
         files: &mut MappedFiles,
         writer: &mut TraceWriter,
@@ -160,7 +196,7 @@ impl FileEffects {
 
     /// At the exit of any other syscall of process `pid`: the effect it had on a mapped file
     /// (`write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`, `ftruncate`, `fallocate`), if any.
-    pub fn effect(&mut self, pid: i32, call: &Call) -> Option<FileEffect> {
+    fn effect(&mut self, pid: i32, call: &Call) -> Option<FileEffect> {
         if call.result < 0 {
             return None;
         }

@@ -647,30 +647,13 @@ impl Session {
             ev.writes
                 .extend(capture(writer, &t.tracee, region.addr, region.len)?);
         }
-        if nr == libc::SYS_mmap as u64
-            && !syscalls::is_error(ev.result)
-            && args[3] & libc::MAP_ANONYMOUS as u64 == 0
-        {
-            effects.on_mmap(files, writer, t.tracee.pid().as_raw(), &mut ev)?;
-            if let Some(f) = &ev.mapped_file {
-                // A shared mapping the program may write, or one in /dev/shm, is how processes
-                // share memory: one outside the recording would change it unrecorded.
-                let shared = args[3] & libc::MAP_SHARED as u64 != 0
-                    && (args[2] & libc::PROT_WRITE as u64 != 0 || f.path.starts_with("/dev/shm/"));
-                if shared && warned.insert(hash_path(&f.path)) {
-                    eprintln!(
-                        "deja: warning: {} is mapped shared: changes other processes outside \
-                         the recording make to it are not recorded, so the replay may differ",
-                        f.path
-                    );
-                }
+        if let Some(path) = effects.after_syscall(files, writer, &t.tracee, &call, &mut ev)? {
+            if warned.insert(hash_path(&path)) {
+                eprintln!(
+                    "deja: warning: {path} is mapped shared: changes other processes outside the \
+                     recording make to it are not recorded, so the replay may differ"
+                );
             }
-        } else if matches!(nr as i64, libc::SYS_shmat | libc::SYS_shmdt)
-            && !syscalls::is_error(ev.result)
-        {
-            effects.on_shm(files, writer, &t.tracee, &mut ev)?;
-        } else {
-            ev.file_effect = effects.effect(t.tracee.pid().as_raw(), &call);
         }
         let fds = echo.entry(t.pid).or_default();
         if matches!(
