@@ -2,18 +2,22 @@
 //!
 //! A mapping is really created, at the recorded address. Anonymous memory (and `/dev/zero`)
 //! is mapped anonymous with the recorded flags. A file is mapped from an **emulated file**: the
-//! replay keeps one memfd per recorded file identity ([`FileId`]), sets its content to the
-//! trace's copy of the file when the recording mapped it, and maps that memfd with the
+//! replay keeps one file per recorded file identity ([`FileId`]), in a private temporary
+//! directory, sets its content to the trace's copy of the file when the recording mapped it,
+//! and maps that file with the
 //! recorded flags, so every mapping of one file aliases as in the recording (`MAP_SHARED`
 //! mappings see each other's writes), a mapping past the end of the file raises `SIGBUS`,
 //! `mremap` grows a mapping with the file's bytes, and `madvise(MADV_DONTNEED)` re-reads them.
 //! Syscalls that changed a mapped file in the recording (`write`, `ftruncate`, `fallocate`,
-//! recorded as [`FileEffect`]s) are applied to the memfd, since the replay emulates them.
+//! recorded as [`FileEffect`]s) are applied to it, since the replay emulates them.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 use trace_format::{FileEffect, FileId, FileRef, SyscallEvent, TraceReader};
@@ -30,7 +34,8 @@ pub fn replacement_args(ev: &SyscallEvent) -> [u64; 6] {
 }
 
 /// The recorded `flags` made to place the mapping at the recorded address (`MAP_FIXED` if the
-/// program asked for it, else `MAP_FIXED_NOREPLACE`), without the flags a memfd refuses.
+/// program asked for it, else `MAP_FIXED_NOREPLACE`), without the flags an emulated file
+/// refuses.
 fn placed(flags: u64) -> i32 {
     let mut flags = flags as i32;
     let fixed = if flags & libc::MAP_FIXED != 0 {
@@ -47,8 +52,10 @@ fn placed(flags: u64) -> i32 {
 
 /// One emulated file.
 struct Emu {
-    /// The memfd holding the file's content.
+    /// The file holding the emulated file's content.
     file: File,
+    /// Its path, which the tracee opens.
+    path: PathBuf,
     /// The stored copy its content was last set from.
     loaded: Option<String>,
     /// Whether the content may differ from `loaded` (an applied effect, a writable shared
@@ -56,12 +63,25 @@ struct Emu {
     changed: bool,
 }
 
-/// The replay's emulated files, by recorded identity.
+/// The replay's emulated files, by recorded identity. They live in a private directory
+/// (mode 0700) under the temporary directory, removed when this is dropped.
 #[derive(Default)]
 pub struct EmuFiles {
     files: HashMap<FileId, Emu>,
+    /// The directory of the emulated files, once made.
+    dir: Option<PathBuf>,
     /// The descriptor of an emulated file each task's process holds, by task and file.
     tracee_fds: HashMap<(i32, FileId), u64>,
+}
+
+impl Drop for EmuFiles {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                tracing::warn!("removing {}: {e}", dir.display());
+            }
+        }
+    }
 }
 
 impl EmuFiles {
@@ -160,26 +180,60 @@ impl EmuFiles {
             .find(|fd| holds(*fd));
         let fd = match known {
             Some(fd) => fd,
-            None => {
-                let path = format!("/proc/{}/fd/{}", std::process::id(), emu.file.as_raw_fd());
-                open_in(t, &path)?
-            }
+            // By its path; or, where the task sees another /tmp (a mount namespace), through
+            // the replayer's descriptor (which a task in another user namespace may not open).
+            None => open_in(t, &emu.path.to_string_lossy()).or_else(|by_path| {
+                let proc = format!("/proc/{}/fd/{}", std::process::id(), emu.file.as_raw_fd());
+                open_in(t, &proc).map_err(|by_proc| by_path.context(by_proc))
+            })?,
         };
         self.tracee_fds.insert((pid, id), fd);
         Ok(fd)
     }
 
+    /// The directory of the emulated files, made on first use.
+    fn dir(&mut self) -> Result<PathBuf> {
+        if let Some(d) = &self.dir {
+            return Ok(d.clone());
+        }
+        // One directory per replay session of this process (a debugger restarts replays).
+        static SESSIONS: AtomicU64 = AtomicU64::new(0);
+        let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("deja-replay-{}-{n}", std::process::id()));
+        // A directory left by a killed replayer that had this process id.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        self.dir = Some(dir.clone());
+        Ok(dir)
+    }
+
     /// The emulated file `id`, its content set to the stored copy `stored` unless it already
     /// holds exactly that.
     fn load(&mut self, id: FileId, reader: &TraceReader, stored: &FileRef) -> Result<&mut Emu> {
-        let emu = match self.files.entry(id) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(Emu {
-                file: memfd(&stored.path)?,
+        if !self.files.contains_key(&id) {
+            let path = self.dir()?.join(self.files.len().to_string());
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating the emulated copy of {}", stored.path))?;
+            let emu = Emu {
+                file,
+                path,
                 loaded: None,
                 changed: false,
-            }),
-        };
+            };
+            self.files.insert(id, emu);
+        }
+        let emu = self
+            .files
+            .get_mut(&id)
+            .context("an emulated file just made")?;
         if emu.changed || emu.loaded.as_deref() != Some(stored.hash.as_str()) {
             let path = reader.file_path(stored)?;
             let from = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -234,19 +288,6 @@ impl EmuFiles {
         }
         Ok(())
     }
-}
-
-/// A new memfd for an emulated copy of `path`.
-fn memfd(path: &str) -> Result<File> {
-    let name = std::ffi::CString::new("deja-emu").context("naming a memfd")?;
-    // SAFETY: memfd_create with a NUL-terminated name that outlives the call.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("creating the emulated copy of {path}"));
-    }
-    // SAFETY: `fd` was just created and is owned by nothing else.
-    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// Makes the task (at a syscall entry) open `path` read-write and returns the descriptor. The
