@@ -27,6 +27,10 @@ enum Command {
         /// Write the trace to this directory instead of a new one under $DEJA_TRACE_DIR.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
+        /// Record until every process of the program has ended; by default the recording ends
+        /// with the initial process, and the processes it left behind are killed.
+        #[arg(short = 'w', long = "wait")]
+        wait: bool,
         /// The program to record.
         program: String,
         /// Its arguments.
@@ -108,6 +112,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Rec {
             output,
+            wait,
             program,
             args,
         } => {
@@ -119,6 +124,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 program,
                 args,
                 dest,
+                wait_all: wait,
             })?;
             tracing::info!(trace = %outcome.trace_dir.display(), "recorded");
             Ok(exit_code(outcome.status.shell_code()))

@@ -25,8 +25,13 @@ use crate::memory::TraceeMemory;
 use crate::points;
 use crate::remote_memory;
 use crate::session::{set_ticks_blocked, TICK};
-use crate::signals::{is_fault, is_ours, is_restart, restart_pending, ERESTART_RESTARTBLOCK};
+use crate::signals::{is_fault, is_ours, restart_pending};
 use crate::task::{Entry, HeldSignal, State, Task};
+
+mod ending;
+mod group_stop;
+mod restart;
+mod vanish;
 
 /// How long a task may hold the CPU in user code without an event while another task waits
 /// for it: then the recorder preempts it.
@@ -89,14 +94,20 @@ pub struct Session {
     me: i32,
     /// [`STOP_AT_SYSCALLS_ENV`] is set.
     stop_at_syscalls: bool,
+    /// Record until every task has ended, not only the initial process (see `ending`).
+    wait_all: bool,
+    /// Processes continued by a `SIGCONT` since the last stop signal delivered to them (see
+    /// `group_stop`).
+    continued: HashSet<i32>,
     /// Each process's `SIGSEGV` action, put back where a trapped `rdtsc` made the kernel reset
     /// it (see `tracee::forced_segv`).
     segv: SegvActions,
 }
 
 impl Session {
-    /// A recording of `root`, stopped before its initial `execve`.
-    pub fn new(root: Tracee, writer: TraceWriter, cpu: u32) -> Session {
+    /// A recording of `root`, stopped before its initial `execve`; with `wait_all`, it lasts
+    /// until every task has ended, else until the initial process has (see `ending`).
+    pub fn new(root: Tracee, writer: TraceWriter, cpu: u32, wait_all: bool) -> Session {
         let tid = root.pid().as_raw();
         let mut tasks = HashMap::new();
         tasks.insert(tid, Task::new(root, tid, State::Running));
@@ -118,6 +129,8 @@ impl Session {
             ticks: 0,
             me: std::process::id() as i32,
             stop_at_syscalls: std::env::var_os(STOP_AT_SYSCALLS_ENV).is_some(),
+            wait_all,
+            continued: HashSet::new(),
             segv: SegvActions::default(),
         }
     }
@@ -156,10 +169,19 @@ impl Session {
                 if self.tasks.is_empty() {
                     break;
                 }
-                self.schedule_next()?;
+                let scheduled = self.schedule_next();
+                if self.unless_vanished(scheduled)? {
+                    // The next ready task, if any, gets the CPU instead.
+                    continue;
+                }
             }
-            let (pid, stop) = self.wait_any()?;
-            self.dispatch(pid.as_raw(), stop)?;
+            if let Some((pid, stop)) = self.wait_any()? {
+                let handled = self.dispatch(pid.as_raw(), stop);
+                self.unless_vanished(handled)?;
+            }
+            if self.any_group_stopped() {
+                self.continue_group_stops();
+            }
         }
         self.root_status
             .context("the initial process ended without a reported status")
@@ -167,8 +189,9 @@ impl Session {
 
     /// Waits for any task; at each timer tick while it waits, writes out buffered events now
     /// and then, and preempts the task holding the CPU once its time slice is over while
-    /// another task waits for the CPU.
-    fn wait_any(&mut self) -> Result<(Pid, Stop)> {
+    /// another task waits for the CPU. `None` when a tick found a group-stopped task whose
+    /// process got a `SIGCONT` (see `group_stop`).
+    fn wait_any(&mut self) -> Result<Option<(Pid, Stop)>> {
         let Session {
             writer,
             tasks,
@@ -199,10 +222,15 @@ impl Session {
                 preempt_if_others_wait(tasks, ready, *current);
             }
             set_ticks_blocked(false);
-            flushed
+            flushed?;
+            group_stop::continued_while_waiting(tasks)
         });
         set_ticks_blocked(true);
-        stop
+        match stop {
+            Ok(stop) => Ok(Some(stop)),
+            Err(e) if group_stop::is_continued(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs the initial `execve` and records the new program image.
@@ -261,6 +289,9 @@ impl Session {
             match std::mem::replace(&mut t.state, State::Running) {
                 State::ReadyToStart => return self.start(tid),
                 State::ReadyAfter(entry) => return self.finish_syscall(tid, *entry),
+                State::ReadyToContinue(restarting) => {
+                    return self.continue_stopped(tid, restarting)
+                }
                 State::Preempted => {
                     let r = t.tracee.regs()?;
                     self.writer.push(&Event::Resume(ResumeEvent { tid }))?;
@@ -326,7 +357,11 @@ impl Session {
             State::Restarting(_) => self.on_restart_stop(tid, stop),
             // Nothing but its end is expected from an exiting task: let it go on.
             State::Exiting => t.tracee.cont(0),
-            State::ReadyToStart | State::ReadyAfter(_) | State::Preempted => {
+            State::ReadyToStart
+            | State::ReadyAfter(_)
+            | State::Preempted
+            | State::GroupStopped(_)
+            | State::ReadyToContinue(_) => {
                 if stop == Stop::Exec {
                     bail!(THREAD_EXEC);
                 }
@@ -351,6 +386,9 @@ impl Session {
             self.segv.exit(t.pid);
         }
         self.exits.push(ExitEvent { tid, status });
+        if tid == self.root {
+            self.initial_process_ended();
+        }
         Ok(())
     }
 
@@ -460,6 +498,10 @@ impl Session {
                 let exclusive = replay != Replay::Emulate || syscalls::runs_exclusively(nr, &args);
                 let stop_now = !exclusive && self.stop_at_syscalls;
                 let t = self.task(tid)?;
+                let mut traced = entry;
+                if regs::strip_clone_untraced(&mut traced) {
+                    t.tracee.set_regs(&traced)?;
+                }
                 if stop_now && !t.stop_sent {
                     t.tracee.tgkill(Pid::from_raw(t.pid), libc::SIGSTOP)?;
                     t.stop_sent = true;
@@ -485,23 +527,13 @@ impl Session {
         let State::InSyscall(mut entry) = std::mem::replace(&mut t.state, State::Running) else {
             bail!("task {tid} is not in a syscall");
         };
-        if stop == Stop::SyscallStop && t.stop_sent && !entry.exec_done {
-            let rax = t.tracee.regs()?.rax;
-            if is_restart(rax) {
-                // Our preemption SIGSTOP came while the task entered this syscall, and
-                // interrupted it: the kernel restarts it after the signal's stop, and this
-                // attempt is no event (replay makes the call once).
-                entry.ev.result = rax as i64;
-                tracing::debug!(
-                    tid,
-                    call = %syscalls::name(entry.ev.nr),
-                    code = entry.ev.result,
-                    "the preemption SIGSTOP interrupted a syscall: the kernel restarts it"
-                );
-                t.state = State::Restarting(entry);
-                return t.tracee.cont(0);
-            }
+        if stop == Stop::SyscallStop && !entry.exec_done {
+            let Some(back) = self.unless_interrupted(tid, entry)? else {
+                return Ok(());
+            };
+            entry = back;
         }
+        let t = self.task(tid)?;
         match stop {
             Stop::SyscallStop if entry.exec_done => {
                 let r = t.tracee.regs()?;
@@ -672,9 +704,11 @@ impl Session {
     fn on_signal(&mut self, tid: i32, sig: i32) -> Result<()> {
         let me = self.me;
         let t = self.task(tid)?;
-        let Ok(mut info) = t.tracee.siginfo() else {
-            // A group-stop (no siginfo): let the task go on.
-            return t.tracee.cont(0);
+        let mut info = match t.tracee.siginfo() {
+            Ok(info) => info,
+            Err(e) if tracee::gone::vanished_task(&e).is_some() => return Err(e),
+            // A group-stop (no siginfo).
+            Err(_) => return self.on_group_stop(tid, None),
         };
         let regs = t.tracee.regs()?;
         if let Some(i) = t.resent.iter().position(|(s, _)| *s == sig) {
@@ -690,14 +724,19 @@ impl Session {
             return self.on_preemption_stop(tid, regs);
         }
         let (signo, code) = signo_code(&info);
+        self.stop_signal_delivered(tid, sig);
         if sig == libc::SIGSEGV && code == libc::SI_KERNEL && self.emulate_trapped(tid, regs)? {
             return Ok(());
         }
         let t = self.task(tid)?;
+        // A stop between a syscall's restart code and the kernel's restart (a second signal
+        // after one whose default action was to ignore it) is at the same boundary: no user
+        // code ran since the event.
         let at_boundary = t
             .boundary
             .take()
-            .is_some_and(|b| regs::to_words(&b) == regs::to_words(&regs));
+            .is_some_and(|b| regs::to_words(&b) == regs::to_words(&regs))
+            || restart_pending(&regs);
         let origin = if is_fault(signo, code) {
             SignalOrigin::Fault
         } else if at_boundary {
@@ -714,7 +753,15 @@ impl Session {
             delivered: true,
             point: None,
         }))?;
-        self.task(tid)?.tracee.cont(sig)
+        let t = self.task(tid)?;
+        if origin == SignalOrigin::Fault && t.tracee.fault_ignored_as_ns_init(sig) {
+            // A traced pid namespace init would ignore its fatal fault forever: detached, it
+            // faults again and dies of it (see `tracee::nsinit`), which is its end here.
+            t.tracee.detach(sig)?;
+            let status = ExitStatus::Signaled(sig);
+            return self.on_death(tid, status, Stop::Killed(sig));
+        }
+        t.tracee.cont(sig)
     }
 
     /// At the stop for the recorder's own preemption `SIGSTOP` of the running task `tid`
@@ -902,11 +949,18 @@ impl Session {
                 continue;
             }
             match &o.state {
-                State::InSyscall(e) | State::Restarting(e) if !e.exec_done => ranges.extend(
-                    points::pending_regions(e.ev.nr, e.ev.args, &mem)
-                        .iter()
-                        .map(points::range),
-                ),
+                State::InSyscall(e)
+                | State::Restarting(e)
+                | State::GroupStopped(Some(e))
+                | State::ReadyToContinue(Some(e))
+                    if !e.exec_done =>
+                {
+                    ranges.extend(
+                        points::pending_regions(e.ev.nr, e.ev.args, &mem)
+                            .iter()
+                            .map(points::range),
+                    )
+                }
                 State::ReadyAfter(e) => {
                     // The result is in the exit registers (a task killed meanwhile has none:
                     // then the call's bound).
@@ -939,66 +993,6 @@ impl Session {
             }
         }
         Ok(tracee::state::merge_ranges(&ranges))
-    }
-
-    /// A stop of `tid` after the recorder's preemption SIGSTOP interrupted its syscall.
-    fn on_restart_stop(&mut self, tid: i32, stop: Stop) -> Result<()> {
-        let me = self.me;
-        let holds_cpu = self.current == Some(tid);
-        let t = self.task(tid)?;
-        let State::Restarting(mut entry) = std::mem::replace(&mut t.state, State::Running) else {
-            bail!("task {tid} is not restarting a syscall");
-        };
-        match stop {
-            Stop::Signal(sig) => {
-                let info = t.tracee.siginfo().ok();
-                let resent = t.resent.iter().any(|(s, _)| *s == sig);
-                let ours = !resent && info.is_some_and(|i| is_ours(&i, me));
-                if ours || info.is_none() {
-                    // The SIGSTOP (suppressed), or a group-stop passing through: the kernel
-                    // restarts the call next.
-                    t.stop_sent &= !ours;
-                    t.state = State::Restarting(entry);
-                    return t.tracee.cont(0);
-                }
-                // Another signal came too: it may be what interrupted the call, and its
-                // handler decides whether the call restarts. The attempt is recorded after
-                // all, with its restart code, and this signal right after it, when the task
-                // has the CPU.
-                t.held_signal = Some(sig);
-                if holds_cpu {
-                    self.finish_syscall(tid, *entry)
-                } else {
-                    t.state = State::ReadyAfter(entry);
-                    self.ready.push_back(tid);
-                    Ok(())
-                }
-            }
-            Stop::SeccompEntry => {
-                let nr = t.tracee.regs()?.orig_rax;
-                let restart = if entry.ev.result == ERESTART_RESTARTBLOCK {
-                    libc::SYS_restart_syscall as u64
-                } else {
-                    entry.ev.nr
-                };
-                if nr != restart {
-                    bail!(
-                        "task {tid} made {} instead of restarting {}",
-                        syscalls::name(nr),
-                        syscalls::name(entry.ev.nr)
-                    );
-                }
-                // The same call again (or `restart_syscall` continuing it): one event, as if
-                // the call had run once, with the CPU held as before.
-                entry.ev.result = 0;
-                t.state = State::InSyscall(entry);
-                t.tracee.cont_syscall(0)
-            }
-            other => bail!(
-                "unexpected stop of task {tid} restarting {}: {other:?}",
-                syscalls::name(entry.ev.nr)
-            ),
-        }
     }
 
     /// Emulates a trapped `rdtsc`/`rdtscp` at `regs.rip`; false if the fault was something else.

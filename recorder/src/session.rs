@@ -18,6 +18,9 @@ pub struct RecordOptions {
     pub args: Vec<String>,
     /// Where the trace goes.
     pub dest: TraceDest,
+    /// Record until every task has ended (rr's `-w`), instead of killing the tasks still alive
+    /// when the initial process ends.
+    pub wait_all: bool,
 }
 
 /// A finished recording.
@@ -104,7 +107,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         bind_over: None,
         own_process_group: false,
     })?;
-    let mut session = Session::new(root, writer, cpu as u32);
+    let mut session = Session::new(root, writer, cpu as u32, opts.wait_all);
     let result = session.run();
     tracee::alarm::stop();
     match result {

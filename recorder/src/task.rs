@@ -42,8 +42,14 @@ pub enum State {
     /// stopped there, waiting for the CPU (a [`trace_format::ResumeEvent`] is written when it
     /// gets it).
     Preempted,
-    /// Made `exit` or `exit_group`; its death has not been reported yet.
+    /// Made `exit` or `exit_group`, or was killed; its death has not been reported yet.
     Exiting,
+    /// Stopped by job control (a group-stop: `SIGSTOP`, `SIGTSTP`, ...), kept stopped until its
+    /// process gets a `SIGCONT` (see `recording::group_stop`). Holds the syscall it was
+    /// restarting, if any (else it stopped on its way back to user code).
+    GroupStopped(Option<Box<Entry>>),
+    /// Continued after a group-stop, waiting for the CPU to go on.
+    ReadyToContinue(Option<Box<Entry>>),
 }
 
 impl State {
@@ -51,7 +57,10 @@ impl State {
     pub fn waits_for_cpu(&self) -> bool {
         matches!(
             self,
-            State::ReadyToStart | State::ReadyAfter(_) | State::Preempted
+            State::ReadyToStart
+                | State::ReadyAfter(_)
+                | State::Preempted
+                | State::ReadyToContinue(_)
         )
     }
 }

@@ -234,6 +234,7 @@ fn record_ok(prog: &Path, args: &[&str]) -> (ExitStatus, Vec<Event>) {
         program: prog.to_string_lossy().into_owned(),
         args: args.iter().map(|a| a.to_string()).collect(),
         dest: TraceDest::Dir(dir.clone()),
+        wait_all: false,
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -77,6 +77,9 @@ pub struct Task {
     /// A signal interrupts the task in `rt_sigsuspend` with the temporary mask of its
     /// syscall (see `crate::sigmask`).
     pub temporary_mask: bool,
+    /// Parked at a group-stop (job control): it goes on at its next event (see
+    /// `session::group_stop`).
+    pub group_stopped: bool,
 }
 
 /// All tasks, and the stops reported by tasks other than the one waited for.
@@ -108,6 +111,7 @@ impl Tasks {
                 last_trap: LastTrap::Tsc,
                 debugger_trapped: false,
                 temporary_mask: false,
+                group_stopped: false,
             },
         );
     }

@@ -1,8 +1,9 @@
 //! The hardware debug registers: reading and writing them in a stopped task, and laying out
 //! up to four watchpoints or hardware breakpoints in DR0–DR3 and DR7.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
+use crate::gone::PtraceContext;
 use crate::tracee::Tracee;
 
 /// Offset of `u_debugreg[0]` in the kernel's `struct user`, the `PTRACE_PEEKUSER` address
@@ -18,7 +19,9 @@ impl Tracee {
         let offset = debug_reg_offset(i)?;
         nix::sys::ptrace::read_user(self.pid(), offset as nix::sys::ptrace::AddressType)
             .map(|v| v as u64)
-            .with_context(|| format!("reading DR{i} of task {}", self.pid()))
+            .ptrace_context(self.pid(), || {
+                format!("reading DR{i} of task {}", self.pid())
+            })
     }
 
     /// Sets debug register `DR<i>` (0–3 addresses, 6 status, 7 control). The kernel checks
@@ -31,7 +34,9 @@ impl Tracee {
             offset as nix::sys::ptrace::AddressType,
             v as libc::c_long,
         )
-        .with_context(|| format!("writing {v:#x} to DR{i} of task {}", self.pid()))
+        .ptrace_context(self.pid(), || {
+            format!("writing {v:#x} to DR{i} of task {}", self.pid())
+        })
     }
 
     /// Installs `regs`: disables every slot, sets the addresses of the used ones, then enables

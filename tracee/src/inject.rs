@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 
+use crate::gone::PtraceContext;
 use crate::regs::{set_syscall_args, Regs};
 use crate::stop::Stop;
 use crate::tracee::Tracee;
@@ -188,8 +189,9 @@ impl Tracee {
             )
         };
         if r < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("reading the syscall stop of task {}", self.pid()));
+            return Err(std::io::Error::last_os_error()).ptrace_context(self.pid(), || {
+                format!("reading the syscall stop of task {}", self.pid())
+            });
         }
         let mut rval = [0u8; 8];
         rval.copy_from_slice(&buf[INFO_RVAL_OFFSET..INFO_RVAL_OFFSET + 8]);

@@ -102,6 +102,19 @@ pub fn differences(expected: &[u64; REGS_WORDS], found: &[u64; REGS_WORDS]) -> V
         .collect()
 }
 
+/// At the entry of a `clone` syscall: clears `CLONE_UNTRACED` from its flags, so the new task
+/// is traced like every other (an untraced task would escape the recording, and its syscalls
+/// would fail under the inherited seccomp filter with no tracer). Recorder and replayer both do
+/// it, so the registers stay alike. Returns whether it changed anything.
+pub fn strip_clone_untraced(r: &mut Regs) -> bool {
+    let untraced = libc::CLONE_UNTRACED as u64;
+    if r.orig_rax != libc::SYS_clone as u64 || r.rdi & untraced == 0 {
+        return false;
+    }
+    r.rdi &= !untraced;
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

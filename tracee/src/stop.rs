@@ -1,7 +1,6 @@
 //! What a waited-for tracee is doing: the kinds of ptrace stop and of ending.
 
 use anyhow::{Context, Result};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 /// Why a tracee stopped (or that it ended).
@@ -43,31 +42,66 @@ pub fn wait_any(on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> 
     wait(None, on_idle).context("waiting for the traced tasks")
 }
 
-/// `waitpid(pid or any, __WALL)` until a stop or an end is reported.
+/// `waitpid(pid or any, __WALL)` until a stop or an end is reported. The raw status is decoded
+/// here rather than by `nix`, whose decoding refuses realtime signals (`SIGRTMIN`..`SIGRTMAX`)
+/// with `EINVAL`.
 fn wait(pid: Option<Pid>, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> {
+    let target = pid.map_or(-1, Pid::as_raw);
     loop {
-        let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-            Err(nix::errno::Errno::EINTR) => {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid stores one int at `status`, a local that outlives the call.
+        let who = unsafe { libc::waitpid(target, &mut status, libc::__WALL) };
+        if who < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
                 on_idle()?;
                 continue;
             }
-            other => other?,
-        };
-        if let (Some(who), Some(stop)) = (status.pid(), decode(status)) {
-            return Ok((who, stop));
+            return Err(err.into());
+        }
+        if let Some(stop) = decode(status) {
+            return Ok((Pid::from_raw(who), stop));
         }
     }
 }
 
-fn decode(status: WaitStatus) -> Option<Stop> {
-    Some(match status {
-        WaitStatus::Exited(_, code) => Stop::Exited(code),
-        WaitStatus::Signaled(_, sig, _) => Stop::Killed(sig as i32),
-        WaitStatus::PtraceSyscall(_) => Stop::SyscallStop,
-        WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_SECCOMP => Stop::SeccompEntry,
-        WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_EXEC => Stop::Exec,
-        WaitStatus::PtraceEvent(_, _, ev) => Stop::Event(ev),
-        WaitStatus::Stopped(_, sig) => Stop::Signal(sig as i32),
-        WaitStatus::Continued(_) | WaitStatus::StillAlive => return None,
+/// A raw `waitpid` status as a [`Stop`] (`None`: a continuation, which ptrace never reports
+/// with these flags).
+fn decode(status: libc::c_int) -> Option<Stop> {
+    if libc::WIFEXITED(status) {
+        return Some(Stop::Exited(libc::WEXITSTATUS(status)));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Some(Stop::Killed(libc::WTERMSIG(status)));
+    }
+    if !libc::WIFSTOPPED(status) {
+        return None;
+    }
+    let sig = libc::WSTOPSIG(status);
+    let event = status >> 16;
+    Some(match event {
+        0 if sig == libc::SIGTRAP | 0x80 => Stop::SyscallStop,
+        0 => Stop::Signal(sig),
+        libc::PTRACE_EVENT_SECCOMP => Stop::SeccompEntry,
+        libc::PTRACE_EVENT_EXEC => Stop::Exec,
+        ev => Stop::Event(ev),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_realtime_signal_stops_and_events() {
+        // Stopped by SIGRTMIN+2 (as `waitpid` encodes it: signal << 8 | 0x7f).
+        let rt = libc::SIGRTMIN() + 2;
+        assert_eq!(decode((rt << 8) | 0x7f), Some(Stop::Signal(rt)));
+        let syscall = ((libc::SIGTRAP | 0x80) << 8) | 0x7f;
+        assert_eq!(decode(syscall), Some(Stop::SyscallStop));
+        let seccomp = (libc::PTRACE_EVENT_SECCOMP << 16) | (libc::SIGTRAP << 8) | 0x7f;
+        assert_eq!(decode(seccomp), Some(Stop::SeccompEntry));
+        assert_eq!(decode(3 << 8), Some(Stop::Exited(3)));
+        assert_eq!(decode(libc::SIGKILL), Some(Stop::Killed(libc::SIGKILL)));
+    }
 }

@@ -8,6 +8,7 @@ use nix::sys::ptrace;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use crate::gone::PtraceContext;
 use crate::regs::Regs;
 use crate::stop::{wait_for, Stop};
 
@@ -50,13 +51,16 @@ impl Tracee {
 
     /// The general registers.
     pub fn regs(&self) -> Result<Regs> {
-        ptrace::getregs(self.pid).with_context(|| format!("reading registers of task {}", self.pid))
+        ptrace::getregs(self.pid).ptrace_context(self.pid, || {
+            format!("reading registers of task {}", self.pid)
+        })
     }
 
     /// Sets the general registers.
     pub fn set_regs(&self, regs: &Regs) -> Result<()> {
-        ptrace::setregs(self.pid, *regs)
-            .with_context(|| format!("writing registers of task {}", self.pid))
+        ptrace::setregs(self.pid, *regs).ptrace_context(self.pid, || {
+            format!("writing registers of task {}", self.pid)
+        })
     }
 
     /// Reads up to `buf.len()` bytes at `addr`; returns how many were readable.
@@ -75,6 +79,7 @@ impl Tracee {
     pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
         let n = self.read_mem_partial(addr, buf);
         if n != buf.len() {
+            self.check_stopped()?;
             bail!(
                 "cannot read {} bytes of task {} memory at {:#x} (only {} readable)",
                 buf.len(),
@@ -84,6 +89,12 @@ impl Tracee {
             );
         }
         Ok(())
+    }
+
+    /// Fails with a [`crate::gone::Vanished`] error if the task is no longer in a ptrace stop
+    /// (it was killed): a memory access that failed may have failed for that reason.
+    pub fn check_stopped(&self) -> Result<()> {
+        self.event_msg().map(|_| ())
     }
 
     /// Reads `len` bytes at `addr` into a new vector.
@@ -104,18 +115,22 @@ impl Tracee {
     pub fn write_mem(&self, addr: u64, data: &[u8]) -> Result<()> {
         let mut done = 0;
         while done < data.len() {
-            let n = self
-                .mem
-                .write_at(&data[done..], addr + done as u64)
-                .with_context(|| {
-                    format!(
-                        "writing {} bytes of task {} memory at {:#x}",
-                        data.len(),
-                        self.pid,
-                        addr + done as u64
-                    )
-                })?;
+            let n = match self.mem.write_at(&data[done..], addr + done as u64) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.check_stopped()?;
+                    return Err(e).with_context(|| {
+                        format!(
+                            "writing {} bytes of task {} memory at {:#x}",
+                            data.len(),
+                            self.pid,
+                            addr + done as u64
+                        )
+                    });
+                }
+            };
             if n == 0 {
+                self.check_stopped()?;
                 bail!("task {} memory at {:#x} is not writable", self.pid, addr);
             }
             done += n;
@@ -150,7 +165,7 @@ impl Tracee {
         };
         if r < 0 {
             return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("reading siginfo of task {}", self.pid));
+                .ptrace_context(self.pid, || format!("reading siginfo of task {}", self.pid));
         }
         Ok(buf)
     }
@@ -172,7 +187,7 @@ impl Tracee {
         };
         if r < 0 {
             return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("writing siginfo of task {}", self.pid));
+                .ptrace_context(self.pid, || format!("writing siginfo of task {}", self.pid));
         }
         Ok(())
     }
@@ -198,7 +213,7 @@ impl Tracee {
         let r = unsafe { libc::ptrace(request, self.pid.as_raw(), 0usize, sig as usize) };
         if r < 0 {
             return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("{what} task {}", self.pid));
+                .ptrace_context(self.pid, || format!("{what} task {}", self.pid));
         }
         Ok(())
     }
@@ -225,8 +240,9 @@ impl Tracee {
             )
         };
         if r < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("reading the ptrace event of task {}", self.pid));
+            return Err(std::io::Error::last_os_error()).ptrace_context(self.pid, || {
+                format!("reading the ptrace event of task {}", self.pid)
+            });
         }
         Ok(msg)
     }
@@ -241,8 +257,9 @@ impl Tracee {
         // SAFETY: tgkill takes only integers.
         let r = unsafe { libc::syscall(libc::SYS_tgkill, tgid.as_raw(), self.pid.as_raw(), sig) };
         if r < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("sending signal {sig} to task {}", self.pid));
+            return Err(std::io::Error::last_os_error()).ptrace_context(self.pid, || {
+                format!("sending signal {sig} to task {}", self.pid)
+            });
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 
+use crate::gone::PtraceContext;
 use crate::tracee::Tracee;
 
 /// The x87, SSE and AVX state of a task, in gdb's terms (its `amd64` register set).
@@ -350,7 +351,7 @@ impl Tracee {
                     .with_context(|| format!("writing vector registers of task {}", self.pid()))?;
                 if changed {
                     self.regset(libc::PTRACE_SETREGSET, NT_X86_XSTATE, &mut xsave)
-                        .with_context(|| {
+                        .ptrace_context(self.pid(), || {
                             format!("writing the XSAVE state of task {}", self.pid())
                         })?;
                 }
@@ -378,7 +379,7 @@ impl Tracee {
                     )
                 };
                 if rc < 0 {
-                    return Err(std::io::Error::last_os_error()).with_context(|| {
+                    return Err(std::io::Error::last_os_error()).ptrace_context(self.pid(), || {
                         format!("writing the FXSAVE state of task {}", self.pid())
                     });
                 }
@@ -404,9 +405,9 @@ impl Tracee {
                 Ok(Some(buf))
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::EINVAL)) => Ok(None),
-            Err(e) => {
-                Err(e).with_context(|| format!("reading the XSAVE state of task {}", self.pid()))
-            }
+            Err(e) => Err(e).ptrace_context(self.pid(), || {
+                format!("reading the XSAVE state of task {}", self.pid())
+            }),
         }
     }
 
@@ -424,8 +425,9 @@ impl Tracee {
             )
         };
         if rc < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("reading the FXSAVE state of task {}", self.pid()));
+            return Err(std::io::Error::last_os_error()).ptrace_context(self.pid(), || {
+                format!("reading the FXSAVE state of task {}", self.pid())
+            });
         }
         Ok(fx)
     }

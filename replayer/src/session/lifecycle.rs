@@ -87,6 +87,10 @@ impl Session {
                 found,
             ));
         }
+        let mut traced = r;
+        if tracee::regs::strip_clone_untraced(&mut traced) {
+            t.set_regs(&traced)?;
+        }
         t.cont_syscall(0)?;
         let stop = self.wait_task(tid)?;
         if !matches!(
@@ -199,10 +203,22 @@ impl Session {
         let t = self.task(tid)?;
         let found = match t.state {
             RState::Dead(status) => status,
+            RState::Parked(Stop::Signal(sig))
+                if expected == ExitStatus::Signaled(sig)
+                    && t.tracee.fault_ignored_as_ns_init(sig) =>
+            {
+                // A pid namespace init that faulted again instead of dying of its fault, as
+                // the recorder's did: detached like it, it dies of it (see `tracee::nsinit`).
+                t.tracee.detach(sig)?;
+                expected
+            }
             state => {
                 let real = t.tracee.pid();
                 if expected == ExitStatus::Signaled(libc::SIGKILL) {
                     // Killed from outside the task (another process, or outside the recording).
+                    if matches!(state, RState::Parked(_) | RState::AtPoint) {
+                        self.robust_futexes_die(tid)?;
+                    }
                     let _ = nix::sys::signal::kill(real, nix::sys::signal::SIGKILL);
                 }
                 match self.tasks.wait_end(real, END_GRACE)? {

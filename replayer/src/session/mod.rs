@@ -15,7 +15,9 @@ use crate::exec;
 use crate::point::Toward;
 use crate::tasks::{self, RState, Task, Tasks};
 
+mod group_stop;
 mod lifecycle;
+mod robust;
 mod run;
 mod signal;
 mod syscall;
@@ -302,6 +304,7 @@ impl Session {
                     "no such task in the replay".into(),
                 ));
             }
+            self.leave_group_stop(tid, &ev)?;
             match ev {
                 Event::Syscall(e) => self.syscall(&e)?,
                 Event::Signal(e) => self.signal(&e)?,

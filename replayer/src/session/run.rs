@@ -55,6 +55,7 @@ impl Session {
                 if e.tid == tid && e.status == ExitStatus::Signaled(libc::SIGKILL) =>
             {
                 // SIGKILL never shows as a stop: the recorded task just ended here.
+                self.robust_futexes_die(tid)?;
                 let t = self.task(tid)?;
                 let _ = nix::sys::signal::kill(t.tracee.pid(), nix::sys::signal::SIGKILL);
                 t.state = RState::Exiting;
@@ -334,6 +335,11 @@ impl Session {
             return Ok(Next::Park(stop));
         }
         let drop = match t.tracee.siginfo() {
+            Err(e) if tracee::gone::vanished_task(&e).is_none() => {
+                // A group-stop: the recording's task stopped there too, until its next event.
+                t.group_stopped = true;
+                return Ok(Next::Park(stop));
+            }
             Err(_) => true,
             Ok(info) => {
                 let (_, code) = tracee::tracee::signo_code(&info);

@@ -137,6 +137,7 @@ impl Session {
                 t.set_regs(&after)?;
             }
             Replay::Exit => {
+                self.robust_futexes_die(tid)?;
                 let t = self.task(tid)?;
                 t.tracee.cont(0)?;
                 t.state = RState::Exiting;
