@@ -294,7 +294,7 @@ fn stdout_write_in_trace(ctx: &Ctx, trace: &Path) -> bool {
     assert_no_panic("dump --json of a recording in progress", &out);
     stdout_str(&out).lines().any(|l| {
         serde_json::from_str::<serde_json::Value>(l)
-            .is_ok_and(|v| v["Syscall"]["echo"] == serde_json::json!(1))
+            .is_ok_and(|v| v["Syscall"]["echo"]["stream"] == serde_json::json!(1))
     })
 }
 

@@ -1,7 +1,53 @@
-//! Which descriptors of the program still write to the recorder's stdout or stderr, so the
-//! replay can echo exactly what the program printed there.
+//! Which descriptors of the program write to the recorder's stdout or stderr, so the replay
+//! can echo exactly what the program printed there (and check it printed the same).
+//!
+//! The kernel answers exactly: `kcmp(KCMP_FILE)` tells whether a task's descriptor is the same
+//! open file description as the recorder's own stdout or stderr, however the task got it
+//! (`dup`, inherited, passed over a socket, `pidfd_getfd`, a thread's `unshare(CLONE_FILES)`
+//! table). [`EchoFds`], which follows `dup`/`close` per process, is the fallback for a kernel
+//! without `kcmp`.
 
 use std::collections::HashMap;
+
+/// `KCMP_FILE` of `<linux/kcmp.h>`.
+const KCMP_FILE: libc::c_int = 0;
+
+/// The stream (1 stdout, 2 stderr) that descriptor `fd` of task `tid` writes to, if any:
+/// asked of the kernel, else of `fallback` (the task's process's alias table). When stdout
+/// and stderr are one file, a write to descriptor 2 counts as stderr, any other as stdout.
+pub fn stream_of(tid: i32, fd: u64, fallback: Option<&EchoFds>) -> Option<u8> {
+    let order: [u8; 2] = if fd == 2 { [2, 1] } else { [1, 2] };
+    let me = std::process::id() as libc::pid_t;
+    let mut asked = false;
+    for stream in order {
+        // SAFETY: kcmp only compares kernel objects named by its integer arguments; it reads
+        // and writes no memory of this process.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                tid as libc::pid_t,
+                me,
+                KCMP_FILE,
+                fd,
+                libc::c_ulong::from(stream),
+            )
+        };
+        match r {
+            0 => return Some(stream),
+            r if r > 0 => asked = true,
+            // EBADF: the task has no such descriptor, or the recorder closed its own stream.
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF) => {
+                asked = true
+            }
+            _ => {}
+        }
+    }
+    if asked {
+        None
+    } else {
+        fallback.and_then(|f| f.stream(fd))
+    }
+}
 
 /// Descriptor → stream (1 or 2) it aliases, for one process's descriptor table.
 #[derive(Clone)]

@@ -1,12 +1,14 @@
 //! Capturing the program image at its exec stop.
 
-use anyhow::{Context, Result};
+use std::io::Read;
+
+use anyhow::{bail, Context, Result};
 use trace_format::{ExecEvent, Mapping, TraceWriter};
-use tracee::{auxv, maps, regs, Tracee};
+use tracee::{auxv, maps, regs, vdso, Tracee};
 
 use crate::mapped_files::MappedFiles;
 
-/// At the exec stop: hides the vDSO from the program, then records registers, the initial
+/// At the exec stop: makes the vDSO's functions syscalls (see `tracee::vdso`), then records registers, the initial
 /// stack, the memory map, and stores the executable and every mapped file.
 pub fn capture(
     tracee: &Tracee,
@@ -14,6 +16,7 @@ pub fn capture(
     files: &mut MappedFiles,
 ) -> Result<ExecEvent> {
     let pid = tracee.pid();
+    refuse_non_x86_64(pid.as_raw())?;
     let r = tracee.regs()?;
     let entries = maps::read(pid)?;
     let stack_top = entries
@@ -22,8 +25,13 @@ pub fn capture(
         .map(|e| e.end)
         .context("the new program has no [stack] mapping")?;
     let mut stack = tracee.read_vec(r.rsp, (stack_top - r.rsp) as usize)?;
-    if auxv::hide_vdso(&mut stack) {
-        tracee.write_mem(r.rsp, &stack)?;
+    // The vDSO stays (programs read its image), its functions made syscalls; where that
+    // cannot be done it is hidden, and the C library makes the syscalls itself.
+    if let Err(e) = vdso::patch(tracee) {
+        tracing::warn!("hiding the vDSO: {e:#}");
+        if auxv::hide_vdso(&mut stack) {
+            tracee.write_mem(r.rsp, &stack)?;
+        }
     }
     let exe = files
         .store_link(writer, &format!("/proc/{pid}/exe"), false)
@@ -69,4 +77,27 @@ pub fn capture(
             .map(|c| c.trim_end_matches('\n').to_string())
             .unwrap_or_default(),
     })
+}
+
+/// Stops the recording, naming the program, when a recorded process has just exec'd a program
+/// that is not x86-64: a 32-bit (i386) or x32 program makes syscalls deja does not model (the
+/// seccomp filter answers them `ENOSYS`), so it would crash or misbehave under recording only.
+fn refuse_non_x86_64(pid: i32) -> Result<()> {
+    let exe = format!("/proc/{pid}/exe");
+    let mut head = [0u8; 20];
+    std::fs::File::open(&exe)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .with_context(|| format!("reading the ELF header of {exe}"))?;
+    let machine = u16::from_le_bytes([head[18], head[19]]);
+    let kind = match (head[4], machine) {
+        (2, 62) => return Ok(()),
+        (1, 62) => "an x32 program",
+        (1, 3) => "a 32-bit (i386) program",
+        (1, _) => "a 32-bit program",
+        _ => "not an x86-64 program",
+    };
+    let shown = std::fs::read_link(&exe)
+        .map(|p| p.display().to_string())
+        .unwrap_or(exe);
+    bail!("process {pid} exec'd {shown}, {kind}: deja records x86-64 programs only")
 }

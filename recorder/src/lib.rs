@@ -2,8 +2,10 @@
 //! trace of everything nondeterministic it observed (see `README.md` in this crate).
 
 mod echo;
+mod emulated;
 mod exec;
 mod file_effects;
+mod ioctls;
 mod mapped_files;
 mod memory;
 mod points;
@@ -12,6 +14,7 @@ mod remote_memory;
 mod session;
 mod signals;
 mod task;
+mod tsc_mode;
 
 use std::path::PathBuf;
 

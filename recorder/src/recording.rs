@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
 use syscalls::{Call, Replay};
 use trace_format::{
-    CloneEvent, Event, ExitEvent, ExitStatus, MemWrite, Point, PreemptEvent, RdtscEvent,
+    CloneEvent, Echoed, Event, ExitEvent, ExitStatus, MemWrite, Point, PreemptEvent, RdtscEvent,
     ResumeEvent, SignalEvent, SignalOrigin, StartEvent, SyscallEvent, TraceWriter,
 };
 use tracee::forced_segv::{SegvActions, KERNEL_SIGACTION};
@@ -17,9 +17,11 @@ use tracee::insn::Trapped;
 use tracee::tracee::{signo_code, SIGINFO_SIZE};
 use tracee::{regs, Regs, Stop, Tracee};
 
-use crate::echo::EchoFds;
+use crate::echo::{self, EchoFds};
+use crate::emulated;
 use crate::exec;
 use crate::file_effects::FileEffects;
+use crate::ioctls::ioctl_warning;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
 use crate::points;
@@ -27,6 +29,7 @@ use crate::remote_memory;
 use crate::session::{set_ticks_blocked, TICK};
 use crate::signals::{is_fault, is_ours, restart_pending};
 use crate::task::{Entry, HeldSignal, State, Task};
+use crate::tsc_mode::TscModes;
 
 mod ending;
 mod group_stop;
@@ -69,6 +72,8 @@ pub struct Session {
     effects: FileEffects,
     /// Descriptors aliasing stdout/stderr, per process.
     echo: HashMap<i32, EchoFds>,
+    /// The `PR_SET_TSC` setting each task chose.
+    tsc: TscModes,
     /// Syscalls already warned about.
     warned: HashSet<u64>,
     tasks: HashMap<i32, Task>,
@@ -116,6 +121,7 @@ impl Session {
             files: MappedFiles::default(),
             effects: FileEffects::default(),
             echo: HashMap::from([(tid, EchoFds::default())]),
+            tsc: TscModes::default(),
             warned: HashSet::new(),
             tasks,
             ready: VecDeque::new(),
@@ -385,6 +391,7 @@ impl Session {
             self.echo.remove(&t.pid);
             self.segv.exit(t.pid);
         }
+        self.tsc.forget(tid);
         self.exits.push(ExitEvent { tid, status });
         if tid == self.root {
             self.initial_process_ended();
@@ -408,7 +415,7 @@ impl Session {
         }
         let name = syscalls::name(nr);
         let def = syscalls::lookup(nr);
-        let replay = match def {
+        let mut replay = match def {
             Some(def) => def.replay,
             None => {
                 self.warn_once(nr, || {
@@ -417,16 +424,14 @@ impl Session {
                 Replay::Deny(libc::ENOSYS)
             }
         };
-        if nr == libc::SYS_ioctl as u64 && !syscalls::ioctl_known(args[1]) {
-            // Keyed apart from syscall numbers (which are below 1024).
-            let key = (1 << 32) | (args[1] & 0xffff_ffff);
-            self.warn_once(key, || {
-                format!(
-                    "ioctl request {:#x} is not modelled: only the size its number encodes is \
-                     recorded, so the replay may differ if it wrote more",
-                    args[1] & 0xffff_ffff
-                )
-            });
+        if nr == libc::SYS_ioctl as u64 {
+            if let Some((refused, warning)) = ioctl_warning(args[1]) {
+                // Keyed apart from syscall numbers (which are below 1024).
+                self.warn_once((1 << 32) | (args[1] & 0xffff_ffff), || warning);
+                if refused {
+                    replay = Replay::Deny(libc::ENOTTY);
+                }
+            }
         }
         let mut ev = SyscallEvent {
             tid,
@@ -440,6 +445,18 @@ impl Session {
             file_effect: None,
             echo: None,
         };
+        if syscalls::writes_to_fd(nr) {
+            let pid = self.task(tid)?.pid;
+            ev.echo = echo::stream_of(tid, args[0], self.echo.get(&pid)).map(|stream| Echoed {
+                stream,
+                bytes: Vec::new(),
+            });
+        }
+        if (nr == libc::SYS_prctl as u64 && syscalls::EMULATED_PRCTL.contains(&args[0]))
+            || emulated::is_vsyscall(entry.rip)
+        {
+            return self.emulate_in_recorder(tid, entry, ev);
+        }
         match replay {
             Replay::Unsupported(_) => {
                 bail!(
@@ -449,8 +466,9 @@ impl Session {
                 )
             }
             Replay::Deny(errno) => {
-                // rseq is refused for every glibc program, which copes silently: no warning.
-                if def.is_some() && nr != libc::SYS_rseq as u64 {
+                // rseq is refused for every glibc program, which copes silently: no warning;
+                // a refused ioctl was warned about by its request.
+                if def.is_some() && nr != libc::SYS_rseq as u64 && nr != libc::SYS_ioctl as u64 {
                     self.warn_once(nr, || {
                         format!(
                             "{name} is refused with {} (as rr does)",
@@ -494,8 +512,12 @@ impl Session {
                 // Calls that change the address space, the signal state, the program or the
                 // task tree, and calls that send signals, run while no other task runs; the
                 // others (which may block) let other tasks run meanwhile, but for the few that
-                // write memory other tasks read at once (`syscalls::runs_exclusively`).
-                let exclusive = replay != Replay::Emulate || syscalls::runs_exclusively(nr, &args);
+                // write memory other tasks read at once (`syscalls::runs_exclusively`). Writes
+                // to the recording's stdout/stderr also run alone, so the order in which their
+                // bytes reach the stream is the order of their events, which the replay echoes.
+                let exclusive = replay != Replay::Emulate
+                    || syscalls::runs_exclusively(nr, &args)
+                    || ev.echo.is_some();
                 let stop_now = !exclusive && self.stop_at_syscalls;
                 let t = self.task(tid)?;
                 let mut traced = entry;
@@ -519,6 +541,25 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// `prctl(PR_GET_TSC | PR_SET_TSC | PR_GET_SECCOMP)` (answered from the program's own
+    /// setting, see `tsc_mode.rs`) or a call through the vsyscall page, at its entry: the
+    /// recorder answers it and the kernel skips it.
+    fn emulate_in_recorder(&mut self, tid: i32, entry: Regs, ev: SyscallEvent) -> Result<()> {
+        let Session {
+            tasks, writer, tsc, ..
+        } = self;
+        let t = tasks
+            .get_mut(&tid)
+            .context("a syscall of an unknown task")?;
+        let result = if emulated::is_vsyscall(entry.rip) {
+            emulated::vsyscall(&t.tracee, ev.nr, &ev.args)?
+        } else {
+            tsc.prctl(tid, &t.tracee, ev.args[0], ev.args[1])?
+        };
+        let r = emulated::answer(&t.tracee, writer, ev, entry, result)?;
+        self.resume(tid, r)
     }
 
     /// A stop of `tid` while it is inside a syscall.
@@ -602,6 +643,7 @@ impl Session {
             flags: args.flags,
             writes,
         }))?;
+        self.tsc.inherit(tid, child);
         if !args.is_thread() {
             let table = self.echo.get(&parent_pid).cloned().unwrap_or_default();
             self.echo.insert(child, table);
@@ -687,15 +729,15 @@ impl Session {
                 );
             }
         }
-        let fds = echo.entry(t.pid).or_default();
-        if matches!(
-            nr as i64,
-            libc::SYS_write | libc::SYS_writev | libc::SYS_pwrite64 | libc::SYS_pwritev
-        ) && ev.result > 0
-        {
-            ev.echo = fds.stream(args[0]);
+        if let Some(echoed) = &mut ev.echo {
+            match syscalls::written_bytes(&call, &TraceeMemory(&t.tracee)) {
+                Some(bytes) if !bytes.is_empty() => echoed.bytes = bytes,
+                _ => ev.echo = None,
+            }
         }
-        fds.after_syscall(nr, &args, ev.result);
+        echo.entry(t.pid)
+            .or_default()
+            .after_syscall(nr, &args, ev.result);
         writer.push(&Event::Syscall(ev))?;
         self.resume(tid, exit)
     }
@@ -998,6 +1040,7 @@ impl Session {
     /// Emulates a trapped `rdtsc`/`rdtscp` at `regs.rip`; false if the fault was something else.
     fn emulate_trapped(&mut self, tid: i32, mut regs: Regs) -> Result<bool> {
         let cpu = self.cpu;
+        let faults = self.tsc.faults(tid);
         let t = self.task(tid)?;
         let Some((kind, len)) = t.tracee.trapped_insn_at(regs.rip) else {
             return Ok(false);
@@ -1012,6 +1055,11 @@ impl Session {
             }
             Trapped::Cpuid => return Ok(false),
         };
+        if faults {
+            // The program asked for rdtsc to fault: its SIGSEGV is delivered as a fault.
+            return Ok(false);
+        }
+
         regs.rax = tsc & 0xffff_ffff;
         regs.rdx = tsc >> 32;
         if let Some(a) = aux {
@@ -1032,7 +1080,7 @@ impl Session {
 
 /// What the kernel left in `len` bytes of `tracee`'s memory at `addr`, as recorded bytes: as
 /// much as is readable, or nothing if none is.
-fn capture(
+pub(crate) fn capture(
     writer: &mut TraceWriter,
     tracee: &Tracee,
     addr: u64,

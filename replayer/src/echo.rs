@@ -1,45 +1,80 @@
-//! Echoing what the program wrote to stdout and stderr, as the recording saw it.
+//! Echoing what the program wrote to stdout and stderr, after checking that the replayed
+//! program writes exactly the bytes the recording saw.
 
 use std::io::Write;
 
-use anyhow::Result;
-use trace_format::SyscallEvent;
+use anyhow::{Context, Result};
+use syscalls::{Call, Memory};
+use trace_format::{Echoed, SyscallEvent};
 use tracee::Tracee;
 
-/// Writes to the replayer's stdout/stderr the bytes the replayed program is writing in `ev`
-/// (a `write`, `pwrite64`, `writev` or `pwritev` to an echoed stream), read from its memory.
-pub fn echo(tracee: &Tracee, ev: &SyscallEvent) -> Result<()> {
-    let Some(stream) = ev.echo else {
-        return Ok(());
+/// Most bytes of each side a mismatch report quotes.
+const QUOTE_MAX: usize = 80;
+
+/// A [`syscalls::Memory`] view of a stopped tracee.
+struct TraceeMemory<'a>(&'a Tracee);
+
+impl Memory for TraceeMemory<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.0.read_mem_partial(addr, buf) == buf.len()
+    }
+}
+
+/// How the replayed program's write differs from the recorded one.
+pub struct Mismatch {
+    /// What the recording wrote, quoted.
+    pub expected: String,
+    /// What the replayed program passes to its write, quoted.
+    pub found: String,
+}
+
+/// Checks the write `ev` (recorded as going to stdout or stderr) against what the replayed
+/// program at `tracee` passes to it now, and unless `quiet` echoes it to the replayer's own
+/// stream. `Ok(Some(_))` is a divergence: nothing is echoed then.
+pub fn check_and_echo(tracee: &Tracee, ev: &SyscallEvent, quiet: bool) -> Result<Option<Mismatch>> {
+    let Some(Echoed { stream, bytes }) = &ev.echo else {
+        return Ok(None);
     };
-    let total = usize::try_from(ev.result.max(0)).unwrap_or(0);
-    let mut bytes = Vec::with_capacity(total);
-    match ev.nr as i64 {
-        libc::SYS_write | libc::SYS_pwrite64 => {
-            bytes = tracee.read_vec(ev.args[1], total)?;
-        }
-        libc::SYS_writev | libc::SYS_pwritev => {
-            let (iov, cnt) = (ev.args[1], ev.args[2].min(1024));
-            for i in 0..cnt {
-                if bytes.len() >= total {
-                    break;
-                }
-                let base = tracee.read_u64(iov + i * 16)?;
-                let len = tracee.read_u64(iov + i * 16 + 8)? as usize;
-                let take = len.min(total - bytes.len());
-                bytes.extend(tracee.read_vec(base, take)?);
-            }
-        }
-        _ => return Ok(()),
+    let call = Call {
+        nr: ev.nr,
+        args: ev.args,
+        result: ev.result,
+    };
+    let replayed = syscalls::written_bytes(&call, &TraceeMemory(tracee));
+    if replayed.as_deref() != Some(bytes.as_slice()) {
+        return Ok(Some(Mismatch {
+            expected: format!("{} to write {}", stream_name(*stream), quote(bytes)),
+            found: match replayed {
+                Some(r) => quote(&r),
+                None => "a buffer that cannot be read".into(),
+            },
+        }));
     }
+    if !quiet {
+        let what = stream_name(*stream);
+        let written = if *stream == 2 {
+            let mut e = std::io::stderr().lock();
+            e.write_all(bytes).and_then(|()| e.flush())
+        } else {
+            let mut o = std::io::stdout().lock();
+            o.write_all(bytes).and_then(|()| o.flush())
+        };
+        written.with_context(|| format!("echoing the program's {what}"))?;
+    }
+    Ok(None)
+}
+
+fn stream_name(stream: u8) -> &'static str {
     if stream == 2 {
-        let mut e = std::io::stderr().lock();
-        e.write_all(&bytes)?;
-        e.flush()?;
+        "stderr"
     } else {
-        let mut o = std::io::stdout().lock();
-        o.write_all(&bytes)?;
-        o.flush()?;
+        "stdout"
     }
-    Ok(())
+}
+
+/// `bytes` as a quoted, escaped string of at most [`QUOTE_MAX`] bytes, with its length.
+fn quote(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(QUOTE_MAX)];
+    let more = if shown.len() < bytes.len() { "..." } else { "" };
+    format!("{} bytes \"{}\"{more}", bytes.len(), shown.escape_ascii())
 }

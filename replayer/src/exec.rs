@@ -4,13 +4,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use trace_format::{ExecEvent, TraceReader};
-use tracee::{maps, regs, Tracee};
+use tracee::{auxv, maps, regs, vdso, Tracee};
 
 use crate::divergence::Divergence;
 
 /// Makes the freshly exec'd replay tracee identical to the recorded one at its exec stop: checks
 /// the memory map, writes the recorded initial stack (argv, environment, auxv, AT_RANDOM bytes,
-/// with the vDSO hidden as in the recording) and the recorded registers.
+/// the vDSO kept or hidden as in the recording) and the recorded registers, and patches the
+/// vDSO as the recorder did.
 pub fn restore(tracee: &Tracee, ev: &ExecEvent, event: u64) -> Result<()> {
     let entries = maps::read(tracee.pid())?;
     let found: Vec<(u64, u64, &str)> = entries
@@ -84,6 +85,14 @@ pub fn restore(tracee: &Tracee, ev: &ExecEvent, event: u64) -> Result<()> {
         tracee.write_mem(replay_sp, &vec![0u8; (ev.stack_addr - replay_sp) as usize])?;
     }
     tracee.write_mem(ev.stack_addr, &ev.stack)?;
+    // The recording kept the vDSO with its functions made syscalls (unless its auxv hides it):
+    // the replay's must be the same code at the same address.
+    let keeps_vdso = auxv::entries(&ev.stack)
+        .iter()
+        .any(|(_, t, _)| *t == auxv::AT_SYSINFO_EHDR);
+    if keeps_vdso && !vdso::patch(tracee).context("patching the replay's vDSO")? {
+        bail!("the recorded program had a vDSO, the replayed one has none");
+    }
     tracee.set_regs(&regs::from_words(&ev.regs))?;
     Ok(())
 }

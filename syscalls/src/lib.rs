@@ -13,10 +13,14 @@
 use std::borrow::Cow;
 
 mod clone;
+mod ioctl;
 mod table;
+mod written;
 
 pub use clone::{clone_args, CloneArgs};
+pub use ioctl::{ioctl_model, IoctlModel};
 pub use table::TABLE;
+pub use written::{writes_to_fd, written_bytes};
 
 /// Syscalls that send a signal to another task (`kill`, `tkill`, `tgkill`, `rt_sigqueueinfo`,
 /// `rt_tgsigqueueinfo`, `pidfd_send_signal`). The recorder runs them while no other task runs,
@@ -310,6 +314,43 @@ pub fn lookup(nr: u64) -> Option<&'static Syscall> {
         .and_then(|i| TABLE.get(i))
 }
 
+/// `prctl` options the recorder emulates: `PR_GET_TSC`, `PR_SET_TSC` (deja keeps `rdtsc`
+/// trapping for itself, so the program's own setting lives in the recorder) and
+/// `PR_GET_SECCOMP` (which must not count deja's own seccomp filter).
+pub const EMULATED_PRCTL: [u64; 3] = [
+    libc::PR_GET_TSC as u64,
+    libc::PR_SET_TSC as u64,
+    libc::PR_GET_SECCOMP as u64,
+];
+
+/// `prctl` options the recorder runs but replay emulates (injecting the recorded answer):
+/// `PR_GET_NAME` (a replayed `execve` runs the trace's copy of the program, whose file name
+/// may differ) and the capability options (the replay does not run with the recording's
+/// credentials or user namespace, and capabilities only matter to syscalls, which replay
+/// emulates).
+const PRCTL_REPLAYED_BY_RESULT: [i32; 8] = [
+    libc::PR_GET_NAME,
+    libc::PR_CAPBSET_READ,
+    libc::PR_CAPBSET_DROP,
+    libc::PR_CAP_AMBIENT,
+    libc::PR_GET_KEEPCAPS,
+    libc::PR_SET_KEEPCAPS,
+    libc::PR_GET_SECUREBITS,
+    libc::PR_SET_SECUREBITS,
+];
+
+/// How the call `nr(args)` is replayed: the table's entry, except for the `prctl` options the
+/// recorder emulates ([`EMULATED_PRCTL`]) or replay emulates (`PR_GET_NAME`, capabilities).
+pub fn replay_of(nr: u64, args: &[u64; 6]) -> Option<Replay> {
+    if nr == libc::SYS_prctl as u64
+        && (EMULATED_PRCTL.contains(&args[0])
+            || PRCTL_REPLAYED_BY_RESULT.contains(&(args[0] as i32)))
+    {
+        return Some(Replay::Emulate);
+    }
+    lookup(nr).map(|s| s.replay)
+}
+
 /// The name of system call `nr`, or `"syscall_<nr>"` when unknown.
 pub fn name(nr: u64) -> Cow<'static, str> {
     match lookup(nr) {
@@ -368,11 +409,10 @@ pub fn out_regions(call: &Call, mem: &dyn Memory) -> Vec<Region> {
     out
 }
 
-/// Whether `request` is an ioctl whose memory effects the table knows (the recorder warns once
-/// for others). Unknown requests encoded with the `_IOC_READ` direction still get their encoded
-/// size covered as a best effort.
+/// Whether `request` is an ioctl whose memory effects the table knows (see [`ioctl_model`]
+/// for what becomes of the others).
 pub fn ioctl_known(request: u64) -> bool {
-    table::ioctl_out_len(request as u32).is_some()
+    ioctl_model(request) == IoctlModel::Known
 }
 
 /// Evaluates `len` for `call` (see [`Len`]).

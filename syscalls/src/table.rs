@@ -1,5 +1,6 @@
 //! The system call table and the request-dependent (`Custom`) output functions.
 
+use crate::ioctl::ioctl;
 use crate::size::*;
 use crate::Len::*;
 use crate::Out::{self, Custom, Iov, Mmsghdr, Msghdr, SockAddr};
@@ -206,7 +207,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(154, modify_ldt, Execute), // changes the LDT; reads land in replay too
     sys!(155, pivot_root, Emulate),
     sys!(156, _sysctl, NOSYS), // removed in Linux 5.5
-    sys!(157, prctl, Execute),
+    sys!(157, prctl, Execute, [Custom(prctl)]),
     sys!(158, arch_prctl, Execute),
     sys!(159, adjtimex, Emulate, [f(0, TIMEX)]),
     sys!(160, setrlimit, SetLimit),
@@ -349,7 +350,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(295, preadv, Emulate, [iov(1, 2)]),
     sys!(296, pwritev, Emulate),
     sys!(297, rt_tgsigqueueinfo, Emulate),
-    sys!(298, perf_event_open, NOSYS),
+    sys!(298, perf_event_open, Emulate), // software events; the program's own counters, read as recorded
     sys!(299, recvmmsg, Emulate, [Mmsghdr { vec: 1 }, f(4, TIMESPEC)]),
     sys!(300, fanotify_init, Emulate),
     sys!(301, fanotify_mark, Emulate),
@@ -429,77 +430,21 @@ pub static TABLE: &[Syscall] = &[
     sys!(462, mseal, Execute),
 ];
 
-/// Bytes written at `ioctl`'s third argument for a known request (`Some(0)`: none), else `None`.
-/// The kernel compares requests as 32-bit values.
-pub(crate) fn ioctl_out_len(req: u32) -> Option<u64> {
-    Some(match req {
-        0x5401 => TERMIOS,         // TCGETS
-        0x802C_542A => TERMIOS2,   // TCGETS2
-        0x5413 => WINSIZE,         // TIOCGWINSZ
-        0x541B                     // FIONREAD / TIOCINQ
-        | 0x5411                   // TIOCOUTQ
-        | 0x540F                   // TIOCGPGRP
-        | 0x5429                   // TIOCGSID
-        | 0x5415                   // TIOCMGET
-        | 0x5424                   // TIOCGETD
-        | 0x8004_5430              // TIOCGPTN
-        | 0x8004_5438              // TIOCGPKT
-        | 0x8004_5439              // TIOCGPTLCK
-        | 0x8004_5440              // TIOCGEXCL
-        | 0x8008_6601              // FS_IOC_GETFLAGS (the kernel writes an int)
-        | 0x0002                   // FIGETBSZ
-        | 0x0001                   // FIBMAP (in/out int)
-        | 0x8004_5200              // RNDGETENTCNT
-        | 0x8004_54CF              // TUNGETFEATURES
-        | 0x8004_54D3              // TUNGETSNDBUF
-        | 0x8004_54D7 => 4,        // TUNGETVNETHDRSZ
-        0x4004_54CA                // TUNSETIFF (writes the interface name back)
-        | 0x8004_54D2 => IFREQ,    // TUNGETIFF (encoded as an int, writes a struct ifreq)
-        0x8010_54DB => 16,         // TUNGETFILTER: struct sock_fprog
-        0x5460                     // FIOQSIZE
-        | 0x8008_1272 => 8,        // BLKGETSIZE64
-        0x8910 | 0x8913 | 0x8915 | 0x8917 | 0x8919 | 0x891B | 0x891D | 0x8921 | 0x8927
-        | 0x8933 | 0x8942 => IFREQ, // SIOCGIF{NAME,FLAGS,ADDR,DSTADDR,BRDADDR,NETMASK,METRIC,MTU,HWADDR,INDEX,TXQLEN}
-        0x8912 => IFCONF,          // SIOCGIFCONF (plus the buffer, see `ioctl`)
-        0x5421 | 0x5450 | 0x5451 | 0x5452 // FIONBIO FIONCLEX FIOCLEX FIOASYNC
-        | 0x5402 | 0x5403 | 0x5404 // TCSETS TCSETSW TCSETSF
-        | 0x402C_542B | 0x402C_542C | 0x402C_542D // TCSETS2 TCSETSW2 TCSETSF2
-        | 0x5409 | 0x540A | 0x540B | 0x5425 // TCSBRK TCXONC TCFLSH TCSBRKP
-        | 0x540C | 0x540D | 0x540E | 0x5422 // TIOCEXCL TIOCNXCL TIOCSCTTY TIOCNOTTY
-        | 0x5410 | 0x5412 | 0x5414 // TIOCSPGRP TIOCSTI TIOCSWINSZ
-        | 0x5416 | 0x5417 | 0x5418 // TIOCMBIS TIOCMBIC TIOCMSET
-        | 0x5420 | 0x5423 | 0x5427 | 0x5428 // TIOCPKT TIOCSETD TIOCSBRK TIOCCBRK
-        | 0x4004_5431 | 0x5441     // TIOCSPTLCK TIOCGPTPEER
-        | 0x4008_6602              // FS_IOC_SETFLAGS
-        | 0x4010_54D6 => 0,        // TUNDETACHFILTER
-        _ => return None,
-    })
-}
-
-/// ioctl: known requests by table; unknown `_IOR`/`_IOWR` requests get their encoded size
-/// (best effort, the recorder warns about them); anything else covers nothing.
-fn ioctl(c: &Call, mem: &dyn Memory, out: &mut Vec<Region>) {
-    let req = c.arg(1) as u32;
-    let argp = c.arg(2);
-    match ioctl_out_len(req) {
-        Some(len) => {
-            push(out, argp, len);
-            if req == 0x8912 {
-                // struct ifconf { int ifc_len; char *ifc_buf; }: ifc_len is now the bytes written.
-                if let (Some(n), Some(buf)) =
-                    (mem.read_u32(argp), mem.read_u64(argp.wrapping_add(8)))
-                {
-                    push(out, buf, u64::from(n));
-                }
-            }
-        }
-        None => {
-            const IOC_READ: u32 = 2;
-            if (req >> 30) & IOC_READ != 0 {
-                push(out, argp, u64::from((req >> 16) & 0x3FFF));
-            }
-        }
-    }
+/// prctl: the options that write through their second argument.
+fn prctl(c: &Call, _: &dyn Memory, out: &mut Vec<Region>) {
+    let len = match c.arg(0) as i32 {
+        libc::PR_GET_PDEATHSIG
+        | libc::PR_GET_UNALIGN
+        | libc::PR_GET_FPEMU
+        | libc::PR_GET_FPEXC
+        | libc::PR_GET_ENDIAN
+        | libc::PR_GET_TSC
+        | libc::PR_GET_CHILD_SUBREAPER => 4,
+        libc::PR_GET_NAME => 16,
+        libc::PR_GET_TID_ADDRESS => 8,
+        _ => return,
+    };
+    push(out, c.arg(1), len);
 }
 
 /// fcntl: the lock queries and owner/hint getters write through the third argument.

@@ -505,7 +505,6 @@ fn policy() {
         "io_uring_setup",
         "io_uring_enter",
         "io_uring_register",
-        "perf_event_open",
         "userfaultfd",
         "memfd_secret",
         "pkey_alloc",

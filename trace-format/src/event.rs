@@ -259,8 +259,19 @@ pub struct SyscallEvent {
     /// What the call did to a file the program maps, which the replay applies to its own copy
     /// of that file (see [`FileEffect`]).
     pub file_effect: Option<FileEffect>,
-    /// The stream (1 stdout, 2 stderr) a write went to, so replay can echo it.
-    pub echo: Option<u8>,
+    /// For a write to the recording's stdout or stderr: the stream and the bytes the kernel
+    /// took, so replay can echo them and check that the replayed program writes the same.
+    pub echo: Option<Echoed>,
+}
+
+/// What a write to the recording's stdout or stderr put there.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Echoed {
+    /// 1 for stdout, 2 for stderr.
+    pub stream: u8,
+    /// The bytes written (the first `result` bytes of the program's buffer or iovecs).
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
 }
 
 /// How a recorded signal came about, which decides how the replayer reproduces it.

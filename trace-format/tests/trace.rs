@@ -57,7 +57,10 @@ fn syscall(tid: Tid, nr: u64, writes: Vec<MemWrite>) -> Event {
         writes,
         mapped_file: None,
         file_effect: None,
-        echo: Some(1),
+        echo: Some(Echoed {
+            stream: 1,
+            bytes: b"hi\n".to_vec(),
+        }),
     })
 }
 

@@ -23,6 +23,7 @@ pub mod state;
 pub mod stop;
 pub mod tracee;
 pub mod tsc;
+pub mod vdso;
 pub mod xregs;
 
 pub use regs::Regs;

@@ -52,7 +52,8 @@ pub struct SignalState {
 }
 
 impl SignalState {
-    /// The calling thread's state (call it before installing any handler of deja's own).
+    /// The calling thread's state (call it before installing any handler of deja's own), with
+    /// `SIGPIPE` at its default (see below).
     pub fn current() -> Self {
         // SAFETY: zeroed sigset_t/sigaction are valid out-buffers for these queries.
         unsafe {
@@ -70,6 +71,10 @@ impl SignalState {
                     st.ignored |= 1 << (sig - 1);
                 }
             }
+            // Rust's runtime sets SIGPIPE to SIG_IGN before main, so the disposition deja
+            // inherited is lost; like `std::process::Command`, the program gets the default
+            // (rr's signal_deferred: a write to a closed pipe must kill it).
+            st.ignored &= !(1 << (libc::SIGPIPE - 1));
             st
         }
     }

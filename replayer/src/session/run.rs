@@ -158,7 +158,9 @@ impl Session {
             return Some(Halt::Reached(who));
         }
         let d = self.debug.as_mut()?;
-        if !debugged {
+        // On the way to the starting point (`-g EVENT`) nothing halts: the debugger has not
+        // seen the program yet, and the signals handled before it are part of the way there.
+        if !debugged || d.halt_after_event.is_some() {
             return None;
         }
         if let Some(w) = d.pending_watch.take() {

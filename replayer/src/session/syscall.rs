@@ -88,9 +88,7 @@ impl Session {
         }
         let mut r = self.entry_regs(tid)?;
         self.check_entry(tid, &r, e)?;
-        let replay = syscalls::lookup(e.nr)
-            .map(|d| d.replay)
-            .unwrap_or(Replay::Deny(libc::ENOSYS));
+        let replay = syscalls::replay_of(e.nr, &e.args).unwrap_or(Replay::Deny(libc::ENOSYS));
         match replay {
             Replay::Execute => {
                 self.run_for_real(tid, &name)?;
@@ -224,10 +222,11 @@ impl Session {
         mut r: tracee::Regs,
     ) -> Result<()> {
         let name = syscalls::name(e.nr);
-        if !self.opts.quiet {
-            echo::echo(self.tracee(tid)?, e).unwrap_or_else(|err| {
-                tracing::warn!("could not echo output: {err:#}");
-            });
+        let quiet = self.opts.quiet;
+        match echo::check_and_echo(self.tracee(tid)?, e, quiet) {
+            Ok(Some(m)) => return Err(self.diverged(tid, m.expected, m.found)),
+            Ok(None) => {}
+            Err(err) => tracing::warn!("could not echo output: {err:#}"),
         }
         let interrupted = is_restart_code(e.result) || e.result == -(libc::EINTR as i64);
         let signal_next = match self.peek()? {
