@@ -33,15 +33,16 @@ pub fn capture(
             tracee.write_mem(r.rsp, &stack)?;
         }
     }
+    let exe_link = format!("/proc/{pid}/exe");
     let exe = files
-        .store_link(writer, &format!("/proc/{pid}/exe"), false)
+        .store_link(writer, &exe_link, false)
         .context("keeping the executable of the new program")?;
     let mut mappings = Vec::with_capacity(entries.len());
     for e in entries {
         let file = if e.is_file() {
-            // Through the task's own root: the path is the one its mount namespace sees.
-            let source = format!("/proc/{pid}/root{}", e.name);
-            Some(files.store(writer, &source, &e.name, false)?)
+            let shown = e.name.strip_suffix(" (deleted)").unwrap_or(&e.name);
+            let source = mapping_source(pid.as_raw(), shown, &exe.path, e.start, e.end);
+            Some(files.store(writer, &source, shown, false)?)
         } else {
             None
         };
@@ -100,4 +101,19 @@ fn refuse_non_x86_64(pid: i32) -> Result<()> {
         .map(|p| p.display().to_string())
         .unwrap_or(exe);
     bail!("process {pid} exec'd {shown}, {kind}: deja records x86-64 programs only")
+}
+
+/// A path the recorder can open for the file a mapping of the new program shows as `shown`:
+/// the executable through `/proc/PID/exe` (it may have no path at all: a memfd run by
+/// `fexecve`), other files through `/proc/PID/map_files` (the file itself, even deleted or in
+/// another mount namespace), or through the task's root directory if that is not readable.
+fn mapping_source(pid: i32, shown: &str, exe: &str, start: u64, end: u64) -> String {
+    if shown == exe {
+        return format!("/proc/{pid}/exe");
+    }
+    let by_map = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+    if std::fs::metadata(&by_map).is_ok() {
+        return by_map;
+    }
+    format!("/proc/{pid}/root{shown}")
 }

@@ -8,6 +8,7 @@ mod file_effects;
 mod ioctls;
 mod mapped_files;
 mod memory;
+mod own_filters;
 mod points;
 mod recording;
 mod remote_memory;

@@ -14,6 +14,7 @@ use trace_format::{
 };
 use tracee::forced_segv::{SegvActions, KERNEL_SIGACTION};
 use tracee::insn::Trapped;
+use tracee::segv_mask::SegvBlocked;
 use tracee::tracee::{signo_code, SIGINFO_SIZE};
 use tracee::{regs, Regs, Stop, Tracee};
 
@@ -24,16 +25,19 @@ use crate::file_effects::FileEffects;
 use crate::ioctls::ioctl_warning;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
+use crate::own_filters;
 use crate::points;
 use crate::remote_memory;
 use crate::session::{set_ticks_blocked, TICK};
-use crate::signals::{is_fault, is_ours, restart_pending};
+use crate::signals::{is_fault, is_ours, restart_pending, still_at};
 use crate::task::{Entry, HeldSignal, State, Task};
 use crate::tsc_mode::TscModes;
 
 mod ending;
+mod fatal_call;
 mod group_stop;
 mod restart;
+mod thread_exec;
 mod vanish;
 
 /// How long a task may hold the CPU in user code without an event while another task waits
@@ -107,6 +111,8 @@ pub struct Session {
     /// Each process's `SIGSEGV` action, put back where a trapped `rdtsc` made the kernel reset
     /// it (see `tracee::forced_segv`).
     segv: SegvActions,
+    /// Which tasks block `SIGSEGV`, for the same trap (see `tracee::segv_mask`).
+    segv_blocked: SegvBlocked,
 }
 
 impl Session {
@@ -138,6 +144,7 @@ impl Session {
             wait_all,
             continued: HashSet::new(),
             segv: SegvActions::default(),
+            segv_blocked: SegvBlocked::default(),
         }
     }
 
@@ -255,7 +262,7 @@ impl Session {
             }
             other => bail!("the program did not start: {other:?}"),
         }
-        self.record_exec(root)?;
+        self.record_exec(root, root)?;
         let t = self.task(root)?;
         t.tracee.cont_syscall(0)?;
         match t.tracee.wait()? {
@@ -266,8 +273,10 @@ impl Session {
         self.resume(root, r)
     }
 
-    /// At an exec stop of `tid`: records the new program image.
-    fn record_exec(&mut self, tid: i32) -> Result<()> {
+    /// At an exec stop of `tid`: records the new program image, as an exec of task `named`
+    /// (the thread that called `execve`, which may have had another id before, see
+    /// `thread_exec`).
+    fn record_exec(&mut self, tid: i32, named: i32) -> Result<()> {
         let Session {
             tasks,
             writer,
@@ -280,9 +289,11 @@ impl Session {
         // the new program's exit until it asks.
         t.mm = t.pid;
         t.clear_tid_at = None;
-        let ev = exec::capture(&t.tracee, writer, files)?;
+        let mut ev = exec::capture(&t.tracee, writer, files)?;
+        ev.tid = named;
         writer.push(&Event::Exec(Box::new(ev)))?;
         self.segv.exec(t.pid);
+        self.segv_blocked.after_call(tid, &t.tracee, None)?;
         Ok(())
     }
 
@@ -341,6 +352,11 @@ impl Session {
             Stop::Killed(s) => return self.on_death(tid, ExitStatus::Signaled(s), stop),
             _ => {}
         }
+        if stop == Stop::Exec {
+            if let Some(former) = self.exec_by_other_thread(tid)? {
+                return self.on_thread_exec(tid, former);
+            }
+        }
         let Some(t) = self.tasks.get_mut(&tid) else {
             // A new task's first stop can come before its parent's clone event.
             self.early.insert(tid, stop);
@@ -384,9 +400,11 @@ impl Session {
             self.early.insert(tid, stop);
             return Ok(());
         };
+        self.record_fatal_call(&t, status)?;
         if self.current == Some(tid) {
             self.current = None;
         }
+        self.segv_blocked.forget(tid);
         if t.is_leader() {
             self.echo.remove(&t.pid);
             self.segv.exit(t.pid);
@@ -445,6 +463,9 @@ impl Session {
             file_effect: None,
             echo: None,
         };
+        if let Some(why) = own_filters::unsupported(nr, &args) {
+            bail!("{why}");
+        }
         if syscalls::writes_to_fd(nr) {
             let pid = self.task(tid)?.pid;
             ev.echo = echo::stream_of(tid, args[0], self.echo.get(&pid)).map(|stream| Echoed {
@@ -589,7 +610,7 @@ impl Session {
             Stop::Exec if entry.replay == Replay::Exec => {
                 entry.exec_done = true;
                 t.state = State::InSyscall(entry);
-                self.record_exec(tid)?;
+                self.record_exec(tid, tid)?;
                 self.task(tid)?.tracee.cont_syscall(0)
             }
             Stop::Event(e)
@@ -644,6 +665,7 @@ impl Session {
             writes,
         }))?;
         self.tsc.inherit(tid, child);
+        self.segv_blocked.clone_task(tid, child);
         if !args.is_thread() {
             let table = self.echo.get(&parent_pid).cloned().unwrap_or_default();
             self.echo.insert(child, table);
@@ -695,12 +717,15 @@ impl Session {
             echo,
             warned,
             segv,
+            segv_blocked,
             ..
         } = self;
         let t = tasks
             .get_mut(&tid)
             .context("finishing a syscall of an unknown task")?;
-        let exit = t.tracee.regs()?;
+        let mut exit = t.tracee.regs()?;
+        own_filters::at_exit(&t.tracee, ev.nr, &ev.args, &mut exit)?;
+        segv_blocked.after_call(tid, &t.tracee, Some(ev.nr))?;
         ev.result = exit.rax as i64;
         let (nr, args) = (ev.nr, ev.args);
         if nr == libc::SYS_set_tid_address as u64 {
@@ -773,12 +798,10 @@ impl Session {
         let t = self.task(tid)?;
         // A stop between a syscall's restart code and the kernel's restart (a second signal
         // after one whose default action was to ignore it) is at the same boundary: no user
-        // code ran since the event.
-        let at_boundary = t
-            .boundary
-            .take()
-            .is_some_and(|b| regs::to_words(&b) == regs::to_words(&regs))
-            || restart_pending(&regs);
+        // code ran since the event; so is one right after the kernel restarted the call
+        // (`still_at`).
+        let at_boundary =
+            t.boundary.take().is_some_and(|b| still_at(&b, &regs)) || restart_pending(&regs);
         let origin = if is_fault(signo, code) {
             SignalOrigin::Fault
         } else if at_boundary {
@@ -786,13 +809,18 @@ impl Session {
         } else {
             return self.signal_mid_code(tid, sig, info);
         };
+        // The kernel discards a signal sent to a pid namespace's init that has no handler for
+        // it (`tracee::nsinit`): not delivered, and the replay's process, no namespace's init,
+        // must not die of it.
+        let delivered =
+            origin == SignalOrigin::Fault || !self.task(tid)?.tracee.fault_ignored_as_ns_init(sig);
         self.writer.push(&Event::Signal(SignalEvent {
             tid,
             signo: sig,
             siginfo: info.to_vec(),
             origin,
             rip: regs.rip,
-            delivered: true,
+            delivered,
             point: None,
         }))?;
         let t = self.task(tid)?;
@@ -803,7 +831,12 @@ impl Session {
             let status = ExitStatus::Signaled(sig);
             return self.on_death(tid, status, Stop::Killed(sig));
         }
-        t.tracee.cont(sig)
+        if origin == SignalOrigin::Async {
+            // Still right after the event if the kernel discards this signal (ignored): a
+            // signal stopping the task next, before it runs anything, is at the event too.
+            t.boundary = Some(regs);
+        }
+        t.tracee.cont(if delivered { sig } else { 0 })
     }
 
     /// At the stop for the recorder's own preemption `SIGSTOP` of the running task `tid`
@@ -845,6 +878,7 @@ impl Session {
     /// middle of its user code: recorded at an exact point (see [`Session::reach_point`]), and
     /// delivered there. The task keeps the CPU.
     fn signal_mid_code(&mut self, tid: i32, sig: i32, info: [u8; SIGINFO_SIZE]) -> Result<()> {
+        let delivered = !self.task(tid)?.tracee.fault_ignored_as_ns_init(sig);
         let mut aside = Vec::new();
         // Stepping discards the signal; it is injected again at the point.
         let Some(point) = self.reach_point(tid, &mut aside)? else {
@@ -857,12 +891,12 @@ impl Session {
             siginfo: info.to_vec(),
             origin: SignalOrigin::Async,
             rip: point.regs[RIP],
-            delivered: true,
+            delivered,
             point: Some(Box::new(point)),
         }))?;
         let t = self.task(tid)?;
         t.tracee.set_siginfo(&info)?;
-        t.tracee.cont(sig)?;
+        t.tracee.cont(if delivered { sig } else { 0 })?;
         self.send_again(tid, aside)
     }
 
@@ -1070,6 +1104,7 @@ impl Session {
         let pid = t.pid;
         if let Some(t) = self.tasks.get(&tid) {
             self.segv.restore_after_trap(pid, &t.tracee)?;
+            self.segv_blocked.reblock_after_trap(tid, &t.tracee)?;
         }
         self.writer
             .push(&Event::Rdtsc(RdtscEvent { tid, rip, tsc, aux }))?;
@@ -1108,9 +1143,9 @@ fn step_more(t: &Tracee, max: usize, stepped: &mut tracee::state::Stepped) -> Re
     Ok(pass.steps)
 }
 
-/// The recording error for an `execve` by a thread other than its process's main thread.
-const THREAD_EXEC: &str = "execve from a thread other than the main thread of a multi-threaded \
-                           process is not supported yet";
+/// The recording error for an exec stop of a task that was not inside an `execve` (an exec
+/// by another thread is handled before, see `thread_exec`).
+const THREAD_EXEC: &str = "an exec stop came while the task was not inside execve";
 
 /// A warning key for a path (apart from syscall numbers and ioctl requests).
 fn hash_path(path: &str) -> u64 {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use trace_format::{ExecEvent, TraceReader};
-use tracee::{auxv, maps, regs, vdso, Tracee};
+use tracee::{auxv, maps, regs, vdso, Regs, Tracee};
 
 use crate::divergence::Divergence;
 
@@ -155,4 +155,31 @@ pub fn interpreter_override(
     }
     tracing::info!(%interp, "the ELF interpreter changed since the recording: using the recorded copy");
     Ok(Some((reader.file_path(recorded)?, PathBuf::from(interp))))
+}
+
+/// Whether syscall `nr` runs a new program (`execve`, or `execveat`: `fexecve`).
+pub fn is_exec(nr: u64) -> bool {
+    nr == libc::SYS_execve as u64 || nr == libc::SYS_execveat as u64
+}
+
+/// Turns the exec `tracee` is stopped at the entry of (registers `r`) into an `execve` of the
+/// trace's copy of the executable the recording ran, `program`, with the program's own argv
+/// and environment: an `execveat` of a descriptor (a memfd has no path at all) becomes an
+/// `execve` of that copy too.
+pub fn run_trace_copy(tracee: &Tracee, r: &mut Regs, program: &Path) -> Result<()> {
+    let mut bytes = program.as_os_str().as_encoded_bytes().to_vec();
+    bytes.push(0);
+    // Just below the red zone of the old image's stack, which the exec discards anyway.
+    let at = (r.rsp - 128 - bytes.len() as u64) & !15;
+    tracee
+        .write_mem(at, &bytes)
+        .context("writing the path of the trace's copy of the executable")?;
+    if r.orig_rax == libc::SYS_execveat as u64 {
+        // execveat(dirfd, path, argv, envp, flags) -> execve(path, argv, envp)
+        r.orig_rax = libc::SYS_execve as u64;
+        r.rsi = r.rdx;
+        r.rdx = r.r10;
+    }
+    r.rdi = at;
+    tracee.set_regs(r)
 }

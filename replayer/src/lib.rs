@@ -9,6 +9,7 @@ mod echo;
 mod exec;
 mod mmap;
 mod point;
+mod seccomp;
 mod session;
 mod sigmask;
 mod tasks;

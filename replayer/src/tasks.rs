@@ -169,6 +169,46 @@ impl Tasks {
         }
     }
 
+    /// The next stop of replay task `a` or `b` (whichever comes first), blocking.
+    pub fn wait_either(&mut self, a: Pid, b: Pid) -> Result<(Pid, Stop)> {
+        for real in [a, b] {
+            if let Some(s) = self
+                .stash
+                .get_mut(&real.as_raw())
+                .and_then(|q| q.pop_front())
+            {
+                return Ok((real, s));
+            }
+        }
+        loop {
+            let (pid, stop) = tracee::stop::wait_any(&mut || Ok(()))?;
+            if pid == a || pid == b {
+                return Ok((pid, stop));
+            }
+            self.stash.entry(pid.as_raw()).or_default().push_back(stop);
+        }
+    }
+
+    /// After thread `former` of recorded process `rpid` ran a new program (see
+    /// `recorder/src/recording/thread_exec.rs`): the kernel gave it its process's id, so it is
+    /// task `rpid` from now on, traced by the process id; the main thread's task is gone.
+    pub fn exec_by_thread(&mut self, former: Tid, rpid: Tid) -> Result<()> {
+        let mut task = self
+            .by_tid
+            .remove(&former)
+            .with_context(|| unknown(former))?;
+        self.recorded.remove(&task.tracee.pid().as_raw());
+        self.stash.remove(&task.tracee.pid().as_raw());
+        if let Some(old) = self.by_tid.remove(&rpid) {
+            self.recorded.remove(&old.tracee.pid().as_raw());
+        }
+        task.tracee = Tracee::attach_traced(task.pid)
+            .with_context(|| format!("taking over process {} after its exec", task.pid))?;
+        self.recorded.insert(task.pid.as_raw(), rpid);
+        self.by_tid.insert(rpid, task);
+        Ok(())
+    }
+
     /// Waits up to `limit` for the replay task `real` to end; `None` if it did not.
     pub fn wait_end(&mut self, real: Pid, limit: Duration) -> Result<Option<ExitStatus>> {
         let mut timed_out = false;

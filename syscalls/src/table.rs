@@ -28,7 +28,6 @@ const fn sa(addr: usize, len_ptr: usize) -> Out {
 }
 
 const NOSYS: Replay = Deny(libc::ENOSYS);
-const EXECAT: Replay = Unsupported("execveat (fexecve) is recorded from a later version on");
 
 /// One table entry: `sys!(nr, name, replay)`, `sys!(nr, name, replay, [outs])`, or
 /// `sys!(nr, name, replay, [outs], on_error)` when the outs are written even on failure.
@@ -370,13 +369,13 @@ pub static TABLE: &[Syscall] = &[
     sys!(314, sched_setattr, Emulate, [f(1, 4)], on_error), // E2BIG writes attr->size
     sys!(315, sched_getattr, Emulate, [b(1, Arg(2))]),
     sys!(316, renameat2, Emulate),
-    sys!(317, seccomp, NOSYS),
+    sys!(317, seccomp, Execute),
     sys!(318, getrandom, Emulate, [b(0, Ret)]),
     // Mapping a memfd later is handled by the replayer like any file mapping (a copy).
     sys!(319, memfd_create, Emulate),
     sys!(320, kexec_file_load, Emulate),
     sys!(321, bpf, NOSYS),
-    sys!(322, execveat, EXECAT),
+    sys!(322, execveat, Exec),
     sys!(323, userfaultfd, NOSYS),
     sys!(324, membarrier, Emulate),
     sys!(325, mlock2, Execute),

@@ -510,7 +510,6 @@ fn policy() {
         "pkey_alloc",
         "pkey_free",
         "pkey_mprotect",
-        "seccomp",
         "bpf",
     ] {
         assert_eq!(replay(n), Some(Replay::Deny(libc::ENOSYS)), "{n}");
@@ -523,7 +522,6 @@ fn policy() {
         replay("set_tid_address"),
         Some(Replay::ExecuteRecordedResult)
     );
-    assert!(matches!(replay("execveat"), Some(Replay::Unsupported(_))));
     for n in ["mmap", "shmat", "shmdt"] {
         assert_eq!(replay(n), Some(Replay::Mmap), "{n}");
     }
@@ -540,15 +538,8 @@ fn policy() {
         assert_eq!(replay(n), Some(Replay::Emulate), "{n}");
     }
     assert_eq!(replay("execve"), Some(Replay::Exec));
-    assert_eq!(
-        by_name("execveat")
-            .unwrap()
-            .unsupported_message()
-            .as_deref(),
-        Some(
-            "execveat is not supported yet: execveat (fexecve) is recorded from a later version on"
-        )
-    );
+    assert_eq!(replay("execveat"), Some(Replay::Exec));
+    assert_eq!(replay("seccomp"), Some(Replay::Execute));
     assert_eq!(by_name("read").unwrap().unsupported_message(), None);
 }
 

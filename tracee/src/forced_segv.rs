@@ -10,11 +10,9 @@
 //!
 //! So both recorder and replayer remember each process's `SIGSEGV` action as the program set
 //! it ([`SegvActions`], from its successful `rt_sigaction` calls), and after emulating a
-//! trapped instruction put it back if the kernel reset it ([`SegvActions::restore_after_trap`]),
-//! blocking `SIGSEGV` again when the action was a handler (a handler is reset only when the
-//! signal was blocked). Both sides see the same trap in the same state, so they restore
-//! identically. Not covered: a program that blocks `SIGSEGV` with the default action finds
-//! it unblocked afterwards (nothing tells that it was blocked).
+//! trapped instruction put it back if the kernel reset it ([`SegvActions::restore_after_trap`]).
+//! Both sides see the same trap in the same state, so they restore identically. The mask the
+//! kernel changed too is `crate::segv_mask`'s business: it follows each task's mask.
 
 use std::collections::HashMap;
 
@@ -79,8 +77,8 @@ impl SegvActions {
 
     /// After the trapped instruction of task `t` (of process `process`), stopped at its
     /// `SIGSEGV`, was emulated: if the kernel reset the process's `SIGSEGV` action, sets it
-    /// back (and blocks `SIGSEGV` again if the action is a handler) with injected syscalls.
-    /// Leaves the task's registers as they were; returns whether it restored anything.
+    /// back with an injected `rt_sigaction`. Leaves the task's registers and memory as they
+    /// were; returns whether it restored anything.
     pub fn restore_after_trap(&self, process: i32, t: &Tracee) -> Result<bool> {
         let Some(act) = self.by_process.get(&process) else {
             return Ok(false);
@@ -98,26 +96,17 @@ impl SegvActions {
         // Scratch memory below the red zone (free at any instruction boundary), put back after.
         let at = (r.rsp - RED_ZONE - 2 * KERNEL_SIGACTION as u64) & !15;
         let saved = t
-            .read_vec(at, KERNEL_SIGACTION + 8)
+            .read_vec(at, KERNEL_SIGACTION)
             .context("reading the stack below the red zone")?;
-        let mask = 1u64 << (libc::SIGSEGV - 1);
-        let mut scratch = act.to_vec();
-        scratch.extend_from_slice(&mask.to_le_bytes());
-        t.write_mem(at, &scratch)?;
-        let result = (|| -> Result<()> {
-            let sig = libc::SIGSEGV as u64;
-            let rc = t.inject_syscall(libc::SYS_rt_sigaction, [sig, at, 0, 8, 0, 0])?;
-            anyhow::ensure!(rc == 0, "rt_sigaction failed with {rc}");
-            if !ignored {
-                let set = at + KERNEL_SIGACTION as u64;
-                let block = libc::SIG_BLOCK as u64;
-                let rc = t.inject_syscall(libc::SYS_rt_sigprocmask, [block, set, 0, 8, 0, 0])?;
-                anyhow::ensure!(rc == 0, "rt_sigprocmask failed with {rc}");
-            }
-            Ok(())
-        })();
+        t.write_mem(at, act)?;
+        let sig = libc::SIGSEGV as u64;
+        let rc = t.inject_syscall(libc::SYS_rt_sigaction, [sig, at, 0, 8, 0, 0]);
         t.write_mem(at, &saved)?;
-        result.context("restoring the SIGSEGV action the kernel reset at a trapped instruction")?;
+        let rc = rc.context("restoring the SIGSEGV action the kernel reset at a trap")?;
+        anyhow::ensure!(
+            rc == 0,
+            "restoring the SIGSEGV action: rt_sigaction failed with {rc}"
+        );
         Ok(true)
     }
 }

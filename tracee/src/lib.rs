@@ -18,6 +18,7 @@ pub mod maps;
 pub mod nsinit;
 pub mod regs;
 pub mod seccomp;
+pub mod segv_mask;
 pub mod spawn;
 pub mod state;
 pub mod stop;

@@ -64,3 +64,30 @@ pub unsafe fn install(filter: &[sock_filter]) -> libc::c_long {
         &prog as *const libc::sock_fprog,
     )
 }
+
+/// `si_code` of a `SIGSYS` raised by a seccomp filter's `SECCOMP_RET_TRAP` (`SYS_SECCOMP`).
+pub const SYS_SECCOMP: i32 = 1;
+
+/// How many seccomp filters deja itself installs in every tracee (the one of
+/// [`trace_all_filter`]).
+const OWN_FILTERS: u64 = 1;
+
+/// Whether the program's own seccomp filters are what `PR_GET_SECCOMP` should report: at the
+/// exit stop of `prctl(PR_GET_SECCOMP)` (syscall `nr`, first argument `option`) in task `pid`
+/// that returned filter mode (2), true if deja's filter is the task's only one. The caller then
+/// makes the call return 0, as it does outside deja; the recording and the replay, which both
+/// have deja's filter plus the program's own (installed for real in both), agree on it.
+pub fn hides_own_filter(pid: i32, nr: u64, option: u64, result: i64) -> bool {
+    if nr != libc::SYS_prctl as u64
+        || option != libc::PR_GET_SECCOMP as u64
+        || result != i64::from(libc::SECCOMP_MODE_FILTER)
+    {
+        return false;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .is_some_and(|n| n <= OWN_FILTERS)
+}

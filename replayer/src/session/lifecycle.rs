@@ -10,7 +10,7 @@ use tracee::{Stop, Tracee};
 
 use crate::debug::{self, Halt};
 use crate::exec;
-use crate::tasks::RState;
+use crate::tasks::{self, RState};
 
 use super::{errno_text, Session, END_GRACE};
 
@@ -29,6 +29,8 @@ impl Session {
             other => bail!("unexpected stop after exec: {other:?}"),
         }
         self.segv.exec(rpid);
+        let t = &tasks::task(&mut self.tasks, tid)?.tracee;
+        self.segv_blocked.after_call(tid, t, None)?;
         exec::set_comm(self.tracee(tid)?, ev)?;
         self.resume(tid, 0)
     }
@@ -41,23 +43,36 @@ impl Session {
         let stop = self.parked(tid)?;
         let t = self.tracee(tid)?;
         let mut r = t.regs()?;
-        if stop != Stop::SeccompEntry || r.orig_rax != libc::SYS_execve as u64 {
+        if stop != Stop::SeccompEntry || !exec::is_exec(r.orig_rax) {
             let found = self.describe_stop(tid, stop);
             return Err(self.diverged(tid, format!("execve of {}", ev.exe.path), found));
         }
-        let path = reader.file_path(&ev.exe)?;
-        let mut bytes = path.as_os_str().as_encoded_bytes().to_vec();
-        bytes.push(0);
-        // Just below the red zone of the old image's stack, which the exec discards anyway.
-        let at = (r.rsp - 128 - bytes.len() as u64) & !15;
-        t.write_mem(at, &bytes)?;
-        r.rdi = at;
-        t.set_regs(&r)?;
+        exec::run_trace_copy(t, &mut r, &reader.file_path(&ev.exe)?)?;
         t.cont_syscall(0)?;
-        match self.wait_task(tid)? {
+        let (real, leader, rpid) = {
+            let t = self.task(tid)?;
+            (t.tracee.pid(), t.pid, t.rpid)
+        };
+        // A thread other than the main one gets the process id in its exec (its exec stop
+        // is reported under that id).
+        let stop = loop {
+            match self.tasks.wait_either(real, leader)? {
+                // A stop the main thread reported before the exec killed it (its clone's
+                // exit, say): stale.
+                (pid, stop) if pid != real && stop != Stop::Exec => {
+                    tracing::debug!(?stop, "a stop of the main thread the exec killed");
+                }
+                (_, stop) => break stop,
+            }
+        };
+        match stop {
             Stop::Exec => {
                 self.note_exec(ev)?;
-                self.finish_exec(tid, ev)
+                if rpid != tid {
+                    self.tasks.exec_by_thread(tid, rpid)?;
+                    self.segv_blocked.forget(tid);
+                }
+                self.finish_exec(rpid, ev)
             }
             other => {
                 let found = match other {
@@ -136,6 +151,7 @@ impl Session {
         if e.child_pid == e.child {
             self.segv.fork(e.parent_pid, e.child);
         }
+        self.segv_blocked.clone_task(tid, e.child);
         let c = self.task(e.child)?;
         c.inherits_breakpoints = inherits;
         c.last_trap = last_trap;
@@ -244,6 +260,7 @@ impl Session {
             self.root_status = Some(found);
         }
         self.tasks.remove(tid);
+        self.segv_blocked.forget(tid);
         if self.debug.as_ref().is_some_and(|d| d.process == tid) {
             self.halt(Halt::Exited(found));
         }

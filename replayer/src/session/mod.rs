@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use trace_format::{Event, EventIter, ExitStatus, Tid, TraceReader};
 use tracee::forced_segv::SegvActions;
+use tracee::segv_mask::SegvBlocked;
 use tracee::{spawn, SpawnOptions, Stop, Tracee};
 
 use crate::debug::{self, Debug, Halt};
@@ -125,6 +126,7 @@ impl Session {
             debug,
             emu: Default::default(),
             segv: SegvActions::default(),
+            segv_blocked: SegvBlocked::default(),
         };
         if let Err(e) = session.first_exec(&exec_ev) {
             session.tasks.kill_all();
@@ -193,6 +195,9 @@ pub(crate) struct Session {
     /// Each process's `SIGSEGV` action, put back where a trapped `rdtsc` made the kernel reset
     /// it, as the recorder did (see `tracee::forced_segv`).
     segv: SegvActions,
+    /// Which tasks block `SIGSEGV`, for the same trap, as the recorder noted them (see
+    /// `tracee::segv_mask`).
+    segv_blocked: SegvBlocked,
 }
 
 /// A task resumed after its event.

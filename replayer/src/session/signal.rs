@@ -90,6 +90,7 @@ impl Session {
         let rpid = self.task(tid)?.rpid;
         let t = &self.tasks.by_tid(tid).context(tasks::unknown(tid))?.tracee;
         self.segv.restore_after_trap(rpid, t)?;
+        self.segv_blocked.reblock_after_trap(tid, t)?;
         let t = self.task(tid)?;
         t.last_trap = LastTrap::Tsc;
         t.debugger_trapped = false;

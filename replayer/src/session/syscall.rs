@@ -9,8 +9,8 @@ use trace_format::{Event, MemWrite, SignalOrigin, SyscallEvent, Tid};
 use tracee::forced_segv::KERNEL_SIGACTION;
 use tracee::{regs, Stop};
 
-use crate::tasks::RState;
-use crate::{echo, mmap, sigmask};
+use crate::tasks::{self, RState};
+use crate::{echo, mmap, seccomp, sigmask};
 
 use super::{errno_text, is_restart_code, Session, TRAP_FLAG};
 
@@ -92,6 +92,9 @@ impl Session {
         match replay {
             Replay::Execute => {
                 self.run_for_real(tid, &name)?;
+                seccomp::hide_own_filter(self.tracee(tid)?, e.nr, e.args[0])?;
+                let t = &tasks::task(&mut self.tasks, tid)?.tracee;
+                self.segv_blocked.after_call(tid, t, Some(e.nr))?;
                 self.check_result(tid, e)?;
                 self.note_sigaction(tid, e)?;
             }
