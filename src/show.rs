@@ -161,6 +161,9 @@ fn describe(ev: &Event) -> String {
             if let Some(f) = &e.mapped_file {
                 s += &format!(" maps {}", f.path);
             }
+            if let Some(fx) = &e.file_effect {
+                s += &format!(" [{fx:?}]");
+            }
             s
         }
         Event::Signal(e) => format!(

@@ -35,14 +35,14 @@ pub fn capture(
     }
     let exe_link = format!("/proc/{pid}/exe");
     let exe = files
-        .store_link(writer, &exe_link)
+        .store_link(writer, &exe_link, false)
         .context("keeping the executable of the new program")?;
     let mut mappings = Vec::with_capacity(entries.len());
     for e in entries {
         let file = if e.is_file() {
             let shown = e.name.strip_suffix(" (deleted)").unwrap_or(&e.name);
             let source = mapping_source(pid.as_raw(), shown, &exe.path, e.start, e.end);
-            Some(files.store(writer, &source, shown)?)
+            Some(files.store(writer, &source, shown, false)?)
         } else {
             None
         };
@@ -74,6 +74,9 @@ pub fn capture(
         mappings,
         sig_blocked: signals.blocked,
         sig_ignored: signals.ignored,
+        comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end_matches('\n').to_string())
+            .unwrap_or_default(),
     })
 }
 

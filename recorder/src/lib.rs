@@ -4,6 +4,7 @@
 mod echo;
 mod emulated;
 mod exec;
+mod file_effects;
 mod ioctls;
 mod mapped_files;
 mod memory;
@@ -11,6 +12,7 @@ mod own_filters;
 mod points;
 mod ptrace_emu;
 mod recording;
+mod remote_memory;
 mod session;
 mod signals;
 mod task;

@@ -19,15 +19,18 @@ pub struct MappedFiles {
 impl MappedFiles {
     /// Stores the file behind `source` (a path the recorder can open, such as
     /// `/proc/PID/fd/N`), known to the program as `shown_path`.
+    /// `fresh`: store it again even if this version (by its metadata) was stored before, for a
+    /// file whose content may have changed without its metadata (a write through a mapping).
     pub fn store(
         &mut self,
         writer: &mut TraceWriter,
         source: &str,
         shown_path: &str,
+        fresh: bool,
     ) -> Result<FileRef> {
         let m = std::fs::metadata(source).with_context(|| format!("inspecting {shown_path}"))?;
         let key = (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec());
-        if let Some(f) = self.stored.get(&key) {
+        if let Some(f) = self.stored.get(&key).filter(|_| !fresh) {
             return Ok(f.clone());
         }
         // Link the program's path when it still names the same file (links are cheaper than
@@ -45,10 +48,15 @@ impl MappedFiles {
 
     /// Stores the file behind the `/proc` link `link` (`/proc/PID/exe`, `/proc/PID/fd/N`),
     /// known to the program by the path the link names.
-    pub fn store_link(&mut self, writer: &mut TraceWriter, link: &str) -> Result<FileRef> {
+    pub fn store_link(
+        &mut self,
+        writer: &mut TraceWriter,
+        link: &str,
+        fresh: bool,
+    ) -> Result<FileRef> {
         let shown = std::fs::read_link(link).with_context(|| format!("reading {link}"))?;
         let shown = shown.to_string_lossy();
         let shown = shown.strip_suffix(" (deleted)").unwrap_or(&shown);
-        self.store(writer, link, shown)
+        self.store(writer, link, shown, fresh)
     }
 }

@@ -21,11 +21,13 @@ use tracee::{regs, Regs, Stop, Tracee};
 use crate::echo::{self, EchoFds};
 use crate::emulated;
 use crate::exec;
+use crate::file_effects::FileEffects;
 use crate::ioctls::ioctl_warning;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
 use crate::own_filters;
 use crate::points;
+use crate::remote_memory;
 use crate::session::{set_ticks_blocked, TICK};
 use crate::signals::{is_fault, is_ours, restart_pending, still_at};
 use crate::task::{Entry, HeldSignal, State, Task};
@@ -71,6 +73,8 @@ pub const STOP_AT_SYSCALLS_ENV: &str = "DEJA_TEST_STOP_AT_SYSCALLS";
 pub struct Session {
     writer: TraceWriter,
     files: MappedFiles,
+    /// Files the program maps, and the effects of syscalls on them.
+    effects: FileEffects,
     /// Descriptors aliasing stdout/stderr, per process.
     echo: HashMap<i32, EchoFds>,
     /// The `PR_SET_TSC` setting each task chose.
@@ -124,6 +128,7 @@ impl Session {
         Session {
             writer,
             files: MappedFiles::default(),
+            effects: FileEffects::default(),
             echo: HashMap::from([(tid, EchoFds::default())]),
             tsc: TscModes::default(),
             warned: HashSet::new(),
@@ -463,6 +468,9 @@ impl Session {
             return Ok(());
         }
         let (nr, args) = (entry.orig_rax, regs::syscall_args(&entry));
+        if let Some(refusal) = remote_memory::refusal(t.pid, nr, &args) {
+            bail!("{refusal}");
+        }
         let name = syscalls::name(nr);
         let def = syscalls::lookup(nr);
         let mut replay = match def {
@@ -492,6 +500,7 @@ impl Session {
             result: 0,
             writes: Vec::new(),
             mapped_file: None,
+            file_effect: None,
             echo: None,
         };
         if let Some(why) = own_filters::unsupported(nr, &args) {
@@ -749,6 +758,7 @@ impl Session {
             tasks,
             writer,
             files,
+            effects,
             echo,
             warned,
             segv,
@@ -781,24 +791,13 @@ impl Session {
             ev.writes
                 .extend(capture(writer, &t.tracee, region.addr, region.len)?);
         }
-        if nr == libc::SYS_mmap as u64
-            && !syscalls::is_error(ev.result)
-            && args[3] & libc::MAP_ANONYMOUS as u64 == 0
-        {
-            let fd = format!("/proc/{}/fd/{}", t.tracee.pid(), args[4]);
-            let f = files.store_link(writer, &fd)?;
-            // A shared mapping the program may write, or one in /dev/shm, is how processes
-            // share memory: one outside the recording would change it unrecorded.
-            let shared = args[3] & libc::MAP_SHARED as u64 != 0
-                && (args[2] & libc::PROT_WRITE as u64 != 0 || f.path.starts_with("/dev/shm/"));
-            if shared && warned.insert(hash_path(&f.path)) {
+        if let Some(path) = effects.after_syscall(files, writer, &t.tracee, &call, &mut ev)? {
+            if warned.insert(hash_path(&path)) {
                 eprintln!(
-                    "deja: warning: {} is mapped shared: changes other processes outside the \
-                     recording make to it are not recorded, so the replay may differ",
-                    f.path
+                    "deja: warning: {path} is mapped shared: changes other processes outside the \
+                     recording make to it are not recorded, so the replay may differ"
                 );
             }
-            ev.mapped_file = Some(f);
         }
         if let Some(echoed) = &mut ev.echo {
             match syscalls::written_bytes(&call, &TraceeMemory(&t.tracee)) {

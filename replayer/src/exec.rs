@@ -97,6 +97,29 @@ pub fn restore(tracee: &Tracee, ev: &ExecEvent, event: u64) -> Result<()> {
     Ok(())
 }
 
+/// Gives the replay's task the recorded name (its own is the name of the trace's copy of the
+/// executable), at the exit stop of its `execve`: `prctl(PR_SET_NAME)` injected (a task can
+/// only rename itself), with the name written just below the stack pointer, in the zeroed
+/// stack the recording had there, and zeroed again.
+pub fn set_comm(tracee: &Tracee, ev: &ExecEvent) -> Result<()> {
+    let current =
+        std::fs::read_to_string(format!("/proc/{}/comm", tracee.pid())).unwrap_or_default();
+    if ev.comm.is_empty() || current.trim_end_matches('\n') == ev.comm {
+        return Ok(());
+    }
+    let mut name = ev.comm.as_bytes().to_vec();
+    name.push(0);
+    let at = (ev.stack_addr - 64) & !15;
+    tracee.write_mem(at, &name)?;
+    let r = tracee.inject_syscall(libc::SYS_prctl, [libc::PR_SET_NAME as u64, at, 0, 0, 0, 0]);
+    tracee.write_mem(at, &vec![0u8; name.len()])?;
+    let r = r.context("naming the replayed task")?;
+    if r < 0 {
+        bail!("naming the replayed task {:?}: error {}", ev.comm, -r);
+    }
+    Ok(())
+}
+
 /// The kernel loads a program's ELF interpreter from the system, not from the trace. When the
 /// system's copy differs from the recorded one (a glibc update, a rebuilt loader), returns the
 /// trace's copy and the path to bind-mount it over, in the replay's private mount namespace.

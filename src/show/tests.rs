@@ -30,6 +30,7 @@ fn exec(tid: Tid, argv: &[&str]) -> Event {
         mappings: Vec::new(),
         sig_blocked: 0,
         sig_ignored: 0,
+        comm: String::new(),
     }))
 }
 
@@ -76,6 +77,7 @@ fn syscall(tid: Tid) -> Event {
         result: i64::from(tid),
         writes: Vec::new(),
         mapped_file: None,
+        file_effect: None,
         echo: None,
     })
 }

@@ -100,7 +100,13 @@ fn out_len(req: u32) -> Option<u64> {
         | 0x1268 | 0x127A          // BLKSSZGET BLKALIGNOFF
         | 0x125E | 0x1278 | 0x1279 | 0x127B | 0x127C // BLKROGET BLKIOMIN BLKIOOPT BLKPBSZGET BLKDISCARDZEROES
         | 0x2203 | 0x2272 | 0x227F | 0x2282 // SG_EMULATED_HOST SG_GET_RESERVED_SIZE SG_GET_SG_TABLESIZE SG_GET_VERSION_NUM
-        | 0x8004_5200 => 4,        // RNDGETENTCNT
+        | 0x8004_5200              // RNDGETENTCNT
+        | 0x8004_54CF              // TUNGETFEATURES
+        | 0x8004_54D3              // TUNGETSNDBUF
+        | 0x8004_54D7 => 4,        // TUNGETVNETHDRSZ
+        0x4004_54CA                // TUNSETIFF (writes the interface name back)
+        | 0x8004_54D2 => IFREQ,    // TUNGETIFF (encoded as an int, writes a struct ifreq)
+        0x8010_54DB => 16,         // TUNGETFILTER: struct sock_fprog
         0x1267 | 0x127E => 2,      // BLKSECTGET BLKROTATIONAL
         0x5603 => 6,               // VT_GETSTATE (struct vt_stat)
         0x5601 => 8,               // VT_GETMODE (struct vt_mode)
@@ -152,7 +158,8 @@ fn out_len(req: u32) -> Option<u64> {
         | 0x1277 | 0x127D | 0x127F // BLKDISCARD BLKSECDISCARD BLKZEROOUT
         | 0x5309 | 0x5326 | 0x5331 // CDROMEJECT CDROM_DRIVE_STATUS CDROM_GET_CAPABILITY
         | 0x2201 | 0x2202 | 0x2275 // SG_SET_TIMEOUT SG_GET_TIMEOUT SG_SET_RESERVED_SIZE
-        | 0x4008_6602 => 0,        // FS_IOC_SETFLAGS
+        | 0x4008_6602              // FS_IOC_SETFLAGS
+        | 0x4010_54D6 => 0,        // TUNDETACHFILTER
         _ => return None,
     })
 }

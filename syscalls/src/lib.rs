@@ -60,7 +60,8 @@ pub enum Replay {
     Emulate,
     /// Runs for real in replay with the same arguments; its result must equal the recorded one.
     Execute,
-    /// `mmap`: runs for real in replay at the recorded address (the replayer special-cases file mappings).
+    /// `mmap`, `shmat`, `shmdt`: make or remove a mapping for real in replay, at the recorded
+    /// address (file mappings and System V segments come from the replay's copies of them).
     Mmap,
     /// `exit` / `exit_group`: ends the thread or process.
     Exit,
@@ -294,6 +295,9 @@ pub(crate) mod size {
     pub const MSQID_DS: u64 = 120;
     pub const MSGINFO: u64 = 32;
     pub const SEMID_DS: u64 = 104;
+    pub const SHMID_DS: u64 = 112;
+    pub const SHMINFO: u64 = 72;
+    pub const SHM_INFO: u64 = 48;
     pub const SEMINFO: u64 = 40;
     pub const USTAT: u64 = 32;
     pub const USER_DESC: u64 = 16;

@@ -28,7 +28,6 @@ const fn sa(addr: usize, len_ptr: usize) -> Out {
 }
 
 const NOSYS: Replay = Deny(libc::ENOSYS);
-const SYSV_SHM: Replay = Unsupported("System V shared memory");
 
 /// One table entry: `sys!(nr, name, replay)`, `sys!(nr, name, replay, [outs])`, or
 /// `sys!(nr, name, replay, [outs], on_error)` when the outs are written even on failure.
@@ -77,9 +76,11 @@ pub static TABLE: &[Syscall] = &[
     sys!(26, msync, Emulate),
     sys!(27, mincore, Emulate, [b(2, ArgPages(1))]),
     sys!(28, madvise, Execute),
-    sys!(29, shmget, SYSV_SHM),
-    sys!(30, shmat, SYSV_SHM),
-    sys!(31, shmctl, SYSV_SHM),
+    sys!(29, shmget, Emulate),
+    // shmat / shmdt: a shared mapping of the replay's copy of the segment (recorded as a
+    // FileEffect::ShmAttach / ShmDetach), made and removed like an mmap of a file.
+    sys!(30, shmat, Mmap),
+    sys!(31, shmctl, Emulate, [Custom(shmctl)]),
     sys!(32, dup, Emulate),
     sys!(33, dup2, Emulate),
     sys!(34, pause, Emulate),
@@ -115,7 +116,7 @@ pub static TABLE: &[Syscall] = &[
     sys!(64, semget, Emulate),
     sys!(65, semop, Emulate),
     sys!(66, semctl, Emulate, [Custom(semctl)]),
-    sys!(67, shmdt, SYSV_SHM),
+    sys!(67, shmdt, Mmap),
     sys!(68, msgget, Emulate),
     sys!(69, msgsnd, Emulate),
     sys!(70, msgrcv, Emulate, [b(1, RetPlus(8))]), // long mtype + text
@@ -363,7 +364,8 @@ pub static TABLE: &[Syscall] = &[
     sys!(308, setns, Emulate),
     sys!(309, getcpu, Emulate, [f(0, 4), f(1, 4)]),
     sys!(310, process_vm_readv, Emulate, [iov(1, 2)]),
-    sys!(311, process_vm_writev, Unsupported("writing process memory directly")),
+    // Only into the caller's own process (the recorder refuses others): the remote iovecs.
+    sys!(311, process_vm_writev, Emulate, [iov(3, 4)]),
     sys!(312, kcmp, Emulate),
     sys!(313, finit_module, Emulate),
     sys!(314, sched_setattr, Emulate, [f(1, 4)], on_error), // E2BIG writes attr->size
@@ -503,7 +505,6 @@ fn quotactl_fd(c: &Call, _: &dyn Memory, out: &mut Vec<Region>) {
 }
 
 /// semctl(id, num, cmd, arg): status and info commands.
-/// Known gap: GETALL writes `nsems` shorts, which cannot be known here.
 fn semctl(c: &Call, _: &dyn Memory, out: &mut Vec<Region>) {
     let len = match c.arg(2) & !0x100 {
         2 | 18 | 20 => SEMID_DS,               // IPC_STAT, SEM_STAT, SEM_STAT_ANY
@@ -553,6 +554,17 @@ fn setsockopt(c: &Call, mem: &dyn Memory, out: &mut Vec<Region>) {
     ) {
         push(out, at, u64::from(n) * XT_COUNTERS);
     }
+}
+
+/// shmctl(id, cmd, buf): status and info commands.
+fn shmctl(c: &Call, _: &dyn Memory, out: &mut Vec<Region>) {
+    let len = match c.arg(1) & !0x100 {
+        2 | 13 | 15 => SHMID_DS, // IPC_STAT, SHM_STAT, SHM_STAT_ANY
+        3 => SHMINFO,            // IPC_INFO
+        14 => SHM_INFO,          // SHM_INFO
+        _ => 0,
+    };
+    push(out, c.arg(2), len);
 }
 
 /// msgctl(id, cmd, buf): status and info commands.

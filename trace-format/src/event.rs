@@ -144,6 +144,74 @@ pub struct Mapping {
     pub file: Option<FileRef>,
 }
 
+/// A file's identity in the recording (its device and inode): every mapping of one file, and
+/// every write to it, reaches one emulated copy of it in the replay.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// Device number (`st_dev`).
+    pub dev: u64,
+    /// Inode number (`st_ino`).
+    pub ino: u64,
+}
+
+/// A syscall's effect on a file the program maps. Replay keeps one emulated copy of each such
+/// file, maps that copy wherever the recording mapped the file, and applies these effects to
+/// it, so its mappings see what the recording's did (a `write` to a file mapped `MAP_SHARED`
+/// changes the mapping).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum FileEffect {
+    /// `mmap` of the file: the mapping is made from the emulated copy, whose content is first
+    /// set to the event's `mapped_file` (the file as it was at this moment).
+    Map(FileId),
+    /// `write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`: the call's `result` bytes, taken
+    /// from its buffers in order, land in the file at `offset`.
+    Write {
+        /// The file written.
+        file: FileId,
+        /// File offset of the first byte.
+        offset: u64,
+    },
+    /// A `write`-family call to `/proc/PID/mem` (or `/proc/PID/task/TID/mem`): its `result`
+    /// bytes land in the memory of task `tid` (the recording's id) at `addr`.
+    ProcMem {
+        /// The task whose memory is written.
+        tid: Tid,
+        /// Address of the first byte.
+        addr: u64,
+    },
+    /// `ftruncate`: the file now has `size` bytes.
+    Resize {
+        /// The file resized.
+        file: FileId,
+        /// Its new size.
+        size: u64,
+    },
+    /// `fallocate(mode, offset, len)` on the file (e.g. punching a hole).
+    Fallocate {
+        /// The file.
+        file: FileId,
+        /// The `mode` flags.
+        mode: i32,
+        /// First byte.
+        offset: u64,
+        /// Number of bytes.
+        len: u64,
+    },
+    /// `shmat` of a System V shared memory segment, emulated as a shared mapping of a copy of
+    /// the segment (`mapped_file`, the segment's bytes at this moment) of `size` bytes.
+    ShmAttach {
+        /// The segment's identity (`dev` 0, `ino` its id).
+        file: FileId,
+        /// Size of the segment.
+        size: u64,
+    },
+    /// `shmdt`: the segment attached at the call's address, `size` bytes, is unmapped.
+    ShmDetach {
+        /// Size of the segment.
+        size: u64,
+    },
+}
+
 /// The state of a freshly exec'd program.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ExecEvent {
@@ -167,6 +235,9 @@ pub struct ExecEvent {
     pub sig_blocked: u64,
     /// Signals ignored (`SIG_IGN`) at the exec, which also survives `execve`.
     pub sig_ignored: u64,
+    /// The task's name after the exec (`/proc/PID/comm`, what `prctl(PR_GET_NAME)` returns):
+    /// the replay, which runs the trace's copy of the executable, gives its task this name.
+    pub comm: String,
 }
 
 /// A system call as it happened in the recording.
@@ -190,6 +261,9 @@ pub struct SyscallEvent {
     pub writes: Vec<MemWrite>,
     /// For `mmap` of a file: the stored copy of the file that was mapped.
     pub mapped_file: Option<FileRef>,
+    /// What the call did to a file the program maps, which the replay applies to its own copy
+    /// of that file (see [`FileEffect`]).
+    pub file_effect: Option<FileEffect>,
     /// For a write to the recording's stdout or stderr: the stream and the bytes the kernel
     /// took, so replay can echo them and check that the replayed program writes the same.
     pub echo: Option<Echoed>,

@@ -417,23 +417,23 @@ fn link_same_file(real: &Path, tmp: &Path, key: &SourceKey) -> bool {
     }
 }
 
-/// Copies `source` to the new file `dest` with `mode`.
+/// Copies `source` to the new file `dest` with `mode`, leaving holes as holes.
 fn copy_file(source: &Path, dest: &Path, mode: u32) -> Result<()> {
-    let mut from = File::open(source).map_err(io_err(source))?;
-    let mut to = OpenOptions::new()
+    let from = File::open(source).map_err(io_err(source))?;
+    let size = from.metadata().map_err(io_err(source))?.len();
+    let to = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(dest)
         .map_err(io_err(dest))?;
-    io::copy(&mut from, &mut to).map_err(io_err(source))?;
-    Ok(())
+    crate::sparse::copy(&from, &to, size).map_err(io_err(source))
 }
 
-/// The hex BLAKE3 digest and the size of a file.
+/// The hex content hash (see `sparse::hash`) and the size of a file.
 fn hash_file(path: &Path) -> Result<(String, u64)> {
     let file = File::open(path).map_err(io_err(path))?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(&file).map_err(io_err(path))?;
-    Ok((hasher.finalize().to_hex().to_string(), hasher.count()))
+    let size = file.metadata().map_err(io_err(path))?.len();
+    let hash = crate::sparse::hash(&file, size).map_err(io_err(path))?;
+    Ok((hash, size))
 }

@@ -56,6 +56,7 @@ fn syscall(tid: Tid, nr: u64, writes: Vec<MemWrite>) -> Event {
         result: -4,
         writes,
         mapped_file: None,
+        file_effect: None,
         echo: Some(Echoed {
             stream: 1,
             bytes: b"hi\n".to_vec(),
@@ -111,6 +112,7 @@ fn every_variant(w: &mut TraceWriter) -> (Vec<Event>, Vec<(Data, Vec<u8>)>) {
             ],
             sig_blocked: 1 << 13,
             sig_ignored: 1 << 1,
+            comm: String::new(),
         })),
         syscall(
             100,
@@ -126,6 +128,7 @@ fn every_variant(w: &mut TraceWriter) -> (Vec<Event>, Vec<(Data, Vec<u8>)>) {
         ),
         Event::Syscall(SyscallEvent {
             mapped_file: Some(fr),
+            file_effect: None,
             echo: None,
             result: i64::MIN,
             ..match syscall(101, 9, vec![]) {

@@ -31,6 +31,7 @@ impl Session {
         self.segv.exec(rpid);
         let t = &tasks::task(&mut self.tasks, tid)?.tracee;
         self.segv_blocked.after_call(tid, t, None)?;
+        exec::set_comm(self.tracee(tid)?, ev)?;
         self.resume(tid, 0)
     }
 

@@ -125,6 +125,7 @@ impl Session {
             running: None,
             toward: None,
             debug,
+            emu: Default::default(),
             segv: SegvActions::default(),
             ptrace_held: Default::default(),
             segv_blocked: SegvBlocked::default(),
@@ -191,6 +192,8 @@ pub(crate) struct Session {
     toward: Option<Toward>,
     /// The debugger, when one drives the replay.
     pub(crate) debug: Option<Debug>,
+    /// The replay's copies of the files the program maps.
+    emu: crate::mmap::EmuFiles,
     /// Each process's `SIGSEGV` action, put back where a trapped `rdtsc` made the kernel reset
     /// it, as the recorder did (see `tracee::forced_segv`).
     segv: SegvActions,

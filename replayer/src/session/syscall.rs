@@ -105,13 +105,26 @@ impl Session {
                 after.rax = e.result as u64;
                 t.set_regs(&after)?;
             }
+            Replay::Mmap if !syscalls::is_error(e.result) && mmap::EmuFiles::maps_file(e) => {
+                let reader = Rc::clone(&self.reader);
+                let t = &crate::tasks::task(&mut self.tasks, tid)?.tracee;
+                let got = self.emu.map(t, &reader, e)?;
+                if got != e.result {
+                    return Err(self.diverged(
+                        tid,
+                        format!("mmap to return {:#x}", e.result),
+                        format!("{got:#x} ({})", errno_text(got)),
+                    ));
+                }
+                r.rax = got as u64;
+                self.tracee(tid)?.set_regs(&r)?;
+            }
             Replay::SetLimit => self.set_limit(tid, e, r)?,
             Replay::Mmap if !syscalls::is_error(e.result) => {
                 let saved = r;
                 regs::set_syscall_args(&mut r, &mmap::replacement_args(e));
                 self.tracee(tid)?.set_regs(&r)?;
                 self.run_for_real(tid, &name)?;
-                let reader = Rc::clone(&self.reader);
                 let t = self.tracee(tid)?;
                 let mut after = t.regs()?;
                 if after.rax as i64 != e.result {
@@ -121,7 +134,6 @@ impl Session {
                         format!("{:#x} ({})", after.rax, errno_text(after.rax as i64)),
                     ));
                 }
-                mmap::fill_from_file(t, &reader, e)?;
                 regs::set_syscall_args(&mut after, &regs::syscall_args(&saved));
                 t.set_regs(&after)?;
             }
@@ -140,6 +152,16 @@ impl Session {
                 bail!("the trace records a successful {name} without the task it made")
             }
             Replay::Emulate | Replay::Deny(_) | Replay::Mmap | Replay::Exec | Replay::Clone => {
+                if let Some(trace_format::FileEffect::ProcMem { tid: target, addr }) = e.file_effect
+                {
+                    let data = mmap::written_bytes(self.tracee(tid)?, e)?;
+                    self.tracee(target)?
+                        .write_mem(addr, &data)
+                        .with_context(|| format!("replaying a write to /proc/{target}/mem"))?;
+                } else if e.file_effect.is_some() {
+                    let t = &crate::tasks::task(&mut self.tasks, tid)?.tracee;
+                    self.emu.apply(t, e)?;
+                }
                 self.emulate(tid, e, r)?
             }
         }
