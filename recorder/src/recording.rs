@@ -463,12 +463,12 @@ impl Session {
     /// The entry of a syscall by the running task `tid`.
     fn on_syscall_entry(&mut self, tid: i32) -> Result<()> {
         let t = self.task(tid)?;
-        let entry = t.tracee.regs()?;
+        let (entry, pid) = (t.tracee.regs()?, t.pid);
         if self.ptrace_entry(tid, &entry)? {
             return Ok(());
         }
         let (nr, args) = (entry.orig_rax, regs::syscall_args(&entry));
-        if let Some(refusal) = remote_memory::refusal(t.pid, nr, &args) {
+        if let Some(refusal) = remote_memory::refusal(pid, nr, &args) {
             bail!("{refusal}");
         }
         let name = syscalls::name(nr);

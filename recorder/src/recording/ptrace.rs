@@ -186,6 +186,7 @@ impl Session {
             writes,
             mapped_file: None,
             echo: None,
+            file_effect: None,
         }))?;
         let mut r = *entry;
         r.orig_rax = u64::MAX;
