@@ -752,7 +752,6 @@ impl Session {
     /// At the exit stop of `tid`'s syscall, with the CPU: writes the syscall's event and
     /// resumes the task.
     fn finish_syscall(&mut self, tid: i32, entry: Entry) -> Result<()> {
-        self.mem_file_write(tid, &entry.ev)?;
         let Entry { mut ev, .. } = entry;
         let Session {
             tasks,

@@ -493,9 +493,7 @@ pub enum PtraceAction {
     /// The task entered an emulated ptrace stop: it stays stopped until a [`PtraceAction::Resume`].
     Stop(PtraceHeld),
     /// Its tracer changed it with this ptrace request while it was stopped (`PTRACE_POKEDATA`,
-    /// `PTRACE_SETREGS`, ...): the replay makes the same request on the replayed task. A
-    /// `PTRACE_POKEDATA` with `bytes` is a write of those bytes at `addr` through
-    /// `/proc/PID/mem` (by any recorded task, traced or not).
+    /// `PTRACE_SETREGS`, ...): the replay makes the same request on the replayed task.
     Change {
         /// The `PTRACE_*` request.
         request: i64,

@@ -17,7 +17,6 @@ use crate::ptrace_emu::{self as emu, Held, Mode, Relation, Report};
 use crate::signals::is_fault;
 use crate::task::{Entry, State};
 
-mod mem_file;
 mod requests;
 mod wait;
 

@@ -117,8 +117,7 @@ impl Session {
         let pid = t.pid().as_raw();
         let what = || format!("replaying an emulated ptrace change of task {tid}");
         match request {
-            // PTRACE_POKETEXT, PTRACE_POKEDATA; with bytes: a write through /proc/PID/mem
-            4 | 5 if !bytes.is_empty() => t.write_mem(addr, bytes).with_context(what),
+            // PTRACE_POKETEXT, PTRACE_POKEDATA
             4 | 5 => t.write_mem(addr, &word.to_le_bytes()).with_context(what),
             // PTRACE_POKEUSER (as for PTRACE_SETREGS, not orig_rax past a syscall)
             6 if after_event && addr == ORIG_RAX_END as u64 - 8 => Ok(()),
