@@ -259,10 +259,12 @@ pub enum Selector {
 }
 
 impl Selector {
-    /// The selector of `wait4(pid, ...)`.
-    pub fn of_wait4(pid: i64) -> Selector {
+    /// The selector of `wait4(pid, ...)`, `pid` the raw register: the kernel reads an `int`,
+    /// so only its low 32 bits count (strace passes -1 zero-extended, `0xffffffff`).
+    pub fn of_wait4(pid: u64) -> Selector {
+        let pid = pid as u32 as i32;
         if pid > 0 {
-            Selector::Id(pid as i32)
+            Selector::Id(pid)
         } else {
             Selector::Any
         }
@@ -348,7 +350,8 @@ mod tests {
 
     #[test]
     fn selectors() {
-        assert!(Selector::of_wait4(-1).selects(5, 5));
+        assert!(Selector::of_wait4(-1i64 as u64).selects(5, 5));
+        assert!(Selector::of_wait4(0xffff_ffff).selects(5, 5));
         assert!(Selector::of_wait4(7).selects(7, 3));
         assert!(!Selector::of_wait4(7).selects(8, 8));
         assert!(!Selector::of_waitid(3, 4).selects(4, 4));

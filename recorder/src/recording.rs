@@ -296,6 +296,7 @@ impl Session {
             let Some(t) = self.tasks.get_mut(&tid) else {
                 continue;
             };
+            tracing::trace!(tid, state = %t.state.describe(), "scheduled");
             match std::mem::replace(&mut t.state, State::Running) {
                 State::ReadyToStart => return self.start(tid),
                 State::ReadyAfter(entry) => return self.finish_syscall(tid, *entry),
@@ -361,6 +362,10 @@ impl Session {
     }
 
     fn dispatch(&mut self, tid: i32, stop: Stop) -> Result<()> {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let state = self.tasks.get(&tid).map(|t| t.state.describe());
+            tracing::trace!(tid, ?stop, ?state, "stop");
+        }
         match stop {
             Stop::Exited(c) => return self.on_death(tid, ExitStatus::Exited(c), stop),
             Stop::Killed(s) => return self.on_death(tid, ExitStatus::Signaled(s), stop),

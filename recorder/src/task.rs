@@ -64,6 +64,18 @@ pub enum State {
 }
 
 impl State {
+    /// A short description for logs: the variant and the syscall it holds, if any.
+    pub fn describe(&self) -> String {
+        match self {
+            State::ReadyAfter(e) | State::InSyscall(e) | State::Restarting(e) => {
+                let name = format!("{self:?}");
+                let variant = name.split('(').next().unwrap_or_default();
+                format!("{variant}({})", syscalls::name(e.ev.nr))
+            }
+            other => format!("{other:?}"),
+        }
+    }
+
     /// Whether a task in this state waits in the ready FIFO for the CPU.
     pub fn waits_for_cpu(&self) -> bool {
         matches!(

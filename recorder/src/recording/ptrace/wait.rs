@@ -23,7 +23,7 @@ enum Found {
 /// Which tasks a `wait4`/`waitid` selects (`None` for other syscalls).
 fn wait_selector(nr: u64, args: &[u64; 6]) -> Option<Selector> {
     if nr == libc::SYS_wait4 as u64 {
-        Some(Selector::of_wait4(args[0] as i64))
+        Some(Selector::of_wait4(args[0]))
     } else if nr == libc::SYS_waitid as u64 {
         Some(Selector::of_waitid(args[0], args[1]))
     } else {
