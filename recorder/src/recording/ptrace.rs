@@ -18,6 +18,7 @@ use crate::signals::is_fault;
 use crate::task::{Entry, State};
 
 mod requests;
+mod syscall_info;
 mod wait;
 
 /// `PTRACE_EVENT_STOP`: the stop of a seized task (its first, or `PTRACE_INTERRUPT`'s).

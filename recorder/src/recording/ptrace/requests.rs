@@ -327,6 +327,7 @@ impl Session {
                 let msg = self.ptrace.get(target).map_or(0, |r| r.event_msg);
                 self.answer(tid, 0, data, msg.to_le_bytes().to_vec())
             }
+            0x420e => self.ptrace_syscall_info(tid, target, at, addr, data),
             0x4202 => {
                 // PTRACE_GETSIGINFO
                 let info = self
