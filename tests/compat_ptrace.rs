@@ -93,3 +93,70 @@ fn writes_through_proc_mem_are_replayed() {
         Some("child: first=111 second=222\nparent: child exited with 0\n"),
     );
 }
+
+/// The real strace, or `None` (the test is skipped with a note) when it is not installed.
+fn strace() -> Option<std::path::PathBuf> {
+    installed("strace")
+}
+
+/// Asserts the recording emulated every ptrace request strace made (no "not emulated"
+/// warning, e.g. for `PTRACE_GET_SYSCALL_INFO`, which strace uses at every syscall stop).
+fn assert_every_request_emulated(rec: &std::process::Output) {
+    assert!(
+        !stderr_str(rec).contains("is not emulated"),
+        "a request strace made was refused\n{}",
+        describe("rec", rec)
+    );
+}
+
+/// `strace -f -o FILE true` inside a recording: strace's self-tests (`PTRACE_SEIZE` of a
+/// child stopped by job control, `PTRACE_INTERRUPT`, `PTRACE_GET_SYSCALL_INFO`) and its
+/// `wait4(-1)` (passed as a zero-extended `0xffffffff`) are served, it traces `true` to its
+/// end, and the replay is faithful.
+#[test]
+fn strace_traces_true() {
+    let Some(strace) = strace() else { return };
+    let ctx = Ctx::new();
+    let out = ctx.dir().join("strace.out");
+    let out_arg = out.to_str().expect("a UTF-8 path");
+    let (trace, rec) = ctx.record(&strace, &["-f", "-o", out_arg, "true"]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    assert_every_request_emulated(&rec);
+    let log = std::fs::read_to_string(&out).expect("strace wrote its output file");
+    assert!(
+        log.contains("execve(\"") && log.contains("+++ exited with 0 +++"),
+        "strace's output lacks the traced program's exec or end:\n{log}"
+    );
+    let replay = ctx.replay(&trace);
+    assert_replay_matches(&rec, &replay);
+}
+
+/// strace following a C program's fork and thread, writing its trace to stderr: the program's
+/// output is the native one, strace's lines name the child's `write` and its exit status, and
+/// the replay echoes both streams exactly.
+#[test]
+fn strace_follows_a_forking_program() {
+    let Some(strace) = strace() else { return };
+    let prog = threaded("strace_target");
+    let prog_arg = prog.to_str().expect("a UTF-8 path");
+    let native = run_native(&prog, &[]);
+    let r = assert_replays_exactly(&strace, &["-f", prog_arg]);
+    assert_eq!(
+        stdout_str(&r.rec),
+        stdout_str(&native),
+        "{}",
+        describe("rec", &r.rec)
+    );
+    assert_every_request_emulated(&r.rec);
+    let log = stderr_str(&r.rec);
+    for needle in [
+        "write(4, \"hello from the child",
+        "+++ exited with 3 +++",
+        "+++ exited with 0 +++",
+    ] {
+        assert!(
+            log.contains(needle),
+            "strace's trace lacks {needle:?}:\n{log}"
+        );
+    }
+}

@@ -121,9 +121,6 @@ pub struct Relations {
     sigchld: HashMap<i32, VecDeque<[u8; SIGINFO_SIZE]>>,
     /// Ended tracees whose tracer is not their parent, until the tracer's `wait` reports them.
     pub zombies: Vec<Zombie>,
-    /// A task given the CPU gave it up at once for emulated ptrace (held, parked in a `wait`,
-    /// or gone into its syscall from a held stop): the scheduler gives it to the next one.
-    pub gave_up_cpu: bool,
 }
 
 /// A tracee's end, for its tracer's `wait`.

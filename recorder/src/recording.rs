@@ -171,10 +171,10 @@ impl Session {
                     // The next ready task, if any, gets the CPU instead.
                     continue;
                 }
-                let gave_up = std::mem::take(&mut self.ptrace.gave_up_cpu);
-                if gave_up && self.current.is_none() && self.others_wait() {
-                    // The task given the CPU gave it up at once for emulated ptrace: the next
-                    // one gets it.
+                if self.current.is_none() && self.others_wait() {
+                    // The task given the CPU gave it up at once (held or parked for emulated
+                    // ptrace, or gone into a blocking syscall from a held stop or a
+                    // group-stop): the next one gets it now, as no stop of its may ever come.
                     continue;
                 }
             }
@@ -312,7 +312,6 @@ impl Session {
                     return self.ptrace_resume(tid, held)
                 }
                 State::AtEntry => {
-                    self.ptrace.gave_up_cpu = true;
                     self.current = Some(tid);
                     return self.on_syscall_entry(tid);
                 }

@@ -255,7 +255,6 @@ impl Session {
             tid,
             action: PtraceAction::Stop(at),
         }))?;
-        self.ptrace.gave_up_cpu = true;
         let t = self.task(tid)?;
         t.state = State::Ptraced(Held { at, resume: None });
         t.boundary = None;
@@ -381,7 +380,6 @@ impl Session {
                     .and_then(|r| r.clone_entry.take())
                     .context("a task held at a clone event without its syscall")?;
                 self.current = None;
-                self.ptrace.gave_up_cpu = true;
                 let t = self.task(tid)?;
                 t.state = State::InSyscall(entry);
                 t.tracee.cont_syscall(0)

@@ -150,7 +150,6 @@ impl Session {
                 tracing::debug!(tid, "a tracer waits for tracees that are not its children");
                 self.task(tid)?.state = State::WaitsForTracee;
                 self.current = None;
-                self.ptrace.gave_up_cpu = true;
                 return Ok(Some(Served::parked()));
             }
             None => return Ok(None),
