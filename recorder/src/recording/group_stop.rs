@@ -57,6 +57,7 @@ impl Session {
     /// while restarting a syscall: it stays stopped until its process is continued.
     pub(super) fn on_group_stop(&mut self, tid: i32, restarting: Option<Box<Entry>>) -> Result<()> {
         tracing::debug!(tid, "group-stop: the task stays stopped until SIGCONT");
+        self.refuse_traced_group_stop(tid)?;
         let t = self.task(tid)?;
         t.boundary = None;
         t.state = State::GroupStopped(restarting);

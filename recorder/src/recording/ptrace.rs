@@ -17,6 +17,7 @@ use crate::ptrace_emu::{self as emu, Held, Mode, Relation, Report};
 use crate::signals::is_fault;
 use crate::task::{Entry, State};
 
+mod job_control;
 mod requests;
 mod syscall_info;
 mod wait;

@@ -6,8 +6,9 @@ use trace_format::{Event, PtraceAction, PtraceEvent, PtraceHeld};
 use tracee::tracee::SIGINFO_SIZE;
 use tracee::Regs;
 
+use super::job_control::PTRACE_LISTEN;
 use super::*;
-use crate::ptrace_emu::{self as emu, Held, Mode, Relation, Report};
+use crate::ptrace_emu::{self as emu, Held, Mode, Relation};
 use crate::recording::Session;
 use crate::task::State;
 
@@ -96,18 +97,11 @@ impl Session {
                 } else {
                     None
                 };
-                let group_stopped = self
-                    .tasks
-                    .get(&target)
-                    .is_some_and(|t| matches!(t.state, State::GroupStopped(_)));
-                if !seize && group_stopped {
-                    // Already stopped by job control: its tracer's wait reports that stop (a
-                    // SIGSTOP would not reach it). Resuming it from there is not emulated.
-                    rel.stop = Some(Report {
-                        status: emu::stopped_status(libc::SIGSTOP),
-                        siginfo: [0u8; SIGINFO_SIZE],
-                        reported: false,
-                    });
+                let group_stopped = self.group_stopped(target);
+                if group_stopped {
+                    // Already stopped by job control: the kernel makes it trap at once, and
+                    // its tracer's wait reports that stop (see `job_control`).
+                    rel.stop = Some(Self::group_stop_report(seize));
                 }
                 self.ptrace.insert(target, rel);
                 if !seize && !group_stopped {
@@ -127,18 +121,11 @@ impl Session {
                 if held {
                     return Ok(Served::ok(0));
                 }
-                let group_stopped = self
-                    .tasks
-                    .get(&target)
-                    .is_some_and(|t| matches!(t.state, State::GroupStopped(_)));
+                let group_stopped = self.group_stopped(target);
                 let rel = self.ptrace.get_mut(target).context("a seized tracee")?;
                 if group_stopped {
                     // Stopped by job control: a seized tracee reports that group-stop.
-                    rel.stop = Some(Report {
-                        status: emu::event_status(PTRACE_EVENT_STOP) | (libc::SIGSTOP << 8),
-                        siginfo: [0u8; SIGINFO_SIZE],
-                        reported: false,
-                    });
+                    rel.stop = Some(Self::group_stop_report(true));
                     return Ok(Served::ok(0));
                 }
                 rel.interrupt = true;
@@ -161,6 +148,13 @@ impl Session {
             }
             7 | 9 | 17 | 24 => {
                 // PTRACE_CONT, PTRACE_SINGLESTEP, PTRACE_DETACH, PTRACE_SYSCALL
+                let mine = self.ptrace.get(target).is_some_and(|r| r.tracer == me);
+                if req == 17 && mine && self.group_stopped(target) {
+                    // Detached, it stays in its group-stop, as in the kernel.
+                    self.ptrace.remove(target);
+                    return Ok(Served::ok(0));
+                }
+                self.refuse_group_stopped_tracee(req, target, me)?;
                 if self.held_by(target, me).is_none() {
                     return Ok(Served::err(libc::ESRCH));
                 }
@@ -179,7 +173,11 @@ impl Session {
                 self.let_go(target, sig, mode)?;
                 Ok(Served::ok(0))
             }
+            PTRACE_LISTEN if self.ptrace.get(target).is_some_and(|r| r.tracer == me) => {
+                Err(Self::listen_unsupported(target))
+            }
             _ => {
+                self.refuse_group_stopped_tracee(req, target, me)?;
                 let Some(at) = self.held_by(target, me) else {
                     return Ok(Served::err(libc::ESRCH));
                 };
