@@ -160,3 +160,23 @@ fn strace_follows_a_forking_program() {
         );
     }
 }
+
+/// A tracee's group-stop (its tracer passes a `SIGSTOP` on) is not emulated: the recording
+/// stops at once with a one-line error naming it, instead of leaving the tracer waiting for a
+/// stop that never comes.
+#[test]
+fn tracee_group_stop_is_refused_not_hung() {
+    let prog = program("ptrace_tracee_group_stop");
+    let native = run_native(&prog, &[]);
+    assert_eq!(
+        stdout_str(&native),
+        "signal stop: SIGSTOP\ngroup-stop reported: yes\n",
+        "{}",
+        describe("native", &native)
+    );
+    let ctx = Ctx::new();
+    let (_, rec) = ctx.record(&prog, &[]);
+    assert_one_line_error("rec", &rec);
+    assert_stderr_mentions("rec", &rec, &["group-stop is not supported"]);
+    assert_eq!(stdout_str(&rec), "signal stop: SIGSTOP\n");
+}
