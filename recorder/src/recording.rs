@@ -166,6 +166,10 @@ impl Session {
                 if self.tasks.is_empty() {
                     break;
                 }
+                if self.collect_pending()? || self.tasks.is_empty() {
+                    // A task got the CPU, or the last ones ended: look again.
+                    continue;
+                }
                 let scheduled = self.schedule_next();
                 if self.unless_vanished(scheduled)? {
                     // The next ready task, if any, gets the CPU instead.
@@ -188,6 +192,23 @@ impl Session {
         }
         self.root_status
             .context("the initial process ended without a reported status")
+    }
+
+    /// Before the CPU is given out: handles every stop that is already pending, so that each
+    /// task that has stopped is in the ready FIFO. `waitpid(-1)` reports pending stops in the
+    /// order of the task list, not in the order they happened, so a task that stops often
+    /// (yielding, say) would otherwise have its stop collected first every time, and keep the
+    /// CPU from a task whose stop has waited all along. True if handling a stop gave the CPU to
+    /// a task.
+    fn collect_pending(&mut self) -> Result<bool> {
+        while self.current.is_none() {
+            let Some((pid, stop)) = tracee::stop::poll_any()? else {
+                return Ok(false);
+            };
+            let handled = self.dispatch(pid.as_raw(), stop);
+            self.unless_vanished(handled)?;
+        }
+        Ok(true)
     }
 
     /// Waits for any task; at each timer tick while it waits, writes out buffered events now

@@ -38,18 +38,28 @@ pub fn sends_signal(nr: u64) -> bool {
 }
 
 /// Emulated syscalls the recorder runs while no other task runs: those that send a signal
-/// (see [`sends_signal`]), and futex operations that never block but write a word other
-/// threads read (`FUTEX_WAKE_OP` sets `*uaddr2` and wakes a waiter that reads it next;
-/// `FUTEX_UNLOCK_PI`, `FUTEX_TRYLOCK_PI` write the lock word). The others may block and run
-/// while other tasks do, their memory writes replayed at their event: such a write must not be
-/// one another task can read before that event.
+/// (see [`sends_signal`]), and the futex operations that never block (wakes, requeues, the PI
+/// unlock and trylock). The others may block, so other tasks run meanwhile, and their memory
+/// writes are replayed at their event: a write another task could read before that event
+/// would replay wrongly (`FUTEX_WAKE_OP` sets `*uaddr2` and wakes a waiter that reads it at
+/// once). And a call that cannot block does not give up the CPU natively either: a thread
+/// that unlocks a mutex (a `FUTEX_WAKE`) goes on running; handing the CPU to another task there
+/// is an interleaving a program pinned to one CPU never sees (rr's `sched_yield`).
 pub fn runs_exclusively(nr: u64, args: &[u64; 6]) -> bool {
     const FUTEX_CMD_MASK: u64 = !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME) as u64;
     sends_signal(nr)
+        || nr == 454 // futex_wake (not in libc yet)
         || (nr == libc::SYS_futex as u64
             && matches!(
                 (args[1] & FUTEX_CMD_MASK) as i32,
-                libc::FUTEX_WAKE_OP | libc::FUTEX_UNLOCK_PI | libc::FUTEX_TRYLOCK_PI
+                libc::FUTEX_WAKE
+                    | libc::FUTEX_REQUEUE
+                    | libc::FUTEX_CMP_REQUEUE
+                    | libc::FUTEX_WAKE_OP
+                    | libc::FUTEX_UNLOCK_PI
+                    | libc::FUTEX_TRYLOCK_PI
+                    | libc::FUTEX_WAKE_BITSET
+                    | libc::FUTEX_CMP_REQUEUE_PI
             ))
 }
 

@@ -77,6 +77,9 @@ impl Session {
         {
             return self.emulate_in_recorder(tid, entry, ev);
         }
+        if nr == libc::SYS_sched_yield as u64 {
+            return self.yield_cpu(tid, entry, ev);
+        }
         match replay {
             Replay::Unsupported(_) => {
                 bail!(
@@ -131,8 +134,8 @@ impl Session {
             | Replay::Clone => {
                 // Calls that change the address space, the signal state, the program or the
                 // task tree, and calls that send signals, run while no other task runs; the
-                // others (which may block) let other tasks run meanwhile, but for the few that
-                // write memory other tasks read at once (`syscalls::runs_exclusively`). Writes
+                // others (which may block) let other tasks run meanwhile, but for the futex
+                // calls that never block (`syscalls::runs_exclusively`). Writes
                 // to the recording's stdout/stderr also run alone, so the order in which their
                 // bytes reach the stream is the order of their events, which the replay echoes.
                 let exclusive = replay != Replay::Emulate
@@ -161,6 +164,29 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// `sched_yield` at its entry: the task gives the CPU to the task that has waited longest
+    /// for it, as the kernel does between tasks pinned to one CPU. The call is skipped (it
+    /// returns 0) and the task queues for the CPU behind the others; its event is written when
+    /// it gets the CPU back. Running it in the kernel instead let the yielding task win the
+    /// CPU back whenever its exit stop was reported before the other task's (rr's
+    /// `sched_yield` expects strict alternation between two yielding threads).
+    pub(super) fn yield_cpu(&mut self, tid: i32, entry: Regs, ev: SyscallEvent) -> Result<()> {
+        let mut r = entry;
+        r.orig_rax = u64::MAX;
+        r.rax = 0;
+        let t = self.task(tid)?;
+        t.tracee.set_regs(&r)?;
+        t.state = State::ReadyAfter(Box::new(Entry {
+            ev,
+            replay: Replay::Emulate,
+            exclusive: false,
+            exec_done: false,
+        }));
+        self.ready.push_back(tid);
+        self.current = None;
+        Ok(())
     }
 
     /// `prctl(PR_GET_TSC | PR_SET_TSC | PR_GET_SECCOMP)` (answered from the program's own
