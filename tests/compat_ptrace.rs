@@ -180,3 +180,22 @@ fn tracee_group_stop_is_refused_not_hung() {
     assert_stderr_mentions("rec", &rec, &["group-stop is not supported"]);
     assert_eq!(stdout_str(&rec), "signal stop: SIGSTOP\n");
 }
+
+/// gdb inside a recording runs a forking, threaded program to its end (its breakpoints on
+/// the dynamic loader, thread events, `PTRACE_O_TRACECLONE`), and the replay is faithful.
+#[test]
+fn gdb_runs_a_program_inside_a_recording() {
+    let Some(gdb) = installed("gdb") else { return };
+    let prog = threaded("strace_target");
+    let prog_arg = prog.to_str().expect("a UTF-8 path");
+    let r = assert_replays_exactly(&gdb, &["-batch", "-nx", "-ex", "run", "--args", prog_arg]);
+    assert_stdout_has(
+        "rec",
+        &r.rec,
+        &[
+            "parent: child exited with 3",
+            "parent: thread saw its own process: yes",
+            "exited normally",
+        ],
+    );
+}
