@@ -67,11 +67,9 @@ impl State {
     /// A short description for logs: the variant and the syscall it holds, if any.
     pub fn describe(&self) -> String {
         match self {
-            State::ReadyAfter(e) | State::InSyscall(e) | State::Restarting(e) => {
-                let name = format!("{self:?}");
-                let variant = name.split('(').next().unwrap_or_default();
-                format!("{variant}({})", syscalls::name(e.ev.nr))
-            }
+            State::ReadyAfter(e) => format!("ReadyAfter({})", syscalls::name(e.ev.nr)),
+            State::InSyscall(e) => format!("InSyscall({})", syscalls::name(e.ev.nr)),
+            State::Restarting(e) => format!("Restarting({})", syscalls::name(e.ev.nr)),
             other => format!("{other:?}"),
         }
     }

@@ -96,6 +96,11 @@ impl Session {
             tracing::debug!(tid, "SIGCONT: the group-stopped task goes on");
             t.state = State::ReadyToContinue(restarting);
             self.ready.push_back(tid);
+            if let Some(rel) = self.ptrace.get_mut(tid) {
+                // The stop its tracer was told of (attached to or interrupted while
+                // group-stopped) ended unreported: its SIGCONT's stop is what it waits for.
+                rel.stop.take_if(|s| !s.reported);
+            }
         }
     }
 
