@@ -64,6 +64,12 @@ pub struct Relation {
     pub interrupt: bool,
     /// The clone syscall it is held in at a clone event, to go on with when resumed.
     pub clone_entry: Option<Box<Entry>>,
+    /// Held at its group-stop: the syscall it was restarting, if any, to go on with (see
+    /// `recording/ptrace/job_control.rs`).
+    pub group_stop: Option<Option<Box<Entry>>>,
+    /// The stop signal of its process's group-stop, until a `SIGCONT` ends it: a
+    /// `PTRACE_INTERRUPT` stop reports it in place of `SIGTRAP`.
+    pub stop_sig: Option<i32>,
 }
 
 impl Relation {
@@ -82,6 +88,8 @@ impl Relation {
             start_pending: false,
             real_parent: None,
             clone_entry: None,
+            group_stop: None,
+            stop_sig: None,
             vfork_done: None,
             interrupt: false,
         }

@@ -53,11 +53,19 @@ pub(super) fn is_continued(e: &anyhow::Error) -> bool {
 const SIGCONT_BIT: u64 = 1 << (libc::SIGCONT - 1);
 
 impl Session {
-    /// `tid` reported a group-stop, in user code (`restarting: None`, then it held the CPU) or
-    /// while restarting a syscall: it stays stopped until its process is continued.
-    pub(super) fn on_group_stop(&mut self, tid: i32, restarting: Option<Box<Entry>>) -> Result<()> {
+    /// `tid` reported a group-stop (of stop signal `sig`), in user code (`restarting: None`,
+    /// then it held the CPU) or while restarting a syscall: it stays stopped until its process
+    /// is continued (or, traced, until its tracer resumes it).
+    pub(super) fn on_group_stop(
+        &mut self,
+        tid: i32,
+        sig: i32,
+        restarting: Option<Box<Entry>>,
+    ) -> Result<()> {
+        if self.ptrace.is_traced(tid) {
+            return self.ptrace_group_stop(tid, sig, restarting);
+        }
         tracing::debug!(tid, "group-stop: the task stays stopped until SIGCONT");
-        self.refuse_traced_group_stop(tid)?;
         let t = self.task(tid)?;
         t.boundary = None;
         t.state = State::GroupStopped(restarting);

@@ -233,10 +233,18 @@ impl Session {
                 .ptrace
                 .get_mut(tid)
                 .is_some_and(|r| std::mem::take(&mut r.interrupt));
-        let status = if interrupted {
-            emu::event_status(PTRACE_EVENT_STOP)
-        } else {
-            emu::stopped_status(sig)
+        let stop_sig = self.ptrace.get_mut(tid).and_then(|r| {
+            if sig == libc::SIGCONT {
+                // Its process's group-stop is over.
+                r.stop_sig = None;
+            }
+            r.stop_sig
+        });
+        let status = match (interrupted, stop_sig) {
+            // While its process is group-stopped, the kernel names the stop signal there.
+            (true, Some(stop)) => emu::stopped_status(stop | (PTRACE_EVENT_STOP << 8)),
+            (true, None) => emu::event_status(PTRACE_EVENT_STOP),
+            (false, _) => emu::stopped_status(sig),
         };
         self.ptrace_stop(tid, PtraceHeld::Signal(sig), status, info)?;
         self.send_again(tid, aside)
@@ -323,7 +331,7 @@ impl Session {
         if let Some(rel) = self.ptrace.get_mut(tid) {
             rel.mode = mode;
             info = rel.stop.take().map(|s| s.siginfo);
-            rel.in_syscall |= held.at == PtraceHeld::SyscallEntry;
+            rel.in_syscall |= held.at == PtraceHeld::SyscallEntry && rel.group_stop.is_none();
         }
         let step = mode == Mode::Step;
         self.writer.push(&Event::Ptrace(PtraceEvent {
@@ -351,6 +359,11 @@ impl Session {
         step: bool,
         info: Option<[u8; SIGINFO_SIZE]>,
     ) -> Result<()> {
+        let group_stop = self.ptrace.get_mut(tid).and_then(|r| r.group_stop.take());
+        if let Some(restarting) = group_stop {
+            // Resumed from its group-stop: it runs on despite it, as in the kernel.
+            return self.continue_stopped(tid, restarting);
+        }
         match at {
             PtraceHeld::SyscallEntry => {
                 self.task(tid)?.state = State::Running;

@@ -58,7 +58,7 @@ impl Session {
                 let ours = !resent && info.is_some_and(|i| is_ours(&i, me));
                 if info.is_none() {
                     // A group-stop: the task stays stopped until its process is continued.
-                    return self.on_group_stop(tid, Some(entry));
+                    return self.on_group_stop(tid, sig, Some(entry));
                 }
                 if ours {
                     // The recorder's SIGSTOP (suppressed): no signal is delivered, the kernel

@@ -20,7 +20,7 @@ impl Session {
             Ok(info) => info,
             Err(e) if tracee::gone::vanished_task(&e).is_some() => return Err(e),
             // A group-stop (no siginfo).
-            Err(_) => return self.on_group_stop(tid, None),
+            Err(_) => return self.on_group_stop(tid, sig, None),
         };
         let regs = t.tracee.regs()?;
         if sig == libc::SIGCHLD {

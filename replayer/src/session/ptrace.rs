@@ -74,6 +74,10 @@ impl Session {
                         "the task not held".into(),
                     ));
                 };
+                if std::mem::take(&mut self.task(tid)?.group_stopped) {
+                    // Resumed from the group-stop it is parked at: it runs on from there.
+                    return self.resume(tid, 0);
+                }
                 let sig = match at {
                     // Its syscall's event comes next, from where it stands (the replay already
                     // let a clone's syscall go on: nothing of the task's runs before it ends).

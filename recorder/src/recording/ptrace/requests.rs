@@ -98,12 +98,12 @@ impl Session {
                     None
                 };
                 let group_stopped = self.group_stopped(target);
+                self.ptrace.insert(target, rel);
                 if group_stopped {
                     // Already stopped by job control: the kernel makes it trap at once, and
                     // its tracer's wait reports that stop (see `job_control`).
-                    rel.stop = Some(Self::group_stop_report(seize));
+                    self.hold_group_stopped(target)?;
                 }
-                self.ptrace.insert(target, rel);
                 if !seize && !group_stopped {
                     self.send_attach_stop(target, pid, me)?;
                 }
@@ -149,6 +149,13 @@ impl Session {
             7 | 9 | 17 | 24 => {
                 // PTRACE_CONT, PTRACE_SINGLESTEP, PTRACE_DETACH, PTRACE_SYSCALL
                 let mine = self.ptrace.get(target).is_some_and(|r| r.tracer == me);
+                let held_in_group_stop = self
+                    .ptrace
+                    .get(target)
+                    .is_some_and(|r| r.group_stop.is_some());
+                if req == 17 && mine && held_in_group_stop {
+                    return Err(Self::detach_from_group_stop_unsupported(target));
+                }
                 if req == 17 && mine && self.group_stopped(target) {
                     // Detached, it stays in its group-stop, as in the kernel.
                     self.ptrace.remove(target);
@@ -171,6 +178,10 @@ impl Session {
                     self.ptrace.remove(target);
                 }
                 self.let_go(target, sig, mode)?;
+                Ok(Served::ok(0))
+            }
+            PTRACE_LISTEN if self.held_by(target, me).is_some() => {
+                self.ptrace_listen(target)?;
                 Ok(Served::ok(0))
             }
             PTRACE_LISTEN if self.ptrace.get(target).is_some_and(|r| r.tracer == me) => {

@@ -122,6 +122,7 @@ impl Session {
             return Ok(None);
         }
         let pid = self.task(tid)?.pid;
+        self.notice_sigcont(pid);
         let waitid = nr == libc::SYS_waitid as u64;
         let options = if waitid { args[3] } else { args[2] };
         let keep = waitid && options & WNOWAIT != 0;
