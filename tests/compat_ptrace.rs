@@ -73,12 +73,12 @@ fn unemulated_request_fails_cleanly() {
     let r = assert_replays_exactly(program("ptrace_unemulated"), &[]);
     assert_eq!(
         stdout_str(&r.rec),
-        "sysemu: -1 (Input/output error)\nkill: 0\nchild killed by signal 9\n"
+        "sysemu_singlestep: -1 (Input/output error)\nkill: 0\nchild killed by signal 9\n"
     );
     assert_stderr_mentions(
         "rec",
         &r.rec,
-        &["PTRACE_SYSEMU is not emulated inside a recording"],
+        &["PTRACE_SYSEMU_SINGLESTEP is not emulated inside a recording"],
     );
 }
 
@@ -195,5 +195,22 @@ fn gdb_runs_a_program_inside_a_recording() {
             "parent: thread saw its own process: yes",
             "exited normally",
         ],
+    );
+}
+
+/// `PTRACE_SYSEMU`: the child stops at a syscall's entry, which its tracer skips and answers
+/// itself (SETREGS); `PTRACE_SYSCALL` from such a stop shows the skipped call's exit.
+#[test]
+fn tracer_emulates_syscalls_with_sysemu() {
+    assert_replays_like_native(
+        program("ptrace_sysemu"),
+        &[],
+        0,
+        Some(
+            "entry stop: yes, syscall getpid\n\
+             entry stop: yes, syscall getppid\n\
+             exit stop: yes, skipped: yes\n\
+             child exited with 0\n",
+        ),
     );
 }

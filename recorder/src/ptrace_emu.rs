@@ -19,6 +19,8 @@ pub enum Mode {
     Syscall,
     /// `PTRACE_SINGLESTEP`: also after its next instruction.
     Step,
+    /// `PTRACE_SYSEMU`: also at the entry of its next syscall, which is then skipped.
+    Sysemu,
 }
 
 /// The emulated stop a tracee is in, as its tracer's `wait` reports it.

@@ -1,4 +1,4 @@
-/* A tracer asks for a request deja does not emulate (PTRACE_SYSEMU) on its stopped child,
+/* A tracer asks for a request deja does not emulate (PTRACE_SYSEMU_SINGLESTEP) on its stopped child,
  * reports how it failed, then kills the child with PTRACE_KILL. */
 #include <errno.h>
 #include <signal.h>
@@ -21,8 +21,8 @@ int main(void) {
   if (waitpid(child, &status, 0) != child || !WIFSTOPPED(status))
     return 1;
   errno = 0;
-  long r = ptrace(PTRACE_SYSEMU, child, 0, 0);
-  printf("sysemu: %ld (%s)\n", r, r ? strerror(errno) : "ok");
+  long r = ptrace(PTRACE_SYSEMU_SINGLESTEP, child, 0, 0);
+  printf("sysemu_singlestep: %ld (%s)\n", r, r ? strerror(errno) : "ok");
   if (r == 0 && (waitpid(child, &status, 0) != child || !WIFSTOPPED(status)))
     return 1;
   printf("kill: %ld\n", ptrace(PTRACE_KILL, child, 0, 0));

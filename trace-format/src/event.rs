@@ -485,6 +485,9 @@ pub enum PtraceHeld {
     /// Inside the `clone`/`fork`/`vfork` whose [`CloneEvent`] came before, which returns only
     /// after it is resumed (no user code runs meanwhile).
     CloneEvent,
+    /// At the entry of a syscall its tracer skips (`PTRACE_SYSEMU`): no event of that syscall
+    /// follows; resumed, the task runs on past it with the registers its tracer left.
+    SysemuEntry,
 }
 
 /// One emulated ptrace action on a traced task.

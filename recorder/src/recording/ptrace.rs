@@ -92,6 +92,11 @@ fn raw_ptrace(req: i64, pid: i32, addr: u64, data: u64) -> std::result::Result<i
     }
 }
 
+/// Whether a tracee resumed in `mode` stops at its syscalls' exits.
+fn mode_is_syscall(mode: Option<Mode>) -> bool {
+    mode == Some(Mode::Syscall)
+}
+
 /// The recorder's user id (the tracees').
 fn rel_uid() -> u32 {
     // SAFETY: getuid cannot fail.
@@ -125,6 +130,17 @@ impl Session {
     /// True if handled here.
     pub(super) fn ptrace_entry(&mut self, tid: i32, entry: &Regs) -> Result<bool> {
         if let Some(rel) = self.ptrace.get(tid) {
+            if rel.mode == Mode::Sysemu {
+                // The syscall is skipped whatever the tracer does next (see `ptrace_run_on`).
+                let status = rel.syscall_status();
+                self.ptrace_stop(
+                    tid,
+                    PtraceHeld::SysemuEntry,
+                    status,
+                    emu::trap_siginfo(status),
+                )?;
+                return Ok(true);
+            }
             if rel.mode == Mode::Syscall && !rel.in_syscall {
                 let status = rel.syscall_status();
                 self.ptrace_stop(
@@ -397,6 +413,24 @@ impl Session {
                 let t = self.task(tid)?;
                 t.state = State::InSyscall(entry);
                 t.tracee.cont_syscall(0)
+            }
+            PtraceHeld::SysemuEntry => {
+                // Skipped: the kernel returns to user code with the registers as they are.
+                let t = self.task(tid)?;
+                let mut r = t.tracee.regs()?;
+                r.orig_rax = u64::MAX;
+                t.tracee.set_regs(&r)?;
+                if mode_is_syscall(self.ptrace.get(tid).map(|r| r.mode)) {
+                    // PTRACE_SYSCALL from there: the (skipped) syscall's exit stop comes next.
+                    let status = self.ptrace.get(tid).map_or(0, |r| r.syscall_status());
+                    return self.ptrace_stop(
+                        tid,
+                        PtraceHeld::AfterEvent,
+                        status,
+                        emu::trap_siginfo(status),
+                    );
+                }
+                self.run_on(tid, r, step)
             }
             PtraceHeld::AfterEvent => {
                 if self.ptrace_stops_after_event(tid)? {

@@ -46,7 +46,7 @@ impl Session {
         let tid = e.tid;
         match &e.action {
             PtraceAction::Stop(at) => {
-                if *at == PtraceHeld::SyscallEntry {
+                if matches!(*at, PtraceHeld::SyscallEntry | PtraceHeld::SysemuEntry) {
                     let stop = self.parked(tid)?;
                     if stop != Stop::SeccompEntry {
                         let found = self.describe_stop(tid, stop);
@@ -84,6 +84,14 @@ impl Session {
                     PtraceHeld::SyscallEntry | PtraceHeld::CloneEvent => return Ok(()),
                     PtraceHeld::Signal(_) => *sig,
                     PtraceHeld::AfterEvent => 0,
+                    PtraceHeld::SysemuEntry => {
+                        // Its tracer skipped the syscall: it runs on past it.
+                        let t = self.tracee(tid)?;
+                        let mut r = t.regs()?;
+                        r.orig_rax = u64::MAX;
+                        t.set_regs(&r)?;
+                        0
+                    }
                 };
                 if *step {
                     self.ptrace_step(tid, sig)

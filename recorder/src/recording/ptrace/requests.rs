@@ -146,8 +146,8 @@ impl Session {
                     _ => Ok(Served::err(libc::ESRCH)),
                 }
             }
-            7 | 9 | 17 | 24 => {
-                // PTRACE_CONT, PTRACE_SINGLESTEP, PTRACE_DETACH, PTRACE_SYSCALL
+            7 | 9 | 17 | 24 | 31 => {
+                // PTRACE_CONT, PTRACE_SINGLESTEP, PTRACE_DETACH, PTRACE_SYSCALL, PTRACE_SYSEMU
                 let mine = self.ptrace.get(target).is_some_and(|r| r.tracer == me);
                 let held_in_group_stop = self
                     .ptrace
@@ -172,6 +172,7 @@ impl Session {
                 let mode = match req {
                     9 => Mode::Step,
                     24 => Mode::Syscall,
+                    31 => Mode::Sysemu,
                     _ => Mode::Cont,
                 };
                 if req == 17 {

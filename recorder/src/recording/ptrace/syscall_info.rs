@@ -51,7 +51,7 @@ impl SyscallStop {
             return SyscallStop::None;
         }
         match at {
-            PtraceHeld::SyscallEntry => SyscallStop::Entry,
+            PtraceHeld::SyscallEntry | PtraceHeld::SysemuEntry => SyscallStop::Entry,
             PtraceHeld::AfterEvent => SyscallStop::Exit,
             PtraceHeld::Signal(_) | PtraceHeld::CloneEvent => SyscallStop::None,
         }
