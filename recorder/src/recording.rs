@@ -160,15 +160,17 @@ impl Session {
         self.first_exec()?;
         loop {
             if self.current.is_none() {
+                if self.collect_pending()? {
+                    // Handling a stop gave a task the CPU.
+                    continue;
+                }
+                // Deaths collected so far come before the next task's event (a wait that
+                // reaped a task must not come before that task's end).
                 for e in std::mem::take(&mut self.exits) {
                     self.writer.push(&Event::Exit(e))?;
                 }
                 if self.tasks.is_empty() {
                     break;
-                }
-                if self.collect_pending()? || self.tasks.is_empty() {
-                    // A task got the CPU, or the last ones ended: look again.
-                    continue;
                 }
                 let scheduled = self.schedule_next();
                 if self.unless_vanished(scheduled)? {

@@ -37,6 +37,9 @@ pub fn sends_signal(nr: u64) -> bool {
     )
 }
 
+/// The command bits of a futex operation (without `FUTEX_PRIVATE_FLAG`, `FUTEX_CLOCK_REALTIME`).
+const FUTEX_CMD_MASK: u64 = !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME) as u64;
+
 /// Emulated syscalls the recorder runs while no other task runs: those that send a signal
 /// (see [`sends_signal`]), and the futex operations that never block (wakes, requeues, the PI
 /// unlock and trylock). The others may block, so other tasks run meanwhile, and their memory
@@ -46,7 +49,6 @@ pub fn sends_signal(nr: u64) -> bool {
 /// that unlocks a mutex (a `FUTEX_WAKE`) goes on running; handing the CPU to another task there
 /// is an interleaving a program pinned to one CPU never sees (rr's `sched_yield`).
 pub fn runs_exclusively(nr: u64, args: &[u64; 6]) -> bool {
-    const FUTEX_CMD_MASK: u64 = !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME) as u64;
     sends_signal(nr)
         || nr == 454 // futex_wake (not in libc yet)
         || (nr == libc::SYS_futex as u64
@@ -61,6 +63,25 @@ pub fn runs_exclusively(nr: u64, args: &[u64; 6]) -> bool {
                     | libc::FUTEX_WAKE_BITSET
                     | libc::FUTEX_CMP_REQUEUE_PI
             ))
+}
+
+/// Whether `futex(args)` waits on the word at `args[0]` (`FUTEX_WAIT`, `FUTEX_WAIT_BITSET`).
+pub fn futex_waits(nr: u64, args: &[u64; 6]) -> bool {
+    nr == libc::SYS_futex as u64
+        && matches!(
+            (args[1] & FUTEX_CMD_MASK) as i32,
+            libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET
+        )
+}
+
+/// Whether `futex(args)` wakes waiters of the word at `args[0]` (`FUTEX_WAKE`,
+/// `FUTEX_WAKE_BITSET`, `FUTEX_WAKE_OP`); its result is how many it woke.
+pub fn futex_wakes(nr: u64, args: &[u64; 6]) -> bool {
+    nr == libc::SYS_futex as u64
+        && matches!(
+            (args[1] & FUTEX_CMD_MASK) as i32,
+            libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET | libc::FUTEX_WAKE_OP
+        )
 }
 
 /// How a system call is handled in replay (and, for `Deny`/`Unsupported`, in recording).

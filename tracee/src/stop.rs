@@ -45,6 +45,25 @@ pub fn wait_any(on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> 
 /// `waitpid(pid or any, __WALL)` until a stop or an end is reported. The raw status is decoded
 /// here rather than by `nix`, whose decoding refuses realtime signals (`SIGRTMIN`..`SIGRTMAX`)
 /// with `EINVAL`.
+/// Waits for a stop of task `pid`, calling `on_idle` at every interruption of the wait (a
+/// timer signal); `on_idle` ends the wait by returning false (`None`: no stop came).
+pub fn wait_for_until(pid: Pid, on_idle: &mut dyn FnMut() -> bool) -> Result<Option<Stop>> {
+    let gave_up = std::cell::Cell::new(false);
+    let waited = wait(Some(pid), &mut || {
+        if on_idle() {
+            Ok(())
+        } else {
+            gave_up.set(true);
+            anyhow::bail!("gave up waiting")
+        }
+    });
+    match waited {
+        Ok((_, stop)) => Ok(Some(stop)),
+        Err(_) if gave_up.get() => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("waiting for task {pid}")),
+    }
+}
+
 /// A stop of any traced task that is already pending, without blocking (`WNOHANG`); `None`
 /// when no task has one.
 pub fn poll_any() -> Result<Option<(Pid, Stop)>> {

@@ -8,15 +8,20 @@ use trace_format::{Echoed, Event, SyscallEvent};
 use tracee::forced_segv::KERNEL_SIGACTION;
 use tracee::{regs, Regs, Stop};
 
-use crate::echo::{self};
+use crate::echo;
 use crate::emulated;
 use crate::ioctls::ioctl_warning;
 use crate::memory::TraceeMemory;
 use crate::own_filters;
 use crate::remote_memory;
+use crate::session::set_ticks_blocked;
 use crate::task::{Entry, State};
 
 use super::{capture, Session, THREAD_EXEC};
+
+/// Most timer ticks the recorder waits for the tasks a futex wake woke to stop (see
+/// `Session::settle_woken`).
+const SETTLE_TICKS: u32 = 3;
 
 impl Session {
     /// The entry of a syscall by the running task `tid`.
@@ -189,6 +194,52 @@ impl Session {
         Ok(())
     }
 
+    /// At the exit of `waker`'s futex wake, which keeps the CPU: when it woke every task of
+    /// its address space waiting on that word (its result is at least their number), waits
+    /// (at most [`SETTLE_TICKS`] timer ticks) for each of them to stop at the end of its wait,
+    /// so they queue for the CPU before the waker runs on. Natively, a woken thread is
+    /// runnable at once, and the waker's next `sched_yield` gives it the CPU; here it is still
+    /// on its way out of the kernel, and the recorder would not know it is ready yet.
+    fn settle_woken(&mut self, waker: i32, entry: &Entry) -> Result<()> {
+        let (nr, args) = (entry.ev.nr, entry.ev.args);
+        if !syscalls::futex_wakes(nr, &args) {
+            return Ok(());
+        }
+        let t = self.task(waker)?;
+        let (woken, mm) = (t.tracee.regs()?.rax as i64, t.mm);
+        let waiting: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(&o, task)| {
+                o != waker
+                    && task.mm == mm
+                    && matches!(&task.state, State::InSyscall(e)
+                        if syscalls::futex_waits(e.ev.nr, &e.ev.args) && e.ev.args[0] == args[0])
+            })
+            .map(|(&o, _)| o)
+            .collect();
+        if waiting.is_empty() || waiting.len() as i64 > woken {
+            return Ok(());
+        }
+        for o in waiting {
+            let mut ticks = 0;
+            set_ticks_blocked(false);
+            let stop = tracee::stop::wait_for_until(Pid::from_raw(o), &mut || {
+                ticks += 1;
+                ticks < SETTLE_TICKS
+            });
+            set_ticks_blocked(true);
+            match stop? {
+                Some(stop) => {
+                    let handled = self.dispatch(o, stop);
+                    self.unless_vanished(handled)?;
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
     /// `prctl(PR_GET_TSC | PR_SET_TSC | PR_GET_SECCOMP)` (answered from the program's own
     /// setting, see `tsc_mode.rs`) or a call through the vsyscall page, at its entry: the
     /// recorder answers it and the kernel skips it.
@@ -231,7 +282,10 @@ impl Session {
                 let r = t.tracee.regs()?;
                 self.resume(tid, r)
             }
-            Stop::SyscallStop if entry.exclusive => self.finish_syscall(tid, *entry),
+            Stop::SyscallStop if entry.exclusive => {
+                self.settle_woken(tid, &entry)?;
+                self.finish_syscall(tid, *entry)
+            }
             Stop::SyscallStop => {
                 t.state = State::ReadyAfter(entry);
                 self.ready.push_back(tid);
