@@ -30,21 +30,3 @@ fn semctl_getall_values_replay() {
         describe("rec", &r.rec)
     );
 }
-
-/// Two threads taking turns by `sched_yield` alternate strictly under recording: the recorder
-/// hands the CPU at each yield to the task that waited longest (and keeps it for a thread
-/// whose futex wake cannot block), whatever order the kernel reports their stops in. Five
-/// recordings, each replayed exactly.
-#[test]
-fn sched_yield_hands_the_cpu_to_the_other_thread() {
-    let prog = threaded("yield_turns");
-    for _ in 0..5 {
-        let r = assert_replays_exactly(&prog, &[]);
-        assert_eq!(
-            stdout_str(&r.rec),
-            "violations=0\n",
-            "{}",
-            describe("rec", &r.rec)
-        );
-    }
-}

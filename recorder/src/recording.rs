@@ -160,12 +160,6 @@ impl Session {
         self.first_exec()?;
         loop {
             if self.current.is_none() {
-                if self.collect_pending()? {
-                    // Handling a stop gave a task the CPU.
-                    continue;
-                }
-                // Deaths collected so far come before the next task's event (a wait that
-                // reaped a task must not come before that task's end).
                 for e in std::mem::take(&mut self.exits) {
                     self.writer.push(&Event::Exit(e))?;
                 }
@@ -194,23 +188,6 @@ impl Session {
         }
         self.root_status
             .context("the initial process ended without a reported status")
-    }
-
-    /// Before the CPU is given out: handles every stop that is already pending, so that each
-    /// task that has stopped is in the ready FIFO. `waitpid(-1)` reports pending stops in the
-    /// order of the task list, not in the order they happened, so a task that stops often
-    /// (yielding, say) would otherwise have its stop collected first every time, and keep the
-    /// CPU from a task whose stop has waited all along. True if handling a stop gave the CPU to
-    /// a task.
-    fn collect_pending(&mut self) -> Result<bool> {
-        while self.current.is_none() {
-            let Some((pid, stop)) = tracee::stop::poll_any()? else {
-                return Ok(false);
-            };
-            let handled = self.dispatch(pid.as_raw(), stop);
-            self.unless_vanished(handled)?;
-        }
-        Ok(true)
     }
 
     /// Waits for any task; at each timer tick while it waits, writes out buffered events now

@@ -65,25 +65,6 @@ pub fn runs_exclusively(nr: u64, args: &[u64; 6]) -> bool {
             ))
 }
 
-/// Whether `futex(args)` waits on the word at `args[0]` (`FUTEX_WAIT`, `FUTEX_WAIT_BITSET`).
-pub fn futex_waits(nr: u64, args: &[u64; 6]) -> bool {
-    nr == libc::SYS_futex as u64
-        && matches!(
-            (args[1] & FUTEX_CMD_MASK) as i32,
-            libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET
-        )
-}
-
-/// Whether `futex(args)` wakes waiters of the word at `args[0]` (`FUTEX_WAKE`,
-/// `FUTEX_WAKE_BITSET`, `FUTEX_WAKE_OP`); its result is how many it woke.
-pub fn futex_wakes(nr: u64, args: &[u64; 6]) -> bool {
-    nr == libc::SYS_futex as u64
-        && matches!(
-            (args[1] & FUTEX_CMD_MASK) as i32,
-            libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET | libc::FUTEX_WAKE_OP
-        )
-}
-
 /// How a system call is handled in replay (and, for `Deny`/`Unsupported`, in recording).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {

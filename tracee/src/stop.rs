@@ -45,49 +45,6 @@ pub fn wait_any(on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> 
 /// `waitpid(pid or any, __WALL)` until a stop or an end is reported. The raw status is decoded
 /// here rather than by `nix`, whose decoding refuses realtime signals (`SIGRTMIN`..`SIGRTMAX`)
 /// with `EINVAL`.
-/// Waits for a stop of task `pid`, calling `on_idle` at every interruption of the wait (a
-/// timer signal); `on_idle` ends the wait by returning false (`None`: no stop came).
-pub fn wait_for_until(pid: Pid, on_idle: &mut dyn FnMut() -> bool) -> Result<Option<Stop>> {
-    let gave_up = std::cell::Cell::new(false);
-    let waited = wait(Some(pid), &mut || {
-        if on_idle() {
-            Ok(())
-        } else {
-            gave_up.set(true);
-            anyhow::bail!("gave up waiting")
-        }
-    });
-    match waited {
-        Ok((_, stop)) => Ok(Some(stop)),
-        Err(_) if gave_up.get() => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("waiting for task {pid}")),
-    }
-}
-
-/// A stop of any traced task that is already pending, without blocking (`WNOHANG`); `None`
-/// when no task has one.
-pub fn poll_any() -> Result<Option<(Pid, Stop)>> {
-    loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: waitpid stores one int at `status`, a local that outlives the call.
-        let who = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WNOHANG) };
-        if who < 0 {
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::ECHILD) => return Ok(None),
-                _ => return Err(err).context("polling the traced tasks"),
-            }
-        }
-        if who == 0 {
-            return Ok(None);
-        }
-        if let Some(stop) = decode(status) {
-            return Ok(Some((Pid::from_raw(who), stop)));
-        }
-    }
-}
-
 fn wait(pid: Option<Pid>, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> {
     let target = pid.map_or(-1, Pid::as_raw);
     loop {

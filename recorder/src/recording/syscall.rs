@@ -14,14 +14,9 @@ use crate::ioctls::ioctl_warning;
 use crate::memory::TraceeMemory;
 use crate::own_filters;
 use crate::remote_memory;
-use crate::session::set_ticks_blocked;
 use crate::task::{Entry, State};
 
 use super::{capture, Session, THREAD_EXEC};
-
-/// Most timer ticks the recorder waits for the tasks a futex wake woke to stop (see
-/// `Session::settle_woken`).
-const SETTLE_TICKS: u32 = 3;
 
 impl Session {
     /// The entry of a syscall by the running task `tid`.
@@ -81,9 +76,6 @@ impl Session {
             || emulated::is_vsyscall(entry.rip)
         {
             return self.emulate_in_recorder(tid, entry, ev);
-        }
-        if nr == libc::SYS_sched_yield as u64 {
-            return self.yield_cpu(tid, entry, ev);
         }
         match replay {
             Replay::Unsupported(_) => {
@@ -171,75 +163,6 @@ impl Session {
         }
     }
 
-    /// `sched_yield` at its entry: the task gives the CPU to the task that has waited longest
-    /// for it, as the kernel does between tasks pinned to one CPU. The call is skipped (it
-    /// returns 0) and the task queues for the CPU behind the others; its event is written when
-    /// it gets the CPU back. Running it in the kernel instead let the yielding task win the
-    /// CPU back whenever its exit stop was reported before the other task's (rr's
-    /// `sched_yield` expects strict alternation between two yielding threads).
-    pub(super) fn yield_cpu(&mut self, tid: i32, entry: Regs, ev: SyscallEvent) -> Result<()> {
-        let mut r = entry;
-        r.orig_rax = u64::MAX;
-        r.rax = 0;
-        let t = self.task(tid)?;
-        t.tracee.set_regs(&r)?;
-        t.state = State::ReadyAfter(Box::new(Entry {
-            ev,
-            replay: Replay::Emulate,
-            exclusive: false,
-            exec_done: false,
-        }));
-        self.ready.push_back(tid);
-        self.current = None;
-        Ok(())
-    }
-
-    /// At the exit of `waker`'s futex wake, which keeps the CPU: when it woke every task of
-    /// its address space waiting on that word (its result is at least their number), waits
-    /// (at most [`SETTLE_TICKS`] timer ticks) for each of them to stop at the end of its wait,
-    /// so they queue for the CPU before the waker runs on. Natively, a woken thread is
-    /// runnable at once, and the waker's next `sched_yield` gives it the CPU; here it is still
-    /// on its way out of the kernel, and the recorder would not know it is ready yet.
-    fn settle_woken(&mut self, waker: i32, entry: &Entry) -> Result<()> {
-        let (nr, args) = (entry.ev.nr, entry.ev.args);
-        if !syscalls::futex_wakes(nr, &args) {
-            return Ok(());
-        }
-        let t = self.task(waker)?;
-        let (woken, mm) = (t.tracee.regs()?.rax as i64, t.mm);
-        let waiting: Vec<i32> = self
-            .tasks
-            .iter()
-            .filter(|(&o, task)| {
-                o != waker
-                    && task.mm == mm
-                    && matches!(&task.state, State::InSyscall(e)
-                        if syscalls::futex_waits(e.ev.nr, &e.ev.args) && e.ev.args[0] == args[0])
-            })
-            .map(|(&o, _)| o)
-            .collect();
-        if waiting.is_empty() || waiting.len() as i64 > woken {
-            return Ok(());
-        }
-        for o in waiting {
-            let mut ticks = 0;
-            set_ticks_blocked(false);
-            let stop = tracee::stop::wait_for_until(Pid::from_raw(o), &mut || {
-                ticks += 1;
-                ticks < SETTLE_TICKS
-            });
-            set_ticks_blocked(true);
-            match stop? {
-                Some(stop) => {
-                    let handled = self.dispatch(o, stop);
-                    self.unless_vanished(handled)?;
-                }
-                None => break,
-            }
-        }
-        Ok(())
-    }
-
     /// `prctl(PR_GET_TSC | PR_SET_TSC | PR_GET_SECCOMP)` (answered from the program's own
     /// setting, see `tsc_mode.rs`) or a call through the vsyscall page, at its entry: the
     /// recorder answers it and the kernel skips it.
@@ -282,10 +205,7 @@ impl Session {
                 let r = t.tracee.regs()?;
                 self.resume(tid, r)
             }
-            Stop::SyscallStop if entry.exclusive => {
-                self.settle_woken(tid, &entry)?;
-                self.finish_syscall(tid, *entry)
-            }
+            Stop::SyscallStop if entry.exclusive => self.finish_syscall(tid, *entry),
             Stop::SyscallStop => {
                 t.state = State::ReadyAfter(entry);
                 self.ready.push_back(tid);
