@@ -46,8 +46,14 @@ fn dense(extents: &[(u64, u64)], size: u64) -> bool {
 
 /// Copies `from` (of `size` bytes) into the empty file `to`, leaving its holes as holes.
 pub fn copy(from: &File, to: &File, size: u64) -> io::Result<()> {
+    copy_extents(from, to, &data_extents(from, size))?;
+    to.set_len(size)
+}
+
+/// Copies the bytes of `extents` (offset, length) of `from` to the same offsets of `to`.
+fn copy_extents(from: &File, to: &File, extents: &[(u64, u64)]) -> io::Result<()> {
     let mut buf = vec![0u8; STEP];
-    for (off, len) in data_extents(from, size) {
+    for &(off, len) in extents {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(STEP as u64) as usize;
@@ -60,7 +66,7 @@ pub fn copy(from: &File, to: &File, size: u64) -> io::Result<()> {
             done += got as u64;
         }
     }
-    to.set_len(size)
+    Ok(())
 }
 
 /// Makes the content of `to` that of `from` (of `size` bytes) in place: the gaps between
@@ -86,20 +92,7 @@ pub fn overwrite(from: &File, to: &File, size: u64) -> io::Result<()> {
             punch(to, start, end - start)?;
         }
     }
-    let mut buf = vec![0u8; STEP];
-    for (off, len) in extents {
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(STEP as u64) as usize;
-            let chunk = buf.get_mut(..n).unwrap_or_default();
-            let got = from.read_at(chunk, off + done)?;
-            if got == 0 {
-                break;
-            }
-            to.write_all_at(chunk.get(..got).unwrap_or_default(), off + done)?;
-            done += got as u64;
-        }
-    }
+    copy_extents(from, to, &extents)?;
     to.set_len(size)
 }
 

@@ -130,25 +130,15 @@ impl Session {
     /// True if handled here.
     pub(super) fn ptrace_entry(&mut self, tid: i32, entry: &Regs) -> Result<bool> {
         if let Some(rel) = self.ptrace.get(tid) {
-            if rel.mode == Mode::Sysemu {
+            let held = match rel.mode {
                 // The syscall is skipped whatever the tracer does next (see `ptrace_run_on`).
+                Mode::Sysemu => Some(PtraceHeld::SysemuEntry),
+                Mode::Syscall if !rel.in_syscall => Some(PtraceHeld::SyscallEntry),
+                _ => None,
+            };
+            if let Some(held) = held {
                 let status = rel.syscall_status();
-                self.ptrace_stop(
-                    tid,
-                    PtraceHeld::SysemuEntry,
-                    status,
-                    emu::trap_siginfo(status),
-                )?;
-                return Ok(true);
-            }
-            if rel.mode == Mode::Syscall && !rel.in_syscall {
-                let status = rel.syscall_status();
-                self.ptrace_stop(
-                    tid,
-                    PtraceHeld::SyscallEntry,
-                    status,
-                    emu::trap_siginfo(status),
-                )?;
+                self.ptrace_stop(tid, held, status, emu::trap_siginfo(status))?;
                 return Ok(true);
             }
         }
