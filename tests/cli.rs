@@ -284,3 +284,23 @@ fn trace_permissions() {
     let latest = ctx.latest_trace().expect("latest-trace");
     assert_owner_only(&latest);
 }
+
+/// `DEJA_LOG=debug` logs to stderr, without colour codes when stderr is not a terminal (here,
+/// a pipe).
+#[test]
+fn logs_have_no_colour_codes_in_a_pipe() {
+    let ctx = Ctx::new();
+    let out = ctx
+        .deja()
+        .env("DEJA_LOG", "debug")
+        .arg("rec")
+        .arg(program("exit3"))
+        .output()
+        .expect("run deja rec");
+    let stderr = stderr_str(&out);
+    assert!(stderr.contains(" INFO "), "no log: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr}"
+    );
+}
