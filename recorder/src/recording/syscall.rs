@@ -278,10 +278,13 @@ impl Session {
                 .extend(capture(writer, &t.tracee, region.addr, region.len)?);
         }
         if let Some(path) = effects.after_syscall(files, writer, &t.tracee, &call, &mut ev)? {
-            if warned.insert(hash_path(&path)) {
+            // Once per recording: a program using POSIX semaphores or shared memory maps one
+            // file under /dev/shm per object (python's multiprocessing, several per Pool).
+            if warned.insert(SHARED_MAPPING_WARNING) {
                 eprintln!(
                     "deja: warning: {path} is mapped shared: changes other processes outside the \
-                     recording make to it are not recorded, so the replay may differ"
+                     recording make to it are not recorded, so the replay may differ (said \
+                     once; later shared mappings are not named)"
                 );
             }
         }
@@ -299,10 +302,6 @@ impl Session {
     }
 }
 
-/// A warning key for a path (apart from syscall numbers and ioctl requests).
-fn hash_path(path: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    path.hash(&mut h);
-    h.finish() | (1 << 63)
-}
+/// The warning key of the shared-mapping warning (apart from syscall numbers, below 1024, and
+/// the ioctl and ptrace request keys, below 3 << 32).
+const SHARED_MAPPING_WARNING: u64 = 1 << 63;
