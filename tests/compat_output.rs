@@ -9,45 +9,9 @@ mod common;
 use std::ffi::OsStr;
 use std::path::Path;
 
+use common::rewrite::rewrite_trace;
 use common::*;
-use trace_format::{Data, Event, MemWrite, TraceReader, TraceWriter};
-
-/// The memory writes of an event, to copy their blobs into a rewritten trace.
-fn writes_mut(ev: &mut Event) -> &mut [MemWrite] {
-    match ev {
-        Event::Syscall(e) => &mut e.writes,
-        Event::Clone(e) => &mut e.writes,
-        Event::Start(e) => &mut e.writes,
-        _ => &mut [],
-    }
-}
-
-/// Copies the complete trace `src` into the new directory `dst`, letting `edit` change each
-/// event (with its index) on the way.
-fn rewrite_trace(src: &Path, dst: &Path, mut edit: impl FnMut(usize, &mut Event)) {
-    let reader = TraceReader::open(src).expect("open the trace to rewrite");
-    let meta = reader.meta().clone();
-    let exit = meta.exit.expect("the trace to rewrite is complete");
-    let mut writer = TraceWriter::create(dst, &meta).expect("create the rewritten trace");
-    for (file, _how) in reader.stored_files().expect("list the stored files") {
-        let path = reader.file_path(&file).expect("a stored file");
-        writer
-            .store_file(&path, &file.path)
-            .expect("store a file in the rewritten trace");
-    }
-    for (i, ev) in reader.events().expect("read the events").enumerate() {
-        let mut ev = ev.expect("read an event");
-        for w in writes_mut(&mut ev) {
-            if matches!(w.data, Data::Blob { .. }) {
-                let bytes = reader.read_data(&w.data).expect("read a blob");
-                w.data = writer.data(&bytes).expect("write a blob");
-            }
-        }
-        edit(i, &mut ev);
-        writer.push(&ev).expect("write an event");
-    }
-    writer.finish(exit).expect("finish the rewritten trace");
-}
+use trace_format::Event;
 
 fn dump(ctx: &Ctx, trace: &Path) -> String {
     let out = ctx.run_deja(&[OsStr::new("dump"), trace.as_os_str()]);

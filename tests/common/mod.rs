@@ -8,6 +8,8 @@
 //!   recorder or replayer (or an orphaned tracee) fails the test instead of hanging the suite.
 #![allow(dead_code)]
 
+pub mod rewrite;
+
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
