@@ -81,19 +81,9 @@ impl SignalState {
 
     /// Reads a task's state from `/proc/PID/status` (`SigBlk`, `SigIgn`).
     pub fn of_task(pid: Pid) -> Result<Self> {
-        let path = format!("/proc/{pid}/status");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let field = |name: &str| -> Result<u64> {
-            let line = text
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .with_context(|| format!("{path} has no {name}"))?;
-            u64::from_str_radix(line.trim(), 16)
-                .with_context(|| format!("parsing {name} in {path}"))
-        };
         Ok(SignalState {
-            blocked: field("SigBlk:")?,
-            ignored: field("SigIgn:")?,
+            blocked: crate::tracee::signal_set(pid, "SigBlk")?,
+            ignored: crate::tracee::signal_set(pid, "SigIgn")?,
         })
     }
 

@@ -138,16 +138,9 @@ impl Tracee {
         Ok(())
     }
 
-    /// One of the task's signal sets as `/proc/TID/status` shows it (`field` is e.g. `"SigBlk"`,
-    /// `"SigCgt"`, `"SigIgn"`): bit `n - 1` stands for signal `n`.
+    /// One of the task's signal sets as `/proc/TID/status` shows it (see [`signal_set`]).
     pub fn signal_set(&self, field: &str) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.pid);
-        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .with_context(|| format!("no {field} in {path}"))
+        signal_set(self.pid, field)
     }
 
     /// The `siginfo_t` of the signal the task is stopped for, as raw bytes.
@@ -308,4 +301,16 @@ fn open_mem(pid: Pid) -> Result<File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {path}"))
+}
+
+/// One of task `tid`'s signal sets as `/proc/TID/status` shows it (`field` is e.g. `"SigBlk"`,
+/// `"SigCgt"`, `"SigIgn"`, `"SigPnd"`): bit `n - 1` stands for signal `n`.
+pub fn signal_set(tid: Pid, field: &str) -> Result<u64> {
+    let path = format!("/proc/{tid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .with_context(|| format!("no {field} in {path}"))
 }

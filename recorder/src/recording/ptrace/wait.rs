@@ -33,13 +33,7 @@ fn wait_selector(nr: u64, args: &[u64; 6]) -> Option<Selector> {
 
 /// Whether thread `tid` blocks `SIGCHLD` (`SigBlk` of `/proc/TID/status`; true if unknown).
 fn sigchld_blocked(tid: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return true;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigBlk:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    tracee::tracee::signal_set(nix::unistd::Pid::from_raw(tid), "SigBlk")
         .map_or(true, |mask| mask & (1 << (libc::SIGCHLD - 1)) != 0)
 }
 
