@@ -1,0 +1,210 @@
+//! The binary interface between deja (recorder and replayer) and the in-process library: fixed
+//! addresses, the layout of the library's configuration, of each thread's slot and of the
+//! records in a slot's buffer. This one file is compiled into both sides (the host crate with
+//! `#[path]`, the `no_std` library likewise), so they cannot disagree.
+//!
+//! All structures are `#[repr(C)]` and hold only integers: both sides read and write them as
+//! plain little-endian words.
+
+/// Where the library's image is loaded in every recorded (and replayed) process. Fixed, so
+/// that the seccomp filter, installed before the program's first `execve`, can allow the
+/// library's own `syscall` instruction by its address (`seccomp_data.instruction_pointer`).
+/// Far from where Linux puts programs (`0x5555_5555_4000`, `0x40_0000`), their heap, and
+/// `mmap`s (downwards from below the stack, `0x7fff_f7ff_f000` without randomization).
+pub const LIB_BASE: u64 = 0x7000_0000_0000;
+
+/// Most bytes the library's image may span (text, data, bss), from [`LIB_BASE`].
+pub const LIB_MAX_SIZE: u64 = 0x10_0000;
+
+/// Where the threads' slots start: one [`SLOT_SIZE`] region per slot, [`MAX_SLOTS`] of them.
+pub const SLOTS_BASE: u64 = LIB_BASE + LIB_MAX_SIZE;
+
+/// Slots per process. Slot 0 is never given to a thread as its own: it is permanently
+/// [`SLOT_DISABLED`], and threads beyond the others get it (their syscalls take the traced
+/// path).
+pub const MAX_SLOTS: u64 = 64;
+
+/// Offset in a slot of the library's `fxsave64` area (512 bytes, 16-byte aligned).
+pub const FXSAVE_OFF: u64 = 512;
+/// Offset in a slot of the library's stack (grows down from [`STACK_OFF`] + [`STACK_SIZE`]).
+pub const STACK_OFF: u64 = 4096;
+/// Size of a slot's stack.
+pub const STACK_SIZE: u64 = 16384;
+/// Offset in a slot of its record buffer.
+pub const BUF_OFF: u64 = STACK_OFF + STACK_SIZE;
+/// Size of a slot's record buffer.
+pub const BUF_SIZE: u64 = 65536;
+/// Size of one slot (a multiple of the page size).
+pub const SLOT_SIZE: u64 = BUF_OFF + BUF_SIZE;
+
+/// End of the whole fast-path region (library and slots): `[LIB_BASE, REGION_END)`.
+pub const REGION_END: u64 = SLOTS_BASE + MAX_SLOTS * SLOT_SIZE;
+
+/// [`SlotHeader::magic`] of a slot set up by deja.
+pub const SLOT_MAGIC: u64 = 0x6675_625f_616a_6564; // "deja_buf"
+/// [`Config::magic`] once deja has written the configuration.
+pub const CONFIG_MAGIC: u64 = 0x6766_635f_616a_6564; // "deja_cfg"
+
+/// [`Config::mode`]: every syscall takes the traced path.
+pub const MODE_OFF: u64 = 0;
+/// [`Config::mode`]: recording: buffered syscalls run in the library and are logged.
+pub const MODE_RECORD: u64 = 1;
+/// [`Config::mode`]: replaying: buffered syscalls are answered from the records deja placed.
+pub const MODE_REPLAY: u64 = 2;
+
+/// [`SlotHeader::flags`] bit: this slot's thread takes the traced path for every syscall
+/// (slot 0, a thread traced by an emulated tracer).
+pub const SLOT_DISABLED: u64 = 1;
+
+/// Syscall numbers [`Config::specs`] covers: `0..MAX_NR`.
+pub const MAX_NR: usize = 512;
+
+/// [`Spec::probe`]: not buffered: always the traced path.
+pub const PROBE_NONE: u8 = 0;
+/// [`Spec::probe`]: cannot block; runs as it is (`fstat`, `clock_gettime`, `getpid`, ...).
+pub const PROBE_DIRECT: u8 = 1;
+/// [`Spec::probe`]: `read(fd, buf, n)`, run as `preadv2(fd, {buf, n}, 1, -1, RWF_NOWAIT)`.
+pub const PROBE_READ: u8 = 2;
+/// [`Spec::probe`]: `pread64(fd, buf, n, off)`, run as `preadv2(fd, {buf, n}, 1, off,
+/// RWF_NOWAIT)`; a negative `off` takes the traced path.
+pub const PROBE_PREAD: u8 = 3;
+/// [`Spec::probe`]: `readv(fd, iov, cnt)`, run as `preadv2(fd, iov, cnt, -1, RWF_NOWAIT)`.
+pub const PROBE_READV: u8 = 4;
+
+/// [`OutSpec::kind`]: unused.
+pub const OUT_NONE: u8 = 0;
+/// [`OutSpec::kind`]: `size` bytes at the address in argument `arg` (skipped when it is 0).
+pub const OUT_FIXED: u8 = 1;
+/// [`OutSpec::kind`]: `result` bytes at the address in argument `arg` (when `result` > 0).
+pub const OUT_RET: u8 = 2;
+/// [`OutSpec::kind`]: `result` bytes scattered over the iovec array at argument `arg`, of
+/// `count_arg` entries (when `result` > 0).
+pub const OUT_IOV: u8 = 3;
+
+/// One memory output of a buffered syscall, written only when the call succeeds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutSpec {
+    /// `OUT_*`.
+    pub kind: u8,
+    /// Argument index (0..=5) holding the address.
+    pub arg: u8,
+    /// For [`OUT_IOV`]: argument index holding the iovec count.
+    pub count_arg: u8,
+    /// Padding.
+    pub pad: u8,
+    /// For [`OUT_FIXED`]: the size in bytes.
+    pub size: u32,
+}
+
+/// How one syscall number is buffered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spec {
+    /// `PROBE_*`.
+    pub probe: u8,
+    /// Padding.
+    pub pad: [u8; 7],
+    /// What it writes on success (unused entries are [`OUT_NONE`]).
+    pub outs: [OutSpec; 2],
+}
+
+/// The library's configuration, at its exported symbol `deja_config`, written by deja when it
+/// loads the library (before the program runs any code).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Config {
+    /// [`CONFIG_MAGIC`].
+    pub magic: u64,
+    /// `MODE_*`.
+    pub mode: u64,
+    /// Per syscall number below [`MAX_NR`].
+    pub specs: [Spec; MAX_NR],
+}
+
+/// The start of each slot (a thread's `gs` base points at it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotHeader {
+    /// The slot's own address: the hook checks `gs:[0]` against it.
+    pub self_addr: u64,
+    /// [`SLOT_MAGIC`].
+    pub magic: u64,
+    /// Buffered syscalls this slot's thread completed (both modes): part of a point's state.
+    pub seq: u64,
+    /// Recording: bytes of records in the buffer. Replaying: bytes of records placed.
+    pub used: u64,
+    /// Replaying: bytes of records consumed.
+    pub pos: u64,
+    /// Non-zero while the hook runs in this thread (a nested call takes the traced path).
+    pub locked: u64,
+    /// Replaying: 0, or 1 + the byte offset of the record the program's call did not match
+    /// (the call then took the traced path, where the replayer reports the divergence).
+    pub diverged: u64,
+    /// The program's `rsp` when the hook switched to the slot's stack: `[saved_rsp]` holds the
+    /// program's flags and `[saved_rsp + 8]` the return address into the stub.
+    pub saved_rsp: u64,
+    /// Top of the slot's stack (16-byte aligned).
+    pub stack_top: u64,
+    /// `SLOT_*` flags.
+    pub flags: u64,
+    /// Recording: records in the buffer. Replaying: records consumed.
+    pub calls: u64,
+    /// Set by the recorder when it interrupted the library's own (untraced) syscall because it
+    /// blocked: the library clears it and makes the call again on the traced path.
+    pub interrupted: u64,
+}
+
+/// Byte offsets of [`SlotHeader`] fields, for the hook's assembly and the host side.
+pub const OFF_SELF: u64 = 0;
+/// Offset of [`SlotHeader::seq`].
+pub const OFF_SEQ: u64 = 16;
+/// Offset of [`SlotHeader::used`].
+pub const OFF_USED: u64 = 24;
+/// Offset of [`SlotHeader::pos`].
+pub const OFF_POS: u64 = 32;
+/// Offset of [`SlotHeader::locked`].
+pub const OFF_LOCKED: u64 = 40;
+/// Offset of [`SlotHeader::diverged`].
+pub const OFF_DIVERGED: u64 = 48;
+/// Offset of [`SlotHeader::saved_rsp`].
+pub const OFF_SAVED_RSP: u64 = 56;
+/// Offset of [`SlotHeader::stack_top`].
+pub const OFF_STACK_TOP: u64 = 64;
+/// Offset of [`SlotHeader::flags`].
+pub const OFF_FLAGS: u64 = 72;
+/// Offset of [`SlotHeader::calls`].
+pub const OFF_CALLS: u64 = 80;
+
+/// Offset of [`SlotHeader::interrupted`].
+pub const OFF_INTERRUPTED: u64 = 88;
+
+/// The head of one record in a slot's buffer, followed by `nwrites` writes, each an
+/// `addr: u64`, a `len: u64` and `len` bytes padded to a multiple of 8. `size` covers it all
+/// and is a multiple of 8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordHead {
+    /// Bytes of the whole record.
+    pub size: u32,
+    /// Syscall number.
+    pub nr: u32,
+    /// The six argument registers (rdi, rsi, rdx, r10, r8, r9).
+    pub args: [u64; 6],
+    /// The result (`-errno` on failure).
+    pub result: i64,
+    /// Number of memory writes that follow.
+    pub nwrites: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
+/// Size of [`RecordHead`].
+pub const RECORD_HEAD_SIZE: u64 = 72;
+/// Size of the head of one write (`addr`, `len`).
+pub const WRITE_HEAD_SIZE: u64 = 16;
+
+/// The address of slot `i`.
+pub const fn slot_addr(i: u64) -> u64 {
+    SLOTS_BASE + i * SLOT_SIZE
+}
