@@ -5,3 +5,4 @@
 
 #[path = "../abi.rs"]
 pub mod abi;
+pub mod specs;

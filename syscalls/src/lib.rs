@@ -12,11 +12,13 @@
 
 use std::borrow::Cow;
 
+mod buffered;
 mod clone;
 mod ioctl;
 mod table;
 mod written;
 
+pub use buffered::{buffered, Probe};
 pub use clone::{clone_args, CloneArgs};
 pub use ioctl::{ioctl_model, IoctlModel};
 pub use table::TABLE;

@@ -932,3 +932,26 @@ fn setsockopt_ipt_replace_writes_the_counters() {
     );
     assert!(out_regions(&replace(libc::SOL_SOCKET), &mem).is_empty());
 }
+
+/// Every buffered syscall is emulated in replay and writes nothing on failure: a buffered
+/// record is its result and, on success, the memory its outputs name.
+#[test]
+fn buffered_calls_are_emulated_and_write_only_on_success() {
+    for nr in 0..1024u64 {
+        let Some((probe, bound)) = crate::buffered(nr) else {
+            continue;
+        };
+        let def = crate::lookup(nr).expect("a buffered syscall is in the table");
+        assert_eq!(def.replay, Replay::Emulate, "{}", def.name);
+        assert!(!def.outs_on_error, "{}", def.name);
+        let rets = def
+            .outs
+            .iter()
+            .filter(|o| matches!(o, Out::Buf { len: Len::Ret, .. }))
+            .count();
+        assert_eq!(rets > 0, bound.is_some(), "{}: bound argument", def.name);
+        if probe != crate::Probe::Direct {
+            assert!(def.name.contains("read"), "{}", def.name);
+        }
+    }
+}

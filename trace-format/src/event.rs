@@ -39,6 +39,12 @@ pub enum Event {
     /// Emulated ptrace between two recorded tasks: the traced task stops for its emulated
     /// tracer, is changed by it, or is resumed by it (see the recorder's README).
     Ptrace(PtraceEvent),
+    /// Syscalls the task made through the in-process library (the fast path) during its run
+    /// since its previous event, in order, drained at its stop.
+    Buffered(BufferedEvent),
+    /// A syscall site was patched to jump into the in-process library; the task, stopped at
+    /// that syscall's entry, makes the call again through the patch.
+    Patch(PatchEvent),
 }
 
 impl Event {
@@ -56,6 +62,8 @@ impl Event {
             Event::Preempt(e) => e.tid,
             Event::Resume(e) => e.tid,
             Event::Ptrace(e) => e.tid,
+            Event::Buffered(e) => e.tid,
+            Event::Patch(e) => e.tid,
         }
     }
 
@@ -73,6 +81,8 @@ impl Event {
             Event::Preempt(_) => "preempt",
             Event::Resume(_) => "resume",
             Event::Ptrace(_) => "ptrace",
+            Event::Buffered(_) => "buffered",
+            Event::Patch(_) => "patch",
         }
     }
 }
@@ -238,6 +248,66 @@ pub struct ExecEvent {
     /// The task's name after the exec (`/proc/PID/comm`, what `prctl(PR_GET_NAME)` returns):
     /// the replay, which runs the trace's copy of the executable, gives its task this name.
     pub comm: String,
+    /// The in-process library, loaded right after the exec stop (before the program ran),
+    /// when the recording used the fast path.
+    pub syscallbuf: Option<LibraryLoad>,
+}
+
+/// The in-process library as it was loaded into a new program image.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LibraryLoad {
+    /// BLAKE3 digest (hex) of the library's image: the replay must load the same one.
+    pub image: String,
+    /// The exec'ing task's slot (its `gs` base).
+    pub slot: u64,
+}
+
+/// Syscalls a task made through the in-process library, without a stop each.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BufferedEvent {
+    /// The task.
+    pub tid: Tid,
+    /// The calls, in the order the task made them.
+    pub calls: Vec<BufferedCall>,
+}
+
+/// One syscall made through the in-process library.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BufferedCall {
+    /// Syscall number.
+    pub nr: u64,
+    /// The six argument registers.
+    pub args: [u64; 6],
+    /// The result (`-errno` on failure).
+    pub result: i64,
+    /// Memory the kernel wrote.
+    pub writes: Vec<MemWrite>,
+}
+
+/// The patch of one syscall site, made at the seccomp stop of its first call.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PatchEvent {
+    /// The task stopped at the site's syscall.
+    pub tid: Tid,
+    /// The syscall number (fixed at this site).
+    pub nr: u64,
+    /// Address of the instruction after the `syscall` instruction (the stop's `rip`).
+    pub site: u64,
+    /// First byte of the patched window (the `syscall` instruction).
+    pub window: u64,
+    /// The window's original bytes.
+    #[serde(with = "serde_bytes")]
+    pub original: Vec<u8>,
+    /// The bytes written over the window (a jump to the stub).
+    #[serde(with = "serde_bytes")]
+    pub patch: Vec<u8>,
+    /// Where the stub goes.
+    pub stub_addr: u64,
+    /// The stub's code.
+    #[serde(with = "serde_bytes")]
+    pub stub: Vec<u8>,
+    /// A page for stubs mapped first (its first 8 bytes hold the library hook's address).
+    pub new_page: Option<u64>,
 }
 
 /// A system call as it happened in the recording.
@@ -405,6 +475,8 @@ pub struct StartEvent {
     /// What the kernel wrote into the new task's memory before it ran (its id at
     /// `CLONE_CHILD_SETTID`).
     pub writes: Vec<MemWrite>,
+    /// The task's slot of the in-process library (its `gs` base), when its process has it.
+    pub slot: Option<u64>,
 }
 
 /// The general registers in [`RegsWords`] order that a [`Point`] does not compare: `orig_rax`

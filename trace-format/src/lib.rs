@@ -24,4 +24,4 @@ pub use store::{TraceEntry, TraceRoot, LATEST_LINK};
 pub use writer::{TraceWriter, CHUNK_TARGET_BYTES, INLINE_MAX, SYSTEM_PREFIXES};
 
 /// The trace format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
