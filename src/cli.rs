@@ -31,6 +31,10 @@ enum Command {
         /// with the initial process, and the processes it left behind are killed.
         #[arg(short = 'w', long = "wait")]
         wait: bool,
+        /// Record every syscall at a ptrace stop: no in-process syscall buffer (the fast path,
+        /// on by default), like rr's -n.
+        #[arg(short = 'n', long = "no-syscall-buffer")]
+        no_syscall_buffer: bool,
         /// The program to record.
         program: String,
         /// Its arguments.
@@ -113,6 +117,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rec {
             output,
             wait,
+            no_syscall_buffer,
             program,
             args,
         } => {
@@ -125,6 +130,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 args,
                 dest,
                 wait_all: wait,
+                syscall_buffer: !no_syscall_buffer,
             })?;
             tracing::info!(trace = %outcome.trace_dir.display(), "recorded");
             Ok(exit_code(outcome.status.shell_code()))

@@ -107,6 +107,21 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
     if let Some(cpu) = m.cpu {
         writeln!(out, "pinned to CPU:  {cpu}")?;
     }
+    if m.complete {
+        let c = &m.syscalls;
+        if c.fast_path {
+            let all = c.traced + c.buffered;
+            let pct = if all == 0 { 0.0 } else { 100.0 * c.buffered as f64 / all as f64 };
+            writeln!(
+                out,
+                "syscalls:       {all}: {} buffered ({pct:.1}%), {} traced; {} sites patched, {} \
+                 left traced",
+                c.buffered, c.traced, c.sites_patched, c.sites_refused
+            )?;
+        } else {
+            writeln!(out, "syscalls:       {} (all traced: fast path off)", c.traced)?;
+        }
+    }
     Ok(())
 }
 
@@ -200,6 +215,33 @@ fn describe(ev: &Event) -> String {
         ),
         Event::Resume(_) => format!("[{tid}] resumes"),
         Event::Ptrace(e) => format!("[{tid}] emulated ptrace: {:?}", e.action),
+        Event::Buffered(e) => {
+            let mut s = format!("[{tid}] {} buffered syscall(s):", e.calls.len());
+            for c in &e.calls {
+                let written: u64 = c.writes.iter().map(|w| w.data.len()).sum();
+                s += &format!(
+                    "\n    {}({}) = {}",
+                    syscalls::name(c.nr),
+                    c.args
+                        .iter()
+                        .map(|a| format!("{a:#x}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    c.result
+                );
+                if written > 0 {
+                    s += &format!(" wrote {written} bytes");
+                }
+            }
+            s
+        }
+        Event::Patch(e) => format!(
+            "[{tid}] patched the {} site at {:#x} ({} bytes) to its stub at {:#x}",
+            syscalls::name(e.nr),
+            e.window,
+            e.patch.len(),
+            e.stub_addr
+        ),
     }
 }
 
@@ -361,7 +403,9 @@ impl ProcessTable {
             | Event::Start(_)
             | Event::Preempt(_)
             | Event::Resume(_)
-            | Event::Ptrace(_) => {}
+            | Event::Ptrace(_)
+            | Event::Buffered(_)
+            | Event::Patch(_) => {}
         }
     }
 }

@@ -4,6 +4,7 @@
 mod echo;
 mod emulated;
 mod exec;
+mod fastpath;
 mod file_effects;
 mod ioctls;
 mod mapped_files;

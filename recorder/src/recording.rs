@@ -23,6 +23,7 @@ use crate::session::{set_ticks_blocked, TICK};
 use crate::task::{Entry, State, Task};
 use crate::tsc_mode::TscModes;
 
+mod buffered;
 mod ending;
 mod fatal_call;
 mod group_stop;
@@ -96,12 +97,20 @@ pub struct Session {
     segv: SegvActions,
     /// Which tasks block `SIGSEGV`, for the same trap (see `tracee::segv_mask`).
     segv_blocked: SegvBlocked,
+    /// The fast path: the in-process library's slots, patched sites and stubs.
+    fast: crate::fastpath::FastPath,
 }
 
 impl Session {
     /// A recording of `root`, stopped before its initial `execve`; with `wait_all`, it lasts
     /// until every task has ended, else until the initial process has (see `ending`).
-    pub fn new(root: Tracee, writer: TraceWriter, cpu: u32, wait_all: bool) -> Session {
+    pub fn new(
+        root: Tracee,
+        writer: TraceWriter,
+        cpu: u32,
+        wait_all: bool,
+        syscall_buffer: bool,
+    ) -> Session {
         let tid = root.pid().as_raw();
         let mut tasks = HashMap::new();
         tasks.insert(tid, Task::new(root, tid, State::Running));
@@ -129,6 +138,7 @@ impl Session {
             continued: HashSet::new(),
             segv: SegvActions::default(),
             segv_blocked: SegvBlocked::default(),
+            fast: crate::fastpath::FastPath::new(syscall_buffer),
         }
     }
 
@@ -138,7 +148,8 @@ impl Session {
     }
 
     /// Ends the trace with the initial process's status.
-    pub fn finish(self, status: ExitStatus) -> Result<()> {
+    pub fn finish(mut self, status: ExitStatus) -> Result<()> {
+        self.writer.set_syscall_counts(self.fast.counts);
         self.writer.finish(status)?;
         Ok(())
     }
@@ -277,15 +288,23 @@ impl Session {
         t.tracee.reopen_mem()?;
         // A vfork child leaves its parent's address space for a new one; no id is cleared at
         // the new program's exit until it asks.
+        let (old_mm, old_slot) = (t.mm, t.slot.take());
         t.mm = t.pid;
         t.clear_tid_at = None;
         let mut ev = exec::capture(&t.tracee, writer, files)?;
         ev.tid = named;
-        writer.push(&Event::Exec(Box::new(ev)))?;
+        if old_mm != t.pid {
+            self.release_slot(old_mm, old_slot);
+        }
+        ev.syscallbuf = self.plan_library(tid)?;
+        self.writer.push(&Event::Exec(Box::new(ev)))?;
+        let t = self.task(tid)?;
+        let pid = t.pid;
         if let Some(rel) = self.ptrace.get_mut(tid) {
             rel.exec_pending = true;
         }
-        self.segv.exec(t.pid);
+        self.segv.exec(pid);
+        let t = self.task(tid)?;
         self.segv_blocked.after_call(tid, &t.tracee, None)?;
         Ok(())
     }
@@ -329,14 +348,17 @@ impl Session {
             Some(at) => capture(writer, &t.tracee, at, 4)?.into_iter().collect(),
             None => Vec::new(),
         };
-        let r = t.tracee.regs()?;
-        writer.push(&Event::Start(StartEvent { tid, writes }))?;
+        let slot = self.set_up_slot(tid)?;
+        let r = self.task(tid)?.tracee.regs()?;
+        self.writer
+            .push(&Event::Start(StartEvent { tid, writes, slot }))?;
         self.resume(tid, r)
     }
 
     /// Resumes `tid` in user code right after an event, with the CPU (`regs`: its registers
     /// now). A task stopped for a signal it held handles that stop now, right after the event.
     fn resume(&mut self, tid: i32, regs: Regs) -> Result<()> {
+        self.load_pending_library(tid)?;
         if self.ptrace_stops_after_event(tid)? {
             return Ok(());
         }
@@ -378,6 +400,12 @@ impl Session {
         let Some(t) = self.tasks.get_mut(&tid) else {
             // A new task's first stop can come before its parent's clone event.
             self.early.insert(tid, stop);
+            return Ok(());
+        };
+        if matches!(t.state, State::Running) {
+            self.drain(tid)?;
+        }
+        let Some(t) = self.tasks.get_mut(&tid) else {
             return Ok(());
         };
         match &t.state {
@@ -422,6 +450,7 @@ impl Session {
             return Ok(());
         };
         self.record_fatal_call(&t, status)?;
+        self.release_slot(t.mm, t.slot);
         if self.current == Some(tid) {
             self.current = None;
         }
@@ -500,7 +529,10 @@ impl Session {
                 } else {
                     State::Unborn
                 };
+                let clone_vm = args.flags & libc::CLONE_VM as u64 != 0;
+                let slot = self.slot_for_child(tid, child, clone_vm);
                 let mut task = Task::new(tracee, child_pid, state);
+                task.slot = slot;
                 task.child_tid_at = args.child_tid;
                 task.clear_tid_at = clear_tid_at.filter(|&a| a != 0);
                 if args.flags & libc::CLONE_VM as u64 != 0 {

@@ -21,6 +21,9 @@ pub struct RecordOptions {
     /// Record until every task has ended (rr's `-w`), instead of killing the tasks still alive
     /// when the initial process ends.
     pub wait_all: bool,
+    /// Use the in-process library for the syscalls it can buffer (the fast path); off
+    /// (`deja rec -n`), every syscall is a ptrace stop.
+    pub syscall_buffer: bool,
 }
 
 /// A finished recording.
@@ -95,6 +98,11 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
     // Ticks interrupt the recorder only in its waits for the tracee (see `set_ticks_blocked`).
     set_ticks_blocked(true);
     tracee::alarm::start(TICK, TICK);
+    let allow_from = if opts.syscall_buffer {
+        Some(syscallbuf::loaded()?.untraced_end)
+    } else {
+        None
+    };
     let root = spawn(&SpawnOptions {
         program: path.clone(),
         argv,
@@ -102,12 +110,13 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         cpu: Some(cpu),
         trap_tsc: true,
         seccomp: true,
+        allow_syscalls_from: allow_from,
         no_core_dump: false,
         signals,
         bind_over: None,
         own_process_group: false,
     })?;
-    let mut session = Session::new(root, writer, cpu as u32, opts.wait_all);
+    let mut session = Session::new(root, writer, cpu as u32, opts.wait_all, opts.syscall_buffer);
     let result = session.run();
     tracee::alarm::stop();
     match result {

@@ -121,6 +121,10 @@ pub struct Task {
     /// The task is stopped at the signal-delivery-stop of this signal, to be handled when the
     /// task gets the CPU (right after its pending syscall event is written).
     pub held_signal: Option<i32>,
+    /// Its slot of the in-process library (its `gs` base), when its address space has it.
+    pub slot: Option<u64>,
+    /// The library is to be loaded at the exit stop of the exec that planned it.
+    pub library_pending: bool,
 }
 
 impl Task {
@@ -137,6 +141,8 @@ impl Task {
             clear_tid_at: None,
             stop_sent: false,
             held_signal: None,
+            slot: None,
+            library_pending: false,
         }
     }
 

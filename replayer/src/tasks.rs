@@ -80,6 +80,11 @@ pub struct Task {
     /// Parked at a group-stop (job control): it goes on at its next event (see
     /// `session::group_stop`).
     pub group_stopped: bool,
+    /// Its slot of the in-process library (its `gs` base), when its process has it.
+    pub slot: Option<u64>,
+    /// The `Buffered` events placed in its slot and not checked yet: (event index, where its
+    /// records end in the slot's buffer).
+    pub placed: Vec<(u64, u64)>,
 }
 
 /// All tasks, and the stops reported by tasks other than the one waited for.
@@ -107,6 +112,8 @@ impl Tasks {
                 clone_entry: None,
                 hw_generation: 0,
                 inherits_breakpoints: false,
+                slot: None,
+                placed: Vec::new(),
                 single_stepped: false,
                 last_trap: LastTrap::Tsc,
                 debugger_trapped: false,

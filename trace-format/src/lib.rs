@@ -18,7 +18,7 @@ mod writer;
 
 pub use error::{Result, TraceError};
 pub use event::*;
-pub use meta::{CpuidRecord, TraceMeta};
+pub use meta::{CpuidRecord, SyscallCounts, TraceMeta};
 pub use reader::{ChunkInfo, EventIter, TraceReader};
 pub use store::{TraceEntry, TraceRoot, LATEST_LINK};
 pub use writer::{TraceWriter, CHUNK_TARGET_BYTES, INLINE_MAX, SYSTEM_PREFIXES};

@@ -54,4 +54,22 @@ pub struct TraceMeta {
     /// Total size of the distinct files in the file store, hard links included (valid when
     /// `complete`).
     pub files_bytes: u64,
+    /// How the recording's syscalls were recorded (valid when `complete`).
+    pub syscalls: SyscallCounts,
+}
+
+/// How many syscalls took the ptrace path and how many the in-process library buffered.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct SyscallCounts {
+    /// Whether the fast path (the in-process library) was on.
+    pub fast_path: bool,
+    /// Syscalls recorded at a ptrace stop.
+    pub traced: u64,
+    /// Syscalls the library ran and logged without a stop.
+    pub buffered: u64,
+    /// Syscall sites patched to jump into the library.
+    pub sites_patched: u64,
+    /// Syscall sites of buffered calls left on the ptrace path (not safe to patch).
+    pub sites_refused: u64,
 }

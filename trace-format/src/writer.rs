@@ -357,6 +357,12 @@ impl TraceWriter {
         })
     }
 
+    /// Notes how the recording's syscalls were recorded, for the metadata [`Self::finish`]
+    /// writes.
+    pub fn set_syscall_counts(&mut self, counts: crate::SyscallCounts) {
+        self.meta.syscalls = counts;
+    }
+
     /// Writes the remaining events and marks the trace complete with the program's `exit`
     /// status; returns the final metadata.
     pub fn finish(mut self, exit: ExitStatus) -> Result<TraceMeta> {

@@ -9,6 +9,7 @@ pub mod auxv;
 pub mod cpuid;
 pub mod debugregs;
 pub mod elf;
+pub mod fastpath;
 pub mod forced_segv;
 pub mod gone;
 pub mod inject;

@@ -7,10 +7,13 @@ const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const SECCOMP_RET_TRACE: u32 = 0x7ff0_0000;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 
 // Offsets in `struct seccomp_data`.
 const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
+const OFF_IP_LOW: u32 = 8;
+const OFF_IP_HIGH: u32 = 12;
 
 const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
@@ -32,16 +35,34 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
 
 /// The filter program: x86-64 syscalls trap to the tracer (`SECCOMP_RET_TRACE`); i386 and x32
 /// syscalls, which deja does not model, fail with `ENOSYS` so they cannot bypass recording.
-pub fn trace_all_filter() -> Vec<sock_filter> {
+/// With `allow_from`, x86-64 syscalls whose instruction pointer (the address right after the
+/// `syscall` instruction) is `allow_from` run without a stop: the in-process library's own
+/// `syscall` instruction, at a fixed address (see `syscallbuf::abi`).
+pub fn trace_all_filter(allow_from: Option<u64>) -> Vec<sock_filter> {
     let deny = SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
-    vec![
+    let mut f = vec![
         stmt(BPF_LD_W_ABS, OFF_ARCH),
-        jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 0, 3),
+        jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 0, 0), // jf patched below: to `deny`
         stmt(BPF_LD_W_ABS, OFF_NR),
-        jump(BPF_JGE_K, X32_SYSCALL_BIT, 1, 0),
-        stmt(BPF_RET_K, SECCOMP_RET_TRACE),
-        stmt(BPF_RET_K, deny),
-    ]
+        jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 0), // jt patched below: to `deny`
+    ];
+    if let Some(ip) = allow_from {
+        f.extend([
+            stmt(BPF_LD_W_ABS, OFF_IP_LOW),
+            jump(BPF_JEQ_K, ip as u32, 0, 2),
+            stmt(BPF_LD_W_ABS, OFF_IP_HIGH),
+            jump(BPF_JEQ_K, (ip >> 32) as u32, 2, 0),
+        ]);
+    }
+    f.push(stmt(BPF_RET_K, SECCOMP_RET_TRACE));
+    let deny_at = f.len() as u8;
+    f.push(stmt(BPF_RET_K, deny));
+    if allow_from.is_some() {
+        f.push(stmt(BPF_RET_K, SECCOMP_RET_ALLOW));
+    }
+    f[1].jf = deny_at - 2;
+    f[3].jt = deny_at - 4;
+    f
 }
 
 /// Installs `filter` on the calling thread. Async-signal-safe: meant for a forked child.

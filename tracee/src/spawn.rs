@@ -29,6 +29,9 @@ pub struct SpawnOptions {
     pub trap_tsc: bool,
     /// Install the trap-everything seccomp filter.
     pub seccomp: bool,
+    /// Let syscalls made from this instruction pointer (the in-process library's own
+    /// `syscall` instruction) pass the filter without a stop.
+    pub allow_syscalls_from: Option<u64>,
     /// Forbid core dumps (replay reproduces a crash, it need not dump it again).
     pub no_core_dump: bool,
     /// The signal mask and the set of ignored signals the program starts with (both survive
@@ -130,7 +133,7 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
     argv_ptrs.push(std::ptr::null());
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|c| c.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
-    let filter = seccomp::trace_all_filter();
+    let filter = seccomp::trace_all_filter(opts.allow_syscalls_from);
     let bind = opts
         .bind_over
         .as_ref()

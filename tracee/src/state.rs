@@ -492,7 +492,7 @@ pub fn step_for_watch(t: &Tracee, max: usize) -> Result<Stepped> {
 }
 
 /// Whether `stop` is the SIGTRAP of a completed single step (kernel-sent, not a `kill`).
-fn is_step_trap(t: &Tracee, stop: Stop) -> Result<bool> {
+pub fn is_step_trap(t: &Tracee, stop: Stop) -> Result<bool> {
     if stop != Stop::Signal(libc::SIGTRAP) {
         return Ok(false);
     }

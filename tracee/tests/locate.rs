@@ -90,6 +90,7 @@ fn start(mode: &str) -> Child {
         cpu: Some(0),
         trap_tsc: false,
         seccomp: true,
+        allow_syscalls_from: None,
         no_core_dump: true,
         signals: SignalState::default(),
         bind_over: None,

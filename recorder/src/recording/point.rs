@@ -37,7 +37,11 @@ impl Session {
         t.stop_sent = false;
         // Right after a syscall the kernel is about to restart, the task is not in its user
         // code yet (the restart rewinds it to the `syscall` instruction): no point there.
-        if restart_pending(&regs) || !others_wait {
+        // (Unless it is the library's own syscall, interrupted because it blocked: then the
+        // task leaves the library by the traced path, see `buffered`.)
+        let own = self.in_own_code(tid, regs.rip);
+        let t = self.task(tid)?;
+        if (restart_pending(&regs) && !own) || !others_wait {
             // Suppressed, the SIGSTOP changes nothing in the task.
             return t.tracee.cont(0);
         }
@@ -48,7 +52,7 @@ impl Session {
     /// it stops at (see [`Session::reach_point`]) and queues it for the CPU.
     pub(super) fn preempt(&mut self, tid: i32) -> Result<()> {
         let mut aside = Vec::new();
-        let Some(point) = self.reach_point(tid, &mut aside)? else {
+        let Some(point) = self.reach_point(tid, &mut aside, None)? else {
             return Ok(());
         };
         self.writer.push(&Event::Preempt(PreemptEvent {
@@ -76,7 +80,7 @@ impl Session {
         let delivered = !self.task(tid)?.tracee.fault_ignored_as_ns_init(sig);
         let mut aside = Vec::new();
         // Stepping discards the signal; it is injected again at the point.
-        let Some(point) = self.reach_point(tid, &mut aside)? else {
+        let Some(point) = self.reach_point(tid, &mut aside, Some((sig, info)))? else {
             // The task ended: the signal ends with it.
             return Ok(());
         };
@@ -102,12 +106,20 @@ impl Session {
     /// into later signal frames, which points' digests cover, so at every point it is the same
     /// in recording and replay). The task is left stopped at the point, where a signal can be
     /// injected. A signal that stops it meanwhile is discarded there and put in `aside`, to be
-    /// sent again once the task is past the point. `None` if the task ended (its end handled).
+    /// sent again once the task is past the point. `None` if the task ended (its end handled),
+    /// or if, on its way out of deja's own code (the library, a stub: no point is taken there),
+    /// another stop came (handled; `pending`, the signal to deliver at the point, is then sent
+    /// again).
     pub(super) fn reach_point(
         &mut self,
         tid: i32,
         aside: &mut Vec<HeldSignal>,
+        pending: Option<HeldSignal>,
     ) -> Result<Option<Point>> {
+        let rip = self.task(tid)?.tracee.regs()?.rip;
+        if self.in_own_code(tid, rip) && !self.leave_own_code(tid, pending)? {
+            return Ok(None);
+        }
         let t = &self.task(tid)?.tracee;
         let in_steps = || format!("single-stepping task {tid} to a point");
         // Several passes of one loop iteration each (an interpreter's dispatch comes back to
@@ -129,6 +141,13 @@ impl Session {
             {
                 break;
             }
+        }
+        let rip = self.task(tid)?.tracee.regs()?.rip;
+        if stepped.interrupted.is_none()
+            && self.in_own_code(tid, rip)
+            && !self.leave_own_code(tid, pending)?
+        {
+            return Ok(None);
         }
         let mut interrupted = stepped.interrupted.take();
         loop {
@@ -200,14 +219,27 @@ impl Session {
     /// The point the running task `tid` is stopped at, with `written` (what it wrote while
     /// single-stepped) for the watched words.
     pub(super) fn capture_point(&mut self, tid: i32, written: &[(u64, u8)]) -> Result<Point> {
-        let excluded = self.excluded(tid)?;
+        let mut excluded = self.excluded(tid)?;
+        let seq = self.seq_watch(tid)?;
+        // deja's own memory differs between recording and replay (the buffer holds records in
+        // one, placed answers in the other): left out, but for the count of buffered calls.
+        let own = (syscallbuf::abi::LIB_BASE, syscallbuf::abi::REGION_END);
+        let written: Vec<(u64, u8)> = written
+            .iter()
+            .copied()
+            .filter(|&(a, _)| !(own.0..own.1).contains(&a))
+            .collect();
+        if seq.is_some() {
+            excluded = tracee::state::merge_ranges(&[excluded, vec![own]].concat());
+        }
         let ticks = if self.stall.0 == Some(tid) {
             self.stall.2
         } else {
             0
         };
         let t = self.task(tid)?;
-        let watch = tracee::state::watch_values(&t.tracee, written, WATCH_WORDS);
+        let mut watch = tracee::state::watch_values(&t.tracee, &written, WATCH_WORDS);
+        watch.extend(seq);
         tracee::state::capture(&t.tracee, excluded, watch, ticks)
             .with_context(|| format!("recording the point task {tid} stopped at"))
     }

@@ -50,8 +50,8 @@ impl Session {
         // after one whose default action was to ignore it) is at the same boundary: no user
         // code ran since the event; so is one right after the kernel restarted the call
         // (`still_at`).
-        let at_boundary =
-            t.boundary.take().is_some_and(|b| still_at(&b, &regs)) || restart_pending(&regs);
+        let at_boundary = t.boundary.take().is_some_and(|b| still_at(&b, &regs))
+            || (restart_pending(&regs) && !self.untraced_call_interrupted(&regs));
         if self.ptrace.is_traced(tid) && sig != libc::SIGKILL {
             return self.ptrace_signal(tid, sig, info, &regs, at_boundary);
         }

@@ -26,6 +26,10 @@ impl Session {
         if self.ptrace_entry(tid, &entry)? {
             return Ok(());
         }
+        if !self.ptrace.is_traced(tid) && self.try_patch(tid, &entry)? {
+            return Ok(());
+        }
+        self.fast.counts.traced += 1;
         let (nr, args) = (entry.orig_rax, regs::syscall_args(&entry));
         if let Some(refusal) = remote_memory::refusal(pid, nr, &args) {
             bail!("{refusal}");

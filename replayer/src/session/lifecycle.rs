@@ -28,6 +28,7 @@ impl Session {
             Stop::SyscallStop => {}
             other => bail!("unexpected stop after exec: {other:?}"),
         }
+        self.load_library(tid, ev)?;
         self.segv.exec(rpid);
         let t = &tasks::task(&mut self.tasks, tid)?.tracee;
         self.segv_blocked.after_call(tid, t, None)?;
@@ -211,6 +212,7 @@ impl Session {
             }
         }
         self.write_memory(tid, &e.writes, "clone")?;
+        self.start_slot(tid, e.slot)?;
         self.resume(tid, 0)
     }
 

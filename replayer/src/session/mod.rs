@@ -16,6 +16,7 @@ use crate::exec;
 use crate::point::Toward;
 use crate::tasks::{self, RState, Task, Tasks};
 
+mod buffered;
 mod group_stop;
 mod lifecycle;
 mod ptrace;
@@ -102,6 +103,7 @@ impl Session {
             cpu,
             trap_tsc: true,
             seccomp: true,
+            allow_syscalls_from: None,
             no_core_dump: true,
             signals: tracee::SignalState {
                 blocked: exec_ev.sig_blocked,
@@ -117,7 +119,7 @@ impl Session {
             tasks,
             reader,
             events,
-            next: None,
+            ahead: Default::default(),
             index: 0,
             opts: opts.clone(),
             root: exec_ev.tid,
@@ -176,8 +178,8 @@ pub(crate) struct Session {
     pub(crate) tasks: Tasks,
     reader: Rc<TraceReader>,
     events: EventIter,
-    /// The next event, once peeked.
-    next: Option<Event>,
+    /// The events after the current one read so far (peeked).
+    ahead: std::collections::VecDeque<Event>,
     /// Index of the event being replayed.
     index: u64,
     opts: ReplayOptions,
@@ -219,15 +221,12 @@ const END_GRACE: Duration = Duration::from_secs(10);
 
 impl Session {
     fn peek(&mut self) -> Result<Option<&Event>> {
-        if self.next.is_none() {
-            self.next = self.events.next().transpose()?;
-        }
-        Ok(self.next.as_ref())
+        self.peek_at(0)
     }
 
     fn take(&mut self) -> Result<Option<Event>> {
         self.peek()?;
-        Ok(self.next.take())
+        Ok(self.ahead.pop_front())
     }
 
     fn diverged(&self, tid: Tid, expected: String, found: String) -> anyhow::Error {
@@ -326,6 +325,8 @@ impl Session {
                 Event::Preempt(e) => self.preempt(&e)?,
                 Event::Resume(e) => self.resume_preempted(e.tid)?,
                 Event::Ptrace(e) => self.ptrace(&e)?,
+                Event::Buffered(e) => self.check_buffered(&e)?,
+                Event::Patch(e) => self.patch(&e)?,
             }
         }
     }

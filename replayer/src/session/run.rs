@@ -39,8 +39,9 @@ impl Session {
         if self.ptrace_holds(tid)? {
             return Ok(());
         }
+        self.place_buffered(tid)?;
         let mut toward = None;
-        let next = match self.peek()? {
+        let next = match self.peek_past_buffered(tid)? {
             // The task's run ends at an exact point in its user code.
             Some(Event::Preempt(p)) if p.tid == tid => {
                 toward = Some(Toward::new(tid, p.point.clone(), PointEvent::Preempt));

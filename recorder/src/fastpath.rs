@@ -1,0 +1,113 @@
+//! The recorder's side of the fast path (the in-process library, see `../syscallbuf` and the
+//! README's "The fast path"): which slot each thread has, which syscall sites are patched and
+//! where their stubs are, per address space; and the counts `deja info` reports.
+
+use std::collections::HashMap;
+
+use syscallbuf::abi;
+use trace_format::SyscallCounts;
+
+/// What became of a syscall site of a buffered call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// Patched: calls there go through the library.
+    Patched,
+    /// Not safe to patch: calls there stay on the ptrace path.
+    Refused,
+}
+
+/// One address space's fast-path state.
+#[derive(Debug, Clone, Default)]
+pub struct Space {
+    /// Slots in use (bit `i` for slot `i`; slot 0 is never a thread's own).
+    slots: u64,
+    /// Pages of stubs: (address, bytes used).
+    pub stub_pages: Vec<(u64, u64)>,
+    /// Syscall sites decided, by the address of their `syscall` instruction.
+    pub sites: HashMap<u64, Site>,
+    /// Function bounds found, by syscall site.
+    pub functions: HashMap<u64, Option<(u64, u64)>>,
+}
+
+impl Space {
+    /// A fresh address space whose first thread has slot 1.
+    pub fn new() -> Space {
+        Space {
+            slots: 0b11,
+            ..Space::default()
+        }
+    }
+
+    /// Takes a free slot for a new thread; slot 0 (disabled) when none is left.
+    pub fn take_slot(&mut self) -> u64 {
+        match (1..abi::MAX_SLOTS).find(|i| self.slots & (1 << i) == 0) {
+            Some(i) => {
+                self.slots |= 1 << i;
+                abi::slot_addr(i)
+            }
+            None => abi::slot_addr(0),
+        }
+    }
+
+    /// Gives a thread's slot back.
+    pub fn release_slot(&mut self, slot: u64) {
+        let i = (slot.wrapping_sub(abi::SLOTS_BASE)) / abi::SLOT_SIZE;
+        if i > 0 && i < abi::MAX_SLOTS {
+            self.slots &= !(1 << i);
+        }
+    }
+
+    /// The copy a `fork` child gets: the same stubs and patches; only the forking thread's
+    /// slot is in use.
+    pub fn forked(&self, slot: u64) -> Space {
+        let mut child = Space {
+            slots: 1,
+            ..self.clone()
+        };
+        let i = (slot.wrapping_sub(abi::SLOTS_BASE)) / abi::SLOT_SIZE;
+        if i < abi::MAX_SLOTS {
+            child.slots |= 1 << i;
+        }
+        child
+    }
+
+    /// Whether `rip` is in the library or one of this space's stubs: code of deja's, where no
+    /// point is taken.
+    pub fn owns_code(&self, rip: u64) -> bool {
+        tracee::fastpath::in_library(rip)
+            || self
+                .stub_pages
+                .iter()
+                .any(|&(p, _)| (p..p + tracee::fastpath::STUB_PAGE).contains(&rip))
+    }
+}
+
+/// The recorder's fast-path state.
+#[derive(Debug, Default)]
+pub struct FastPath {
+    /// The fast path is on (`deja rec` without `-n`).
+    pub enabled: bool,
+    /// Per address space (keyed like `Task::mm`).
+    pub spaces: HashMap<i32, Space>,
+    /// What `deja info` reports.
+    pub counts: SyscallCounts,
+}
+
+impl FastPath {
+    /// The state of a recording with the fast path on or off.
+    pub fn new(enabled: bool) -> FastPath {
+        FastPath {
+            enabled,
+            counts: SyscallCounts {
+                fast_path: enabled,
+                ..SyscallCounts::default()
+            },
+            ..FastPath::default()
+        }
+    }
+
+    /// Whether `rip` of a task in address space `mm` is in deja's own code.
+    pub fn owns_code(&self, mm: i32, rip: u64) -> bool {
+        self.spaces.get(&mm).is_some_and(|s| s.owns_code(rip))
+    }
+}

@@ -1,0 +1,325 @@
+//! The fast path in the recording loop (see the README's "The fast path"): the library
+//! loaded at each exec, a slot for each thread, the buffer drained at every stop of a running
+//! task, syscall sites patched at their first stop, and points never taken inside deja's own
+//! code.
+
+use anyhow::{Context, Result};
+use syscallbuf::abi;
+use trace_format::{BufferedCall, BufferedEvent, Event, LibraryLoad, PatchEvent, WatchedWord};
+use tracee::fastpath::{SitePatch, STUB_PAGE, STUB_START};
+use tracee::{Regs, Stop};
+
+use crate::fastpath::{Site, Space};
+use crate::task::{HeldSignal, State};
+
+use super::Session;
+
+/// Most instructions single-stepped to bring a task out of the library and its stubs (a
+/// buffered call's whole way through the library is a few hundred, its copies included).
+const LEAVE_STEPS: usize = 200_000;
+
+/// Most bytes of stubs per page (a stub is about 40 bytes).
+const STUB_ROOM: u64 = 128;
+
+impl Session {
+    /// At the exec stop of `tid` (its address space fresh): gives the task slot 1 of the
+    /// library, which is loaded at the exec's exit stop (see [`Session::load_pending_library`]).
+    /// `None` when the fast path is off.
+    pub(super) fn plan_library(&mut self, tid: i32) -> Result<Option<LibraryLoad>> {
+        if !self.fast.enabled {
+            return Ok(None);
+        }
+        let t = self.task(tid)?;
+        let mm = t.mm;
+        let mut space = Space::new();
+        let slot = space.take_slot();
+        t.slot = Some(slot);
+        t.library_pending = true;
+        self.fast.spaces.insert(mm, space);
+        Ok(Some(LibraryLoad {
+            image: syscallbuf::image_hash(),
+            slot,
+        }))
+    }
+
+    /// At the exit stop of an exec (the new program has not run yet): loads the library planned
+    /// at its exec stop. (The exec stop itself is inside `execve`, where no syscall can be
+    /// injected.)
+    pub(super) fn load_pending_library(&mut self, tid: i32) -> Result<()> {
+        let t = self.task(tid)?;
+        if !std::mem::take(&mut t.library_pending) {
+            return Ok(());
+        }
+        let slot = t.slot.context("a task to load the library into has no slot")?;
+        tracee::fastpath::load(&t.tracee, abi::MODE_RECORD, slot)
+            .with_context(|| format!("loading deja's in-process library into task {tid}"))
+    }
+
+    /// The slot a task made by `parent`'s clone gets: its own in the parent's address space
+    /// (`CLONE_VM`), or the parent's in the child's copy of it (`fork`).
+    pub(super) fn slot_for_child(&mut self, parent: i32, child: i32, clone_vm: bool) -> Option<u64> {
+        let p = self.tasks.get(&parent)?;
+        let (parent_slot, mm) = (p.slot?, p.mm);
+        if clone_vm {
+            return Some(self.fast.spaces.get_mut(&mm)?.take_slot());
+        }
+        let forked = self.fast.spaces.get(&mm)?.forked(parent_slot);
+        self.fast.spaces.insert(child, forked);
+        Some(parent_slot)
+    }
+
+    /// At its first run: points task `tid`'s gs base at its slot, with a fresh header.
+    pub(super) fn set_up_slot(&mut self, tid: i32) -> Result<Option<u64>> {
+        let t = self.task(tid)?;
+        let Some(slot) = t.slot else {
+            return Ok(None);
+        };
+        tracee::fastpath::give_slot(&t.tracee, slot)?;
+        Ok(Some(slot))
+    }
+
+    /// A task ends or leaves its address space: its slot is free again.
+    pub(super) fn release_slot(&mut self, mm: i32, slot: Option<u64>) {
+        if let (Some(slot), Some(space)) = (slot, self.fast.spaces.get_mut(&mm)) {
+            space.release_slot(slot);
+        }
+    }
+
+    /// Writes the syscalls task `tid` made through the library since its last stop, if any, as
+    /// one `Buffered` event, and empties its buffer.
+    pub(super) fn drain(&mut self, tid: i32) -> Result<()> {
+        let Some(t) = self.tasks.get(&tid) else {
+            return Ok(());
+        };
+        let Some(slot) = t.slot else {
+            return Ok(());
+        };
+        let records = match tracee::fastpath::drain(&t.tracee, slot) {
+            Ok(r) => r,
+            Err(e) if tracee::gone::vanished_task(&e).is_some() => return Err(e),
+            Err(e) => return Err(e.context(format!("draining the syscall buffer of task {tid}"))),
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.fast.counts.buffered += records.len() as u64;
+        let mut calls = Vec::with_capacity(records.len());
+        for r in records {
+            let mut writes = Vec::with_capacity(r.writes.len());
+            for (addr, bytes) in r.writes {
+                writes.push(trace_format::MemWrite {
+                    addr,
+                    data: self.writer.data(&bytes)?,
+                });
+            }
+            calls.push(BufferedCall {
+                nr: r.nr,
+                args: r.args,
+                result: r.result,
+                writes,
+            });
+        }
+        self.writer
+            .push(&Event::Buffered(BufferedEvent { tid, calls }))?;
+        Ok(())
+    }
+
+    /// At the seccomp stop of a buffered syscall at a site not yet decided: patches the site
+    /// if it is safe (see `tracee::patch`) and sends the task through the patch. True when it
+    /// did (the stop is handled).
+    pub(super) fn try_patch(&mut self, tid: i32, entry: &Regs) -> Result<bool> {
+        let nr = entry.orig_rax;
+        if !self.fast.enabled || syscalls::buffered(nr).is_none() {
+            return Ok(false);
+        }
+        let t = self.task(tid)?;
+        let mm = t.mm;
+        let site = entry.rip.wrapping_sub(2);
+        let Some(space) = self.fast.spaces.get(&mm) else {
+            return Ok(false);
+        };
+        if space.sites.contains_key(&site) || space.owns_code(entry.rip) {
+            return Ok(false);
+        }
+        // Another task of this address space stopped inside the window would come back into
+        // the middle of the jump: decide later, at another call.
+        let window_end = site + 16;
+        let inside = self.tasks.iter().any(|(&o, ot)| {
+            o != tid && ot.mm == mm && resume_rip(ot).is_some_and(|r| r > site && r < window_end)
+        });
+        if inside {
+            return Ok(false);
+        }
+        let t = self.task(tid)?;
+        let maps = tracee::maps::read(t.tracee.pid())?;
+        let read = |a: u64, b: &mut [u8]| t.tracee.read_mem(a, b).is_ok();
+        let space = self.fast.spaces.get_mut(&mm).context("no fast-path state")?;
+        let bounds = *space
+            .functions
+            .entry(site)
+            .or_insert_with(|| tracee::functions::function_bounds(&read, &maps, site));
+        let Some((start, end)) = bounds else {
+            return self.refuse(mm, site, "no function bounds");
+        };
+        let code = t
+            .tracee
+            .read_vec(start, (end - start) as usize)
+            .context("reading the code around a syscall site")?;
+        // A stub page within reach with room, or a new one.
+        let reach = |p: u64| p.abs_diff(site) < (1 << 31) - 2 * STUB_PAGE;
+        let (stub_addr, new_page) = match space
+            .stub_pages
+            .iter()
+            .find(|&&(p, used)| reach(p) && used + STUB_ROOM <= STUB_PAGE)
+        {
+            Some(&(p, used)) => (p + used, None),
+            None => match tracee::patch::stub_page_near(&maps, site) {
+                Some(p) => (p + STUB_START, Some(p)),
+                None => return self.refuse(mm, site, "no room for stubs in reach"),
+            },
+        };
+        let page = new_page.unwrap_or(stub_addr & !(STUB_PAGE - 1));
+        let plan = match tracee::patch::plan(start, &code, site, nr, stub_addr, page) {
+            Ok(plan) => plan,
+            Err(why) => {
+                tracing::debug!(site, %why, "syscall site not patched");
+                return self.refuse(mm, site, "unsafe");
+            }
+        };
+        let p = SitePatch {
+            nr,
+            window: plan.window_start,
+            patch: &plan.patch,
+            stub_addr,
+            stub: &plan.stub,
+            new_page,
+        };
+        tracee::fastpath::apply(&t.tracee, &p)
+            .with_context(|| format!("patching the syscall site {site:#x}"))?;
+        let space = self.fast.spaces.get_mut(&mm).context("no fast-path state")?;
+        match space.stub_pages.iter_mut().find(|(pg, _)| *pg == page) {
+            Some((_, used)) => *used += plan.stub.len().next_multiple_of(16) as u64,
+            None => space
+                .stub_pages
+                .push((page, STUB_START + plan.stub.len().next_multiple_of(16) as u64)),
+        }
+        space.sites.insert(site, Site::Patched);
+        self.fast.counts.sites_patched += 1;
+        self.writer.push(&Event::Patch(PatchEvent {
+            tid,
+            nr,
+            site: entry.rip,
+            window: plan.window_start,
+            original: plan.original,
+            patch: plan.patch,
+            stub_addr,
+            stub: plan.stub,
+            new_page,
+        }))?;
+        tracing::debug!(tid, site, nr, "syscall site patched");
+        self.task(tid)?.tracee.cont(0)?;
+        Ok(true)
+    }
+
+    fn refuse(&mut self, mm: i32, site: u64, why: &str) -> Result<bool> {
+        tracing::debug!(site, why, "syscall site left on the ptrace path");
+        if let Some(space) = self.fast.spaces.get_mut(&mm) {
+            space.sites.insert(site, Site::Refused);
+        }
+        self.fast.counts.sites_refused += 1;
+        Ok(false)
+    }
+
+    /// Whether running task `tid`, stopped at `rip`, is inside deja's own code (the library or
+    /// a stub).
+    pub(super) fn in_own_code(&self, tid: i32, rip: u64) -> bool {
+        self.tasks
+            .get(&tid)
+            .is_some_and(|t| self.fast.owns_code(t.mm, rip))
+    }
+
+    /// Brings running task `tid`, stopped inside the library or a stub, back into the
+    /// program's code by single steps, where a point can be taken. A library syscall
+    /// interrupted by the stop is made again on the traced path. True when the task is out;
+    /// false when another stop came first (a traced syscall, a signal, its end), which is then
+    /// handled like any stop, after `resend` is sent again.
+    pub(super) fn leave_own_code(&mut self, tid: i32, resend: Option<HeldSignal>) -> Result<bool> {
+        let untraced_end = syscallbuf::loaded()?.untraced_end;
+        let traced = syscallbuf::loaded()?.traced_end - 2;
+        let mut aside = Vec::new();
+        let mut resend = resend;
+        for _ in 0..LEAVE_STEPS {
+            let t = self.task(tid)?;
+            let mut regs = t.tracee.regs()?;
+            if !self.in_own_code(tid, regs.rip) {
+                return self.send_again(tid, aside).map(|()| true);
+            }
+            let t = self.task(tid)?;
+            if regs.rip == untraced_end && crate::signals::restart_pending(&regs) {
+                // The library's own syscall was interrupted (it blocked): the library makes
+                // it again on the traced path.
+                let slot = t.slot.context("a task in the library has no slot")?;
+                tracee::fastpath::set_word(&t.tracee, slot, abi::OFF_INTERRUPTED, 1)?;
+                regs.rax = (-libc::EINTR) as u64;
+                t.tracee.set_regs(&regs)?;
+            }
+            let stop = if regs.rip == traced {
+                t.tracee.cont(0)?;
+                t.tracee.wait()?
+            } else {
+                t.tracee.step(0)?;
+                let stop = t.tracee.wait()?;
+                if tracee::state::is_step_trap(&t.tracee, stop)? {
+                    continue;
+                }
+                stop
+            };
+            if let Stop::Signal(sig) = stop {
+                if stop != Stop::Signal(libc::SIGTRAP) {
+                    self.put_aside(tid, sig, &mut aside)?;
+                    continue;
+                }
+            }
+            aside.extend(resend.take());
+            self.send_again(tid, aside)?;
+            self.dispatch(tid, stop)?;
+            return Ok(false);
+        }
+        anyhow::bail!("task {tid} did not leave deja's in-process library in {LEAVE_STEPS} steps")
+    }
+
+    /// Whether `regs` show the library's own (untraced) syscall interrupted: not a boundary
+    /// of any event, the task is in the middle of its user code.
+    pub(super) fn untraced_call_interrupted(&self, regs: &Regs) -> bool {
+        self.fast.enabled
+            && syscallbuf::loaded().is_ok_and(|l| regs.rip == l.untraced_end)
+            && crate::signals::restart_pending(regs)
+    }
+
+    /// What a point of `tid` must also compare: the count of its buffered syscalls (the
+    /// library's progress, which the memory digest leaves out with the rest of deja's memory).
+    pub(super) fn seq_watch(&self, tid: i32) -> Result<Option<WatchedWord>> {
+        let Some(t) = self.tasks.get(&tid) else {
+            return Ok(None);
+        };
+        let Some(slot) = t.slot else {
+            return Ok(None);
+        };
+        let h = tracee::fastpath::header(&t.tracee, slot)?;
+        Ok(Some(WatchedWord {
+            addr: slot + abi::OFF_SEQ,
+            size: 8,
+            value: h.seq,
+        }))
+    }
+}
+
+/// Where a task will resume in user code, if known without stopping it: the end of the
+/// syscall it is in, or its registers if it is stopped.
+fn resume_rip(t: &crate::task::Task) -> Option<u64> {
+    match &t.state {
+        State::InSyscall(e) | State::Restarting(e) | State::ReadyAfter(e) => Some(e.ev.rip),
+        State::Running => None,
+        _ => t.tracee.regs().ok().map(|r| r.rip),
+    }
+}

@@ -1,0 +1,242 @@
+//! The fast path in replay (see the recorder's README, "The fast path"): the library loaded
+//! after each exec as in the recording, each task's slot, syscall sites patched at their
+//! recorded event, and the buffered syscalls of a task's run placed in its slot before the
+//! task runs, for the library to answer them; at their event, a check that the task made
+//! exactly those calls.
+
+use std::rc::Rc;
+
+use anyhow::{Context, Result};
+use syscallbuf::abi;
+use trace_format::{BufferedEvent, Event, ExecEvent, PatchEvent, Tid};
+use tracee::fastpath::SitePatch;
+use tracee::Stop;
+
+use super::Session;
+
+/// How far ahead the replay looks for the buffered syscalls of a task's next run (their
+/// events come right at the task's stop, before anything else the task does).
+const LOOKAHEAD: usize = 256;
+
+impl Session {
+    /// After an exec's exit stop: loads the library as the recording did.
+    pub(super) fn load_library(&mut self, tid: Tid, ev: &ExecEvent) -> Result<()> {
+        let Some(lib) = &ev.syscallbuf else {
+            self.task(tid)?.slot = None;
+            return Ok(());
+        };
+        if lib.image != syscallbuf::image_hash() {
+            anyhow::bail!(
+                "the trace was recorded with another build of deja's in-process library \
+                 (image {}); replay it with the deja that recorded it",
+                lib.image
+            );
+        }
+        let t = self.task(tid)?;
+        tracee::fastpath::load(&t.tracee, abi::MODE_REPLAY, lib.slot)
+            .context("loading deja's in-process library")?;
+        t.slot = Some(lib.slot);
+        t.placed.clear();
+        Ok(())
+    }
+
+    /// A new task's first run: its gs base at its slot, with a fresh header, as in the
+    /// recording.
+    pub(super) fn start_slot(&mut self, tid: Tid, slot: Option<u64>) -> Result<()> {
+        let t = self.task(tid)?;
+        t.slot = slot;
+        t.placed.clear();
+        if let Some(slot) = slot {
+            tracee::fastpath::give_slot(&t.tracee, slot)?;
+        }
+        Ok(())
+    }
+
+    /// Before `tid` runs: places the buffered syscalls of its coming run (its `Buffered`
+    /// events up to its next other event) in its slot.
+    pub(super) fn place_buffered(&mut self, tid: Tid) -> Result<()> {
+        if self.task(tid)?.slot.is_none() {
+            return Ok(());
+        }
+        let mut batches = Vec::new();
+        let mut i = 0;
+        while i < LOOKAHEAD {
+            let index = self.index + 1 + i as u64;
+            match self.peek_at(i)? {
+                Some(Event::Buffered(b)) if b.tid == tid => {
+                    if !self.task(tid)?.placed.iter().any(|&(n, _)| n == index) {
+                        batches.push((index, b.clone()));
+                    }
+                }
+                Some(ev) if ev.tid() == tid => break,
+                Some(_) => {}
+                None => break,
+            }
+            i += 1;
+        }
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let reader = Rc::clone(&self.reader);
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for (index, b) in &batches {
+            let mut records = Vec::with_capacity(b.calls.len());
+            for c in &b.calls {
+                let mut writes = Vec::with_capacity(c.writes.len());
+                for w in &c.writes {
+                    writes.push((w.addr, reader.read_data(&w.data)?));
+                }
+                records.push(syscallbuf::Record {
+                    nr: c.nr,
+                    args: c.args,
+                    result: c.result,
+                    writes,
+                });
+            }
+            bytes.extend(syscallbuf::encode_records(&records));
+            ends.push((*index, bytes.len() as u64));
+        }
+        let t = self.task(tid)?;
+        let slot = t.slot.context("no slot")?;
+        tracee::fastpath::place(&t.tracee, slot, &bytes)
+            .with_context(|| format!("placing the buffered syscalls of task {tid}"))?;
+        t.placed = ends;
+        Ok(())
+    }
+
+    /// A `Buffered` event: the task, stopped after its run, must have made exactly those
+    /// calls.
+    pub(super) fn check_buffered(&mut self, e: &BufferedEvent) -> Result<()> {
+        let tid = e.tid;
+        let index = self.index;
+        let t = self.task(tid)?;
+        let Some(slot) = t.slot else {
+            return Err(self.diverged(
+                tid,
+                format!("{} buffered syscall(s)", e.calls.len()),
+                "no in-process library in the task".into(),
+            ));
+        };
+        let Some(k) = t.placed.iter().position(|&(n, _)| n == index) else {
+            anyhow::bail!("buffered syscalls of task {tid} were not placed before its run");
+        };
+        let end = t.placed[k].1;
+        let last = k + 1 == t.placed.len();
+        if !matches!(t.state, crate::tasks::RState::Parked(_) | crate::tasks::RState::AtPoint) {
+            // Killed in the recording before its next event: the replay does not run it.
+            return Ok(());
+        }
+        let h = tracee::fastpath::header(&t.tracee, slot)?;
+        if h.diverged != 0 && h.diverged - 1 < end {
+            let at = h.diverged - 1;
+            let r = t.tracee.regs()?;
+            let start = if k == 0 { 0 } else { self.task(tid)?.placed[k - 1].1 };
+            let expected = describe_call(e, at, start);
+            let found = format!(
+                "{}({:#x}, {:#x}, {:#x}, ...)",
+                syscalls::name(r.orig_rax),
+                r.rdi,
+                r.rsi,
+                r.rdx
+            );
+            return Err(self.diverged(tid, expected, found));
+        }
+        if h.pos < end || (last && h.pos != end) {
+            let stop = match t.state {
+                crate::tasks::RState::Parked(s) => s,
+                _ => Stop::Signal(0),
+            };
+            let found = self.describe_stop(tid, stop);
+            return Err(self.diverged_with(
+                tid,
+                format!("{} buffered syscall(s) before the task's next event", e.calls.len()),
+                found,
+                vec![format!(
+                    "the library answered {} of the {} bytes of records placed",
+                    h.pos, end
+                )],
+            ));
+        }
+        Ok(())
+    }
+
+    /// A `Patch` event: the task, stopped at the site's syscall, gets the same patch and makes
+    /// the call again through it.
+    pub(super) fn patch(&mut self, e: &PatchEvent) -> Result<()> {
+        let tid = e.tid;
+        let stop = self.parked(tid)?;
+        let r = self.entry_regs(tid)?;
+        if stop != Stop::SeccompEntry || r.orig_rax != e.nr || r.rip != e.site {
+            let found = self.describe_stop(tid, stop);
+            return Err(self.diverged(
+                tid,
+                format!(
+                    "syscall {} at rip {:#x} (its site patched)",
+                    syscalls::name(e.nr),
+                    e.site
+                ),
+                found,
+            ));
+        }
+        let t = self.tracee(tid)?;
+        tracee::fastpath::apply(
+            t,
+            &SitePatch {
+                nr: e.nr,
+                window: e.window,
+                patch: &e.patch,
+                stub_addr: e.stub_addr,
+                stub: &e.stub,
+                new_page: e.new_page,
+            },
+        )
+        .with_context(|| format!("patching the syscall site {:#x}", e.window))?;
+        self.resume(tid, 0)
+    }
+
+    /// The event `i` places after the current one, read ahead as needed.
+    pub(super) fn peek_at(&mut self, i: usize) -> Result<Option<&Event>> {
+        while self.ahead.len() <= i {
+            match self.events.next().transpose()? {
+                Some(ev) => self.ahead.push_back(ev),
+                None => return Ok(None),
+            }
+        }
+        Ok(self.ahead.get(i))
+    }
+
+    /// The next event but the `Buffered` ones of `tid` right before it.
+    pub(super) fn peek_past_buffered(&mut self, tid: Tid) -> Result<Option<&Event>> {
+        let mut i = 0;
+        while matches!(self.peek_at(i)?, Some(Event::Buffered(b)) if b.tid == tid) {
+            i += 1;
+        }
+        self.peek_at(i)
+    }
+}
+
+/// The recorded call at byte offset `at` of the records placed for the task, `start` being
+/// where `e`'s records begin: "read(0x3, 0x7ffc..., 0x1, ...) (buffered call 5 of 12)".
+fn describe_call(e: &BufferedEvent, at: u64, start: u64) -> String {
+    let mut off = start;
+    for (i, c) in e.calls.iter().enumerate() {
+        if off >= at {
+            return format!(
+                "buffered syscall {}({:#x}, {:#x}, {:#x}, ...) (call {} of {} in the event)",
+                syscalls::name(c.nr),
+                c.args[0],
+                c.args[1],
+                c.args[2],
+                i + 1,
+                e.calls.len()
+            );
+        }
+        off += abi::RECORD_HEAD_SIZE
+            + c.writes
+                .iter()
+                .map(|w| abi::WRITE_HEAD_SIZE + w.data.len().next_multiple_of(8))
+                .sum::<u64>();
+    }
+    format!("{} buffered syscall(s)", e.calls.len())
+}

@@ -1,0 +1,197 @@
+//! The in-process library (deja's syscall buffer, `../syscallbuf`) in a stopped tracee:
+//! loading it into a new program image, giving a thread its slot, reading and resetting a
+//! slot's buffer, and patching a syscall site. The recorder and the replayer do each of
+//! these at the same moments of the trace, so the replayed process has the same library,
+//! slots, stubs and patches at the same addresses.
+
+use anyhow::{bail, ensure, Context, Result};
+use syscallbuf::abi::{self, SlotHeader};
+
+use crate::regs::Regs;
+use crate::tracee::Tracee;
+
+/// Size of a page of stubs.
+pub const STUB_PAGE: u64 = 4096;
+/// Offset of the first stub in a stub page (the page starts with the hook's address).
+pub const STUB_START: u64 = 16;
+
+/// Whether `rip` lies in the library's image (its code and data), where no point is taken.
+pub fn in_library(rip: u64) -> bool {
+    syscallbuf::loaded().is_ok_and(|l| (abi::LIB_BASE..l.end).contains(&rip))
+}
+
+/// Loads the library into `t`, stopped at its exec stop (before the new program ran), in
+/// `mode` (`abi::MODE_RECORD` or `abi::MODE_REPLAY`): maps its image at `abi::LIB_BASE`
+/// and the slots after it, writes its configuration, sets up slot 0 (disabled, for threads
+/// beyond the slots) and gives `t` slot `slot`.
+pub fn load(t: &Tracee, mode: u64, slot: u64) -> Result<()> {
+    let lib = syscallbuf::loaded()?;
+    let size = page_up(lib.end - abi::LIB_BASE);
+    map_fixed(t, abi::LIB_BASE, size, libc::PROT_READ | libc::PROT_WRITE, 0)
+        .context("mapping deja's in-process library")?;
+    for seg in &lib.segments {
+        t.write_mem(seg.addr, &seg.bytes)
+            .context("writing deja's in-process library")?;
+    }
+    let specs = syscallbuf::specs::specs()?;
+    t.write_mem(lib.config, &syscallbuf::config_bytes(mode, &specs))
+        .context("configuring deja's in-process library")?;
+    for seg in &lib.segments {
+        if seg.prot != libc::PROT_READ | libc::PROT_WRITE {
+            let len = page_up(seg.bytes.len() as u64);
+            let r = t.inject_syscall(
+                libc::SYS_mprotect,
+                [seg.addr, len, seg.prot as u64, 0, 0, 0],
+            )?;
+            ensure!(r == 0, "mprotect of deja's library failed ({r})");
+        }
+    }
+    map_fixed(
+        t,
+        abi::SLOTS_BASE,
+        abi::MAX_SLOTS * abi::SLOT_SIZE,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_NORESERVE,
+    )
+    .context("mapping the threads' slots of deja's in-process library")?;
+    t.write_mem(abi::slot_addr(0), &syscallbuf::slot_header(abi::slot_addr(0), true))?;
+    give_slot(t, slot)
+}
+
+/// Makes `slot` the slot of stopped task `t`: a fresh header (empty buffer) and `t`'s `gs`
+/// base pointing at it.
+pub fn give_slot(t: &Tracee, slot: u64) -> Result<()> {
+    let disabled = slot == abi::slot_addr(0);
+    if !disabled {
+        t.write_mem(slot, &syscallbuf::slot_header(slot, false))
+            .context("setting up a thread's slot of deja's in-process library")?;
+    }
+    let mut regs = t.regs()?;
+    regs.gs_base = slot;
+    t.set_regs(&regs)
+        .context("pointing a thread's gs base at its slot")
+}
+
+/// The header of `slot`, read from stopped task `t`.
+pub fn header(t: &Tracee, slot: u64) -> Result<SlotHeader> {
+    let mut b = [0u8; std::mem::size_of::<SlotHeader>()];
+    t.read_mem(slot, &mut b)
+        .context("reading a slot of deja's in-process library")?;
+    let w = |i: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(x)
+    };
+    Ok(SlotHeader {
+        self_addr: w(0),
+        magic: w(1),
+        seq: w(2),
+        used: w(3),
+        pos: w(4),
+        locked: w(5),
+        diverged: w(6),
+        saved_rsp: w(7),
+        stack_top: w(8),
+        flags: w(9),
+        calls: w(10),
+        interrupted: w(11),
+    })
+}
+
+/// Writes the header word at `off` of `slot` in `t`.
+pub fn set_word(t: &Tracee, slot: u64, off: u64, value: u64) -> Result<()> {
+    t.write_mem(slot + off, &value.to_le_bytes())
+}
+
+/// Takes the records the library logged in `slot` of stopped task `t` and empties its
+/// buffer. Empty when it logged none.
+pub fn drain(t: &Tracee, slot: u64) -> Result<Vec<syscallbuf::Record>> {
+    let h = header(t, slot)?;
+    if h.used == 0 || h.magic != abi::SLOT_MAGIC {
+        return Ok(Vec::new());
+    }
+    ensure!(
+        h.used <= abi::BUF_SIZE,
+        "a slot of deja's in-process library claims {} bytes of records",
+        h.used
+    );
+    let buf = t.read_vec(slot + abi::BUF_OFF, h.used as usize)?;
+    let records = syscallbuf::parse_records(&buf).context("reading the syscalls the library logged")?;
+    set_word(t, slot, abi::OFF_USED, 0)?;
+    set_word(t, slot, abi::OFF_CALLS, 0)?;
+    Ok(records)
+}
+
+/// Places `records` in `slot` of stopped task `t` for the library to answer the task's next
+/// buffered syscalls with (replay).
+pub fn place(t: &Tracee, slot: u64, records: &[u8]) -> Result<()> {
+    ensure!(
+        records.len() as u64 <= abi::BUF_SIZE,
+        "{} bytes of buffered syscalls do not fit a slot",
+        records.len()
+    );
+    t.write_mem(slot + abi::BUF_OFF, records)?;
+    set_word(t, slot, abi::OFF_USED, records.len() as u64)?;
+    set_word(t, slot, abi::OFF_POS, 0)?;
+    set_word(t, slot, abi::OFF_CALLS, 0)?;
+    set_word(t, slot, abi::OFF_DIVERGED, 0)
+}
+
+/// A patch of one syscall site (see `crate::patch`), as the trace holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct SitePatch<'a> {
+    /// The syscall number (rax at the site).
+    pub nr: u64,
+    /// First byte of the window (the `syscall` instruction).
+    pub window: u64,
+    /// The bytes written over the window.
+    pub patch: &'a [u8],
+    /// Where the stub goes.
+    pub stub_addr: u64,
+    /// The stub.
+    pub stub: &'a [u8],
+    /// A new page of stubs to map first.
+    pub new_page: Option<u64>,
+}
+
+/// Applies `p` in task `t`, stopped at the seccomp stop of the site's syscall: maps a new stub
+/// page if needed, writes the stub and the patch, and sets the task back onto the `syscall`
+/// instruction with the call skipped, so that resumed it makes the call again through the
+/// patch.
+pub fn apply(t: &Tracee, p: &SitePatch) -> Result<()> {
+    if let Some(page) = p.new_page {
+        map_fixed(t, page, STUB_PAGE, libc::PROT_READ | libc::PROT_EXEC, 0)
+            .context("mapping a page of syscall stubs")?;
+        let hook = syscallbuf::loaded()?.hook;
+        t.write_mem(page, &hook.to_le_bytes())?;
+    }
+    t.write_mem(p.stub_addr, p.stub)
+        .context("writing a syscall stub")?;
+    t.write_mem(p.window, p.patch)
+        .context("patching a syscall site")?;
+    let mut regs: Regs = t.regs()?;
+    regs.rip = p.window;
+    regs.rax = p.nr;
+    regs.orig_rax = u64::MAX;
+    t.set_regs(&regs)
+}
+
+/// `mmap(addr, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | extra)` in `t`.
+fn map_fixed(t: &Tracee, addr: u64, len: u64, prot: i32, extra: i32) -> Result<()> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | extra;
+    let r = t.inject_syscall(
+        libc::SYS_mmap,
+        [addr, len, prot as u64, flags as u64, u64::MAX, 0],
+    )?;
+    if r as u64 != addr {
+        bail!(
+            "mmap of {len} bytes at {addr:#x} failed: {}",
+            std::io::Error::from_raw_os_error(-r as i32)
+        );
+    }
+    Ok(())
+}
+
+fn page_up(n: u64) -> u64 {
+    (n + 4095) & !4095
+}
