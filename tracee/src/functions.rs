@@ -420,6 +420,9 @@ pub(crate) mod tests {
         let read = libc_symbol(b"read\0");
         let (rs, re) = function_bounds(&read_self, &maps, read).expect("an FDE for read");
         assert!(rs <= read && read < re && re - rs < 4096);
+        // glibc's C functions have no landing pads.
+        let fde = function_fde(&read_self, &maps, read).expect("read's FDE");
+        assert_eq!((fde.start, fde.end, fde.lsda), (rs, re, None));
     }
 
     #[inline(never)]
@@ -435,6 +438,31 @@ pub(crate) mod tests {
         assert_eq!(s, f);
         assert!(e > s && e - s < 256, "{s:#x}..{e:#x}");
         assert_eq!(known_function(1), 4);
+    }
+
+    #[test]
+    fn a_rust_function_with_landing_pads_has_an_lsda() {
+        let maps = own_maps();
+        let f = with_cleanup as fn(u64) -> usize as usize as u64;
+        let fde = function_fde(&read_self, &maps, f).expect("an FDE");
+        assert_eq!(fde.start, f);
+        assert!(fde.lsda.is_some(), "{fde:?}");
+        assert_eq!(with_cleanup(3), 3);
+    }
+
+    /// Drops a `Vec` after a call that may unwind: a landing pad.
+    #[inline(never)]
+    fn with_cleanup(n: u64) -> usize {
+        let v = vec![1u8; std::hint::black_box(n) as usize];
+        may_panic(&v);
+        v.len()
+    }
+
+    #[inline(never)]
+    fn may_panic(v: &[u8]) {
+        if std::hint::black_box(v.len()) > 1000 {
+            panic!("too long");
+        }
     }
 
     #[test]

@@ -79,7 +79,10 @@ impl fmt::Display for Refusal {
             Refusal::NotSyscall(a) => write!(f, "no syscall instruction at {a:#x}"),
             Refusal::NoFixedNumber => write!(f, "no fixed syscall number"),
             Refusal::BranchToSyscall(from) => {
-                write!(f, "a branch at {from:#x} lands on the syscall (its number is not fixed)")
+                write!(
+                    f,
+                    "a branch at {from:#x} lands on the syscall (its number is not fixed)"
+                )
             }
             Refusal::BranchIntoWindow(from, to) => {
                 write!(f, "a branch at {from:#x} lands inside the patch at {to:#x}")
@@ -107,11 +110,13 @@ pub fn stub_page_near(maps: &[MapEntry], addr: u64) -> Option<u64> {
 fn sets_rax_to(insn: &Instruction, nr: u64) -> bool {
     let op0_is = |r: Register| insn.op0_kind() == OpKind::Register && insn.op0_register() == r;
     match insn.code() {
+        // `immediate(1)` zero-extends an imm32 (a 32-bit destination zero-extends too) and
+        // sign-extends an imm32to64.
         Code::Mov_r32_imm32 | Code::Mov_rm32_imm32 => {
-            op0_is(Register::EAX) && u64::from(insn.immediate32()) == nr
+            op0_is(Register::EAX) && insn.immediate(1) == nr
         }
         Code::Mov_r64_imm64 | Code::Mov_rm64_imm32 => {
-            op0_is(Register::RAX) && insn.immediate64() == nr
+            op0_is(Register::RAX) && insn.immediate(1) == nr
         }
         Code::Xor_r32_rm32 | Code::Xor_rm32_r32 | Code::Sub_r32_rm32 | Code::Sub_rm32_r32 => {
             nr == 0
@@ -131,13 +136,15 @@ fn sets_rax_to(insn: &Instruction, nr: u64) -> bool {
 
 /// The targets of `insn`'s near-branch operands (jcc, jmp, call, loop, jrcxz, xbegin).
 fn near_targets(insn: &Instruction) -> impl Iterator<Item = u64> + '_ {
-    (0..insn.op_count()).filter_map(move |i| {
+    let branch = |k: OpKind| {
         matches!(
-            insn.op_kind(i),
+            k,
             OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
         )
-        .then(|| insn.near_branch_target())
-    })
+    };
+    (0..insn.op_count())
+        .filter(move |&i| branch(insn.op_kind(i)))
+        .map(move |_| insn.near_branch_target())
 }
 
 /// Whether `insn` is an indirect jump whose target is computed (through a register, or a
@@ -187,10 +194,9 @@ pub fn plan(
     hook_ptr: u64,
 ) -> Result<SitePlan, Refusal> {
     let func_end = func_start + code.len() as u64;
-    let insns: Vec<Instruction> =
-        Decoder::with_ip(64, code, func_start, DecoderOptions::NONE)
-            .into_iter()
-            .collect();
+    let insns: Vec<Instruction> = Decoder::with_ip(64, code, func_start, DecoderOptions::NONE)
+        .into_iter()
+        .collect();
     if let Some(bad) = insns.iter().find(|i| i.is_invalid()) {
         return Err(Refusal::Undecodable(bad.ip()));
     }
@@ -244,9 +250,15 @@ pub fn plan(
         }
     }
     let reach = |a: u64, b: u64| a.abs_diff(b) < maps::REL32_REACH;
+    // What the relocated instructions address relative to rip must stay in reach too.
+    let moved_reach = moved.iter().all(|i| {
+        (!i.is_ip_rel_memory_operand() || reach(stub_addr, i.ip_rel_memory_address()))
+            && near_targets(i).all(|t| reach(stub_addr, t))
+    });
     if !reach(syscall_addr, stub_addr)
         || !reach(stub_addr, hook_ptr)
         || !reach(stub_addr, window_end)
+        || !moved_reach
     {
         return Err(Refusal::OutOfReach);
     }
@@ -291,7 +303,7 @@ fn assemble_stub(
     if let Some(back) = back {
         a.jmp(back)?;
     }
-    Ok(a.assemble(base)?)
+    a.assemble(base)
 }
 
 #[cfg(test)]
@@ -350,7 +362,10 @@ mod tests {
         a.pop(rdx).unwrap();
         a.jmp(e).unwrap();
         let r = a
-            .assemble_options(FUNC, iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+            .assemble_options(
+                FUNC,
+                iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+            )
             .unwrap();
         let (s1, s2, e) = (
             r.label_ip(&s1).unwrap(),
@@ -412,7 +427,10 @@ mod tests {
         a.mov(eax, 1).unwrap();
         a.ret().unwrap();
         let r = a
-            .assemble_options(FUNC, iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+            .assemble_options(
+                FUNC,
+                iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+            )
             .unwrap();
         let (s, e) = (r.label_ip(&s).unwrap(), r.label_ip(&e).unwrap());
         let code = r.inner.code_buffer;
@@ -447,11 +465,17 @@ mod tests {
         a.jne(l).unwrap();
         a.ret().unwrap();
         let r = a
-            .assemble_options(FUNC, iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+            .assemble_options(
+                FUNC,
+                iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+            )
             .unwrap();
         let s = r.label_ip(&s).unwrap();
         let err = plan(FUNC, &r.inner.code_buffer, s, 0, STUB, HOOK_PTR).unwrap_err();
-        assert!(matches!(err, Refusal::BranchIntoWindow(_, t) if t == s + 2), "{err}");
+        assert!(
+            matches!(err, Refusal::BranchIntoWindow(_, t) if t == s + 2),
+            "{err}"
+        );
         assert!(err.to_string().contains("lands inside the patch"));
     }
 
@@ -498,7 +522,10 @@ mod tests {
         a.ret().unwrap();
         let code = a.assemble(FUNC).unwrap();
         let err = plan(FUNC, &code, FUNC + 2, 0, STUB, HOOK_PTR).unwrap_err();
-        assert!(matches!(err, Refusal::Unmovable(a, _) if a == FUNC + 4), "{err}");
+        assert!(
+            matches!(err, Refusal::Unmovable(a, _) if a == FUNC + 4),
+            "{err}"
+        );
     }
 
     #[test]
@@ -551,7 +578,15 @@ mod tests {
         let code = crate::vdso::patched_function("__vdso_clock_gettime", size);
         assert_eq!(code.len(), size);
         let nr = libc::SYS_clock_gettime as u64;
-        let p = plan(FUNC, &code, FUNC + crate::vdso::SYSCALL_OFFSET, nr, STUB, HOOK_PTR).unwrap();
+        let p = plan(
+            FUNC,
+            &code,
+            FUNC + crate::vdso::SYSCALL_OFFSET,
+            nr,
+            STUB,
+            HOOK_PTR,
+        )
+        .unwrap();
         // syscall; ret; int3; int3.
         assert_eq!(p.original, [0x0f, 0x05, 0xc3, 0xcc, 0xcc]);
         let m: Vec<Mnemonic> = decode_all(&p.stub, STUB)
@@ -585,6 +620,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("read's site {:#x}: {e}", sites[0]));
         assert!(p.original.len() >= 5);
         assert!(p.window_end() <= end);
+        let stub_insns = decode_all(&p.stub, stub);
+        assert_eq!(stub_insns[1].ip_rel_memory_address(), stub + 0x800);
+        let last = stub_insns.last().expect("a stub");
+        if last.mnemonic() == Mnemonic::Jmp {
+            assert_eq!(last.near_branch_target(), p.window_end());
+        } else {
+            assert_eq!(last.mnemonic(), Mnemonic::Ret);
+        }
         for &s in &sites[1..] {
             // Later sites: accepted or refused with a reason, never a panic.
             let _ = plan(start, &code, s, 0, stub, stub + 0x800).map_err(|e| e.to_string());
