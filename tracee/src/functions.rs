@@ -55,6 +55,39 @@ pub fn function_fde(
     find_fde(&mem, hdr, addr)
 }
 
+/// Most bytes of alignment padding [`padding_end`] looks at after a function.
+const MAX_PADDING: u64 = 64;
+
+/// The end of the alignment padding after a function ending at `end`: the `nop` / `int3`
+/// instructions that follow it, up to the first other instruction or the first address where
+/// a function starts (an FDE begins), at most 64 bytes. `end` itself when there are none.
+///
+/// The padding between functions is reached by no branch and by no fall-through (the
+/// function's last instruction is a `ret`, a `jmp`, or a call that does not return), so a
+/// syscall-site patch may cover it: the caller passes the function's bytes up to here to
+/// [`crate::patch::plan`], which lets a site like glibc's `getpid`
+/// (`mov eax, 39; syscall; ret`, then a 16-byte boundary) be patched.
+pub fn padding_end(read: &dyn Fn(u64, &mut [u8]) -> bool, maps: &[MapEntry], end: u64) -> u64 {
+    let mut bytes = [0u8; MAX_PADDING as usize];
+    if !read(end, &mut bytes) {
+        return end;
+    }
+    let mut decoder = iced_x86::Decoder::with_ip(64, &bytes, end, iced_x86::DecoderOptions::NONE);
+    let mut at = end;
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        let pad = matches!(
+            insn.mnemonic(),
+            iced_x86::Mnemonic::Nop | iced_x86::Mnemonic::Int3
+        );
+        if insn.is_invalid() || !pad || function_bounds(read, maps, at).is_some() {
+            break;
+        }
+        at = insn.next_ip();
+    }
+    at
+}
+
 /// Reads of the tracee's memory.
 struct Mem<'a> {
     read: &'a dyn Fn(u64, &mut [u8]) -> bool,
@@ -463,6 +496,19 @@ pub(crate) mod tests {
         if std::hint::black_box(v.len()) > 1000 {
             panic!("too long");
         }
+    }
+
+    #[test]
+    fn padding_after_libc_getpid_reaches_the_next_function() {
+        let maps = own_maps();
+        let getpid = libc_symbol(b"getpid\0");
+        let (_, e) = function_bounds(&read_self, &maps, getpid).expect("getpid's FDE");
+        let p = padding_end(&read_self, &maps, e);
+        assert!(p >= e && p - e < MAX_PADDING, "{e:#x} {p:#x}");
+        // It stops at a function or at code that is not padding.
+        let mut b = [0u8; 1];
+        assert!(read_self(p, &mut b));
+        assert!(function_bounds(&read_self, &maps, p).is_some() || b[0] != 0x90);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::fmt;
 
 use iced_x86::code_asm::{ptr, rsp, CodeAssembler};
 use iced_x86::{
-    Code, Decoder, DecoderOptions, FlowControl, Instruction, MemoryOperand, Mnemonic, OpKind,
-    Register,
+    Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, MemoryOperand,
+    Mnemonic, OpAccess, OpKind, Register,
 };
 
 use crate::maps::{self, MapEntry};
@@ -52,10 +52,12 @@ pub enum Refusal {
     NotAtBoundary(u64),
     /// The instruction at the site is not `syscall`.
     NotSyscall(u64),
-    /// The instruction before the `syscall` does not set `eax` to the expected number.
+    /// The instructions before the `syscall` do not set `eax` to the expected number (the
+    /// one right before it, or an earlier one followed only by instructions that leave `rax`
+    /// alone).
     NoFixedNumber,
-    /// A branch (at the first address) lands on the `syscall` itself, past the instruction
-    /// setting its number.
+    /// A branch (at this address) lands past the instruction setting the number, up to and
+    /// including the `syscall`.
     BranchToSyscall(u64),
     /// A branch (at the first address) lands strictly inside the window (the second).
     BranchIntoWindow(u64, u64),
@@ -134,6 +136,34 @@ fn sets_rax_to(insn: &Instruction, nr: u64) -> bool {
     }
 }
 
+/// Most instructions looked through between the one setting the number and the `syscall`.
+const MAX_SETTER_DISTANCE: usize = 8;
+
+/// The index in `before` (the instructions before a `syscall`, in order) of the one setting
+/// `eax`/`rax` to `nr` ([`sets_rax_to`]), if the instructions after it up to the end of
+/// `before` all go on to the next one and write no part of `rax` (a few, e.g. `mov r10, rcx`
+/// or `mov esi, 0x81` between `mov eax, NR` and `syscall`).
+fn number_setter(before: &[Instruction], nr: u64) -> Option<usize> {
+    let mut info = InstructionInfoFactory::new();
+    for j in (0..before.len()).rev().take(MAX_SETTER_DISTANCE) {
+        let insn = &before[j];
+        if sets_rax_to(insn, nr) {
+            return Some(j);
+        }
+        if insn.flow_control() != FlowControl::Next {
+            return None;
+        }
+        let writes_rax = info.info(insn).used_registers().iter().any(|u| {
+            u.register().full_register() == Register::RAX
+                && !matches!(u.access(), OpAccess::Read | OpAccess::CondRead)
+        });
+        if writes_rax {
+            return None;
+        }
+    }
+    None
+}
+
 /// The targets of `insn`'s near-branch operands (jcc, jmp, call, loop, jrcxz, xbegin).
 fn near_targets(insn: &Instruction) -> impl Iterator<Item = u64> + '_ {
     let branch = |k: OpKind| {
@@ -207,9 +237,10 @@ pub fn plan(
     if insns[k].mnemonic() != Mnemonic::Syscall {
         return Err(Refusal::NotSyscall(syscall_addr));
     }
-    if k == 0 || !sets_rax_to(&insns[k - 1], expected_nr) {
-        return Err(Refusal::NoFixedNumber);
-    }
+    let setter = number_setter(&insns[..k], expected_nr).ok_or(Refusal::NoFixedNumber)?;
+    // From the instruction after the setter up to the syscall, nothing may be entered but by
+    // falling through from the setter.
+    let fixed_from = insns[setter].next_ip();
     // The window: the syscall and whole instructions after it, >= 5 bytes.
     let mut end_k = k + 1;
     let mut window_end = insns[k].next_ip();
@@ -227,7 +258,7 @@ pub fn plan(
             return Err(Refusal::JumpTable(insn.ip()));
         }
         for t in near_targets(insn) {
-            if t == syscall_addr {
+            if t >= fixed_from && t <= syscall_addr {
                 return Err(Refusal::BranchToSyscall(insn.ip()));
             }
             if t > syscall_addr && t < window_end {
@@ -309,7 +340,7 @@ fn assemble_stub(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iced_x86::code_asm::{eax, edi, rax, rdx, CodeAssembler};
+    use iced_x86::code_asm::{al, eax, edi, esi, r10, rax, rcx, rdx, CodeAssembler};
 
     fn rip_at(addr: u64) -> MemoryOperand {
         MemoryOperand::with_base_displ(Register::RIP, addr as i64)
@@ -514,6 +545,44 @@ mod tests {
     }
 
     #[test]
+    fn the_number_may_be_set_a_few_instructions_before() {
+        // mov eax, 202; mov esi, 0x81; mov r10, rcx; syscall; cmp rax, -4096; ret
+        let build = |clobber: bool, branch: bool| {
+            let mut a = CodeAssembler::new(64).unwrap();
+            let mut l = a.create_label();
+            if branch {
+                a.jmp(l).unwrap();
+            }
+            a.mov(eax, 202).unwrap();
+            a.set_label(&mut l).unwrap();
+            a.mov(esi, 0x81).unwrap();
+            if clobber {
+                a.add(al, 1).unwrap();
+            }
+            a.mov(r10, rcx).unwrap();
+            a.syscall().unwrap();
+            a.cmp(rax, -4096).unwrap();
+            a.ret().unwrap();
+            a.assemble(FUNC).unwrap()
+        };
+        let code = build(false, false);
+        let s = FUNC + code.len() as u64 - 9;
+        assert!(plan(FUNC, &code, s, 202, STUB, HOOK_PTR).is_ok());
+        let code = build(true, false);
+        let s = FUNC + code.len() as u64 - 9;
+        assert_eq!(
+            plan(FUNC, &code, s, 202, STUB, HOOK_PTR),
+            Err(Refusal::NoFixedNumber)
+        );
+        let code = build(false, true);
+        let s = FUNC + code.len() as u64 - 9;
+        assert_eq!(
+            plan(FUNC, &code, s, 202, STUB, HOOK_PTR),
+            Err(Refusal::BranchToSyscall(FUNC))
+        );
+    }
+
+    #[test]
     fn refuses_a_call_in_the_window() {
         let mut a = CodeAssembler::new(64).unwrap();
         a.xor(eax, eax).unwrap();
@@ -642,5 +711,80 @@ mod tests {
         assert_eq!(p % STUB_PAGE, 0);
         assert!(p.abs_diff(addr) < maps::REL32_REACH);
         assert!(maps.iter().all(|m| p + STUB_PAGE <= m.start || p >= m.end));
+    }
+}
+
+#[cfg(test)]
+mod survey {
+    use super::*;
+    use crate::functions::tests::{libc_symbol, own_maps, read_self};
+    use std::collections::BTreeMap;
+
+    /// The constant the instructions before a syscall put in eax/rax, if [`plan`] sees one.
+    fn constant(before: &[Instruction]) -> Option<u64> {
+        (0..512u64).find(|&nr| number_setter(before, nr).is_some())
+    }
+
+    /// Every `syscall` of libc's text, planned: most sites with a fixed number are accepted.
+    #[test]
+    fn most_libc_sites_are_accepted() {
+        let maps = own_maps();
+        let read = libc_symbol(b"read\0");
+        let text = maps
+            .iter()
+            .find(|m| read >= m.start && read < m.end)
+            .expect("libc's text");
+        let mut image = vec![0u8; (text.end - text.start) as usize];
+        assert!(read_self(text.start, &mut image));
+        let stub = stub_page_near(&maps, text.start).expect("a stub page");
+        let mut seen = std::collections::HashSet::new();
+        let (mut fixed, mut accepted, mut not_fixed) = (0, 0, 0);
+        let mut why: BTreeMap<String, usize> = BTreeMap::new();
+        for off in 0..image.len() - 1 {
+            if image[off..off + 2] != [0x0f, 0x05] {
+                continue;
+            }
+            let addr = text.start + off as u64;
+            let Some((s, e)) = crate::functions::function_bounds(&read_self, &maps, addr) else {
+                continue;
+            };
+            let e = crate::functions::padding_end(&read_self, &maps, e);
+            if s < text.start || e > text.end || !seen.insert(addr) {
+                continue;
+            }
+            let code = &image[(s - text.start) as usize..(e - text.start) as usize];
+            let insns: Vec<Instruction> = Decoder::with_ip(64, code, s, DecoderOptions::NONE)
+                .into_iter()
+                .collect();
+            let Some(k) = insns.iter().position(|i| i.ip() == addr) else {
+                continue; // the bytes 0f 05 inside another instruction
+            };
+            if insns[k].mnemonic() != Mnemonic::Syscall {
+                continue;
+            }
+            let Some(nr) = constant(&insns[..k]) else {
+                not_fixed += 1;
+                continue;
+            };
+            fixed += 1;
+            match plan(s, code, addr, nr, stub, stub + 0xff8) {
+                Ok(_) => accepted += 1,
+                Err(r) => {
+                    let at = addr - text.start + text.offset;
+                    eprintln!("libc+{at:#x} (syscall {nr}): {r}");
+                    let key = r.to_string();
+                    let key = key.split(" at ").next().unwrap_or("").to_string();
+                    *why.entry(key).or_default() += 1;
+                }
+            }
+        }
+        eprintln!(
+            "libc syscall sites: {fixed} with a fixed number ({accepted} accepted), \
+             {not_fixed} without; refusals: {why:#?}"
+        );
+        assert!(
+            fixed > 50 && accepted * 10 >= fixed * 7,
+            "{accepted}/{fixed}"
+        );
     }
 }

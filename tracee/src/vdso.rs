@@ -162,6 +162,39 @@ mod tests {
         );
     }
 
+    /// The unwind tables' extent of each vDSO function (what the site patcher uses) is its
+    /// symbol's, which the stubs are padded to: the patched function decodes whole and a site
+    /// patch in it is accepted.
+    #[test]
+    fn patched_vdso_functions_are_patchable_sites() {
+        use crate::functions::tests::{own_maps, read_self};
+        let Some(image) = own_vdso() else {
+            return;
+        };
+        let maps = own_maps();
+        let start = image.as_ptr() as u64;
+        let funcs = functions(image).expect("the vDSO's symbols");
+        let stub_page = crate::patch::stub_page_near(&maps, start).expect("a stub page");
+        for (name, value, size) in &funcs {
+            let Some(nr) = syscall_of(name) else {
+                continue;
+            };
+            let addr = start + value;
+            let bounds = crate::functions::function_bounds(&read_self, &maps, addr);
+            assert_eq!(bounds, Some((addr, addr + size)), "{name}");
+            let code = patched_function(name, *size as usize);
+            let p = crate::patch::plan(
+                addr,
+                &code,
+                addr + SYSCALL_OFFSET,
+                u64::from(nr),
+                stub_page,
+                stub_page + 0xff8,
+            );
+            assert!(p.is_ok(), "{name}: {p:?}");
+        }
+    }
+
     #[test]
     fn stubs_make_the_syscall_of_the_function_or_fail_with_enosys() {
         assert_eq!(stub("__vdso_time"), [0xb8, 201, 0, 0, 0, 0x0f, 0x05, 0xc3]);
