@@ -407,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn plans_glibc_reads_site_with_the_ja_retargeted() {
+    fn plans_glibc_reads_site_over_syscall_and_cmp() {
         let (code, s1, _, _) = glibc_read();
         let p = plan(FUNC, &code, s1, 0, STUB, HOOK_PTR).unwrap();
         // syscall (2) + cmp rax, -4096 (6).
