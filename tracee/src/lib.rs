@@ -2,7 +2,8 @@
 //!
 //! Spawning a program under ptrace with a seccomp filter, waiting for and classifying its stops,
 //! reading and writing its registers and memory, and small decoders of what the kernel hands a
-//! new process (its memory map, its initial stack and auxiliary vector, its instructions).
+//! new process (its memory map, its initial stack and auxiliary vector, its instructions), and
+//! the planning of syscall-site patches for the in-process fast path ([`functions`], [`patch`]).
 
 pub mod alarm;
 pub mod auxv;
@@ -11,12 +12,14 @@ pub mod debugregs;
 pub mod elf;
 pub mod fastpath;
 pub mod forced_segv;
+pub mod functions;
 pub mod gone;
 pub mod inject;
 pub mod insn;
 pub mod locate;
 pub mod maps;
 pub mod nsinit;
+pub mod patch;
 pub mod regs;
 pub mod seccomp;
 pub mod segv_mask;

@@ -51,12 +51,6 @@ const DATA_RSP: u64 = 16;
 const DATA_R10: u64 = 24;
 /// Length of `jmp rel32`, the patch at the point.
 const JMP_LEN: usize = 5;
-/// How far a `rel32` may reach, with a margin.
-const REL32_REACH: u64 = (1 << 31) - (1 << 20);
-/// Lowest address the scratch may take (the usual `vm.mmap_min_addr`), and the end of the
-/// 47-bit user address space.
-const MIN_ADDR: u64 = 0x10000;
-const USER_TOP: u64 = 0x7fff_ffff_f000;
 
 /// Give-up rule: more near misses than this is a divergence.
 const MAX_NEAR_MISSES: usize = 64;
@@ -773,7 +767,7 @@ fn build_trampoline(
 }
 
 /// Why `insn` cannot run relocated in the trampoline, if it cannot.
-fn unmovable(insn: &Instruction) -> Option<&'static str> {
+pub(crate) fn unmovable(insn: &Instruction) -> Option<&'static str> {
     if insn.is_invalid() {
         return Some("an undecodable instruction");
     }
@@ -804,38 +798,10 @@ fn unmovable(insn: &Instruction) -> Option<&'static str> {
     }
 }
 
-/// The free, page-aligned `SCRATCH_SIZE` range nearest to `rip` within `rel32` reach, a page
-/// away from its neighbours and never just below the stack (which grows down).
+/// The free, page-aligned `SCRATCH_SIZE` range nearest to `rip` within `rel32` reach (see
+/// [`maps::gap_near`]).
 fn choose_gap(maps: &[MapEntry], rip: u64) -> Option<u64> {
-    let mut best: Option<(u64, u64)> = None;
-    let mut prev_end = MIN_ADDR;
-    let mut consider = |lo: u64, hi: u64| {
-        let (lo, hi) = (lo + PAGE, hi.saturating_sub(PAGE));
-        if hi < lo + SCRATCH_SIZE {
-            return;
-        }
-        let addr = if rip < lo {
-            lo
-        } else if rip + SCRATCH_SIZE > hi {
-            hi - SCRATCH_SIZE
-        } else {
-            rip & !(PAGE - 1)
-        };
-        let dist = rip.abs_diff(addr).max(rip.abs_diff(addr + SCRATCH_SIZE));
-        if dist < REL32_REACH && best.map_or(true, |(d, _)| dist < d) {
-            best = Some((dist, addr));
-        }
-    };
-    for m in maps.iter().filter(|m| m.start < USER_TOP) {
-        if m.start > prev_end && m.name != "[stack]" {
-            consider(prev_end, m.start);
-        }
-        prev_end = prev_end.max(m.end);
-    }
-    if prev_end < USER_TOP {
-        consider(prev_end, USER_TOP);
-    }
-    best.map(|(_, a)| a)
+    maps::gap_near(maps, rip, SCRATCH_SIZE)
 }
 
 /// A RIP-relative memory operand at absolute address `addr` (iced's convention: the encoder
@@ -1084,6 +1050,7 @@ fn clear_slots(t: &Tracee, slots: impl IntoIterator<Item = usize>) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps::{MIN_ADDR, USER_TOP};
 
     fn map(start: u64, end: u64, name: &str) -> MapEntry {
         MapEntry {

@@ -61,6 +61,50 @@ pub fn read(pid: Pid) -> Result<Vec<MapEntry>> {
     Ok(parse(&text))
 }
 
+/// Page size.
+const PAGE: u64 = 4096;
+/// How far a `rel32` may reach, with a margin.
+pub const REL32_REACH: u64 = (1 << 31) - (1 << 20);
+/// Lowest address a new mapping may take (the usual `vm.mmap_min_addr`).
+pub const MIN_ADDR: u64 = 0x10000;
+/// The end of the 47-bit user address space.
+pub const USER_TOP: u64 = 0x7fff_ffff_f000;
+
+/// The free, page-aligned range of `size` bytes nearest to `rip` with all of it within `rel32`
+/// reach of `rip`, a page
+/// away from its neighbours and never just below the stack (which grows down).
+pub fn gap_near(maps: &[MapEntry], rip: u64, size: u64) -> Option<u64> {
+    let mut best: Option<(u64, u64)> = None;
+    let mut prev_end = MIN_ADDR;
+    let mut consider = |lo: u64, hi: u64| {
+        let (lo, hi) = (lo + PAGE, hi.saturating_sub(PAGE));
+        if hi < lo + size {
+            return;
+        }
+        let addr = if rip < lo {
+            lo
+        } else if rip + size > hi {
+            hi - size
+        } else {
+            rip & !(PAGE - 1)
+        };
+        let dist = rip.abs_diff(addr).max(rip.abs_diff(addr + size));
+        if dist < REL32_REACH && best.map_or(true, |(d, _)| dist < d) {
+            best = Some((dist, addr));
+        }
+    };
+    for m in maps.iter().filter(|m| m.start < USER_TOP) {
+        if m.start > prev_end && m.name != "[stack]" {
+            consider(prev_end, m.start);
+        }
+        prev_end = prev_end.max(m.end);
+    }
+    if prev_end < USER_TOP {
+        consider(prev_end, USER_TOP);
+    }
+    best.map(|(_, a)| a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

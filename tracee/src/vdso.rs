@@ -5,7 +5,8 @@
 //! At an exec stop, each function symbol of the vDSO's `.dynsym` gets an 8-byte stub over its
 //! first instructions: `mov eax, NR; syscall; ret` for the calls with a syscall of the same
 //! arguments (`clock_gettime`, `gettimeofday`, `time`, `getcpu`, `clock_getres`), and
-//! `mov rax, -ENOSYS; ret` for any other (e.g. `__vdso_sgx_enter_enclave`). The vDSO is mapped
+//! `mov rax, -ENOSYS; ret` for any other (e.g. `__vdso_sgx_enter_enclave`), padded with `int3`
+//! to the function's size. The vDSO is mapped
 //! `r-x` with `VM_MAYWRITE`, so writing through `/proc/PID/mem` makes the task a private copy
 //! of the page, as a debugger's breakpoint does. The recording and the replay patch alike, so
 //! the syscalls come from the same addresses in both.
@@ -41,6 +42,18 @@ fn stub(name: &str) -> [u8; STUB_LEN] {
         // mov rax, -38 (ENOSYS, sign-extended imm32); ret
         None => [0x48, 0xc7, 0xc0, 0xda, 0xff, 0xff, 0xff, 0xc3],
     }
+}
+
+/// Offset of the `syscall` instruction in a syscall stub (after `mov eax, NR`).
+pub const SYSCALL_OFFSET: u64 = 5;
+
+/// The bytes deja writes over the vDSO function `name` of `size` bytes: its stub, then `int3`
+/// up to `size`, so the function decodes whole (no tail of an original instruction after the
+/// stub) and a syscall-site patch may cover `syscall; ret; int3; int3` ([`crate::patch`]).
+pub fn patched_function(name: &str, size: usize) -> Vec<u8> {
+    let mut code = stub(name).to_vec();
+    code.resize(size.max(STUB_LEN), 0xcc);
+    code
 }
 
 /// Little-endian field readers over an image.
@@ -104,9 +117,11 @@ pub fn patch(tracee: &Tracee) -> Result<bool> {
             bail!("the vDSO function {name} is too short for a syscall stub");
         }
     }
-    for (name, value, _) in &funcs {
+    for (name, value, size) in &funcs {
+        // Padded to the function's size, within the image.
+        let size = (*size).min(len as u64 - value) as usize;
         tracee
-            .write_mem(vdso.start + value, &stub(name))
+            .write_mem(vdso.start + value, &patched_function(name, size))
             .with_context(|| format!("patching the vDSO function {name}"))?;
     }
     Ok(true)
@@ -147,10 +162,47 @@ mod tests {
         );
     }
 
+    /// The unwind tables' extent of each vDSO function (what the site patcher uses) is its
+    /// symbol's, which the stubs are padded to: the patched function decodes whole and a site
+    /// patch in it is accepted.
+    #[test]
+    fn patched_vdso_functions_are_patchable_sites() {
+        use crate::functions::tests::{own_maps, read_self};
+        let Some(image) = own_vdso() else {
+            return;
+        };
+        let maps = own_maps();
+        let start = image.as_ptr() as u64;
+        let funcs = functions(image).expect("the vDSO's symbols");
+        let stub_page = crate::patch::stub_page_near(&maps, start).expect("a stub page");
+        for (name, value, size) in &funcs {
+            let Some(nr) = syscall_of(name) else {
+                continue;
+            };
+            let addr = start + value;
+            let bounds = crate::functions::function_bounds(&read_self, &maps, addr);
+            assert_eq!(bounds, Some((addr, addr + size)), "{name}");
+            let code = patched_function(name, *size as usize);
+            let p = crate::patch::plan(
+                addr,
+                &code,
+                addr + SYSCALL_OFFSET,
+                u64::from(nr),
+                stub_page,
+                stub_page + 0xff8,
+            );
+            assert!(p.is_ok(), "{name}: {p:?}");
+        }
+    }
+
     #[test]
     fn stubs_make_the_syscall_of_the_function_or_fail_with_enosys() {
         assert_eq!(stub("__vdso_time"), [0xb8, 201, 0, 0, 0, 0x0f, 0x05, 0xc3]);
         assert_eq!(stub("gettimeofday")[1], 96);
         assert_eq!(stub("__vdso_sgx_enter_enclave")[..3], [0x48, 0xc7, 0xc0]);
+        let f = patched_function("__vdso_time", 12);
+        assert_eq!(f[..8], stub("__vdso_time"));
+        assert_eq!(f[8..], [0xcc; 4]);
+        assert_eq!(f[SYSCALL_OFFSET as usize..][..2], [0x0f, 0x05]);
     }
 }

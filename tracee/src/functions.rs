@@ -1,0 +1,537 @@
+//! Function bounds from a module's unwind tables (`.eh_frame_hdr` and `.eh_frame`), read in
+//! the tracee's memory, where the loader mapped them (`PT_GNU_EH_FRAME`).
+//!
+//! The patcher ([`crate::patch`]) must see the whole function around a syscall site to prove
+//! no branch lands inside the bytes it replaces; the unwind tables are the one description of
+//! function extents present in every module (stripped or not), including the vDSO.
+
+use crate::maps::MapEntry;
+
+/// `PT_LOAD`.
+const PT_LOAD: u32 = 1;
+/// `PT_GNU_EH_FRAME`.
+const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
+/// `ET_EXEC` (addresses are absolute) and `ET_DYN` (relative to the load bias).
+const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
+/// `DW_EH_PE_omit`.
+const PE_OMIT: u8 = 0xff;
+/// Most program headers read, most FDEs in a table: sanity bounds against a garbled image.
+const MAX_PHDRS: u16 = 256;
+const MAX_FDES: u64 = 1 << 24;
+
+/// One function's unwind entry (FDE), as found by [`function_fde`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FunctionFde {
+    /// First address of the function.
+    pub start: u64,
+    /// One past its last byte.
+    pub end: u64,
+    /// Address of its language-specific data area (C++ / `-fexceptions` landing pads), if it
+    /// has one: its landing pads are entered by the unwinder, not by a branch instruction.
+    pub lsda: Option<u64>,
+}
+
+/// The `[start, end)` of the function containing `addr`, from the unwind tables of the module
+/// mapped there. `read(addr, buf)` fills `buf` from the tracee's memory (false on failure);
+/// `maps` is the tracee's memory map. `None` when `addr` is in no module with an
+/// `.eh_frame_hdr` search table, or no FDE covers it, or the tables cannot be read.
+pub fn function_bounds(
+    read: &dyn Fn(u64, &mut [u8]) -> bool,
+    maps: &[MapEntry],
+    addr: u64,
+) -> Option<(u64, u64)> {
+    function_fde(read, maps, addr).map(|f| (f.start, f.end))
+}
+
+/// Like [`function_bounds`], with the FDE's LSDA pointer.
+pub fn function_fde(
+    read: &dyn Fn(u64, &mut [u8]) -> bool,
+    maps: &[MapEntry],
+    addr: u64,
+) -> Option<FunctionFde> {
+    let mem = Mem { read };
+    let hdr = eh_frame_hdr(&mem, maps, addr)?;
+    find_fde(&mem, hdr, addr)
+}
+
+/// Most bytes of alignment padding [`padding_end`] looks at after a function.
+const MAX_PADDING: u64 = 64;
+
+/// The end of the alignment padding after a function ending at `end`: the `nop` / `int3`
+/// instructions that follow it, up to the first other instruction or the first address where
+/// a function starts (an FDE begins), at most 64 bytes. `end` itself when there are none.
+///
+/// The padding between functions is reached by no branch and by no fall-through (the
+/// function's last instruction is a `ret`, a `jmp`, or a call that does not return), so a
+/// syscall-site patch may cover it: the caller passes the function's bytes up to here to
+/// [`crate::patch::plan`], which lets a site like glibc's `getpid`
+/// (`mov eax, 39; syscall; ret`, then a 16-byte boundary) be patched.
+pub fn padding_end(read: &dyn Fn(u64, &mut [u8]) -> bool, maps: &[MapEntry], end: u64) -> u64 {
+    let mut bytes = [0u8; MAX_PADDING as usize];
+    if !read(end, &mut bytes) {
+        return end;
+    }
+    let mut decoder = iced_x86::Decoder::with_ip(64, &bytes, end, iced_x86::DecoderOptions::NONE);
+    let mut at = end;
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        let pad = matches!(
+            insn.mnemonic(),
+            iced_x86::Mnemonic::Nop | iced_x86::Mnemonic::Int3
+        );
+        if insn.is_invalid() || !pad || function_bounds(read, maps, at).is_some() {
+            break;
+        }
+        at = insn.next_ip();
+    }
+    at
+}
+
+/// Reads of the tracee's memory.
+struct Mem<'a> {
+    read: &'a dyn Fn(u64, &mut [u8]) -> bool,
+}
+
+impl Mem<'_> {
+    fn bytes<const N: usize>(&self, addr: u64) -> Option<[u8; N]> {
+        let mut b = [0u8; N];
+        (self.read)(addr, &mut b).then_some(b)
+    }
+    fn u8(&self, addr: u64) -> Option<u8> {
+        Some(self.bytes::<1>(addr)?[0])
+    }
+    fn u16(&self, addr: u64) -> Option<u16> {
+        Some(u16::from_le_bytes(self.bytes(addr)?))
+    }
+    fn u32(&self, addr: u64) -> Option<u32> {
+        Some(u32::from_le_bytes(self.bytes(addr)?))
+    }
+    fn u64(&self, addr: u64) -> Option<u64> {
+        Some(u64::from_le_bytes(self.bytes(addr)?))
+    }
+    /// An unsigned LEB128 at `*at`, advancing it.
+    fn uleb(&self, at: &mut u64) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(*at)?;
+            *at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    /// A signed LEB128 at `*at`, advancing it.
+    fn sleb(&self, at: &mut u64) -> Option<i64> {
+        let mut v = 0i64;
+        let mut shift = 0;
+        loop {
+            let b = self.u8(*at)?;
+            *at += 1;
+            if shift < 64 {
+                v |= i64::from(b & 0x7f) << shift;
+            }
+            shift += 7;
+            if b & 0x80 == 0 {
+                if shift < 64 && b & 0x40 != 0 {
+                    v |= -1i64 << shift;
+                }
+                return Some(v);
+            }
+            if shift > 70 {
+                return None;
+            }
+        }
+    }
+
+    /// A pointer in DWARF EH encoding `enc` at `*at`, advancing it. `datarel`: the base of
+    /// `DW_EH_PE_datarel` (the `.eh_frame_hdr` section), if it applies. `apply`: whether to
+    /// apply the relative part (not for an FDE's `pc_range`, a plain length).
+    fn pointer(&self, enc: u8, at: &mut u64, datarel: Option<u64>, apply: bool) -> Option<u64> {
+        if enc == PE_OMIT {
+            return None;
+        }
+        let field = *at;
+        let raw = match enc & 0x0f {
+            0x00 => {
+                let v = self.u64(*at)?;
+                *at += 8;
+                v
+            }
+            0x01 => self.uleb(at)?,
+            0x02 => {
+                let v = self.u16(*at)?;
+                *at += 2;
+                u64::from(v)
+            }
+            0x03 => {
+                let v = self.u32(*at)?;
+                *at += 4;
+                u64::from(v)
+            }
+            0x04 => {
+                let v = self.u64(*at)?;
+                *at += 8;
+                v
+            }
+            0x09 => self.sleb(at)? as u64,
+            0x0a => {
+                let v = self.u16(*at)?;
+                *at += 2;
+                v as i16 as i64 as u64
+            }
+            0x0b => {
+                let v = self.u32(*at)?;
+                *at += 4;
+                v as i32 as i64 as u64
+            }
+            0x0c => {
+                let v = self.u64(*at)?;
+                *at += 8;
+                v
+            }
+            _ => return None,
+        };
+        if !apply {
+            return Some(raw);
+        }
+        let base = match enc & 0x70 {
+            0x00 => 0,
+            0x10 => field,
+            0x30 => datarel?,
+            _ => return None, // textrel, funcrel, aligned: not used on x86-64 Linux
+        };
+        let v = base.wrapping_add(raw);
+        if enc & 0x80 != 0 {
+            // DW_EH_PE_indirect: the address of the pointer.
+            return self.u64(v);
+        }
+        Some(v)
+    }
+}
+
+/// The address of the `.eh_frame_hdr` of the module mapped at `addr`.
+fn eh_frame_hdr(mem: &Mem, maps: &[MapEntry], addr: u64) -> Option<u64> {
+    let here = maps.iter().find(|m| addr >= m.start && addr < m.end)?;
+    // The ELF header: at the file's offset-0 mapping (the lowest), or, for an anonymous or
+    // pseudo mapping (the vDSO), at the mapping itself.
+    let header = if here.is_file() {
+        maps.iter()
+            .filter(|m| m.name == here.name && m.inode == here.inode && m.dev == here.dev)
+            .min_by_key(|m| m.start)
+            .filter(|m| m.offset == 0)?
+    } else {
+        here
+    };
+    let base = header.start;
+    if mem.bytes::<5>(base)? != *b"\x7fELF\x02" {
+        return None;
+    }
+    let e_type = mem.u16(base + 0x10)?;
+    let phoff = mem.u64(base + 0x20)?;
+    let phentsize = u64::from(mem.u16(base + 0x36)?);
+    let phnum = mem.u16(base + 0x38)?;
+    if phnum > MAX_PHDRS || phentsize < 56 {
+        return None;
+    }
+    let mut lowest_load: Option<u64> = None;
+    let mut eh: Option<u64> = None;
+    for i in 0..u64::from(phnum) {
+        let ph = base.checked_add(phoff)?.checked_add(i * phentsize)?;
+        let p_type = mem.u32(ph)?;
+        let p_vaddr = mem.u64(ph + 0x10)?;
+        match p_type {
+            PT_LOAD => {
+                let p_offset = mem.u64(ph + 0x08)?;
+                // The segment mapping file offset 0 is at the header's address.
+                let v = p_vaddr.wrapping_sub(p_offset);
+                lowest_load = Some(lowest_load.map_or(v, |l| l.min(v)));
+            }
+            PT_GNU_EH_FRAME => eh = Some(p_vaddr),
+            _ => {}
+        }
+    }
+    let bias = match e_type {
+        ET_EXEC => 0,
+        ET_DYN => base.wrapping_sub(lowest_load? & !0xfff),
+        _ => return None,
+    };
+    Some(eh?.wrapping_add(bias))
+}
+
+/// The FDE covering `addr`, through the binary-search table of the `.eh_frame_hdr` at `hdr`.
+fn find_fde(mem: &Mem, hdr: u64, addr: u64) -> Option<FunctionFde> {
+    let [version, ptr_enc, count_enc, table_enc] = mem.bytes::<4>(hdr)?;
+    if version != 1 || table_enc == PE_OMIT {
+        return None;
+    }
+    let mut at = hdr + 4;
+    mem.pointer(ptr_enc, &mut at, Some(hdr), true)?; // eh_frame_ptr: unused
+    let count = mem.pointer(count_enc, &mut at, Some(hdr), true)?;
+    if count == 0 || count > MAX_FDES {
+        return None;
+    }
+    // Entries are (initial location, FDE address), both `table_enc`, of a fixed size.
+    let entry = match table_enc & 0x0f {
+        0x02 | 0x0a => 2,
+        0x03 | 0x0b => 4,
+        0x00 | 0x04 | 0x0c => 8,
+        _ => return None,
+    } * 2;
+    let table = at;
+    let read_entry = |i: u64| -> Option<(u64, u64)> {
+        let mut p = table + i * entry;
+        let loc = mem.pointer(table_enc, &mut p, Some(hdr), true)?;
+        let fde = mem.pointer(table_enc, &mut p, Some(hdr), true)?;
+        Some((loc, fde))
+    };
+    // The last entry whose initial location is <= addr.
+    let (mut lo, mut hi) = (0u64, count);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if read_entry(mid)?.0 <= addr {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let (_, fde) = read_entry(lo.checked_sub(1)?)?;
+    let f = parse_fde(mem, fde)?;
+    (addr >= f.start && addr < f.end).then_some(f)
+}
+
+/// The FDE at `fde`: its range, and its LSDA from the CIE's augmentation.
+fn parse_fde(mem: &Mem, fde: u64) -> Option<FunctionFde> {
+    let (_, fde_body) = length(mem, fde)?;
+    let id_at = fde_body;
+    let cie_off = u64::from(mem.u32(id_at)?);
+    if cie_off == 0 {
+        return None; // a CIE, not an FDE
+    }
+    let cie = id_at.checked_sub(cie_off)?;
+    let aug = parse_cie(mem, cie)?;
+    let mut at = id_at + 4;
+    let start = mem.pointer(aug.fde_enc, &mut at, None, true)?;
+    let range = mem.pointer(aug.fde_enc & 0x0f, &mut at, None, false)?;
+    let mut lsda = None;
+    if aug.has_z {
+        let len = mem.uleb(&mut at)?;
+        let data = at;
+        if let Some(enc) = aug.lsda_enc {
+            let mut p = data;
+            lsda = mem.pointer(enc, &mut p, None, true).filter(|&l| l != 0);
+        }
+        data.checked_add(len)?;
+    }
+    Some(FunctionFde {
+        start,
+        end: start.checked_add(range)?,
+        lsda,
+    })
+}
+
+/// A CFI entry's length field at `at`: (length, address of the entry's body after it).
+fn length(mem: &Mem, at: u64) -> Option<(u64, u64)> {
+    let l = mem.u32(at)?;
+    match l {
+        0 => None,
+        0xffff_ffff => Some((mem.u64(at + 4)?, at + 12)),
+        0xffff_fff0.. => None,
+        l => Some((u64::from(l), at + 4)),
+    }
+}
+
+/// What an FDE needs from its CIE.
+struct Augmentation {
+    has_z: bool,
+    /// `R`: the encoding of the FDE's addresses (absolute 8 bytes without it).
+    fde_enc: u8,
+    /// `L`: the encoding of the FDE's LSDA pointer.
+    lsda_enc: Option<u8>,
+}
+
+fn parse_cie(mem: &Mem, cie: u64) -> Option<Augmentation> {
+    let (_, body) = length(mem, cie)?;
+    if mem.u32(body)? != 0 {
+        return None;
+    }
+    let mut at = body + 4;
+    let version = mem.u8(at)?;
+    at += 1;
+    let mut aug = Vec::new();
+    loop {
+        let c = mem.u8(at)?;
+        at += 1;
+        if c == 0 {
+            break;
+        }
+        aug.push(c);
+        if aug.len() > 16 {
+            return None;
+        }
+    }
+    if aug.starts_with(b"eh") {
+        at += 8;
+    }
+    mem.uleb(&mut at)?; // code alignment
+    mem.sleb(&mut at)?; // data alignment
+    if version == 1 {
+        at += 1;
+    } else {
+        mem.uleb(&mut at)?; // return address register
+    }
+    let mut out = Augmentation {
+        has_z: aug.first() == Some(&b'z'),
+        fde_enc: 0,
+        lsda_enc: None,
+    };
+    if !out.has_z {
+        return Some(out);
+    }
+    mem.uleb(&mut at)?; // augmentation data length
+    for &c in &aug[1..] {
+        match c {
+            b'R' => {
+                out.fde_enc = mem.u8(at)?;
+                at += 1;
+            }
+            b'L' => {
+                out.lsda_enc = Some(mem.u8(at)?);
+                at += 1;
+            }
+            b'P' => {
+                let enc = mem.u8(at)?;
+                at += 1;
+                // The personality pointer: skipped (not applied: it may be indirect).
+                mem.pointer(enc & 0x0f, &mut at, None, false)?;
+            }
+            b'S' | b'B' => {}
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// Reads this process's own memory through `/proc/self/mem` (failing cleanly on unmapped
+    /// addresses).
+    pub(crate) fn read_self(addr: u64, buf: &mut [u8]) -> bool {
+        let Ok(f) = std::fs::File::open("/proc/self/mem") else {
+            return false;
+        };
+        f.read_exact_at(buf, addr).is_ok()
+    }
+
+    /// This process's memory map.
+    pub(crate) fn own_maps() -> Vec<MapEntry> {
+        crate::maps::read(nix::unistd::Pid::this()).expect("own maps")
+    }
+
+    /// The address of libc's `name` (NUL-terminated), by `dlsym`.
+    pub(crate) fn libc_symbol(name: &[u8]) -> u64 {
+        // SAFETY: dlsym reads the NUL-terminated name; RTLD_DEFAULT searches loaded objects.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr().cast()) };
+        assert!(!p.is_null(), "dlsym");
+        p as u64
+    }
+
+    #[test]
+    fn bounds_of_libc_getpid_contain_it() {
+        let maps = own_maps();
+        let getpid = libc_symbol(b"getpid\0");
+        let (s, e) = function_bounds(&read_self, &maps, getpid).expect("an FDE for getpid");
+        assert!(s <= getpid && getpid < e, "{s:#x}..{e:#x} vs {getpid:#x}");
+        assert!(e - s < 4096, "{s:#x}..{e:#x}");
+        // Every address of it finds the same function.
+        assert_eq!(function_bounds(&read_self, &maps, e - 1), Some((s, e)));
+        let read = libc_symbol(b"read\0");
+        let (rs, re) = function_bounds(&read_self, &maps, read).expect("an FDE for read");
+        assert!(rs <= read && read < re && re - rs < 4096);
+        // glibc's C functions have no landing pads.
+        let fde = function_fde(&read_self, &maps, read).expect("read's FDE");
+        assert_eq!((fde.start, fde.end, fde.lsda), (rs, re, None));
+    }
+
+    #[inline(never)]
+    fn known_function(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(3) ^ 7
+    }
+
+    #[test]
+    fn bounds_of_a_function_of_the_test_binary() {
+        let maps = own_maps();
+        let f = known_function as fn(u64) -> u64 as usize as u64;
+        let (s, e) = function_bounds(&read_self, &maps, f).expect("an FDE");
+        assert_eq!(s, f);
+        assert!(e > s && e - s < 256, "{s:#x}..{e:#x}");
+        assert_eq!(known_function(1), 4);
+    }
+
+    #[test]
+    fn a_rust_function_with_landing_pads_has_an_lsda() {
+        let maps = own_maps();
+        let f = with_cleanup as fn(u64) -> usize as usize as u64;
+        let fde = function_fde(&read_self, &maps, f).expect("an FDE");
+        assert_eq!(fde.start, f);
+        assert!(fde.lsda.is_some(), "{fde:?}");
+        assert_eq!(with_cleanup(3), 3);
+    }
+
+    /// Drops a `Vec` after a call that may unwind: a landing pad.
+    #[inline(never)]
+    fn with_cleanup(n: u64) -> usize {
+        let v = vec![1u8; std::hint::black_box(n) as usize];
+        may_panic(&v);
+        v.len()
+    }
+
+    #[inline(never)]
+    fn may_panic(v: &[u8]) {
+        if std::hint::black_box(v.len()) > 1000 {
+            panic!("too long");
+        }
+    }
+
+    #[test]
+    fn padding_after_libc_getpid_reaches_the_next_function() {
+        let maps = own_maps();
+        let getpid = libc_symbol(b"getpid\0");
+        let (_, e) = function_bounds(&read_self, &maps, getpid).expect("getpid's FDE");
+        let p = padding_end(&read_self, &maps, e);
+        assert!(p >= e && p - e < MAX_PADDING, "{e:#x} {p:#x}");
+        // It stops at a function or at code that is not padding.
+        let mut b = [0u8; 1];
+        assert!(read_self(p, &mut b));
+        assert!(function_bounds(&read_self, &maps, p).is_some() || b[0] != 0x90);
+    }
+
+    #[test]
+    fn nothing_for_unmapped_or_anonymous_memory() {
+        let maps = own_maps();
+        assert_eq!(function_bounds(&read_self, &maps, 8), None);
+        let heap = Box::new([0u8; 64]);
+        assert_eq!(
+            function_bounds(&read_self, &maps, heap.as_ptr() as u64),
+            None
+        );
+    }
+
+    #[test]
+    fn vdso_functions_have_bounds() {
+        let maps = own_maps();
+        let Some(v) = maps.iter().find(|m| m.name == "[vdso]") else {
+            return;
+        };
+        let found = (v.start..v.end)
+            .step_by(16)
+            .find_map(|a| function_bounds(&read_self, &maps, a));
+        let (s, e) = found.expect("some vDSO function has an FDE");
+        assert!(s >= v.start && e <= v.end && s < e);
+    }
+}
