@@ -154,10 +154,14 @@ impl Session {
         let maps = tracee::maps::read(t.tracee.pid())?;
         let read = |a: u64, b: &mut [u8]| t.tracee.read_mem(a, b).is_ok();
         let space = self.fast.spaces.get_mut(&mm).context("no fast-path state")?;
-        let bounds = *space
-            .functions
-            .entry(site)
-            .or_insert_with(|| tracee::functions::function_bounds(&read, &maps, site));
+        // The function's bounds from its unwind information, and the padding after it (a
+        // `mov eax, N; syscall; ret` function's window reaches into it); none for a function
+        // with landing pads, which the unwinder enters without a branch to check.
+        let bounds = *space.functions.entry(site).or_insert_with(|| {
+            tracee::functions::function_fde(&read, &maps, site)
+                .filter(|f| f.lsda.is_none())
+                .map(|f| (f.start, tracee::functions::padding_end(&read, &maps, f.end)))
+        });
         let Some((start, end)) = bounds else {
             return self.refuse(mm, site, "no function bounds");
         };
