@@ -13,7 +13,13 @@ mod elf;
 const ROOTS: &[&str] = &["deja_syscall_hook"];
 
 fn main() {
-    for f in ["lib/lib.rs", "lib/mem.rs", "abi.rs", "src/elf.rs", "build.rs"] {
+    for f in [
+        "lib/lib.rs",
+        "lib/mem.rs",
+        "abi.rs",
+        "src/elf.rs",
+        "build.rs",
+    ] {
         println!("cargo:rerun-if-changed={f}");
     }
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
@@ -55,11 +61,15 @@ fn main() {
     }
     cmd.arg("-o").arg(&out).arg("lib/lib.rs");
     // Flags meant for the host crates (coverage, sanitizers, ...) must not reach the library.
-    cmd.env_remove("CARGO_ENCODED_RUSTFLAGS").env_remove("RUSTFLAGS");
+    cmd.env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS");
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("cannot run {rustc} to build the syscallbuf library: {e}"));
-    assert!(status.success(), "building the syscallbuf library failed: {cmd:?}");
+    assert!(
+        status.success(),
+        "building the syscallbuf library failed: {cmd:?}"
+    );
 
     let image = std::fs::read(&out).unwrap_or_else(|e| panic!("cannot read {out:?}: {e}"));
     let elf = elf::Elf::parse(&image).unwrap_or_else(|e| panic!("{out:?}: {e}"));
@@ -73,6 +83,9 @@ fn main() {
         "deja_traced_syscall_end",
         "deja_untraced_syscall_end",
     ] {
-        assert!(elf.symbols.contains_key(sym), "{out:?} lacks the symbol {sym}");
+        assert!(
+            elf.symbols.contains_key(sym),
+            "{out:?} lacks the symbol {sym}"
+        );
     }
 }

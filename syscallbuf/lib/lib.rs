@@ -176,8 +176,7 @@ global_asm!(
 );
 
 extern "C" {
-    fn deja_untraced_syscall(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64)
-        -> i64;
+    fn deja_untraced_syscall(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64;
 }
 
 /// Called by the hook's assembly on the slot's stack with the saved registers and the slot's
@@ -262,7 +261,9 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
         return TRACED;
     }
     let result = match spec.probe {
-        PROBE_DIRECT => deja_untraced_syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5]),
+        PROBE_DIRECT => {
+            deja_untraced_syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5])
+        }
         PROBE_READ | PROBE_PREAD => {
             let pos = if spec.probe == PROBE_PREAD {
                 if (args[3] as i64) < 0 {
@@ -420,7 +421,7 @@ unsafe fn replay(regs: &mut Saved, hdr: &mut SlotHeader, slot: *mut u8) -> u64 {
         hdr.diverged = pos + 1;
         TRACED
     };
-    if size < RECORD_HEAD_SIZE || size % 8 != 0 || size > used - pos {
+    if size < RECORD_HEAD_SIZE || size & 7 != 0 || size > used - pos {
         return diverge(hdr);
     }
     if head.nr as u64 != regs.rax || head.args != regs.args {
@@ -448,7 +449,11 @@ unsafe fn replay(regs: &mut Saved, hdr: &mut SlotHeader, slot: *mut u8) -> u64 {
         let len = read_unaligned(rec.add(off + 8) as *const u64);
         // SAFETY: checked above to lie within the record; the destination is the program's
         // memory the recorded call wrote (same address space layout in replay).
-        mem::copy(addr as *mut u8, rec.add(off + WRITE_HEAD_SIZE as usize), len as usize);
+        mem::copy(
+            addr as *mut u8,
+            rec.add(off + WRITE_HEAD_SIZE as usize),
+            len as usize,
+        );
         off += write_size(len) as usize;
     }
     regs.rax = head.result as u64;
@@ -460,8 +465,6 @@ unsafe fn replay(regs: &mut Saved, hdr: &mut SlotHeader, slot: *mut u8) -> u64 {
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
-    loop {
-        // SAFETY: ud2 raises SIGILL; nothing is reachable after it.
-        unsafe { core::arch::asm!("ud2", options(noreturn, nomem, nostack)) }
-    }
+    // SAFETY: ud2 raises SIGILL; nothing is reachable after it.
+    unsafe { core::arch::asm!("ud2", options(noreturn, nomem, nostack)) }
 }

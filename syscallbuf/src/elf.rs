@@ -86,7 +86,9 @@ fn u64_at(b: &[u8], off: u64) -> Result<u64, String> {
 
 fn cstr_at(b: &[u8], off: u64) -> Result<String, String> {
     let o = usize::try_from(off).map_err(|_| format!("offset {off:#x} too large"))?;
-    let s = b.get(o..).ok_or_else(|| format!("string at {off:#x} out of the file"))?;
+    let s = b
+        .get(o..)
+        .ok_or_else(|| format!("string at {off:#x} out of the file"))?;
     let end = s
         .iter()
         .position(|&c| c == 0)
@@ -142,7 +144,11 @@ impl Elf {
             }
         }
         for l in &elf.loads {
-            if l.filesz > l.memsz || l.offset.checked_add(l.filesz).map_or(true, |e| e > b.len() as u64) {
+            if l.filesz > l.memsz
+                || l.offset
+                    .checked_add(l.filesz)
+                    .map_or(true, |e| e > b.len() as u64)
+            {
                 return Err(format!("bad PT_LOAD at {:#x}", l.vaddr));
             }
         }
@@ -220,10 +226,16 @@ impl Elf {
     /// undefined symbols, only `R_X86_64_RELATIVE` relocations.
     pub fn check_standalone(&self) -> Result<(), String> {
         if self.needed != 0 {
-            return Err(format!("the image needs {} shared libraries (DT_NEEDED)", self.needed));
+            return Err(format!(
+                "the image needs {} shared libraries (DT_NEEDED)",
+                self.needed
+            ));
         }
         if !self.undefined.is_empty() {
-            return Err(format!("the image has undefined symbols: {:?}", self.undefined));
+            return Err(format!(
+                "the image has undefined symbols: {:?}",
+                self.undefined
+            ));
         }
         if self.other_relocs {
             return Err("the image has DT_REL or DT_RELR relocations".into());

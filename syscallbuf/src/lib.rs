@@ -116,7 +116,9 @@ pub fn load(image: &[u8], base: u64) -> Result<Loaded> {
         });
     }
     for r in &elf.relas {
-        let at = base.checked_add(r.offset).context("relocation offset overflows")?;
+        let at = base
+            .checked_add(r.offset)
+            .context("relocation offset overflows")?;
         let seg = segments
             .iter_mut()
             .find(|s| at >= s.addr && at + 8 <= s.addr + s.bytes.len() as u64)
@@ -225,7 +227,11 @@ fn word(buf: &[u8], off: usize) -> Result<u64> {
 /// Parses the records of a slot's buffer (`buf` = its first `used` bytes). Strict: every size
 /// must be consistent, 8-aligned and inside `buf`.
 pub fn parse_records(buf: &[u8]) -> Result<Vec<Record>> {
-    ensure!(buf.len() % 8 == 0, "record buffer of {} bytes, not a multiple of 8", buf.len());
+    ensure!(
+        buf.len() % 8 == 0,
+        "record buffer of {} bytes, not a multiple of 8",
+        buf.len()
+    );
     let head = abi::RECORD_HEAD_SIZE as usize;
     let mut out = Vec::new();
     let mut pos = 0;
@@ -265,7 +271,9 @@ pub fn parse_records(buf: &[u8]) -> Result<Vec<Record>> {
                 .map(|l| l & !7)
                 .filter(|&l| l <= (size - off - abi::WRITE_HEAD_SIZE as usize) as u64)
                 .with_context(|| {
-                    format!("record {n} at byte {pos}: write {k} of {len} bytes past the record's end")
+                    format!(
+                        "record {n} at byte {pos}: write {k} of {len} bytes past the record's end"
+                    )
                 })? as usize;
             let data = off + abi::WRITE_HEAD_SIZE as usize;
             writes.push((addr, rec[data..data + len as usize].to_vec()));
@@ -328,13 +336,21 @@ mod tests {
         assert_eq!(image_hash().len(), 64);
         assert_eq!(CONFIG_SIZE, 16 + 24 * abi::MAX_NR);
         assert_eq!(SLOT_HEADER_SIZE, abi::OFF_INTERRUPTED as usize + 8);
-        assert_eq!(std::mem::size_of::<abi::RecordHead>() as u64, abi::RECORD_HEAD_SIZE);
+        assert_eq!(
+            std::mem::size_of::<abi::RecordHead>() as u64,
+            abi::RECORD_HEAD_SIZE
+        );
     }
 
     #[test]
     fn records_round_trip_and_strictness() {
         let recs = vec![
-            Record { nr: 39, args: [1, 2, 3, 4, 5, 6], result: 77, writes: vec![] },
+            Record {
+                nr: 39,
+                args: [1, 2, 3, 4, 5, 6],
+                result: 77,
+                writes: vec![],
+            },
             Record {
                 nr: 0,
                 args: [3, 0x1000, 64, 0, 0, 0],
@@ -362,10 +378,19 @@ mod tests {
         assert_eq!(word(&h, 0).unwrap(), abi::slot_addr(3));
         assert_eq!(word(&h, 8).unwrap(), abi::SLOT_MAGIC);
         assert_eq!(word(&h, abi::OFF_STACK_TOP as usize).unwrap() % 16, 0);
-        assert_eq!(word(&h, abi::OFF_FLAGS as usize).unwrap(), abi::SLOT_DISABLED);
+        assert_eq!(
+            word(&h, abi::OFF_FLAGS as usize).unwrap(),
+            abi::SLOT_DISABLED
+        );
         let mut specs = [abi::Spec::default(); abi::MAX_NR];
         specs[5].probe = abi::PROBE_DIRECT;
-        specs[5].outs[1] = abi::OutSpec { kind: abi::OUT_FIXED, arg: 1, count_arg: 0, pad: 0, size: 144 };
+        specs[5].outs[1] = abi::OutSpec {
+            kind: abi::OUT_FIXED,
+            arg: 1,
+            count_arg: 0,
+            pad: 0,
+            size: 144,
+        };
         let c = config_bytes(abi::MODE_RECORD, &specs);
         assert_eq!(c.len(), CONFIG_SIZE);
         assert_eq!(word(&c, 8).unwrap(), abi::MODE_RECORD);

@@ -11,26 +11,26 @@ use syscallbuf::{config_bytes, encode_records, loaded, parse_records, slot_heade
 #[repr(C, align(16))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Regs {
-    rax: u64,         // 0
-    rdi: u64,         // 8
-    rsi: u64,         // 16
-    rdx: u64,         // 24
-    r10: u64,         // 32
-    r8: u64,          // 40
-    r9: u64,          // 48
-    rbx: u64,         // 56
-    rbp: u64,         // 64
-    r12: u64,         // 72
-    r13: u64,         // 80
-    r14: u64,         // 88
-    r15: u64,         // 96
-    rcx: u64,         // 104
-    r11: u64,         // 112
-    flags_before: u64, // 120
-    flags_after: u64, // 128
-    rsp_before: u64,  // 136
-    rsp_after: u64,   // 144
-    stub: u64,        // 152
+    rax: u64,            // 0
+    rdi: u64,            // 8
+    rsi: u64,            // 16
+    rdx: u64,            // 24
+    r10: u64,            // 32
+    r8: u64,             // 40
+    r9: u64,             // 48
+    rbx: u64,            // 56
+    rbp: u64,            // 64
+    r12: u64,            // 72
+    r13: u64,            // 80
+    r14: u64,            // 88
+    r15: u64,            // 96
+    rcx: u64,            // 104
+    r11: u64,            // 112
+    flags_before: u64,   // 120
+    flags_after: u64,    // 128
+    rsp_before: u64,     // 136
+    rsp_after: u64,      // 144
+    stub: u64,           // 152
     xmm: [[u64; 2]; 16], // 160
 }
 
@@ -55,7 +55,10 @@ fn call(stub: u64, nr: u64, args: [u64; 6]) -> Regs {
         ..Regs::default()
     };
     for (i, x) in r.xmm.iter_mut().enumerate() {
-        *x = [0xa0a0_0000_0000_0000 | i as u64, 0x0b0b_0000_0000_0000 | (i as u64) << 8];
+        *x = [
+            0xa0a0_0000_0000_0000 | i as u64,
+            0x0b0b_0000_0000_0000 | (i as u64) << 8,
+        ];
     }
     let p: *mut Regs = &mut r;
     // SAFETY: the asm saves and restores every callee-saved register it uses (rbx, rbp,
@@ -120,7 +123,10 @@ fn call(stub: u64, nr: u64, args: [u64; 6]) -> Regs {
     expect.rsp_after = back.rsp_before;
     expect.flags_before = back.flags_before;
     expect.rsp_before = back.rsp_before;
-    assert_eq!(back, expect, "registers not preserved by the hook (nr {nr})");
+    assert_eq!(
+        back, expect,
+        "registers not preserved by the hook (nr {nr})"
+    );
     back
 }
 
@@ -137,16 +143,31 @@ fn map_at(addr: u64, len: usize) -> *mut u8 {
             0,
         )
     };
-    assert_eq!(p as u64, addr, "cannot map {len} bytes at {addr:#x}: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        p as u64,
+        addr,
+        "cannot map {len} bytes at {addr:#x}: {}",
+        std::io::Error::last_os_error()
+    );
     p as *mut u8
 }
 
 fn spec(probe: u8, outs: [OutSpec; 2]) -> Spec {
-    Spec { probe, pad: [0; 7], outs }
+    Spec {
+        probe,
+        pad: [0; 7],
+        outs,
+    }
 }
 
 fn out(kind: u8, arg: u8, count_arg: u8, size: u32) -> OutSpec {
-    OutSpec { kind, arg, count_arg, pad: 0, size }
+    OutSpec {
+        kind,
+        arg,
+        count_arg,
+        pad: 0,
+        size,
+    }
 }
 
 struct Slot(*mut SlotHeader);
@@ -185,7 +206,10 @@ fn pipe(nonblock: bool) -> (i32, i32) {
 fn monotonic() -> [u8; 16] {
     let mut ts = [0u8; 16];
     // SAFETY: ts is a timespec-sized buffer.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts.as_mut_ptr() as *mut _) }, 0);
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts.as_mut_ptr() as *mut _) },
+        0
+    );
     ts
 }
 
@@ -214,6 +238,7 @@ fn hook_records_and_replays_in_process() {
     specs[libc::SYS_clock_gettime as usize] =
         spec(abi::PROBE_DIRECT, [out(abi::OUT_FIXED, 1, 0, 16), none]);
     specs[libc::SYS_read as usize] = spec(abi::PROBE_READ, [out(abi::OUT_RET, 1, 2, 0), none]);
+    specs[libc::SYS_readv as usize] = spec(abi::PROBE_READV, [out(abi::OUT_IOV, 1, 2, 0), none]);
     let cfg = config_bytes(abi::MODE_RECORD, &specs);
     // SAFETY: the config symbol lies in the library's writable bss, mapped above.
     unsafe { std::ptr::copy_nonoverlapping(cfg.as_ptr(), lib.config as *mut u8, cfg.len()) };
@@ -253,7 +278,12 @@ fn hook_records_and_replays_in_process() {
     std::thread::spawn(move || {
         // SAFETY: this thread's gs base is unused by Rust and glibc (they use fs).
         let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, 0x1001, slot_u) };
-        assert_eq!(rc, 0, "arch_prctl(ARCH_SET_GS): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "arch_prctl(ARCH_SET_GS): {}",
+            std::io::Error::last_os_error()
+        );
         let slot = Slot(slot_u as *mut SlotHeader);
         let pid = unsafe { libc::getpid() } as i64;
 
@@ -262,12 +292,22 @@ fn hook_records_and_replays_in_process() {
         let r = call(stub, libc::SYS_getpid as u64, a);
         assert_eq!(r.rax as i64, pid);
         let h = slot.get();
-        assert_eq!((h.seq, h.calls, h.used, h.locked), (1, 1, abi::RECORD_HEAD_SIZE, 0));
+        assert_eq!(
+            (h.seq, h.calls, h.used, h.locked),
+            (1, 1, abi::RECORD_HEAD_SIZE, 0)
+        );
 
         // clock_gettime, buffered with its 16 bytes.
         let mut ts = [0u8; 16];
         let before = monotonic();
-        let ta = [libc::CLOCK_MONOTONIC as u64, ts.as_mut_ptr() as u64, 7, 8, 9, 10];
+        let ta = [
+            libc::CLOCK_MONOTONIC as u64,
+            ts.as_mut_ptr() as u64,
+            7,
+            8,
+            9,
+            10,
+        ];
         let r = call(stub, libc::SYS_clock_gettime as u64, ta);
         let after = monotonic();
         assert_eq!(r.rax, 0);
@@ -276,15 +316,45 @@ fn hook_records_and_replays_in_process() {
 
         // read from a pipe with data: buffered (preadv2 with RWF_NOWAIT).
         let (rd, wr) = pipe(true);
-        assert_eq!(unsafe { libc::write(wr, b"hello world".as_ptr() as *const _, 11) }, 11);
+        assert_eq!(
+            unsafe { libc::write(wr, b"hello world".as_ptr() as *const _, 11) },
+            11
+        );
         let mut buf = [0u8; 64];
         let ra = [rd as u64, buf.as_mut_ptr() as u64, 64, 0, 0, 0];
         let r = call(stub, libc::SYS_read as u64, ra);
         assert_eq!(r.rax, 11);
         let buf = unsafe { read_volatile(&buf) };
         assert_eq!(&buf[..11], b"hello world");
+
+        // readv: 10 bytes over iovecs of 4, 0 and 8 bytes: two writes.
+        assert_eq!(
+            unsafe { libc::write(wr, b"abcdefghij".as_ptr() as *const _, 10) },
+            10
+        );
+        let (mut v0, mut v2) = ([0u8; 4], [0u8; 8]);
+        let iov = [
+            libc::iovec {
+                iov_base: v0.as_mut_ptr() as *mut _,
+                iov_len: 4,
+            },
+            libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            libc::iovec {
+                iov_base: v2.as_mut_ptr() as *mut _,
+                iov_len: 8,
+            },
+        ];
+        let va = [rd as u64, iov.as_ptr() as u64, 3, 0, 0, 0];
+        let r = call(stub, libc::SYS_readv as u64, va);
+        assert_eq!(r.rax, 10);
+        let (v0, v2) = unsafe { (read_volatile(&v0), read_volatile(&v2)) };
+        assert_eq!((&v0, &v2[..6]), (b"abcd", &b"efghij"[..]));
+
         let h = slot.get();
-        assert_eq!((h.seq, h.calls), (3, 3));
+        assert_eq!((h.seq, h.calls), (4, 4));
 
         // read from the now empty pipe: the probe fails, the traced path returns EAGAIN.
         let mut buf2 = [0u8; 8];
@@ -321,7 +391,12 @@ fn hook_records_and_replays_in_process() {
         assert_eq!(
             recs,
             vec![
-                Record { nr: libc::SYS_getpid as u64, args: a, result: pid, writes: vec![] },
+                Record {
+                    nr: libc::SYS_getpid as u64,
+                    args: a,
+                    result: pid,
+                    writes: vec![]
+                },
                 Record {
                     nr: libc::SYS_clock_gettime as u64,
                     args: ta,
@@ -334,18 +409,42 @@ fn hook_records_and_replays_in_process() {
                     result: 11,
                     writes: vec![(ra[1], b"hello world".to_vec())],
                 },
+                Record {
+                    nr: libc::SYS_readv as u64,
+                    args: va,
+                    result: 10,
+                    writes: vec![
+                        (iov[0].iov_base as u64, b"abcd".to_vec()),
+                        (iov[2].iov_base as u64, b"efghij".to_vec()),
+                    ],
+                },
             ]
         );
-        assert_eq!(h.used, 72 + (72 + 16 + 16) + (72 + 16 + 16));
+        assert_eq!(
+            h.used,
+            72 + (72 + 16 + 16) + (72 + 16 + 16) + (72 + 16 + 8 + 16 + 8)
+        );
 
         // REPLAY: the results and memory come from the records placed.
         let mut ts2 = [0u8; 16];
         let mut buf3 = [0u8; 32];
-        let ta2 = [libc::CLOCK_MONOTONIC as u64, ts2.as_mut_ptr() as u64, 0, 0, 0, 0];
+        let ta2 = [
+            libc::CLOCK_MONOTONIC as u64,
+            ts2.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+            0,
+        ];
         let ra2 = [rd as u64, buf3.as_mut_ptr() as u64, 32, 0, 0, 0];
         let fake_ts: Vec<u8> = (1..=16).collect();
         let placed = vec![
-            Record { nr: libc::SYS_getpid as u64, args: a, result: 4242, writes: vec![] },
+            Record {
+                nr: libc::SYS_getpid as u64,
+                args: a,
+                result: 4242,
+                writes: vec![],
+            },
             Record {
                 nr: libc::SYS_clock_gettime as u64,
                 args: ta2,
@@ -358,7 +457,12 @@ fn hook_records_and_replays_in_process() {
                 result: 5,
                 writes: vec![(ra2[1], b"fake!".to_vec())],
             },
-            Record { nr: libc::SYS_getpid as u64, args: a, result: 1, writes: vec![] },
+            Record {
+                nr: libc::SYS_getpid as u64,
+                args: a,
+                result: 1,
+                writes: vec![],
+            },
         ];
         let bytes = encode_records(&placed);
         let last = encode_records(&placed[..3]).len() as u64;
@@ -384,7 +488,10 @@ fn hook_records_and_replays_in_process() {
         let b = [0x11, 0x20, 0x30, 0x40, 0x50, 0x60];
         assert_eq!(call(stub, libc::SYS_getpid as u64, b).rax as i64, pid);
         let h2 = slot.get();
-        assert_eq!((h2.pos, h2.calls, h2.seq, h2.diverged), (last, 3, 3, last + 1));
+        assert_eq!(
+            (h2.pos, h2.calls, h2.seq, h2.diverged),
+            (last, 3, 3, last + 1)
+        );
 
         // The matching call still replays; then the buffer is exhausted: traced.
         slot.set(|h| h.diverged = 0);
