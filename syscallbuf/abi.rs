@@ -76,6 +76,8 @@ pub const OUT_NONE: u8 = 0;
 /// [`OutSpec::kind`]: `size` bytes at the address in argument `arg` (skipped when it is 0).
 pub const OUT_FIXED: u8 = 1;
 /// [`OutSpec::kind`]: `result` bytes at the address in argument `arg` (when `result` > 0).
+/// `count_arg` is the index of the length argument bounding `result` (e.g. 2 for `read`'s
+/// `count`): the library reserves that many bytes before making the call.
 pub const OUT_RET: u8 = 2;
 /// [`OutSpec::kind`]: `result` bytes scattered over the iovec array at argument `arg`, of
 /// `count_arg` entries (when `result` > 0).
@@ -89,7 +91,8 @@ pub struct OutSpec {
     pub kind: u8,
     /// Argument index (0..=5) holding the address.
     pub arg: u8,
-    /// For [`OUT_IOV`]: argument index holding the iovec count.
+    /// For [`OUT_IOV`]: argument index holding the iovec count. For [`OUT_RET`]: argument
+    /// index holding the length that bounds the result (the buffer's size).
     pub count_arg: u8,
     /// Padding.
     pub pad: u8,

@@ -77,6 +77,7 @@ pub fn capture(
         comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|c| c.trim_end_matches('\n').to_string())
             .unwrap_or_default(),
+        syscallbuf: None,
     })
 }
 

@@ -304,8 +304,13 @@ impl Session {
             rel.exec_pending = true;
         }
         self.segv.exec(pid);
-        let t = self.task(tid)?;
-        self.segv_blocked.after_call(tid, &t.tracee, None)?;
+        let Session {
+            tasks,
+            segv_blocked,
+            ..
+        } = self;
+        let t = tasks.get(&tid).context("exec of an unknown task")?;
+        segv_blocked.after_call(tid, &t.tracee, None)?;
         Ok(())
     }
 

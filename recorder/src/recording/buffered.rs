@@ -150,10 +150,11 @@ impl Session {
         if inside {
             return Ok(false);
         }
-        let t = self.task(tid)?;
+        let Session { tasks, fast, .. } = self;
+        let t = tasks.get(&tid).context("patching for an unknown task")?;
         let maps = tracee::maps::read(t.tracee.pid())?;
         let read = |a: u64, b: &mut [u8]| t.tracee.read_mem(a, b).is_ok();
-        let space = self.fast.spaces.get_mut(&mm).context("no fast-path state")?;
+        let space = fast.spaces.get_mut(&mm).context("no fast-path state")?;
         // The function's bounds from its unwind information, and the padding after it (a
         // `mov eax, N; syscall; ret` function's window reaches into it); none for a function
         // with landing pads, which the unwinder enters without a branch to check.

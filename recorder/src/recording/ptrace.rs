@@ -219,7 +219,7 @@ impl Session {
         } else if at_boundary {
             (SignalOrigin::Async, None)
         } else {
-            let Some(point) = self.reach_point(tid, &mut aside)? else {
+            let Some(point) = self.reach_point(tid, &mut aside, Some((sig, info)))? else {
                 return Ok(());
             };
             (SignalOrigin::Async, Some(Box::new(point)))

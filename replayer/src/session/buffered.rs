@@ -58,13 +58,14 @@ impl Session {
         if self.task(tid)?.slot.is_none() {
             return Ok(());
         }
+        let placed: Vec<u64> = self.task(tid)?.placed.iter().map(|&(n, _)| n).collect();
         let mut batches = Vec::new();
         let mut i = 0;
         while i < LOOKAHEAD {
             let index = self.index + 1 + i as u64;
             match self.peek_at(i)? {
                 Some(Event::Buffered(b)) if b.tid == tid => {
-                    if !self.task(tid)?.placed.iter().any(|&(n, _)| n == index) {
+                    if !placed.contains(&index) {
                         batches.push((index, b.clone()));
                     }
                 }
