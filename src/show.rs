@@ -111,7 +111,11 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
         let c = &m.syscalls;
         if c.fast_path {
             let all = c.traced + c.buffered;
-            let pct = if all == 0 { 0.0 } else { 100.0 * c.buffered as f64 / all as f64 };
+            let pct = if all == 0 {
+                0.0
+            } else {
+                100.0 * c.buffered as f64 / all as f64
+            };
             writeln!(
                 out,
                 "syscalls:       {all}: {} buffered ({pct:.1}%), {} traced; {} sites patched, {} \
@@ -119,7 +123,11 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
                 c.buffered, c.traced, c.sites_patched, c.sites_refused
             )?;
         } else {
-            writeln!(out, "syscalls:       {} (all traced: fast path off)", c.traced)?;
+            writeln!(
+                out,
+                "syscalls:       {} (all traced: fast path off)",
+                c.traced
+            )?;
         }
     }
     Ok(())

@@ -226,7 +226,10 @@ impl Session {
             };
             // No clock is read on the recorder's hot path (the tracer thread traps `rdtsc`, so
             // a clock read costs a signal): a time slice is counted in timer ticks instead.
-            let now = (*current, writer.event_count());
+            // The slice is the time a task has held the CPU, whatever events it makes: a
+            // task whose syscalls are exclusive or buffered (the fast path) never gives the
+            // CPU up at them, and must still leave it to the others now and then.
+            let now = (*current, 0);
             if (stall.0, stall.1) == now {
                 stall.2 += 1;
             } else {

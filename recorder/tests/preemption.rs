@@ -235,6 +235,7 @@ fn record_ok(prog: &Path, args: &[&str]) -> (ExitStatus, Vec<Event>) {
         args: args.iter().map(|a| a.to_string()).collect(),
         dest: TraceDest::Dir(dir.clone()),
         wait_all: false,
+        syscall_buffer: true,
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

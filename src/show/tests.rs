@@ -31,6 +31,7 @@ fn exec(tid: Tid, argv: &[&str]) -> Event {
         sig_blocked: 0,
         sig_ignored: 0,
         comm: String::new(),
+        syscallbuf: None,
     }))
 }
 
@@ -64,6 +65,7 @@ fn start(tid: Tid) -> Event {
     Event::Start(StartEvent {
         tid,
         writes: Vec::new(),
+        slot: None,
     })
 }
 

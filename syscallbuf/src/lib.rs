@@ -9,8 +9,8 @@
 
 #[path = "../abi.rs"]
 pub mod abi;
-pub mod specs;
 pub mod elf;
+pub mod specs;
 
 use anyhow::{ensure, Context, Result};
 use std::sync::OnceLock;

@@ -5,11 +5,16 @@ use std::path::Path;
 use trace_format::{Data, Event, MemWrite, TraceReader, TraceWriter};
 
 /// Every [`MemWrite`] of an event, whose blobs must be copied into a rewritten trace.
-pub fn writes_mut(ev: &mut Event) -> &mut [MemWrite] {
+pub fn writes_mut(ev: &mut Event) -> Vec<&mut MemWrite> {
     match ev {
-        Event::Syscall(e) => &mut e.writes,
-        Event::Clone(e) => &mut e.writes,
-        Event::Start(e) => &mut e.writes,
+        Event::Syscall(e) => e.writes.iter_mut().collect(),
+        Event::Clone(e) => e.writes.iter_mut().collect(),
+        Event::Start(e) => e.writes.iter_mut().collect(),
+        Event::Buffered(e) => e
+            .calls
+            .iter_mut()
+            .flat_map(|c| c.writes.iter_mut())
+            .collect(),
         Event::Exec(_)
         | Event::Signal(_)
         | Event::Rdtsc(_)
@@ -17,7 +22,8 @@ pub fn writes_mut(ev: &mut Event) -> &mut [MemWrite] {
         | Event::Exit(_)
         | Event::Preempt(_)
         | Event::Resume(_)
-        | Event::Ptrace(_) => &mut [],
+        | Event::Ptrace(_)
+        | Event::Patch(_) => Vec::new(),
     }
 }
 

@@ -113,6 +113,7 @@ fn every_variant(w: &mut TraceWriter) -> (Vec<Event>, Vec<(Data, Vec<u8>)>) {
             sig_blocked: 1 << 13,
             sig_ignored: 1 << 1,
             comm: String::new(),
+            syscallbuf: None,
         })),
         syscall(
             100,

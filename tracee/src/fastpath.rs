@@ -27,8 +27,14 @@ pub fn in_library(rip: u64) -> bool {
 pub fn load(t: &Tracee, mode: u64, slot: u64) -> Result<()> {
     let lib = syscallbuf::loaded()?;
     let size = page_up(lib.end - abi::LIB_BASE);
-    map_fixed(t, abi::LIB_BASE, size, libc::PROT_READ | libc::PROT_WRITE, 0)
-        .context("mapping deja's in-process library")?;
+    map_fixed(
+        t,
+        abi::LIB_BASE,
+        size,
+        libc::PROT_READ | libc::PROT_WRITE,
+        0,
+    )
+    .context("mapping deja's in-process library")?;
     for seg in &lib.segments {
         t.write_mem(seg.addr, &seg.bytes)
             .context("writing deja's in-process library")?;
@@ -54,7 +60,10 @@ pub fn load(t: &Tracee, mode: u64, slot: u64) -> Result<()> {
         libc::MAP_NORESERVE,
     )
     .context("mapping the threads' slots of deja's in-process library")?;
-    t.write_mem(abi::slot_addr(0), &syscallbuf::slot_header(abi::slot_addr(0), true))?;
+    t.write_mem(
+        abi::slot_addr(0),
+        &syscallbuf::slot_header(abi::slot_addr(0), true),
+    )?;
     give_slot(t, slot)
 }
 
@@ -116,7 +125,8 @@ pub fn drain(t: &Tracee, slot: u64) -> Result<Vec<syscallbuf::Record>> {
         h.used
     );
     let buf = t.read_vec(slot + abi::BUF_OFF, h.used as usize)?;
-    let records = syscallbuf::parse_records(&buf).context("reading the syscalls the library logged")?;
+    let records =
+        syscallbuf::parse_records(&buf).context("reading the syscalls the library logged")?;
     set_word(t, slot, abi::OFF_USED, 0)?;
     set_word(t, slot, abi::OFF_CALLS, 0)?;
     Ok(records)

@@ -473,6 +473,12 @@ pub fn step_for_watch(t: &Tracee, max: usize) -> Result<Stepped> {
             break;
         }
         let writes = written_by(&mut factory, &insn, &regs);
+        if is_popf(&insn) {
+            emulate_popf(t, &insn)?;
+            out.steps += 1;
+            regs = t.regs()?;
+            continue;
+        }
         t.step(0)?;
         let stop = t.wait()?;
         if !is_step_trap(t, stop)? {
@@ -489,6 +495,58 @@ pub fn step_for_watch(t: &Tracee, max: usize) -> Result<Stepped> {
         regs = t.regs()?;
     }
     Ok(out)
+}
+
+/// Single-steps one instruction of `t` and returns the stop it reached; a `pushf` stepped
+/// this way has the trap flag the stepping sets cleared from the pushed image (as
+/// [`step_for_watch`] does), so the program never picks it up.
+pub fn step_one(t: &Tracee) -> Result<Option<Stop>> {
+    let regs = t.regs()?;
+    let mut bytes = [0u8; 16];
+    let len = t.read_mem_partial(regs.rip, &mut bytes);
+    let insn = Decoder::with_ip(64, &bytes[..len], regs.rip, DecoderOptions::NONE).decode();
+    if is_popf(&insn) {
+        emulate_popf(t, &insn)?;
+        return Ok(None);
+    }
+    t.step(0)?;
+    let stop = t.wait()?;
+    if matches!(insn.mnemonic(), Mnemonic::Pushf | Mnemonic::Pushfq)
+        && regs.eflags & EFLAGS_TF == 0
+        && is_step_trap(t, stop)?
+    {
+        clear_pushed_tf(t, &insn)?;
+    }
+    Ok(Some(stop))
+}
+
+/// Whether `insn` is a `popf`/`popfq`.
+fn is_popf(insn: &Instruction) -> bool {
+    matches!(insn.mnemonic(), Mnemonic::Popf | Mnemonic::Popfq)
+}
+
+/// Runs the `popf`/`popfq` `insn` at the stopped task's `rip` by hand: single-stepping one
+/// makes the kernel lose track of the trap flag the stepping set (it then treats it as the
+/// program's, and leaves it set when the task is continued: a stray `SIGTRAP` later).
+fn emulate_popf(t: &Tracee, insn: &Instruction) -> Result<()> {
+    let mut regs = t.regs()?;
+    let size = if insn.mnemonic() == Mnemonic::Popfq {
+        8
+    } else {
+        2
+    };
+    let mut b = [0u8; 8];
+    t.read_mem(regs.rsp, &mut b[..size])
+        .context("reading the flags a popf pops")?;
+    let value = u64::from_le_bytes(b);
+    regs.eflags = if size == 8 {
+        value
+    } else {
+        (regs.eflags & !0xffff) | value
+    };
+    regs.rsp += size as u64;
+    regs.rip = insn.next_ip();
+    t.set_regs(&regs).context("emulating a popf")
 }
 
 /// Whether `stop` is the SIGTRAP of a completed single step (kernel-sent, not a `kill`).

@@ -86,6 +86,7 @@ fn options(program: &Path, args: &[&str], seccomp: bool) -> SpawnOptions {
         cpu: None,
         trap_tsc: false,
         seccomp,
+        allow_syscalls_from: None,
         no_core_dump: true,
         signals: SignalState::default(),
         bind_over: None,

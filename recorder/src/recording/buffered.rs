@@ -50,14 +50,21 @@ impl Session {
         if !std::mem::take(&mut t.library_pending) {
             return Ok(());
         }
-        let slot = t.slot.context("a task to load the library into has no slot")?;
+        let slot = t
+            .slot
+            .context("a task to load the library into has no slot")?;
         tracee::fastpath::load(&t.tracee, abi::MODE_RECORD, slot)
             .with_context(|| format!("loading deja's in-process library into task {tid}"))
     }
 
     /// The slot a task made by `parent`'s clone gets: its own in the parent's address space
     /// (`CLONE_VM`), or the parent's in the child's copy of it (`fork`).
-    pub(super) fn slot_for_child(&mut self, parent: i32, child: i32, clone_vm: bool) -> Option<u64> {
+    pub(super) fn slot_for_child(
+        &mut self,
+        parent: i32,
+        child: i32,
+        clone_vm: bool,
+    ) -> Option<u64> {
         let p = self.tasks.get(&parent)?;
         let (parent_slot, mm) = (p.slot?, p.mm);
         if clone_vm {
@@ -201,12 +208,17 @@ impl Session {
         };
         tracee::fastpath::apply(&t.tracee, &p)
             .with_context(|| format!("patching the syscall site {site:#x}"))?;
-        let space = self.fast.spaces.get_mut(&mm).context("no fast-path state")?;
+        let space = self
+            .fast
+            .spaces
+            .get_mut(&mm)
+            .context("no fast-path state")?;
         match space.stub_pages.iter_mut().find(|(pg, _)| *pg == page) {
             Some((_, used)) => *used += plan.stub.len().next_multiple_of(16) as u64,
-            None => space
-                .stub_pages
-                .push((page, STUB_START + plan.stub.len().next_multiple_of(16) as u64)),
+            None => space.stub_pages.push((
+                page,
+                STUB_START + plan.stub.len().next_multiple_of(16) as u64,
+            )),
         }
         space.sites.insert(site, Site::Patched);
         self.fast.counts.sites_patched += 1;
@@ -256,6 +268,12 @@ impl Session {
         for _ in 0..LEAVE_STEPS {
             let t = self.task(tid)?;
             let mut regs = t.tracee.regs()?;
+            tracing::trace!(
+                tid,
+                rip = regs.rip,
+                eflags = regs.eflags,
+                "leaving deja's code"
+            );
             if !self.in_own_code(tid, regs.rip) {
                 return self.send_again(tid, aside).map(|()| true);
             }
@@ -272,8 +290,9 @@ impl Session {
                 t.tracee.cont(0)?;
                 t.tracee.wait()?
             } else {
-                t.tracee.step(0)?;
-                let stop = t.tracee.wait()?;
+                let Some(stop) = tracee::state::step_one(&t.tracee)? else {
+                    continue;
+                };
                 if tracee::state::is_step_trap(&t.tracee, stop)? {
                     continue;
                 }

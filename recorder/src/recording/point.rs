@@ -219,6 +219,8 @@ impl Session {
     /// The point the running task `tid` is stopped at, with `written` (what it wrote while
     /// single-stepped) for the watched words.
     pub(super) fn capture_point(&mut self, tid: i32, written: &[(u64, u8)]) -> Result<Point> {
+        // Stepping to the point may have made buffered syscalls: their event comes before it.
+        self.drain(tid)?;
         let mut excluded = self.excluded(tid)?;
         let seq = self.seq_watch(tid)?;
         // deja's own memory differs between recording and replay (the buffer holds records in
@@ -238,6 +240,9 @@ impl Session {
             0
         };
         let t = self.task(tid)?;
+        if let Ok(r) = t.tracee.regs() {
+            tracing::debug!(tid, rip = r.rip, eflags = r.eflags, "point");
+        }
         let mut watch = tracee::state::watch_values(&t.tracee, &written, WATCH_WORDS);
         watch.extend(seq);
         tracee::state::capture(&t.tracee, excluded, watch, ticks)

@@ -124,7 +124,10 @@ impl Session {
         };
         let end = t.placed[k].1;
         let last = k + 1 == t.placed.len();
-        if !matches!(t.state, crate::tasks::RState::Parked(_) | crate::tasks::RState::AtPoint) {
+        if !matches!(
+            t.state,
+            crate::tasks::RState::Parked(_) | crate::tasks::RState::AtPoint
+        ) {
             // Killed in the recording before its next event: the replay does not run it.
             return Ok(());
         }
@@ -132,7 +135,11 @@ impl Session {
         if h.diverged != 0 && h.diverged - 1 < end {
             let at = h.diverged - 1;
             let r = t.tracee.regs()?;
-            let start = if k == 0 { 0 } else { self.task(tid)?.placed[k - 1].1 };
+            let start = if k == 0 {
+                0
+            } else {
+                self.task(tid)?.placed[k - 1].1
+            };
             let expected = describe_call(e, at, start);
             let found = format!(
                 "{}({:#x}, {:#x}, {:#x}, ...)",
@@ -151,7 +158,10 @@ impl Session {
             let found = self.describe_stop(tid, stop);
             return Err(self.diverged_with(
                 tid,
-                format!("{} buffered syscall(s) before the task's next event", e.calls.len()),
+                format!(
+                    "{} buffered syscall(s) before the task's next event",
+                    e.calls.len()
+                ),
                 found,
                 vec![format!(
                     "the library answered {} of the {} bytes of records placed",
