@@ -94,7 +94,8 @@ mod tests {
             (cg.probe, cg.outs[0].kind, cg.outs[0].size),
             (abi::PROBE_DIRECT, abi::OUT_FIXED, 16)
         );
-        assert_eq!(all[libc::SYS_openat as usize].probe, abi::PROBE_NONE);
+        assert_eq!(all[libc::SYS_openat as usize].probe, abi::PROBE_DIRECT);
+        assert_eq!(all[libc::SYS_mmap as usize].probe, abi::PROBE_NONE);
         assert_eq!(all[libc::SYS_write as usize].probe, abi::PROBE_NONE);
     }
 }

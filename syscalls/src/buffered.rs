@@ -32,8 +32,29 @@ pub fn buffered(nr: u64) -> Option<(Probe, Option<usize>)> {
         libc::SYS_readv => (Readv, None),
         libc::SYS_getdents64 | libc::SYS_readlink => (Direct, Some(2)),
         libc::SYS_readlinkat => (Direct, Some(3)),
-        libc::SYS_getcwd => (Direct, Some(1)),
-        libc::SYS_fstat
+        libc::SYS_getcwd | libc::SYS_getrandom => (Direct, Some(1)),
+        // Descriptors: the recorder follows which ones alias its stdout/stderr (`dup`,
+        // `close`), and does so for buffered ones when it drains them, in order. An `open` of
+        // a FIFO may block: the library's call is then interrupted and made on the traced
+        // path (see the recorder's README).
+        libc::SYS_open
+        | libc::SYS_openat
+        | libc::SYS_close
+        | libc::SYS_dup
+        | libc::SYS_dup2
+        | libc::SYS_dup3
+        | libc::SYS_pipe
+        | libc::SYS_pipe2
+        | libc::SYS_umask
+        | libc::SYS_chdir
+        | libc::SYS_fchdir
+        | libc::SYS_getpgrp
+        | libc::SYS_getpgid
+        | libc::SYS_getsid
+        | libc::SYS_fsync
+        | libc::SYS_fdatasync
+        | libc::SYS_fadvise64
+        | libc::SYS_fstat
         | libc::SYS_stat
         | libc::SYS_lstat
         | libc::SYS_newfstatat

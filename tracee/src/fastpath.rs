@@ -107,6 +107,25 @@ pub fn header(t: &Tracee, slot: u64) -> Result<SlotHeader> {
     })
 }
 
+/// Turns the fast path off in the process of stopped task `t`: every later syscall of its
+/// threads takes the traced path (its library's mode becomes `MODE_OFF`).
+pub fn turn_off(t: &Tracee) -> Result<()> {
+    let config = syscallbuf::loaded()?.config;
+    t.write_mem(config + 8, &abi::MODE_OFF.to_le_bytes())
+        .context("turning deja's in-process library off")
+}
+
+/// Whether a successful `ptrace(request, pid, ..)` made by task `caller` gives a task an
+/// (emulated) tracer, and which: the recorder then turns the fast path off in that task's
+/// process (see [`turn_off`]), and the replay does the same at the call's event.
+pub fn ptrace_turns_off(caller: i32, args: &[u64; 6]) -> Option<i32> {
+    match args[0] {
+        0 => Some(caller),                   // PTRACE_TRACEME
+        16 | 0x4206 => Some(args[1] as i32), // PTRACE_ATTACH, PTRACE_SEIZE
+        _ => None,
+    }
+}
+
 /// Writes the header word at `off` of `slot` in `t`.
 pub fn set_word(t: &Tracee, slot: u64, off: u64, value: u64) -> Result<()> {
     t.write_mem(slot + off, &value.to_le_bytes())

@@ -26,7 +26,9 @@ impl Session {
     /// library, which is loaded at the exec's exit stop (see [`Session::load_pending_library`]).
     /// `None` when the fast path is off.
     pub(super) fn plan_library(&mut self, tid: i32) -> Result<Option<LibraryLoad>> {
-        if !self.fast.enabled {
+        // A traced task's new program runs without it (see `fast_path_off`).
+        if !self.fast.enabled || self.ptrace.is_traced(tid) {
+            self.task(tid)?.slot = None;
             return Ok(None);
         }
         let t = self.task(tid)?;
@@ -55,6 +57,19 @@ impl Session {
             .context("a task to load the library into has no slot")?;
         tracee::fastpath::load(&t.tracee, abi::MODE_RECORD, slot)
             .with_context(|| format!("loading deja's in-process library into task {tid}"))
+    }
+
+    /// A task gets an emulated tracer: its process stops using the fast path, so that the
+    /// tracer sees every syscall (the replay does the same at the same call, see
+    /// `tracee::fastpath::ptrace_turns_off`).
+    pub(super) fn fast_path_off(&mut self, tid: i32) -> Result<()> {
+        let Some(t) = self.tasks.get(&tid) else {
+            return Ok(());
+        };
+        if t.slot.is_some() {
+            tracee::fastpath::turn_off(&t.tracee)?;
+        }
+        Ok(())
     }
 
     /// The slot a task made by `parent`'s clone gets: its own in the parent's address space
@@ -110,6 +125,13 @@ impl Session {
             return Ok(());
         }
         self.fast.counts.buffered += records.len() as u64;
+        // What the recorder follows of traced calls, it follows of buffered ones, in order:
+        // which descriptors alias its stdout/stderr.
+        let pid = t.pid;
+        let echo = self.echo.entry(pid).or_default();
+        for r in &records {
+            echo.after_syscall(r.nr, &r.args, r.result);
+        }
         let mut calls = Vec::with_capacity(records.len());
         for r in records {
             let mut writes = Vec::with_capacity(r.writes.len());

@@ -40,6 +40,18 @@ impl Session {
         Ok(())
     }
 
+    /// A successful `ptrace` call of `tid` that gave a task an emulated tracer: that task's
+    /// process stops using the fast path, as in the recording.
+    pub(super) fn ptrace_turns_fast_path_off(&mut self, tid: Tid, args: &[u64; 6]) -> Result<()> {
+        let Some(target) = tracee::fastpath::ptrace_turns_off(tid, args) else {
+            return Ok(());
+        };
+        match self.tasks.by_tid(target) {
+            Some(t) if t.slot.is_some() => tracee::fastpath::turn_off(&t.tracee),
+            _ => Ok(()),
+        }
+    }
+
     /// A new task's first run: its gs base at its slot, with a fresh header, as in the
     /// recording.
     pub(super) fn start_slot(&mut self, tid: Tid, slot: Option<u64>) -> Result<()> {

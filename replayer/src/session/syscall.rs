@@ -88,6 +88,9 @@ impl Session {
         }
         let mut r = self.entry_regs(tid)?;
         self.check_entry(tid, &r, e)?;
+        if e.nr == libc::SYS_ptrace as u64 && e.result == 0 {
+            self.ptrace_turns_fast_path_off(tid, &e.args)?;
+        }
         let replay = syscalls::replay_of(e.nr, &e.args).unwrap_or(Replay::Deny(libc::ENOSYS));
         match replay {
             Replay::Execute => {

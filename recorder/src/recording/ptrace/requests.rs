@@ -78,6 +78,7 @@ impl Session {
                 let mut rel = Relation::new(parent, 0);
                 rel.real_parent = Some(parent);
                 self.ptrace.insert(tid, rel);
+                self.fast_path_off(tid)?;
                 Ok(Served::ok(0))
             }
             16 | 0x4206 => {
@@ -99,6 +100,7 @@ impl Session {
                 };
                 let group_stopped = self.group_stopped(target);
                 self.ptrace.insert(target, rel);
+                self.fast_path_off(target)?;
                 if group_stopped {
                     // Already stopped by job control: the kernel makes it trap at once, and
                     // its tracer's wait reports that stop (see `job_control`).
