@@ -125,6 +125,9 @@ pub struct Task {
     pub slot: Option<u64>,
     /// The library is to be loaded at the exit stop of the exec that planned it.
     pub library_pending: bool,
+    /// An asynchronous signal was just delivered by a single step: its stop (at the handler's
+    /// first instruction) is still that signal's boundary.
+    pub entering_handler: bool,
 }
 
 impl Task {
@@ -143,6 +146,7 @@ impl Task {
             held_signal: None,
             slot: None,
             library_pending: false,
+            entering_handler: false,
         }
     }
 

@@ -126,6 +126,15 @@ pub fn ptrace_turns_off(caller: i32, args: &[u64; 6]) -> Option<i32> {
     }
 }
 
+/// Whether syscall `nr(args)` installs a seccomp filter (or strict mode) of the program's own:
+/// its filter would see (and could refuse or trap) the library's untraced calls, which the
+/// replay does not make, so the caller's process stops using the fast path at that call, in
+/// the recording and in the replay, whatever the call returns.
+pub fn seccomp_turns_off(nr: u64, args: &[u64; 6]) -> bool {
+    nr == libc::SYS_seccomp as u64
+        || (nr == libc::SYS_prctl as u64 && args[0] == libc::PR_SET_SECCOMP as u64)
+}
+
 /// Writes the header word at `off` of `slot` in `t`.
 pub fn set_word(t: &Tracee, slot: u64, off: u64, value: u64) -> Result<()> {
     t.write_mem(slot + off, &value.to_le_bytes())

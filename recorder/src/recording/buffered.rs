@@ -26,8 +26,10 @@ impl Session {
     /// library, which is loaded at the exec's exit stop (see [`Session::load_pending_library`]).
     /// `None` when the fast path is off.
     pub(super) fn plan_library(&mut self, tid: i32) -> Result<Option<LibraryLoad>> {
-        // A traced task's new program runs without it (see `fast_path_off`).
-        if !self.fast.enabled || self.ptrace.is_traced(tid) {
+        // A traced task's new program runs without it (see `fast_path_off`), and so does one
+        // under seccomp filters of its own (see `tracee::fastpath::seccomp_turns_off`).
+        if !self.fast.enabled || self.ptrace.is_traced(tid) || tracee::seccomp::has_own_filters(tid)
+        {
             self.task(tid)?.slot = None;
             return Ok(None);
         }

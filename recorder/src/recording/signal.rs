@@ -16,6 +16,16 @@ impl Session {
     pub(super) fn on_signal(&mut self, tid: i32, sig: i32) -> Result<()> {
         let me = self.me;
         let t = self.task(tid)?;
+        if std::mem::take(&mut t.entering_handler)
+            && sig == libc::SIGTRAP
+            && tracee::state::is_step_trap(&t.tracee, Stop::Signal(sig))?
+        {
+            // The handler of the signal just delivered is about to run its first instruction:
+            // still the boundary of that signal's event (a signal pending already, delivered
+            // next, stops here before any instruction runs).
+            t.boundary = Some(t.tracee.regs()?);
+            return t.tracee.cont(0);
+        }
         let mut info = match t.tracee.siginfo() {
             Ok(info) => info,
             Err(e) if tracee::gone::vanished_task(&e).is_some() => return Err(e),
@@ -89,6 +99,12 @@ impl Session {
             // Still right after the event if the kernel discards this signal (ignored): a
             // signal stopping the task next, before it runs anything, is at the event too.
             t.boundary = Some(regs);
+            if delivered && caught(&t.tracee, sig) {
+                // Delivered by a single step, which stops at the handler's first instruction
+                // before it runs (see above).
+                t.entering_handler = true;
+                return t.tracee.step(sig);
+            }
         }
         t.tracee.cont(if delivered { sig } else { 0 })
     }
@@ -133,4 +149,11 @@ impl Session {
         self.resume(tid, regs)?;
         Ok(true)
     }
+}
+
+/// Whether task `t` has a handler for `sig` (its `SigCgt` in `/proc`).
+fn caught(t: &tracee::Tracee, sig: i32) -> bool {
+    (1..=64).contains(&sig)
+        && t.signal_set("SigCgt")
+            .is_ok_and(|m| m & (1u64 << (sig - 1)) != 0)
 }

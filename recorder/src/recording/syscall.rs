@@ -31,6 +31,9 @@ impl Session {
         }
         self.fast.counts.traced += 1;
         let (nr, args) = (entry.orig_rax, regs::syscall_args(&entry));
+        if tracee::fastpath::seccomp_turns_off(nr, &args) {
+            self.fast_path_off(tid)?;
+        }
         if let Some(refusal) = remote_memory::refusal(pid, nr, &args) {
             bail!("{refusal}");
         }

@@ -91,6 +91,9 @@ impl Session {
         if e.nr == libc::SYS_ptrace as u64 && e.result == 0 {
             self.ptrace_turns_fast_path_off(tid, &e.args)?;
         }
+        if tracee::fastpath::seccomp_turns_off(e.nr, &e.args) && self.task(tid)?.slot.is_some() {
+            tracee::fastpath::turn_off(self.tracee(tid)?)?;
+        }
         let replay = syscalls::replay_of(e.nr, &e.args).unwrap_or(Replay::Deny(libc::ENOSYS));
         match replay {
             Replay::Execute => {
