@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use trace_format::{Event, ExitStatus, Tid, TraceMeta, TraceReader, TraceRoot};
 
 /// `deja ls`: one line per trace under the root.
@@ -148,10 +148,38 @@ pub fn dump(dir: &Path, json: bool) -> Result<()> {
             writeln!(out, "{v}")?;
         } else {
             writeln!(out, "{i:>8} {}", describe(&ev))?;
+            if let Event::Buffered(b) = &ev {
+                write_buffered_calls(&mut out, &reader, b)?;
+            }
         }
     }
     if events.truncated() {
         writeln!(out, "(the trace ends here: its recording was cut off)")?;
+    }
+    Ok(())
+}
+
+/// The calls of a `Buffered` event, one per line under it.
+fn write_buffered_calls(
+    out: &mut impl Write,
+    reader: &TraceReader,
+    b: &trace_format::BufferedEvent,
+) -> Result<()> {
+    let records = reader.read_data(&b.records)?;
+    let calls = syscallbuf::parse_records(&records).context("the buffered syscalls' records")?;
+    for c in calls {
+        let args = c
+            .args
+            .iter()
+            .map(|a| format!("{a:#x}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        write!(out, "    {}({args}) = {}", syscalls::name(c.nr), c.result)?;
+        let written: usize = c.writes.iter().map(|(_, b)| b.len()).sum();
+        if written > 0 {
+            write!(out, " wrote {written} bytes")?;
+        }
+        writeln!(out)?;
     }
     Ok(())
 }
@@ -223,26 +251,7 @@ fn describe(ev: &Event) -> String {
         ),
         Event::Resume(_) => format!("[{tid}] resumes"),
         Event::Ptrace(e) => format!("[{tid}] emulated ptrace: {:?}", e.action),
-        Event::Buffered(e) => {
-            let mut s = format!("[{tid}] {} buffered syscall(s):", e.calls.len());
-            for c in &e.calls {
-                let written: u64 = c.writes.iter().map(|w| w.data.len()).sum();
-                s += &format!(
-                    "\n    {}({}) = {}",
-                    syscalls::name(c.nr),
-                    c.args
-                        .iter()
-                        .map(|a| format!("{a:#x}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    c.result
-                );
-                if written > 0 {
-                    s += &format!(" wrote {written} bytes");
-                }
-            }
-            s
-        }
+        Event::Buffered(e) => format!("[{tid}] {} buffered syscall(s):", e.calls),
         Event::Patch(e) => format!(
             "[{tid}] patched the {} site at {:#x} ({} bytes) to its stub at {:#x}",
             syscalls::name(e.nr),

@@ -24,7 +24,8 @@ pub const SLOTS_BASE: u64 = LIB_BASE + LIB_MAX_SIZE;
 /// path).
 pub const MAX_SLOTS: u64 = 64;
 
-/// Offset in a slot of the library's `fxsave64` area (512 bytes, 16-byte aligned).
+/// Offset in a slot of where the library saves the program's XMM registers (512 bytes, 16-byte
+/// aligned; the first 256 are used).
 pub const FXSAVE_OFF: u64 = 512;
 /// Offset in a slot of the library's stack (grows down from [`STACK_OFF`] + [`STACK_SIZE`]).
 pub const STACK_OFF: u64 = 4096;
@@ -33,7 +34,7 @@ pub const STACK_SIZE: u64 = 16384;
 /// Offset in a slot of its record buffer.
 pub const BUF_OFF: u64 = STACK_OFF + STACK_SIZE;
 /// Size of a slot's record buffer.
-pub const BUF_SIZE: u64 = 65536;
+pub const BUF_SIZE: u64 = 262_144;
 /// Size of one slot (a multiple of the page size).
 pub const SLOT_SIZE: u64 = BUF_OFF + BUF_SIZE;
 

@@ -225,6 +225,87 @@ fn word(buf: &[u8], off: usize) -> Result<u64> {
     Ok(u64::from_le_bytes(b.try_into()?))
 }
 
+/// The head of one record in a buffer, without its writes (see [`heads`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Syscall number.
+    pub nr: u64,
+    /// The six argument registers.
+    pub args: [u64; 6],
+    /// The result.
+    pub result: i64,
+    /// Where the record starts in the buffer.
+    pub offset: usize,
+    /// Its size in bytes, writes included.
+    pub size: usize,
+}
+
+/// The heads of the records of a buffer, checked as strictly as [`parse_records`] does but
+/// without copying what they wrote: what the recorder needs of a drained buffer, which it
+/// stores as it is.
+pub fn heads(buf: &[u8]) -> Result<Vec<Head>> {
+    ensure!(
+        buf.len() % 8 == 0,
+        "record buffer of {} bytes, not a multiple of 8",
+        buf.len()
+    );
+    let head = abi::RECORD_HEAD_SIZE as usize;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let n = out.len();
+        ensure!(
+            buf.len() - pos >= head,
+            "record {n} at byte {pos}: only {} bytes left, a head takes {head}",
+            buf.len() - pos
+        );
+        let w0 = word(buf, pos)?;
+        let size = (w0 & 0xffff_ffff) as usize;
+        ensure!(
+            size >= head && size % 8 == 0 && size <= buf.len() - pos,
+            "record {n} at byte {pos}: bad size {size} ({} bytes left)",
+            buf.len() - pos
+        );
+        let mut args = [0u64; 6];
+        for (i, a) in args.iter_mut().enumerate() {
+            *a = word(buf, pos + 8 + 8 * i)?;
+        }
+        let rec = &buf[pos..pos + size];
+        let nwrites = word(buf, pos + 64)? & 0xffff_ffff;
+        let mut off = head;
+        for k in 0..nwrites {
+            ensure!(
+                size - off >= abi::WRITE_HEAD_SIZE as usize,
+                "record {n} at byte {pos}: write {k} of {nwrites} past the record's end"
+            );
+            let len = word(rec, off + 8)?;
+            let padded = len
+                .checked_add(7)
+                .map(|l| l & !7)
+                .filter(|&l| l <= (size - off - abi::WRITE_HEAD_SIZE as usize) as u64)
+                .with_context(|| {
+                    format!(
+                        "record {n} at byte {pos}: write {k} of {len} bytes past the record's end"
+                    )
+                })? as usize;
+            off += abi::WRITE_HEAD_SIZE as usize + padded;
+        }
+        ensure!(
+            off == size,
+            "record {n} at byte {pos}: its writes end at {off}, its size is {size}"
+        );
+        out.push(Head {
+            nr: w0 >> 32,
+            args,
+            result: word(buf, pos + 56)? as i64,
+            offset: pos,
+            size,
+        });
+        pos += size;
+    }
+    Ok(out)
+}
+
 /// Parses the records of a slot's buffer (`buf` = its first `used` bytes). Strict: every size
 /// must be consistent, 8-aligned and inside `buf`.
 pub fn parse_records(buf: &[u8]) -> Result<Vec<Record>> {

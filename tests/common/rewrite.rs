@@ -10,12 +10,8 @@ pub fn writes_mut(ev: &mut Event) -> Vec<&mut MemWrite> {
         Event::Syscall(e) => e.writes.iter_mut().collect(),
         Event::Clone(e) => e.writes.iter_mut().collect(),
         Event::Start(e) => e.writes.iter_mut().collect(),
-        Event::Buffered(e) => e
-            .calls
-            .iter_mut()
-            .flat_map(|c| c.writes.iter_mut())
-            .collect(),
         Event::Exec(_)
+        | Event::Buffered(_)
         | Event::Signal(_)
         | Event::Rdtsc(_)
         | Event::Cpuid(_)
@@ -48,6 +44,12 @@ pub fn rewrite_trace(src: &Path, dst: &Path, mut edit: impl FnMut(usize, &mut Ev
             if matches!(w.data, Data::Blob { .. }) {
                 let bytes = reader.read_data(&w.data).expect("read a blob");
                 w.data = writer.data(&bytes).expect("write a blob");
+            }
+        }
+        if let Event::Buffered(b) = &mut ev {
+            if matches!(b.records, Data::Blob { .. }) {
+                let bytes = reader.read_data(&b.records).expect("read a blob");
+                b.records = writer.data(&bytes).expect("write a blob");
             }
         }
         edit(i, &mut ev);

@@ -267,21 +267,13 @@ pub struct LibraryLoad {
 pub struct BufferedEvent {
     /// The task.
     pub tid: Tid,
-    /// The calls, in the order the task made them.
-    pub calls: Vec<BufferedCall>,
-}
-
-/// One syscall made through the in-process library.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct BufferedCall {
-    /// Syscall number.
-    pub nr: u64,
-    /// The six argument registers.
-    pub args: [u64; 6],
-    /// The result (`-errno` on failure).
-    pub result: i64,
-    /// Memory the kernel wrote.
-    pub writes: Vec<MemWrite>,
+    /// How many calls `records` holds.
+    pub calls: u32,
+    /// The library's records of the calls, in the order the task made them, byte for byte as
+    /// the library wrote them (each: number, six arguments, result, and the bytes the kernel
+    /// wrote; the layout is `syscallbuf::abi`'s, fixed by the library image the trace names in
+    /// its [`ExecEvent`]): the replay hands them back to the library as they are.
+    pub records: Data,
 }
 
 /// The patch of one syscall site, made at the seccomp stop of its first call.

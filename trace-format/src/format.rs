@@ -26,7 +26,7 @@ pub(crate) const BLOB_MAGIC: [u8; 4] = *b"DJBL";
 /// Size of a blob record header.
 pub(crate) const BLOB_HEADER_LEN: usize = 24;
 /// zstd level for chunks and blobs: fast, and most of the ratio.
-pub(crate) const ZSTD_LEVEL: i32 = 3;
+pub(crate) const ZSTD_LEVEL: i32 = 1;
 
 /// The first four bytes of the BLAKE3 hash of `bytes`, little-endian.
 pub(crate) fn checksum(bytes: &[u8]) -> u32 {

@@ -140,12 +140,13 @@ pub fn set_word(t: &Tracee, slot: u64, off: u64, value: u64) -> Result<()> {
     t.write_mem(slot + off, &value.to_le_bytes())
 }
 
-/// Takes the records the library logged in `slot` of stopped task `t` and empties its
-/// buffer. Empty when it logged none.
-pub fn drain(t: &Tracee, slot: u64) -> Result<Vec<syscallbuf::Record>> {
+/// Takes the records the library logged in `slot` of stopped task `t` (the bytes of its
+/// buffer, checked: see `syscallbuf::heads`) and empties its buffer. Empty when it logged
+/// none.
+pub fn drain(t: &Tracee, slot: u64) -> Result<(Vec<u8>, Vec<syscallbuf::Head>)> {
     let h = header(t, slot)?;
     if h.used == 0 || h.magic != abi::SLOT_MAGIC {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     ensure!(
         h.used <= abi::BUF_SIZE,
@@ -153,11 +154,10 @@ pub fn drain(t: &Tracee, slot: u64) -> Result<Vec<syscallbuf::Record>> {
         h.used
     );
     let buf = t.read_vec(slot + abi::BUF_OFF, h.used as usize)?;
-    let records =
-        syscallbuf::parse_records(&buf).context("reading the syscalls the library logged")?;
+    let heads = syscallbuf::heads(&buf).context("reading the syscalls the library logged")?;
     set_word(t, slot, abi::OFF_USED, 0)?;
     set_word(t, slot, abi::OFF_CALLS, 0)?;
-    Ok(records)
+    Ok((buf, heads))
 }
 
 /// Places `records` in `slot` of stopped task `t` for the library to answer the task's next

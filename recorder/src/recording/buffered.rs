@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use syscallbuf::abi;
-use trace_format::{BufferedCall, BufferedEvent, Event, LibraryLoad, PatchEvent, WatchedWord};
+use trace_format::{BufferedEvent, Event, LibraryLoad, PatchEvent, WatchedWord};
 use tracee::fastpath::{SitePatch, STUB_PAGE, STUB_START};
 use tracee::{Regs, Stop};
 
@@ -118,40 +118,28 @@ impl Session {
         let Some(slot) = t.slot else {
             return Ok(());
         };
-        let records = match tracee::fastpath::drain(&t.tracee, slot) {
+        let (buf, heads) = match tracee::fastpath::drain(&t.tracee, slot) {
             Ok(r) => r,
             Err(e) if tracee::gone::vanished_task(&e).is_some() => return Err(e),
             Err(e) => return Err(e.context(format!("draining the syscall buffer of task {tid}"))),
         };
-        if records.is_empty() {
+        if heads.is_empty() {
             return Ok(());
         }
-        self.fast.counts.buffered += records.len() as u64;
+        self.fast.counts.buffered += heads.len() as u64;
         // What the recorder follows of traced calls, it follows of buffered ones, in order:
         // which descriptors alias its stdout/stderr.
         let pid = t.pid;
         let echo = self.echo.entry(pid).or_default();
-        for r in &records {
-            echo.after_syscall(r.nr, &r.args, r.result);
+        for h in &heads {
+            echo.after_syscall(h.nr, &h.args, h.result);
         }
-        let mut calls = Vec::with_capacity(records.len());
-        for r in records {
-            let mut writes = Vec::with_capacity(r.writes.len());
-            for (addr, bytes) in r.writes {
-                writes.push(trace_format::MemWrite {
-                    addr,
-                    data: self.writer.data(&bytes)?,
-                });
-            }
-            calls.push(BufferedCall {
-                nr: r.nr,
-                args: r.args,
-                result: r.result,
-                writes,
-            });
-        }
-        self.writer
-            .push(&Event::Buffered(BufferedEvent { tid, calls }))?;
+        let records = self.writer.data(&buf)?;
+        self.writer.push(&Event::Buffered(BufferedEvent {
+            tid,
+            calls: heads.len() as u32,
+            records,
+        }))?;
         Ok(())
     }
 

@@ -94,20 +94,7 @@ impl Session {
         let mut bytes = Vec::new();
         let mut ends = Vec::new();
         for (index, b) in &batches {
-            let mut records = Vec::with_capacity(b.calls.len());
-            for c in &b.calls {
-                let mut writes = Vec::with_capacity(c.writes.len());
-                for w in &c.writes {
-                    writes.push((w.addr, reader.read_data(&w.data)?));
-                }
-                records.push(syscallbuf::Record {
-                    nr: c.nr,
-                    args: c.args,
-                    result: c.result,
-                    writes,
-                });
-            }
-            bytes.extend(syscallbuf::encode_records(&records));
+            bytes.extend(reader.read_data(&b.records)?);
             ends.push((*index, bytes.len() as u64));
         }
         let t = self.task(tid)?;
@@ -127,7 +114,7 @@ impl Session {
         let Some(slot) = t.slot else {
             return Err(self.diverged(
                 tid,
-                format!("{} buffered syscall(s)", e.calls.len()),
+                format!("{} buffered syscall(s)", e.calls),
                 "no in-process library in the task".into(),
             ));
         };
@@ -152,7 +139,8 @@ impl Session {
             } else {
                 self.task(tid)?.placed[k - 1].1
             };
-            let expected = describe_call(e, at, start);
+            let records = self.reader.read_data(&e.records)?;
+            let expected = describe_call(&records, at.saturating_sub(start));
             let found = format!(
                 "{}({:#x}, {:#x}, {:#x}, ...)",
                 syscalls::name(r.orig_rax),
@@ -172,7 +160,7 @@ impl Session {
                 tid,
                 format!(
                     "{} buffered syscall(s) before the task's next event",
-                    e.calls.len()
+                    e.calls
                 ),
                 found,
                 vec![format!(
@@ -239,27 +227,27 @@ impl Session {
     }
 }
 
-/// The recorded call at byte offset `at` of the records placed for the task, `start` being
-/// where `e`'s records begin: "read(0x3, 0x7ffc..., 0x1, ...) (buffered call 5 of 12)".
-fn describe_call(e: &BufferedEvent, at: u64, start: u64) -> String {
-    let mut off = start;
-    for (i, c) in e.calls.iter().enumerate() {
-        if off >= at {
-            return format!(
-                "buffered syscall {}({:#x}, {:#x}, {:#x}, ...) (call {} of {} in the event)",
-                syscalls::name(c.nr),
-                c.args[0],
-                c.args[1],
-                c.args[2],
-                i + 1,
-                e.calls.len()
-            );
-        }
-        off += abi::RECORD_HEAD_SIZE
-            + c.writes
-                .iter()
-                .map(|w| abi::WRITE_HEAD_SIZE + w.data.len().next_multiple_of(8))
-                .sum::<u64>();
+/// The recorded call at byte offset `at` of an event's `records`: "buffered syscall
+/// read(0x3, 0x7ffc..., 0x1, ...) (call 5 of 12 in the event)".
+fn describe_call(records: &[u8], at: u64) -> String {
+    let heads = match syscallbuf::heads(records) {
+        Ok(h) => h,
+        Err(e) => return format!("buffered syscalls (their records are damaged: {e:#})"),
+    };
+    let n = heads.len();
+    match heads
+        .iter()
+        .enumerate()
+        .find(|(_, h)| h.offset as u64 >= at)
+    {
+        Some((i, h)) => format!(
+            "buffered syscall {}({:#x}, {:#x}, {:#x}, ...) (call {} of {n} in the event)",
+            syscalls::name(h.nr),
+            h.args[0],
+            h.args[1],
+            h.args[2],
+            i + 1
+        ),
+        None => format!("{n} buffered syscall(s)"),
     }
-    format!("{} buffered syscall(s)", e.calls.len())
 }
