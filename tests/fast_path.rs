@@ -436,8 +436,9 @@ fn no_syscall_buffer_switch() {
 }
 
 /// Four threads each making buffered calls (getpid, getppid, clock_gettime, reads of /dev/zero)
-/// with computing in between and no traced call in their loops: the recorder's time slice
-/// preempts them (sometimes while inside the library). Three recordings, each replayed exactly.
+/// with computing in between and no traced call in their loops but when a buffer fills: the
+/// recorder's time slice preempts them (a preemption may land inside the library). Three
+/// recordings, each replayed exactly; at least one preemption among them.
 #[test]
 fn threads_preempted_amid_buffered_calls() {
     let prog = threaded("fp_threads");
