@@ -142,10 +142,13 @@ pub fn set_word(t: &Tracee, slot: u64, off: u64, value: u64) -> Result<()> {
 
 /// Takes the records the library logged in `slot` of stopped task `t` (the bytes of its
 /// buffer, checked: see `syscallbuf::heads`) and empties its buffer. Empty when it logged
-/// none.
+/// none, and while the task is inside a call of the library (`locked`): the library read the
+/// buffer's fill level before its syscall and writes its record and the new level after it,
+/// so emptying the buffer then would only make it log the drained records again; they are
+/// drained at a later stop.
 pub fn drain(t: &Tracee, slot: u64) -> Result<(Vec<u8>, Vec<syscallbuf::Head>)> {
     let h = header(t, slot)?;
-    if h.used == 0 || h.magic != abi::SLOT_MAGIC {
+    if h.used == 0 || h.magic != abi::SLOT_MAGIC || h.locked != 0 {
         return Ok((Vec::new(), Vec::new()));
     }
     ensure!(

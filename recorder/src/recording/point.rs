@@ -142,13 +142,6 @@ impl Session {
                 break;
             }
         }
-        let rip = self.task(tid)?.tracee.regs()?.rip;
-        if stepped.interrupted.is_none()
-            && self.in_own_code(tid, rip)
-            && !self.leave_own_code(tid, pending)?
-        {
-            return Ok(None);
-        }
         let mut interrupted = stepped.interrupted.take();
         loop {
             match interrupted {
@@ -160,6 +153,17 @@ impl Session {
                 Some(Stop::Signal(sig)) => self.put_aside(tid, sig, aside)?,
                 Some(other) => {
                     bail!("unexpected stop of task {tid} on its way to a point: {other:?}")
+                }
+            }
+            // The steps may have entered deja's own code, and a signal may have stopped them
+            // there: no point is taken there either. The signals put aside are sent again
+            // first (on its way out, `leave_own_code` puts them aside again and sends them
+            // again once out, or, if another stop comes first, before handling it).
+            let rip = self.task(tid)?.tracee.regs()?.rip;
+            if self.in_own_code(tid, rip) {
+                self.send_again(tid, std::mem::take(aside))?;
+                if !self.leave_own_code(tid, pending)? {
+                    return Ok(None);
                 }
             }
             let t = self.task(tid)?;

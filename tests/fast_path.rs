@@ -1,0 +1,468 @@
+//! The in-process fast path (issue 12): each scenario is recorded and replayed with the fast
+//! path on (the default), checked to replay exactly, and checked to have used it: `deja info
+//! --json` counts buffered syscalls, and `deja dump` shows the calls that matter inside
+//! "N buffered syscall(s):" events. The programs are `tests/programs/fp_*.c`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::Path;
+
+use common::*;
+
+/// The `syscalls` object of `deja info --json`.
+#[derive(Debug)]
+struct Counts {
+    buffered: u64,
+    traced: u64,
+    fast_path: bool,
+    sites_patched: u64,
+    sites_refused: u64,
+}
+
+fn counts(ctx: &Ctx, trace: &Path) -> Counts {
+    let info = ctx.info_json(trace);
+    let s = &info["syscalls"];
+    let num = |k: &str| {
+        s[k].as_u64()
+            .unwrap_or_else(|| panic!("deja info --json: syscalls.{k} is not a number: {info}"))
+    };
+    Counts {
+        buffered: num("buffered"),
+        traced: num("traced"),
+        fast_path: s["fast_path"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("deja info --json: syscalls.fast_path: {info}")),
+        sites_patched: num("sites_patched"),
+        sites_refused: num("sites_refused"),
+    }
+}
+
+/// One event of `deja dump`: its index, task, first line, and, for a `Buffered` event, the
+/// calls it holds (the names of the syscalls, and each call's whole line).
+#[derive(Debug)]
+struct DumpEvent {
+    index: u64,
+    tid: i32,
+    line: String,
+    calls: Vec<(String, String)>,
+}
+
+impl DumpEvent {
+    fn is_buffered(&self) -> bool {
+        self.line.ends_with("buffered syscall(s):")
+    }
+}
+
+/// `deja dump TRACE`, parsed: a line starting (after its indent) with a digit begins an event
+/// (`N [tid] ...`); the lines of a `Buffered` event's calls follow it (`    name(args) = r`).
+fn dump(ctx: &Ctx, trace: &Path) -> Vec<DumpEvent> {
+    let out = ctx.run_deja(&[OsStr::new("dump"), trace.as_os_str()]);
+    assert!(out.status.success(), "{}", describe("dump", &out));
+    let text = stdout_str(&out);
+    let mut events: Vec<DumpEvent> = Vec::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with(|c: char| c.is_ascii_digit()) {
+            let mut words = t.splitn(3, ' ');
+            let index = words.next().unwrap().parse().unwrap();
+            let tid = words
+                .next()
+                .and_then(|w| w.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+                .unwrap_or_else(|| panic!("dump: no [tid] in {line:?}"));
+            events.push(DumpEvent {
+                index,
+                tid,
+                line: t.to_string(),
+                calls: Vec::new(),
+            });
+        } else if let Some(ev) = events.last_mut() {
+            if ev.is_buffered() {
+                let name = t.split('(').next().unwrap_or("").to_string();
+                ev.calls.push((name, t.to_string()));
+            }
+        }
+    }
+    events
+}
+
+/// How many buffered calls named `name` the dump holds (of task `tid` if given).
+fn buffered_named(events: &[DumpEvent], name: &str, tid: Option<i32>) -> usize {
+    events
+        .iter()
+        .filter(|e| e.is_buffered() && !matches!(tid, Some(t) if t != e.tid))
+        .flat_map(|e| &e.calls)
+        .filter(|(n, _)| n == name)
+        .count()
+}
+
+/// Asserts the trace used the fast path: it was on, and at least `min` syscalls were buffered;
+/// returns the counts.
+fn assert_buffered_at_least(ctx: &Ctx, trace: &Path, min: u64) -> Counts {
+    let c = counts(ctx, trace);
+    assert!(c.fast_path, "the fast path was off: {c:?}");
+    assert!(
+        c.buffered >= min,
+        "expected at least {min} buffered syscalls: {c:?}"
+    );
+    c
+}
+
+fn preemptions(events: &[DumpEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| e.line.contains(" preempted at rip "))
+        .count()
+}
+
+/// 20 000 one-byte reads of a file, each line written to stdout as it completes: the reads are
+/// buffered (the writes, whose output deja echoes, stay traced), the output is the file's, and
+/// the replay prints it again even once the file is gone (its bytes come from the trace).
+#[test]
+fn many_small_reads_and_writes() {
+    let files = Ctx::new();
+    let input = files.dir().join("input.txt");
+    let nonce: String = random_bytes(8).iter().map(|b| format!("{b:02x}")).collect();
+    let mut text = String::new();
+    let mut i = 0;
+    while text.len() < 20_000 {
+        text += &format!("line {i} {nonce} {}\n", "x".repeat(i % 60));
+        i += 1;
+    }
+    text.truncate(20_000);
+    std::fs::write(&input, &text).unwrap();
+    let input_s = input.to_str().unwrap();
+    let r = assert_replays_like_native(program("fp_small_io"), &[input_s], 0, None);
+    let out = stdout_str(&r.rec);
+    assert!(
+        out.starts_with(&text) && out.contains("fp_small_io: 20000 bytes"),
+        "{}",
+        describe("rec", &r.rec)
+    );
+    let c = assert_buffered_at_least(&r.ctx, &r.trace, 19_000);
+    assert!(c.sites_patched > 0, "{c:?}");
+    let events = dump(&r.ctx, &r.trace);
+    let reads = buffered_named(&events, "read", None);
+    assert!(
+        reads >= 19_000,
+        "only {reads} read calls inside buffered events"
+    );
+    // The data comes from the trace.
+    std::fs::remove_file(&input).unwrap();
+    let replay = r.ctx.replay(&r.trace);
+    assert_replay_matches(&r.rec, &replay);
+}
+
+/// clock_gettime, gettimeofday and time in a loop through glibc (the vDSO, which deja turns
+/// into syscalls): all buffered; the values differ between native runs and replay exactly.
+#[test]
+fn clock_calls_in_a_loop() {
+    let r = nondeterministic_roundtrip(
+        program("fp_clocks"),
+        &["2000"],
+        &["fp_clocks: 8000 calls, monotonic went backwards 0 times"],
+    );
+    assert_buffered_at_least(&r.ctx, &r.trace, 7_500);
+    let events = dump(&r.ctx, &r.trace);
+    for (name, min) in [
+        ("clock_gettime", 3_800),
+        ("gettimeofday", 1_900),
+        ("time", 1_900),
+    ] {
+        let n = buffered_named(&events, name, None);
+        assert!(n >= min, "only {n} {name} calls inside buffered events");
+    }
+}
+
+/// A thread reads an empty pipe at a patched read site (its earlier reads there were buffered):
+/// the library's non-blocking probe fails and the read blocks on the traced path, without
+/// holding the CPU, while another thread sleeps, computes and writes the data. The recording
+/// ends (within the helpers' timeout) and replays exactly.
+#[test]
+fn buffered_read_blocking_on_a_pipe_lets_another_thread_run() {
+    let r = assert_replays_exactly(threaded("fp_pipe_block"), &[]);
+    let out = stdout_str(&r.rec);
+    assert!(
+        out.contains("A read 200 zero bytes") && out.contains("A round 4 read"),
+        "{}",
+        describe("rec", &r.rec)
+    );
+    let fds = out.lines().next().unwrap_or("");
+    let words: Vec<&str> = fds.split_whitespace().collect();
+    assert!(
+        words.len() == 6 && words[0] == "zero" && words[3] == "pipe",
+        "first line: {fds:?}"
+    );
+    let (zero_fd, pipe_fd): (u64, u64) = (words[2].parse().unwrap(), words[5].parse().unwrap());
+    assert_buffered_at_least(&r.ctx, &r.trace, 500);
+    let events = dump(&r.ctx, &r.trace);
+    // The reader: the task whose traced reads of the pipe are in the trace.
+    let pipe_read = format!("syscall read({pipe_fd:#x},");
+    let pipe_reads: Vec<&DumpEvent> = events
+        .iter()
+        .filter(|e| e.line.contains(&pipe_read))
+        .collect();
+    assert_eq!(
+        pipe_reads.len(),
+        5,
+        "expected the 5 reads of the pipe on the traced path: {pipe_reads:#?}"
+    );
+    let reader = pipe_reads[0].tid;
+    // Its reads of /dev/zero at the same site were buffered, before the pipe reads.
+    let zero_read = format!("read({zero_fd:#x},");
+    let first_pipe_read = pipe_reads[0].index;
+    let buffered_zero_reads = events
+        .iter()
+        .filter(|e| e.tid == reader && e.is_buffered() && e.index < first_pipe_read)
+        .flat_map(|e| &e.calls)
+        .filter(|(_, l)| l.starts_with(&zero_read))
+        .count();
+    assert!(
+        buffered_zero_reads >= 150,
+        "the reader's reads of /dev/zero were not buffered ({buffered_zero_reads})"
+    );
+}
+
+/// Checks fp_signals' report: at least `min` signals (a few more may come before the timer
+/// stops), each handler's getpid answered.
+fn assert_handled_signals(r: &Replayed, min: u64) {
+    let out = stdout_str(&r.rec);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let n: u64 = words[2].parse().unwrap_or(0);
+    let ok = words
+        .iter()
+        .position(|w| *w == "ok")
+        .and_then(|i| words.get(i + 1))
+        .map(|w| w.trim_end_matches(','));
+    assert!(
+        n >= min && ok == Some(n.to_string().as_str()),
+        "{}",
+        describe("rec", &r.rec)
+    );
+}
+
+/// A timer fires every 500 us (ITIMER_REAL) while the program loops over buffered calls, so
+/// most signals land while it is inside the library or a stub; the handler makes buffered
+/// calls itself. 300 signals, each replayed at its recorded place.
+#[test]
+fn real_timer_signals_land_inside_the_library() {
+    let r = nondeterministic_roundtrip(
+        program("fp_signals"),
+        &["real", "500", "300"],
+        &["fp_signals real: ", " 0 bad"],
+    );
+    assert_handled_signals(&r, 300);
+    assert_buffered_at_least(&r.ctx, &r.trace, 1_000);
+    let events = dump(&r.ctx, &r.trace);
+    let signals = events
+        .iter()
+        .filter(|e| e.line.contains("] signal 14 (Async)"))
+        .count();
+    assert!(signals >= 300, "only {signals} SIGALRM events");
+    let in_handler = buffered_named(&events, "getpid", None);
+    assert!(in_handler >= 300, "{in_handler} buffered getpid calls");
+}
+
+/// The same with ITIMER_PROF (SIGPROF after each interval of the process's CPU time): the
+/// signals land wherever the program spends its CPU time, mostly in the library.
+#[test]
+fn prof_timer_signals_land_inside_the_library() {
+    let r = nondeterministic_roundtrip(
+        program("fp_signals"),
+        &["prof", "500", "60"],
+        &["fp_signals prof: ", " 0 bad"],
+    );
+    assert_handled_signals(&r, 60);
+    assert_buffered_at_least(&r.ctx, &r.trace, 1_000);
+    let events = dump(&r.ctx, &r.trace);
+    let signals = events
+        .iter()
+        .filter(|e| e.line.contains("] signal 27 (Async)"))
+        .count();
+    assert!(signals >= 60, "only {signals} SIGPROF events");
+}
+
+/// A static binary: the library is loaded into it too, and its calls are buffered.
+#[test]
+fn static_binary() {
+    let prog = match try_build_program("fp_static", &["-static"], "fp_static-static") {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("note: cannot build a static binary (is libc.a installed?); skipping\n{e}");
+            return;
+        }
+    };
+    let r = nondeterministic_roundtrip(&prog, &[], &["fp_static: 4000 ok"]);
+    let c = assert_buffered_at_least(&r.ctx, &r.trace, 1);
+    let events = dump(&r.ctx, &r.trace);
+    let clocks = buffered_named(&events, "clock_gettime", None);
+    assert!(
+        clocks >= 1_900,
+        "{clocks} buffered clock_gettime calls; {c:?}"
+    );
+    if c.sites_refused > 0 {
+        // The binary's own syscall sites (read, getpid) have no unwind table the patcher can
+        // find (a static glibc binary has no PT_GNU_EH_FRAME): they stay on the ptrace path.
+        eprintln!(
+            "note: {} syscall sites of the static binary left traced: {c:?}",
+            c.sites_refused
+        );
+    }
+}
+
+/// Fork and exec from a buffered program: the parent's calls before and after the fork, the
+/// child's before its exec (in its copy of the patched code and library) and after it (in the
+/// new program, which gets the library again) are all buffered.
+#[test]
+fn fork_and_exec_from_a_buffered_program() {
+    let clocks = program("fp_clocks");
+    let r = assert_replays_exactly(program("fp_fork_exec"), &[clocks.to_str().unwrap(), "500"]);
+    assert_stdout_has(
+        "rec",
+        &r.rec,
+        &[
+            "parent before fork: 500\n",
+            "child before exec: 500\n",
+            "fp_clocks: 2000 calls",
+            "parent after fork: 500; child exited 1 status 0\n",
+        ],
+    );
+    assert_buffered_at_least(&r.ctx, &r.trace, 4_000);
+    let events = dump(&r.ctx, &r.trace);
+    let parent = events[0].tid;
+    let exec = events
+        .iter()
+        .find(|e| e.tid != parent && e.line.contains("] exec "))
+        .unwrap_or_else(|| panic!("no exec of the child in the trace: {events:#?}"));
+    let child = exec.tid;
+    let count = |tid: i32, before: Option<bool>| {
+        events
+            .iter()
+            .filter(|e| {
+                e.tid == tid
+                    && e.is_buffered()
+                    && !matches!(before, Some(b) if (e.index < exec.index) != b)
+            })
+            .map(|e| e.calls.len())
+            .sum::<usize>()
+    };
+    // 500 reads of /dev/zero and 500 getpid before the fork and as many after it (less the
+    // few that take the traced path when the buffer is full).
+    let n = count(parent, None);
+    assert!(n >= 1_900, "parent: {n} buffered calls");
+    let n = count(child, Some(true));
+    assert!(n >= 950, "child before its exec: {n} buffered calls");
+    // fp_clocks 500: 2 000 clock calls.
+    let n = count(child, Some(false));
+    assert!(n >= 1_900, "child after its exec: {n} buffered calls");
+    let tids: BTreeSet<i32> = events
+        .iter()
+        .filter(|e| e.is_buffered())
+        .map(|e| e.tid)
+        .collect();
+    assert_eq!(tids.len(), 2, "{tids:?}");
+
+    // Exec of a program that makes (almost) no buffered call.
+    let r = assert_replays_exactly(program("fp_fork_exec"), &["/bin/true"]);
+    assert_stdout_has(
+        "rec",
+        &r.rec,
+        &["child before exec: 500\n", "child exited 1 status 0\n"],
+    );
+    assert_buffered_at_least(&r.ctx, &r.trace, 2_000);
+}
+
+/// `deja rec -n`: no `Buffered` event, `deja info` says the fast path is off; the same program
+/// recorded with the fast path prints the same and buffers its reads.
+#[test]
+fn no_syscall_buffer_switch() {
+    let ctx = Ctx::new();
+    let input = ctx.dir().join("input.txt");
+    std::fs::write(&input, "one\ntwo two\nthree three three\n".repeat(100)).unwrap();
+    let prog = program("fp_small_io");
+    let args = [input.to_str().unwrap()];
+
+    let trace_n = ctx.fresh_path("trace-n");
+    let rec_n = run_with_timeout(
+        ctx.deja()
+            .arg("rec")
+            .arg("-n")
+            .arg("-o")
+            .arg(&trace_n)
+            .arg(&prog)
+            .args(args),
+        TIMEOUT,
+    );
+    assert_no_panic("deja rec -n", &rec_n);
+    assert!(rec_n.status.success(), "{}", describe("rec -n", &rec_n));
+    let c = counts(&ctx, &trace_n);
+    assert!(
+        !c.fast_path && c.buffered == 0 && c.sites_patched == 0,
+        "{c:?}"
+    );
+    assert!(c.traced > 2_000, "{c:?}");
+    let events = dump(&ctx, &trace_n);
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.is_buffered() || e.line.contains("] patched the ")),
+        "a -n trace holds fast-path events"
+    );
+    let info = ctx.run_deja(&[OsStr::new("info"), trace_n.as_os_str()]);
+    assert!(
+        stdout_str(&info).contains("fast path off"),
+        "{}",
+        describe("info", &info)
+    );
+    assert_replay_matches(&rec_n, &ctx.replay(&trace_n));
+
+    let (trace, rec) = ctx.record(&prog, &args);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    assert_eq!(
+        stdout_str(&rec),
+        stdout_str(&rec_n),
+        "the fast path changed what the program printed"
+    );
+    let c = assert_buffered_at_least(&ctx, &trace, 2_500);
+    assert!(c.traced < 1_000, "{c:?}");
+    let info = ctx.run_deja(&[OsStr::new("info"), trace.as_os_str()]);
+    assert!(
+        stdout_str(&info).contains(" buffered ("),
+        "{}",
+        describe("info", &info)
+    );
+    assert_replay_matches(&rec, &ctx.replay(&trace));
+}
+
+/// Four threads each making buffered calls (getpid, getppid, clock_gettime, reads of /dev/zero)
+/// with computing in between and no traced call in their loops but when a buffer fills: the
+/// recorder's time slice preempts them (a preemption may land inside the library). Three
+/// recordings, each replayed exactly; at least one preemption among them.
+#[test]
+fn threads_preempted_amid_buffered_calls() {
+    let prog = threaded("fp_threads");
+    let args = ["4", "300", "150000"];
+    let mut preempted = 0;
+    for round in 0..3 {
+        let r = assert_replays_exactly(&prog, &args);
+        let out = stdout_str(&r.rec);
+        assert_eq!(
+            out.matches(": bad 0 digest ").count(),
+            4,
+            "round {round}\n{}",
+            describe("rec", &r.rec)
+        );
+        assert!(out.contains("tickets 76\n"), "{}", describe("rec", &r.rec));
+        assert_buffered_at_least(&r.ctx, &r.trace, 4_000);
+        let events = dump(&r.ctx, &r.trace);
+        let tids: BTreeSet<i32> = events
+            .iter()
+            .filter(|e| e.is_buffered())
+            .map(|e| e.tid)
+            .collect();
+        assert!(tids.len() >= 4, "buffered calls in {tids:?} only");
+        preempted += preemptions(&events);
+    }
+    assert!(preempted > 0, "no preemption in three recordings");
+}
