@@ -9,6 +9,9 @@ use tracee::{spawn, SpawnOptions};
 use crate::recording::Session;
 use crate::TraceDest;
 
+/// The file pool's directory in a trace root (hidden from `deja ls`, which skips dot names).
+const POOL_DIR: &str = ".pool";
+
 /// What to record.
 #[derive(Debug, Clone)]
 pub struct RecordOptions {
@@ -90,7 +93,16 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
             .collect(),
         ..TraceMeta::default()
     };
-    let writer = TraceWriter::create(&dir, &meta)?;
+    let mut writer = TraceWriter::create(&dir, &meta)?;
+    // The root's pool of stored files (the default root's for `-o DIR`): files recorded
+    // before and unchanged since are linked from it, neither copied nor hashed again.
+    let pool_root = match &root {
+        Some(r) => Some(r.path().to_path_buf()),
+        None => TraceRoot::from_env().ok().map(|r| r.path().to_path_buf()),
+    };
+    if let Some(pool) = pool_root.and_then(|r| trace_format::pool::Pool::open(&r.join(POOL_DIR))) {
+        writer.use_pool(pool);
+    }
     if let Some(root) = &root {
         root.set_latest(&dir)?;
     }

@@ -18,6 +18,7 @@ mod writer;
 
 pub use error::{Result, TraceError};
 pub use event::*;
+pub mod pool;
 pub use meta::{CpuidRecord, SyscallCounts, TraceMeta};
 pub use reader::{ChunkInfo, EventIter, TraceReader};
 pub use store::{TraceEntry, TraceRoot, LATEST_LINK};

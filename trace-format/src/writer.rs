@@ -67,6 +67,8 @@ pub struct TraceWriter {
     files_dir: PathBuf,
     files_bytes: u64,
     file_cache: HashMap<SourceKey, (String, u64)>,
+    /// The trace root's file pool, when the recorder gave one.
+    pool: Option<crate::pool::Pool>,
     tmp_counter: u64,
     buf: Vec<u8>,
     buf_events: u32,
@@ -167,6 +169,7 @@ impl TraceWriter {
             files_dir,
             files_bytes: 0,
             file_cache: HashMap::new(),
+            pool: None,
             tmp_counter: 0,
             buf: Vec::with_capacity(CHUNK_TARGET_BYTES + (CHUNK_TARGET_BYTES >> 2)),
             buf_events: 0,
@@ -275,6 +278,12 @@ impl TraceWriter {
         Ok(())
     }
 
+    /// Shares stored files with the other traces of a root through its pool (see
+    /// [`crate::pool`]).
+    pub fn use_pool(&mut self, pool: crate::pool::Pool) {
+        self.pool = Some(pool);
+    }
+
     /// Keeps a copy of `source` in the content-addressed file store (`files/<blake3 hex>`) and
     /// returns its reference, naming it `recorded_path`.
     ///
@@ -301,6 +310,12 @@ impl TraceWriter {
             }
         }
 
+        if let Some((hash, pooled)) = self.pool.as_ref().and_then(|p| p.find(&src_meta)) {
+            let stored = self.files_dir.join(&hash);
+            if stored.symlink_metadata().is_ok() || fs::hard_link(&pooled, &stored).is_ok() {
+                return self.note_stored(hash, recorded_path, src_meta.len(), "pool", None);
+            }
+        }
         self.tmp_counter += 1;
         let tmp = self
             .files_dir
@@ -334,7 +349,26 @@ impl TraceWriter {
             return Err(io_err(&stored)(e));
         }
 
+        // Copies only: a pooled file must be deja's own, which nothing modifies (a linked
+        // system file is the system's; linking it changes its change time anyway).
+        if let (Some(pool), false) = (&self.pool, linked) {
+            pool.add(&src_meta, &hash, &stored);
+        }
         let how = if linked { "link" } else { "copy" };
+        let cache = system_source.is_some().then_some(key);
+        self.note_stored(hash, recorded_path, size, how, cache)
+    }
+
+    /// Records a stored file in the index (and, with `cache`, in this trace's cache of
+    /// system files).
+    fn note_stored(
+        &mut self,
+        hash: String,
+        recorded_path: &str,
+        size: u64,
+        how: &str,
+        cache: Option<SourceKey>,
+    ) -> Result<FileRef> {
         let inserted = self
             .db
             .execute(
@@ -347,7 +381,7 @@ impl TraceWriter {
         }
         // Only system files are cached: their timestamps can't hide an in-place rewrite
         // within one clock tick in practice, while a program's own files might.
-        if system_source.is_some() {
+        if let Some(key) = cache {
             self.file_cache.insert(key, (hash.clone(), size));
         }
         Ok(FileRef {

@@ -902,3 +902,41 @@ fn handles_are_send() {
     fn sync<T: Sync>() {}
     sync::<TraceError>();
 }
+
+/// A root's file pool: a file stored by one trace, unchanged for a while, is linked into the
+/// next trace from the pool (same content, same hash, not hashed again); a file changed just
+/// now is never taken from it.
+#[test]
+fn file_pool_shares_settled_files_between_traces() {
+    // A file of this crate: copied (not a system file), unchanged since the checkout.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = trace_format::pool::Pool::open(&tmp.path().join(".pool")).unwrap();
+    let fresh = tmp.path().join("fresh.bin");
+    fs::write(&fresh, b"written just now").unwrap();
+    let mut hows = Vec::new();
+    let mut hashes = Vec::new();
+    for n in 0..2 {
+        let dir = tmp.path().join(format!("t{n}"));
+        let mut w = TraceWriter::create(&dir, &meta()).unwrap();
+        w.use_pool(pool.clone());
+        let f = w.store_file(&src, &src.to_string_lossy()).unwrap();
+        let g = w.store_file(&fresh, "/fresh").unwrap();
+        hashes.push((f.hash.clone(), g.hash.clone()));
+        w.finish(ExitStatus::Exited(0)).unwrap();
+        let r = TraceReader::open(&dir).unwrap();
+        let stored = r.stored_files().unwrap();
+        let how = |h: &str| stored.iter().find(|(f, _)| f.hash == h).unwrap().1.clone();
+        hows.push((how(&f.hash), how(&g.hash)));
+        assert_eq!(
+            fs::read(r.file_path(&f).unwrap()).unwrap(),
+            fs::read(&src).unwrap()
+        );
+    }
+    assert_eq!(hashes[0], hashes[1]);
+    assert_eq!(hows[1].0, "pool", "{hows:?}");
+    assert_eq!(
+        hows[1].1, "copy",
+        "a file changed less than 2 s ago: {hows:?}"
+    );
+}
