@@ -49,6 +49,16 @@ pub fn spec_of(nr: u64) -> Result<Option<Spec>> {
                 size: n as u32,
                 ..OutSpec::default()
             },
+            // `min(arg, result)` bytes: the library caps `result` bytes at the bound.
+            Out::Buf {
+                ptr,
+                len: Len::MinArgRet(a),
+            } if bound == Some(a) => OutSpec {
+                kind: abi::OUT_RET,
+                arg: ptr as u8,
+                count_arg: a as u8,
+                ..OutSpec::default()
+            },
             Out::Buf { ptr, len: Len::Ret } => {
                 let Some(bound) = bound else {
                     bail!("{}: no argument bounds its result", def.name);

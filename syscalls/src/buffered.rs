@@ -33,6 +33,8 @@ pub fn buffered(nr: u64) -> Option<(Probe, Option<usize>)> {
         libc::SYS_getdents64 | libc::SYS_readlink => (Direct, Some(2)),
         libc::SYS_readlinkat => (Direct, Some(3)),
         libc::SYS_getcwd | libc::SYS_getrandom => (Direct, Some(1)),
+        libc::SYS_getxattr | libc::SYS_lgetxattr | libc::SYS_fgetxattr => (Direct, Some(3)),
+        libc::SYS_listxattr | libc::SYS_llistxattr | libc::SYS_flistxattr => (Direct, Some(2)),
         // Descriptors: the recorder follows which ones alias its stdout/stderr (`dup`,
         // `close`), and does so for buffered ones when it drains them, in order. An `open` of
         // a FIFO may block: the library's call is then interrupted and made on the traced
@@ -54,6 +56,31 @@ pub fn buffered(nr: u64) -> Option<(Probe, Option<usize>)> {
         | libc::SYS_fsync
         | libc::SYS_fdatasync
         | libc::SYS_fadvise64
+        // File system changes the recorder keeps nothing of (the replay does not touch the
+        // file system); `truncate`s and writes stay traced (mapped files' copies follow them).
+        | libc::SYS_mkdir
+        | libc::SYS_mkdirat
+        | libc::SYS_unlink
+        | libc::SYS_unlinkat
+        | libc::SYS_rename
+        | libc::SYS_renameat
+        | libc::SYS_renameat2
+        | libc::SYS_link
+        | libc::SYS_symlink
+        | libc::SYS_chmod
+        | libc::SYS_fchmod
+        | libc::SYS_fchmodat
+        | libc::SYS_chown
+        | libc::SYS_fchown
+        | libc::SYS_lchown
+        | libc::SYS_fchownat
+        | libc::SYS_utimensat
+        | libc::SYS_readahead
+        | libc::SYS_statfs
+        | libc::SYS_fstatfs
+        | libc::SYS_getrlimit
+        | libc::SYS_getpriority
+        | libc::SYS_getitimer
         | libc::SYS_fstat
         | libc::SYS_stat
         | libc::SYS_lstat

@@ -947,7 +947,15 @@ fn buffered_calls_are_emulated_and_write_only_on_success() {
         let rets = def
             .outs
             .iter()
-            .filter(|o| matches!(o, Out::Buf { len: Len::Ret, .. }))
+            .filter(|o| {
+                matches!(
+                    o,
+                    Out::Buf {
+                        len: Len::Ret | Len::MinArgRet(_),
+                        ..
+                    }
+                )
+            })
             .count();
         assert_eq!(rets > 0, bound.is_some(), "{}: bound argument", def.name);
         if probe != crate::Probe::Direct {
