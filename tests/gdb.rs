@@ -403,3 +403,112 @@ fn without_gdb_replay_says_how_to_serve_only() {
     assert_deja_error("replay without gdb installed", &out);
     assert_stderr_mentions("replay without gdb installed", &out, &["gdb", "-s PORT"]);
 }
+
+/// The address of the last `<name>` syscall site `deja dump` says the recording patched.
+fn patched_site(ctx: &Ctx, trace: &Path, name: &str) -> u64 {
+    let dump = ctx.deja().arg("dump").arg(trace).output().unwrap();
+    let dump = stdout_str(&dump);
+    let needle = format!("patched the {name} site at 0x");
+    dump.lines()
+        .filter_map(|l| {
+            let at = l.find(&needle)? + needle.len();
+            let hex: String = l[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .collect();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .last()
+        .unwrap_or_else(|| panic!("the recording patched no {name} site:\n{dump}"))
+}
+
+#[test]
+fn patched_syscall_sites_show_and_step_like_the_programs_own_code() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(program("patched_calls"), &[]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    let line = stdout_str(&rec);
+    let pid = field(&line, "pid");
+    // glibc's read (the last one patched: the dynamic loader's comes first) and getpid.
+    let read = patched_site(&ctx, &trace, "read");
+    let getpid = patched_site(&ctx, &trace, "getpid");
+    let mut commands: Vec<String> = [
+        "break patched_calls.c:18",
+        "continue",
+        "print c",
+        "print n",
+        &format!("x/2i {read:#x}"),
+        &format!("x/2i {getpid:#x}"),
+        // Strictly inside the patched window: the instruction after the syscall.
+        &format!("break *{:#x}", read + 2),
+        "continue",
+        "print $rax",
+        "delete",
+        "break patched_calls.c:16",
+        "continue",
+        "next",
+        "print pid",
+        "next",
+        "print c",
+        "print n",
+        "delete",
+        "break patched_calls.c:17",
+        "continue",
+        "display/i $pc",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    commands.extend(std::iter::repeat("stepi".to_string()).take(24));
+    commands.extend(["delete".to_string(), "continue".to_string()]);
+    let commands: Vec<&str> = commands.iter().map(|s| s.as_str()).collect();
+    let out = gdb_batch(&ctx, &trace, &[], &commands);
+    let all = text(&out);
+    // Iteration i reads "deja"[i % 4], one byte.
+    assert_has(&all, "$1 = 100 'd'");
+    assert_has(&all, "$2 = 1");
+    // The program's own instructions at the patched sites, not deja's jump.
+    for site in [read, getpid] {
+        assert!(
+            all.lines()
+                .any(|l| l.contains(&format!("{site:#x} <")) && l.contains("syscall")),
+            "x/2i shows the syscall at {site:#x}:\n{all}"
+        );
+    }
+    // A breakpoint inside the window stops there, after the (buffered) read returned 1.
+    assert_has(&all, &format!("Breakpoint 2, {:#018x} in ", read + 2));
+    assert_has(&all, "$3 = 1");
+    // `next` over the calls: the recorded pid, then the third byte.
+    assert_has(&all, &format!("$4 = {pid}"));
+    assert_has(&all, "$5 = 106 'j'");
+    assert_has(&all, "$6 = 1");
+    // Stepping instruction by instruction into read, over its syscall and back into main:
+    // every pc is the program's or glibc's (named by a symbol), never a stub or deja's library.
+    let pcs: Vec<&str> = all.lines().filter(|l| l.starts_with("=> 0x")).collect();
+    assert!(pcs.len() >= 20, "stepi shows each instruction:\n{all}");
+    for pc in &pcs {
+        assert!(
+            pc.contains(" <"),
+            "a pc outside the program's code: {pc}\n{all}"
+        );
+    }
+    let syscall = pcs
+        .iter()
+        .position(|l| l.starts_with(&format!("=> {read:#x} <")) && l.contains("syscall"))
+        .unwrap_or_else(|| panic!("stepi reaches the patched syscall:\n{all}"));
+    let after = &pcs[syscall + 1];
+    assert!(
+        after.starts_with(&format!("=> {:#x} <", read + 2)),
+        "one stepi goes over the syscall to the next instruction: {after}\n{all}"
+    );
+    assert!(
+        pcs[syscall..].iter().any(|l| l.contains("<main+")),
+        "stepi comes back into main:\n{all}"
+    );
+    assert_has(&all, line.trim());
+    assert_has(&all, "exited normally");
+    assert!(!all.contains("diverged"), "{all}");
+}
