@@ -406,18 +406,24 @@ fn without_gdb_replay_says_how_to_serve_only() {
 
 /// The address of the last `<name>` syscall site `deja dump` says the recording patched.
 fn patched_site(ctx: &Ctx, trace: &Path, name: &str) -> u64 {
+    patched(ctx, trace, name).0
+}
+
+/// The last `<name>` syscall site `deja dump` says the recording patched, and its stub.
+fn patched(ctx: &Ctx, trace: &Path, name: &str) -> (u64, u64) {
     let dump = ctx.deja().arg("dump").arg(trace).output().unwrap();
     let dump = stdout_str(&dump);
     let needle = format!("patched the {name} site at 0x");
+    let hex_after = |l: &str, needle: &str| {
+        let at = l.find(needle)? + needle.len();
+        let hex: String = l[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .collect();
+        u64::from_str_radix(&hex, 16).ok()
+    };
     dump.lines()
-        .filter_map(|l| {
-            let at = l.find(&needle)? + needle.len();
-            let hex: String = l[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_hexdigit())
-                .collect();
-            u64::from_str_radix(&hex, 16).ok()
-        })
+        .filter_map(|l| Some((hex_after(l, &needle)?, hex_after(l, "its stub at 0x")?)))
         .last()
         .unwrap_or_else(|| panic!("the recording patched no {name} site:\n{dump}"))
 }
@@ -436,7 +442,7 @@ fn patched_syscall_sites_show_and_step_like_the_programs_own_code() {
     let read = patched_site(&ctx, &trace, "read");
     let getpid = patched_site(&ctx, &trace, "getpid");
     let mut commands: Vec<String> = [
-        "break patched_calls.c:18",
+        "break patched_calls.c:25",
         "continue",
         "print c",
         "print n",
@@ -447,7 +453,7 @@ fn patched_syscall_sites_show_and_step_like_the_programs_own_code() {
         "continue",
         "print $rax",
         "delete",
-        "break patched_calls.c:16",
+        "break patched_calls.c:23",
         "continue",
         "next",
         "print pid",
@@ -455,7 +461,7 @@ fn patched_syscall_sites_show_and_step_like_the_programs_own_code() {
         "print c",
         "print n",
         "delete",
-        "break patched_calls.c:17",
+        "break patched_calls.c:24",
         "continue",
         "display/i $pc",
     ]
@@ -463,7 +469,19 @@ fn patched_syscall_sites_show_and_step_like_the_programs_own_code() {
     .map(|s| s.to_string())
     .collect();
     commands.extend(std::iter::repeat("stepi".to_string()).take(24));
-    commands.extend(["delete".to_string(), "continue".to_string()]);
+    // The library writes the recorded byte: the watchpoint fires once the task is back at the
+    // instruction after the syscall.
+    for c in [
+        "undisplay",
+        "delete",
+        "finish",
+        "watch c",
+        "continue",
+        "delete",
+        "continue",
+    ] {
+        commands.push(c.to_string());
+    }
     let commands: Vec<&str> = commands.iter().map(|s| s.as_str()).collect();
     let out = gdb_batch(&ctx, &trace, &[], &commands);
     let all = text(&out);
@@ -508,7 +526,85 @@ fn patched_syscall_sites_show_and_step_like_the_programs_own_code() {
         pcs[syscall..].iter().any(|l| l.contains("<main+")),
         "stepi comes back into main:\n{all}"
     );
+    // The fifth read (i = 4) writes 'd' over the fourth's 'a'.
+    assert_has(&all, "Old value = 97 'a'\nNew value = 100 'd'\n");
+    let watch = all.find("New value = 100 'd'").unwrap();
+    assert!(
+        all[watch..].contains(&format!("{:#018x} in ", read + 2)),
+        "the watchpoint halts after the syscall:\n{all}"
+    );
     assert_has(&all, line.trim());
     assert_has(&all, "exited normally");
     assert!(!all.contains("diverged"), "{all}");
+}
+
+#[test]
+fn an_interrupt_never_halts_in_deja_s_library_or_a_stub() {
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(program("patched_calls"), &["3000000"]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    let (_, stub) = patched(&ctx, &trace, "getpid");
+    let stubs = stub & !0xfff..(stub & !0xfff) + 0x1000;
+    // deja's in-process library and its threads' slots (`syscallbuf::abi`).
+    let lib = 0x7000_0000_0000..0x7000_0000_0000 + 0x10_0000 + 64 * (4096 + 16384 + 65536);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = spawn_captured(
+        ctx.deja()
+            .arg("replay")
+            .arg(&trace)
+            .args(["-s", &port.to_string()]),
+    );
+    let mut rsp = Rsp::connect(port);
+    assert_eq!(rsp.ask("?").get(..3), Some("T05"));
+    // Most of the replay's time is in the library answering getpid: interrupt it there.
+    let mut stops = 0;
+    for _ in 0..5 {
+        rsp.send("vCont;c");
+        std::thread::sleep(Duration::from_millis(60));
+        rsp.0.write_all(&[0x03]).unwrap();
+        let stop = rsp.recv();
+        if stop.starts_with('W') {
+            break;
+        }
+        assert!(stop.starts_with("T02"), "an interrupt stop, got {stop:?}");
+        stops += 1;
+        // rip is register 16 of `g`'s 8-byte registers, little-endian hex.
+        let regs = run_length_decoded(&rsp.ask("g"));
+        assert!(regs.len() >= 272, "registers: {regs:?}");
+        let rip = u64::from_str_radix(&regs[256..272], 16).unwrap().swap_bytes();
+        assert!(
+            !lib.contains(&rip) && !stubs.contains(&rip),
+            "interrupted at {rip:#x}, in deja's code"
+        );
+        let mut code = [0u8; 2];
+        let mem = run_length_decoded(&rsp.ask(&format!("m{rip:x},2")));
+        for (i, b) in code.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&mem[i * 2..i * 2 + 2], 16).unwrap();
+        }
+        assert_ne!(code, [0xcc, 0xcc], "{rip:#x} is in a patched window's padding");
+    }
+    assert!(stops > 0, "no interrupt came before the end");
+    rsp.send("vKill;1");
+    drop(rsp);
+    let out = wait_with_timeout(server, "deja replay -s", Duration::from_secs(60));
+    assert!(out.status.success(), "{}", describe("deja replay -s", &out));
+}
+
+/// A remote protocol reply with its run-length encoding (`X*n`: `n - 29` more `X`s) expanded.
+fn run_length_decoded(body: &str) -> String {
+    let mut out = String::new();
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        if c == '*' {
+            let n = chars.next().expect("a run length") as usize - 29;
+            let last = out.chars().last().expect("a character to repeat");
+            out.extend(std::iter::repeat(last).take(n));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -57,6 +57,30 @@ impl Session {
         Ok(true)
     }
 
+    /// An interrupt between events, when task `tid` (the one to name in it) waits for its
+    /// next event in deja's code (the library's traced syscall): the halt is put off until
+    /// the task has run out of it after that event (true).
+    pub(super) fn interrupt_later(&mut self, tid: Tid) -> bool {
+        let Ok(t) = self.task(tid) else {
+            return false;
+        };
+        let rpid = t.rpid;
+        let Ok(r) = t.tracee.regs() else {
+            return false;
+        };
+        if !self.sites.in_deja_code(rpid, r.rip) {
+            return false;
+        }
+        tracing::debug!(tid, rip = r.rip, "interrupting once out of deja's code");
+        match self.debug.as_mut() {
+            Some(d) => {
+                d.leaving = Some((tid, Halt::Interrupted(tid)));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The halt put off until task `tid` leaves deja's code, if any (and the task resumes
     /// with no signal to deliver: one that does is reported where it is).
     pub(super) fn leaving(&mut self, tid: Tid, sig: i32) -> Option<Halt> {

@@ -290,8 +290,10 @@ impl Session {
             }
             if self.debug.as_mut().is_some_and(|d| d.interrupt_requested()) {
                 let tid = self.halt_thread();
-                self.halt(Halt::Interrupted(tid));
-                return Ok(None);
+                if !self.interrupt_later(tid) {
+                    self.halt(Halt::Interrupted(tid));
+                    return Ok(None);
+                }
             }
             let Some(ev) = self.take()? else {
                 if self.events.truncated() || !self.reader.meta().complete {
