@@ -196,3 +196,98 @@ impl PatchedSites {
         (abi::LIB_BASE..abi::REGION_END).contains(&pc) || self.sites(rpid).any(|s| s.in_stub(pc))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::code_asm::{eax, rax, CodeAssembler};
+
+    const FUNC: u64 = 0x7f00_0000_1000;
+    const STUB: u64 = 0x7f00_1000_0010;
+    const HOOK_PTR: u64 = 0x7f00_1000_0000;
+
+    /// glibc's `read` (single-threaded path): `xor eax, eax; syscall; cmp rax, -4096;
+    /// ja error; ret`, patched as the recorder patches it. Returns the event and the
+    /// function's bytes.
+    fn read_patch() -> (PatchEvent, Vec<u8>) {
+        let mut a = CodeAssembler::new(64).unwrap();
+        let mut error = a.create_label();
+        a.xor(eax, eax).unwrap();
+        a.syscall().unwrap();
+        a.cmp(rax, -4096).unwrap();
+        a.ja(error).unwrap();
+        a.ret().unwrap();
+        a.set_label(&mut error).unwrap();
+        a.mov(rax, -1i64).unwrap();
+        a.ret().unwrap();
+        let code = a.assemble(FUNC).unwrap();
+        let plan = tracee::patch::plan(FUNC, &code, FUNC + 2, 0, STUB, HOOK_PTR).unwrap();
+        let e = PatchEvent {
+            tid: 1,
+            nr: 0,
+            site: FUNC + 4,
+            window: plan.window_start,
+            original: plan.original.clone(),
+            patch: plan.patch.clone(),
+            stub_addr: plan.stub_addr,
+            stub: plan.stub.clone(),
+            new_page: None,
+        };
+        (e, code)
+    }
+
+    #[test]
+    fn maps_displaced_instructions_to_their_copies() {
+        let (e, _) = read_patch();
+        let site = Site::new(&e);
+        // The window: syscall (2) + cmp rax, -4096 (6).
+        assert_eq!(site.end(), FUNC + 10);
+        let (copy, orig) = site.copies[0];
+        assert_eq!(orig, FUNC + 4, "the cmp");
+        assert!(site.in_stub(copy) && copy > STUB);
+        assert_eq!(site.copies.len(), 2, "the cmp and the jump back");
+        assert_eq!(site.copies[1].1, site.end());
+        let mut sites = PatchedSites::default();
+        sites.add(7, &e);
+        assert_eq!(sites.original_of(7, copy), Some(FUNC + 4));
+        assert_eq!(sites.original_of(7, site.copies[1].0), Some(FUNC + 10));
+        assert_eq!(sites.original_of(7, STUB), None, "the call to the library");
+        assert_eq!(sites.copy_of(7, FUNC + 4), Some(copy));
+        assert_eq!(
+            sites.copy_of(7, FUNC + 2),
+            None,
+            "the window's start is patched code"
+        );
+        assert_eq!(sites.copy_of(7, FUNC + 5), None, "inside the cmp");
+        assert_eq!(sites.copy_of(8, FUNC + 4), None, "another process");
+        assert!(sites.in_deja_code(7, STUB) && sites.in_deja_code(7, abi::LIB_BASE + 5));
+        assert!(!sites.in_deja_code(7, FUNC + 4));
+    }
+
+    #[test]
+    fn shows_the_original_bytes_in_windows() {
+        let (e, code) = read_patch();
+        let mut sites = PatchedSites::default();
+        sites.add(7, &e);
+        let mut patched = code.clone();
+        patched[2..10].copy_from_slice(&e.patch);
+        assert_ne!(patched, code);
+        let mut buf = patched.clone();
+        sites.show_original(7, FUNC, &mut buf);
+        assert_eq!(buf, code);
+        // A read starting inside the window.
+        let mut buf = patched[5..7].to_vec();
+        sites.show_original(7, FUNC + 5, &mut buf);
+        assert_eq!(buf, code[5..7]);
+        // Other processes, forks and execs.
+        let mut buf = patched.clone();
+        sites.show_original(8, FUNC, &mut buf);
+        assert_eq!(buf, patched);
+        sites.fork(7, 8);
+        sites.show_original(8, FUNC, &mut buf);
+        assert_eq!(buf, code);
+        sites.exec(7);
+        assert!(sites.window_at(7, FUNC + 2).is_none());
+        assert!(sites.window_at(8, FUNC + 9).is_some());
+    }
+}

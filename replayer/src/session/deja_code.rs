@@ -126,7 +126,7 @@ impl Session {
 
     /// Before task `tid` of the debugged process runs: if the debugger was shown it at an
     /// instruction displaced from a patched window, it goes on from the stub's copy.
-    pub(super) fn into_stub(&mut self, tid: Tid) -> Result<()> {
+    pub(super) fn resume_in_stub(&mut self, tid: Tid) -> Result<()> {
         let t = self.task(tid)?;
         let rpid = t.rpid;
         let mut r = t.tracee.regs()?;

@@ -235,7 +235,7 @@ impl Session {
         self.put_back_lifted()?;
         if debugged {
             self.sync_debug_regs(run.tid)?;
-            self.into_stub(run.tid)?;
+            self.resume_in_stub(run.tid)?;
         }
         let t = tasks::task(&mut self.tasks, run.tid)?;
         let Some(d) = self.debug.as_mut() else {
