@@ -470,18 +470,19 @@ fn patched_syscall_sites_show_and_step_like_the_programs_own_code() {
     .collect();
     commands.extend(std::iter::repeat("stepi".to_string()).take(24));
     // The library writes the recorded byte: the watchpoint fires once the task is back at the
-    // instruction after the syscall.
-    for c in [
-        "undisplay",
-        "delete",
-        "finish",
-        "watch c",
-        "continue",
-        "delete",
-        "continue",
-    ] {
-        commands.push(c.to_string());
-    }
+    // instruction after the syscall, here at the end of a `stepi` over it.
+    let watch = [
+        "undisplay".to_string(),
+        "delete".to_string(),
+        "finish".to_string(),
+        "watch c".to_string(),
+        format!("break *{read:#x}"),
+        "continue".to_string(),
+        "stepi".to_string(),
+        "delete".to_string(),
+        "continue".to_string(),
+    ];
+    commands.extend(watch);
     let commands: Vec<&str> = commands.iter().map(|s| s.as_str()).collect();
     let out = gdb_batch(&ctx, &trace, &[], &commands);
     let all = text(&out);
@@ -527,6 +528,7 @@ fn patched_syscall_sites_show_and_step_like_the_programs_own_code() {
         "stepi comes back into main:\n{all}"
     );
     // The fifth read (i = 4) writes 'd' over the fourth's 'a'.
+    assert_has(&all, &format!("Breakpoint 6, {read:#018x} in "));
     assert_has(&all, "Old value = 97 'a'\nNew value = 100 'd'\n");
     let watch = all.find("New value = 100 'd'").unwrap();
     assert!(

@@ -117,11 +117,38 @@ impl Session {
                 continue;
             };
             if tracee::state::is_step_trap(&t.tracee, stop)? {
+                self.watch_while_leaving(tid)?;
                 continue;
             }
             return Ok(Some(stop));
         }
         bail!("task {tid} did not leave deja's in-process library in {LEAVE_STEPS} steps")
+    }
+
+    /// After a step of task `tid` out of deja's code: a watchpoint the library's write of a
+    /// call's recorded bytes hit is the halt to report (as for the writes of a syscall on the
+    /// traced path), in place of the one put off.
+    fn watch_while_leaving(&mut self, tid: Tid) -> Result<()> {
+        if self
+            .debug
+            .as_ref()
+            .map_or(true, |d| d.hw.iter().all(Option::is_none))
+        {
+            return Ok(());
+        }
+        let t = self.tracee(tid)?;
+        let dr6 = t.debug_reg(6)?;
+        let Some(d) = self.debug.as_mut() else {
+            return Ok(());
+        };
+        if let Some(point) = d.point_hit(dr6).filter(|p| p.watch.is_some()) {
+            if let Some((_, why)) = d.leaving.as_mut() {
+                if !matches!(why, Halt::Watch { .. }) {
+                    *why = point.halt(tid);
+                }
+            }
+        }
+        self.tracee(tid)?.set_debug_reg(6, 0)
     }
 
     /// Before task `tid` of the debugged process runs: if the debugger was shown it at an

@@ -102,9 +102,12 @@ impl Session {
                     // A halt put off while the task was in deja's code.
                     match self.step_out(run.tid)? {
                         None => {
-                            if let Some(d) = self.debug.as_mut() {
-                                d.leaving = None;
-                            }
+                            // (A watchpoint hit on the way out replaced it.)
+                            let why = self
+                                .debug
+                                .as_mut()
+                                .and_then(|d| d.leaving.take())
+                                .map_or(why, |(_, why)| why);
                             if self.running_toward(run.tid) && self.check_at_point(run.tid)? {
                                 self.reached(run.tid)?;
                             }
