@@ -134,6 +134,11 @@ impl PatchedSites {
         self.by_process.remove(&rpid);
     }
 
+    /// Whether process `rpid` has patched sites.
+    pub fn any(&self, rpid: Tid) -> bool {
+        self.by_process.get(&rpid).is_some_and(|s| !s.is_empty())
+    }
+
     fn sites(&self, rpid: Tid) -> impl Iterator<Item = &Site> {
         self.by_process
             .get(&rpid)

@@ -156,6 +156,10 @@ impl Session {
     pub(super) fn resume_in_stub(&mut self, tid: Tid) -> Result<()> {
         let t = self.task(tid)?;
         let rpid = t.rpid;
+        if !self.sites.any(rpid) {
+            return Ok(());
+        }
+        let t = self.task(tid)?;
         let mut r = t.tracee.regs()?;
         if let Some(copy) = self.sites.copy_of(rpid, r.rip) {
             r.rip = copy;
