@@ -403,3 +403,216 @@ fn without_gdb_replay_says_how_to_serve_only() {
     assert_deja_error("replay without gdb installed", &out);
     assert_stderr_mentions("replay without gdb installed", &out, &["gdb", "-s PORT"]);
 }
+
+/// The address of the last `<name>` syscall site `deja dump` says the recording patched.
+fn patched_site(ctx: &Ctx, trace: &Path, name: &str) -> u64 {
+    patched(ctx, trace, name).0
+}
+
+/// The last `<name>` syscall site `deja dump` says the recording patched, and its stub.
+fn patched(ctx: &Ctx, trace: &Path, name: &str) -> (u64, u64) {
+    let dump = ctx.deja().arg("dump").arg(trace).output().unwrap();
+    let dump = stdout_str(&dump);
+    let needle = format!("patched the {name} site at 0x");
+    let hex_after = |l: &str, needle: &str| {
+        let at = l.find(needle)? + needle.len();
+        let hex: String = l[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .collect();
+        u64::from_str_radix(&hex, 16).ok()
+    };
+    dump.lines()
+        .rev()
+        .find_map(|l| Some((hex_after(l, &needle)?, hex_after(l, "its stub at 0x")?)))
+        .unwrap_or_else(|| panic!("the recording patched no {name} site:\n{dump}"))
+}
+
+#[test]
+fn patched_syscall_sites_show_and_step_like_the_programs_own_code() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(program("patched_calls"), &[]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    let line = stdout_str(&rec);
+    let pid = field(&line, "pid");
+    // glibc's read (the last one patched: the dynamic loader's comes first) and getpid.
+    let read = patched_site(&ctx, &trace, "read");
+    let getpid = patched_site(&ctx, &trace, "getpid");
+    let mut commands: Vec<String> = [
+        "break patched_calls.c:25",
+        "continue",
+        "print c",
+        "print n",
+        &format!("x/2i {read:#x}"),
+        &format!("x/2i {getpid:#x}"),
+        // Strictly inside the patched window: the instruction after the syscall.
+        &format!("break *{:#x}", read + 2),
+        "continue",
+        "print $rax",
+        "delete",
+        "break patched_calls.c:23",
+        "continue",
+        "next",
+        "print pid",
+        "next",
+        "print c",
+        "print n",
+        "delete",
+        "break patched_calls.c:24",
+        "continue",
+        "display/i $pc",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    commands.extend(std::iter::repeat("stepi".to_string()).take(24));
+    // The library writes the recorded byte: the watchpoint fires once the task is back at the
+    // instruction after the syscall, here at the end of a `stepi` over it.
+    let watch = [
+        "undisplay".to_string(),
+        "delete".to_string(),
+        "finish".to_string(),
+        "watch c".to_string(),
+        format!("break *{read:#x}"),
+        "continue".to_string(),
+        "stepi".to_string(),
+        "delete".to_string(),
+        "continue".to_string(),
+    ];
+    commands.extend(watch);
+    let commands: Vec<&str> = commands.iter().map(|s| s.as_str()).collect();
+    let out = gdb_batch(&ctx, &trace, &[], &commands);
+    let all = text(&out);
+    // Iteration i reads "deja"[i % 4], one byte.
+    assert_has(&all, "$1 = 100 'd'");
+    assert_has(&all, "$2 = 1");
+    // The program's own instructions at the patched sites, not deja's jump.
+    for site in [read, getpid] {
+        assert!(
+            all.lines()
+                .any(|l| l.contains(&format!("{site:#x} <")) && l.contains("syscall")),
+            "x/2i shows the syscall at {site:#x}:\n{all}"
+        );
+    }
+    // A breakpoint inside the window stops there, after the (buffered) read returned 1.
+    assert_has(&all, &format!("Breakpoint 2, {:#018x} in ", read + 2));
+    assert_has(&all, "$3 = 1");
+    // `next` over the calls: the recorded pid, then the third byte.
+    assert_has(&all, &format!("$4 = {pid}"));
+    assert_has(&all, "$5 = 106 'j'");
+    assert_has(&all, "$6 = 1");
+    // Stepping instruction by instruction into read, over its syscall and back into main:
+    // every pc is the program's or glibc's (named by a symbol), never a stub or deja's library.
+    let pcs: Vec<&str> = all.lines().filter(|l| l.starts_with("=> 0x")).collect();
+    assert!(pcs.len() >= 20, "stepi shows each instruction:\n{all}");
+    for pc in &pcs {
+        assert!(
+            pc.contains(" <"),
+            "a pc outside the program's code: {pc}\n{all}"
+        );
+    }
+    let syscall = pcs
+        .iter()
+        .position(|l| l.starts_with(&format!("=> {read:#x} <")) && l.contains("syscall"))
+        .unwrap_or_else(|| panic!("stepi reaches the patched syscall:\n{all}"));
+    let after = &pcs[syscall + 1];
+    assert!(
+        after.starts_with(&format!("=> {:#x} <", read + 2)),
+        "one stepi goes over the syscall to the next instruction: {after}\n{all}"
+    );
+    assert!(
+        pcs[syscall..].iter().any(|l| l.contains("<main+")),
+        "stepi comes back into main:\n{all}"
+    );
+    // The fifth read (i = 4) writes 'd' over the fourth's 'a'.
+    assert_has(&all, &format!("Breakpoint 6, {read:#018x} in "));
+    assert_has(&all, "Old value = 97 'a'\nNew value = 100 'd'\n");
+    let watch = all.find("New value = 100 'd'").unwrap();
+    assert!(
+        all[watch..].contains(&format!("{:#018x} in ", read + 2)),
+        "the watchpoint halts after the syscall:\n{all}"
+    );
+    assert_has(&all, line.trim());
+    assert_has(&all, "exited normally");
+    assert!(!all.contains("diverged"), "{all}");
+}
+
+#[test]
+fn an_interrupt_never_halts_in_deja_s_library_or_a_stub() {
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(program("patched_calls"), &["1000000"]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    let (_, stub) = patched(&ctx, &trace, "getpid");
+    let stubs = stub & !0xfff..(stub & !0xfff) + 0x1000;
+    // deja's in-process library and its threads' slots (`syscallbuf::abi`).
+    let lib = 0x7000_0000_0000..0x7000_0000_0000 + 0x10_0000 + 64 * (4096 + 16384 + 65536);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = spawn_captured(
+        ctx.deja()
+            .arg("replay")
+            .arg(&trace)
+            .args(["-s", &port.to_string()]),
+    );
+    let mut rsp = Rsp::connect(port);
+    assert_eq!(rsp.ask("?").get(..3), Some("T05"));
+    // Most of the replay's time is in the library answering getpid: interrupt it there.
+    let mut stops = 0;
+    for _ in 0..5 {
+        rsp.send("vCont;c");
+        std::thread::sleep(Duration::from_millis(60));
+        rsp.0.write_all(&[0x03]).unwrap();
+        let stop = rsp.recv();
+        if stop.starts_with('W') {
+            break;
+        }
+        assert!(stop.starts_with("T02"), "an interrupt stop, got {stop:?}");
+        stops += 1;
+        // rip is register 16 of `g`'s 8-byte registers, little-endian hex.
+        let regs = run_length_decoded(&rsp.ask("g"));
+        assert!(regs.len() >= 272, "registers: {regs:?}");
+        let rip = u64::from_str_radix(&regs[256..272], 16)
+            .unwrap()
+            .swap_bytes();
+        assert!(
+            !lib.contains(&rip) && !stubs.contains(&rip),
+            "interrupted at {rip:#x}, in deja's code"
+        );
+        let mut code = [0u8; 2];
+        let mem = run_length_decoded(&rsp.ask(&format!("m{rip:x},2")));
+        for (i, b) in code.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&mem[i * 2..i * 2 + 2], 16).unwrap();
+        }
+        assert_ne!(
+            code,
+            [0xcc, 0xcc],
+            "{rip:#x} is in a patched window's padding"
+        );
+    }
+    assert!(stops > 0, "no interrupt came before the end");
+    rsp.send("vKill;1");
+    drop(rsp);
+    let out = wait_with_timeout(server, "deja replay -s", Duration::from_secs(60));
+    assert!(out.status.success(), "{}", describe("deja replay -s", &out));
+}
+
+/// A remote protocol reply with its run-length encoding (`X*n`: `n - 29` more `X`s) expanded.
+fn run_length_decoded(body: &str) -> String {
+    let mut out = String::new();
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        if c == '*' {
+            let n = chars.next().expect("a run length") as usize - 29;
+            let last = out.chars().last().expect("a character to repeat");
+            out.extend(std::iter::repeat(last).take(n));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

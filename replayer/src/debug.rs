@@ -48,6 +48,22 @@ pub enum Halt {
     End,
 }
 
+impl Halt {
+    /// The task whose doing the halt is, if it is a task's (not a recorded signal's: a task
+    /// about to take one is reported where it is).
+    pub(crate) fn task(&self) -> Option<Tid> {
+        match *self {
+            Halt::Breakpoint(t)
+            | Halt::HwBreakpoint(t)
+            | Halt::Watch { tid: t, .. }
+            | Halt::Step(t)
+            | Halt::Interrupted(t)
+            | Halt::Reached(t) => Some(t),
+            Halt::Signal { .. } | Halt::Exited(_) | Halt::End => None,
+        }
+    }
+}
+
 /// What a watchpoint watches for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchKind {
@@ -146,6 +162,14 @@ pub(crate) struct Debug {
     pub current: Option<Tid>,
     /// The task single-stepped over a breakpoint at its pc (its step trap is not a halt).
     pub stepped_over: Option<Tid>,
+    /// A halt of the task that was in deja's code (its in-process library, a stub) when it
+    /// came: the task is first stepped back into the program's code (see
+    /// `Session::leave_before_halt`).
+    pub leaving: Option<(Tid, Halt)>,
+    /// Breakpoints the debugger set strictly inside a patched window: the original address
+    /// → the address of its instruction's copy in the stub, where the `int3` is (and which
+    /// `breakpoints` holds).
+    pub in_windows: BTreeMap<u64, u64>,
 }
 
 impl Debug {
@@ -169,6 +193,8 @@ impl Debug {
             comm: String::new(),
             current: None,
             stepped_over: None,
+            leaving: None,
+            in_windows: BTreeMap::new(),
         }
     }
 

@@ -79,6 +79,8 @@ impl DebugReplay {
         }
         let d = self.debug_mut();
         d.halt = None;
+        // A halt put off (the task in deja's code) that another halt came before.
+        d.leaving = None;
         d.step = match how {
             Resume::Continue => None,
             Resume::Step(tid) => Some(Step {
@@ -171,18 +173,51 @@ impl DebugReplay {
     }
 
     /// Reads the debugged process's memory at `addr` as the program sees it (breakpoints
-    /// hidden); returns how many bytes were readable.
+    /// hidden, patched syscall sites showing the program's own instructions); returns how
+    /// many bytes were readable.
     pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> usize {
         let Some(t) = self.session.process_tracee() else {
             return 0;
         };
         let n = t.read_mem_partial(addr, buf);
         self.debug().hide_breakpoints(addr, &mut buf[..n]);
+        self.session
+            .sites
+            .show_original(self.process(), addr, &mut buf[..n]);
         n
     }
 
     /// Inserts a software breakpoint at `addr`; false if there is no code to patch there.
+    /// Strictly inside a patched syscall site's window, the `int3` goes on the stub's copy of
+    /// the instruction at `addr` (false if the program has no instruction starting there, or
+    /// the stub holds no copy of it).
     pub fn add_breakpoint(&mut self, addr: u64) -> Result<bool> {
+        if self.debug().in_windows.contains_key(&addr) {
+            return Ok(true);
+        }
+        let process = self.process();
+        if let Some(site) = self.session.sites.window_at(process, addr) {
+            if addr != site.window {
+                let Some(copy) = self.session.sites.copy_of(process, addr) else {
+                    eprintln!(
+                        "deja: no breakpoint at {addr:#x}: it is inside the syscall site deja \
+                         patched at {:#x}, and no instruction of the program starts there",
+                        site.window
+                    );
+                    return Ok(false);
+                };
+                if !self.insert_int3(copy)? {
+                    return Ok(false);
+                }
+                self.debug_mut().in_windows.insert(addr, copy);
+                return Ok(true);
+            }
+        }
+        self.insert_int3(addr)
+    }
+
+    /// Writes a breakpoint's `int3` at `addr`, keeping the byte it replaces.
+    fn insert_int3(&mut self, addr: u64) -> Result<bool> {
         if self.debug().breakpoints.contains_key(&addr) {
             return Ok(true);
         }
@@ -200,6 +235,7 @@ impl DebugReplay {
     /// Removes the software breakpoint at `addr`; false if there was none.
     pub fn remove_breakpoint(&mut self, addr: u64) -> Result<bool> {
         let d = self.debug_mut();
+        let addr = d.in_windows.remove(&addr).unwrap_or(addr);
         let Some(orig) = d.breakpoints.remove(&addr) else {
             return Ok(false);
         };
@@ -213,14 +249,35 @@ impl DebugReplay {
         Ok(true)
     }
 
-    /// Adds a hardware breakpoint or watchpoint; false if the debug registers cannot take it.
+    /// Adds a hardware breakpoint or watchpoint; false if the debug registers cannot take it,
+    /// or it is a breakpoint strictly inside a patched syscall site's window at no
+    /// instruction the stub holds a copy of (one at such an instruction watches the copy).
     pub fn add_hw_point(&mut self, point: HwPoint) -> bool {
+        let Some(point) = self.in_stub(point) else {
+            return false;
+        };
         self.debug_mut().add_hw_point(point)
     }
 
     /// Removes a hardware breakpoint or watchpoint; false if there was none.
     pub fn remove_hw_point(&mut self, point: HwPoint) -> bool {
+        let Some(point) = self.in_stub(point) else {
+            return false;
+        };
         self.debug_mut().remove_hw_point(point)
+    }
+
+    /// A hardware breakpoint strictly inside a patched window moved to the stub's copy of its
+    /// instruction (`None` if there is none); any other point as it is.
+    fn in_stub(&self, point: HwPoint) -> Option<HwPoint> {
+        let process = self.process();
+        match self.session.sites.window_at(process, point.addr) {
+            Some(site) if point.watch.is_none() && point.addr != site.window => {
+                let addr = self.session.sites.copy_of(process, point.addr)?;
+                Some(HwPoint { addr, ..point })
+            }
+            _ => Some(point),
+        }
     }
 
     /// The auxiliary vector of the debugged process's program.

@@ -8,6 +8,7 @@ mod divergence;
 mod echo;
 mod exec;
 mod mmap;
+mod patched;
 mod point;
 mod seccomp;
 mod session;

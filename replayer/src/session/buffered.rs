@@ -203,6 +203,8 @@ impl Session {
             },
         )
         .with_context(|| format!("patching the syscall site {:#x}", e.window))?;
+        let rpid = self.task(tid)?.rpid;
+        self.sites.add(rpid, e);
         self.resume(tid, 0)
     }
 

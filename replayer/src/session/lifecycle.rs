@@ -30,6 +30,7 @@ impl Session {
         }
         self.load_library(tid, ev)?;
         self.segv.exec(rpid);
+        self.sites.exec(rpid);
         let t = &tasks::task(&mut self.tasks, tid)?.tracee;
         self.segv_blocked.after_call(tid, t, None)?;
         exec::set_comm(self.tracee(tid)?, ev)?;
@@ -151,6 +152,7 @@ impl Session {
             .add(e.child, e.child_pid, child, child_pid, RState::Unstarted);
         if e.child_pid == e.child {
             self.segv.fork(e.parent_pid, e.child);
+            self.sites.fork(e.parent_pid, e.child);
         }
         self.segv_blocked.clone_task(tid, e.child);
         let c = self.task(e.child)?;

@@ -17,6 +17,7 @@ use crate::point::Toward;
 use crate::tasks::{self, RState, Task, Tasks};
 
 mod buffered;
+mod deja_code;
 mod group_stop;
 mod lifecycle;
 mod ptrace;
@@ -131,6 +132,7 @@ impl Session {
             segv: SegvActions::default(),
             ptrace_held: Default::default(),
             segv_blocked: SegvBlocked::default(),
+            sites: Default::default(),
         };
         if let Err(e) = session.first_exec(&exec_ev) {
             session.tasks.kill_all();
@@ -204,6 +206,8 @@ pub(crate) struct Session {
     /// Which tasks block `SIGSEGV`, for the same trap, as the recorder noted them (see
     /// `tracee::segv_mask`).
     segv_blocked: SegvBlocked,
+    /// The syscall sites patched in each process (see `crate::patched`).
+    pub(crate) sites: crate::patched::PatchedSites,
 }
 
 /// A task resumed after its event.
@@ -286,8 +290,10 @@ impl Session {
             }
             if self.debug.as_mut().is_some_and(|d| d.interrupt_requested()) {
                 let tid = self.halt_thread();
-                self.halt(Halt::Interrupted(tid));
-                return Ok(None);
+                if !self.interrupt_later(tid) {
+                    self.halt(Halt::Interrupted(tid));
+                    return Ok(None);
+                }
             }
             let Some(ev) = self.take()? else {
                 if self.events.truncated() || !self.reader.meta().complete {
@@ -336,6 +342,9 @@ impl Session {
     }
 
     fn halt(&mut self, why: Halt) {
+        if self.leave_before_halt(why) {
+            return;
+        }
         if let Some(d) = self.debug.as_mut() {
             tracing::debug!(?why, event = self.index, "halting for the debugger");
             d.halt = Some(why);

@@ -96,13 +96,36 @@ impl Session {
             if self.halted() {
                 return Ok(());
             }
+            let mut early = None;
             if self.debug.is_some() {
-                if let Some(why) = self.halt_before_run(run) {
+                if let Some(why) = self.leaving(run.tid, run.sig) {
+                    // A halt put off while the task was in deja's code.
+                    match self.step_out(run.tid)? {
+                        None => {
+                            // (A watchpoint hit on the way out replaced it.)
+                            let why = self
+                                .debug
+                                .as_mut()
+                                .and_then(|d| d.leaving.take())
+                                .map_or(why, |(_, why)| why);
+                            if self.running_toward(run.tid) && self.check_at_point(run.tid)? {
+                                self.reached(run.tid)?;
+                            }
+                            self.halt(why);
+                            continue;
+                        }
+                        Some(stop) => early = Some(stop),
+                    }
+                } else if let Some(why) = self.halt_before_run(run) {
+                    // (Put off if the task is in deja's code: see `leave_before_halt`.)
                     self.halt(why);
-                    return Ok(());
+                    continue;
                 }
             }
-            let early = self.launch(run)?;
+            let early = match early {
+                Some(stop) => Some(stop),
+                None => self.launch(run)?,
+            };
             self.running = Some(Run {
                 sig: 0,
                 sig_reported: false,
@@ -215,6 +238,7 @@ impl Session {
         self.put_back_lifted()?;
         if debugged {
             self.sync_debug_regs(run.tid)?;
+            self.resume_in_stub(run.tid)?;
         }
         let t = tasks::task(&mut self.tasks, run.tid)?;
         let Some(d) = self.debug.as_mut() else {
