@@ -19,7 +19,9 @@ fn traces_in(root: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(root)
         .unwrap()
         .map(|e| e.unwrap().path())
+        // Dot names are the root's own (the file pool), not traces.
         .filter(|p| p.file_name().unwrap() != "latest-trace" && p.is_dir())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .collect();
     v.sort();
     v
