@@ -307,71 +307,28 @@ pub fn heads(buf: &[u8]) -> Result<Vec<Head>> {
 }
 
 /// Parses the records of a slot's buffer (`buf` = its first `used` bytes). Strict: every size
-/// must be consistent, 8-aligned and inside `buf`.
+/// must be consistent, 8-aligned and inside `buf` (see [`heads`]).
 pub fn parse_records(buf: &[u8]) -> Result<Vec<Record>> {
-    ensure!(
-        buf.len() % 8 == 0,
-        "record buffer of {} bytes, not a multiple of 8",
-        buf.len()
-    );
-    let head = abi::RECORD_HEAD_SIZE as usize;
     let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < buf.len() {
-        let n = out.len();
-        ensure!(
-            buf.len() - pos >= head,
-            "record {n} at byte {pos}: only {} bytes left, a head takes {head}",
-            buf.len() - pos
-        );
-        let w0 = word(buf, pos)?;
-        let size = (w0 & 0xffff_ffff) as usize;
-        let nr = w0 >> 32;
-        ensure!(
-            size >= head && size % 8 == 0 && size <= buf.len() - pos,
-            "record {n} at byte {pos}: bad size {size} ({} bytes left)",
-            buf.len() - pos
-        );
-        let mut args = [0u64; 6];
-        for (i, a) in args.iter_mut().enumerate() {
-            *a = word(buf, pos + 8 + 8 * i)?;
-        }
-        let result = word(buf, pos + 56)? as i64;
-        let nwrites = word(buf, pos + 64)? & 0xffff_ffff;
-        let rec = &buf[pos..pos + size];
-        let mut off = head;
+    for h in heads(buf)? {
+        let rec = &buf[h.offset..h.offset + h.size];
+        let nwrites = word(rec, 64)? & 0xffff_ffff;
+        let mut off = abi::RECORD_HEAD_SIZE as usize;
         let mut writes = Vec::new();
-        for k in 0..nwrites {
-            ensure!(
-                size - off >= abi::WRITE_HEAD_SIZE as usize,
-                "record {n} at byte {pos}: write {k} of {nwrites} past the record's end"
-            );
+        for _ in 0..nwrites {
+            // `heads` checked that every write lies inside its record.
             let addr = word(rec, off)?;
-            let len = word(rec, off + 8)?;
-            let padded = len
-                .checked_add(7)
-                .map(|l| l & !7)
-                .filter(|&l| l <= (size - off - abi::WRITE_HEAD_SIZE as usize) as u64)
-                .with_context(|| {
-                    format!(
-                        "record {n} at byte {pos}: write {k} of {len} bytes past the record's end"
-                    )
-                })? as usize;
+            let len = word(rec, off + 8)? as usize;
             let data = off + abi::WRITE_HEAD_SIZE as usize;
-            writes.push((addr, rec[data..data + len as usize].to_vec()));
-            off = data + padded;
+            writes.push((addr, rec[data..data + len].to_vec()));
+            off = data + len.next_multiple_of(8);
         }
-        ensure!(
-            off == size,
-            "record {n} at byte {pos}: its writes end at {off}, its size is {size}"
-        );
         out.push(Record {
-            nr,
-            args,
-            result,
+            nr: h.nr,
+            args: h.args,
+            result: h.result,
             writes,
         });
-        pos += size;
     }
     Ok(out)
 }

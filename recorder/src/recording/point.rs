@@ -244,9 +244,6 @@ impl Session {
             0
         };
         let t = self.task(tid)?;
-        if let Ok(r) = t.tracee.regs() {
-            tracing::debug!(tid, rip = r.rip, eflags = r.eflags, "point");
-        }
         let mut watch = tracee::state::watch_values(&t.tracee, &written, WATCH_WORDS);
         watch.extend(seq);
         tracee::state::capture(&t.tracee, excluded, watch, ticks)
