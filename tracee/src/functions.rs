@@ -81,7 +81,9 @@ const MAX_PADDING: u64 = 64;
 
 /// The end of the alignment padding after a function ending at `end`: the `nop` / `int3`
 /// instructions that follow it, up to the first other instruction or the first address where
-/// a function starts (an FDE begins), at most 64 bytes. `end` itself when there are none.
+/// a function starts (an FDE begins), at most 64 bytes, and within the function's module
+/// (whose unwind tables are found once, as by [`function_fde`], with `pid` alike). `end`
+/// itself when there are none, or when the module's tables cannot be read.
 ///
 /// The padding between functions is reached by no branch and by no fall-through (the
 /// function's last instruction is a `ret`, a `jmp`, or a call that does not return), so a
