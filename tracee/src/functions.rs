@@ -4,8 +4,17 @@
 //! The patcher ([`crate::patch`]) must see the whole function around a syscall site to prove
 //! no branch lands inside the bytes it replaces; the unwind tables are the one description of
 //! function extents present in every module (stripped or not), including the vDSO.
+//!
+//! A module without `PT_GNU_EH_FRAME` (a statically linked program: GNU ld makes the
+//! `.eh_frame_hdr` search table only for dynamic links) still has its `.eh_frame`: its place
+//! comes from the section headers of the module's file (opened through
+//! `/proc/PID/map_files/START-END`, or by path checked against the mapping's device and
+//! inode), and its entries are scanned linearly in the tracee's memory.
 
 use crate::maps::MapEntry;
+use nix::unistd::Pid;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// `PT_LOAD`.
 const PT_LOAD: u32 = 1;
@@ -19,6 +28,11 @@ const PE_OMIT: u8 = 0xff;
 /// Most program headers read, most FDEs in a table: sanity bounds against a garbled image.
 const MAX_PHDRS: u16 = 256;
 const MAX_FDES: u64 = 1 << 24;
+/// Most section headers read, largest `.eh_frame` section scanned (sanity bounds).
+const MAX_SHDRS: u64 = 1 << 16;
+const MAX_EH_FRAME: u64 = 64 << 20;
+/// `SHF_ALLOC`: the section is in the loaded image.
+const SHF_ALLOC: u64 = 2;
 
 /// One function's unwind entry (FDE), as found by [`function_fde`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,25 +48,32 @@ pub struct FunctionFde {
 
 /// The `[start, end)` of the function containing `addr`, from the unwind tables of the module
 /// mapped there. `read(addr, buf)` fills `buf` from the tracee's memory (false on failure);
-/// `maps` is the tracee's memory map. `None` when `addr` is in no module with an
-/// `.eh_frame_hdr` search table, or no FDE covers it, or the tables cannot be read.
+/// `maps` is the tracee's memory map; `pid` is the tracee, whose module files are opened
+/// through `/proc/PID/map_files` when the module has no `.eh_frame_hdr` (`None`: by path
+/// only). `None` when `addr` is in no module with unwind tables, or no FDE covers it, or the
+/// tables cannot be read.
 pub fn function_bounds(
+    pid: Option<Pid>,
     read: &dyn Fn(u64, &mut [u8]) -> bool,
     maps: &[MapEntry],
     addr: u64,
 ) -> Option<(u64, u64)> {
-    function_fde(read, maps, addr).map(|f| (f.start, f.end))
+    function_fde(pid, read, maps, addr).map(|f| (f.start, f.end))
 }
 
 /// Like [`function_bounds`], with the FDE's LSDA pointer.
+///
+/// Through the module's `.eh_frame_hdr` search table when it has one (`PT_GNU_EH_FRAME`),
+/// else by a linear scan of its `.eh_frame` section, found from the section headers of the
+/// module's file (a static program's case; a few hundred KiB at most for glibc).
 pub fn function_fde(
+    pid: Option<Pid>,
     read: &dyn Fn(u64, &mut [u8]) -> bool,
     maps: &[MapEntry],
     addr: u64,
 ) -> Option<FunctionFde> {
     let mem = Mem { read };
-    let hdr = eh_frame_hdr(&mem, maps, addr)?;
-    find_fde(&mem, hdr, addr)
+    Tables::find(&mem, pid, maps, addr)?.fde(&mem, addr)
 }
 
 /// Most bytes of alignment padding [`padding_end`] looks at after a function.
@@ -60,18 +81,30 @@ const MAX_PADDING: u64 = 64;
 
 /// The end of the alignment padding after a function ending at `end`: the `nop` / `int3`
 /// instructions that follow it, up to the first other instruction or the first address where
-/// a function starts (an FDE begins), at most 64 bytes. `end` itself when there are none.
+/// a function starts (an FDE begins), at most 64 bytes, and within the function's module
+/// (whose unwind tables are found once, as by [`function_fde`], with `pid` alike). `end`
+/// itself when there are none, or when the module's tables cannot be read.
 ///
 /// The padding between functions is reached by no branch and by no fall-through (the
 /// function's last instruction is a `ret`, a `jmp`, or a call that does not return), so a
 /// syscall-site patch may cover it: the caller passes the function's bytes up to here to
 /// [`crate::patch::plan`], which lets a site like glibc's `getpid`
 /// (`mov eax, 39; syscall; ret`, then a 16-byte boundary) be patched.
-pub fn padding_end(read: &dyn Fn(u64, &mut [u8]) -> bool, maps: &[MapEntry], end: u64) -> u64 {
+pub fn padding_end(
+    pid: Option<Pid>,
+    read: &dyn Fn(u64, &mut [u8]) -> bool,
+    maps: &[MapEntry],
+    end: u64,
+) -> u64 {
     let mut bytes = [0u8; MAX_PADDING as usize];
-    if !read(end, &mut bytes) {
+    if end == 0 || !read(end, &mut bytes) {
         return end;
     }
+    // The tables of the function's module, found once; padding is only looked for in it.
+    let mem = Mem { read };
+    let Some(tables) = Tables::find(&mem, pid, maps, end - 1) else {
+        return end;
+    };
     let mut decoder = iced_x86::Decoder::with_ip(64, &bytes, end, iced_x86::DecoderOptions::NONE);
     let mut at = end;
     while decoder.can_decode() {
@@ -80,7 +113,11 @@ pub fn padding_end(read: &dyn Fn(u64, &mut [u8]) -> bool, maps: &[MapEntry], end
             insn.mnemonic(),
             iced_x86::Mnemonic::Nop | iced_x86::Mnemonic::Int3
         );
-        if insn.is_invalid() || !pad || function_bounds(read, maps, at).is_some() {
+        if insn.is_invalid()
+            || !pad
+            || !tables.module_has(maps, at)
+            || tables.fde(&mem, at).is_some()
+        {
             break;
         }
         at = insn.next_ip();
@@ -212,53 +249,256 @@ impl Mem<'_> {
     }
 }
 
-/// The address of the `.eh_frame_hdr` of the module mapped at `addr`.
-fn eh_frame_hdr(mem: &Mem, maps: &[MapEntry], addr: u64) -> Option<u64> {
-    let here = maps.iter().find(|m| addr >= m.start && addr < m.end)?;
-    // The ELF header: at the file's offset-0 mapping (the lowest), or, for an anonymous or
-    // pseudo mapping (the vDSO), at the mapping itself.
-    let header = if here.is_file() {
-        maps.iter()
-            .filter(|m| m.name == here.name && m.inode == here.inode && m.dev == here.dev)
-            .min_by_key(|m| m.start)
-            .filter(|m| m.offset == 0)?
-    } else {
-        here
-    };
-    let base = header.start;
-    if mem.bytes::<5>(base)? != *b"\x7fELF\x02" {
-        return None;
-    }
-    let e_type = mem.u16(base + 0x10)?;
-    let phoff = mem.u64(base + 0x20)?;
-    let phentsize = u64::from(mem.u16(base + 0x36)?);
-    let phnum = mem.u16(base + 0x38)?;
-    if phnum > MAX_PHDRS || phentsize < 56 {
-        return None;
-    }
-    let mut lowest_load: Option<u64> = None;
-    let mut eh: Option<u64> = None;
-    for i in 0..u64::from(phnum) {
-        let ph = base.checked_add(phoff)?.checked_add(i * phentsize)?;
-        let p_type = mem.u32(ph)?;
-        let p_vaddr = mem.u64(ph + 0x10)?;
-        match p_type {
-            PT_LOAD => {
-                let p_offset = mem.u64(ph + 0x08)?;
-                // The segment mapping file offset 0 is at the header's address.
-                let v = p_vaddr.wrapping_sub(p_offset);
-                lowest_load = Some(lowest_load.map_or(v, |l| l.min(v)));
+/// The unwind tables of one module.
+struct Tables {
+    /// The mapping the module's ELF header is at (its file's offset-0 mapping, or the vDSO).
+    header: MapEntry,
+    kind: TableKind,
+}
+
+enum TableKind {
+    /// The `.eh_frame_hdr` at this address.
+    Hdr(u64),
+    /// The whole `.eh_frame` section, read from the tracee's memory at this address.
+    Section { addr: u64, bytes: Vec<u8> },
+}
+
+impl Tables {
+    /// The tables of the module mapped at `addr`.
+    fn find(mem: &Mem, pid: Option<Pid>, maps: &[MapEntry], addr: u64) -> Option<Tables> {
+        let here = maps.iter().find(|m| addr >= m.start && addr < m.end)?;
+        // The ELF header: at the file's offset-0 mapping (the lowest), or, for an anonymous
+        // or pseudo mapping (the vDSO), at the mapping itself.
+        let header = if here.is_file() {
+            maps.iter()
+                .filter(|m| same_file(m, here))
+                .min_by_key(|m| m.start)
+                .filter(|m| m.offset == 0)?
+        } else {
+            here
+        };
+        let image = Image::read(mem, header.start)?;
+        let kind = match image.eh_frame_hdr {
+            Some(hdr) => TableKind::Hdr(hdr),
+            None if header.is_file() => {
+                let file = open_module(pid, here)?;
+                let (vaddr, size) = eh_frame_section(&file)?;
+                let addr = vaddr.checked_add(image.bias)?;
+                let mut bytes = vec![0u8; usize::try_from(size).ok()?];
+                if !(mem.read)(addr, &mut bytes) {
+                    return None;
+                }
+                TableKind::Section { addr, bytes }
             }
-            PT_GNU_EH_FRAME => eh = Some(p_vaddr),
-            _ => {}
+            None => return None,
+        };
+        Some(Tables {
+            header: header.clone(),
+            kind,
+        })
+    }
+
+    /// The FDE covering `addr` in these tables.
+    fn fde(&self, mem: &Mem, addr: u64) -> Option<FunctionFde> {
+        match &self.kind {
+            TableKind::Hdr(hdr) => find_fde(mem, *hdr, addr),
+            TableKind::Section { addr: base, bytes } => scan_fdes(*base, bytes, addr),
         }
     }
-    let bias = match e_type {
-        ET_EXEC => 0,
-        ET_DYN => base.wrapping_sub(lowest_load? & !0xfff),
-        _ => return None,
+
+    /// Whether `addr` is in a mapping of this module.
+    fn module_has(&self, maps: &[MapEntry], addr: u64) -> bool {
+        maps.iter().any(|m| {
+            addr >= m.start
+                && addr < m.end
+                && if self.header.is_file() {
+                    same_file(m, &self.header)
+                } else {
+                    m.start == self.header.start
+                }
+        })
+    }
+}
+
+/// Whether two mappings map the same file.
+fn same_file(a: &MapEntry, b: &MapEntry) -> bool {
+    a.name == b.name && a.inode == b.inode && a.dev == b.dev
+}
+
+/// What the program headers of a loaded ELF image say.
+struct Image {
+    /// Load bias: what to add to the file's addresses.
+    bias: u64,
+    /// The address of its `.eh_frame_hdr` (`PT_GNU_EH_FRAME`), if it has one.
+    eh_frame_hdr: Option<u64>,
+}
+
+impl Image {
+    /// The image whose ELF header is in memory at `base`.
+    fn read(mem: &Mem, base: u64) -> Option<Image> {
+        if mem.bytes::<5>(base)? != *b"\x7fELF\x02" {
+            return None;
+        }
+        let e_type = mem.u16(base + 0x10)?;
+        let phoff = mem.u64(base + 0x20)?;
+        let phentsize = u64::from(mem.u16(base + 0x36)?);
+        let phnum = mem.u16(base + 0x38)?;
+        if phnum > MAX_PHDRS || phentsize < 56 {
+            return None;
+        }
+        let mut lowest_load: Option<u64> = None;
+        let mut eh: Option<u64> = None;
+        for i in 0..u64::from(phnum) {
+            let ph = base.checked_add(phoff)?.checked_add(i * phentsize)?;
+            let p_type = mem.u32(ph)?;
+            let p_vaddr = mem.u64(ph + 0x10)?;
+            match p_type {
+                PT_LOAD => {
+                    let p_offset = mem.u64(ph + 0x08)?;
+                    // The segment mapping file offset 0 is at the header's address.
+                    let v = p_vaddr.wrapping_sub(p_offset);
+                    lowest_load = Some(lowest_load.map_or(v, |l| l.min(v)));
+                }
+                PT_GNU_EH_FRAME => eh = Some(p_vaddr),
+                _ => {}
+            }
+        }
+        let bias = match e_type {
+            ET_EXEC => 0,
+            ET_DYN => base.wrapping_sub(lowest_load? & !0xfff),
+            _ => return None,
+        };
+        Some(Image {
+            bias,
+            eh_frame_hdr: eh.map(|e| e.wrapping_add(bias)),
+        })
+    }
+}
+
+/// The file mapped by `m` (a file mapping of process `pid`): through
+/// `/proc/PID/map_files/START-END` (the very file, even if since deleted or replaced; opening
+/// it needs `CAP_SYS_ADMIN` or `CAP_CHECKPOINT_RESTORE`), else by its path when that is still
+/// the same file (device and inode as in the map).
+fn open_module(pid: Option<Pid>, m: &MapEntry) -> Option<File> {
+    if let Some(pid) = pid {
+        let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        if let Ok(f) = File::open(link) {
+            return Some(f);
+        }
+    }
+    let f = File::open(&m.name).ok()?;
+    let meta = f.metadata().ok()?;
+    let dev = meta.dev();
+    // The kernel's encoding of dev_t (glibc's `major` / `minor`).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let (maj, min) = m.dev.split_once(':')?;
+    let same = u64::from_str_radix(maj, 16).ok()? == major
+        && u64::from_str_radix(min, 16).ok()? == minor
+        && meta.ino() == m.inode;
+    same.then_some(f)
+}
+
+/// The address (before the load bias) and size of the `.eh_frame` section of the ELF file
+/// `file`, from its section headers; `None` without one, or when it is not loaded.
+fn eh_frame_section(file: &File) -> Option<(u64, u64)> {
+    let mut eh = [0u8; 64];
+    file.read_exact_at(&mut eh, 0).ok()?;
+    if eh[..5] != *b"\x7fELF\x02" {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |b: &[u8], o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |b: &[u8], o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    let shoff = u64_at(&eh, 0x28)?;
+    let shentsize = u64::from(u16_at(&eh, 0x3a)?);
+    let mut shnum = u64::from(u16_at(&eh, 0x3c)?);
+    let mut shstrndx = u64::from(u16_at(&eh, 0x3e)?);
+    if shoff == 0 || shentsize < 64 {
+        return None;
+    }
+    let header = |i: u64| -> Option<[u8; 64]> {
+        let mut h = [0u8; 64];
+        file.read_exact_at(&mut h, shoff.checked_add(i.checked_mul(shentsize)?)?)
+            .ok()?;
+        Some(h)
     };
-    Some(eh?.wrapping_add(bias))
+    // Extended numbering: the real counts are in section header 0.
+    if shnum == 0 || shstrndx == 0xffff {
+        let h0 = header(0)?;
+        if shnum == 0 {
+            shnum = u64_at(&h0, 0x20)?;
+        }
+        if shstrndx == 0xffff {
+            shstrndx = u64::from(u32_at(&h0, 0x28)?);
+        }
+    }
+    if shnum > MAX_SHDRS || shstrndx >= shnum {
+        return None;
+    }
+    let strtab = header(shstrndx)?;
+    let (str_off, str_size) = (u64_at(&strtab, 0x18)?, u64_at(&strtab, 0x20)?);
+    const NAME: &[u8] = b".eh_frame\0";
+    for i in 0..shnum {
+        let h = header(i)?;
+        let name = u64::from(u32_at(&h, 0)?);
+        if name + NAME.len() as u64 > str_size {
+            continue;
+        }
+        let mut n = [0u8; NAME.len()];
+        file.read_exact_at(&mut n, str_off.checked_add(name)?)
+            .ok()?;
+        if n != NAME {
+            continue;
+        }
+        let (flags, addr, size) = (u64_at(&h, 0x08)?, u64_at(&h, 0x10)?, u64_at(&h, 0x20)?);
+        return (flags & SHF_ALLOC != 0 && size > 0 && size <= MAX_EH_FRAME)
+            .then_some((addr, size));
+    }
+    None
+}
+
+/// The FDE covering `addr` in the `.eh_frame` section `bytes`, loaded at `base`: a linear scan
+/// of its entries (CIEs and FDEs, in any order; zero terminators are skipped).
+fn scan_fdes(base: u64, bytes: &[u8], addr: u64) -> Option<FunctionFde> {
+    let end = base.checked_add(bytes.len() as u64)?;
+    let read = |a: u64, buf: &mut [u8]| -> bool {
+        let Some(off) = a.checked_sub(base) else {
+            return false;
+        };
+        let Some(src) = usize::try_from(off)
+            .ok()
+            .and_then(|o| bytes.get(o..o.checked_add(buf.len())?))
+        else {
+            return false;
+        };
+        buf.copy_from_slice(src);
+        true
+    };
+    let mem = Mem { read: &read };
+    let mut at = base;
+    while at < end {
+        let (len, body) = match mem.u32(at)? {
+            0 => {
+                at += 4;
+                continue;
+            }
+            0xffff_ffff => (mem.u64(at + 4)?, at + 12),
+            0xffff_fff0.. => return None,
+            l => (u64::from(l), at + 4),
+        };
+        let next = body.checked_add(len)?;
+        // An FDE (a CIE has id 0); one that does not parse is skipped.
+        if mem.u32(body)? != 0 {
+            if let Some(f) = parse_fde(&mem, at) {
+                if addr >= f.start && addr < f.end {
+                    return Some(f);
+                }
+            }
+        }
+        at = next;
+    }
+    None
 }
 
 /// The FDE covering `addr`, through the binary-search table of the `.eh_frame_hdr` at `hdr`.
@@ -445,16 +685,19 @@ pub(crate) mod tests {
     fn bounds_of_libc_getpid_contain_it() {
         let maps = own_maps();
         let getpid = libc_symbol(b"getpid\0");
-        let (s, e) = function_bounds(&read_self, &maps, getpid).expect("an FDE for getpid");
+        let (s, e) = function_bounds(None, &read_self, &maps, getpid).expect("an FDE for getpid");
         assert!(s <= getpid && getpid < e, "{s:#x}..{e:#x} vs {getpid:#x}");
         assert!(e - s < 4096, "{s:#x}..{e:#x}");
         // Every address of it finds the same function.
-        assert_eq!(function_bounds(&read_self, &maps, e - 1), Some((s, e)));
+        assert_eq!(
+            function_bounds(None, &read_self, &maps, e - 1),
+            Some((s, e))
+        );
         let read = libc_symbol(b"read\0");
-        let (rs, re) = function_bounds(&read_self, &maps, read).expect("an FDE for read");
+        let (rs, re) = function_bounds(None, &read_self, &maps, read).expect("an FDE for read");
         assert!(rs <= read && read < re && re - rs < 4096);
         // glibc's C functions have no landing pads.
-        let fde = function_fde(&read_self, &maps, read).expect("read's FDE");
+        let fde = function_fde(None, &read_self, &maps, read).expect("read's FDE");
         assert_eq!((fde.start, fde.end, fde.lsda), (rs, re, None));
     }
 
@@ -467,7 +710,7 @@ pub(crate) mod tests {
     fn bounds_of_a_function_of_the_test_binary() {
         let maps = own_maps();
         let f = known_function as fn(u64) -> u64 as usize as u64;
-        let (s, e) = function_bounds(&read_self, &maps, f).expect("an FDE");
+        let (s, e) = function_bounds(None, &read_self, &maps, f).expect("an FDE");
         assert_eq!(s, f);
         assert!(e > s && e - s < 256, "{s:#x}..{e:#x}");
         assert_eq!(known_function(1), 4);
@@ -477,7 +720,7 @@ pub(crate) mod tests {
     fn a_rust_function_with_landing_pads_has_an_lsda() {
         let maps = own_maps();
         let f = with_cleanup as fn(u64) -> usize as usize as u64;
-        let fde = function_fde(&read_self, &maps, f).expect("an FDE");
+        let fde = function_fde(None, &read_self, &maps, f).expect("an FDE");
         assert_eq!(fde.start, f);
         assert!(fde.lsda.is_some(), "{fde:?}");
         assert_eq!(with_cleanup(3), 3);
@@ -502,22 +745,22 @@ pub(crate) mod tests {
     fn padding_after_libc_getpid_reaches_the_next_function() {
         let maps = own_maps();
         let getpid = libc_symbol(b"getpid\0");
-        let (_, e) = function_bounds(&read_self, &maps, getpid).expect("getpid's FDE");
-        let p = padding_end(&read_self, &maps, e);
+        let (_, e) = function_bounds(None, &read_self, &maps, getpid).expect("getpid's FDE");
+        let p = padding_end(None, &read_self, &maps, e);
         assert!(p >= e && p - e < MAX_PADDING, "{e:#x} {p:#x}");
         // It stops at a function or at code that is not padding.
         let mut b = [0u8; 1];
         assert!(read_self(p, &mut b));
-        assert!(function_bounds(&read_self, &maps, p).is_some() || b[0] != 0x90);
+        assert!(function_bounds(None, &read_self, &maps, p).is_some() || b[0] != 0x90);
     }
 
     #[test]
     fn nothing_for_unmapped_or_anonymous_memory() {
         let maps = own_maps();
-        assert_eq!(function_bounds(&read_self, &maps, 8), None);
+        assert_eq!(function_bounds(None, &read_self, &maps, 8), None);
         let heap = Box::new([0u8; 64]);
         assert_eq!(
-            function_bounds(&read_self, &maps, heap.as_ptr() as u64),
+            function_bounds(None, &read_self, &maps, heap.as_ptr() as u64),
             None
         );
     }
@@ -530,7 +773,7 @@ pub(crate) mod tests {
         };
         let found = (v.start..v.end)
             .step_by(16)
-            .find_map(|a| function_bounds(&read_self, &maps, a));
+            .find_map(|a| function_bounds(None, &read_self, &maps, a));
         let (s, e) = found.expect("some vDSO function has an FDE");
         assert!(s >= v.start && e <= v.end && s < e);
     }

@@ -673,8 +673,8 @@ mod tests {
         use crate::functions::tests::{libc_symbol, own_maps, read_self};
         let maps = own_maps();
         let read = libc_symbol(b"read\0");
-        let (start, end) =
-            crate::functions::function_bounds(&read_self, &maps, read).expect("read's bounds");
+        let (start, end) = crate::functions::function_bounds(None, &read_self, &maps, read)
+            .expect("read's bounds");
         let mut code = vec![0u8; (end - start) as usize];
         assert!(read_self(start, &mut code));
         let insns = decode_all(&code, start);
@@ -745,10 +745,11 @@ mod survey {
                 continue;
             }
             let addr = text.start + off as u64;
-            let Some((s, e)) = crate::functions::function_bounds(&read_self, &maps, addr) else {
+            let Some((s, e)) = crate::functions::function_bounds(None, &read_self, &maps, addr)
+            else {
                 continue;
             };
-            let e = crate::functions::padding_end(&read_self, &maps, e);
+            let e = crate::functions::padding_end(None, &read_self, &maps, e);
             if s < text.start || e > text.end || !seen.insert(addr) {
                 continue;
             }

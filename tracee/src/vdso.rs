@@ -180,7 +180,7 @@ mod tests {
                 continue;
             };
             let addr = start + value;
-            let bounds = crate::functions::function_bounds(&read_self, &maps, addr);
+            let bounds = crate::functions::function_bounds(None, &read_self, &maps, addr);
             assert_eq!(bounds, Some((addr, addr + size)), "{name}");
             let code = patched_function(name, *size as usize);
             let p = crate::patch::plan(

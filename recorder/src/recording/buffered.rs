@@ -178,9 +178,15 @@ impl Session {
         // `mov eax, N; syscall; ret` function's window reaches into it); none for a function
         // with landing pads, which the unwinder enters without a branch to check.
         let bounds = *space.functions.entry(site).or_insert_with(|| {
-            tracee::functions::function_fde(&read, &maps, site)
+            let pid = Some(t.tracee.pid());
+            tracee::functions::function_fde(pid, &read, &maps, site)
                 .filter(|f| f.lsda.is_none())
-                .map(|f| (f.start, tracee::functions::padding_end(&read, &maps, f.end)))
+                .map(|f| {
+                    (
+                        f.start,
+                        tracee::functions::padding_end(pid, &read, &maps, f.end),
+                    )
+                })
         });
         let Some((start, end)) = bounds else {
             return self.refuse(mm, site, "no function bounds");
