@@ -117,7 +117,8 @@ impl Session {
         pending: Option<HeldSignal>,
     ) -> Result<Option<Point>> {
         let rip = self.task(tid)?.tracee.regs()?.rip;
-        if self.in_own_code(tid, rip) && !self.leave_own_code(tid, pending)? {
+        let left_own_code = self.in_own_code(tid, rip);
+        if left_own_code && !self.leave_own_code(tid, pending)? {
             return Ok(None);
         }
         let t = &self.task(tid)?.tracee;
@@ -125,8 +126,13 @@ impl Session {
         // Several passes of one loop iteration each (an interpreter's dispatch comes back to
         // the same instruction at every bytecode, and the loop of the program it runs spans
         // many of them): the words written over the whole window show that loop's progress.
+        // A task just out of deja's code stands right after a buffered syscall: the count of
+        // its buffered calls (a watched word of every point, see `capture_point`) names that
+        // moment alone, and a signal the call itself raised (`SIGIO`, `SIGPIPE`) is delivered
+        // right after it, as the kernel delivers it at the call's exit.
         let mut stepped = tracee::state::Stepped::default();
-        while stepped.steps < WATCH_STEPS && stepped.interrupted.is_none() {
+        let watch_steps = if left_own_code { 0 } else { WATCH_STEPS };
+        while stepped.steps < watch_steps && stepped.interrupted.is_none() {
             let max = (WATCH_STEPS - stepped.steps).min(PASS_STEPS);
             if step_more(t, max, &mut stepped).with_context(in_steps)? == 0 {
                 break;
@@ -135,7 +141,8 @@ impl Session {
         // A point on a `call` (or near one) could only be found at a ptrace stop per visit in
         // replay, since the call cannot be moved into the trampoline: step on a little.
         for _ in 0..PATCHABLE_STEPS {
-            if stepped.interrupted.is_some()
+            if left_own_code
+                || stepped.interrupted.is_some()
                 || tracee::locate::patchable(t, t.regs()?.rip)
                 || step_more(t, 1, &mut stepped).with_context(in_steps)? == 0
             {
