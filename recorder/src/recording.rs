@@ -37,7 +37,7 @@ mod vanish;
 
 /// How long a task may hold the CPU in user code without an event while another task waits
 /// for it: then the recorder preempts it.
-const TIME_SLICE: Duration = Duration::from_millis(20);
+pub(crate) const TIME_SLICE: Duration = Duration::from_millis(20);
 
 /// How often buffered events are written out while the tracee blocks or computes.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -76,8 +76,9 @@ pub struct Session {
     root: i32,
     root_status: Option<ExitStatus>,
     cpu: u32,
-    /// The task holding the CPU and the event count at the last tick, and for how many ticks
-    /// neither changed (the time slice of the task holding the CPU).
+    /// The task holding the CPU at the last tick, the timer's count of ticks then
+    /// (`tracee::alarm::fired`), and for how many ticks that task has held the CPU (its time
+    /// slice).
     stall: (Option<i32>, u64, u32),
     /// Timer ticks so far (buffered events are written out every [`FLUSH_EVERY`]).
     ticks: u32,
@@ -193,6 +194,18 @@ impl Session {
                 let handled = self.dispatch(pid.as_raw(), stop);
                 self.unless_vanished(handled)?;
             }
+            // Ticks that fired while the recorder was busy (a task stopping again at once
+            // never lets a wait be interrupted) count too.
+            let Session {
+                writer,
+                tasks,
+                current,
+                ready,
+                stall,
+                ticks,
+                ..
+            } = self;
+            account_ticks(writer, tasks, ready, *current, stall, ticks)?;
             if self.any_group_stopped() {
                 self.continue_group_stops();
             }
@@ -218,28 +231,9 @@ impl Session {
         set_ticks_blocked(false);
         let stop = tracee::stop::wait_any(&mut || {
             set_ticks_blocked(true);
-            *ticks = ticks.wrapping_add(1);
-            let flushed = if *ticks % ticks_in(FLUSH_EVERY) == 0 {
-                writer.flush().map_err(anyhow::Error::from)
-            } else {
-                Ok(())
-            };
-            // No clock is read on the recorder's hot path (the tracer thread traps `rdtsc`, so
-            // a clock read costs a signal): a time slice is counted in timer ticks instead.
-            // The slice is the time a task has held the CPU, whatever events it makes: a
-            // task whose syscalls are exclusive or buffered (the fast path) never gives the
-            // CPU up at them, and must still leave it to the others now and then.
-            let now = (*current, 0);
-            if (stall.0, stall.1) == now {
-                stall.2 += 1;
-            } else {
-                *stall = (now.0, now.1, 0);
-            }
-            if stall.2 >= ticks_in(TIME_SLICE) {
-                preempt_if_others_wait(tasks, ready, *current);
-            }
+            let accounted = account_ticks(writer, tasks, ready, *current, stall, ticks);
             set_ticks_blocked(false);
-            flushed?;
+            accounted?;
             group_stop::continued_while_waiting(tasks)
         });
         set_ticks_blocked(true);
@@ -610,7 +604,46 @@ fn preempt_if_others_wait(
     }
 }
 
+/// Accounts for the timer ticks fired since the last call (`tracee::alarm::fired`, which
+/// counts them in the signal handler): every [`FLUSH_EVERY`] the buffered events are written
+/// out, and the task holding the CPU for a [`TIME_SLICE`] while another waits is preempted.
+/// No clock is read on the recorder's hot path (the tracer thread traps `rdtsc`, so a clock
+/// read costs a signal): time slices are counted in ticks. The slice is the time a task has
+/// held the CPU, whatever events it makes: a task whose syscalls are exclusive, buffered (the
+/// fast path) or return without sleeping never gives the CPU up at them, and must still leave
+/// it to the others now and then.
+fn account_ticks(
+    writer: &mut TraceWriter,
+    tasks: &mut HashMap<i32, Task>,
+    ready: &VecDeque<i32>,
+    current: Option<i32>,
+    stall: &mut (Option<i32>, u64, u32),
+    ticks: &mut u32,
+) -> Result<()> {
+    let fired = tracee::alarm::fired();
+    let new = fired.saturating_sub(stall.1);
+    if new == 0 {
+        return Ok(());
+    }
+    stall.1 = fired;
+    let before = *ticks;
+    *ticks = ticks.wrapping_add(new as u32);
+    let flush = before / ticks_in(FLUSH_EVERY) != *ticks / ticks_in(FLUSH_EVERY);
+    if stall.0 == current {
+        stall.2 = stall.2.saturating_add(new as u32);
+    } else {
+        (stall.0, stall.2) = (current, 0);
+    }
+    if stall.2 >= ticks_in(TIME_SLICE) {
+        preempt_if_others_wait(tasks, ready, current);
+    }
+    if flush {
+        writer.flush()?;
+    }
+    Ok(())
+}
+
 /// How many timer ticks make `d` (at least one).
-fn ticks_in(d: Duration) -> u32 {
+pub(crate) fn ticks_in(d: Duration) -> u32 {
     (d.as_micros() / TICK.as_micros()).max(1) as u32
 }

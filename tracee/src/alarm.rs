@@ -2,9 +2,22 @@
 //! tracer can do periodic work or give up waiting. Only the tracer thread unblocks `SIGALRM`
 //! (see [`crate::tsc::on_tracer_thread`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-extern "C" fn wake_waiter(_: libc::c_int) {}
+/// How many times the timer has fired.
+static FIRED: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn wake_waiter(_: libc::c_int) {
+    // An atomic add is async-signal-safe.
+    FIRED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many times the timer has fired since the process started: ticks that came while the
+/// tracer was busy (not waiting) count too, which a wait's `EINTR` alone would miss.
+pub fn fired() -> u64 {
+    FIRED.load(Ordering::Relaxed)
+}
 
 /// Arms the timer: it fires after `first`, then every `interval` (never again if zero).
 pub fn start(first: Duration, interval: Duration) {

@@ -36,6 +36,40 @@ pub fn wait_for(pid: Pid) -> Result<Stop> {
         .with_context(|| format!("waiting for task {pid}"))
 }
 
+/// The stop or end of `pid` if one is reported already (`waitpid` with `WNOHANG`), else `None`.
+pub fn poll(pid: Pid) -> Result<Option<Stop>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid stores one int at `status`, a local that outlives the call.
+        let who = unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::__WALL | libc::WNOHANG) };
+        if who < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(anyhow::Error::from(err).context(format!("polling task {pid}")));
+        }
+        if who == 0 {
+            return Ok(None);
+        }
+        if let Some(stop) = decode(status) {
+            return Ok(Some(stop));
+        }
+    }
+}
+
+/// Whether task `pid` is running or ready to run in the kernel (state `R` in
+/// `/proc/PID/stat`), as opposed to sleeping, stopped or gone.
+pub fn runnable(pid: Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')' (a comm may hold one).
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next())
+        == Some('R')
+}
+
 /// Waits for any traced task to stop or end, calling `on_idle` each time a signal interrupts
 /// the wait (the recorder's periodic timer); returns the task and what it did.
 pub fn wait_any(on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> {

@@ -242,8 +242,11 @@ impl Session {
             .copied()
             .filter(|&(a, _)| !(own.0..own.1).contains(&a))
             .collect();
-        if seq.is_some() {
-            excluded = tracee::state::merge_ranges(&[excluded, vec![own]].concat());
+        if let Some(seq) = &seq {
+            // All of it but the task's count itself, which the point compares (a watched
+            // word inside an excluded range would be dropped).
+            let around = vec![(own.0, seq.addr), (seq.addr + 8, own.1)];
+            excluded = tracee::state::merge_ranges(&[excluded, around].concat());
         }
         let ticks = if self.stall.0 == Some(tid) {
             self.stall.2

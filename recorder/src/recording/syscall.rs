@@ -18,6 +18,10 @@ use crate::task::{Entry, State};
 
 use super::{capture, Session, THREAD_EXEC};
 
+/// How many times the recorder looks at a task running a syscall that may block before it
+/// gives the CPU to the others all the same (a call that keeps computing in the kernel).
+const MAX_RUNNABLE_POLLS: usize = 64;
+
 impl Session {
     /// The entry of a syscall by the running task `tid`.
     pub(super) fn on_syscall_entry(&mut self, tid: i32) -> Result<()> {
@@ -163,11 +167,62 @@ impl Session {
                 }));
                 t.tracee.cont_syscall(0)?;
                 if !exclusive {
+                    // (Not while emulated ptrace runs: its tracers' waits and tracees' stops
+                    // count on the hand-over.)
+                    let yields = nr == libc::SYS_sched_yield as u64;
+                    let keep = !stop_now && !yields && self.ptrace.is_empty();
+                    if keep && self.returns_without_blocking(tid)? {
+                        return Ok(());
+                    }
                     self.current = None;
                 }
                 Ok(())
             }
         }
+    }
+
+    /// `tid`, holding the CPU, was just let into a syscall that may block: if the call
+    /// returns without sleeping (a write to a pipe with room, a read of data already there),
+    /// the task keeps the CPU, as it does natively, and its exit is handled now; true then.
+    /// False as soon as it sleeps: the CPU goes to the others meanwhile. (Handing the CPU over
+    /// at every such call let a woken thread run ahead of the one that woke it: rr's
+    /// `spinlock_priorities`.) The tracer and its tracees share one CPU: yielding it lets
+    /// the task run until it stops or sleeps.
+    fn returns_without_blocking(&mut self, tid: i32) -> Result<bool> {
+        // A task whose time slice is over leaves the CPU to the others here (as a task making
+        // syscalls that never sleep would otherwise never be preempted).
+        let slice_over =
+            self.stall.0 == Some(tid) && self.stall.2 >= super::ticks_in(super::TIME_SLICE);
+        if slice_over && self.others_wait() {
+            return Ok(false);
+        }
+        let pid = Pid::from_raw(tid);
+        for _ in 0..MAX_RUNNABLE_POLLS {
+            if let Some(stop) = tracee::stop::poll(pid)? {
+                if stop != Stop::SyscallStop {
+                    // Not its exit (a signal, its end): handled as when it gave the CPU up.
+                    self.current = None;
+                    self.dispatch(tid, stop)?;
+                    return Ok(true);
+                }
+                if let State::InSyscall(e) = &mut self.task(tid)?.state {
+                    e.exclusive = true;
+                }
+                // Deaths reported meanwhile come first: the call may have seen them (a
+                // `wait4` reaping the child, a robust mutex its dead owner left), and the
+                // replay applies a death at its event.
+                for e in std::mem::take(&mut self.exits) {
+                    self.writer.push(&Event::Exit(e))?;
+                }
+                self.dispatch(tid, stop)?;
+                return Ok(true);
+            }
+            if !tracee::stop::runnable(pid) {
+                return Ok(false);
+            }
+            std::thread::yield_now();
+        }
+        Ok(false)
     }
 
     /// `prctl(PR_GET_TSC | PR_SET_TSC | PR_GET_SECCOMP)` (answered from the program's own
