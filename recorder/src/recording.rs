@@ -552,6 +552,15 @@ impl Session {
         let t = self.task(tid)?;
         t.state = State::InSyscall(entry);
         t.tracee.cont_syscall(0)?;
+        // A parent goes on running after its fork or thread creation, as on one CPU natively
+        // (the new task waits for the CPU): it keeps the CPU if the call returns at once.
+        // A `vfork` parent waits for its child.
+        if args.flags & libc::CLONE_VFORK as u64 == 0 && self.ptrace.is_empty() {
+            self.current = Some(tid);
+            if !self.returns_without_blocking(tid)? {
+                self.current = None;
+            }
+        }
         Ok(())
     }
 }

@@ -188,7 +188,7 @@ impl Session {
     /// at every such call let a woken thread run ahead of the one that woke it: rr's
     /// `spinlock_priorities`.) The tracer and its tracees share one CPU: yielding it lets
     /// the task run until it stops or sleeps.
-    fn returns_without_blocking(&mut self, tid: i32) -> Result<bool> {
+    pub(super) fn returns_without_blocking(&mut self, tid: i32) -> Result<bool> {
         // A task whose time slice is over leaves the CPU to the others here (as a task making
         // syscalls that never sleep would otherwise never be preempted).
         let slice_over =
