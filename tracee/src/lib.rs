@@ -9,6 +9,7 @@ pub mod alarm;
 pub mod auxv;
 pub mod cpuid;
 pub mod debugregs;
+pub mod digest;
 pub mod elf;
 pub mod fastpath;
 pub mod forced_segv;
