@@ -91,6 +91,9 @@ pub struct FastPath {
     pub spaces: HashMap<i32, Space>,
     /// What `deja info` reports.
     pub counts: SyscallCounts,
+    /// Function bounds around syscall sites in mapped files, by (device, inode, file offset of
+    /// the site), as (bytes before the site, bytes after it); `None`: no usable bounds.
+    pub functions: HashMap<(String, u64, u64), Option<(u64, u64)>>,
 }
 
 impl FastPath {

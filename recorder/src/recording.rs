@@ -37,7 +37,7 @@ mod vanish;
 
 /// How long a task may hold the CPU in user code without an event while another task waits
 /// for it: then the recorder preempts it.
-pub(crate) const TIME_SLICE: Duration = Duration::from_millis(20);
+pub(crate) const TIME_SLICE: Duration = Duration::from_millis(50);
 
 /// How often buffered events are written out while the tracee blocks or computes.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -100,6 +100,9 @@ pub struct Session {
     segv_blocked: SegvBlocked,
     /// The fast path: the in-process library's slots, patched sites and stubs.
     fast: crate::fastpath::FastPath,
+    /// The task that last kept the CPU through a syscall that returned without sleeping, and
+    /// the timer's count of ticks when it began to (see `returns_without_blocking`).
+    kept_since: (Option<i32>, u64),
 }
 
 impl Session {
@@ -140,6 +143,7 @@ impl Session {
             segv: SegvActions::default(),
             segv_blocked: SegvBlocked::default(),
             fast: crate::fastpath::FastPath::new(syscall_buffer),
+            kept_since: (None, 0),
         }
     }
 
@@ -194,18 +198,7 @@ impl Session {
                 let handled = self.dispatch(pid.as_raw(), stop);
                 self.unless_vanished(handled)?;
             }
-            // Ticks that fired while the recorder was busy (a task stopping again at once
-            // never lets a wait be interrupted) count too.
-            let Session {
-                writer,
-                tasks,
-                current,
-                ready,
-                stall,
-                ticks,
-                ..
-            } = self;
-            account_ticks(writer, tasks, ready, *current, stall, ticks)?;
+
             if self.any_group_stopped() {
                 self.continue_group_stops();
             }
@@ -613,9 +606,10 @@ fn preempt_if_others_wait(
     }
 }
 
-/// Accounts for the timer ticks fired since the last call (`tracee::alarm::fired`, which
-/// counts them in the signal handler): every [`FLUSH_EVERY`] the buffered events are written
-/// out, and the task holding the CPU for a [`TIME_SLICE`] while another waits is preempted.
+/// At a tick that interrupted the recorder's wait: accounts for the timer ticks fired since
+/// the last call (`tracee::alarm::fired`, which counts them in the signal handler): every
+/// [`FLUSH_EVERY`] the buffered events are written out, and the task holding the CPU for a
+/// [`TIME_SLICE`] while another waits is preempted.
 /// No clock is read on the recorder's hot path (the tracer thread traps `rdtsc`, so a clock
 /// read costs a signal): time slices are counted in ticks. The slice is the time a task has
 /// held the CPU, whatever events it makes: a task whose syscalls are exclusive, buffered (the
@@ -638,8 +632,10 @@ fn account_ticks(
     let before = *ticks;
     *ticks = ticks.wrapping_add(new as u32);
     let flush = before / ticks_in(FLUSH_EVERY) != *ticks / ticks_in(FLUSH_EVERY);
+    // A slice counts the ticks that interrupted a wait: one per call (ticks that came while
+    // the recorder was busy pass unseen here; `returns_without_blocking` counts them itself).
     if stall.0 == current {
-        stall.2 = stall.2.saturating_add(new as u32);
+        stall.2 = stall.2.saturating_add(1);
     } else {
         (stall.0, stall.2) = (current, 0);
     }

@@ -55,29 +55,45 @@ impl Pool {
     /// source file whose metadata was `m` when it was copied. Best effort: a pool that cannot
     /// take it is only slower.
     pub(crate) fn add(&self, m: &fs::Metadata, hash: &str, stored: &Path) {
-        let settled = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .and_then(|now| now.checked_sub(Duration::new(m.ctime().max(0) as u64, 0)))
-            .is_some_and(|age| age >= SETTLED);
-        if !settled {
+        if !settled(m.ctime()) {
             return;
         }
         let pooled = self.dir.join(hash);
         if pooled.symlink_metadata().is_err() && fs::hard_link(stored, &pooled).is_err() {
             return;
         }
-        let key = self.key_path(m);
-        let tmp = key.with_extension(format!("tmp-{}", std::process::id()));
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(hash.as_bytes()));
-        if written.is_err() || fs::rename(&tmp, &key).is_err() {
-            let _ = fs::remove_file(&tmp);
+        write_atomically(&self.key_path(m), hash);
+    }
+
+    /// The hash of the system file whose metadata is `m` (a file the writer hard-links), if
+    /// an earlier recording hashed it and it is unchanged since (see [`Pool::add_system`]).
+    pub(crate) fn find_system(&self, m: &fs::Metadata) -> Option<String> {
+        let hash = fs::read_to_string(self.system_key_path(m)).ok()?;
+        let hash = hash.trim();
+        (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hash.to_string())
+    }
+
+    /// Remembers `hash` as the content of the system file whose metadata is `m`. Keyed without
+    /// its change time, which every hard link to the file changes; a system file is replaced,
+    /// not rewritten, by package managers (a new inode), and one modified less than
+    /// [`SETTLED`] before (by its modification time) is not keyed. The trace's stored file is
+    /// that very inode, so a key can only be as wrong as the hard link itself.
+    pub(crate) fn add_system(&self, m: &fs::Metadata, hash: &str) {
+        if !settled(m.mtime()) {
+            return;
         }
+        write_atomically(&self.system_key_path(m), hash);
+    }
+
+    fn system_key_path(&self, m: &fs::Metadata) -> PathBuf {
+        self.dir.join("keys").join(format!(
+            "sys-{:x}-{:x}-{:x}-{}.{}",
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec()
+        ))
     }
 
     fn key_path(&self, m: &fs::Metadata) -> PathBuf {
@@ -91,5 +107,28 @@ impl Pool {
             m.ctime(),
             m.ctime_nsec()
         ))
+    }
+}
+
+/// Whether a file time `t` (seconds since the epoch) is at least [`SETTLED`] old.
+fn settled(t: i64) -> bool {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|now| now.checked_sub(Duration::new(t.max(0) as u64, 0)))
+        .is_some_and(|age| age >= SETTLED)
+}
+
+/// Writes `text` to `path` through a temporary file and a rename (best effort).
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if written.is_err() || fs::rename(&tmp, path).is_err() {
+        let _ = fs::remove_file(&tmp);
     }
 }

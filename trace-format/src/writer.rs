@@ -327,6 +327,19 @@ impl TraceWriter {
             Some(real) => link_same_file(real, &tmp, &key),
             None => false,
         };
+        // A system file hashed by an earlier recording, unchanged since: no need to read it.
+        let known = linked
+            .then(|| self.pool.as_ref().and_then(|p| p.find_system(&src_meta)))
+            .flatten();
+        if let Some(hash) = known {
+            let stored = self.files_dir.join(&hash);
+            if fs::symlink_metadata(&stored).is_ok() {
+                fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+            } else {
+                fs::rename(&tmp, &stored).map_err(io_err(&stored))?;
+            }
+            return self.note_stored(hash, recorded_path, src_meta.len(), "link", Some(key));
+        }
         if !linked {
             let executable = src_meta.permissions().mode() & 0o111 != 0;
             if let Err(e) = copy_file(source, &tmp, if executable { 0o700 } else { 0o600 }) {
@@ -350,9 +363,12 @@ impl TraceWriter {
         }
 
         // Copies only: a pooled file must be deja's own, which nothing modifies (a linked
-        // system file is the system's; linking it changes its change time anyway).
-        if let (Some(pool), false) = (&self.pool, linked) {
-            pool.add(&src_meta, &hash, &stored);
+        // system file is the system's; linking it changes its change time anyway). Of a
+        // linked one, only the hash is remembered.
+        match (&self.pool, linked) {
+            (Some(pool), false) => pool.add(&src_meta, &hash, &stored),
+            (Some(pool), true) => pool.add_system(&src_meta, &hash),
+            (None, _) => {}
         }
         let how = if linked { "link" } else { "copy" };
         let cache = system_source.is_some().then_some(key);

@@ -177,7 +177,7 @@ impl Session {
         // The function's bounds from its unwind information, and the padding after it (a
         // `mov eax, N; syscall; ret` function's window reaches into it); none for a function
         // with landing pads, which the unwinder enters without a branch to check.
-        let bounds = *space.functions.entry(site).or_insert_with(|| {
+        let find = || {
             let pid = Some(t.tracee.pid());
             tracee::functions::function_fde(pid, &read, &maps, site)
                 .filter(|f| f.lsda.is_none())
@@ -187,7 +187,21 @@ impl Session {
                         tracee::functions::padding_end(pid, &read, &maps, f.end),
                     )
                 })
-        });
+        };
+        // A file's functions are the same in every process that maps it (each new program of
+        // a `make` maps the same libc): found once per file, kept relative to the site.
+        let file_key = maps
+            .iter()
+            .find(|m| m.is_file() && (m.start..m.end).contains(&site))
+            .map(|m| (m.dev.clone(), m.inode, site - m.start + m.offset));
+        let bounds = match file_key {
+            Some(key) => fast
+                .functions
+                .entry(key)
+                .or_insert_with(|| find().map(|(s, e)| (site - s, e - site)))
+                .map(|(before, after)| (site - before, site + after)),
+            None => *space.functions.entry(site).or_insert_with(find),
+        };
         let Some((start, end)) = bounds else {
             return self.refuse(mm, site, "no function bounds");
         };

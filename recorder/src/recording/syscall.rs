@@ -189,11 +189,16 @@ impl Session {
     /// `spinlock_priorities`.) The tracer and its tracees share one CPU: yielding it lets
     /// the task run until it stops or sleeps.
     pub(super) fn returns_without_blocking(&mut self, tid: i32) -> Result<bool> {
-        // A task whose time slice is over leaves the CPU to the others here (as a task making
-        // syscalls that never sleep would otherwise never be preempted).
-        let slice_over =
-            self.stall.0 == Some(tid) && self.stall.2 >= super::ticks_in(super::TIME_SLICE);
-        if slice_over && self.others_wait() {
+        // A task that has kept the CPU this way for a time slice leaves it to the others here
+        // (the timer's own count of ticks: a task stopping again at once never lets the
+        // recorder's wait be interrupted by one, so `stall` would not see the time pass).
+        let fired = tracee::alarm::fired();
+        if self.kept_since.0 != Some(tid) {
+            self.kept_since = (Some(tid), fired);
+        }
+        let held = fired.saturating_sub(self.kept_since.1);
+        if held >= u64::from(super::ticks_in(super::TIME_SLICE)) && self.others_wait() {
+            self.kept_since = (None, 0);
             return Ok(false);
         }
         let pid = Pid::from_raw(tid);
