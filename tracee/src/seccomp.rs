@@ -105,21 +105,20 @@ pub fn hides_own_filter(pid: i32, nr: u64, option: u64, result: i64) -> bool {
     {
         return false;
     }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    filter_count(pid).is_some_and(|n| n <= OWN_FILTERS)
+}
+
+/// How many seccomp filters task `pid` has (`Seccomp_filters` in `/proc/PID/status`).
+fn filter_count(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("Seccomp_filters:"))
         .and_then(|n| n.trim().parse::<u64>().ok())
-        .is_some_and(|n| n <= OWN_FILTERS)
 }
 
 /// Whether task `pid` has seccomp filters of its own besides deja's (`Seccomp_filters` in
 /// `/proc/PID/status`), e.g. inherited across `execve` from a sandbox.
 pub fn has_own_filters(pid: i32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp_filters:"))
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .is_some_and(|n| n > OWN_FILTERS)
+    filter_count(pid).is_some_and(|n| n > OWN_FILTERS)
 }
