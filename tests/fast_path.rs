@@ -439,7 +439,8 @@ fn no_syscall_buffer_switch() {
 #[test]
 fn threads_preempted_amid_buffered_calls() {
     let prog = threaded("fp_threads");
-    let args = ["4", "300", "150000"];
+    // Each thread computes for some 100 ms natively: more than a 50 ms time slice.
+    let args = ["4", "300", "300000"];
     let mut preempted = 0;
     for round in 0..3 {
         let r = assert_replays_exactly(&prog, &args);
