@@ -1,0 +1,456 @@
+//! The locator's trampoline: the code patched over a point's instruction that compares the
+//! task's registers and watched words in the program itself and traps only on a match, then
+//! runs the moved instructions and jumps back (see [`super::Locator`]).
+
+use anyhow::{bail, Context, Result};
+use iced_x86::code_asm::{
+    byte_ptr, dword_ptr, qword_ptr, r10, r11, r11b, r11d, r11w, r12, r13, r14, r15, r8, r9, rax,
+    rbp, rbx, rcx, rdi, rdx, rsi, rsp, word_ptr, AsmRegister64, CodeAssembler, CodeLabel,
+};
+use iced_x86::{
+    BlockEncoderOptions, Code, Decoder, DecoderOptions, FlowControl, Instruction, MemoryOperand,
+    Mnemonic, Register,
+};
+use trace_format::WatchedWord;
+
+use super::*;
+use crate::maps::MapEntry;
+use crate::state::FLAGS_COMPARED;
+
+/// Decodes the instructions covering `[rip, rip + 5)`, checks they can be moved, finds a
+/// scratch address and assembles the trampoline for it.
+pub(super) fn build_trampoline(
+    t: &Tracee,
+    point: &Point,
+    watch: &[WatchedWord],
+    maps: &[MapEntry],
+    avoid: &[(u64, u64)],
+    free_slots: &[usize],
+) -> Result<Trampoline> {
+    let rip = point.regs[RIP];
+    let map = maps
+        .iter()
+        .find(|m| rip >= m.start && rip < m.end)
+        .with_context(|| format!("the point {rip:#x} is not mapped"))?;
+    if !map.perms.contains('x') {
+        bail!("the point {rip:#x} is not in executable memory");
+    }
+    let mut bytes = vec![0u8; 32.min((map.end - rip) as usize)];
+    let n = t.read_mem_partial(rip, &mut bytes);
+    bytes.truncate(n);
+    let mut decoder = Decoder::with_ip(64, &bytes, rip, DecoderOptions::NONE);
+    let mut insns = Vec::new();
+    let mut covered = 0usize;
+    while covered < JMP_LEN {
+        if !decoder.can_decode() {
+            bail!("the code at {rip:#x} ends before 5 bytes of whole instructions");
+        }
+        let insn = decoder.decode();
+        if let Some(why) = unmovable(&insn) {
+            bail!("{why} at {:#x} cannot be moved", insn.ip());
+        }
+        covered += insn.len();
+        insns.push(insn);
+    }
+    let end = rip + covered as u64;
+    if let Some(&(s, e)) = avoid.iter().find(|&&(s, e)| s < end && e > rip) {
+        bail!("the bytes to patch, [{rip:#x}, {end:#x}), overlap a breakpoint at [{s:#x}, {e:#x})");
+    }
+    if insns.len() - 1 > free_slots.len() {
+        bail!(
+            "{} instruction boundaries inside the patched bytes need guards, {} debug register(s) \
+             are free",
+            insns.len() - 1,
+            free_slots.len()
+        );
+    }
+    let guards: Vec<(usize, u64)> = free_slots
+        .iter()
+        .copied()
+        .zip(insns[1..].iter().map(|i| i.ip()))
+        .collect();
+    let base = choose_gap(maps, rip).with_context(|| {
+        format!("no free {SCRATCH_SIZE}-byte gap within 2 GiB of {rip:#x} for the trampoline")
+    })?;
+    let Assembled {
+        code,
+        resume,
+        relocated,
+    } = assemble(base, point, watch, &insns, end)?;
+    let rel = base.wrapping_sub(rip + JMP_LEN as u64) as i64;
+    let rel = i32::try_from(rel).context("the trampoline is out of jmp's reach")?;
+    let mut patch = vec![0xe9];
+    patch.extend_from_slice(&rel.to_le_bytes());
+    patch.resize(covered, 0xcc);
+    Ok(Trampoline {
+        base,
+        mapped: false,
+        code,
+        resume,
+        original: bytes[..covered].to_vec(),
+        patch,
+        guards,
+        relocated,
+    })
+}
+
+/// Why `insn` cannot run relocated in the trampoline, if it cannot.
+pub(crate) fn unmovable(insn: &Instruction) -> Option<&'static str> {
+    if insn.is_invalid() {
+        return Some("an undecodable instruction");
+    }
+    match insn.flow_control() {
+        FlowControl::Call | FlowControl::IndirectCall => {
+            return Some("a call (its return address would be the trampoline's)")
+        }
+        FlowControl::Interrupt | FlowControl::Exception | FlowControl::XbeginXabortXend => {
+            return Some("a trapping or transactional instruction")
+        }
+        _ => {}
+    }
+    match insn.mnemonic() {
+        Mnemonic::Syscall
+        | Mnemonic::Sysenter
+        | Mnemonic::Int
+        | Mnemonic::Int1
+        | Mnemonic::Int3
+        | Mnemonic::Into
+        | Mnemonic::Ud0
+        | Mnemonic::Ud1
+        | Mnemonic::Ud2
+        | Mnemonic::Hlt
+        | Mnemonic::Rdtsc
+        | Mnemonic::Rdtscp
+        | Mnemonic::Cpuid => Some("an instruction that enters the kernel or is emulated"),
+        _ => None,
+    }
+}
+
+/// The free, page-aligned `SCRATCH_SIZE` range nearest to `rip` within `rel32` reach (see
+/// [`maps::gap_near`]).
+pub(super) fn choose_gap(maps: &[MapEntry], rip: u64) -> Option<u64> {
+    maps::gap_near(maps, rip, SCRATCH_SIZE)
+}
+
+/// A RIP-relative memory operand at absolute address `addr` (iced's convention: the encoder
+/// turns it into a displacement from the next instruction).
+fn at(addr: u64) -> MemoryOperand {
+    MemoryOperand::with_base_displ(Register::RIP, addr as i64)
+}
+
+/// An assembled trampoline.
+struct Assembled {
+    code: Vec<u8>,
+    /// The address after its `int3`.
+    resume: u64,
+    /// The `(new, original)` addresses of the relocated instructions and of the jump back.
+    relocated: Vec<(u64, u64)>,
+}
+
+/// Assembles the trampoline at `base`.
+///
+/// ```text
+///   mov [r11_save], r11 ; mov [rsp_save], rsp ; lea rsp, [stack_top] ; pushfq
+///   add qword [visits], 1
+///   cmp each of rax rcx rdx rbx rbp rsi rdi r8 r9 r10 r12-r15 with its value ; jne miss
+///   cmp [rsp_save] and [r11_save] with theirs ; jne miss
+///   mov r11, [rsp] ; and r11, FLAGS_COMPARED ; cmp r11, flags ; jne miss
+///   mov [r10_save], r10 ; for each watched word: mov r10, addr ; cmp size [r10], value ;
+///   jne miss_r10 ; ... ; mov r10, [r10_save]
+///   popfq ; mov rsp, [rsp_save] ; mov r11, [r11_save] ; int3
+/// resume:
+///   <the relocated original instructions> ; jmp back
+/// miss_r10: mov r10, [r10_save]
+/// miss: popfq ; mov rsp, [rsp_save] ; mov r11, [r11_save] ; jmp resume
+/// ```
+fn assemble(
+    base: u64,
+    point: &Point,
+    watch: &[WatchedWord],
+    insns: &[Instruction],
+    back: u64,
+) -> Result<Assembled> {
+    let data = base + PAGE;
+    let w = &point.regs;
+    let mut a = CodeAssembler::new(64)?;
+    let mut miss: CodeLabel = a.create_label();
+    let mut miss_r10: CodeLabel = a.create_label();
+    let mut resume: CodeLabel = a.create_label();
+    let raw = |a: &mut CodeAssembler, i: Instruction| a.add_instruction(i);
+
+    raw(
+        &mut a,
+        Instruction::with2(Code::Mov_rm64_r64, at(data + DATA_R11), Register::R11)?,
+    )?;
+    raw(
+        &mut a,
+        Instruction::with2(Code::Mov_rm64_r64, at(data + DATA_RSP), Register::RSP)?,
+    )?;
+    raw(
+        &mut a,
+        Instruction::with2(Code::Lea_r64_m, Register::RSP, at(base + SCRATCH_SIZE))?,
+    )?;
+    a.pushfq()?;
+    raw(
+        &mut a,
+        Instruction::with2(Code::Add_rm64_imm8, at(data + DATA_VISITS), 1i32)?,
+    )?;
+
+    let direct: [(AsmRegister64, usize); 14] = [
+        (rax, 10),
+        (rcx, 11),
+        (rdx, 12),
+        (rbx, 5),
+        (rbp, 4),
+        (rsi, 13),
+        (rdi, 14),
+        (r8, 9),
+        (r9, 8),
+        (r10, 7),
+        (r12, 3),
+        (r13, 2),
+        (r14, 1),
+        (r15, 0),
+    ];
+    for (reg, i) in direct {
+        let v = w[i];
+        match i32::try_from(v as i64) {
+            Ok(imm) => a.cmp(reg, imm)?,
+            Err(_) => {
+                a.mov(r11, v)?;
+                a.cmp(reg, r11)?;
+            }
+        }
+        a.jne(miss)?;
+    }
+    for (slot, i) in [(DATA_RSP, 19), (DATA_R11, 6)] {
+        a.mov(r11, w[i])?;
+        raw(
+            &mut a,
+            Instruction::with2(Code::Cmp_rm64_r64, at(data + slot), Register::R11)?,
+        )?;
+        a.jne(miss)?;
+    }
+    a.mov(r11, qword_ptr(rsp))?;
+    a.and(r11, FLAGS_COMPARED as i32)?;
+    a.cmp(r11, (w[EFLAGS] & FLAGS_COMPARED) as i32)?;
+    a.jne(miss)?;
+    if !watch.is_empty() {
+        raw(
+            &mut a,
+            Instruction::with2(Code::Mov_rm64_r64, at(data + DATA_R10), Register::R10)?,
+        )?;
+        for ww in watch {
+            let v = ww.value & size_mask(ww.size);
+            a.mov(r10, ww.addr)?;
+            match ww.size {
+                1 => {
+                    a.mov(r11b, v as u8 as i32)?;
+                    a.cmp(byte_ptr(r10), r11b)?;
+                }
+                2 => {
+                    a.mov(r11w, v as u16 as i32)?;
+                    a.cmp(word_ptr(r10), r11w)?;
+                }
+                4 => {
+                    a.mov(r11d, v as u32)?;
+                    a.cmp(dword_ptr(r10), r11d)?;
+                }
+                _ => {
+                    a.mov(r11, v)?;
+                    a.cmp(qword_ptr(r10), r11)?;
+                }
+            }
+            a.jne(miss_r10)?;
+        }
+        raw(
+            &mut a,
+            Instruction::with2(Code::Mov_r64_rm64, Register::R10, at(data + DATA_R10))?,
+        )?;
+    }
+    restore_and(&mut a, data)?;
+    a.int3()?;
+    a.set_label(&mut resume)?;
+    a.zero_bytes()?;
+    // Indices in the assembler's list, with the original addresses.
+    let mut moved = Vec::new();
+    for (k, insn) in insns.iter().enumerate() {
+        moved.push((a.instructions().len(), insn.ip()));
+        let mut insn = *insn;
+        if k == 0 {
+            // The block encoder sends branches aimed at an instruction of the block to its
+            // copy; a branch back to the point must reach the patch (a new visit), so the
+            // point's copy does not answer to the point's address. (Branches to the others'
+            // addresses may use the copies: same instructions, no guard stop.)
+            insn.set_ip(0);
+        }
+        a.add_instruction(insn)?;
+    }
+    moved.push((a.instructions().len(), back));
+    a.jmp(back)?;
+    a.set_label(&mut miss_r10)?;
+    raw(
+        &mut a,
+        Instruction::with2(Code::Mov_r64_rm64, Register::R10, at(data + DATA_R10))?,
+    )?;
+    a.set_label(&mut miss)?;
+    restore_and(&mut a, data)?;
+    a.jmp(resume)?;
+
+    let result = a
+        .assemble_options(base, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+        .context("assembling the trampoline (relocating the original instructions)")?;
+    let resume_ip = result.label_ip(&resume)?;
+    let offsets = &result.inner.new_instruction_offsets;
+    // An instruction the encoder rewrote into several (a short branch made long) has no
+    // offset: a branch stops nowhere in between.
+    let relocated = moved
+        .into_iter()
+        .filter_map(|(i, original)| {
+            let off = *offsets.get(i)?;
+            (off != u32::MAX).then(|| (base + u64::from(off), original))
+        })
+        .collect();
+    let code = result.inner.code_buffer;
+    if code.len() as u64 > PAGE {
+        bail!(
+            "the trampoline takes {} bytes, more than a page",
+            code.len()
+        );
+    }
+    Ok(Assembled {
+        code,
+        resume: resume_ip,
+        relocated,
+    })
+}
+
+/// `popfq ; mov rsp, [rsp_save] ; mov r11, [r11_save]`: the program's flags, stack pointer and
+/// r11 back.
+fn restore_and(a: &mut CodeAssembler, data: u64) -> Result<()> {
+    a.popfq()?;
+    a.add_instruction(Instruction::with2(
+        Code::Mov_r64_rm64,
+        Register::RSP,
+        at(data + DATA_RSP),
+    )?)?;
+    a.add_instruction(Instruction::with2(
+        Code::Mov_r64_rm64,
+        Register::R11,
+        at(data + DATA_R11),
+    )?)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::{MIN_ADDR, USER_TOP};
+
+    fn map(start: u64, end: u64, name: &str) -> MapEntry {
+        MapEntry {
+            start,
+            end,
+            perms: "r-xp".into(),
+            offset: 0,
+            dev: "00:00".into(),
+            inode: 0,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn gap_is_the_nearest_free_one_in_reach_never_under_the_stack() {
+        let maps = [
+            map(0x40_0000, 0x40_2000, "/prog"),
+            map(0x40_3000, 0x40_5000, "/prog"),
+            map(0x7fff_f000_0000, 0x7fff_f000_1000, "[stack]"),
+        ];
+        // The one-page hole between the program's mappings is too small (a page of margin on
+        // each side); the nearest room is just above it.
+        assert_eq!(choose_gap(&maps, 0x40_1000), Some(0x3f_d000));
+        // The room between a library and the stack above it is the stack's to grow into.
+        let top = [
+            map(0x7fff_f7ff_0000, 0x7fff_f7ff_1000, "/lib"),
+            map(0x7fff_fffd_e000, USER_TOP, "[stack]"),
+        ];
+        assert_eq!(choose_gap(&top, 0x7fff_f7ff_0800), Some(0x7fff_f7fe_d000));
+        // Nothing in reach at all.
+        let far = [map(MIN_ADDR, USER_TOP, "/huge")];
+        assert_eq!(choose_gap(&far, 0x40_0000), None);
+        // Below the first mapping (as near as above it: the first found wins).
+        let high = [map(0x1_0000_0000, 0x1_0000_1000, "/lib")];
+        assert_eq!(choose_gap(&high, 0x1_0000_0800), Some(0xffff_d000));
+    }
+
+    fn decode(bytes: &[u8]) -> Instruction {
+        Decoder::with_ip(64, bytes, 0x40_1000, DecoderOptions::NONE).decode()
+    }
+
+    #[test]
+    fn calls_syscalls_and_traps_are_not_moved() {
+        assert!(unmovable(&decode(&[0xe8, 0, 0, 0, 0])).is_some()); // call rel32
+        assert!(unmovable(&decode(&[0xff, 0xd0])).is_some()); // call rax
+        assert!(unmovable(&decode(&[0x0f, 0x05])).is_some()); // syscall
+        assert!(unmovable(&decode(&[0xcc])).is_some()); // int3
+        assert!(unmovable(&decode(&[0x0f, 0x31])).is_some()); // rdtsc
+        assert!(unmovable(&decode(&[0x0f, 0x0b])).is_some()); // ud2
+        assert!(unmovable(&decode(&[0x0f])).is_some()); // truncated
+        assert!(unmovable(&decode(&[0x48, 0xff, 0xc0])).is_none()); // inc rax
+        assert!(unmovable(&decode(&[0x75, 0xf0])).is_none()); // jne
+        assert!(unmovable(&decode(&[0x48, 0x8b, 0x05, 1, 0, 0, 0])).is_none()); // rip-relative
+    }
+
+    #[test]
+    fn trampoline_traps_then_runs_the_moved_code_and_jumps_back() {
+        let base = 0x50_0000;
+        let mut regs = [0u64; REGS_WORDS];
+        regs[RIP] = 0x40_1000;
+        regs[10] = 0x1234_5678_9abc; // rax, not an imm32
+        let point = Point {
+            regs,
+            fpregs: vec![],
+            digest: [0; 16],
+            excluded: vec![],
+            watch: vec![WatchedWord {
+                addr: 0x40_3000,
+                size: 4,
+                value: 7,
+            }],
+            ticks: 0,
+        };
+        // `mov rax, [rip + 0x10]` then `jne` back to the point.
+        let insns = [
+            Decoder::with_ip(64, &[0x48, 0x8b, 0x05, 0x10, 0, 0, 0], 0x40_1000, 0).decode(),
+            Decoder::with_ip(64, &[0x75, 0xf7], 0x40_1007, 0).decode(),
+        ];
+        let asm = assemble(base, &point, &point.watch, &insns, 0x40_1009).unwrap();
+        let code: Vec<Instruction> = Decoder::with_ip(64, &asm.code, base, DecoderOptions::NONE)
+            .into_iter()
+            .collect();
+        let int3 = code
+            .iter()
+            .position(|i| i.mnemonic() == Mnemonic::Int3)
+            .unwrap();
+        assert_eq!(code[int3].next_ip(), asm.resume);
+        // The moved load still reads the original address; the branch still targets the point.
+        let moved = &code[int3 + 1];
+        assert_eq!(moved.ip(), asm.resume);
+        assert_eq!(moved.ip_rel_memory_address(), 0x40_1007 + 0x10);
+        assert_eq!(code[int3 + 2].near_branch_target(), 0x40_1000);
+        assert_eq!(code[int3 + 3].mnemonic(), Mnemonic::Jmp);
+        assert_eq!(code[int3 + 3].near_branch_target(), 0x40_1009);
+        assert_eq!(
+            asm.relocated,
+            vec![
+                (asm.resume, 0x40_1000),
+                (code[int3 + 2].ip(), 0x40_1007),
+                (code[int3 + 3].ip(), 0x40_1009)
+            ]
+        );
+        // Nothing before the trap touches memory below the program's stack pointer.
+        assert!(code[..int3]
+            .iter()
+            .all(|i| i.memory_base() != Register::RSP || i.mnemonic() == Mnemonic::Mov));
+    }
+}
