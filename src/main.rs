@@ -40,10 +40,17 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DEJA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    // Asked-for logs carry the time since start (where the time goes); the warnings shown
+    // by default do not.
+    if std::env::var_os("DEJA_LOG").is_some() {
+        builder
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .init();
+    } else {
+        builder.without_time().init();
+    }
 }

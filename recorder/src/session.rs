@@ -49,6 +49,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
 
 /// [`record`], on the tracer thread.
 fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<RecordOutcome> {
+    tracing::debug!("recording starts");
     let path = tracee::elf::resolve_program(&opts.program)?;
     tracee::elf::check_executable(&path)?;
     let name = path
@@ -93,6 +94,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
             .collect(),
         ..TraceMeta::default()
     };
+    tracing::debug!("the cpu is fingerprinted");
     let mut writer = TraceWriter::create(&dir, &meta)?;
     // The root's pool of stored files (the default root's for `-o DIR`): files recorded
     // before and unchanged since are linked from it, neither copied nor hashed again.
@@ -106,6 +108,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
     if let Some(root) = &root {
         root.set_latest(&dir)?;
     }
+    tracing::debug!("the trace directory is ready");
     install_interrupt_passthrough();
     // Ticks interrupt the recorder only in its waits for the tracee (see `set_ticks_blocked`).
     set_ticks_blocked(true);
@@ -128,12 +131,15 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         bind_over: None,
         own_process_group: false,
     })?;
+    tracing::debug!("the program is started");
     let mut session = Session::new(root, writer, cpu as u32, opts.wait_all, opts.syscall_buffer);
     let result = session.run();
     tracee::alarm::stop();
     match result {
         Ok(status) => {
+            tracing::debug!("the program has ended");
             session.finish(status)?;
+            tracing::debug!("the trace is complete");
             Ok(RecordOutcome {
                 trace_dir: dir,
                 status,
