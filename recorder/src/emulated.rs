@@ -107,7 +107,7 @@ pub fn answer(
     r.orig_rax = u64::MAX;
     r.rax = result as u64;
     tracee.set_regs(&r)?;
-    writer.push(&Event::Syscall(ev))?;
+    writer.push(Event::Syscall(ev))?;
     if is_vsyscall(r.rip) {
         // The kernel returns from the vsyscall page to the caller itself.
         if let Ok(ret) = tracee.read_u64(r.rsp) {

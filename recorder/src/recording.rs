@@ -177,7 +177,7 @@ impl Session {
         loop {
             if self.current.is_none() {
                 for e in std::mem::take(&mut self.exits) {
-                    self.writer.push(&Event::Exit(e))?;
+                    self.writer.push(Event::Exit(e))?;
                 }
                 if self.tasks.is_empty() {
                     break;
@@ -287,7 +287,7 @@ impl Session {
             self.release_slot(old_mm, old_slot);
         }
         ev.syscallbuf = self.plan_library(tid)?;
-        self.writer.push(&Event::Exec(Box::new(ev)))?;
+        self.writer.push(Event::Exec(Box::new(ev)))?;
         let t = self.task(tid)?;
         let pid = t.pid;
         if let Some(rel) = self.ptrace.get_mut(tid) {
@@ -319,7 +319,7 @@ impl Session {
                 }
                 State::Preempted => {
                     let r = t.tracee.regs()?;
-                    self.writer.push(&Event::Resume(ResumeEvent { tid }))?;
+                    self.writer.push(Event::Resume(ResumeEvent { tid }))?;
                     return self.resume(tid, r);
                 }
                 State::Ptraced(held) if held.resume.is_some() => {
@@ -346,7 +346,7 @@ impl Session {
         let slot = self.set_up_slot(tid)?;
         let r = self.task(tid)?.tracee.regs()?;
         self.writer
-            .push(&Event::Start(StartEvent { tid, writes, slot }))?;
+            .push(Event::Start(StartEvent { tid, writes, slot }))?;
         self.resume(tid, r)
     }
 
@@ -491,7 +491,7 @@ impl Session {
         for (addr, len) in args.parent_regions() {
             writes.extend(capture(writer, &t.tracee, addr, len)?);
         }
-        self.writer.push(&Event::Clone(CloneEvent {
+        self.writer.push(Event::Clone(CloneEvent {
             tid,
             nr: entry.ev.nr,
             child,
@@ -643,7 +643,7 @@ fn account_ticks(
         preempt_if_others_wait(tasks, ready, current);
     }
     if flush {
-        writer.flush()?;
+        writer.flush_soon()?;
     }
     Ok(())
 }

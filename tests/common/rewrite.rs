@@ -53,7 +53,7 @@ pub fn rewrite_trace(src: &Path, dst: &Path, mut edit: impl FnMut(usize, &mut Ev
             }
         }
         edit(i, &mut ev);
-        writer.push(&ev).expect("write an event");
+        writer.push(ev).expect("write an event");
     }
     writer.finish(exit).expect("finish the rewritten trace");
 }

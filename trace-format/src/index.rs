@@ -15,8 +15,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Creates the schema in a fresh, empty database.
 pub(crate) fn create_schema(db: &Connection, path: &Path) -> Result<()> {
     db.busy_timeout(BUSY_TIMEOUT).map_err(sql_err(path))?;
-    // The recorder commits a row per chunk; without fsync a crash of the *process* loses
-    // nothing (the kernel has the data), and `finish` syncs once at the end.
+    // The writer commits once per chunk; without fsync a crash of the *process* loses
+    // nothing (the kernel has the data); see README.md, "The writing thread".
     db.execute_batch(&format!(
         "PRAGMA journal_mode = DELETE;
          PRAGMA synchronous = OFF;

@@ -6,22 +6,22 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rusqlite::Connection;
+use std::collections::HashSet;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
-use crate::error::{io_err, sql_err, Result, TraceError};
+use crate::error::{io_err, Result, TraceError};
 use crate::event::{Data, Event, ExitStatus, FileRef};
-use crate::format::{
-    self, BlobHeader, ChunkHeader, BLOBS_FILE, CHUNK_HEADER_LEN, EVENTS_FILE, FILES_DIR,
-    INDEX_FILE, ZSTD_LEVEL,
-};
-use crate::index;
+use crate::format::{BLOBS_FILE, EVENTS_FILE, FILES_DIR, INDEX_FILE};
 use crate::meta::TraceMeta;
+use crate::sink::{self, Ending, Failure, FileRow, Msg, Sink};
 use crate::FORMAT_VERSION;
 
 /// Payloads shorter than this travel inline in events; longer ones go to the blob file.
 pub const INLINE_MAX: usize = 16 * 1024;
 /// An events chunk is written once this many encoded bytes are buffered.
-pub const CHUNK_TARGET_BYTES: usize = 1 << 20;
+pub const CHUNK_TARGET_BYTES: usize = 1 << 18;
 /// Path prefixes of files the file store hard-links instead of copying: package managers
 /// replace such files by rename, so a link keeps the recorded content.
 pub const SYSTEM_PREFIXES: [&str; 5] = ["/usr/", "/lib/", "/lib64/", "/bin/", "/sbin/"];
@@ -51,32 +51,38 @@ impl SourceKey {
 /// Writes a trace directory. Everything in complete chunks stays readable if the process dies
 /// at any point; [`TraceWriter::finish`] marks the trace complete.
 ///
+/// The encoding, compression and index work is done by a thread of its own (see `sink.rs`),
+/// fed in batches: the caller's thread only stores files and hands events over.
 /// Dropping a writer without `finish` writes the buffered events (best effort) and leaves the
 /// trace incomplete.
 pub struct TraceWriter {
-    dir: PathBuf,
-    index_path: PathBuf,
-    db: Connection,
-    meta: TraceMeta,
-    events_path: PathBuf,
-    events: File,
-    events_len: u64,
-    blobs_path: PathBuf,
-    blobs: File,
-    blobs_len: u64,
     files_dir: PathBuf,
     files_bytes: u64,
     file_cache: HashMap<SourceKey, (String, u64)>,
     /// The trace root's file pool, when the recorder gave one.
     pool: Option<crate::pool::Pool>,
     tmp_counter: u64,
-    buf: Vec<u8>,
-    buf_events: u32,
-    buf_first: u64,
+    /// Hashes of the files stored so far (each gets one index row).
+    stored_hashes: HashSet<String>,
+    syscalls: crate::SyscallCounts,
+    /// Events not yet handed to the thread, and about how many payload bytes they hold.
+    batch: Vec<Event>,
+    /// Index rows of stored files not yet handed to the thread (they go before the events).
+    rows: Vec<FileRow>,
+    batch_bytes: usize,
     next_event: u64,
-    next_seq: u64,
-    finished: bool,
+    to_sink: Option<SyncSender<Msg>>,
+    sink: Option<JoinHandle<()>>,
+    failure: Arc<Failure>,
 }
+
+/// Events handed to the writing thread at once (each hand-over may wake it, which costs an
+/// inter-processor interrupt: rare is cheap).
+const BATCH_EVENTS: usize = 512;
+/// Payload bytes handed to the writing thread at once.
+const BATCH_BYTES: usize = 1 << 19;
+/// Batches that may wait for the writing thread before the caller waits for it in turn.
+const QUEUED_BATCHES: usize = 8;
 
 /// Creates a file that must not exist yet, mode 0600.
 fn create_private_file(path: &Path) -> Result<File> {
@@ -129,13 +135,6 @@ impl TraceWriter {
         prepare_dir(dir)?;
         let index_path = dir.join(INDEX_FILE);
         create_private_file(&index_path)?;
-        let db = Connection::open_with_flags(
-            &index_path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sql_err(&index_path))?;
-        index::create_schema(&db, &index_path)?;
-
         let events_path = dir.join(EVENTS_FILE);
         let events = create_private_file(&events_path)?;
         let blobs_path = dir.join(BLOBS_FILE);
@@ -153,30 +152,38 @@ impl TraceWriter {
             files_bytes: 0,
             ..meta.clone()
         };
-        index::write_meta(&db, &index_path, &meta)?;
-
-        Ok(TraceWriter {
-            dir: dir.to_path_buf(),
+        let sink = Sink {
             index_path,
-            db,
+            avoid_cpu: meta.cpu,
             meta,
             events_path,
             events,
-            events_len: 0,
             blobs_path,
             blobs,
-            blobs_len: 0,
+        };
+        let failure = Arc::new(Failure::default());
+        let (to_sink, rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES);
+        let shared = Arc::clone(&failure);
+        let thread = std::thread::Builder::new()
+            .name("deja-writer".into())
+            .spawn(move || sink::run(sink, rx, shared))
+            .map_err(io_err(dir))?;
+
+        Ok(TraceWriter {
             files_dir,
             files_bytes: 0,
             file_cache: HashMap::new(),
             pool: None,
             tmp_counter: 0,
-            buf: Vec::with_capacity(CHUNK_TARGET_BYTES + (CHUNK_TARGET_BYTES >> 2)),
-            buf_events: 0,
-            buf_first: 0,
+            stored_hashes: HashSet::new(),
+            syscalls: crate::SyscallCounts::default(),
+            batch: Vec::new(),
+            rows: Vec::new(),
+            batch_bytes: 0,
             next_event: 0,
-            next_seq: 0,
-            finished: false,
+            to_sink: Some(to_sink),
+            sink: Some(thread),
+            failure,
         })
     }
 
@@ -186,95 +193,68 @@ impl TraceWriter {
     }
 
     /// Appends an event and returns its index (0-based). The event reaches the disk with its
-    /// chunk: when 1 MiB is buffered, or at [`TraceWriter::flush`]. The writer reads no clock
-    /// (the recorder's tracer thread must not: see `tracee::tsc`); the recorder calls `flush`
-    /// on its own timer so a killed recording keeps recent events.
-    pub fn push(&mut self, ev: &Event) -> Result<u64> {
-        format::encode_event(ev, &mut self.buf).map_err(|message| TraceError::Encode {
-            what: "an event",
-            message,
-        })?;
+    /// chunk: when 256 KiB are encoded, or at [`TraceWriter::flush`]. The writer reads no clock
+    /// (the recorder's tracer thread must not: see `tracee::tsc`); the recorder calls
+    /// [`TraceWriter::flush_soon`] on its own timer so a killed recording keeps recent events.
+    ///
+    /// An error of the writing thread (a full disk, say) is returned by a later call.
+    pub fn push(&mut self, ev: Event) -> Result<u64> {
+        self.check()?;
+        self.batch_bytes += payload_bytes(&ev);
+        self.batch.push(ev);
         let idx = self.next_event;
-        if self.buf_events == 0 {
-            self.buf_first = idx;
-        }
-        self.buf_events += 1;
         self.next_event += 1;
-        if self.buf.len() >= CHUNK_TARGET_BYTES || self.buf_events == u32::MAX {
-            self.flush()?;
+        if self.batch.len() >= BATCH_EVENTS || self.batch_bytes >= BATCH_BYTES {
+            self.hand_over()?;
         }
         Ok(idx)
     }
 
-    /// Turns a payload into [`Data`]: inline below [`INLINE_MAX`] bytes, else written to the
-    /// blob file right away (so it precedes any chunk that refers to it).
+    /// Turns a payload into [`Data`]. It travels inline in the event; the writing thread moves
+    /// it to the blob file if it has [`INLINE_MAX`] bytes or more.
     pub fn data(&mut self, bytes: &[u8]) -> Result<Data> {
-        if bytes.len() < INLINE_MAX {
-            return Ok(Data::Inline(bytes.to_vec()));
-        }
-        let frame = zstd::bulk::compress(bytes, ZSTD_LEVEL).map_err(io_err(&self.blobs_path))?;
-        let header = BlobHeader {
-            compressed_len: frame.len() as u64,
-            raw_len: bytes.len() as u64,
-            checksum: format::checksum(&frame),
-        };
-        let mut record = Vec::with_capacity(header.encode().len() + frame.len());
-        record.extend_from_slice(&header.encode());
-        record.extend_from_slice(&frame);
-        let offset = self.blobs_len;
-        write_record(&self.blobs, &self.blobs_path, &record, offset)?;
-        self.blobs_len += record.len() as u64;
-        Ok(Data::Blob {
-            offset,
-            len: bytes.len() as u64,
-        })
+        Ok(Data::Inline(bytes.to_vec()))
     }
 
-    /// Writes the buffered events as one chunk, if there are any.
+    /// Writes the events pushed so far as a chunk, and waits until it is on file.
     pub fn flush(&mut self) -> Result<()> {
-        if self.buf_events == 0 {
+        self.hand_over()?;
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        self.send(Msg::Flush(Some(ack)))?;
+        let _ = done.recv();
+        self.check()
+    }
+
+    /// Asks the writing thread to write the events pushed so far as a chunk, without waiting.
+    pub fn flush_soon(&mut self) -> Result<()> {
+        self.hand_over()?;
+        self.send(Msg::Flush(None))
+    }
+
+    /// Hands the batch of events to the writing thread.
+    fn hand_over(&mut self) -> Result<()> {
+        if self.batch.is_empty() && self.rows.is_empty() {
             return Ok(());
         }
-        let frame =
-            zstd::bulk::compress(&self.buf, ZSTD_LEVEL).map_err(io_err(&self.events_path))?;
-        let compressed_len = u32::try_from(frame.len()).map_err(|_| TraceError::Encode {
-            what: "an events chunk",
-            message: "compressed chunk is larger than 4 GiB".into(),
-        })?;
-        let header = ChunkHeader {
-            compressed_len,
-            events: self.buf_events,
-            first_event: self.buf_first,
-            checksum: format::checksum(&frame),
-        };
-        let mut record = Vec::with_capacity(CHUNK_HEADER_LEN + frame.len());
-        record.extend_from_slice(&header.encode());
-        record.extend_from_slice(&frame);
-        let offset = self.events_len;
-        write_record(&self.events, &self.events_path, &record, offset)?;
+        let events = std::mem::take(&mut self.batch);
+        let files = std::mem::take(&mut self.rows);
+        self.batch_bytes = 0;
+        self.send(Msg::Batch { files, events })
+    }
 
-        // The chunk is on file: from here on the state must move on even if the index fails.
-        let seq = self.next_seq;
-        let raw_len = self.buf.len() as u64;
-        let events = u64::from(self.buf_events);
-        self.events_len += record.len() as u64;
-        self.next_seq += 1;
-        self.buf.clear();
-        self.buf_events = 0;
-        self.db
-            .execute(
-                "INSERT INTO chunks(seq, offset, len, first_event, events, raw_len)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                rusqlite::params![
-                    seq as i64,
-                    offset as i64,
-                    record.len() as i64,
-                    header.first_event as i64,
-                    events as i64,
-                    raw_len as i64
-                ],
-            )
-            .map_err(sql_err(&self.index_path))?;
+    fn send(&mut self, msg: Msg) -> Result<()> {
+        let sent = self.to_sink.as_ref().map(|tx| tx.send(msg).is_ok());
+        if sent != Some(true) {
+            return Err(self.failure.take());
+        }
+        Ok(())
+    }
+
+    /// The writing thread's error, if it met one.
+    fn check(&self) -> Result<()> {
+        if self.failure.set.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(self.failure.take());
+        }
         Ok(())
     }
 
@@ -382,17 +362,21 @@ impl TraceWriter {
         hash: String,
         recorded_path: &str,
         size: u64,
-        how: &str,
+        how: &'static str,
         cache: Option<SourceKey>,
     ) -> Result<FileRef> {
-        let inserted = self
-            .db
-            .execute(
-                "INSERT OR IGNORE INTO files(hash, path, size, how) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![hash, recorded_path, size as i64, how],
-            )
-            .map_err(sql_err(&self.index_path))?;
-        if inserted > 0 {
+        // A file is stored once per trace (the cache or the `files/` entry answers later
+        // requests), so its row is new.
+        let inserted = self.stored_hashes.insert(hash.clone());
+        if inserted {
+            self.rows.push(FileRow {
+                hash: hash.clone(),
+                path: recorded_path.to_string(),
+                size,
+                how,
+            });
+        }
+        if inserted {
             self.files_bytes += size;
         }
         // Only system files are cached: their timestamps can't hide an in-place rewrite
@@ -410,48 +394,64 @@ impl TraceWriter {
     /// Notes how the recording's syscalls were recorded, for the metadata [`Self::finish`]
     /// writes.
     pub fn set_syscall_counts(&mut self, counts: crate::SyscallCounts) {
-        self.meta.syscalls = counts;
+        self.syscalls = counts;
     }
 
     /// Writes the remaining events and marks the trace complete with the program's `exit`
     /// status; returns the final metadata.
+    ///
+    /// Nothing is synced to the disk: the trace survives the recorder's death at any point
+    /// (the kernel has every byte written), not a crash of the machine, like rr's.
     pub fn finish(mut self, exit: ExitStatus) -> Result<TraceMeta> {
-        self.flush()?;
-        self.events.sync_all().map_err(io_err(&self.events_path))?;
-        self.blobs.sync_all().map_err(io_err(&self.blobs_path))?;
-        let mut meta = self.meta.clone();
-        meta.complete = true;
-        meta.exit = Some(exit);
-        meta.event_count = self.next_event;
-        meta.events_bytes = self.events_len;
-        meta.blobs_bytes = self.blobs_len;
-        meta.files_bytes = self.files_bytes;
-        // This last commit is synced, and with it every page written before.
-        self.db
-            .execute_batch("PRAGMA synchronous = FULL")
-            .map_err(sql_err(&self.index_path))?;
-        index::write_meta(&self.db, &self.index_path, &meta)?;
-        self.finished = true;
+        self.hand_over()?;
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let ending = Ending {
+            exit,
+            syscalls: self.syscalls,
+            files_bytes: self.files_bytes,
+        };
+        self.send(Msg::Finish(ending, reply))?;
+        let meta = answer.recv().map_err(|_| self.failure.take())??;
+        self.stop();
         Ok(meta)
+    }
+
+    /// Hangs up on the writing thread, which writes what it holds, and waits for it.
+    fn stop(&mut self) {
+        self.to_sink = None;
+        if let Some(t) = self.sink.take() {
+            let _ = t.join();
+        }
     }
 }
 
 impl Drop for TraceWriter {
     fn drop(&mut self) {
-        if !self.finished {
-            if let Err(e) = self.flush() {
-                tracing::warn!(
-                    "could not write the last events of {}: {e}",
-                    self.dir.display()
-                );
+        if self.to_sink.is_some() {
+            if let Err(e) = self.hand_over() {
+                tracing::warn!("could not write the last events of the trace: {e}");
             }
         }
+        self.stop();
     }
+}
+
+/// About how many payload bytes an event carries.
+fn payload_bytes(ev: &Event) -> usize {
+    let writes = match ev {
+        Event::Syscall(e) => &e.writes,
+        Event::Clone(e) => &e.writes,
+        Event::Start(e) => &e.writes,
+        Event::Buffered(e) => return e.records.len() as usize,
+        Event::Exec(e) => return e.stack.len(),
+        _ => return 0,
+    };
+    writes.iter().map(|w| w.data.len() as usize).sum()
 }
 
 /// Writes `record` at `offset` (the end of the file); on failure cuts the file back so that no
 /// partial record stays in front of later ones.
-fn write_record(file: &File, path: &Path, record: &[u8], offset: u64) -> Result<()> {
+pub(crate) fn write_record(file: &File, path: &Path, record: &[u8], offset: u64) -> Result<()> {
     if let Err(e) = file.write_all_at(record, offset) {
         let _ = file.set_len(offset);
         return Err(io_err(path)(e));

@@ -72,7 +72,7 @@ pub fn function_fde(
     maps: &[MapEntry],
     addr: u64,
 ) -> Option<FunctionFde> {
-    let mem = Mem { read };
+    let mem = Mem::new(read);
     Tables::find(&mem, pid, maps, addr)?.fde(&mem, addr)
 }
 
@@ -101,7 +101,7 @@ pub fn padding_end(
         return end;
     }
     // The tables of the function's module, found once; padding is only looked for in it.
-    let mem = Mem { read };
+    let mem = Mem::new(read);
     let Some(tables) = Tables::find(&mem, pid, maps, end - 1) else {
         return end;
     };
@@ -125,15 +125,61 @@ pub fn padding_end(
     at
 }
 
-/// Reads of the tracee's memory.
+/// Reads of the tracee's memory, a page at a time: the unwind tables are parsed a byte or a
+/// word at a time, and each read of the tracee's memory is a syscall.
 struct Mem<'a> {
     read: &'a dyn Fn(u64, &mut [u8]) -> bool,
+    /// The pages read so far (few: a lookup touches a handful).
+    pages: std::cell::RefCell<Vec<(u64, Box<[u8; PAGE]>)>>,
 }
 
-impl Mem<'_> {
+/// The unit [`Mem`] reads and keeps.
+const PAGE: usize = 4096;
+/// Most pages one [`Mem`] keeps.
+const MAX_PAGES: usize = 32;
+
+impl<'a> Mem<'a> {
+    fn new(read: &'a dyn Fn(u64, &mut [u8]) -> bool) -> Self {
+        Mem {
+            read,
+            pages: Default::default(),
+        }
+    }
+
+    /// Fills `buf` from `addr`, through the pages kept (directly if a page cannot be read
+    /// whole).
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = addr.wrapping_add(done as u64);
+            let page = at & !(PAGE as u64 - 1);
+            let off = (at - page) as usize;
+            let n = (PAGE - off).min(buf.len() - done);
+            let mut pages = self.pages.borrow_mut();
+            let kept = match pages.iter().position(|(p, _)| *p == page) {
+                Some(i) => i,
+                None => {
+                    let mut bytes = Box::new([0u8; PAGE]);
+                    if !(self.read)(page, &mut bytes[..]) {
+                        drop(pages);
+                        return (self.read)(addr, buf);
+                    }
+                    if pages.len() >= MAX_PAGES {
+                        pages.remove(0);
+                    }
+                    pages.push((page, bytes));
+                    pages.len() - 1
+                }
+            };
+            buf[done..done + n].copy_from_slice(&pages[kept].1[off..off + n]);
+            done += n;
+        }
+        true
+    }
+
     fn bytes<const N: usize>(&self, addr: u64) -> Option<[u8; N]> {
         let mut b = [0u8; N];
-        (self.read)(addr, &mut b).then_some(b)
+        self.read(addr, &mut b).then_some(b)
     }
     fn u8(&self, addr: u64) -> Option<u8> {
         Some(self.bytes::<1>(addr)?[0])
@@ -475,7 +521,7 @@ fn scan_fdes(base: u64, bytes: &[u8], addr: u64) -> Option<FunctionFde> {
         buf.copy_from_slice(src);
         true
     };
-    let mem = Mem { read: &read };
+    let mem = Mem::new(&read);
     let mut at = base;
     while at < end {
         let (len, body) = match mem.u32(at)? {

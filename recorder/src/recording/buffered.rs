@@ -135,7 +135,7 @@ impl Session {
             echo.after_syscall(h.nr, &h.args, h.result);
         }
         let records = self.writer.data(&buf)?;
-        self.writer.push(&Event::Buffered(BufferedEvent {
+        self.writer.push(Event::Buffered(BufferedEvent {
             tid,
             calls: heads.len() as u32,
             records,
@@ -254,7 +254,7 @@ impl Session {
         }
         space.sites.insert(site, Site::Patched);
         self.fast.counts.sites_patched += 1;
-        self.writer.push(&Event::Patch(PatchEvent {
+        self.writer.push(Event::Patch(PatchEvent {
             tid,
             nr,
             site: entry.rip,

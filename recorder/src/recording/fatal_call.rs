@@ -27,7 +27,7 @@ impl Session {
         }
         let mut ev = entry.ev.clone();
         ev.result = 0;
-        self.writer.push(&Event::Syscall(ev))?;
+        self.writer.push(Event::Syscall(ev))?;
         Ok(())
     }
 }

@@ -55,7 +55,7 @@ impl Session {
         let Some(point) = self.reach_point(tid, &mut aside, None)? else {
             return Ok(());
         };
-        self.writer.push(&Event::Preempt(PreemptEvent {
+        self.writer.push(Event::Preempt(PreemptEvent {
             tid,
             point: Box::new(point),
         }))?;
@@ -84,7 +84,7 @@ impl Session {
             // The task ended: the signal ends with it.
             return Ok(());
         };
-        self.writer.push(&Event::Signal(SignalEvent {
+        self.writer.push(Event::Signal(SignalEvent {
             tid,
             signo: sig,
             siginfo: info.to_vec(),

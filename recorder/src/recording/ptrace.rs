@@ -183,7 +183,7 @@ impl Session {
                 data: self.writer.data(bytes)?,
             });
         }
-        self.writer.push(&Event::Syscall(SyscallEvent {
+        self.writer.push(Event::Syscall(SyscallEvent {
             tid,
             nr: entry.orig_rax,
             args: regs::syscall_args(entry),
@@ -225,7 +225,7 @@ impl Session {
             (SignalOrigin::Async, Some(Box::new(point)))
         };
         let rip = point.as_ref().map_or(regs.rip, |p| p.regs[RIP]);
-        self.writer.push(&Event::Signal(SignalEvent {
+        self.writer.push(Event::Signal(SignalEvent {
             tid,
             signo: sig,
             siginfo: info.to_vec(),
@@ -266,7 +266,7 @@ impl Session {
         info: [u8; SIGINFO_SIZE],
     ) -> Result<()> {
         tracing::debug!(tid, ?at, status, "emulated ptrace stop");
-        self.writer.push(&Event::Ptrace(PtraceEvent {
+        self.writer.push(Event::Ptrace(PtraceEvent {
             tid,
             action: PtraceAction::Stop(at),
         }))?;
@@ -340,7 +340,7 @@ impl Session {
             rel.in_syscall |= held.at == PtraceHeld::SyscallEntry && rel.group_stop.is_none();
         }
         let step = mode == Mode::Step;
-        self.writer.push(&Event::Ptrace(PtraceEvent {
+        self.writer.push(Event::Ptrace(PtraceEvent {
             tid,
             action: PtraceAction::Resume { sig, step },
         }))?;

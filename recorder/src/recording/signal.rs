@@ -78,7 +78,7 @@ impl Session {
         // must not die of it.
         let delivered =
             origin == SignalOrigin::Fault || !self.task(tid)?.tracee.fault_ignored_as_ns_init(sig);
-        self.writer.push(&Event::Signal(SignalEvent {
+        self.writer.push(Event::Signal(SignalEvent {
             tid,
             signo: sig,
             siginfo: info.to_vec(),
@@ -145,7 +145,7 @@ impl Session {
             self.segv_blocked.reblock_after_trap(tid, &t.tracee)?;
         }
         self.writer
-            .push(&Event::Rdtsc(RdtscEvent { tid, rip, tsc, aux }))?;
+            .push(Event::Rdtsc(RdtscEvent { tid, rip, tsc, aux }))?;
         self.resume(tid, regs)?;
         Ok(true)
     }

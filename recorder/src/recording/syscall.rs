@@ -112,11 +112,11 @@ impl Session {
                 r.rax = (-(errno as i64)) as u64;
                 self.task(tid)?.tracee.set_regs(&r)?;
                 ev.result = -(errno as i64);
-                self.writer.push(&Event::Syscall(ev))?;
+                self.writer.push(Event::Syscall(ev))?;
                 self.resume(tid, r)
             }
             Replay::Exit => {
-                self.writer.push(&Event::Syscall(ev))?;
+                self.writer.push(Event::Syscall(ev))?;
                 let thread_exit = nr == libc::SYS_exit as u64;
                 let t = self.task(tid)?;
                 let pid = t.pid;
@@ -217,7 +217,7 @@ impl Session {
                 // `wait4` reaping the child, a robust mutex its dead owner left), and the
                 // replay applies a death at its event.
                 for e in std::mem::take(&mut self.exits) {
-                    self.writer.push(&Event::Exit(e))?;
+                    self.writer.push(Event::Exit(e))?;
                 }
                 self.dispatch(tid, stop)?;
                 return Ok(true);
@@ -364,7 +364,7 @@ impl Session {
         echo.entry(t.pid)
             .or_default()
             .after_syscall(nr, &args, ev.result);
-        writer.push(&Event::Syscall(ev))?;
+        writer.push(Event::Syscall(ev))?;
         self.resume(tid, exit)
     }
 }

@@ -37,7 +37,7 @@ impl Session {
         word: u64,
         bytes: Vec<u8>,
     ) -> Result<()> {
-        self.writer.push(&Event::Ptrace(PtraceEvent {
+        self.writer.push(Event::Ptrace(PtraceEvent {
             tid: target,
             action: PtraceAction::Change {
                 request,
