@@ -171,36 +171,52 @@ impl Session {
         }
         let Session { tasks, fast, .. } = self;
         let t = tasks.get(&tid).context("patching for an unknown task")?;
-        let maps = tracee::maps::read(t.tracee.pid())?;
+        let pid = t.tracee.pid();
         let read = |a: u64, b: &mut [u8]| t.tracee.read_mem(a, b).is_ok();
         let space = fast.spaces.get_mut(&mm).context("no fast-path state")?;
+        // The whole memory map is read only when needed (a large program's takes a hundred
+        // microseconds): the mapping of the site alone names its file.
+        let mut maps: Option<Vec<tracee::maps::MapEntry>> = None;
         // The function's bounds from its unwind information, and the padding after it (a
         // `mov eax, N; syscall; ret` function's window reaches into it); none for a function
         // with landing pads, which the unwinder enters without a branch to check.
-        let find = || {
-            let pid = Some(t.tracee.pid());
-            tracee::functions::function_fde(pid, &read, &maps, site)
+        let find = |maps: &[tracee::maps::MapEntry]| {
+            tracee::functions::function_fde(Some(pid), &read, maps, site)
                 .filter(|f| f.lsda.is_none())
                 .map(|f| {
                     (
                         f.start,
-                        tracee::functions::padding_end(pid, &read, &maps, f.end),
+                        tracee::functions::padding_end(Some(pid), &read, maps, f.end),
                     )
                 })
         };
         // A file's functions are the same in every process that maps it (each new program of
         // a `make` maps the same libc): found once per file, kept relative to the site.
-        let file_key = maps
-            .iter()
-            .find(|m| m.is_file() && (m.start..m.end).contains(&site))
-            .map(|m| (m.dev.clone(), m.inode, site - m.start + m.offset));
-        let bounds = match file_key {
-            Some(key) => fast
-                .functions
-                .entry(key)
-                .or_insert_with(|| find().map(|(s, e)| (site - s, e - site)))
-                .map(|(before, after)| (site - before, site + after)),
-            None => *space.functions.entry(site).or_insert_with(find),
+        let file_key = tracee::maps::entry_at(pid, site)?
+            .filter(|m| m.is_file())
+            .map(|m| (m.dev, m.inode, site - m.start + m.offset));
+        let known = match &file_key {
+            Some(key) => fast.functions.get(key).copied(),
+            None => space.functions.get(&site).copied(),
+        };
+        let bounds = match (known, file_key) {
+            (Some(Some((before, after))), Some(_)) => Some((site - before, site + after)),
+            (Some(b), None) => b,
+            (Some(None), Some(_)) => None,
+            (None, key) => {
+                let all = maps.insert(tracee::maps::read(pid)?);
+                let found = find(all);
+                match key {
+                    Some(key) => {
+                        fast.functions
+                            .insert(key, found.map(|(s, e)| (site - s, e - site)));
+                    }
+                    None => {
+                        space.functions.insert(site, found);
+                    }
+                }
+                found
+            }
         };
         let Some((start, end)) = bounds else {
             return self.refuse(mm, site, "no function bounds");
@@ -217,7 +233,13 @@ impl Session {
             .find(|&&(p, used)| reach(p) && used + STUB_ROOM <= STUB_PAGE)
         {
             Some(&(p, used)) => (p + used, None),
-            None => match tracee::patch::stub_page_near(&maps, site) {
+            None => match tracee::patch::stub_page_near(
+                match &maps {
+                    Some(m) => m,
+                    None => maps.insert(tracee::maps::read(pid)?),
+                },
+                site,
+            ) {
                 Some(p) => (p + STUB_START, Some(p)),
                 None => return self.refuse(mm, site, "no room for stubs in reach"),
             },
