@@ -214,7 +214,7 @@ mod query_tests {
     fn entry_at_matches_the_whole_map() {
         let pid = Pid::this();
         let maps = read(pid).unwrap();
-        let here = entry_at as usize as u64;
+        let here = entry_at as *const () as u64;
         let stack = &maps as *const _ as u64;
         for addr in [here, stack] {
             let expected = maps
