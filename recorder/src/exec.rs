@@ -35,7 +35,7 @@ pub fn capture(
     }
     let exe_link = format!("/proc/{pid}/exe");
     let exe = files
-        .store_link(writer, &exe_link, false)
+        .store_link(writer, &exe_link, None, false)
         .context("keeping the executable of the new program")?;
     let mut mappings = Vec::with_capacity(entries.len());
     for e in entries {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use syscallbuf::abi;
 use trace_format::SyscallCounts;
+use tracee::patch::{Refusal, SitePlan};
 
 /// What became of a syscall site of a buffered call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +95,15 @@ pub struct FastPath {
     /// Function bounds around syscall sites in mapped files, by (device, inode, file offset of
     /// the site), as (bytes before the site, bytes after it); `None`: no usable bounds.
     pub functions: HashMap<(String, u64, u64), Option<(u64, u64)>>,
+    /// Plans made so far, by their inputs: `tracee::patch::plan` is a pure function of the
+    /// function's start and bytes, the site, the number, the stub's address and the hook
+    /// pointer's, and the programs a `make` runs patch the same libc sites at the same
+    /// addresses again and again.
+    pub plans: HashMap<PlanInputs, Result<SitePlan, Refusal>>,
 }
+
+/// The inputs of one `tracee::patch::plan` call.
+pub type PlanInputs = (u64, Vec<u8>, u64, u64, u64, u64);
 
 impl FastPath {
     /// The state of a recording with the fast path on or off.

@@ -135,7 +135,7 @@ impl FileEffects {
             return Ok(());
         }
         let fresh = self.mapped.get(&id).copied().unwrap_or(false);
-        let f = files.store_link(writer, &link, fresh)?;
+        let f = files.store_link(writer, &link, Some(&meta), fresh)?;
         let shared_writable =
             args[3] & libc::MAP_SHARED as u64 != 0 && args[2] & libc::PROT_WRITE as u64 != 0;
         let changed = self.mapped.entry(id).or_insert(false);

@@ -29,10 +29,29 @@ impl MappedFiles {
         fresh: bool,
     ) -> Result<FileRef> {
         let m = std::fs::metadata(source).with_context(|| format!("inspecting {shown_path}"))?;
-        let key = (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec());
-        if let Some(f) = self.stored.get(&key).filter(|_| !fresh) {
-            return Ok(f.clone());
+        if let Some(f) = self.known(&m, fresh) {
+            return Ok(f);
         }
+        self.store_new(writer, &m, source, shown_path)
+    }
+
+    /// The stored file of the version `m` describes, if it was stored before and need not be
+    /// stored afresh.
+    fn known(&self, m: &std::fs::Metadata, fresh: bool) -> Option<FileRef> {
+        if fresh {
+            return None;
+        }
+        self.stored.get(&version(m)).cloned()
+    }
+
+    /// [`Self::store`] of a version not stored yet, of metadata `m`.
+    fn store_new(
+        &mut self,
+        writer: &mut TraceWriter,
+        m: &std::fs::Metadata,
+        source: &str,
+        shown_path: &str,
+    ) -> Result<FileRef> {
         // Link the program's path when it still names the same file (links are cheaper than
         // copies); otherwise store from the recorder's handle.
         let same_file = std::fs::metadata(shown_path)
@@ -42,21 +61,35 @@ impl MappedFiles {
         let f = writer
             .store_file(std::path::Path::new(from), shown_path)
             .with_context(|| format!("keeping a copy of {shown_path}"))?;
-        self.stored.insert(key, f.clone());
+        self.stored.insert(version(m), f.clone());
         Ok(f)
     }
 
     /// Stores the file behind the `/proc` link `link` (`/proc/PID/exe`, `/proc/PID/fd/N`),
-    /// known to the program by the path the link names.
+    /// known to the program by the path the link names. `meta`: the metadata of what `link`
+    /// names, when the caller has it (a version stored before then costs no other syscall).
     pub fn store_link(
         &mut self,
         writer: &mut TraceWriter,
         link: &str,
+        meta: Option<&std::fs::Metadata>,
         fresh: bool,
     ) -> Result<FileRef> {
+        let m = match meta {
+            Some(m) => m.clone(),
+            None => std::fs::metadata(link).with_context(|| format!("inspecting {link}"))?,
+        };
+        if let Some(f) = self.known(&m, fresh) {
+            return Ok(f);
+        }
         let shown = std::fs::read_link(link).with_context(|| format!("reading {link}"))?;
         let shown = shown.to_string_lossy();
         let shown = shown.strip_suffix(" (deleted)").unwrap_or(&shown);
-        self.store(writer, link, shown, fresh)
+        self.store_new(writer, &m, link, shown)
     }
+}
+
+/// The version of a file `m` describes.
+fn version(m: &std::fs::Metadata) -> FileVersion {
+    (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec())
 }

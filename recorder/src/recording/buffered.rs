@@ -245,7 +245,17 @@ impl Session {
             },
         };
         let page = new_page.unwrap_or(stub_addr & !(STUB_PAGE - 1));
-        let plan = match tracee::patch::plan(start, &code, site, nr, stub_addr, page) {
+        let inputs = (start, code, site, nr, stub_addr, page);
+        let planned = match self.fast.plans.get(&inputs) {
+            Some(p) => p.clone(),
+            None => {
+                let (start, code, site, nr, stub_addr, page) = &inputs;
+                let p = tracee::patch::plan(*start, code, *site, *nr, *stub_addr, *page);
+                self.fast.plans.insert(inputs, p.clone());
+                p
+            }
+        };
+        let plan = match planned {
             Ok(plan) => plan,
             Err(why) => {
                 tracing::debug!(site, %why, "syscall site not patched");
