@@ -44,6 +44,11 @@ fn a_write_to_a_shared_mapped_file_changes_its_mappings() {
         &r.rec,
         &["pwrite shows in both mappings: ok", "signal 7 past the end"],
     );
+    // The written file is listed as changing (the replay keeps a copy of it to change); the
+    // program's libraries are not (the replay maps the trace's copies of them as they are).
+    let info = r.ctx.info_json(&r.trace);
+    let changing = info["changing_files"].as_array().expect("changing_files");
+    assert_eq!(changing.len(), 1, "changing_files: {changing:?}");
 }
 
 #[test]

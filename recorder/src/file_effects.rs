@@ -24,6 +24,9 @@ const DEV_ZERO: u64 = libc::makedev(1, 5);
 #[derive(Default)]
 pub struct FileEffects {
     mapped: HashMap<FileId, bool>,
+    /// The mapped files whose content changed at any time (see
+    /// `TraceMeta::changing_files`).
+    ever_changed: std::collections::HashSet<FileId>,
     /// System V segments by the address they were attached at, with their sizes.
     shm_attached: HashMap<u64, u64>,
     /// Devices seen under written descriptors, and whether each is a procfs instance.
@@ -140,6 +143,9 @@ impl FileEffects {
             args[3] & libc::MAP_SHARED as u64 != 0 && args[2] & libc::PROT_WRITE as u64 != 0;
         let changed = self.mapped.entry(id).or_insert(false);
         *changed |= shared_writable;
+        if shared_writable {
+            self.ever_changed.insert(id);
+        }
         ev.mapped_file = Some(f);
         ev.file_effect = Some(FileEffect::Map(id));
         Ok(())
@@ -184,13 +190,12 @@ impl FileEffects {
         let f = files.store(writer, &source, &format!("SYSV shm {shmid}"), true)?;
         self.shm_attached.insert(addr, size);
         ev.mapped_file = Some(f);
-        ev.file_effect = Some(FileEffect::ShmAttach {
-            file: FileId {
-                dev: 0,
-                ino: shmid as u64,
-            },
-            size,
-        });
+        let file = FileId {
+            dev: 0,
+            ino: shmid as u64,
+        };
+        self.ever_changed.insert(file);
+        ev.file_effect = Some(FileEffect::ShmAttach { file, size });
         Ok(())
     }
 
@@ -260,7 +265,18 @@ impl FileEffects {
         };
         let changed = self.mapped.get_mut(&file)?;
         *changed = true;
+        self.ever_changed.insert(file);
         Some(effect)
+    }
+
+    /// The mapped files whose content changed during the recording, `files` being the
+    /// recording's stored files (a file stored with two contents changed too).
+    pub fn changing_files(&self, files: &MappedFiles) -> Vec<FileId> {
+        let mut all = self.ever_changed.clone();
+        all.extend(files.with_several_contents());
+        let mut all: Vec<FileId> = all.into_iter().collect();
+        all.sort_by_key(|f| (f.dev, f.ino));
+        all
     }
 }
 

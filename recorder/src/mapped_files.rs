@@ -65,6 +65,22 @@ impl MappedFiles {
         Ok(f)
     }
 
+    /// The files stored with more than one content (changed between two mappings).
+    pub fn with_several_contents(&self) -> Vec<trace_format::FileId> {
+        let mut hashes: HashMap<(u64, u64), &str> = HashMap::new();
+        let mut several = Vec::new();
+        for ((dev, ino, ..), f) in &self.stored {
+            match hashes.insert((*dev, *ino), &f.hash) {
+                Some(h) if h != f.hash => several.push(trace_format::FileId {
+                    dev: *dev,
+                    ino: *ino,
+                }),
+                _ => {}
+            }
+        }
+        several
+    }
+
     /// Stores the file behind the `/proc` link `link` (`/proc/PID/exe`, `/proc/PID/fd/N`),
     /// known to the program by the path the link names. `meta`: the metadata of what `link`
     /// names, when the caller has it (a version stored before then costs no other syscall).

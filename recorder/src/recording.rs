@@ -155,6 +155,8 @@ impl Session {
     /// Ends the trace with the initial process's status.
     pub fn finish(mut self, status: ExitStatus) -> Result<()> {
         self.writer.set_syscall_counts(self.fast.counts);
+        self.writer
+            .set_changing_files(self.effects.changing_files(&self.files));
         self.writer.finish(status)?;
         Ok(())
     }

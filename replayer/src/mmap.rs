@@ -61,6 +61,9 @@ struct Emu {
     /// Whether the content may differ from `loaded` (an applied effect, a writable shared
     /// mapping).
     changed: bool,
+    /// `file` is the trace's own copy, opened read-only: the recording never changed this
+    /// file (see [`EmuFiles::with_changing`]).
+    direct: bool,
 }
 
 /// The replay's emulated files, by recorded identity. They live in a private directory
@@ -68,6 +71,8 @@ struct Emu {
 #[derive(Default)]
 pub struct EmuFiles {
     files: HashMap<FileId, Emu>,
+    /// The files the recording changed, when the trace says (`TraceMeta::changing_files`).
+    changing: Option<std::collections::HashSet<FileId>>,
     /// The directory of the emulated files, once made.
     dir: Option<PathBuf>,
     /// The descriptor of an emulated file each task's process holds, by task and file.
@@ -85,6 +90,22 @@ impl Drop for EmuFiles {
 }
 
 impl EmuFiles {
+    /// The emulated files of a replay of a trace whose metadata lists the mapped files that
+    /// changed during the recording (`None`: unknown). A file that never changed is mapped
+    /// from the trace's copy itself: nothing can tell it from a copy of it (one content, the
+    /// same size, every mapping of it aliasing one file), and a replay then copies nothing
+    /// (a `make` maps some 50 MB of programs and libraries).
+    pub fn with_changing(changing: Option<&[FileId]>) -> Self {
+        let mut emu = EmuFiles::default();
+        emu.changing = changing.map(|c| c.iter().copied().collect());
+        emu
+    }
+
+    /// Whether file `id` is known never to change in the recording.
+    fn unchanging(&self, id: FileId) -> bool {
+        self.changing.as_ref().is_some_and(|c| !c.contains(&id))
+    }
+
     /// Whether `ev` (a successful `mmap`, `shmat` or `shmdt`) is replayed with an emulated
     /// file.
     pub fn maps_file(ev: &SyscallEvent) -> bool {
@@ -148,6 +169,13 @@ impl EmuFiles {
     ) -> Result<i64> {
         let emu = self.load(id, reader, stored)?;
         if args[3] & libc::MAP_SHARED as u64 != 0 && args[2] & libc::PROT_WRITE as u64 != 0 {
+            if emu.direct {
+                bail!(
+                    "the trace lists {} as never changed, yet the recording mapped it shared \
+                     and writable",
+                    stored.path
+                );
+            }
             emu.changed = true;
         }
         args[4] = self.tracee_fd(t, id)?;
@@ -182,10 +210,13 @@ impl EmuFiles {
             Some(fd) => fd,
             // By its path; or, where the task sees another /tmp (a mount namespace), through
             // the replayer's descriptor (which a task in another user namespace may not open).
-            None => open_in(t, &emu.path.to_string_lossy()).or_else(|by_path| {
-                let proc = format!("/proc/{}/fd/{}", std::process::id(), emu.file.as_raw_fd());
-                open_in(t, &proc).map_err(|by_proc| by_path.context(by_proc))
-            })?,
+            None => {
+                let write = !emu.direct;
+                open_in(t, &emu.path.to_string_lossy(), write).or_else(|by_path| {
+                    let proc = format!("/proc/{}/fd/{}", std::process::id(), emu.file.as_raw_fd());
+                    open_in(t, &proc, write).map_err(|by_proc| by_path.context(by_proc))
+                })?
+            }
         };
         self.tracee_fds.insert((pid, id), fd);
         Ok(fd)
@@ -214,19 +245,36 @@ impl EmuFiles {
     /// holds exactly that.
     fn load(&mut self, id: FileId, reader: &TraceReader, stored: &FileRef) -> Result<&mut Emu> {
         if !self.files.contains_key(&id) {
-            let path = self.dir()?.join(self.files.len().to_string());
-            let file = File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("creating the emulated copy of {}", stored.path))?;
-            let emu = Emu {
-                file,
-                path,
-                loaded: None,
-                changed: false,
+            let emu = if self.unchanging(id) {
+                let path = reader.file_path(stored)?;
+                let file = File::options()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                Emu {
+                    file,
+                    path,
+                    loaded: Some(stored.hash.clone()),
+                    changed: false,
+                    direct: true,
+                }
+            } else {
+                let path = self.dir()?.join(self.files.len().to_string());
+                let file = File::options()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("creating the emulated copy of {}", stored.path))?;
+                Emu {
+                    file,
+                    path,
+                    loaded: None,
+                    changed: false,
+                    direct: false,
+                }
             };
             self.files.insert(id, emu);
         }
@@ -235,6 +283,12 @@ impl EmuFiles {
             .get_mut(&id)
             .context("an emulated file just made")?;
         if emu.changed || emu.loaded.as_deref() != Some(stored.hash.as_str()) {
+            if emu.direct {
+                bail!(
+                    "the trace lists {} as never changed, yet it stored two contents of it",
+                    stored.path
+                );
+            }
             let path = reader.file_path(stored)?;
             let from = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
             trace_format::sparse::overwrite(&from, &emu.file, stored.size)
@@ -260,6 +314,9 @@ impl EmuFiles {
         let Some(emu) = self.files.get_mut(file) else {
             return Ok(());
         };
+        if emu.direct {
+            bail!("the trace lists a file as never changed, yet the recording changed it");
+        }
         emu.changed = true;
         match ev.file_effect {
             Some(FileEffect::Write { offset, .. }) => {
@@ -290,9 +347,10 @@ impl EmuFiles {
     }
 }
 
-/// Makes the task (at a syscall entry) open `path` read-write and returns the descriptor. The
-/// path is written below the stack's red zone and the bytes there restored afterwards.
-fn open_in(t: &Tracee, path: &str) -> Result<u64> {
+/// Makes the task (at a syscall entry) open `path` (read-write if `write`, else read-only) and
+/// returns the descriptor. The path is written below the stack's red zone and the bytes there
+/// restored afterwards.
+fn open_in(t: &Tracee, path: &str, write: bool) -> Result<u64> {
     let rsp = t.regs()?.rsp;
     let at = (rsp - 128 - 256) & !15;
     let mut saved = [0u8; 256];
@@ -306,7 +364,7 @@ fn open_in(t: &Tracee, path: &str) -> Result<u64> {
         [
             libc::AT_FDCWD as u64,
             at,
-            (libc::O_RDWR | libc::O_CLOEXEC) as u64,
+            (if write { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC) as u64,
             0,
             0,
             0,

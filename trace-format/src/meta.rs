@@ -56,6 +56,13 @@ pub struct TraceMeta {
     pub files_bytes: u64,
     /// How the recording's syscalls were recorded (valid when `complete`).
     pub syscalls: SyscallCounts,
+    /// The mapped files whose content changed during the recording: by a recorded effect (a
+    /// write, `ftruncate`, `fallocate`), through a writable shared mapping, as System V
+    /// segments, or outside the recording (stored with different contents at different
+    /// times). Every other mapped file keeps one content throughout, so the replay may map
+    /// the trace's copy of it as it is. `None` when unknown (the recorder did not finish, or
+    /// an older deja recorded it): then every mapped file is treated as changing.
+    pub changing_files: Option<Vec<crate::event::FileId>>,
 }
 
 /// How many syscalls took the ptrace path and how many the in-process library buffered.

@@ -34,6 +34,7 @@ pub(crate) struct FileRow {
 pub(crate) struct Ending {
     pub exit: ExitStatus,
     pub syscalls: SyscallCounts,
+    pub changing_files: Option<Vec<crate::event::FileId>>,
     pub files_bytes: u64,
 }
 
@@ -377,6 +378,7 @@ impl Open {
         meta.complete = true;
         meta.exit = Some(ending.exit);
         meta.syscalls = ending.syscalls;
+        meta.changing_files = ending.changing_files;
         meta.event_count = self.next_event;
         meta.events_bytes = self.events_len;
         meta.blobs_bytes = self.blobs_len;

@@ -65,6 +65,7 @@ pub struct TraceWriter {
     /// Hashes of the files stored so far (each gets one index row).
     stored_hashes: HashSet<String>,
     syscalls: crate::SyscallCounts,
+    changing_files: Option<Vec<crate::event::FileId>>,
     /// Events not yet handed to the thread, and about how many payload bytes they hold.
     batch: Vec<Event>,
     /// Index rows of stored files not yet handed to the thread (they go before the events).
@@ -177,6 +178,7 @@ impl TraceWriter {
             tmp_counter: 0,
             stored_hashes: HashSet::new(),
             syscalls: crate::SyscallCounts::default(),
+            changing_files: None,
             batch: Vec::new(),
             rows: Vec::new(),
             batch_bytes: 0,
@@ -397,6 +399,12 @@ impl TraceWriter {
         self.syscalls = counts;
     }
 
+    /// Notes the mapped files whose content changed (see [`TraceMeta::changing_files`]), for
+    /// the metadata [`Self::finish`] writes.
+    pub fn set_changing_files(&mut self, files: Vec<crate::event::FileId>) {
+        self.changing_files = Some(files);
+    }
+
     /// Writes the remaining events and marks the trace complete with the program's `exit`
     /// status; returns the final metadata.
     ///
@@ -408,6 +416,7 @@ impl TraceWriter {
         let ending = Ending {
             exit,
             syscalls: self.syscalls,
+            changing_files: self.changing_files.take(),
             files_bytes: self.files_bytes,
         };
         self.send(Msg::Finish(ending, reply))?;

@@ -94,6 +94,7 @@ impl Session {
             bail!("the trace does not start with the program's exec");
         };
         let meta = reader.meta();
+        let meta_changing = meta.changing_files.clone();
         let program = reader.file_path(&exec_ev.exe)?;
         let bind_over = exec::interpreter_override(&reader, &exec_ev, &program)?;
         let cpu = meta.cpu.map(|c| c as usize).filter(|&c| cpu_allowed(c));
@@ -128,7 +129,7 @@ impl Session {
             running: None,
             toward: None,
             debug,
-            emu: Default::default(),
+            emu: crate::mmap::EmuFiles::with_changing(meta_changing.as_deref()),
             segv: SegvActions::default(),
             ptrace_held: Default::default(),
             segv_blocked: SegvBlocked::default(),
