@@ -200,11 +200,19 @@ impl EmuFiles {
             std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
                 .is_ok_and(|m| (m.dev(), m.ino()) == want)
         };
-        let known = self
-            .tracee_fds
-            .iter()
-            .filter(|((_, f), _)| *f == id)
-            .map(|(_, fd)| *fd)
+        // This process's own descriptor first; else one a parent had (a forked child holds
+        // its parent's descriptors), each number tried once.
+        let own = self.tracee_fds.get(&(pid, id)).copied();
+        let mut tried = std::collections::HashSet::new();
+        let known = own
+            .into_iter()
+            .chain(
+                self.tracee_fds
+                    .iter()
+                    .filter(|((_, f), _)| *f == id)
+                    .map(|(_, fd)| *fd),
+            )
+            .filter(|fd| tried.insert(*fd))
             .find(|fd| holds(*fd));
         let fd = match known {
             Some(fd) => fd,
