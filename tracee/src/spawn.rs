@@ -67,10 +67,7 @@ impl SignalState {
                 if libc::sigismember(&set, sig) == 1 {
                     st.blocked |= 1 << (sig - 1);
                 }
-                let mut sa: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(sig, std::ptr::null(), &mut sa) == 0
-                    && sa.sa_sigaction == libc::SIG_IGN
-                {
+                if kernel_disposition(sig) == Some(libc::SIG_IGN) {
                     st.ignored |= 1 << (sig - 1);
                 }
             }
@@ -106,14 +103,61 @@ impl SignalState {
             } else {
                 libc::SIG_DFL
             };
-            // glibc refuses its two internal signals (32, 33); they keep their state.
-            libc::signal(sig, disposition);
+            // The raw call: glibc's refuses its two internal signals (32, 33), which would
+            // then keep the parent's state, which the replay's parent may not share.
+            set_kernel_disposition(sig, disposition);
             if self.blocked & (1 << (sig - 1)) != 0 {
                 libc::sigaddset(&mut set, sig);
             }
         }
         libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
+}
+
+/// The kernel's `struct sigaction` (`rt_sigaction` with an 8-byte mask).
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// The handler of signal `sig` (`SIG_DFL`, `SIG_IGN` or an address), asked of the kernel
+/// itself: glibc's `sigaction` refuses its internal signals 32 and 33.
+fn kernel_disposition(sig: i32) -> Option<libc::sighandler_t> {
+    let mut old = KernelSigaction::default();
+    // SAFETY: rt_sigaction with no new action writes one kernel sigaction into `old`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            std::ptr::null::<KernelSigaction>(),
+            &mut old as *mut KernelSigaction,
+            8,
+        )
+    };
+    (r == 0).then_some(old.handler)
+}
+
+/// Sets signal `sig`'s handler to `SIG_DFL` or `SIG_IGN` with the raw syscall.
+/// Async-signal-safe.
+///
+/// # Safety
+/// Changes a process-wide signal disposition.
+unsafe fn set_kernel_disposition(sig: i32, handler: libc::sighandler_t) {
+    let act = KernelSigaction {
+        handler,
+        ..KernelSigaction::default()
+    };
+    libc::syscall(
+        libc::SYS_rt_sigaction,
+        sig,
+        &act as *const KernelSigaction,
+        std::ptr::null_mut::<KernelSigaction>(),
+        8,
+    );
 }
 
 fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>> {
