@@ -201,7 +201,11 @@ mod tests {
             .any(|c| c.unused == 0 && c.value == libc::F_DUPFD as u64));
         let prlimit = all[libc::SYS_prlimit64 as usize];
         assert_eq!(
-            (prlimit.conds[0].kind, prlimit.conds[0].arg, prlimit.conds[0].value),
+            (
+                prlimit.conds[0].kind,
+                prlimit.conds[0].arg,
+                prlimit.conds[0].value
+            ),
             (abi::COND_EQ, 2, 0)
         );
     }

@@ -662,7 +662,10 @@ fn conditions_and_executed_calls(stub: u64, slot: &Slot, set_mode: &dyn Fn(u64))
         0,
         0,
     ];
-    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, block_segv).rax, 0);
+    assert_eq!(
+        call(stub, libc::SYS_rt_sigprocmask as u64, block_segv).rax,
+        0
+    );
     let setmask = [
         libc::SIG_SETMASK as u64,
         &set as *const u64 as u64,
@@ -672,7 +675,11 @@ fn conditions_and_executed_calls(stub: u64, slot: &Slot, set_mode: &dyn Fn(u64))
         0,
     ];
     assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, setmask).rax, 0);
-    assert_eq!(slot.get().calls, n, "SIGSEGV's bit or SIG_SETMASK was buffered");
+    assert_eq!(
+        slot.get().calls,
+        n,
+        "SIGSEGV's bit or SIG_SETMASK was buffered"
+    );
     let unblock = [
         libc::SIG_UNBLOCK as u64,
         &segv_set as *const u64 as u64,
@@ -694,19 +701,40 @@ fn conditions_and_executed_calls(stub: u64, slot: &Slot, set_mode: &dyn Fn(u64))
     let dupped = call(stub, libc::SYS_fcntl as u64, dup).rax as i32;
     assert!(dupped >= 100);
     let mut termios = [0u8; 64];
-    let tcgets = [rd as u64, libc::TCGETS, termios.as_mut_ptr() as u64, 0, 0, 0];
+    let tcgets = [
+        rd as u64,
+        libc::TCGETS,
+        termios.as_mut_ptr() as u64,
+        0,
+        0,
+        0,
+    ];
     assert_eq!(
         call(stub, libc::SYS_ioctl as u64, tcgets).rax as i64,
         -(libc::ENOTTY as i64)
     );
-    let other = [rd as u64, libc::FIONREAD, termios.as_mut_ptr() as u64, 0, 0, 0];
+    let other = [
+        rd as u64,
+        libc::FIONREAD,
+        termios.as_mut_ptr() as u64,
+        0,
+        0,
+        0,
+    ];
     assert_eq!(call(stub, libc::SYS_ioctl as u64, other).rax, 0);
     // The test spec: 7 and 9 (low 32 bits) pass, 8 does not.
     let ppid = unsafe { libc::getppid() } as u64;
     for (a0, buffered) in [(7u64, true), (8, false), ((1 << 40) | 9, true)] {
         let c = slot.get().calls;
-        assert_eq!(call(stub, libc::SYS_getppid as u64, [a0, 0, 0, 0, 0, 0]).rax, ppid);
-        assert_eq!(slot.get().calls - c, u64::from(buffered), "getppid({a0:#x})");
+        assert_eq!(
+            call(stub, libc::SYS_getppid as u64, [a0, 0, 0, 0, 0, 0]).rax,
+            ppid
+        );
+        assert_eq!(
+            slot.get().calls - c,
+            u64::from(buffered),
+            "getppid({a0:#x})"
+        );
     }
     // brk(0): executed.
     let brk = call(stub, libc::SYS_brk as u64, [0; 6]).rax;
@@ -728,7 +756,10 @@ fn conditions_and_executed_calls(stub: u64, slot: &Slot, set_mode: &dyn Fn(u64))
     );
     assert_eq!(
         recs[0].writes,
-        vec![(ign[2], old_recorded.iter().flat_map(|w| w.to_le_bytes()).collect())]
+        vec![(
+            ign[2],
+            old_recorded.iter().flat_map(|w| w.to_le_bytes()).collect()
+        )]
     );
     assert_eq!(recs[1].writes, vec![(q[2], oldset.to_le_bytes().to_vec())]);
     assert!(recs[4].writes.is_empty(), "a failed ioctl wrote");
@@ -827,7 +858,10 @@ fn conditions_and_executed_calls(stub: u64, slot: &Slot, set_mode: &dyn Fn(u64))
     });
     assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, block_r).rax, 0);
     let h = slot.get();
-    assert_eq!((h.pos, h.diverged, h.diverged_how), (0, 1, abi::DIVERGED_COND));
+    assert_eq!(
+        (h.pos, h.diverged, h.diverged_how),
+        (0, 1, abi::DIVERGED_COND)
+    );
     // (The traced path blocked it: unblock for the rest of the test.)
     let unblock_segv = [
         libc::SIG_UNBLOCK as u64,

@@ -105,7 +105,8 @@ const SIGPROCMASK: &[Cond] = &[
     cond(1, Test::WordClear(SEGV_BIT), false),
     cond(3, Test::Eq(8), false),
 ];
-const SIGPROCMASK_HOW: &[(u64, u64)] = &[(libc::SIG_BLOCK as u64, 0), (libc::SIG_UNBLOCK as u64, 0)];
+const SIGPROCMASK_HOW: &[(u64, u64)] =
+    &[(libc::SIG_BLOCK as u64, 0), (libc::SIG_UNBLOCK as u64, 0)];
 
 /// `prlimit64` as a query only (a new limit is `Replay::SetLimit`'s business).
 const PRLIMIT_QUERY: &[Cond] = &[cond(2, Test::Eq(0), false)];

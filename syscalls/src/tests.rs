@@ -948,7 +948,9 @@ fn buffered_calls_are_emulated_and_write_only_on_success() {
             _ if def.replay == Replay::SetLimit => {
                 // Only as a query: the new limit NULL.
                 assert!(
-                    b.conds.iter().any(|c| c.arg == 2 && c.test == crate::Test::Eq(0)),
+                    b.conds
+                        .iter()
+                        .any(|c| c.arg == 2 && c.test == crate::Test::Eq(0)),
                     "{}",
                     def.name
                 );
@@ -988,7 +990,11 @@ fn buffered_calls_are_emulated_and_write_only_on_success() {
             if let Some(out) = b.case_out {
                 args[out] = 0x1000;
             }
-            let call = Call { nr, args, result: 0 };
+            let call = Call {
+                nr,
+                args,
+                result: 0,
+            };
             let covered: u64 = out_regions(&call, &mem).iter().map(|r| r.len).sum();
             assert!(
                 size <= covered,
@@ -1013,15 +1019,16 @@ fn buffered_conditions() {
     assert!(sa.conds[0].int);
     assert_eq!(sa.conds[0].test, crate::Test::Ne(libc::SIGSEGV as u64));
     let mask = crate::buffered(libc::SYS_rt_sigprocmask as u64).unwrap();
-    assert!(!mask.cases.iter().any(|&(v, _)| v == libc::SIG_SETMASK as u64));
-    assert!(mask
-        .conds
-        .contains(&crate::Cond {
-            arg: 1,
-            test: crate::Test::WordClear(1 << (libc::SIGSEGV - 1)),
-            int: false,
-            unless_zero: None
-        }));
+    assert!(!mask
+        .cases
+        .iter()
+        .any(|&(v, _)| v == libc::SIG_SETMASK as u64));
+    assert!(mask.conds.contains(&crate::Cond {
+        arg: 1,
+        test: crate::Test::WordClear(1 << (libc::SIGSEGV - 1)),
+        int: false,
+        unless_zero: None
+    }));
     let fcntl = crate::buffered(libc::SYS_fcntl as u64).unwrap();
     for cmd in [
         libc::F_DUPFD,
@@ -1033,7 +1040,12 @@ fn buffered_conditions() {
     ] {
         assert!(!fcntl.cases.iter().any(|&(v, _)| v == cmd as u64), "{cmd}");
     }
-    for nr in [libc::SYS_mmap, libc::SYS_write, libc::SYS_madvise, libc::SYS_mremap] {
+    for nr in [
+        libc::SYS_mmap,
+        libc::SYS_write,
+        libc::SYS_madvise,
+        libc::SYS_mremap,
+    ] {
         assert!(crate::buffered(nr as u64).is_none(), "{nr}");
     }
 }

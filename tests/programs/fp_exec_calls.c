@@ -10,7 +10,9 @@
  * mask and blocks and unblocks SIGUSR1, flips a page between read-only and read-write and
  * writes it, grows and shrinks the heap with sbrk, maps and unmaps a page, reads and sets
  * FD_CLOEXEC and the status flags of a pipe, asks isatty and the window size, and reads the
- * descriptor limit. It prints a digest of every result and the handler's counts.
+ * descriptor limit; every 10th iteration it also queries SIGSEGV's action, blocks and
+ * unblocks SIGSEGV and sets the mask back with SIG_SETMASK (calls the fast path leaves
+ * traced). It prints a digest of every result and the handler's counts.
  *
  * bigbrk: grows the heap by 1 GiB with sbrk (nothing touched, so it succeeds under
  * overcommit), prints whether it did, and shrinks it back: replayed under a smaller
@@ -85,6 +87,14 @@ int main(int argc, char **argv) {
         mix(sigprocmask(SIG_BLOCK, &set, NULL));
         mix(sigprocmask(SIG_UNBLOCK, &set, &cur));
         mix(sigismember(&cur, SIGUSR1));
+        if (i % 10 == 0) {
+            /* Traced: SIGSEGV's action and mask, which deja follows, and SIG_SETMASK. */
+            mix(sigaction(SIGSEGV, NULL, &old));
+            sigaddset(&set, SIGSEGV);
+            mix(sigprocmask(SIG_BLOCK, &set, &cur));
+            mix(sigprocmask(SIG_UNBLOCK, &set, NULL));
+            mix(sigprocmask(SIG_SETMASK, &cur, NULL));
+        }
 
         mix(mprotect(page, pagesz, PROT_READ));
         mix(mprotect(page, pagesz, PROT_READ | PROT_WRITE));
