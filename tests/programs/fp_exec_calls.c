@@ -7,7 +7,8 @@
  * loop: each iteration installs one of two SIGUSR1 handlers (and sets SIGUSR2 to SIG_IGN and
  * queries SIGTERM's action), raises SIGUSR1 every 10th iteration (the handler that runs, one
  * installed by a buffered rt_sigaction, says which it is in the output), queries the signal
- * mask and blocks and unblocks SIGUSR1, flips a page between read-only and read-write and
+ * mask and blocks and unblocks SIGUSR1 (every 10th iteration raising SIGUSR1 while it is
+ * blocked: it is delivered as the buffered unblock returns, inside deja's library), flips a page between read-only and read-write and
  * writes it, grows and shrinks the heap with sbrk, maps and unmaps a page, reads and sets
  * FD_CLOEXEC and the status flags of a pipe, asks isatty and the window size, and reads the
  * descriptor limit; every 10th iteration it also queries SIGSEGV's action, blocks and
@@ -85,6 +86,11 @@ int main(int argc, char **argv) {
         sigemptyset(&set);
         sigaddset(&set, SIGUSR1);
         mix(sigprocmask(SIG_BLOCK, &set, NULL));
+        if (i % 10 == 4) {
+            /* Pending while blocked: delivered as the buffered unblock returns. */
+            raise(SIGUSR1);
+            raised++;
+        }
         mix(sigprocmask(SIG_UNBLOCK, &set, &cur));
         mix(sigismember(&cur, SIGUSR1));
         if (i % 10 == 0) {
