@@ -96,8 +96,18 @@ pub const COND_IN: u8 = 3;
 /// not); the record keeps the program's arguments. At most one per spec.
 pub const COND_WORD_CLEAR: u8 = 4;
 
+/// [`Cond::kind`], checked when recording only (it always holds in replay): the argument is
+/// NULL, or the 64-bit word it points at (the copy a [`COND_WORD_CLEAR`] earlier in the spec
+/// made, else read now) has no bit in common with the signals pending for the thread
+/// (`rt_sigpending`). So a call that would unblock a pending signal takes the traced path and
+/// the kernel delivers the signal at that syscall's exit, as without the fast path, rather
+/// than inside the library, where the recorder would have to single-step the task out before
+/// recording the signal. (The replay needs no check: such a call has no record, and a call
+/// without one takes the traced path.)
+pub const COND_NOT_PENDING: u8 = 5;
+
 /// Conditions per [`Spec`].
-pub const MAX_CONDS: usize = 3;
+pub const MAX_CONDS: usize = 4;
 /// Cases per [`Spec`] (the values a [`COND_IN`] accepts).
 pub const MAX_CASES: usize = 4;
 

@@ -252,8 +252,11 @@ fn narrow(value: u64, width: u8) -> u64 {
     }
 }
 
-/// Checks `spec`'s conditions on `args`; `None` when one fails.
-unsafe fn check(spec: &Spec, args: &[u64; 6]) -> Option<Checked> {
+const SYS_RT_SIGPENDING: u64 = 127;
+
+/// Checks `spec`'s conditions on `args` (`recording`: [`COND_NOT_PENDING`] too); `None` when
+/// one fails.
+unsafe fn check(spec: &Spec, args: &[u64; 6], recording: bool) -> Option<Checked> {
     let mut c = Checked {
         case_size: 0,
         word: None,
@@ -282,6 +285,25 @@ unsafe fn check(spec: &Spec, args: &[u64; 6]) -> Option<Checked> {
                 None => false,
             },
             COND_WORD_CLEAR if a == 0 => true,
+            COND_NOT_PENDING if !recording || a == 0 => true,
+            COND_NOT_PENDING => {
+                let word = match c.word {
+                    Some((i, w)) if i == cond.arg as usize => w,
+                    // SAFETY: as for COND_WORD_CLEAR below.
+                    _ => read_unaligned(a as *const u64),
+                };
+                let mut pending = 0u64;
+                let r = deja_untraced_syscall(
+                    SYS_RT_SIGPENDING,
+                    &mut pending as *mut u64 as u64,
+                    8,
+                    0,
+                    0,
+                    0,
+                    0,
+                );
+                r == 0 && pending & word == 0
+            }
             COND_WORD_CLEAR if c.word.is_none() => {
                 // SAFETY: the program passed this pointer to the syscall, which reads the
                 // word there; a bad pointer faults here where the kernel would have returned
@@ -319,7 +341,7 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
     if spec.probe == PROBE_NONE {
         return TRACED;
     }
-    let Some(checked) = check(spec, &args) else {
+    let Some(checked) = check(spec, &args, true) else {
         return TRACED;
     };
     // The copy of a word the conditions read, which the kernel reads in its place.
@@ -560,7 +582,7 @@ unsafe fn replay(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
     }
     let spec = cfg.specs.get(head.nr as usize).copied().unwrap_or(Spec::NONE);
     // The record's arguments are the call's: only a word read through one can fail now.
-    let Some(checked) = check(&spec, &regs.args) else {
+    let Some(checked) = check(&spec, &regs.args, false) else {
         hdr.diverged_how = DIVERGED_COND;
         return diverge(hdr);
     };

@@ -54,6 +54,7 @@ pub fn spec_of(nr: u64) -> Result<Option<Spec>> {
             Test::Ne(v) => (abi::COND_NE, v),
             Test::In => (abi::COND_IN, 0),
             Test::WordClear(bits) => (abi::COND_WORD_CLEAR, bits),
+            Test::NotPending => (abi::COND_NOT_PENDING, 0),
         };
         ensure!(
             c.arg < 6 && c.unless_zero.map_or(true, |a| a < 6),
@@ -185,6 +186,10 @@ mod tests {
             (abi::COND_IN, 2)
         );
         assert_eq!(mask.conds[1].kind, abi::COND_WORD_CLEAR);
+        assert_eq!(
+            (mask.conds[3].kind, mask.conds[3].arg),
+            (abi::COND_NOT_PENDING, 1)
+        );
         assert_eq!(mask.conds[1].value, 1 << (libc::SIGSEGV - 1));
         let ioctl = all[libc::SYS_ioctl as usize];
         assert_eq!(ioctl.probe, abi::PROBE_DIRECT);

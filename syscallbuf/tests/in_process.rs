@@ -253,33 +253,29 @@ fn hook_records_and_replays_in_process() {
     }
     // A test-only spec: getppid only when its (ignored) first argument is 7, writing the
     // matched case's bytes at its second.
+    let mut conds = Spec::NONE.conds;
+    conds[0] = Cond {
+        kind: abi::COND_IN,
+        arg: 0,
+        width: 4,
+        ..Spec::NONE.conds[0]
+    };
+    let mut cases = Spec::NONE.cases;
+    cases[0] = Case {
+        value: 7,
+        size: 0,
+        unused: 0,
+    };
+    cases[1] = Case {
+        value: 9,
+        size: 0,
+        unused: 0,
+    };
     specs[libc::SYS_getppid as usize] = Spec {
         probe: abi::PROBE_DIRECT,
         outs: [out(abi::OUT_CASE, 1, 0, 0), none],
-        conds: [
-            Cond {
-                kind: abi::COND_IN,
-                arg: 0,
-                width: 4,
-                ..Spec::NONE.conds[0]
-            },
-            Spec::NONE.conds[0],
-            Spec::NONE.conds[0],
-        ],
-        cases: [
-            Case {
-                value: 7,
-                size: 0,
-                unused: 0,
-            },
-            Case {
-                value: 9,
-                size: 0,
-                unused: 0,
-            },
-            Spec::NONE.cases[0],
-            Spec::NONE.cases[0],
-        ],
+        conds,
+        cases,
         ..Spec::NONE
     };
     let cfg = config_bytes(abi::MODE_RECORD, &specs);
@@ -554,6 +550,13 @@ fn hook_records_and_replays_in_process() {
     .expect("the hook thread passed");
 }
 
+/// SIGUSR1s handled.
+static USR1: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    USR1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// `rt_sigaction` of `sig` to `handler` through the stub; the old action at `old`.
 fn sigaction_args(sig: i32, act: &[u64; 4], old: &mut [u64; 4]) -> [u64; 6] {
     [
@@ -691,6 +694,55 @@ fn conditions_and_executed_calls(stub: u64, slot: &Slot, set_mode: &dyn Fn(u64))
     // (Traced too: its set names SIGSEGV.)
     assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, unblock).rax, 0);
     assert_eq!(mask() & (usr1 | segv), 0);
+    // An unblock that makes a pending signal deliverable is traced (the handler runs at the
+    // traced call's exit); without a pending one it is buffered.
+    // SAFETY: a handler that only stores to an atomic; SIGUSR1 is this test's.
+    unsafe {
+        libc::signal(
+            libc::SIGUSR1,
+            on_usr1 as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        )
+    };
+    let usr1_only = usr1;
+    let block1 = [
+        libc::SIG_BLOCK as u64,
+        &usr1_only as *const u64 as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    let unblock1 = [
+        libc::SIG_UNBLOCK as u64,
+        &usr1_only as *const u64 as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, block1).rax, 0);
+    // SAFETY: a signal to this very thread, blocked: it stays pending.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            libc::syscall(libc::SYS_gettid),
+            libc::SIGUSR1,
+        )
+    };
+    let c = slot.get().calls;
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, unblock1).rax, 0);
+    assert_eq!(
+        slot.get().calls,
+        c,
+        "an unblock of a pending signal was buffered"
+    );
+    assert_eq!(USR1.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, block1).rax, 0);
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, unblock1).rax, 0);
+    assert_eq!(slot.get().calls, c + 2);
+    // SAFETY: back to the default action; nothing raises SIGUSR1 any more.
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_DFL) };
 
     // fcntl F_GETFD buffered, F_DUPFD traced; ioctl TCGETS on a pipe: ENOTTY, buffered
     // without writes; an unknown request traced.
@@ -746,6 +798,9 @@ fn conditions_and_executed_calls(stub: u64, slot: &Slot, set_mode: &dyn Fn(u64))
             libc::SYS_rt_sigaction,
             libc::SYS_rt_sigprocmask,
             libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigprocmask,
             libc::SYS_fcntl,
             libc::SYS_ioctl,
             libc::SYS_getppid,
@@ -762,8 +817,8 @@ fn conditions_and_executed_calls(stub: u64, slot: &Slot, set_mode: &dyn Fn(u64))
         )]
     );
     assert_eq!(recs[1].writes, vec![(q[2], oldset.to_le_bytes().to_vec())]);
-    assert!(recs[4].writes.is_empty(), "a failed ioctl wrote");
-    assert_eq!(recs[7].result as u64, brk);
+    assert!(recs[7].writes.is_empty(), "a failed ioctl wrote");
+    assert_eq!(recs[10].result as u64, brk);
 
     // REPLAY: the rt_sigaction runs for real (SIGUSR2 goes back from SIG_DFL to SIG_IGN),
     // brk runs and matches; a brk whose recorded result differs is a divergence, the program

@@ -42,6 +42,10 @@ pub enum Test {
     /// Points at a 64-bit word with none of these bits set (or is NULL). The library reads
     /// the word once and gives the kernel its copy.
     WordClear(u64),
+    /// Recording only: points at a 64-bit signal set none of whose signals is pending for
+    /// the thread (or is NULL), so that the call cannot make a pending signal deliverable
+    /// inside the library (see `syscallbuf::abi::COND_NOT_PENDING`).
+    NotPending,
 }
 
 /// A condition on one argument of a buffered call; a call failing one takes the traced path.
@@ -94,7 +98,9 @@ const SIGACTION: &[Cond] = &[cond(0, Test::Ne(libc::SIGSEGV as u64), true)];
 /// `rt_sigprocmask` that cannot change whether `SIGSEGV` is blocked (which both sides follow,
 /// `tracee::segv_mask`): a query (`set` NULL), or `SIG_BLOCK`/`SIG_UNBLOCK` of a set without
 /// `SIGSEGV` (read once by the library, which gives the kernel its copy), of the kernel's
-/// set size.
+/// set size; and, when recording, naming no pending signal (an unblock that makes one
+/// deliverable is traced: the signal then arrives at a syscall's exit, not inside the
+/// library, which the recorder would have to step the task out of first).
 const SIGPROCMASK: &[Cond] = &[
     Cond {
         arg: 0,
@@ -104,6 +110,7 @@ const SIGPROCMASK: &[Cond] = &[
     },
     cond(1, Test::WordClear(SEGV_BIT), false),
     cond(3, Test::Eq(8), false),
+    cond(1, Test::NotPending, false),
 ];
 const SIGPROCMASK_HOW: &[(u64, u64)] =
     &[(libc::SIG_BLOCK as u64, 0), (libc::SIG_UNBLOCK as u64, 0)];

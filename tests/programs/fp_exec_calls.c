@@ -8,7 +8,7 @@
  * queries SIGTERM's action), raises SIGUSR1 every 10th iteration (the handler that runs, one
  * installed by a buffered rt_sigaction, says which it is in the output), queries the signal
  * mask and blocks and unblocks SIGUSR1 (every 10th iteration raising SIGUSR1 while it is
- * blocked: it is delivered as the buffered unblock returns, inside deja's library), flips a page between read-only and read-write and
+ * blocked: the unblock, which makes it deliverable, takes the traced path), flips a page between read-only and read-write and
  * writes it, grows and shrinks the heap with sbrk, maps and unmaps a page, reads and sets
  * FD_CLOEXEC and the status flags of a pipe, asks isatty and the window size, and reads the
  * descriptor limit; every 10th iteration it also queries SIGSEGV's action, blocks and
@@ -87,7 +87,7 @@ int main(int argc, char **argv) {
         sigaddset(&set, SIGUSR1);
         mix(sigprocmask(SIG_BLOCK, &set, NULL));
         if (i % 10 == 4) {
-            /* Pending while blocked: delivered as the buffered unblock returns. */
+            /* Pending while blocked: delivered as the (traced) unblock returns. */
             raise(SIGUSR1);
             raised++;
         }
