@@ -79,6 +79,29 @@ pub struct Buffered {
     pub case_out: Option<usize>,
 }
 
+impl Buffered {
+    /// Whether a call with `args` passes the conditions that depend on its arguments alone
+    /// (those on memory, [`Test::WordClear`] and [`Test::NotPending`], are left to the
+    /// library): the recorder patches a site only at a call the library would take.
+    pub fn may_take(&self, args: &[u64; 6]) -> bool {
+        self.conds.iter().all(|c| {
+            let narrow = |v: u64| if c.int { v & 0xffff_ffff } else { v };
+            if c.unless_zero.is_some_and(|z| args.get(z) == Some(&0)) {
+                return true;
+            }
+            let Some(&a) = args.get(c.arg) else {
+                return false;
+            };
+            match c.test {
+                Test::Eq(v) => narrow(a) == narrow(v),
+                Test::Ne(v) => narrow(a) != narrow(v),
+                Test::In => self.cases.iter().any(|&(v, _)| narrow(v) == narrow(a)),
+                Test::WordClear(_) | Test::NotPending => true,
+            }
+        })
+    }
+}
+
 const fn cond(arg: usize, test: Test, int: bool) -> Cond {
     Cond {
         arg,
