@@ -154,7 +154,8 @@ pub struct Cond {
     /// Argument index (0..=5).
     pub arg: u8,
     /// 4: only the argument's low 32 bits are compared (the kernel takes an `int` or
-    /// `unsigned int` there and ignores the rest); 8 (or anything else): all 64 bits.
+    /// `unsigned int` there and ignores the rest); anything else (8, or 0 in an unused
+    /// entry): all 64 bits.
     pub width: u8,
     /// 0, or 1 + the index of an argument: the condition holds when that argument is 0
     /// (`rt_sigprocmask`'s `how` matters only with a `set`).
@@ -170,17 +171,16 @@ pub struct Cond {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Case {
-    /// The accepted value (compared like the condition, by its `width`). A case of `size`
-    /// [`CASE_UNUSED`] is not a case.
+    /// The accepted value (compared like the condition, by its `width`).
     pub value: u64,
     /// Bytes the call writes at the [`OUT_CASE`] output's address (0: nothing).
     pub size: u32,
-    /// 0 for a case in use; [`CASE_UNUSED`] for an empty entry.
-    pub unused: u32,
+    /// [`CASE_USED`] for a case; 0 for an empty entry (all-zero specs stay in `.bss`).
+    pub used: u32,
 }
 
-/// [`Case::unused`] of an empty entry.
-pub const CASE_UNUSED: u32 = 1;
+/// [`Case::used`] of a case in use.
+pub const CASE_USED: u32 = 1;
 
 /// How one syscall number is buffered.
 #[repr(C)]
@@ -220,7 +220,7 @@ impl Spec {
         conds: [Cond {
             kind: COND_NONE,
             arg: 0,
-            width: 8,
+            width: 0,
             unless_zero: 0,
             pad: 0,
             value: 0,
@@ -228,7 +228,7 @@ impl Spec {
         cases: [Case {
             value: 0,
             size: 0,
-            unused: CASE_UNUSED,
+            used: 0,
         }; MAX_CASES],
     };
 }

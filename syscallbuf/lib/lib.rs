@@ -276,7 +276,7 @@ unsafe fn check(spec: &Spec, args: &[u64; 6], recording: bool) -> Option<Checked
             COND_IN => match spec
                 .cases
                 .iter()
-                .find(|k| k.unused == 0 && narrow(k.value, cond.width) == v)
+                .find(|k| k.used == CASE_USED && narrow(k.value, cond.width) == v)
             {
                 Some(k) => {
                     c.case_size = k.size as u64;

@@ -183,7 +183,7 @@ pub fn config_bytes(mode: u64, specs: &[abi::Spec; abi::MAX_NR]) -> Vec<u8> {
         for c in &s.cases {
             out.extend_from_slice(&c.value.to_le_bytes());
             out.extend_from_slice(&c.size.to_le_bytes());
-            out.extend_from_slice(&c.unused.to_le_bytes());
+            out.extend_from_slice(&c.used.to_le_bytes());
         }
     }
     debug_assert_eq!(out.len(), CONFIG_SIZE);
@@ -460,7 +460,7 @@ mod tests {
         specs[5].cases[3] = abi::Case {
             value: 0x5401,
             size: 36,
-            unused: 0,
+            used: abi::CASE_USED,
         };
         let c = config_bytes(abi::MODE_RECORD, &specs);
         let cond1 = s5 + 24 + 16;
@@ -468,9 +468,12 @@ mod tests {
         assert_eq!(word(&c, cond1 + 8).unwrap(), 0x1234);
         let case3 = s5 + 24 + 16 * abi::MAX_CONDS + 16 * 3;
         assert_eq!(word(&c, case3).unwrap(), 0x5401);
-        assert_eq!(&c[case3 + 8..case3 + 16], &[36, 0, 0, 0, 0, 0, 0, 0]);
-        let unused = s5 + 24 + 16 * abi::MAX_CONDS + 8;
-        assert_eq!(&c[unused..unused + 8], &[0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(&c[case3 + 8..case3 + 16], &[36, 0, 0, 0, 1, 0, 0, 0]);
+        let unused = s5 + 24 + 16 * abi::MAX_CONDS;
+        assert_eq!(&c[unused..unused + 16], &[0; 16]);
+        // An unused spec is all zeros, like the library's initial configuration.
+        let s6 = 16 + SPEC_SIZE * 6;
+        assert!(c[s6..s6 + SPEC_SIZE].iter().all(|&b| b == 0));
     }
 
     /// Size of one `abi::Spec`.

@@ -74,7 +74,7 @@ pub fn spec_of(nr: u64) -> Result<Option<Spec>> {
         *slot = Case {
             value,
             size: u32::try_from(size)?,
-            unused: 0,
+            used: abi::CASE_USED,
         };
     }
     if def.outs.len() > spec.outs.len() || def.outs_on_error {
@@ -197,13 +197,13 @@ mod tests {
         assert!(ioctl
             .cases
             .iter()
-            .any(|c| c.unused == 0 && c.value == libc::TCGETS && c.size == 36));
+            .any(|c| c.used == abi::CASE_USED && c.value == libc::TCGETS && c.size == 36));
         let fcntl = all[libc::SYS_fcntl as usize];
         assert_eq!(fcntl.outs[0].kind, abi::OUT_NONE);
         assert!(!fcntl
             .cases
             .iter()
-            .any(|c| c.unused == 0 && c.value == libc::F_DUPFD as u64));
+            .any(|c| c.used == abi::CASE_USED && c.value == libc::F_DUPFD as u64));
         let prlimit = all[libc::SYS_prlimit64 as usize];
         assert_eq!(
             (

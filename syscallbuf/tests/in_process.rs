@@ -264,12 +264,12 @@ fn hook_records_and_replays_in_process() {
     cases[0] = Case {
         value: 7,
         size: 0,
-        unused: 0,
+        used: abi::CASE_USED,
     };
     cases[1] = Case {
         value: 9,
         size: 0,
-        unused: 0,
+        used: abi::CASE_USED,
     };
     specs[libc::SYS_getppid as usize] = Spec {
         probe: abi::PROBE_DIRECT,
