@@ -271,7 +271,7 @@ fn show_result(r: i64) -> String {
 }
 
 /// The recorded call at byte offset `at` of an event's `records`: "buffered syscall
-/// read(0x3, 0x7ffc..., 0x1, ...) (call 5 of 12 in the event)".
+/// read(0x3, 0x7ffc..., 0x1, ...) = 1 (call 5 of 12 in the event)".
 fn describe_call(records: &[u8], at: u64) -> String {
     let heads = match syscallbuf::heads(records) {
         Ok(h) => h,
