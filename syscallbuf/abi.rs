@@ -90,10 +90,12 @@ pub const COND_NE: u8 = 2;
 /// then gives an [`OUT_CASE`] output its size). At most one per spec.
 pub const COND_IN: u8 = 3;
 /// [`Cond::kind`]: the argument is a pointer to a 64-bit word (a signal set) that is 0 (then
-/// the condition holds), or whose bits in `value` are all clear. The library reads the word
-/// once, checks that copy, and passes the kernel the copy's address instead of the program's
-/// (so that another thread changing the word cannot make the kernel see bits the check did
-/// not); the record keeps the program's arguments. At most one per spec.
+/// the condition holds), or whose bits in `value` are all clear. The library has the kernel
+/// read the word once (`process_vm_readv` of its own process: a pointer the program's call
+/// would get `EFAULT` for fails the condition instead of faulting in the library), checks
+/// that copy, and passes the kernel the copy's address instead of the program's (so that
+/// another thread changing the word cannot make the kernel see bits the check did not); the
+/// record keeps the program's arguments. At most one per spec.
 pub const COND_WORD_CLEAR: u8 = 4;
 
 /// [`Cond::kind`], checked when recording only (it always holds in replay): the argument is

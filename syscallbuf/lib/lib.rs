@@ -253,6 +253,31 @@ fn narrow(value: u64, width: u8) -> u64 {
 }
 
 const SYS_RT_SIGPENDING: u64 = 127;
+const SYS_GETPID: u64 = 39;
+const SYS_PROCESS_VM_READV: u64 = 310;
+
+/// The 64-bit word at `addr` of the program's memory, read by the kernel
+/// (`process_vm_readv` of the calling process): `None` where the program's own syscall would
+/// have failed with `EFAULT` (unmapped, unreadable), instead of a fault in the library.
+unsafe fn read_word(addr: u64) -> Option<u64> {
+    let mut w = 0u64;
+    let local = Iovec {
+        base: &mut w as *mut u64 as u64,
+        len: 8,
+    };
+    let remote = Iovec { base: addr, len: 8 };
+    let pid = deja_untraced_syscall(SYS_GETPID, 0, 0, 0, 0, 0, 0);
+    let r = deja_untraced_syscall(
+        SYS_PROCESS_VM_READV,
+        pid as u64,
+        &local as *const Iovec as u64,
+        1,
+        &remote as *const Iovec as u64,
+        1,
+        0,
+    );
+    (r == 8).then_some(w)
+}
 
 /// Checks `spec`'s conditions on `args` (`recording`: [`COND_NOT_PENDING`] too); `None` when
 /// one fails.
@@ -289,8 +314,7 @@ unsafe fn check(spec: &Spec, args: &[u64; 6], recording: bool) -> Option<Checked
             COND_NOT_PENDING => {
                 let word = match c.word {
                     Some((i, w)) if i == cond.arg as usize => w,
-                    // SAFETY: as for COND_WORD_CLEAR below.
-                    _ => read_unaligned(a as *const u64),
+                    _ => read_word(a)?,
                 };
                 let mut pending = 0u64;
                 let r = deja_untraced_syscall(
@@ -305,10 +329,9 @@ unsafe fn check(spec: &Spec, args: &[u64; 6], recording: bool) -> Option<Checked
                 r == 0 && pending & word == 0
             }
             COND_WORD_CLEAR if c.word.is_none() => {
-                // SAFETY: the program passed this pointer to the syscall, which reads the
-                // word there; a bad pointer faults here where the kernel would have returned
-                // EFAULT (README.md, "Limits").
-                let w = read_unaligned(a as *const u64);
+                // Read by the kernel: a bad pointer fails the condition, and the traced path
+                // gets the kernel's EFAULT.
+                let w = read_word(a)?;
                 c.word = Some((cond.arg as usize, w));
                 w & cond.value == 0
             }

@@ -678,10 +678,17 @@ fn conditions_and_executed_calls(stub: u64, slot: &Slot, set_mode: &dyn Fn(u64))
         0,
     ];
     assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, setmask).rax, 0);
+    // A set the program cannot read: the library's check fails without faulting (the kernel
+    // reads it), and the traced call gets EFAULT.
+    let bad = [libc::SIG_BLOCK as u64, 16, 0, 8, 0, 0];
+    assert_eq!(
+        call(stub, libc::SYS_rt_sigprocmask as u64, bad).rax as i64,
+        -(libc::EFAULT as i64)
+    );
     assert_eq!(
         slot.get().calls,
         n,
-        "SIGSEGV's bit or SIG_SETMASK was buffered"
+        "SIGSEGV's bit, SIG_SETMASK or a bad set was buffered"
     );
     let unblock = [
         libc::SIG_UNBLOCK as u64,
