@@ -71,6 +71,47 @@ pub const PROBE_READ: u8 = 2;
 pub const PROBE_PREAD: u8 = 3;
 /// [`Spec::probe`]: `readv(fd, iov, cnt)`, run as `preadv2(fd, iov, cnt, -1, RWF_NOWAIT)`.
 pub const PROBE_READV: u8 = 4;
+/// [`Spec::probe`]: a call replay runs for real (`rt_sigaction`, `mprotect`, `brk`, ...; the
+/// table's `Replay::Execute`). Recording: like [`PROBE_DIRECT`]. Replaying: after the usual
+/// check of the number and arguments against the next record, the library makes the call
+/// itself with the program's arguments (the kernel writes its outputs, the recorded writes
+/// are not applied) and compares its result with the recorded one: a different result sets
+/// [`SlotHeader::diverged`] and [`SlotHeader::exec_result`], and the program gets the result
+/// the kernel gave.
+pub const PROBE_EXEC: u8 = 5;
+
+/// [`Cond::kind`]: unused (holds).
+pub const COND_NONE: u8 = 0;
+/// [`Cond::kind`]: the argument equals `value`.
+pub const COND_EQ: u8 = 1;
+/// [`Cond::kind`]: the argument differs from `value`.
+pub const COND_NE: u8 = 2;
+/// [`Cond::kind`]: the argument is the `value` of one of the spec's [`Spec::cases`] (that case
+/// then gives an [`OUT_CASE`] output its size). At most one per spec.
+pub const COND_IN: u8 = 3;
+/// [`Cond::kind`]: the argument is a pointer to a 64-bit word (a signal set) that is 0 (then
+/// the condition holds), or whose bits in `value` are all clear. The library has the kernel
+/// read the word once (`process_vm_readv` of its own process: a pointer the program's call
+/// would get `EFAULT` for fails the condition instead of faulting in the library), checks
+/// that copy, and passes the kernel the copy's address instead of the program's (so that
+/// another thread changing the word cannot make the kernel see bits the check did not); the
+/// record keeps the program's arguments. At most one per spec.
+pub const COND_WORD_CLEAR: u8 = 4;
+
+/// [`Cond::kind`], checked when recording only (it always holds in replay): the argument is
+/// NULL, or the 64-bit word it points at (the copy a [`COND_WORD_CLEAR`] earlier in the spec
+/// made, else read now) has no bit in common with the signals pending for the thread
+/// (`rt_sigpending`). So a call that would unblock a pending signal takes the traced path and
+/// the kernel delivers the signal at that syscall's exit, as without the fast path, rather
+/// than inside the library, where the recorder would have to single-step the task out before
+/// recording the signal. (The replay needs no check: such a call has no record, and a call
+/// without one takes the traced path.)
+pub const COND_NOT_PENDING: u8 = 5;
+
+/// Conditions per [`Spec`].
+pub const MAX_CONDS: usize = 4;
+/// Cases per [`Spec`] (the values a [`COND_IN`] accepts).
+pub const MAX_CASES: usize = 4;
 
 /// [`OutSpec::kind`]: unused.
 pub const OUT_NONE: u8 = 0;
@@ -83,6 +124,9 @@ pub const OUT_RET: u8 = 2;
 /// [`OutSpec::kind`]: `result` bytes scattered over the iovec array at argument `arg`, of
 /// `count_arg` entries (when `result` > 0).
 pub const OUT_IOV: u8 = 3;
+/// [`OutSpec::kind`]: the `size` of the [`Case`] the spec's [`COND_IN`] matched, at the address
+/// in argument `arg` (skipped when the address or that size is 0).
+pub const OUT_CASE: u8 = 4;
 
 /// One memory output of a buffered syscall, written only when the call succeeds.
 #[repr(C)]
@@ -101,9 +145,48 @@ pub struct OutSpec {
     pub size: u32,
 }
 
-/// How one syscall number is buffered.
+/// A condition on one argument of a buffered syscall: a call whose arguments fail any of its
+/// spec's conditions takes the traced path (in replay, a call that matches its record but
+/// fails a condition is a divergence).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cond {
+    /// `COND_*`.
+    pub kind: u8,
+    /// Argument index (0..=5).
+    pub arg: u8,
+    /// 4: only the argument's low 32 bits are compared (the kernel takes an `int` or
+    /// `unsigned int` there and ignores the rest); anything else (8, or 0 in an unused
+    /// entry): all 64 bits.
+    pub width: u8,
+    /// 0, or 1 + the index of an argument: the condition holds when that argument is 0
+    /// (`rt_sigprocmask`'s `how` matters only with a `set`).
+    pub unless_zero: u8,
+    /// Padding.
+    pub pad: u32,
+    /// The value compared ([`COND_EQ`], [`COND_NE`]) or the bits that must be clear
+    /// ([`COND_WORD_CLEAR`]).
+    pub value: u64,
+}
+
+/// One value a [`COND_IN`] accepts, and the size of its [`OUT_CASE`] output.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Case {
+    /// The accepted value (compared like the condition, by its `width`).
+    pub value: u64,
+    /// Bytes the call writes at the [`OUT_CASE`] output's address (0: nothing).
+    pub size: u32,
+    /// [`CASE_USED`] for a case; 0 for an empty entry (all-zero specs stay in `.bss`).
+    pub used: u32,
+}
+
+/// [`Case::used`] of a case in use.
+pub const CASE_USED: u32 = 1;
+
+/// How one syscall number is buffered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Spec {
     /// `PROBE_*`.
     pub probe: u8,
@@ -111,6 +194,45 @@ pub struct Spec {
     pub pad: [u8; 7],
     /// What it writes on success (unused entries are [`OUT_NONE`]).
     pub outs: [OutSpec; 2],
+    /// Conditions on its arguments, all of which must hold (unused entries are
+    /// [`COND_NONE`]).
+    pub conds: [Cond; MAX_CONDS],
+    /// The values a [`COND_IN`] accepts.
+    pub cases: [Case; MAX_CASES],
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec::NONE
+    }
+}
+
+impl Spec {
+    /// Not buffered.
+    pub const NONE: Spec = Spec {
+        probe: PROBE_NONE,
+        pad: [0; 7],
+        outs: [OutSpec {
+            kind: OUT_NONE,
+            arg: 0,
+            count_arg: 0,
+            pad: 0,
+            size: 0,
+        }; 2],
+        conds: [Cond {
+            kind: COND_NONE,
+            arg: 0,
+            width: 0,
+            unless_zero: 0,
+            pad: 0,
+            value: 0,
+        }; MAX_CONDS],
+        cases: [Case {
+            value: 0,
+            size: 0,
+            used: 0,
+        }; MAX_CASES],
+    };
 }
 
 /// The library's configuration, at its exported symbol `deja_config`, written by deja when it
@@ -157,6 +279,13 @@ pub struct SlotHeader {
     /// Set by the recorder when it interrupted the library's own (untraced) syscall because it
     /// blocked: the library clears it and makes the call again on the traced path.
     pub interrupted: u64,
+    /// Replaying: 0, or 1 when `diverged` names a [`PROBE_EXEC`] call that the replay ran and
+    /// that returned [`SlotHeader::exec_result`] instead of the recorded result (the program
+    /// went on with it), or 2 when it names a call that matched its record but failed its
+    /// spec's conditions.
+    pub diverged_how: u64,
+    /// Replaying: the result the replay's own run of the call `diverged` names returned.
+    pub exec_result: u64,
 }
 
 /// Byte offsets of [`SlotHeader`] fields, for the hook's assembly and the host side.
@@ -182,6 +311,17 @@ pub const OFF_CALLS: u64 = 80;
 
 /// Offset of [`SlotHeader::interrupted`].
 pub const OFF_INTERRUPTED: u64 = 88;
+/// Offset of [`SlotHeader::diverged_how`].
+pub const OFF_DIVERGED_HOW: u64 = 96;
+/// Offset of [`SlotHeader::exec_result`].
+pub const OFF_EXEC_RESULT: u64 = 104;
+
+/// [`SlotHeader::diverged_how`]: the replay's run of a [`PROBE_EXEC`] call returned
+/// [`SlotHeader::exec_result`], not the recorded result.
+pub const DIVERGED_RESULT: u64 = 1;
+/// [`SlotHeader::diverged_how`]: the call matched its record's number and arguments but not
+/// its spec's conditions (e.g. a signal set naming `SIGSEGV`).
+pub const DIVERGED_COND: u64 = 2;
 
 /// The head of one record in a slot's buffer, followed by `nwrites` writes, each an
 /// `addr: u64`, a `len: u64` and `len` bytes padded to a multiple of 8. `size` covers it all

@@ -464,3 +464,185 @@ fn threads_preempted_amid_buffered_calls() {
     }
     assert!(preempted > 0, "no preemption in three recordings");
 }
+
+/// The buffered calls of `events` named `name`, as their dump lines (`name(args) = r ...`).
+fn buffered_lines<'a>(events: &'a [DumpEvent], name: &'a str) -> impl Iterator<Item = &'a str> {
+    events
+        .iter()
+        .filter(|e| e.is_buffered())
+        .flat_map(|e| &e.calls)
+        .filter(move |(n, _)| n == name)
+        .map(|(_, l)| l.as_str())
+}
+
+/// Argument `i` of a dump line `name(0x1, 0x2, ...) = r`.
+fn dump_arg(line: &str, i: usize) -> u64 {
+    let args = line
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(a, _)| a)
+        .unwrap_or_else(|| panic!("no arguments in {line:?}"));
+    let a = args
+        .split(", ")
+        .nth(i)
+        .unwrap_or_else(|| panic!("no argument {i} in {line:?}"));
+    u64::from_str_radix(a.trim_start_matches("0x"), 16)
+        .unwrap_or_else(|_| panic!("argument {i} of {line:?} is not hex"))
+}
+
+/// Calls the replay runs for real (`rt_sigaction`, `rt_sigprocmask`, `mprotect`, `munmap`,
+/// `brk`) and emulated ones buffered only for some arguments (`fcntl` F_GETFD/F_SETFD/
+/// F_GETFL/F_SETFL, `ioctl` TCGETS/TIOCGWINSZ, `prlimit64` queries), in a loop: all buffered,
+/// and the replay (which runs the first kind again, checking their results) is exact. What
+/// must stay traced does: `SIGSEGV`'s action and masks naming it (deja follows both),
+/// `SIG_SETMASK`, unblocks of a pending signal, and the `mmap`s.
+#[test]
+fn executed_and_conditional_calls_are_buffered() {
+    let r = assert_replays_exactly(program("fp_exec_calls"), &["loop", "300"]);
+    assert_stdout_has(
+        "rec",
+        &r.rec,
+        &["fp_exec_calls: 300 iterations, raised 60, handler a 30 b 30"],
+    );
+    let c = assert_buffered_at_least(&r.ctx, &r.trace, 6_000);
+    let events = dump(&r.ctx, &r.trace);
+    for (name, min) in [
+        ("rt_sigaction", 900),
+        ("rt_sigprocmask", 850),
+        ("mprotect", 600),
+        ("brk", 600),
+        ("munmap", 300),
+        ("fcntl", 1_800),
+        ("ioctl", 900),
+        ("prlimit64", 300),
+    ] {
+        let n = buffered_named(&events, name, None);
+        assert!(
+            n >= min,
+            "only {n} {name} calls inside buffered events ({c:?})"
+        );
+    }
+    // Only the safe arguments were buffered.
+    for l in buffered_lines(&events, "rt_sigaction") {
+        assert_ne!(dump_arg(l, 0), libc::SIGSEGV as u64, "{l}");
+    }
+    for l in buffered_lines(&events, "rt_sigprocmask") {
+        assert!(
+            dump_arg(l, 1) == 0 || dump_arg(l, 0) <= libc::SIG_UNBLOCK as u64,
+            "{l}"
+        );
+    }
+    for l in buffered_lines(&events, "fcntl") {
+        assert!((1..=4).contains(&dump_arg(l, 1)), "{l}");
+    }
+    for l in buffered_lines(&events, "ioctl") {
+        assert!(
+            [libc::TCGETS, libc::TIOCGWINSZ].contains(&dump_arg(l, 1)),
+            "{l}"
+        );
+    }
+    for l in buffered_lines(&events, "prlimit64") {
+        assert_eq!(dump_arg(l, 2), 0, "{l}");
+    }
+    let traced = |name: &str| {
+        events
+            .iter()
+            .filter(|e| e.line.contains(&format!("] syscall {name}(")))
+            .count()
+    };
+    // Every 10th iteration: sigaction(SIGSEGV) and three masks.
+    assert!(traced("rt_sigaction") >= 30, "SIGSEGV's action not traced");
+    // ... and the unblocks that make the raised SIGUSR1 deliverable (every 10th iteration):
+    // it arrives at their exit, not inside the library.
+    assert!(
+        traced("rt_sigprocmask") >= 120,
+        "masks naming SIGSEGV or unblocking a pending signal not traced"
+    );
+    let inside = events
+        .iter()
+        .filter(|e| e.line.contains("] signal ") && e.line.contains("mid-code"))
+        .count();
+    assert_eq!(inside, 0, "signals delivered inside the library");
+    assert!(traced("mmap") >= 300, "mmap not traced");
+    assert!(
+        c.traced < 1_000,
+        "{} traced syscalls: the loop's calls were not buffered ({c:?})",
+        c.traced
+    );
+}
+
+/// A `SIGUSR1` handler installed by a buffered `rt_sigaction` (run for real in replay) is the
+/// one the replay's signal runs: the two handlers take turns, each says it ran, and a replay
+/// where the call had not installed it would die of `SIGUSR1` or count the other handler.
+#[test]
+fn handler_installed_by_a_buffered_sigaction_runs_in_replay() {
+    let r = assert_replays_exactly(program("fp_exec_calls"), &["loop", "40"]);
+    assert_stdout_has(
+        "replay",
+        &r.replay,
+        &["fp_exec_calls: 40 iterations, raised 8, handler a 4 b 4"],
+    );
+    let events = dump(&r.ctx, &r.trace);
+    // Every SIGUSR1 delivery comes after a buffered rt_sigaction(SIGUSR1, handler) and no
+    // traced one.
+    let mut installed_by = None;
+    let mut signals = 0;
+    for e in &events {
+        if e.line.contains("] syscall rt_sigaction(0xa,") {
+            installed_by = Some("traced");
+        }
+        for (name, l) in &e.calls {
+            if name == "rt_sigaction"
+                && dump_arg(l, 0) == libc::SIGUSR1 as u64
+                && dump_arg(l, 1) != 0
+            {
+                installed_by = Some("buffered");
+            }
+        }
+        if e.line.contains("] signal 10") {
+            signals += 1;
+            assert_eq!(installed_by, Some("buffered"), "before {}", e.line);
+        }
+    }
+    assert_eq!(signals, 8, "SIGUSR1 deliveries in the trace");
+}
+
+/// A buffered call the replay runs for real must return the recorded result: `sbrk` of 1 GiB
+/// succeeds in the recording, and fails in a replay under a 256 MiB `RLIMIT_DATA`, which deja
+/// reports as a divergence naming `brk` and both results (a replay without the limit is
+/// exact).
+#[test]
+fn executed_call_returning_otherwise_in_replay_is_a_divergence() {
+    let r = assert_replays_exactly(program("fp_exec_calls"), &["bigbrk"]);
+    assert_stdout_has("rec", &r.rec, &["fp_exec_calls: bigbrk grew"]);
+    let events = dump(&r.ctx, &r.trace);
+    assert!(
+        buffered_named(&events, "brk", None) >= 2,
+        "the big brk was not buffered"
+    );
+    let mut cmd = r.ctx.deja();
+    cmd.arg("replay").arg("-a").arg(&r.trace);
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let lim = libc::rlimit {
+                rlim_cur: 256 << 20,
+                rlim_max: 256 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = run_with_timeout(&mut cmd, std::time::Duration::from_secs(60));
+    assert_no_panic("deja replay -a (RLIMIT_DATA)", &out);
+    assert!(!out.status.success(), "{}", describe("replay", &out));
+    for needle in [
+        "diverged",
+        "buffered syscall brk(",
+        "when the replay ran it",
+    ] {
+        assert_stderr_mentions("replay under RLIMIT_DATA", &out, &[needle]);
+    }
+}

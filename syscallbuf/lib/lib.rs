@@ -23,17 +23,7 @@ use core::ptr::{addr_of, addr_of_mut, read_unaligned, write_unaligned};
 pub static mut deja_config: Config = Config {
     magic: 0,
     mode: 0,
-    specs: [Spec {
-        probe: 0,
-        pad: [0; 7],
-        outs: [OutSpec {
-            kind: 0,
-            arg: 0,
-            count_arg: 0,
-            pad: 0,
-            size: 0,
-        }; 2],
-    }; MAX_NR],
+    specs: [Spec::NONE; MAX_NR],
 };
 
 /// The registers the hook's assembly saves on the slot's stack, in memory order.
@@ -223,7 +213,7 @@ unsafe extern "C" fn deja_handle(regs: *mut Saved, slot: *mut u8) -> u64 {
     let cfg = &*addr_of!(deja_config);
     match cfg.mode {
         MODE_RECORD => record(cfg, regs, hdr, slot),
-        MODE_REPLAY => replay(regs, hdr, slot),
+        MODE_REPLAY => replay(cfg, regs, hdr, slot),
         _ => TRACED,
     }
 }
@@ -243,6 +233,128 @@ fn arg(args: &[u64; 6], i: u8) -> Option<u64> {
     args.get(i as usize).copied()
 }
 
+/// What a call's arguments gave its spec's conditions (see [`check`]).
+struct Checked {
+    /// The size of the [`COND_IN`] case matched (0 when none).
+    case_size: u64,
+    /// The argument a [`COND_WORD_CLEAR`] read a word through, and that word: the kernel gets
+    /// the copy's address in its place.
+    word: Option<(usize, u64)>,
+}
+
+/// `value` as a condition of `width` compares it.
+#[inline(always)]
+fn narrow(value: u64, width: u8) -> u64 {
+    if width == 4 {
+        value & 0xffff_ffff
+    } else {
+        value
+    }
+}
+
+const SYS_RT_SIGPENDING: u64 = 127;
+const SYS_GETPID: u64 = 39;
+const SYS_PROCESS_VM_READV: u64 = 310;
+
+/// The 64-bit word at `addr` of the program's memory, read by the kernel
+/// (`process_vm_readv` of the calling process): `None` where the program's own syscall would
+/// have failed with `EFAULT` (unmapped, unreadable), instead of a fault in the library.
+unsafe fn read_word(addr: u64) -> Option<u64> {
+    let mut w = 0u64;
+    let local = Iovec {
+        base: &mut w as *mut u64 as u64,
+        len: 8,
+    };
+    let remote = Iovec { base: addr, len: 8 };
+    let pid = deja_untraced_syscall(SYS_GETPID, 0, 0, 0, 0, 0, 0);
+    let r = deja_untraced_syscall(
+        SYS_PROCESS_VM_READV,
+        pid as u64,
+        &local as *const Iovec as u64,
+        1,
+        &remote as *const Iovec as u64,
+        1,
+        0,
+    );
+    (r == 8).then_some(w)
+}
+
+/// Checks `spec`'s conditions on `args` (`recording`: [`COND_NOT_PENDING`] too); `None` when
+/// one fails.
+unsafe fn check(spec: &Spec, args: &[u64; 6], recording: bool) -> Option<Checked> {
+    let mut c = Checked {
+        case_size: 0,
+        word: None,
+    };
+    for cond in &spec.conds {
+        if cond.kind == COND_NONE {
+            continue;
+        }
+        let a = arg(args, cond.arg)?;
+        if cond.unless_zero != 0 && arg(args, cond.unless_zero - 1)? == 0 {
+            continue;
+        }
+        let v = narrow(a, cond.width);
+        let ok = match cond.kind {
+            COND_EQ => v == narrow(cond.value, cond.width),
+            COND_NE => v != narrow(cond.value, cond.width),
+            COND_IN => match spec
+                .cases
+                .iter()
+                .find(|k| k.used == CASE_USED && narrow(k.value, cond.width) == v)
+            {
+                Some(k) => {
+                    c.case_size = k.size as u64;
+                    true
+                }
+                None => false,
+            },
+            COND_WORD_CLEAR if a == 0 => true,
+            COND_NOT_PENDING if !recording || a == 0 => true,
+            COND_NOT_PENDING => {
+                let word = match c.word {
+                    Some((i, w)) if i == cond.arg as usize => w,
+                    _ => read_word(a)?,
+                };
+                let mut pending = 0u64;
+                let r = deja_untraced_syscall(
+                    SYS_RT_SIGPENDING,
+                    &mut pending as *mut u64 as u64,
+                    8,
+                    0,
+                    0,
+                    0,
+                    0,
+                );
+                r == 0 && pending & word == 0
+            }
+            COND_WORD_CLEAR if c.word.is_none() => {
+                // Read by the kernel: a bad pointer fails the condition, and the traced path
+                // gets the kernel's EFAULT.
+                let w = read_word(a)?;
+                c.word = Some((cond.arg as usize, w));
+                w & cond.value == 0
+            }
+            _ => false,
+        };
+        if !ok {
+            return None;
+        }
+    }
+    Some(c)
+}
+
+/// The arguments the kernel gets for a call whose conditions gave `c`: the program's, but for
+/// a word the library copied, whose copy `*word` replaces it.
+#[inline(always)]
+fn kernel_args(args: &[u64; 6], c: &Checked, word: &u64) -> [u64; 6] {
+    let mut k = *args;
+    if let Some((i, _)) = c.word {
+        k[i % 6] = word as *const u64 as u64;
+    }
+    k
+}
+
 unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mut u8) -> u64 {
     let nr = regs.rax;
     let args = regs.args;
@@ -252,6 +364,12 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
     if spec.probe == PROBE_NONE {
         return TRACED;
     }
+    let Some(checked) = check(spec, &args, true) else {
+        return TRACED;
+    };
+    // The copy of a word the conditions read, which the kernel reads in its place.
+    let word = checked.word.map_or(0, |(_, w)| w);
+    let kargs = kernel_args(&args, &checked, &word);
     // The iovecs of an OUT_IOV output (or of the readv probe), copied so that the kernel and
     // the record see the same ones.
     let mut iovs = [Iovec { base: 0, len: 0 }; MAX_IOV];
@@ -261,6 +379,7 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
         let more = match out.kind {
             OUT_NONE => 0,
             OUT_FIXED if out.arg < 6 => write_size(out.size as u64),
+            OUT_CASE if out.arg < 6 => write_size(checked.case_size),
             OUT_RET if out.arg < 6 => match arg(&args, out.count_arg) {
                 Some(len) => write_size(len),
                 None => return TRACED,
@@ -294,9 +413,9 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
         return TRACED;
     }
     let result = match spec.probe {
-        PROBE_DIRECT => {
-            deja_untraced_syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5])
-        }
+        PROBE_DIRECT | PROBE_EXEC => deja_untraced_syscall(
+            nr, kargs[0], kargs[1], kargs[2], kargs[3], kargs[4], kargs[5],
+        ),
         PROBE_READ | PROBE_PREAD => {
             let pos = if spec.probe == PROBE_PREAD {
                 if (args[3] as i64) < 0 {
@@ -346,7 +465,7 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
         interrupted.write_volatile(0);
         return TRACED;
     }
-    if spec.probe != PROBE_DIRECT && result < 0 {
+    if !matches!(spec.probe, PROBE_DIRECT | PROBE_EXEC) && result < 0 {
         return TRACED;
     }
 
@@ -366,6 +485,12 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
                     let addr = args[out.arg as usize % 6];
                     if addr != 0 {
                         w.write(addr, out.size as u64);
+                    }
+                }
+                OUT_CASE => {
+                    let addr = args[out.arg as usize % 6];
+                    if addr != 0 && checked.case_size != 0 {
+                        w.write(addr, checked.case_size);
                     }
                 }
                 OUT_RET => {
@@ -439,10 +564,12 @@ impl Writer {
     }
 }
 
-unsafe fn replay(regs: &mut Saved, hdr: &mut SlotHeader, slot: *mut u8) -> u64 {
+unsafe fn replay(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mut u8) -> u64 {
     let pos = hdr.pos;
     let used = hdr.used;
-    if used > BUF_SIZE || pos > used || RECORD_HEAD_SIZE > used - pos {
+    // After a divergence every call takes the traced path: the task stops at once, and the
+    // replayer reports it.
+    if hdr.diverged != 0 || used > BUF_SIZE || pos > used || RECORD_HEAD_SIZE > used - pos {
         return TRACED;
     }
     let buf = slot.add(BUF_OFF as usize);
@@ -475,6 +602,29 @@ unsafe fn replay(regs: &mut Saved, hdr: &mut SlotHeader, slot: *mut u8) -> u64 {
     }
     if off != size {
         return diverge(hdr);
+    }
+    let spec = cfg.specs.get(head.nr as usize).copied().unwrap_or(Spec::NONE);
+    // The record's arguments are the call's: only a word read through one can fail now.
+    let Some(checked) = check(&spec, &regs.args, false) else {
+        hdr.diverged_how = DIVERGED_COND;
+        return diverge(hdr);
+    };
+    if spec.probe == PROBE_EXEC {
+        // Run for real: the kernel writes the outputs; its result must be the recorded one.
+        let word = checked.word.map_or(0, |(_, w)| w);
+        let k = kernel_args(&regs.args, &checked, &word);
+        let result = deja_untraced_syscall(head.nr as u64, k[0], k[1], k[2], k[3], k[4], k[5]);
+        regs.rax = result as u64;
+        if result != head.result {
+            hdr.exec_result = result as u64;
+            hdr.diverged_how = DIVERGED_RESULT;
+            hdr.diverged = pos + 1;
+        } else {
+            hdr.pos = pos + size;
+            hdr.calls = hdr.calls.wrapping_add(1);
+            hdr.seq = hdr.seq.wrapping_add(1);
+        }
+        return HANDLED;
     }
     let mut off = RECORD_HEAD_SIZE as usize;
     for _ in 0..head.nwrites {

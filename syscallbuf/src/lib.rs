@@ -175,6 +175,16 @@ pub fn config_bytes(mode: u64, specs: &[abi::Spec; abi::MAX_NR]) -> Vec<u8> {
             out.extend_from_slice(&[o.kind, o.arg, o.count_arg, o.pad]);
             out.extend_from_slice(&o.size.to_le_bytes());
         }
+        for c in &s.conds {
+            out.extend_from_slice(&[c.kind, c.arg, c.width, c.unless_zero]);
+            out.extend_from_slice(&c.pad.to_le_bytes());
+            out.extend_from_slice(&c.value.to_le_bytes());
+        }
+        for c in &s.cases {
+            out.extend_from_slice(&c.value.to_le_bytes());
+            out.extend_from_slice(&c.size.to_le_bytes());
+            out.extend_from_slice(&c.used.to_le_bytes());
+        }
     }
     debug_assert_eq!(out.len(), CONFIG_SIZE);
     out
@@ -197,6 +207,8 @@ pub fn slot_header(slot_addr: u64, disabled: bool) -> Vec<u8> {
         0,
         slot_addr + abi::STACK_OFF + abi::STACK_SIZE,
         if disabled { abi::SLOT_DISABLED } else { 0 },
+        0,
+        0,
         0,
         0,
     ];
@@ -373,8 +385,8 @@ mod tests {
         }
         assert_eq!(l.traced_end, l.traced + 2);
         assert_eq!(image_hash().len(), 64);
-        assert_eq!(CONFIG_SIZE, 16 + 24 * abi::MAX_NR);
-        assert_eq!(SLOT_HEADER_SIZE, abi::OFF_INTERRUPTED as usize + 8);
+        assert_eq!(CONFIG_SIZE, 16 + SPEC_SIZE * abi::MAX_NR);
+        assert_eq!(SLOT_HEADER_SIZE, abi::OFF_EXEC_RESULT as usize + 8);
         assert_eq!(
             std::mem::size_of::<abi::RecordHead>() as u64,
             abi::RECORD_HEAD_SIZE
@@ -433,8 +445,44 @@ mod tests {
         let c = config_bytes(abi::MODE_RECORD, &specs);
         assert_eq!(c.len(), CONFIG_SIZE);
         assert_eq!(word(&c, 8).unwrap(), abi::MODE_RECORD);
-        let s5 = 16 + 24 * 5;
+        let s5 = 16 + SPEC_SIZE * 5;
         assert_eq!(c[s5], abi::PROBE_DIRECT);
         assert_eq!(&c[s5 + 16..s5 + 24], &[1, 1, 0, 0, 144, 0, 0, 0]);
+        // Conditions and cases follow the outputs, as the library's `Spec` lays them out.
+        specs[5].conds[1] = abi::Cond {
+            kind: abi::COND_NE,
+            arg: 2,
+            width: 4,
+            unless_zero: 0,
+            pad: 0,
+            value: 0x1234,
+        };
+        specs[5].cases[3] = abi::Case {
+            value: 0x5401,
+            size: 36,
+            used: abi::CASE_USED,
+        };
+        let c = config_bytes(abi::MODE_RECORD, &specs);
+        let cond1 = s5 + 24 + 16;
+        assert_eq!(&c[cond1..cond1 + 4], &[abi::COND_NE, 2, 4, 0]);
+        assert_eq!(word(&c, cond1 + 8).unwrap(), 0x1234);
+        let case3 = s5 + 24 + 16 * abi::MAX_CONDS + 16 * 3;
+        assert_eq!(word(&c, case3).unwrap(), 0x5401);
+        assert_eq!(&c[case3 + 8..case3 + 16], &[36, 0, 0, 0, 1, 0, 0, 0]);
+        let unused = s5 + 24 + 16 * abi::MAX_CONDS;
+        assert_eq!(&c[unused..unused + 16], &[0; 16]);
+        // An unused spec is all zeros, like the library's initial configuration.
+        let s6 = 16 + SPEC_SIZE * 6;
+        assert!(c[s6..s6 + SPEC_SIZE].iter().all(|&b| b == 0));
+    }
+
+    /// Size of one `abi::Spec`.
+    const SPEC_SIZE: usize = std::mem::size_of::<abi::Spec>();
+
+    #[test]
+    fn spec_layout() {
+        assert_eq!(SPEC_SIZE, 24 + 16 * abi::MAX_CONDS + 16 * abi::MAX_CASES);
+        assert_eq!(std::mem::size_of::<abi::Cond>(), 16);
+        assert_eq!(std::mem::size_of::<abi::Case>(), 16);
     }
 }

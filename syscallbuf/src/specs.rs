@@ -2,10 +2,10 @@
 //! table (`syscalls`): which calls are buffered (`syscalls::buffered`) and what they write
 //! (`syscalls::TABLE`'s outputs), so the fast path and the ptrace path record the same bytes.
 
-use anyhow::{bail, Result};
-use syscalls::{Len, Out, Probe};
+use anyhow::{bail, ensure, Result};
+use syscalls::{Len, Out, Probe, Test};
 
-use crate::abi::{self, OutSpec, Spec};
+use crate::abi::{self, Case, Cond, OutSpec, Spec};
 
 /// The spec of every syscall number below [`abi::MAX_NR`].
 pub fn specs() -> Result<Box<[Spec; abi::MAX_NR]>> {
@@ -20,23 +20,79 @@ pub fn specs() -> Result<Box<[Spec; abi::MAX_NR]>> {
 
 /// The spec of syscall `nr`, `None` if it is not buffered.
 pub fn spec_of(nr: u64) -> Result<Option<Spec>> {
-    let Some((probe, bound)) = syscalls::buffered(nr) else {
+    let Some(b) = syscalls::buffered(nr) else {
         return Ok(None);
     };
+    let bound = b.bound;
     let Some(def) = syscalls::lookup(nr) else {
         bail!("buffered syscall {nr} is not in the syscall table");
     };
     let mut spec = Spec {
-        probe: match probe {
+        probe: match b.probe {
             Probe::Direct => abi::PROBE_DIRECT,
             Probe::Read => abi::PROBE_READ,
             Probe::Pread => abi::PROBE_PREAD,
             Probe::Readv => abi::PROBE_READV,
+            Probe::Exec => abi::PROBE_EXEC,
         },
         ..Spec::default()
     };
+    ensure!(
+        b.conds.len() <= abi::MAX_CONDS && b.cases.len() <= abi::MAX_CASES,
+        "{}: too many conditions or cases",
+        def.name
+    );
+    let ins = b.conds.iter().filter(|c| c.test == Test::In).count();
+    ensure!(
+        ins == usize::from(!b.cases.is_empty()) && ins <= 1,
+        "{}: cases need exactly one `In` condition",
+        def.name
+    );
+    for (c, slot) in b.conds.iter().zip(spec.conds.iter_mut()) {
+        let (kind, value) = match c.test {
+            Test::Eq(v) => (abi::COND_EQ, v),
+            Test::Ne(v) => (abi::COND_NE, v),
+            Test::In => (abi::COND_IN, 0),
+            Test::WordClear(bits) => (abi::COND_WORD_CLEAR, bits),
+            Test::NotPending => (abi::COND_NOT_PENDING, 0),
+        };
+        ensure!(
+            c.arg < 6 && c.unless_zero.map_or(true, |a| a < 6),
+            "{}: a condition names no argument",
+            def.name
+        );
+        *slot = Cond {
+            kind,
+            arg: c.arg as u8,
+            width: if c.int { 4 } else { 8 },
+            unless_zero: c.unless_zero.map_or(0, |a| a as u8 + 1),
+            pad: 0,
+            value,
+        };
+    }
+    for (&(value, size), slot) in b.cases.iter().zip(spec.cases.iter_mut()) {
+        *slot = Case {
+            value,
+            size: u32::try_from(size)?,
+            used: abi::CASE_USED,
+        };
+    }
     if def.outs.len() > spec.outs.len() || def.outs_on_error {
         bail!("{}: its outputs cannot be buffered", def.name);
+    }
+    if let Some(arg) = b.case_out {
+        // The cases' sizes replace the table's request-dependent output.
+        ensure!(
+            matches!(def.outs, [Out::Custom(_)]) && arg < 6,
+            "{}: case sizes stand only for one `Custom` output",
+            def.name
+        );
+        spec.outs[0] = OutSpec {
+            kind: abi::OUT_CASE,
+            arg: arg as u8,
+            ..OutSpec::default()
+        };
+        return Ok(Some(spec));
     }
     for (out, slot) in def.outs.iter().zip(spec.outs.iter_mut()) {
         *slot = match *out {
@@ -80,6 +136,10 @@ pub fn spec_of(nr: u64) -> Result<Option<Spec>> {
                 count_arg: cnt as u8,
                 ..OutSpec::default()
             },
+            // A `Custom` output (fcntl's) whose cases all write nothing.
+            Out::Custom(_) if !b.cases.is_empty() && b.cases.iter().all(|&(_, n)| n == 0) => {
+                OutSpec::default()
+            }
             ref other => bail!("{}: output {other:?} cannot be buffered", def.name),
         };
     }
@@ -107,5 +167,51 @@ mod tests {
         assert_eq!(all[libc::SYS_openat as usize].probe, abi::PROBE_DIRECT);
         assert_eq!(all[libc::SYS_mmap as usize].probe, abi::PROBE_NONE);
         assert_eq!(all[libc::SYS_write as usize].probe, abi::PROBE_NONE);
+        assert_eq!(all[libc::SYS_madvise as usize].probe, abi::PROBE_NONE);
+        assert_eq!(all[libc::SYS_mremap as usize].probe, abi::PROBE_NONE);
+        for nr in [libc::SYS_mprotect, libc::SYS_munmap, libc::SYS_brk] {
+            assert_eq!(all[nr as usize].probe, abi::PROBE_EXEC);
+        }
+        let sa = all[libc::SYS_rt_sigaction as usize];
+        assert_eq!(sa.probe, abi::PROBE_EXEC);
+        assert_eq!(
+            (sa.conds[0].kind, sa.conds[0].arg, sa.conds[0].width),
+            (abi::COND_NE, 0, 4)
+        );
+        assert_eq!(sa.conds[0].value, libc::SIGSEGV as u64);
+        assert_eq!((sa.outs[0].kind, sa.outs[0].size), (abi::OUT_FIXED, 32));
+        let mask = all[libc::SYS_rt_sigprocmask as usize];
+        assert_eq!(
+            (mask.conds[0].kind, mask.conds[0].unless_zero),
+            (abi::COND_IN, 2)
+        );
+        assert_eq!(mask.conds[1].kind, abi::COND_WORD_CLEAR);
+        assert_eq!(
+            (mask.conds[3].kind, mask.conds[3].arg),
+            (abi::COND_NOT_PENDING, 1)
+        );
+        assert_eq!(mask.conds[1].value, 1 << (libc::SIGSEGV - 1));
+        let ioctl = all[libc::SYS_ioctl as usize];
+        assert_eq!(ioctl.probe, abi::PROBE_DIRECT);
+        assert_eq!((ioctl.outs[0].kind, ioctl.outs[0].arg), (abi::OUT_CASE, 2));
+        assert!(ioctl
+            .cases
+            .iter()
+            .any(|c| c.used == abi::CASE_USED && c.value == libc::TCGETS && c.size == 36));
+        let fcntl = all[libc::SYS_fcntl as usize];
+        assert_eq!(fcntl.outs[0].kind, abi::OUT_NONE);
+        assert!(!fcntl
+            .cases
+            .iter()
+            .any(|c| c.used == abi::CASE_USED && c.value == libc::F_DUPFD as u64));
+        let prlimit = all[libc::SYS_prlimit64 as usize];
+        assert_eq!(
+            (
+                prlimit.conds[0].kind,
+                prlimit.conds[0].arg,
+                prlimit.conds[0].value
+            ),
+            (abi::COND_EQ, 2, 0)
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::arch::asm;
 use std::ptr::{read_volatile, write_volatile};
-use syscallbuf::abi::{self, OutSpec, SlotHeader, Spec};
+use syscallbuf::abi::{self, Case, Cond, OutSpec, SlotHeader, Spec};
 use syscallbuf::{config_bytes, encode_records, loaded, parse_records, slot_header, Record};
 
 /// What the harness loads before calling the stub and stores after (offsets used in the asm).
@@ -155,8 +155,8 @@ fn map_at(addr: u64, len: usize) -> *mut u8 {
 fn spec(probe: u8, outs: [OutSpec; 2]) -> Spec {
     Spec {
         probe,
-        pad: [0; 7],
         outs,
+        ..Spec::NONE
     }
 }
 
@@ -239,6 +239,45 @@ fn hook_records_and_replays_in_process() {
         spec(abi::PROBE_DIRECT, [out(abi::OUT_FIXED, 1, 0, 16), none]);
     specs[libc::SYS_read as usize] = spec(abi::PROBE_READ, [out(abi::OUT_RET, 1, 2, 0), none]);
     specs[libc::SYS_readv as usize] = spec(abi::PROBE_READV, [out(abi::OUT_IOV, 1, 2, 0), none]);
+    // The conditional and executed calls, as `syscallbuf::specs` makes them.
+    for nr in [
+        libc::SYS_rt_sigaction,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_fcntl,
+        libc::SYS_ioctl,
+        libc::SYS_brk,
+    ] {
+        specs[nr as usize] = syscallbuf::specs::spec_of(nr as u64)
+            .expect("spec converts")
+            .expect("buffered");
+    }
+    // A test-only spec: getppid only when its (ignored) first argument is 7, writing the
+    // matched case's bytes at its second.
+    let mut conds = Spec::NONE.conds;
+    conds[0] = Cond {
+        kind: abi::COND_IN,
+        arg: 0,
+        width: 4,
+        ..Spec::NONE.conds[0]
+    };
+    let mut cases = Spec::NONE.cases;
+    cases[0] = Case {
+        value: 7,
+        size: 0,
+        used: abi::CASE_USED,
+    };
+    cases[1] = Case {
+        value: 9,
+        size: 0,
+        used: abi::CASE_USED,
+    };
+    specs[libc::SYS_getppid as usize] = Spec {
+        probe: abi::PROBE_DIRECT,
+        outs: [out(abi::OUT_CASE, 1, 0, 0), none],
+        conds,
+        cases,
+        ..Spec::NONE
+    };
     let cfg = config_bytes(abi::MODE_RECORD, &specs);
     // SAFETY: the config symbol lies in the library's writable bss, mapped above.
     unsafe { std::ptr::copy_nonoverlapping(cfg.as_ptr(), lib.config as *mut u8, cfg.len()) };
@@ -500,6 +539,8 @@ fn hook_records_and_replays_in_process() {
         let h3 = slot.get();
         assert_eq!((h3.pos, h3.calls, h3.diverged), (bytes.len() as u64, 4, 0));
 
+        conditions_and_executed_calls(stub, &slot, &set_mode);
+
         unsafe {
             libc::close(rd);
             libc::close(wr);
@@ -507,4 +548,398 @@ fn hook_records_and_replays_in_process() {
     })
     .join()
     .expect("the hook thread passed");
+}
+
+/// SIGUSR1s handled.
+static USR1: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    USR1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// `rt_sigaction` of `sig` to `handler` through the stub; the old action at `old`.
+fn sigaction_args(sig: i32, act: &[u64; 4], old: &mut [u64; 4]) -> [u64; 6] {
+    [
+        sig as u64,
+        act.as_ptr() as u64,
+        old.as_mut_ptr() as u64,
+        8,
+        0,
+        0,
+    ]
+}
+
+/// The action of `sig` as the kernel has it (handler word).
+fn handler_of(sig: i32) -> u64 {
+    let mut old = [0u64; 4];
+    // SAFETY: a query (act NULL) writing one kernel sigaction into `old`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            std::ptr::null::<u8>(),
+            old.as_mut_ptr(),
+            8,
+        )
+    };
+    assert_eq!(r, 0);
+    old[0]
+}
+
+/// The current signal mask of this thread.
+fn mask() -> u64 {
+    let mut m = 0u64;
+    // SAFETY: a query writing one 8-byte kernel sigset.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            std::ptr::null::<u8>(),
+            &mut m as *mut u64,
+            8,
+        )
+    };
+    assert_eq!(r, 0);
+    m
+}
+
+/// Argument conditions (a failing one takes the traced path, without a record), `PROBE_EXEC`
+/// calls recorded like direct ones, and in replay run for real with their result checked.
+fn conditions_and_executed_calls(stub: u64, slot: &Slot, set_mode: &dyn Fn(u64)) {
+    let usr1 = 1u64 << (libc::SIGUSR1 - 1);
+    let segv = 1u64 << (libc::SIGSEGV - 1);
+    set_mode(abi::MODE_RECORD);
+    slot.set(|h| {
+        h.used = 0;
+        h.pos = 0;
+        h.calls = 0;
+        h.diverged = 0;
+    });
+    let before = slot.get();
+    let sig_ign = [libc::SIG_IGN as u64, 0, 0, 0];
+
+    // rt_sigaction(SIGSEGV): its condition fails: traced, no record.
+    let mut old = [0u64; 4];
+    let segv_query = [libc::SIGSEGV as u64, 0, old.as_mut_ptr() as u64, 8, 0, 0];
+    assert_eq!(call(stub, libc::SYS_rt_sigaction as u64, segv_query).rax, 0);
+    // ... nor with high bits the kernel ignores.
+    let segv_high = [(1 << 32) | libc::SIGSEGV as u64, 0, 0, 8, 0, 0];
+    assert_eq!(call(stub, libc::SYS_rt_sigaction as u64, segv_high).rax, 0);
+    let after = slot.get();
+    assert_eq!(
+        (after.used, after.calls, after.seq),
+        (before.used, before.calls, before.seq),
+        "a traced call made a record"
+    );
+
+    // rt_sigaction(SIGUSR2, SIG_IGN): executed and recorded with the old action.
+    let mut old = [7u64; 4];
+    let ign = sigaction_args(libc::SIGUSR2, &sig_ign, &mut old);
+    assert_eq!(call(stub, libc::SYS_rt_sigaction as u64, ign).rax, 0);
+    assert_eq!(handler_of(libc::SIGUSR2), libc::SIG_IGN as u64);
+    let old_recorded = unsafe { read_volatile(&old) };
+
+    // rt_sigprocmask: a query; SIG_BLOCK of SIGUSR1; not SIG_SETMASK; not a set with SIGSEGV.
+    let mut oldset = 0u64;
+    let q = [0, 0, &mut oldset as *mut u64 as u64, 8, 0, 0];
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, q).rax, 0);
+    let set = usr1;
+    let block = [
+        libc::SIG_BLOCK as u64,
+        &set as *const u64 as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, block).rax, 0);
+    assert_ne!(mask() & usr1, 0);
+    let n = slot.get().calls;
+    assert_eq!(n, 3);
+    let segv_set = segv | usr1;
+    let block_segv = [
+        libc::SIG_BLOCK as u64,
+        &segv_set as *const u64 as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    assert_eq!(
+        call(stub, libc::SYS_rt_sigprocmask as u64, block_segv).rax,
+        0
+    );
+    let setmask = [
+        libc::SIG_SETMASK as u64,
+        &set as *const u64 as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, setmask).rax, 0);
+    // A set the program cannot read: the library's check fails without faulting (the kernel
+    // reads it), and the traced call gets EFAULT.
+    let bad = [libc::SIG_BLOCK as u64, 16, 0, 8, 0, 0];
+    assert_eq!(
+        call(stub, libc::SYS_rt_sigprocmask as u64, bad).rax as i64,
+        -(libc::EFAULT as i64)
+    );
+    assert_eq!(
+        slot.get().calls,
+        n,
+        "SIGSEGV's bit, SIG_SETMASK or a bad set was buffered"
+    );
+    let unblock = [
+        libc::SIG_UNBLOCK as u64,
+        &segv_set as *const u64 as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    // (Traced too: its set names SIGSEGV.)
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, unblock).rax, 0);
+    assert_eq!(mask() & (usr1 | segv), 0);
+    // An unblock that makes a pending signal deliverable is traced (the handler runs at the
+    // traced call's exit); without a pending one it is buffered.
+    // SAFETY: a handler that only stores to an atomic; SIGUSR1 is this test's.
+    unsafe {
+        libc::signal(
+            libc::SIGUSR1,
+            on_usr1 as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        )
+    };
+    let usr1_only = usr1;
+    let block1 = [
+        libc::SIG_BLOCK as u64,
+        &usr1_only as *const u64 as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    let unblock1 = [
+        libc::SIG_UNBLOCK as u64,
+        &usr1_only as *const u64 as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, block1).rax, 0);
+    // SAFETY: a signal to this very thread, blocked: it stays pending.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            libc::syscall(libc::SYS_gettid),
+            libc::SIGUSR1,
+        )
+    };
+    let c = slot.get().calls;
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, unblock1).rax, 0);
+    assert_eq!(
+        slot.get().calls,
+        c,
+        "an unblock of a pending signal was buffered"
+    );
+    assert_eq!(USR1.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, block1).rax, 0);
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, unblock1).rax, 0);
+    assert_eq!(slot.get().calls, c + 2);
+    // SAFETY: back to the default action; nothing raises SIGUSR1 any more.
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_DFL) };
+
+    // fcntl F_GETFD buffered, F_DUPFD traced; ioctl TCGETS on a pipe: ENOTTY, buffered
+    // without writes; an unknown request traced.
+    let (rd, wr) = pipe(false);
+    let getfd = [rd as u64, libc::F_GETFD as u64, 0, 0, 0, 0];
+    assert_eq!(call(stub, libc::SYS_fcntl as u64, getfd).rax, 0);
+    let dup = [rd as u64, libc::F_DUPFD as u64, 100, 0, 0, 0];
+    let dupped = call(stub, libc::SYS_fcntl as u64, dup).rax as i32;
+    assert!(dupped >= 100);
+    let mut termios = [0u8; 64];
+    let tcgets = [
+        rd as u64,
+        libc::TCGETS,
+        termios.as_mut_ptr() as u64,
+        0,
+        0,
+        0,
+    ];
+    assert_eq!(
+        call(stub, libc::SYS_ioctl as u64, tcgets).rax as i64,
+        -(libc::ENOTTY as i64)
+    );
+    let other = [
+        rd as u64,
+        libc::FIONREAD,
+        termios.as_mut_ptr() as u64,
+        0,
+        0,
+        0,
+    ];
+    assert_eq!(call(stub, libc::SYS_ioctl as u64, other).rax, 0);
+    // The test spec: 7 and 9 (low 32 bits) pass, 8 does not.
+    let ppid = unsafe { libc::getppid() } as u64;
+    for (a0, buffered) in [(7u64, true), (8, false), ((1 << 40) | 9, true)] {
+        let c = slot.get().calls;
+        assert_eq!(
+            call(stub, libc::SYS_getppid as u64, [a0, 0, 0, 0, 0, 0]).rax,
+            ppid
+        );
+        assert_eq!(
+            slot.get().calls - c,
+            u64::from(buffered),
+            "getppid({a0:#x})"
+        );
+    }
+    // brk(0): executed.
+    let brk = call(stub, libc::SYS_brk as u64, [0; 6]).rax;
+    let recs = slot.records();
+    let names: Vec<u64> = recs.iter().map(|r| r.nr).collect();
+    assert_eq!(
+        names,
+        [
+            libc::SYS_rt_sigaction,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_fcntl,
+            libc::SYS_ioctl,
+            libc::SYS_getppid,
+            libc::SYS_getppid,
+            libc::SYS_brk,
+        ]
+        .map(|n| n as u64)
+    );
+    assert_eq!(
+        recs[0].writes,
+        vec![(
+            ign[2],
+            old_recorded.iter().flat_map(|w| w.to_le_bytes()).collect()
+        )]
+    );
+    assert_eq!(recs[1].writes, vec![(q[2], oldset.to_le_bytes().to_vec())]);
+    assert!(recs[7].writes.is_empty(), "a failed ioctl wrote");
+    assert_eq!(recs[10].result as u64, brk);
+
+    // REPLAY: the rt_sigaction runs for real (SIGUSR2 goes back from SIG_DFL to SIG_IGN),
+    // brk runs and matches; a brk whose recorded result differs is a divergence, the program
+    // gets the real result.
+    // SAFETY: SIG_DFL for SIGUSR2, process-wide, in a test that raises no SIGUSR2.
+    unsafe { libc::signal(libc::SIGUSR2, libc::SIG_DFL) };
+    let mut old2 = [9u64; 4];
+    let ign2 = sigaction_args(libc::SIGUSR2, &sig_ign, &mut old2);
+    let placed = vec![
+        Record {
+            nr: libc::SYS_rt_sigaction as u64,
+            args: ign2,
+            result: 0,
+            // Not applied: the kernel writes the old action itself.
+            writes: vec![(ign2[2], vec![0xee; 32])],
+        },
+        Record {
+            nr: libc::SYS_brk as u64,
+            args: [0; 6],
+            result: brk as i64,
+            writes: vec![],
+        },
+        Record {
+            nr: libc::SYS_brk as u64,
+            args: [0; 6],
+            result: brk as i64 + 4096,
+            writes: vec![],
+        },
+        Record {
+            nr: libc::SYS_getppid as u64,
+            args: [7, 0, 0, 0, 0, 0],
+            result: 5,
+            writes: vec![],
+        },
+    ];
+    let bytes = encode_records(&placed);
+    let third = encode_records(&placed[..2]).len() as u64;
+    // SAFETY: the records fit in the mapped buffer.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot.buf(), bytes.len()) };
+    slot.set(|h| {
+        h.used = bytes.len() as u64;
+        h.pos = 0;
+        h.seq = 0;
+        h.calls = 0;
+        h.diverged = 0;
+        h.diverged_how = 0;
+    });
+    set_mode(abi::MODE_REPLAY);
+    assert_eq!(call(stub, libc::SYS_rt_sigaction as u64, ign2).rax, 0);
+    assert_eq!(handler_of(libc::SIGUSR2), libc::SIG_IGN as u64);
+    let old2 = unsafe { read_volatile(&old2) };
+    assert_eq!(old2, [libc::SIG_DFL as u64, old2[1], old2[2], old2[3]]);
+    assert_eq!(call(stub, libc::SYS_brk as u64, [0; 6]).rax, brk);
+    assert_eq!(call(stub, libc::SYS_brk as u64, [0; 6]).rax, brk);
+    let h = slot.get();
+    assert_eq!(
+        (h.pos, h.calls, h.diverged, h.diverged_how, h.exec_result),
+        (third, 2, third + 1, abi::DIVERGED_RESULT, brk)
+    );
+    // Diverged: the next call takes the traced path although its record is there.
+    let real_ppid = unsafe { libc::getppid() } as u64;
+    assert_eq!(
+        call(stub, libc::SYS_getppid as u64, [7, 0, 0, 0, 0, 0]).rax,
+        real_ppid
+    );
+    assert_eq!(slot.get().pos, third);
+
+    // A set whose SIGSEGV bit appears only in replay: matched but failing its condition.
+    let seg = segv;
+    let block_r = [
+        libc::SIG_BLOCK as u64,
+        &seg as *const u64 as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    let placed = vec![Record {
+        nr: libc::SYS_rt_sigprocmask as u64,
+        args: block_r,
+        result: 0,
+        writes: vec![],
+    }];
+    let bytes = encode_records(&placed);
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot.buf(), bytes.len()) };
+    slot.set(|h| {
+        h.used = bytes.len() as u64;
+        h.pos = 0;
+        h.calls = 0;
+        h.diverged = 0;
+        h.diverged_how = 0;
+    });
+    assert_eq!(call(stub, libc::SYS_rt_sigprocmask as u64, block_r).rax, 0);
+    let h = slot.get();
+    assert_eq!(
+        (h.pos, h.diverged, h.diverged_how),
+        (0, 1, abi::DIVERGED_COND)
+    );
+    // (The traced path blocked it: unblock for the rest of the test.)
+    let unblock_segv = [
+        libc::SIG_UNBLOCK as u64,
+        &seg as *const u64 as u64,
+        0,
+        8,
+        0,
+        0,
+    ];
+    set_mode(abi::MODE_OFF);
+    call(stub, libc::SYS_rt_sigprocmask as u64, unblock_segv);
+    unsafe {
+        libc::signal(libc::SIGUSR2, libc::SIG_DFL);
+        libc::close(rd);
+        libc::close(wr);
+        libc::close(dupped);
+    }
+    set_mode(abi::MODE_RECORD);
 }

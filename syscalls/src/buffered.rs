@@ -6,7 +6,11 @@
 //!   while it runs), or are run as a non-blocking probe that falls back to the traced path;
 //! - the recorder keeps no state about them (no descriptors it follows, no mapped files they
 //!   change, no output it echoes): recording one is its result and the memory it wrote;
-//! - they are emulated in replay (`Replay::Emulate`).
+//! - they are emulated in replay (`Replay::Emulate`), or they are run in both modes
+//!   ([`Probe::Exec`], `Replay::Execute`): the replay makes the same call and checks it returns
+//!   the recorded result;
+//! - where only some argument values are safe ([`Cond`]), a call whose arguments are not takes
+//!   the traced path.
 
 /// How a buffered syscall runs in the library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,21 +24,194 @@ pub enum Probe {
     Pread,
     /// `readv(fd, iov, cnt)`, run as `preadv2(fd, iov, cnt, -1, RWF_NOWAIT)`.
     Readv,
+    /// Cannot block, and replay runs it for real (`Replay::Execute`): recorded like
+    /// [`Probe::Direct`]; in replay the library makes the same call and its result must be
+    /// the recorded one (the kernel writes its outputs again).
+    Exec,
 }
 
-/// How syscall `nr` may be buffered: its probe, and for outputs whose length is the result,
-/// the argument bounding that result (the buffer's size). `None`: always traced.
-pub fn buffered(nr: u64) -> Option<(Probe, Option<usize>)> {
+/// What a [`Cond`] requires of its argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Test {
+    /// Equals the value.
+    Eq(u64),
+    /// Differs from the value.
+    Ne(u64),
+    /// Is one of [`Buffered::cases`]' values.
+    In,
+    /// Points at a 64-bit word with none of these bits set (or is NULL). The library reads
+    /// the word once and gives the kernel its copy.
+    WordClear(u64),
+    /// Recording only: points at a 64-bit signal set none of whose signals is pending for
+    /// the thread (or is NULL), so that the call cannot make a pending signal deliverable
+    /// inside the library (see `syscallbuf::abi::COND_NOT_PENDING`).
+    NotPending,
+}
+
+/// A condition on one argument of a buffered call; a call failing one takes the traced path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cond {
+    /// The argument's index (0..=5).
+    pub arg: usize,
+    /// The test.
+    pub test: Test,
+    /// Only the low 32 bits count (the kernel's parameter is an `int` or `unsigned int`).
+    pub int: bool,
+    /// The condition holds whenever this argument is 0.
+    pub unless_zero: Option<usize>,
+}
+
+/// How a syscall is buffered (see [`buffered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffered {
+    /// How the library runs it.
+    pub probe: Probe,
+    /// For outputs whose length is the result, the argument bounding that result (the
+    /// buffer's size).
+    pub bound: Option<usize>,
+    /// Conditions on the arguments, all required.
+    pub conds: &'static [Cond],
+    /// The values a [`Test::In`] accepts, each with the bytes the call then writes at the
+    /// address in argument [`Buffered::case_out`] (in place of the table's `Custom` output,
+    /// which they must not exceed).
+    pub cases: &'static [(u64, u64)],
+    /// The argument holding the address the cases' bytes are written at.
+    pub case_out: Option<usize>,
+}
+
+impl Buffered {
+    /// Whether a call with `args` passes the conditions that depend on its arguments alone
+    /// (those on memory, [`Test::WordClear`] and [`Test::NotPending`], are left to the
+    /// library): the recorder patches a site only at a call the library would take.
+    pub fn may_take(&self, args: &[u64; 6]) -> bool {
+        self.conds.iter().all(|c| {
+            let narrow = |v: u64| if c.int { v & 0xffff_ffff } else { v };
+            if c.unless_zero.is_some_and(|z| args.get(z) == Some(&0)) {
+                return true;
+            }
+            let Some(&a) = args.get(c.arg) else {
+                return false;
+            };
+            match c.test {
+                Test::Eq(v) => narrow(a) == narrow(v),
+                Test::Ne(v) => narrow(a) != narrow(v),
+                Test::In => self.cases.iter().any(|&(v, _)| narrow(v) == narrow(a)),
+                Test::WordClear(_) | Test::NotPending => true,
+            }
+        })
+    }
+}
+
+const fn cond(arg: usize, test: Test, int: bool) -> Cond {
+    Cond {
+        arg,
+        test,
+        int,
+        unless_zero: None,
+    }
+}
+
+/// The `SIGSEGV` bit of a signal set.
+const SEGV_BIT: u64 = 1 << (libc::SIGSEGV - 1);
+
+/// `rt_sigaction` of any signal but `SIGSEGV`, whose action the recorder and replayer follow
+/// (`tracee::forced_segv`).
+const SIGACTION: &[Cond] = &[cond(0, Test::Ne(libc::SIGSEGV as u64), true)];
+
+/// `rt_sigprocmask` that cannot change whether `SIGSEGV` is blocked (which both sides follow,
+/// `tracee::segv_mask`): a query (`set` NULL), or `SIG_BLOCK`/`SIG_UNBLOCK` of a set without
+/// `SIGSEGV` (read once by the library, which gives the kernel its copy), of the kernel's
+/// set size; and, when recording, naming no pending signal (an unblock that makes one
+/// deliverable is traced: the signal then arrives at a syscall's exit, not inside the
+/// library, which the recorder would have to step the task out of first).
+const SIGPROCMASK: &[Cond] = &[
+    Cond {
+        arg: 0,
+        test: Test::In,
+        int: true,
+        unless_zero: Some(1),
+    },
+    cond(1, Test::WordClear(SEGV_BIT), false),
+    cond(3, Test::Eq(8), false),
+    cond(1, Test::NotPending, false),
+];
+const SIGPROCMASK_HOW: &[(u64, u64)] =
+    &[(libc::SIG_BLOCK as u64, 0), (libc::SIG_UNBLOCK as u64, 0)];
+
+/// `prlimit64` as a query only (a new limit is `Replay::SetLimit`'s business).
+const PRLIMIT_QUERY: &[Cond] = &[cond(2, Test::Eq(0), false)];
+
+/// A command (`fcntl`) or request (`ioctl`) among the cases.
+const CMD_IN_CASES: &[Cond] = &[cond(1, Test::In, true)];
+
+/// `fcntl` commands that write nothing and never block. Not `F_DUPFD*` (the recorder follows
+/// descriptors that alias its stdout/stderr through them), not the lock commands (they block).
+const FCNTL_CMDS: &[(u64, u64)] = &[
+    (libc::F_GETFD as u64, 0),
+    (libc::F_SETFD as u64, 0),
+    (libc::F_GETFL as u64, 0),
+    (libc::F_SETFL as u64, 0),
+];
+
+/// Size of the kernel's `struct termios` (`TCGETS` writes this, not glibc's larger one).
+const KERNEL_TERMIOS: u64 = 36;
+
+/// `ioctl` requests that only read a terminal's state.
+const IOCTL_REQUESTS: &[(u64, u64)] = &[
+    (libc::TCGETS, KERNEL_TERMIOS),
+    (libc::TIOCGWINSZ, crate::size::WINSIZE),
+];
+
+/// How syscall `nr` may be buffered. `None`: always traced.
+pub fn buffered(nr: u64) -> Option<Buffered> {
     use Probe::*;
+    let plain = |probe, bound| Buffered {
+        probe,
+        bound,
+        conds: &[],
+        cases: &[],
+        case_out: None,
+    };
     let how = match nr as i64 {
-        libc::SYS_read => (Read, Some(2)),
-        libc::SYS_pread64 => (Pread, Some(2)),
-        libc::SYS_readv => (Readv, None),
-        libc::SYS_getdents64 | libc::SYS_readlink => (Direct, Some(2)),
-        libc::SYS_readlinkat => (Direct, Some(3)),
-        libc::SYS_getcwd | libc::SYS_getrandom => (Direct, Some(1)),
-        libc::SYS_getxattr | libc::SYS_lgetxattr | libc::SYS_fgetxattr => (Direct, Some(3)),
-        libc::SYS_listxattr | libc::SYS_llistxattr | libc::SYS_flistxattr => (Direct, Some(2)),
+        // Run in both modes: the recorder and the replayer keep no state from them (the
+        // replayer's emulated files, patched sites and stub pages do not follow `munmap` or
+        // `mprotect`; signal delivery reads the kernel's own state), but for `SIGSEGV`'s
+        // action and mask, which the conditions leave to the traced path.
+        libc::SYS_mprotect | libc::SYS_munmap | libc::SYS_brk => plain(Exec, None),
+        libc::SYS_rt_sigaction => Buffered {
+            conds: SIGACTION,
+            ..plain(Exec, None)
+        },
+        libc::SYS_rt_sigprocmask => Buffered {
+            conds: SIGPROCMASK,
+            cases: SIGPROCMASK_HOW,
+            ..plain(Exec, None)
+        },
+        libc::SYS_prlimit64 => Buffered {
+            conds: PRLIMIT_QUERY,
+            ..plain(Direct, None)
+        },
+        libc::SYS_fcntl => Buffered {
+            conds: CMD_IN_CASES,
+            cases: FCNTL_CMDS,
+            ..plain(Direct, None)
+        },
+        libc::SYS_ioctl => Buffered {
+            conds: CMD_IN_CASES,
+            cases: IOCTL_REQUESTS,
+            case_out: Some(2),
+            ..plain(Direct, None)
+        },
+        libc::SYS_read => plain(Read, Some(2)),
+        libc::SYS_pread64 => plain(Pread, Some(2)),
+        libc::SYS_readv => plain(Readv, None),
+        libc::SYS_getdents64 | libc::SYS_readlink => plain(Direct, Some(2)),
+        libc::SYS_readlinkat => plain(Direct, Some(3)),
+        libc::SYS_getcwd | libc::SYS_getrandom => plain(Direct, Some(1)),
+        libc::SYS_getxattr | libc::SYS_lgetxattr | libc::SYS_fgetxattr => plain(Direct, Some(3)),
+        libc::SYS_listxattr | libc::SYS_llistxattr | libc::SYS_flistxattr => {
+            plain(Direct, Some(2))
+        }
         // Descriptors: the recorder follows which ones alias its stdout/stderr (`dup`,
         // `close`), and does so for buffered ones when it drains them, in order. An `open` of
         // a FIFO may block: the library's call is then interrupted and made on the traced
@@ -105,7 +282,7 @@ pub fn buffered(nr: u64) -> Option<(Probe, Option<usize>)> {
         | libc::SYS_clock_getres
         | libc::SYS_gettimeofday
         | libc::SYS_time
-        | libc::SYS_getcpu => (Direct, None),
+        | libc::SYS_getcpu => plain(Direct, None),
         _ => return None,
     };
     Some(how)

@@ -18,7 +18,7 @@ mod ioctl;
 mod table;
 mod written;
 
-pub use buffered::{buffered, Probe};
+pub use buffered::{buffered, Buffered, Cond, Probe, Test};
 pub use clone::{clone_args, CloneArgs};
 pub use ioctl::{ioctl_model, IoctlModel};
 pub use table::TABLE;

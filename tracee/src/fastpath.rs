@@ -104,6 +104,8 @@ pub fn header(t: &Tracee, slot: u64) -> Result<SlotHeader> {
         flags: w(9),
         calls: w(10),
         interrupted: w(11),
+        diverged_how: w(12),
+        exec_result: w(13),
     })
 }
 
@@ -175,6 +177,7 @@ pub fn place(t: &Tracee, slot: u64, records: &[u8]) -> Result<()> {
     set_word(t, slot, abi::OFF_USED, records.len() as u64)?;
     set_word(t, slot, abi::OFF_POS, 0)?;
     set_word(t, slot, abi::OFF_CALLS, 0)?;
+    set_word(t, slot, abi::OFF_DIVERGED_HOW, 0)?;
     set_word(t, slot, abi::OFF_DIVERGED, 0)
 }
 

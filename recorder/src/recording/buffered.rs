@@ -148,8 +148,15 @@ impl Session {
     /// did (the stop is handled).
     pub(super) fn try_patch(&mut self, tid: i32, entry: &Regs) -> Result<bool> {
         let nr = entry.orig_rax;
-        if !self.fast.enabled || syscalls::buffered(nr).is_none() {
+        if !self.fast.enabled {
             return Ok(false);
+        }
+        // A call the library would not take (its arguments fail the conditions: an
+        // `rt_sigaction` of SIGSEGV, an `fcntl(F_DUPFD)`) leaves the site undecided: it is
+        // patched at a call the library takes, if one comes.
+        match syscalls::buffered(nr) {
+            Some(b) if b.may_take(&tracee::regs::syscall_args(entry)) => {}
+            _ => return Ok(false),
         }
         let t = self.task(tid)?;
         let mm = t.mm;

@@ -12,7 +12,7 @@ use trace_format::{BufferedEvent, Event, ExecEvent, PatchEvent, Tid};
 use tracee::fastpath::SitePatch;
 use tracee::Stop;
 
-use super::Session;
+use super::{errno_text, Session};
 
 /// How far ahead the replay looks for the buffered syscalls of a task's next run (their
 /// events come right at the task's stop, before anything else the task does).
@@ -141,6 +141,35 @@ impl Session {
             };
             let records = self.reader.read_data(&e.records)?;
             let expected = describe_call(&records, at.saturating_sub(start));
+            match h.diverged_how {
+                abi::DIVERGED_RESULT => {
+                    // A call replay runs for real (`abi::PROBE_EXEC`) returned another result.
+                    let got = h.exec_result as i64;
+                    return Err(self.diverged_with(
+                        tid,
+                        expected,
+                        format!(
+                            "that call returning {} when the replay ran it",
+                            show_result(got)
+                        ),
+                        vec![
+                            "the buffered call runs for real in replay; the program went on \
+                             with the result the replay got"
+                                .into(),
+                        ],
+                    ));
+                }
+                abi::DIVERGED_COND => {
+                    return Err(self.diverged(
+                        tid,
+                        expected,
+                        "that call with a signal set naming SIGSEGV (not buffered in the \
+                         recording)"
+                            .into(),
+                    ));
+                }
+                _ => {}
+            }
             let found = format!(
                 "{}({:#x}, {:#x}, {:#x}, ...)",
                 syscalls::name(r.orig_rax),
@@ -229,8 +258,20 @@ impl Session {
     }
 }
 
+/// A syscall result as a message shows it: `-12 (Cannot allocate memory)` for an error, a
+/// small count in decimal, anything larger (an address) in hex.
+fn show_result(r: i64) -> String {
+    if syscalls::is_error(r) {
+        format!("{r} ({})", errno_text(r))
+    } else if r < 0x10000 {
+        r.to_string()
+    } else {
+        format!("{r:#x}")
+    }
+}
+
 /// The recorded call at byte offset `at` of an event's `records`: "buffered syscall
-/// read(0x3, 0x7ffc..., 0x1, ...) (call 5 of 12 in the event)".
+/// read(0x3, 0x7ffc..., 0x1, ...) = 1 (call 5 of 12 in the event)".
 fn describe_call(records: &[u8], at: u64) -> String {
     let heads = match syscallbuf::heads(records) {
         Ok(h) => h,
@@ -243,11 +284,12 @@ fn describe_call(records: &[u8], at: u64) -> String {
         .find(|(_, h)| h.offset as u64 >= at)
     {
         Some((i, h)) => format!(
-            "buffered syscall {}({:#x}, {:#x}, {:#x}, ...) (call {} of {n} in the event)",
+            "buffered syscall {}({:#x}, {:#x}, {:#x}, ...) = {} (call {} of {n} in the event)",
             syscalls::name(h.nr),
             h.args[0],
             h.args[1],
             h.args[2],
+            show_result(h.result),
             i + 1
         ),
         None => format!("{n} buffered syscall(s)"),

@@ -98,6 +98,12 @@ impl Session {
         let program = reader.file_path(&exec_ev.exe)?;
         let bind_over = exec::interpreter_override(&reader, &exec_ev, &program)?;
         let cpu = meta.cpu.map(|c| c as usize).filter(|&c| cpu_allowed(c));
+        // The library runs the calls replay executes (`abi::PROBE_EXEC`) with its own
+        // untraced instruction, which the filter lets through as in the recording.
+        let allow_from = match &exec_ev.syscallbuf {
+            Some(_) => Some(syscallbuf::loaded()?.untraced_end),
+            None => None,
+        };
         let tracee = spawn(&SpawnOptions {
             program,
             argv: meta.argv.clone(),
@@ -105,7 +111,7 @@ impl Session {
             cpu,
             trap_tsc: true,
             seccomp: true,
-            allow_syscalls_from: None,
+            allow_syscalls_from: allow_from,
             no_core_dump: true,
             signals: tracee::SignalState {
                 blocked: exec_ev.sig_blocked,
