@@ -576,7 +576,7 @@ pub(crate) fn capture(
     }
     Ok(Some(MemWrite {
         addr,
-        data: writer.data(&buf)?,
+        data: writer.data_vec(buf),
     }))
 }
 

@@ -51,6 +51,25 @@ pub(crate) enum Msg {
     Finish(Ending, SyncSender<Result<TraceMeta>>),
 }
 
+/// Large payload buffers the thread is done with, for the recorder to fill again.
+pub(crate) type Spare = Mutex<Vec<Vec<u8>>>;
+
+/// Most buffers kept in [`Spare`].
+const MAX_SPARE: usize = 16;
+/// Smallest buffer worth keeping.
+const SPARE_MIN: usize = 64 * 1024;
+
+/// Keeps a large buffer in `spare` for the recorder to reuse.
+pub(crate) fn give_back(spare: &Spare, buf: Vec<u8>) {
+    if buf.capacity() < SPARE_MIN {
+        return;
+    }
+    let mut spare = spare.lock().unwrap_or_else(|p| p.into_inner());
+    if spare.len() < MAX_SPARE {
+        spare.push(buf);
+    }
+}
+
 /// The first error the thread met, for the writer to report.
 #[derive(Default)]
 pub(crate) struct Failure {
@@ -92,6 +111,7 @@ pub(crate) struct Sink {
 /// The thread's state once the index is open.
 struct Open {
     sink: Sink,
+    spare: Arc<Spare>,
     db: Connection,
     events_len: u64,
     blobs_len: u64,
@@ -106,12 +126,12 @@ struct Open {
 
 /// The thread's body: creates the index, then serves `rx` until the writer hangs up (a writer
 /// dropped without `finish` gets its buffered events written, best effort).
-pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>) {
+pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>, spare: Arc<Spare>) {
     block_signals();
     if let Some(cpu) = sink.avoid_cpu {
         stay_off_cpu(cpu);
     }
-    let mut open = match Open::new(sink) {
+    let mut open = match Open::new(sink, spare) {
         Ok(o) => o,
         Err(e) => {
             failure.record(e);
@@ -211,7 +231,7 @@ fn stay_off_cpu(cpu: u32) {
 }
 
 impl Open {
-    fn new(sink: Sink) -> Result<Self> {
+    fn new(sink: Sink, spare: Arc<Spare>) -> Result<Self> {
         let db = Connection::open_with_flags(
             &sink.index_path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -223,6 +243,7 @@ impl Open {
             zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(io_err(&sink.blobs_path))?;
         Ok(Open {
             sink,
+            spare,
             db,
             events_len: 0,
             blobs_len: 0,
@@ -243,6 +264,12 @@ impl Open {
             what: "an event",
             message,
         })?;
+        // A recycled buffer holding a small payload goes back too.
+        if let Event::Buffered(b) = ev {
+            if let Data::Inline(buf) = b.records {
+                give_back(&self.spare, buf);
+            }
+        }
         if self.buf_events == 0 {
             self.buf_first = self.next_event;
         }
@@ -291,10 +318,11 @@ impl Open {
         let offset = self.blobs_len;
         write_record(&self.sink.blobs, &self.sink.blobs_path, &record, offset)?;
         self.blobs_len += record.len() as u64;
-        *data = Data::Blob {
-            offset,
-            len: bytes.len() as u64,
-        };
+        let len = bytes.len() as u64;
+        let old = std::mem::replace(data, Data::Blob { offset, len });
+        if let Data::Inline(buf) = old {
+            give_back(&self.spare, buf);
+        }
         Ok(())
     }
 

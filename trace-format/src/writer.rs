@@ -73,6 +73,8 @@ pub struct TraceWriter {
     batch_bytes: usize,
     next_event: u64,
     to_sink: Option<SyncSender<Msg>>,
+    /// Large payload buffers the writing thread is done with (see [`Self::recycled`]).
+    spare: Arc<sink::Spare>,
     sink: Option<JoinHandle<()>>,
     failure: Arc<Failure>,
 }
@@ -165,9 +167,11 @@ impl TraceWriter {
         let failure = Arc::new(Failure::default());
         let (to_sink, rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES);
         let shared = Arc::clone(&failure);
+        let spare = Arc::new(sink::Spare::default());
+        let spare_for_sink = Arc::clone(&spare);
         let thread = std::thread::Builder::new()
             .name("deja-writer".into())
-            .spawn(move || sink::run(sink, rx, shared))
+            .spawn(move || sink::run(sink, rx, shared, spare_for_sink))
             .map_err(io_err(dir))?;
 
         Ok(TraceWriter {
@@ -184,6 +188,7 @@ impl TraceWriter {
             batch_bytes: 0,
             next_event: 0,
             to_sink: Some(to_sink),
+            spare,
             sink: Some(thread),
             failure,
         })
@@ -216,6 +221,25 @@ impl TraceWriter {
     /// it to the blob file if it has [`INLINE_MAX`] bytes or more.
     pub fn data(&mut self, bytes: &[u8]) -> Result<Data> {
         Ok(Data::Inline(bytes.to_vec()))
+    }
+
+    /// [`Self::data`] of bytes the caller owns, without a copy.
+    pub fn data_vec(&mut self, bytes: Vec<u8>) -> Data {
+        Data::Inline(bytes)
+    }
+
+    /// A buffer for a large payload to give [`Self::data_vec`]: one the writing thread is done
+    /// with, when there is one (its bytes are stale), else a new one. Reusing them spares the
+    /// recorder an allocation, page faults and, once freed by the other thread, the unmapping
+    /// whose TLB shootdown interrupts every CPU the recorder's threads ran on.
+    pub fn recycled(&mut self) -> Vec<u8> {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        spare.pop().unwrap_or_default()
+    }
+
+    /// Gives back a buffer from [`Self::recycled`] that was not used.
+    pub fn reuse(&mut self, buf: Vec<u8>) {
+        sink::give_back(&self.spare, buf);
     }
 
     /// Writes the events pushed so far as a chunk, and waits until it is on file.

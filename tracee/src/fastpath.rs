@@ -147,18 +147,23 @@ pub fn set_word(t: &Tracee, slot: u64, off: u64, value: u64) -> Result<()> {
 /// none, and while the task is inside a call of the library (`locked`): the library read the
 /// buffer's fill level before its syscall and writes its record and the new level after it,
 /// so emptying the buffer then would only make it log the drained records again; they are
-/// drained at a later stop.
-pub fn drain(t: &Tracee, slot: u64) -> Result<(Vec<u8>, Vec<syscallbuf::Head>)> {
+/// drained at a later stop. The records are read into `buf` (a recycled buffer: its content
+/// does not matter).
+pub fn drain(t: &Tracee, slot: u64, mut buf: Vec<u8>) -> Result<(Vec<u8>, Vec<syscallbuf::Head>)> {
     let h = header(t, slot)?;
     if h.used == 0 || h.magic != abi::SLOT_MAGIC || h.locked != 0 {
-        return Ok((Vec::new(), Vec::new()));
+        buf.clear();
+        return Ok((buf, Vec::new()));
     }
     ensure!(
         h.used <= abi::BUF_SIZE,
         "a slot of deja's in-process library claims {} bytes of records",
         h.used
     );
-    let buf = t.read_vec(slot + abi::BUF_OFF, h.used as usize)?;
+    // Only the part of `buf` beyond its old length is zeroed (a recycled buffer's stale bytes
+    // are all overwritten).
+    buf.resize(h.used as usize, 0);
+    t.read_mem(slot + abi::BUF_OFF, &mut buf)?;
     let heads = syscallbuf::heads(&buf).context("reading the syscalls the library logged")?;
     set_word(t, slot, abi::OFF_USED, 0)?;
     set_word(t, slot, abi::OFF_CALLS, 0)?;

@@ -118,12 +118,14 @@ impl Session {
         let Some(slot) = t.slot else {
             return Ok(());
         };
-        let (buf, heads) = match tracee::fastpath::drain(&t.tracee, slot) {
+        let spare = self.writer.recycled();
+        let (buf, heads) = match tracee::fastpath::drain(&t.tracee, slot, spare) {
             Ok(r) => r,
             Err(e) if tracee::gone::vanished_task(&e).is_some() => return Err(e),
             Err(e) => return Err(e.context(format!("draining the syscall buffer of task {tid}"))),
         };
         if heads.is_empty() {
+            self.writer.reuse(buf);
             return Ok(());
         }
         self.fast.counts.buffered += heads.len() as u64;
@@ -134,7 +136,7 @@ impl Session {
         for h in &heads {
             echo.after_syscall(h.nr, &h.args, h.result);
         }
-        let records = self.writer.data(&buf)?;
+        let records = self.writer.data_vec(buf);
         self.writer.push(Event::Buffered(BufferedEvent {
             tid,
             calls: heads.len() as u32,
