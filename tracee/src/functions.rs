@@ -131,6 +131,8 @@ struct Mem<'a> {
     read: &'a dyn Fn(u64, &mut [u8]) -> bool,
     /// The pages read so far (few: a lookup touches a handful).
     pages: std::cell::RefCell<Vec<(u64, Box<[u8; PAGE]>)>>,
+    /// Whether reads go through `pages` (not for bytes already in the recorder's memory).
+    paged: bool,
 }
 
 /// The unit [`Mem`] reads and keeps.
@@ -143,12 +145,25 @@ impl<'a> Mem<'a> {
         Mem {
             read,
             pages: Default::default(),
+            paged: true,
+        }
+    }
+
+    /// Reads that `read` answers from the recorder's own memory: no pages kept.
+    fn direct(read: &'a dyn Fn(u64, &mut [u8]) -> bool) -> Self {
+        Mem {
+            read,
+            pages: Default::default(),
+            paged: false,
         }
     }
 
     /// Fills `buf` from `addr`, through the pages kept (directly if a page cannot be read
     /// whole).
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        if !self.paged {
+            return (self.read)(addr, buf);
+        }
         let mut done = 0usize;
         while done < buf.len() {
             let at = addr.wrapping_add(done as u64);
@@ -306,7 +321,36 @@ enum TableKind {
     /// The `.eh_frame_hdr` at this address.
     Hdr(u64),
     /// The whole `.eh_frame` section, read from the tracee's memory at this address.
-    Section { addr: u64, bytes: Vec<u8> },
+    Section {
+        addr: u64,
+        bytes: std::sync::Arc<Vec<u8>>,
+    },
+}
+
+/// A module's identity where it is mapped: device, inode, and the address of its header.
+type SectionKey = (String, u64, u64);
+
+/// `.eh_frame` sections read so far, by module (a few: static programs only).
+static SECTIONS: std::sync::Mutex<Vec<(SectionKey, u64, std::sync::Arc<Vec<u8>>)>> =
+    std::sync::Mutex::new(Vec::new());
+/// Most sections kept.
+const MAX_SECTIONS: usize = 8;
+
+/// The `.eh_frame` section (address and bytes) of the module `key`, if read before.
+fn cached_section(key: &SectionKey) -> Option<(u64, std::sync::Arc<Vec<u8>>)> {
+    let kept = SECTIONS.lock().unwrap_or_else(|p| p.into_inner());
+    kept.iter()
+        .find(|(k, _, _)| k == key)
+        .map(|(_, addr, bytes)| (*addr, std::sync::Arc::clone(bytes)))
+}
+
+/// Keeps the `.eh_frame` section of module `key`.
+fn keep_section(key: SectionKey, addr: u64, bytes: std::sync::Arc<Vec<u8>>) {
+    let mut kept = SECTIONS.lock().unwrap_or_else(|p| p.into_inner());
+    if kept.len() >= MAX_SECTIONS {
+        kept.remove(0);
+    }
+    kept.push((key, addr, bytes));
 }
 
 impl Tables {
@@ -327,14 +371,23 @@ impl Tables {
         let kind = match image.eh_frame_hdr {
             Some(hdr) => TableKind::Hdr(hdr),
             None if header.is_file() => {
-                let file = open_module(pid, here)?;
-                let (vaddr, size) = eh_frame_section(&file)?;
-                let addr = vaddr.checked_add(image.bias)?;
-                let mut bytes = vec![0u8; usize::try_from(size).ok()?];
-                if !(mem.read)(addr, &mut bytes) {
-                    return None;
+                // Read-only bytes of one file at one address: the same in every process that
+                // maps it there (every program a static `make` tool runs, every site of one).
+                let key = (header.dev.clone(), header.inode, header.start);
+                if let Some((addr, bytes)) = cached_section(&key) {
+                    TableKind::Section { addr, bytes }
+                } else {
+                    let file = open_module(pid, here)?;
+                    let (vaddr, size) = eh_frame_section(&file)?;
+                    let addr = vaddr.checked_add(image.bias)?;
+                    let mut bytes = vec![0u8; usize::try_from(size).ok()?];
+                    if !(mem.read)(addr, &mut bytes) {
+                        return None;
+                    }
+                    let bytes = std::sync::Arc::new(bytes);
+                    keep_section(key, addr, std::sync::Arc::clone(&bytes));
+                    TableKind::Section { addr, bytes }
                 }
-                TableKind::Section { addr, bytes }
             }
             None => return None,
         };
@@ -521,7 +574,7 @@ fn scan_fdes(base: u64, bytes: &[u8], addr: u64) -> Option<FunctionFde> {
         buf.copy_from_slice(src);
         true
     };
-    let mem = Mem::new(&read);
+    let mem = Mem::direct(&read);
     let mut at = base;
     while at < end {
         let (len, body) = match mem.u32(at)? {
