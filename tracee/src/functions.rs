@@ -330,9 +330,11 @@ enum TableKind {
 /// A module's identity where it is mapped: device, inode, and the address of its header.
 type SectionKey = (String, u64, u64);
 
+/// A kept `.eh_frame` section: its module, address and bytes.
+type KeptSection = (SectionKey, u64, std::sync::Arc<Vec<u8>>);
+
 /// `.eh_frame` sections read so far, by module (a few: static programs only).
-static SECTIONS: std::sync::Mutex<Vec<(SectionKey, u64, std::sync::Arc<Vec<u8>>)>> =
-    std::sync::Mutex::new(Vec::new());
+static SECTIONS: std::sync::Mutex<Vec<KeptSection>> = std::sync::Mutex::new(Vec::new());
 /// Most sections kept.
 const MAX_SECTIONS: usize = 8;
 
