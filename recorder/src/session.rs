@@ -84,18 +84,18 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
             .unwrap_or(0),
         cpu: Some(cpu as u32),
         cpuid_faulting: false,
-        cpuid: tracee::cpuid::fingerprint()
+        ..TraceMeta::default()
+    };
+    let mut writer = TraceWriter::create_completing(&dir, &meta, |meta| {
+        meta.cpuid = tracee::cpuid::fingerprint()
             .into_iter()
             .map(|(leaf, subleaf, regs)| CpuidRecord {
                 leaf,
                 subleaf,
                 regs,
             })
-            .collect(),
-        ..TraceMeta::default()
-    };
-    tracing::debug!("the cpu is fingerprinted");
-    let mut writer = TraceWriter::create(&dir, &meta)?;
+            .collect();
+    })?;
     // The root's pool of stored files (the default root's for `-o DIR`): files recorded
     // before and unchanged since are linked from it, neither copied nor hashed again.
     let pool_root = match &root {

@@ -135,6 +135,17 @@ impl TraceWriter {
     /// records `meta` in it, marked incomplete. `format_version` is set to
     /// [`FORMAT_VERSION`]; the counters and `exit` are filled in by [`TraceWriter::finish`].
     pub fn create(dir: &Path, meta: &TraceMeta) -> Result<Self> {
+        Self::create_completing(dir, meta, |_| {})
+    }
+
+    /// [`Self::create`], with `complete` filling in parts of the metadata on the writing
+    /// thread before it is first written (the recorder's CPU fingerprint: half a millisecond
+    /// of `cpuid`s, exits to the hypervisor on a VM, that need not delay the program's start).
+    pub fn create_completing(
+        dir: &Path,
+        meta: &TraceMeta,
+        complete: impl FnOnce(&mut TraceMeta) + Send + 'static,
+    ) -> Result<Self> {
         prepare_dir(dir)?;
         let index_path = dir.join(INDEX_FILE);
         create_private_file(&index_path)?;
@@ -171,7 +182,11 @@ impl TraceWriter {
         let spare_for_sink = Arc::clone(&spare);
         let thread = std::thread::Builder::new()
             .name("deja-writer".into())
-            .spawn(move || sink::run(sink, rx, shared, spare_for_sink))
+            .spawn(move || {
+                let mut sink = sink;
+                complete(&mut sink.meta);
+                sink::run(sink, rx, shared, spare_for_sink)
+            })
             .map_err(io_err(dir))?;
 
         Ok(TraceWriter {
