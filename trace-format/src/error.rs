@@ -32,22 +32,23 @@ pub enum TraceError {
         what: String,
     },
 
-    /// A system call on a trace file failed.
-    #[error("{}: {source}", .path.display())]
+    /// A system call on a trace file failed. (The kernel's error is part of the message and
+    /// deliberately not the error's `source()`: a report of the whole chain would say it twice.)
+    #[error("{}: {error}", .path.display())]
     Io {
         /// The file the call was about.
         path: PathBuf,
         /// The error the kernel returned.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The trace index (`index.sqlite`) could not be read or written.
-    #[error("trace index {}: {source}", .path.display())]
+    #[error("trace index {}: {error}", .path.display())]
     Sqlite {
         /// The index file.
         path: PathBuf,
         /// What SQLite reported.
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
 
     /// An event or the metadata could not be encoded (a bug, not a property of any file).
@@ -106,16 +107,37 @@ impl TraceError {
 
 /// Wraps an I/O error with the path it concerns, for `map_err`.
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TraceError + '_ {
-    move |source| TraceError::Io {
+    move |error| TraceError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
 /// Wraps an SQLite error with the index path, for `map_err`.
 pub(crate) fn sql_err(path: &Path) -> impl FnOnce(rusqlite::Error) -> TraceError + '_ {
-    move |source| TraceError::Sqlite {
+    move |error| TraceError::Sqlite {
         path: path.to_path_buf(),
-        source,
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report of the whole chain (`deja: {:#}`) says the kernel's error once.
+    #[test]
+    fn an_io_error_is_said_once() {
+        let e = io_err(Path::new("/t/events"))(io::Error::from_raw_os_error(libc::ENOSPC));
+        let shown = format!("{:#}", anyhow::Error::from(e).context("writing the trace"));
+        assert_eq!(
+            shown.matches("No space left on device").count(),
+            1,
+            "{shown}"
+        );
+        assert!(
+            shown.starts_with("writing the trace: /t/events: "),
+            "{shown}"
+        );
     }
 }

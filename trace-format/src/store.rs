@@ -73,7 +73,7 @@ impl TraceRoot {
         }
         Err(TraceError::Io {
             path: self.root.clone(),
-            source: io::Error::other("no free trace name"),
+            error: io::Error::other("no free trace name"),
         })
     }
 

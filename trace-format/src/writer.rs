@@ -317,7 +317,7 @@ impl TraceWriter {
         if !src_meta.is_file() {
             return Err(TraceError::Io {
                 path: source.to_path_buf(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+                error: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
             });
         }
         let key = SourceKey::of(&src_meta);
