@@ -8,15 +8,42 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use trace_format::{Event, ExitStatus, Tid, TraceMeta, TraceReader, TraceRoot};
 
+/// `s` as it may be printed to a terminal: control characters (and the bidirectional
+/// overrides that reorder what follows them) escaped as Rust does (`\n`, `\u{1b}`), so that a
+/// recorded argument or path can neither move the cursor, change colours nor hide text.
+pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A command line as it may be printed (see [`shown`]).
+fn shown_argv(argv: &[String]) -> String {
+    argv.iter().map(|a| shown(a)).collect::<Vec<_>>().join(" ")
+}
+
 /// `deja ls`: one line per trace under the root.
 pub fn list(root: &TraceRoot) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for entry in root.list()? {
         let summary = match &entry.meta {
-            Ok(m) => format!("{:<12} {}", status_text(m), m.argv.join(" ")),
+            Ok(m) => format!("{:<12} {}", status_text(m), shown_argv(&m.argv)),
             Err(e) => format!("unreadable: {e}"),
         };
-        writeln!(out, "{:<24} {summary}", entry.name)?;
+        writeln!(out, "{:<24} {summary}", shown(&entry.name))?;
     }
     Ok(())
 }
@@ -56,10 +83,10 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    writeln!(out, "trace:          {}", dir.display())?;
-    writeln!(out, "command:        {}", m.argv.join(" "))?;
-    writeln!(out, "executable:     {}", m.exe)?;
-    writeln!(out, "cwd:            {}", m.cwd)?;
+    writeln!(out, "trace:          {}", shown(&dir.to_string_lossy()))?;
+    writeln!(out, "command:        {}", shown_argv(&m.argv))?;
+    writeln!(out, "executable:     {}", shown(&m.exe))?;
+    writeln!(out, "cwd:            {}", shown(&m.cwd))?;
     writeln!(out, "recorded at:    {} (unix time)", m.start_time_unix)?;
     writeln!(out, "status:         {}", status_text(m))?;
     writeln!(out, "complete:       {}", m.complete)?;
@@ -189,7 +216,7 @@ fn describe(ev: &Event) -> String {
     match ev {
         Event::Exec(e) => format!(
             "[{tid}] exec {} (stack {} bytes at {:#x}, {} mappings)",
-            e.exe.path,
+            shown(&e.exe.path),
             e.stack.len(),
             e.stack_addr,
             e.mappings.len()
@@ -210,7 +237,7 @@ fn describe(ev: &Event) -> String {
                 s += &format!(" wrote {written} bytes");
             }
             if let Some(f) = &e.mapped_file {
-                s += &format!(" maps {}", f.path);
+                s += &format!(" maps {}", shown(&f.path));
             }
             if let Some(fx) = &e.file_effect {
                 s += &format!(" [{fx:?}]");
@@ -284,7 +311,11 @@ fn ps_line(row: &ProcessRow) -> String {
         .exit
         .map(|s| s.shell_code().to_string())
         .unwrap_or_else(|| "none".into());
-    format!("{:<8} {ppid:<8} {exit:<12} {}", row.pid, row.argv.join(" "))
+    format!(
+        "{:<8} {ppid:<8} {exit:<12} {}",
+        row.pid,
+        shown_argv(&row.argv)
+    )
 }
 
 /// Every event of the trace through a [`ProcessTable`] (the events kept, for a recording that

@@ -306,3 +306,35 @@ fn logs_have_no_colour_codes_in_a_pipe() {
         "colour codes in a pipe: {stderr}"
     );
 }
+
+/// A recorded argument holding terminal control sequences (an escape that turns text red, a
+/// carriage return that would overwrite the line) is printed escaped by `ls`, `info`, `ps` and
+/// `dump`: a trace cannot drive the terminal of whoever inspects it.
+#[test]
+fn recorded_strings_are_printed_escaped() {
+    let ctx = Ctx::new();
+    let nasty = "\u{1b}[31mred\rover\u{202e}";
+    let rec = ctx.record_default(program("exit3"), &[nasty]);
+    assert_eq!(rec.status.code(), Some(3), "{}", describe("rec", &rec));
+    let trace = ctx.trace_root().join("latest-trace");
+    for args in [
+        vec![OsStr::new("ls")],
+        vec![OsStr::new("info"), trace.as_os_str()],
+        vec![OsStr::new("ps"), trace.as_os_str()],
+        vec![OsStr::new("dump"), trace.as_os_str()],
+    ] {
+        let out = ctx.run_deja(&args);
+        assert!(out.status.success(), "{}", describe("deja", &out));
+        let text = stdout_str(&out);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{202e}'),
+            "{args:?} printed a raw control character:\n{text:?}"
+        );
+        if args[0] != "dump" {
+            assert!(
+                text.contains("\\u{1b}[31mred\\rover\\u{202e}"),
+                "{args:?}:\n{text}"
+            );
+        }
+    }
+}

@@ -339,3 +339,13 @@ fn reused_pid_is_a_new_process() {
     );
     assert_eq!(t.tasks, 3);
 }
+
+#[test]
+fn shown_escapes_control_characters_only() {
+    assert_eq!(
+        super::shown("plain /usr/bin/ls -l é"),
+        "plain /usr/bin/ls -l é"
+    );
+    assert_eq!(super::shown("a\nb\tc\u{1b}[0m"), "a\\nb\\tc\\u{1b}[0m");
+    assert_eq!(super::shown("x\u{202e}y\u{7f}"), "x\\u{202e}y\\u{7f}");
+}
