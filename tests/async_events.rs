@@ -300,6 +300,22 @@ fn racy_counter_loses_updates_where_preempted() {
     replay_all(&ctx, &recs);
 }
 
+/// Threads spending their time in `rep movsb` (one instruction, interrupted between its
+/// iterations) are preempted in the middle of one: the point is taken once the instruction
+/// has finished (a point inside it could never be found again, its registers changing while
+/// its address does not), and every recording replays.
+#[test]
+fn preemptions_inside_rep_movsb_replay() {
+    let prog = threaded("rep_movs_threads");
+    let ctx = Ctx::new();
+    let recs = record_several(&ctx, &prog, &[], false);
+    for r in &recs {
+        assert_stdout_has("rec", &r.rec, &["checksum "]);
+    }
+    assert_preempted(&ctx, &recs);
+    replay_all(&ctx, &recs);
+}
+
 #[test]
 fn sigusr1_from_the_parent_lands_in_a_computing_child() {
     let prog = program("sigusr_child");

@@ -458,6 +458,54 @@ pub fn settle_trap(t: &Tracee) -> Result<Option<Stop>> {
     Ok(if ours { None } else { Some(stop) })
 }
 
+/// Whether `insn` is a string instruction with a repeat prefix (`rep movsb`, `repe cmpsb`,
+/// ...): one instruction the CPU interrupts between its iterations, so that a task can stop in
+/// the middle of it, its `rip` at the instruction and its counters part-way.
+fn is_repeated_string(insn: &iced_x86::Instruction) -> bool {
+    (insn.has_rep_prefix() || insn.has_repe_prefix() || insn.has_repne_prefix())
+        && insn.is_string_instruction()
+}
+
+/// If stopped task `t` is at a repeated string instruction (see [`is_repeated_string`]), runs
+/// it to its end: a point is never taken inside one, where replay could not find it again (a
+/// breakpoint or trampoline at its address sees it only as it starts, with other registers).
+/// Until the next instruction through a hardware breakpoint (it always falls through), as
+/// single steps would take one per iteration. Returns `None` when done or not needed (the task
+/// then stopped at the next instruction, or where it was), or the stop that came instead (a
+/// signal, its death), the task then being in that stop.
+pub fn finish_string_insn(t: &Tracee) -> Result<Option<Stop>> {
+    let r = t.regs()?;
+    let mut bytes = [0u8; 16];
+    let len = t.read_mem_partial(r.rip, &mut bytes);
+    let insn = Decoder::with_ip(64, &bytes[..len], r.rip, DecoderOptions::NONE).decode();
+    if insn.is_invalid() || !is_repeated_string(&insn) {
+        return Ok(None);
+    }
+    let next = insn.next_ip();
+    let dr7 = t.debug_reg(7)?;
+    let slot = (0..4).find(|i| (dr7 >> (2 * i)) & 0b11 == 0).unwrap_or(3);
+    let saved_addr = t.debug_reg(slot)?;
+    // Slot `slot`: locally enabled, R/W = 00 (execute), LEN = 00 (one byte).
+    let fields = (0b11 << (2 * slot)) | (0b1111 << (16 + 4 * slot));
+    t.set_debug_reg(7, dr7 & !fields)?;
+    t.set_debug_reg(slot, next)?;
+    t.set_debug_reg(7, (dr7 & !fields) | (1 << (2 * slot)))?;
+    t.cont(0)?;
+    let stop = t.wait();
+    if matches!(stop, Ok(s) if s.is_end()) {
+        return stop.map(Some);
+    }
+    t.set_debug_reg(7, dr7 & !fields)?;
+    t.set_debug_reg(slot, saved_addr)?;
+    t.set_debug_reg(7, dr7)?;
+    let stop = stop?;
+    let dr6 = t.debug_reg(6)?;
+    t.set_debug_reg(6, 0)?;
+    let ours =
+        stop == Stop::Signal(libc::SIGTRAP) && dr6 & (1 << slot) != 0 && t.regs()?.rip == next;
+    Ok(if ours { None } else { Some(stop) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,6 +174,13 @@ impl Session {
                 }
             }
             let t = self.task(tid)?;
+            // Not inside a `rep`-prefixed string instruction (see `finish_string_insn`).
+            interrupted = tracee::state::finish_string_insn(&t.tracee).with_context(|| {
+                format!("running task {tid} to the end of a string instruction")
+            })?;
+            if interrupted.is_some() {
+                continue;
+            }
             interrupted = tracee::state::settle_trap(&t.tracee)
                 .with_context(|| format!("settling the last trap of task {tid} at a point"))?;
             if interrupted.is_none() {
