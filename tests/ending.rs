@@ -221,7 +221,11 @@ fn full_disk_keeps_every_event_that_fits() {
         TIMEOUT,
     );
     assert_deja_error("rec on a small tmpfs", &out);
-    assert_stderr_mentions("rec on a small tmpfs", &out, &["no space left"]);
+    assert_stderr_mentions(
+        "rec on a small tmpfs",
+        &out,
+        &["no space left", "disk is full"],
+    );
     let err = stderr_str(&out);
     let kept: u64 = err
         .split("the first ")
@@ -240,7 +244,10 @@ fn full_disk_keeps_every_event_that_fits() {
     assert_eq!(info["event_count"].as_u64(), Some(kept), "{info}");
     assert_eq!(info["complete"], serde_json::json!(false), "{info}");
     let why = info["stopped"]["error"].as_str().unwrap_or_default();
-    assert!(why.contains("No space left"), "{info}");
+    assert!(
+        why.contains("No space left") || why.contains("disk is full"),
+        "{info}"
+    );
     let status = info_status(&ctx, &trace);
     assert!(
         status.contains(&format!("stopped after {kept} events")),

@@ -111,9 +111,12 @@ impl Failure {
 /// The files of a trace being written, as the thread owns them.
 pub(crate) struct Sink {
     pub index_path: PathBuf,
-    /// The space kept free for the last chunk, the index and the final metadata (see
+    /// The space kept free for the last chunks and their index rows (see
     /// [`RESERVE_BYTES`]); `None` once released.
     pub reserve: Option<PathBuf>,
+    /// The space kept free for the final metadata ([`END_RESERVE_BYTES`]), released only
+    /// to write it.
+    pub end_reserve: Option<PathBuf>,
     pub meta: TraceMeta,
     pub events_path: PathBuf,
     pub events: File,
@@ -224,7 +227,7 @@ pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>, spare: A
             );
         }
     }
-    open.release_reserve();
+    open.release_all_reserves();
 }
 
 /// Answers a message after a failure: the waiting side learns it from [`Failure`].
@@ -259,8 +262,12 @@ pub(crate) fn is_no_space(e: &TraceError) -> bool {
 
 /// Bytes kept free in a trace from its start (`.reserve`, a file of allocated blocks) and
 /// released when the disk fills up or the recording ends: room for the last chunk (at most
-/// [`CHUNK_TARGET_BYTES`] before compression), the index's journal and the final metadata.
+/// [`CHUNK_TARGET_BYTES`] before compression) and its index rows.
 pub(crate) const RESERVE_BYTES: u64 = 2 * CHUNK_TARGET_BYTES as u64;
+
+/// Bytes kept free (`.reserve-end`) for the final metadata and its journal: released only to
+/// write them, once the chunks have taken all the rest.
+pub(crate) const END_RESERVE_BYTES: u64 = 128 * 1024;
 
 /// The thread takes no signal: the recorder's timer (`SIGALRM`, per process) must interrupt
 /// only the tracer thread's waits.
@@ -485,7 +492,18 @@ impl Open {
         Ok(())
     }
 
-    /// Deletes the reserve file, if it is still there, to make room; whether it was.
+    /// Deletes both reserve files, to write the final metadata.
+    fn release_all_reserves(&mut self) {
+        self.release_reserve();
+        if let Some(path) = self.sink.end_reserve.take() {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::debug!("could not remove {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Deletes the reserve file for chunks, if it is still there, to make room; whether it
+    /// was.
     fn release_reserve(&mut self) -> bool {
         let Some(path) = self.sink.reserve.take() else {
             return false;
@@ -521,7 +539,7 @@ impl Open {
         self.buf.clear();
         self.starts.clear();
         self.buf_events = 0;
-        self.release_reserve();
+        self.release_all_reserves();
         let kept = self.failure.kept.load(Ordering::Acquire);
         let mut meta = self.sink.meta.clone();
         meta.complete = false;
@@ -571,7 +589,7 @@ impl Open {
     /// Writes what is left and the final metadata, marking the trace complete.
     fn finish(&mut self, ending: Ending) -> Result<TraceMeta> {
         self.flush()?;
-        self.release_reserve();
+        self.release_all_reserves();
         let mut meta = self.sink.meta.clone();
         meta.complete = true;
         meta.exit = Some(ending.exit);
