@@ -396,7 +396,14 @@ impl Open {
         record.extend_from_slice(&header.encode());
         record.extend_from_slice(&frame);
         let offset = self.blobs_len;
-        write_record(&self.sink.blobs, &self.sink.blobs_path, &record, offset)?;
+        // A full disk may take the reserve for chunks: if the chunks then do not fit, they
+        // are cut smaller, and the final metadata keeps a reserve of its own.
+        match write_record(&self.sink.blobs, &self.sink.blobs_path, &record, offset) {
+            Err(e) if is_no_space(&e) && self.release_reserve() => {
+                write_record(&self.sink.blobs, &self.sink.blobs_path, &record, offset)?
+            }
+            r => r?,
+        }
         self.blobs_len += record.len() as u64;
         let len = bytes.len() as u64;
         let old = std::mem::replace(data, Data::Blob { offset, len });
