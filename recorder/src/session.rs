@@ -224,7 +224,8 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
                 // The program's status still goes to the caller; the trace says where it
                 // stops and why.
                 Err(e) => Some(format!(
-                    "{e:#}; the trace {} keeps the first {} events",
+                    "{}; the trace {} keeps the first {} events",
+                    said_once(&e),
                     dir.display(),
                     kept.get()
                 )),
@@ -259,9 +260,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
                     events,
                 });
             }
-            let stopped = session
-                .writer()
-                .stop(Stopped::Error(format!("{e:#}")), None);
+            let stopped = session.writer().stop(Stopped::Error(said_once(&e)), None);
             let events = match stopped {
                 Ok(n) => n,
                 Err(w) => {
@@ -269,12 +268,30 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
                     kept.get()
                 }
             };
-            Err(e.context(format!(
-                "recording stopped; the first {events} events are kept in {}",
-                dir.display()
-            )))
+            Err(anyhow::anyhow!(
+                "recording stopped; the first {events} events are kept in {}: {}",
+                dir.display(),
+                said_once(&e)
+            ))
         }
     }
+}
+
+/// An error and its causes on one line, each cause once (an I/O error's message already ends
+/// with its source's).
+fn said_once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// The CPU the recorder runs on now: the tracee is pinned there.
