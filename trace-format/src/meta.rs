@@ -43,7 +43,7 @@ pub struct TraceMeta {
     pub cpuid: Vec<CpuidRecord>,
     /// How the recorded program ended; `None` while recording or if the recorder died.
     pub exit: Option<ExitStatus>,
-    /// Number of events in the trace (valid when `complete`).
+    /// Number of events in the trace (valid when `complete` or `stopped`).
     pub event_count: u64,
     /// Whether the recorder finished the trace; `false` means it was still running or died.
     pub complete: bool,
