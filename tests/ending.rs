@@ -9,6 +9,7 @@ use common::*;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -468,4 +469,48 @@ fn unfinished_trace_still_passes_the_status_through() {
         &replay,
         &[&format!("replayed all {kept} recorded events")],
     );
+}
+
+/// Ctrl-C at a terminal reaches the whole foreground process group: the program gets it and
+/// decides (`slow` dies of it), and the recorder records that to the end instead of stopping.
+/// The terminal is a pseudo-terminal `script` makes; skipped without `script`.
+#[test]
+fn ctrl_c_at_the_terminal_is_left_to_the_program() {
+    let Some(script) = which("script") else {
+        eprintln!("skipped: no `script` (util-linux) to make a terminal");
+        return;
+    };
+    let ctx = Ctx::new();
+    let trace = ctx.fresh_path("trace");
+    let command = format!(
+        "'{}' rec -o '{}' '{}'",
+        deja_bin().display(),
+        trace.display(),
+        program("slow").display()
+    );
+    let mut cmd = std::process::Command::new(script);
+    cmd.env("DEJA_TRACE_DIR", ctx.trace_root())
+        .args(["-q", "-f", "-e", "-c", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().expect("spawn script");
+    let pgid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(trace.join("index.sqlite").exists() && stdout_write_in_trace(&ctx, &trace)) {
+        if Instant::now() > deadline {
+            kill_group(pgid);
+            panic!("the program's first line did not reach the trace within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"\x03").unwrap();
+    let out = wait_with_timeout(child, "script deja rec slow", Duration::from_secs(30));
+    kill_group(pgid);
+    assert_no_panic("deja rec under a terminal", &out);
+    let info = ctx.info_json(&trace);
+    assert_eq!(info["complete"], serde_json::json!(true), "{info}");
+    assert_eq!(info["exit"], serde_json::json!({ "Signaled": 2 }), "{info}");
+    assert_eq!(info["stopped"], serde_json::Value::Null, "{info}");
 }
