@@ -407,6 +407,93 @@ fn foreign_directories_are_refused() {
     }
 }
 
+/// A program that fills the disk its trace is on is recorded to its end (the reserve keeps
+/// room for the last chunk and the index), and its exit status passes through.
+#[test]
+fn program_filling_the_trace_disk_keeps_its_status() {
+    let ctx = Ctx::new();
+    let Some(fs) = Tmpfs::mount(&ctx.dir().join("shared"), "8M") else {
+        return;
+    };
+    let trace = fs.0.join("trace");
+    let filler = fs.0.join("filler");
+    let out = run_with_timeout(
+        ctx.deja()
+            .arg("rec")
+            .arg("-o")
+            .arg(&trace)
+            .arg(program("fill_disk"))
+            .arg(&filler),
+        TIMEOUT,
+    );
+    assert_no_panic("rec of a program filling the disk", &out);
+    assert_eq!(
+        shell_code(&out.status),
+        7,
+        "the program's status passes through\n{}",
+        describe("rec", &out)
+    );
+    assert!(
+        stdout_str(&out).starts_with("fill_disk: full after "),
+        "{}",
+        describe("rec", &out)
+    );
+    let info = ctx.info_json(&trace);
+    assert_eq!(info["complete"], serde_json::json!(true), "{info}");
+    assert_eq!(info["status"], serde_json::json!("exit 7"), "{info}");
+    // Room for the replay's nothing: it writes no file, it only reads the trace.
+    let replay = ctx.replay(&trace);
+    assert!(
+        replay.status.success(),
+        "{}",
+        describe("replay of the program that filled the disk", &replay)
+    );
+    assert_eq!(stdout_str(&replay), stdout_str(&out));
+}
+
+/// A program that fills the disk, then makes a payload larger than any reserve, ends: its
+/// status still passes through, deja says the trace could not be finished and how many events
+/// it keeps, and `info` shows both.
+#[test]
+fn unfinished_trace_still_passes_the_status_through() {
+    let ctx = Ctx::new();
+    let Some(fs) = Tmpfs::mount(&ctx.dir().join("shared"), "8M") else {
+        return;
+    };
+    let trace = fs.0.join("trace");
+    let filler = fs.0.join("filler");
+    let out = run_with_timeout(
+        ctx.deja()
+            .arg("rec")
+            .arg("-o")
+            .arg(&trace)
+            .arg(program("fill_disk"))
+            .arg(&filler)
+            .arg("then-a-big-read"),
+        TIMEOUT,
+    );
+    assert_no_panic("rec of a program filling the disk", &out);
+    assert_eq!(
+        shell_code(&out.status),
+        7,
+        "the program's status passes through\n{}",
+        describe("rec", &out)
+    );
+    assert_stderr_mentions("rec", &out, &["keeps the first "]);
+    let info = ctx.info_json(&trace);
+    assert_eq!(info["complete"], serde_json::json!(false), "{info}");
+    assert_eq!(info["exit"], serde_json::json!({ "Exited": 7 }), "{info}");
+    let status = info["status"].as_str().unwrap_or_default();
+    assert!(status.contains("the program ended (exit 7)"), "{status}");
+    let kept = info["event_count"].as_u64().unwrap_or(0);
+    let replay = ctx.replay(&trace);
+    assert_stderr_mentions(
+        "replay of the unfinished trace",
+        &replay,
+        &[&format!("replayed all {kept} recorded events")],
+    );
+}
+
 /// Ctrl-C at a terminal reaches the whole foreground process group: the program gets it and
 /// decides (`slow` dies of it), and the recorder records that to the end instead of stopping.
 /// The terminal is a pseudo-terminal `script` makes; skipped without `script`.
