@@ -132,6 +132,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 wait_all: wait,
                 syscall_buffer: !no_syscall_buffer,
             })?;
+            if let Some(sig) = outcome.stopped_by {
+                // Like a program killed by the signal, as a shell reports it.
+                eprintln!(
+                    "deja: recording stopped by {}; the trace {} keeps {} events",
+                    recorder::signal_name(sig),
+                    outcome.trace_dir.display(),
+                    outcome.events
+                );
+                return Ok(exit_code(128 + sig));
+            }
+            if let Some(e) = &outcome.trace_error {
+                eprintln!("deja: {e}");
+            }
             tracing::info!(trace = %outcome.trace_dir.display(), "recorded");
             Ok(exit_code(outcome.status.shell_code()))
         }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use trace_format::{Event, ExitStatus, Tid, TraceMeta, TraceReader, TraceRoot};
+use trace_format::{Event, ExitStatus, Stopped, Tid, TraceMeta, TraceReader, TraceRoot};
 
 /// `s` as it may be printed to a terminal: control characters (and the bidirectional
 /// overrides that reorder what follows them) escaped as Rust does (`\n`, `\u{1b}`), so that a
@@ -40,7 +40,11 @@ pub fn list(root: &TraceRoot) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for entry in root.list()? {
         let summary = match &entry.meta {
-            Ok(m) => format!("{:<12} {}", status_text(m), shown_argv(&m.argv)),
+            Ok(m) => format!(
+                "{:<12} {}",
+                status_text(m, &entry.path),
+                shown_argv(&m.argv)
+            ),
             Err(e) => format!("unreadable: {e}"),
         };
         writeln!(out, "{:<24} {summary}", shown(&entry.name))?;
@@ -48,11 +52,37 @@ pub fn list(root: &TraceRoot) -> Result<()> {
     Ok(())
 }
 
-fn status_text(m: &TraceMeta) -> String {
-    match (m.complete, m.exit) {
-        (true, Some(ExitStatus::Exited(c))) => format!("exit {c}"),
-        (true, Some(ExitStatus::Signaled(s))) => format!("signal {s}"),
-        _ => "incomplete".into(),
+/// How the recording of the trace in `dir` ended (or that it goes on).
+fn status_text(m: &TraceMeta, dir: &Path) -> String {
+    let exit = |e: ExitStatus| match e {
+        ExitStatus::Exited(c) => format!("exit {c}"),
+        ExitStatus::Signaled(s) => format!("signal {s}"),
+    };
+    if m.complete {
+        if let Some(e) = m.exit {
+            return exit(e);
+        }
+    }
+    if trace_format::recording_in_progress(dir) {
+        return "in progress".into();
+    }
+    match &m.stopped {
+        Some(Stopped::Signal(s)) => format!(
+            "stopped by {} to the recorder after {} events",
+            recorder::signal_name(*s),
+            m.event_count
+        ),
+        Some(Stopped::Error(e)) => {
+            let program = m
+                .exit
+                .map(|s| format!("the program ended ({}); ", exit(s)))
+                .unwrap_or_default();
+            format!(
+                "incomplete: {program}the recording stopped after {} events: {e}",
+                m.event_count
+            )
+        }
+        None => "incomplete (the recorder was killed)".into(),
     }
 }
 
@@ -69,7 +99,7 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
         let mut v = serde_json::to_value(m)?;
         if let Some(obj) = v.as_object_mut() {
             obj.insert("path".into(), dir.display().to_string().into());
-            obj.insert("status".into(), status_text(m).into());
+            obj.insert("status".into(), status_text(m, dir).into());
             let (processes, threads) = match &tasks {
                 Ok((p, t)) => ((*p).into(), (*t).into()),
                 Err(e) => {
@@ -88,7 +118,8 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
     writeln!(out, "executable:     {}", shown(&m.exe))?;
     writeln!(out, "cwd:            {}", shown(&m.cwd))?;
     writeln!(out, "recorded at:    {} (unix time)", m.start_time_unix)?;
-    writeln!(out, "status:         {}", status_text(m))?;
+    let status = status_text(m, dir);
+    writeln!(out, "status:         {status}")?;
     writeln!(out, "complete:       {}", m.complete)?;
     if m.complete {
         writeln!(out, "events:         {}", m.event_count)?;
@@ -99,10 +130,12 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
             Ok(_) => walked,
             Err(_) => reader.chunks()?.iter().map(|c| c.events).sum(),
         };
-        writeln!(
-            out,
-            "events:         {kept} (kept before the recording was cut off)"
-        )?;
+        let why = if status == "in progress" {
+            "so far: the recording goes on"
+        } else {
+            "kept before the recording was cut off"
+        };
+        writeln!(out, "events:         {kept} ({why})")?;
     }
     match &tasks {
         Ok((processes, threads)) => {

@@ -22,7 +22,7 @@ mod tsc_mode;
 use std::path::PathBuf;
 
 pub use recording::STOP_AT_SYSCALLS_ENV;
-pub use session::{record, set_ticks_blocked, RecordOptions, RecordOutcome};
+pub use session::{record, set_ticks_blocked, signal_name, RecordOptions, RecordOutcome};
 
 /// Where a new recording goes: an explicit directory, or a fresh one under the trace root.
 #[derive(Debug, Clone)]

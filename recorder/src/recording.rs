@@ -229,9 +229,12 @@ impl Session {
             let accounted = account_ticks(writer, tasks, ready, *current, stall, ticks);
             set_ticks_blocked(false);
             accounted?;
+            crate::session::stop_requested()?;
             group_stop::continued_while_waiting(tasks)
         });
         set_ticks_blocked(true);
+        // A stop signal ends the loop (the caller kills the tasks and keeps the trace).
+        crate::session::stop_requested()?;
         match stop {
             Ok(stop) => Ok(Some(stop)),
             Err(e) if group_stop::is_continued(&e) => Ok(None),

@@ -1,9 +1,12 @@
 //! Starting a recording: the trace, the tracee, and the recorder's own timers and signals.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
 
-use anyhow::Result;
-use trace_format::{CpuidRecord, ExitStatus, TraceMeta, TraceRoot, TraceWriter, FORMAT_VERSION};
+use anyhow::{Context, Result};
+use trace_format::{
+    CpuidRecord, ExitStatus, Stopped, TraceMeta, TraceRoot, TraceWriter, FORMAT_VERSION,
+};
 use tracee::{spawn, SpawnOptions};
 
 use crate::recording::Session;
@@ -34,8 +37,55 @@ pub struct RecordOptions {
 pub struct RecordOutcome {
     /// The trace directory.
     pub trace_dir: PathBuf,
-    /// How the program ended.
+    /// How the program ended (killed by `SIGKILL` when the recorder was stopped by a signal).
     pub status: ExitStatus,
+    /// The signal that stopped the recorder before the program ended (`SIGTERM`, `SIGHUP`, or
+    /// a `SIGINT` sent to deja by a process): the recorded tasks were killed, the trace keeps
+    /// [`Self::events`] events and says it was stopped.
+    pub stopped_by: Option<i32>,
+    /// Why the trace could not be finished although the program ended (a full disk, say):
+    /// `status` is the program's, the trace keeps [`Self::events`] events.
+    pub trace_error: Option<String>,
+    /// Events in the trace.
+    pub events: u64,
+}
+
+/// The recorder was asked to stop by this signal (see [`stop_requested`]).
+#[derive(Debug)]
+pub(crate) struct StopRequested(pub i32);
+
+impl std::fmt::Display for StopRequested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by {}", signal_name(self.0))
+    }
+}
+
+impl std::error::Error for StopRequested {}
+
+/// The signal that asked the recorder to stop, if one came (0: none).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The signals that stop a recording (and keep its trace).
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGHUP, libc::SIGINT];
+
+/// The error that ends the recording loop when a stop signal came (checked after each wait of
+/// the recorder, which these signals interrupt).
+pub(crate) fn stop_requested() -> Result<()> {
+    match STOP_SIGNAL.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        sig => Err(anyhow::Error::new(StopRequested(sig))),
+    }
+}
+
+/// `SIGTERM` and the like, by name.
+pub fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        s => format!("signal {s}"),
+    }
 }
 
 /// Records `opts.program` to a new trace and returns how it ended.
@@ -44,7 +94,28 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     // The program inherits the user's signal state, not the mask of deja's tracer thread nor
     // the handlers deja installs for itself: read it before either exists.
     let signals = tracee::SignalState::current();
-    tracee::tsc::on_tracer_thread(move || record_here(&opts, signals))
+    // The stop signals reach the tracer thread alone, in its waits (see `set_ticks_blocked`):
+    // block them here, the tracer thread inherits the mask.
+    let old = block_stop_signals();
+    let r = tracee::tsc::on_tracer_thread(move || record_here(&opts, signals));
+    // SAFETY: restores this thread's mask as it was.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    r
+}
+
+/// Blocks [`STOP_SIGNALS`] in the calling thread; returns its previous mask.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset fill local sets, which pthread_sigmask reads and writes.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in STOP_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    }
 }
 
 /// [`record`], on the tracer thread.
@@ -86,7 +157,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         cpuid_faulting: false,
         ..TraceMeta::default()
     };
-    let mut writer = TraceWriter::create_completing(&dir, &meta, |meta| {
+    let created = TraceWriter::create_completing(&dir, &meta, |meta| {
         meta.cpuid = tracee::cpuid::fingerprint()
             .into_iter()
             .map(|(leaf, subleaf, regs)| CpuidRecord {
@@ -95,7 +166,17 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
                 regs,
             })
             .collect();
-    })?;
+    });
+    let mut writer = match created {
+        Ok(w) => w,
+        Err(e) => {
+            if root.is_some() {
+                // The fresh directory the root gave, empty again.
+                let _ = std::fs::remove_dir(&dir);
+            }
+            return Err(e.into());
+        }
+    };
     // The root's pool of stored files (the default root's for `-o DIR`): files recorded
     // before and unchanged since are linked from it, neither copied nor hashed again.
     let pool_root = match &root {
@@ -109,7 +190,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         root.set_latest(&dir)?;
     }
     tracing::debug!("the trace directory is ready");
-    install_interrupt_passthrough();
+    install_stop_handlers();
     // Ticks interrupt the recorder only in its waits for the tracee (see `set_ticks_blocked`).
     set_ticks_blocked(true);
     tracee::alarm::start(TICK, TICK);
@@ -133,27 +214,85 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
     })?;
     tracing::debug!("the program is started");
     let mut session = Session::new(root, writer, cpu as u32, opts.wait_all, opts.syscall_buffer);
+    let kept = session.writer().kept_events();
     let result = session.run();
     tracee::alarm::stop();
     match result {
         Ok(status) => {
             tracing::debug!("the program has ended");
-            session.finish(status)?;
+            let trace_error = match session.finish(status) {
+                Ok(()) => None,
+                // The program's status still goes to the caller; the trace says where it
+                // stops and why.
+                Err(e) => Some(format!(
+                    "{}; the trace {} keeps the first {} events",
+                    said_once(&e),
+                    dir.display(),
+                    kept.get()
+                )),
+            };
             tracing::debug!("the trace is complete");
             Ok(RecordOutcome {
                 trace_dir: dir,
                 status,
+                stopped_by: None,
+                trace_error,
+                events: kept.get(),
             })
         }
         Err(e) => {
             session.kill_all();
-            let _ = session.writer().flush();
-            Err(e.context(format!(
-                "recording stopped; the events so far are kept in {}",
-                dir.display()
-            )))
+            if let Some(StopRequested(sig)) = e.downcast_ref::<StopRequested>() {
+                let events = session
+                    .writer()
+                    .stop(Stopped::Signal(*sig), None)
+                    .with_context(|| {
+                        format!(
+                            "recording stopped by {}; the trace {} could not be finished",
+                            signal_name(*sig),
+                            dir.display()
+                        )
+                    })?;
+                return Ok(RecordOutcome {
+                    trace_dir: dir,
+                    status: ExitStatus::Signaled(libc::SIGKILL),
+                    stopped_by: Some(*sig),
+                    trace_error: None,
+                    events,
+                });
+            }
+            let stopped = session.writer().stop(Stopped::Error(said_once(&e)), None);
+            let events = match stopped {
+                Ok(n) => n,
+                Err(w) => {
+                    tracing::debug!("the trace could not be marked stopped: {w}");
+                    kept.get()
+                }
+            };
+            Err(anyhow::anyhow!(
+                "recording stopped; the first {events} events are kept in {}: {}",
+                dir.display(),
+                said_once(&e)
+            ))
         }
     }
+}
+
+/// An error and its causes on one line, each cause once (an I/O error's message already ends
+/// with its source's).
+fn said_once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// The CPU the recorder runs on now: the tracee is pinned there.
@@ -163,22 +302,45 @@ fn current_cpu() -> usize {
     usize::try_from(c).unwrap_or(0)
 }
 
-extern "C" fn ignore_signal(_: libc::c_int) {}
+/// Notes a stop signal for the recording loop. A `SIGINT` from the terminal (Ctrl-C, which
+/// the kernel sends with `si_code` `SI_KERNEL` to the whole foreground process group) is left
+/// to the program, which gets it too and decides what it means.
+extern "C" fn note_stop_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    let code = unsafe { info.as_ref() }.map_or(0, |i| i.si_code);
+    if sig == libc::SIGINT && code == libc::SI_KERNEL {
+        return;
+    }
+    // An atomic store is async-signal-safe; the first signal wins.
+    let _ = STOP_SIGNAL.compare_exchange(0, sig, Ordering::Relaxed, Ordering::Relaxed);
+}
 
-/// Ctrl-C reaches the whole foreground process group: the program decides what it means, and
-/// the recorder keeps recording until the program ends. (A handler, unlike `SIG_IGN`, is reset
-/// by `execve`, so the program starts with the default disposition.)
-fn install_interrupt_passthrough() {
-    // SAFETY: installs an async-signal-safe no-op handler.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            ignore_signal as *const () as libc::sighandler_t,
-        );
+/// `SIGTERM`, `SIGHUP` and a `SIGINT` sent by a process (`kill -INT`, `timeout -s INT`) stop
+/// the recording: the recorded tasks are killed and the trace keeps every event recorded so
+/// far, marked stopped by the signal. Ctrl-C reaches the whole foreground process group: the
+/// program decides what it means, and the recorder keeps recording until the program ends.
+/// A signal the user's shell ignores (`nohup`'s `SIGHUP`) stays ignored. (A handler, unlike
+/// `SIG_IGN`, is reset by `execve`, so the program starts with the default disposition.)
+fn install_stop_handlers() {
+    for sig in STOP_SIGNALS {
+        // SAFETY: reads the current disposition, then installs an async-signal-safe handler
+        // without SA_RESTART (so the signal interrupts the recorder's wait).
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut old);
+            if old.sa_sigaction == libc::SIG_IGN {
+                continue;
+            }
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = note_stop_signal as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_SIGINFO;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
     }
 }
 
-/// Blocks (`true`) or unblocks the timer's `SIGALRM` in the calling thread, the tracer thread.
+/// Blocks (`true`) or unblocks the timer's `SIGALRM` (and the signals that stop a recording,
+/// `SIGTERM`, `SIGHUP`, `SIGINT`) in the calling thread, the tracer thread.
 /// It is blocked except while the recorder waits for the tracee: a tick then interrupts that
 /// `waitpid`, and never another syscall of the recorder (copying a file, say, which would fail
 /// with `EINTR`). A tick that comes while it is blocked is handled when it is unblocked, just
@@ -196,6 +358,9 @@ pub fn set_ticks_blocked(blocked: bool) {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGALRM);
+        for sig in STOP_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
         libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }

@@ -360,6 +360,9 @@ impl Ctx {
             seq: AtomicUsize::new(0),
         };
         std::fs::create_dir_all(ctx.trace_root()).expect("create trace root");
+        // deja refuses a root others may write to, whatever the umask made it.
+        std::fs::set_permissions(ctx.trace_root(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod the trace root");
         ctx
     }
 

@@ -90,6 +90,16 @@ pub enum TraceError {
         /// The trace root directory that was searched.
         root: PathBuf,
     },
+
+    /// A directory deja would write to or trust is owned by another user, or writable by
+    /// others: they could rename files in it or re-point `latest-trace`.
+    #[error("refusing {}: {why}", .path.display())]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        why: String,
+    },
 }
 
 /// Result of trace operations.

@@ -20,10 +20,12 @@ mod writer;
 pub use error::{Result, TraceError};
 pub use event::*;
 pub mod pool;
-pub use meta::{CpuidRecord, SyscallCounts, TraceMeta};
+pub use meta::{CpuidRecord, Stopped, SyscallCounts, TraceMeta};
 pub use reader::{ChunkInfo, EventIter, TraceReader};
-pub use store::{TraceEntry, TraceRoot, LATEST_LINK};
-pub use writer::{TraceWriter, CHUNK_TARGET_BYTES, INLINE_MAX, SYSTEM_PREFIXES};
+pub use store::{check_private_dir, TraceEntry, TraceRoot, LATEST_LINK};
+pub use writer::{
+    recording_in_progress, KeptEvents, TraceWriter, CHUNK_TARGET_BYTES, INLINE_MAX, SYSTEM_PREFIXES,
+};
 
 /// The trace format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 5;

@@ -43,7 +43,7 @@ pub struct TraceMeta {
     pub cpuid: Vec<CpuidRecord>,
     /// How the recorded program ended; `None` while recording or if the recorder died.
     pub exit: Option<ExitStatus>,
-    /// Number of events in the trace (valid when `complete`).
+    /// Number of events in the trace (valid when `complete` or `stopped`).
     pub event_count: u64,
     /// Whether the recorder finished the trace; `false` means it was still running or died.
     pub complete: bool,
@@ -63,6 +63,21 @@ pub struct TraceMeta {
     /// the trace's copy of it as it is. `None` when unknown (the recorder did not finish, or
     /// an older deja recorded it): then every mapped file is treated as changing.
     pub changing_files: Option<Vec<crate::event::FileId>>,
+    /// Why the recorder stopped before the recording's end, when it did and could say so
+    /// (a recorder killed by `SIGKILL` leaves `None` and `complete` false). The trace then
+    /// holds [`Self::event_count`] events, each complete.
+    pub stopped: Option<Stopped>,
+}
+
+/// Why a recording was stopped before its program ended.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Stopped {
+    /// The recorder was sent this signal (`SIGTERM`, `SIGHUP`, or a `SIGINT` sent to it by a
+    /// process): it killed the recorded tasks and kept what it had recorded.
+    Signal(i32),
+    /// The recorder could not go on (a full disk, say): the error's message.
+    Error(String),
 }
 
 /// How many syscalls took the ptrace path and how many the in-process library buffered.

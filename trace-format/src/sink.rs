@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +19,7 @@ use crate::error::{io_err, sql_err, Result, TraceError};
 use crate::event::{Data, Event, ExitStatus, MemWrite};
 use crate::format::{self, BlobHeader, ChunkHeader, CHUNK_HEADER_LEN, ZSTD_LEVEL};
 use crate::index;
-use crate::meta::{SyscallCounts, TraceMeta};
+use crate::meta::{Stopped, SyscallCounts, TraceMeta};
 use crate::writer::{write_record, CHUNK_TARGET_BYTES, INLINE_MAX};
 
 /// A stored file's row of the index.
@@ -49,6 +49,9 @@ pub(crate) enum Msg {
     Flush(Option<SyncSender<()>>),
     /// Write everything, mark the trace complete and answer with the final metadata.
     Finish(Ending, SyncSender<Result<TraceMeta>>),
+    /// Write everything that fits, mark the trace stopped for this cause (with the program's
+    /// status, when it ended) and answer with the number of events kept.
+    Stop(Stopped, Option<ExitStatus>, SyncSender<Result<u64>>),
 }
 
 /// Large payload buffers the thread is done with, for the recorder to fill again.
@@ -75,9 +78,18 @@ pub(crate) fn give_back(spare: &Spare, buf: Vec<u8>) {
 pub(crate) struct Failure {
     pub set: AtomicBool,
     pub error: Mutex<Option<TraceError>>,
+    /// Events in the chunks on file and in the index: what a reader finds.
+    pub kept: AtomicU64,
 }
 
 impl Failure {
+    /// The error's message, leaving it in place.
+    fn message(&self) -> String {
+        let slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref()
+            .map_or_else(|| "an earlier error".into(), |e| e.to_string())
+    }
+
     fn record(&self, e: TraceError) {
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
@@ -99,6 +111,12 @@ impl Failure {
 /// The files of a trace being written, as the thread owns them.
 pub(crate) struct Sink {
     pub index_path: PathBuf,
+    /// The space kept free for the last chunks and their index rows (see
+    /// [`RESERVE_BYTES`]); `None` once released.
+    pub reserve: Option<PathBuf>,
+    /// The space kept free for the final metadata ([`END_RESERVE_BYTES`]), released only
+    /// to write it.
+    pub end_reserve: Option<PathBuf>,
     pub meta: TraceMeta,
     pub events_path: PathBuf,
     pub events: File,
@@ -112,11 +130,14 @@ pub(crate) struct Sink {
 struct Open {
     sink: Sink,
     spare: Arc<Spare>,
+    failure: Arc<Failure>,
     db: Connection,
     events_len: u64,
     blobs_len: u64,
     compressor: zstd::bulk::Compressor<'static>,
     buf: Vec<u8>,
+    /// Where each event buffered in `buf` starts (a chunk can be cut at any of them).
+    starts: Vec<usize>,
     buf_events: u32,
     buf_first: u64,
     next_event: u64,
@@ -124,16 +145,24 @@ struct Open {
     rows: Vec<FileRow>,
 }
 
-/// The thread's body: creates the index, then serves `rx` until the writer hangs up (a writer
-/// dropped without `finish` gets its buffered events written, best effort).
+/// The thread's body: serves `rx` until the writer hangs up (a writer dropped without
+/// `finish` gets its buffered events written, best effort).
+///
+/// After an error the thread takes no more events, but it still answers: `Stop` and `Finish`
+/// write the metadata of a stopped trace (the reserve leaves room for it), so the index always
+/// says how many events it holds and why it ends there.
 pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>, spare: Arc<Spare>) {
     block_signals();
     if let Some(cpu) = sink.avoid_cpu {
         stay_off_cpu(cpu);
     }
-    let mut open = match Open::new(sink, spare) {
+    let index_path = sink.index_path.clone();
+    let mut open = match Open::new(sink, spare, Arc::clone(&failure)) {
         Ok(o) => o,
         Err(e) => {
+            // No index is better than one without a format version: the trace then reads as
+            // "not a deja trace", and nothing else was written to it.
+            let _ = std::fs::remove_file(&index_path);
             failure.record(e);
             // Answer a waiting `finish` or `flush` with the failure.
             for msg in rx {
@@ -145,13 +174,18 @@ pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>, spare: A
     let mut failed = false;
     for msg in rx {
         if failed {
-            answer_failed(msg, &failure);
+            open.after_failure(msg);
             continue;
         }
         let step = match msg {
             Msg::Batch { files, events } => {
                 open.rows.extend(files);
-                events.into_iter().try_for_each(|ev| open.push(ev))
+                let pushed = events.into_iter().try_for_each(|ev| open.push(ev));
+                if pushed.is_err() {
+                    // The events before the one that failed are complete: keep them.
+                    let _ = open.flush();
+                }
+                pushed
             }
             Msg::Flush(ack) => {
                 let r = open.flush();
@@ -161,14 +195,23 @@ pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>, spare: A
                 r
             }
             Msg::Finish(ending, reply) => {
-                let r = open.finish(ending);
-                let ok = r.is_ok();
-                let _ = reply.send(r);
-                if ok {
-                    return;
+                let exit = ending.exit;
+                match open.finish(ending) {
+                    Ok(meta) => {
+                        let _ = reply.send(Ok(meta));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = open.stop(Stopped::Error(e.to_string()), Some(exit));
+                        let _ = reply.send(Err(e));
+                    }
                 }
                 failed = true;
                 continue;
+            }
+            Msg::Stop(cause, exit, reply) => {
+                let _ = reply.send(open.stop(cause, exit));
+                return;
             }
         };
         if let Err(e) = step {
@@ -184,6 +227,7 @@ pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>, spare: A
             );
         }
     }
+    open.release_all_reserves();
 }
 
 /// Answers a message after a failure: the waiting side learns it from [`Failure`].
@@ -195,9 +239,35 @@ fn answer_failed(msg: Msg, failure: &Failure) {
         Msg::Finish(_, reply) => {
             let _ = reply.send(Err(failure.take()));
         }
+        Msg::Stop(_, _, reply) => {
+            let _ = reply.send(Err(failure.take()));
+        }
         _ => {}
     }
 }
+
+/// Whether `e` says the file system is full (or the user's quota spent).
+pub(crate) fn is_no_space(e: &TraceError) -> bool {
+    match e {
+        TraceError::Io { error, .. } => {
+            matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        }
+        TraceError::Sqlite {
+            error: rusqlite::Error::SqliteFailure(f, _),
+            ..
+        } => f.code == rusqlite::ErrorCode::DiskFull,
+        _ => false,
+    }
+}
+
+/// Bytes kept free in a trace from its start (`.reserve`, a file of allocated blocks) and
+/// released when the disk fills up or the recording ends: room for the last chunk (at most
+/// [`CHUNK_TARGET_BYTES`] before compression) and its index rows.
+pub(crate) const RESERVE_BYTES: u64 = 2 * CHUNK_TARGET_BYTES as u64;
+
+/// Bytes kept free (`.reserve-end`) for the final metadata and its journal: released only to
+/// write them, once the chunks have taken all the rest.
+pub(crate) const END_RESERVE_BYTES: u64 = 128 * 1024;
 
 /// The thread takes no signal: the recorder's timer (`SIGALRM`, per process) must interrupt
 /// only the tracer thread's waits.
@@ -231,24 +301,29 @@ fn stay_off_cpu(cpu: u32) {
 }
 
 impl Open {
-    fn new(sink: Sink, spare: Arc<Spare>) -> Result<Self> {
-        let db = Connection::open_with_flags(
-            &sink.index_path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sql_err(&sink.index_path))?;
-        index::create_schema(&db, &sink.index_path)?;
-        index::write_meta(&db, &sink.index_path, &sink.meta)?;
+    /// Creates the index (using the reserve if the disk is full).
+    fn new(mut sink: Sink, spare: Arc<Spare>, failure: Arc<Failure>) -> Result<Self> {
+        let db = match create_index(&sink) {
+            Err(e) if is_no_space(&e) && sink.reserve.is_some() => {
+                if let Some(reserve) = sink.reserve.take() {
+                    let _ = std::fs::remove_file(reserve);
+                }
+                create_index(&sink)?
+            }
+            r => r?,
+        };
         let compressor =
             zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(io_err(&sink.blobs_path))?;
         Ok(Open {
             sink,
             spare,
+            failure,
             db,
             events_len: 0,
             blobs_len: 0,
             compressor,
             buf: Vec::with_capacity(CHUNK_TARGET_BYTES + (CHUNK_TARGET_BYTES >> 2)),
+            starts: Vec::new(),
             buf_events: 0,
             buf_first: 0,
             next_event: 0,
@@ -260,10 +335,15 @@ impl Open {
     /// Encodes one event (its large payloads first go to the blob file).
     fn push(&mut self, mut ev: Event) -> Result<()> {
         self.move_large_payloads(&mut ev)?;
-        format::encode_event(&ev, &mut self.buf).map_err(|message| TraceError::Encode {
-            what: "an event",
-            message,
-        })?;
+        let start = self.buf.len();
+        if let Err(message) = format::encode_event(&ev, &mut self.buf) {
+            self.buf.truncate(start);
+            return Err(TraceError::Encode {
+                what: "an event",
+                message,
+            });
+        }
+        self.starts.push(start);
         // A recycled buffer holding a small payload goes back too.
         if let Event::Buffered(b) = ev {
             if let Data::Inline(buf) = b.records {
@@ -316,7 +396,14 @@ impl Open {
         record.extend_from_slice(&header.encode());
         record.extend_from_slice(&frame);
         let offset = self.blobs_len;
-        write_record(&self.sink.blobs, &self.sink.blobs_path, &record, offset)?;
+        // A full disk may take the reserve for chunks: if the chunks then do not fit, they
+        // are cut smaller, and the final metadata keeps a reserve of its own.
+        match write_record(&self.sink.blobs, &self.sink.blobs_path, &record, offset) {
+            Err(e) if is_no_space(&e) && self.release_reserve() => {
+                write_record(&self.sink.blobs, &self.sink.blobs_path, &record, offset)?
+            }
+            r => r?,
+        }
         self.blobs_len += record.len() as u64;
         let len = bytes.len() as u64;
         let old = std::mem::replace(data, Data::Blob { offset, len });
@@ -327,13 +414,53 @@ impl Open {
     }
 
     /// Writes the buffered events as one chunk, with the file rows waiting, in one commit.
+    ///
+    /// When the disk is full, the reserve is released and the write tried again; if it still
+    /// does not fit, the events are written in smaller chunks (halving down to one event), so
+    /// every complete event that fits is kept. The rest are dropped with the error.
     fn flush(&mut self) -> Result<()> {
         if self.buf_events == 0 {
-            return self.commit_rows(None);
+            return match self.commit_rows(None) {
+                Err(e) if is_no_space(&e) && self.release_reserve() => self.commit_rows(None),
+                r => r,
+            };
         }
+        let n = self.starts.len();
+        let (mut from, mut want) = (0, n);
+        let result = loop {
+            if from == n {
+                break Ok(());
+            }
+            let to = from + want.min(n - from);
+            match self.write_chunk(from, to) {
+                Ok(()) => from = to,
+                Err(e) if is_no_space(&e) => {
+                    if self.release_reserve() {
+                        continue;
+                    }
+                    if to - from == 1 {
+                        break Err(e);
+                    }
+                    want = (to - from) / 2;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.buf.clear();
+        self.starts.clear();
+        self.buf_events = 0;
+        result
+    }
+
+    /// Writes buffered events `from..to` (indices into `starts`) as one chunk and commits its
+    /// row with the file rows waiting; on failure nothing of it stays (the file is cut back).
+    fn write_chunk(&mut self, from: usize, to: usize) -> Result<()> {
+        let start = self.starts[from];
+        let end = self.starts.get(to).copied().unwrap_or(self.buf.len());
+        let raw = &self.buf[start..end];
         let frame = self
             .compressor
-            .compress(&self.buf)
+            .compress(raw)
             .map_err(io_err(&self.sink.events_path))?;
         let compressed_len = u32::try_from(frame.len()).map_err(|_| TraceError::Encode {
             what: "an events chunk",
@@ -341,8 +468,8 @@ impl Open {
         })?;
         let header = ChunkHeader {
             compressed_len,
-            events: self.buf_events,
-            first_event: self.buf_first,
+            events: (to - from) as u32,
+            first_event: self.buf_first + from as u64,
             checksum: format::checksum(&frame),
         };
         let mut record = Vec::with_capacity(CHUNK_HEADER_LEN + frame.len());
@@ -350,21 +477,86 @@ impl Open {
         record.extend_from_slice(&frame);
         let offset = self.events_len;
         write_record(&self.sink.events, &self.sink.events_path, &record, offset)?;
-
-        // The chunk is on file: from here on the state must move on even if the index fails.
         let row = ChunkRow {
             seq: self.next_seq,
             offset,
             len: record.len() as u64,
             first_event: header.first_event,
-            events: u64::from(self.buf_events),
-            raw_len: self.buf.len() as u64,
+            events: u64::from(header.events),
+            raw_len: raw.len() as u64,
         };
+        // A chunk the index does not name is cut off, so that the files agree.
+        if let Err(e) = self.commit_rows(Some(row)) {
+            let _ = self.sink.events.set_len(offset);
+            return Err(e);
+        }
         self.events_len += record.len() as u64;
         self.next_seq += 1;
+        self.failure.kept.store(
+            header.first_event + u64::from(header.events),
+            Ordering::Release,
+        );
+        Ok(())
+    }
+
+    /// Deletes both reserve files, to write the final metadata.
+    fn release_all_reserves(&mut self) {
+        self.release_reserve();
+        if let Some(path) = self.sink.end_reserve.take() {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::debug!("could not remove {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Deletes the reserve file for chunks, if it is still there, to make room; whether it
+    /// was.
+    fn release_reserve(&mut self) -> bool {
+        let Some(path) = self.sink.reserve.take() else {
+            return false;
+        };
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::debug!("could not remove {}: {e}", path.display());
+        }
+        true
+    }
+
+    /// Answers a message after the thread failed: no more events are written, but the trace's
+    /// metadata can still say where and why it stopped.
+    fn after_failure(&mut self, msg: Msg) {
+        match msg {
+            Msg::Finish(ending, reply) => {
+                let cause = Stopped::Error(self.failure.message());
+                let _ = self.stop(cause, Some(ending.exit));
+                let _ = reply.send(Err(self.failure.take()));
+            }
+            Msg::Stop(cause, exit, reply) => {
+                let _ = reply.send(self.stop(cause, exit));
+            }
+            other => answer_failed(other, &self.failure),
+        }
+    }
+
+    /// Writes what fits of the buffered events, then the metadata of a trace stopped by
+    /// `cause`; returns the number of events kept.
+    fn stop(&mut self, cause: Stopped, exit: Option<ExitStatus>) -> Result<u64> {
+        if let Err(e) = self.flush() {
+            tracing::debug!("the last events are lost: {e}");
+        }
         self.buf.clear();
+        self.starts.clear();
         self.buf_events = 0;
-        self.commit_rows(Some(row))
+        self.release_all_reserves();
+        let kept = self.failure.kept.load(Ordering::Acquire);
+        let mut meta = self.sink.meta.clone();
+        meta.complete = false;
+        meta.exit = exit;
+        meta.stopped = Some(cause);
+        meta.event_count = kept;
+        meta.events_bytes = self.events_len;
+        meta.blobs_bytes = self.blobs_len;
+        index::write_meta(&self.db, &self.sink.index_path, &meta)?;
+        Ok(kept)
     }
 
     /// Commits the waiting file rows and `chunk`'s row in one transaction.
@@ -374,7 +566,7 @@ impl Open {
         }
         let path = &self.sink.index_path;
         let tx = self.db.transaction().map_err(sql_err(path))?;
-        for r in self.rows.drain(..) {
+        for r in &self.rows {
             tx.execute(
                 "INSERT OR IGNORE INTO files(hash, path, size, how) VALUES (?1, ?2, ?3, ?4)",
                 rusqlite::params![r.hash, r.path, r.size as i64, r.how],
@@ -396,12 +588,15 @@ impl Open {
             )
             .map_err(sql_err(path))?;
         }
-        tx.commit().map_err(sql_err(path))
+        tx.commit().map_err(sql_err(path))?;
+        self.rows.clear();
+        Ok(())
     }
 
     /// Writes what is left and the final metadata, marking the trace complete.
     fn finish(&mut self, ending: Ending) -> Result<TraceMeta> {
         self.flush()?;
+        self.release_all_reserves();
         let mut meta = self.sink.meta.clone();
         meta.complete = true;
         meta.exit = Some(ending.exit);
@@ -414,6 +609,18 @@ impl Open {
         index::write_meta(&self.db, &self.sink.index_path, &meta)?;
         Ok(meta)
     }
+}
+
+/// Creates the index of `sink` with its schema and first metadata.
+fn create_index(sink: &Sink) -> Result<Connection> {
+    let db = Connection::open_with_flags(
+        &sink.index_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_err(&sink.index_path))?;
+    index::create_schema(&db, &sink.index_path)?;
+    index::write_meta(&db, &sink.index_path, &sink.meta)?;
+    Ok(db)
 }
 
 /// A chunk's row of the index.

@@ -43,11 +43,13 @@ impl TraceRoot {
         Self::open(&root)
     }
 
-    /// The root at `root`, created with mode 0700 if missing.
+    /// The root at `root`, created with mode 0700 if missing. An existing root must be owned
+    /// by the current user and not writable by group or others (see [`check_private_dir`]).
     pub fn open(root: &Path) -> Result<Self> {
         if !root.is_dir() {
             crate::writer::create_private_dir(root, true).map_err(io_err(root))?;
         }
+        check_private_dir(root, "the trace root")?;
         Ok(TraceRoot {
             root: root.to_path_buf(),
         })
@@ -117,8 +119,18 @@ impl TraceRoot {
     }
 
     /// The trace a command-line argument names: `None` is the latest; an existing path is
-    /// itself; otherwise a trace of that name in the root.
+    /// itself; otherwise a trace of that name in the root. The trace directory must be the
+    /// user's own and not writable by group or others ([`check_private_dir`]).
     pub fn resolve(&self, arg: Option<&str>) -> Result<PathBuf> {
+        let dir = self.find(arg)?;
+        if dir.is_dir() {
+            check_private_dir(&dir, "the trace directory")?;
+        }
+        Ok(dir)
+    }
+
+    /// [`Self::resolve`] without the ownership check.
+    fn find(&self, arg: Option<&str>) -> Result<PathBuf> {
         let Some(arg) = arg else {
             return self.latest();
         };
@@ -173,6 +185,35 @@ impl TraceRoot {
         entries.sort_by_cached_key(key);
         Ok(entries)
     }
+}
+
+/// Refuses a directory (`what`, e.g. "the trace root") that is not owned by the current user
+/// or that group or others may write to, as ssh refuses such key files: another user could
+/// rename or replace what deja writes or reads there, or re-point `latest-trace`. A symlink
+/// is judged by the directory it points to.
+pub fn check_private_dir(dir: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir).map_err(io_err(dir))?;
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let why = if m.uid() != me {
+        format!(
+            "{what} is owned by uid {}, not by you (uid {me}); use a directory of your own",
+            m.uid()
+        )
+    } else if m.mode() & 0o022 != 0 {
+        format!(
+            "{what} is writable by group or others (mode {:04o}); run `chmod go-w {}`",
+            m.mode() & 0o7777,
+            dir.display()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(TraceError::Unsafe {
+        path: dir.to_path_buf(),
+        why,
+    })
 }
 
 /// The `N` of a `name-N` directory, for ordering traces started in the same second.

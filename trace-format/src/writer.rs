@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use crate::error::{io_err, Result, TraceError};
 use crate::event::{Data, Event, ExitStatus, FileRef};
 use crate::format::{BLOBS_FILE, EVENTS_FILE, FILES_DIR, INDEX_FILE};
-use crate::meta::TraceMeta;
+use crate::meta::{Stopped, TraceMeta};
 use crate::sink::{self, Ending, Failure, FileRow, Msg, Sink};
 use crate::FORMAT_VERSION;
 
@@ -77,7 +77,15 @@ pub struct TraceWriter {
     spare: Arc<sink::Spare>,
     sink: Option<JoinHandle<()>>,
     failure: Arc<Failure>,
+    /// The events file, opened again and `flock`ed for as long as the recording goes on (see
+    /// [`recording_in_progress`]).
+    lock: Option<File>,
 }
+
+/// Name of the reserve file in a trace being written (see `sink::RESERVE_BYTES`).
+const RESERVE_FILE: &str = ".reserve";
+/// Name of the reserve file for the final metadata (see `sink::END_RESERVE_BYTES`).
+const END_RESERVE_FILE: &str = ".reserve-end";
 
 /// Events handed to the writing thread at once (each hand-over may wake it, which costs an
 /// inter-processor interrupt: rare is cheap).
@@ -98,8 +106,12 @@ fn create_private_file(path: &Path) -> Result<File> {
         .map_err(io_err(path))
 }
 
-/// Makes `dir` an empty directory with mode 0700.
-fn prepare_dir(dir: &Path) -> Result<()> {
+/// Makes `dir` an empty directory with mode 0700; whether it created it. An existing one must
+/// be the user's own and not writable by group or others ([`crate::check_private_dir`]).
+fn prepare_dir(dir: &Path) -> Result<bool> {
+    if dir.is_dir() {
+        crate::check_private_dir(dir, "the trace directory")?;
+    }
     match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -107,11 +119,109 @@ fn prepare_dir(dir: &Path) -> Result<()> {
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return create_private_dir(dir, true).map_err(io_err(dir));
+            create_private_dir(dir, true).map_err(io_err(dir))?;
+            return Ok(true);
         }
         Err(e) => return Err(io_err(dir)(e)),
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    Ok(false)
+}
+
+/// Allocates `len` bytes to a new file at `path` (written as zeros where `fallocate` is not
+/// supported): space the trace can count on when the disk fills up.
+fn make_reserve(path: &Path, len: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = create_private_file(path)?;
+    // SAFETY: fallocate on a file descriptor this function owns; no memory is passed.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if r == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+        let why = format!("no room to start a trace here ({len} free bytes are needed): {err}");
+        return Err(io_err(path.parent().unwrap_or(path))(io::Error::new(
+            err.kind(),
+            why,
+        )));
+    }
+    if !matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) {
+        return Err(io_err(path)(err));
+    }
+    let zeros = vec![0u8; len as usize];
+    file.write_all_at(&zeros, 0).map_err(io_err(path))
+}
+
+/// Moves the last `len` bytes of the reserve at `from` to a new reserve file `to`: the space
+/// `from` frees is taken at once by `to`.
+fn split_reserve(from: &Path, to: &Path, len: u64) -> Result<()> {
+    let size = fs::metadata(from).map_err(io_err(from))?.len();
+    let keep = size.saturating_sub(len);
+    OpenOptions::new()
+        .write(true)
+        .open(from)
+        .and_then(|f| f.set_len(keep))
+        .map_err(io_err(from))?;
+    make_reserve(to, len)
+}
+
+/// Takes the lock that says the recording of the trace whose events file is `events` goes on.
+fn lock_in_progress(events: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(events).map_err(io_err(events))?;
+    // SAFETY: flock on a file descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io_err(events)(io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
+/// Whether a recorder is writing the trace in `dir` now: it holds a `flock` on the trace's
+/// events file from its creation until the trace is finished or stopped (the kernel drops it
+/// when the recorder dies, so a killed recording does not look in progress).
+pub fn recording_in_progress(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(EVENTS_FILE))
+    else {
+        return false;
+    };
+    // SAFETY: flock on a file descriptor this function owns; closing it drops the lock.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+/// Removes what [`TraceWriter::create`] made in `dir` before it failed (`dir` too if it made
+/// it), so no trace without an index version is left behind.
+fn remove_partial_trace(dir: &Path, made_dir: bool) {
+    for name in [
+        INDEX_FILE,
+        EVENTS_FILE,
+        BLOBS_FILE,
+        RESERVE_FILE,
+        END_RESERVE_FILE,
+    ] {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    let _ = fs::remove_file(dir.join(format!("{INDEX_FILE}-journal")));
+    let _ = fs::remove_dir(dir.join(FILES_DIR));
+    if made_dir {
+        let _ = fs::remove_dir(dir);
+    }
+}
+
+/// Counts the events a trace being written holds on file (see [`TraceWriter::kept_events`]).
+#[derive(Clone)]
+pub struct KeptEvents(Arc<Failure>);
+
+impl KeptEvents {
+    /// Events in the chunks written and indexed so far: what a reader of the trace finds.
+    pub fn get(&self) -> u64 {
+        self.0.kept.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Creates directory `dir` with mode 0700 whatever the umask (and its parents, if
@@ -134,6 +244,11 @@ impl TraceWriter {
     /// Creates a trace in `dir` (created with mode 0700; it may exist if it is empty) and
     /// records `meta` in it, marked incomplete. `format_version` is set to
     /// [`FORMAT_VERSION`]; the counters and `exit` are filled in by [`TraceWriter::finish`].
+    ///
+    /// Space is reserved for the end of the trace here, before the recording starts (see the
+    /// README, "How a recording ends"): if there is no room, what was made is removed and the
+    /// error returned. The writing thread creates the index meanwhile, and may use the
+    /// reserve to do it.
     pub fn create(dir: &Path, meta: &TraceMeta) -> Result<Self> {
         Self::create_completing(dir, meta, |_| {})
     }
@@ -146,11 +261,32 @@ impl TraceWriter {
         meta: &TraceMeta,
         complete: impl FnOnce(&mut TraceMeta) + Send + 'static,
     ) -> Result<Self> {
-        prepare_dir(dir)?;
+        let made_dir = prepare_dir(dir)?;
+        match Self::create_in(dir, meta, complete) {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                remove_partial_trace(dir, made_dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Self::create_completing`] in the prepared `dir`.
+    fn create_in(
+        dir: &Path,
+        meta: &TraceMeta,
+        complete: impl FnOnce(&mut TraceMeta) + Send + 'static,
+    ) -> Result<Self> {
+        let reserve = dir.join(RESERVE_FILE);
+        make_reserve(&reserve, sink::RESERVE_BYTES + sink::END_RESERVE_BYTES)?;
+        // Two files, from one allocation that proved the room is there.
+        let end_reserve = dir.join(END_RESERVE_FILE);
+        split_reserve(&reserve, &end_reserve, sink::END_RESERVE_BYTES)?;
         let index_path = dir.join(INDEX_FILE);
         create_private_file(&index_path)?;
         let events_path = dir.join(EVENTS_FILE);
         let events = create_private_file(&events_path)?;
+        let lock = lock_in_progress(&events_path)?;
         let blobs_path = dir.join(BLOBS_FILE);
         let blobs = create_private_file(&blobs_path)?;
         let files_dir = dir.join(FILES_DIR);
@@ -168,6 +304,8 @@ impl TraceWriter {
         };
         let sink = Sink {
             index_path,
+            reserve: Some(reserve),
+            end_reserve: Some(end_reserve),
             avoid_cpu: meta.cpu,
             meta,
             events_path,
@@ -206,7 +344,30 @@ impl TraceWriter {
             spare,
             sink: Some(thread),
             failure,
+            lock: Some(lock),
         })
+    }
+
+    /// A counter of the events the trace holds on file so far, readable after the writer is
+    /// gone (by `finish`, say).
+    pub fn kept_events(&self) -> KeptEvents {
+        KeptEvents(Arc::clone(&self.failure))
+    }
+
+    /// Ends a recording that could not run to its end: writes every complete event that fits
+    /// and marks the trace stopped by `cause` (with the program's `exit` status, if it ended);
+    /// returns the number of events the trace keeps. The writer takes no more events.
+    pub fn stop(&mut self, cause: Stopped, exit: Option<ExitStatus>) -> Result<u64> {
+        if let Err(e) = self.hand_over() {
+            tracing::debug!("the last events could not be handed over: {e}");
+        }
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let r = match self.send(Msg::Stop(cause, exit, reply)) {
+            Ok(()) => answer.recv().unwrap_or_else(|_| Err(self.failure.take())),
+            Err(e) => Err(e),
+        };
+        self.hang_up();
+        r
     }
 
     /// Number of events pushed so far (the index the next event will get).
@@ -459,17 +620,19 @@ impl TraceWriter {
             files_bytes: self.files_bytes,
         };
         self.send(Msg::Finish(ending, reply))?;
-        let meta = answer.recv().map_err(|_| self.failure.take())??;
-        self.stop();
-        Ok(meta)
+        let meta = answer.recv().map_err(|_| self.failure.take());
+        self.hang_up();
+        meta?
     }
 
-    /// Hangs up on the writing thread, which writes what it holds, and waits for it.
-    fn stop(&mut self) {
+    /// Hangs up on the writing thread, which writes what it holds, and waits for it; then
+    /// the recording is no longer in progress.
+    fn hang_up(&mut self) {
         self.to_sink = None;
         if let Some(t) = self.sink.take() {
             let _ = t.join();
         }
+        self.lock = None;
     }
 }
 
@@ -480,7 +643,7 @@ impl Drop for TraceWriter {
                 tracing::warn!("could not write the last events of the trace: {e}");
             }
         }
-        self.stop();
+        self.hang_up();
     }
 }
 
