@@ -52,7 +52,7 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, TraceMeta)> {
     use rusqlite::OpenFlags;
     // Read-write when possible, so SQLite can roll back a transaction the recorder left
     // behind when it was killed; read-only otherwise.
-    let base = OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let base = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     let db = Connection::open_with_flags(path, base | OpenFlags::SQLITE_OPEN_READ_WRITE)
         .or_else(|_| Connection::open_with_flags(path, base | OpenFlags::SQLITE_OPEN_READ_ONLY))
         .map_err(sql_err(path))?;
