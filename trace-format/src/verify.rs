@@ -329,7 +329,7 @@ mod tests {
     }
 
     fn message(r: Result<(File, PathBuf)>) -> String {
-        r.err().expect("the file is refused").to_string()
+        r.expect_err("the file is refused").to_string()
     }
 
     #[test]

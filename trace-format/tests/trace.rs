@@ -841,12 +841,25 @@ fn a_stored_file_is_verified_against_its_hash_and_never_followed() {
         )
     );
 
+    // The trace directory itself may be reached through a symlink (`latest-trace` is one).
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let r = TraceReader::open(&link).unwrap();
+    assert_eq!(r.meta().exit, Some(ExitStatus::Exited(0)));
+
     // So are symlinked data files.
     let events = dir.join("events");
     fs::rename(&events, tmp.path().join("events")).unwrap();
     std::os::unix::fs::symlink(tmp.path().join("events"), &events).unwrap();
     let err = TraceReader::open(&dir).unwrap_err().to_string();
     assert!(err.ends_with(": the events file is a symlink"), "{err}");
+    fs::remove_file(&events).unwrap();
+    fs::rename(tmp.path().join("events"), &events).unwrap();
+    let index = dir.join("index.sqlite");
+    fs::rename(&index, tmp.path().join("index.sqlite")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("index.sqlite"), &index).unwrap();
+    let err = TraceReader::open(&dir).unwrap_err().to_string();
+    assert!(err.ends_with(": the index is a symlink"), "{err}");
 }
 
 /// A regular file under a system prefix, found through a symlink when possible.
