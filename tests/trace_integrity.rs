@@ -46,7 +46,13 @@ fn tamper(stored: &Path) {
 /// the trace directory).
 fn assert_refused(out: &std::process::Output, trace: &Path, what: &str) {
     assert_ne!(shell_code(&out.status), 0, "{}", describe("replay", out));
-    assert_one_line_error("replay of a damaged trace", out);
+    assert_deja_error("replay of a damaged trace", out);
+    // One line from deja (the replayed program may have written to stderr before).
+    let from_deja = stderr_str(out)
+        .lines()
+        .filter(|l| l.starts_with("deja: "))
+        .count();
+    assert_eq!(from_deja, 1, "{}", describe("replay", out));
     let want = format!("deja: corrupt trace {}: {what}", trace.display());
     assert!(
         stderr_str(out).lines().any(|l| l == want),
@@ -139,4 +145,49 @@ fn the_verification_cache_lets_no_file_changed_since_through() {
         &trace,
         &format!("the stored copy of {recorded} does not match its hash"),
     );
+}
+
+/// Every stored file, used by the replay or not, changed in one byte (through a new file of
+/// the same name: a hard-linked system file must not be touched): each makes the replay fail
+/// and names that file.
+#[test]
+fn no_stored_file_can_be_changed_and_replay() {
+    let prog = program("time");
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(&prog, &[]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    let files = TraceReader::open(&trace)
+        .expect("open the trace")
+        .stored_files()
+        .expect("list the stored files");
+    assert!(files.len() >= 2, "{files:?}");
+    for (file, how) in files {
+        let stored = trace.join("files").join(&file.hash);
+        let intact = fs::read(&stored).unwrap();
+        let mode = fs::metadata(&stored).unwrap().permissions();
+        let mut bytes = intact.clone();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        let replace = |content: &[u8]| {
+            fs::remove_file(&stored).unwrap();
+            fs::write(&stored, content).unwrap();
+            fs::set_permissions(&stored, mode.clone()).unwrap();
+        };
+        replace(&bytes);
+        let out = ctx.replay(&trace);
+        assert_refused(
+            &out,
+            &trace,
+            &format!("the stored copy of {} does not match its hash", file.path),
+        );
+        replace(&intact);
+        let out = ctx.replay(&trace);
+        assert_eq!(
+            shell_code(&out.status),
+            0,
+            "after restoring {} ({how})\n{}",
+            file.path,
+            describe("replay", &out)
+        );
+    }
 }

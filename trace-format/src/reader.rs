@@ -196,6 +196,17 @@ impl TraceReader {
         self.verifier.open(&self.dir, file)
     }
 
+    /// Verifies every file in the file store as [`TraceReader::open_file`] does (those this
+    /// reader already verified, or the cache lists, cost a `statx`): the first bad one is the
+    /// error. A replay to the end calls this last, so that no stored byte, used or not, is
+    /// damaged in a trace that replays successfully.
+    pub fn verify_stored_files(&self) -> Result<()> {
+        for (file, _) in self.stored_files()? {
+            self.open_file(&file)?;
+        }
+        Ok(())
+    }
+
     /// Uses `cache` (a private directory), or no cache, to remember verified stored files,
     /// instead of the user's (`<trace root>/.pool/verified`).
     pub fn set_verify_cache(&mut self, cache: Option<PathBuf>) {
