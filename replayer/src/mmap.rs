@@ -254,12 +254,8 @@ impl EmuFiles {
     fn load(&mut self, id: FileId, reader: &TraceReader, stored: &FileRef) -> Result<&mut Emu> {
         if !self.files.contains_key(&id) {
             let emu = if self.unchanging(id) {
-                let path = reader.file_path(stored)?;
-                let file = File::options()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .with_context(|| format!("opening {}", path.display()))?;
+                // Verified, and opened without following a symlink.
+                let (file, path) = reader.open_file(stored)?;
                 Emu {
                     file,
                     path,
@@ -297,8 +293,7 @@ impl EmuFiles {
                     stored.path
                 );
             }
-            let path = reader.file_path(stored)?;
-            let from = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let (from, _) = reader.open_file(stored)?;
             trace_format::sparse::overwrite(&from, &emu.file, stored.size)
                 .with_context(|| format!("loading the trace's copy of {}", stored.path))?;
             emu.loaded = Some(stored.hash.clone());

@@ -838,20 +838,27 @@ pub fn walk(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Replaces every copy of the file `original` in the trace's file store with the bytes of
-/// `replacement` (to make a replay diverge on purpose); panics if the trace kept no copy.
+/// Replaces every copy of the file `original` in the trace's file store with the file
+/// `replacement` (to make a replay diverge on purpose), as a trace of a recording that ran
+/// `replacement` would hold it: under its own hash, every reference to it changed (the trace
+/// is rewritten); panics if the trace kept no copy.
 pub fn swap_trace_file(trace: &Path, original: &Path, replacement: &Path) {
     let original = std::fs::read(original).unwrap();
-    let replacement = std::fs::read(replacement).unwrap();
-    let mut swapped_any = false;
-    for entry in std::fs::read_dir(trace.join("files")).unwrap() {
-        let path = entry.unwrap().path();
-        if std::fs::read(&path).unwrap() == original {
-            std::fs::write(&path, &replacement).unwrap();
-            swapped_any = true;
-        }
-    }
-    assert!(swapped_any, "the trace keeps no copy of the file");
+    let swapped_any = std::cell::Cell::new(false);
+    let tmp = trace.with_extension("swapping");
+    rewrite::rewrite_trace_swapping(
+        trace,
+        &tmp,
+        |stored| {
+            let same = std::fs::read(stored).unwrap() == original;
+            swapped_any.set(swapped_any.get() || same);
+            same.then(|| replacement.to_path_buf())
+        },
+        |_, _| {},
+    );
+    assert!(swapped_any.get(), "the trace keeps no copy of the file");
+    std::fs::remove_dir_all(trace).unwrap();
+    std::fs::rename(&tmp, trace).unwrap();
 }
 
 /// Checks the replay of a `variant` build swapped for the other (see `variant.c`): it reports a

@@ -24,7 +24,7 @@ pub enum TraceError {
     },
 
     /// The trace's bytes do not mean what the format says they must.
-    #[error("trace is corrupt: {what} ({})", .path.display())]
+    #[error("corrupt trace {}: {what}", .path.display())]
     Corrupt {
         /// The file (or trace directory) the damage was found in.
         path: PathBuf,

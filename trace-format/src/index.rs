@@ -52,10 +52,24 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, TraceMeta)> {
     use rusqlite::OpenFlags;
     // Read-write when possible, so SQLite can roll back a transaction the recorder left
     // behind when it was killed; read-only otherwise.
-    let base = OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let db = Connection::open_with_flags(path, base | OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .or_else(|_| Connection::open_with_flags(path, base | OpenFlags::SQLITE_OPEN_READ_ONLY))
-        .map_err(sql_err(path))?;
+    // SQLite's NOFOLLOW refuses a symlink anywhere in the path: the directory is resolved
+    // first (a trace is often reached through `latest-trace`), so that it refuses only an
+    // index that is itself a symlink.
+    let real = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    };
+    let base = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let db = Connection::open_with_flags(&real, base | OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .or_else(|_| Connection::open_with_flags(&real, base | OpenFlags::SQLITE_OPEN_READ_ONLY))
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::CannotOpen) if is_symlink(path) => {
+                TraceError::corrupt(path, "the index is a symlink")
+            }
+            _ => sql_err(path)(e),
+        })?;
     db.busy_timeout(BUSY_TIMEOUT).map_err(sql_err(path))?;
     let version: u32 = match db.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
         Ok(v) => u32::try_from(v).unwrap_or(u32::MAX),
@@ -113,4 +127,9 @@ fn read_err(path: &Path, e: rusqlite::Error) -> TraceError {
         }
         e => sql_err(path)(e),
     }
+}
+
+/// Whether `path` is a symlink.
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }

@@ -15,6 +15,7 @@ mod reader;
 mod sink;
 pub mod sparse;
 mod store;
+mod verify;
 mod writer;
 
 pub use error::{Result, TraceError};

@@ -12,10 +12,11 @@ use crate::error::{io_err, sql_err, Result, TraceError};
 use crate::event::{Data, Event, FileRef};
 use crate::format::{
     self, BlobHeader, ChunkHeader, BLOBS_FILE, BLOB_HEADER_LEN, CHUNK_HEADER_LEN, EVENTS_FILE,
-    FILES_DIR, INDEX_FILE,
+    INDEX_FILE,
 };
 use crate::index;
 use crate::meta::TraceMeta;
+use crate::verify::{self, Verifier};
 
 /// One events chunk as the index lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,7 @@ pub struct TraceReader {
     events_path: PathBuf,
     blobs_path: PathBuf,
     blobs: File,
+    verifier: Verifier,
 }
 
 impl std::fmt::Debug for TraceReader {
@@ -61,32 +63,26 @@ impl TraceReader {
     pub fn open(dir: &Path) -> Result<Self> {
         fs::metadata(dir).map_err(io_err(dir))?;
         let index_path = dir.join(INDEX_FILE);
-        match fs::metadata(&index_path) {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => return Err(TraceError::NotATrace(dir.to_path_buf())),
+        match fs::symlink_metadata(&index_path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(TraceError::NotATrace(dir.to_path_buf()))
             }
             Err(e) => return Err(io_err(&index_path)(e)),
+            Ok(m) if m.is_dir() => return Err(TraceError::NotATrace(dir.to_path_buf())),
+            Ok(_) => {}
+        }
+        // SQLite opens the index by name: it is checked first, and opened with
+        // SQLITE_OPEN_NOFOLLOW; its journal must not lead elsewhere either.
+        verify::open_regular(dir, &index_path, "the index")?;
+        for journal in ["-journal", "-wal"] {
+            let p = dir.join(format!("{INDEX_FILE}{journal}"));
+            verify::refuse_symlink(dir, &p, &format!("the index's {INDEX_FILE}{journal}"))?;
         }
         let (db, meta) = index::open(&index_path)?;
         let events_path = dir.join(EVENTS_FILE);
-        match fs::metadata(&events_path) {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => return Err(TraceError::corrupt(&events_path, "not a regular file")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(TraceError::corrupt(dir, "the events file is missing"))
-            }
-            Err(e) => return Err(io_err(&events_path)(e)),
-        }
+        verify::open_regular(dir, &events_path, "the events file")?;
         let blobs_path = dir.join(BLOBS_FILE);
-        let blobs = match File::open(&blobs_path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(TraceError::corrupt(dir, "the blobs file is missing"))
-            }
-            Err(e) => return Err(io_err(&blobs_path)(e)),
-        };
+        let blobs = verify::open_regular(dir, &blobs_path, "the blobs file")?;
         Ok(TraceReader {
             dir: dir.to_path_buf(),
             index_path,
@@ -95,6 +91,7 @@ impl TraceReader {
             events_path,
             blobs_path,
             blobs,
+            verifier: Verifier::default(),
         })
     }
 
@@ -111,7 +108,7 @@ impl TraceReader {
     /// Streams the events from the first, one chunk in memory at a time. See [`EventIter`]
     /// for how the stream ends.
     pub fn events(&self) -> Result<EventIter> {
-        let file = File::open(&self.events_path).map_err(io_err(&self.events_path))?;
+        let file = verify::open_regular(&self.dir, &self.events_path, "the events file")?;
         let file_len = file.metadata().map_err(io_err(&self.events_path))?.len();
         let last_indexed: Option<i64> = self
             .db
@@ -185,45 +182,35 @@ impl TraceReader {
         format::decode_blob(&frame, len).map_err(corrupt)
     }
 
-    /// The path of a stored file in this trace; an error if it is missing or has the wrong
-    /// size.
+    /// The path of a stored file in this trace, verified (see [`TraceReader::open_file`]).
     pub fn file_path(&self, file: &FileRef) -> Result<PathBuf> {
-        let valid = file.hash.len() == 64
-            && file
-                .hash
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !valid {
-            return Err(TraceError::corrupt(
-                &self.dir,
-                format!(
-                    "stored file name {:?} for {} is not a hash",
-                    file.hash, file.path
-                ),
-            ));
+        self.open_file(file).map(|(_, path)| path)
+    }
+
+    /// The stored file `file`, opened for reading, and its path. It is verified at its first
+    /// use (by this reader, or by any replay since it last changed, see the README's
+    /// "Integrity"): a [`TraceError::Corrupt`] naming the recorded path if it is missing, a
+    /// symlink (never followed) or not a regular file, has another size, or its content does
+    /// not hash to the name it is stored under.
+    pub fn open_file(&self, file: &FileRef) -> Result<(File, PathBuf)> {
+        self.verifier.open(&self.dir, file)
+    }
+
+    /// Verifies every file in the file store as [`TraceReader::open_file`] does (those this
+    /// reader already verified, or the cache lists, cost a `statx`): the first bad one is the
+    /// error. A replay to the end calls this last, so that no stored byte, used or not, is
+    /// damaged in a trace that replays successfully.
+    pub fn verify_stored_files(&self) -> Result<()> {
+        for (file, _) in self.stored_files()? {
+            self.open_file(&file)?;
         }
-        let path = self.dir.join(FILES_DIR).join(&file.hash);
-        match fs::metadata(&path) {
-            Ok(m) if m.is_file() && m.len() == file.size => Ok(path),
-            Ok(m) if m.is_file() => Err(TraceError::corrupt(
-                &path,
-                format!(
-                    "stored copy of {} has {} bytes instead of {}",
-                    file.path,
-                    m.len(),
-                    file.size
-                ),
-            )),
-            Ok(_) => Err(TraceError::corrupt(
-                &path,
-                format!("stored copy of {} is not a regular file", file.path),
-            )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(TraceError::corrupt(
-                &path,
-                format!("stored copy of {} is missing", file.path),
-            )),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        Ok(())
+    }
+
+    /// Uses `cache` (a private directory), or no cache, to remember verified stored files,
+    /// instead of the user's (`<trace root>/.pool/verified`).
+    pub fn set_verify_cache(&mut self, cache: Option<PathBuf>) {
+        self.verifier = Verifier::with_cache(cache);
     }
 
     /// Every file in the file store, with how it was stored (`"link"` or `"copy"`), in the

@@ -470,9 +470,9 @@ fn corrupt_middle_is_an_error() {
     assert_eq!(
         err.to_string(),
         format!(
-            "trace is corrupt: events chunk 1 at offset {} fails its checksum ({})",
-            mid.offset,
-            events.display()
+            "corrupt trace {}: events chunk 1 at offset {} fails its checksum",
+            events.display(),
+            mid.offset
         )
     );
     // Ten events come out before the error.
@@ -798,6 +798,68 @@ fn file_store_dedups_and_copies() {
     assert!(r.file_path(&bad).is_err());
     fs::remove_file(&pa).unwrap();
     assert!(matches!(r.file_path(&ra), Err(TraceError::Corrupt { .. })));
+}
+
+#[test]
+fn a_stored_file_is_verified_against_its_hash_and_never_followed() {
+    let (tmp, dir) = trace_dir();
+    let src = tmp.path().join("prog");
+    fs::write(&src, b"what time is it").unwrap();
+    let mut w = TraceWriter::create(&dir, &meta()).unwrap();
+    let f = w.store_file(&src, "/usr/bin/prog").unwrap();
+    w.finish(ExitStatus::Exited(0)).unwrap();
+    let p = dir.join("files").join(&f.hash);
+    let mut r = TraceReader::open(&dir).unwrap();
+    r.set_verify_cache(None);
+    let (_, path) = r.open_file(&f).unwrap();
+    assert_eq!(path, p);
+
+    // One byte changed, same size.
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[5..9].copy_from_slice(b"TIME");
+    fs::remove_file(&p).unwrap();
+    fs::write(&p, &bytes).unwrap();
+    let mut r = TraceReader::open(&dir).unwrap();
+    r.set_verify_cache(None);
+    assert_eq!(
+        r.file_path(&f).unwrap_err().to_string(),
+        format!(
+            "corrupt trace {}: the stored copy of /usr/bin/prog does not match its hash",
+            dir.display()
+        )
+    );
+
+    // A symlink, even to a file with the right content, is refused.
+    fs::write(tmp.path().join("good"), b"what time is it").unwrap();
+    fs::remove_file(&p).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("good"), &p).unwrap();
+    assert_eq!(
+        r.file_path(&f).unwrap_err().to_string(),
+        format!(
+            "corrupt trace {}: the stored copy of /usr/bin/prog is a symlink",
+            dir.display()
+        )
+    );
+
+    // The trace directory itself may be reached through a symlink (`latest-trace` is one).
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let r = TraceReader::open(&link).unwrap();
+    assert_eq!(r.meta().exit, Some(ExitStatus::Exited(0)));
+
+    // So are symlinked data files.
+    let events = dir.join("events");
+    fs::rename(&events, tmp.path().join("events")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("events"), &events).unwrap();
+    let err = TraceReader::open(&dir).unwrap_err().to_string();
+    assert!(err.ends_with(": the events file is a symlink"), "{err}");
+    fs::remove_file(&events).unwrap();
+    fs::rename(tmp.path().join("events"), &events).unwrap();
+    let index = dir.join("index.sqlite");
+    fs::rename(&index, tmp.path().join("index.sqlite")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("index.sqlite"), &index).unwrap();
+    let err = TraceReader::open(&dir).unwrap_err().to_string();
+    assert!(err.ends_with(": the index is a symlink"), "{err}");
 }
 
 /// A regular file under a system prefix, found through a symlink when possible.

@@ -71,7 +71,9 @@ pub fn replay(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
     tracee::tsc::on_tracer_thread(move || {
         let mut session = Session::open(&dir, &opts, None)?;
         let result = session.run_events().and_then(|end| match end {
-            Some(outcome) => Ok(outcome),
+            // The files the replay never used are verified too: a replay to the end
+            // vouches for the whole trace.
+            Some(outcome) => Ok(session.reader.verify_stored_files().map(|()| outcome)?),
             None => bail!("the replay halted without a debugger"),
         });
         session.tasks.kill_all();

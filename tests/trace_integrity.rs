@@ -1,0 +1,193 @@
+//! A trace's stored files are verified before a replay uses them: a stored file changed in
+//! one byte (same size), or replaced by a symlink, makes `deja replay -a` fail with a one-line
+//! message naming the recorded path, also after an earlier replay of the intact trace was
+//! remembered in the verification cache.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use trace_format::TraceReader;
+
+/// The path of the trace's stored copy of `program` and the path it was recorded under.
+fn stored_copy(trace: &Path, program: &Path) -> (PathBuf, String) {
+    let reader = TraceReader::open(trace).expect("open the trace");
+    let want = fs::canonicalize(program).expect("the program's real path");
+    let (file, _) = reader
+        .stored_files()
+        .expect("list the stored files")
+        .into_iter()
+        .find(|(f, _)| fs::canonicalize(&f.path).is_ok_and(|p| p == want))
+        .unwrap_or_else(|| panic!("the trace stores no copy of {}", program.display()));
+    (trace.join("files").join(&file.hash), file.path)
+}
+
+/// Changes "time" to "TIME" where the program's last line is printed from ("time   %lld"),
+/// in place: the same file, the same size, its modification time put back.
+fn tamper(stored: &Path) {
+    let bytes = fs::read(stored).unwrap();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"time    ")
+        .expect("the format string of the time line in the program");
+    let mtime = fs::metadata(stored).unwrap().modified().unwrap();
+    let f = fs::OpenOptions::new().write(true).open(stored).unwrap();
+    f.write_all_at(b"TIME", at as u64).unwrap();
+    f.set_modified(mtime).unwrap();
+    assert_eq!(fs::metadata(stored).unwrap().len(), bytes.len() as u64);
+}
+
+/// Asserts that a replay was refused with the one-line corrupt-trace message `what` (after
+/// the trace directory).
+fn assert_refused(out: &std::process::Output, trace: &Path, what: &str) {
+    assert_ne!(shell_code(&out.status), 0, "{}", describe("replay", out));
+    assert_deja_error("replay of a damaged trace", out);
+    // One line from deja (the replayed program may have written to stderr before).
+    let from_deja = stderr_str(out)
+        .lines()
+        .filter(|l| l.starts_with("deja: "))
+        .count();
+    assert_eq!(from_deja, 1, "{}", describe("replay", out));
+    let want = format!("deja: corrupt trace {}: {what}", trace.display());
+    assert!(
+        stderr_str(out).lines().any(|l| l == want),
+        "expected {want:?}\n{}",
+        describe("replay", out)
+    );
+}
+
+#[test]
+fn a_stored_file_changed_in_one_byte_fails_the_replay() {
+    let prog = program("time");
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(&prog, &[]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    let (stored, recorded) = stored_copy(&trace, &prog);
+    tamper(&stored);
+    let out = ctx.replay(&trace);
+    assert_refused(
+        &out,
+        &trace,
+        &format!("the stored copy of {recorded} does not match its hash"),
+    );
+    assert!(
+        !stdout_str(&out).contains("TIME"),
+        "{}",
+        describe("replay", &out)
+    );
+    // `deja info` and `dump` do not use stored files: they still read the trace.
+    let info = ctx.run_deja(&[OsStr::new("info"), trace.as_os_str()]);
+    assert!(info.status.success(), "{}", describe("info", &info));
+}
+
+#[test]
+fn a_stored_file_replaced_by_a_symlink_is_refused_without_following_it() {
+    let prog = program("time");
+    let other = program("exit3");
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(&prog, &[]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    let (stored, recorded) = stored_copy(&trace, &prog);
+    let what = format!("the stored copy of {recorded} is a symlink");
+    // To another program (which would replay it), and to a file of another size (whose size
+    // the message must not tell).
+    for target in [other.as_path(), Path::new("/etc/passwd")] {
+        fs::remove_file(&stored).unwrap();
+        std::os::unix::fs::symlink(target, &stored).unwrap();
+        let out = ctx.replay(&trace);
+        assert_refused(&out, &trace, &what);
+        assert!(
+            !stderr_str(&out).contains("bytes"),
+            "{}",
+            describe("replay", &out)
+        );
+    }
+    // A symlinked events file likewise.
+    let events = trace.join("events");
+    let moved = ctx.fresh_path("events");
+    fs::rename(&events, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &events).unwrap();
+    let out = ctx.replay(&trace);
+    assert_refused(&out, &trace, "the events file is a symlink");
+}
+
+#[test]
+fn the_verification_cache_lets_no_file_changed_since_through() {
+    let prog = program("time");
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(&prog, &[]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    // The cache remembers files unchanged for two seconds.
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = ctx.replay(&trace);
+    assert_eq!(shell_code(&out.status), 0, "{}", describe("replay", &out));
+    let cache = ctx.trace_root().join(".pool").join("verified");
+    let (stored, recorded) = stored_copy(&trace, &prog);
+    let hash = stored.file_name().unwrap();
+    assert!(
+        cache.join(hash).is_file(),
+        "the replay did not remember the program's copy in {}",
+        cache.display()
+    );
+    // A second replay uses the cache, and still replays.
+    let out = ctx.replay(&trace);
+    assert_eq!(shell_code(&out.status), 0, "{}", describe("replay", &out));
+
+    tamper(&stored);
+    let out = ctx.replay(&trace);
+    assert_refused(
+        &out,
+        &trace,
+        &format!("the stored copy of {recorded} does not match its hash"),
+    );
+}
+
+/// Every stored file, used by the replay or not, changed in one byte (through a new file of
+/// the same name: a hard-linked system file must not be touched): each makes the replay fail
+/// and names that file.
+#[test]
+fn no_stored_file_can_be_changed_and_replay() {
+    let prog = program("time");
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(&prog, &[]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    let files = TraceReader::open(&trace)
+        .expect("open the trace")
+        .stored_files()
+        .expect("list the stored files");
+    assert!(files.len() >= 2, "{files:?}");
+    for (file, how) in files {
+        let stored = trace.join("files").join(&file.hash);
+        let intact = fs::read(&stored).unwrap();
+        let mode = fs::metadata(&stored).unwrap().permissions();
+        let mut bytes = intact.clone();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        let replace = |content: &[u8]| {
+            fs::remove_file(&stored).unwrap();
+            fs::write(&stored, content).unwrap();
+            fs::set_permissions(&stored, mode.clone()).unwrap();
+        };
+        replace(&bytes);
+        let out = ctx.replay(&trace);
+        assert_refused(
+            &out,
+            &trace,
+            &format!("the stored copy of {} does not match its hash", file.path),
+        );
+        replace(&intact);
+        let out = ctx.replay(&trace);
+        assert_eq!(
+            shell_code(&out.status),
+            0,
+            "after restoring {} ({how})\n{}",
+            file.path,
+            describe("replay", &out)
+        );
+    }
+}
