@@ -124,6 +124,8 @@ pub(crate) struct Sink {
     pub blobs: File,
     /// The CPU the recorded program is pinned to, which the thread stays off when it can.
     pub avoid_cpu: Option<u32>,
+    /// The trace's store of files (`files/`).
+    pub files_dir: PathBuf,
 }
 
 /// The thread's state once the index is open.
@@ -179,6 +181,11 @@ pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>, spare: A
         }
         let step = match msg {
             Msg::Batch { files, events } => {
+                // The stored files' hashes are the recorder's: the first replay need not
+                // hash them again (see `verify::vouch`).
+                for f in &files {
+                    crate::verify::vouch(&open.sink.files_dir.join(&f.hash), &f.hash);
+                }
                 open.rows.extend(files);
                 let pushed = events.into_iter().try_for_each(|ev| open.push(ev));
                 if pushed.is_err() {

@@ -276,6 +276,28 @@ fn private_dir(dir: &Path, create: bool) -> bool {
     fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == me && m.mode() & 0o022 == 0)
 }
 
+/// The recorder's word for a file it has just stored at `path` under `hash` (it hashed the
+/// copy, or linked a file whose hash its pool knew): remembered in the user's cache, so that
+/// the first replay does not hash it again. No 2-second rule here: the rule guards a reader
+/// against a second write in the tick after its hash, and between storing a file in a private
+/// trace directory and this, only a process of the same user could write it, which could as
+/// well write a cache entry. Best effort.
+pub(crate) fn vouch(path: &Path, hash: &str) {
+    let Some(cache) = user_cache() else {
+        return;
+    };
+    let Ok(f) = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return;
+    };
+    if let Ok(id) = identity(&f) {
+        remember(&cache, hash, &id.key);
+    }
+}
+
 /// Whether the cache says the file of identity `key` hashed to `hash`.
 fn cached(cache: &Path, hash: &str, key: &str) -> bool {
     fs::read_to_string(cache.join(hash)).is_ok_and(|s| s.lines().any(|l| l == key))

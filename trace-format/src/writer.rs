@@ -307,6 +307,7 @@ impl TraceWriter {
             reserve: Some(reserve),
             end_reserve: Some(end_reserve),
             avoid_cpu: meta.cpu,
+            files_dir: files_dir.clone(),
             meta,
             events_path,
             events,
