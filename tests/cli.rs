@@ -338,3 +338,24 @@ fn recorded_strings_are_printed_escaped() {
         }
     }
 }
+
+/// Asked-for logs carry timestamps, from every thread of the recorder: the writing thread's
+/// too, although the tracer thread it was started from traps `rdtsc` (a timestamp read there
+/// used to kill the recorder with `SIGSEGV`).
+#[test]
+fn debug_logs_from_every_thread_of_the_recorder() {
+    let ctx = Ctx::new();
+    let out = ctx
+        .deja()
+        .env("DEJA_LOG", "debug")
+        .arg("rec")
+        .arg(program("exit3"))
+        .output()
+        .expect("run deja rec");
+    assert_eq!(out.status.code(), Some(3), "{}", describe("rec", &out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the writing thread finished the trace"),
+        "no log line from the writing thread:\n{err}"
+    );
+}

@@ -154,7 +154,7 @@ struct Open {
 /// write the metadata of a stopped trace (the reserve leaves room for it), so the index always
 /// says how many events it holds and why it ends there.
 pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>, spare: Arc<Spare>) {
-    block_signals();
+    prepare_thread();
     if let Some(cpu) = sink.avoid_cpu {
         stay_off_cpu(cpu);
     }
@@ -276,9 +276,18 @@ pub(crate) const RESERVE_BYTES: u64 = 2 * CHUNK_TARGET_BYTES as u64;
 /// write them, once the chunks have taken all the rest.
 pub(crate) const END_RESERVE_BYTES: u64 = 128 * 1024;
 
-/// The thread takes no signal: the recorder's timer (`SIGALRM`, per process) must interrupt
-/// only the tracer thread's waits.
-fn block_signals() {
+/// Readies the writing thread: it reads the time-stamp counter natively, and takes no signal
+/// (the recorder's timer, `SIGALRM`, per process, must interrupt only the tracer thread's
+/// waits).
+fn prepare_thread() {
+    // The recorder's tracer thread traps `rdtsc` (`PR_TSC_SIGSEGV`, see `tracee::tsc`) and this
+    // thread inherits that; with every signal blocked, the fault of a clock read here (a
+    // timestamped log line, SQLite's own timing) would kill the recorder. This thread reads
+    // the time-stamp counter itself.
+    // SAFETY: prctl with integer arguments, for the calling thread only.
+    unsafe {
+        libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_ENABLE, 0, 0, 0);
+    }
     // SAFETY: sigfillset fills a local set, which pthread_sigmask only reads.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -614,6 +623,10 @@ impl Open {
         meta.blobs_bytes = self.blobs_len;
         meta.files_bytes = ending.files_bytes;
         index::write_meta(&self.db, &self.sink.index_path, &meta)?;
+        tracing::debug!(
+            events = meta.event_count,
+            "the writing thread finished the trace"
+        );
         Ok(meta)
     }
 }
