@@ -131,6 +131,8 @@ pub(crate) struct Sink {
 /// The thread's state once the index is open.
 struct Open {
     sink: Sink,
+    /// The user's cache of verified files, once looked for (see `verify::vouch`).
+    verify_cache: std::cell::OnceCell<Option<PathBuf>>,
     spare: Arc<Spare>,
     failure: Arc<Failure>,
     db: Connection,
@@ -183,8 +185,14 @@ pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>, spare: A
             Msg::Batch { files, events } => {
                 // The stored files' hashes are the recorder's: the first replay need not
                 // hash them again (see `verify::vouch`).
-                for f in &files {
-                    crate::verify::vouch(&open.sink.files_dir.join(&f.hash), &f.hash);
+                if !files.is_empty() {
+                    let cache = open.verify_cache.get_or_init(crate::verify::user_cache);
+                    if let Some(cache) = cache {
+                        for f in &files {
+                            let stored = open.sink.files_dir.join(&f.hash);
+                            crate::verify::vouch(cache, &stored, &f.hash);
+                        }
+                    }
                 }
                 open.rows.extend(files);
                 let pushed = events.into_iter().try_for_each(|ev| open.push(ev));
@@ -332,6 +340,7 @@ impl Open {
             zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(io_err(&sink.blobs_path))?;
         Ok(Open {
             sink,
+            verify_cache: std::cell::OnceCell::new(),
             spare,
             failure,
             db,

@@ -249,7 +249,7 @@ fn settled(t: i64) -> bool {
 
 /// The user's cache of verified files, `<trace root>/.pool/verified` (created mode 0700), if
 /// the root, the pool and the cache are directories the user owns that nobody else can write.
-fn user_cache() -> Option<PathBuf> {
+pub(crate) fn user_cache() -> Option<PathBuf> {
     let root = crate::TraceRoot::from_env().ok()?;
     let pool = root.path().join(".pool");
     let cache = pool.join("verified");
@@ -282,10 +282,7 @@ fn private_dir(dir: &Path, create: bool) -> bool {
 /// against a second write in the tick after its hash, and between storing a file in a private
 /// trace directory and this, only a process of the same user could write it, which could as
 /// well write a cache entry. Best effort.
-pub(crate) fn vouch(path: &Path, hash: &str) {
-    let Some(cache) = user_cache() else {
-        return;
-    };
+pub(crate) fn vouch(cache: &Path, path: &Path, hash: &str) {
     let Ok(f) = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -294,7 +291,7 @@ pub(crate) fn vouch(path: &Path, hash: &str) {
         return;
     };
     if let Ok(id) = identity(&f) {
-        remember(&cache, hash, &id.key);
+        remember(cache, hash, &id.key);
     }
 }
 

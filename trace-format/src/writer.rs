@@ -89,9 +89,11 @@ const END_RESERVE_FILE: &str = ".reserve-end";
 
 /// Events handed to the writing thread at once (each hand-over may wake it, which costs an
 /// inter-processor interrupt: rare is cheap).
-const BATCH_EVENTS: usize = 512;
+const BATCH_EVENTS: usize = 256;
 /// Payload bytes handed to the writing thread at once.
 const BATCH_BYTES: usize = 1 << 19;
+/// Stored files' rows handed over at once.
+const ROWS_AT_ONCE: usize = 4;
 /// Batches that may wait for the writing thread before the caller waits for it in turn.
 const QUEUED_BATCHES: usize = 8;
 
@@ -388,7 +390,13 @@ impl TraceWriter {
         self.batch.push(ev);
         let idx = self.next_event;
         self.next_event += 1;
-        if self.batch.len() >= BATCH_EVENTS || self.batch_bytes >= BATCH_BYTES {
+        // Stored files' rows go soon (the writing thread vouches for the files, and a short
+        // recording would otherwise leave all its work to the end, where the program's exit
+        // waits for it); events in batches.
+        if self.batch.len() >= BATCH_EVENTS
+            || self.batch_bytes >= BATCH_BYTES
+            || self.rows.len() >= ROWS_AT_ONCE
+        {
             self.hand_over()?;
         }
         Ok(idx)
