@@ -259,11 +259,15 @@ impl Open {
 
     /// Encodes one event (its large payloads first go to the blob file).
     fn push(&mut self, mut ev: Event) -> Result<()> {
-        self.move_large_payloads(&mut ev)?;
-        format::encode_event(&ev, &mut self.buf).map_err(|message| TraceError::Encode {
-            what: "an event",
-            message,
-        })?;
+        self.move_payloads(&mut ev, INLINE_MAX)?;
+        if format::encode_event(&ev, &mut self.buf).is_err() {
+            // Larger than an event may be: every payload goes to the blob file.
+            self.move_payloads(&mut ev, 1)?;
+            format::encode_event(&ev, &mut self.buf).map_err(|message| TraceError::Encode {
+                what: "an event",
+                message,
+            })?;
+        }
         // A recycled buffer holding a small payload goes back too.
         if let Event::Buffered(b) = ev {
             if let Data::Inline(buf) = b.records {
@@ -281,26 +285,26 @@ impl Open {
         Ok(())
     }
 
-    /// Moves every payload of `ev` of at least [`INLINE_MAX`] bytes to the blob file.
-    fn move_large_payloads(&mut self, ev: &mut Event) -> Result<()> {
+    /// Moves every payload of `ev` of at least `min` bytes to the blob file.
+    fn move_payloads(&mut self, ev: &mut Event, min: usize) -> Result<()> {
         let writes: &mut [MemWrite] = match ev {
             Event::Syscall(e) => &mut e.writes,
             Event::Clone(e) => &mut e.writes,
             Event::Start(e) => &mut e.writes,
-            Event::Buffered(e) => return self.move_to_blob(&mut e.records),
+            Event::Buffered(e) => return self.move_to_blob(&mut e.records, min),
             _ => return Ok(()),
         };
         for w in writes {
-            self.move_to_blob(&mut w.data)?;
+            self.move_to_blob(&mut w.data, min)?;
         }
         Ok(())
     }
 
-    fn move_to_blob(&mut self, data: &mut Data) -> Result<()> {
+    fn move_to_blob(&mut self, data: &mut Data, min: usize) -> Result<()> {
         let Data::Inline(bytes) = data else {
             return Ok(());
         };
-        if bytes.len() < INLINE_MAX {
+        if bytes.len() < min {
             return Ok(());
         }
         let frame = self
