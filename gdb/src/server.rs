@@ -60,7 +60,12 @@ pub fn serve(
                 .start_over()
                 .context("starting the replay over for the next gdb")?;
         }
-        let session = serve_connection(&mut target, conn)?;
+        // The replay keeps a handle on the connection (to see gdb's interrupt byte): the
+        // client sees the end only once the socket is shut down.
+        let closer = conn.try_clone().context("cloning the gdb connection")?;
+        let session = serve_connection(&mut target, conn);
+        closer.shutdown(std::net::Shutdown::Both).ok();
+        let session = session?;
         used |= session.used;
         if let Some(e) = session.protocol_error {
             if once {

@@ -49,8 +49,7 @@ pub(crate) fn max_decompressed(compressed: u64) -> u64 {
 /// The decompressed size a zstd frame declares in its header, if it does; an error if the
 /// header is not a zstd frame's.
 fn declared_size(frame: &[u8]) -> Result<Option<u64>, String> {
-    zstd::zstd_safe::get_frame_content_size(frame)
-        .map_err(|_| "is not a zstd frame".to_string())
+    zstd::zstd_safe::get_frame_content_size(frame).map_err(|_| "is not a zstd frame".to_string())
 }
 
 /// The first four bytes of the BLAKE3 hash of `bytes`, little-endian.

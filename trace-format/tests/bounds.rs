@@ -234,7 +234,8 @@ fn blob_lengths_are_bounded_by_their_frames() {
     let mut w = TraceWriter::create(&dir, &meta()).unwrap();
     let payload = vec![7u8; 3 * INLINE_MAX];
     let d = w.data(&payload).unwrap();
-    w.push(syscall(0, vec![MemWrite { addr: 0, data: d }])).unwrap();
+    w.push(syscall(0, vec![MemWrite { addr: 0, data: d }]))
+        .unwrap();
     w.finish(ExitStatus::Exited(0)).unwrap();
     let r = TraceReader::open(&dir).unwrap();
     let Some(Ok(Event::Syscall(ev))) = r.events().unwrap().next() else {
@@ -481,7 +482,10 @@ fn mutated_traces_read_cleanly_within_the_bound() {
         match res {
             Ok(_) => clean += 1,
             Err(TraceError::Corrupt { what, .. }) => {
-                assert!(!what.trim().is_empty(), "iteration {iter}: an empty message");
+                assert!(
+                    !what.trim().is_empty(),
+                    "iteration {iter}: an empty message"
+                );
                 refused += 1;
             }
             Err(e) => panic!("iteration {iter} (seed {seed}): not a corrupt-trace error: {e}"),

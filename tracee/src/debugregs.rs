@@ -261,7 +261,10 @@ mod tests {
         assert_eq!(regs.insert(0, 0xffff_ffff, WatchKind::Write), None);
         assert_eq!(regs.insert(0, u64::MAX, WatchKind::ReadWrite), None);
         assert_eq!(regs.remove(0, u64::MAX, WatchKind::Write), None);
-        assert_eq!(regs.insert(0x1000, MAX_WATCH_LEN, WatchKind::Write), Some(vec![0, 1, 2, 3]));
+        assert_eq!(
+            regs.insert(0x1000, MAX_WATCH_LEN, WatchKind::Write),
+            Some(vec![0, 1, 2, 3])
+        );
         assert_eq!(split_aligned(u64::MAX, 2), None);
         // The pieces tile the range exactly.
         for addr in 0x2000..0x2010u64 {
