@@ -52,13 +52,15 @@ pub fn serve(
 ) -> Result<()> {
     let mut target = ReplayTarget::open(dir, start, quiet)?;
     let once = once || companion.is_some();
-    let mut used = false;
+    // Whether a client moved the replay (or set breakpoints) since it last started.
+    let mut dirty = false;
     loop {
         let conn = accept(&listener, companion)?;
-        if used {
+        if dirty {
             target
                 .start_over()
                 .context("starting the replay over for the next gdb")?;
+            dirty = false;
         }
         // The replay keeps a handle on the connection (to see gdb's interrupt byte): the
         // client sees the end only once the socket is shut down.
@@ -66,7 +68,7 @@ pub fn serve(
         let session = serve_connection(&mut target, conn);
         closer.shutdown(std::net::Shutdown::Both).ok();
         let session = session?;
-        used |= session.used;
+        dirty |= session.used;
         if let Some(e) = session.protocol_error {
             if once {
                 return Err(e);
