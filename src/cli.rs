@@ -59,6 +59,10 @@ enum Command {
             conflicts_with = "autopilot"
         )]
         serve: Option<u16>,
+        /// With -s: end after the first gdb disconnects (by default the server waits for the
+        /// next one, until Ctrl-C).
+        #[arg(long, requires = "serve")]
+        once: bool,
         /// Debug this process of the recording (a pid `deja ps` lists), from its first exec.
         #[arg(
             short = 'p',
@@ -153,6 +157,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             autopilot,
             quiet,
             serve,
+            once,
             process,
             event,
             host,
@@ -168,6 +173,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                         quiet,
                     },
                     serve_port: serve,
+                    once,
                     host,
                     gdb_args,
                 });

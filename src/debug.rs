@@ -19,6 +19,8 @@ pub struct DebugArgs {
     pub opts: DebugOptions,
     /// Serve on this port and do not launch gdb.
     pub serve_port: Option<u16>,
+    /// With `serve_port`: end after the first client disconnects.
+    pub once: bool,
     /// The address to listen on.
     pub host: String,
     /// Extra arguments for the gdb deja launches.
@@ -34,19 +36,27 @@ pub fn debug(args: DebugArgs) -> Result<ExitCode> {
     let addr = listener
         .local_addr()
         .context("reading the server's address")?;
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "deja: warning: listening on {addr}, which is not a loopback address: the gdb \
+             server grants code execution to anyone who can connect"
+        );
+    }
     let (dir, quiet, exe) = (args.dir.clone(), args.opts.quiet, start.exe.clone());
+    let once = args.once;
     let addr = addr.to_string();
     if args.serve_port.is_some() {
         eprintln!(
-            "deja: serving the replay of process {} on {addr}; connect with:\n  gdb {}",
+            "deja: serving the replay of process {} on {addr}{}; connect with:\n  gdb {}",
             start.process,
+            if once { " to one gdb" } else { " until Ctrl-C" },
             gdb::gdb_command(&addr, &exe, &[])
                 .iter()
                 .map(|a| shell_quote(a))
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        tracee::tsc::on_tracer_thread(move || gdb::serve(dir, start, quiet, listener, None))?;
+        tracee::tsc::on_tracer_thread(move || gdb::serve(dir, start, quiet, listener, None, once))?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut cmd = Command::new("gdb");
@@ -73,7 +83,7 @@ pub fn debug(args: DebugArgs) -> Result<ExitCode> {
     })?;
     let gdb_pid = child.id() as libc::pid_t;
     let served = tracee::tsc::on_tracer_thread(move || {
-        gdb::serve(dir, start, quiet, listener, Some(gdb_pid))
+        gdb::serve(dir, start, quiet, listener, Some(gdb_pid), true)
     });
     let status = match child.wait() {
         Ok(status) => status.code().unwrap_or(1),

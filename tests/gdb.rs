@@ -363,12 +363,11 @@ fn serving_only_binds_loopback_and_an_interrupt_stops_a_long_continue() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let server = spawn_captured(
-        ctx.deja()
-            .arg("replay")
-            .arg(&trace)
-            .args(["-s", &port.to_string()]),
-    );
+    let server = spawn_captured(ctx.deja().arg("replay").arg(&trace).args([
+        "-s",
+        &port.to_string(),
+        "--once",
+    ]));
     let mut rsp = Rsp::connect(port);
     assert_eq!(rsp.ask("?").get(..3), Some("T05"));
     // Continue, then interrupt: the replay stops in the program with SIGINT (gdb's 2).
@@ -553,12 +552,11 @@ fn an_interrupt_never_halts_in_deja_s_library_or_a_stub() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let server = spawn_captured(
-        ctx.deja()
-            .arg("replay")
-            .arg(&trace)
-            .args(["-s", &port.to_string()]),
-    );
+    let server = spawn_captured(ctx.deja().arg("replay").arg(&trace).args([
+        "-s",
+        &port.to_string(),
+        "--once",
+    ]));
     let mut rsp = Rsp::connect(port);
     assert_eq!(rsp.ask("?").get(..3), Some("T05"));
     // Most of the replay's time is in the library answering getpid: interrupt it there.
@@ -615,4 +613,270 @@ fn run_length_decoded(body: &str) -> String {
         }
     }
     out
+}
+
+/// A free port on the loopback interface.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The most memory the process `pid` ever held (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// Sends deja's server SIGINT (Ctrl-C), which ends it.
+fn interrupt(server: &std::process::Child) {
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not waited for.
+    unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGINT) };
+}
+
+impl Rsp {
+    /// The next packet's body, or `None` if the server closed the connection (or said
+    /// nothing for `timeout`).
+    fn try_recv(&mut self, timeout: Duration) -> Option<String> {
+        self.0.set_read_timeout(Some(timeout)).unwrap();
+        let mut byte = [0u8];
+        loop {
+            self.0.read_exact(&mut byte).ok()?;
+            if byte[0] == b'$' {
+                break;
+            }
+        }
+        let mut body = Vec::new();
+        loop {
+            self.0.read_exact(&mut byte).ok()?;
+            if byte[0] == b'#' {
+                break;
+            }
+            body.push(byte[0]);
+        }
+        let mut sum = [0u8; 2];
+        self.0.read_exact(&mut sum).ok()?;
+        self.0.write_all(b"+").ok()?;
+        Some(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+#[test]
+fn the_server_refuses_huge_requests_survives_garbage_and_serves_the_next_gdb() {
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(program("exit3"), &[]);
+    assert_eq!(rec.status.code(), Some(3), "{}", describe("rec", &rec));
+    let port = free_port();
+    let server = spawn_captured(
+        ctx.deja()
+            .arg("replay")
+            .arg(&trace)
+            .args(["-s", &port.to_string()]),
+    );
+    // A bare connect, then random bytes, then a command gdbstub cannot parse.
+    drop(Rsp::connect(port));
+    let mut rsp = Rsp::connect(port);
+    let mut noise = 0x9e37_79b9_7f4a_7c15u64;
+    let bytes: Vec<u8> = (0..20_000)
+        .map(|_| {
+            noise ^= noise << 13;
+            noise ^= noise >> 7;
+            noise ^= noise << 17;
+            noise as u8
+        })
+        .collect();
+    let _ = rsp.0.write_all(&bytes);
+    drop(rsp);
+    let mut rsp = Rsp::connect(port);
+    rsp.send("mzz,1");
+    assert_eq!(
+        rsp.try_recv(Duration::from_secs(30)),
+        None,
+        "a closed connection"
+    );
+
+    let mut rsp = Rsp::connect(port);
+    let stop = rsp.ask("?");
+    assert_eq!(stop.get(..3), Some("T05"));
+    let thread = stop
+        .split(';')
+        .find_map(|f| f.split_once("thread:"))
+        .map(|(_, t)| t.to_string())
+        .unwrap_or_else(|| panic!("a thread in {stop:?}"));
+    assert_eq!(rsp.ask(&format!("Hg{thread}")), "OK");
+    // gdb's packet for `watch -l` on a 4 GiB object: refused at once (gdb then watches in
+    // software), as are the longest ranges of every kind.
+    for z in ["Z2,0,ffffffff", "Z3,1000,ffffffffffffffff", "Z4,1000,21"] {
+        let reply = rsp.ask(z);
+        assert!(reply.starts_with('E'), "{z}: {reply:?}");
+    }
+    assert_eq!(rsp.ask("Z2,1000,8"), "OK");
+    assert_eq!(rsp.ask("z2,1000,8"), "OK");
+    // A huge memory read is cut to what a packet holds.
+    let regs = run_length_decoded(&rsp.ask("g"));
+    let rip = u64::from_str_radix(&regs[256..272], 16)
+        .unwrap()
+        .swap_bytes();
+    let mem = run_length_decoded(&rsp.ask(&format!("m{rip:x},ffffffffffffffff")));
+    assert!(
+        !mem.is_empty() && mem.len() <= 2 * 2048 && !mem.starts_with('E'),
+        "{} hex digits",
+        mem.len()
+    );
+    // A thread that does not exist is an error number, and the session goes on.
+    assert_eq!(rsp.ask("Hgp1.7fffffff"), "OK");
+    assert!(rsp.ask("g").starts_with('E'));
+    assert_eq!(rsp.ask(&format!("Hg{thread}")), "OK");
+    assert!(!rsp.ask("g").starts_with('E'));
+    rsp.send("vCont;c");
+    let end = rsp.recv();
+    assert!(end.starts_with("W03"), "the exit, got {end:?}");
+    drop(rsp);
+    let peak = peak_rss_kib(server.id());
+
+    // The next gdb finds the replay at its start again.
+    let mut rsp = Rsp::connect(port);
+    assert_eq!(rsp.ask("?").get(..3), Some("T05"));
+    rsp.send("vCont;c");
+    assert!(rsp.recv().starts_with("W03"));
+    drop(rsp);
+    interrupt(&server);
+    let out = wait_with_timeout(server, "deja replay -s", Duration::from_secs(60));
+    let err = stderr_str(&out);
+    assert!(err.contains("until Ctrl-C"), "{err}");
+    assert!(err.contains("still serving"), "{err}");
+    assert!(err.contains("closed a gdb connection"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(peak < 512 * 1024, "the server held {peak} KiB");
+}
+
+#[test]
+fn random_packets_never_grow_the_server() {
+    let iters: usize = std::env::var("DEJA_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(program("exit3"), &[]);
+    assert_eq!(rec.status.code(), Some(3), "{}", describe("rec", &rec));
+    let port = free_port();
+    let server = spawn_captured(
+        ctx.deja()
+            .arg("replay")
+            .arg(&trace)
+            .args(["-s", &port.to_string()]),
+    );
+    // Packets gdbstub knows, with arguments gdb would never send (nothing resumes the
+    // replay, so the pass stays short).
+    const PREFIXES: [&str; 24] = [
+        "m",
+        "M",
+        "g",
+        "G",
+        "p",
+        "P",
+        "Z0,",
+        "Z1,",
+        "Z2,",
+        "Z3,",
+        "Z4,",
+        "z2,",
+        "Hg",
+        "Hc",
+        "qXfer:auxv:read::",
+        "qXfer:exec-file:read::",
+        "qXfer:features:read:target.xml:",
+        "qfThreadInfo",
+        "qsThreadInfo",
+        "qThreadExtraInfo,",
+        "qRcmd,",
+        "T",
+        "qSupported:",
+        "qAttached:",
+    ];
+    const ARGS: [&str; 10] = [
+        "0",
+        "1",
+        "ffffffff",
+        "ffffffffffffffff",
+        "fffffffffffffffffffffffffff",
+        "401000",
+        ",",
+        ":",
+        "p1.1",
+        "-1",
+    ];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    let mut rsp = Rsp::connect(port);
+    let (mut answered, mut closed) = (0, 0);
+    for _ in 0..iters {
+        let mut body = PREFIXES[rand(PREFIXES.len())].to_string();
+        for _ in 0..rand(4) {
+            body.push_str(ARGS[rand(ARGS.len())]);
+            body.push([',', ':', ';', '='][rand(4)]);
+        }
+        body.push_str(ARGS[rand(ARGS.len())]);
+        rsp.send(&body);
+        if rsp.try_recv(Duration::from_secs(30)).is_some() {
+            answered += 1;
+        } else {
+            // gdbstub ends a session on a packet it cannot parse: the server takes the next.
+            closed += 1;
+            rsp = Rsp::connect(port);
+        }
+    }
+    assert_eq!(
+        rsp.ask("?").get(..3),
+        Some("T05"),
+        "the server still answers"
+    );
+    let peak = peak_rss_kib(server.id());
+    drop(rsp);
+    interrupt(&server);
+    let out = wait_with_timeout(server, "deja replay -s", Duration::from_secs(60));
+    let err = stderr_str(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    eprintln!(
+        "{iters} packets: {answered} answered, {closed} closed the connection; peak {peak} KiB"
+    );
+    assert!(answered > 0);
+    assert!(peak < 512 * 1024, "the server held {peak} KiB");
+}
+
+#[test]
+fn listening_beyond_loopback_warns_and_once_ends_with_the_first_gdb() {
+    let ctx = Ctx::new();
+    let (trace, _) = ctx.record(program("exit3"), &[]);
+    let port = free_port();
+    let server = spawn_captured(ctx.deja().arg("replay").arg(&trace).args([
+        "-s",
+        &port.to_string(),
+        "--once",
+        "--host",
+        "0.0.0.0",
+    ]));
+    let mut rsp = Rsp::connect(port);
+    assert_eq!(rsp.ask("?").get(..3), Some("T05"));
+    drop(rsp);
+    let out = wait_with_timeout(server, "deja replay -s --once", Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        describe("deja replay -s --once", &out)
+    );
+    let err = stderr_str(&out);
+    assert!(
+        err.contains("grants code execution to anyone who can connect"),
+        "{err}"
+    );
+    assert!(err.contains("to one gdb"), "{err}");
 }

@@ -9,9 +9,10 @@ use gdbstub::common::Signal;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStub, GdbStubError, MultiThreadStopReason};
 use replayer::{Halt, StartPoint};
+use tracee::debugregs::MAX_WATCH_LEN;
 
 use crate::target::{gdb_tid, ReplayTarget};
-use crate::tls_packet::{stream_has_input, GdbConnection, Incoming, TlsRequest};
+use crate::tls_packet::{stream_has_input, GdbConnection, Incoming, TlsRequest, PACKET_SIZE};
 
 /// gdb's arguments to connect to a server at `addr` and load symbols from `exe`, as `rr`
 /// launches gdb (libraries come from this machine's file system), with `extra` arguments
@@ -22,6 +23,10 @@ pub fn gdb_command(addr: &str, exe: &Path, extra: &[String]) -> Vec<String> {
         "10000".into(),
         "-ex".into(),
         "set sysroot /".into(),
+        // Longer watched ranges need more than the four debug registers: gdb watches them
+        // in software instead of asking the server, which refuses them.
+        "-ex".into(),
+        format!("set remote hardware-watchpoint-length-limit {MAX_WATCH_LEN}"),
         "-ex".into(),
         format!("target extended-remote {addr}"),
     ];
@@ -30,20 +35,56 @@ pub fn gdb_command(addr: &str, exe: &Path, extra: &[String]) -> Vec<String> {
     args
 }
 
-/// Serves the replay of the trace in `dir`, from `start`, to the first gdb that connects to
-/// `listener`; `quiet` keeps the program's output from being echoed. `companion` is the gdb
-/// this deja launched: if it ends before connecting, serving ends too. Must run on the tracer
-/// thread.
+/// Serves the replay of the trace in `dir`, from `start`, to gdb connecting to `listener`;
+/// `quiet` keeps the program's output from being echoed. `companion` is the gdb this deja
+/// launched: if it ends before connecting, serving ends too, and serving ends with its
+/// connection. Otherwise serving goes on after a client disconnects, for the next one (each
+/// finds the replay at its start), until the process is stopped, or after the first one with
+/// `once`. A client speaking nonsense loses its connection, not the server. Must run on the
+/// tracer thread.
 pub fn serve(
     dir: PathBuf,
     start: StartPoint,
     quiet: bool,
     listener: TcpListener,
     companion: Option<libc::pid_t>,
+    once: bool,
 ) -> Result<()> {
-    let target = ReplayTarget::open(dir, start, quiet)?;
-    let conn = accept(&listener, companion)?;
-    serve_connection(target, conn)
+    let mut target = ReplayTarget::open(dir, start, quiet)?;
+    let once = once || companion.is_some();
+    // Whether a client moved the replay (or set breakpoints) since it last started.
+    let mut dirty = false;
+    loop {
+        let conn = accept(&listener, companion)?;
+        if dirty {
+            target
+                .start_over()
+                .context("starting the replay over for the next gdb")?;
+            dirty = false;
+        }
+        // The replay keeps a handle on the connection (to see gdb's interrupt byte): the
+        // client sees the end only once the socket is shut down.
+        let closer = conn.try_clone().context("cloning the gdb connection")?;
+        let session = serve_connection(&mut target, conn);
+        closer.shutdown(std::net::Shutdown::Both).ok();
+        let session = session?;
+        dirty |= session.used;
+        if let Some(e) = session.protocol_error {
+            if once {
+                return Err(e);
+            }
+            eprintln!("deja: closed a gdb connection: {e:#}");
+        }
+        if once {
+            return Ok(());
+        }
+        if session.used {
+            let addr = listener
+                .local_addr()
+                .map_or_else(|_| "its address".to_string(), |a| a.to_string());
+            eprintln!("deja: gdb disconnected; still serving on {addr} (Ctrl-C ends)");
+        }
+    }
 }
 
 /// Waits for gdb to connect, giving up if the gdb deja launched ends first.
@@ -73,42 +114,67 @@ fn accept(listener: &TcpListener, companion: Option<libc::pid_t>) -> Result<TcpS
     }
 }
 
-fn serve_connection(mut target: ReplayTarget, conn: TcpStream) -> Result<()> {
+/// How a connection ended.
+struct Session {
+    /// Whether the client sent anything (the replay then needs a fresh start for the next).
+    used: bool,
+    /// What the client sent that gdbstub could not take, which ended the connection.
+    protocol_error: Option<anyhow::Error>,
+}
+
+/// Serves one connection until it ends. Errors of the replay (a divergence) are errors;
+/// nonsense from the client ends the connection with [`Session::protocol_error`].
+fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Session> {
+    let mut session = Session {
+        used: false,
+        protocol_error: None,
+    };
     let probe = conn.try_clone().context("cloning the gdb connection")?;
     target
         .replay()
         .set_interrupt(Box::new(move || stream_has_input(&probe)));
-    let start = GdbStub::new(GdbConnection::new(conn)).run_state_machine(&mut target);
-    let Some(mut machine) = or_disconnect(start)? else {
-        return Ok(());
+    let stub = GdbStub::builder(GdbConnection::new(conn))
+        .packet_buffer_size(PACKET_SIZE)
+        .build()
+        .map_err(|e| anyhow::anyhow!("setting up the gdb protocol: {e}"))?;
+    let start = stub.run_state_machine(target);
+    let Some(mut machine) = step(start, &mut session)? else {
+        return Ok(session);
     };
     loop {
         let next = match machine {
-            GdbStubStateMachine::Idle(mut gdb) => match gdb.borrow_conn().read_incoming() {
-                Ok(Incoming::Byte(byte)) => gdb.incoming_data(&mut target, byte),
-                Ok(Incoming::GetTlsAddr(req)) => {
-                    answer_tls(&mut target, gdb.borrow_conn(), req)?;
-                    Ok(GdbStubStateMachine::Idle(gdb))
+            GdbStubStateMachine::Idle(mut gdb) => {
+                let incoming = gdb.borrow_conn().read_incoming();
+                session.used |= incoming.is_ok();
+                match incoming {
+                    Ok(Incoming::Byte(byte)) => gdb.incoming_data(target, byte),
+                    Ok(Incoming::GetTlsAddr(req)) => {
+                        answer_tls(target, gdb.borrow_conn(), req)?;
+                        Ok(GdbStubStateMachine::Idle(gdb))
+                    }
+                    Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Idle(gdb)),
+                    // gdb went away.
+                    Err(_) => return Ok(session),
                 }
-                // gdb went away.
-                Err(_) => return Ok(()),
-            },
+            }
             GdbStubStateMachine::Running(mut gdb) => {
                 let halt = target.run()?;
                 if matches!(halt, Halt::Interrupted(_)) && gdb.borrow_conn().has_input() {
                     // gdb's interrupt byte: gdbstub then asks for the stop (CtrlCInterrupt).
                     match gdb.borrow_conn().read_incoming() {
-                        Ok(Incoming::Byte(byte)) => gdb.incoming_data(&mut target, byte),
+                        Ok(Incoming::Byte(byte)) => gdb.incoming_data(target, byte),
                         // Not expected while running (gdb waits for the stop), but answerable.
                         Ok(Incoming::GetTlsAddr(req)) => {
-                            answer_tls(&mut target, gdb.borrow_conn(), req)?;
+                            answer_tls(target, gdb.borrow_conn(), req)?;
                             Ok(GdbStubStateMachine::Running(gdb))
                         }
-                        Err(_) => return Ok(()),
+                        // Noise: the replay runs on.
+                        Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Running(gdb)),
+                        Err(_) => return Ok(session),
                     }
                 } else {
                     let reason = target.stop_reason(halt);
-                    gdb.report_stop(&mut target, reason)
+                    gdb.report_stop(target, reason)
                 }
             }
             GdbStubStateMachine::CtrlCInterrupt(gdb) => {
@@ -117,32 +183,41 @@ fn serve_connection(mut target: ReplayTarget, conn: TcpStream) -> Result<()> {
                     tid: gdb_tid(tid),
                     signal: Signal::SIGINT,
                 };
-                gdb.interrupt_handled(&mut target, Some(reason))
+                gdb.interrupt_handled(target, Some(reason))
             }
             GdbStubStateMachine::Disconnected(gdb) => match gdb.get_reason() {
                 // The program ended, the session goes on: gdb may look around or `run` again.
                 DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_) => {
                     Ok(gdb.return_to_idle())
                 }
-                DisconnectReason::Disconnect | DisconnectReason::Kill => return Ok(()),
+                DisconnectReason::Disconnect | DisconnectReason::Kill => return Ok(session),
             },
         };
-        match or_disconnect(next)? {
+        match step(next, &mut session)? {
             Some(m) => machine = m,
-            None => return Ok(()),
+            None => return Ok(session),
         }
     }
 }
 
-/// A step of the protocol: `None` when gdb went away (a closed connection ends the session
-/// normally), the replay's own errors (a divergence) as they are.
-fn or_disconnect<T>(
+/// A step of the protocol: `None` when the connection ended (gdb went away, which ends the
+/// session normally, or sent what gdbstub cannot take, noted in `session`); the replay's own
+/// errors (a divergence) as they are.
+fn step<T>(
     step: Result<T, GdbStubError<anyhow::Error, std::io::Error>>,
+    session: &mut Session,
 ) -> Result<Option<T>> {
     match step {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.is_connection_error() => Ok(None),
-        Err(e) => Err(protocol_error(e)),
+        Err(e) if e.is_target_error() => Err(match e.into_target_error() {
+            Some(e) => e,
+            None => anyhow::anyhow!("the replay failed"),
+        }),
+        Err(e) => {
+            session.protocol_error = Some(anyhow::anyhow!("gdb protocol error: {e}"));
+            Ok(None)
+        }
     }
 }
 
@@ -163,15 +238,4 @@ fn answer_tls(
     };
     conn.send_tls_reply(address)
         .context("answering gdb's qGetTLSAddr")
-}
-
-/// A gdbstub error as deja reports it: the replay's own errors (a divergence) as they are.
-fn protocol_error(e: GdbStubError<anyhow::Error, std::io::Error>) -> anyhow::Error {
-    if e.is_target_error() {
-        if let Some(e) = e.into_target_error() {
-            return e;
-        }
-        return anyhow::anyhow!("the replay failed");
-    }
-    anyhow::anyhow!("gdb protocol error: {e}")
 }

@@ -59,7 +59,7 @@ impl ReplayTarget {
     }
 
     /// Ends the replay and starts it again from its start.
-    fn start_over(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn start_over(&mut self) -> anyhow::Result<()> {
         self.replay.kill();
         self.replay = DebugReplay::open(&self.dir, &self.start, self.quiet)?;
         self.step = None;
@@ -131,12 +131,16 @@ impl ReplayTarget {
         }
     }
 
-    fn registers(&self, tid: Tid) -> anyhow::Result<Registers> {
-        let tid = recorded_tid(tid);
-        let t = self.replay.thread(tid)?;
+    /// The registers of thread `tid`: an error number if gdb names no live thread (its
+    /// mistake, or a client's nonsense), an error of the replay if ptrace cannot read them.
+    fn registers(&self, tid: Tid) -> Result<Registers, TargetError<anyhow::Error>> {
+        let t = self
+            .replay
+            .thread(recorded_tid(tid))
+            .map_err(|_| TargetError::Errno(libc::ESRCH as u8))?;
         Ok(Registers {
-            gpr: t.regs()?,
-            fp: t.fp_regs()?,
+            gpr: t.regs().map_err(TargetError::Fatal)?,
+            fp: t.fp_regs().map_err(TargetError::Fatal)?,
         })
     }
 }
@@ -242,12 +246,12 @@ impl Target for ReplayTarget {
 
 impl MultiThreadBase for ReplayTarget {
     fn read_registers(&mut self, regs: &mut Registers, tid: Tid) -> TargetResult<(), Self> {
-        *regs = self.registers(tid).map_err(TargetError::Fatal)?;
+        *regs = self.registers(tid)?;
         Ok(())
     }
 
     fn write_registers(&mut self, regs: &Registers, tid: Tid) -> TargetResult<(), Self> {
-        let now = self.registers(tid).map_err(TargetError::Fatal)?;
+        let now = self.registers(tid)?;
         if now == *regs {
             return Ok(());
         }
@@ -294,12 +298,12 @@ impl MultiThreadBase for ReplayTarget {
 
 impl SingleRegisterAccess<Tid> for ReplayTarget {
     fn read_register(&mut self, tid: Tid, reg: RegId, buf: &mut [u8]) -> TargetResult<usize, Self> {
-        let regs = self.registers(tid).map_err(TargetError::Fatal)?;
+        let regs = self.registers(tid)?;
         regs.read_reg(reg, buf).ok_or(TargetError::NonFatal)
     }
 
     fn write_register(&mut self, tid: Tid, reg: RegId, val: &[u8]) -> TargetResult<(), Self> {
-        let regs = self.registers(tid).map_err(TargetError::Fatal)?;
+        let regs = self.registers(tid)?;
         let mut changed = regs;
         changed
             .write_reg(reg, val)

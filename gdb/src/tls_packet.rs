@@ -26,6 +26,21 @@ pub struct TlsRequest {
     pub lm: u64,
 }
 
+/// The size of gdbstub's packet buffer, which it tells gdb as `PacketSize`: the longest
+/// packet (`$`, body, `#`, checksum) the server takes.
+pub const PACKET_SIZE: usize = 4096;
+
+/// The most bytes one memory read (`m`) returns: its reply, two hex digits a byte, fits a
+/// packet, and gdbstub reads it in one piece of its buffer.
+pub const MAX_MEM_READ: u64 = 2048;
+
+/// gdb's interrupt byte (Ctrl-C).
+const INTERRUPT: u8 = 0x03;
+
+/// The error answer to a packet the server cannot take (`E16`: EINVAL, numbered as gdbstub
+/// numbers errors).
+const TOO_LONG: &[u8] = b"E16";
+
 /// What comes from gdb next.
 #[derive(Debug)]
 pub enum Incoming {
@@ -34,6 +49,9 @@ pub enum Incoming {
     /// A `qGetTLSAddr` packet (already acknowledged): answer it with
     /// [`GdbConnection::send_tls_reply`]. An error if its arguments make no sense.
     GetTlsAddr(anyhow::Result<TlsRequest>),
+    /// Something gdb never sends (noise between packets, a damaged or oversized packet),
+    /// dropped or already answered: nothing for gdbstub.
+    Skipped,
 }
 
 /// The connection to gdb: gdbstub's [`Connection`](gdbstub::conn::Connection), except that
@@ -66,36 +84,85 @@ impl GdbConnection {
     /// this acknowledges (in ack mode) and returns for the server to answer. Acks, `-` and
     /// the interrupt byte go through as they come; gdb's ack of a `qGetTLSAddr` reply reaches
     /// gdbstub, which ignores acks (a `+` is `Packet::Ack`, handled as nothing to do).
+    ///
+    /// What gdb never sends is kept from gdbstub, whose parser would end the session on it,
+    /// and never costs more than [`PACKET_SIZE`] bytes of memory: a byte between packets
+    /// that starts none is dropped, a packet with a wrong checksum is refused with `-` (gdb
+    /// sends it again), a packet longer than [`PACKET_SIZE`] (the size gdbstub tells gdb in
+    /// `qSupported`) is read to its end without being kept and answered with an error, and a
+    /// memory read (`m`) of more than [`MAX_MEM_READ`] bytes is cut to that length (the
+    /// protocol lets a reply hold fewer bytes than asked). These come back as
+    /// [`Incoming::Skipped`].
     pub fn read_incoming(&mut self) -> std::io::Result<Incoming> {
         if let Some(byte) = self.ahead.pop_front() {
             return Ok(Incoming::Byte(byte));
         }
         let first = self.read_byte()?;
-        if first != b'$' {
-            return Ok(Incoming::Byte(first));
+        match first {
+            b'$' => {}
+            b'+' | b'-' | INTERRUPT => return Ok(Incoming::Byte(first)),
+            _ => return Ok(Incoming::Skipped),
         }
-        let mut packet = vec![first];
+        let (mut packet, whole) = self.read_packet()?;
+        if !whole {
+            // Not kept: answered here, where a client that ignores the packet size ends up.
+            if !self.no_ack {
+                self.write_bytes(b"+")?;
+            }
+            self.write_bytes(&frame(TOO_LONG))?;
+            return Ok(Incoming::Skipped);
+        }
+        let Some(body) = packet_body(&packet) else {
+            // A wrong or malformed checksum: line noise, which gdb repairs by sending again.
+            if self.no_ack {
+                self.write_bytes(&frame(TOO_LONG))?;
+            } else {
+                self.write_bytes(b"-")?;
+            }
+            return Ok(Incoming::Skipped);
+        };
+        if body.starts_with(TLS_PACKET) {
+            if !self.no_ack {
+                self.write_bytes(b"+")?;
+            }
+            return Ok(Incoming::GetTlsAddr(parse_tls_request(body)));
+        }
+        if body == NO_ACK_PACKET {
+            self.no_ack = true;
+        }
+        if let Some(clamped) = clamped_mem_read(body) {
+            packet = frame(&clamped);
+        }
+        self.ahead.extend(&packet[1..]);
+        Ok(Incoming::Byte(first))
+    }
+
+    /// Reads the rest of a packet whose `$` was read: `$`, body, `#` and two checksum
+    /// characters, and whether all of it was kept (at most [`PACKET_SIZE`] bytes are; the rest
+    /// of a longer packet is read and dropped).
+    fn read_packet(&mut self) -> std::io::Result<(Vec<u8>, bool)> {
+        let mut packet = Vec::with_capacity(64);
+        packet.push(b'$');
+        let mut whole = true;
+        let mut keep = |packet: &mut Vec<u8>, byte: u8| {
+            if packet.len() < PACKET_SIZE {
+                packet.push(byte);
+            } else {
+                whole = false;
+            }
+        };
         loop {
             let byte = self.read_byte()?;
-            packet.push(byte);
+            keep(&mut packet, byte);
             if byte == b'#' {
                 break;
             }
         }
-        packet.push(self.read_byte()?);
-        packet.push(self.read_byte()?);
-        match packet_body(&packet) {
-            Some(body) if body.starts_with(TLS_PACKET) => {
-                if !self.no_ack {
-                    self.write_bytes(b"+")?;
-                }
-                return Ok(Incoming::GetTlsAddr(parse_tls_request(body)));
-            }
-            Some(NO_ACK_PACKET) => self.no_ack = true,
-            _ => {}
+        for _ in 0..2 {
+            let byte = self.read_byte()?;
+            keep(&mut packet, byte);
         }
-        self.ahead.extend(&packet[1..]);
-        Ok(Incoming::Byte(first))
+        Ok((packet, whole))
     }
 
     /// Answers a `qGetTLSAddr` packet: the address, or an error.
@@ -180,6 +247,23 @@ fn frame(body: &[u8]) -> Vec<u8> {
     packet.extend_from_slice(body);
     packet.extend_from_slice(format!("#{:02x}", checksum(body)).as_bytes());
     packet
+}
+
+/// The body of memory read `body` (`m<addr>,<len>`) asking for more than [`MAX_MEM_READ`]
+/// bytes, with that length instead; `None` for any other packet.
+fn clamped_mem_read(body: &[u8]) -> Option<Vec<u8>> {
+    let args = std::str::from_utf8(body.strip_prefix(b"m")?).ok()?;
+    let (addr, len) = args.split_once(',')?;
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(addr) || !hex(len) {
+        return None;
+    }
+    // More digits than a u64 holds is a length over the limit too.
+    let len = u64::from_str_radix(len, 16).unwrap_or(u64::MAX);
+    if len <= MAX_MEM_READ {
+        return None;
+    }
+    Some(format!("m{addr},{MAX_MEM_READ:x}").into_bytes())
 }
 
 /// Parses the body of `qGetTLSAddr:thread-id,offset,lm`; the thread id is `p<pid>.<tid>`
@@ -278,6 +362,7 @@ mod tests {
             match conn.read_incoming().expect("reading") {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(req) => return (passed, req),
+                Incoming::Skipped => panic!("nothing to skip was sent"),
             }
         }
     }
@@ -304,6 +389,58 @@ mod tests {
         assert_eq!(read_exactly(&mut gdb, 1), b"+");
         let reply = frame(b"7f0000001234");
         assert_eq!(read_exactly(&mut gdb, reply.len()), reply);
+    }
+
+    /// Everything gdbstub gets until gdb's side closes.
+    fn all_passed(conn: &mut GdbConnection) -> Vec<u8> {
+        let mut passed = Vec::new();
+        while let Ok(incoming) = conn.read_incoming() {
+            match incoming {
+                Incoming::Byte(b) => passed.push(b),
+                Incoming::GetTlsAddr(_) => panic!("no TLS request was sent"),
+                Incoming::Skipped => {}
+            }
+        }
+        passed
+    }
+
+    #[test]
+    fn noise_damaged_and_oversized_packets_never_reach_gdbstub() {
+        let (mut conn, mut gdb) = pair();
+        let mut sent = b"xyz\x00\xff".to_vec();
+        sent.extend_from_slice(b"$g#00"); // wrong checksum
+        sent.extend_from_slice(b"$g#zz"); // not a checksum
+        sent.push(b'$');
+        sent.extend(std::iter::repeat(b'a').take(3 * PACKET_SIZE));
+        sent.extend_from_slice(b"#00");
+        sent.extend_from_slice(&frame(b"?"));
+        gdb.write_all(&sent).expect("sending");
+        gdb.shutdown(std::net::Shutdown::Write).expect("closing");
+        assert_eq!(all_passed(&mut conn), frame(b"?"));
+        drop(conn);
+        // Refusals: two nacks, and the oversized packet acknowledged and answered.
+        let mut replies = Vec::new();
+        gdb.read_to_end(&mut replies).expect("reading the replies");
+        let mut want = b"--+".to_vec();
+        want.extend_from_slice(&frame(TOO_LONG));
+        assert_eq!(replies, want);
+    }
+
+    #[test]
+    fn memory_reads_are_clamped() {
+        let (mut conn, mut gdb) = pair();
+        let mut sent = frame(b"m401000,ffffffffffffffffffff");
+        sent.extend_from_slice(&frame(b"m401000,10"));
+        sent.extend_from_slice(&frame(b"m401000,801"));
+        gdb.write_all(&sent).expect("sending");
+        gdb.shutdown(std::net::Shutdown::Write).expect("closing");
+        let mut want = frame(b"m401000,800");
+        want.extend_from_slice(&frame(b"m401000,10"));
+        want.extend_from_slice(&frame(b"m401000,800"));
+        assert_eq!(all_passed(&mut conn), want);
+        assert_eq!(clamped_mem_read(b"m401000,zz"), None);
+        assert_eq!(clamped_mem_read(b"mo,ffffff"), None);
+        assert_eq!(clamped_mem_read(b"M401000,ffffff:00"), None);
     }
 
     #[test]

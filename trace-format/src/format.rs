@@ -7,6 +7,7 @@ use std::io::Read;
 use bincode::Options;
 
 use crate::event::Event;
+use crate::writer::CHUNK_TARGET_BYTES;
 
 /// File name of the index inside a trace directory.
 pub(crate) const INDEX_FILE: &str = "index.sqlite";
@@ -27,6 +28,29 @@ pub(crate) const BLOB_MAGIC: [u8; 4] = *b"DJBL";
 pub(crate) const BLOB_HEADER_LEN: usize = 24;
 /// zstd level for chunks and blobs: fast, and most of the ratio.
 pub(crate) const ZSTD_LEVEL: i32 = 1;
+
+/// The most bytes one event's encoding (bincode, without its length prefix) may take. The
+/// writer moves every payload of a larger event to the blob file, which leaves a few bytes
+/// per payload; the reader refuses larger events as corrupt.
+pub(crate) const MAX_EVENT_BYTES: usize = 8 << 20;
+/// The most bytes a chunk's events may take decompressed: the writer closes a chunk once it
+/// holds [`CHUNK_TARGET_BYTES`], so its last event takes it at most one event over.
+pub(crate) const MAX_CHUNK_RAW_BYTES: usize = CHUNK_TARGET_BYTES + 4 + MAX_EVENT_BYTES;
+/// The most bytes one zstd block decompresses to.
+const ZSTD_BLOCK_MAX: u64 = 128 << 10;
+
+/// The most bytes a zstd frame of `compressed` bytes can decompress to, whatever it holds:
+/// every block takes at least 4 bytes (a 3-byte header and an RLE byte) for at most
+/// [`ZSTD_BLOCK_MAX`] bytes out.
+pub(crate) fn max_decompressed(compressed: u64) -> u64 {
+    (compressed / 4 + 1).saturating_mul(ZSTD_BLOCK_MAX)
+}
+
+/// The decompressed size a zstd frame declares in its header, if it does; an error if the
+/// header is not a zstd frame's.
+fn declared_size(frame: &[u8]) -> Result<Option<u64>, String> {
+    zstd::zstd_safe::get_frame_content_size(frame).map_err(|_| "is not a zstd frame".to_string())
+}
 
 /// The first four bytes of the BLAKE3 hash of `bytes`, little-endian.
 pub(crate) fn checksum(bytes: &[u8]) -> u32 {
@@ -126,7 +150,8 @@ fn bincode_options() -> impl Options {
     bincode::DefaultOptions::new()
 }
 
-/// Appends `ev` to `out` as a u32 LE length and its bincode bytes.
+/// Appends `ev` to `out` as a u32 LE length and its bincode bytes; an error, leaving `out`
+/// as it was, if it takes more than [`MAX_EVENT_BYTES`].
 pub(crate) fn encode_event(ev: &Event, out: &mut Vec<u8>) -> Result<(), String> {
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
@@ -134,8 +159,15 @@ pub(crate) fn encode_event(ev: &Event, out: &mut Vec<u8>) -> Result<(), String> 
         .serialize_into(&mut *out, ev)
         .map_err(|e| e.to_string())
         .and_then(|()| {
-            u32::try_from(out.len() - start - 4)
-                .map_err(|_| "event is larger than 4 GiB".to_string())
+            let len = out.len() - start - 4;
+            if len > MAX_EVENT_BYTES {
+                return Err(format!(
+                    "a {} event of {len} bytes is larger than the format's {} MiB",
+                    ev.kind(),
+                    MAX_EVENT_BYTES >> 20
+                ));
+            }
+            u32::try_from(len).map_err(|_| "event is larger than 4 GiB".to_string())
         });
     match res {
         Ok(len) => {
@@ -149,7 +181,8 @@ pub(crate) fn encode_event(ev: &Event, out: &mut Vec<u8>) -> Result<(), String> 
     }
 }
 
-/// Decodes one event's bincode bytes (all of them).
+/// Decodes one event's bincode bytes (all of them). bincode's limit keeps every length
+/// inside them (of a vector, a string) within the bytes there are.
 fn decode_event(bytes: &[u8]) -> Result<Event, String> {
     bincode_options()
         .with_limit(bytes.len() as u64)
@@ -157,42 +190,95 @@ fn decode_event(bytes: &[u8]) -> Result<Event, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Decompresses a chunk's zstd frame and decodes its `count` events. Allocation follows the
-/// bytes actually present, whatever the lengths inside claim.
+/// Decompresses a chunk's zstd frame and decodes its `count` events.
+///
+/// Memory stays within a fixed bound whatever the frame claims: it may decompress to at most
+/// [`MAX_CHUNK_RAW_BYTES`] (and to the size its header declares, if it declares one), so a
+/// forged frame that would expand to gigabytes stops there; each event within it is decoded
+/// from at most [`MAX_EVENT_BYTES`].
 pub(crate) fn decode_chunk(frame: &[u8], count: u32) -> Result<VecDeque<Event>, String> {
-    let mut dec = zstd::stream::read::Decoder::with_buffer(frame)
-        .map_err(|e| format!("cannot start decompressing: {e}"))?;
-    let mut events = VecDeque::with_capacity(count.min(4096) as usize);
-    let mut len_bytes = [0u8; 4];
-    let mut buf = Vec::new();
-    for i in 0..count {
-        dec.read_exact(&mut len_bytes)
-            .map_err(|e| format!("event {i} of {count}: {e}"))?;
-        let len = u32::from_le_bytes(len_bytes);
-        buf.clear();
-        (&mut dec)
-            .take(u64::from(len))
-            .read_to_end(&mut buf)
-            .map_err(|e| format!("event {i} of {count}: {e}"))?;
-        if buf.len() != len as usize {
-            return Err(format!("event {i} of {count} is cut short"));
+    let declared = declared_size(frame)?;
+    let limit = MAX_CHUNK_RAW_BYTES as u64;
+    if let Some(size) = declared {
+        if size > limit {
+            return Err(format!(
+                "declares {size} bytes of events, more than a chunk holds ({limit})"
+            ));
         }
-        let ev = decode_event(&buf).map_err(|e| format!("event {i} of {count}: {e}"))?;
+    }
+    let capacity = declared
+        .unwrap_or(limit)
+        .min(max_decompressed(frame.len() as u64)) as usize;
+    let raw = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress(frame, capacity))
+        .map_err(|e| {
+            if capacity as u64 == limit {
+                format!("decompresses to more than a chunk holds ({limit} bytes) or fails: {e}")
+            } else {
+                format!("does not decompress to its {capacity} bytes: {e}")
+            }
+        })?;
+    if let Some(size) = declared {
+        if raw.len() as u64 != size {
+            return Err(format!(
+                "decompresses to {} bytes instead of the {size} it declares",
+                raw.len()
+            ));
+        }
+    }
+    // Every event takes at least its length prefix and a byte.
+    if u64::from(count) > raw.len() as u64 / 5 {
+        return Err(format!(
+            "claims {count} events in {} bytes, which cannot hold them",
+            raw.len()
+        ));
+    }
+    let mut events = VecDeque::with_capacity(count as usize);
+    let mut rest = &raw[..];
+    for i in 0..count {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(format!("event {i} of {count} is cut short"));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > MAX_EVENT_BYTES {
+            return Err(format!(
+                "event {i} of {count} claims {len} bytes, more than an event may take \
+                 ({MAX_EVENT_BYTES})"
+            ));
+        }
+        let Some(bytes) = tail.get(..len) else {
+            return Err(format!("event {i} of {count} is cut short"));
+        };
+        let ev = decode_event(bytes).map_err(|e| format!("event {i} of {count}: {e}"))?;
         events.push_back(ev);
+        rest = &tail[len..];
     }
-    let mut one = [0u8; 1];
-    match dec.read(&mut one) {
-        Ok(0) => Ok(events),
-        Ok(_) => Err(format!("has bytes after its {count} events")),
-        Err(e) => Err(format!("after its {count} events: {e}")),
+    if !rest.is_empty() {
+        return Err(format!("has bytes after its {count} events"));
     }
+    Ok(events)
 }
 
-/// Decompresses a blob frame that must hold exactly `raw_len` bytes.
+/// Decompresses a blob frame that must hold exactly `raw_len` bytes. Memory follows the
+/// bytes the frame really holds, never `raw_len` alone: a length the frame cannot hold
+/// ([`max_decompressed`]) or other than the size it declares is refused before decompressing.
 pub(crate) fn decode_blob(frame: &[u8], raw_len: u64) -> Result<Vec<u8>, String> {
+    if raw_len > max_decompressed(frame.len() as u64) {
+        return Err(format!(
+            "claims {raw_len} bytes, more than its {} compressed bytes can hold",
+            frame.len()
+        ));
+    }
+    if let Some(size) = declared_size(frame)? {
+        if size != raw_len {
+            return Err(format!(
+                "declares {size} bytes once decompressed instead of {raw_len}"
+            ));
+        }
+    }
     let dec = zstd::stream::read::Decoder::with_buffer(frame)
         .map_err(|e| format!("cannot start decompressing: {e}"))?;
-    let mut out = Vec::with_capacity(raw_len.min(64 << 20) as usize);
+    let mut out = Vec::with_capacity(raw_len.min(1 << 20) as usize);
     dec.take(raw_len.saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| e.to_string())?;

@@ -359,14 +359,19 @@ impl Open {
 
     /// Encodes one event (its large payloads first go to the blob file).
     fn push(&mut self, mut ev: Event) -> Result<()> {
-        self.move_large_payloads(&mut ev)?;
+        self.move_payloads(&mut ev, INLINE_MAX)?;
         let start = self.buf.len();
-        if let Err(message) = format::encode_event(&ev, &mut self.buf) {
+        if format::encode_event(&ev, &mut self.buf).is_err() {
+            // Larger than an event may be: every payload goes to the blob file.
             self.buf.truncate(start);
-            return Err(TraceError::Encode {
-                what: "an event",
-                message,
-            });
+            self.move_payloads(&mut ev, 1)?;
+            if let Err(message) = format::encode_event(&ev, &mut self.buf) {
+                self.buf.truncate(start);
+                return Err(TraceError::Encode {
+                    what: "an event",
+                    message,
+                });
+            }
         }
         self.starts.push(start);
         // A recycled buffer holding a small payload goes back too.
@@ -386,26 +391,26 @@ impl Open {
         Ok(())
     }
 
-    /// Moves every payload of `ev` of at least [`INLINE_MAX`] bytes to the blob file.
-    fn move_large_payloads(&mut self, ev: &mut Event) -> Result<()> {
+    /// Moves every payload of `ev` of at least `min` bytes to the blob file.
+    fn move_payloads(&mut self, ev: &mut Event, min: usize) -> Result<()> {
         let writes: &mut [MemWrite] = match ev {
             Event::Syscall(e) => &mut e.writes,
             Event::Clone(e) => &mut e.writes,
             Event::Start(e) => &mut e.writes,
-            Event::Buffered(e) => return self.move_to_blob(&mut e.records),
+            Event::Buffered(e) => return self.move_to_blob(&mut e.records, min),
             _ => return Ok(()),
         };
         for w in writes {
-            self.move_to_blob(&mut w.data)?;
+            self.move_to_blob(&mut w.data, min)?;
         }
         Ok(())
     }
 
-    fn move_to_blob(&mut self, data: &mut Data) -> Result<()> {
+    fn move_to_blob(&mut self, data: &mut Data, min: usize) -> Result<()> {
         let Data::Inline(bytes) = data else {
             return Ok(());
         };
-        if bytes.len() < INLINE_MAX {
+        if bytes.len() < min {
             return Ok(());
         }
         let frame = self

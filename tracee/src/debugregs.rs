@@ -133,6 +133,11 @@ impl DebugRegs {
     /// nothing, if there are not enough free slots or the range cannot be watched
     /// (`Execute` takes exactly one byte).
     pub fn insert(&mut self, addr: u64, len: u64, kind: WatchKind) -> Option<Vec<usize>> {
+        // Longer ranges need more pieces than there are slots: refused before splitting, so
+        // that a debugger's length (gdb's `Z2,addr,ffffffff`) costs nothing.
+        if len > MAX_WATCH_LEN {
+            return None;
+        }
         let pieces = match kind {
             WatchKind::Execute if len == 1 => vec![(addr, 1)],
             WatchKind::Execute => return None,
@@ -151,6 +156,9 @@ impl DebugRegs {
     /// Stops watching what [`DebugRegs::insert`] set up for the same range and kind; returns
     /// the slots freed, or `None`, changing nothing, if not all of its pieces are present.
     pub fn remove(&mut self, addr: u64, len: u64, kind: WatchKind) -> Option<Vec<usize>> {
+        if len > MAX_WATCH_LEN {
+            return None;
+        }
         let pieces = match kind {
             WatchKind::Execute => vec![(addr, 1)],
             WatchKind::Write | WatchKind::ReadWrite => split_aligned(addr, len)?,
@@ -186,6 +194,9 @@ impl DebugRegs {
 pub fn hit_slots(dr6: u64) -> impl Iterator<Item = usize> {
     (0..SLOTS).filter(move |&i| dr6 & (1 << i) != 0)
 }
+
+/// The longest range the debug registers can watch: every slot watching 8 aligned bytes.
+pub const MAX_WATCH_LEN: u64 = SLOTS as u64 * 8;
 
 /// Splits `len` bytes at `addr` into the fewest naturally aligned pieces of 1, 2, 4 or 8
 /// bytes covering exactly that range, in address order; `None` if the range is empty or
@@ -245,6 +256,15 @@ mod tests {
             Some(vec![(0x1000, 8), (0x1008, 8)])
         );
         assert_eq!(split_aligned(0x1000, 0), None);
+        // A length no slots can take is refused at once (no piece list of its size).
+        let mut regs = DebugRegs::default();
+        assert_eq!(regs.insert(0, 0xffff_ffff, WatchKind::Write), None);
+        assert_eq!(regs.insert(0, u64::MAX, WatchKind::ReadWrite), None);
+        assert_eq!(regs.remove(0, u64::MAX, WatchKind::Write), None);
+        assert_eq!(
+            regs.insert(0x1000, MAX_WATCH_LEN, WatchKind::Write),
+            Some(vec![0, 1, 2, 3])
+        );
         assert_eq!(split_aligned(u64::MAX, 2), None);
         // The pieces tile the range exactly.
         for addr in 0x2000..0x2010u64 {
