@@ -880,3 +880,32 @@ fn listening_beyond_loopback_warns_and_once_ends_with_the_first_gdb() {
     );
     assert!(err.contains("to one gdb"), "{err}");
 }
+
+#[test]
+fn watching_an_object_larger_than_the_debug_registers_falls_back_to_software() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(built_once("bigwatch", &["-g", "-O0"], "bigwatch"), &[]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "break main",
+            "continue",
+            "watch -l big",
+            "continue",
+            "continue",
+        ],
+    );
+    let all = text(&out);
+    // A software watchpoint (gdb never asks the server for 4 KiB of debug registers), which
+    // sees the recorded writes.
+    assert_has(&all, "Watchpoint 2: -location big");
+    assert!(!all.contains("Hardware watchpoint 2"), "{all}");
+    assert!(!all.contains("Could not insert"), "{all}");
+    assert_has(&all, "Old value = '\\000' <repeats 4095 times>");
+}
