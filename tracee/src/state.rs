@@ -428,19 +428,26 @@ const EFLAGS_RF: u64 = 1 << 16;
 /// the task then being in that `SIGTRAP` stop at the same `rip`, or the stop that came instead
 /// (another pending signal, the task's death), the task then being in that stop.
 pub fn settle_trap(t: &Tracee) -> Result<Option<Stop>> {
-    let dr7 = t.debug_reg(7)?;
-    // A free slot if there is one; else slot 3, put back afterwards.
-    let slot = (0..4).find(|i| (dr7 >> (2 * i)) & 0b11 == 0).unwrap_or(3);
-    let saved_addr = t.debug_reg(slot)?;
     let mut r = t.regs()?;
     if r.eflags & EFLAGS_RF != 0 {
         r.eflags &= !EFLAGS_RF;
         t.set_regs(&r)?;
     }
+    run_to_breakpoint(t, r.rip)
+}
+
+/// Resumes stopped task `t` with a hardware execution breakpoint at `addr` (a free debug
+/// register if there is one, else the last, put back afterwards) until it stops. `None` when
+/// it stopped at that breakpoint, or the stop that came instead (a signal, its death), the
+/// task then being in that stop.
+fn run_to_breakpoint(t: &Tracee, addr: u64) -> Result<Option<Stop>> {
+    let dr7 = t.debug_reg(7)?;
+    let slot = (0..4).find(|i| (dr7 >> (2 * i)) & 0b11 == 0).unwrap_or(3);
+    let saved_addr = t.debug_reg(slot)?;
     // Slot `slot`: locally enabled, R/W = 00 (execute), LEN = 00 (one byte).
     let fields = (0b11 << (2 * slot)) | (0b1111 << (16 + 4 * slot));
     t.set_debug_reg(7, dr7 & !fields)?;
-    t.set_debug_reg(slot, r.rip)?;
+    t.set_debug_reg(slot, addr)?;
     t.set_debug_reg(7, (dr7 & !fields) | (1 << (2 * slot)))?;
     t.cont(0)?;
     let stop = t.wait();
@@ -454,7 +461,7 @@ pub fn settle_trap(t: &Tracee) -> Result<Option<Stop>> {
     let dr6 = t.debug_reg(6)?;
     t.set_debug_reg(6, 0)?;
     let ours =
-        stop == Stop::Signal(libc::SIGTRAP) && dr6 & (1 << slot) != 0 && t.regs()?.rip == r.rip;
+        stop == Stop::Signal(libc::SIGTRAP) && dr6 & (1 << slot) != 0 && t.regs()?.rip == addr;
     Ok(if ours { None } else { Some(stop) })
 }
 
@@ -481,29 +488,7 @@ pub fn finish_string_insn(t: &Tracee) -> Result<Option<Stop>> {
     if insn.is_invalid() || !is_repeated_string(&insn) {
         return Ok(None);
     }
-    let next = insn.next_ip();
-    let dr7 = t.debug_reg(7)?;
-    let slot = (0..4).find(|i| (dr7 >> (2 * i)) & 0b11 == 0).unwrap_or(3);
-    let saved_addr = t.debug_reg(slot)?;
-    // Slot `slot`: locally enabled, R/W = 00 (execute), LEN = 00 (one byte).
-    let fields = (0b11 << (2 * slot)) | (0b1111 << (16 + 4 * slot));
-    t.set_debug_reg(7, dr7 & !fields)?;
-    t.set_debug_reg(slot, next)?;
-    t.set_debug_reg(7, (dr7 & !fields) | (1 << (2 * slot)))?;
-    t.cont(0)?;
-    let stop = t.wait();
-    if matches!(stop, Ok(s) if s.is_end()) {
-        return stop.map(Some);
-    }
-    t.set_debug_reg(7, dr7 & !fields)?;
-    t.set_debug_reg(slot, saved_addr)?;
-    t.set_debug_reg(7, dr7)?;
-    let stop = stop?;
-    let dr6 = t.debug_reg(6)?;
-    t.set_debug_reg(6, 0)?;
-    let ours =
-        stop == Stop::Signal(libc::SIGTRAP) && dr6 & (1 << slot) != 0 && t.regs()?.rip == next;
-    Ok(if ours { None } else { Some(stop) })
+    run_to_breakpoint(t, insn.next_ip())
 }
 
 #[cfg(test)]
