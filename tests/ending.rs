@@ -134,7 +134,10 @@ fn stop_mid_recording(sig: i32, name: &str) {
     assert_stderr_mentions(
         "replay -a of a stopped recording",
         &out,
-        &[&format!("replayed all {kept} recorded events")],
+        &[
+            &format!("replayed all {kept} recorded events"),
+            &format!("its recorder was stopped by {name}"),
+        ],
     );
     assert!(
         stdout_str(&out).starts_with(&first),

@@ -90,7 +90,7 @@ impl Session {
         let mut events = reader.events()?;
         let first = match events.next() {
             Some(ev) => ev?,
-            None => bail!(Incomplete { events: 0 }),
+            None => bail!(Incomplete::of(0, reader.meta())),
         };
         let Event::Exec(exec_ev) = first else {
             bail!("the trace does not start with the program's exec");
@@ -306,9 +306,7 @@ impl Session {
             }
             let Some(ev) = self.take()? else {
                 if self.events.truncated() || !self.reader.meta().complete {
-                    bail!(Incomplete {
-                        events: self.index + 1
-                    });
+                    bail!(Incomplete::of(self.index + 1, self.reader.meta()));
                 }
                 let status = self
                     .root_status
