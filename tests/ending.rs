@@ -410,14 +410,14 @@ fn foreign_directories_are_refused() {
     }
 }
 
-/// A program that fills the disk its trace is on is recorded to its end (the reserve keeps
-/// room for the last chunk and the index), and its exit status passes through.
-#[test]
-fn program_filling_the_trace_disk_keeps_its_status() {
-    let ctx = Ctx::new();
-    let Some(fs) = Tmpfs::mount(&ctx.dir().join("shared"), "8M") else {
-        return;
-    };
+/// Records `fill_disk` (with `args` after its file) onto an 8 MiB tmpfs that it fills, and
+/// checks that its exit status 7 passed through: the mount (kept while it is held), the trace
+/// and `rec`'s output. `None` when mounting is not permitted here.
+fn record_filling_the_disk(
+    ctx: &Ctx,
+    args: &[&str],
+) -> Option<(Tmpfs, PathBuf, std::process::Output)> {
+    let fs = Tmpfs::mount(&ctx.dir().join("shared"), "8M")?;
     let trace = fs.0.join("trace");
     let filler = fs.0.join("filler");
     let out = run_with_timeout(
@@ -426,7 +426,8 @@ fn program_filling_the_trace_disk_keeps_its_status() {
             .arg("-o")
             .arg(&trace)
             .arg(program("fill_disk"))
-            .arg(&filler),
+            .arg(&filler)
+            .args(args),
         TIMEOUT,
     );
     assert_no_panic("rec of a program filling the disk", &out);
@@ -436,6 +437,17 @@ fn program_filling_the_trace_disk_keeps_its_status() {
         "the program's status passes through\n{}",
         describe("rec", &out)
     );
+    Some((fs, trace, out))
+}
+
+/// A program that fills the disk its trace is on is recorded to its end (the reserve keeps
+/// room for the last chunk and the index), and its exit status passes through.
+#[test]
+fn program_filling_the_trace_disk_keeps_its_status() {
+    let ctx = Ctx::new();
+    let Some((_fs, trace, out)) = record_filling_the_disk(&ctx, &[]) else {
+        return;
+    };
     assert!(
         stdout_str(&out).starts_with("fill_disk: full after "),
         "{}",
@@ -460,28 +472,9 @@ fn program_filling_the_trace_disk_keeps_its_status() {
 #[test]
 fn unfinished_trace_still_passes_the_status_through() {
     let ctx = Ctx::new();
-    let Some(fs) = Tmpfs::mount(&ctx.dir().join("shared"), "8M") else {
+    let Some((_fs, trace, out)) = record_filling_the_disk(&ctx, &["then-a-big-read"]) else {
         return;
     };
-    let trace = fs.0.join("trace");
-    let filler = fs.0.join("filler");
-    let out = run_with_timeout(
-        ctx.deja()
-            .arg("rec")
-            .arg("-o")
-            .arg(&trace)
-            .arg(program("fill_disk"))
-            .arg(&filler)
-            .arg("then-a-big-read"),
-        TIMEOUT,
-    );
-    assert_no_panic("rec of a program filling the disk", &out);
-    assert_eq!(
-        shell_code(&out.status),
-        7,
-        "the program's status passes through\n{}",
-        describe("rec", &out)
-    );
     assert_stderr_mentions("rec", &out, &["keeps the first "]);
     let info = ctx.info_json(&trace);
     assert_eq!(info["complete"], serde_json::json!(false), "{info}");

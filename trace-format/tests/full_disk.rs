@@ -7,18 +7,8 @@ use std::path::{Path, PathBuf};
 
 use trace_format::*;
 
-/// Deterministic incompressible bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+mod common;
+use common::noise;
 
 /// Event `i`: a syscall that wrote 12 KiB of noise (inline: below [`INLINE_MAX`]).
 fn event(i: u64) -> Event {
