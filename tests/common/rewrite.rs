@@ -61,16 +61,10 @@ pub fn rewrite_trace_swapping(
     }
     for (i, ev) in reader.events().expect("read the events").enumerate() {
         let mut ev = ev.expect("read an event");
-        for w in writes_mut(&mut ev) {
-            if matches!(w.data, Data::Blob { .. }) {
-                let bytes = reader.read_data(&w.data).expect("read a blob");
-                w.data = writer.data(&bytes).expect("write a blob");
-            }
-        }
-        if let Event::Buffered(b) = &mut ev {
-            if matches!(b.records, Data::Blob { .. }) {
-                let bytes = reader.read_data(&b.records).expect("read a blob");
-                b.records = writer.data(&bytes).expect("write a blob");
+        for d in ev.data_mut() {
+            if matches!(d, Data::Blob { .. }) {
+                let bytes = reader.read_data(d).expect("read a blob");
+                *d = writer.data_vec(bytes);
             }
         }
         edit(i, &mut ev);

@@ -48,6 +48,18 @@ pub enum Event {
 }
 
 impl Event {
+    /// The recorded bytes the event carries as [`Data`] (memory writes, a `Buffered` event's
+    /// records), which the writer may move to the blob file.
+    pub fn data_mut(&mut self) -> Vec<&mut Data> {
+        match self {
+            Event::Syscall(e) => e.writes.iter_mut().map(|w| &mut w.data).collect(),
+            Event::Clone(e) => e.writes.iter_mut().map(|w| &mut w.data).collect(),
+            Event::Start(e) => e.writes.iter_mut().map(|w| &mut w.data).collect(),
+            Event::Buffered(e) => vec![&mut e.records],
+            _ => Vec::new(),
+        }
+    }
+
     /// The task the event belongs to.
     pub fn tid(&self) -> Tid {
         match self {

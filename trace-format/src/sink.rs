@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 use crate::error::{io_err, sql_err, Result, TraceError};
-use crate::event::{Data, Event, ExitStatus, MemWrite};
+use crate::event::{Data, Event, ExitStatus};
 use crate::format::{self, BlobHeader, ChunkHeader, CHUNK_HEADER_LEN, ZSTD_LEVEL};
 use crate::index;
 use crate::meta::{Stopped, SyscallCounts, TraceMeta};
@@ -393,15 +393,8 @@ impl Open {
 
     /// Moves every payload of `ev` of at least `min` bytes to the blob file.
     fn move_payloads(&mut self, ev: &mut Event, min: usize) -> Result<()> {
-        let writes: &mut [MemWrite] = match ev {
-            Event::Syscall(e) => &mut e.writes,
-            Event::Clone(e) => &mut e.writes,
-            Event::Start(e) => &mut e.writes,
-            Event::Buffered(e) => return self.move_to_blob(&mut e.records, min),
-            _ => return Ok(()),
-        };
-        for w in writes {
-            self.move_to_blob(&mut w.data, min)?;
+        for data in ev.data_mut() {
+            self.move_to_blob(data, min)?;
         }
         Ok(())
     }

@@ -384,9 +384,9 @@ impl TraceWriter {
     /// [`TraceWriter::flush_soon`] on its own timer so a killed recording keeps recent events.
     ///
     /// An error of the writing thread (a full disk, say) is returned by a later call.
-    pub fn push(&mut self, ev: Event) -> Result<u64> {
+    pub fn push(&mut self, mut ev: Event) -> Result<u64> {
         self.check()?;
-        self.batch_bytes += payload_bytes(&ev);
+        self.batch_bytes += payload_bytes(&mut ev);
         self.batch.push(ev);
         let idx = self.next_event;
         self.next_event += 1;
@@ -657,16 +657,16 @@ impl Drop for TraceWriter {
 }
 
 /// About how many payload bytes an event carries.
-fn payload_bytes(ev: &Event) -> usize {
-    let writes = match ev {
-        Event::Syscall(e) => &e.writes,
-        Event::Clone(e) => &e.writes,
-        Event::Start(e) => &e.writes,
-        Event::Buffered(e) => return e.records.len() as usize,
-        Event::Exec(e) => return e.stack.len(),
-        _ => return 0,
+fn payload_bytes(ev: &mut Event) -> usize {
+    let stack = match ev {
+        Event::Exec(e) => e.stack.len(),
+        _ => 0,
     };
-    writes.iter().map(|w| w.data.len() as usize).sum()
+    stack
+        + ev.data_mut()
+            .iter()
+            .map(|d| d.len() as usize)
+            .sum::<usize>()
 }
 
 /// Writes `record` at `offset` (the end of the file); on failure cuts the file back so that no

@@ -190,17 +190,10 @@ pub fn every_variant(w: &mut TraceWriter) -> (Vec<Event>, Vec<(Data, Vec<u8>)>) 
 
 /// `ev` with its blob payloads read back inline.
 pub fn resolved(r: &TraceReader, mut ev: Event) -> Event {
-    let inline = |d: &mut Data| {
+    for d in ev.data_mut() {
         if matches!(d, Data::Blob { .. }) {
             *d = Data::Inline(r.read_data(d).unwrap());
         }
-    };
-    match &mut ev {
-        Event::Syscall(e) => e.writes.iter_mut().for_each(|w| inline(&mut w.data)),
-        Event::Clone(e) => e.writes.iter_mut().for_each(|w| inline(&mut w.data)),
-        Event::Start(e) => e.writes.iter_mut().for_each(|w| inline(&mut w.data)),
-        Event::Buffered(e) => inline(&mut e.records),
-        _ => {}
     }
     ev
 }
