@@ -310,6 +310,8 @@ fn describe(ev: &Event) -> String {
             e.point.watch.len()
         ),
         Event::Resume(_) => format!("[{tid}] resumes"),
+        Event::Detach(e) if e.detached => format!("[{tid}] runs detached from now on"),
+        Event::Detach(_) => format!("[{tid}] runs holding the CPU from now on"),
         Event::Ptrace(e) => format!("[{tid}] emulated ptrace: {:?}", e.action),
         Event::Buffered(e) => format!("[{tid}] {} buffered syscall(s):", e.calls),
         Event::Patch(e) => format!(
@@ -486,7 +488,8 @@ impl ProcessTable {
             | Event::Resume(_)
             | Event::Ptrace(_)
             | Event::Buffered(_)
-            | Event::Patch(_) => {}
+            | Event::Patch(_)
+            | Event::Detach(_) => {}
         }
     }
 }
