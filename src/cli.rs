@@ -35,10 +35,6 @@ enum Command {
         /// on by default), like rr's -n.
         #[arg(short = 'n', long = "no-syscall-buffer")]
         no_syscall_buffer: bool,
-        /// Run one task at a time, always: by default the processes that share no memory
-        /// with any other run their user code in parallel.
-        #[arg(long = "serial")]
-        serial: bool,
         /// The program to record.
         program: String,
         /// Its arguments.
@@ -126,7 +122,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             output,
             wait,
             no_syscall_buffer,
-            serial,
             program,
             args,
         } => {
@@ -140,7 +135,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 dest,
                 wait_all: wait,
                 syscall_buffer: !no_syscall_buffer,
-                parallel: !serial,
             })?;
             if let Some(sig) = outcome.stopped_by {
                 // Like a program killed by the signal, as a shell reports it.

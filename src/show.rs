@@ -310,8 +310,6 @@ fn describe(ev: &Event) -> String {
             e.point.watch.len()
         ),
         Event::Resume(_) => format!("[{tid}] resumes"),
-        Event::Detach(e) if e.detached => format!("[{tid}] runs detached from now on"),
-        Event::Detach(_) => format!("[{tid}] runs holding the CPU from now on"),
         Event::Ptrace(e) => format!("[{tid}] emulated ptrace: {:?}", e.action),
         Event::Buffered(e) => format!("[{tid}] {} buffered syscall(s):", e.calls),
         Event::Patch(e) => format!(
@@ -488,8 +486,7 @@ impl ProcessTable {
             | Event::Resume(_)
             | Event::Ptrace(_)
             | Event::Buffered(_)
-            | Event::Patch(_)
-            | Event::Detach(_) => {}
+            | Event::Patch(_) => {}
         }
     }
 }

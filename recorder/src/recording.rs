@@ -24,7 +24,6 @@ use crate::task::{Entry, State, Task};
 use crate::tsc_mode::TscModes;
 
 mod buffered;
-mod detach;
 mod ending;
 mod fatal_call;
 mod group_stop;
@@ -104,9 +103,6 @@ pub struct Session {
     /// The task that last kept the CPU through a syscall that returned without sleeping, and
     /// the timer's count of ticks when it began to (see `returns_without_blocking`).
     kept_since: (Option<i32>, u64),
-    /// Processes recorded in parallel: which address spaces have shared mappings, and
-    /// whether tasks may run detached at all (see `detach`).
-    detach: detach::Detaching,
 }
 
 impl Session {
@@ -118,11 +114,10 @@ impl Session {
         cpu: u32,
         wait_all: bool,
         syscall_buffer: bool,
-        parallel: bool,
     ) -> Session {
         let tid = root.pid().as_raw();
         let mut tasks = HashMap::new();
-        tasks.insert(tid, Task::new(root, tid, State::Running, cpu));
+        tasks.insert(tid, Task::new(root, tid, State::Running));
         Session {
             writer,
             files: MappedFiles::default(),
@@ -149,7 +144,6 @@ impl Session {
             segv_blocked: SegvBlocked::default(),
             fast: crate::fastpath::FastPath::new(syscall_buffer),
             kept_since: (None, 0),
-            detach: detach::Detaching::new(parallel, cpu),
         }
     }
 
@@ -283,7 +277,6 @@ impl Session {
             tasks,
             writer,
             files,
-            detach,
             ..
         } = self;
         let t = tasks.get_mut(&tid).context("exec of an unknown task")?;
@@ -292,7 +285,6 @@ impl Session {
         // the new program's exit until it asks.
         let (old_mm, old_slot) = (t.mm, t.slot.take());
         t.mm = t.pid;
-        detach.exec(t.pid);
         t.clear_tid_at = None;
         let mut ev = exec::capture(&t.tracee, writer, files)?;
         ev.tid = named;
@@ -342,11 +334,6 @@ impl Session {
                     self.current = Some(tid);
                     return self.on_syscall_entry(tid);
                 }
-                State::Held(stop) => {
-                    self.current = Some(tid);
-                    self.drain(tid)?;
-                    return self.on_running_stop(tid, stop);
-                }
                 other => t.state = other,
             }
         }
@@ -382,8 +369,6 @@ impl Session {
     /// `PTRACE_SINGLESTEP`) with the CPU.
     fn run_on(&mut self, tid: i32, regs: Regs, step: bool) -> Result<()> {
         self.current = Some(tid);
-        let detach = !step && self.may_detach(tid);
-        self.set_detached(tid, detach)?;
         let t = self.task(tid)?;
         t.boundary = Some(regs);
         t.state = State::Running;
@@ -392,11 +377,6 @@ impl Session {
         }
         if step {
             t.tracee.step(0)
-        } else if detach {
-            t.state = State::Detached;
-            t.tracee.cont(0)?;
-            self.current = None;
-            Ok(())
         } else {
             t.tracee.cont(0)
         }
@@ -434,17 +414,12 @@ impl Session {
                 self.ready.push_back(tid);
                 Ok(())
             }
-            State::Running => self.on_running_stop(tid, stop),
-            State::Detached => match stop {
-                // (Its end on its way: a SIGKILL from outside.)
+            State::Running => match stop {
+                Stop::SeccompEntry => self.on_syscall_entry(tid),
+                Stop::Signal(sig) => self.on_signal(tid, sig),
                 Stop::Event(_) => t.tracee.cont(0),
-                Stop::SeccompEntry | Stop::Signal(_) => {
-                    t.state = State::Held(stop);
-                    self.ready.push_back(tid);
-                    Ok(())
-                }
                 Stop::Exec => bail!(THREAD_EXEC),
-                other => bail!("unexpected stop of detached task {tid}: {other:?}"),
+                other => bail!("unexpected stop of task {tid} in user code: {other:?}"),
             },
             State::InSyscall(_) => self.on_syscall_stop(tid, stop),
             State::Restarting(_) => self.on_restart_stop(tid, stop),
@@ -457,24 +432,12 @@ impl Session {
             | State::ReadyAfter(_)
             | State::Preempted
             | State::GroupStopped(_)
-            | State::ReadyToContinue(_)
-            | State::Held(_) => {
+            | State::ReadyToContinue(_) => {
                 if stop == Stop::Exec {
                     bail!(THREAD_EXEC);
                 }
                 bail!("task {tid} reported {stop:?} while it was stopped")
             }
-        }
-    }
-
-    /// A stop of `tid` in its user code, while it holds the CPU.
-    fn on_running_stop(&mut self, tid: i32, stop: Stop) -> Result<()> {
-        match stop {
-            Stop::SeccompEntry => self.on_syscall_entry(tid),
-            Stop::Signal(sig) => self.on_signal(tid, sig),
-            Stop::Event(_) => self.task(tid)?.tracee.cont(0),
-            Stop::Exec => bail!(THREAD_EXEC),
-            other => bail!("unexpected stop of task {tid} in user code: {other:?}"),
         }
     }
 
@@ -495,7 +458,6 @@ impl Session {
         if t.is_leader() {
             self.echo.remove(&t.pid);
             self.segv.exit(t.pid);
-            self.detach.forget(t.pid);
         }
         self.tsc.forget(tid);
         self.exits.push(ExitEvent { tid, status });
@@ -521,8 +483,6 @@ impl Session {
             .unwrap_or_default();
         let parent_pid = t.pid;
         let parent_mm = t.mm;
-        // (A new task inherits its parent's affinity.)
-        let parent_cpu = t.cpu;
         let clear_tid_at = if args.flags & libc::CLONE_CHILD_CLEARTID as u64 == 0 {
             None
         } else if entry.ev.nr == libc::SYS_clone3 as u64 {
@@ -551,9 +511,6 @@ impl Session {
             let table = self.echo.get(&parent_pid).cloned().unwrap_or_default();
             self.echo.insert(child, table);
             self.segv.fork(parent_pid, child);
-            if args.flags & libc::CLONE_VM as u64 == 0 {
-                self.detach.fork(parent_mm, child);
-            }
         }
         match self.early.remove(&child) {
             Some(Stop::Exited(c)) => self.exits.push(ExitEvent {
@@ -574,7 +531,7 @@ impl Session {
                 };
                 let clone_vm = args.flags & libc::CLONE_VM as u64 != 0;
                 let slot = self.slot_for_child(tid, child, clone_vm);
-                let mut task = Task::new(tracee, child_pid, state, parent_cpu);
+                let mut task = Task::new(tracee, child_pid, state);
                 task.slot = slot;
                 task.child_tid_at = args.child_tid;
                 task.clear_tid_at = clear_tid_at.filter(|&a| a != 0);

@@ -30,9 +30,6 @@ pub struct RecordOptions {
     /// Use the in-process library for the syscalls it can buffer (the fast path); off
     /// (`deja rec -n`), every syscall is a ptrace stop.
     pub syscall_buffer: bool,
-    /// Let the tasks of processes that share no memory with others run their user code in
-    /// parallel (on by default; `deja rec --serial` turns it off).
-    pub parallel: bool,
 }
 
 /// A finished recording.
@@ -216,14 +213,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         own_process_group: false,
     })?;
     tracing::debug!("the program is started");
-    let mut session = Session::new(
-        root,
-        writer,
-        cpu as u32,
-        opts.wait_all,
-        opts.syscall_buffer,
-        opts.parallel,
-    );
+    let mut session = Session::new(root, writer, cpu as u32, opts.wait_all, opts.syscall_buffer);
     let kept = session.writer().kept_events();
     let result = session.run();
     tracee::alarm::stop();

@@ -33,13 +33,6 @@ pub enum State {
     ReadyAfter(Box<Entry>),
     /// Holds the CPU, running user code.
     Running,
-    /// Running user code without the CPU, alongside other tasks (its process shares no
-    /// writable memory with any other: see `recording::detach`). Its next stop is held until
-    /// it gets the CPU.
-    Detached,
-    /// A detached task stopped here, waiting for the CPU: the stop is handled when it gets it,
-    /// as if it had come while the task held the CPU.
-    Held(tracee::Stop),
     /// Inside a syscall (resumed to its exit stop). Holds the CPU only if `exclusive`.
     InSyscall(Box<Entry>),
     /// The recorder's preemption `SIGSTOP` interrupted this syscall (its exit showed a restart
@@ -94,7 +87,6 @@ impl State {
                     ..
                 })
                 | State::ReadyToContinue(_)
-                | State::Held(_)
         )
     }
 }
@@ -136,16 +128,11 @@ pub struct Task {
     /// An asynchronous signal was just delivered by a single step: its stop (at the handler's
     /// first instruction) is still that signal's boundary.
     pub entering_handler: bool,
-    /// The mode of its runs the trace last said: detached (see [`State::Detached`]) or not.
-    pub detached: bool,
-    /// The CPU it is pinned to.
-    pub cpu: u32,
 }
 
 impl Task {
-    /// A task of process `pid` in state `state`, in its own process's address space, pinned
-    /// to `cpu`.
-    pub fn new(tracee: Tracee, pid: i32, state: State, cpu: u32) -> Task {
+    /// A task of process `pid` in state `state`, in its own process's address space.
+    pub fn new(tracee: Tracee, pid: i32, state: State) -> Task {
         Task {
             tracee,
             pid,
@@ -160,8 +147,6 @@ impl Task {
             slot: None,
             library_pending: false,
             entering_handler: false,
-            detached: false,
-            cpu,
         }
     }
 

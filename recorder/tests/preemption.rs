@@ -252,7 +252,6 @@ fn record_ok(prog: &Path, args: &[&str]) -> (ExitStatus, Vec<Event>) {
         dest: TraceDest::Dir(dir.clone()),
         wait_all: false,
         syscall_buffer: true,
-        parallel: true,
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -19,12 +19,6 @@ pub enum RState {
     /// Resumed after its event, to run up to its next one (stopped while a debugger has
     /// halted the replay).
     Resumed,
-    /// Detached in the recording (see `session::detached`), stopped right after its event:
-    /// it runs when its next event comes, delivering this signal as it resumes.
-    Deferred(i32),
-    /// Detached in the recording and let go right after its event, running alongside the
-    /// replay of other tasks' events; its stop is collected when its next event comes.
-    Launched,
     /// Resumed to the exit of a syscall that really runs in replay (a clone).
     InSyscall,
     /// Stopped at the point in its user code where its next event (a preemption, a signal
@@ -91,8 +85,6 @@ pub struct Task {
     /// The `Buffered` events placed in its slot and not checked yet: (event index, where its
     /// records end in the slot's buffer).
     pub placed: Vec<(u64, u64)>,
-    /// Its runs were detached in the recording (its last `Detach` event said so).
-    pub detached: bool,
 }
 
 /// All tasks, and the stops reported by tasks other than the one waited for.
@@ -127,7 +119,6 @@ impl Tasks {
                 debugger_trapped: false,
                 temporary_mask: false,
                 group_stopped: false,
-                detached: false,
             },
         );
     }
@@ -148,11 +139,7 @@ impl Tasks {
         self.by_tid.iter().filter_map(move |(&id, t)| {
             let visible = matches!(
                 t.state,
-                RState::Parked(_)
-                    | RState::Resumed
-                    | RState::InSyscall
-                    | RState::AtPoint
-                    | RState::Deferred(_)
+                RState::Parked(_) | RState::Resumed | RState::InSyscall | RState::AtPoint
             );
             (t.rpid == rpid && visible).then_some((id, t))
         })

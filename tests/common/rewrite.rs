@@ -20,8 +20,7 @@ pub fn writes_mut(ev: &mut Event) -> Vec<&mut MemWrite> {
         | Event::Preempt(_)
         | Event::Resume(_)
         | Event::Ptrace(_)
-        | Event::Patch(_)
-        | Event::Detach(_) => Vec::new(),
+        | Event::Patch(_) => Vec::new(),
     }
 }
 

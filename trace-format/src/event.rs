@@ -45,9 +45,6 @@ pub enum Event {
     /// A syscall site was patched to jump into the in-process library; the task, stopped at
     /// that syscall's entry, makes the call again through the patch.
     Patch(PatchEvent),
-    /// From its next run on, the task runs its user code without holding the CPU, alongside
-    /// other tasks, or again holding it (see [`DetachEvent`]).
-    Detach(DetachEvent),
 }
 
 impl Event {
@@ -79,7 +76,6 @@ impl Event {
             Event::Ptrace(e) => e.tid,
             Event::Buffered(e) => e.tid,
             Event::Patch(e) => e.tid,
-            Event::Detach(e) => e.tid,
         }
     }
 
@@ -99,7 +95,6 @@ impl Event {
             Event::Ptrace(_) => "ptrace",
             Event::Buffered(_) => "buffered",
             Event::Patch(_) => "patch",
-            Event::Detach(_) => "detach",
         }
     }
 }
@@ -541,25 +536,6 @@ pub struct PreemptEvent {
 pub struct ResumeEvent {
     /// The task.
     pub tid: Tid,
-}
-
-/// A task's runs change mode, right after its event and before it runs on: `detached`, its
-/// runs of user code overlap other tasks' (its process shares no writable memory with any
-/// other, so what it computes between its events depends on nothing they do); else it holds
-/// the CPU while it runs, as every task does by default. A detached task's next event need
-/// not follow this one: the events of the tasks running alongside it come in between, in the
-/// order the recorder handled them (see the recorder's README, "Processes recorded in
-/// parallel").
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct DetachEvent {
-    /// The task.
-    pub tid: Tid,
-    /// Whether its runs from now on overlap other tasks'.
-    pub detached: bool,
-    /// The CPU the task runs on from now on (the recording's [`crate::TraceMeta::cpu`] for a
-    /// task holding the CPU; a detached process gets one of its own, so that what it sees of
-    /// its CPU, the APIC id `cpuid` reports, stays the same throughout a program).
-    pub cpu: Option<u32>,
 }
 
 /// Something emulated ptrace did to a traced task, at this moment of the trace.

@@ -29,4 +29,4 @@ pub use writer::{
 };
 
 /// The trace format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 5;

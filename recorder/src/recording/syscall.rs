@@ -316,7 +316,6 @@ impl Session {
             warned,
             segv,
             segv_blocked,
-            detach,
             ..
         } = self;
         let t = tasks
@@ -356,8 +355,6 @@ impl Session {
                 );
             }
         }
-        let mapped = ev.mapped_file.as_ref().map(|f| f.path.as_str());
-        detach.after_syscall(tid, t.mm, (nr, &args, ev.result), mapped);
         if let Some(echoed) = &mut ev.echo {
             match syscalls::written_bytes(&call, &TraceeMemory(&t.tracee)) {
                 Some(bytes) if !bytes.is_empty() => echoed.bytes = bytes,

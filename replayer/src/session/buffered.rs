@@ -16,7 +16,7 @@ use super::{errno_text, Session};
 
 /// How far ahead the replay looks for the buffered syscalls of a task's next run (their
 /// events come right at the task's stop, before anything else the task does).
-pub(super) const LOOKAHEAD: usize = 1024;
+const LOOKAHEAD: usize = 256;
 
 impl Session {
     /// After an exec's exit stop: loads the library as the recording did.

@@ -18,7 +18,6 @@ use crate::tasks::{self, RState, Task, Tasks};
 
 mod buffered;
 mod deja_code;
-mod detached;
 mod group_stop;
 mod lifecycle;
 mod ptrace;
@@ -101,12 +100,6 @@ impl Session {
         let program = reader.file_path(&exec_ev.exe)?;
         let bind_over = exec::interpreter_override(&reader, &exec_ev, &program)?;
         let cpu = meta.cpu.map(|c| c as usize).filter(|&c| cpu_allowed(c));
-        // Detached processes go to their recorded CPUs where the replay may use them too
-        // (see `detached`); a replay not on the recorded CPU pins nothing.
-        let cpus = match cpu {
-            Some(_) => tracee::affinity::allowed(0),
-            None => Vec::new(),
-        };
         // The library runs the calls replay executes (`abi::PROBE_EXEC`) with its own
         // untraced instruction, which the filter lets through as in the recording.
         let allow_from = match &exec_ev.syscallbuf {
@@ -149,7 +142,6 @@ impl Session {
             ptrace_held: Default::default(),
             segv_blocked: SegvBlocked::default(),
             sites: Default::default(),
-            cpus,
         };
         if let Err(e) = session.first_exec(&exec_ev) {
             session.tasks.kill_all();
@@ -225,8 +217,6 @@ pub(crate) struct Session {
     segv_blocked: SegvBlocked,
     /// The syscall sites patched in each process (see `crate::patched`).
     pub(crate) sites: crate::patched::PatchedSites,
-    /// The CPUs tasks may be pinned to as the recording's were (none: pin nothing).
-    cpus: Vec<u32>,
 }
 
 /// A task resumed after its event.
@@ -314,11 +304,6 @@ impl Session {
                     return Ok(None);
                 }
             }
-            if self.settle_next()? {
-                // A detached task ran to its stop for the next event (or the debugger
-                // halted it on the way).
-                continue;
-            }
             let Some(ev) = self.take()? else {
                 if self.events.truncated() || !self.reader.meta().complete {
                     bail!(Incomplete::of(self.index + 1, self.reader.meta()));
@@ -355,7 +340,6 @@ impl Session {
                 Event::Ptrace(e) => self.ptrace(&e)?,
                 Event::Buffered(e) => self.check_buffered(&e)?,
                 Event::Patch(e) => self.patch(&e)?,
-                Event::Detach(e) => self.detach_later(&e)?,
             }
         }
     }

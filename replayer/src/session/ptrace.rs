@@ -32,9 +32,8 @@ impl Session {
     /// emulated ptrace stop at that very place (after an undelivered signal, or after the
     /// event itself). A stop at a syscall's entry is reached by running to it as usual.
     pub(super) fn ptrace_holds(&mut self, tid: Tid) -> Result<bool> {
-        let own = self.past_own_detach(tid)?;
         Ok(matches!(
-            self.peek_at(own)?,
+            self.peek()?,
             Some(Event::Ptrace(PtraceEvent {
                 tid: t,
                 action: PtraceAction::Stop(PtraceHeld::Signal(_) | PtraceHeld::AfterEvent),

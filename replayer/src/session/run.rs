@@ -39,15 +39,6 @@ impl Session {
         if self.ptrace_holds(tid)? {
             return Ok(());
         }
-        if self.resume_detached(tid, sig)? {
-            return Ok(());
-        }
-        self.resume_attached(tid, sig)
-    }
-
-    /// [`Self::resume`] of a task that holds the CPU, or of a detached task whose next event
-    /// has come.
-    pub(super) fn resume_attached(&mut self, tid: Tid, sig: i32) -> Result<()> {
         self.place_buffered(tid)?;
         let mut toward = None;
         let next = match self.peek_past_buffered(tid)? {
@@ -133,11 +124,6 @@ impl Session {
             }
             let early = match early {
                 Some(stop) => Some(stop),
-                // (Let go already: a detached task, see `detached`.)
-                None if self.task(run.tid)?.state == RState::Launched => {
-                    self.task(run.tid)?.state = RState::Resumed;
-                    None
-                }
                 None => self.launch(run)?,
             };
             self.running = Some(Run {

@@ -238,8 +238,7 @@ impl Session {
             Err(err) => tracing::warn!("could not echo output: {err:#}"),
         }
         let interrupted = is_restart_code(e.result) || e.result == -(libc::EINTR as i64);
-        let own = self.past_own_detach(tid)?;
-        let signal_next = match self.peek_at(own)? {
+        let signal_next = match self.peek()? {
             Some(Event::Signal(s))
                 if s.tid == tid && s.origin == SignalOrigin::Async && s.point.is_none() =>
             {
