@@ -82,6 +82,13 @@ enum Command {
         /// Listen on this address instead of 127.0.0.1 (the server grants code execution).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
         host: String,
+        /// Accept the trace only if its digest is this one (the digest `deja info` showed
+        /// where it was recorded): for a trace sealed by another user or machine.
+        #[arg(long, value_name = "HEX")]
+        digest: Option<String>,
+        /// Accept a trace sealed by another user or machine (or by none) as it is.
+        #[arg(long, conflicts_with = "digest")]
+        trust: bool,
         /// Arguments for the gdb deja launches (after `--`).
         #[arg(last = true)]
         gdb_args: Vec<String>,
@@ -113,6 +120,24 @@ enum Command {
 
 fn resolve(trace: Option<&str>) -> Result<PathBuf> {
     Ok(TraceRoot::from_env()?.resolve(trace)?)
+}
+
+/// Checks the trace in `dir` against its seal before it is replayed (see trace-format's
+/// `seal.rs`): refused unless sealed by the user, of the given digest, or trusted.
+fn accept(dir: &std::path::Path, digest: Option<String>, trust: bool) -> Result<()> {
+    use trace_format::seal::{Accepted, Key, Policy};
+    let reader = trace_format::TraceReader::open(dir)?;
+    let policy = Policy {
+        key: Key::existing(),
+        digest,
+        trust,
+    };
+    let accepted = reader.check_seal(&policy)?;
+    tracing::debug!(?accepted, "the trace's seal");
+    if accepted == Accepted::Trusted {
+        eprintln!("deja: note: the trace is not sealed by you; replaying it as it is (--trust)");
+    }
+    Ok(())
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -161,9 +186,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             process,
             event,
             host,
+            digest,
+            trust,
             gdb_args,
         } => {
             let dir = resolve(trace.as_deref())?;
+            accept(&dir, digest, trust)?;
             if !autopilot {
                 return debug::debug(debug::DebugArgs {
                     dir,

@@ -86,6 +86,23 @@ fn status_text(m: &TraceMeta, dir: &Path) -> String {
     }
 }
 
+/// What the trace's seal says (not checked: `deja replay` checks it): whose key sealed it,
+/// and its digest.
+fn seal_text(reader: &TraceReader) -> String {
+    match reader.seal() {
+        Ok(Some(seal)) => {
+            let whose = match trace_format::seal::Key::existing() {
+                _ if seal.key_id.is_empty() => "no key".to_string(),
+                Some(k) if k.id() == seal.key_id => format!("your key {}", seal.key_id),
+                _ => format!("another key, {}", seal.key_id),
+            };
+            format!("digest {}, sealed by {whose}", seal.digest)
+        }
+        Ok(None) => "none (the recording did not finish)".into(),
+        Err(e) => format!("unreadable ({e})"),
+    }
+}
+
 /// `deja info`: the trace's metadata.
 pub fn info(dir: &Path, json: bool) -> Result<()> {
     let reader = TraceReader::open(dir)?;
@@ -107,6 +124,10 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
                     (serde_json::Value::Null, serde_json::Value::Null)
                 }
             };
+            obj.insert("seal".into(), seal_text(&reader).into());
+            if let Ok(Some(seal)) = reader.seal() {
+                obj.insert("digest".into(), seal.digest.into());
+            }
             obj.insert("processes".into(), processes);
             obj.insert("threads".into(), threads);
         }
@@ -167,6 +188,7 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
     if let Some(cpu) = m.cpu {
         writeln!(out, "pinned to CPU:  {cpu}")?;
     }
+    writeln!(out, "seal:           {}", seal_text(&reader))?;
     if m.complete {
         let c = &m.syscalls;
         if c.fast_path {

@@ -12,6 +12,7 @@ mod format;
 mod index;
 mod meta;
 mod reader;
+pub mod seal;
 mod sink;
 pub mod sparse;
 mod store;

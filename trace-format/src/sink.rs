@@ -147,6 +147,10 @@ struct Open {
     next_event: u64,
     next_seq: u64,
     rows: Vec<FileRow>,
+    /// The trace's digest so far (see `seal.rs`).
+    digester: crate::seal::Digester,
+    /// The user's sealing key, if usable.
+    key: Option<crate::seal::Key>,
 }
 
 /// The thread's body: serves `rx` until the writer hangs up (a writer dropped without
@@ -354,6 +358,8 @@ impl Open {
             next_event: 0,
             next_seq: 0,
             rows: Vec::new(),
+            digester: Default::default(),
+            key: crate::seal::Key::of_env(),
         })
     }
 
@@ -428,6 +434,7 @@ impl Open {
             r => r?,
         }
         self.blobs_len += record.len() as u64;
+        self.digester.blobs(&record);
         let len = bytes.len() as u64;
         let old = std::mem::replace(data, Data::Blob { offset, len });
         if let Data::Inline(buf) = old {
@@ -514,6 +521,7 @@ impl Open {
             return Err(e);
         }
         self.events_len += record.len() as u64;
+        self.digester.events(&record);
         self.next_seq += 1;
         self.failure.kept.store(
             header.first_event + u64::from(header.events),
@@ -578,8 +586,25 @@ impl Open {
         meta.event_count = kept;
         meta.events_bytes = self.events_len;
         meta.blobs_bytes = self.blobs_len;
-        index::write_meta(&self.db, &self.sink.index_path, &meta)?;
+        self.write_sealed(&meta)?;
         Ok(kept)
+    }
+
+    /// Writes the final metadata `meta` with the trace's seal (its digest alone, without a
+    /// usable key).
+    fn write_sealed(&mut self, meta: &TraceMeta) -> Result<()> {
+        let path = &self.sink.index_path;
+        let json = index::meta_json(meta)?;
+        let digest = self.digester.digest(&json, &self.db, path)?;
+        let seal = match &self.key {
+            Some(key) => key.seal(&digest),
+            None => crate::seal::Seal {
+                digest,
+                key_id: String::new(),
+                mac: String::new(),
+            },
+        };
+        index::write_sealed(&mut self.db, path, &json, &seal)
     }
 
     /// Commits the waiting file rows and `chunk`'s row in one transaction.
@@ -629,7 +654,7 @@ impl Open {
         meta.events_bytes = self.events_len;
         meta.blobs_bytes = self.blobs_len;
         meta.files_bytes = ending.files_bytes;
-        index::write_meta(&self.db, &self.sink.index_path, &meta)?;
+        self.write_sealed(&meta)?;
         tracing::debug!(
             events = meta.event_count,
             "the writing thread finished the trace"
