@@ -35,6 +35,11 @@ enum Command {
         /// on by default), like rr's -n.
         #[arg(short = 'n', long = "no-syscall-buffer")]
         no_syscall_buffer: bool,
+        /// Chaos scheduling: random scheduling decisions (which task runs, time slices, where
+        /// a preemption lands) drawn from SEED (a random one if none), to make races show.
+        /// The seed is printed and kept in the trace (`deja info`).
+        #[arg(long, value_name = "SEED", num_args = 0..=1, require_equals = true)]
+        chaos: Option<Option<u64>>,
         /// The program to record.
         program: String,
         /// Its arguments.
@@ -122,6 +127,19 @@ fn resolve(trace: Option<&str>) -> Result<PathBuf> {
     Ok(TraceRoot::from_env()?.resolve(trace)?)
 }
 
+/// A seed for chaos scheduling from the kernel's random numbers (the time, should they fail).
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: the buffer is valid for 8 bytes.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 8 {
+        return u64::from_le_bytes(b);
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Checks the trace in `dir` against its seal before it is replayed (see trace-format's
 /// `seal.rs`): refused unless sealed by the user, of the given digest, or trusted.
 fn accept(dir: &std::path::Path, digest: Option<String>, trust: bool) -> Result<()> {
@@ -147,6 +165,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             output,
             wait,
             no_syscall_buffer,
+            chaos,
             program,
             args,
         } => {
@@ -160,6 +179,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 dest,
                 wait_all: wait,
                 syscall_buffer: !no_syscall_buffer,
+                chaos: chaos.map(|seed| {
+                    let seed = seed.unwrap_or_else(random_seed);
+                    eprintln!("deja: chaos scheduling with seed {seed}");
+                    seed
+                }),
             })?;
             if let Some(sig) = outcome.stopped_by {
                 // Like a program killed by the signal, as a shell reports it.

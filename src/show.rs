@@ -189,6 +189,9 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
         writeln!(out, "pinned to CPU:  {cpu}")?;
     }
     writeln!(out, "seal:           {}", seal_text(&reader))?;
+    if let Some(seed) = m.chaos_seed {
+        writeln!(out, "chaos seed:     {seed} (deja rec --chaos={seed})")?;
+    }
     if m.complete {
         let c = &m.syscalls;
         if c.fast_path {
