@@ -242,7 +242,8 @@ impl Session {
             .find(|&&(p, used)| reach(p) && used + STUB_ROOM <= STUB_PAGE)
         {
             Some(&(p, used)) => (p + used, None),
-            None => match tracee::patch::stub_page_near(
+            None => match tracee::patch::stub_page_near_in(
+                pid.as_raw(),
                 match &maps {
                     Some(m) => m,
                     None => maps.insert(tracee::maps::read(pid)?),
