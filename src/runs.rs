@@ -65,6 +65,7 @@ pub fn rec(
         let started = Instant::now();
         let outcome = recorder::record(&options(run))?;
         let took = started.elapsed().as_secs_f64();
+        tracing::info!(run, trace = %outcome.trace_dir.display(), "recorded");
         let verdict = verdict(&outcome);
         if let Keep::UntilFail(_) = keep {
             eprintln!(
