@@ -68,12 +68,10 @@ fn draw(shared: &Shared, total: Option<u64>, finished: &mpsc::Receiver<()>) {
     if finished.recv_timeout(SHOW_AFTER) != Err(mpsc::RecvTimeoutError::Timeout) {
         return;
     }
-    let bar = match total {
-        Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
-        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-    };
+    let bar =
+        ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr()).with_elapsed(SHOW_AFTER);
     let template = match total {
-        Some(_) => "deja: replaying {wide_bar} {pos}/{len} events, {elapsed} (~{eta} left)",
+        Some(_) => "deja: replaying {wide_bar} event {pos} of {len}, {elapsed}",
         None => "deja: replaying {spinner} event {pos}, {elapsed}",
     };
     if let Ok(style) = ProgressStyle::with_template(template) {

@@ -294,6 +294,46 @@ fn keep_failing_keeps_only_failing_runs() {
     );
 }
 
+/// A recording stopped by `SIGTERM` (a timeout around a hung test) is kept under
+/// `--keep-failing` and `--until-fail`: a hang is a failure. No further run starts.
+#[test]
+fn a_stopped_recording_is_kept() {
+    use std::io::{BufRead, BufReader};
+    for keep in ["--keep-failing", "--until-fail"] {
+        let ctx = Ctx::new();
+        let mut cmd = ctx.deja();
+        cmd.arg("rec").arg(keep).arg(program("slow"));
+        let mut child = spawn_captured(&mut cmd);
+        let pgid = child.id();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line);
+        assert!(line.starts_with("slow: started"), "{keep}: {line:?}");
+        // The program's write is recorded by now or soon; the stop keeps what was recorded.
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill sends a signal to the deja process this test started.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        child.stdout = Some(stdout.into_inner());
+        let out = wait_with_timeout(child, "deja rec slow", TIMEOUT);
+        kill_group(pgid);
+        assert_eq!(
+            out.status.code(),
+            Some(128 + libc::SIGTERM),
+            "{keep}\n{}",
+            describe("rec", &out)
+        );
+        assert_stderr_mentions("rec", &out, &["recording stopped by SIGTERM"]);
+        let rows = ls_json(&ctx);
+        assert_eq!(rows.len(), 1, "{keep}: {rows:?}");
+        assert_eq!(rows[0]["status"], "stopped by SIGTERM");
+        assert!(
+            run_lines(&out).len() <= 1,
+            "{keep}\n{}",
+            describe("rec", &out)
+        );
+    }
+}
+
 /// Writes a small cargo project (no dependencies) with two test binaries, one of which fails.
 fn failing_cargo_project(dir: &Path) {
     let files = [
@@ -646,7 +686,7 @@ fn progress_bar_only_on_a_terminal() {
         "no progress bar\n{}",
         describe("replay", &out)
     );
-    assert!(text.contains(" events"), "{}", describe("replay", &out));
+    assert!(text.contains(" event "), "{}", describe("replay", &out));
     assert!(
         text.contains("spin 1500000000 -> "),
         "{}",
