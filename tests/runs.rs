@@ -658,7 +658,7 @@ fn progress_bar_only_on_a_terminal() {
         return;
     };
     let ctx = Ctx::new();
-    let (trace, rec) = ctx.record(program("spin"), &["1500000000"]);
+    let (trace, rec) = ctx.record(program("spin"), &["3000000000"]);
     assert!(rec.status.success(), "{}", describe("rec", &rec));
     let piped = ctx.replay(&trace);
     assert!(piped.status.success(), "{}", describe("replay", &piped));
@@ -688,7 +688,7 @@ fn progress_bar_only_on_a_terminal() {
     );
     assert!(text.contains(" event "), "{}", describe("replay", &out));
     assert!(
-        text.contains("spin 1500000000 -> "),
+        text.contains("spin 3000000000 -> "),
         "{}",
         describe("replay", &out)
     );
