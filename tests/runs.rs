@@ -212,6 +212,41 @@ fn until_fail_stops_at_a_signal() {
     assert_eq!(trace_dirs(&ctx), vec![saved_to(&out)]);
 }
 
+/// `--until-fail --chaos=S` gives each run a seed of its own (S, S+1, ...): a lost-update race
+/// that chaos scheduling makes show fails within a few runs, the failing run's trace alone is
+/// kept with its seed, and it replays to the same output.
+#[test]
+fn until_fail_with_chaos_draws_a_new_seed_per_run() {
+    let ctx = Ctx::new();
+    let out = ctx.run_deja(&[
+        OsStr::new("rec"),
+        OsStr::new("--until-fail"),
+        OsStr::new("--max-runs"),
+        OsStr::new("12"),
+        OsStr::new("--chaos=100"),
+        threaded("lost_update").as_os_str(),
+        OsStr::new("50000000"),
+    ]);
+    assert_no_panic("rec --until-fail --chaos", &out);
+    assert_eq!(out.status.code(), Some(1), "{}", describe("rec", &out));
+    let n = run_lines(&out).len();
+    let err = stderr_str(&out);
+    let seeds: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("deja: chaos scheduling with seed "))
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| (100 + i).to_string()).collect();
+    assert_eq!(seeds, want, "{}", describe("rec", &out));
+    let kept = trace_dirs(&ctx);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(ctx.info_json(&kept[0])["chaos_seed"], 100 + n as u64 - 1);
+    let last = stdout_str(&out).lines().last().unwrap().to_string();
+    assert!(!last.contains(": 0 of"), "{last}");
+    let replay = ctx.replay(&kept[0]);
+    assert!(replay.status.success(), "{}", describe("replay", &replay));
+    assert_eq!(stdout_str(&replay), format!("{last}\n"));
+}
+
 /// `--max-runs` makes sense only with `--until-fail`, and `--keep-failing` not with it.
 #[test]
 fn run_options_are_checked() {
