@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use recorder::{RecordOptions, TraceDest};
+use recorder::RecordOptions;
 use replayer::{DebugOptions, ReplayOptions};
 use trace_format::TraceRoot;
 
-use crate::{debug, show};
+use crate::{debug, progress, runs, show, traces};
 
 /// Record a Linux x86-64 program once, replay the exact same execution as often as needed.
 #[derive(Parser, Debug)]
@@ -40,6 +40,20 @@ enum Command {
         /// The seed is printed and kept in the trace (`deja info`).
         #[arg(long, value_name = "SEED", num_args = 0..=1, require_equals = true)]
         chaos: Option<Option<u64>>,
+        /// Delete the trace when the program exits 0: keep only failing runs (as a test
+        /// runner's wrapper, e.g. cargo's CARGO_TARGET_<TRIPLE>_RUNNER). The exit status is
+        /// still the program's.
+        #[arg(long, conflicts_with = "until_fail")]
+        keep_failing: bool,
+        /// Record the program again and again until a run fails (a non-zero exit or a
+        /// signal); keep only that run's trace, delete each passing one. Exits with the
+        /// failing run's status, or 0 when no run failed.
+        #[arg(long)]
+        until_fail: bool,
+        /// With --until-fail: stop after this many runs.
+        #[arg(long, value_name = "N", default_value_t = 100, requires = "until_fail",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_runs: u32,
         /// The program to record.
         program: String,
         /// Its arguments.
@@ -94,12 +108,26 @@ enum Command {
         /// Accept a trace sealed by another user or machine (or by none) as it is.
         #[arg(long, conflicts_with = "digest")]
         trust: bool,
+        /// With -a: after a faithful replay, exit with the recorded program's status (128+N
+        /// if a signal N killed it) instead of 0. deja's own errors still exit 1.
+        #[arg(long, requires = "autopilot")]
+        exit_status: bool,
         /// Arguments for the gdb deja launches (after `--`).
         #[arg(last = true)]
         gdb_args: Vec<String>,
     },
-    /// List the recorded traces.
-    Ls,
+    /// List the recorded traces: name, date, size, exit status, command.
+    Ls {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete traces (names `deja ls` shows, or trace directories).
+    Rm {
+        /// The traces.
+        #[arg(required = true)]
+        traces: Vec<String>,
+    },
     /// Show what a trace holds.
     Info {
         /// The trace directory or name (default: the latest trace).
@@ -166,40 +194,35 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             wait,
             no_syscall_buffer,
             chaos,
+            keep_failing,
+            until_fail,
+            max_runs,
             program,
             args,
         } => {
-            let dest = match output {
-                Some(d) => TraceDest::Dir(d),
-                None => TraceDest::Root,
+            let keep = match (until_fail, keep_failing) {
+                (true, _) => runs::Keep::UntilFail(max_runs),
+                (false, true) => runs::Keep::Failing,
+                (false, false) => runs::Keep::Always,
             };
-            let outcome = recorder::record(&RecordOptions {
-                program,
-                args,
-                dest,
+            // Each run records with options of its own (`run` counts from 1).
+            runs::rec(keep, output.as_deref(), |run| RecordOptions {
+                program: program.clone(),
+                args: args.clone(),
+                dest: runs::dest(output.as_deref()),
                 wait_all: wait,
                 syscall_buffer: !no_syscall_buffer,
+                // A new seed for each run: the one given for the first, then the next ones
+                // (`--chaos=S --until-fail` draws the same runs again), else a random one.
                 chaos: chaos.map(|seed| {
-                    let seed = seed.unwrap_or_else(random_seed);
+                    let seed = match seed {
+                        Some(s) => s.wrapping_add(u64::from(run - 1)),
+                        None => random_seed(),
+                    };
                     eprintln!("deja: chaos scheduling with seed {seed}");
                     seed
                 }),
-            })?;
-            if let Some(sig) = outcome.stopped_by {
-                // Like a program killed by the signal, as a shell reports it.
-                eprintln!(
-                    "deja: recording stopped by {}; the trace {} keeps {} events",
-                    recorder::signal_name(sig),
-                    outcome.trace_dir.display(),
-                    outcome.events
-                );
-                return Ok(exit_code(128 + sig));
-            }
-            if let Some(e) = &outcome.trace_error {
-                eprintln!("deja: {e}");
-            }
-            tracing::info!(trace = %outcome.trace_dir.display(), "recorded");
-            Ok(exit_code(outcome.status.shell_code()))
+            })
         }
         Command::Replay {
             trace,
@@ -212,6 +235,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             host,
             digest,
             trust,
+            exit_status,
             gdb_args,
         } => {
             let dir = resolve(trace.as_deref())?;
@@ -230,14 +254,24 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     gdb_args,
                 });
             }
-            let outcome = replayer::replay(&dir, &ReplayOptions { quiet })?;
+            let outcome = progress::replay(
+                &dir,
+                ReplayOptions {
+                    quiet,
+                    ..Default::default()
+                },
+            )?;
             tracing::info!(events = outcome.events, status = %outcome.status, "replayed");
+            if exit_status {
+                return Ok(exit_code(outcome.status.shell_code()));
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ls => {
-            show::list(&TraceRoot::from_env()?)?;
+        Command::Ls { json } => {
+            traces::list(&TraceRoot::from_env()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rm { traces } => traces::remove(&TraceRoot::from_env()?, &traces),
         Command::Info { trace, json } => {
             show::info(&resolve(trace.as_deref())?, json)?;
             Ok(ExitCode::SUCCESS)

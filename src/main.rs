@@ -2,7 +2,10 @@
 
 mod cli;
 mod debug;
+mod progress;
+mod runs;
 mod show;
+mod traces;
 
 use std::process::ExitCode;
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use trace_format::{Event, ExitStatus, Stopped, Tid, TraceMeta, TraceReader, TraceRoot};
+use trace_format::{Event, ExitStatus, Stopped, Tid, TraceMeta, TraceReader};
 
 /// `s` as it may be printed to a terminal: control characters (and the bidirectional
 /// overrides that reorder what follows them) escaped as Rust does (`\n`, `\u{1b}`), so that a
@@ -33,23 +33,6 @@ pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
 /// A command line as it may be printed (see [`shown`]).
 fn shown_argv(argv: &[String]) -> String {
     argv.iter().map(|a| shown(a)).collect::<Vec<_>>().join(" ")
-}
-
-/// `deja ls`: one line per trace under the root.
-pub fn list(root: &TraceRoot) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    for entry in root.list()? {
-        let summary = match &entry.meta {
-            Ok(m) => format!(
-                "{:<12} {}",
-                status_text(m, &entry.path),
-                shown_argv(&m.argv)
-            ),
-            Err(e) => format!("unreadable: {e}"),
-        };
-        writeln!(out, "{:<24} {summary}", shown(&entry.name))?;
-    }
-    Ok(())
 }
 
 /// How the recording of the trace in `dir` ended (or that it goes on).
@@ -117,6 +100,8 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
         if let Some(obj) = v.as_object_mut() {
             obj.insert("path".into(), dir.display().to_string().into());
             obj.insert("status".into(), status_text(m, dir).into());
+            let at = crate::traces::local_time(m.start_time_unix);
+            obj.insert("recorded_at".into(), at.iso.into());
             let (processes, threads) = match &tasks {
                 Ok((p, t)) => ((*p).into(), (*t).into()),
                 Err(e) => {
@@ -138,7 +123,12 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
     writeln!(out, "command:        {}", shown_argv(&m.argv))?;
     writeln!(out, "executable:     {}", shown(&m.exe))?;
     writeln!(out, "cwd:            {}", shown(&m.cwd))?;
-    writeln!(out, "recorded at:    {} (unix time)", m.start_time_unix)?;
+    let at = crate::traces::local_time(m.start_time_unix);
+    writeln!(
+        out,
+        "recorded at:    {} {} (unix time {})",
+        at.text, at.zone, m.start_time_unix
+    )?;
     let status = status_text(m, dir);
     writeln!(out, "status:         {status}")?;
     writeln!(out, "complete:       {}", m.complete)?;

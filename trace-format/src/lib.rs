@@ -12,6 +12,7 @@ mod format;
 mod index;
 mod meta;
 mod reader;
+mod remove;
 pub mod seal;
 mod sink;
 pub mod sparse;
@@ -24,6 +25,7 @@ pub use event::*;
 pub mod pool;
 pub use meta::{CpuidRecord, Stopped, SyscallCounts, TraceMeta};
 pub use reader::{ChunkInfo, EventIter, TraceReader};
+pub use remove::{check_removable, remove_trace};
 pub use store::{check_private_dir, TraceEntry, TraceRoot, LATEST_LINK};
 pub use writer::{
     recording_in_progress, KeptEvents, TraceWriter, CHUNK_TARGET_BYTES, INLINE_MAX, SYSTEM_PREFIXES,
