@@ -43,7 +43,7 @@ enum Command {
     },
     /// Replay a trace (the latest one by default).
     Replay {
-        /// The trace directory or name (default: the latest trace).
+        /// The trace directory, name or pack file (default: the latest trace).
         trace: Option<String>,
         /// Replay to the end without a debugger.
         #[arg(short = 'a', long = "autopilot")]
@@ -97,7 +97,7 @@ enum Command {
     Ls,
     /// Show what a trace holds.
     Info {
-        /// The trace directory or name (default: the latest trace).
+        /// The trace directory, name or pack file (default: the latest trace).
         trace: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -105,7 +105,7 @@ enum Command {
     },
     /// Print every event of a trace.
     Dump {
-        /// The trace directory or name (default: the latest trace).
+        /// The trace directory, name or pack file (default: the latest trace).
         trace: Option<String>,
         /// One JSON object per line.
         #[arg(long)]
@@ -113,13 +113,29 @@ enum Command {
     },
     /// List the processes of a trace.
     Ps {
+        /// The trace directory, name or pack file (default: the latest trace).
+        trace: Option<String>,
+    },
+    /// Pack a trace into one compressed file that replays anywhere (`deja replay FILE`).
+    Pack {
         /// The trace directory or name (default: the latest trace).
         trace: Option<String>,
+        /// The file to write (default: `<trace name>.deja` in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Unpack a packed trace into a trace directory (default: a new one in the trace root).
+    Unpack {
+        /// The pack file.
+        file: PathBuf,
+        /// The directory to create (it may exist if empty).
+        dir: Option<PathBuf>,
     },
 }
 
+/// A trace directory or name, or a pack file (see `pack::resolve`).
 fn resolve(trace: Option<&str>) -> Result<PathBuf> {
-    Ok(TraceRoot::from_env()?.resolve(trace)?)
+    crate::pack::resolve(trace)
 }
 
 /// Checks the trace in `dir` against its seal before it is replayed (see trace-format's
@@ -224,6 +240,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Ps { trace } => {
             show::ps(&resolve(trace.as_deref())?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pack { trace, output } => {
+            crate::pack::pack_cmd(trace.as_deref(), output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unpack { file, dir } => {
+            crate::pack::unpack_cmd(&file, dir)?;
             Ok(ExitCode::SUCCESS)
         }
     }

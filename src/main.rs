@@ -2,6 +2,7 @@
 
 mod cli;
 mod debug;
+mod pack;
 mod show;
 
 use std::process::ExitCode;
