@@ -207,7 +207,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             gdb_args,
         } => {
             let dir = resolve(trace.as_deref())?;
-            accept(&dir, digest, trust)?;
+            accept(&dir, digest, trust).map_err(|e| crate::pack::name_pack(e, trace.as_deref()))?;
             if !autopilot {
                 return debug::debug(debug::DebugArgs {
                     dir,

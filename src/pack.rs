@@ -22,6 +22,26 @@ pub fn resolve(trace: Option<&str>) -> Result<PathBuf> {
     pack::unpack_cached(&path, &root)
 }
 
+/// An error about a trace unpacked from the pack `trace` names, that the trace is not the
+/// user's, made to name the pack rather than the cache it was unpacked into.
+pub fn name_pack(e: anyhow::Error, trace: Option<&str>) -> anyhow::Error {
+    let Some(file) = trace.map(Path::new).filter(|p| p.is_file()) else {
+        return e;
+    };
+    match e.downcast::<trace_format::TraceError>() {
+        Ok(trace_format::TraceError::Untrusted { key_id, digest, .. }) => {
+            trace_format::TraceError::Untrusted {
+                path: file.to_path_buf(),
+                key_id,
+                digest,
+            }
+            .into()
+        }
+        Ok(other) => other.into(),
+        Err(e) => e,
+    }
+}
+
 /// `deja pack`: packs the trace `trace` names into `output` (default `<trace name>.deja` in
 /// the current directory) and says where, how large, and the trace's digest.
 pub fn pack_cmd(trace: Option<&str>, output: Option<PathBuf>) -> Result<()> {

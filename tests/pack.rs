@@ -87,7 +87,18 @@ fn a_pack_replays_for_another_user_after_the_trace_and_program_are_gone() {
         "{}",
         describe("replay", &refused)
     );
-    assert_stderr_mentions("replay", &refused, &["sealed by another user", "--digest"]);
+    assert_stderr_mentions("replay", &refused, &["sealed by another user"]);
+    let named = format!("deja: {} was sealed by another user", file.display());
+    assert!(
+        stderr_str(&refused).starts_with(&named),
+        "{}",
+        describe("replay", &refused)
+    );
+    assert!(
+        stderr_str(&refused).contains(&digest),
+        "{}",
+        describe("replay", &refused)
+    );
 
     let out = replay_digest(&other, &file, &digest);
     assert_replay_matches(&rec, &out);
@@ -392,4 +403,70 @@ fn unpack_refuses_entries_outside_the_trace_and_special_files() {
         assert!(!ctx.dir().join("escaped").exists(), "{what}");
         assert!(!dest.exists(), "{what}: the partial trace was not removed");
     }
+}
+
+/// Disk blocks (bytes) the files under `dir` use: holes cost nothing.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            total += disk_usage(&e.path());
+        }
+    }
+    total
+}
+
+#[test]
+fn a_pack_keeps_holes_as_holes() {
+    // A 1 TiB memfd and a 64 GiB file, mapped: stored with holes, packed as their data only,
+    // unpacked with the same holes (their hashes, which cover the extents, must match).
+    let ctx = Ctx::new();
+    let scratch = ctx.dir().join("scratch");
+    let (trace, rec) = ctx.record(program("sparse_maps"), &[scratch.to_str().unwrap()]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    let file = ctx.dir().join("sparse.deja");
+    let digest = pack(&ctx, &trace, &file);
+    let size = fs::metadata(&file).unwrap().len();
+    assert!(size < 16 << 20, "the pack takes {size} bytes");
+    let other = Ctx::new();
+    let out = replay_digest(&other, &file, &digest);
+    assert_replay_matches(&rec, &out);
+    let unpacked = cached(&other);
+    assert_eq!(unpacked.len(), 1);
+    let used = disk_usage(&unpacked[0]);
+    assert!(used < 64 << 20, "the unpacked trace uses {used} bytes");
+}
+
+#[test]
+fn unpack_refuses_an_entry_larger_than_the_free_space() {
+    let ctx = Ctx::new();
+    let file = ctx.dir().join("huge.deja");
+    let f = fs::File::create(&file).unwrap();
+    let enc = zstd::Encoder::new(f, 3).unwrap().auto_finish();
+    let mut tar = tar::Builder::new(enc);
+    let manifest = br#"{"deja_pack": 1, "name": "huge-0", "digest": null}"#;
+    tar.append(
+        &raw_header(
+            "deja-pack.json",
+            tar::EntryType::Regular,
+            manifest.len() as u64,
+        ),
+        &manifest[..],
+    )
+    .unwrap();
+    // An entry that says it holds 1 PiB (a few bytes of the stream).
+    tar.append(
+        &raw_header("events", tar::EntryType::Regular, 1 << 50),
+        &b""[..],
+    )
+    .unwrap();
+    tar.into_inner().unwrap().flush().unwrap();
+    let dest = ctx.dir().join("dest");
+    let out = ctx.run_deja(&[OsStr::new("unpack"), file.as_os_str(), dest.as_os_str()]);
+    assert_one_line_error("unpack of a 1 PiB entry", &out);
+    assert_stderr_mentions("unpack", &out, &["not enough free space"]);
+    assert!(!dest.exists());
 }
