@@ -56,7 +56,26 @@ pub fn pack_cmd(trace: Option<&str>, output: Option<PathBuf>) -> Result<()> {
         .unwrap_or_else(|| "trace".into());
     let out = output.unwrap_or_else(|| PathBuf::from(format!("{name}.deja")));
     let start = std::time::Instant::now();
-    let packed = pack::pack(&dir, &out).with_context(|| format!("packing {}", dir.display()))?;
+    // A progress bar on stderr when it is a terminal.
+    use std::io::IsTerminal;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "deja: packing {bar:20} {bytes}/{total_bytes} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let packed = pack::pack(&dir, &out, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let packed = packed.with_context(|| format!("packing {}", dir.display()))?;
     eprintln!(
         "deja: packed {} into {} ({}, {} stored files, {} before compression, {:.1} s)",
         dir.display(),

@@ -470,3 +470,98 @@ fn unpack_refuses_an_entry_larger_than_the_free_space() {
     assert_stderr_mentions("unpack", &out, &["not enough free space"]);
     assert!(!dest.exists());
 }
+
+#[test]
+fn pack_names_its_file_after_the_trace_and_shows_progress_only_on_a_terminal() {
+    let ctx = Ctx::new();
+    let (_copy, trace, _rec) = record_copy(&ctx, "time");
+    let name = trace.file_name().unwrap().to_string_lossy().into_owned();
+    let out = run_with_timeout(
+        ctx.deja().arg("pack").arg(&trace).current_dir(ctx.dir()),
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", describe("pack", &out));
+    let file = ctx.dir().join(format!("{name}.deja"));
+    assert!(file.is_file(), "{}", describe("pack", &out));
+    assert!(
+        !stderr_str(&out).contains("packing "),
+        "{}",
+        describe("pack", &out)
+    );
+    // Packs are reproducible: the same trace gives the same bytes.
+    let again = ctx.dir().join("again.deja");
+    pack(&ctx, &trace, &again);
+    assert_eq!(fs::read(&file).unwrap(), fs::read(&again).unwrap());
+
+    // Under a terminal (`script` gives the command one), a progress bar on stderr.
+    let cmd = format!(
+        "{} pack {} -o {}",
+        deja_bin().display(),
+        trace.display(),
+        ctx.dir().join("tty.deja").display()
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("DEJA_TRACE_DIR", ctx.trace_root());
+    let out = run_with_timeout(&mut script, TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}",
+        describe("script deja pack", &out)
+    );
+    assert!(
+        stdout_str(&out).contains("deja: packing "),
+        "{}",
+        describe("script deja pack", &out)
+    );
+}
+
+#[test]
+fn a_recording_in_progress_is_not_packed_and_a_killed_one_is() {
+    let ctx = Ctx::new();
+    let trace = ctx.fresh_path("trace");
+    let mut cmd = ctx.deja();
+    cmd.arg("rec").arg("-o").arg(&trace).arg(program("slow"));
+    let child = spawn_captured(&mut cmd);
+    let pgid = child.id();
+    let file = ctx.dir().join("slow.deja");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let refused = loop {
+        let out = ctx.run_deja(&[
+            OsStr::new("pack"),
+            trace.as_os_str(),
+            OsStr::new("-o"),
+            file.as_os_str(),
+        ]);
+        if stderr_str(&out).contains("is still being recorded") {
+            break out;
+        }
+        if std::time::Instant::now() > deadline {
+            kill_group(pgid);
+            panic!(
+                "pack never said the recording is in progress\n{}",
+                describe("pack", &out)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_one_line_error("pack of a recording in progress", &refused);
+    assert!(!file.exists());
+    // Killed, the recording leaves an unfinished trace without a seal: it packs, and its
+    // pack replays to where its events end.
+    kill_group(pgid);
+    let _ = wait_with_timeout(child, "deja rec slow", TIMEOUT);
+    let out = ctx.run_deja(&[
+        OsStr::new("pack"),
+        trace.as_os_str(),
+        OsStr::new("-o"),
+        file.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", describe("pack", &out));
+    assert_stderr_mentions("pack", &out, &["has no seal"]);
+    let other = Ctx::new();
+    let out = other.replay(&file);
+    assert_deja_error("replay of a killed recording's pack", &out);
+    assert_stderr_mentions("replay", &out, &["incomplete"]);
+}

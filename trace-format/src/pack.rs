@@ -117,6 +117,17 @@ impl Read for Extents<'_> {
     }
 }
 
+/// A reader that reports how many bytes it read.
+struct Counted<'a, R>(R, &'a mut dyn FnMut(u64));
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        (self.1)(n as u64);
+        Ok(n)
+    }
+}
+
 /// Appends `size` bytes from `data` to `tar` as regular file `name` with `mode`.
 fn append<W: Write>(
     tar: &mut tar::Builder<W>,
@@ -137,7 +148,15 @@ fn append<W: Write>(
 /// Packs the trace in `dir` into the new file `out` (written beside it under a temporary name,
 /// then renamed, mode 0600). The trace is checked first: its digest must be its seal's, and
 /// every stored file must match its hash, so that a pack holds only what the recording wrote.
-pub fn pack(dir: &Path, out: &Path) -> Result<Packed> {
+/// `progress` is called as the archive is written, with the bytes of trace data written so far
+/// and their total.
+pub fn pack(dir: &Path, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Packed> {
+    if crate::recording_in_progress(dir) {
+        bail!(
+            "{} is still being recorded: pack it when its recording ends",
+            dir.display()
+        );
+    }
     let reader = TraceReader::open(dir)?;
     let digest = match reader.seal()? {
         Some(seal) => {
@@ -203,13 +222,26 @@ pub fn pack(dir: &Path, out: &Path) -> Result<Packed> {
         let mut enc = zstd::Encoder::new(io::BufWriter::new(f), 3)?;
         enc.include_checksum(true)?;
         let mut tar = tar::Builder::new(enc);
+        let mut total = 0;
+        for name in ["index.sqlite", "events", "blobs"] {
+            total += open_regular(&dir.join(name))?.metadata()?.len();
+        }
+        total += files
+            .iter()
+            .flat_map(|f| f.4.iter().map(|e| e.1))
+            .sum::<u64>();
+        let mut done = 0;
+        let mut counted = |n: u64| {
+            done += n;
+            progress(done, total);
+        };
         let json = serde_json::to_vec_pretty(&manifest)?;
         append(&mut tar, MANIFEST, 0o600, json.len() as u64, &json[..])?;
         let mut raw = 0;
         for name in ["index.sqlite", "events", "blobs"] {
             let f = open_regular(&dir.join(name))?;
             let len = f.metadata()?.len();
-            append(&mut tar, name, 0o600, len, &f)?;
+            append(&mut tar, name, 0o600, len, Counted(&f, &mut counted))?;
             raw += len;
         }
         for (hash, file, _path, mode, extents) in &files {
@@ -219,6 +251,7 @@ pub fn pack(dir: &Path, out: &Path) -> Result<Packed> {
                 extents,
                 done: 0,
             };
+            let data = Counted(data, &mut counted);
             append(&mut tar, &format!("files/{hash}"), *mode | 0o600, len, data)?;
             raw += len;
         }
