@@ -121,7 +121,8 @@ pub fn unpack_cmd(file: &Path, dir: Option<PathBuf>) -> Result<()> {
         println!("{}", result?.display());
         return Ok(());
     };
-    if d.exists() {
+    let existed = d.exists();
+    if existed {
         let empty = std::fs::read_dir(&d)
             .with_context(|| format!("reading {}", d.display()))?
             .next()
@@ -134,7 +135,15 @@ pub fn unpack_cmd(file: &Path, dir: Option<PathBuf>) -> Result<()> {
         make_private_dir(&d)?;
     }
     if let Err(e) = pack::unpack(file, &d) {
-        let _ = std::fs::remove_dir_all(&d);
+        // Nothing half-unpacked is left: the directory is emptied (removed if we made it).
+        if existed {
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = entry.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&d);
+        }
         return Err(e);
     }
     println!("{}", d.display());

@@ -314,8 +314,28 @@ fn a_damaged_pack_is_refused_with_one_line() {
         fs::write(&damaged, &bytes).unwrap();
         assert_pack_refused(&reader, &damaged, &want);
     }
-    // Nothing half-unpacked is left to be used.
-    assert!(cached(&reader).is_empty(), "{:?}", cached(&reader));
+    // Nothing half-unpacked is left, not even a temporary directory.
+    let cache = reader.trace_root().join(".pool").join("unpacked");
+    let left: Vec<_> = fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // `replay` and `unpack` refuse it the same way.
+    let out = reader.run_deja(&[OsStr::new("replay"), OsStr::new("-a"), damaged.as_os_str()]);
+    assert_one_line_error("replay of a damaged pack", &out);
+    let dest = reader.dir().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let out = reader.run_deja(&[OsStr::new("unpack"), damaged.as_os_str(), dest.as_os_str()]);
+    assert_one_line_error("unpack of a damaged pack", &out);
+    assert!(
+        stderr_str(&out).contains(&want),
+        "{}",
+        describe("unpack", &out)
+    );
+    // The empty directory given stays, emptied again.
+    assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
     // A file that is not a pack at all.
     fs::write(&damaged, b"hello").unwrap();
     assert_pack_refused(
