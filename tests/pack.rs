@@ -599,3 +599,58 @@ fn stdout_write_in_trace(ctx: &Ctx, trace: &Path) -> bool {
             .is_ok_and(|v| v["Syscall"]["echo"]["stream"] == serde_json::json!(1))
     })
 }
+
+/// Compiles C `source` with gcc and `args` into `out`.
+fn gcc(dir: &Path, source: &str, args: &[&str], out: &Path) {
+    let src = dir.join("src.c");
+    fs::write(&src, source).unwrap();
+    let res = Command::new("gcc")
+        .arg("-o")
+        .arg(out)
+        .arg(&src)
+        .args(args)
+        .output()
+        .expect("run gcc");
+    assert!(res.status.success(), "{}", describe("gcc", &res));
+}
+
+#[test]
+fn a_pack_replays_after_the_programs_own_library_changed() {
+    let ctx = Ctx::new();
+    let lib = ctx.dir().join("libgreet.so");
+    let greet = |word: &str| {
+        format!(
+            "#include <stdio.h>\nvoid greet(void) {{ printf(\"{word} from the library\\n\"); }}\n"
+        )
+    };
+    gcc(ctx.dir(), &greet("hello"), &["-shared", "-fPIC"], &lib);
+    let prog = ctx.dir().join("greeter");
+    let rpath = format!("-Wl,-rpath,{}", ctx.dir().display());
+    gcc(
+        ctx.dir(),
+        "void greet(void);\nint main(void) { greet(); return 0; }\n",
+        &[&rpath, lib.to_str().unwrap()],
+        &prog,
+    );
+    let (trace, rec) = ctx.record(&prog, &[]);
+    assert_eq!(
+        stdout_str(&rec),
+        "hello from the library\n",
+        "{}",
+        describe("rec", &rec)
+    );
+    let file = ctx.dir().join("greeter.deja");
+    let digest = pack(&ctx, &trace, &file);
+    fs::remove_dir_all(&trace).unwrap();
+    // The library rebuilt to say something else (as long as it was), then deleted.
+    gcc(ctx.dir(), &greet("HELLO"), &["-shared", "-fPIC"], &lib);
+    let native = run_native(&prog, &[]);
+    assert_eq!(stdout_str(&native), "HELLO from the library\n");
+    let other = Ctx::new();
+    let out = replay_digest(&other, &file, &digest);
+    assert_replay_matches(&rec, &out);
+    fs::remove_file(&lib).unwrap();
+    fs::remove_file(&prog).unwrap();
+    let out = replay_digest(&other, &file, &digest);
+    assert_replay_matches(&rec, &out);
+}
