@@ -90,7 +90,7 @@ pub fn pack_cmd(trace: Option<&str>, output: Option<PathBuf>) -> Result<()> {
             "deja: the trace's digest is {d}\ndeja: replay it anywhere with: deja replay --digest {d} {}",
             out.display()
         ),
-        None => eprintln!("deja: the trace has no seal (its recording never finished)"),
+        None => eprintln!("deja: the trace has no seal (its recording never finished, or an older deja made it)"),
     }
     Ok(())
 }

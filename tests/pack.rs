@@ -80,6 +80,9 @@ fn a_pack_replays_for_another_user_after_the_trace_and_program_are_gone() {
 
     // Another trace root is another user's: its key did not seal the trace.
     let other = Ctx::new();
+    // A temporary directory left by an unpack that was killed is removed by the next one.
+    let cache = other.trace_root().join(".pool").join("unpacked");
+    fs::create_dir_all(cache.join(".tmp-0123-999999999")).unwrap();
     let refused = other.replay(&file);
     assert_ne!(
         shell_code(&refused.status),
@@ -104,6 +107,7 @@ fn a_pack_replays_for_another_user_after_the_trace_and_program_are_gone() {
     assert_replay_matches(&rec, &out);
     // Unpacked once, into the cache: a second replay reuses it.
     assert_eq!(cached(&other).len(), 1, "{:?}", cached(&other));
+    assert!(!cache.join(".tmp-0123-999999999").exists());
     let out = replay_digest(&other, &file, &digest);
     assert_replay_matches(&rec, &out);
     assert_eq!(cached(&other).len(), 1, "{:?}", cached(&other));

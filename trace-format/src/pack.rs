@@ -489,6 +489,7 @@ pub fn unpack_cached(file: &Path, root: &TraceRoot) -> Result<PathBuf> {
     if dir.join("index.sqlite").is_file() {
         return Ok(dir);
     }
+    remove_stale(&cache);
     let tmp = cache.join(format!(".tmp-{key}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     crate::writer::create_private_dir(&tmp, false)
@@ -505,4 +506,18 @@ pub fn unpack_cached(file: &Path, root: &TraceRoot) -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// Removes the temporary directories of unpacks whose process is gone (killed mid-unpack).
+fn remove_stale(cache: &Path) {
+    for entry in fs::read_dir(cache).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(".tmp-")
+            .and_then(|rest| rest.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
