@@ -197,7 +197,9 @@ pub fn pack(dir: &Path, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> Resul
                 },
             );
         }
-        files.push((file_ref.hash.clone(), file, path, mode, extents));
+        // Closed until it is written: a trace may store more files than may be open at once.
+        drop((file, path));
+        files.push((file_ref, mode, extents));
     }
 
     let parent = match out.parent() {
@@ -228,7 +230,7 @@ pub fn pack(dir: &Path, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> Resul
         }
         total += files
             .iter()
-            .flat_map(|f| f.4.iter().map(|e| e.1))
+            .flat_map(|f| f.2.iter().map(|e| e.1))
             .sum::<u64>();
         let mut done = 0;
         let mut counted = |n: u64| {
@@ -244,10 +246,13 @@ pub fn pack(dir: &Path, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> Resul
             append(&mut tar, name, 0o600, len, Counted(&f, &mut counted))?;
             raw += len;
         }
-        for (hash, file, _path, mode, extents) in &files {
+        for (file_ref, mode, extents) in &files {
+            // Verified again (its identity, remembered by the reader, costs a `statx`).
+            let (file, _) = reader.open_file(file_ref)?;
+            let hash = &file_ref.hash;
             let len = extents.iter().map(|e| e.1).sum();
             let data = Extents {
-                file,
+                file: &file,
                 extents,
                 done: 0,
             };
