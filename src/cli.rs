@@ -62,7 +62,7 @@ enum Command {
     },
     /// Replay a trace (the latest one by default).
     Replay {
-        /// The trace directory or name (default: the latest trace).
+        /// The trace directory, name or pack file (default: the latest trace).
         trace: Option<String>,
         /// Replay to the end without a debugger.
         #[arg(short = 'a', long = "autopilot")]
@@ -130,7 +130,7 @@ enum Command {
     },
     /// Show what a trace holds.
     Info {
-        /// The trace directory or name (default: the latest trace).
+        /// The trace directory, name or pack file (default: the latest trace).
         trace: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -138,7 +138,7 @@ enum Command {
     },
     /// Print every event of a trace.
     Dump {
-        /// The trace directory or name (default: the latest trace).
+        /// The trace directory, name or pack file (default: the latest trace).
         trace: Option<String>,
         /// One JSON object per line.
         #[arg(long)]
@@ -146,13 +146,29 @@ enum Command {
     },
     /// List the processes of a trace.
     Ps {
+        /// The trace directory, name or pack file (default: the latest trace).
+        trace: Option<String>,
+    },
+    /// Pack a trace into one compressed file that replays anywhere (`deja replay FILE`).
+    Pack {
         /// The trace directory or name (default: the latest trace).
         trace: Option<String>,
+        /// The file to write (default: `<trace name>.deja` in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Unpack a packed trace into a trace directory (default: a new one in the trace root).
+    Unpack {
+        /// The pack file.
+        file: PathBuf,
+        /// The directory to create (it may exist if empty).
+        dir: Option<PathBuf>,
     },
 }
 
+/// A trace directory or name, or a pack file (see `pack::resolve`).
 fn resolve(trace: Option<&str>) -> Result<PathBuf> {
-    Ok(TraceRoot::from_env()?.resolve(trace)?)
+    crate::pack::resolve(trace)
 }
 
 /// A seed for chaos scheduling from the kernel's random numbers (the time, should they fail).
@@ -239,7 +255,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             gdb_args,
         } => {
             let dir = resolve(trace.as_deref())?;
-            accept(&dir, digest, trust)?;
+            accept(&dir, digest, trust).map_err(|e| crate::pack::name_pack(e, trace.as_deref()))?;
             if !autopilot {
                 return debug::debug(debug::DebugArgs {
                     dir,
@@ -282,6 +298,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Ps { trace } => {
             show::ps(&resolve(trace.as_deref())?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pack { trace, output } => {
+            crate::pack::pack_cmd(trace.as_deref(), output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unpack { file, dir } => {
+            crate::pack::unpack_cmd(&file, dir)?;
             Ok(ExitCode::SUCCESS)
         }
     }

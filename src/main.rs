@@ -2,6 +2,7 @@
 
 mod cli;
 mod debug;
+mod pack;
 mod progress;
 mod runs;
 mod show;

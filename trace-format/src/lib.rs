@@ -11,6 +11,7 @@ pub mod event;
 mod format;
 mod index;
 mod meta;
+pub mod pack;
 mod reader;
 mod remove;
 pub mod seal;
