@@ -195,6 +195,10 @@ impl Session {
                     // The next ready task, if any, gets the CPU instead.
                     continue;
                 }
+                if self.tasks.is_empty() {
+                    // The last ones ended as chaos let them reach their stops (see `chaos`).
+                    continue;
+                }
                 if self.current.is_none() && self.others_wait() {
                     // The task given the CPU gave it up at once (held or parked for emulated
                     // ptrace, or gone into a blocking syscall from a held stop or a
