@@ -166,11 +166,17 @@ pub fn is_exec(nr: u64) -> bool {
 /// trace's copy of the executable the recording ran, `program`, with the program's own argv
 /// and environment: an `execveat` of a descriptor (a memfd has no path at all) becomes an
 /// `execve` of that copy too.
-pub fn run_trace_copy(tracee: &Tracee, r: &mut Regs, program: &Path) -> Result<()> {
+///
+/// The path is written just below the red zone of the old image's stack, which the exec
+/// discards, unless the task borrows its parent's address space (`vfork`): returns where and
+/// the bytes that were there, for the caller to put back in the parent.
+pub fn run_trace_copy(tracee: &Tracee, r: &mut Regs, program: &Path) -> Result<(u64, Vec<u8>)> {
     let mut bytes = program.as_os_str().as_encoded_bytes().to_vec();
     bytes.push(0);
-    // Just below the red zone of the old image's stack, which the exec discards anyway.
     let at = (r.rsp - 128 - bytes.len() as u64) & !15;
+    let old = tracee
+        .read_vec(at, bytes.len())
+        .context("reading the stack below the exec's red zone")?;
     tracee
         .write_mem(at, &bytes)
         .context("writing the path of the trace's copy of the executable")?;
@@ -181,5 +187,6 @@ pub fn run_trace_copy(tracee: &Tracee, r: &mut Regs, program: &Path) -> Result<(
         r.rdx = r.r10;
     }
     r.rdi = at;
-    tracee.set_regs(r)
+    tracee.set_regs(r)?;
+    Ok((at, old))
 }

@@ -85,6 +85,9 @@ pub struct Task {
     /// The `Buffered` events placed in its slot and not checked yet: (event index, where its
     /// records end in the slot's buffer).
     pub placed: Vec<(u64, u64)>,
+    /// The task whose address space it runs in until it execs: its parent, for a child made
+    /// with `CLONE_VM` but not `CLONE_THREAD` (`vfork`, `posix_spawn`).
+    pub borrows_vm_of: Option<Tid>,
 }
 
 /// All tasks, and the stops reported by tasks other than the one waited for.
@@ -119,6 +122,7 @@ impl Tasks {
                 debugger_trapped: false,
                 temporary_mask: false,
                 group_stopped: false,
+                borrows_vm_of: None,
             },
         );
     }

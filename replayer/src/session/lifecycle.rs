@@ -49,7 +49,7 @@ impl Session {
             let found = self.describe_stop(tid, stop);
             return Err(self.diverged(tid, format!("execve of {}", ev.exe.path), found));
         }
-        exec::run_trace_copy(t, &mut r, &reader.file_path(&ev.exe)?)?;
+        let overwritten = exec::run_trace_copy(t, &mut r, &reader.file_path(&ev.exe)?)?;
         t.cont_syscall(0)?;
         let (real, leader, rpid) = {
             let t = self.task(tid)?;
@@ -69,6 +69,7 @@ impl Session {
         };
         match stop {
             Stop::Exec => {
+                self.give_back_borrowed(tid, overwritten)?;
                 self.note_exec(ev)?;
                 if rpid != tid {
                     self.tasks.exec_by_thread(tid, rpid)?;
@@ -87,6 +88,23 @@ impl Session {
                 Err(self.diverged(tid, format!("execve of {}", ev.exe.path), found))
             }
         }
+    }
+
+    /// After the exec of `tid`, a child that ran in its parent's address space (`vfork`): the
+    /// bytes the replay wrote there to run the trace's copy of the program (`overwritten`:
+    /// where, and what they were) go back to what they were, since the parent goes on with
+    /// that memory, which the recording never changed.
+    fn give_back_borrowed(&mut self, tid: Tid, overwritten: (u64, Vec<u8>)) -> Result<()> {
+        let Some(owner) = self.task(tid)?.borrows_vm_of.take() else {
+            return Ok(());
+        };
+        let Some(t) = self.tasks.by_tid(owner) else {
+            return Ok(());
+        };
+        let (at, bytes) = overwritten;
+        t.tracee.write_mem(at, &bytes).with_context(|| {
+            format!("restoring the memory of task {owner} after its vfork child's exec")
+        })
     }
 
     /// A clone, fork or vfork: runs it for real up to the moment the kernel made the new task,
@@ -156,6 +174,8 @@ impl Session {
         }
         self.segv_blocked.clone_task(tid, e.child);
         let c = self.task(e.child)?;
+        let shares_vm = e.flags & libc::CLONE_VM as u64 != 0 && e.child_pid == e.child;
+        c.borrows_vm_of = shares_vm.then_some(tid);
         c.inherits_breakpoints = inherits;
         c.last_trap = last_trap;
         c.debugger_trapped = debugger_trapped;
