@@ -141,6 +141,11 @@ impl super::Session {
             return Ok(());
         }
         self.settle_runnable()?;
+        // Deaths it reported come before any event of a task that may have seen them (a
+        // `wait4` reaping the child), as at the top of the recording loop.
+        for e in std::mem::take(&mut self.exits) {
+            self.writer.push(trace_format::Event::Exit(e))?;
+        }
         let Some(chaos) = self.chaos.as_mut() else {
             return Ok(());
         };
