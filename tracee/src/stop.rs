@@ -70,6 +70,22 @@ pub fn runnable(pid: Pid) -> bool {
         == Some('R')
 }
 
+/// The stop task `pid` reaches while it keeps running: polls it up to `polls` times, yielding
+/// the CPU in between (the tracer shares it with its tracees); `None` as soon as it is not
+/// runnable (it sleeps) or when the polls run out.
+pub fn poll_while_runnable(pid: Pid, polls: usize) -> Result<Option<Stop>> {
+    for _ in 0..polls {
+        if let Some(stop) = poll(pid)? {
+            return Ok(Some(stop));
+        }
+        if !runnable(pid) {
+            return Ok(None);
+        }
+        std::thread::yield_now();
+    }
+    Ok(None)
+}
+
 /// Waits for any traced task to stop or end, calling `on_idle` each time a signal interrupts
 /// the wait (the recorder's periodic timer); returns the task and what it did.
 pub fn wait_any(on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> {

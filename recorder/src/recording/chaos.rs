@@ -187,16 +187,9 @@ impl super::Session {
             .collect();
         for tid in on_the_way {
             let pid = nix::unistd::Pid::from_raw(tid);
-            for _ in 0..SETTLE_POLLS {
-                if let Some(stop) = tracee::stop::poll(pid)? {
-                    let handled = self.dispatch(tid, stop);
-                    self.unless_vanished(handled)?;
-                    break;
-                }
-                if !tracee::stop::runnable(pid) {
-                    break;
-                }
-                std::thread::yield_now();
+            if let Some(stop) = tracee::stop::poll_while_runnable(pid, SETTLE_POLLS)? {
+                let handled = self.dispatch(tid, stop);
+                self.unless_vanished(handled)?;
             }
         }
         Ok(())
@@ -212,20 +205,14 @@ impl super::Session {
             return Ok(false);
         }
         let pid = nix::unistd::Pid::from_raw(tid);
-        for _ in 0..YIELD_POLLS {
-            if let Some(stop) = tracee::stop::poll(pid)? {
-                // Its exit (or another stop) handled as when it gave the CPU up: the task
-                // waits for the CPU in the ready FIFO.
-                self.current = None;
-                self.dispatch(tid, stop)?;
-                return Ok(true);
-            }
-            if !tracee::stop::runnable(pid) {
-                return Ok(false);
-            }
-            std::thread::yield_now();
-        }
-        Ok(false)
+        let Some(stop) = tracee::stop::poll_while_runnable(pid, YIELD_POLLS)? else {
+            return Ok(false);
+        };
+        // Its exit (or another stop) handled as when it gave the CPU up: the task waits for
+        // the CPU in the ready FIFO.
+        self.current = None;
+        self.dispatch(tid, stop)?;
+        Ok(true)
     }
 
     /// How many instructions to step past a preemption's stop before its point: chaos draws

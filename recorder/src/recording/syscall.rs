@@ -204,33 +204,27 @@ impl Session {
             self.kept_since = (None, 0);
             return Ok(false);
         }
-        let pid = Pid::from_raw(tid);
-        for _ in 0..MAX_RUNNABLE_POLLS {
-            if let Some(stop) = tracee::stop::poll(pid)? {
-                if stop != Stop::SyscallStop {
-                    // Not its exit (a signal, its end): handled as when it gave the CPU up.
-                    self.current = None;
-                    self.dispatch(tid, stop)?;
-                    return Ok(true);
-                }
-                if let State::InSyscall(e) = &mut self.task(tid)?.state {
-                    e.exclusive = true;
-                }
-                // Deaths reported meanwhile come first: the call may have seen them (a
-                // `wait4` reaping the child, a robust mutex its dead owner left), and the
-                // replay applies a death at its event.
-                for e in std::mem::take(&mut self.exits) {
-                    self.writer.push(Event::Exit(e))?;
-                }
-                self.dispatch(tid, stop)?;
-                return Ok(true);
-            }
-            if !tracee::stop::runnable(pid) {
-                return Ok(false);
-            }
-            std::thread::yield_now();
+        let Some(stop) = tracee::stop::poll_while_runnable(Pid::from_raw(tid), MAX_RUNNABLE_POLLS)?
+        else {
+            return Ok(false);
+        };
+        if stop != Stop::SyscallStop {
+            // Not its exit (a signal, its end): handled as when it gave the CPU up.
+            self.current = None;
+            self.dispatch(tid, stop)?;
+            return Ok(true);
         }
-        Ok(false)
+        if let State::InSyscall(e) = &mut self.task(tid)?.state {
+            e.exclusive = true;
+        }
+        // Deaths reported meanwhile come first: the call may have seen them (a `wait4` reaping
+        // the child, a robust mutex its dead owner left), and the replay applies a death at its
+        // event.
+        for e in std::mem::take(&mut self.exits) {
+            self.writer.push(Event::Exit(e))?;
+        }
+        self.dispatch(tid, stop)?;
+        Ok(true)
     }
 
     /// `prctl(PR_GET_TSC | PR_SET_TSC | PR_GET_SECCOMP)` (answered from the program's own
