@@ -9,10 +9,11 @@
 //! - how long a time slice lasts: 1 to 5 ms three times in four, else 5 to 50 ms (the default
 //!   is 50 ms), drawn for each slice (the recorder's timer then ticks every millisecond, not
 //!   every 10);
-//! - where a preemption lands: the recorder single-steps a task past the stop its `SIGSTOP`
-//!   made before it takes the point (to learn the memory it writes); chaos draws how many
-//!   instructions, from none to [`MAX_STEPS`], so the point falls anywhere in a loop's body
-//!   rather than at one phase.
+//! - where a preemption lands: the recorder single-steps a task [`WATCH_STEPS`] instructions
+//!   past the stop its `SIGSTOP` made before it takes the point (to learn the memory it writes
+//!   near it, which lets the replay tell one visit of the place from another); chaos adds from
+//!   none to [`MAX_EXTRA_STEPS`] more, so the point falls anywhere in a loop's body rather than
+//!   at one phase.
 //!
 //! The recording stays exact whatever is drawn: every decision only chooses among schedules
 //! the recorder can make anyway, and the trace holds the one it made.
@@ -21,8 +22,12 @@ use std::time::Duration;
 
 use crate::task::State;
 
-/// Most instructions stepped past a preemption's stop (the recorder's usual number).
-pub(crate) const MAX_STEPS: usize = 512;
+/// Instructions single-stepped past a preemption's stop before its point, to learn what memory
+/// the task writes near it (see `tracee::state::step_for_watch`).
+pub(crate) const WATCH_STEPS: usize = 512;
+
+/// Most instructions chaos adds to [`WATCH_STEPS`].
+pub(crate) const MAX_EXTRA_STEPS: usize = 256;
 
 /// How many times the recorder looks for the exit of a `sched_yield` under chaos.
 const YIELD_POLLS: usize = 64;
@@ -127,9 +132,10 @@ impl Chaos {
         self.slice
     }
 
-    /// How many instructions to step past a preemption's stop before its point.
-    pub(crate) fn steps(&mut self) -> usize {
-        self.below(MAX_STEPS as u64 + 1) as usize
+    /// How many instructions to step past a preemption's stop before its point, beyond
+    /// [`WATCH_STEPS`].
+    pub(crate) fn extra_steps(&mut self) -> usize {
+        self.below(MAX_EXTRA_STEPS as u64 + 1) as usize
     }
 }
 
@@ -215,10 +221,10 @@ impl super::Session {
         Ok(true)
     }
 
-    /// How many instructions to step past a preemption's stop before its point: chaos draws
-    /// it, else the most.
+    /// How many instructions to step past a preemption's stop before its point: [`WATCH_STEPS`],
+    /// and as many more as chaos draws.
     pub(super) fn steps_to_point(&mut self) -> usize {
-        self.chaos.as_mut().map_or(MAX_STEPS, Chaos::steps)
+        WATCH_STEPS + self.chaos.as_mut().map_or(0, Chaos::extra_steps)
     }
 }
 
@@ -233,7 +239,7 @@ mod tests {
             (0..200)
                 .map(|i| {
                     c.new_slice();
-                    (c.pick(&[1, 2, 3, 4], i), c.slice(), c.steps())
+                    (c.pick(&[1, 2, 3, 4], i), c.slice(), c.extra_steps())
                 })
                 .collect::<Vec<_>>()
         };
@@ -250,7 +256,7 @@ mod tests {
             picked[c.pick(&[10, 11, 12], i * 10)] += 1;
             c.new_slice();
             slices[c.slice() as usize] += 1;
-            assert!(c.steps() <= MAX_STEPS);
+            assert!(c.extra_steps() <= MAX_EXTRA_STEPS);
         }
         assert!(picked.iter().all(|&n| n > 0), "{picked:?}");
         assert!(slices[1..].iter().all(|&n| n > 0), "{slices:?}");

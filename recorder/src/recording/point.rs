@@ -19,7 +19,7 @@ use super::{Session, RIP};
 const PATCHABLE_STEPS: usize = 16;
 
 /// Most instructions of one pass of the steps past a stop (one loop iteration; see
-/// `chaos::MAX_STEPS`, `tracee::state::step_for_watch`).
+/// `chaos::WATCH_STEPS`, `tracee::state::step_for_watch`).
 const PASS_STEPS: usize = 64;
 
 /// Most watched words a point records.
@@ -97,7 +97,7 @@ impl Session {
     }
 
     /// Brings the running task `tid`, stopped in its user code, to a point and records it:
-    /// single-steps it (at most `chaos::MAX_STEPS` instructions, fewer as chaos draws, see
+    /// single-steps it (`chaos::WATCH_STEPS` instructions, more as chaos draws, see
     /// `tracee::state::step_for_watch`) to learn which memory it writes, then makes a debug
     /// exception its last trap (`tracee::state::settle_trap`: the kernel copies the last trap
     /// into later signal frames, which points' digests cover, so at every point it is the same
