@@ -8,6 +8,7 @@
 //! cut at any point stays consistent.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -111,12 +112,13 @@ impl Failure {
 /// The files of a trace being written, as the thread owns them.
 pub(crate) struct Sink {
     pub index_path: PathBuf,
-    /// The space kept free for the last chunks and their index rows (see
-    /// [`RESERVE_BYTES`]); `None` once released.
+    /// The reserve file: the space kept free for the last chunks and their index rows
+    /// ([`RESERVE_BYTES`]) followed by the space kept for the final metadata
+    /// ([`END_RESERVE_BYTES`]); `None` once deleted (to write the final metadata).
     pub reserve: Option<PathBuf>,
-    /// The space kept free for the final metadata ([`END_RESERVE_BYTES`]), released only
-    /// to write it.
-    pub end_reserve: Option<PathBuf>,
+    /// The reserve file still holds the chunks' part: released (the file cut down to the
+    /// end's part) when the disk fills up.
+    pub chunk_reserve: bool,
     pub meta: TraceMeta,
     pub events_path: PathBuf,
     pub events: File,
@@ -275,13 +277,38 @@ pub(crate) fn is_no_space(e: &TraceError) -> bool {
     }
 }
 
-/// Bytes kept free in a trace from its start (`.reserve`, a file of allocated blocks) and
+/// Releases the chunks' part of `sink`'s reserve, if it still holds it: cuts the reserve file
+/// down to the end's part ([`END_RESERVE_BYTES`]), or deletes it if it cannot be cut (the
+/// room matters more now than the end's reserve). Whether there was such a part.
+fn release_chunk_reserve(sink: &mut Sink) -> bool {
+    if !std::mem::replace(&mut sink.chunk_reserve, false) {
+        return false;
+    }
+    let Some(path) = &sink.reserve else {
+        return false;
+    };
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|f| f.set_len(END_RESERVE_BYTES));
+    if let Err(e) = cut {
+        tracing::debug!("could not cut {} down: {e}", path.display());
+        if let Some(path) = sink.reserve.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    true
+}
+
+/// Bytes kept free in a trace from its start (the first part of `.reserve`, a file of
+/// allocated blocks) and
 /// released when the disk fills up or the recording ends: room for the last chunk (at most
 /// [`CHUNK_TARGET_BYTES`] before compression) and its index rows.
 pub(crate) const RESERVE_BYTES: u64 = 2 * CHUNK_TARGET_BYTES as u64;
 
-/// Bytes kept free (`.reserve-end`) for the final metadata and its journal: released only to
-/// write them, once the chunks have taken all the rest.
+/// Bytes kept free (the last part of `.reserve`) for the final metadata and its journal:
+/// released only to write them, once the chunks have taken all the rest.
 pub(crate) const END_RESERVE_BYTES: u64 = 128 * 1024;
 
 /// Readies the writing thread: it reads the time-stamp counter natively, and takes no signal
@@ -328,12 +355,7 @@ impl Open {
     /// Creates the index (using the reserve if the disk is full).
     fn new(mut sink: Sink, spare: Arc<Spare>, failure: Arc<Failure>) -> Result<Self> {
         let db = match create_index(&sink) {
-            Err(e) if is_no_space(&e) && sink.reserve.is_some() => {
-                if let Some(reserve) = sink.reserve.take() {
-                    let _ = std::fs::remove_file(reserve);
-                }
-                create_index(&sink)?
-            }
+            Err(e) if is_no_space(&e) && release_chunk_reserve(&mut sink) => create_index(&sink)?,
             r => r?,
         };
         let compressor =
@@ -522,26 +544,20 @@ impl Open {
         Ok(())
     }
 
-    /// Deletes both reserve files, to write the final metadata.
+    /// Deletes the reserve file, to write the final metadata.
     fn release_all_reserves(&mut self) {
-        self.release_reserve();
-        if let Some(path) = self.sink.end_reserve.take() {
+        self.sink.chunk_reserve = false;
+        if let Some(path) = self.sink.reserve.take() {
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::debug!("could not remove {}: {e}", path.display());
             }
         }
     }
 
-    /// Deletes the reserve file for chunks, if it is still there, to make room; whether it
-    /// was.
+    /// Releases the chunks' part of the reserve, if it is still held, to make room; whether
+    /// it was.
     fn release_reserve(&mut self) -> bool {
-        let Some(path) = self.sink.reserve.take() else {
-            return false;
-        };
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::debug!("could not remove {}: {e}", path.display());
-        }
-        true
+        release_chunk_reserve(&mut self.sink)
     }
 
     /// Answers a message after the thread failed: no more events are written, but the trace's
