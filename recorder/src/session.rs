@@ -157,7 +157,15 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         cpuid_faulting: false,
         ..TraceMeta::default()
     };
-    let created = TraceWriter::create_completing(&dir, &meta, |meta| {
+    // The root's pool of stored files (the default root's for `-o DIR`): files recorded
+    // before and unchanged since are linked from it, neither copied nor hashed again, and the
+    // trace's reserve is taken from it and parked there again at the end.
+    let pool_root = match &root {
+        Some(r) => Some(r.path().to_path_buf()),
+        None => TraceRoot::from_env().ok().map(|r| r.path().to_path_buf()),
+    };
+    let pool = pool_root.and_then(|r| trace_format::pool::Pool::open(&r.join(POOL_DIR)));
+    let created = TraceWriter::create_completing(&dir, &meta, pool, |meta| {
         meta.cpuid = tracee::cpuid::fingerprint()
             .into_iter()
             .map(|(leaf, subleaf, regs)| CpuidRecord {
@@ -167,7 +175,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
             })
             .collect();
     });
-    let mut writer = match created {
+    let writer = match created {
         Ok(w) => w,
         Err(e) => {
             if root.is_some() {
@@ -177,15 +185,6 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
             return Err(e.into());
         }
     };
-    // The root's pool of stored files (the default root's for `-o DIR`): files recorded
-    // before and unchanged since are linked from it, neither copied nor hashed again.
-    let pool_root = match &root {
-        Some(r) => Some(r.path().to_path_buf()),
-        None => TraceRoot::from_env().ok().map(|r| r.path().to_path_buf()),
-    };
-    if let Some(pool) = pool_root.and_then(|r| trace_format::pool::Pool::open(&r.join(POOL_DIR))) {
-        writer.use_pool(pool);
-    }
     if let Some(root) = &root {
         root.set_latest(&dir)?;
     }

@@ -119,6 +119,9 @@ pub(crate) struct Sink {
     /// The reserve file still holds the chunks' part: released (the file cut down to the
     /// end's part) when the disk fills up.
     pub chunk_reserve: bool,
+    /// Where the reserve is parked at the end for the next recording, if it is whole then
+    /// (see `Pool::reserve_path`).
+    pub park: Option<PathBuf>,
     pub meta: TraceMeta,
     pub events_path: PathBuf,
     pub events: File,
@@ -244,7 +247,7 @@ pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>, spare: A
             );
         }
     }
-    open.release_all_reserves();
+    open.park_reserve();
 }
 
 /// Answers a message after a failure: the waiting side learns it from [`Failure`].
@@ -261,6 +264,31 @@ fn answer_failed(msg: Msg, failure: &Failure) {
         }
         _ => {}
     }
+}
+
+/// Renames `from` to `to` unless `to` exists (`renameat2` with `RENAME_NOREPLACE`).
+fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings that live for the call; renameat2 only
+    // reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Whether `e` says the file system is full (or the user's quota spent).
@@ -554,6 +582,35 @@ impl Open {
         }
     }
 
+    /// Parks the reserve file for the next recording where it can (it is whole, and the
+    /// park is free and on the same file system), else deletes it: the trace is written.
+    fn park_reserve(&mut self) {
+        let Some(path) = self.sink.reserve.take() else {
+            return;
+        };
+        let whole = std::mem::replace(&mut self.sink.chunk_reserve, false);
+        if let Some(park) = self.sink.park.as_deref().filter(|_| whole) {
+            if rename_noreplace(&path, park).is_ok() {
+                return;
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::debug!("could not remove {}: {e}", path.display());
+        }
+    }
+
+    /// Writes the final metadata, with the reserve still there; when the disk is full, the
+    /// reserve is deleted to make room for it and the write tried again.
+    fn write_final_meta(&mut self, meta: &TraceMeta) -> Result<()> {
+        match index::write_meta(&self.db, &self.sink.index_path, meta) {
+            Err(e) if is_no_space(&e) && self.sink.reserve.is_some() => {
+                self.release_all_reserves();
+                index::write_meta(&self.db, &self.sink.index_path, meta)
+            }
+            r => r,
+        }
+    }
+
     /// Releases the chunks' part of the reserve, if it is still held, to make room; whether
     /// it was.
     fn release_reserve(&mut self) -> bool {
@@ -585,7 +642,6 @@ impl Open {
         self.buf.clear();
         self.starts.clear();
         self.buf_events = 0;
-        self.release_all_reserves();
         let kept = self.failure.kept.load(Ordering::Acquire);
         let mut meta = self.sink.meta.clone();
         meta.complete = false;
@@ -594,7 +650,8 @@ impl Open {
         meta.event_count = kept;
         meta.events_bytes = self.events_len;
         meta.blobs_bytes = self.blobs_len;
-        index::write_meta(&self.db, &self.sink.index_path, &meta)?;
+        self.write_final_meta(&meta)?;
+        self.park_reserve();
         Ok(kept)
     }
 
@@ -635,7 +692,6 @@ impl Open {
     /// Writes what is left and the final metadata, marking the trace complete.
     fn finish(&mut self, ending: Ending) -> Result<TraceMeta> {
         self.flush()?;
-        self.release_all_reserves();
         let mut meta = self.sink.meta.clone();
         meta.complete = true;
         meta.exit = Some(ending.exit);
@@ -645,7 +701,8 @@ impl Open {
         meta.events_bytes = self.events_len;
         meta.blobs_bytes = self.blobs_len;
         meta.files_bytes = ending.files_bytes;
-        index::write_meta(&self.db, &self.sink.index_path, &meta)?;
+        self.write_final_meta(&meta)?;
+        self.park_reserve();
         tracing::debug!(
             events = meta.event_count,
             "the writing thread finished the trace"

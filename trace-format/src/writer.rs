@@ -129,6 +129,23 @@ fn prepare_dir(dir: &Path) -> Result<bool> {
     Ok(false)
 }
 
+/// Moves the reserve parked at `parked` to `reserve`, if there is one there and it is whole:
+/// a regular file of `len` bytes, all allocated, the user's own. Whether it did (else
+/// `reserve` does not exist).
+fn take_parked_reserve(parked: &Path, reserve: &Path, len: u64) -> bool {
+    if fs::rename(parked, reserve).is_err() {
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let whole = fs::symlink_metadata(reserve)
+        .is_ok_and(|m| m.is_file() && m.len() == len && m.blocks() * 512 >= len && m.uid() == me);
+    if !whole {
+        let _ = fs::remove_file(reserve);
+    }
+    whole
+}
+
 /// Allocates `len` bytes to a new file at `path` (written as zeros where `fallocate` is not
 /// supported): space the trace can count on when the disk fills up.
 fn make_reserve(path: &Path, len: u64) -> Result<()> {
@@ -232,20 +249,28 @@ impl TraceWriter {
     /// error returned. The writing thread creates the index meanwhile, and may use the
     /// reserve to do it.
     pub fn create(dir: &Path, meta: &TraceMeta) -> Result<Self> {
-        Self::create_completing(dir, meta, |_| {})
+        Self::create_completing(dir, meta, None, |_| {})
     }
 
     /// [`Self::create`], with `complete` filling in parts of the metadata on the writing
     /// thread before it is first written (the recorder's CPU fingerprint: half a millisecond
     /// of `cpuid`s, exits to the hypervisor on a VM, that need not delay the program's start).
+    /// With `pool`, the trace shares stored files with the other traces of its root (see
+    /// [`Self::use_pool`]) and takes its reserve from the pool, where the last recording
+    /// parked it (see [`crate::pool::Pool::reserve_path`]).
     pub fn create_completing(
         dir: &Path,
         meta: &TraceMeta,
+        pool: Option<crate::pool::Pool>,
         complete: impl FnOnce(&mut TraceMeta) + Send + 'static,
     ) -> Result<Self> {
         let made_dir = prepare_dir(dir)?;
-        match Self::create_in(dir, meta, complete) {
-            Ok(w) => Ok(w),
+        let parked = pool.as_ref().map(|p| p.reserve_path());
+        match Self::create_in(dir, meta, parked, complete) {
+            Ok(mut w) => {
+                w.pool = pool;
+                Ok(w)
+            }
             Err(e) => {
                 remove_partial_trace(dir, made_dir);
                 Err(e)
@@ -257,14 +282,22 @@ impl TraceWriter {
     fn create_in(
         dir: &Path,
         meta: &TraceMeta,
+        parked: Option<PathBuf>,
         complete: impl FnOnce(&mut TraceMeta) + Send + 'static,
     ) -> Result<Self> {
-        // One file for both reserves, the end's last: releasing the chunks' part cuts it down
-        // and the end deletes it. Blocks freed cost a synchronous discard on a file system
-        // mounted with `discard` and no journal (the machines deja is measured on: up to a
-        // few milliseconds each under load), so the start frees none and the end one file.
+        // One file for both reserves, the end's last: releasing the chunks' part cuts it down.
+        // Blocks freed cost a synchronous discard on a file system mounted with `discard` and
+        // no journal (the machines deja is measured on: up to a few milliseconds each under
+        // load), so the reserve is taken from where the last recording parked it when it can
+        // be, and parked again at the end (a rename each: nothing allocated, nothing freed).
         let reserve = dir.join(RESERVE_FILE);
-        make_reserve(&reserve, sink::RESERVE_BYTES + sink::END_RESERVE_BYTES)?;
+        let len = sink::RESERVE_BYTES + sink::END_RESERVE_BYTES;
+        if !parked
+            .as_deref()
+            .is_some_and(|p| take_parked_reserve(p, &reserve, len))
+        {
+            make_reserve(&reserve, len)?;
+        }
         let index_path = dir.join(INDEX_FILE);
         create_private_file(&index_path)?;
         let events_path = dir.join(EVENTS_FILE);
@@ -289,6 +322,7 @@ impl TraceWriter {
             index_path,
             reserve: Some(reserve),
             chunk_reserve: true,
+            park: parked,
             avoid_cpu: meta.cpu,
             files_dir: files_dir.clone(),
             meta,
