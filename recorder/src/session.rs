@@ -165,7 +165,10 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         None => TraceRoot::from_env().ok().map(|r| r.path().to_path_buf()),
     };
     let pool = pool_root.and_then(|r| trace_format::pool::Pool::open(&r.join(POOL_DIR)));
+    // On the writing thread, while the program starts: the instruction tables the tracer
+    // needs at the program's first `rdtsc` or patch, and the CPU fingerprint.
     let created = TraceWriter::create_completing(&dir, &meta, pool, |meta| {
+        tracee::insn::warm_up();
         meta.cpuid = tracee::cpuid::fingerprint()
             .into_iter()
             .map(|(leaf, subleaf, regs)| CpuidRecord {
