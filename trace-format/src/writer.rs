@@ -89,8 +89,9 @@ const RESERVE_FILE: &str = ".reserve";
 /// Events handed to the writing thread at once (each hand-over may wake it, which costs an
 /// inter-processor interrupt: rare is cheap).
 const BATCH_EVENTS: usize = 256;
-/// Payload bytes handed to the writing thread at once.
-const BATCH_BYTES: usize = 1 << 19;
+/// Payload bytes handed to the writing thread at once: a large payload goes soon, so the
+/// thread compresses it while the program runs rather than at its end, which waits for it.
+const BATCH_BYTES: usize = 1 << 16;
 /// Stored files' rows handed over at once.
 const ROWS_AT_ONCE: usize = 4;
 /// Batches that may wait for the writing thread before the caller waits for it in turn.
