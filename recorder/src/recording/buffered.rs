@@ -195,14 +195,9 @@ impl Session {
         // `mov eax, N; syscall; ret` function's window reaches into it); none for a function
         // with landing pads, which the unwinder enters without a branch to check.
         let find = |maps: &[tracee::maps::MapEntry]| {
-            tracee::functions::function_fde(Some(pid), &read, maps, site)
-                .filter(|f| f.lsda.is_none())
-                .map(|f| {
-                    (
-                        f.start,
-                        tracee::functions::padding_end(Some(pid), &read, maps, f.end),
-                    )
-                })
+            tracee::functions::function_fde_and_padding(Some(pid), &read, maps, site)
+                .filter(|(f, _)| f.lsda.is_none())
+                .map(|(f, end)| (f.start, end))
         };
         // A file's functions are the same in every process that maps it (each new program of
         // a `make` maps the same libc): found once per file, kept relative to the site.
