@@ -34,6 +34,11 @@ const SETTLED: Duration = Duration::from_secs(2);
 /// that do not share an inode).
 const KEYS_PER_HASH: usize = 8;
 
+/// How many identities a cache entry may hold before it is rewritten to the newest
+/// [`KEYS_PER_HASH`] (see [`remember`]): an entry grows by one line per recording that stores
+/// its file, and a rewrite frees a block.
+const KEYS_BEFORE_REWRITE: usize = 8 * KEYS_PER_HASH;
+
 /// Opens `path`, a file of a trace, for reading: refused (as a corrupt trace) if it is a
 /// symlink, which is never followed, or anything but a regular file. `what` names it in
 /// messages (e.g. `the events file`); `dir` is the trace. The descriptor is checked, not
@@ -309,14 +314,15 @@ fn has_key(text: &str, key: &str) -> bool {
 
 /// Records in the cache that the file of identity `key` hashed to `hash` (best effort: a
 /// cache that cannot take it only makes the next replay hash the file again). Keeps the
-/// newest [`KEYS_PER_HASH`] identities per hash, and up to twice as many between rewrites.
+/// newest [`KEYS_PER_HASH`] identities per hash, and up to [`KEYS_BEFORE_REWRITE`] between
+/// rewrites.
 ///
 /// A new identity is appended to the hash's entry, one `write` of a whole line: replacing the
 /// entry (a new file renamed over it) frees the old one's block, a synchronous discard on a
 /// file system mounted with `discard` and no journal, which under load costs milliseconds per
 /// stored file of a recording (their identities change at every recording: linking a file
 /// changes its change time). The entry is rewritten, and renamed into place, only when it is
-/// new, damaged (no final newline), or holds twice [`KEYS_PER_HASH`] lines.
+/// new, damaged (no final newline), or holds [`KEYS_BEFORE_REWRITE`] lines.
 fn remember(cache: &Path, hash: &str, key: &str) {
     let path = cache.join(hash);
     let old = fs::read_to_string(&path).unwrap_or_default();
@@ -324,7 +330,7 @@ fn remember(cache: &Path, hash: &str, key: &str) {
         return;
     }
     let lines = old.lines().filter(|l| !l.is_empty()).count();
-    if !old.is_empty() && old.ends_with('\n') && lines < 2 * KEYS_PER_HASH {
+    if !old.is_empty() && old.ends_with('\n') && lines < KEYS_BEFORE_REWRITE {
         let appended = fs::OpenOptions::new()
             .append(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -532,7 +538,7 @@ mod tests {
         let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
         remember(cache, "h", "k0");
         let first = ino(&entry);
-        for i in 1..2 * KEYS_PER_HASH {
+        for i in 1..KEYS_BEFORE_REWRITE {
             remember(cache, "h", &format!("k{i}"));
             // A known key is not written again.
             remember(cache, "h", &format!("k{i}"));
@@ -540,8 +546,9 @@ mod tests {
         // Appended to in place, every key kept once.
         assert_eq!(ino(&entry), first);
         let text = fs::read_to_string(&entry).unwrap();
-        assert_eq!(text.lines().count(), 2 * KEYS_PER_HASH);
-        assert!(cached(cache, "h", "k0") && cached(cache, "h", "k15"));
+        assert_eq!(text.lines().count(), KEYS_BEFORE_REWRITE);
+        let last = format!("k{}", KEYS_BEFORE_REWRITE - 1);
+        assert!(cached(cache, "h", "k0") && cached(cache, "h", &last));
         // Full: rewritten with the newest keys, the new one last.
         remember(cache, "h", "new");
         assert_ne!(ino(&entry), first);
@@ -549,7 +556,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), KEYS_PER_HASH);
         assert_eq!(lines.last(), Some(&"new"));
-        assert!(cached(cache, "h", "k15") && !cached(cache, "h", "k0"));
+        assert!(cached(cache, "h", &last) && !cached(cache, "h", "k0"));
         // A line without its newline (an append under way) does not count.
         fs::write(&entry, "k1\nk2").unwrap();
         assert!(cached(cache, "h", "k1") && !cached(cache, "h", "k2"));
