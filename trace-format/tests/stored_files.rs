@@ -364,8 +364,10 @@ fn the_reserve_is_parked_in_the_pool_between_recordings() {
         .set_len(4096)
         .unwrap();
     let w = create("t3");
-    assert_eq!(fs::metadata(reserve("t3")).unwrap().len(), 640 * 1024);
-    assert_ne!(fs::metadata(reserve("t3")).unwrap().ino(), ino);
+    // A new one, whole (the inode number may be the freed one's again).
+    let m = fs::metadata(reserve("t3")).unwrap();
+    assert_eq!(m.len(), 640 * 1024);
+    assert!(m.blocks() * 512 >= 640 * 1024);
     assert!(!parked.exists());
     w.finish(ExitStatus::Exited(0)).unwrap();
     assert!(parked.exists());
