@@ -2,7 +2,11 @@
 
 mod cli;
 mod debug;
+mod pack;
+mod progress;
+mod runs;
 mod show;
+mod traces;
 
 use std::process::ExitCode;
 

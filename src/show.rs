@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use trace_format::{Event, ExitStatus, Stopped, Tid, TraceMeta, TraceReader, TraceRoot};
+use trace_format::{Event, ExitStatus, Stopped, Tid, TraceMeta, TraceReader};
 
 /// `s` as it may be printed to a terminal: control characters (and the bidirectional
 /// overrides that reorder what follows them) escaped as Rust does (`\n`, `\u{1b}`), so that a
@@ -33,23 +33,6 @@ pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
 /// A command line as it may be printed (see [`shown`]).
 fn shown_argv(argv: &[String]) -> String {
     argv.iter().map(|a| shown(a)).collect::<Vec<_>>().join(" ")
-}
-
-/// `deja ls`: one line per trace under the root.
-pub fn list(root: &TraceRoot) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    for entry in root.list()? {
-        let summary = match &entry.meta {
-            Ok(m) => format!(
-                "{:<12} {}",
-                status_text(m, &entry.path),
-                shown_argv(&m.argv)
-            ),
-            Err(e) => format!("unreadable: {e}"),
-        };
-        writeln!(out, "{:<24} {summary}", shown(&entry.name))?;
-    }
-    Ok(())
 }
 
 /// How the recording of the trace in `dir` ended (or that it goes on).
@@ -86,6 +69,23 @@ fn status_text(m: &TraceMeta, dir: &Path) -> String {
     }
 }
 
+/// What the trace's seal says (not checked: `deja replay` checks it): whose key sealed it,
+/// and its digest.
+fn seal_text(reader: &TraceReader) -> String {
+    match reader.seal() {
+        Ok(Some(seal)) => {
+            let whose = match trace_format::seal::Key::existing() {
+                _ if seal.key_id.is_empty() => "no key".to_string(),
+                Some(k) if k.id() == seal.key_id => format!("your key {}", seal.key_id),
+                _ => format!("another key, {}", seal.key_id),
+            };
+            format!("digest {}, sealed by {whose}", seal.digest)
+        }
+        Ok(None) => "none (the recording did not finish)".into(),
+        Err(e) => format!("unreadable ({e})"),
+    }
+}
+
 /// `deja info`: the trace's metadata.
 pub fn info(dir: &Path, json: bool) -> Result<()> {
     let reader = TraceReader::open(dir)?;
@@ -100,6 +100,8 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
         if let Some(obj) = v.as_object_mut() {
             obj.insert("path".into(), dir.display().to_string().into());
             obj.insert("status".into(), status_text(m, dir).into());
+            let at = crate::traces::local_time(m.start_time_unix);
+            obj.insert("recorded_at".into(), at.iso.into());
             let (processes, threads) = match &tasks {
                 Ok((p, t)) => ((*p).into(), (*t).into()),
                 Err(e) => {
@@ -107,6 +109,10 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
                     (serde_json::Value::Null, serde_json::Value::Null)
                 }
             };
+            obj.insert("seal".into(), seal_text(&reader).into());
+            if let Ok(Some(seal)) = reader.seal() {
+                obj.insert("digest".into(), seal.digest.into());
+            }
             obj.insert("processes".into(), processes);
             obj.insert("threads".into(), threads);
         }
@@ -117,7 +123,12 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
     writeln!(out, "command:        {}", shown_argv(&m.argv))?;
     writeln!(out, "executable:     {}", shown(&m.exe))?;
     writeln!(out, "cwd:            {}", shown(&m.cwd))?;
-    writeln!(out, "recorded at:    {} (unix time)", m.start_time_unix)?;
+    let at = crate::traces::local_time(m.start_time_unix);
+    writeln!(
+        out,
+        "recorded at:    {} {} (unix time {})",
+        at.text, at.zone, m.start_time_unix
+    )?;
     let status = status_text(m, dir);
     writeln!(out, "status:         {status}")?;
     writeln!(out, "complete:       {}", m.complete)?;
@@ -166,6 +177,10 @@ pub fn info(dir: &Path, json: bool) -> Result<()> {
     )?;
     if let Some(cpu) = m.cpu {
         writeln!(out, "pinned to CPU:  {cpu}")?;
+    }
+    writeln!(out, "seal:           {}", seal_text(&reader))?;
+    if let Some(seed) = m.chaos_seed {
+        writeln!(out, "chaos seed:     {seed} (deja rec --chaos={seed})")?;
     }
     if m.complete {
         let c = &m.syscalls;

@@ -409,7 +409,7 @@ fn assert_tampered_digest_diverges(ctx: &Ctx, r: &Recording, target: usize) -> S
         .expect("the target event has a point");
 
     let same = ctx.fresh_path("rewritten");
-    rewrite_trace(&r.trace, &same, |_, _| {});
+    rewrite_trace(&r.trace, &same, &ctx.trace_root(), |_, _| {});
     assert!(
         resolved_events(&same) == resolved_events(&r.trace),
         "the rewritten trace has other events"
@@ -418,7 +418,7 @@ fn assert_tampered_digest_diverges(ctx: &Ctx, r: &Recording, target: usize) -> S
     assert_replay_matches(&r.rec, &replay);
 
     let bad = ctx.fresh_path("tampered");
-    rewrite_trace(&r.trace, &bad, |i, ev| {
+    rewrite_trace(&r.trace, &bad, &ctx.trace_root(), |i, ev| {
         if i == target {
             if let Some(p) = point_mut(ev) {
                 p.digest[0] ^= 0xff;

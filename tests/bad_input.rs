@@ -308,6 +308,6 @@ fn divergence_is_reported_with_the_event_and_both_sides() {
     let (trace, rec) = ctx.record(&recorded, &[]);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
     // Swap the trace's copy of the executable for the other build.
-    swap_trace_file(&trace, &recorded, &swapped);
+    swap_trace_file(&trace, &ctx.trace_root(), &recorded, &swapped);
     assert_variant_diverged(&ctx.replay(&trace));
 }

@@ -38,11 +38,11 @@ fn a_recorded_write_the_replayed_program_does_not_make_is_a_divergence() {
     assert!(rec.status.success(), "{}", describe("rec", &rec));
     // A faithful copy replays; the same copy with one echoed byte changed must not.
     let copy = ctx.fresh_path("copy");
-    rewrite_trace(&trace, &copy, |_, _| {});
+    rewrite_trace(&trace, &copy, &ctx.trace_root(), |_, _| {});
     assert_replay_matches(&rec, &ctx.replay(&copy));
     let tampered = ctx.fresh_path("tampered");
     let mut changed = None;
-    rewrite_trace(&trace, &tampered, |i, ev| {
+    rewrite_trace(&trace, &tampered, &ctx.trace_root(), |i, ev| {
         if let Event::Syscall(s) = ev {
             if let (None, Some(echoed)) = (changed, s.echo.as_mut()) {
                 echoed.bytes[0] ^= 0x20;

@@ -804,7 +804,7 @@ fn divergence_in_a_child_names_the_task() {
         .map(|r| r.pid.clone())
         .unwrap_or_else(|| panic!("no variant1 process: {ps:#?}"));
     // Swap the trace's copy of the executable for the other build.
-    swap_trace_file(&trace, &recorded, &swapped);
+    swap_trace_file(&trace, &ctx.trace_root(), &recorded, &swapped);
     let err = assert_variant_diverged(&ctx.replay(&trace));
     assert!(
         err.contains(&format!("(task {child_pid})")),

@@ -1,7 +1,9 @@
 //! A trace's stored files are verified before a replay uses them: a stored file changed in
 //! one byte (same size), or replaced by a symlink, makes `deja replay -a` fail with a one-line
 //! message naming the recorded path, also after an earlier replay of the intact trace was
-//! remembered in the verification cache.
+//! remembered in the verification cache. And a trace is sealed: any byte of it changed, even
+//! consistently (checksums recomputed, sealed again with another key), makes the replay refuse
+//! it, unless it is given the trace's digest or told to trust it.
 
 mod common;
 
@@ -190,4 +192,156 @@ fn no_stored_file_can_be_changed_and_replay() {
             describe("replay", &out)
         );
     }
+}
+
+/// The digest `deja info --json` shows for `trace`.
+fn digest_of(ctx: &Ctx, trace: &Path) -> String {
+    let out = ctx.run_deja(&[OsStr::new("info"), OsStr::new("--json"), trace.as_os_str()]);
+    assert!(out.status.success(), "{}", describe("info", &out));
+    let v: serde_json::Value = serde_json::from_str(&stdout_str(&out)).expect("info's JSON");
+    v["digest"].as_str().expect("a digest").to_string()
+}
+
+/// One byte of the events file changed, its chunk's checksum recomputed (what a forger
+/// without the key can do): the seal no longer matches, whatever the replay is told.
+#[test]
+fn a_chunk_changed_with_its_checksum_recomputed_is_refused() {
+    let prog = program("time");
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(&prog, &[]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    // The first chunk: a 24-byte header (the frame's length at bytes 4..8, its checksum, a
+    // truncated BLAKE3 of the frame, at 20..24) and its zstd frame. Change a byte of the frame
+    // and put the checksum right, so only the seal can tell.
+    const HEADER: usize = 24;
+    let events = trace.join("events");
+    let mut bytes = fs::read(&events).unwrap();
+    let end = HEADER + u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    bytes[end - 8] ^= 0x01;
+    let sum = blake3::hash(&bytes[HEADER..end]);
+    bytes[20..24].copy_from_slice(&sum.as_bytes()[..4]);
+    fs::write(&events, &bytes).unwrap();
+    let digest = digest_of(&ctx, &trace);
+    for extra in [
+        vec![],
+        vec!["--trust".to_string()],
+        vec!["--digest".to_string(), digest],
+    ] {
+        let mut args = vec!["replay".to_string(), "-a".to_string()];
+        args.extend(extra);
+        args.push(trace.to_string_lossy().into_owned());
+        let out = ctx.run_deja(&args);
+        assert_refused(
+            &out,
+            &trace,
+            "the trace was changed after it was recorded (its files do not have the digest its \
+             seal names)",
+        );
+    }
+}
+
+/// A trace forged consistently (an event changed, the trace written again and sealed with
+/// another user's key): refused as not sealed by this user, refused against the original's
+/// digest, and replayed (to its divergence) only when trusted.
+#[test]
+fn a_trace_forged_and_sealed_with_another_key_is_refused() {
+    let prog = program("time");
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(&prog, &[]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    let original = digest_of(&ctx, &trace);
+    let forger = ctx.fresh_path("forger");
+    fs::create_dir_all(&forger).unwrap();
+    fs::set_permissions(&forger, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let forged = ctx.fresh_path("forged");
+    common::rewrite::rewrite_trace(&trace, &forged, &forger, |_, ev| {
+        if let trace_format::Event::Syscall(s) = ev {
+            if let Some(echoed) = s.echo.as_mut() {
+                echoed
+                    .bytes
+                    .iter_mut()
+                    .for_each(|b| *b = b.to_ascii_uppercase());
+            }
+        }
+    });
+    let out = ctx.replay(&forged);
+    assert_ne!(shell_code(&out.status), 0, "{}", describe("replay", &out));
+    assert_deja_error("replay of a forged trace", &out);
+    assert!(
+        stderr_str(&out).contains("sealed by another user or machine"),
+        "{}",
+        describe("replay", &out)
+    );
+    let out = ctx.run_deja(&[
+        OsStr::new("replay"),
+        OsStr::new("-a"),
+        OsStr::new("--digest"),
+        OsStr::new(&original),
+        forged.as_os_str(),
+    ]);
+    assert_ne!(shell_code(&out.status), 0, "{}", describe("replay", &out));
+    assert!(
+        stderr_str(&out).contains(&format!("not the {original} you gave")),
+        "{}",
+        describe("replay", &out)
+    );
+    // Its seal copied from the original: the digest no longer matches it.
+    let seal = TraceReader::open(&trace).unwrap().seal().unwrap().unwrap();
+    let db = rusqlite::Connection::open(forged.join("index.sqlite")).unwrap();
+    db.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'seal'",
+        [serde_json::to_string(&seal).unwrap()],
+    )
+    .unwrap();
+    drop(db);
+    let out = ctx.replay(&forged);
+    assert_refused(
+        &out,
+        &forged,
+        "the trace was changed after it was recorded (its files do not have the digest its \
+         seal names)",
+    );
+}
+
+/// A trace recorded under another trace root (another user or machine: another key) replays
+/// with its digest or with `--trust`, and not without.
+#[test]
+fn a_trace_from_elsewhere_replays_with_its_digest_or_when_trusted() {
+    let prog = program("time");
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(&prog, &[]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    let digest = digest_of(&ctx, &trace);
+    let elsewhere = ctx.fresh_path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::set_permissions(
+        &elsewhere,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let replay = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(deja_bin());
+        cmd.env("DEJA_TRACE_DIR", &elsewhere)
+            .args(["replay", "-a"])
+            .args(extra)
+            .arg(&trace);
+        run_with_timeout(&mut cmd, TIMEOUT)
+    };
+    let out = replay(&[]);
+    assert_ne!(shell_code(&out.status), 0, "{}", describe("replay", &out));
+    let err = stderr_str(&out);
+    assert!(
+        err.contains("sealed by another user or machine") && err.contains(&digest),
+        "{}",
+        describe("replay", &out)
+    );
+    let out = replay(&["--digest", &digest]);
+    assert_replay_matches(&rec, &out);
+    let out = replay(&["--trust"]);
+    assert_replay_matches(&rec, &out);
+    assert!(
+        stderr_str(&out).contains("not sealed by you"),
+        "{}",
+        describe("replay", &out)
+    );
 }

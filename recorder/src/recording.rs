@@ -22,8 +22,10 @@ use crate::memory::TraceeMemory;
 use crate::session::{set_ticks_blocked, TICK};
 use crate::task::{Entry, State, Task};
 use crate::tsc_mode::TscModes;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 mod buffered;
+mod chaos;
 mod ending;
 mod fatal_call;
 mod group_stop;
@@ -103,6 +105,8 @@ pub struct Session {
     /// The task that last kept the CPU through a syscall that returned without sleeping, and
     /// the timer's count of ticks when it began to (see `returns_without_blocking`).
     kept_since: (Option<i32>, u64),
+    /// Chaos scheduling, when asked for (see `chaos`).
+    chaos: Option<chaos::Chaos>,
 }
 
 impl Session {
@@ -114,6 +118,7 @@ impl Session {
         cpu: u32,
         wait_all: bool,
         syscall_buffer: bool,
+        chaos: Option<u64>,
     ) -> Session {
         let tid = root.pid().as_raw();
         let mut tasks = HashMap::new();
@@ -144,6 +149,7 @@ impl Session {
             segv_blocked: SegvBlocked::default(),
             fast: crate::fastpath::FastPath::new(syscall_buffer),
             kept_since: (None, 0),
+            chaos: chaos.map(chaos::Chaos::new),
         }
     }
 
@@ -189,6 +195,10 @@ impl Session {
                     // The next ready task, if any, gets the CPU instead.
                     continue;
                 }
+                if self.tasks.is_empty() {
+                    // The last ones ended as chaos let them reach their stops (see `chaos`).
+                    continue;
+                }
                 if self.current.is_none() && self.others_wait() {
                     // The task given the CPU gave it up at once (held or parked for emulated
                     // ptrace, or gone into a blocking syscall from a held stop or a
@@ -221,12 +231,20 @@ impl Session {
             ready,
             stall,
             ticks,
+            chaos,
             ..
         } = self;
         set_ticks_blocked(false);
         let stop = tracee::stop::wait_any(&mut || {
             set_ticks_blocked(true);
-            let accounted = account_ticks(writer, tasks, ready, *current, stall, ticks);
+            let accounted = account_ticks(
+                writer,
+                tasks,
+                ready,
+                *current,
+                (stall, ticks),
+                chaos.as_mut(),
+            );
             set_ticks_blocked(false);
             accounted?;
             crate::session::stop_requested()?;
@@ -311,6 +329,7 @@ impl Session {
 
     /// Gives the CPU to the next ready task, writing the event it was waiting for.
     fn schedule_next(&mut self) -> Result<()> {
+        self.chaos_pick()?;
         while let Some(tid) = self.ready.pop_front() {
             let Some(t) = self.tasks.get_mut(&tid) else {
                 continue;
@@ -460,6 +479,9 @@ impl Session {
             self.segv.exit(t.pid);
         }
         self.tsc.forget(tid);
+        if let Some(c) = &mut self.chaos {
+            c.forget(tid);
+        }
         self.exits.push(ExitEvent { tid, status });
         if tid == self.root {
             self.initial_process_ended();
@@ -625,8 +647,8 @@ fn account_ticks(
     tasks: &mut HashMap<i32, Task>,
     ready: &VecDeque<i32>,
     current: Option<i32>,
-    stall: &mut (Option<i32>, u64, u32),
-    ticks: &mut u32,
+    (stall, ticks): (&mut (Option<i32>, u64, u32), &mut u32),
+    mut chaos: Option<&mut chaos::Chaos>,
 ) -> Result<()> {
     let fired = tracee::alarm::fired();
     let new = fired.saturating_sub(stall.1);
@@ -643,8 +665,12 @@ fn account_ticks(
         stall.2 = stall.2.saturating_add(1);
     } else {
         (stall.0, stall.2) = (current, 0);
+        if let Some(c) = chaos.as_deref_mut() {
+            c.new_slice();
+        }
     }
-    if stall.2 >= ticks_in(TIME_SLICE) {
+    let slice = chaos.map_or(ticks_in(TIME_SLICE), |c| c.slice());
+    if stall.2 >= slice {
         preempt_if_others_wait(tasks, ready, current);
     }
     if flush {
@@ -653,7 +679,15 @@ fn account_ticks(
     Ok(())
 }
 
+/// The interval of the recorder's timer, in microseconds ([`TICK`] unless set otherwise).
+static TICK_MICROS: AtomicU64 = AtomicU64::new(TICK.as_micros() as u64);
+
+/// Sets the interval of the recorder's timer (before it starts).
+pub(crate) fn set_tick(tick: Duration) {
+    TICK_MICROS.store(tick.as_micros().max(1) as u64, Ordering::Relaxed);
+}
+
 /// How many timer ticks make `d` (at least one).
 pub(crate) fn ticks_in(d: Duration) -> u32 {
-    (d.as_micros() / TICK.as_micros()).max(1) as u32
+    (d.as_micros() as u64 / TICK_MICROS.load(Ordering::Relaxed)).max(1) as u32
 }

@@ -30,6 +30,9 @@ pub struct RecordOptions {
     /// Use the in-process library for the syscalls it can buffer (the fast path); off
     /// (`deja rec -n`), every syscall is a ptrace stop.
     pub syscall_buffer: bool,
+    /// Chaos scheduling with this seed (`deja rec --chaos`): random scheduling decisions
+    /// that make races show (see `recording::chaos`).
+    pub chaos: Option<u64>,
 }
 
 /// A finished recording.
@@ -155,6 +158,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
             .unwrap_or(0),
         cpu: Some(cpu as u32),
         cpuid_faulting: false,
+        chaos_seed: opts.chaos,
         ..TraceMeta::default()
     };
     // The root's pool of stored files (the default root's for `-o DIR`): files recorded
@@ -195,7 +199,13 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
     install_stop_handlers();
     // Ticks interrupt the recorder only in its waits for the tracee (see `set_ticks_blocked`).
     set_ticks_blocked(true);
-    tracee::alarm::start(TICK, TICK);
+    let tick = if opts.chaos.is_some() {
+        CHAOS_TICK
+    } else {
+        TICK
+    };
+    crate::recording::set_tick(tick);
+    tracee::alarm::start(tick, tick);
     let allow_from = if opts.syscall_buffer {
         Some(syscallbuf::loaded()?.untraced_end)
     } else {
@@ -215,7 +225,14 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         own_process_group: false,
     })?;
     tracing::debug!("the program is started");
-    let mut session = Session::new(root, writer, cpu as u32, opts.wait_all, opts.syscall_buffer);
+    let mut session = Session::new(
+        root,
+        writer,
+        cpu as u32,
+        opts.wait_all,
+        opts.syscall_buffer,
+        opts.chaos,
+    );
     let kept = session.writer().kept_events();
     let result = session.run();
     tracee::alarm::stop();
@@ -372,3 +389,6 @@ pub fn set_ticks_blocked(blocked: bool) {
 /// disk every few ticks while the tracee blocks or computes (a recorder killed then still
 /// leaves them in the trace).
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The timer's interval under chaos scheduling, whose time slices may be as short as one.
+pub const CHAOS_TICK: std::time::Duration = std::time::Duration::from_millis(1);

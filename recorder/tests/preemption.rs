@@ -252,6 +252,7 @@ fn record_ok(prog: &Path, args: &[&str]) -> (ExitStatus, Vec<Event>) {
         dest: TraceDest::Dir(dir.clone()),
         wait_all: false,
         syscall_buffer: true,
+        chaos: None,
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

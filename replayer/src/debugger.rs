@@ -56,7 +56,14 @@ impl DebugReplay {
         debug.halt_after_event = Some(start.event);
         debug.exe = start.exe.clone();
         debug.comm = start.comm.clone();
-        let session = Session::open(dir, &ReplayOptions { quiet }, Some(debug))?;
+        let session = Session::open(
+            dir,
+            &ReplayOptions {
+                quiet,
+                ..Default::default()
+            },
+            Some(debug),
+        )?;
         let mut replay = DebugReplay {
             session,
             finished: None,

@@ -30,8 +30,13 @@ pub struct Mismatch {
 
 /// Checks the write `ev` (recorded as going to stdout or stderr) against what the replayed
 /// program at `tracee` passes to it now, and unless `quiet` echoes it to the replayer's own
-/// stream. `Ok(Some(_))` is a divergence: nothing is echoed then.
-pub fn check_and_echo(tracee: &Tracee, ev: &SyscallEvent, quiet: bool) -> Result<Option<Mismatch>> {
+/// stream (out of `progress`'s way). `Ok(Some(_))` is a divergence: nothing is echoed then.
+pub fn check_and_echo(
+    tracee: &Tracee,
+    ev: &SyscallEvent,
+    quiet: bool,
+    progress: Option<&dyn crate::Progress>,
+) -> Result<Option<Mismatch>> {
     let Some(Echoed { stream, bytes }) = &ev.echo else {
         return Ok(None);
     };
@@ -52,12 +57,22 @@ pub fn check_and_echo(tracee: &Tracee, ev: &SyscallEvent, quiet: bool) -> Result
     }
     if !quiet {
         let what = stream_name(*stream);
-        let written = if *stream == 2 {
-            let mut e = std::io::stderr().lock();
-            e.write_all(bytes).and_then(|()| e.flush())
-        } else {
-            let mut o = std::io::stdout().lock();
-            o.write_all(bytes).and_then(|()| o.flush())
+        let write = || {
+            if *stream == 2 {
+                let mut e = std::io::stderr().lock();
+                e.write_all(bytes).and_then(|()| e.flush())
+            } else {
+                let mut o = std::io::stdout().lock();
+                o.write_all(bytes).and_then(|()| o.flush())
+            }
+        };
+        let written = match progress {
+            Some(p) => {
+                let mut written = Ok(());
+                p.around_output(&mut || written = write());
+                written
+            }
+            None => write(),
         };
         written.with_context(|| format!("echoing the program's {what}"))?;
     }

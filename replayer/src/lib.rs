@@ -18,4 +18,4 @@ mod tasks;
 pub use debug::{Halt, HwPoint, WatchKind};
 pub use debugger::{start_point, DebugOptions, DebugReplay, Resume, StartPoint};
 pub use divergence::{Divergence, Incomplete};
-pub use session::{replay, ReplayOptions, ReplayOutcome};
+pub use session::{replay, Progress, ReplayOptions, ReplayOutcome};

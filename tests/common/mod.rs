@@ -842,13 +842,14 @@ pub fn walk(root: &Path) -> Vec<PathBuf> {
 /// `replacement` (to make a replay diverge on purpose), as a trace of a recording that ran
 /// `replacement` would hold it: under its own hash, every reference to it changed (the trace
 /// is rewritten); panics if the trace kept no copy.
-pub fn swap_trace_file(trace: &Path, original: &Path, replacement: &Path) {
+pub fn swap_trace_file(trace: &Path, key_root: &Path, original: &Path, replacement: &Path) {
     let original = std::fs::read(original).unwrap();
     let swapped_any = std::cell::Cell::new(false);
     let tmp = trace.with_extension("swapping");
     rewrite::rewrite_trace_swapping(
         trace,
         &tmp,
+        key_root,
         |stored| {
             let same = std::fs::read(stored).unwrap() == original;
             swapped_any.set(swapped_any.get() || same);

@@ -26,9 +26,10 @@ pub fn writes_mut(ev: &mut Event) -> Vec<&mut MemWrite> {
 
 /// Writes a copy of the trace `src` into the new directory `dst` with `TraceWriter`, after
 /// `edit` has seen (and possibly changed) each event with its index: same metadata, same
-/// stored files, blobs copied into the new blob file.
-pub fn rewrite_trace(src: &Path, dst: &Path, edit: impl FnMut(usize, &mut Event)) {
-    rewrite_trace_swapping(src, dst, |_| None, edit)
+/// stored files, blobs copied into the new blob file; sealed with the key of the trace root
+/// `key_root`.
+pub fn rewrite_trace(src: &Path, dst: &Path, key_root: &Path, edit: impl FnMut(usize, &mut Event)) {
+    rewrite_trace_swapping(src, dst, key_root, |_| None, edit)
 }
 
 /// [`rewrite_trace`], with each stored file for which `swap` names a replacement stored as
@@ -37,6 +38,7 @@ pub fn rewrite_trace(src: &Path, dst: &Path, edit: impl FnMut(usize, &mut Event)
 pub fn rewrite_trace_swapping(
     src: &Path,
     dst: &Path,
+    key_root: &Path,
     swap: impl Fn(&Path) -> Option<PathBuf>,
     mut edit: impl FnMut(usize, &mut Event),
 ) {
@@ -76,6 +78,13 @@ pub fn rewrite_trace_swapping(
         writer.push(ev).expect("write an event");
     }
     writer.finish(exit).expect("finish the rewritten trace");
+    // Sealed with the key of the trace root `key_root` (the test's), as a forger who has the
+    // user's key would: the replay then gets to the forged events themselves.
+    let key = trace_format::seal::Key::of_user(key_root).expect("the test's sealing key");
+    TraceReader::open(dst)
+        .expect("open the rewritten trace")
+        .reseal(&key)
+        .expect("seal the rewritten trace");
 }
 
 /// Changes every `FileRef` (a JSON object with `hash`, `path` and `size`) in `v` whose hash

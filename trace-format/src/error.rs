@@ -64,6 +64,24 @@ pub enum TraceError {
     #[error("{} already exists and is not empty", .0.display())]
     DirNotEmpty(PathBuf),
 
+    /// The trace was sealed by another user or machine (or by none), and the replay was
+    /// given neither its digest nor leave to trust it (see `seal.rs`).
+    #[error(
+        "{} was {}; it may have been changed since. Replay it with --digest {digest} if that is \
+         the digest its recording printed (deja info shows it where it was recorded), or with \
+         --trust to take it as it is",
+        .path.display(),
+        if .key_id.is_empty() { "not sealed (recorded by an older deja or without a sealing key, or its seal was removed)".to_string() } else { format!("sealed by another user or machine (key {})", .key_id) }
+    )]
+    Untrusted {
+        /// The trace directory.
+        path: PathBuf,
+        /// The key the seal names (empty: none).
+        key_id: String,
+        /// The trace's digest as its files are now.
+        digest: String,
+    },
+
     /// There is no place to keep traces.
     #[error("cannot find a place for traces: set $DEJA_TRACE_DIR or $HOME")]
     NoTraceRoot,

@@ -36,12 +36,75 @@ pub(crate) fn create_schema(db: &Connection, path: &Path) -> Result<()> {
     .map_err(sql_err(path))
 }
 
-/// Stores `meta` as JSON under the key `meta`.
-pub(crate) fn write_meta(db: &Connection, path: &Path, meta: &TraceMeta) -> Result<()> {
-    let json = serde_json::to_string(meta).map_err(|e| TraceError::Encode {
+/// `meta` as the JSON the index stores.
+pub(crate) fn meta_json(meta: &TraceMeta) -> Result<String> {
+    serde_json::to_string(meta).map_err(|e| TraceError::Encode {
         what: "trace metadata",
         message: e.to_string(),
+    })
+}
+
+/// Stores the metadata `json` and the trace's `seal` (see `seal.rs`) in one transaction.
+pub(crate) fn write_sealed(
+    db: &mut Connection,
+    path: &Path,
+    json: &str,
+    seal: &crate::seal::Seal,
+) -> Result<()> {
+    let seal = serde_json::to_string(seal).map_err(|e| TraceError::Encode {
+        what: "the trace's seal",
+        message: e.to_string(),
     })?;
+    let tx = db.transaction().map_err(sql_err(path))?;
+    for (key, value) in [("meta", json), ("seal", seal.as_str())] {
+        tx.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
+            [key, value],
+        )
+        .map_err(sql_err(path))?;
+    }
+    tx.commit().map_err(sql_err(path))
+}
+
+/// Replaces the trace's seal.
+pub(crate) fn write_seal(db: &Connection, path: &Path, seal: &crate::seal::Seal) -> Result<()> {
+    let seal = serde_json::to_string(seal).map_err(|e| TraceError::Encode {
+        what: "the trace's seal",
+        message: e.to_string(),
+    })?;
+    db.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES('seal', ?1)",
+        [seal],
+    )
+    .map_err(sql_err(path))?;
+    Ok(())
+}
+
+/// The metadata JSON as stored, and the seal, if any.
+pub(crate) fn read_sealed(
+    db: &Connection,
+    path: &Path,
+) -> Result<(String, Option<crate::seal::Seal>)> {
+    let get = |key: &str| -> Result<Option<String>> {
+        db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| read_err(path, e))
+    };
+    let json =
+        get("meta")?.ok_or_else(|| TraceError::corrupt(path, "the index holds no metadata"))?;
+    let seal = match get("seal")? {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_str(&s)
+                .map_err(|e| TraceError::corrupt(path, format!("the seal is malformed: {e}")))?,
+        ),
+    };
+    Ok((json, seal))
+}
+
+/// Stores `meta` as JSON under the key `meta`.
+pub(crate) fn write_meta(db: &Connection, path: &Path, meta: &TraceMeta) -> Result<()> {
+    let json = meta_json(meta)?;
     db.execute(
         "INSERT OR REPLACE INTO meta(key, value) VALUES('meta', ?1)",
         [json],

@@ -11,7 +11,10 @@ pub mod event;
 mod format;
 mod index;
 mod meta;
+pub mod pack;
 mod reader;
+mod remove;
+pub mod seal;
 mod sink;
 pub mod sparse;
 mod store;
@@ -23,6 +26,7 @@ pub use event::*;
 pub mod pool;
 pub use meta::{CpuidRecord, Stopped, SyscallCounts, TraceMeta};
 pub use reader::{ChunkInfo, EventIter, TraceReader};
+pub use remove::{check_removable, remove_trace};
 pub use store::{check_private_dir, TraceEntry, TraceRoot, LATEST_LINK};
 pub use writer::{
     recording_in_progress, KeptEvents, TraceWriter, CHUNK_TARGET_BYTES, INLINE_MAX, SYSTEM_PREFIXES,

@@ -67,6 +67,8 @@ pub struct TraceMeta {
     /// (a recorder killed by `SIGKILL` leaves `None` and `complete` false). The trace then
     /// holds [`Self::event_count`] events, each complete.
     pub stopped: Option<Stopped>,
+    /// The seed of the recording's chaos scheduling (`deja rec --chaos`), if it had it.
+    pub chaos_seed: Option<u64>,
 }
 
 /// Why a recording was stopped before its program ended.

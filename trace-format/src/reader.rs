@@ -95,6 +95,77 @@ impl TraceReader {
         })
     }
 
+    /// The trace's seal, as its index keeps it (not checked).
+    pub fn seal(&self) -> Result<Option<crate::seal::Seal>> {
+        Ok(index::read_sealed(&self.db, &self.index_path)?.1)
+    }
+
+    /// Checks the trace against its seal under `policy` (see `seal.rs`): its digest is
+    /// computed from its files as they are now and must be the seal's; then the seal must be
+    /// the user's own, or the digest the one given, or the trace trusted. A finished trace
+    /// without a seal counts as sealed by no key; an unfinished one (its recorder killed) is
+    /// accepted, since its replay ends in an error where it ends.
+    pub fn check_seal(&self, policy: &crate::seal::Policy) -> Result<crate::seal::Accepted> {
+        use crate::seal::Accepted;
+        let (json, seal) = index::read_sealed(&self.db, &self.index_path)?;
+        if seal.is_none() && !self.meta.complete {
+            return Ok(Accepted::Unfinished);
+        }
+        let lengths = (self.meta.events_bytes, self.meta.blobs_bytes);
+        let digest = crate::seal::digest_of(&self.dir, &json, lengths, &self.db, &self.index_path)?;
+        // A finished trace without a seal (an older deja's, or its seal removed) is one
+        // sealed by no key.
+        let seal = seal.unwrap_or_else(|| crate::seal::Seal {
+            digest: digest.clone(),
+            key_id: String::new(),
+            mac: String::new(),
+        });
+        if digest != seal.digest {
+            return Err(TraceError::corrupt(
+                &self.dir,
+                "the trace was changed after it was recorded (its files do not have the digest \
+                 its seal names)",
+            ));
+        }
+        if let Some(expected) = &policy.digest {
+            if !expected.eq_ignore_ascii_case(&digest) {
+                return Err(TraceError::corrupt(
+                    &self.dir,
+                    format!("the trace's digest is {digest}, not the {expected} you gave"),
+                ));
+            }
+            return Ok(Accepted::Digest);
+        }
+        match &policy.key {
+            Some(key) if key.id() == seal.key_id => {
+                if key.verifies(&seal) {
+                    Ok(Accepted::Sealed)
+                } else {
+                    Err(TraceError::corrupt(
+                        &self.dir,
+                        "the trace's seal is not valid: it was changed after it was recorded",
+                    ))
+                }
+            }
+            _ if policy.trust => Ok(Accepted::Trusted),
+            _ => Err(TraceError::Untrusted {
+                path: self.dir.clone(),
+                key_id: seal.key_id,
+                digest,
+            }),
+        }
+    }
+
+    /// Seals the trace anew with `key`, its digest taken from its files as they are now: for
+    /// tools that rewrite a trace on purpose (the tests that forge one), never needed after a
+    /// recording, which seals its trace itself.
+    pub fn reseal(&self, key: &crate::seal::Key) -> Result<()> {
+        let (json, _) = index::read_sealed(&self.db, &self.index_path)?;
+        let lengths = (self.meta.events_bytes, self.meta.blobs_bytes);
+        let digest = crate::seal::digest_of(&self.dir, &json, lengths, &self.db, &self.index_path)?;
+        index::write_seal(&self.db, &self.index_path, &key.seal(&digest))
+    }
+
     /// The trace's metadata.
     pub fn meta(&self) -> &TraceMeta {
         &self.meta

@@ -152,6 +152,10 @@ struct Open {
     next_event: u64,
     next_seq: u64,
     rows: Vec<FileRow>,
+    /// The trace's digest so far (see `seal.rs`).
+    digester: crate::seal::Digester,
+    /// The user's sealing key, if usable.
+    key: Option<crate::seal::Key>,
 }
 
 /// The thread's body: serves `rx` until the writer hangs up (a writer dropped without
@@ -404,6 +408,8 @@ impl Open {
             next_event: 0,
             next_seq: 0,
             rows: Vec::new(),
+            digester: Default::default(),
+            key: crate::seal::Key::of_env(),
         })
     }
 
@@ -478,6 +484,7 @@ impl Open {
             r => r?,
         }
         self.blobs_len += record.len() as u64;
+        self.digester.blobs(&record);
         let len = bytes.len() as u64;
         let old = std::mem::replace(data, Data::Blob { offset, len });
         if let Data::Inline(buf) = old {
@@ -564,6 +571,7 @@ impl Open {
             return Err(e);
         }
         self.events_len += record.len() as u64;
+        self.digester.events(&record);
         self.next_seq += 1;
         self.failure.kept.store(
             header.first_event + u64::from(header.events),
@@ -599,13 +607,14 @@ impl Open {
         }
     }
 
-    /// Writes the final metadata, with the reserve still there; when the disk is full, the
-    /// reserve is deleted to make room for it and the write tried again.
+    /// Writes the final metadata with its seal ([`Self::write_sealed`]), with the reserve
+    /// still there; when the disk is full, the reserve is deleted to make room for it and the
+    /// write tried again.
     fn write_final_meta(&mut self, meta: &TraceMeta) -> Result<()> {
-        match index::write_meta(&self.db, &self.sink.index_path, meta) {
+        match self.write_sealed(meta) {
             Err(e) if is_no_space(&e) && self.sink.reserve.is_some() => {
                 self.release_all_reserves();
-                index::write_meta(&self.db, &self.sink.index_path, meta)
+                self.write_sealed(meta)
             }
             r => r,
         }
@@ -653,6 +662,23 @@ impl Open {
         self.write_final_meta(&meta)?;
         self.park_reserve();
         Ok(kept)
+    }
+
+    /// Writes the final metadata `meta` with the trace's seal (its digest alone, without a
+    /// usable key).
+    fn write_sealed(&mut self, meta: &TraceMeta) -> Result<()> {
+        let path = &self.sink.index_path;
+        let json = index::meta_json(meta)?;
+        let digest = self.digester.digest(&json, &self.db, path)?;
+        let seal = match &self.key {
+            Some(key) => key.seal(&digest),
+            None => crate::seal::Seal {
+                digest,
+                key_id: String::new(),
+                mac: String::new(),
+            },
+        };
+        index::write_sealed(&mut self.db, path, &json, &seal)
     }
 
     /// Commits the waiting file rows and `chunk`'s row in one transaction.

@@ -64,6 +64,7 @@ fn digest_using(t: &Tracee, excluded: &[(u64, u64)], scan: bool) -> Result<([u8;
         flags: Vec::with_capacity(PAGEMAP_BATCH),
         scan,
         stats: Stats::default(),
+        pages: pages_file(pid),
     };
     for m in maps.iter().filter(|m| m.perms.contains('w')) {
         // Anonymous private memory reads as zero where it was never touched; a private file
@@ -89,6 +90,16 @@ fn digest_using(t: &Tracee, excluded: &[(u64, u64)], scan: bool) -> Result<([u8;
     );
     d.stats.scanned = d.scan;
     Ok((out, d.stats))
+}
+
+/// A new file for the page list of a digest of `pid`, if [`PAGES_ENV`] asks for one.
+fn pages_file(pid: Pid) -> Option<std::io::BufWriter<File>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::var_os(PAGES_ENV)?;
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let path = std::path::Path::new(&dir).join(format!("{pid}-{n}.pages"));
+    File::create(path).ok().map(std::io::BufWriter::new)
 }
 
 /// `ranges` as sorted, non-empty `[start, end)` ranges, overlapping and touching ones merged.
@@ -141,7 +152,18 @@ struct Digester<'a> {
     /// Whether to try `PAGEMAP_SCAN` (cleared when the kernel turns out not to have it).
     scan: bool,
     stats: Stats,
+    /// Where to list every page's address and hash ([`PAGES_ENV`]), for finding which memory
+    /// differs between two digests.
+    pages: Option<std::io::BufWriter<File>>,
 }
+
+/// Set to a directory, makes every digest list its pages (address and hash, after the
+/// excluded bytes are zeroed) in a file of its own there, `<pid>-<n>.pages`: diffing the
+/// lists of a recording's point and of a replay's near miss shows which memory differs.
+pub const PAGES_ENV: &str = "DEJA_DIGEST_PAGES";
+
+/// Set (to anything) with [`PAGES_ENV`], the lists hold every page's bytes too, in hex.
+pub const BYTES_ENV: &str = "DEJA_DIGEST_BYTES";
 
 /// `PAGEMAP_SCAN`'s argument (`struct pm_scan_arg`, Linux 6.7).
 #[repr(C)]
@@ -359,6 +381,17 @@ impl Digester<'_> {
         for (i, bytes) in buf.chunks_exact(page).enumerate() {
             let page_addr = addr + (i * page) as u64;
             let hashed = readable[i] && !is_zero(bytes);
+            if let Some(out) = &mut self.pages {
+                use std::io::Write;
+                let h = blake3::hash(bytes);
+                let _ = writeln!(out, "{page_addr:#x} {}", &h.to_hex()[..16]);
+                if std::env::var_os(BYTES_ENV).is_some() {
+                    for (k, line) in bytes.chunks(32).enumerate() {
+                        let hex: String = line.iter().map(|b| format!("{b:02x}")).collect();
+                        let _ = writeln!(out, "  {:#x} {hex}", page_addr + 32 * k as u64);
+                    }
+                }
+            }
             if hashed {
                 self.addrs.update(&page_addr.to_le_bytes());
                 self.stats.hashed_pages += 1;

@@ -105,6 +105,53 @@ pub fn gap_near(maps: &[MapEntry], rip: u64, size: u64) -> Option<u64> {
     best.map(|(_, a)| a)
 }
 
+/// How much room above the start of a process's heap deja keeps free of its own pages (stubs,
+/// a locator's trampoline): `brk` grows the heap there, and a page in the way makes it fail
+/// (glibc's `malloc` then falls back to `mmap`). A page deja adds only in replay (a trampoline)
+/// would make the replay's `brk` fail where the recording's succeeded.
+pub const HEAP_ROOM: u64 = 1 << 30;
+
+/// Where task `pid`'s heap starts (`start_brk`, field 47 of `/proc/PID/stat`).
+pub fn heap_start(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses) start at the
+    // state, field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(47 - 3)?.parse().ok()
+}
+
+/// [`gap_near`], outside the heap's room: from `heap` (its start, if known) to [`HEAP_ROOM`]
+/// past the current end of the heap.
+pub fn gap_near_outside_heap(
+    maps: &[MapEntry],
+    rip: u64,
+    size: u64,
+    heap: Option<u64>,
+) -> Option<u64> {
+    let Some(start) = heap.filter(|&h| h > 0) else {
+        return gap_near(maps, rip, size);
+    };
+    let end = maps
+        .iter()
+        .filter(|m| m.name == "[heap]")
+        .map(|m| m.end)
+        .max()
+        .unwrap_or(start)
+        .max(start);
+    let mut with_room = maps.to_vec();
+    with_room.push(MapEntry {
+        start,
+        end: end.saturating_add(HEAP_ROOM),
+        perms: "---p".into(),
+        offset: 0,
+        dev: "00:00".into(),
+        inode: 0,
+        name: "[heap room]".into(),
+    });
+    with_room.sort_by_key(|m| m.start);
+    gap_near(&with_room, rip, size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,6 +108,12 @@ pub fn stub_page_near(maps: &[MapEntry], addr: u64) -> Option<u64> {
     maps::gap_near(maps, addr, STUB_PAGE)
 }
 
+/// [`stub_page_near`] for task `pid`, outside the room its heap grows into (see
+/// [`maps::HEAP_ROOM`]).
+pub fn stub_page_near_in(pid: i32, maps: &[MapEntry], addr: u64) -> Option<u64> {
+    maps::gap_near_outside_heap(maps, addr, STUB_PAGE, maps::heap_start(pid))
+}
+
 /// Whether `insn` sets `eax`/`rax` to the constant `nr` (zero-extending or sign-extending).
 fn sets_rax_to(insn: &Instruction, nr: u64) -> bool {
     let op0_is = |r: Register| insn.op0_kind() == OpKind::Register && insn.op0_register() == r;

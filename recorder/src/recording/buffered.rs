@@ -250,7 +250,8 @@ impl Session {
         {
             Some(&(p, used)) => (p + used, None),
             // Free room for a new page is looked for in a map read now.
-            None => match tracee::patch::stub_page_near(
+            None => match tracee::patch::stub_page_near_in(
+                pid.as_raw(),
                 match &maps {
                     Some(m) if !from_cache => m,
                     _ => maps.insert(tracee::maps::read(pid)?),

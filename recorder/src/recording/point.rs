@@ -15,14 +15,11 @@ use crate::task::{HeldSignal, State};
 
 use super::{Session, RIP};
 
-/// Most instructions single-stepped past a stop to learn which memory the task writes near a
-/// point (one iteration of a loop, see `tracee::state::step_for_watch`).
-const WATCH_STEPS: usize = 512;
-
 /// Most instructions stepped further to leave a point the replay could not patch.
 const PATCHABLE_STEPS: usize = 16;
 
-/// Most instructions of one pass of [`WATCH_STEPS`] (one loop iteration).
+/// Most instructions of one pass of the steps past a stop (one loop iteration; see
+/// `chaos::MAX_STEPS`, `tracee::state::step_for_watch`).
 const PASS_STEPS: usize = 64;
 
 /// Most watched words a point records.
@@ -100,7 +97,7 @@ impl Session {
     }
 
     /// Brings the running task `tid`, stopped in its user code, to a point and records it:
-    /// single-steps it (at most [`WATCH_STEPS`] instructions, see
+    /// single-steps it (at most `chaos::MAX_STEPS` instructions, fewer as chaos draws, see
     /// `tracee::state::step_for_watch`) to learn which memory it writes, then makes a debug
     /// exception its last trap (`tracee::state::settle_trap`: the kernel copies the last trap
     /// into later signal frames, which points' digests cover, so at every point it is the same
@@ -121,6 +118,11 @@ impl Session {
         if left_own_code && !self.leave_own_code(tid, pending)? {
             return Ok(None);
         }
+        let watch_steps = if left_own_code {
+            0
+        } else {
+            self.steps_to_point()
+        };
         let t = &self.task(tid)?.tracee;
         let in_steps = || format!("single-stepping task {tid} to a point");
         // Several passes of one loop iteration each (an interpreter's dispatch comes back to
@@ -131,9 +133,8 @@ impl Session {
         // moment alone, and a signal the call itself raised (`SIGIO`, `SIGPIPE`) is delivered
         // right after it, as the kernel delivers it at the call's exit.
         let mut stepped = tracee::state::Stepped::default();
-        let watch_steps = if left_own_code { 0 } else { WATCH_STEPS };
         while stepped.steps < watch_steps && stepped.interrupted.is_none() {
-            let max = (WATCH_STEPS - stepped.steps).min(PASS_STEPS);
+            let max = (watch_steps - stepped.steps).min(PASS_STEPS);
             if step_more(t, max, &mut stepped).with_context(in_steps)? == 0 {
                 break;
             }

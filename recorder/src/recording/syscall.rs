@@ -170,6 +170,9 @@ impl Session {
                     // (Not while emulated ptrace runs: its tracers' waits and tracees' stops
                     // count on the hand-over.)
                     let yields = nr == libc::SYS_sched_yield as u64;
+                    if yields && self.yield_in_turn(tid)? {
+                        return Ok(());
+                    }
                     let keep = !stop_now && !yields && self.ptrace.is_empty();
                     if keep && self.returns_without_blocking(tid)? {
                         return Ok(());

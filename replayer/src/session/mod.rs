@@ -32,6 +32,16 @@ mod toward;
 pub struct ReplayOptions {
     /// Do not echo what the program wrote to stdout/stderr.
     pub quiet: bool,
+    /// A progress display, told of each event and of the program's output.
+    pub progress: Option<std::sync::Arc<dyn Progress>>,
+}
+
+/// A display of how far a replay is (`deja replay -a` draws a bar on a terminal).
+pub trait Progress: Send + Sync + std::fmt::Debug {
+    /// The replay reached event `index` (0 is the program's exec).
+    fn event(&self, index: u64);
+    /// Runs `write`, which echoes the program's output, with the display out of its way.
+    fn around_output(&self, write: &mut dyn FnMut());
 }
 
 /// A replay that reached the end of the recording faithfully.
@@ -317,6 +327,9 @@ impl Session {
                 }));
             };
             self.index += 1;
+            if let Some(p) = &self.opts.progress {
+                p.event(self.index);
+            }
             let tid = ev.tid();
             if self.tasks.get(tid).is_none() {
                 return Err(self.diverged(

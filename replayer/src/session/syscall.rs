@@ -231,8 +231,8 @@ impl Session {
         mut r: tracee::Regs,
     ) -> Result<()> {
         let name = syscalls::name(e.nr);
-        let quiet = self.opts.quiet;
-        match echo::check_and_echo(self.tracee(tid)?, e, quiet) {
+        let (quiet, progress) = (self.opts.quiet, self.opts.progress.clone());
+        match echo::check_and_echo(self.tracee(tid)?, e, quiet, progress.as_deref()) {
             Ok(Some(m)) => return Err(self.diverged(tid, m.expected, m.found)),
             Ok(None) => {}
             Err(err) => tracing::warn!("could not echo output: {err:#}"),

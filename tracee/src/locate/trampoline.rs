@@ -69,7 +69,8 @@ pub(super) fn build_trampoline(
         .copied()
         .zip(insns[1..].iter().map(|i| i.ip()))
         .collect();
-    let base = choose_gap(maps, rip).with_context(|| {
+    let heap = crate::maps::heap_start(t.pid().as_raw());
+    let base = choose_gap(maps, rip, heap).with_context(|| {
         format!("no free {SCRATCH_SIZE}-byte gap within 2 GiB of {rip:#x} for the trampoline")
     })?;
     let Assembled {
@@ -126,10 +127,11 @@ pub(crate) fn unmovable(insn: &Instruction) -> Option<&'static str> {
     }
 }
 
-/// The free, page-aligned `SCRATCH_SIZE` range nearest to `rip` within `rel32` reach (see
-/// [`maps::gap_near`]).
-pub(super) fn choose_gap(maps: &[MapEntry], rip: u64) -> Option<u64> {
-    maps::gap_near(maps, rip, SCRATCH_SIZE)
+/// The free, page-aligned `SCRATCH_SIZE` range nearest to `rip` within `rel32` reach, outside
+/// the room of the heap that starts at `heap` (see [`maps::gap_near_outside_heap`]: a page
+/// there would make the replay's `brk` fail where the recording's did not).
+pub(super) fn choose_gap(maps: &[MapEntry], rip: u64, heap: Option<u64>) -> Option<u64> {
+    maps::gap_near_outside_heap(maps, rip, SCRATCH_SIZE, heap)
 }
 
 /// A RIP-relative memory operand at absolute address `addr` (iced's convention: the encoder
@@ -368,19 +370,33 @@ mod tests {
         ];
         // The one-page hole between the program's mappings is too small (a page of margin on
         // each side); the nearest room is just above it.
-        assert_eq!(choose_gap(&maps, 0x40_1000), Some(0x3f_d000));
+        assert_eq!(choose_gap(&maps, 0x40_1000, None), Some(0x3f_d000));
         // The room between a library and the stack above it is the stack's to grow into.
         let top = [
             map(0x7fff_f7ff_0000, 0x7fff_f7ff_1000, "/lib"),
             map(0x7fff_fffd_e000, USER_TOP, "[stack]"),
         ];
-        assert_eq!(choose_gap(&top, 0x7fff_f7ff_0800), Some(0x7fff_f7fe_d000));
+        assert_eq!(
+            choose_gap(&top, 0x7fff_f7ff_0800, None),
+            Some(0x7fff_f7fe_d000)
+        );
         // Nothing in reach at all.
         let far = [map(MIN_ADDR, USER_TOP, "/huge")];
-        assert_eq!(choose_gap(&far, 0x40_0000), None);
+        assert_eq!(choose_gap(&far, 0x40_0000, None), None);
         // Below the first mapping (as near as above it: the first found wins).
         let high = [map(0x1_0000_0000, 0x1_0000_1000, "/lib")];
-        assert_eq!(choose_gap(&high, 0x1_0000_0800), Some(0xffff_d000));
+        assert_eq!(choose_gap(&high, 0x1_0000_0800, None), Some(0xffff_d000));
+        // The room above a heap is not free: a page there would make the heap's `brk` fail.
+        let heap = [
+            map(0x40_0000, 0x50_0000, "/prog"),
+            map(0x50_0000, 0x61_0000, "/prog"),
+        ];
+        assert_eq!(choose_gap(&heap, 0x60_f000, None), Some(0x61_1000));
+        let gap = choose_gap(&heap, 0x60_f000, Some(0x61_0000)).expect("a gap");
+        assert!(
+            !(0x61_0000..0x61_0000 + crate::maps::HEAP_ROOM).contains(&gap),
+            "{gap:#x}"
+        );
     }
 
     fn decode(bytes: &[u8]) -> Instruction {
