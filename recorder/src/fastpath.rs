@@ -100,6 +100,40 @@ pub struct FastPath {
     /// pointer's, and the programs a `make` runs patch the same libc sites at the same
     /// addresses again and again.
     pub plans: HashMap<PlanInputs, Result<SitePlan, Refusal>>,
+    /// The memory map last read for finding a function around a syscall site: the address
+    /// space, the stamp then (the trace's event count less [`Self::harmless_events`]), and
+    /// the map. Used again for another site while the stamp is the same: the stamp moves with
+    /// every event that may go with a change of a memory map (any traced syscall, exec, clone,
+    /// signal, a buffered `munmap`, `mprotect` or `brk`, a new stub page), and no task changes
+    /// a map without one (the recorder runs one task at a time and drains every task's
+    /// buffered calls at its stops). A new stub page's room is looked for in a map read anew.
+    pub maps: Option<(i32, u64, Vec<tracee::maps::MapEntry>)>,
+    /// Events pushed that cannot have changed any memory map: [`Patch`] events that mapped no
+    /// new stub page, and `Buffered` events of no call that maps, unmaps or changes memory
+    /// (see [`changes_maps`]).
+    ///
+    /// [`Patch`]: trace_format::Event::Patch
+    pub harmless_events: u64,
+}
+
+/// Whether a call of syscall `nr` may change a memory map (the calls the library buffers that
+/// do are `munmap`, `mprotect` and `brk`; the others are listed in case it ever buffers them).
+pub fn changes_maps(nr: u64) -> bool {
+    [
+        libc::SYS_mmap,
+        libc::SYS_munmap,
+        libc::SYS_mprotect,
+        libc::SYS_pkey_mprotect,
+        libc::SYS_brk,
+        libc::SYS_mremap,
+        libc::SYS_madvise,
+        libc::SYS_remap_file_pages,
+        libc::SYS_shmat,
+        libc::SYS_shmdt,
+        libc::SYS_execve,
+        libc::SYS_execveat,
+    ]
+    .contains(&(nr as i64))
 }
 
 /// The inputs of one `tracee::patch::plan` call.

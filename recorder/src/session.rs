@@ -161,7 +161,18 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         chaos_seed: opts.chaos,
         ..TraceMeta::default()
     };
-    let created = TraceWriter::create_completing(&dir, &meta, |meta| {
+    // The root's pool of stored files (the default root's for `-o DIR`): files recorded
+    // before and unchanged since are linked from it, neither copied nor hashed again, and the
+    // trace's reserve is taken from it and parked there again at the end.
+    let pool_root = match &root {
+        Some(r) => Some(r.path().to_path_buf()),
+        None => TraceRoot::from_env().ok().map(|r| r.path().to_path_buf()),
+    };
+    let pool = pool_root.and_then(|r| trace_format::pool::Pool::open(&r.join(POOL_DIR)));
+    // On the writing thread, while the program starts: the instruction tables the tracer
+    // needs at the program's first `rdtsc` or patch, and the CPU fingerprint.
+    let created = TraceWriter::create_completing(&dir, &meta, pool, |meta| {
+        tracee::insn::warm_up();
         meta.cpuid = tracee::cpuid::fingerprint()
             .into_iter()
             .map(|(leaf, subleaf, regs)| CpuidRecord {
@@ -171,7 +182,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
             })
             .collect();
     });
-    let mut writer = match created {
+    let writer = match created {
         Ok(w) => w,
         Err(e) => {
             if root.is_some() {
@@ -181,15 +192,6 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
             return Err(e.into());
         }
     };
-    // The root's pool of stored files (the default root's for `-o DIR`): files recorded
-    // before and unchanged since are linked from it, neither copied nor hashed again.
-    let pool_root = match &root {
-        Some(r) => Some(r.path().to_path_buf()),
-        None => TraceRoot::from_env().ok().map(|r| r.path().to_path_buf()),
-    };
-    if let Some(pool) = pool_root.and_then(|r| trace_format::pool::Pool::open(&r.join(POOL_DIR))) {
-        writer.use_pool(pool);
-    }
     if let Some(root) = &root {
         root.set_latest(&dir)?;
     }

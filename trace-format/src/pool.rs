@@ -37,6 +37,14 @@ impl Pool {
 
     /// The pooled copy of the source file whose metadata is `m`, if it is pooled and unchanged
     /// since: its hash and path.
+    /// Where a finished recording parks its trace's reserve (`.reserve`, see the README, "A
+    /// full disk") for the next recording to take: renamed there and back, a reserve is
+    /// neither allocated nor freed again (freeing blocks is a synchronous discard on some
+    /// file systems). At most one is parked; it holds its 640 KiB of the disk meanwhile.
+    pub fn reserve_path(&self) -> PathBuf {
+        self.dir.join("reserve")
+    }
+
     pub(crate) fn find(&self, m: &fs::Metadata) -> Option<(String, PathBuf)> {
         let hash = fs::read_to_string(self.key_path(m)).ok()?;
         let hash = hash.trim();

@@ -8,6 +8,7 @@
 //! cut at any point stays consistent.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -111,12 +112,16 @@ impl Failure {
 /// The files of a trace being written, as the thread owns them.
 pub(crate) struct Sink {
     pub index_path: PathBuf,
-    /// The space kept free for the last chunks and their index rows (see
-    /// [`RESERVE_BYTES`]); `None` once released.
+    /// The reserve file: the space kept free for the last chunks and their index rows
+    /// ([`RESERVE_BYTES`]) followed by the space kept for the final metadata
+    /// ([`END_RESERVE_BYTES`]); `None` once deleted (to write the final metadata).
     pub reserve: Option<PathBuf>,
-    /// The space kept free for the final metadata ([`END_RESERVE_BYTES`]), released only
-    /// to write it.
-    pub end_reserve: Option<PathBuf>,
+    /// The reserve file still holds the chunks' part: released (the file cut down to the
+    /// end's part) when the disk fills up.
+    pub chunk_reserve: bool,
+    /// Where the reserve is parked at the end for the next recording, if it is whole then
+    /// (see `Pool::reserve_path`).
+    pub park: Option<PathBuf>,
     pub meta: TraceMeta,
     pub events_path: PathBuf,
     pub events: File,
@@ -246,7 +251,7 @@ pub(crate) fn run(sink: Sink, rx: Receiver<Msg>, failure: Arc<Failure>, spare: A
             );
         }
     }
-    open.release_all_reserves();
+    open.park_reserve();
 }
 
 /// Answers a message after a failure: the waiting side learns it from [`Failure`].
@@ -265,6 +270,31 @@ fn answer_failed(msg: Msg, failure: &Failure) {
     }
 }
 
+/// Renames `from` to `to` unless `to` exists (`renameat2` with `RENAME_NOREPLACE`).
+fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings that live for the call; renameat2 only
+    // reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Whether `e` says the file system is full (or the user's quota spent).
 pub(crate) fn is_no_space(e: &TraceError) -> bool {
     match e {
@@ -279,13 +309,38 @@ pub(crate) fn is_no_space(e: &TraceError) -> bool {
     }
 }
 
-/// Bytes kept free in a trace from its start (`.reserve`, a file of allocated blocks) and
+/// Releases the chunks' part of `sink`'s reserve, if it still holds it: cuts the reserve file
+/// down to the end's part ([`END_RESERVE_BYTES`]), or deletes it if it cannot be cut (the
+/// room matters more now than the end's reserve). Whether there was such a part.
+fn release_chunk_reserve(sink: &mut Sink) -> bool {
+    if !std::mem::replace(&mut sink.chunk_reserve, false) {
+        return false;
+    }
+    let Some(path) = &sink.reserve else {
+        return false;
+    };
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|f| f.set_len(END_RESERVE_BYTES));
+    if let Err(e) = cut {
+        tracing::debug!("could not cut {} down: {e}", path.display());
+        if let Some(path) = sink.reserve.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    true
+}
+
+/// Bytes kept free in a trace from its start (the first part of `.reserve`, a file of
+/// allocated blocks) and
 /// released when the disk fills up or the recording ends: room for the last chunk (at most
 /// [`CHUNK_TARGET_BYTES`] before compression) and its index rows.
 pub(crate) const RESERVE_BYTES: u64 = 2 * CHUNK_TARGET_BYTES as u64;
 
-/// Bytes kept free (`.reserve-end`) for the final metadata and its journal: released only to
-/// write them, once the chunks have taken all the rest.
+/// Bytes kept free (the last part of `.reserve`) for the final metadata and its journal:
+/// released only to write them, once the chunks have taken all the rest.
 pub(crate) const END_RESERVE_BYTES: u64 = 128 * 1024;
 
 /// Readies the writing thread: it reads the time-stamp counter natively, and takes no signal
@@ -332,12 +387,7 @@ impl Open {
     /// Creates the index (using the reserve if the disk is full).
     fn new(mut sink: Sink, spare: Arc<Spare>, failure: Arc<Failure>) -> Result<Self> {
         let db = match create_index(&sink) {
-            Err(e) if is_no_space(&e) && sink.reserve.is_some() => {
-                if let Some(reserve) = sink.reserve.take() {
-                    let _ = std::fs::remove_file(reserve);
-                }
-                create_index(&sink)?
-            }
+            Err(e) if is_no_space(&e) && release_chunk_reserve(&mut sink) => create_index(&sink)?,
             r => r?,
         };
         let compressor =
@@ -530,26 +580,50 @@ impl Open {
         Ok(())
     }
 
-    /// Deletes both reserve files, to write the final metadata.
+    /// Deletes the reserve file, to write the final metadata.
     fn release_all_reserves(&mut self) {
-        self.release_reserve();
-        if let Some(path) = self.sink.end_reserve.take() {
+        self.sink.chunk_reserve = false;
+        if let Some(path) = self.sink.reserve.take() {
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::debug!("could not remove {}: {e}", path.display());
             }
         }
     }
 
-    /// Deletes the reserve file for chunks, if it is still there, to make room; whether it
-    /// was.
-    fn release_reserve(&mut self) -> bool {
+    /// Parks the reserve file for the next recording where it can (it is whole, and the
+    /// park is free and on the same file system), else deletes it: the trace is written.
+    fn park_reserve(&mut self) {
         let Some(path) = self.sink.reserve.take() else {
-            return false;
+            return;
         };
+        let whole = std::mem::replace(&mut self.sink.chunk_reserve, false);
+        if let Some(park) = self.sink.park.as_deref().filter(|_| whole) {
+            if rename_noreplace(&path, park).is_ok() {
+                return;
+            }
+        }
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::debug!("could not remove {}: {e}", path.display());
         }
-        true
+    }
+
+    /// Writes the final metadata with its seal ([`Self::write_sealed`]), with the reserve
+    /// still there; when the disk is full, the reserve is deleted to make room for it and the
+    /// write tried again.
+    fn write_final_meta(&mut self, meta: &TraceMeta) -> Result<()> {
+        match self.write_sealed(meta) {
+            Err(e) if is_no_space(&e) && self.sink.reserve.is_some() => {
+                self.release_all_reserves();
+                self.write_sealed(meta)
+            }
+            r => r,
+        }
+    }
+
+    /// Releases the chunks' part of the reserve, if it is still held, to make room; whether
+    /// it was.
+    fn release_reserve(&mut self) -> bool {
+        release_chunk_reserve(&mut self.sink)
     }
 
     /// Answers a message after the thread failed: no more events are written, but the trace's
@@ -577,7 +651,6 @@ impl Open {
         self.buf.clear();
         self.starts.clear();
         self.buf_events = 0;
-        self.release_all_reserves();
         let kept = self.failure.kept.load(Ordering::Acquire);
         let mut meta = self.sink.meta.clone();
         meta.complete = false;
@@ -586,7 +659,8 @@ impl Open {
         meta.event_count = kept;
         meta.events_bytes = self.events_len;
         meta.blobs_bytes = self.blobs_len;
-        self.write_sealed(&meta)?;
+        self.write_final_meta(&meta)?;
+        self.park_reserve();
         Ok(kept)
     }
 
@@ -644,7 +718,6 @@ impl Open {
     /// Writes what is left and the final metadata, marking the trace complete.
     fn finish(&mut self, ending: Ending) -> Result<TraceMeta> {
         self.flush()?;
-        self.release_all_reserves();
         let mut meta = self.sink.meta.clone();
         meta.complete = true;
         meta.exit = Some(ending.exit);
@@ -654,7 +727,8 @@ impl Open {
         meta.events_bytes = self.events_len;
         meta.blobs_bytes = self.blobs_len;
         meta.files_bytes = ending.files_bytes;
-        self.write_sealed(&meta)?;
+        self.write_final_meta(&meta)?;
+        self.park_reserve();
         tracing::debug!(
             events = meta.event_count,
             "the writing thread finished the trace"

@@ -34,6 +34,11 @@ const SETTLED: Duration = Duration::from_secs(2);
 /// that do not share an inode).
 const KEYS_PER_HASH: usize = 8;
 
+/// How many identities a cache entry may hold before it is rewritten to the newest
+/// [`KEYS_PER_HASH`] (see [`remember`]): an entry grows by one line per recording that stores
+/// its file, and a rewrite frees a block.
+const KEYS_BEFORE_REWRITE: usize = 8 * KEYS_PER_HASH;
+
 /// Opens `path`, a file of a trace, for reading: refused (as a corrupt trace) if it is a
 /// symlink, which is never followed, or anything but a regular file. `what` names it in
 /// messages (e.g. `the events file`); `dir` is the trace. The descriptor is checked, not
@@ -295,26 +300,61 @@ pub(crate) fn vouch(cache: &Path, path: &Path, hash: &str) {
     }
 }
 
-/// Whether the cache says the file of identity `key` hashed to `hash`.
+/// Whether the cache says the file of identity `key` hashed to `hash`. Only whole lines
+/// count: a line being appended (see [`remember`]) is not one until its newline is there.
 fn cached(cache: &Path, hash: &str, key: &str) -> bool {
-    fs::read_to_string(cache.join(hash)).is_ok_and(|s| s.lines().any(|l| l == key))
+    fs::read_to_string(cache.join(hash)).is_ok_and(|s| has_key(&s, key))
+}
+
+/// Whether the cache entry `text` holds the whole line `key`.
+fn has_key(text: &str, key: &str) -> bool {
+    text.split_inclusive('\n')
+        .any(|l| l.strip_suffix('\n') == Some(key))
 }
 
 /// Records in the cache that the file of identity `key` hashed to `hash` (best effort: a
 /// cache that cannot take it only makes the next replay hash the file again). Keeps the
-/// newest [`KEYS_PER_HASH`] identities per hash.
+/// newest [`KEYS_PER_HASH`] identities per hash, and up to [`KEYS_BEFORE_REWRITE`] between
+/// rewrites.
+///
+/// A new identity is appended to the hash's entry, one `write` of a whole line: replacing the
+/// entry (a new file renamed over it) frees the old one's block, a synchronous discard on a
+/// file system mounted with `discard` and no journal, which under load costs milliseconds per
+/// stored file of a recording (their identities change at every recording: linking a file
+/// changes its change time). The entry is rewritten, and renamed into place, only when it is
+/// new, damaged (no final newline), or holds [`KEYS_BEFORE_REWRITE`] lines.
 fn remember(cache: &Path, hash: &str, key: &str) {
     let path = cache.join(hash);
     let old = fs::read_to_string(&path).unwrap_or_default();
-    let mut text = format!("{key}\n");
-    for line in old
-        .lines()
-        .filter(|l| *l != key && !l.is_empty())
-        .take(KEYS_PER_HASH - 1)
-    {
+    if has_key(&old, key) {
+        return;
+    }
+    let lines = old.lines().filter(|l| !l.is_empty()).count();
+    if !old.is_empty() && old.ends_with('\n') && lines < KEYS_BEFORE_REWRITE {
+        let appended = fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .and_then(|mut f| {
+                // Only a regular file is appended to (the entry is replaced otherwise).
+                if !f.metadata()?.is_file() {
+                    return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+                }
+                f.write_all(format!("{key}\n").as_bytes())
+            });
+        if appended.is_ok() {
+            return;
+        }
+    }
+    // The newest identities are the last lines.
+    let kept: Vec<&str> = old.lines().filter(|l| !l.is_empty()).collect();
+    let mut text = String::new();
+    for line in &kept[kept.len().saturating_sub(KEYS_PER_HASH - 1)..] {
         text.push_str(line);
         text.push('\n');
     }
+    text.push_str(key);
+    text.push('\n');
     let tmp = cache.join(format!(".tmp-{hash}-{}", std::process::id()));
     let written = fs::OpenOptions::new()
         .write(true)
@@ -488,6 +528,44 @@ mod tests {
         // A cache others can write could whitelist anything: not used.
         fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         assert!(Verifier::with_cache(Some(cache.clone())).cache().is_none());
+    }
+
+    #[test]
+    fn a_cache_entry_grows_by_appends_and_is_rewritten_to_the_newest_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path();
+        let entry = cache.join("h");
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        remember(cache, "h", "k0");
+        let first = ino(&entry);
+        for i in 1..KEYS_BEFORE_REWRITE {
+            remember(cache, "h", &format!("k{i}"));
+            // A known key is not written again.
+            remember(cache, "h", &format!("k{i}"));
+        }
+        // Appended to in place, every key kept once.
+        assert_eq!(ino(&entry), first);
+        let text = fs::read_to_string(&entry).unwrap();
+        assert_eq!(text.lines().count(), KEYS_BEFORE_REWRITE);
+        let last = format!("k{}", KEYS_BEFORE_REWRITE - 1);
+        assert!(cached(cache, "h", "k0") && cached(cache, "h", &last));
+        // Full: rewritten with the newest keys, the new one last.
+        remember(cache, "h", "new");
+        assert_ne!(ino(&entry), first);
+        let text = fs::read_to_string(&entry).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), KEYS_PER_HASH);
+        assert_eq!(lines.last(), Some(&"new"));
+        assert!(cached(cache, "h", &last) && !cached(cache, "h", "k0"));
+        // A line without its newline (an append under way) does not count.
+        fs::write(&entry, "k1\nk2").unwrap();
+        assert!(cached(cache, "h", "k1") && !cached(cache, "h", "k2"));
+        // A damaged entry is rewritten whole.
+        remember(cache, "h", "k3");
+        assert_eq!(fs::read_to_string(&entry).unwrap(), "k1\nk2\nk3\n");
+        assert!(!cache
+            .join(format!(".tmp-h-{}", std::process::id()))
+            .exists());
     }
 
     #[test]

@@ -82,16 +82,16 @@ pub struct TraceWriter {
     lock: Option<File>,
 }
 
-/// Name of the reserve file in a trace being written (see `sink::RESERVE_BYTES`).
+/// Name of the reserve file in a trace being written (see `sink::RESERVE_BYTES` and
+/// `sink::END_RESERVE_BYTES`).
 const RESERVE_FILE: &str = ".reserve";
-/// Name of the reserve file for the final metadata (see `sink::END_RESERVE_BYTES`).
-const END_RESERVE_FILE: &str = ".reserve-end";
 
 /// Events handed to the writing thread at once (each hand-over may wake it, which costs an
 /// inter-processor interrupt: rare is cheap).
 const BATCH_EVENTS: usize = 256;
-/// Payload bytes handed to the writing thread at once.
-const BATCH_BYTES: usize = 1 << 19;
+/// Payload bytes handed to the writing thread at once: a large payload goes soon, so the
+/// thread compresses it while the program runs rather than at its end, which waits for it.
+const BATCH_BYTES: usize = 1 << 16;
 /// Stored files' rows handed over at once.
 const ROWS_AT_ONCE: usize = 4;
 /// Batches that may wait for the writing thread before the caller waits for it in turn.
@@ -130,6 +130,23 @@ fn prepare_dir(dir: &Path) -> Result<bool> {
     Ok(false)
 }
 
+/// Moves the reserve parked at `parked` to `reserve`, if there is one there and it is whole:
+/// a regular file of `len` bytes, all allocated, the user's own. Whether it did (else
+/// `reserve` does not exist).
+fn take_parked_reserve(parked: &Path, reserve: &Path, len: u64) -> bool {
+    if fs::rename(parked, reserve).is_err() {
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let whole = fs::symlink_metadata(reserve)
+        .is_ok_and(|m| m.is_file() && m.len() == len && m.blocks() * 512 >= len && m.uid() == me);
+    if !whole {
+        let _ = fs::remove_file(reserve);
+    }
+    whole
+}
+
 /// Allocates `len` bytes to a new file at `path` (written as zeros where `fallocate` is not
 /// supported): space the trace can count on when the disk fills up.
 fn make_reserve(path: &Path, len: u64) -> Result<()> {
@@ -153,19 +170,6 @@ fn make_reserve(path: &Path, len: u64) -> Result<()> {
     }
     let zeros = vec![0u8; len as usize];
     file.write_all_at(&zeros, 0).map_err(io_err(path))
-}
-
-/// Moves the last `len` bytes of the reserve at `from` to a new reserve file `to`: the space
-/// `from` frees is taken at once by `to`.
-fn split_reserve(from: &Path, to: &Path, len: u64) -> Result<()> {
-    let size = fs::metadata(from).map_err(io_err(from))?.len();
-    let keep = size.saturating_sub(len);
-    OpenOptions::new()
-        .write(true)
-        .open(from)
-        .and_then(|f| f.set_len(keep))
-        .map_err(io_err(from))?;
-    make_reserve(to, len)
 }
 
 /// Takes the lock that says the recording of the trace whose events file is `events` goes on.
@@ -199,13 +203,7 @@ pub fn recording_in_progress(dir: &Path) -> bool {
 /// Removes what [`TraceWriter::create`] made in `dir` before it failed (`dir` too if it made
 /// it), so no trace without an index version is left behind.
 fn remove_partial_trace(dir: &Path, made_dir: bool) {
-    for name in [
-        INDEX_FILE,
-        EVENTS_FILE,
-        BLOBS_FILE,
-        RESERVE_FILE,
-        END_RESERVE_FILE,
-    ] {
+    for name in [INDEX_FILE, EVENTS_FILE, BLOBS_FILE, RESERVE_FILE] {
         let _ = fs::remove_file(dir.join(name));
     }
     let _ = fs::remove_file(dir.join(format!("{INDEX_FILE}-journal")));
@@ -252,20 +250,28 @@ impl TraceWriter {
     /// error returned. The writing thread creates the index meanwhile, and may use the
     /// reserve to do it.
     pub fn create(dir: &Path, meta: &TraceMeta) -> Result<Self> {
-        Self::create_completing(dir, meta, |_| {})
+        Self::create_completing(dir, meta, None, |_| {})
     }
 
     /// [`Self::create`], with `complete` filling in parts of the metadata on the writing
     /// thread before it is first written (the recorder's CPU fingerprint: half a millisecond
     /// of `cpuid`s, exits to the hypervisor on a VM, that need not delay the program's start).
+    /// With `pool`, the trace shares stored files with the other traces of its root (see
+    /// [`Self::use_pool`]) and takes its reserve from the pool, where the last recording
+    /// parked it (see [`crate::pool::Pool::reserve_path`]).
     pub fn create_completing(
         dir: &Path,
         meta: &TraceMeta,
+        pool: Option<crate::pool::Pool>,
         complete: impl FnOnce(&mut TraceMeta) + Send + 'static,
     ) -> Result<Self> {
         let made_dir = prepare_dir(dir)?;
-        match Self::create_in(dir, meta, complete) {
-            Ok(w) => Ok(w),
+        let parked = pool.as_ref().map(|p| p.reserve_path());
+        match Self::create_in(dir, meta, parked, complete) {
+            Ok(mut w) => {
+                w.pool = pool;
+                Ok(w)
+            }
             Err(e) => {
                 remove_partial_trace(dir, made_dir);
                 Err(e)
@@ -277,13 +283,22 @@ impl TraceWriter {
     fn create_in(
         dir: &Path,
         meta: &TraceMeta,
+        parked: Option<PathBuf>,
         complete: impl FnOnce(&mut TraceMeta) + Send + 'static,
     ) -> Result<Self> {
+        // One file for both reserves, the end's last: releasing the chunks' part cuts it down.
+        // Blocks freed cost a synchronous discard on a file system mounted with `discard` and
+        // no journal (the machines deja is measured on: up to a few milliseconds each under
+        // load), so the reserve is taken from where the last recording parked it when it can
+        // be, and parked again at the end (a rename each: nothing allocated, nothing freed).
         let reserve = dir.join(RESERVE_FILE);
-        make_reserve(&reserve, sink::RESERVE_BYTES + sink::END_RESERVE_BYTES)?;
-        // Two files, from one allocation that proved the room is there.
-        let end_reserve = dir.join(END_RESERVE_FILE);
-        split_reserve(&reserve, &end_reserve, sink::END_RESERVE_BYTES)?;
+        let len = sink::RESERVE_BYTES + sink::END_RESERVE_BYTES;
+        if !parked
+            .as_deref()
+            .is_some_and(|p| take_parked_reserve(p, &reserve, len))
+        {
+            make_reserve(&reserve, len)?;
+        }
         let index_path = dir.join(INDEX_FILE);
         create_private_file(&index_path)?;
         let events_path = dir.join(EVENTS_FILE);
@@ -307,7 +322,8 @@ impl TraceWriter {
         let sink = Sink {
             index_path,
             reserve: Some(reserve),
-            end_reserve: Some(end_reserve),
+            chunk_reserve: true,
+            park: parked,
             avoid_cpu: meta.cpu,
             files_dir: files_dir.clone(),
             meta,

@@ -316,3 +316,59 @@ fn file_pool_shares_settled_files_between_traces() {
         "a file changed less than 2 s ago: {hows:?}"
     );
 }
+
+/// A trace made with a pool takes its reserve from the pool and parks it there again at the
+/// end (renamed both ways: no block allocated or freed); at most one is parked, and a reserve
+/// that is not whole is not taken.
+#[test]
+fn the_reserve_is_parked_in_the_pool_between_recordings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = trace_format::pool::Pool::open(&tmp.path().join(".pool")).unwrap();
+    let parked = pool.reserve_path();
+    let create = |n: &str| {
+        TraceWriter::create_completing(&tmp.path().join(n), &meta(), Some(pool.clone()), |_| {})
+            .unwrap()
+    };
+    let reserve = |n: &str| tmp.path().join(n).join(".reserve");
+
+    // The first recording allocates its reserve and parks it.
+    let w = create("t0");
+    let ino = fs::metadata(reserve("t0")).unwrap().ino();
+    assert!(!parked.exists());
+    w.finish(ExitStatus::Exited(0)).unwrap();
+    assert!(!reserve("t0").exists());
+    assert_eq!(fs::metadata(&parked).unwrap().ino(), ino);
+    assert_eq!(fs::metadata(&parked).unwrap().len(), 640 * 1024);
+
+    // The next takes it; one made meanwhile allocates its own, and of the two at the end,
+    // one is parked and the other deleted.
+    let w1 = create("t1");
+    assert_eq!(fs::metadata(reserve("t1")).unwrap().ino(), ino);
+    assert!(!parked.exists());
+    let w2 = create("t2");
+    assert_ne!(fs::metadata(reserve("t2")).unwrap().ino(), ino);
+    w1.finish(ExitStatus::Exited(0)).unwrap();
+    w2.finish(ExitStatus::Exited(0)).unwrap();
+    assert_eq!(fs::metadata(&parked).unwrap().ino(), ino);
+    for t in ["t0", "t1", "t2"] {
+        assert!(!reserve(t).exists());
+        let r = TraceReader::open(&tmp.path().join(t)).unwrap();
+        assert!(r.meta().complete);
+    }
+
+    // A parked reserve cut short is not taken (nor kept).
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&parked)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let w = create("t3");
+    // A new one, whole (the inode number may be the freed one's again).
+    let m = fs::metadata(reserve("t3")).unwrap();
+    assert_eq!(m.len(), 640 * 1024);
+    assert!(m.blocks() * 512 >= 640 * 1024);
+    assert!(!parked.exists());
+    w.finish(ExitStatus::Exited(0)).unwrap();
+    assert!(parked.exists());
+}

@@ -76,6 +76,28 @@ pub fn function_fde(
     Tables::find(&mem, pid, maps, addr)?.fde(&mem, addr)
 }
 
+/// [`function_fde`] of `addr` and [`padding_end`] of the function found, as one lookup: the
+/// module's tables are found once and the tracee's memory read once for both (as the two
+/// calls would answer).
+pub fn function_fde_and_padding(
+    pid: Option<Pid>,
+    read: &dyn Fn(u64, &mut [u8]) -> bool,
+    maps: &[MapEntry],
+    addr: u64,
+) -> Option<(FunctionFde, u64)> {
+    let mem = Mem::new(read);
+    let tables = Tables::find(&mem, pid, maps, addr)?;
+    let fde = tables.fde(&mem, addr)?;
+    // The function's last byte is in the same module when a mapping of its file holds it (the
+    // tables `padding_end` would find for it are these), else it is looked up afresh.
+    let end = if fde.end > 0 && tables.module_has(maps, fde.end - 1) {
+        padding_after(&mem, read, maps, &tables, fde.end)
+    } else {
+        padding_end(pid, read, maps, fde.end)
+    };
+    Some((fde, end))
+}
+
 /// Most bytes of alignment padding [`padding_end`] looks at after a function.
 const MAX_PADDING: u64 = 64;
 
@@ -105,7 +127,27 @@ pub fn padding_end(
     let Some(tables) = Tables::find(&mem, pid, maps, end - 1) else {
         return end;
     };
-    let mut decoder = iced_x86::Decoder::with_ip(64, &bytes, end, iced_x86::DecoderOptions::NONE);
+    padding_scan(&mem, maps, &tables, &bytes, end)
+}
+
+/// [`padding_end`] with the module's `tables` found, read through `mem`.
+fn padding_after(
+    mem: &Mem,
+    read: &dyn Fn(u64, &mut [u8]) -> bool,
+    maps: &[MapEntry],
+    tables: &Tables,
+    end: u64,
+) -> u64 {
+    let mut bytes = [0u8; MAX_PADDING as usize];
+    if end == 0 || !read(end, &mut bytes) {
+        return end;
+    }
+    padding_scan(mem, maps, tables, &bytes, end)
+}
+
+/// The end of the padding in `bytes`, read at `end`, in the module of `tables`.
+fn padding_scan(mem: &Mem, maps: &[MapEntry], tables: &Tables, bytes: &[u8], end: u64) -> u64 {
+    let mut decoder = iced_x86::Decoder::with_ip(64, bytes, end, iced_x86::DecoderOptions::NONE);
     let mut at = end;
     while decoder.can_decode() {
         let insn = decoder.decode();
@@ -116,7 +158,7 @@ pub fn padding_end(
         if insn.is_invalid()
             || !pad
             || !tables.module_has(maps, at)
-            || tables.fde(&mem, at).is_some()
+            || tables.fde(mem, at).is_some()
         {
             break;
         }

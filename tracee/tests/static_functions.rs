@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use nix::unistd::Pid;
-use tracee::functions::{function_bounds, function_fde, padding_end};
+use tracee::functions::{function_bounds, function_fde, function_fde_and_padding, padding_end};
 use tracee::maps::MapEntry;
 use tracee::patch::{plan, stub_page_near};
 
@@ -158,6 +158,11 @@ fn check_function(p: &Running, name: &str, sym: u64, nr: u64) {
     }
     let end = padding_end(pid, &read, &maps, fde.end);
     assert!(end >= fde.end && end - fde.end < 64, "{name}: {end:#x}");
+    // The one-lookup form the recorder uses answers as the two calls.
+    assert_eq!(
+        function_fde_and_padding(pid, &read, &maps, sym),
+        Some((fde, end))
+    );
     let mut code = vec![0u8; (end - fde.start) as usize];
     assert!(read(fde.start, &mut code));
     let insns = decode(&code, fde.start);

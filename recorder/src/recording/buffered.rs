@@ -136,6 +136,9 @@ impl Session {
         for h in &heads {
             echo.after_syscall(h.nr, &h.args, h.result);
         }
+        if !heads.iter().any(|h| crate::fastpath::changes_maps(h.nr)) {
+            self.fast.harmless_events += 1;
+        }
         let records = self.writer.data_vec(buf);
         self.writer.push(Event::Buffered(BufferedEvent {
             tid,
@@ -178,6 +181,7 @@ impl Session {
         if inside {
             return Ok(false);
         }
+        let stamp = self.writer.event_count() - self.fast.harmless_events;
         let Session { tasks, fast, .. } = self;
         let t = tasks.get(&tid).context("patching for an unknown task")?;
         let pid = t.tracee.pid();
@@ -186,18 +190,14 @@ impl Session {
         // The whole memory map is read only when needed (a large program's takes a hundred
         // microseconds): the mapping of the site alone names its file.
         let mut maps: Option<Vec<tracee::maps::MapEntry>> = None;
+        let mut from_cache = false;
         // The function's bounds from its unwind information, and the padding after it (a
         // `mov eax, N; syscall; ret` function's window reaches into it); none for a function
         // with landing pads, which the unwinder enters without a branch to check.
         let find = |maps: &[tracee::maps::MapEntry]| {
-            tracee::functions::function_fde(Some(pid), &read, maps, site)
-                .filter(|f| f.lsda.is_none())
-                .map(|f| {
-                    (
-                        f.start,
-                        tracee::functions::padding_end(Some(pid), &read, maps, f.end),
-                    )
-                })
+            tracee::functions::function_fde_and_padding(Some(pid), &read, maps, site)
+                .filter(|(f, _)| f.lsda.is_none())
+                .map(|(f, end)| (f.start, end))
         };
         // A file's functions are the same in every process that maps it (each new program of
         // a `make` maps the same libc): found once per file, kept relative to the site.
@@ -213,7 +213,14 @@ impl Session {
             (Some(b), None) => b,
             (Some(None), Some(_)) => None,
             (None, key) => {
-                let all = maps.insert(tracee::maps::read(pid)?);
+                // The map read for an earlier site, if nothing since can have changed it.
+                let all = match fast.maps.take() {
+                    Some((m, s, all)) if m == mm && s == stamp => {
+                        from_cache = true;
+                        maps.insert(all)
+                    }
+                    _ => maps.insert(tracee::maps::read(pid)?),
+                };
                 let found = find(all);
                 match key {
                     Some(key) => {
@@ -242,11 +249,12 @@ impl Session {
             .find(|&&(p, used)| reach(p) && used + STUB_ROOM <= STUB_PAGE)
         {
             Some(&(p, used)) => (p + used, None),
+            // Free room for a new page is looked for in a map read now.
             None => match tracee::patch::stub_page_near_in(
                 pid.as_raw(),
                 match &maps {
-                    Some(m) => m,
-                    None => maps.insert(tracee::maps::read(pid)?),
+                    Some(m) if !from_cache => m,
+                    _ => maps.insert(tracee::maps::read(pid)?),
                 },
                 site,
             ) {
@@ -307,6 +315,13 @@ impl Session {
             stub: plan.stub,
             new_page,
         }))?;
+        // A patch in place changes no map: the map stays good for the next site.
+        if new_page.is_none() {
+            self.fast.harmless_events += 1;
+        }
+        if let Some(all) = maps {
+            self.fast.maps = Some((mm, stamp, all));
+        }
         tracing::debug!(tid, site, nr, "syscall site patched");
         self.task(tid)?.tracee.cont(0)?;
         Ok(true)
