@@ -50,8 +50,9 @@ const DATA_R10: u64 = 24;
 /// Length of `jmp rel32`, the patch at the point.
 const JMP_LEN: usize = 5;
 
-/// Give-up rule: more near misses than this is a divergence.
-const MAX_NEAR_MISSES: usize = 64;
+/// Give-up rule: more near misses than this is a divergence (each costs a memory digest; an
+/// interpreter's loop may repeat its registers and watched words for hundreds of visits).
+const MAX_NEAR_MISSES: usize = 4096;
 /// Single steps allowed to leave the patched bytes after control entered them from elsewhere.
 const MAX_STEP_OUT: usize = 100_000;
 
