@@ -202,6 +202,18 @@ fn digest_of(ctx: &Ctx, trace: &Path) -> String {
     v["digest"].as_str().expect("a digest").to_string()
 }
 
+/// How a replay refuses a trace whose files no longer have its seal's digest.
+const CHANGED: &str =
+    "the trace was changed after it was recorded (its files do not have the digest its seal names)";
+
+/// A new private directory (another user's trace root, say) in the test's sandbox.
+fn private_dir(ctx: &Ctx, stem: &str) -> PathBuf {
+    let dir = ctx.fresh_path(stem);
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    dir
+}
+
 /// One byte of the events file changed, its chunk's checksum recomputed (what a forger
 /// without the key can do): the seal no longer matches, whatever the replay is told.
 #[test]
@@ -230,13 +242,7 @@ fn a_chunk_changed_with_its_checksum_recomputed_is_refused() {
         let mut args = vec!["replay".to_string(), "-a".to_string()];
         args.extend(extra);
         args.push(trace.to_string_lossy().into_owned());
-        let out = ctx.run_deja(&args);
-        assert_refused(
-            &out,
-            &trace,
-            "the trace was changed after it was recorded (its files do not have the digest its \
-             seal names)",
-        );
+        assert_refused(&ctx.run_deja(&args), &trace, CHANGED);
     }
 }
 
@@ -250,9 +256,7 @@ fn a_trace_forged_and_sealed_with_another_key_is_refused() {
     let (trace, rec) = ctx.record(&prog, &[]);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
     let original = digest_of(&ctx, &trace);
-    let forger = ctx.fresh_path("forger");
-    fs::create_dir_all(&forger).unwrap();
-    fs::set_permissions(&forger, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let forger = private_dir(&ctx, "forger");
     let forged = ctx.fresh_path("forged");
     common::rewrite::rewrite_trace(&trace, &forged, &forger, |_, ev| {
         if let trace_format::Event::Syscall(s) = ev {
@@ -285,6 +289,19 @@ fn a_trace_forged_and_sealed_with_another_key_is_refused() {
         "{}",
         describe("replay", &out)
     );
+    // Trusted, it replays what the forger made it say, and the replay tells.
+    let out = ctx.run_deja(&[
+        OsStr::new("replay"),
+        OsStr::new("-a"),
+        OsStr::new("--trust"),
+        forged.as_os_str(),
+    ]);
+    assert_ne!(shell_code(&out.status), 0, "{}", describe("replay", &out));
+    assert!(
+        stderr_str(&out).contains("diverged"),
+        "{}",
+        describe("replay", &out)
+    );
     // Its seal copied from the original: the digest no longer matches it.
     let seal = TraceReader::open(&trace).unwrap().seal().unwrap().unwrap();
     let db = rusqlite::Connection::open(forged.join("index.sqlite")).unwrap();
@@ -294,13 +311,7 @@ fn a_trace_forged_and_sealed_with_another_key_is_refused() {
     )
     .unwrap();
     drop(db);
-    let out = ctx.replay(&forged);
-    assert_refused(
-        &out,
-        &forged,
-        "the trace was changed after it was recorded (its files do not have the digest its \
-         seal names)",
-    );
+    assert_refused(&ctx.replay(&forged), &forged, CHANGED);
 }
 
 /// A trace recorded under another trace root (another user or machine: another key) replays
@@ -312,13 +323,7 @@ fn a_trace_from_elsewhere_replays_with_its_digest_or_when_trusted() {
     let (trace, rec) = ctx.record(&prog, &[]);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
     let digest = digest_of(&ctx, &trace);
-    let elsewhere = ctx.fresh_path("elsewhere");
-    fs::create_dir_all(&elsewhere).unwrap();
-    fs::set_permissions(
-        &elsewhere,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
+    let elsewhere = private_dir(&ctx, "elsewhere");
     let replay = |extra: &[&str]| {
         let mut cmd = std::process::Command::new(deja_bin());
         cmd.env("DEJA_TRACE_DIR", &elsewhere)
