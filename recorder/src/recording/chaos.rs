@@ -20,11 +20,8 @@
 
 use std::time::Duration;
 
+use super::point::WATCH_STEPS;
 use crate::task::State;
-
-/// Instructions single-stepped past a preemption's stop before its point, to learn what memory
-/// the task writes near it (see `tracee::state::step_for_watch`).
-pub(crate) const WATCH_STEPS: usize = 512;
 
 /// Most instructions chaos adds to [`WATCH_STEPS`].
 pub(crate) const MAX_EXTRA_STEPS: usize = 256;

@@ -15,11 +15,16 @@ use crate::task::{HeldSignal, State};
 
 use super::{Session, RIP};
 
+/// Instructions single-stepped past a preemption's stop before its point, to learn what memory
+/// the task writes near it (see `tracee::state::step_for_watch`); chaos adds some (see
+/// `chaos`).
+pub(crate) const WATCH_STEPS: usize = 512;
+
 /// Most instructions stepped further to leave a point the replay could not patch.
 const PATCHABLE_STEPS: usize = 16;
 
 /// Most instructions of one pass of the steps past a stop (one loop iteration; see
-/// `chaos::WATCH_STEPS`, `tracee::state::step_for_watch`).
+/// [`WATCH_STEPS`], `tracee::state::step_for_watch`).
 const PASS_STEPS: usize = 64;
 
 /// Most watched words a point records.
@@ -97,7 +102,7 @@ impl Session {
     }
 
     /// Brings the running task `tid`, stopped in its user code, to a point and records it:
-    /// single-steps it (`chaos::WATCH_STEPS` instructions, more as chaos draws, see
+    /// single-steps it ([`WATCH_STEPS`] instructions, more as chaos draws, see
     /// `tracee::state::step_for_watch`) to learn which memory it writes, then makes a debug
     /// exception its last trap (`tracee::state::settle_trap`: the kernel copies the last trap
     /// into later signal frames, which points' digests cover, so at every point it is the same
