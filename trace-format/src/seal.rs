@@ -254,33 +254,30 @@ pub(crate) fn digest_of(
     db: &Connection,
     index_path: &Path,
 ) -> Result<String> {
-    let mut d = Digester::default();
     let (events_len, blobs_len) = lengths;
-    for (name, len, what) in [
-        (crate::format::EVENTS_FILE, events_len, "the events file"),
-        (crate::format::BLOBS_FILE, blobs_len, "the blobs file"),
-    ] {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut hash = |name: &str, len: u64, what: &str| -> Result<blake3::Hasher> {
         let path: PathBuf = dir.join(name);
-        let f = crate::verify::open_regular(dir, &path, what)?;
+        let mut f = crate::verify::open_regular(dir, &path, what)?.take(len);
+        let mut h = blake3::Hasher::new();
         let mut rest = len;
-        let mut r = io::BufReader::with_capacity(1 << 20, f.take(len));
-        let mut buf = vec![0u8; 1 << 20];
         while rest > 0 {
-            let n = r.read(&mut buf).map_err(io_err(&path))?;
+            let n = f.read(&mut buf).map_err(io_err(&path))?;
             if n == 0 {
                 return Err(TraceError::corrupt(
                     dir,
                     format!("{what} is shorter than the metadata says"),
                 ));
             }
-            if name == crate::format::EVENTS_FILE {
-                d.events(&buf[..n]);
-            } else {
-                d.blobs(&buf[..n]);
-            }
+            h.update(&buf[..n]);
             rest -= n as u64;
         }
-    }
+        Ok(h)
+    };
+    let d = Digester {
+        events: hash(crate::format::EVENTS_FILE, events_len, "the events file")?,
+        blobs: hash(crate::format::BLOBS_FILE, blobs_len, "the blobs file")?,
+    };
     d.digest(meta_json, db, index_path)
 }
 
