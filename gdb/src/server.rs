@@ -131,7 +131,7 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
     };
     let probe = conn.try_clone().context("cloning the gdb connection")?;
     target
-        .replay()
+        .timeline()
         .set_interrupt(Box::new(move || stream_has_input(&probe)));
     let stub = GdbStub::builder(GdbConnection::new(conn))
         .packet_buffer_size(PACKET_SIZE)

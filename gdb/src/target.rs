@@ -10,6 +10,9 @@ use gdbstub::target::ext::base::multithread::{
     MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
     MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
 };
+use gdbstub::target::ext::base::reverse_exec::{
+    ReplayLogPosition, ReverseCont, ReverseContOps, ReverseStep, ReverseStepOps,
+};
 use gdbstub::target::ext::base::single_register_access::{
     SingleRegisterAccess, SingleRegisterAccessOps,
 };
@@ -24,7 +27,7 @@ use gdbstub::target::ext::extended_mode::{
 };
 use gdbstub::target::ext::thread_extra_info::{ThreadExtraInfo, ThreadExtraInfoOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
-use replayer::{DebugReplay, Halt, HwPoint, Resume, StartPoint};
+use replayer::{DebugReplay, Halt, HwPoint, Resume, StartPoint, Timeline};
 
 use crate::arch::{RegId, Registers, X86_64Linux};
 use crate::tls::TlsResolver;
@@ -32,13 +35,11 @@ use crate::tls_packet::TlsRequest;
 
 /// A debugged replay, as gdb sees it.
 pub struct ReplayTarget {
-    replay: DebugReplay,
-    /// The trace and where its replay starts, to start over (gdb's `run`).
-    dir: PathBuf,
-    start: StartPoint,
-    quiet: bool,
+    timeline: Timeline,
     /// The thread gdb asked to single-step in the coming resume, if any.
     step: Option<trace_format::Tid>,
+    /// The coming resume goes backwards.
+    reverse: bool,
     /// Where thread-local variables are.
     tls: TlsResolver,
 }
@@ -47,34 +48,32 @@ impl ReplayTarget {
     /// Starts the replay of `dir` at `start`; `quiet` keeps the program's output from being
     /// echoed.
     pub fn open(dir: PathBuf, start: StartPoint, quiet: bool) -> anyhow::Result<Self> {
-        let replay = DebugReplay::open(&dir, &start, quiet)?;
+        let timeline = Timeline::open(&dir, start, quiet)?;
         Ok(ReplayTarget {
-            replay,
-            dir,
-            start,
-            quiet,
+            timeline,
             step: None,
+            reverse: false,
             tls: TlsResolver::default(),
         })
     }
 
     /// Ends the replay and starts it again from its start.
     pub(crate) fn start_over(&mut self) -> anyhow::Result<()> {
-        self.replay.kill();
-        self.replay = DebugReplay::open(&self.dir, &self.start, self.quiet)?;
+        self.timeline.start_over()?;
         self.step = None;
+        self.reverse = false;
         self.tls.clear();
         Ok(())
     }
 
-    /// The replay.
-    pub fn replay(&mut self) -> &mut DebugReplay {
-        &mut self.replay
+    /// The replay, with going backwards.
+    pub fn timeline(&mut self) -> &mut Timeline {
+        &mut self.timeline
     }
 
     /// The replay, to look at.
     pub fn replay_ref(&self) -> &DebugReplay {
-        &self.replay
+        self.timeline.replay()
     }
 
     /// Runs the replay as gdb's last resume asked, until it halts.
@@ -83,12 +82,16 @@ impl ReplayTarget {
             Some(tid) => Resume::Step(tid),
             None => Resume::Continue,
         };
-        self.replay.resume(how)
+        if std::mem::take(&mut self.reverse) {
+            self.timeline.reverse(how)
+        } else {
+            self.timeline.resume(how)
+        }
     }
 
     /// The address of a thread-local variable, as gdb's `qGetTLSAddr` asks.
     pub(crate) fn tls_address(&mut self, req: &TlsRequest) -> anyhow::Result<u64> {
-        self.tls.address(&self.replay, req)
+        self.tls.address(self.timeline.replay(), req)
     }
 
     /// The stop reply for `halt`.
@@ -124,8 +127,12 @@ impl ReplayTarget {
             Halt::Exited(trace_format::ExitStatus::Signaled(sig)) => {
                 MultiThreadStopReason::Terminated(gdb_signal(sig))
             }
+            Halt::Start(tid) => MultiThreadStopReason::ReplayLog {
+                tid: Some(gdb_tid(tid)),
+                pos: ReplayLogPosition::Begin,
+            },
             Halt::End => MultiThreadStopReason::SignalWithThread {
-                tid: gdb_tid(self.replay.current_thread()),
+                tid: gdb_tid(self.replay_ref().current_thread()),
                 signal: Signal::SIGKILL,
             },
         }
@@ -135,7 +142,7 @@ impl ReplayTarget {
     /// mistake, or a client's nonsense), an error of the replay if ptrace cannot read them.
     fn registers(&self, tid: Tid) -> Result<Registers, TargetError<anyhow::Error>> {
         let t = self
-            .replay
+            .replay_ref()
             .thread(recorded_tid(tid))
             .map_err(|_| TargetError::Errno(libc::ESRCH as u8))?;
         Ok(Registers {
@@ -263,7 +270,7 @@ impl MultiThreadBase for ReplayTarget {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], _tid: Tid) -> TargetResult<usize, Self> {
-        match self.replay.read_mem(start, data) {
+        match self.replay_ref().read_mem(start, data) {
             0 if !data.is_empty() => Err(TargetError::Errno(libc::EFAULT as u8)),
             n => Ok(n),
         }
@@ -271,7 +278,7 @@ impl MultiThreadBase for ReplayTarget {
 
     fn write_addrs(&mut self, start: u64, data: &[u8], _tid: Tid) -> TargetResult<(), Self> {
         let mut now = vec![0u8; data.len()];
-        if self.replay.read_mem(start, &mut now) == data.len() && now == data {
+        if self.replay_ref().read_mem(start, &mut now) == data.len() && now == data {
             return Ok(());
         }
         Err(refuse_write(&format!("memory at {start:#x}")))
@@ -281,7 +288,7 @@ impl MultiThreadBase for ReplayTarget {
         &mut self,
         thread_is_active: &mut dyn FnMut(Tid),
     ) -> Result<(), Self::Error> {
-        for tid in self.replay.threads() {
+        for tid in self.replay_ref().threads() {
             thread_is_active(gdb_tid(tid));
         }
         Ok(())
@@ -323,6 +330,7 @@ impl MultiThreadResume for ReplayTarget {
 
     fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
         self.step = None;
+        self.reverse = false;
         Ok(())
     }
 
@@ -342,6 +350,30 @@ impl MultiThreadResume for ReplayTarget {
 
     fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_reverse_cont(&mut self) -> Option<ReverseContOps<'_, Tid, Self>> {
+        Some(self)
+    }
+
+    fn support_reverse_step(&mut self) -> Option<ReverseStepOps<'_, Tid, Self>> {
+        Some(self)
+    }
+}
+
+impl ReverseCont<Tid> for ReplayTarget {
+    fn reverse_cont(&mut self) -> Result<(), Self::Error> {
+        self.step = None;
+        self.reverse = true;
+        Ok(())
+    }
+}
+
+impl ReverseStep<Tid> for ReplayTarget {
+    fn reverse_step(&mut self, tid: Tid) -> Result<(), Self::Error> {
+        self.step = Some(recorded_tid(tid));
+        self.reverse = true;
+        Ok(())
     }
 }
 
@@ -367,7 +399,7 @@ impl MultiThreadSchedulerLocking for ReplayTarget {
 impl ThreadExtraInfo for ReplayTarget {
     fn thread_extra_info(&self, tid: Tid, buf: &mut [u8]) -> Result<usize, Self::Error> {
         let name = self
-            .replay
+            .replay_ref()
             .thread_name(recorded_tid(tid))
             .unwrap_or_default();
         let n = name.len().min(buf.len());
@@ -392,11 +424,13 @@ impl Breakpoints for ReplayTarget {
 
 impl SwBreakpoint for ReplayTarget {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.replay.add_breakpoint(addr).map_err(TargetError::Fatal)
+        self.timeline
+            .add_breakpoint(addr)
+            .map_err(TargetError::Fatal)
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.replay
+        self.timeline
             .remove_breakpoint(addr)
             .map_err(TargetError::Fatal)
     }
@@ -416,11 +450,11 @@ fn hw_point(addr: u64, len: u64, kind: Option<WatchKind>) -> HwPoint {
 
 impl HwBreakpoint for ReplayTarget {
     fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        Ok(self.replay.add_hw_point(hw_point(addr, 1, None)))
+        Ok(self.timeline.add_hw_point(hw_point(addr, 1, None)))
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        Ok(self.replay.remove_hw_point(hw_point(addr, 1, None)))
+        Ok(self.timeline.remove_hw_point(hw_point(addr, 1, None)))
     }
 }
 
@@ -431,7 +465,7 @@ impl HwWatchpoint for ReplayTarget {
         len: u64,
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
-        Ok(self.replay.add_hw_point(hw_point(addr, len, Some(kind))))
+        Ok(self.timeline.add_hw_point(hw_point(addr, len, Some(kind))))
     }
 
     fn remove_hw_watchpoint(
@@ -440,7 +474,9 @@ impl HwWatchpoint for ReplayTarget {
         len: u64,
         kind: WatchKind,
     ) -> TargetResult<bool, Self> {
-        Ok(self.replay.remove_hw_point(hw_point(addr, len, Some(kind))))
+        Ok(self
+            .timeline
+            .remove_hw_point(hw_point(addr, len, Some(kind))))
     }
 }
 
@@ -448,7 +484,7 @@ impl ExtendedMode for ReplayTarget {
     /// gdb's `run`: the replay starts over from where it first started.
     fn run(&mut self, _filename: Option<&[u8]>, _args: Args<'_, '_>) -> TargetResult<Pid, Self> {
         self.start_over().map_err(TargetError::Fatal)?;
-        Ok(gdb_tid(self.replay.process()))
+        Ok(gdb_tid(self.replay_ref().process()))
     }
 
     fn attach(&mut self, _pid: Pid) -> TargetResult<(), Self> {
@@ -464,7 +500,7 @@ impl ExtendedMode for ReplayTarget {
     /// gdb's `kill` (also sent before `run` restarts a running program): the replay ends,
     /// the session stays for `run`.
     fn kill(&mut self, _pid: Option<Pid>) -> TargetResult<ShouldTerminate, Self> {
-        self.replay.kill();
+        self.timeline.replay_mut().kill();
         Ok(ShouldTerminate::No)
     }
 
@@ -479,7 +515,7 @@ impl ExtendedMode for ReplayTarget {
 
 impl CurrentActivePid for ReplayTarget {
     fn current_active_pid(&mut self) -> Result<Pid, Self::Error> {
-        Ok(gdb_tid(self.replay.process()))
+        Ok(gdb_tid(self.replay_ref().process()))
     }
 }
 

@@ -7,9 +7,9 @@
 //! syscall; halts happen between two instructions of one task, or before a task runs after an
 //! event, and resuming goes on exactly where the replay was.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use trace_format::{ExitStatus, Tid};
+use trace_format::{ExitStatus, Point, Tid};
 use tracee::debugregs::{self, DebugRegs};
 
 /// Why a debugged replay halted.
@@ -46,6 +46,8 @@ pub enum Halt {
     /// The recording ends here without the debugged process having ended (its recorder was
     /// killed); nothing further can be replayed.
     End,
+    /// Going backwards reached the start of the replay: there is nothing earlier to go to.
+    Start(Tid),
 }
 
 impl Halt {
@@ -58,8 +60,42 @@ impl Halt {
             | Halt::Watch { tid: t, .. }
             | Halt::Step(t)
             | Halt::Interrupted(t)
-            | Halt::Reached(t) => Some(t),
+            | Halt::Reached(t)
+            | Halt::Start(t) => Some(t),
             Halt::Signal { .. } | Halt::Exited(_) | Halt::End => None,
+        }
+    }
+}
+
+/// An exact position in a replay, the same in every replay of the trace: where a debugger
+/// halted, and where going backwards starts from or goes to (see the crate README, "Going
+/// backwards").
+#[derive(Debug, Clone, PartialEq)]
+pub enum Position {
+    /// This event has been replayed and no task has run since.
+    Boundary(u64),
+    /// Task `tid` runs after event `event` (it was resumed there) and is part-way to its next
+    /// stop, in exactly the state `point`: registers, FP state and memory. Between events a
+    /// task's run is deterministic, so the first moment of that run in this state is the
+    /// same moment in every replay (a later one in the same state would have the same future).
+    Within {
+        /// The event replayed last.
+        event: u64,
+        /// The task part-way through its run.
+        tid: Tid,
+        /// Its state there.
+        point: Box<Point>,
+    },
+    /// The end of the replay: the debugged process ended, or the recording did.
+    End,
+}
+
+impl Position {
+    /// The event replayed last at this position (`None` at the end).
+    pub fn event(&self) -> Option<u64> {
+        match self {
+            Position::Boundary(e) | Position::Within { event: e, .. } => Some(*e),
+            Position::End => None,
         }
     }
 }
@@ -170,6 +206,13 @@ pub(crate) struct Debug {
     /// → the address of its instruction's copy in the stub, where the `int3` is (and which
     /// `breakpoints` holds).
     pub in_windows: BTreeMap<u64, u64>,
+    /// Halt when the replay gets to this position (going backwards: the position the
+    /// debugger was at), reporting [`Halt::Reached`]; halts on the way happen as usual.
+    pub mark: Option<Position>,
+    /// Software breakpoints the debugger wants at addresses with no code yet (a library
+    /// mapped later, when the replay started over to go backwards): inserted when it is
+    /// mapped.
+    pub pending_breakpoints: BTreeSet<u64>,
 }
 
 impl Debug {
@@ -195,6 +238,8 @@ impl Debug {
             stepped_over: None,
             leaving: None,
             in_windows: BTreeMap::new(),
+            mark: None,
+            pending_breakpoints: BTreeSet::new(),
         }
     }
 

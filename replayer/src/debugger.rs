@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use trace_format::{Event, Tid, TraceReader};
 use tracee::{Regs, Tracee};
 
-use crate::debug::{Debug, Halt, HwPoint, Step, INT3};
+use crate::debug::{Debug, Halt, HwPoint, Position, Step, INT3};
 use crate::divergence::Incomplete;
 use crate::session::{ReplayOptions, Session};
 
@@ -242,6 +242,9 @@ impl DebugReplay {
     /// Removes the software breakpoint at `addr`; false if there was none.
     pub fn remove_breakpoint(&mut self, addr: u64) -> Result<bool> {
         let d = self.debug_mut();
+        if d.pending_breakpoints.remove(&addr) {
+            return Ok(true);
+        }
         let addr = d.in_windows.remove(&addr).unwrap_or(addr);
         let Some(orig) = d.breakpoints.remove(&addr) else {
             return Ok(false);
@@ -309,6 +312,65 @@ impl DebugReplay {
             .debug
             .as_mut()
             .expect("a DebugReplay always has its debugger state")
+    }
+}
+
+/// What going backwards needs of a replay (see `crate::timeline`).
+impl DebugReplay {
+    /// The exact position the replay is halted at.
+    pub fn position(&mut self) -> Result<Position> {
+        if self.finished.is_some() {
+            return Ok(Position::End);
+        }
+        self.session.position()
+    }
+
+    /// Whether the replay is halted exactly at `pos`.
+    pub fn is_at(&mut self, pos: &Position) -> Result<bool> {
+        if self.finished.is_some() {
+            return Ok(*pos == Position::End);
+        }
+        self.session.is_at(pos)
+    }
+
+    /// Makes the replay halt with [`Halt::Reached`] when it gets to `pos` (the end needs no
+    /// mark: the replay halts there anyway).
+    pub fn set_mark(&mut self, pos: &Position) {
+        self.debug_mut().mark = match pos {
+            Position::End => None,
+            other => Some(other.clone()),
+        };
+    }
+
+    /// The event after which task `tid` began the run it made before its current one (or
+    /// before the one it is about to make, at a boundary).
+    pub fn run_before(&self, tid: Tid) -> Option<u64> {
+        let [now, before] = self.session.stretches.get(&tid).copied()?;
+        let current = self.session.running_task() == Some(tid);
+        if current {
+            before
+        } else {
+            now
+        }
+    }
+
+    /// The task running (or about to run) after the last event.
+    pub fn running_task(&self) -> Option<Tid> {
+        self.session.running_task()
+    }
+
+    /// Inserts a software breakpoint at `addr`, or keeps it to insert once code is mapped
+    /// there (the replay started over to go backwards, before a library was loaded).
+    pub fn add_breakpoint_or_pending(&mut self, addr: u64) -> Result<()> {
+        if !self.add_breakpoint(addr)? {
+            self.debug_mut().pending_breakpoints.insert(addr);
+        }
+        Ok(())
+    }
+
+    /// Whether the program's output is echoed (not while going backwards replays it again).
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.session.set_quiet(quiet);
     }
 }
 

@@ -14,8 +14,10 @@ mod seccomp;
 mod session;
 mod sigmask;
 mod tasks;
+mod timeline;
 
-pub use debug::{Halt, HwPoint, WatchKind};
+pub use debug::{Halt, HwPoint, Position, WatchKind};
 pub use debugger::{start_point, DebugOptions, DebugReplay, Resume, StartPoint};
 pub use divergence::{Divergence, Incomplete};
 pub use session::{replay, Progress, ReplayOptions, ReplayOutcome};
+pub use timeline::Timeline;

@@ -39,6 +39,9 @@ pub(crate) enum PointEvent {
     Preempt,
     /// `Event::Signal` of this signal, delivered at the point.
     Signal(i32),
+    /// No event: the position a debugger halts at (`Position::Within`), on the way to the
+    /// task's next stop.
+    Mark,
 }
 
 /// A locator and what it was built for: when the debugger's breakpoints or hardware points
@@ -153,6 +156,7 @@ impl Toward {
             PointEvent::Signal(signo) => {
                 format!("signal {signo} delivered mid-code at rip {:#x}", self.rip())
             }
+            PointEvent::Mark => format!("the debugger's position at rip {:#x}", self.rip()),
         }
     }
 
@@ -228,6 +232,14 @@ impl Toward {
                     .scratch_range()
                     .is_some_and(|(start, end)| rip >= start && rip < end)
         })
+    }
+
+    /// The locator's scratch memory in the task, once mapped.
+    pub fn scratch(&self) -> Option<(u64, u64)> {
+        self.built
+            .as_ref()
+            .filter(|b| b.armed_once)
+            .and_then(|b| b.locator.scratch_range())
     }
 
     /// Takes the locator out of stopped task `t` (its scratch memory and debug registers).

@@ -20,6 +20,7 @@ mod buffered;
 mod deja_code;
 mod group_stop;
 mod lifecycle;
+mod mark;
 mod ptrace;
 mod robust;
 mod run;
@@ -152,6 +153,9 @@ impl Session {
             ptrace_held: Default::default(),
             segv_blocked: SegvBlocked::default(),
             sites: Default::default(),
+            ran: false,
+            stretches: Default::default(),
+            after_mark: None,
         };
         if let Err(e) = session.first_exec(&exec_ev) {
             session.tasks.kill_all();
@@ -227,6 +231,13 @@ pub(crate) struct Session {
     segv_blocked: SegvBlocked,
     /// The syscall sites patched in each process (see `crate::patched`).
     pub(crate) sites: crate::patched::PatchedSites,
+    /// The running task was let go (ran user code) since the last event.
+    pub(crate) ran: bool,
+    /// For each task, the events after which its current run and its run before began (see
+    /// `mark`).
+    pub(crate) stretches: std::collections::HashMap<Tid, [Option<u64>; 2]>,
+    /// The point the running task runs toward once it has reached the debugger's mark.
+    after_mark: Option<Toward>,
 }
 
 /// A task resumed after its event.
@@ -327,6 +338,7 @@ impl Session {
                 }));
             };
             self.index += 1;
+            self.ran = false;
             if let Some(p) = &self.opts.progress {
                 p.event(self.index);
             }
@@ -340,7 +352,10 @@ impl Session {
             }
             self.leave_group_stop(tid, &ev)?;
             match ev {
-                Event::Syscall(e) => self.syscall(&e)?,
+                Event::Syscall(e) => {
+                    self.syscall(&e)?;
+                    self.insert_pending_breakpoints(&e)?;
+                }
                 Event::Signal(e) => self.signal(&e)?,
                 Event::Rdtsc(e) => self.rdtsc(&e)?,
                 Event::Exit(e) => self.exit(e.tid, e.status)?,
@@ -362,6 +377,13 @@ impl Session {
     }
 
     fn halt(&mut self, why: Halt) {
+        if matches!(
+            self.debug.as_ref().and_then(|d| d.halt),
+            Some(Halt::Reached(_))
+        ) {
+            // The debugger's mark, reached where another halt came too: the mark is the one.
+            return;
+        }
         if self.leave_before_halt(why) {
             return;
         }
@@ -404,6 +426,7 @@ impl Session {
         let reader = Rc::clone(&self.reader);
         if let Some(d) = self.debug.as_mut().filter(|_| debugged) {
             d.breakpoints.clear();
+            d.pending_breakpoints.clear();
             d.lifted = None;
             d.hw_generation += 1;
             d.exe = reader.file_path(&ev.exe)?;

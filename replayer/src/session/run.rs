@@ -75,6 +75,7 @@ impl Session {
             t.injected = Some(signo);
         }
         t.state = RState::Resumed;
+        let toward = self.toward_mark(tid, toward);
         if let Some(w) = &toward {
             tracing::debug!(tid, rip = w.rip(), event = ?w.event, "running to a point");
         }
@@ -184,6 +185,9 @@ impl Session {
             self.debug.as_mut()?.halt_after_event = None;
             return Some(Halt::Reached(who));
         }
+        if let Some(why) = self.boundary_mark(run.tid) {
+            return Some(why);
+        }
         let d = self.debug.as_mut()?;
         // On the way to the starting point (`-g EVENT`) nothing halts: the debugger has not
         // seen the program yet, and the signals handled before it are part of the way there.
@@ -218,6 +222,7 @@ impl Session {
         } else {
             false
         };
+        self.ran = true;
         if self.running_toward(run.tid) {
             return self.launch_toward(run, step);
         }

@@ -329,6 +329,9 @@ impl Session {
         let t = tasks::task(&mut self.tasks, tid)?;
         if let Some(mut w) = self.toward.take() {
             w.finish(&t.tracee)?;
+            if w.event == point::PointEvent::Mark {
+                return self.mark_reached(tid);
+            }
             tracing::debug!(
                 tid,
                 rip = w.rip(),

@@ -1,0 +1,291 @@
+//! Going backwards in a debugged replay: `reverse-continue` and `reverse-stepi`, on replays
+//! that start over and run forward to an exact position (see the crate README, "Going
+//! backwards").
+//!
+//! A [`Timeline`] holds the replay the debugger looks at and what it set (breakpoints,
+//! watchpoints, its interrupt check), so that it can make another replay of the same trace
+//! with the same requests, run it to where it wants, and put it in the first one's place.
+//! Breakpoints never change what a replay computes, so two replays with the same requests halt
+//! at the same moments, in the same order: the n-th halt of one is the n-th halt of the other.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use anyhow::{bail, Context, Result};
+use trace_format::Tid;
+
+use crate::debug::{Halt, HwPoint, Position};
+use crate::debugger::{DebugReplay, Resume, StartPoint};
+
+/// How many instructions `reverse-stepi` single-steps through at most to find the one before
+/// the current position (going backwards steps a task's run from its start).
+const MAX_STEPS: u64 = 2_000_000;
+
+/// The debugger's interrupt check, shared by every replay the timeline makes.
+type Interrupt = Rc<RefCell<Box<dyn FnMut() -> bool>>>;
+
+/// A debugged replay that can also go backwards.
+pub struct Timeline {
+    replay: DebugReplay,
+    dir: PathBuf,
+    start: StartPoint,
+    quiet: bool,
+    /// The software breakpoints the debugger set (addresses it asked for).
+    breakpoints: BTreeSet<u64>,
+    /// The hardware breakpoints and watchpoints it set.
+    hw: Vec<HwPoint>,
+    interrupt: Option<Interrupt>,
+}
+
+impl Timeline {
+    /// Starts replaying the trace in `dir` and runs it to `start`; `quiet` keeps the program's
+    /// output from being echoed.
+    pub fn open(dir: &Path, start: StartPoint, quiet: bool) -> Result<Self> {
+        let replay = DebugReplay::open(dir, &start, quiet)?;
+        Ok(Timeline {
+            replay,
+            dir: dir.to_path_buf(),
+            start,
+            quiet,
+            breakpoints: BTreeSet::new(),
+            hw: Vec::new(),
+            interrupt: None,
+        })
+    }
+
+    /// The replay the debugger looks at.
+    pub fn replay(&self) -> &DebugReplay {
+        &self.replay
+    }
+
+    /// The replay the debugger looks at, to change.
+    pub fn replay_mut(&mut self) -> &mut DebugReplay {
+        &mut self.replay
+    }
+
+    /// Ends the replay and starts it again from its start, with nothing set (gdb's `run`).
+    pub fn start_over(&mut self) -> Result<()> {
+        self.replay.kill();
+        self.replay = DebugReplay::open(&self.dir, &self.start, self.quiet)?;
+        self.breakpoints.clear();
+        self.hw.clear();
+        self.install_interrupt();
+        Ok(())
+    }
+
+    /// Installs the check for the debugger's interrupt request (see
+    /// [`DebugReplay::set_interrupt`]), in this replay and every later one.
+    pub fn set_interrupt(&mut self, check: Box<dyn FnMut() -> bool>) {
+        self.interrupt = Some(Rc::new(RefCell::new(check)));
+        self.install_interrupt();
+    }
+
+    fn install_interrupt(&mut self) {
+        if let Some(shared) = self.interrupt.clone() {
+            self.replay
+                .set_interrupt(Box::new(move || (shared.borrow_mut())()));
+        }
+    }
+
+    /// Inserts a software breakpoint (see [`DebugReplay::add_breakpoint`]).
+    pub fn add_breakpoint(&mut self, addr: u64) -> Result<bool> {
+        let added = self.replay.add_breakpoint(addr)?;
+        if added {
+            self.breakpoints.insert(addr);
+        }
+        Ok(added)
+    }
+
+    /// Removes a software breakpoint.
+    pub fn remove_breakpoint(&mut self, addr: u64) -> Result<bool> {
+        self.breakpoints.remove(&addr);
+        self.replay.remove_breakpoint(addr)
+    }
+
+    /// Adds a hardware breakpoint or watchpoint.
+    pub fn add_hw_point(&mut self, point: HwPoint) -> bool {
+        let added = self.replay.add_hw_point(point);
+        if added && !self.hw.contains(&point) {
+            self.hw.push(point);
+        }
+        added
+    }
+
+    /// Removes a hardware breakpoint or watchpoint.
+    pub fn remove_hw_point(&mut self, point: HwPoint) -> bool {
+        self.hw.retain(|p| *p != point);
+        self.replay.remove_hw_point(point)
+    }
+
+    /// Runs forward as asked, until the replay halts.
+    pub fn resume(&mut self, how: Resume) -> Result<Halt> {
+        self.replay.resume(how)
+    }
+
+    /// Runs backwards as asked: to the last halt before the current position
+    /// ([`Resume::Continue`]), or to the moment before the task's last instruction
+    /// ([`Resume::Step`]); [`Halt::Start`] where the replay starts.
+    pub fn reverse(&mut self, how: Resume) -> Result<Halt> {
+        let here = self.replay.position()?;
+        if here == Position::Boundary(self.start.event) {
+            return Ok(Halt::Start(self.replay.current_thread()));
+        }
+        let halt = match how {
+            Resume::Continue => self.reverse_continue(&here),
+            Resume::Step(tid) => self.reverse_step(&here, tid),
+        }?;
+        tracing::debug!(?halt, "went backwards");
+        Ok(halt)
+    }
+
+    /// The last halt before `here`: a replay started over runs to `here` counting the halts
+    /// on the way, and another runs to the last of them.
+    fn reverse_continue(&mut self, here: &Position) -> Result<Halt> {
+        let mut scan = self.fresh()?;
+        scan.set_mark(here);
+        let mut halts = 0u64;
+        let mut last = None;
+        loop {
+            match scan.resume(Resume::Continue)? {
+                Halt::Reached(_) => break,
+                Halt::Exited(_) | Halt::End if *here == Position::End => break,
+                end @ (Halt::Exited(_) | Halt::End) => bail!(lost(here, end)),
+                // The debugger interrupted the search: it stays where it was.
+                i @ Halt::Interrupted(_) => return Ok(i),
+                other => {
+                    halts += 1;
+                    last = Some(other);
+                }
+            }
+        }
+        drop(scan);
+        let Some(last) = last else {
+            return self.go_to_start();
+        };
+        let mut replay = self.fresh()?;
+        let mut halt = None;
+        for _ in 0..halts {
+            halt = Some(replay.resume(Resume::Continue)?);
+        }
+        if halt != Some(last) {
+            bail!(
+                "going backwards: a second replay halted at {halt:?} where the first one had \
+                 {last:?}"
+            );
+        }
+        self.take(replay);
+        if let Halt::Watch { tid, .. } = last {
+            // Going backwards, a watchpoint halts before the access: the debugger then shows
+            // the value as it was before the write.
+            let at_hit = self.replay.position()?;
+            self.reverse_step(&at_hit, tid)?;
+        }
+        Ok(last)
+    }
+
+    /// The moment before task `tid`'s last instruction before `here`: a replay started over
+    /// single-steps the task from the start of that instruction's run until it gets to
+    /// `here`, and another takes one step fewer.
+    fn reverse_step(&mut self, here: &Position, tid: Tid) -> Result<Halt> {
+        let from = match here {
+            Position::Within { event, tid: t, .. } if *t == tid => Some(*event),
+            Position::End => bail!("going backwards by single steps from the end of the replay is not supported; `reverse-continue` to a breakpoint first"),
+            _ => self.replay.run_before(tid),
+        };
+        let Some(from) = from else {
+            // The task has not run before: nothing of it is earlier.
+            return self.go_to_start();
+        };
+        let mut scan = self.fresh_at(&Position::Boundary(from))?;
+        let mut steps = 0u64;
+        let limit = here.event().unwrap_or(u64::MAX);
+        while !scan.is_at(here)? && scan.when() <= limit {
+            match scan.resume(Resume::Step(tid))? {
+                Halt::Step(t) if t == tid => steps += 1,
+                end @ (Halt::Exited(_) | Halt::End) => bail!(lost(here, end)),
+                i @ Halt::Interrupted(_) => return Ok(i),
+                _ => {}
+            }
+            if steps > MAX_STEPS {
+                bail!(
+                    "going backwards by single steps: task {tid} ran more than {MAX_STEPS} \
+                     instructions since its last event; `reverse-continue` to a breakpoint \
+                     instead"
+                );
+            }
+        }
+        drop(scan);
+        let mut replay = self.fresh_at(&Position::Boundary(from))?;
+        let mut done = 0u64;
+        while done + 1 < steps {
+            match replay.resume(Resume::Step(tid))? {
+                Halt::Step(t) if t == tid => done += 1,
+                end @ (Halt::Exited(_) | Halt::End) => bail!(lost(here, end)),
+                _ => {}
+            }
+        }
+        self.take(replay);
+        Ok(Halt::Step(tid))
+    }
+
+    /// Goes to where the replay starts.
+    fn go_to_start(&mut self) -> Result<Halt> {
+        let replay = self.fresh()?;
+        self.take(replay);
+        Ok(Halt::Start(self.replay.current_thread()))
+    }
+
+    /// A new replay at the start, with the debugger's requests, not echoing output.
+    fn fresh(&self) -> Result<DebugReplay> {
+        let mut replay = DebugReplay::open(&self.dir, &self.start, true)
+            .context("starting the replay over to go backwards")?;
+        for &addr in &self.breakpoints {
+            replay.add_breakpoint_or_pending(addr)?;
+        }
+        for &p in &self.hw {
+            replay.add_hw_point(p);
+        }
+        if let Some(shared) = self.interrupt.clone() {
+            replay.set_interrupt(Box::new(move || (shared.borrow_mut())()));
+        }
+        Ok(replay)
+    }
+
+    /// A new replay run to `pos` (halts on the way passed over).
+    fn fresh_at(&self, pos: &Position) -> Result<DebugReplay> {
+        let mut replay = self.fresh()?;
+        if replay.is_at(pos)? {
+            return Ok(replay);
+        }
+        replay.set_mark(pos);
+        loop {
+            match replay.resume(Resume::Continue)? {
+                Halt::Reached(_) => return Ok(replay),
+                end @ (Halt::Exited(_) | Halt::End) => bail!(lost(pos, end)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes `replay` the one the debugger looks at.
+    fn take(&mut self, mut replay: DebugReplay) {
+        replay.set_quiet(self.quiet);
+        self.replay.kill();
+        self.replay = replay;
+    }
+}
+
+/// Why going backwards failed: a replay started over ended without getting to `pos`.
+fn lost(pos: &Position, end: Halt) -> String {
+    let at = match pos {
+        Position::Boundary(e) => format!("event {e}"),
+        Position::Within { event, tid, .. } => format!("task {tid}'s run after event {event}"),
+        Position::End => "the end".into(),
+    };
+    format!(
+        "going backwards: the replay started over did not get back to its position ({at}); it \
+         ended ({end:?})"
+    )
+}
