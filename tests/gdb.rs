@@ -7,32 +7,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::gdb::{assert_has, gdb_batch, text};
 use common::*;
 
 /// `debugme.c` without optimization, so every local is visible.
 fn debugme() -> PathBuf {
     built_once("debugme", &["-pthread", "-O0"], "debugme-O0")
-}
-
-/// Runs gdb in batch mode on the replay of `trace` with `commands`; returns its output (gdb's
-/// and the replayed program's, which deja echoes).
-fn gdb_batch(ctx: &Ctx, trace: &Path, deja_args: &[&str], commands: &[&str]) -> Output {
-    let mut cmd = ctx.deja();
-    cmd.arg("replay").arg(trace).args(deja_args);
-    cmd.args(["--", "-batch", "-nx"]);
-    for c in commands {
-        cmd.args(["-ex", c]);
-    }
-    let out = run_with_timeout(&mut cmd, TIMEOUT);
-    assert_no_panic("deja replay with gdb", &out);
-    out
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", stdout_str(out), stderr_str(out))
 }
 
 /// The `name=value` fields of the program's result line.
@@ -41,13 +23,6 @@ fn field(line: &str, name: &str) -> String {
         .find_map(|w| w.strip_prefix(&format!("{name}=")))
         .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
         .to_string()
-}
-
-fn assert_has(all: &str, needle: &str) {
-    assert!(
-        all.contains(needle),
-        "expected {needle:?} in gdb's session:\n{all}"
-    );
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //!   recorder or replayer (or an orphaned tracee) fails the test instead of hanging the suite.
 #![allow(dead_code)]
 
+pub mod gdb;
 pub mod rewrite;
 
 use std::collections::HashMap;

@@ -13,6 +13,7 @@ use tracee::fastpath::SitePatch;
 use tracee::Stop;
 
 use super::{errno_text, Session};
+use crate::debug;
 
 /// How far ahead the replay looks for the buffered syscalls of a task's next run (their
 /// events come right at the task's stop, before anything else the task does).
@@ -219,6 +220,7 @@ impl Session {
                 found,
             ));
         }
+        let lifted = self.lift_breakpoints_in(tid, e)?;
         let t = self.tracee(tid)?;
         tracee::fastpath::apply(
             t,
@@ -234,7 +236,66 @@ impl Session {
         .with_context(|| format!("patching the syscall site {:#x}", e.window))?;
         let rpid = self.task(tid)?.rpid;
         self.sites.add(rpid, e);
+        self.replant_breakpoints(rpid, lifted)?;
         self.resume(tid, 0)
+    }
+
+    /// Takes the debugger's breakpoints out of the window patch `e` is about to overwrite in
+    /// `tid`'s process (set before the site was patched: a replay started over to go
+    /// backwards sets them all at its start); returns their addresses.
+    fn lift_breakpoints_in(&mut self, tid: Tid, e: &PatchEvent) -> Result<Vec<u64>> {
+        if !self.debugged(tid) {
+            return Ok(Vec::new());
+        }
+        let end = e.window + e.patch.len() as u64;
+        let Some(d) = self.debug.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let inside: Vec<(u64, u8)> = d
+            .breakpoints
+            .range(e.window..end)
+            .map(|(&a, &b)| (a, b))
+            .collect();
+        for (addr, _) in &inside {
+            d.breakpoints.remove(addr);
+            if d.lifted == Some(*addr) {
+                d.lifted = None;
+            }
+        }
+        let t = self.tracee(tid)?;
+        for &(addr, orig) in &inside {
+            t.write_mem(addr, &[orig])?;
+        }
+        Ok(inside.into_iter().map(|(a, _)| a).collect())
+    }
+
+    /// Puts breakpoints lifted for a patch back: on the `jmp` at the window's start, on the
+    /// stub's copy of an instruction inside it (as `DebugReplay::add_breakpoint` does).
+    fn replant_breakpoints(&mut self, rpid: Tid, lifted: Vec<u64>) -> Result<()> {
+        for addr in lifted {
+            let at = match self.sites.window_at(rpid, addr) {
+                Some(site) if addr != site.window => match self.sites.copy_of(rpid, addr) {
+                    Some(copy) => copy,
+                    None => continue,
+                },
+                _ => addr,
+            };
+            let Some(t) = self.process_tracee() else {
+                return Ok(());
+            };
+            let mut orig = [0u8];
+            if t.read_mem_partial(at, &mut orig) != 1 || t.write_mem(at, &[debug::INT3]).is_err() {
+                continue;
+            }
+            let Some(d) = self.debug.as_mut() else {
+                return Ok(());
+            };
+            d.breakpoints.insert(at, orig[0]);
+            if at != addr {
+                d.in_windows.insert(addr, at);
+            }
+        }
+        Ok(())
     }
 
     /// The event `i` places after the current one, read ahead as needed.

@@ -10,6 +10,9 @@ use crate::point::{self, PointEvent, Toward};
 
 use super::Session;
 
+/// Index of `rip` in a point's registers (`user_regs_struct` order).
+const RIP: usize = 16;
+
 impl Session {
     /// The exact position of the replay, halted: the event replayed last, and the running
     /// task's state if it ran since.
@@ -19,8 +22,14 @@ impl Session {
             return Ok(Position::Boundary(event));
         };
         let scratch = self.scratch_of(run.tid);
+        let rpid = self.task(run.tid)?.rpid;
         let t = self.tracee(run.tid)?;
-        let point = tracee::state::capture(t, scratch, Vec::new(), 0)?;
+        let mut point = tracee::state::capture(t, scratch, Vec::new(), 0)?;
+        // A task halted at a stub's copy of a displaced instruction shows the instruction's
+        // own address (see `deja_code`); it runs at the copy.
+        if let Some(copy) = self.sites.copy_of(rpid, point.regs[RIP]) {
+            point.regs[RIP] = copy;
+        }
         Ok(Position::Within {
             event,
             tid: run.tid,
@@ -47,11 +56,17 @@ impl Session {
                     return Ok(false);
                 }
                 let scratch = self.scratch_of(*tid);
+                let rpid = self.task(*tid)?.rpid;
+                let rip = self.tracee(*tid)?.regs()?.rip;
+                let mut want = point.clone();
+                if self.sites.original_of(rpid, want.regs[RIP]) == Some(rip) {
+                    want.regs[RIP] = rip;
+                }
                 let t = self.tracee(*tid)?;
-                if !point::registers_differ(t, point)?.is_empty() {
+                if !point::registers_differ(t, &want)?.is_empty() {
                     return Ok(false);
                 }
-                Ok(tracee::state::differences(t, point, &scratch)?.is_empty())
+                Ok(tracee::state::differences(t, &want, &scratch)?.is_empty())
             }
             Position::End => Ok(false),
         }
@@ -76,7 +91,9 @@ impl Session {
         let s = self.stretches.entry(tid).or_default();
         s[1] = s[0];
         s[0] = Some(index);
-        let d = self.debug.as_mut()?;
+        let Some(d) = self.debug.as_mut() else {
+            return toward;
+        };
         let on_this_run = matches!(
             &d.mark,
             Some(Position::Within { event, tid: t, .. }) if *event == index && *t == tid

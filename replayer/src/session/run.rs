@@ -431,6 +431,12 @@ impl Session {
                 return Ok(Some(Next::Halt(Halt::Step(tid))));
             }
             if d.stepped_over == Some(tid) {
+                // The step over a breakpoint landed on another one (a signal delivered by the
+                // step entered a handler that has one at its first instruction): it is hit.
+                let rip = t.tracee.regs()?.rip;
+                if debugged && d.breakpoints.contains_key(&rip) && d.lifted != Some(rip) {
+                    return Ok(Some(Next::Halt(Halt::Breakpoint(tid))));
+                }
                 return Ok(Some(Next::Again));
             }
         }

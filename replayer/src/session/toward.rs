@@ -247,6 +247,19 @@ impl Session {
                 }
                 Ok(Verdict::Continue) => {
                     w.passes += 1;
+                    // A near miss at a breakpoint the debugger set there (the locator stops
+                    // the task at every visit then): the task is about to execute the
+                    // breakpoint, which would be stepped over when it goes on.
+                    let rip = t.regs()?.rip;
+                    let debugged = self.debugged(tid);
+                    if debugged
+                        && self.debug.as_ref().is_some_and(|d| {
+                            d.breakpoints.contains_key(&rip) && d.lifted != Some(rip)
+                        })
+                    {
+                        return self
+                            .halt_outside_trampoline(tid, Next::Halt(Halt::Breakpoint(tid)));
+                    }
                     Ok(Some(Next::Again))
                 }
                 Ok(Verdict::Other(stop)) => {

@@ -1,0 +1,223 @@
+//! Going backwards in gdb: `reverse-continue`, `reverse-stepi`, `reverse-step`, `reverse-next`,
+//! `reverse-finish` and watchpoints backwards, with the real gdb in batch mode on replays of
+//! `reverse.c`; each checks the values gdb shows against what the program computed there.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::gdb::{assert_has, gdb_batch, text};
+use common::*;
+
+/// `reverse.c` without optimization, so every local is visible.
+fn program() -> PathBuf {
+    built_once("reverse", &["-pthread", "-O0"], "reverse-O0")
+}
+
+/// A recording of `reverse.c`, checked.
+fn recorded(ctx: &Ctx) -> PathBuf {
+    let (trace, rec) = ctx.record(program(), &[]);
+    assert_eq!(rec.status.code(), Some(0), "{}", describe("rec", &rec));
+    assert_has(&stdout_str(&rec), "total=105 shared=21 got=10");
+    trace
+}
+
+/// The line of `reverse.c` that holds `code`.
+fn line_of(code: &str) -> usize {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/reverse.c");
+    let text = std::fs::read_to_string(&src).expect("reading reverse.c");
+    text.lines()
+        .position(|l| l.contains(code))
+        .unwrap_or_else(|| panic!("no {code:?} in reverse.c"))
+        + 1
+}
+
+/// The values gdb printed (`$N = VALUE`), in order.
+fn printed(all: &str) -> Vec<String> {
+    all.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix('$')?;
+            let (n, value) = rest.split_once(" = ")?;
+            n.parse::<u32>().ok()?;
+            Some(value.trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn reverse_continue_goes_back_to_the_earlier_iteration_and_forward_again_repeats_it() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let trace = recorded(&ctx);
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "break step",
+            "continue",
+            "continue",
+            "continue",
+            "print i",
+            "reverse-continue",
+            "print i",
+            "reverse-continue",
+            "print i",
+            "continue",
+            "print i",
+            "continue",
+            "print i",
+            "reverse-continue",
+            "reverse-continue",
+            "print i",
+            "reverse-continue",
+            "continue",
+            "print i",
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(
+        printed(&all),
+        ["2", "1", "0", "1", "2", "0", "0"],
+        "the iterations, backwards and forwards:\n{all}"
+    );
+    // Before the first hit there is only the start.
+    assert_has(&all, "No more reverse-execution history.");
+    assert!(out.status.success(), "{}", describe("replay", &out));
+}
+
+#[test]
+fn a_watchpoint_going_backwards_stops_before_the_other_threads_previous_write() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let trace = recorded(&ctx);
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "break writer",
+            "continue",
+            "watch shared",
+            "continue",
+            "continue",
+            "continue",
+            "print shared",
+            "reverse-continue",
+            "print shared",
+            "print k",
+            "reverse-continue",
+            "print shared",
+            "continue",
+            "print shared",
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(
+        printed(&all),
+        ["21", "14", "3", "7", "14"],
+        "the writes, undone one by one, then done again:\n{all}"
+    );
+    // gdb shows each write undone (the value after it, then before it).
+    assert_has(&all, "Old value = 21\nNew value = 14");
+    assert_has(&all, "Old value = 14\nNew value = 7");
+    // The writer is the program's second thread.
+    assert_has(&all, "Thread 2 hit Hardware watchpoint 2: shared");
+}
+
+#[test]
+fn reverse_next_step_and_finish_walk_back_over_and_into_calls() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let trace = recorded(&ctx);
+    let after_call = line_of("total += 1;");
+    let call = line_of("total += step(i);");
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            &format!("break reverse.c:{after_call}"),
+            "continue",
+            "continue",
+            "delete",
+            // Iteration 1, after the call: total = 1 (iteration 0) + 10.
+            "print total",
+            "reverse-next",
+            "print total",
+            "next",
+            "print total",
+            "reverse-step",
+            "print i",
+            "reverse-finish",
+            "print total",
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(
+        printed(&all),
+        ["11", "1", "11", "1", "1"],
+        "values before and after the call:\n{all}"
+    );
+    // reverse-next went back over the call to its line, reverse-step into it from its end,
+    // reverse-finish back out to the call.
+    assert_has(&all, &format!("{call}\t        total += step(i);"));
+    assert_has(&all, "in main () at ");
+    assert_has(&all, &format!("reverse.c:{call}\n"));
+    assert!(
+        all.contains("return v;") || all.contains("\n26\t}"),
+        "reverse-step stops at step's last line:\n{all}"
+    );
+}
+
+#[test]
+fn reverse_stepi_crosses_a_syscall_and_a_recorded_signal() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let trace = recorded(&ctx);
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "break *after_syscall",
+            "continue",
+            "continue",
+            "print $pc == (char *)after_syscall",
+            // Back over the syscall: at the `syscall` instruction, the call not made.
+            "reverse-stepi",
+            "print $pc == (char *)after_syscall - 2",
+            "print $rax == 110",
+            // Forward again: the call's recorded result.
+            "stepi",
+            "print $pc == (char *)after_syscall",
+            "print $rax > 1",
+            "delete",
+            "handle SIGUSR1 nostop noprint pass",
+            "break *on_usr1",
+            "continue",
+            "print $pc == (char *)on_usr1",
+            // Back over the signal's delivery: where the signal interrupted raise().
+            "reverse-stepi",
+            "print $pc == (char *)on_usr1",
+            "bt 1",
+            "stepi",
+            "print $pc == (char *)on_usr1",
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(
+        printed(&all),
+        ["1", "1", "1", "1", "1", "1", "0", "1"],
+        "the positions around the syscall and the signal:\n{all}"
+    );
+    assert_has(&all, "pthread_kill");
+}
