@@ -41,7 +41,8 @@ impl Auxv for ReplayTarget {
 
 /// The monitor commands, for `monitor help`.
 const HELP: &str = "deja monitor commands:
-  monitor when    the number of the event the replay is at (`deja dump` lists events)
+  monitor when    the number of the event the replay is at (`deja dump` lists events), and
+                  whether a thread has run since
   monitor help    this list";
 
 impl MonitorCmd for ReplayTarget {
@@ -52,7 +53,17 @@ impl MonitorCmd for ReplayTarget {
     ) -> Result<(), Self::Error> {
         let cmd = String::from_utf8_lossy(cmd);
         match cmd.trim() {
-            "when" => outputln!(out, "Current event: {}", self.replay_ref().when()),
+            "when" => {
+                let replay = self.replay_ref();
+                outputln!(out, "Current event: {}", replay.when());
+                match replay.part_way() {
+                    Some(tid) => outputln!(
+                        out,
+                        "Thread {tid} is part-way through its run after that event"
+                    ),
+                    None => outputln!(out, "No thread has run since that event"),
+                }
+            }
             "help" | "" => outputln!(out, "{HELP}"),
             other => outputln!(out, "deja: unknown monitor command `{other}`\n{HELP}"),
         }

@@ -359,6 +359,12 @@ impl DebugReplay {
         self.session.running_task()
     }
 
+    /// The task part-way through its run after the last event (it has executed instructions
+    /// since), if any: then the position is within that run, else at the event's boundary.
+    pub fn part_way(&self) -> Option<Tid> {
+        self.session.running_task().filter(|_| self.session.ran)
+    }
+
     /// Inserts a software breakpoint at `addr`, or keeps it to insert once code is mapped
     /// there (the replay started over to go backwards, before a library was loaded).
     pub fn add_breakpoint_or_pending(&mut self, addr: u64) -> Result<()> {
