@@ -243,6 +243,34 @@ impl Debug {
         }
     }
 
+    /// The same requests for a copy of the replay (without the interrupt check, which the
+    /// copy's user installs).
+    pub fn copy(&self) -> Debug {
+        Debug {
+            process: self.process,
+            breakpoints: self.breakpoints.clone(),
+            lifted: self.lifted,
+            regs: self.regs,
+            hw: self.hw,
+            hw_generation: self.hw_generation,
+            step: self.step,
+            halt: self.halt,
+            pending_watch: self.pending_watch,
+            halt_after_event: self.halt_after_event,
+            interrupt: None,
+            interrupt_sent: self.interrupt_sent,
+            auxv: self.auxv.clone(),
+            exe: self.exe.clone(),
+            comm: self.comm.clone(),
+            current: self.current,
+            stepped_over: self.stepped_over,
+            leaving: self.leaving,
+            in_windows: self.in_windows.clone(),
+            mark: self.mark.clone(),
+            pending_breakpoints: self.pending_breakpoints.clone(),
+        }
+    }
+
     /// Whether the debugger wants the replay interrupted now.
     pub fn interrupt_requested(&mut self) -> bool {
         self.interrupt.as_mut().is_some_and(|f| f())

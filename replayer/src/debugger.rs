@@ -374,6 +374,50 @@ impl DebugReplay {
         Ok(())
     }
 
+    /// A copy of this replay at its position, its process forked (see `Session::fork_copy`):
+    /// `None` where the replay cannot be copied.
+    pub fn copy(&mut self) -> Result<Option<DebugReplay>> {
+        if self.finished.is_some() {
+            return Ok(None);
+        }
+        Ok(self.session.fork_copy()?.map(|session| DebugReplay {
+            session,
+            finished: None,
+        }))
+    }
+
+    /// Whether task `tid` is stopped at one of the debugger's software breakpoints, about to
+    /// execute it.
+    pub fn at_breakpoint(&self, tid: Tid) -> Result<bool> {
+        let rip = self.regs(tid)?.rip;
+        let d = self.debug();
+        Ok(d.breakpoints.contains_key(&rip) || d.in_windows.contains_key(&rip))
+    }
+
+    /// The addresses of the software breakpoints the debugger set (inserted or pending).
+    pub fn breakpoint_addrs(&self) -> std::collections::BTreeSet<u64> {
+        let d = self.debug();
+        let copies: std::collections::BTreeSet<u64> = d.in_windows.values().copied().collect();
+        d.breakpoints
+            .keys()
+            .copied()
+            .filter(|a| !copies.contains(a))
+            .chain(d.in_windows.keys().copied())
+            .chain(d.pending_breakpoints.iter().copied())
+            .collect()
+    }
+
+    /// The hardware breakpoints and watchpoints the debugger set.
+    pub fn hw_points(&self) -> Vec<HwPoint> {
+        let mut out: Vec<HwPoint> = Vec::new();
+        for p in self.debug().hw.iter().flatten() {
+            if !out.contains(p) {
+                out.push(*p);
+            }
+        }
+        out
+    }
+
     /// Whether the program's output is echoed (not while going backwards replays it again).
     pub fn set_quiet(&mut self, quiet: bool) {
         self.session.set_quiet(quiet);

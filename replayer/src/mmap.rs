@@ -73,18 +73,21 @@ pub struct EmuFiles {
     files: HashMap<FileId, Emu>,
     /// The files the recording changed, when the trace says (`TraceMeta::changing_files`).
     changing: Option<std::collections::HashSet<FileId>>,
-    /// The directory of the emulated files, once made.
-    dir: Option<PathBuf>,
+    /// The directory of the emulated files, once made (shared with copies of the replay).
+    dir: Option<std::rc::Rc<EmuDir>>,
     /// The descriptor of an emulated file each task's process holds, by task and file.
     tracee_fds: HashMap<(i32, FileId), u64>,
 }
 
-impl Drop for EmuFiles {
+/// The directory of a replay's emulated files, removed when the last copy of the replay
+/// using it ends.
+#[derive(Debug)]
+struct EmuDir(PathBuf);
+
+impl Drop for EmuDir {
     fn drop(&mut self) {
-        if let Some(dir) = &self.dir {
-            if let Err(e) = std::fs::remove_dir_all(dir) {
-                tracing::warn!("removing {}: {e}", dir.display());
-            }
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!("removing {}: {e}", self.0.display());
         }
     }
 }
@@ -233,7 +236,7 @@ impl EmuFiles {
     /// The directory of the emulated files, made on first use.
     fn dir(&mut self) -> Result<PathBuf> {
         if let Some(d) = &self.dir {
-            return Ok(d.clone());
+            return Ok(d.0.clone());
         }
         // One directory per replay session of this process (a debugger restarts replays).
         static SESSIONS: AtomicU64 = AtomicU64::new(0);
@@ -245,8 +248,43 @@ impl EmuFiles {
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
-        self.dir = Some(dir.clone());
+        self.dir = Some(std::rc::Rc::new(EmuDir(dir.clone())));
         Ok(dir)
+    }
+
+    /// Whether no emulated file can change: each is the trace's own copy, which the
+    /// recording never changed (a copy of the replay forked now sees the same files later).
+    pub fn unchangeable(&self) -> bool {
+        self.files.values().all(|e| e.direct)
+    }
+
+    /// A copy for a copy of the replay whose processes are forked from these (`pids`: process
+    /// id here → its copy's), sharing the files.
+    pub fn try_clone(&self, pids: &HashMap<i32, i32>) -> Result<EmuFiles> {
+        let mut files = HashMap::new();
+        for (&id, e) in &self.files {
+            let file = e.file.try_clone().context("sharing an emulated file")?;
+            files.insert(
+                id,
+                Emu {
+                    file,
+                    path: e.path.clone(),
+                    loaded: e.loaded.clone(),
+                    changed: e.changed,
+                    direct: e.direct,
+                },
+            );
+        }
+        Ok(EmuFiles {
+            files,
+            changing: self.changing.clone(),
+            dir: self.dir.clone(),
+            tracee_fds: self
+                .tracee_fds
+                .iter()
+                .filter_map(|(&(pid, id), &fd)| Some(((*pids.get(&pid)?, id), fd)))
+                .collect(),
+        })
     }
 
     /// The emulated file `id`, its content set to the stored copy `stored` unless it already
@@ -264,7 +302,10 @@ impl EmuFiles {
                     direct: true,
                 }
             } else {
-                let path = self.dir()?.join(self.files.len().to_string());
+                // Named once for all copies of this replay, which share the directory.
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                let n = NEXT.fetch_add(1, Ordering::Relaxed);
+                let path = self.dir()?.join(n.to_string());
                 let file = File::options()
                     .read(true)
                     .write(true)

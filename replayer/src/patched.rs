@@ -109,7 +109,7 @@ fn copies(window: u64, original: &[u8], stub_addr: u64, stub: &[u8]) -> Vec<(u64
 
 /// The patched sites of each process (recorded pid): a fork's child inherits its parent's, an
 /// exec drops them.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct PatchedSites {
     by_process: HashMap<Tid, Rc<BTreeMap<u64, Site>>>,
 }

@@ -99,7 +99,54 @@ pub struct Tasks {
     stash: HashMap<i32, VecDeque<Stop>>,
 }
 
+impl Task {
+    /// This task's state for its copy in a forked copy of its process, traced as `tracee` in
+    /// replay process `pid` (its debug registers are to be written again: a fork does not
+    /// copy them).
+    fn copy_as(&self, tracee: Tracee, pid: Pid) -> Task {
+        Task {
+            tracee,
+            pid,
+            rpid: self.rpid,
+            state: self.state,
+            injected: self.injected,
+            signal_sent: self.signal_sent,
+            clone_entry: self.clone_entry,
+            hw_generation: 0,
+            inherits_breakpoints: self.inherits_breakpoints,
+            slot: self.slot,
+            placed: self.placed.clone(),
+            single_stepped: self.single_stepped,
+            last_trap: self.last_trap,
+            debugger_trapped: self.debugger_trapped,
+            temporary_mask: self.temporary_mask,
+            group_stopped: self.group_stopped,
+            borrows_vm_of: self.borrows_vm_of,
+        }
+    }
+}
+
 impl Tasks {
+    /// The tasks of a forked copy of the replay: `copies` holds, for each task (recorded id),
+    /// its copy's handle and process id. `None` unless every task has one and no stop waits.
+    pub fn copy_with(&self, mut copies: HashMap<Tid, (Tracee, Pid)>) -> Option<Tasks> {
+        if self.stash.values().any(|s| !s.is_empty()) || copies.len() != self.by_tid.len() {
+            return None;
+        }
+        let mut out = Tasks::default();
+        for (&tid, task) in &self.by_tid {
+            let (tracee, pid) = copies.remove(&tid)?;
+            out.recorded.insert(tracee.pid().as_raw(), tid);
+            out.by_tid.insert(tid, task.copy_as(tracee, pid));
+        }
+        Some(out)
+    }
+
+    /// All tasks (recorded id, task).
+    pub fn all(&self) -> impl Iterator<Item = (Tid, &Task)> {
+        self.by_tid.iter().map(|(&tid, t)| (tid, t))
+    }
+
     /// Adds task `tid` of recorded process `rpid`, traced as `tracee` in replay process `pid`.
     pub fn add(&mut self, tid: Tid, rpid: Tid, tracee: Tracee, pid: Pid, state: RState) {
         self.recorded.insert(tracee.pid().as_raw(), tid);

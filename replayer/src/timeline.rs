@@ -23,6 +23,19 @@ use crate::debugger::{DebugReplay, Resume, StartPoint};
 /// the current position (going backwards steps a task's run from its start).
 const MAX_STEPS: u64 = 2_000_000;
 
+/// How many checkpoints a timeline keeps, the one at the start among them.
+const MAX_CHECKPOINTS: usize = 24;
+
+/// A copy of the replay kept stopped at a position, to start replays from (its process forked
+/// again for each).
+struct Checkpoint {
+    /// The event replayed last there.
+    event: u64,
+    /// A task had run since that event (the position is within its run).
+    within: bool,
+    replay: DebugReplay,
+}
+
 /// The debugger's interrupt check, shared by every replay the timeline makes.
 type Interrupt = Rc<RefCell<Box<dyn FnMut() -> bool>>>;
 
@@ -37,6 +50,8 @@ pub struct Timeline {
     /// The hardware breakpoints and watchpoints it set.
     hw: Vec<HwPoint>,
     interrupt: Option<Interrupt>,
+    /// Copies of the replay at earlier positions, in the order of their events.
+    checkpoints: Vec<Checkpoint>,
 }
 
 impl Timeline {
@@ -44,7 +59,7 @@ impl Timeline {
     /// output from being echoed.
     pub fn open(dir: &Path, start: StartPoint, quiet: bool) -> Result<Self> {
         let replay = DebugReplay::open(dir, &start, quiet)?;
-        Ok(Timeline {
+        let mut timeline = Timeline {
             replay,
             dir: dir.to_path_buf(),
             start,
@@ -52,7 +67,48 @@ impl Timeline {
             breakpoints: BTreeSet::new(),
             hw: Vec::new(),
             interrupt: None,
-        })
+            checkpoints: Vec::new(),
+        };
+        timeline.checkpoint_here()?;
+        Ok(timeline)
+    }
+
+    /// How many checkpoints the timeline holds.
+    pub fn checkpoints(&self) -> usize {
+        self.checkpoints.len()
+    }
+
+    /// Keeps a copy of the replay at its position, unless one is kept at its event already or
+    /// the replay cannot be copied there. Checkpoints are cheap (a fork: memory is shared until
+    /// either side writes it); the oldest but the start's go first past [`MAX_CHECKPOINTS`].
+    pub fn checkpoint_here(&mut self) -> Result<()> {
+        let event = self.replay.when();
+        if self.checkpoints.iter().any(|c| c.event == event) {
+            return Ok(());
+        }
+        let within = self.replay.part_way().is_some();
+        let Some(mut replay) = self.replay.copy()? else {
+            return Ok(());
+        };
+        replay.set_quiet(true);
+        let at = self
+            .checkpoints
+            .iter()
+            .position(|c| c.event > event)
+            .unwrap_or(self.checkpoints.len());
+        self.checkpoints.insert(
+            at,
+            Checkpoint {
+                event,
+                within,
+                replay,
+            },
+        );
+        if self.checkpoints.len() > MAX_CHECKPOINTS {
+            self.checkpoints.remove(1);
+        }
+        tracing::debug!(event, within, kept = self.checkpoints.len(), "checkpoint");
+        Ok(())
     }
 
     /// The replay the debugger looks at.
@@ -68,10 +124,10 @@ impl Timeline {
     /// Ends the replay and starts it again from its start, with nothing set (gdb's `run`).
     pub fn start_over(&mut self) -> Result<()> {
         self.replay.kill();
-        self.replay = DebugReplay::open(&self.dir, &self.start, self.quiet)?;
         self.breakpoints.clear();
         self.hw.clear();
-        self.install_interrupt();
+        let replay = self.fresh()?;
+        self.take(replay);
         Ok(())
     }
 
@@ -119,9 +175,11 @@ impl Timeline {
         self.replay.remove_hw_point(point)
     }
 
-    /// Runs forward as asked, until the replay halts.
+    /// Runs forward as asked, until the replay halts (keeping a checkpoint there).
     pub fn resume(&mut self, how: Resume) -> Result<Halt> {
-        self.replay.resume(how)
+        let halt = self.replay.resume(how)?;
+        self.checkpoint_here()?;
+        Ok(halt)
     }
 
     /// Runs backwards as asked: to the last halt before the current position
@@ -137,37 +195,86 @@ impl Timeline {
             Resume::Step(tid) => self.reverse_step(&here, tid),
         }?;
         tracing::debug!(?halt, "went backwards");
+        self.checkpoint_here()?;
         Ok(halt)
     }
 
-    /// The last halt before `here`: a replay started over runs to `here` counting the halts
-    /// on the way, and another runs to the last of them.
+    /// The last halt before `here`: a replay started from the latest checkpoint before
+    /// `here` runs to `here` counting the halts on the way, and another from the same
+    /// checkpoint runs to the last of them. No halt there: the same between the checkpoint
+    /// before and that one, and so on back to the start.
     fn reverse_continue(&mut self, here: &Position) -> Result<Halt> {
-        let mut scan = self.fresh()?;
-        scan.set_mark(here);
-        let mut halts = 0u64;
-        let mut last = None;
+        let mut end = here.clone();
+        let mut before = self.checkpoints.len();
         loop {
-            match scan.resume(Resume::Continue)? {
-                Halt::Reached(_) => break,
-                Halt::Exited(_) | Halt::End if *here == Position::End => break,
-                end @ (Halt::Exited(_) | Halt::End) => bail!(lost(here, end)),
-                // The debugger interrupted the search: it stays where it was.
-                i @ Halt::Interrupted(_) => return Ok(i),
-                other => {
-                    halts += 1;
-                    last = Some(other);
+            let from = self.latest_before(&end, before);
+            let mut scan = self.fresh_from(from)?;
+            scan.set_mark(&end);
+            let mut halts = 0u64;
+            let mut last = None;
+            loop {
+                match scan.resume(Resume::Continue)? {
+                    Halt::Reached(tid) => {
+                        // A breakpoint right at an earlier checkpoint's position (the mark
+                        // is found before the `int3` runs) is a halt before it.
+                        if end != *here && scan.at_breakpoint(tid)? {
+                            halts += 1;
+                            last = Some(Halt::Breakpoint(tid));
+                        }
+                        break;
+                    }
+                    Halt::Exited(_) | Halt::End if end == Position::End => break,
+                    e @ (Halt::Exited(_) | Halt::End) => bail!(lost(&end, e)),
+                    // The debugger interrupted the search: it stays where it was.
+                    i @ Halt::Interrupted(_) => return Ok(i),
+                    other => {
+                        halts += 1;
+                        last = Some(other);
+                    }
+                }
+            }
+            drop(scan);
+            if let Some(last) = last {
+                return self.rerun_to(from, halts, last, &end);
+            }
+            match from {
+                // Nothing before `end` since the start.
+                None | Some(0) => return self.go_to_start(),
+                Some(i) => {
+                    end = self.checkpoints[i].replay.position()?;
+                    before = i;
                 }
             }
         }
-        drop(scan);
-        let Some(last) = last else {
-            return self.go_to_start();
-        };
-        let mut replay = self.fresh()?;
+    }
+
+    /// Makes a replay from checkpoint `from` that halts `halts` times, the last being `last`,
+    /// the one the debugger looks at. A watchpoint's hit is taken back to before the access.
+    fn rerun_to(
+        &mut self,
+        from: Option<usize>,
+        halts: u64,
+        last: Halt,
+        end: &Position,
+    ) -> Result<Halt> {
+        let mut replay = self.fresh_from(from)?;
         let mut halt = None;
-        for _ in 0..halts {
-            halt = Some(replay.resume(Resume::Continue)?);
+        let mut at_mark = false;
+        for i in 0..halts {
+            if i + 1 == halts && matches!(last, Halt::Breakpoint(_)) && *end != Position::End {
+                // It may be the breakpoint at the end's position (see `reverse_continue`).
+                replay.set_mark(end);
+            }
+            let h = replay.resume(Resume::Continue)?;
+            if matches!(h, Halt::Reached(_)) {
+                at_mark = true;
+                halt = Some(last);
+                break;
+            }
+            halt = Some(h);
+        }
+        if !at_mark {
+            replay.set_mark(&Position::End);
         }
         if halt != Some(last) {
             bail!(
@@ -183,6 +290,18 @@ impl Timeline {
             self.reverse_step(&at_hit, tid)?;
         }
         Ok(last)
+    }
+
+    /// The latest checkpoint among the first `before` from which a replay gets to `pos`: one
+    /// at an earlier event, or at `pos`'s event before any task ran.
+    fn latest_before(&self, pos: &Position, before: usize) -> Option<usize> {
+        let limit = pos.event();
+        self.checkpoints[..before.min(self.checkpoints.len())]
+            .iter()
+            .rposition(|c| match limit {
+                None => true,
+                Some(e) => c.event < e || (c.event == e && !c.within),
+            })
     }
 
     /// The moment before task `tid`'s last instruction before `here`: a replay started over
@@ -238,11 +357,34 @@ impl Timeline {
     }
 
     /// A new replay at the start, with the debugger's requests, not echoing output.
-    fn fresh(&self) -> Result<DebugReplay> {
-        let mut replay = DebugReplay::open(&self.dir, &self.start, true)
-            .context("starting the replay over to go backwards")?;
-        for &addr in &self.breakpoints {
+    fn fresh(&mut self) -> Result<DebugReplay> {
+        self.fresh_from(self.latest_before(&Position::Boundary(self.start.event), usize::MAX))
+    }
+
+    /// A new replay from checkpoint `from` (or, with none, one started from scratch), with
+    /// the debugger's requests, not echoing output.
+    fn fresh_from(&mut self, from: Option<usize>) -> Result<DebugReplay> {
+        let copy = match from {
+            Some(i) => self.checkpoints[i].replay.copy()?,
+            None => None,
+        };
+        let mut replay = match copy {
+            Some(r) => r,
+            None => DebugReplay::open(&self.dir, &self.start, true)
+                .context("starting the replay over to go backwards")?,
+        };
+        replay.set_quiet(true);
+        let now = replay.breakpoint_addrs();
+        for &addr in now.difference(&self.breakpoints) {
+            replay.remove_breakpoint(addr)?;
+        }
+        for &addr in self.breakpoints.difference(&now) {
             replay.add_breakpoint_or_pending(addr)?;
+        }
+        for p in replay.hw_points() {
+            if !self.hw.contains(&p) {
+                replay.remove_hw_point(p);
+            }
         }
         for &p in &self.hw {
             replay.add_hw_point(p);
@@ -253,9 +395,10 @@ impl Timeline {
         Ok(replay)
     }
 
-    /// A new replay run to `pos` (halts on the way passed over).
-    fn fresh_at(&self, pos: &Position) -> Result<DebugReplay> {
-        let mut replay = self.fresh()?;
+    /// A new replay run to `pos` (halts on the way passed over), from the latest checkpoint
+    /// before it.
+    fn fresh_at(&mut self, pos: &Position) -> Result<DebugReplay> {
+        let mut replay = self.fresh_from(self.latest_before(pos, usize::MAX))?;
         if replay.is_at(pos)? {
             return Ok(replay);
         }

@@ -367,6 +367,29 @@ enum Tail {
 }
 
 impl EventIter {
+    /// An independent iterator at the same place (its own handle on the events file), for a
+    /// copy of a replay that goes on from here separately.
+    pub fn try_clone(&self) -> Result<EventIter> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = File::open(&self.path).map_err(io_err(&self.path))?;
+        file.seek(SeekFrom::Start(self.offset))
+            .map_err(io_err(&self.path))?;
+        Ok(EventIter {
+            path: self.path.clone(),
+            file,
+            file_len: self.file_len,
+            offset: self.offset,
+            seq: self.seq,
+            next_index: self.next_index,
+            pending: self.pending.clone(),
+            complete: self.complete,
+            expected: self.expected,
+            last_indexed_offset: self.last_indexed_offset,
+            done: self.done,
+            truncated: self.truncated,
+        })
+    }
+
     /// Whether the stream ended at a cut or garbled last chunk of an incomplete trace (the
     /// events of that chunk are lost). Meaningful once the iteration has ended.
     pub fn truncated(&self) -> bool {

@@ -9,12 +9,12 @@ use crate::stop::Stop;
 use crate::tracee::Tracee;
 
 /// The bytes of the `syscall` instruction.
-const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+pub(crate) const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 
 /// `struct ptrace_syscall_info.op` values (`PTRACE_GET_SYSCALL_INFO`).
-const INFO_ENTRY: u8 = 1;
-const INFO_EXIT: u8 = 2;
-const INFO_SECCOMP: u8 = 3;
+pub(crate) const INFO_ENTRY: u8 = 1;
+pub(crate) const INFO_EXIT: u8 = 2;
+pub(crate) const INFO_SECCOMP: u8 = 3;
 /// Offset of `exit.rval` in `struct ptrace_syscall_info`.
 const INFO_RVAL_OFFSET: usize = 24;
 /// Size of `struct ptrace_syscall_info` (the largest member, `seccomp`, ends at 84; padded).
@@ -102,7 +102,7 @@ impl Tracee {
     /// Where the task can execute a `syscall`: the two bytes before `rip` if they are one and
     /// lie in `rip`'s page; otherwise `rip`, with its original bytes returned for restoring
     /// after `0f 05` has been written there.
-    fn syscall_site(&self, rip: u64) -> Result<(u64, Option<[u8; 2]>)> {
+    pub(crate) fn syscall_site(&self, rip: u64) -> Result<(u64, Option<[u8; 2]>)> {
         if rip % 4096 >= 2 {
             let mut before = [0u8; 2];
             if self.read_mem_partial(rip - 2, &mut before) == 2 && before == SYSCALL_INSN {
@@ -176,7 +176,7 @@ impl Tracee {
     }
 
     /// `PTRACE_GET_SYSCALL_INFO`: the kind of syscall stop and, at an exit, the return value.
-    fn syscall_info(&self) -> Result<(u8, i64)> {
+    pub(crate) fn syscall_info(&self) -> Result<(u8, i64)> {
         let mut buf = [0u8; INFO_SIZE];
         // SAFETY: the kernel writes at most `addr` (= buf.len()) bytes of a
         // `struct ptrace_syscall_info` to `data`, a buffer of that size owned by this frame.

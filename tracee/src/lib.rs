@@ -13,6 +13,7 @@ pub mod digest;
 pub mod elf;
 pub mod fastpath;
 pub mod forced_segv;
+pub mod fork;
 pub mod functions;
 pub mod gone;
 pub mod inject;

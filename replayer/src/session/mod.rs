@@ -17,6 +17,7 @@ use crate::point::Toward;
 use crate::tasks::{self, RState, Task, Tasks};
 
 mod buffered;
+mod checkpoint;
 mod deja_code;
 mod group_stop;
 mod lifecycle;

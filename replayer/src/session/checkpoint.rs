@@ -1,0 +1,112 @@
+//! Copies of a replay (checkpoints): the replayed process forked at the position the replay is
+//! halted at, with the replay's state copied to go on with it. See the crate README, "Going
+//! backwards".
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::tasks::RState;
+use anyhow::Result;
+
+use super::Session;
+
+impl Session {
+    /// A copy of this replay at its current position, its process forked: a replay that
+    /// goes on from here independently (or waits, stopped, as a checkpoint). `None` where this
+    /// design cannot copy the replay: more than one task, a task on its way to a recorded
+    /// point, an emulated ptrace, a writable shared mapping (the copy would share it), an
+    /// emulated file the replay may change, a stop that a fork cannot reproduce.
+    pub(crate) fn fork_copy(&mut self) -> Result<Option<Session>> {
+        if let Some(why) = self.uncopyable() {
+            tracing::debug!(event = self.index, "no copy of the replay here: {why}");
+            return Ok(None);
+        }
+        let Some((tid, task)) = self.tasks.all().next() else {
+            return Ok(None);
+        };
+        let copy = match task.tracee.fork_process() {
+            Ok(copy) => copy,
+            Err(e) => {
+                tracing::debug!("no copy of the replay here: {e:#}");
+                return Ok(None);
+            }
+        };
+        let old_real = task.tracee.pid().as_raw();
+        let new_pid = copy.pid();
+        let pids = HashMap::from([(old_real, new_pid.as_raw())]);
+        let Some(tasks) = self
+            .tasks
+            .copy_with(HashMap::from([(tid, (copy, new_pid))]))
+        else {
+            return Ok(None);
+        };
+        let debug = self.debug.as_ref().map(|d| d.copy());
+        Ok(Some(Session {
+            tasks,
+            reader: Rc::clone(&self.reader),
+            events: self.events.try_clone()?,
+            ahead: self.ahead.clone(),
+            index: self.index,
+            opts: self.opts.clone(),
+            root: self.root,
+            root_status: self.root_status,
+            running: self.running,
+            toward: None,
+            debug,
+            emu: self.emu.try_clone(&pids)?,
+            segv: self.segv.clone(),
+            ptrace_held: self.ptrace_held.clone(),
+            segv_blocked: self.segv_blocked.clone(),
+            sites: self.sites.clone(),
+            ran: self.ran,
+            stretches: self.stretches.clone(),
+            after_mark: None,
+        }))
+    }
+
+    /// Why this replay cannot be copied now, if it cannot.
+    fn uncopyable(&self) -> Option<&'static str> {
+        if self.toward.is_some() || self.after_mark.is_some() {
+            return Some("a task runs toward a point");
+        }
+        if !self.ptrace_held.is_empty() {
+            return Some("emulated ptrace");
+        }
+        if self.running.is_some_and(|r| r.sig != 0) {
+            // (Its signal-delivery-stop holds the signal, which a fork would not copy.)
+            return Some("a signal is to be delivered");
+        }
+        if !self.emu.unchangeable() {
+            return Some("an emulated file may change");
+        }
+        let mut all = self.tasks.all();
+        let (_, task) = all.next()?;
+        if all.next().is_some() {
+            return Some("more than one task");
+        }
+        if !matches!(
+            task.state,
+            RState::Parked(_) | RState::Resumed | RState::AtPoint
+        ) || task.injected.is_some()
+            || task.signal_sent
+            || task.group_stopped
+            || task.borrows_vm_of.is_some()
+            || task.clone_entry.is_some()
+        {
+            return Some("the task is in a state a fork cannot reproduce");
+        }
+        match shared_writable(task.tracee.pid().as_raw()) {
+            Ok(false) => None,
+            Ok(true) => Some("a writable shared mapping"),
+            Err(_) => Some("its mappings cannot be read"),
+        }
+    }
+}
+
+/// Whether process `pid` has a writable shared mapping.
+fn shared_writable(pid: i32) -> Result<bool> {
+    let maps = tracee::maps::read(nix::unistd::Pid::from_raw(pid))?;
+    Ok(maps
+        .iter()
+        .any(|m| m.perms.contains('w') && m.perms.ends_with('s')))
+}
