@@ -99,9 +99,10 @@ impl EmuFiles {
     /// same size, every mapping of it aliasing one file), and a replay then copies nothing
     /// (a `make` maps some 50 MB of programs and libraries).
     pub fn with_changing(changing: Option<&[FileId]>) -> Self {
-        let mut emu = EmuFiles::default();
-        emu.changing = changing.map(|c| c.iter().copied().collect());
-        emu
+        EmuFiles {
+            changing: changing.map(|c| c.iter().copied().collect()),
+            ..Default::default()
+        }
     }
 
     /// Whether file `id` is known never to change in the recording.
