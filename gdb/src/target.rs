@@ -112,7 +112,8 @@ impl ReplayTarget {
                 },
                 addr,
             },
-            Halt::Step(tid) | Halt::Reached(tid) => trap(tid),
+            // (A pause never reaches gdb: the timeline resumes after it.)
+            Halt::Step(tid) | Halt::Reached(tid) | Halt::Pause(tid) => trap(tid),
             Halt::Signal { tid, signo } => MultiThreadStopReason::SignalWithThread {
                 tid: gdb_tid(tid),
                 signal: gdb_signal(signo),

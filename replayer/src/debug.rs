@@ -48,6 +48,9 @@ pub enum Halt {
     End,
     /// Going backwards reached the start of the replay: there is nothing earlier to go to.
     Start(Tid),
+    /// The replay paused between events for its timeline to keep a checkpoint (see
+    /// [`Debug::pause_every`]); never a debugger's halt.
+    Pause(Tid),
 }
 
 impl Halt {
@@ -61,7 +64,8 @@ impl Halt {
             | Halt::Step(t)
             | Halt::Interrupted(t)
             | Halt::Reached(t)
-            | Halt::Start(t) => Some(t),
+            | Halt::Start(t)
+            | Halt::Pause(t) => Some(t),
             Halt::Signal { .. } | Halt::Exited(_) | Halt::End => None,
         }
     }
@@ -209,6 +213,11 @@ pub(crate) struct Debug {
     /// Halt when the replay gets to this position (going backwards: the position the
     /// debugger was at), reporting [`Halt::Reached`]; halts on the way happen as usual.
     pub mark: Option<Position>,
+    /// Pause ([`Halt::Pause`]) between events once this long has passed since the last pause
+    /// (so that checkpoints are kept along long runs).
+    pub pause_every: Option<std::time::Duration>,
+    /// When the replay last paused (or started).
+    pub last_pause: std::time::Instant,
     /// Software breakpoints the debugger wants at addresses with no code yet (a library
     /// mapped later, when the replay started over to go backwards): inserted when it is
     /// mapped.
@@ -239,6 +248,8 @@ impl Debug {
             leaving: None,
             in_windows: BTreeMap::new(),
             mark: None,
+            pause_every: None,
+            last_pause: std::time::Instant::now(),
             pending_breakpoints: BTreeSet::new(),
         }
     }
@@ -267,6 +278,8 @@ impl Debug {
             leaving: self.leaving,
             in_windows: self.in_windows.clone(),
             mark: self.mark.clone(),
+            pause_every: self.pause_every,
+            last_pause: std::time::Instant::now(),
             pending_breakpoints: self.pending_breakpoints.clone(),
         }
     }

@@ -418,6 +418,13 @@ impl DebugReplay {
         out
     }
 
+    /// Makes the replay pause ([`Halt::Pause`]) between events every `every` (`None`: never).
+    pub fn set_pause_every(&mut self, every: Option<std::time::Duration>) {
+        let d = self.debug_mut();
+        d.pause_every = every;
+        d.last_pause = std::time::Instant::now();
+    }
+
     /// Whether the program's output is echoed (not while going backwards replays it again).
     pub fn set_quiet(&mut self, quiet: bool) {
         self.session.set_quiet(quiet);

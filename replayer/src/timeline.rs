@@ -26,6 +26,10 @@ const MAX_STEPS: u64 = 2_000_000;
 /// How many checkpoints a timeline keeps, the one at the start among them.
 const MAX_CHECKPOINTS: usize = 24;
 
+/// How often a replay the timeline runs pauses to keep a checkpoint (when it can be copied
+/// there): going backwards then replays at most about this long before the position.
+const PAUSE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A copy of the replay kept stopped at a position, to start replays from (its process forked
 /// again for each).
 struct Checkpoint {
@@ -69,6 +73,7 @@ impl Timeline {
             interrupt: None,
             checkpoints: Vec::new(),
         };
+        timeline.replay.set_pause_every(Some(PAUSE_EVERY));
         timeline.checkpoint_here()?;
         Ok(timeline)
     }
@@ -78,37 +83,9 @@ impl Timeline {
         self.checkpoints.len()
     }
 
-    /// Keeps a copy of the replay at its position, unless one is kept at its event already or
-    /// the replay cannot be copied there. Checkpoints are cheap (a fork: memory is shared until
-    /// either side writes it); the oldest but the start's go first past [`MAX_CHECKPOINTS`].
+    /// Keeps a copy of the replay at its position (see [`keep_checkpoint`]).
     pub fn checkpoint_here(&mut self) -> Result<()> {
-        let event = self.replay.when();
-        if self.checkpoints.iter().any(|c| c.event == event) {
-            return Ok(());
-        }
-        let within = self.replay.part_way().is_some();
-        let Some(mut replay) = self.replay.copy()? else {
-            return Ok(());
-        };
-        replay.set_quiet(true);
-        let at = self
-            .checkpoints
-            .iter()
-            .position(|c| c.event > event)
-            .unwrap_or(self.checkpoints.len());
-        self.checkpoints.insert(
-            at,
-            Checkpoint {
-                event,
-                within,
-                replay,
-            },
-        );
-        if self.checkpoints.len() > MAX_CHECKPOINTS {
-            self.checkpoints.remove(1);
-        }
-        tracing::debug!(event, within, kept = self.checkpoints.len(), "checkpoint");
-        Ok(())
+        keep_checkpoint(&mut self.checkpoints, &mut self.replay)
     }
 
     /// The replay the debugger looks at.
@@ -177,7 +154,7 @@ impl Timeline {
 
     /// Runs forward as asked, until the replay halts (keeping a checkpoint there).
     pub fn resume(&mut self, how: Resume) -> Result<Halt> {
-        let halt = self.replay.resume(how)?;
+        let halt = run(&mut self.checkpoints, &mut self.replay, how)?;
         self.checkpoint_here()?;
         Ok(halt)
     }
@@ -213,7 +190,7 @@ impl Timeline {
             let mut halts = 0u64;
             let mut last = None;
             loop {
-                match scan.resume(Resume::Continue)? {
+                match run(&mut self.checkpoints, &mut scan, Resume::Continue)? {
                     Halt::Reached(tid) => {
                         // A breakpoint right at an earlier checkpoint's position (the mark
                         // is found before the `int3` runs) is a halt before it.
@@ -265,7 +242,7 @@ impl Timeline {
                 // It may be the breakpoint at the end's position (see `reverse_continue`).
                 replay.set_mark(end);
             }
-            let h = replay.resume(Resume::Continue)?;
+            let h = run(&mut self.checkpoints, &mut replay, Resume::Continue)?;
             if matches!(h, Halt::Reached(_)) {
                 at_mark = true;
                 halt = Some(last);
@@ -321,7 +298,7 @@ impl Timeline {
         let mut steps = 0u64;
         let limit = here.event().unwrap_or(u64::MAX);
         while !scan.is_at(here)? && scan.when() <= limit {
-            match scan.resume(Resume::Step(tid))? {
+            match run(&mut self.checkpoints, &mut scan, Resume::Step(tid))? {
                 Halt::Step(t) if t == tid => steps += 1,
                 end @ (Halt::Exited(_) | Halt::End) => bail!(lost(here, end)),
                 i @ Halt::Interrupted(_) => return Ok(i),
@@ -339,7 +316,7 @@ impl Timeline {
         let mut replay = self.fresh_at(&Position::Boundary(from))?;
         let mut done = 0u64;
         while done + 1 < steps {
-            match replay.resume(Resume::Step(tid))? {
+            match run(&mut self.checkpoints, &mut replay, Resume::Step(tid))? {
                 Halt::Step(t) if t == tid => done += 1,
                 end @ (Halt::Exited(_) | Halt::End) => bail!(lost(here, end)),
                 _ => {}
@@ -374,6 +351,7 @@ impl Timeline {
                 .context("starting the replay over to go backwards")?,
         };
         replay.set_quiet(true);
+        replay.set_pause_every(Some(PAUSE_EVERY));
         let now = replay.breakpoint_addrs();
         for &addr in now.difference(&self.breakpoints) {
             replay.remove_breakpoint(addr)?;
@@ -404,7 +382,7 @@ impl Timeline {
         }
         replay.set_mark(pos);
         loop {
-            match replay.resume(Resume::Continue)? {
+            match run(&mut self.checkpoints, &mut replay, Resume::Continue)? {
                 Halt::Reached(_) => return Ok(replay),
                 end @ (Halt::Exited(_) | Halt::End) => bail!(lost(pos, end)),
                 _ => {}
@@ -418,6 +396,53 @@ impl Timeline {
         self.replay.kill();
         self.replay = replay;
     }
+}
+
+/// Resumes `replay` as asked until it halts for something other than a pause, keeping a
+/// checkpoint at each pause.
+fn run(checkpoints: &mut Vec<Checkpoint>, replay: &mut DebugReplay, how: Resume) -> Result<Halt> {
+    loop {
+        match replay.resume(how)? {
+            Halt::Pause(_) => keep_checkpoint(checkpoints, replay)?,
+            halt => return Ok(halt),
+        }
+    }
+}
+
+/// Keeps a copy of `replay` at its position among `checkpoints`, unless one is kept at its
+/// event already or the replay cannot be copied there. Checkpoints are cheap (a fork: memory
+/// is shared until either side writes it); past [`MAX_CHECKPOINTS`] the one whose neighbours
+/// are closest goes (never the start's), so that they stay spread over the replay.
+fn keep_checkpoint(checkpoints: &mut Vec<Checkpoint>, replay: &mut DebugReplay) -> Result<()> {
+    let event = replay.when();
+    if checkpoints.iter().any(|c| c.event == event) {
+        return Ok(());
+    }
+    let within = replay.part_way().is_some();
+    let Some(mut copy) = replay.copy()? else {
+        return Ok(());
+    };
+    copy.set_quiet(true);
+    let at = checkpoints
+        .iter()
+        .position(|c| c.event > event)
+        .unwrap_or(checkpoints.len());
+    checkpoints.insert(
+        at,
+        Checkpoint {
+            event,
+            within,
+            replay: copy,
+        },
+    );
+    if checkpoints.len() > MAX_CHECKPOINTS {
+        let densest = (1..checkpoints.len() - 1)
+            .min_by_key(|&i| checkpoints[i + 1].event - checkpoints[i - 1].event)
+            .unwrap_or(1);
+        checkpoints.remove(densest);
+    }
+    tracing::debug!(event, within, kept = checkpoints.len(), "checkpoint");
+    Ok(())
 }
 
 /// Why going backwards failed: a replay started over ended without getting to `pos`.

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::inject::{INFO_ENTRY, INFO_EXIT, INFO_SECCOMP};
+use crate::inject::{INFO_ENTRY, INFO_EXIT, INFO_SECCOMP, SYSCALL_INSN};
 use crate::regs::{set_syscall_args, Regs};
 use crate::stop::Stop;
 use crate::tracee::Tracee;
@@ -39,7 +39,18 @@ impl Tracee {
             _ => StopKind::User,
         };
         let (site, patched) = if kind == StopKind::Seccomp {
-            (saved.rip.wrapping_sub(2), None)
+            // The task's own `syscall`, which it enters again to be back at this stop, unless
+            // its bytes changed since it trapped (a patched syscall site): then a `syscall`
+            // written there for the while.
+            let site = saved.rip.wrapping_sub(2);
+            let mut now = [0u8; 2];
+            self.read_mem(site, &mut now)?;
+            if now == SYSCALL_INSN {
+                (site, None)
+            } else {
+                self.write_mem(site, &SYSCALL_INSN)?;
+                (site, Some(now))
+            }
         } else {
             self.syscall_site(saved.rip)?
         };
@@ -61,15 +72,20 @@ impl Tracee {
         let child = forked?;
         back?;
         let copy = Tracee::attach_traced(child)?;
-        match copy.wait()? {
-            Stop::Signal(_) | Stop::Event(_) => {}
-            other => bail!(
+        let ready = match copy.wait() {
+            Ok(Stop::Signal(_) | Stop::Event(_)) => copy
+                .restore_stop(kind, &saved, site, patched.as_ref())
+                .with_context(|| format!("setting up the fork of task {}", self.pid())),
+            Ok(other) => Err(anyhow::anyhow!(
                 "the fork of task {} stopped first with {other:?}",
                 self.pid()
-            ),
+            )),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
+            copy.kill_and_reap();
+            return Err(e);
         }
-        copy.restore_stop(kind, &saved, site, patched.as_ref())
-            .with_context(|| format!("setting up the fork of task {}", self.pid()))?;
         Ok(copy)
     }
 

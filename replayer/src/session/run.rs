@@ -209,6 +209,11 @@ impl Session {
         }
         match d.step {
             Some(s) if s.tid == run.tid && s.launched && run.sig == 0 => Some(Halt::Step(run.tid)),
+            // (Not during a step: resuming after the pause would launch it again.)
+            None if d.pause_every.is_some_and(|p| d.last_pause.elapsed() >= p) => {
+                d.last_pause = std::time::Instant::now();
+                Some(Halt::Pause(run.tid))
+            }
             _ => None,
         }
     }
