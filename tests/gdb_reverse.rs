@@ -221,3 +221,47 @@ fn reverse_stepi_crosses_a_syscall_and_a_recorded_signal() {
     );
     assert_has(&all, "pthread_kill");
 }
+
+#[test]
+fn monitor_checkpoint_restart_and_seek_move_the_replay() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let trace = recorded(&ctx);
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "break step",
+            "continue",
+            "continue",
+            "monitor checkpoint",
+            "continue",
+            "continue",
+            "print i",
+            "monitor checkpoints",
+            "monitor restart 1",
+            "maintenance flush register-cache",
+            "maintenance flush dcache",
+            "print i",
+            "continue",
+            "print i",
+            "monitor seek 5",
+            "monitor when",
+            "continue",
+            "print i",
+            "monitor restart 7",
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(
+        printed(&all),
+        ["3", "1", "2", "0"],
+        "back to the checkpoint, on from it, back to event 5 and on:\n{all}"
+    );
+    assert_has(&all, "Checkpoint 1 at event ");
+    assert_has(&all, "Current event: 5\n");
+    assert_has(&all, "there is no checkpoint 7");
+}

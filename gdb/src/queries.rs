@@ -41,9 +41,17 @@ impl Auxv for ReplayTarget {
 
 /// The monitor commands, for `monitor help`.
 const HELP: &str = "deja monitor commands:
-  monitor when    the number of the event the replay is at (`deja dump` lists events), and
-                  whether a thread has run since
-  monitor help    this list";
+  monitor when                 the number of the event the replay is at (`deja dump` lists
+                               events), and whether a thread has run since
+  monitor seek EVENT           go to right after event EVENT (forwards or backwards)
+  monitor checkpoint           keep this position under a number (as rr's `checkpoint`)
+  monitor checkpoints          list the kept positions
+  monitor restart N            go to kept position N
+  monitor delete checkpoint N  forget kept position N
+  monitor help                 this list
+After seek and restart, gdb shows the new position once its caches are flushed:
+  maintenance flush register-cache
+  maintenance flush dcache";
 
 impl MonitorCmd for ReplayTarget {
     fn handle_monitor_cmd(
@@ -64,7 +72,49 @@ impl MonitorCmd for ReplayTarget {
                     None => outputln!(out, "No thread has run since that event"),
                 }
             }
+            "checkpoint" => match self.timeline().save_position() {
+                Ok(n) => outputln!(out, "Checkpoint {n} at event {}.", self.replay_ref().when()),
+                Err(e) => outputln!(out, "deja: no checkpoint: {e:#}"),
+            },
+            "checkpoints" | "info checkpoints" => {
+                let saved = self.timeline().saved_positions();
+                if saved.is_empty() {
+                    outputln!(out, "No checkpoints.");
+                }
+                for (n, event) in saved {
+                    outputln!(out, "{n}  after event {event}");
+                }
+            }
             "help" | "" => outputln!(out, "{HELP}"),
+            other if other.starts_with("seek ") || other.starts_with("restart ") => {
+                let (verb, arg) = other.split_once(' ').unwrap_or((other, ""));
+                let Ok(n) = arg.trim().parse::<u64>() else {
+                    outputln!(out, "deja: `monitor {verb}` takes a number, not `{arg}`");
+                    return Ok(());
+                };
+                let moved = if verb == "seek" {
+                    self.timeline().seek(n)
+                } else {
+                    self.timeline().restore_position(n as usize)
+                };
+                match moved {
+                    Ok(()) => outputln!(
+                        out,
+                        "At event {}; flush gdb's caches to see where (`monitor help`).",
+                        self.replay_ref().when()
+                    ),
+                    Err(e) => outputln!(out, "deja: {e:#}"),
+                }
+            }
+            other if other.starts_with("delete checkpoint ") => {
+                let arg = other.trim_start_matches("delete checkpoint ").trim();
+                match arg.parse::<usize>() {
+                    Ok(n) if self.timeline().forget_position(n) => {
+                        outputln!(out, "Deleted checkpoint {n}.")
+                    }
+                    _ => outputln!(out, "deja: there is no checkpoint {arg}"),
+                }
+            }
             other => outputln!(out, "deja: unknown monitor command `{other}`\n{HELP}"),
         }
         Ok(())

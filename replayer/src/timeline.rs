@@ -56,6 +56,9 @@ pub struct Timeline {
     interrupt: Option<Interrupt>,
     /// Copies of the replay at earlier positions, in the order of their events.
     checkpoints: Vec<Checkpoint>,
+    /// Positions the debugger saved (`monitor checkpoint`), numbered from 1; `None` once
+    /// deleted.
+    saved: Vec<Option<Position>>,
 }
 
 impl Timeline {
@@ -72,6 +75,7 @@ impl Timeline {
             hw: Vec::new(),
             interrupt: None,
             checkpoints: Vec::new(),
+            saved: Vec::new(),
         };
         timeline.replay.set_pause_every(Some(PAUSE_EVERY));
         timeline.checkpoint_here()?;
@@ -150,6 +154,54 @@ impl Timeline {
     pub fn remove_hw_point(&mut self, point: HwPoint) -> bool {
         self.hw.retain(|p| *p != point);
         self.replay.remove_hw_point(point)
+    }
+
+    /// Goes to the boundary after event `event` (no task has run since), from the latest
+    /// checkpoint before it (`monitor seek`); no earlier than where the replay starts.
+    pub fn seek(&mut self, event: u64) -> Result<()> {
+        let pos = Position::Boundary(event.max(self.start.event));
+        let replay = self.fresh_at(&pos)?;
+        self.take(replay);
+        self.checkpoint_here()
+    }
+
+    /// Keeps the current position under the next number (`monitor checkpoint`, as rr's
+    /// `checkpoint`); returns it.
+    pub fn save_position(&mut self) -> Result<usize> {
+        let pos = self.replay.position()?;
+        self.checkpoint_here()?;
+        self.saved.push(Some(pos));
+        Ok(self.saved.len())
+    }
+
+    /// Goes back (or forward) to the position saved as `n` (`monitor restart N`).
+    pub fn restore_position(&mut self, n: usize) -> Result<()> {
+        let Some(Some(pos)) = n.checked_sub(1).and_then(|i| self.saved.get(i)).cloned() else {
+            bail!("there is no checkpoint {n} (`monitor checkpoints` lists them)");
+        };
+        let replay = self.fresh_at(&pos)?;
+        self.take(replay);
+        Ok(())
+    }
+
+    /// Forgets the position saved as `n`; false if there is none.
+    pub fn forget_position(&mut self, n: usize) -> bool {
+        match n.checked_sub(1).and_then(|i| self.saved.get_mut(i)) {
+            Some(slot @ Some(_)) => {
+                *slot = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The saved positions, by number: the event each is after.
+    pub fn saved_positions(&self) -> Vec<(usize, u64)> {
+        self.saved
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i + 1, p.as_ref()?.event()?)))
+            .collect()
     }
 
     /// Runs forward as asked, until the replay halts (keeping a checkpoint there).
