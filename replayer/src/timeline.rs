@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use trace_format::Tid;
@@ -24,7 +25,11 @@ use crate::debugger::{DebugReplay, Resume, StartPoint};
 const MAX_STEPS: u64 = 2_000_000;
 
 /// How many checkpoints a timeline keeps, the one at the start among them.
-const MAX_CHECKPOINTS: usize = 24;
+const MAX_CHECKPOINTS: usize = 48;
+
+/// How often, at most, a scan going backwards keeps a copy of itself at a halt (so that the
+/// replay to the last halt it finds starts from close to it).
+const SNAP_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How often a replay the timeline runs pauses to keep a checkpoint (when it can be copied
 /// there): going backwards then replays at most about this long before the position.
@@ -241,14 +246,19 @@ impl Timeline {
             scan.set_mark(&end);
             let mut halts = 0u64;
             let mut last = None;
+            // A copy of the scan at a recent halt, and how many halts it had made: the replay
+            // to the last halt goes on from it rather than from the checkpoint.
+            let mut snap: Option<(DebugReplay, u64)> = None;
+            let mut snapped = Instant::now();
             loop {
                 match run(&mut self.checkpoints, &mut scan, Resume::Continue)? {
                     Halt::Reached(tid) => {
                         // A breakpoint right at an earlier checkpoint's position (the mark
-                        // is found before the `int3` runs) is a halt before it.
+                        // is found before the `int3` runs) is a halt before it: the scan is
+                        // there.
                         if end != *here && scan.at_breakpoint(tid)? {
-                            halts += 1;
-                            last = Some(Halt::Breakpoint(tid));
+                            self.take(scan);
+                            return Ok(Halt::Breakpoint(tid));
                         }
                         break;
                     }
@@ -259,12 +269,21 @@ impl Timeline {
                     other => {
                         halts += 1;
                         last = Some(other);
+                        if snap.is_none() || snapped.elapsed() >= SNAP_EVERY {
+                            if let Some(copy) = scan.copy()? {
+                                snap = Some((copy, halts));
+                                snapped = Instant::now();
+                            }
+                        }
                     }
                 }
             }
             drop(scan);
             if let Some(last) = last {
-                return self.rerun_to(from, halts, last, &end);
+                return match snap {
+                    Some((copy, at)) => self.go_on_to(copy, halts - at, last),
+                    None => self.rerun_to(from, halts, last),
+                };
             }
             match from {
                 // Nothing before `end` since the start.
@@ -278,32 +297,19 @@ impl Timeline {
     }
 
     /// Makes a replay from checkpoint `from` that halts `halts` times, the last being `last`,
-    /// the one the debugger looks at. A watchpoint's hit is taken back to before the access.
-    fn rerun_to(
-        &mut self,
-        from: Option<usize>,
-        halts: u64,
-        last: Halt,
-        end: &Position,
-    ) -> Result<Halt> {
-        let mut replay = self.fresh_from(from)?;
-        let mut halt = None;
-        let mut at_mark = false;
-        for i in 0..halts {
-            if i + 1 == halts && matches!(last, Halt::Breakpoint(_)) && *end != Position::End {
-                // It may be the breakpoint at the end's position (see `reverse_continue`).
-                replay.set_mark(end);
-            }
-            let h = run(&mut self.checkpoints, &mut replay, Resume::Continue)?;
-            if matches!(h, Halt::Reached(_)) {
-                at_mark = true;
-                halt = Some(last);
-                break;
-            }
-            halt = Some(h);
-        }
-        if !at_mark {
-            replay.set_mark(&Position::End);
+    /// the one the debugger looks at (see [`Self::go_on_to`]).
+    fn rerun_to(&mut self, from: Option<usize>, halts: u64, last: Halt) -> Result<Halt> {
+        let replay = self.fresh_from(from)?;
+        self.go_on_to(replay, halts, last)
+    }
+
+    /// Runs `replay` on for `halts` more halts, the last being `last`, and makes it the one
+    /// the debugger looks at. A watchpoint's hit is taken back to before the access.
+    fn go_on_to(&mut self, mut replay: DebugReplay, halts: u64, last: Halt) -> Result<Halt> {
+        self.attach_interrupt(&mut replay);
+        let mut halt = (halts == 0).then_some(last);
+        for _ in 0..halts {
+            halt = Some(run(&mut self.checkpoints, &mut replay, Resume::Continue)?);
         }
         if halt != Some(last) {
             bail!(
@@ -419,10 +425,15 @@ impl Timeline {
         for &p in &self.hw {
             replay.add_hw_point(p);
         }
+        self.attach_interrupt(&mut replay);
+        Ok(replay)
+    }
+
+    /// Installs the debugger's interrupt check in `replay`.
+    fn attach_interrupt(&self, replay: &mut DebugReplay) {
         if let Some(shared) = self.interrupt.clone() {
             replay.set_interrupt(Box::new(move || (shared.borrow_mut())()));
         }
-        Ok(replay)
     }
 
     /// A new replay run to `pos` (halts on the way passed over), from the latest checkpoint
