@@ -114,9 +114,16 @@ fn a_watchpoint_going_backwards_stops_before_the_other_threads_previous_write() 
             "print shared",
             "continue",
             "print shared",
+            // On to the end from a copy of the two-thread replay: the writer ends, main joins
+            // it (the kernel clears the writer's tid word in the copy too), the signal, exit.
+            "delete",
+            "handle SIGUSR1 nostop noprint pass",
+            "continue",
         ],
     );
     let all = text(&out);
+    assert_has(&all, "total=105 shared=21 got=10");
+    assert_has(&all, "exited normally");
     assert_eq!(
         printed(&all),
         ["21", "14", "3", "7", "14"],

@@ -88,6 +88,10 @@ pub struct Task {
     /// The task whose address space it runs in until it execs: its parent, for a child made
     /// with `CLONE_VM` but not `CLONE_THREAD` (`vfork`, `posix_spawn`).
     pub borrows_vm_of: Option<Tid>,
+    /// The address the kernel clears (and wakes) when the task ends: its clone's
+    /// `CLONE_CHILD_CLEARTID` word or its `set_tid_address` (a checkpoint's copy of the task
+    /// needs it set again, as no fork or clone of the replay's passes it on).
+    pub clear_tid_at: Option<u64>,
 }
 
 /// All tasks, and the stops reported by tasks other than the one waited for.
@@ -122,6 +126,7 @@ impl Task {
             temporary_mask: self.temporary_mask,
             group_stopped: self.group_stopped,
             borrows_vm_of: self.borrows_vm_of,
+            clear_tid_at: self.clear_tid_at,
         }
     }
 }
@@ -170,6 +175,7 @@ impl Tasks {
                 temporary_mask: false,
                 group_stopped: false,
                 borrows_vm_of: None,
+                clear_tid_at: None,
             },
         );
     }

@@ -100,8 +100,27 @@ impl SegvBlocked {
     }
 }
 
+/// Sets the signal mask of the stopped task `t`.
+pub fn set_signal_mask(t: &Tracee, mask: u64) -> Result<()> {
+    // SAFETY: PTRACE_SETSIGMASK reads one 8-byte mask (its size is `addr`) from `data`, which
+    // points at a u64 owned by this frame.
+    let r = unsafe {
+        libc::ptrace(
+            PTRACE_SETSIGMASK,
+            t.pid().as_raw(),
+            8usize,
+            &mask as *const u64,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setting the signal mask of task {}", t.pid().as_raw()));
+    }
+    Ok(())
+}
+
 /// The signal mask of the stopped task `t`.
-fn signal_mask(t: &Tracee) -> Result<u64> {
+pub fn signal_mask(t: &Tracee) -> Result<u64> {
     let mut mask = 0u64;
     // SAFETY: PTRACE_GETSIGMASK writes one 8-byte mask (its size is `addr`) to `data`, which
     // points at a u64 owned by this frame.

@@ -5,6 +5,10 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use trace_format::Tid;
+use tracee::fork::ThreadCopy;
+use tracee::Stop;
+
 use crate::tasks::RState;
 use anyhow::Result;
 
@@ -13,7 +17,7 @@ use super::Session;
 impl Session {
     /// A copy of this replay at its current position, its process forked: a replay that
     /// goes on from here independently (or waits, stopped, as a checkpoint). `None` where this
-    /// design cannot copy the replay: more than one task, a task on its way to a recorded
+    /// design cannot copy the replay: more than one process, a task on its way to a recorded
     /// point, an emulated ptrace, a writable shared mapping (the copy would share it), an
     /// emulated file the replay may change, a stop that a fork cannot reproduce.
     pub(crate) fn fork_copy(&mut self) -> Result<Option<Session>> {
@@ -21,23 +25,34 @@ impl Session {
             tracing::debug!(event = self.index, "no copy of the replay here: {why}");
             return Ok(None);
         }
-        let Some((tid, task)) = self.tasks.all().next() else {
+        // The process's main thread forks (any task would do), the others are cloned.
+        let mut order: Vec<(Tid, &crate::tasks::Task)> = self.tasks.all().collect();
+        order.sort_by_key(|&(tid, t)| (tid != t.rpid, tid));
+        let Some(&(_, lead)) = order.first() else {
             return Ok(None);
         };
-        let copy = match task.tracee.fork_process() {
-            Ok(copy) => copy,
+        let others: Vec<ThreadCopy<'_>> = order[1..]
+            .iter()
+            .map(|&(_, t)| ThreadCopy {
+                of: &t.tracee,
+                clear_tid_at: t.clear_tid_at,
+            })
+            .collect();
+        let copies = match lead.tracee.fork_process_with(lead.clear_tid_at, &others) {
+            Ok(copies) => copies,
             Err(e) => {
                 tracing::debug!("no copy of the replay here: {e:#}");
                 return Ok(None);
             }
         };
-        let old_real = task.tracee.pid().as_raw();
-        let new_pid = copy.pid();
-        let pids = HashMap::from([(old_real, new_pid.as_raw())]);
-        let Some(tasks) = self
-            .tasks
-            .copy_with(HashMap::from([(tid, (copy, new_pid))]))
-        else {
+        let new_pid = copies[0].pid();
+        let mut pids = HashMap::new();
+        let mut by_tid = HashMap::new();
+        for ((tid, task), copy) in order.iter().zip(copies) {
+            pids.insert(task.tracee.pid().as_raw(), copy.pid().as_raw());
+            by_tid.insert(*tid, (copy, new_pid));
+        }
+        let Some(tasks) = self.tasks.copy_with(by_tid) else {
             return Ok(None);
         };
         let debug = self.debug.as_ref().map(|d| d.copy());
@@ -79,23 +94,26 @@ impl Session {
         if !self.emu.unchangeable() {
             return Some("an emulated file may change");
         }
-        let mut all = self.tasks.all();
-        let (_, task) = all.next()?;
-        if all.next().is_some() {
-            return Some("more than one task");
+        let (_, first) = self.tasks.all().next()?;
+        for (_, task) in self.tasks.all() {
+            if task.pid != first.pid {
+                return Some("more than one process");
+            }
+            // (Parked at a signal or an event, the task's next move depends on a stop a
+            // copy would not be in.)
+            if !matches!(
+                task.state,
+                RState::Parked(Stop::SeccompEntry) | RState::Resumed | RState::AtPoint
+            ) || task.injected.is_some()
+                || task.signal_sent
+                || task.group_stopped
+                || task.borrows_vm_of.is_some()
+                || task.clone_entry.is_some()
+            {
+                return Some("a task is in a state a fork cannot reproduce");
+            }
         }
-        if !matches!(
-            task.state,
-            RState::Parked(_) | RState::Resumed | RState::AtPoint
-        ) || task.injected.is_some()
-            || task.signal_sent
-            || task.group_stopped
-            || task.borrows_vm_of.is_some()
-            || task.clone_entry.is_some()
-        {
-            return Some("the task is in a state a fork cannot reproduce");
-        }
-        match shared_writable(task.tracee.pid().as_raw()) {
+        match shared_writable(first.tracee.pid().as_raw()) {
             Ok(false) => None,
             Ok(true) => Some("a writable shared mapping"),
             Err(_) => Some("its mappings cannot be read"),

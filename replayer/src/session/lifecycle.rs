@@ -21,6 +21,8 @@ impl Session {
         let index = self.index;
         let t = self.task(tid)?;
         let rpid = t.rpid;
+        // (An exec releases the old memory, clearing the task's clear-child-tid word.)
+        t.clear_tid_at = None;
         t.tracee.reopen_mem()?;
         exec::restore(&t.tracee, ev, index)?;
         t.tracee.cont_syscall(0)?;
@@ -173,7 +175,16 @@ impl Session {
             self.sites.fork(e.parent_pid, e.child);
         }
         self.segv_blocked.clone_task(tid, e.child);
+        let clear_tid_at = if e.flags & libc::CLONE_CHILD_CLEARTID as u64 == 0 {
+            None
+        } else if e.nr == libc::SYS_clone3 as u64 {
+            // `struct clone_args`: `child_tid` is its third word.
+            self.tracee(tid)?.read_u64(r.rdi.wrapping_add(16)).ok()
+        } else {
+            Some(r.r10)
+        };
         let c = self.task(e.child)?;
+        c.clear_tid_at = clear_tid_at.filter(|&a| a != 0);
         let shares_vm = e.flags & libc::CLONE_VM as u64 != 0 && e.child_pid == e.child;
         c.borrows_vm_of = shares_vm.then_some(tid);
         c.inherits_breakpoints = inherits;

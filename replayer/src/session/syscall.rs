@@ -106,6 +106,9 @@ impl Session {
             }
             Replay::ExecuteRecordedResult => {
                 self.run_for_real(tid, &name)?;
+                if e.nr == libc::SYS_set_tid_address as u64 {
+                    self.task(tid)?.clear_tid_at = Some(e.args[0]).filter(|&a| a != 0);
+                }
                 let t = self.tracee(tid)?;
                 let mut after = t.regs()?;
                 after.rax = e.result as u64;
