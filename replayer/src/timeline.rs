@@ -1,10 +1,11 @@
 //! Going backwards in a debugged replay: `reverse-continue` and `reverse-stepi`, on replays
-//! that start over and run forward to an exact position (see the crate README, "Going
-//! backwards").
+//! started from checkpoints (forked copies of the replay) and run forward to an exact position
+//! (see the crate README, "Going backwards").
 //!
-//! A [`Timeline`] holds the replay the debugger looks at and what it set (breakpoints,
-//! watchpoints, its interrupt check), so that it can make another replay of the same trace
-//! with the same requests, run it to where it wants, and put it in the first one's place.
+//! A [`Timeline`] holds the replay the debugger looks at, its checkpoints, and what the
+//! debugger set (breakpoints, watchpoints, its interrupt check), so that it can make another
+//! replay of the same trace with the same requests, run it to where it wants, and put it in
+//! the first one's place.
 //! Breakpoints never change what a replay computes, so two replays with the same requests halt
 //! at the same moments, in the same order: the n-th halt of one is the n-th halt of the other.
 
@@ -125,9 +126,8 @@ impl Timeline {
     }
 
     fn install_interrupt(&mut self) {
-        if let Some(shared) = self.interrupt.clone() {
-            self.replay
-                .set_interrupt(Box::new(move || (shared.borrow_mut())()));
+        if let Some(check) = forwarding(&self.interrupt) {
+            self.replay.set_interrupt(check);
         }
     }
 
@@ -391,7 +391,8 @@ impl Timeline {
         Ok(Halt::Start(self.replay.current_thread()))
     }
 
-    /// A new replay at the start, with the debugger's requests, not echoing output.
+    /// A new replay at the start (from its checkpoint), with the debugger's requests, not
+    /// echoing output.
     fn fresh(&mut self) -> Result<DebugReplay> {
         self.fresh_from(self.latest_before(&Position::Boundary(self.start.event), usize::MAX))
     }
@@ -431,8 +432,8 @@ impl Timeline {
 
     /// Installs the debugger's interrupt check in `replay`.
     fn attach_interrupt(&self, replay: &mut DebugReplay) {
-        if let Some(shared) = self.interrupt.clone() {
-            replay.set_interrupt(Box::new(move || (shared.borrow_mut())()));
+        if let Some(check) = forwarding(&self.interrupt) {
+            replay.set_interrupt(check);
         }
     }
 
@@ -459,6 +460,12 @@ impl Timeline {
         self.replay.kill();
         self.replay = replay;
     }
+}
+
+/// A check that asks the debugger's shared interrupt check, for one replay.
+fn forwarding(interrupt: &Option<Interrupt>) -> Option<Box<dyn FnMut() -> bool>> {
+    let shared = interrupt.clone()?;
+    Some(Box::new(move || (shared.borrow_mut())()))
 }
 
 /// Resumes `replay` as asked until it halts for something other than a pause, keeping a
