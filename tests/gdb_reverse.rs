@@ -272,3 +272,45 @@ fn monitor_checkpoint_restart_and_seek_move_the_replay() {
     assert_has(&all, "Current event: 5\n");
     assert_has(&all, "there is no checkpoint 7");
 }
+
+#[test]
+fn going_backwards_with_a_forked_child_alive_then_on_to_its_end() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let program = built_once("reverse_fork", &["-O0"], "reverse_fork-O0");
+    let (trace, rec) = ctx.record(program, &[]);
+    assert_eq!(rec.status.code(), Some(0), "{}", describe("rec", &rec));
+    let recorded = stdout_str(&rec);
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "break step",
+            "continue",
+            "continue",
+            "continue",
+            "print i",
+            "reverse-continue",
+            "print i",
+            "continue",
+            "print i",
+            "delete",
+            "continue",
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(
+        printed(&all),
+        ["2", "1", "2"],
+        "the parent's iterations:\n{all}"
+    );
+    // The child's output and the parent's wait, as recorded.
+    for line in recorded.lines() {
+        assert_has(&all, line);
+    }
+    assert_has(&all, "child status=7");
+    assert_has(&all, "exited normally");
+}

@@ -65,8 +65,9 @@ pub struct Task {
     /// The debugger's hardware breakpoints last written into this task's debug registers
     /// (their generation; 0 for none).
     pub hw_generation: u64,
-    /// The task is a forked copy of the debugged process's memory, breakpoints included.
-    pub inherits_breakpoints: bool,
+    /// The task is a forked copy of the debugged process's memory, with these breakpoints
+    /// (address, the byte their `int3` replaced) in it, to take out before it runs.
+    pub inherits_breakpoints: Option<std::collections::BTreeMap<u64, u8>>,
     /// The debugger single-stepped the task since its last syscall entry.
     pub single_stepped: bool,
     /// The task's last trap in the recording.
@@ -117,7 +118,7 @@ impl Task {
             signal_sent: self.signal_sent,
             clone_entry: self.clone_entry,
             hw_generation: 0,
-            inherits_breakpoints: self.inherits_breakpoints,
+            inherits_breakpoints: self.inherits_breakpoints.clone(),
             slot: self.slot,
             placed: self.placed.clone(),
             single_stepped: self.single_stepped,
@@ -166,7 +167,7 @@ impl Tasks {
                 signal_sent: false,
                 clone_entry: None,
                 hw_generation: 0,
-                inherits_breakpoints: false,
+                inherits_breakpoints: None,
                 slot: None,
                 placed: Vec::new(),
                 single_stepped: false,

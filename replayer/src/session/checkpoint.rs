@@ -15,9 +15,9 @@ use anyhow::Result;
 use super::Session;
 
 impl Session {
-    /// A copy of this replay at its current position, its process forked: a replay that
+    /// A copy of this replay at its current position, its processes forked: a replay that
     /// goes on from here independently (or waits, stopped, as a checkpoint). `None` where this
-    /// design cannot copy the replay: more than one process, a task on its way to a recorded
+    /// design cannot copy the replay: a task on its way to a recorded
     /// point, an emulated ptrace, a writable shared mapping (the copy would share it), an
     /// emulated file the replay may change, a stop that a fork cannot reproduce.
     pub(crate) fn fork_copy(&mut self) -> Result<Option<Session>> {
@@ -25,32 +25,40 @@ impl Session {
             tracing::debug!(event = self.index, "no copy of the replay here: {why}");
             return Ok(None);
         }
-        // The process's main thread forks (any task would do), the others are cloned.
-        let mut order: Vec<(Tid, &crate::tasks::Task)> = self.tasks.all().collect();
-        order.sort_by_key(|&(tid, t)| (tid != t.rpid, tid));
-        let Some(&(_, lead)) = order.first() else {
-            return Ok(None);
-        };
-        let others: Vec<ThreadCopy<'_>> = order[1..]
-            .iter()
-            .map(|&(_, t)| ThreadCopy {
-                of: &t.tracee,
-                clear_tid_at: t.clear_tid_at,
-            })
-            .collect();
-        let copies = match lead.tracee.fork_process_with(lead.clear_tid_at, &others) {
-            Ok(copies) => copies,
-            Err(e) => {
-                tracing::debug!("no copy of the replay here: {e:#}");
-                return Ok(None);
-            }
-        };
-        let new_pid = copies[0].pid();
+        // Each process is forked by its main thread (any task would do), its other tasks
+        // cloned in the copy. (The copies' parents are the originals, not each other's
+        // copies: the replay emulates every call that would tell, `wait4` and `kill` among
+        // them, and reaps its tasks itself.)
+        let mut processes: HashMap<i32, Vec<(Tid, &crate::tasks::Task)>> = HashMap::new();
+        for (tid, t) in self.tasks.all() {
+            processes.entry(t.pid.as_raw()).or_default().push((tid, t));
+        }
         let mut pids = HashMap::new();
         let mut by_tid = HashMap::new();
-        for ((tid, task), copy) in order.iter().zip(copies) {
-            pids.insert(task.tracee.pid().as_raw(), copy.pid().as_raw());
-            by_tid.insert(*tid, (copy, new_pid));
+        for (_, mut order) in processes {
+            order.sort_by_key(|&(tid, t)| (tid != t.rpid, tid));
+            let (_, lead) = order[0];
+            let others: Vec<ThreadCopy<'_>> = order[1..]
+                .iter()
+                .map(|&(_, t)| ThreadCopy {
+                    of: &t.tracee,
+                    clear_tid_at: t.clear_tid_at,
+                })
+                .collect();
+            let copies = match lead.tracee.fork_process_with(lead.clear_tid_at, &others) {
+                Ok(copies) => copies,
+                Err(e) => {
+                    tracing::debug!("no copy of the replay here: {e:#}");
+                    // (The processes copied so far go.)
+                    tracee::Tracee::kill_and_reap_all(by_tid.values().map(|(c, _)| c));
+                    return Ok(None);
+                }
+            };
+            let new_pid = copies[0].pid();
+            for ((tid, task), copy) in order.iter().zip(copies) {
+                pids.insert(task.tracee.pid().as_raw(), copy.pid().as_raw());
+                by_tid.insert(*tid, (copy, new_pid));
+            }
         }
         let Some(tasks) = self.tasks.copy_with(by_tid) else {
             return Ok(None);
@@ -94,11 +102,8 @@ impl Session {
         if !self.emu.unchangeable() {
             return Some("an emulated file may change");
         }
-        let (_, first) = self.tasks.all().next()?;
+        self.tasks.all().next()?;
         for (_, task) in self.tasks.all() {
-            if task.pid != first.pid {
-                return Some("more than one process");
-            }
             // (Parked at a signal or an event, the task's next move depends on a stop a
             // copy would not be in.)
             if !matches!(
@@ -113,11 +118,16 @@ impl Session {
                 return Some("a task is in a state a fork cannot reproduce");
             }
         }
-        match shared_writable(first.tracee.pid().as_raw()) {
-            Ok(false) => None,
-            Ok(true) => Some("a writable shared mapping"),
-            Err(_) => Some("its mappings cannot be read"),
+        let processes: std::collections::BTreeSet<i32> =
+            self.tasks.all().map(|(_, t)| t.pid.as_raw()).collect();
+        for pid in processes {
+            match shared_writable(pid) {
+                Ok(false) => {}
+                Ok(true) => return Some("a writable shared mapping"),
+                Err(_) => return Some("its mappings cannot be read"),
+            }
         }
+        None
     }
 }
 

@@ -162,12 +162,12 @@ impl Session {
             parent_pid
         };
         let child = Tracee::attach_traced(real)?;
-        let inherits = e.flags & libc::CLONE_VM as u64 == 0
-            && self.debugged(tid)
-            && self
-                .debug
-                .as_ref()
-                .is_some_and(|d| !d.breakpoints.is_empty());
+        // The debugger's breakpoints in the memory the child gets, as they are now (they
+        // may be gone by the time it starts).
+        let inherits = (e.flags & libc::CLONE_VM as u64 == 0 && self.debugged(tid))
+            .then(|| self.debug.as_ref().map(|d| d.breakpoints.clone()))
+            .flatten()
+            .filter(|b| !b.is_empty());
         self.tasks
             .add(e.child, e.child_pid, child, child_pid, RState::Unstarted);
         if e.child_pid == e.child {
@@ -239,10 +239,8 @@ impl Session {
                 return Err(self.diverged(tid, "the new task to start".into(), found));
             }
         }
-        if std::mem::take(&mut self.task(tid)?.inherits_breakpoints) {
-            if let (Some(d), Some(t)) = (self.debug.as_ref(), self.tasks.by_tid(tid)) {
-                debug::restore_original_bytes(&t.tracee, &d.breakpoints)?;
-            }
+        if let Some(inherited) = self.task(tid)?.inherits_breakpoints.take() {
+            debug::restore_original_bytes(&self.task(tid)?.tracee, &inherited)?;
         }
         self.write_memory(tid, &e.writes, "clone")?;
         self.start_slot(tid, e.slot)?;
