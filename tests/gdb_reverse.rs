@@ -314,3 +314,49 @@ fn going_backwards_with_a_forked_child_alive_then_on_to_its_end() {
     assert_has(&all, "child status=7");
     assert_has(&all, "exited normally");
 }
+
+#[test]
+fn starting_at_an_event_with_g_still_goes_back_before_it() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let trace = recorded(&ctx);
+    // The event that makes the writer thread: after main's loop.
+    let dump = ctx
+        .deja()
+        .arg("dump")
+        .arg(&trace)
+        .output()
+        .expect("deja dump");
+    let dump = stdout_str(&dump);
+    let clone = dump
+        .lines()
+        .find(|l| l.contains(" made task "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("a clone event in:\n{dump}"))
+        .to_string();
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &["-g", &clone],
+        &["monitor when", "break step", "reverse-continue", "print i"],
+    );
+    let all = text(&out);
+    // (The first halt after the event: when a task next runs.)
+    let when: u64 = all
+        .split("Current event: ")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("monitor when's answer in:\n{all}"));
+    assert!(
+        when >= clone.parse().unwrap(),
+        "-g {clone} started at {when}:\n{all}"
+    );
+    assert_eq!(
+        printed(&all),
+        ["4"],
+        "the loop's last call, before -g's event:\n{all}"
+    );
+}

@@ -452,6 +452,9 @@ pub struct StartPoint {
     pub process: Tid,
     /// The event after which the replay first halts.
     pub event: u64,
+    /// The debugged process's last exec (or its first run) at or before `event`: where going
+    /// backwards stops.
+    pub first: u64,
     /// The executable the process runs there (the trace's copy), for gdb's symbols.
     pub exe: PathBuf,
     /// The name the kernel gave the process's threads there (from the recorded path).
@@ -463,6 +466,7 @@ pub struct StartPoint {
 pub fn start_point(dir: &Path, opts: &DebugOptions) -> Result<StartPoint> {
     let reader = TraceReader::open(dir)?;
     let mut at = None;
+    let mut last_exec = None;
     let mut root = None;
     let mut count = 0u64;
     // The process of each task, and the file each process runs.
@@ -480,6 +484,9 @@ pub fn start_point(dir: &Path, opts: &DebugOptions) -> Result<StartPoint> {
                 exe_of.insert(e.tid, e.exe.clone());
                 if e.tid == wanted && !matches!(at, Some((_, true))) {
                     at = Some((index, true));
+                }
+                if e.tid == wanted && opts.event.map_or(true, |o| index <= o) {
+                    last_exec = Some(index);
                 }
             }
             Event::Clone(c) => {
@@ -515,6 +522,7 @@ pub fn start_point(dir: &Path, opts: &DebugOptions) -> Result<StartPoint> {
     Ok(StartPoint {
         process,
         event,
+        first: last_exec.unwrap_or(at).min(event),
         exe: reader.file_path(exe)?,
         comm: crate::debug::comm_of(&exe.path),
     })

@@ -70,8 +70,16 @@ pub struct Timeline {
 impl Timeline {
     /// Starts replaying the trace in `dir` and runs it to `start`; `quiet` keeps the program's
     /// output from being echoed.
+    /// The replay starts at the debugged process's last exec before `start` (see
+    /// [`StartPoint::first`]), keeps a checkpoint there, and runs on to `start` (echoing
+    /// output as asked, nothing halting on the way), so that going backwards can reach back
+    /// to that exec.
     pub fn open(dir: &Path, start: StartPoint, quiet: bool) -> Result<Self> {
-        let replay = DebugReplay::open(dir, &start, quiet)?;
+        let first = StartPoint {
+            event: start.first,
+            ..start.clone()
+        };
+        let replay = DebugReplay::open(dir, &first, quiet)?;
         let mut timeline = Timeline {
             replay,
             dir: dir.to_path_buf(),
@@ -85,6 +93,26 @@ impl Timeline {
         };
         timeline.replay.set_pause_every(Some(PAUSE_EVERY));
         timeline.checkpoint_here()?;
+        if timeline.start.event > timeline.start.first {
+            let to = Position::Boundary(timeline.start.event);
+            timeline.replay.set_mark(&to);
+            loop {
+                match run(
+                    &mut timeline.checkpoints,
+                    &mut timeline.replay,
+                    Resume::Continue,
+                )? {
+                    Halt::Reached(_) => break,
+                    end @ (Halt::Exited(_) | Halt::End) => bail!(
+                        "the replay could not reach its starting point (event {}): it stopped \
+                         with {end:?}",
+                        timeline.start.event
+                    ),
+                    _ => {}
+                }
+            }
+            timeline.checkpoint_here()?;
+        }
         Ok(timeline)
     }
 
@@ -113,7 +141,7 @@ impl Timeline {
         self.replay.kill();
         self.breakpoints.clear();
         self.hw.clear();
-        let replay = self.fresh()?;
+        let replay = self.fresh_at(&Position::Boundary(self.start.event))?;
         self.take(replay);
         Ok(())
     }
@@ -164,7 +192,7 @@ impl Timeline {
     /// Goes to the boundary after event `event` (no task has run since), from the latest
     /// checkpoint before it (`monitor seek`); no earlier than where the replay starts.
     pub fn seek(&mut self, event: u64) -> Result<()> {
-        let pos = Position::Boundary(event.max(self.start.event));
+        let pos = Position::Boundary(event.max(self.start.first));
         let replay = self.fresh_at(&pos)?;
         self.take(replay);
         self.checkpoint_here()
@@ -221,7 +249,7 @@ impl Timeline {
     /// ([`Resume::Step`]); [`Halt::Start`] where the replay starts.
     pub fn reverse(&mut self, how: Resume) -> Result<Halt> {
         let here = self.replay.position()?;
-        if here == Position::Boundary(self.start.event) {
+        if here == Position::Boundary(self.start.first) {
             return Ok(Halt::Start(self.replay.current_thread()));
         }
         let halt = match how {
@@ -394,7 +422,7 @@ impl Timeline {
     /// A new replay at the start (from its checkpoint), with the debugger's requests, not
     /// echoing output.
     fn fresh(&mut self) -> Result<DebugReplay> {
-        self.fresh_from(self.latest_before(&Position::Boundary(self.start.event), usize::MAX))
+        self.fresh_from(self.latest_before(&Position::Boundary(self.start.first), usize::MAX))
     }
 
     /// A new replay from checkpoint `from` (or, with none, one started from scratch), with
@@ -406,8 +434,15 @@ impl Timeline {
         };
         let mut replay = match copy {
             Some(r) => r,
-            None => DebugReplay::open(&self.dir, &self.start, true)
-                .context("starting the replay over to go backwards")?,
+            None => DebugReplay::open(
+                &self.dir,
+                &StartPoint {
+                    event: self.start.first,
+                    ..self.start.clone()
+                },
+                true,
+            )
+            .context("starting the replay over to go backwards")?,
         };
         replay.set_quiet(true);
         replay.set_pause_every(Some(PAUSE_EVERY));
