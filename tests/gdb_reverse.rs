@@ -119,6 +119,7 @@ fn a_watchpoint_going_backwards_stops_before_the_other_threads_previous_write() 
             "delete",
             "handle SIGUSR1 nostop noprint pass",
             "continue",
+            "continue",
         ],
     );
     let all = text(&out);
@@ -299,6 +300,7 @@ fn going_backwards_with_a_forked_child_alive_then_on_to_its_end() {
             "print i",
             "delete",
             "continue",
+            "continue",
         ],
     );
     let all = text(&out);
@@ -359,4 +361,38 @@ fn starting_at_an_event_with_g_still_goes_back_before_it() {
         ["4"],
         "the loop's last call, before -g's event:\n{all}"
     );
+}
+
+#[test]
+fn the_end_is_a_stop_to_go_backwards_from() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let trace = recorded(&ctx);
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "handle SIGUSR1 nostop noprint pass",
+            // To the end: a stop there (SIGKILL, as rr reports it), the process still there.
+            "continue",
+            "break step",
+            "reverse-continue",
+            "print i",
+            "delete",
+            "continue",
+            "continue",
+        ],
+    );
+    let all = text(&out);
+    assert_has(&all, "received signal SIGKILL");
+    assert_eq!(
+        printed(&all),
+        ["4"],
+        "the last call of step, from the end:\n{all}"
+    );
+    // Forward again: the end, then the exit.
+    assert_has(&all, "exited normally");
 }

@@ -128,6 +128,11 @@ impl ReplayTarget {
             Halt::Exited(trace_format::ExitStatus::Signaled(sig)) => {
                 MultiThreadStopReason::Terminated(gdb_signal(sig))
             }
+            // As rr does: the end is a stop, so that gdb can still go backwards from it.
+            Halt::Ending(tid) => MultiThreadStopReason::SignalWithThread {
+                tid: gdb_tid(tid),
+                signal: Signal::SIGKILL,
+            },
             Halt::Start(tid) => MultiThreadStopReason::ReplayLog {
                 tid: Some(gdb_tid(tid)),
                 pos: ReplayLogPosition::Begin,

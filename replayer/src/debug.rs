@@ -48,6 +48,10 @@ pub enum Halt {
     End,
     /// Going backwards reached the start of the replay: there is nothing earlier to go to.
     Start(Tid),
+    /// The debugged process is about to end: its task is stopped at the `exit_group` (or its
+    /// last thread's `exit`) it is making. Reported once per arrival, as rr does, so that the
+    /// debugger can still go backwards from the end; going on ends the process.
+    Ending(Tid),
     /// The replay paused between events for its timeline to keep a checkpoint (see
     /// [`Debug::pause_every`]); never a debugger's halt.
     Pause(Tid),
@@ -65,6 +69,7 @@ impl Halt {
             | Halt::Interrupted(t)
             | Halt::Reached(t)
             | Halt::Start(t)
+            | Halt::Ending(t)
             | Halt::Pause(t) => Some(t),
             Halt::Signal { .. } | Halt::Exited(_) | Halt::End => None,
         }
@@ -90,6 +95,14 @@ pub enum Position {
         /// Its state there.
         point: Box<Point>,
     },
+    /// Task `tid` of the debugged process, having run since event `event`, is stopped at the
+    /// syscall that ends its process ([`Halt::Ending`]).
+    Ending {
+        /// The event replayed last.
+        event: u64,
+        /// The task making the call.
+        tid: Tid,
+    },
     /// The end of the replay: the debugged process ended, or the recording did.
     End,
 }
@@ -98,7 +111,9 @@ impl Position {
     /// The event replayed last at this position (`None` at the end).
     pub fn event(&self) -> Option<u64> {
         match self {
-            Position::Boundary(e) | Position::Within { event: e, .. } => Some(*e),
+            Position::Boundary(e)
+            | Position::Within { event: e, .. }
+            | Position::Ending { event: e, .. } => Some(*e),
             Position::End => None,
         }
     }
@@ -213,6 +228,8 @@ pub(crate) struct Debug {
     /// Halt when the replay gets to this position (going backwards: the position the
     /// debugger was at), reporting [`Halt::Reached`]; halts on the way happen as usual.
     pub mark: Option<Position>,
+    /// The replay halted at the debugged process's end ([`Halt::Ending`]) once already.
+    pub end_reported: bool,
     /// Pause ([`Halt::Pause`]) between events once this long has passed since the last pause
     /// (so that checkpoints are kept along long runs).
     pub pause_every: Option<std::time::Duration>,
@@ -248,6 +265,7 @@ impl Debug {
             leaving: None,
             in_windows: BTreeMap::new(),
             mark: None,
+            end_reported: false,
             pause_every: None,
             last_pause: std::time::Instant::now(),
             pending_breakpoints: BTreeSet::new(),
@@ -278,6 +296,7 @@ impl Debug {
             leaving: self.leaving,
             in_windows: self.in_windows.clone(),
             mark: self.mark.clone(),
+            end_reported: self.end_reported,
             pause_every: self.pause_every,
             last_pause: std::time::Instant::now(),
             pending_breakpoints: self.pending_breakpoints.clone(),

@@ -335,6 +335,8 @@ impl Timeline {
     /// the debugger looks at. A watchpoint's hit is taken back to before the access.
     fn go_on_to(&mut self, mut replay: DebugReplay, halts: u64, last: Halt) -> Result<Halt> {
         self.attach_interrupt(&mut replay);
+        // (A copy of a scan has the scan's mark, past the halts it goes to.)
+        replay.set_mark(&Position::End);
         let mut halt = (halts == 0).then_some(last);
         for _ in 0..halts {
             halt = Some(run(&mut self.checkpoints, &mut replay, Resume::Continue)?);
@@ -373,7 +375,7 @@ impl Timeline {
     fn reverse_step(&mut self, here: &Position, tid: Tid) -> Result<Halt> {
         let from = match here {
             Position::Within { event, tid: t, .. } if *t == tid => Some(*event),
-            Position::End => bail!("going backwards by single steps from the end of the replay is not supported; `reverse-continue` to a breakpoint first"),
+            Position::End | Position::Ending { .. } => bail!("going backwards by single steps from the end of the replay is not supported; `reverse-continue` to a breakpoint first"),
             _ => self.replay.run_before(tid),
         };
         let Some(from) = from else {
@@ -446,6 +448,8 @@ impl Timeline {
         };
         replay.set_quiet(true);
         replay.set_pause_every(Some(PAUSE_EVERY));
+        // (A checkpoint kept from a scan has the scan's mark.)
+        replay.set_mark(&Position::End);
         let now = replay.breakpoint_addrs();
         for &addr in now.difference(&self.breakpoints) {
             replay.remove_breakpoint(addr)?;
@@ -492,6 +496,7 @@ impl Timeline {
     /// Makes `replay` the one the debugger looks at.
     fn take(&mut self, mut replay: DebugReplay) {
         replay.set_quiet(self.quiet);
+        replay.set_mark(&Position::End);
         self.replay.kill();
         self.replay = replay;
     }
@@ -555,6 +560,7 @@ fn lost(pos: &Position, end: Halt) -> String {
     let at = match pos {
         Position::Boundary(e) => format!("event {e}"),
         Position::Within { event, tid, .. } => format!("task {tid}'s run after event {event}"),
+        Position::Ending { event, tid } => format!("task {tid}'s exit after event {event}"),
         Position::End => "the end".into(),
     };
     format!(

@@ -84,6 +84,7 @@ impl Session {
             ran: self.ran,
             stretches: self.stretches.clone(),
             after_mark: None,
+            held_stop: None,
         }))
     }
 
@@ -91,6 +92,9 @@ impl Session {
     fn uncopyable(&self) -> Option<&'static str> {
         if self.toward.is_some() || self.after_mark.is_some() {
             return Some("a task runs toward a point");
+        }
+        if self.held_stop.is_some() {
+            return Some("the debugged process is at its end");
         }
         if !self.ptrace_held.is_empty() {
             return Some("emulated ptrace");

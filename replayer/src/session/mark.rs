@@ -18,6 +18,12 @@ impl Session {
     /// task's state if it ran since.
     pub(crate) fn position(&mut self) -> Result<Position> {
         let event = self.index;
+        if let (Some(_), Some(run)) = (self.held_stop, self.running) {
+            return Ok(Position::Ending {
+                event,
+                tid: run.tid,
+            });
+        }
         let Some(run) = self.running.filter(|_| self.ran) else {
             return Ok(Position::Boundary(event));
         };
@@ -68,8 +74,42 @@ impl Session {
                 }
                 Ok(tracee::state::differences(t, &want, &scratch)?.is_empty())
             }
+            Position::Ending { event, tid } => Ok(self.index == *event
+                && self.held_stop.is_some()
+                && self.running.map(|r| r.tid) == Some(*tid)),
             Position::End => Ok(false),
         }
+    }
+
+    /// The halt at the debugged process's end, if task `tid` just reached it (`stop`: the
+    /// seccomp stop of its `exit_group`, or of the `exit` of its process's last task) and the
+    /// replay has not halted there yet: [`Halt::Reached`] if the debugger's mark is there.
+    pub(super) fn ending(&mut self, tid: Tid, stop: tracee::Stop) -> Result<Option<Halt>> {
+        if stop != tracee::Stop::SeccompEntry || !self.debugged(tid) {
+            return Ok(None);
+        }
+        let index = self.index;
+        let Some(d) = self.debug.as_ref() else {
+            return Ok(None);
+        };
+        if d.end_reported || d.halt_after_event.is_some() {
+            return Ok(None);
+        }
+        let nr = self.tracee(tid)?.regs()?.orig_rax as i64;
+        let rpid = self.task(tid)?.rpid;
+        let last = self.tasks.in_process(rpid).count() == 1;
+        if nr != libc::SYS_exit_group && !(nr == libc::SYS_exit && last) {
+            return Ok(None);
+        }
+        let Some(d) = self.debug.as_mut() else {
+            return Ok(None);
+        };
+        d.end_reported = true;
+        if d.mark == Some(Position::Ending { event: index, tid }) {
+            d.mark = None;
+            return Ok(Some(Halt::Reached(tid)));
+        }
+        Ok(Some(Halt::Ending(tid)))
     }
 
     /// The memory of a locator task `tid` runs with (its scratch page), which is not the

@@ -157,6 +157,7 @@ impl Session {
             ran: false,
             stretches: Default::default(),
             after_mark: None,
+            held_stop: None,
         };
         if let Err(e) = session.first_exec(&exec_ev) {
             session.tasks.kill_all();
@@ -239,6 +240,9 @@ pub(crate) struct Session {
     pub(crate) stretches: std::collections::HashMap<Tid, [Option<u64>; 2]>,
     /// The point the running task runs toward once it has reached the debugger's mark.
     after_mark: Option<Toward>,
+    /// The stop the running task reached, kept while the replay halts there (the debugged
+    /// process's end, see `Halt::Ending`): its run goes on from it.
+    held_stop: Option<Stop>,
 }
 
 /// A task resumed after its event.

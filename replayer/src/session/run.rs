@@ -123,7 +123,7 @@ impl Session {
                     continue;
                 }
             }
-            let early = match early {
+            let early = match early.or_else(|| self.held_stop.take()) {
                 Some(stop) => Some(stop),
                 None => self.launch(run)?,
             };
@@ -150,6 +150,12 @@ impl Session {
                     return Err(self.missed_point(run.tid, stop));
                 }
                 Next::Park(stop) => {
+                    if let Some(why) = self.ending(run.tid, stop)? {
+                        // Halt at the debugged process's end; its run goes on from this stop.
+                        self.held_stop = Some(stop);
+                        self.halt(why);
+                        continue;
+                    }
                     self.task(run.tid)?.state = match stop {
                         Stop::Exited(c) => RState::Dead(ExitStatus::Exited(c)),
                         Stop::Killed(s) => RState::Dead(ExitStatus::Signaled(s)),
