@@ -114,6 +114,9 @@ fn goto_reaches_the_events_after_a_handled_signal() {
             "monitor when",
             "-ex",
             "continue",
+            // (The end is a stop first, as under rr.)
+            "-ex",
+            "continue",
         ]);
         let out = run_with_timeout(&mut cmd, TIMEOUT);
         assert_no_panic("replay -g", &out);
