@@ -261,6 +261,8 @@ fn monitor_checkpoint_restart_and_seek_move_the_replay() {
             "continue",
             "print i",
             "monitor restart 7",
+            "monitor seek 999999",
+            "monitor seek x",
         ],
     );
     let all = text(&out);
@@ -272,6 +274,8 @@ fn monitor_checkpoint_restart_and_seek_move_the_replay() {
     assert_has(&all, "Checkpoint 1 at event ");
     assert_has(&all, "Current event: 5\n");
     assert_has(&all, "there is no checkpoint 7");
+    assert_has(&all, "event 999999 is past the end of the recording");
+    assert_has(&all, "`monitor seek` takes a number, not `x`");
 }
 
 #[test]

@@ -354,6 +354,11 @@ impl DebugReplay {
         }
     }
 
+    /// How many events the trace holds.
+    pub fn event_count(&self) -> u64 {
+        self.session.event_count()
+    }
+
     /// The task running (or about to run) after the last event.
     pub fn running_task(&self) -> Option<Tid> {
         self.session.running_task()

@@ -192,6 +192,10 @@ impl Timeline {
     /// Goes to the boundary after event `event` (no task has run since), from the latest
     /// checkpoint before it (`monitor seek`); no earlier than where the replay starts.
     pub fn seek(&mut self, event: u64) -> Result<()> {
+        let count = self.replay.event_count();
+        if event >= count {
+            bail!("event {event} is past the end of the recording ({count} events)");
+        }
         let pos = Position::Boundary(event.max(self.start.first));
         let replay = self.fresh_at(&pos)?;
         self.take(replay);

@@ -48,6 +48,11 @@ impl Session {
         self.running.map(|r| r.tid)
     }
 
+    /// How many events the trace holds.
+    pub(crate) fn event_count(&self) -> u64 {
+        self.reader.meta().event_count
+    }
+
     /// Whether the program's output is echoed.
     pub(crate) fn set_quiet(&mut self, quiet: bool) {
         self.opts.quiet = quiet;
