@@ -22,6 +22,15 @@ fn recorded(ctx: &Ctx) -> PathBuf {
     trace
 }
 
+/// gdb's session (and the program's output) on a replay of a new recording of `reverse.c`
+/// with `commands`; `None` where gdb is not installed.
+fn session(commands: &[&str]) -> Option<String> {
+    installed("gdb")?;
+    let ctx = Ctx::new();
+    let trace = recorded(&ctx);
+    Some(text(&gdb_batch(&ctx, &trace, &[], commands)))
+}
+
 /// The line of `reverse.c` that holds `code`.
 fn line_of(code: &str) -> usize {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/reverse.c");
@@ -46,38 +55,29 @@ fn printed(all: &str) -> Vec<String> {
 
 #[test]
 fn reverse_continue_goes_back_to_the_earlier_iteration_and_forward_again_repeats_it() {
-    if installed("gdb").is_none() {
+    let Some(all) = session(&[
+        "break step",
+        "continue",
+        "continue",
+        "continue",
+        "print i",
+        "reverse-continue",
+        "print i",
+        "reverse-continue",
+        "print i",
+        "continue",
+        "print i",
+        "continue",
+        "print i",
+        "reverse-continue",
+        "reverse-continue",
+        "print i",
+        "reverse-continue",
+        "continue",
+        "print i",
+    ]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let trace = recorded(&ctx);
-    let out = gdb_batch(
-        &ctx,
-        &trace,
-        &[],
-        &[
-            "break step",
-            "continue",
-            "continue",
-            "continue",
-            "print i",
-            "reverse-continue",
-            "print i",
-            "reverse-continue",
-            "print i",
-            "continue",
-            "print i",
-            "continue",
-            "print i",
-            "reverse-continue",
-            "reverse-continue",
-            "print i",
-            "reverse-continue",
-            "continue",
-            "print i",
-        ],
-    );
-    let all = text(&out);
+    };
     assert_eq!(
         printed(&all),
         ["2", "1", "0", "1", "2", "0", "0"],
@@ -85,44 +85,34 @@ fn reverse_continue_goes_back_to_the_earlier_iteration_and_forward_again_repeats
     );
     // Before the first hit there is only the start.
     assert_has(&all, "No more reverse-execution history.");
-    assert!(out.status.success(), "{}", describe("replay", &out));
 }
 
 #[test]
 fn a_watchpoint_going_backwards_stops_before_the_other_threads_previous_write() {
-    if installed("gdb").is_none() {
+    let Some(all) = session(&[
+        "break writer",
+        "continue",
+        "watch shared",
+        "continue",
+        "continue",
+        "continue",
+        "print shared",
+        "reverse-continue",
+        "print shared",
+        "print k",
+        "reverse-continue",
+        "print shared",
+        "continue",
+        "print shared",
+        // On to the end from a copy of the two-thread replay: the writer ends, main joins
+        // it (the kernel clears the writer's tid word in the copy too), the signal, exit.
+        "delete",
+        "handle SIGUSR1 nostop noprint pass",
+        "continue",
+        "continue",
+    ]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let trace = recorded(&ctx);
-    let out = gdb_batch(
-        &ctx,
-        &trace,
-        &[],
-        &[
-            "break writer",
-            "continue",
-            "watch shared",
-            "continue",
-            "continue",
-            "continue",
-            "print shared",
-            "reverse-continue",
-            "print shared",
-            "print k",
-            "reverse-continue",
-            "print shared",
-            "continue",
-            "print shared",
-            // On to the end from a copy of the two-thread replay: the writer ends, main joins
-            // it (the kernel clears the writer's tid word in the copy too), the signal, exit.
-            "delete",
-            "handle SIGUSR1 nostop noprint pass",
-            "continue",
-            "continue",
-        ],
-    );
-    let all = text(&out);
+    };
     assert_has(&all, "total=105 shared=21 got=10");
     assert_has(&all, "exited normally");
     assert_eq!(
@@ -139,35 +129,26 @@ fn a_watchpoint_going_backwards_stops_before_the_other_threads_previous_write() 
 
 #[test]
 fn reverse_next_step_and_finish_walk_back_over_and_into_calls() {
-    if installed("gdb").is_none() {
-        return;
-    }
-    let ctx = Ctx::new();
-    let trace = recorded(&ctx);
     let after_call = line_of("total += 1;");
     let call = line_of("total += step(i);");
-    let out = gdb_batch(
-        &ctx,
-        &trace,
-        &[],
-        &[
-            &format!("break reverse.c:{after_call}"),
-            "continue",
-            "continue",
-            "delete",
-            // Iteration 1, after the call: total = 1 (iteration 0) + 10.
-            "print total",
-            "reverse-next",
-            "print total",
-            "next",
-            "print total",
-            "reverse-step",
-            "print i",
-            "reverse-finish",
-            "print total",
-        ],
-    );
-    let all = text(&out);
+    let Some(all) = session(&[
+        &format!("break reverse.c:{after_call}"),
+        "continue",
+        "continue",
+        "delete",
+        // Iteration 1, after the call: total = 1 (iteration 0) + 10.
+        "print total",
+        "reverse-next",
+        "print total",
+        "next",
+        "print total",
+        "reverse-step",
+        "print i",
+        "reverse-finish",
+        "print total",
+    ]) else {
+        return;
+    };
     assert_eq!(
         printed(&all),
         ["11", "1", "11", "1", "1"],
@@ -186,42 +167,33 @@ fn reverse_next_step_and_finish_walk_back_over_and_into_calls() {
 
 #[test]
 fn reverse_stepi_crosses_a_syscall_and_a_recorded_signal() {
-    if installed("gdb").is_none() {
+    let Some(all) = session(&[
+        "break *after_syscall",
+        "continue",
+        "continue",
+        "print $pc == (char *)after_syscall",
+        // Back over the syscall: at the `syscall` instruction, the call not made.
+        "reverse-stepi",
+        "print $pc == (char *)after_syscall - 2",
+        "print $rax == 110",
+        // Forward again: the call's recorded result.
+        "stepi",
+        "print $pc == (char *)after_syscall",
+        "print $rax > 1",
+        "delete",
+        "handle SIGUSR1 nostop noprint pass",
+        "break *on_usr1",
+        "continue",
+        "print $pc == (char *)on_usr1",
+        // Back over the signal's delivery: where the signal interrupted raise().
+        "reverse-stepi",
+        "print $pc == (char *)on_usr1",
+        "bt 1",
+        "stepi",
+        "print $pc == (char *)on_usr1",
+    ]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let trace = recorded(&ctx);
-    let out = gdb_batch(
-        &ctx,
-        &trace,
-        &[],
-        &[
-            "break *after_syscall",
-            "continue",
-            "continue",
-            "print $pc == (char *)after_syscall",
-            // Back over the syscall: at the `syscall` instruction, the call not made.
-            "reverse-stepi",
-            "print $pc == (char *)after_syscall - 2",
-            "print $rax == 110",
-            // Forward again: the call's recorded result.
-            "stepi",
-            "print $pc == (char *)after_syscall",
-            "print $rax > 1",
-            "delete",
-            "handle SIGUSR1 nostop noprint pass",
-            "break *on_usr1",
-            "continue",
-            "print $pc == (char *)on_usr1",
-            // Back over the signal's delivery: where the signal interrupted raise().
-            "reverse-stepi",
-            "print $pc == (char *)on_usr1",
-            "bt 1",
-            "stepi",
-            "print $pc == (char *)on_usr1",
-        ],
-    );
-    let all = text(&out);
+    };
     assert_eq!(
         printed(&all),
         ["1", "1", "1", "1", "1", "1", "0", "1"],
@@ -232,40 +204,31 @@ fn reverse_stepi_crosses_a_syscall_and_a_recorded_signal() {
 
 #[test]
 fn monitor_checkpoint_restart_and_seek_move_the_replay() {
-    if installed("gdb").is_none() {
+    let Some(all) = session(&[
+        "break step",
+        "continue",
+        "continue",
+        "monitor checkpoint",
+        "continue",
+        "continue",
+        "print i",
+        "monitor checkpoints",
+        "monitor restart 1",
+        "maintenance flush register-cache",
+        "maintenance flush dcache",
+        "print i",
+        "continue",
+        "print i",
+        "monitor seek 5",
+        "monitor when",
+        "continue",
+        "print i",
+        "monitor restart 7",
+        "monitor seek 999999",
+        "monitor seek x",
+    ]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let trace = recorded(&ctx);
-    let out = gdb_batch(
-        &ctx,
-        &trace,
-        &[],
-        &[
-            "break step",
-            "continue",
-            "continue",
-            "monitor checkpoint",
-            "continue",
-            "continue",
-            "print i",
-            "monitor checkpoints",
-            "monitor restart 1",
-            "maintenance flush register-cache",
-            "maintenance flush dcache",
-            "print i",
-            "continue",
-            "print i",
-            "monitor seek 5",
-            "monitor when",
-            "continue",
-            "print i",
-            "monitor restart 7",
-            "monitor seek 999999",
-            "monitor seek x",
-        ],
-    );
-    let all = text(&out);
+    };
     assert_eq!(
         printed(&all),
         ["3", "1", "2", "0"],
@@ -369,28 +332,19 @@ fn starting_at_an_event_with_g_still_goes_back_before_it() {
 
 #[test]
 fn the_end_is_a_stop_to_go_backwards_from() {
-    if installed("gdb").is_none() {
+    let Some(all) = session(&[
+        "handle SIGUSR1 nostop noprint pass",
+        // To the end: a stop there (SIGKILL, as rr reports it), the process still there.
+        "continue",
+        "break step",
+        "reverse-continue",
+        "print i",
+        "delete",
+        "continue",
+        "continue",
+    ]) else {
         return;
-    }
-    let ctx = Ctx::new();
-    let trace = recorded(&ctx);
-    let out = gdb_batch(
-        &ctx,
-        &trace,
-        &[],
-        &[
-            "handle SIGUSR1 nostop noprint pass",
-            // To the end: a stop there (SIGKILL, as rr reports it), the process still there.
-            "continue",
-            "break step",
-            "reverse-continue",
-            "print i",
-            "delete",
-            "continue",
-            "continue",
-        ],
-    );
-    let all = text(&out);
+    };
     assert_has(&all, "received signal SIGKILL");
     assert_eq!(
         printed(&all),

@@ -20,7 +20,7 @@ use tracee::state::comparable;
 use tracee::{regs, Tracee};
 
 /// Index of `rip` in [`Point::regs`] (`user_regs_struct` order).
-const RIP: usize = 16;
+pub(crate) const RIP: usize = 16;
 
 /// How long a task may run toward a point in any case before the replay calls it lost.
 const BASE_LIMIT: Duration = Duration::from_secs(30);

@@ -257,6 +257,16 @@ impl Tracee {
         bail!("the injected clone of task {} did not return", self.pid())
     }
 
+    /// Sets the task's registers to `saved` but about to run `getpid` at `site` (a `syscall`),
+    /// out of any syscall of its own.
+    fn point_at_getpid(&self, saved: &Regs, site: u64) -> Result<()> {
+        let mut r = *saved;
+        r.rip = site;
+        r.rax = libc::SYS_getpid as u64;
+        r.orig_rax = u64::MAX;
+        self.set_regs(&r)
+    }
+
     /// Puts the task (after an injected syscall at `site`, at its exit stop, or a new fork at
     /// its first stop) back in a stop of `kind` with registers `saved`, and the code at `site`
     /// back to `patched` if a `syscall` was written there.
@@ -271,11 +281,7 @@ impl Tracee {
             StopKind::User => {}
             StopKind::Seccomp => {
                 // Enter a syscall again to be at its seccomp stop (the filter traps it).
-                let mut r = *saved;
-                r.rip = site;
-                r.rax = libc::SYS_getpid as u64;
-                r.orig_rax = u64::MAX;
-                self.set_regs(&r)?;
+                self.point_at_getpid(saved, site)?;
                 self.cont(0)?;
                 match self.wait()? {
                     Stop::SeccompEntry => {}
@@ -286,11 +292,7 @@ impl Tracee {
                 }
             }
             StopKind::Exit => {
-                let mut r = *saved;
-                r.rip = site;
-                r.rax = libc::SYS_getpid as u64;
-                r.orig_rax = u64::MAX;
-                self.set_regs(&r)?;
+                self.point_at_getpid(saved, site)?;
                 let mut exited = false;
                 for _ in 0..MAX_STOPS {
                     self.cont_syscall(0)?;

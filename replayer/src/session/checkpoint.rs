@@ -1,25 +1,25 @@
-//! Copies of a replay (checkpoints): the replayed process forked at the position the replay is
-//! halted at, with the replay's state copied to go on with it. See the crate README, "Going
+//! Copies of a replay (checkpoints): the replayed processes forked at the position the replay
+//! is halted at, with the replay's state copied to go on with it. See the crate README, "Going
 //! backwards".
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use anyhow::Result;
 use trace_format::Tid;
 use tracee::fork::ThreadCopy;
 use tracee::Stop;
 
-use crate::tasks::RState;
-use anyhow::Result;
+use crate::tasks::{RState, Task};
 
 use super::Session;
 
 impl Session {
     /// A copy of this replay at its current position, its processes forked: a replay that
     /// goes on from here independently (or waits, stopped, as a checkpoint). `None` where this
-    /// design cannot copy the replay: a task on its way to a recorded
-    /// point, an emulated ptrace, a writable shared mapping (the copy would share it), an
-    /// emulated file the replay may change, a stop that a fork cannot reproduce.
+    /// design cannot copy the replay: a task on its way to a recorded point, an emulated
+    /// ptrace, a writable shared mapping (the copy would share it), an emulated file the replay
+    /// may change, a stop that a fork cannot reproduce.
     pub(crate) fn fork_copy(&mut self) -> Result<Option<Session>> {
         if let Some(why) = self.uncopyable() {
             tracing::debug!(event = self.index, "no copy of the replay here: {why}");
@@ -29,7 +29,7 @@ impl Session {
         // cloned in the copy. (The copies' parents are the originals, not each other's
         // copies: the replay emulates every call that would tell, `wait4` and `kill` among
         // them, and reaps its tasks itself.)
-        let mut processes: HashMap<i32, Vec<(Tid, &crate::tasks::Task)>> = HashMap::new();
+        let mut processes: HashMap<i32, Vec<(Tid, &Task)>> = HashMap::new();
         for (tid, t) in self.tasks.all() {
             processes.entry(t.pid.as_raw()).or_default().push((tid, t));
         }

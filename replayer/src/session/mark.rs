@@ -6,12 +6,9 @@ use anyhow::Result;
 use trace_format::{SyscallEvent, Tid};
 
 use crate::debug::{Halt, Position, INT3};
-use crate::point::{self, PointEvent, Toward};
+use crate::point::{self, PointEvent, Toward, RIP};
 
 use super::Session;
-
-/// Index of `rip` in a point's registers (`user_regs_struct` order).
-const RIP: usize = 16;
 
 impl Session {
     /// The exact position of the replay, halted: the event replayed last, and the running
