@@ -134,9 +134,10 @@ impl Task {
 
 impl Tasks {
     /// The tasks of a forked copy of the replay: `copies` holds, for each task (recorded id),
-    /// its copy's handle and process id. `None` unless every task has one and no stop waits.
-    pub fn copy_with(&self, mut copies: HashMap<Tid, (Tracee, Pid)>) -> Option<Tasks> {
-        if self.stash.values().any(|s| !s.is_empty()) || copies.len() != self.by_tid.len() {
+    /// its copy's handle and process id, which it takes out of `copies`. `None` unless every
+    /// task has one and no stop waits.
+    pub fn copy_with(&self, copies: &mut HashMap<Tid, (Tracee, Pid)>) -> Option<Tasks> {
+        if self.stops_waiting() || copies.len() != self.by_tid.len() {
             return None;
         }
         let mut out = Tasks::default();
@@ -146,6 +147,11 @@ impl Tasks {
             out.by_tid.insert(tid, task.copy_as(tracee, pid));
         }
         Some(out)
+    }
+
+    /// Whether stops reported by tasks other than the one waited for wait to be collected.
+    pub fn stops_waiting(&self) -> bool {
+        self.stash.values().any(|s| !s.is_empty())
     }
 
     /// All tasks (recorded id, task).

@@ -65,6 +65,19 @@ pub struct Timeline {
     /// Positions the debugger saved (`monitor checkpoint`), numbered from 1; `None` once
     /// deleted.
     saved: Vec<Option<Position>>,
+    /// Copies of the replay at the last two positions it halted at part-way through a task's
+    /// run, the earlier first (see [`Anchor`]).
+    anchors: [Option<Anchor>; 2],
+}
+
+/// A copy of the replay kept at a halt part-way through task `tid`'s run after event `event`.
+/// The replay went forward from the earlier anchor to the later one, so the earlier one is
+/// known to be before the current position: `reverse-stepi` single-steps from it rather than
+/// from the start of the task's run (which a loop of buffered syscalls makes long).
+struct Anchor {
+    event: u64,
+    tid: Tid,
+    replay: DebugReplay,
 }
 
 impl Timeline {
@@ -90,6 +103,7 @@ impl Timeline {
             interrupt: None,
             checkpoints: Vec::new(),
             saved: Vec::new(),
+            anchors: [None, None],
         };
         timeline.replay.set_pause_every(Some(PAUSE_EVERY));
         timeline.checkpoint_here()?;
@@ -138,6 +152,7 @@ impl Timeline {
 
     /// Ends the replay and starts it again from its start, with nothing set (gdb's `run`).
     pub fn start_over(&mut self) -> Result<()> {
+        self.anchors = [None, None];
         self.replay.kill();
         self.breakpoints.clear();
         self.hw.clear();
@@ -192,6 +207,7 @@ impl Timeline {
     /// Goes to the boundary after event `event` (no task has run since), from the latest
     /// checkpoint before it (`monitor seek`); no earlier than where the replay starts.
     pub fn seek(&mut self, event: u64) -> Result<()> {
+        self.anchors = [None, None];
         let count = self.replay.event_count();
         if event >= count {
             bail!("event {event} is past the end of the recording ({count} events)");
@@ -213,6 +229,7 @@ impl Timeline {
 
     /// Goes back (or forward) to the position saved as `n` (`monitor restart N`).
     pub fn restore_position(&mut self, n: usize) -> Result<()> {
+        self.anchors = [None, None];
         let Some(Some(pos)) = n.checked_sub(1).and_then(|i| self.saved.get(i)).cloned() else {
             bail!("there is no checkpoint {n} (`monitor checkpoints` lists them)");
         };
@@ -245,6 +262,9 @@ impl Timeline {
     pub fn resume(&mut self, how: Resume) -> Result<Halt> {
         let halt = run(&mut self.checkpoints, &mut self.replay, how)?;
         self.checkpoint_here()?;
+        // Forward: the anchor at the last halt stays before the new one.
+        let earlier = self.anchors[1].take();
+        self.anchors = [earlier, self.anchor_here()?];
         Ok(halt)
     }
 
@@ -257,11 +277,17 @@ impl Timeline {
             return Ok(Halt::Start(self.replay.current_thread()));
         }
         let halt = match how {
-            Resume::Continue => self.reverse_continue(&here),
+            Resume::Continue => {
+                // (Nothing is known to be before where it lands.)
+                self.anchors = [None, None];
+                self.reverse_continue(&here)
+            }
+            // (The earlier anchor, if used, is before where it lands.)
             Resume::Step(tid) => self.reverse_step(&here, tid),
         }?;
         tracing::debug!(?halt, "went backwards");
         self.checkpoint_here()?;
+        self.anchors[1] = self.anchor_here()?;
         Ok(halt)
     }
 
@@ -386,7 +412,15 @@ impl Timeline {
             // The task has not run before: nothing of it is earlier.
             return self.go_to_start();
         };
-        let mut scan = self.fresh_at(&Position::Boundary(from))?;
+        // From the earlier anchor if it is on the same run, else from the run's start.
+        let anchored = match (&self.anchors[0], here) {
+            (Some(a), Position::Within { event, tid: t, .. }) => a.event == *event && a.tid == *t,
+            _ => false,
+        };
+        if !anchored {
+            self.anchors[0] = None;
+        }
+        let mut scan = self.start_of_steps(from)?;
         let mut steps = 0u64;
         let limit = here.event().unwrap_or(u64::MAX);
         while !scan.is_at(here)? && scan.when() <= limit {
@@ -405,7 +439,22 @@ impl Timeline {
             }
         }
         drop(scan);
-        let mut replay = self.fresh_at(&Position::Boundary(from))?;
+        if steps == 0 && self.anchors[0].is_some() {
+            // The anchor is here, not before: from the run's start instead.
+            self.anchors[0] = None;
+            return self.reverse_step(here, tid);
+        }
+        if steps <= 1 {
+            // The replay lands on the anchor itself, which is then no longer before it.
+            let anchor = self.anchors[0].take();
+            if let Some(mut a) = anchor {
+                let mut replay = a.replay.copy()?.context("copying the anchor of a step")?;
+                self.prepare(&mut replay)?;
+                self.take(replay);
+                return Ok(Halt::Step(tid));
+            }
+        }
+        let mut replay = self.start_of_steps(from)?;
         let mut done = 0u64;
         while done + 1 < steps {
             match run(&mut self.checkpoints, &mut replay, Resume::Step(tid))? {
@@ -416,6 +465,34 @@ impl Timeline {
         }
         self.take(replay);
         Ok(Halt::Step(tid))
+    }
+
+    /// A replay where counting single steps toward the current position starts: a copy of
+    /// the earlier anchor, else the boundary after event `from`.
+    fn start_of_steps(&mut self, from: u64) -> Result<DebugReplay> {
+        let copy = match &mut self.anchors[0] {
+            Some(a) => a.replay.copy()?,
+            None => None,
+        };
+        match copy {
+            Some(mut replay) => {
+                self.prepare(&mut replay)?;
+                Ok(replay)
+            }
+            None => self.fresh_at(&Position::Boundary(from)),
+        }
+    }
+
+    /// A copy of the replay at its position if a task is part-way through its run there.
+    fn anchor_here(&mut self) -> Result<Option<Anchor>> {
+        let Some(tid) = self.replay.part_way() else {
+            return Ok(None);
+        };
+        let event = self.replay.when();
+        Ok(self
+            .replay
+            .copy()?
+            .map(|replay| Anchor { event, tid, replay }))
     }
 
     /// Goes to where the replay starts.
@@ -450,6 +527,12 @@ impl Timeline {
             )
             .context("starting the replay over to go backwards")?,
         };
+        self.prepare(&mut replay)?;
+        Ok(replay)
+    }
+
+    /// Gives a copy of a replay the debugger's requests as they are now, not echoing output.
+    fn prepare(&self, replay: &mut DebugReplay) -> Result<()> {
         replay.set_quiet(true);
         replay.set_pause_every(Some(PAUSE_EVERY));
         // (A checkpoint kept from a scan has the scan's mark.)
@@ -469,8 +552,8 @@ impl Timeline {
         for &p in &self.hw {
             replay.add_hw_point(p);
         }
-        self.attach_interrupt(&mut replay);
-        Ok(replay)
+        self.attach_interrupt(replay);
+        Ok(())
     }
 
     /// Installs the debugger's interrupt check in `replay`.

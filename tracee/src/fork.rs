@@ -67,8 +67,11 @@ impl Tracee {
             regs.orig_rax = u64::MAX;
         }
         regs.rax = libc::SYS_clone as u64;
-        // clone(flags 0: a new process, no signal to the parent at its end; the same stack).
-        set_syscall_args(&mut regs, &[0; 6]);
+        // clone(a new process, no signal to the parent at its end, the same stack), a sibling
+        // of this one (`CLONE_PARENT`): the copy of a process the tracer started is the
+        // tracer's child too, which reaps it when it ends (a child of the copied process would
+        // stay a zombie of it, and copies are many).
+        set_syscall_args(&mut regs, &[libc::CLONE_PARENT as u64, 0, 0, 0, 0, 0]);
         self.set_regs(&regs)?;
         let forked = self.run_clone(site);
         // Back to the stop this task was in, whatever happened.

@@ -60,7 +60,8 @@ impl Session {
                 by_tid.insert(*tid, (copy, new_pid));
             }
         }
-        let Some(tasks) = self.tasks.copy_with(by_tid) else {
+        let Some(tasks) = self.tasks.copy_with(&mut by_tid) else {
+            tracee::Tracee::kill_and_reap_all(by_tid.values().map(|(c, _)| c));
             return Ok(None);
         };
         let debug = self.debug.as_ref().map(|d| d.copy());
@@ -95,6 +96,9 @@ impl Session {
         }
         if self.held_stop.is_some() {
             return Some("the debugged process is at its end");
+        }
+        if self.tasks.stops_waiting() {
+            return Some("stops of other tasks wait to be collected");
         }
         if !self.ptrace_held.is_empty() {
             return Some("emulated ptrace");
