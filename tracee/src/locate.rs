@@ -27,7 +27,7 @@ use crate::tracee::{signo_code, Tracee};
 
 mod trampoline;
 
-use trampoline::build_trampoline;
+use trampoline::{build_trampoline, Check};
 pub(crate) use trampoline::unmovable;
 
 /// Index of `rip` in [`regs::to_words`] order.
@@ -47,6 +47,9 @@ const DATA_VISITS: u64 = 0;
 const DATA_R11: u64 = 8;
 const DATA_RSP: u64 = 16;
 const DATA_R10: u64 = 24;
+const DATA_RCX: u64 = 32;
+/// At most this many registers and watched words in the trampoline's quick filter.
+const MAX_QUICK: usize = 6;
 /// Length of `jmp rel32`, the patch at the point.
 const JMP_LEN: usize = 5;
 
@@ -103,6 +106,8 @@ pub struct Locator {
     avoid: Vec<(u64, u64)>,
     free_slots: Vec<usize>,
     armed: bool,
+    /// Whether the trampoline counts every visit, not only those past its quick filter.
+    counting: bool,
     /// Visits the trampoline counted when last read.
     trampoline_visits: u64,
     /// Visits seen as ptrace stops (fallback).
@@ -161,11 +166,36 @@ impl Locator {
     /// first [`Locator::arm`]. A task in a signal-delivery-stop whose signal is still to be
     /// delivered must get it first: [`Locator::run`] with that signal does so before arming
     /// (arming resumes the task, which would discard it).
+    ///
+    /// The trampoline counts only the visits that pass its quick filter (see
+    /// [`Locator::visits`]); [`Locator::new_counting`] counts them all.
     pub fn new(
         t: &Tracee,
         point: &Point,
         avoid: &[(u64, u64)],
         free_slots: &[usize],
+    ) -> Result<Locator> {
+        Self::build(t, point, avoid, free_slots, false)
+    }
+
+    /// [`Locator::new`], with a trampoline that counts every visit of the point's `rip` (a
+    /// memory increment per visit: a few tenths of a nanosecond on a hot loop, for tests and
+    /// measurements).
+    pub fn new_counting(
+        t: &Tracee,
+        point: &Point,
+        avoid: &[(u64, u64)],
+        free_slots: &[usize],
+    ) -> Result<Locator> {
+        Self::build(t, point, avoid, free_slots, true)
+    }
+
+    fn build(
+        t: &Tracee,
+        point: &Point,
+        avoid: &[(u64, u64)],
+        free_slots: &[usize],
+        counting: bool,
     ) -> Result<Locator> {
         if let Some(&bad) = free_slots.iter().find(|&&s| s >= crate::debugregs::SLOTS) {
             bail!("there is no debug register slot {bad} (0-3)");
@@ -194,7 +224,8 @@ impl Locator {
             })
             .cloned()
             .collect();
-        let mode = match build_trampoline(t, point, &watch, &maps, avoid, free_slots) {
+        let quick = quick_checks(t, point, &watch)?;
+        let mode = match build_trampoline(t, point, &watch, &quick, counting, &maps, avoid, free_slots) {
             Ok(tr) => Mode::Trampoline(tr),
             Err(why) => {
                 let mode = fallback(t, rip, avoid, free_slots)?;
@@ -210,6 +241,7 @@ impl Locator {
             avoid: avoid.to_vec(),
             free_slots: free_slots.to_vec(),
             armed: false,
+            counting,
             trampoline_visits: 0,
             stop_visits: 0,
             guard_hits: 0,
@@ -229,7 +261,10 @@ impl Locator {
         }
     }
 
-    /// Visits of the point's `rip` so far (as of the last stop).
+    /// Visits of the point's `rip` so far (as of the last stop): every visit of a fallback
+    /// and of a counting trampoline ([`Locator::new_counting`]); with a trampoline made by
+    /// [`Locator::new`], only those that passed its quick filter (its registers and words
+    /// that differed when the locator was made).
     pub fn visits(&self) -> u64 {
         self.trampoline_visits + self.stop_visits
     }
@@ -483,8 +518,14 @@ impl Locator {
     /// A one-line account for divergence reports: visits, near misses, the nearest miss's
     /// differences.
     pub fn report(&self) -> String {
+        let mut visits = "visit(s)";
         let method = match self.method() {
-            Method::Trampoline { guards } => format!("trampoline with {guards} guard(s)"),
+            Method::Trampoline { guards } => {
+                if !self.counting {
+                    visits = "visit(s) past the quick filter";
+                }
+                format!("trampoline with {guards} guard(s)")
+            }
             Method::HardwareBreakpoint => "hardware breakpoint".to_string(),
             Method::Int3 => "int3".to_string(),
         };
@@ -493,7 +534,7 @@ impl Locator {
             None => "none had the recorded registers and watched words".to_string(),
         };
         format!(
-            "point {:#x} ({method}): {} visit(s), {} guard hit(s), {} near miss(es); {nearest}",
+            "point {:#x} ({method}): {} {visits}, {} guard hit(s), {} near miss(es); {nearest}",
             self.rip,
             self.visits(),
             self.guard_hits,
@@ -638,6 +679,35 @@ impl Locator {
             }
         }
     }
+}
+
+/// The trampoline's quick filter for `point` in stopped task `t` (at the start of its run
+/// toward the point): the watched words, then the general registers, whose values differ now
+/// from the point's, at most [`MAX_QUICK`]. What differs between the run's start and the point
+/// is what the run changes (a loop's counters and accumulators, the memory it writes): at
+/// most visits of the point's `rip` one of these differs too, and the filter leaves the
+/// trampoline after a few flag-free instructions. Values equal now (constants, pointers) would
+/// pass at nearly every visit, so they are left to the full filter.
+fn quick_checks(t: &Tracee, point: &Point, watch: &[WatchedWord]) -> Result<Vec<Check>> {
+    let now = regs::to_words(&t.regs()?);
+    let mut checks: Vec<Check> = watch
+        .iter()
+        .filter(|w| {
+            let mut b = [0u8; 8];
+            let n = usize::from(w.size);
+            t.read_mem_partial(w.addr, &mut b[..n]) != n
+                || u64::from_le_bytes(b) != w.value & size_mask(w.size)
+        })
+        .map(|w| Check::Word(w.clone()))
+        .collect();
+    checks.extend(
+        trampoline::QUICK_REGS
+            .iter()
+            .filter(|&&i| now[i] != point.regs[i])
+            .map(|&i| Check::Reg(i)),
+    );
+    checks.truncate(MAX_QUICK);
+    Ok(checks)
 }
 
 /// Low `size` bytes.

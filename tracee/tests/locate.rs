@@ -170,11 +170,28 @@ struct Replay {
     elapsed: Duration,
 }
 
-/// Run 2: the program again to the same syscall, then the locator to `point`.
+/// Run 2: the program again to the same syscall, then the locator to `point`, counting
+/// every visit.
 fn replay(mode: &str, point: &Point, avoid: &[(u64, u64)], free_slots: &[usize]) -> Replay {
+    replay_with(mode, point, avoid, free_slots, true)
+}
+
+/// [`replay`] with a locator that counts every visit or (as the replayer's) only those past
+/// its quick filter.
+fn replay_with(
+    mode: &str,
+    point: &Point,
+    avoid: &[(u64, u64)],
+    free_slots: &[usize],
+    counting: bool,
+) -> Replay {
     let child = start(mode);
     let t = &child.0;
-    let mut loc = Locator::new(t, point, avoid, free_slots).unwrap();
+    let mut loc = if counting {
+        Locator::new_counting(t, point, avoid, free_slots).unwrap()
+    } else {
+        Locator::new(t, point, avoid, free_slots).unwrap()
+    };
     let method = loc.method();
     let t0 = Instant::now();
     let verdict = loc.run(t, 0);
@@ -256,6 +273,29 @@ fn finds_a_preempted_point_whose_progress_is_only_in_memory() {
     );
     assert!(r.visits > 1000, "the filter saw only {} visits", r.visits);
     assert!(r.elapsed < Duration::from_secs(10));
+}
+
+#[test]
+fn the_quick_filter_finds_the_same_points_faster() {
+    for mode in ["r", "m"] {
+        let point = record_timed(mode, 30);
+        let counted = replay(mode, &point, &[], &[0, 1, 2, 3]);
+        assert_reached(&counted, &point);
+        let r = replay_with(mode, &point, &[], &[0, 1, 2, 3], false);
+        assert_reached(&r, &point);
+        assert!(
+            matches!(r.method, Method::Trampoline { .. }),
+            "{:?}",
+            r.method
+        );
+        eprintln!(
+            "mode {mode}: {} visits counted in {:?}; quick filter: {:?}, {}",
+            counted.visits, counted.elapsed, r.elapsed, r.report
+        );
+        // The visits the quick filter lets through are those whose quick checks all match.
+        assert!(r.visits < counted.visits / 100, "{}", r.report);
+        assert!(r.report.contains("past the quick filter"), "{}", r.report);
+    }
 }
 
 #[test]
