@@ -27,8 +27,8 @@ use crate::tracee::{signo_code, Tracee};
 
 mod trampoline;
 
-use trampoline::{build_trampoline, Check};
 pub(crate) use trampoline::unmovable;
+use trampoline::{build_trampoline, Check};
 
 /// Index of `rip` in [`regs::to_words`] order.
 const RIP: usize = 16;
@@ -225,14 +225,28 @@ impl Locator {
             .cloned()
             .collect();
         let quick = quick_checks(t, point, &watch)?;
-        let mode = match build_trampoline(t, point, &watch, &quick, counting, &maps, avoid, free_slots) {
-            Ok(tr) => Mode::Trampoline(tr),
-            Err(why) => {
-                let mode = fallback(t, rip, avoid, free_slots)?;
-                tracing::info!("point {rip:#x}: no trampoline ({why:#}); stopping at every visit");
-                mode
-            }
-        };
+        tracing::debug!(
+            "point {rip:#x}: quick filter on {}",
+            quick
+                .iter()
+                .map(|c| match c {
+                    Check::Reg(i) => regs::WORD_NAMES[*i].to_string(),
+                    Check::Word(w) => format!("[{:#x}]", w.addr),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mode =
+            match build_trampoline(t, point, &watch, &quick, counting, &maps, avoid, free_slots) {
+                Ok(tr) => Mode::Trampoline(tr),
+                Err(why) => {
+                    let mode = fallback(t, rip, avoid, free_slots)?;
+                    tracing::info!(
+                        "point {rip:#x}: no trampoline ({why:#}); stopping at every visit"
+                    );
+                    mode
+                }
+            };
         Ok(Locator {
             point: point.clone(),
             rip,

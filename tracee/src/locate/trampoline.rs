@@ -197,6 +197,8 @@ struct Assembled {
 ///   for each quick check: rcx = value - expected (mov rcx, -expected ; lea rcx, [reg + rcx],
 ///   or mov rcx, addr ; mov rcx, [rcx] ; mov r11, -expected ; lea rcx, [rcx + r11]) ;
 ///   jrcxz next ; jmp fast_miss ; next:
+///   (after the first one, instead of jmp fast_miss: mov rcx, [rcx_save] ;
+///   mov r11, [r11_save] ; <a copy of the relocated original instructions> ; jmp back)
 ///   mov rcx, [rcx_save] ; mov r11, [r11_save]
 ///   ; the full filter:
 ///   mov [r11_save], r11 ; mov [rsp_save], rsp ; lea rsp, [stack_top] ; pushfq
@@ -257,7 +259,8 @@ fn assemble(
             Instruction::with2(Code::Mov_rm64_r64, at(data + DATA_VISITS), Register::RCX)?,
         )?;
     }
-    for check in quick {
+    let mut moved = Vec::new();
+    for (k, check) in quick.iter().enumerate() {
         match check {
             Check::Reg(11) => {
                 a.mov(r11, w[11].wrapping_neg())?;
@@ -291,7 +294,30 @@ fn assemble(
         }
         let mut next = a.create_label();
         a.jrcxz(next)?;
-        a.jmp(fast_miss)?;
+        if k == 0 {
+            // The common case, a visit the first check rejects, falls through to a copy of
+            // the moved instructions: no taken branch between the patch's jump and the jump
+            // back.
+            for (slot, reg) in [(DATA_RCX, Register::RCX), (DATA_R11, Register::R11)] {
+                raw(
+                    &mut a,
+                    Instruction::with2(Code::Mov_r64_rm64, reg, at(data + slot))?,
+                )?;
+            }
+            for insn in insns {
+                moved.push((a.instructions().len(), insn.ip()));
+                // No address of its own: a branch among these instructions to another of
+                // them goes to the first copy's (the same instructions), one to the point
+                // to the patch.
+                let mut insn = *insn;
+                insn.set_ip(0);
+                a.add_instruction(insn)?;
+            }
+            moved.push((a.instructions().len(), back));
+            a.jmp(back)?;
+        } else {
+            a.jmp(fast_miss)?;
+        }
         a.set_label(&mut next)?;
     }
     if prefilter {
@@ -400,7 +426,6 @@ fn assemble(
     a.set_label(&mut resume)?;
     a.zero_bytes()?;
     // Indices in the assembler's list, with the original addresses.
-    let mut moved = Vec::new();
     for (k, insn) in insns.iter().enumerate() {
         moved.push((a.instructions().len(), insn.ip()));
         let mut insn = *insn;
