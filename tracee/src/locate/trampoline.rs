@@ -59,6 +59,28 @@ pub(super) fn build_trampoline(
     if let Some(&(s, e)) = avoid.iter().find(|&&(s, e)| s < end && e > rip) {
         bail!("the bytes to patch, [{rip:#x}, {end:#x}), overlap a breakpoint at [{s:#x}, {e:#x})");
     }
+    let heap = crate::maps::heap_start(t.pid().as_raw());
+    // A punned jump: when the last of these instructions starts at the patch's last byte (a
+    // 4-byte instruction at the point, say), that byte can stay the program's, as the top byte
+    // of the `jmp`'s displacement, if the trampoline goes where that byte makes it jump (a
+    // 16 MiB window). The instruction there is then neither moved nor guarded: a branch to it
+    // (a loop entered there) runs it untouched, where a guard would stop the task each time.
+    let mut punned = None;
+    if insns.len() >= 2 && insns[insns.len() - 1].ip() == rip + JMP_LEN as u64 - 1 {
+        punned = punned_base(maps, heap, rip, &bytes);
+    }
+    let (insns, patched, base) = match punned {
+        Some((base, _)) => (&insns[..insns.len() - 1], JMP_LEN - 1, base),
+        None => {
+            let base = choose_gap(maps, rip, heap).with_context(|| {
+                format!(
+                    "no free {SCRATCH_SIZE}-byte gap within 2 GiB of {rip:#x} for the trampoline"
+                )
+            })?;
+            (&insns[..], covered, base)
+        }
+    };
+    let end = rip + patched as u64;
     if insns.len() - 1 > free_slots.len() {
         bail!(
             "{} instruction boundaries inside the patched bytes need guards, {} debug register(s) \
@@ -72,30 +94,72 @@ pub(super) fn build_trampoline(
         .copied()
         .zip(insns[1..].iter().map(|i| i.ip()))
         .collect();
-    let heap = crate::maps::heap_start(t.pid().as_raw());
-    let base = choose_gap(maps, rip, heap).with_context(|| {
-        format!("no free {SCRATCH_SIZE}-byte gap within 2 GiB of {rip:#x} for the trampoline")
-    })?;
     let Assembled {
         code,
         resume,
         relocated,
-    } = assemble(base, point, watch, quick, counting, &insns, end)?;
-    let rel = base.wrapping_sub(rip + JMP_LEN as u64) as i64;
+    } = assemble(base, point, watch, quick, counting, insns, end)?;
+    let prefixes = punned.map_or(0, |(_, p)| p);
+    let rel = base.wrapping_sub(rip + (JMP_LEN + prefixes) as u64) as i64;
     let rel = i32::try_from(rel).context("the trampoline is out of jmp's reach")?;
-    let mut patch = vec![0xe9];
+    // REX.W, which a near jmp ignores in 64-bit mode.
+    let mut patch = vec![0x48; prefixes];
+    patch.push(0xe9);
     patch.extend_from_slice(&rel.to_le_bytes());
-    patch.resize(covered, 0xcc);
+    if punned.is_some() {
+        if patch[JMP_LEN - 1..] != bytes[JMP_LEN - 1..patch.len()] {
+            bail!("the punned jump's displacement does not end with the program's bytes");
+        }
+        patch.truncate(patched);
+    } else {
+        patch.resize(covered, 0xcc);
+    }
     Ok(Trampoline {
         base,
         mapped: false,
         code,
         resume,
-        original: bytes[..covered].to_vec(),
+        original: bytes[..patched].to_vec(),
         patch,
         guards,
         relocated,
     })
+}
+
+/// Where a punned jump at `rip` can reach a trampoline, when the instruction at `rip + 4` is to
+/// stay in place (`code`: the program's bytes from `rip`): the scratch address and the number
+/// of prefixes before the `jmp`. The bytes from `rip + 4` on are the last of the `jmp`'s
+/// displacement, so they fix where it goes within a window: with no prefix, one byte (16
+/// MiB); with one (`REX.W`, ignored by a near `jmp`), two (64 KiB), which moves the window
+/// elsewhere (the technique of E9Patch, Duck et al., PLDI 2020).
+fn punned_base(
+    maps: &[MapEntry],
+    heap: Option<u64>,
+    rip: u64,
+    code: &[u8],
+) -> Option<(u64, usize)> {
+    for prefixes in 0..2usize {
+        let fixed = prefixes + 1;
+        if code.len() < JMP_LEN - 1 + fixed {
+            return None;
+        }
+        let mut rel = [0u8; 4];
+        rel[4 - fixed..].copy_from_slice(&code[JMP_LEN - 1..JMP_LEN - 1 + fixed]);
+        let low_bits = 32 - 8 * fixed as u32;
+        let from = rip + (JMP_LEN + prefixes) as u64;
+        let lo = from.wrapping_add(i64::from(i32::from_le_bytes(rel)) as u64);
+        let hi = lo.wrapping_add(1 << low_bits);
+        if lo >= hi {
+            continue;
+        }
+        let center = lo + (1 << (low_bits - 1));
+        if let Some(base) =
+            choose_gap(maps, center, heap).filter(|&b| b >= lo && b + SCRATCH_SIZE <= hi)
+        {
+            return Some((base, prefixes));
+        }
+    }
+    None
 }
 
 /// Why `insn` cannot run relocated in the trampoline, if it cannot.
