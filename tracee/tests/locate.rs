@@ -502,3 +502,17 @@ fn a_branch_back_to_the_point_among_the_patched_instructions_is_a_visit() {
     assert_reached(&r, &point);
     assert_eq!(r.visits, 2000, "{}", r.report);
 }
+
+#[test]
+fn a_branch_target_at_the_patchs_last_byte_stays_in_place() {
+    let p = prog();
+    // `add $1, %rax` (4 bytes), then the target the loop enters by three times in four.
+    let rip = p.sym("pun_point");
+    assert_eq!(p.sym("pun_target"), rip + 4);
+    let point = record_at_visit("p", rip, 3000);
+    let r = replay("p", &point, &[], &[0, 1, 2, 3]);
+    assert_eq!(r.method, Method::Trampoline { guards: 0 }, "{}", r.report);
+    assert_reached(&r, &point);
+    assert!(r.report.contains(" 0 guard hit(s)"), "{}", r.report);
+    assert_eq!(r.visits, 3000, "{}", r.report);
+}

@@ -304,13 +304,25 @@ fn assemble(
     let raw = |a: &mut CodeAssembler, i: Instruction| a.add_instruction(i);
 
     let prefilter = counting || !quick.is_empty();
-    if prefilter {
-        for (slot, reg) in [(DATA_RCX, Register::RCX), (DATA_R11, Register::R11)] {
-            raw(
-                &mut a,
-                Instruction::with2(Code::Mov_rm64_r64, at(data + slot), reg)?,
-            )?;
-        }
+    // `lea rcx, [rcx + disp32]` subtracts `v` when `-v` fits a sign-extended disp32; otherwise
+    // `r11` holds `-v`.
+    let disp = |v: u64| i32::try_from(v.wrapping_neg() as i64).ok();
+    let r11_used = quick.iter().any(|c| match c {
+        Check::Reg(11) => disp(w[11]).is_none(),
+        Check::Reg(_) => false,
+        Check::Word(ww) => disp(ww.value & size_mask(ww.size)).is_none(),
+    });
+    // The registers the quick filter uses, saved in the scratch page.
+    let mut spilled = vec![(DATA_RCX, Register::RCX)];
+    if r11_used {
+        spilled.push((DATA_R11, Register::R11));
+    }
+    let spilled = if prefilter { spilled } else { Vec::new() };
+    for &(slot, reg) in &spilled {
+        raw(
+            &mut a,
+            Instruction::with2(Code::Mov_rm64_r64, at(data + slot), reg)?,
+        )?;
     }
     if counting {
         raw(
@@ -323,37 +335,70 @@ fn assemble(
             Instruction::with2(Code::Mov_rm64_r64, at(data + DATA_VISITS), Register::RCX)?,
         )?;
     }
+    // rcx -= v, flag-free.
+    let sub_rcx = |a: &mut CodeAssembler, v: u64| -> Result<()> {
+        match disp(v) {
+            Some(d) => a.lea(rcx, qword_ptr(rcx + d))?,
+            None => {
+                a.mov(r11, v.wrapping_neg())?;
+                a.lea(rcx, qword_ptr(rcx + r11))?;
+            }
+        }
+        Ok(())
+    };
+    // Within rel32 reach of anything in the trampoline's code page.
+    let near = |addr: u64| addr.abs_diff(base) < (1 << 31) - 2 * PAGE;
     let mut moved = Vec::new();
     for (k, check) in quick.iter().enumerate() {
         match check {
             Check::Reg(11) => {
-                a.mov(r11, w[11].wrapping_neg())?;
-                raw(
-                    &mut a,
-                    Instruction::with2(Code::Mov_r64_rm64, Register::RCX, at(data + DATA_RCX))?,
-                )?;
-                a.lea(rcx, qword_ptr(rcx + r11))?;
+                if k > 0 || counting {
+                    raw(
+                        &mut a,
+                        Instruction::with2(Code::Mov_r64_rm64, Register::RCX, at(data + DATA_RCX))?,
+                    )?;
+                }
+                sub_rcx(&mut a, w[11])?;
             }
             &Check::Reg(i) => {
-                if i == 6 {
+                if i == 6 && r11_used {
                     raw(
                         &mut a,
                         Instruction::with2(Code::Mov_r64_rm64, Register::R11, at(data + DATA_R11))?,
                     )?;
                 }
-                a.mov(rcx, w[i].wrapping_neg())?;
-                a.lea(rcx, qword_ptr(gpr(i)? + rcx))?;
+                match disp(w[i]) {
+                    Some(d) => a.lea(rcx, qword_ptr(gpr(i)? + d))?,
+                    None => {
+                        a.mov(rcx, w[i].wrapping_neg())?;
+                        a.lea(rcx, qword_ptr(gpr(i)? + rcx))?;
+                    }
+                }
             }
             Check::Word(ww) => {
-                a.mov(rcx, ww.addr)?;
-                match ww.size {
-                    1 => a.movzx(ecx, byte_ptr(rcx))?,
-                    2 => a.movzx(ecx, word_ptr(rcx))?,
-                    4 => a.mov(ecx, dword_ptr(rcx))?,
-                    _ => a.mov(rcx, qword_ptr(rcx))?,
+                if near(ww.addr) {
+                    let code = match ww.size {
+                        1 => Code::Movzx_r32_rm8,
+                        2 => Code::Movzx_r32_rm16,
+                        4 => Code::Mov_r32_rm32,
+                        _ => Code::Mov_r64_rm64,
+                    };
+                    let reg = if ww.size == 8 {
+                        Register::RCX
+                    } else {
+                        Register::ECX
+                    };
+                    raw(&mut a, Instruction::with2(code, reg, at(ww.addr))?)?;
+                } else {
+                    a.mov(rcx, ww.addr)?;
+                    match ww.size {
+                        1 => a.movzx(ecx, byte_ptr(rcx))?,
+                        2 => a.movzx(ecx, word_ptr(rcx))?,
+                        4 => a.mov(ecx, dword_ptr(rcx))?,
+                        _ => a.mov(rcx, qword_ptr(rcx))?,
+                    }
                 }
-                a.mov(r11, (ww.value & size_mask(ww.size)).wrapping_neg())?;
-                a.lea(rcx, qword_ptr(rcx + r11))?;
+                sub_rcx(&mut a, ww.value & size_mask(ww.size))?;
             }
         }
         let mut next = a.create_label();
@@ -362,7 +407,7 @@ fn assemble(
             // The common case, a visit the first check rejects, falls through to a copy of
             // the moved instructions: no taken branch between the patch's jump and the jump
             // back.
-            for (slot, reg) in [(DATA_RCX, Register::RCX), (DATA_R11, Register::R11)] {
+            for &(slot, reg) in &spilled {
                 raw(
                     &mut a,
                     Instruction::with2(Code::Mov_r64_rm64, reg, at(data + slot))?,
@@ -384,13 +429,11 @@ fn assemble(
         }
         a.set_label(&mut next)?;
     }
-    if prefilter {
-        for (slot, reg) in [(DATA_RCX, Register::RCX), (DATA_R11, Register::R11)] {
-            raw(
-                &mut a,
-                Instruction::with2(Code::Mov_r64_rm64, reg, at(data + slot))?,
-            )?;
-        }
+    for &(slot, reg) in &spilled {
+        raw(
+            &mut a,
+            Instruction::with2(Code::Mov_r64_rm64, reg, at(data + slot))?,
+        )?;
     }
 
     raw(
@@ -514,7 +557,7 @@ fn assemble(
     a.jmp(resume)?;
     if prefilter {
         a.set_label(&mut fast_miss)?;
-        for (slot, reg) in [(DATA_RCX, Register::RCX), (DATA_R11, Register::R11)] {
+        for &(slot, reg) in &spilled {
             raw(
                 &mut a,
                 Instruction::with2(Code::Mov_r64_rm64, reg, at(data + slot))?,
@@ -620,6 +663,31 @@ mod tests {
         assert!(
             !(0x61_0000..0x61_0000 + crate::maps::HEAP_ROOM).contains(&gap),
             "{gap:#x}"
+        );
+    }
+
+    #[test]
+    fn a_punned_jump_lands_where_the_programs_bytes_send_it() {
+        let rip = 0x5555_5555_5000;
+        let maps = [map(0x5555_5555_4000, 0x5555_5555_6000, "/prog")];
+        // The byte at rip + 4 is 0x39: a window 0x39xx_xxxx past the jmp.
+        let code = [0x41, 0x8b, 0x34, 0xb0, 0x39, 0xfe];
+        let (base, prefixes) = punned_base(&maps, None, rip, &code).expect("a window");
+        assert_eq!(prefixes, 0);
+        let rel = base.wrapping_sub(rip + 5) as i64 as i32;
+        assert_eq!(rel.to_le_bytes()[3], 0x39);
+        // With the heap's room over that window, a prefix moves it: the top two bytes are
+        // then 0xfe39, 0x1c7_0000 below.
+        let (base, prefixes) =
+            punned_base(&maps, Some(0x5555_5555_6000), rip, &code).expect("a second window");
+        assert_eq!(prefixes, 1);
+        let rel = base.wrapping_sub(rip + 6) as i64 as i32;
+        assert_eq!(rel.to_le_bytes()[2..], [0x39, 0xfe]);
+        // Below the lowest address a program may map: none.
+        let low = [map(0x1_0000, 0x1_2000, "/prog")];
+        assert_eq!(
+            punned_base(&low, None, 0x1_1000, &[0, 0, 0, 0, 0x80, 0x80]),
+            None
         );
     }
 
