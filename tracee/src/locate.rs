@@ -409,6 +409,20 @@ impl Locator {
                     let foreign = hits.iter().any(|&s| tr.guards.iter().all(|g| g.0 != s));
                     if guard && !foreign {
                         self.guard_hits += 1;
+                        // The trampoline holds a copy of the instruction there and of the
+                        // rest of the patched ones, which jumps back after them: the task goes
+                        // on from that copy (one stop per entry instead of a stop and a step).
+                        if let Some(&(copy, _)) = tr
+                            .relocated
+                            .iter()
+                            .find(|&&(_, original)| original == r.rip)
+                        {
+                            if tr.mapped {
+                                r.rip = copy;
+                                t.set_regs(&r)?;
+                                return Ok(Verdict::Continue);
+                            }
+                        }
                         tracing::debug!("guard hit at {:#x}: stepping out", r.rip);
                         return Ok(match self.step_out(t)? {
                             Some(other) => Verdict::Other(other),
