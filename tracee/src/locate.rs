@@ -37,11 +37,14 @@ const EFLAGS: usize = 18;
 
 /// Page size.
 const PAGE: u64 = 4096;
-/// The scratch mapping: the trampoline's code page, then its data page (counters, saved
-/// registers, and a private stack at its top for `pushfq`: the program's stack has a red zone
-/// that must not be touched). Code and data live in different pages so the trampoline's stores
-/// never look like self-modifying code to the CPU.
-const SCRATCH_SIZE: u64 = 2 * PAGE;
+/// The scratch mapping: the trampoline's two code pages (a punned jump may enter it anywhere in
+/// the first), then its data page (counters, saved registers, and a private stack at its top
+/// for `pushfq`: the program's stack has a red zone that must not be touched). Code and data
+/// live in different pages so the trampoline's stores never look like self-modifying code to
+/// the CPU.
+const SCRATCH_SIZE: u64 = 3 * PAGE;
+/// Offset of the data page in the scratch mapping.
+const DATA_PAGE: u64 = 2 * PAGE;
 /// Offsets in the data page.
 const DATA_VISITS: u64 = 0;
 const DATA_R11: u64 = 8;
@@ -130,6 +133,8 @@ enum Mode {
 struct Trampoline {
     /// Address of the scratch mapping.
     base: u64,
+    /// Address of the trampoline's first instruction, in its first page.
+    entry: u64,
     /// Whether it is mapped and holds `code`.
     mapped: bool,
     /// The trampoline, assembled for `base`.
@@ -602,7 +607,7 @@ impl Locator {
             [tr.base, SCRATCH_SIZE, prot, flags, u64::MAX, 0],
         )?;
         if r == tr.base as i64 {
-            t.write_mem(tr.base, &tr.code)
+            t.write_mem(tr.entry, &tr.code)
                 .context("writing the trampoline")?;
             tr.mapped = true;
             return Ok(());
@@ -701,7 +706,7 @@ impl Locator {
     fn read_visits(&mut self, t: &Tracee) {
         if let Mode::Trampoline(tr) = &self.mode {
             if tr.mapped {
-                if let Ok(v) = t.read_u64(tr.base + PAGE + DATA_VISITS) {
+                if let Ok(v) = t.read_u64(tr.base + DATA_PAGE + DATA_VISITS) {
                     self.trampoline_visits = v;
                 }
             }

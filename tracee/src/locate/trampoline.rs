@@ -49,35 +49,43 @@ pub(super) fn build_trampoline(
             bail!("the code at {rip:#x} ends before 5 bytes of whole instructions");
         }
         let insn = decoder.decode();
-        if let Some(why) = unmovable(&insn) {
-            bail!("{why} at {:#x} cannot be moved", insn.ip());
+        if insn.is_invalid() {
+            bail!("an undecodable instruction at {:#x}", insn.ip());
         }
         covered += insn.len();
         insns.push(insn);
+    }
+    if let Some(why) = unmovable(&insns[0]) {
+        bail!("{why} at {rip:#x} cannot be moved");
     }
     let end = rip + covered as u64;
     if let Some(&(s, e)) = avoid.iter().find(|&&(s, e)| s < end && e > rip) {
         bail!("the bytes to patch, [{rip:#x}, {end:#x}), overlap a breakpoint at [{s:#x}, {e:#x})");
     }
     let heap = crate::maps::heap_start(t.pid().as_raw());
-    // A punned jump: when the last of these instructions starts at the patch's last byte (a
-    // 4-byte instruction at the point, say), that byte can stay the program's, as the top byte
-    // of the `jmp`'s displacement, if the trampoline goes where that byte makes it jump (a
-    // 16 MiB window). The instruction there is then neither moved nor guarded: a branch to it
-    // (a loop entered there) runs it untouched, where a guard would stop the task each time.
-    let mut punned = None;
-    if insns.len() >= 2 && insns[insns.len() - 1].ip() == rip + JMP_LEN as u64 - 1 {
-        punned = punned_base(maps, heap, rip, &bytes);
-    }
-    let (insns, patched, base) = match punned {
-        Some((base, _)) => (&insns[..insns.len() - 1], JMP_LEN - 1, base),
+    // A punned jump: when the point's instruction is shorter than the `jmp`, the bytes after it
+    // can stay the program's, as the last bytes of the `jmp`'s displacement, if the trampoline
+    // goes where they make it jump. The instructions there are then neither moved nor guarded:
+    // a branch to them (a loop entered there) runs them untouched, where a guard would stop the
+    // task each time.
+    let point_len = insns[0].len();
+    let punned = if insns.len() >= 2 {
+        punned_target(maps, heap, rip, point_len, &bytes)
+    } else {
+        None
+    };
+    let (insns, patched, base, entry, prefixes) = match punned {
+        Some(p) => (&insns[..1], point_len, p.base, p.entry, p.prefixes),
         None => {
+            if let Some(why) = insns[1..].iter().find_map(unmovable) {
+                bail!("{why} among the instructions at {rip:#x} cannot be moved");
+            }
             let base = choose_gap(maps, rip, heap).with_context(|| {
                 format!(
                     "no free {SCRATCH_SIZE}-byte gap within 2 GiB of {rip:#x} for the trampoline"
                 )
             })?;
-            (&insns[..], covered, base)
+            (&insns[..], covered, base, base, 0)
         }
     };
     let end = rip + patched as u64;
@@ -98,16 +106,15 @@ pub(super) fn build_trampoline(
         code,
         resume,
         relocated,
-    } = assemble(base, point, watch, quick, counting, insns, end)?;
-    let prefixes = punned.map_or(0, |(_, p)| p);
-    let rel = base.wrapping_sub(rip + (JMP_LEN + prefixes) as u64) as i64;
+    } = assemble(base, entry, point, watch, quick, counting, insns, end)?;
+    let rel = entry.wrapping_sub(rip + (JMP_LEN + prefixes) as u64) as i64;
     let rel = i32::try_from(rel).context("the trampoline is out of jmp's reach")?;
     // REX.W, which a near jmp ignores in 64-bit mode.
     let mut patch = vec![0x48; prefixes];
     patch.push(0xe9);
     patch.extend_from_slice(&rel.to_le_bytes());
     if punned.is_some() {
-        if patch[JMP_LEN - 1..] != bytes[JMP_LEN - 1..patch.len()] {
+        if patch.get(patched..) != bytes.get(patched..patch.len()) {
             bail!("the punned jump's displacement does not end with the program's bytes");
         }
         patch.truncate(patched);
@@ -116,6 +123,7 @@ pub(super) fn build_trampoline(
     }
     Ok(Trampoline {
         base,
+        entry,
         mapped: false,
         code,
         resume,
@@ -126,37 +134,68 @@ pub(super) fn build_trampoline(
     })
 }
 
-/// Where a punned jump at `rip` can reach a trampoline, when the instruction at `rip + 4` is to
-/// stay in place (`code`: the program's bytes from `rip`): the scratch address and the number
-/// of prefixes before the `jmp`. The bytes from `rip + 4` on are the last of the `jmp`'s
-/// displacement, so they fix where it goes within a window: with no prefix, one byte (16
-/// MiB); with one (`REX.W`, ignored by a near `jmp`), two (64 KiB), which moves the window
-/// elsewhere (the technique of E9Patch, Duck et al., PLDI 2020).
-fn punned_base(
+/// Where a punned jump goes: the scratch mapping, the trampoline's first instruction in it,
+/// the prefixes before the `jmp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Punned {
+    base: u64,
+    entry: u64,
+    prefixes: usize,
+}
+
+/// Where a punned jump at `rip` can reach a trampoline, when the instruction at `rip` is
+/// `len` bytes long (less than the `jmp`'s 5) and the ones after it are to stay in place
+/// (`code`: the program's bytes from `rip`). The bytes from `rip + len` on are the last of
+/// the `jmp`'s displacement, so they fix where it goes within a window: `len - 1` free bytes
+/// of displacement give 256^(len - 1) addresses. Each prefix before the `jmp` (`REX.W`,
+/// ignored by a near `jmp`) takes a free byte and moves the window. (The technique of
+/// E9Patch, Duck et al., PLDI 2020.) The trampoline's first instruction need not start a
+/// page: the code has two pages.
+fn punned_target(
     maps: &[MapEntry],
     heap: Option<u64>,
     rip: u64,
+    len: usize,
     code: &[u8],
-) -> Option<(u64, usize)> {
-    for prefixes in 0..2usize {
-        let fixed = prefixes + 1;
-        if code.len() < JMP_LEN - 1 + fixed {
+) -> Option<Punned> {
+    if len == 0 || len >= JMP_LEN {
+        return None;
+    }
+    for prefixes in 0..len {
+        let free = len - 1 - prefixes;
+        let fixed = 4 - free;
+        if code.len() < len + fixed {
             return None;
         }
         let mut rel = [0u8; 4];
-        rel[4 - fixed..].copy_from_slice(&code[JMP_LEN - 1..JMP_LEN - 1 + fixed]);
-        let low_bits = 32 - 8 * fixed as u32;
+        rel[free..].copy_from_slice(&code[len..len + fixed]);
+        let width = 1u64 << (8 * free);
         let from = rip + (JMP_LEN + prefixes) as u64;
         let lo = from.wrapping_add(i64::from(i32::from_le_bytes(rel)) as u64);
-        let hi = lo.wrapping_add(1 << low_bits);
+        let hi = lo.wrapping_add(width);
         if lo >= hi {
             continue;
         }
-        let center = lo + (1 << (low_bits - 1));
-        if let Some(base) =
-            choose_gap(maps, center, heap).filter(|&b| b >= lo && b + SCRATCH_SIZE <= hi)
-        {
-            return Some((base, prefixes));
+        let found = if width >= 2 * SCRATCH_SIZE {
+            // Wide: the free page-aligned room nearest the window's middle, if inside.
+            choose_gap(maps, lo + width / 2, heap)
+                .filter(|&b| b >= lo && b + SCRATCH_SIZE <= hi)
+                .map(|b| (b, b))
+        } else {
+            // Narrow: a page start in it, or its first address.
+            let entry = match (lo + PAGE - 1) & !(PAGE - 1) {
+                q if q < hi => q,
+                _ => lo,
+            };
+            let base = entry & !(PAGE - 1);
+            (choose_gap(maps, base, heap) == Some(base)).then_some((base, entry))
+        };
+        if let Some((base, entry)) = found {
+            return Some(Punned {
+                base,
+                entry,
+                prefixes,
+            });
         }
     }
     None
@@ -285,8 +324,10 @@ struct Assembled {
 /// loop; `lea` and `jrcxz` change no flags, so a visit the quick filter rejects costs a few
 /// cycles. Its checks are some of the full filter's, exactly (a 64-bit difference is zero if
 /// and only if the values are equal), so it changes which visits trap in no way.
+#[allow(clippy::too_many_arguments)]
 fn assemble(
     base: u64,
+    entry: u64,
     point: &Point,
     watch: &[WatchedWord],
     quick: &[Check],
@@ -294,7 +335,7 @@ fn assemble(
     insns: &[Instruction],
     back: u64,
 ) -> Result<Assembled> {
-    let data = base + PAGE;
+    let data = base + DATA_PAGE;
     let w = &point.regs;
     let mut a = CodeAssembler::new(64)?;
     let mut miss: CodeLabel = a.create_label();
@@ -347,7 +388,7 @@ fn assemble(
         Ok(())
     };
     // Within rel32 reach of anything in the trampoline's code page.
-    let near = |addr: u64| addr.abs_diff(base) < (1 << 31) - 2 * PAGE;
+    let near = |addr: u64| addr.abs_diff(base) < (1 << 31) - 2 * SCRATCH_SIZE;
     let mut moved = Vec::new();
     for (k, check) in quick.iter().enumerate() {
         match check {
@@ -567,7 +608,7 @@ fn assemble(
     }
 
     let result = a
-        .assemble_options(base, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+        .assemble_options(entry, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
         .context("assembling the trampoline (relocating the original instructions)")?;
     let resume_ip = result.label_ip(&resume)?;
     let offsets = &result.inner.new_instruction_offsets;
@@ -577,13 +618,13 @@ fn assemble(
         .into_iter()
         .filter_map(|(i, original)| {
             let off = *offsets.get(i)?;
-            (off != u32::MAX).then(|| (base + u64::from(off), original))
+            (off != u32::MAX).then(|| (entry + u64::from(off), original))
         })
         .collect();
     let code = result.inner.code_buffer;
-    if code.len() as u64 > PAGE {
+    if entry - base + code.len() as u64 > DATA_PAGE {
         bail!(
-            "the trampoline takes {} bytes, more than a page",
+            "the trampoline takes {} bytes from {entry:#x}, past its code pages",
             code.len()
         );
     }
@@ -637,7 +678,7 @@ mod tests {
         ];
         // The one-page hole between the program's mappings is too small (a page of margin on
         // each side); the nearest room is just above it.
-        assert_eq!(choose_gap(&maps, 0x40_1000, None), Some(0x3f_d000));
+        assert_eq!(choose_gap(&maps, 0x40_1000, None), Some(0x3f_c000));
         // The room between a library and the stack above it is the stack's to grow into.
         let top = [
             map(0x7fff_f7ff_0000, 0x7fff_f7ff_1000, "/lib"),
@@ -645,14 +686,14 @@ mod tests {
         ];
         assert_eq!(
             choose_gap(&top, 0x7fff_f7ff_0800, None),
-            Some(0x7fff_f7fe_d000)
+            Some(0x7fff_f7fe_c000)
         );
         // Nothing in reach at all.
         let far = [map(MIN_ADDR, USER_TOP, "/huge")];
         assert_eq!(choose_gap(&far, 0x40_0000, None), None);
         // Below the first mapping (as near as above it: the first found wins).
         let high = [map(0x1_0000_0000, 0x1_0000_1000, "/lib")];
-        assert_eq!(choose_gap(&high, 0x1_0000_0800, None), Some(0xffff_d000));
+        assert_eq!(choose_gap(&high, 0x1_0000_0800, None), Some(0xffff_c000));
         // The room above a heap is not free: a page there would make the heap's `brk` fail.
         let heap = [
             map(0x40_0000, 0x50_0000, "/prog"),
@@ -670,23 +711,36 @@ mod tests {
     fn a_punned_jump_lands_where_the_programs_bytes_send_it() {
         let rip = 0x5555_5555_5000;
         let maps = [map(0x5555_5555_4000, 0x5555_5555_6000, "/prog")];
-        // The byte at rip + 4 is 0x39: a window 0x39xx_xxxx past the jmp.
-        let code = [0x41, 0x8b, 0x34, 0xb0, 0x39, 0xfe];
-        let (base, prefixes) = punned_base(&maps, None, rip, &code).expect("a window");
-        assert_eq!(prefixes, 0);
-        let rel = base.wrapping_sub(rip + 5) as i64 as i32;
+        // A 4-byte instruction, then 0x39: a window 0x39xx_xxxx past the jmp.
+        let code = [0x41, 0x8b, 0x34, 0xb0, 0x39, 0xfe, 0x73, 0xce];
+        let p = punned_target(&maps, None, rip, 4, &code).expect("a window");
+        assert_eq!((p.prefixes, p.entry), (0, p.base));
+        let rel = p.entry.wrapping_sub(rip + 5) as i64 as i32;
         assert_eq!(rel.to_le_bytes()[3], 0x39);
         // With the heap's room over that window, a prefix moves it: the top two bytes are
         // then 0xfe39, 0x1c7_0000 below.
-        let (base, prefixes) =
-            punned_base(&maps, Some(0x5555_5555_6000), rip, &code).expect("a second window");
-        assert_eq!(prefixes, 1);
-        let rel = base.wrapping_sub(rip + 6) as i64 as i32;
+        let p = punned_target(&maps, Some(0x5555_5555_6000), rip, 4, &code).expect("a second");
+        assert_eq!(p.prefixes, 1);
+        let rel = p.entry.wrapping_sub(rip + 6) as i64 as i32;
         assert_eq!(rel.to_le_bytes()[2..], [0x39, 0xfe]);
+        // A 2-byte instruction: three bytes fixed, a 256-byte window, entered where it starts
+        // (or at a page start in it), the code running on into the second code page.
+        let code = [0x73, 0xce, 0x8d, 0x41, 0x1f, 0x83, 0xe0, 0x1f];
+        let p = punned_target(&maps, None, rip, 2, &code).expect("a narrow window");
+        assert_eq!(p.prefixes, 0);
+        assert_eq!(p.base, p.entry & !(PAGE - 1));
+        let rel = p.entry.wrapping_sub(rip + 5) as i64 as i32;
+        assert_eq!(rel.to_le_bytes()[1..], [0x8d, 0x41, 0x1f]);
         // Below the lowest address a program may map: none.
         let low = [map(0x1_0000, 0x1_2000, "/prog")];
         assert_eq!(
-            punned_base(&low, None, 0x1_1000, &[0, 0, 0, 0, 0x80, 0x80]),
+            punned_target(
+                &low,
+                None,
+                0x1_1000,
+                4,
+                &[0, 0, 0, 0, 0x80, 0x80, 0x80, 0x80]
+            ),
             None
         );
     }
@@ -732,7 +786,17 @@ mod tests {
             Decoder::with_ip(64, &[0x48, 0x8b, 0x05, 0x10, 0, 0, 0], 0x40_1000, 0).decode(),
             Decoder::with_ip(64, &[0x75, 0xf7], 0x40_1007, 0).decode(),
         ];
-        let asm = assemble(base, &point, &point.watch, &[], false, &insns, 0x40_1009).unwrap();
+        let asm = assemble(
+            base,
+            base,
+            &point,
+            &point.watch,
+            &[],
+            false,
+            &insns,
+            0x40_1009,
+        )
+        .unwrap();
         let code: Vec<Instruction> = Decoder::with_ip(64, &asm.code, base, DecoderOptions::NONE)
             .into_iter()
             .collect();
