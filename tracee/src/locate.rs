@@ -59,6 +59,9 @@ const JMP_LEN: usize = 5;
 /// Give-up rule: more near misses than this is a divergence (each costs a memory digest; an
 /// interpreter's loop may repeat its registers and watched words for hundreds of visits).
 const MAX_NEAR_MISSES: usize = 4096;
+/// Guard hits after which the trampoline is built again with a punned jump, which needs no
+/// guard (each hit is a ptrace stop, some 30 µs).
+const REPUN_GUARD_HITS: u64 = 64;
 /// Single steps allowed to leave the patched bytes after control entered them from elsewhere.
 const MAX_STEP_OUT: usize = 100_000;
 
@@ -116,6 +119,13 @@ pub struct Locator {
     /// Visits seen as ptrace stops (fallback).
     stop_visits: u64,
     guard_hits: u64,
+    /// The trampoline's quick filter, to build it again.
+    quick: Vec<Check>,
+    /// Whether the next `arm` builds the trampoline again with a punned jump (its guards have
+    /// stopped the task too often).
+    repun: bool,
+    /// Visits counted by trampolines built before the current one.
+    earlier_visits: u64,
     /// `(comparable registers, memory digest)` of every near miss, for the cycle rule.
     candidates: Vec<([u64; REGS_WORDS], [u8; 16])>,
     /// The differences of the nearest miss (fewest differences).
@@ -133,6 +143,8 @@ enum Mode {
 struct Trampoline {
     /// Address of the scratch mapping.
     base: u64,
+    /// Whether the patch is a punned jump.
+    punned: bool,
     /// Address of the trampoline's first instruction, in its first page.
     entry: u64,
     /// Whether it is mapped and holds `code`.
@@ -241,17 +253,21 @@ impl Locator {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let mode =
-            match build_trampoline(t, point, &watch, &quick, counting, &maps, avoid, free_slots) {
-                Ok(tr) => Mode::Trampoline(tr),
-                Err(why) => {
-                    let mode = fallback(t, rip, avoid, free_slots)?;
-                    tracing::info!(
-                        "point {rip:#x}: no trampoline ({why:#}); stopping at every visit"
-                    );
-                    mode
-                }
-            };
+        // A guarded trampoline first (a punned jump makes the CPU decode the bytes after the
+        // point two ways, which costs at every visit); a punned one if that cannot be built.
+        let build = |pun| {
+            build_trampoline(
+                t, point, &watch, &quick, counting, &maps, avoid, free_slots, pun,
+            )
+        };
+        let mode = match build(false).or_else(|_| build(true)) {
+            Ok(tr) => Mode::Trampoline(tr),
+            Err(why) => {
+                let mode = fallback(t, rip, avoid, free_slots)?;
+                tracing::info!("point {rip:#x}: no trampoline ({why:#}); stopping at every visit");
+                mode
+            }
+        };
         Ok(Locator {
             point: point.clone(),
             rip,
@@ -261,6 +277,9 @@ impl Locator {
             free_slots: free_slots.to_vec(),
             armed: false,
             counting,
+            quick,
+            repun: false,
+            earlier_visits: 0,
             trampoline_visits: 0,
             stop_visits: 0,
             guard_hits: 0,
@@ -285,7 +304,7 @@ impl Locator {
     /// [`Locator::new`], only those that passed its quick filter (its registers and words
     /// that differed when the locator was made).
     pub fn visits(&self) -> u64 {
-        self.trampoline_visits + self.stop_visits
+        self.earlier_visits + self.trampoline_visits + self.stop_visits
     }
 
     /// Near misses so far: visits whose registers and watched words matched, not the rest.
@@ -311,6 +330,10 @@ impl Locator {
     pub fn arm(&mut self, t: &Tracee) -> Result<()> {
         if self.armed {
             return Ok(());
+        }
+        if self.repun {
+            self.repun = false;
+            self.rebuild_punned(t)?;
         }
         self.ensure_scratch(t)?;
         if let Mode::Trampoline(tr) = &self.mode {
@@ -414,6 +437,12 @@ impl Locator {
                     let foreign = hits.iter().any(|&s| tr.guards.iter().all(|g| g.0 != s));
                     if guard && !foreign {
                         self.guard_hits += 1;
+                        if self.guard_hits == REPUN_GUARD_HITS {
+                            // The task stays where the guard stopped it, which is outside the
+                            // bytes a punned jump covers.
+                            self.repun = true;
+                            return Ok(Verdict::Continue);
+                        }
                         // The trampoline holds a copy of the instruction there and of the
                         // rest of the patched ones, which jumps back after them: the task goes
                         // on from that copy (one stop per entry instead of a stop and a step).
@@ -589,6 +618,56 @@ impl Locator {
     fn full_match(&self, t: &Tracee) -> Result<Vec<String>> {
         let scratch: Vec<(u64, u64)> = self.scratch_range().into_iter().collect();
         differences(t, &self.point, &scratch)
+    }
+
+    /// Replaces the guarded trampoline by one with a punned jump, if one can be built: unmaps
+    /// the old one (an injected `munmap`; the task is disarmed and outside it), and the next
+    /// [`Self::ensure_scratch`] maps the new one.
+    fn rebuild_punned(&mut self, t: &Tracee) -> Result<()> {
+        let (old_base, old_mapped) = match &self.mode {
+            Mode::Trampoline(old) => (old.base, old.mapped),
+            _ => return Ok(()),
+        };
+        let maps = maps::read(t.pid())?;
+        let new = match build_trampoline(
+            t,
+            &self.point,
+            &self.watch,
+            &self.quick,
+            self.counting,
+            &maps,
+            &self.avoid,
+            &self.free_slots,
+            true,
+        ) {
+            Ok(new) if new.guards.is_empty() && new.punned => new,
+            Ok(_) => return Ok(()),
+            Err(why) => {
+                tracing::debug!("point {:#x}: no punned jump ({why:#})", self.rip);
+                return Ok(());
+            }
+        };
+        if old_mapped {
+            self.read_visits(t);
+            let r = t
+                .inject_syscall(libc::SYS_munmap, [old_base, SCRATCH_SIZE, 0, 0, 0, 0])
+                .context("unmapping the locator's guarded trampoline")?;
+            if r != 0 {
+                bail!(
+                    "unmapping the locator's scratch page at {old_base:#x} failed: errno {}",
+                    -r
+                );
+            }
+        }
+        self.earlier_visits += self.trampoline_visits;
+        self.trampoline_visits = 0;
+        tracing::debug!(
+            "point {:#x}: {} guard hits, a punned jump instead",
+            self.rip,
+            self.guard_hits
+        );
+        self.mode = Mode::Trampoline(new);
+        Ok(())
     }
 
     /// Maps the scratch page and writes the trampoline, once. If the mapping fails, falls back

@@ -18,7 +18,9 @@ use crate::maps::MapEntry;
 use crate::state::FLAGS_COMPARED;
 
 /// Decodes the instructions covering `[rip, rip + 5)`, checks they can be moved, finds a
-/// scratch address and assembles the trampoline for it.
+/// scratch address and assembles the trampoline for it; with `pun`, a punned jump if the
+/// instruction at `rip` is shorter than 5 bytes and one can reach a free window (see
+/// [`punned_target`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn build_trampoline(
     t: &Tracee,
@@ -29,6 +31,7 @@ pub(super) fn build_trampoline(
     maps: &[MapEntry],
     avoid: &[(u64, u64)],
     free_slots: &[usize],
+    pun: bool,
 ) -> Result<Trampoline> {
     let rip = point.regs[RIP];
     let map = maps
@@ -69,7 +72,7 @@ pub(super) fn build_trampoline(
     // a branch to them (a loop entered there) runs them untouched, where a guard would stop the
     // task each time.
     let point_len = insns[0].len();
-    let punned = if insns.len() >= 2 {
+    let punned = if pun && insns.len() >= 2 {
         punned_target(maps, heap, rip, point_len, &bytes)
     } else {
         None
@@ -123,6 +126,7 @@ pub(super) fn build_trampoline(
     }
     Ok(Trampoline {
         base,
+        punned: punned.is_some(),
         entry,
         mapped: false,
         code,
