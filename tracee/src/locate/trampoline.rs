@@ -72,8 +72,12 @@ pub(super) fn build_trampoline(
     // a branch to them (a loop entered there) runs them untouched, where a guard would stop the
     // task each time.
     let point_len = insns[0].len();
+    // The jump's bytes, prefixes included, must be the program's own: not a breakpoint's.
     let punned = if pun && insns.len() >= 2 {
-        punned_target(maps, heap, rip, point_len, &bytes)
+        punned_target(maps, heap, rip, point_len, &bytes).filter(|p| {
+            let end = rip + (JMP_LEN + p.prefixes) as u64;
+            !avoid.iter().any(|&(s, e)| s < end && e > rip)
+        })
     } else {
         None
     };
