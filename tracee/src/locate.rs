@@ -27,8 +27,8 @@ use crate::tracee::{signo_code, Tracee};
 
 mod trampoline;
 
-use trampoline::build_trampoline;
 pub(crate) use trampoline::unmovable;
+use trampoline::{build_trampoline, Check};
 
 /// Index of `rip` in [`regs::to_words`] order.
 const RIP: usize = 16;
@@ -37,22 +37,31 @@ const EFLAGS: usize = 18;
 
 /// Page size.
 const PAGE: u64 = 4096;
-/// The scratch mapping: the trampoline's code page, then its data page (counters, saved
-/// registers, and a private stack at its top for `pushfq`: the program's stack has a red zone
-/// that must not be touched). Code and data live in different pages so the trampoline's stores
-/// never look like self-modifying code to the CPU.
-const SCRATCH_SIZE: u64 = 2 * PAGE;
+/// The scratch mapping: the trampoline's two code pages (a punned jump may enter it anywhere in
+/// the first), then its data page (counters, saved registers, and a private stack at its top
+/// for `pushfq`: the program's stack has a red zone that must not be touched). Code and data
+/// live in different pages so the trampoline's stores never look like self-modifying code to
+/// the CPU.
+const SCRATCH_SIZE: u64 = 3 * PAGE;
+/// Offset of the data page in the scratch mapping.
+const DATA_PAGE: u64 = 2 * PAGE;
 /// Offsets in the data page.
 const DATA_VISITS: u64 = 0;
 const DATA_R11: u64 = 8;
 const DATA_RSP: u64 = 16;
 const DATA_R10: u64 = 24;
+const DATA_RCX: u64 = 32;
+/// At most this many registers and watched words in the trampoline's quick filter.
+const MAX_QUICK: usize = 6;
 /// Length of `jmp rel32`, the patch at the point.
 const JMP_LEN: usize = 5;
 
 /// Give-up rule: more near misses than this is a divergence (each costs a memory digest; an
 /// interpreter's loop may repeat its registers and watched words for hundreds of visits).
 const MAX_NEAR_MISSES: usize = 4096;
+/// Guard hits after which the trampoline is built again with a punned jump, which needs no
+/// guard (each hit is a ptrace stop, some 30 µs).
+const REPUN_GUARD_HITS: u64 = 64;
 /// Single steps allowed to leave the patched bytes after control entered them from elsewhere.
 const MAX_STEP_OUT: usize = 100_000;
 
@@ -103,11 +112,20 @@ pub struct Locator {
     avoid: Vec<(u64, u64)>,
     free_slots: Vec<usize>,
     armed: bool,
+    /// Whether the trampoline counts every visit, not only those past its quick filter.
+    counting: bool,
     /// Visits the trampoline counted when last read.
     trampoline_visits: u64,
     /// Visits seen as ptrace stops (fallback).
     stop_visits: u64,
     guard_hits: u64,
+    /// The trampoline's quick filter, to build it again.
+    quick: Vec<Check>,
+    /// Whether the next `arm` builds the trampoline again with a punned jump (its guards have
+    /// stopped the task too often).
+    repun: bool,
+    /// Visits counted by trampolines built before the current one.
+    earlier_visits: u64,
     /// `(comparable registers, memory digest)` of every near miss, for the cycle rule.
     candidates: Vec<([u64; REGS_WORDS], [u8; 16])>,
     /// The differences of the nearest miss (fewest differences).
@@ -125,6 +143,10 @@ enum Mode {
 struct Trampoline {
     /// Address of the scratch mapping.
     base: u64,
+    /// Whether the patch is a punned jump.
+    punned: bool,
+    /// Address of the trampoline's first instruction, in its first page.
+    entry: u64,
     /// Whether it is mapped and holds `code`.
     mapped: bool,
     /// The trampoline, assembled for `base`.
@@ -161,11 +183,36 @@ impl Locator {
     /// first [`Locator::arm`]. A task in a signal-delivery-stop whose signal is still to be
     /// delivered must get it first: [`Locator::run`] with that signal does so before arming
     /// (arming resumes the task, which would discard it).
+    ///
+    /// The trampoline counts only the visits that pass its quick filter (see
+    /// [`Locator::visits`]); [`Locator::new_counting`] counts them all.
     pub fn new(
         t: &Tracee,
         point: &Point,
         avoid: &[(u64, u64)],
         free_slots: &[usize],
+    ) -> Result<Locator> {
+        Self::build(t, point, avoid, free_slots, false)
+    }
+
+    /// [`Locator::new`], with a trampoline that counts every visit of the point's `rip` (a
+    /// memory increment per visit: a few tenths of a nanosecond on a hot loop, for tests and
+    /// measurements).
+    pub fn new_counting(
+        t: &Tracee,
+        point: &Point,
+        avoid: &[(u64, u64)],
+        free_slots: &[usize],
+    ) -> Result<Locator> {
+        Self::build(t, point, avoid, free_slots, true)
+    }
+
+    fn build(
+        t: &Tracee,
+        point: &Point,
+        avoid: &[(u64, u64)],
+        free_slots: &[usize],
+        counting: bool,
     ) -> Result<Locator> {
         if let Some(&bad) = free_slots.iter().find(|&&s| s >= crate::debugregs::SLOTS) {
             bail!("there is no debug register slot {bad} (0-3)");
@@ -194,7 +241,26 @@ impl Locator {
             })
             .cloned()
             .collect();
-        let mode = match build_trampoline(t, point, &watch, &maps, avoid, free_slots) {
+        let quick = quick_checks(t, point, &watch)?;
+        tracing::debug!(
+            "point {rip:#x}: quick filter on {}",
+            quick
+                .iter()
+                .map(|c| match c {
+                    Check::Reg(i) => regs::WORD_NAMES[*i].to_string(),
+                    Check::Word(w) => format!("[{:#x}]", w.addr),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // A guarded trampoline first (a punned jump makes the CPU decode the bytes after the
+        // point two ways, which costs at every visit); a punned one if that cannot be built.
+        let build = |pun| {
+            build_trampoline(
+                t, point, &watch, &quick, counting, &maps, avoid, free_slots, pun,
+            )
+        };
+        let mode = match build(false).or_else(|_| build(true)) {
             Ok(tr) => Mode::Trampoline(tr),
             Err(why) => {
                 let mode = fallback(t, rip, avoid, free_slots)?;
@@ -210,6 +276,10 @@ impl Locator {
             avoid: avoid.to_vec(),
             free_slots: free_slots.to_vec(),
             armed: false,
+            counting,
+            quick,
+            repun: false,
+            earlier_visits: 0,
             trampoline_visits: 0,
             stop_visits: 0,
             guard_hits: 0,
@@ -229,9 +299,12 @@ impl Locator {
         }
     }
 
-    /// Visits of the point's `rip` so far (as of the last stop).
+    /// Visits of the point's `rip` so far (as of the last stop): every visit of a fallback
+    /// and of a counting trampoline ([`Locator::new_counting`]); with a trampoline made by
+    /// [`Locator::new`], only those that passed its quick filter (its registers and words
+    /// that differed when the locator was made).
     pub fn visits(&self) -> u64 {
-        self.trampoline_visits + self.stop_visits
+        self.earlier_visits + self.trampoline_visits + self.stop_visits
     }
 
     /// Near misses so far: visits whose registers and watched words matched, not the rest.
@@ -257,6 +330,10 @@ impl Locator {
     pub fn arm(&mut self, t: &Tracee) -> Result<()> {
         if self.armed {
             return Ok(());
+        }
+        if self.repun {
+            self.repun = false;
+            self.rebuild_punned(t)?;
         }
         self.ensure_scratch(t)?;
         if let Mode::Trampoline(tr) = &self.mode {
@@ -360,6 +437,26 @@ impl Locator {
                     let foreign = hits.iter().any(|&s| tr.guards.iter().all(|g| g.0 != s));
                     if guard && !foreign {
                         self.guard_hits += 1;
+                        if self.guard_hits == REPUN_GUARD_HITS {
+                            // The task stays where the guard stopped it, which is outside the
+                            // bytes a punned jump covers.
+                            self.repun = true;
+                            return Ok(Verdict::Continue);
+                        }
+                        // The trampoline holds a copy of the instruction there and of the
+                        // rest of the patched ones, which jumps back after them: the task goes
+                        // on from that copy (one stop per entry instead of a stop and a step).
+                        if let Some(&(copy, _)) = tr
+                            .relocated
+                            .iter()
+                            .find(|&&(_, original)| original == r.rip)
+                        {
+                            if tr.mapped {
+                                r.rip = copy;
+                                t.set_regs(&r)?;
+                                return Ok(Verdict::Continue);
+                            }
+                        }
                         tracing::debug!("guard hit at {:#x}: stepping out", r.rip);
                         return Ok(match self.step_out(t)? {
                             Some(other) => Verdict::Other(other),
@@ -483,8 +580,14 @@ impl Locator {
     /// A one-line account for divergence reports: visits, near misses, the nearest miss's
     /// differences.
     pub fn report(&self) -> String {
+        let mut visits = "visit(s)";
         let method = match self.method() {
-            Method::Trampoline { guards } => format!("trampoline with {guards} guard(s)"),
+            Method::Trampoline { guards } => {
+                if !self.counting {
+                    visits = "visit(s) past the quick filter";
+                }
+                format!("trampoline with {guards} guard(s)")
+            }
             Method::HardwareBreakpoint => "hardware breakpoint".to_string(),
             Method::Int3 => "int3".to_string(),
         };
@@ -493,7 +596,7 @@ impl Locator {
             None => "none had the recorded registers and watched words".to_string(),
         };
         format!(
-            "point {:#x} ({method}): {} visit(s), {} guard hit(s), {} near miss(es); {nearest}",
+            "point {:#x} ({method}): {} {visits}, {} guard hit(s), {} near miss(es); {nearest}",
             self.rip,
             self.visits(),
             self.guard_hits,
@@ -517,6 +620,56 @@ impl Locator {
         differences(t, &self.point, &scratch)
     }
 
+    /// Replaces the guarded trampoline by one with a punned jump, if one can be built: unmaps
+    /// the old one (an injected `munmap`; the task is disarmed and outside it), and the next
+    /// [`Self::ensure_scratch`] maps the new one.
+    fn rebuild_punned(&mut self, t: &Tracee) -> Result<()> {
+        let (old_base, old_mapped) = match &self.mode {
+            Mode::Trampoline(old) => (old.base, old.mapped),
+            _ => return Ok(()),
+        };
+        let maps = maps::read(t.pid())?;
+        let new = match build_trampoline(
+            t,
+            &self.point,
+            &self.watch,
+            &self.quick,
+            self.counting,
+            &maps,
+            &self.avoid,
+            &self.free_slots,
+            true,
+        ) {
+            Ok(new) if new.guards.is_empty() && new.punned => new,
+            Ok(_) => return Ok(()),
+            Err(why) => {
+                tracing::debug!("point {:#x}: no punned jump ({why:#})", self.rip);
+                return Ok(());
+            }
+        };
+        if old_mapped {
+            self.read_visits(t);
+            let r = t
+                .inject_syscall(libc::SYS_munmap, [old_base, SCRATCH_SIZE, 0, 0, 0, 0])
+                .context("unmapping the locator's guarded trampoline")?;
+            if r != 0 {
+                bail!(
+                    "unmapping the locator's scratch page at {old_base:#x} failed: errno {}",
+                    -r
+                );
+            }
+        }
+        self.earlier_visits += self.trampoline_visits;
+        self.trampoline_visits = 0;
+        tracing::debug!(
+            "point {:#x}: {} guard hits, a punned jump instead",
+            self.rip,
+            self.guard_hits
+        );
+        self.mode = Mode::Trampoline(new);
+        Ok(())
+    }
+
     /// Maps the scratch page and writes the trampoline, once. If the mapping fails, falls back
     /// to stopping at every visit.
     fn ensure_scratch(&mut self, t: &Tracee) -> Result<()> {
@@ -533,7 +686,7 @@ impl Locator {
             [tr.base, SCRATCH_SIZE, prot, flags, u64::MAX, 0],
         )?;
         if r == tr.base as i64 {
-            t.write_mem(tr.base, &tr.code)
+            t.write_mem(tr.entry, &tr.code)
                 .context("writing the trampoline")?;
             tr.mapped = true;
             return Ok(());
@@ -632,12 +785,41 @@ impl Locator {
     fn read_visits(&mut self, t: &Tracee) {
         if let Mode::Trampoline(tr) = &self.mode {
             if tr.mapped {
-                if let Ok(v) = t.read_u64(tr.base + PAGE + DATA_VISITS) {
+                if let Ok(v) = t.read_u64(tr.base + DATA_PAGE + DATA_VISITS) {
                     self.trampoline_visits = v;
                 }
             }
         }
     }
+}
+
+/// The trampoline's quick filter for `point` in stopped task `t` (at the start of its run
+/// toward the point): the watched words, then the general registers, whose values differ now
+/// from the point's, at most [`MAX_QUICK`]. What differs between the run's start and the point
+/// is what the run changes (a loop's counters and accumulators, the memory it writes): at
+/// most visits of the point's `rip` one of these differs too, and the filter leaves the
+/// trampoline after a few flag-free instructions. Values equal now (constants, pointers) would
+/// pass at nearly every visit, so they are left to the full filter.
+fn quick_checks(t: &Tracee, point: &Point, watch: &[WatchedWord]) -> Result<Vec<Check>> {
+    let now = regs::to_words(&t.regs()?);
+    let mut checks: Vec<Check> = watch
+        .iter()
+        .filter(|w| {
+            let mut b = [0u8; 8];
+            let n = usize::from(w.size);
+            t.read_mem_partial(w.addr, &mut b[..n]) != n
+                || u64::from_le_bytes(b) != w.value & size_mask(w.size)
+        })
+        .map(|w| Check::Word(w.clone()))
+        .collect();
+    checks.extend(
+        trampoline::QUICK_REGS
+            .iter()
+            .filter(|&&i| now[i] != point.regs[i])
+            .map(|&i| Check::Reg(i)),
+    );
+    checks.truncate(MAX_QUICK);
+    Ok(checks)
 }
 
 /// Low `size` bytes.

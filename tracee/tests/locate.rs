@@ -170,11 +170,28 @@ struct Replay {
     elapsed: Duration,
 }
 
-/// Run 2: the program again to the same syscall, then the locator to `point`.
+/// Run 2: the program again to the same syscall, then the locator to `point`, counting
+/// every visit.
 fn replay(mode: &str, point: &Point, avoid: &[(u64, u64)], free_slots: &[usize]) -> Replay {
+    replay_with(mode, point, avoid, free_slots, true)
+}
+
+/// [`replay`] with a locator that counts every visit or (as the replayer's) only those past
+/// its quick filter.
+fn replay_with(
+    mode: &str,
+    point: &Point,
+    avoid: &[(u64, u64)],
+    free_slots: &[usize],
+    counting: bool,
+) -> Replay {
     let child = start(mode);
     let t = &child.0;
-    let mut loc = Locator::new(t, point, avoid, free_slots).unwrap();
+    let mut loc = if counting {
+        Locator::new_counting(t, point, avoid, free_slots).unwrap()
+    } else {
+        Locator::new(t, point, avoid, free_slots).unwrap()
+    };
     let method = loc.method();
     let t0 = Instant::now();
     let verdict = loc.run(t, 0);
@@ -256,6 +273,29 @@ fn finds_a_preempted_point_whose_progress_is_only_in_memory() {
     );
     assert!(r.visits > 1000, "the filter saw only {} visits", r.visits);
     assert!(r.elapsed < Duration::from_secs(10));
+}
+
+#[test]
+fn the_quick_filter_finds_the_same_points_faster() {
+    for mode in ["r", "m"] {
+        let point = record_timed(mode, 30);
+        let counted = replay(mode, &point, &[], &[0, 1, 2, 3]);
+        assert_reached(&counted, &point);
+        let r = replay_with(mode, &point, &[], &[0, 1, 2, 3], false);
+        assert_reached(&r, &point);
+        assert!(
+            matches!(r.method, Method::Trampoline { .. }),
+            "{:?}",
+            r.method
+        );
+        eprintln!(
+            "mode {mode}: {} visits counted in {:?}; quick filter: {:?}, {}",
+            counted.visits, counted.elapsed, r.elapsed, r.report
+        );
+        // The visits the quick filter lets through are those whose quick checks all match.
+        assert!(r.visits < counted.visits / 100, "{}", r.report);
+        assert!(r.report.contains("past the quick filter"), "{}", r.report);
+    }
 }
 
 #[test]
@@ -461,4 +501,24 @@ fn a_branch_back_to_the_point_among_the_patched_instructions_is_a_visit() {
     assert_eq!(r.method, Method::Trampoline { guards: 1 });
     assert_reached(&r, &point);
     assert_eq!(r.visits, 2000, "{}", r.report);
+}
+
+#[test]
+fn a_guard_hit_too_often_gives_way_to_a_punned_jump() {
+    let p = prog();
+    // `add $1, %rax` (4 bytes), then the target the loop enters by three times in four.
+    let rip = p.sym("pun_point");
+    assert_eq!(p.sym("pun_target"), rip + 4);
+    let point = record_at_visit("p", rip, 3000);
+    let r = replay("p", &point, &[], &[0, 1, 2, 3]);
+    // Guarded first; after 64 guard hits the patch is a punned jump, which leaves the target
+    // in place and needs no guard.
+    assert_eq!(r.method, Method::Trampoline { guards: 1 }, "{}", r.report);
+    assert_reached(&r, &point);
+    assert!(
+        r.report.contains("trampoline with 0 guard(s)") && r.report.contains(" 64 guard hit(s)"),
+        "{}",
+        r.report
+    );
+    assert_eq!(r.visits, 3000, "{}", r.report);
 }

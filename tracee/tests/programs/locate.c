@@ -15,6 +15,7 @@ u64 sink;
 void guard_loop(void);
 void spin_loop(void);
 void tight_loop(void);
+void pun_loop(void);
 
 static void scrub_at_random(u64 *sp) {
     u64 *p = sp + 1 + sp[0] + 1; /* argc, argv..., NULL */
@@ -46,6 +47,8 @@ void cmain(u64 *sp) {
     case 't':
         tight_loop();
         break;
+    case 'p':
+        pun_loop();
     }
     sys1(231, 0);
 }
@@ -63,4 +66,11 @@ __asm__(
     ".globl spin_point\nspin_point:\n mov stop_flag(%rip), %rax\n test %rax, %rax\n jz spin_point\n ret\n"
     /* tight_loop: the branch back to the point is one of the instructions a patch covers. */
     ".globl tight_loop\ntight_loop:\n mov $200000, %ecx\n xor %eax, %eax\n"
-    ".globl tight_point\ntight_point:\n inc %rax\n loop tight_point\n ret\n");
+    ".globl tight_point\ntight_point:\n inc %rax\n loop tight_point\n ret\n"
+    /* pun_loop: a 4-byte instruction at the point, then a branch target at its end that the
+     * loop enters by most of the time: a punned jump leaves that target in place. */
+    ".globl pun_loop\npun_loop:\n xor %eax, %eax\n"
+    ".globl pun_enter\npun_enter:\n jmp pun_target\n"
+    ".globl pun_point\npun_point:\n add $1, %rax\n"
+    ".globl pun_target\npun_target:\n addq $1, counter(%rip)\n testb $3, counter(%rip)\n"
+    " jnz pun_enter\n jmp pun_point\n");
