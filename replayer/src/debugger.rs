@@ -359,11 +359,6 @@ impl DebugReplay {
         self.session.event_count()
     }
 
-    /// The task running (or about to run) after the last event.
-    pub fn running_task(&self) -> Option<Tid> {
-        self.session.running_task()
-    }
-
     /// The task part-way through its run after the last event (it has executed instructions
     /// since), if any: then the position is within that run, else at the event's boundary.
     pub fn part_way(&self) -> Option<Tid> {

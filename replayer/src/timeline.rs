@@ -130,11 +130,6 @@ impl Timeline {
         Ok(timeline)
     }
 
-    /// How many checkpoints the timeline holds.
-    pub fn checkpoints(&self) -> usize {
-        self.checkpoints.len()
-    }
-
     /// Keeps a copy of the replay at its position (see [`keep_checkpoint`]).
     pub fn checkpoint_here(&mut self) -> Result<()> {
         keep_checkpoint(&mut self.checkpoints, &mut self.replay)
