@@ -1,4 +1,4 @@
-//! Forking a stopped tracee's process: a copy of its memory and its one task, left in the
+//! Forking a stopped tracee's process: a copy of its memory and its tasks, each left in the
 //! same kind of ptrace stop with the same registers (the replayer's checkpoints).
 
 use anyhow::{bail, Context, Result};
@@ -34,13 +34,6 @@ enum StopKind {
 }
 
 impl Tracee {
-    /// Forks the stopped task's process, which must have no other task, and returns the
-    /// copy's task (see [`Tracee::fork_process_with`]).
-    pub fn fork_process(&self) -> Result<Tracee> {
-        let mut copies = self.fork_process_with(None, &[])?;
-        copies.pop().context("a fork without its task")
-    }
-
     /// Forks the stopped task's process by a `clone` run in it with no exit signal, and gives
     /// the copy a thread for each of `others` (the process's other tasks, all stopped: a
     /// fork copies only the calling thread) by `clone`s run in the copy. Each task of the copy
