@@ -30,6 +30,10 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 use replayer::{DebugReplay, Halt, HwPoint, Resume, StartPoint, Timeline};
 
 use crate::arch::{RegId, Registers, X86_64Linux};
+use divert::Diverted;
+
+#[path = "divert.rs"]
+mod divert;
 use crate::tls::TlsResolver;
 use crate::tls_packet::TlsRequest;
 
@@ -42,6 +46,8 @@ pub struct ReplayTarget {
     reverse: bool,
     /// Where thread-local variables are.
     tls: TlsResolver,
+    /// The live copy gdb's writes and calls go to, once it wrote something.
+    diversion: Option<Diverted>,
 }
 
 impl ReplayTarget {
@@ -54,11 +60,13 @@ impl ReplayTarget {
             step: None,
             reverse: false,
             tls: TlsResolver::default(),
+            diversion: None,
         })
     }
 
     /// Ends the replay and starts it again from its start.
     pub(crate) fn start_over(&mut self) -> anyhow::Result<()> {
+        self.end_diversion();
         self.timeline.start_over()?;
         self.step = None;
         self.reverse = false;
@@ -78,6 +86,9 @@ impl ReplayTarget {
 
     /// Runs the replay as gdb's last resume asked, until it halts.
     pub(crate) fn run(&mut self) -> anyhow::Result<Halt> {
+        if let Some(diverted) = self.run_diverted() {
+            return diverted;
+        }
         let how = match self.step.take() {
             Some(tid) => Resume::Step(tid),
             None => Resume::Continue,
@@ -147,10 +158,13 @@ impl ReplayTarget {
     /// The registers of thread `tid`: an error number if gdb names no live thread (its
     /// mistake, or a client's nonsense), an error of the replay if ptrace cannot read them.
     fn registers(&self, tid: Tid) -> Result<Registers, TargetError<anyhow::Error>> {
-        let t = self
-            .replay_ref()
-            .thread(recorded_tid(tid))
-            .map_err(|_| TargetError::Errno(libc::ESRCH as u8))?;
+        let t = match self.diverted_thread(recorded_tid(tid)) {
+            Some(t) => t,
+            None => self
+                .replay_ref()
+                .thread(recorded_tid(tid))
+                .map_err(|_| TargetError::Errno(libc::ESRCH as u8))?,
+        };
         Ok(Registers {
             gpr: t.regs().map_err(TargetError::Fatal)?,
             fp: t.fp_regs().map_err(TargetError::Fatal)?,
@@ -210,16 +224,6 @@ fn recorded_tid(tid: Tid) -> trace_format::Tid {
     tid.get() as trace_format::Tid
 }
 
-/// Says why gdb may not change the replay, on deja's terminal (gdb only shows an error
-/// number).
-fn refuse_write(what: &str) -> TargetError<anyhow::Error> {
-    eprintln!(
-        "deja: refusing to write {what}: a replay must stay exactly the recorded execution \
-         (set breakpoints and watchpoints freely; values cannot be changed)"
-    );
-    TargetError::Errno(libc::EPERM as u8)
-}
-
 impl Target for ReplayTarget {
     type Arch = X86_64Linux;
     type Error = anyhow::Error;
@@ -268,7 +272,7 @@ impl MultiThreadBase for ReplayTarget {
         if now == *regs {
             return Ok(());
         }
-        Err(refuse_write("registers"))
+        self.write_diverted_regs(recorded_tid(tid), regs)
     }
 
     fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
@@ -276,18 +280,24 @@ impl MultiThreadBase for ReplayTarget {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], _tid: Tid) -> TargetResult<usize, Self> {
-        match self.replay_ref().read_mem(start, data) {
+        let read = self
+            .read_diverted_mem(start, data)
+            .unwrap_or_else(|| self.replay_ref().read_mem(start, data));
+        match read {
             0 if !data.is_empty() => Err(TargetError::Errno(libc::EFAULT as u8)),
             n => Ok(n),
         }
     }
 
-    fn write_addrs(&mut self, start: u64, data: &[u8], _tid: Tid) -> TargetResult<(), Self> {
+    fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
         let mut now = vec![0u8; data.len()];
-        if self.replay_ref().read_mem(start, &mut now) == data.len() && now == data {
+        let read = self
+            .read_diverted_mem(start, &mut now)
+            .unwrap_or_else(|| self.replay_ref().read_mem(start, &mut now));
+        if read == data.len() && now == data {
             return Ok(());
         }
-        Err(refuse_write(&format!("memory at {start:#x}")))
+        self.write_diverted_mem(recorded_tid(tid), start, data)
     }
 
     fn list_active_threads(
@@ -322,10 +332,10 @@ impl SingleRegisterAccess<Tid> for ReplayTarget {
             .write_reg(reg, val)
             .map_err(|_| TargetError::NonFatal)?;
         // gdb writes orig_rax = -1 when it restarts a call; the replay restarts nothing.
-        if changed == regs || reg == RegId::OrigRax {
+        if changed == regs || (reg == RegId::OrigRax && self.diversion.is_none()) {
             return Ok(());
         }
-        Err(refuse_write("a register"))
+        self.write_diverted_regs(recorded_tid(tid), &changed)
     }
 }
 
@@ -337,16 +347,18 @@ impl MultiThreadResume for ReplayTarget {
     fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
         self.step = None;
         self.reverse = false;
+        self.clear_divert_signal();
         Ok(())
     }
 
     fn set_resume_action_continue(
         &mut self,
         _tid: Tid,
-        _signal: Option<Signal>,
+        signal: Option<Signal>,
     ) -> Result<(), Self::Error> {
         // The signal gdb passes is the recorded one (or one it wants suppressed): the replay
-        // delivers what the recording delivered either way.
+        // delivers what the recording delivered either way. (A diversion delivers it.)
+        self.divert_signal(signal);
         Ok(())
     }
 
@@ -387,9 +399,10 @@ impl MultiThreadSingleStep for ReplayTarget {
     fn set_resume_action_step(
         &mut self,
         tid: Tid,
-        _signal: Option<Signal>,
+        signal: Option<Signal>,
     ) -> Result<(), Self::Error> {
         self.step = Some(recorded_tid(tid));
+        self.divert_signal(signal);
         Ok(())
     }
 }
@@ -430,15 +443,21 @@ impl Breakpoints for ReplayTarget {
 
 impl SwBreakpoint for ReplayTarget {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.timeline
+        let diverted = self.divert_breakpoint(addr, true);
+        let added = self
+            .timeline
             .add_breakpoint(addr)
-            .map_err(TargetError::Fatal)
+            .map_err(TargetError::Fatal)?;
+        Ok(added || diverted)
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        self.timeline
+        let diverted = self.divert_breakpoint(addr, false);
+        let removed = self
+            .timeline
             .remove_breakpoint(addr)
-            .map_err(TargetError::Fatal)
+            .map_err(TargetError::Fatal)?;
+        Ok(removed || diverted)
     }
 }
 
@@ -506,6 +525,7 @@ impl ExtendedMode for ReplayTarget {
     /// gdb's `kill` (also sent before `run` restarts a running program): the replay ends,
     /// the session stays for `run`.
     fn kill(&mut self, _pid: Option<Pid>) -> TargetResult<ShouldTerminate, Self> {
+        self.end_diversion();
         self.timeline.replay_mut().kill();
         Ok(ShouldTerminate::No)
     }

@@ -386,6 +386,16 @@ impl DebugReplay {
         }))
     }
 
+    /// A diversion at the replay's position, thread `tid` of the debugged process its leader:
+    /// a live copy of the process for the debugger to run and change (see
+    /// [`crate::Diversion`]); the replay stays as it is.
+    pub fn divert(&self, tid: Tid) -> Result<crate::Diversion> {
+        if self.finished.is_some() {
+            bail!("the replay has ended");
+        }
+        self.session.divert(tid)
+    }
+
     /// Whether task `tid` is stopped at one of the debugger's software breakpoints, about to
     /// execute it.
     pub fn at_breakpoint(&self, tid: Tid) -> Result<bool> {

@@ -5,6 +5,8 @@
 mod debug;
 mod debugger;
 mod divergence;
+mod diversion;
+mod diversion_syscalls;
 mod echo;
 mod exec;
 mod mmap;
@@ -19,5 +21,6 @@ mod timeline;
 pub use debug::{Halt, HwPoint, Position, WatchKind};
 pub use debugger::{start_point, DebugOptions, DebugReplay, Resume, StartPoint};
 pub use divergence::{Divergence, Incomplete};
+pub use diversion::Diversion;
 pub use session::{replay, Progress, ReplayOptions, ReplayOutcome};
 pub use timeline::Timeline;

@@ -163,6 +163,14 @@ impl Timeline {
         self.install_interrupt();
     }
 
+    /// Whether the debugger asks for an interrupt now (its check, for what runs outside the
+    /// replay: a diversion).
+    pub fn interrupt_requested(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|check| (check.borrow_mut())())
+    }
+
     fn install_interrupt(&mut self) {
         if let Some(check) = forwarding(&self.interrupt) {
             self.replay.set_interrupt(check);

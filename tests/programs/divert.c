@@ -1,0 +1,33 @@
+/* Functions for gdb to call in a diversion (tests/gdb_divert.rs): `add` computes, `bump`
+ * changes a global and prints, `crash` faults. main's output and exit status (3) are what
+ * the replay must still produce afterwards. */
+#include <stdio.h>
+
+int global = 7;
+int counter;
+
+int add(int a, int b) { return a + b; }
+
+int bump(int by) {
+    global += by;
+    printf("bump: global=%d\n", global);
+    fflush(stdout);
+    return global;
+}
+
+int crash(void) {
+    volatile int *p = 0;
+    return *p;
+}
+
+__attribute__((noinline)) void stop_here(int at) { counter += at; }
+
+int main(void) {
+    int x = 1;
+    for (int i = 0; i < 3; i++) {
+        stop_here(i);
+        x += i;
+    }
+    printf("x=%d global=%d counter=%d\n", x, global, counter);
+    return 3;
+}
