@@ -12,6 +12,8 @@
 //! `set var` lasts until the program is resumed. A signal in a called function is a stop in
 //! the copy (gdb says the call was interrupted); continuing from it goes on in the copy.
 
+use std::collections::{BTreeMap, HashMap};
+
 use gdbstub::common::Signal;
 use gdbstub::target::TargetError;
 use replayer::{Diversion, Halt};
@@ -26,13 +28,17 @@ pub(super) struct Diverted {
     div: Diversion,
     /// The thread gdb runs its calls on (the one whose registers it wrote last).
     tid: Tid,
-    /// Its registers when the diversion began.
-    start: Regs,
-    /// The stack pointer each call in progress returns to gdb's breakpoint with, the
-    /// innermost last.
-    calls: Vec<u64>,
+    /// The registers of each thread gdb changed, as they were before (the replay's).
+    starts: HashMap<Tid, Regs>,
+    /// Each call in progress: the stack pointer and pc it returns to gdb's breakpoint with,
+    /// the innermost last.
+    calls: Vec<(u64, u64)>,
     /// The signal gdb passes with its coming resume (Linux numbering; 0 for none).
     sig: i32,
+    /// The software breakpoints gdb inserted (true) or removed (false) meanwhile, for the
+    /// replay to take at the end (gdb's call breakpoint may be on the stack, which the replay
+    /// must not get while its stack is in use).
+    breakpoints: BTreeMap<u64, bool>,
 }
 
 /// Why gdb's write failed, on deja's terminal (gdb only shows an error number).
@@ -54,23 +60,26 @@ impl ReplayTarget {
             let div = replay
                 .divert(tid)
                 .map_err(|e| refuse("change the program", e))?;
-            let start = div
-                .thread(tid)
-                .ok_or_else(|| refuse("change the program", anyhow::anyhow!("no copy")))?
-                .regs()
-                .map_err(TargetError::Fatal)?;
             tracing::debug!(tid, "diversion started");
             self.diversion = Some(Diverted {
                 div,
                 tid,
-                start,
+                starts: HashMap::new(),
                 calls: Vec::new(),
                 sig: 0,
+                breakpoints: BTreeMap::new(),
             });
         }
-        self.diversion
+        let d = self
+            .diversion
             .as_mut()
-            .ok_or(TargetError::Errno(libc::EPERM as u8))
+            .ok_or(TargetError::Errno(libc::EPERM as u8))?;
+        if let Some(t) = d.div.thread(tid) {
+            if let std::collections::hash_map::Entry::Vacant(e) = d.starts.entry(tid) {
+                e.insert(t.regs().map_err(TargetError::Fatal)?);
+            }
+        }
+        Ok(d)
     }
 
     /// Writes thread `tid`'s registers in the diversion (started if need be).
@@ -124,20 +133,40 @@ impl ReplayTarget {
         }
     }
 
-    /// Inserts or removes a software breakpoint in the diversion too, if one is under way
-    /// (its breakpoints are the replay's, and gdb sets its call's own).
-    pub(super) fn divert_breakpoint(&mut self, addr: u64, insert: bool) -> bool {
-        match self.diversion.as_mut() {
-            Some(d) if insert => d.div.add_breakpoint(addr),
-            Some(d) => d.div.remove_breakpoint(addr),
-            None => false,
-        }
+    /// Inserts or removes a software breakpoint in the diversion, if one is under way (its
+    /// breakpoints are the replay's, and gdb sets its call's own): whether it could.
+    pub(super) fn divert_breakpoint(&mut self, addr: u64, insert: bool) -> Option<bool> {
+        let d = self.diversion.as_mut()?;
+        d.breakpoints.insert(addr, insert);
+        Some(if insert {
+            d.div.add_breakpoint(addr)
+        } else {
+            d.div.remove_breakpoint(addr)
+        })
     }
 
-    /// Ends the diversion, if any: the copy is killed, the replay is where it was.
+    /// Ends the diversion, if any: the copy is killed, the replay is where it was, with the
+    /// breakpoints gdb set and removed meanwhile.
     pub(crate) fn end_diversion(&mut self) {
-        if self.diversion.take().is_some() {
-            tracing::debug!("diversion ended");
+        self.leave_diversion(true);
+    }
+
+    /// Ends the diversion; the breakpoints gdb inserted meanwhile go to the replay if
+    /// `inserted` (not when the diversion's process ended: gdb counts them gone with it).
+    fn leave_diversion(&mut self, inserted: bool) {
+        let Some(d) = self.diversion.take() else {
+            return;
+        };
+        tracing::debug!("diversion ended");
+        for (addr, insert) in d.breakpoints {
+            let done = match insert {
+                true if inserted => self.timeline.add_breakpoint(addr),
+                true => Ok(true),
+                false => self.timeline.remove_breakpoint(addr),
+            };
+            if let Err(e) = done {
+                eprintln!("deja: the breakpoint at {addr:#x} could not follow the replay: {e:#}");
+            }
         }
     }
 
@@ -168,9 +197,9 @@ impl ReplayTarget {
         let tid = step.filter(|&t| d.div.thread(t).is_some()).unwrap_or(d.tid);
         let sig = std::mem::take(&mut d.sig);
         let timeline = &self.timeline;
-        let ran = d
-            .div
-            .resume(tid, step.is_some(), sig, &mut || timeline.interrupt_requested());
+        let ran = d.div.resume(tid, step.is_some(), sig, &mut || {
+            timeline.interrupt_requested()
+        });
         let halt = match ran {
             Ok(halt) => halt,
             Err(e) => {
@@ -184,8 +213,8 @@ impl ReplayTarget {
                 "deja: the diversion's process ended; the replay is where it was (gdb's \
                  `run` starts it over)"
             );
-            self.end_diversion();
-        } else if let Halt::Breakpoint(t) = halt {
+            self.leave_diversion(false);
+        } else if let Some(t) = halt_thread(&halt) {
             d.returned(t);
         }
         Some(Ok(halt))
@@ -199,19 +228,25 @@ impl Diverted {
         if self.div.is_gone() {
             return Ok(false);
         }
+        let mut restored = true;
+        for (&tid, start) in &self.starts {
+            if let Some(t) = self.div.thread(tid) {
+                restored &= same_place(&t.regs()?, start);
+            }
+        }
+        if restored {
+            // gdb put the registers back: its calls are over (or abandoned).
+            self.calls.clear();
+            return Ok(false);
+        }
         let Some(t) = self.div.thread(self.tid) else {
             return Ok(false);
         };
         let r = t.regs()?;
-        if same_place(&r, &self.start) {
-            // gdb put the registers back: the call is over (or abandoned).
-            self.calls.clear();
-            return Ok(false);
-        }
         let mut word = [0u8; 8];
         if self.div.read_mem(r.rsp, &mut word) == 8 {
             let ret = u64::from_le_bytes(word);
-            let back = r.rsp.wrapping_add(8);
+            let back = (r.rsp.wrapping_add(8), ret);
             if self.div.has_breakpoint(ret) && self.calls.last() != Some(&back) {
                 tracing::debug!(rip = r.rip, ret, "an inferior call starts in the diversion");
                 self.calls.push(back);
@@ -220,11 +255,14 @@ impl Diverted {
         Ok(!self.calls.is_empty())
     }
 
-    /// After a breakpoint stop of thread `tid`: the innermost call is over if it is back at
-    /// gdb's breakpoint with its stack popped.
+    /// After a stop of thread `tid`: the innermost call is over if it is back at gdb's
+    /// breakpoint with its stack popped.
     fn returned(&mut self, tid: Tid) {
-        let rsp = self.div.thread(tid).and_then(|t| t.regs().ok()).map(|r| r.rsp);
-        if tid == self.tid && rsp.is_some() && self.calls.last().copied() == rsp {
+        let Some(r) = self.div.thread(tid).and_then(|t| t.regs().ok()) else {
+            return;
+        };
+        if tid == self.tid && self.calls.last() == Some(&(r.rsp, r.rip)) {
+            tracing::debug!(rip = r.rip, "an inferior call returned");
             self.calls.pop();
         }
     }
@@ -236,6 +274,15 @@ fn same_place(a: &Regs, b: &Regs) -> bool {
     let mut a = *a;
     a.orig_rax = b.orig_rax;
     tracee::regs::to_words(&a) == tracee::regs::to_words(b)
+}
+
+/// The thread a diversion's stop `halt` names.
+fn halt_thread(halt: &Halt) -> Option<Tid> {
+    match *halt {
+        Halt::Breakpoint(t) | Halt::Step(t) | Halt::Interrupted(t) => Some(t),
+        Halt::Signal { tid, .. } => Some(tid),
+        _ => None,
+    }
 }
 
 /// The Linux number of gdb's signal `s` (0 if it has none).

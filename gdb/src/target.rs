@@ -443,21 +443,21 @@ impl Breakpoints for ReplayTarget {
 
 impl SwBreakpoint for ReplayTarget {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let diverted = self.divert_breakpoint(addr, true);
-        let added = self
-            .timeline
+        if let Some(done) = self.divert_breakpoint(addr, true) {
+            return Ok(done);
+        }
+        self.timeline
             .add_breakpoint(addr)
-            .map_err(TargetError::Fatal)?;
-        Ok(added || diverted)
+            .map_err(TargetError::Fatal)
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let diverted = self.divert_breakpoint(addr, false);
-        let removed = self
-            .timeline
+        if let Some(done) = self.divert_breakpoint(addr, false) {
+            return Ok(done);
+        }
+        self.timeline
             .remove_breakpoint(addr)
-            .map_err(TargetError::Fatal)?;
-        Ok(removed || diverted)
+            .map_err(TargetError::Fatal)
     }
 }
 

@@ -89,7 +89,12 @@ impl Session {
             .collect();
         let (forked, ids): (Vec<Tracee>, Vec<Tid>) =
             match lead.tracee.fork_process_with(None, &copies) {
-                Ok(f) => (f, std::iter::once(tid).chain(others.iter().map(|o| o.0)).collect()),
+                Ok(f) => (
+                    f,
+                    std::iter::once(tid)
+                        .chain(others.iter().map(|o| o.0))
+                        .collect(),
+                ),
                 Err(e) => {
                     tracing::debug!("diversion without the other threads: {e:#}");
                     (lead.tracee.fork_process_with(None, &[])?, vec![tid])
@@ -152,7 +157,10 @@ impl Diversion {
         if self.gone {
             return None;
         }
-        self.threads.iter().find(|(id, _)| *id == tid).map(|(_, t)| t)
+        self.threads
+            .iter()
+            .find(|(id, _)| *id == tid)
+            .map(|(_, t)| t)
     }
 
     /// Whether the copy has ended.
@@ -384,6 +392,11 @@ impl Diversion {
                     if step {
                         return Ok(Halt::Step(tid));
                     }
+                }
+                // A breakpoint in memory that cannot be executed (gdb's dummy frame on the
+                // stack, where its calls return): reached all the same.
+                Stop::Signal(libc::SIGSEGV) if self.breakpoints.contains_key(&t.regs()?.rip) => {
+                    return Ok(Halt::Breakpoint(tid));
                 }
                 Stop::Signal(libc::SIGSTOP) if interrupted => return Ok(Halt::Interrupted(tid)),
                 Stop::Signal(signo) => return Ok(Halt::Signal { tid, signo }),

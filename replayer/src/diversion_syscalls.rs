@@ -92,7 +92,11 @@ pub(crate) fn action(nr: u64, args: &[u64; 6], process: Tid, tid: Tid) -> Action
             // name one of the replay's descriptors.
             let anonymous = args[3] & libc::MAP_ANONYMOUS as u64 != 0;
             let shared = args[3] & libc::MAP_SHARED as u64 != 0;
-            return if anonymous && !shared { Action::Run } else { NOSYS };
+            return if anonymous && !shared {
+                Action::Run
+            } else {
+                NOSYS
+            };
         }
         _ => {}
     }
@@ -120,7 +124,10 @@ mod tests {
     fn only_calls_confined_to_the_copy_run() {
         let none = [0u64; 6];
         assert_eq!(action(libc::SYS_brk as u64, &none, 10, 11), Action::Run);
-        assert_eq!(action(libc::SYS_mprotect as u64, &none, 10, 11), Action::Run);
+        assert_eq!(
+            action(libc::SYS_mprotect as u64, &none, 10, 11),
+            Action::Run
+        );
         assert_eq!(
             action(libc::SYS_clock_gettime as u64, &none, 10, 11),
             Action::Run
@@ -189,7 +196,14 @@ mod tests {
             action(libc::SYS_tgkill as u64, &other, 10, 11),
             Action::Return(-(libc::ENOSYS as i64))
         );
-        let anon = [0, 4096, 3, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64, u64::MAX, 0];
+        let anon = [
+            0,
+            4096,
+            3,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ];
         assert_eq!(action(libc::SYS_mmap as u64, &anon, 10, 11), Action::Run);
         let file = [0, 4096, 1, libc::MAP_PRIVATE as u64, 3, 0];
         assert_eq!(
