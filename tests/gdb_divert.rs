@@ -142,6 +142,39 @@ fn a_crash_in_a_called_function_stops_in_the_diversion_and_the_replay_is_untouch
 }
 
 #[test]
+fn a_breakpoint_inside_a_called_function_stops_there_and_finish_completes_the_call() {
+    let Some(all) = session(
+        false,
+        &[
+            "break stop_here",
+            "continue",
+            "break bump",
+            "call bump(1)",
+            "bt",
+            "next",
+            "print global",
+            "finish",
+            "print global",
+            "delete",
+            "continue",
+            "continue",
+        ],
+    ) else {
+        return;
+    };
+    assert_has(
+        &all,
+        "The program being debugged stopped while in a function called from GDB",
+    );
+    assert_has(&all, "<function called from gdb>");
+    assert_has(&all, "Value returned is $2 = 8");
+    assert_eq!(printed(&all), ["8", "8"], "gdb's session:\n{all}");
+    assert_has(&all, "bump: global=8");
+    assert_has(&all, RECORDED);
+    assert_has(&all, "exited with code 03");
+}
+
+#[test]
 fn going_backwards_works_after_a_diversion() {
     let Some(all) = session(
         false,
@@ -199,17 +232,21 @@ fn calls_on_two_threads_and_refused_syscalls_leave_the_replay_as_recorded() {
             "set var shared = 5",
             "print shared",
             "delete",
-            // The recorded SIGUSR1, the end, the exit.
+            // The recorded SIGUSR1: a call where the thread is stopped for a signal.
             "continue",
+            "print step(4)",
+            "print shared",
+            // The end, the exit.
             "continue",
             "continue",
         ],
     ));
     assert_eq!(
         printed(&all),
-        ["20", "-38", "30", "0", "5"],
+        ["20", "-38", "30", "0", "5", "40", "21"],
         "gdb's session:\n{all}"
     );
+    assert_has(&all, "received signal SIGUSR1");
     assert_has(&all, "total=105 shared=21 got=10");
     assert_has(&all, "exited normally");
 }

@@ -87,19 +87,29 @@ impl Session {
                 clear_tid_at: t.clear_tid_at,
             })
             .collect();
-        let (forked, ids): (Vec<Tracee>, Vec<Tid>) =
-            match lead.tracee.fork_process_with(None, &copies) {
-                Ok(f) => (
-                    f,
-                    std::iter::once(tid)
-                        .chain(others.iter().map(|o| o.0))
-                        .collect(),
-                ),
-                Err(e) => {
-                    tracing::debug!("diversion without the other threads: {e:#}");
-                    (lead.tracee.fork_process_with(None, &[])?, vec![tid])
-                }
-            };
+        // A thread stopped for a signal's delivery loses that stop to the fork's injected
+        // clone: it is put back in it afterwards (see `stop_for_signal`).
+        let pending = match self.signal_to_deliver(tid) {
+            Some(sig) => Some((sig, lead.tracee.siginfo()?)),
+            None => None,
+        };
+        let all: Vec<Tid> = std::iter::once(tid)
+            .chain(others.iter().map(|o| o.0))
+            .collect();
+        let forked = match lead.tracee.fork_process_with(None, &copies) {
+            Ok(f) => Ok((f, all)),
+            Err(e) => {
+                tracing::debug!("diversion without the other threads: {e:#}");
+                lead.tracee
+                    .fork_process_with(None, &[])
+                    .map(|f| (f, vec![tid]))
+            }
+        };
+        if let Some((sig, info)) = pending {
+            stop_for_signal(&lead.tracee, lead.pid, sig, &info)
+                .context("putting the replayed thread back at its signal")?;
+        }
+        let (forked, ids): (Vec<Tracee>, Vec<Tid>) = forked?;
         let fast_path = lead.slot.is_some();
         let threads: Vec<(Tid, Tracee)> = ids.into_iter().zip(forked).collect();
         let div = Diversion {
@@ -119,6 +129,21 @@ impl Session {
             div.leader().write_mem(addr, &[INT3])?;
         }
         Ok(div)
+    }
+}
+
+/// Puts stopped task `t` (of replay process `pid`) back in the signal-delivery-stop of signal
+/// `sig` with siginfo `info`: the signal is sent again and the task continued to its
+/// delivery, where the recorded siginfo is set again.
+fn stop_for_signal(t: &Tracee, pid: nix::unistd::Pid, sig: i32, info: &[u8]) -> Result<()> {
+    t.tgkill(pid, sig)?;
+    t.cont(0)?;
+    match t.wait()? {
+        Stop::Signal(s) if s == sig => t.set_siginfo(info),
+        other => bail!(
+            "task {} stopped with {other:?} instead of signal {sig}",
+            t.pid()
+        ),
     }
 }
 
