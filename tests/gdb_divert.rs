@@ -17,7 +17,7 @@ fn program() -> PathBuf {
 }
 
 /// What `divert.c` prints, recorded and replayed.
-const RECORDED: &str = "x=4 global=7 counter=3";
+const RECORDED: &str = "x=4 global=7 counter=3 shared=5";
 
 /// A recording of `divert.c` (with the in-process fast path unless `no_fast_path`), checked.
 fn recorded(ctx: &Ctx, no_fast_path: bool) -> PathBuf {
@@ -55,9 +55,9 @@ fn printed(all: &str) -> Vec<String> {
         .collect()
 }
 
-/// Calls, a call that changes a global and prints, `set var`: each shows its effect in the
-/// diversion, and after `continue` the replay shows the recorded values and reaches its
-/// recorded output and exit status.
+/// Calls, a call that changes a global and prints, one that writes shared memory, `set var`:
+/// each shows its effect in the diversion, and after `continue` the replay shows the recorded
+/// values and reaches its recorded output and exit status.
 fn calls_and_changes_stay_in_the_diversion(no_fast_path: bool) {
     let Some(all) = session(
         no_fast_path,
@@ -67,8 +67,12 @@ fn calls_and_changes_stay_in_the_diversion(no_fast_path: bool) {
             "print add(2, 3)",
             "call bump(10)",
             "print global",
+            // Shared memory: the diversion writes its own copy of it.
+            "print poke(9)",
+            "print *shared",
             "continue",
             "print global",
+            "print *shared",
             "print at",
             "up",
             "set var x = 99",
@@ -86,7 +90,7 @@ fn calls_and_changes_stay_in_the_diversion(no_fast_path: bool) {
     };
     assert_eq!(
         printed(&all),
-        ["5", "17", "17", "7", "1", "99", "2", "2"],
+        ["5", "17", "17", "9", "9", "7", "5", "1", "99", "2", "2"],
         "gdb's session:\n{all}"
     );
     // The call's own output, shown by deja.

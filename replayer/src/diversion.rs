@@ -120,6 +120,8 @@ impl Session {
             sites: self.sites.clone(),
             gone: false,
         };
+        private_copies(div.leader())
+            .context("giving the diversion its own copy of shared memory")?;
         // Every call takes the library's traced path, so that it stops here.
         if fast_path {
             tracee::fastpath::turn_off(div.leader())?;
@@ -130,6 +132,49 @@ impl Session {
         }
         Ok(div)
     }
+}
+
+/// Replaces each writable shared mapping of the copy whose leader is `t` (memory the copy
+/// shares with the replayed process and its relatives: an emulated file mapped shared,
+/// `MAP_SHARED | MAP_ANONYMOUS` memory) with private anonymous memory holding the same bytes,
+/// so that nothing the diversion writes reaches the replay.
+fn private_copies(t: &Tracee) -> Result<()> {
+    let maps = tracee::maps::read(t.pid())?;
+    let shared: Vec<_> = maps
+        .iter()
+        .filter(|m| m.perms.contains('w') && m.perms.ends_with('s'))
+        .collect();
+    if shared.is_empty() {
+        return Ok(());
+    }
+    let saved = t.regs()?;
+    for m in shared {
+        let len = m.end - m.start;
+        let bytes = t.read_vec(m.start, len as usize)?;
+        let prot = [
+            ('r', libc::PROT_READ),
+            ('w', libc::PROT_WRITE),
+            ('x', libc::PROT_EXEC),
+        ]
+        .iter()
+        .filter(|(c, _)| m.perms.contains(*c))
+        .fold(0, |p, (_, bit)| p | bit);
+        let flags = libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_ANONYMOUS;
+        let at = t.inject_syscall(
+            libc::SYS_mmap,
+            [m.start, len, prot as u64, flags as u64, u64::MAX, 0],
+        )?;
+        if at as u64 != m.start {
+            bail!("mapping private memory at {:#x} failed ({at})", m.start);
+        }
+        t.write_mem(m.start, &bytes)?;
+        tracing::debug!(
+            start = m.start,
+            len,
+            "a shared mapping made private in a diversion"
+        );
+    }
+    t.set_regs(&saved)
 }
 
 /// Puts stopped task `t` (of replay process `pid`) back in the signal-delivery-stop of signal
