@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -316,4 +317,96 @@ fn a_cpp_string_shows_its_c_str_and_size_mid_replay() {
     assert_eq!(values[1..], ["5", "6"], "gdb's session:\n{all}");
     assert_has(&all, "n=5 hello");
     assert_has(&all, "exited normally");
+}
+
+/// The pid of the gdb that deja process `deja` launched.
+fn gdb_child(deja: u32) -> Option<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{deja}/task")).ok()?;
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "gdb")
+        })
+}
+
+#[test]
+fn an_interrupt_stops_a_called_function_that_loops_and_the_replay_goes_on() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let trace = recorded(&ctx, false);
+    let log = ctx.fresh_path("gdb-output");
+    let out = std::fs::File::create(&log).expect("creating gdb's output file");
+    let mut cmd = ctx.deja();
+    cmd.arg("replay").arg(&trace).args(["--", "-batch", "-nx"]);
+    for c in [
+        "break stop_here",
+        "continue",
+        "call spin()",
+        "bt 3",
+        // Let the call finish: gdb then stops silently at its end.
+        "set var spinning = 0",
+        "continue",
+        "print global",
+        "delete",
+        "continue",
+        "continue",
+    ] {
+        cmd.args(["-ex", c]);
+    }
+    let err = out.try_clone().expect("cloning the output file");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .expect("spawning deja replay");
+    let deja = child.id();
+    // Once the call has been running for a while, gdb's Ctrl-C.
+    let started = std::time::Instant::now();
+    let mut sent = false;
+    while started.elapsed() < TIMEOUT {
+        let so_far = std::fs::read_to_string(&log).unwrap_or_default();
+        if so_far.contains("stop_here (at=0)") {
+            std::thread::sleep(std::time::Duration::from_millis(800));
+            let gdb = gdb_child(deja).expect("deja's gdb");
+            // SAFETY: kill with a pid this test's own child launched and an integer signal.
+            unsafe { libc::kill(gdb, libc::SIGINT) };
+            sent = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut child = child;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for deja replay") {
+            break Some(status);
+        }
+        if started.elapsed() > TIMEOUT {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let all = std::fs::read_to_string(&log).unwrap_or_default();
+    let Some(status) = status else {
+        kill_group(deja);
+        child.wait().ok();
+        panic!("deja replay did not end:\n{all}");
+    };
+    assert!(sent, "gdb never stopped at stop_here:\n{all}");
+    assert!(status.success(), "deja replay failed:\n{all}");
+    assert_has(&all, "Program received signal SIGINT");
+    assert_has(&all, "signaled while in a function called from GDB");
+    assert_has(&all, "in spin ()");
+    assert_eq!(printed(&all), ["7"], "gdb's session:\n{all}");
+    assert_has(&all, RECORDED);
+    assert_has(&all, "exited with code 03");
 }

@@ -1,6 +1,7 @@
 /* Functions for gdb to call in a diversion (tests/gdb_divert.rs): `add` computes, `bump`
- * changes a global and prints, `crash` faults, `poke` writes into shared memory. main's
- * output and exit status (3) are what the replay must still produce afterwards. */
+ * changes a global and prints, `crash` faults, `poke` writes into shared memory, `spin` loops
+ * until `spinning` is cleared. main's output and exit status (3) are what the replay must
+ * still produce afterwards. */
 #include <stdio.h>
 #include <sys/mman.h>
 
@@ -20,6 +21,14 @@ int bump(int by) {
 int crash(void) {
     volatile int *p = 0;
     return *p;
+}
+
+volatile int spinning = 1;
+
+int spin(void) {
+    while (spinning)
+        ;
+    return 42;
 }
 
 int poke(int v) {
