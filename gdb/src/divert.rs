@@ -145,6 +145,15 @@ impl ReplayTarget {
         })
     }
 
+    /// The thread to name in a stop that is no thread's doing (gdb's Ctrl-C): the one running
+    /// gdb's calls in a diversion, else the replay's.
+    pub(crate) fn stop_thread(&self) -> Tid {
+        match &self.diversion {
+            Some(d) => d.tid,
+            None => self.replay_ref().current_thread(),
+        }
+    }
+
     /// Ends the diversion, if any: the copy is killed, the replay is where it was, with the
     /// breakpoints gdb set and removed meanwhile.
     pub(crate) fn end_diversion(&mut self) {

@@ -178,7 +178,7 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                 }
             }
             GdbStubStateMachine::CtrlCInterrupt(gdb) => {
-                let tid = target.replay_ref().current_thread();
+                let tid = target.stop_thread();
                 let reason = MultiThreadStopReason::SignalWithThread {
                     tid: gdb_tid(tid),
                     signal: Signal::SIGINT,
