@@ -48,6 +48,9 @@ pub struct Diversion {
     sites: PatchedSites,
     /// The copy is gone (it ended or was killed).
     gone: bool,
+    /// A `SIGSTOP` was sent to stop the running thread for the debugger and has not been
+    /// seen yet.
+    stopping: bool,
 }
 
 impl Session {
@@ -119,6 +122,7 @@ impl Session {
             in_windows: d.in_windows.clone(),
             sites: self.sites.clone(),
             gone: false,
+            stopping: false,
         };
         private_copies(div.leader())
             .context("giving the diversion its own copy of shared memory")?;
@@ -468,7 +472,13 @@ impl Diversion {
                 Stop::Signal(libc::SIGSEGV) if self.breakpoints.contains_key(&t.regs()?.rip) => {
                     return Ok(Halt::Breakpoint(tid));
                 }
-                Stop::Signal(libc::SIGSTOP) if interrupted => return Ok(Halt::Interrupted(tid)),
+                Stop::Signal(libc::SIGSTOP) if self.stopping => {
+                    self.stopping = false;
+                    if interrupted {
+                        return Ok(Halt::Interrupted(tid));
+                    }
+                    // (Sent for an earlier run, which stopped for another reason first.)
+                }
                 Stop::Signal(signo) => return Ok(Halt::Signal { tid, signo }),
                 Stop::Exited(code) => return Ok(self.ended(ExitStatus::Exited(code))),
                 Stop::Killed(signo) => return Ok(self.ended(ExitStatus::Signaled(signo))),
@@ -501,6 +511,7 @@ impl Diversion {
             }
             if !*interrupted && interrupt() {
                 *interrupted = true;
+                self.stopping = true;
                 t.tgkill(self.leader().pid(), libc::SIGSTOP)?;
             }
             std::thread::sleep(pause);
