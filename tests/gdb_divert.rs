@@ -71,6 +71,10 @@ fn calls_and_changes_stay_in_the_diversion(no_fast_path: bool) {
             // Shared memory: the diversion writes its own copy of it.
             "print poke(9)",
             "print *shared",
+            // Syscalls: the recorded pid; a write to stdout shown; a close refused.
+            "print (int)getpid()",
+            "print (int)write(1, \"from the diversion\\n\", 19)",
+            "print (int)close(0)",
             "continue",
             "print global",
             "print *shared",
@@ -89,13 +93,19 @@ fn calls_and_changes_stay_in_the_diversion(no_fast_path: bool) {
     ) else {
         return;
     };
+    let pid = all
+        .split("(process ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no process id in gdb's session:\n{all}"));
     assert_eq!(
         printed(&all),
-        ["5", "17", "17", "9", "9", "7", "5", "1", "99", "2", "2"],
+        ["5", "17", "17", "9", "9", pid, "19", "-1", "7", "5", "1", "99", "2", "2"],
         "gdb's session:\n{all}"
     );
-    // The call's own output, shown by deja.
+    // The calls' own output, shown by deja.
     assert_has(&all, "bump: global=17");
+    assert_has(&all, "from the diversion");
     // The replay's, as recorded (x was set to 99 in the diversion only).
     assert_has(&all, RECORDED);
     assert_has(&all, "exited with code 03");

@@ -54,35 +54,49 @@ pub struct Diversion {
 }
 
 impl Session {
-    /// A diversion at the current position, with `tid` (a thread of the debugged process)
-    /// its leader: every thread of the process a fork can copy is copied (the others are
-    /// left out: the debugger then sees the replay's state of them).
+    /// A diversion at the current position, for the debugger's changes to thread `tid` of the
+    /// debugged process: every thread of the process a fork can copy is copied (the others
+    /// are left out: the debugger then sees the replay's state of them).
     pub(crate) fn divert(&self, tid: Tid) -> Result<Diversion> {
         let d = self
             .debug
             .as_ref()
             .context("a diversion needs a debugged replay")?;
         let process = d.process;
-        let lead = self
-            .tasks
-            .in_process(process)
+        let tasks: Vec<(Tid, &Task)> = {
+            let mut v: Vec<(Tid, &Task)> = self.tasks.in_process(process).collect();
+            v.sort_by_key(|(id, _)| *id);
+            v
+        };
+        let wanted = tasks
+            .iter()
             .find(|(id, _)| *id == tid)
-            .map(|(_, t)| t)
             .with_context(|| format!("thread {tid} is not a thread of process {process}"))?;
-        if let Some(why) = unforkable(lead) {
-            bail!("thread {tid} cannot be copied here: {why}");
-        }
-        if self.tasks.stop_waiting(tid) {
-            bail!("thread {tid} cannot be copied here: a stop of it waits to be collected");
-        }
-        let mut others: Vec<(Tid, &Task)> = self
-            .tasks
-            .in_process(process)
-            .filter(|(id, t)| {
-                *id != tid && unforkable(t).is_none() && !self.tasks.stop_waiting(*id)
+        // The thread that forks the process (a `clone` injected into it) must be in a stop
+        // the fork gives back exactly: the one gdb names if it can, else another (the one
+        // named is then copied like the other threads, which only reads it).
+        let forkable = |(id, t): &(Tid, &Task)| -> Option<&'static str> {
+            unforkable(t).or_else(|| {
+                self.tasks
+                    .stop_waiting(*id)
+                    .then_some("a stop of it waits to be collected")
             })
+        };
+        let lead = match forkable(wanted) {
+            None => *wanted,
+            Some(why) => *tasks
+                .iter()
+                .find(|t| forkable(t).is_none())
+                .with_context(|| format!("thread {tid} cannot be copied here: {why}"))?,
+        };
+        if lead.0 != tid && !readable(wanted.1) {
+            bail!("thread {tid} cannot be copied here: it is not stopped where it can be read");
+        }
+        let others: Vec<(Tid, &Task)> = tasks
+            .iter()
+            .filter(|(id, t)| *id != lead.0 && readable(t))
+            .copied()
             .collect();
-        others.sort_by_key(|(id, _)| *id);
         let copies: Vec<ThreadCopy<'_>> = others
             .iter()
             .map(|(_, t)| ThreadCopy {
@@ -90,23 +104,25 @@ impl Session {
                 clear_tid_at: t.clear_tid_at,
             })
             .collect();
+        let (lead_tid, lead) = lead;
         // A thread stopped for a signal's delivery loses that stop to the fork's injected
         // clone: it is put back in it afterwards (see `stop_for_signal`).
-        let pending = match self.signal_to_deliver(tid) {
+        let pending = match self.signal_to_deliver(lead_tid) {
             Some(sig) => Some((sig, lead.tracee.siginfo()?)),
             None => None,
         };
-        let all: Vec<Tid> = std::iter::once(tid)
+        let all: Vec<Tid> = std::iter::once(lead_tid)
             .chain(others.iter().map(|o| o.0))
             .collect();
         let forked = match lead.tracee.fork_process_with(None, &copies) {
             Ok(f) => Ok((f, all)),
-            Err(e) => {
+            Err(e) if lead_tid == tid => {
                 tracing::debug!("diversion without the other threads: {e:#}");
                 lead.tracee
                     .fork_process_with(None, &[])
                     .map(|f| (f, vec![tid]))
             }
+            Err(e) => Err(e),
         };
         if let Some((sig, info)) = pending {
             stop_for_signal(&lead.tracee, lead.pid, sig, &info)
@@ -194,6 +210,16 @@ fn stop_for_signal(t: &Tracee, pid: nix::unistd::Pid, sig: i32, info: &[u8]) -> 
             t.pid()
         ),
     }
+}
+
+/// Whether task `t` can be copied as a thread of a diversion's copy (which only reads it):
+/// it is in a ptrace-stop of its own process.
+fn readable(t: &Task) -> bool {
+    matches!(
+        t.state,
+        RState::Parked(_) | RState::Resumed | RState::AtPoint
+    ) && t.borrows_vm_of.is_none()
+        && t.clone_entry.is_none()
 }
 
 /// Why the fork of a diversion cannot copy task `t` as it is, if it cannot: its next move in
