@@ -39,6 +39,9 @@ use crate::tls_packet::TlsRequest;
 
 /// A debugged replay, as gdb sees it.
 pub struct ReplayTarget {
+    /// The live copy gdb's writes and calls go to, once it wrote something. (Declared
+    /// first: it is killed before the replay, whose end reaps whatever it finds.)
+    diversion: Option<Diverted>,
     timeline: Timeline,
     /// The thread gdb asked to single-step in the coming resume, if any.
     step: Option<trace_format::Tid>,
@@ -46,8 +49,6 @@ pub struct ReplayTarget {
     reverse: bool,
     /// Where thread-local variables are.
     tls: TlsResolver,
-    /// The live copy gdb's writes and calls go to, once it wrote something.
-    diversion: Option<Diverted>,
 }
 
 impl ReplayTarget {
@@ -56,11 +57,11 @@ impl ReplayTarget {
     pub fn open(dir: PathBuf, start: StartPoint, quiet: bool) -> anyhow::Result<Self> {
         let timeline = Timeline::open(&dir, start, quiet)?;
         Ok(ReplayTarget {
+            diversion: None,
             timeline,
             step: None,
             reverse: false,
             tls: TlsResolver::default(),
-            diversion: None,
         })
     }
 
