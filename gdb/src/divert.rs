@@ -219,8 +219,8 @@ impl ReplayTarget {
         };
         if let Halt::Exited(_) = halt {
             eprintln!(
-                "deja: the diversion's process ended; the replay is where it was (gdb's \
-                 `run` starts it over)"
+                "deja: the diversion's process ended (not the replay's): the replay is where \
+                 it was, and `continue` goes on with it"
             );
             self.leave_diversion(false);
         } else if let Some(t) = halt_thread(&halt) {
