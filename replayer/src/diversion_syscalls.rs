@@ -87,6 +87,8 @@ pub(crate) fn action(nr: u64, args: &[u64; 6], process: Tid, tid: Tid) -> Action
             return Action::SelfSignal(int(2))
         }
         libc::SYS_kill if int(0) == process || int(0) == 0 => return Action::SelfSignal(int(1)),
+        // (glibc's getrlimit: a query of the process's own limits.)
+        libc::SYS_prlimit64 if args[0] == 0 && args[2] == 0 => return Action::Run,
         libc::SYS_mmap => {
             // Anonymous memory (malloc's big blocks) stays in the copy; a file mapping would
             // name one of the replay's descriptors.
@@ -154,6 +156,14 @@ mod tests {
         ] {
             assert_eq!(action(nr as u64, &none, 10, 11), nosys, "syscall {nr}");
         }
+        // prlimit64 reads the process's own limits, never sets them.
+        let query = [0, libc::RLIMIT_STACK as u64, 0, 0x1000, 0, 0];
+        assert_eq!(
+            action(libc::SYS_prlimit64 as u64, &query, 10, 11),
+            Action::Run
+        );
+        let set = [0, libc::RLIMIT_STACK as u64, 0x1000, 0, 0, 0];
+        assert_eq!(action(libc::SYS_prlimit64 as u64, &set, 10, 11), nosys);
         // A write to a file descriptor other than stdout and stderr.
         let fd5 = [5, 0, 0, 0, 0, 0];
         assert_eq!(action(libc::SYS_write as u64, &fd5, 10, 11), nosys);
