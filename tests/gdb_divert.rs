@@ -157,7 +157,7 @@ fn a_crash_in_a_called_function_stops_in_the_diversion_and_the_replay_is_untouch
 }
 
 #[test]
-fn a_breakpoint_inside_a_called_function_stops_there_and_finish_completes_the_call() {
+fn breakpoints_inside_a_called_function_stop_there_and_finish_completes_the_call() {
     let Some(all) = session(
         false,
         &[
@@ -170,6 +170,10 @@ fn a_breakpoint_inside_a_called_function_stops_there_and_finish_completes_the_ca
             "print global",
             "finish",
             "print global",
+            // A hardware breakpoint (the replay's debug registers) stops a call too.
+            "hbreak add",
+            "print add(1, 2)",
+            "finish",
             "delete",
             "continue",
             "continue",
@@ -177,6 +181,8 @@ fn a_breakpoint_inside_a_called_function_stops_there_and_finish_completes_the_ca
     ) else {
         return;
     };
+    assert_has(&all, "Breakpoint 3, add (a=1, b=2)");
+    assert_has(&all, "Value returned is $4 = 3");
     assert_has(
         &all,
         "The program being debugged stopped while in a function called from GDB",

@@ -206,6 +206,7 @@ impl ReplayTarget {
         let tid = step.filter(|&t| d.div.thread(t).is_some()).unwrap_or(d.tid);
         let sig = std::mem::take(&mut d.sig);
         let timeline = &self.timeline;
+        d.div.take_hw_points(timeline.replay());
         let ran = d.div.resume(tid, step.is_some(), sig, &mut || {
             timeline.interrupt_requested()
         });

@@ -300,7 +300,7 @@ impl DebugReplay {
         &self.debug().exe
     }
 
-    fn debug(&self) -> &Debug {
+    pub(crate) fn debug(&self) -> &Debug {
         self.session
             .debug
             .as_ref()

@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use trace_format::{ExitStatus, Tid};
+use tracee::debugregs::{self, DebugRegs};
 use tracee::fork::ThreadCopy;
 use tracee::regs::syscall_args;
 use tracee::{Regs, Stop, Tracee};
 
-use crate::debug::{Halt, INT3};
+use crate::debug::{Halt, HwPoint, INT3};
+use crate::debugger::DebugReplay;
 use crate::diversion_syscalls::{action, Action};
 use crate::patched::PatchedSites;
 use crate::session::Session;
@@ -51,7 +53,14 @@ pub struct Diversion {
     /// A `SIGSTOP` was sent to stop the running thread for the debugger and has not been
     /// seen yet.
     stopping: bool,
+    /// The debugger's hardware breakpoints and watchpoints (the replay's), as debug
+    /// registers, and the point each register serves.
+    hw_regs: DebugRegs,
+    hw: [Option<HwPoint>; debugregs::SLOTS],
 }
+
+/// `si_code` of a debug-register trap.
+const TRAP_HWBKPT: i32 = 4;
 
 impl Session {
     /// A diversion at the current position, for the debugger's changes to thread `tid` of the
@@ -139,6 +148,8 @@ impl Session {
             sites: self.sites.clone(),
             gone: false,
             stopping: false,
+            hw_regs: d.regs,
+            hw: d.hw,
         };
         private_copies(div.leader())
             .context("giving the diversion its own copy of shared memory")?;
@@ -345,6 +356,25 @@ impl Diversion {
         true
     }
 
+    /// Takes the hardware breakpoints and watchpoints the debugger has now set in `replay`
+    /// (it sets them there; they fire in the diversion too).
+    pub fn take_hw_points(&mut self, replay: &DebugReplay) {
+        let d = replay.debug();
+        self.hw_regs = d.regs;
+        self.hw = d.hw;
+    }
+
+    /// The hardware point whose trap thread `t` just took, if it took one (its status is
+    /// cleared).
+    fn hw_hit(&self, t: &Tracee) -> Result<Option<HwPoint>> {
+        let dr6 = t.debug_reg(6)?;
+        if debugregs::hit_slots(dr6).next().is_none() {
+            return Ok(None);
+        }
+        t.set_debug_reg(6, 0)?;
+        Ok(debugregs::hit_slots(dr6).find_map(|i| self.hw[i]))
+    }
+
     /// Whether a software breakpoint is set at `addr` (as the debugger names it).
     pub fn has_breakpoint(&self, addr: u64) -> bool {
         self.in_windows.contains_key(&addr) || self.breakpoints.contains_key(&addr)
@@ -370,6 +400,9 @@ impl Diversion {
             .position(|(id, _)| *id == tid)
             .with_context(|| format!("thread {tid} is not in the diversion"))?;
         let mut sig = sig;
+        let t = &self.threads[i].1;
+        t.set_debug_reg(6, 0)?;
+        t.set_debug_regs(&self.hw_regs)?;
         // At an instruction displaced from a patched window: it runs from the stub's copy.
         let mut r = self.threads[i].1.regs()?;
         if let Some(copy) = self.sites.copy_of(self.process, r.rip) {
@@ -468,10 +501,15 @@ impl Diversion {
                     }
                 }
                 Stop::Signal(libc::SIGTRAP) => {
+                    let (_, code) = tracee::tracee::signo_code(&t.siginfo()?);
+                    if code == TRAP_HWBKPT || step {
+                        if let Some(point) = self.hw_hit(t)? {
+                            return Ok(point.halt(tid));
+                        }
+                    }
                     if step {
                         return Ok(Halt::Step(tid));
                     }
-                    let (_, code) = tracee::tracee::signo_code(&t.siginfo()?);
                     let mut r = t.regs()?;
                     let at = r.rip.wrapping_sub(1);
                     if code == libc::SI_KERNEL && self.breakpoints.contains_key(&at) {
