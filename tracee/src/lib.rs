@@ -20,6 +20,7 @@ pub mod inject;
 pub mod insn;
 pub mod locate;
 pub mod maps;
+pub mod migrate;
 pub mod nsinit;
 pub mod patch;
 pub mod regs;
