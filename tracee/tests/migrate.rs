@@ -10,16 +10,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use tracee::migrate::{adopt, park, Parked, ParkedAt};
+use tracee::spawn::PTRACE_OPTIONS;
 use tracee::{spawn, SignalState, SpawnOptions, Stop, Tracee};
-
-/// The ptrace options deja's tracees have (see `tracee::spawn`).
-const OPTIONS: libc::c_int = libc::PTRACE_O_TRACESECCOMP
-    | libc::PTRACE_O_TRACEEXEC
-    | libc::PTRACE_O_TRACECLONE
-    | libc::PTRACE_O_TRACEFORK
-    | libc::PTRACE_O_TRACEVFORK
-    | libc::PTRACE_O_EXITKILL
-    | libc::PTRACE_O_TRACESYSGOOD;
 
 /// `tests/programs/migrate.c`, static and at fixed addresses, and the address of the `syscall`
 /// instruction of its `allowed_syscall`.
@@ -113,7 +105,7 @@ fn tracer(
     for msg in from {
         match msg {
             Msg::Take(p) => {
-                let t = adopt(*p, OPTIONS).expect("adopting");
+                let t = adopt(*p, PTRACE_OPTIONS).expect("adopting");
                 moves += 1;
                 if let Some(code) = serve(
                     t,
