@@ -42,6 +42,8 @@ pub struct ReplayTarget {
     reverse: bool,
     /// Where thread-local variables are.
     tls: TlsResolver,
+    /// The files gdb opened with host I/O (`crate::hostio`).
+    pub(crate) files: crate::hostio::OpenFiles,
 }
 
 impl ReplayTarget {
@@ -54,6 +56,7 @@ impl ReplayTarget {
             step: None,
             reverse: false,
             tls: TlsResolver::default(),
+            files: Default::default(),
         })
     }
 
@@ -253,6 +256,10 @@ impl Target for ReplayTarget {
     }
 
     fn support_auxv(&mut self) -> Option<gdbstub::target::ext::auxv::AuxvOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_host_io(&mut self) -> Option<gdbstub::target::ext::host_io::HostIoOps<'_, Self>> {
         Some(self)
     }
 }
