@@ -3,6 +3,7 @@
 //! watchpoints, stepping, thread-local variables), every value as recorded.
 
 pub mod arch;
+mod commands;
 mod hostio;
 mod queries;
 pub mod server;
@@ -11,5 +12,6 @@ mod tls;
 mod tls_packet;
 mod xfer;
 
+pub use commands::{install_script, SCRIPT};
 pub use server::{gdb_command, serve};
 pub use target::ReplayTarget;

@@ -161,6 +161,12 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                     Err(_) => return Ok(session),
                 }
             }
+            GdbStubStateMachine::Running(gdb) if target.stops_at_resume() => {
+                match target.take_stop_at_resume() {
+                    Some(reason) => gdb.report_stop(target, reason),
+                    None => Ok(GdbStubStateMachine::Running(gdb)),
+                }
+            }
             GdbStubStateMachine::Running(mut gdb) => {
                 let halt = target.run()?;
                 if matches!(halt, Halt::Interrupted(_)) && gdb.borrow_conn().has_input() {

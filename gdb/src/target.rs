@@ -44,6 +44,9 @@ pub struct ReplayTarget {
     tls: TlsResolver,
     /// The files gdb opened with host I/O (`crate::hostio`).
     pub(crate) files: crate::hostio::OpenFiles,
+    /// `run N` or `restart N` moved the replay: the resume with which gdb's `run` goes on
+    /// stops at once, there (as rr does).
+    stop_at_resume: bool,
 }
 
 impl ReplayTarget {
@@ -57,6 +60,7 @@ impl ReplayTarget {
             reverse: false,
             tls: TlsResolver::default(),
             files: Default::default(),
+            stop_at_resume: false,
         })
     }
 
@@ -66,7 +70,38 @@ impl ReplayTarget {
         self.step = None;
         self.reverse = false;
         self.tls.clear();
+        self.stop_at_resume = false;
         Ok(())
+    }
+
+    /// Goes where gdb's `run ARG` asks, from the start.
+    fn run_to(&mut self, to: crate::commands::RunTo) -> anyhow::Result<()> {
+        match to {
+            crate::commands::RunTo::Start => return Ok(()),
+            crate::commands::RunTo::Event(n) => self.timeline.seek(n)?,
+            crate::commands::RunTo::Checkpoint(n) => self.timeline.restore_position(n)?,
+        }
+        self.stop_at_resume = true;
+        Ok(())
+    }
+
+    /// Whether the coming resume stops at once (see [`Self::take_stop_at_resume`]).
+    pub(crate) fn stops_at_resume(&self) -> bool {
+        self.stop_at_resume
+    }
+
+    /// The stop to report at once for the resume that follows `run N` or `restart N`, which
+    /// leaves the replay where it is: a stop with no signal (gdb shows "stopped" and where).
+    pub(crate) fn take_stop_at_resume(&mut self) -> Option<MultiThreadStopReason<u64>> {
+        if !std::mem::take(&mut self.stop_at_resume) {
+            return None;
+        }
+        self.step = None;
+        self.reverse = false;
+        Some(MultiThreadStopReason::SignalWithThread {
+            tid: gdb_tid(self.replay_ref().current_thread()),
+            signal: Signal(0),
+        })
     }
 
     /// The replay, with going backwards.
@@ -494,9 +529,14 @@ impl HwWatchpoint for ReplayTarget {
 }
 
 impl ExtendedMode for ReplayTarget {
-    /// gdb's `run`: the replay starts over from where it first started.
-    fn run(&mut self, _filename: Option<&[u8]>, _args: Args<'_, '_>) -> TargetResult<Pid, Self> {
+    /// gdb's `run`: the replay starts over from where it first started, or at the event or
+    /// checkpoint its argument names (see [`crate::commands::RunTo`]).
+    fn run(&mut self, _filename: Option<&[u8]>, mut args: Args<'_, '_>) -> TargetResult<Pid, Self> {
+        let to = crate::commands::RunTo::parse(args.next());
         self.start_over().map_err(TargetError::Fatal)?;
+        if let Err(e) = to.and_then(|to| self.run_to(to)) {
+            eprintln!("deja: {e:#}; the replay is at its start");
+        }
         Ok(gdb_tid(self.replay_ref().process()))
     }
 
