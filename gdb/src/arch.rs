@@ -11,7 +11,10 @@ use std::fmt::Write as _;
 use std::num::NonZeroUsize;
 use std::sync::OnceLock;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracee::xregs::FpRegs;
+use tracee::xregs512::Avx512Regs;
 use tracee::Regs;
 
 /// The x86-64 Linux architecture with AVX, for `gdbstub`.
@@ -34,6 +37,44 @@ pub const NUM_REGS: usize = 76;
 
 /// Size in bytes of a `g` packet's register data (before hex encoding).
 pub const G_PACKET_SIZE: usize = 816;
+
+/// Number of registers with the AVX-512 ones (see [`set_avx512`]).
+pub const NUM_REGS_AVX512: usize = 148;
+
+/// Size of a `g` packet's register data with the AVX-512 registers.
+pub const G_PACKET_SIZE_AVX512: usize = G_PACKET_SIZE + 16 * 16 + 16 * 16 + 8 * 8 + 32 * 32;
+
+/// Whether gdb is shown the AVX-512 registers.
+static AVX512: AtomicBool = AtomicBool::new(false);
+
+/// Shows gdb the AVX-512 registers (`org.gnu.gdb.i386.avx512`) or not, for the whole
+/// process: set before gdb connects, where the recording CPU and this one have them.
+pub fn set_avx512(on: bool) {
+    AVX512.store(on, Ordering::Relaxed);
+}
+
+/// Whether gdb is shown the AVX-512 registers.
+pub fn avx512() -> bool {
+    AVX512.load(Ordering::Relaxed)
+}
+
+/// The number of registers gdb is shown.
+fn num_regs() -> usize {
+    if avx512() {
+        NUM_REGS_AVX512
+    } else {
+        NUM_REGS
+    }
+}
+
+/// The size of a `g` packet's register data.
+fn g_packet_size() -> usize {
+    if avx512() {
+        G_PACKET_SIZE_AVX512
+    } else {
+        G_PACKET_SIZE
+    }
+}
 
 /// A register, by what gdb calls it. Index payloads are positions in gdb's order; a
 /// `RegId` built by hand with an index out of range is refused by [`Registers::read_reg`] and
@@ -79,6 +120,14 @@ pub enum RegId {
     GsBase,
     /// ymm0h–ymm15h: bits 128–255 of ymm0–ymm15 (60–75).
     Ymmh(u8),
+    /// xmm16–xmm31 (index 0–15), 128 bits (76–91; AVX-512).
+    Xmm16(u8),
+    /// ymm16h–ymm31h (index 0–15): bits 128–255 of ymm16–ymm31 (92–107; AVX-512).
+    Ymm16h(u8),
+    /// k0–k7, 64 bits (108–115; AVX-512).
+    K(u8),
+    /// zmm0h–zmm31h: bits 256–511 of zmm0–zmm31 (116–147; AVX-512).
+    Zmmh(u8),
 }
 
 impl RegId {
@@ -105,6 +154,10 @@ impl RegId {
             58 => RegId::FsBase,
             59 => RegId::GsBase,
             60..=75 => RegId::Ymmh(i(60)),
+            76..=91 => RegId::Xmm16(i(76)),
+            92..=107 => RegId::Ymm16h(i(92)),
+            108..=115 => RegId::K(i(108)),
+            116..=147 => RegId::Zmmh(i(116)),
             _ => return None,
         })
     }
@@ -132,6 +185,10 @@ impl RegId {
             RegId::FsBase => 58,
             RegId::GsBase => 59,
             RegId::Ymmh(i) => 60 + usize::from(i),
+            RegId::Xmm16(i) => 76 + usize::from(i),
+            RegId::Ymm16h(i) => 92 + usize::from(i),
+            RegId::K(i) => 108 + usize::from(i),
+            RegId::Zmmh(i) => 116 + usize::from(i),
         }
     }
 
@@ -143,7 +200,12 @@ impl RegId {
     /// Size in bytes, as the target description declares it.
     pub fn size(self) -> usize {
         match self {
-            RegId::Gpr(_) | RegId::Rip | RegId::OrigRax | RegId::FsBase | RegId::GsBase => 8,
+            RegId::Gpr(_)
+            | RegId::Rip
+            | RegId::OrigRax
+            | RegId::FsBase
+            | RegId::GsBase
+            | RegId::K(_) => 8,
             RegId::Eflags
             | RegId::Segment(_)
             | RegId::Fctrl
@@ -156,7 +218,8 @@ impl RegId {
             | RegId::Fop
             | RegId::Mxcsr => 4,
             RegId::St(_) => 10,
-            RegId::Xmm(_) | RegId::Ymmh(_) => 16,
+            RegId::Xmm(_) | RegId::Ymmh(_) | RegId::Xmm16(_) | RegId::Ymm16h(_) => 16,
+            RegId::Zmmh(_) => 32,
         }
     }
 
@@ -189,6 +252,10 @@ impl RegId {
             RegId::FsBase => ("fs_base".into(), "int", None),
             RegId::GsBase => ("gs_base".into(), "int", None),
             RegId::Ymmh(i) => (format!("ymm{i}h"), "uint128", None),
+            RegId::Xmm16(i) => (format!("xmm{}", 16 + i), "vec128", None),
+            RegId::Ymm16h(i) => (format!("ymm{}h", 16 + i), "uint128", None),
+            RegId::K(i) => (format!("k{i}"), "uint64", None),
+            RegId::Zmmh(i) => (format!("zmm{i}h"), "v2ui128", None),
         }
     }
 }
@@ -238,6 +305,8 @@ pub struct Registers {
     pub gpr: Regs,
     /// The x87, SSE and AVX registers.
     pub fp: FpRegs,
+    /// The AVX-512 registers (zero where gdb is not shown them, see [`set_avx512`]).
+    pub avx512: Avx512Regs,
 }
 
 impl Default for Registers {
@@ -245,6 +314,7 @@ impl Default for Registers {
         Registers {
             gpr: tracee::regs::from_words(&[0; tracee::regs::REGS_WORDS]),
             fp: FpRegs::default(),
+            avx512: Avx512Regs::default(),
         }
     }
 }
@@ -316,17 +386,25 @@ fn read_from(r: &mut Registers, id: RegId, out: &mut [u8]) -> Option<usize> {
     } else if let Some(v) = u32_field(&mut r.fp, id) {
         out.copy_from_slice(&v.to_le_bytes());
     } else {
-        out.copy_from_slice(bytes_field(&mut r.fp, id)?);
+        out.copy_from_slice(bytes_field(r, id)?);
     }
     Some(size)
 }
 
-/// A register's bytes (for `St`, `Xmm` and `Ymmh`).
-fn bytes_field(fp: &mut FpRegs, id: RegId) -> Option<&mut [u8]> {
+/// A register's bytes (for `St`, `Xmm`, `Ymmh` and the AVX-512 registers).
+fn bytes_field(r: &mut Registers, id: RegId) -> Option<&mut [u8]> {
+    let fp = &mut r.fp;
+    let z = &mut r.avx512;
+    let i = |i: u8| usize::from(i);
     match id {
-        RegId::St(i) => fp.st.get_mut(usize::from(i)).map(|r| &mut r[..]),
-        RegId::Xmm(i) => fp.xmm.get_mut(usize::from(i)).map(|r| &mut r[..]),
-        RegId::Ymmh(i) => fp.ymmh.get_mut(usize::from(i)).map(|r| &mut r[..]),
+        RegId::St(n) => fp.st.get_mut(i(n)).map(|r| &mut r[..]),
+        RegId::Xmm(n) => fp.xmm.get_mut(i(n)).map(|r| &mut r[..]),
+        RegId::Ymmh(n) => fp.ymmh.get_mut(i(n)).map(|r| &mut r[..]),
+        RegId::Xmm16(n) => z.hi16_zmm.get_mut(i(n)).map(|r| &mut r[..16]),
+        RegId::Ymm16h(n) => z.hi16_zmm.get_mut(i(n)).map(|r| &mut r[16..32]),
+        RegId::K(n) => z.k.get_mut(i(n)).map(|r| &mut r[..]),
+        RegId::Zmmh(n @ 0..=15) => z.zmm_hi256.get_mut(i(n)).map(|r| &mut r[..]),
+        RegId::Zmmh(n) => z.hi16_zmm.get_mut(i(n) - 16).map(|r| &mut r[32..]),
         _ => None,
     }
 }
@@ -358,9 +436,7 @@ impl Registers {
         } else if let Some(v) = u32_field(&mut self.fp, id) {
             *v = u32::from_le_bytes([val[0], val[1], val[2], val[3]]);
         } else {
-            bytes_field(&mut self.fp, id)
-                .ok_or(bad)?
-                .copy_from_slice(val);
+            bytes_field(self, id).ok_or(bad)?.copy_from_slice(val);
         }
         Ok(())
     }
@@ -374,9 +450,9 @@ impl gdbstub::arch::Registers for Registers {
     }
 
     fn gdb_serialize(&self, mut write_byte: impl FnMut(Option<u8>)) {
-        let mut buf = [0u8; 16];
+        let mut buf = [0u8; 32];
         let mut copy = *self;
-        for id in (0..NUM_REGS).filter_map(RegId::from_gdb_number) {
+        for id in (0..num_regs()).filter_map(RegId::from_gdb_number) {
             // In range by construction, and `buf` holds the largest register.
             let n = read_from(&mut copy, id, &mut buf).unwrap_or(0);
             buf[..n].iter().for_each(|&b| write_byte(Some(b)));
@@ -384,12 +460,12 @@ impl gdbstub::arch::Registers for Registers {
     }
 
     fn gdb_deserialize(&mut self, bytes: &[u8]) -> Result<(), ()> {
-        if bytes.len() != G_PACKET_SIZE {
+        if bytes.len() != g_packet_size() {
             return Err(());
         }
         let mut new = *self;
         let mut rest = bytes;
-        for id in (0..NUM_REGS).filter_map(RegId::from_gdb_number) {
+        for id in (0..num_regs()).filter_map(RegId::from_gdb_number) {
             let (val, tail) = rest.split_at(id.size());
             new.write_reg(id, val).map_err(drop)?;
             rest = tail;
@@ -470,10 +546,37 @@ fn flags(xml: &mut String, id: &str, bits: &[(&str, u8)]) {
     xml.push_str("    </flags>\n");
 }
 
-/// The target description: one document, gdb's amd64 Linux AVX description.
+/// The target description: one document, gdb's amd64 Linux AVX description (AVX-512, when
+/// shown).
 pub fn target_description() -> &'static str {
     static XML: OnceLock<String> = OnceLock::new();
-    XML.get_or_init(|| {
+    static XML_AVX512: OnceLock<String> = OnceLock::new();
+    if avx512() {
+        return XML_AVX512.get_or_init(|| description(true));
+    }
+    XML.get_or_init(|| description(false))
+}
+
+/// The description's `<union id="vec128">` and the vectors it uses (types are defined per
+/// feature).
+fn vec128_types(xml: &mut String) {
+    for (_, id, ty, count) in VEC128_VIEWS {
+        let _ = writeln!(
+            xml,
+            "    <vector id=\"{id}\" type=\"{ty}\" count=\"{count}\"/>"
+        );
+    }
+    xml.push_str("    <union id=\"vec128\">\n");
+    for (name, id, _, _) in VEC128_VIEWS {
+        let _ = writeln!(xml, "      <field name=\"{name}\" type=\"{id}\"/>");
+    }
+    xml.push_str("      <field name=\"uint128\" type=\"uint128\"/>\n");
+    xml.push_str("    </union>\n");
+}
+
+/// The target description, with the AVX-512 feature or without.
+fn description(with_avx512: bool) -> String {
+    {
         let mut xml = String::from(
             "<?xml version=\"1.0\"?>\n\
              <!DOCTYPE target SYSTEM \"gdb-target.dtd\">\n\
@@ -481,24 +584,19 @@ pub fn target_description() -> &'static str {
              <architecture>i386:x86-64</architecture>\n  \
              <osabi>GNU/Linux</osabi>\n",
         );
-        for (feature, regs) in FEATURES {
+        let avx512 = ("org.gnu.gdb.i386.avx512", NUM_REGS..NUM_REGS_AVX512);
+        let features = FEATURES.into_iter().chain(with_avx512.then_some(avx512));
+        for (feature, regs) in features {
             let _ = writeln!(xml, "  <feature name=\"{feature}\">");
             match feature {
                 "org.gnu.gdb.i386.core" => flags(&mut xml, "i386_eflags", &EFLAGS_BITS),
                 "org.gnu.gdb.i386.sse" => {
-                    for (_, id, ty, count) in VEC128_VIEWS {
-                        let _ = writeln!(
-                            xml,
-                            "    <vector id=\"{id}\" type=\"{ty}\" count=\"{count}\"/>"
-                        );
-                    }
-                    xml.push_str("    <union id=\"vec128\">\n");
-                    for (name, id, _, _) in VEC128_VIEWS {
-                        let _ = writeln!(xml, "      <field name=\"{name}\" type=\"{id}\"/>");
-                    }
-                    xml.push_str("      <field name=\"uint128\" type=\"uint128\"/>\n");
-                    xml.push_str("    </union>\n");
+                    vec128_types(&mut xml);
                     flags(&mut xml, "i386_mxcsr", &MXCSR_BITS);
+                }
+                "org.gnu.gdb.i386.avx512" => {
+                    vec128_types(&mut xml);
+                    xml.push_str("    <vector id=\"v2ui128\" type=\"uint128\" count=\"2\"/>\n");
                 }
                 _ => {}
             }
@@ -519,7 +617,7 @@ pub fn target_description() -> &'static str {
         }
         xml.push_str("</target>\n");
         xml
-    })
+    }
 }
 
 #[cfg(test)]
@@ -564,7 +662,17 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes.iter().sum::<usize>(), G_PACKET_SIZE);
-        assert_eq!(RegId::from_gdb_number(NUM_REGS), None);
+        let avx512: usize = (NUM_REGS..NUM_REGS_AVX512)
+            .map(|n| {
+                let id = RegId::from_gdb_number(n).unwrap();
+                assert_eq!(id.gdb_number(), n);
+                id.size()
+            })
+            .sum();
+        assert_eq!(G_PACKET_SIZE + avx512, G_PACKET_SIZE_AVX512);
+        assert_eq!(RegId::from_gdb_number(NUM_REGS_AVX512), None);
+        assert_eq!(RegId::from_gdb_number(116), Some(RegId::Zmmh(0)));
+        assert_eq!(RegId::from_gdb_number(147), Some(RegId::Zmmh(31)));
         assert!(!RegId::Gpr(16).is_valid());
         assert!(!RegId::Ymmh(16).is_valid());
         assert_eq!(RegId::from_gdb_number(57), Some(RegId::OrigRax));
@@ -754,10 +862,28 @@ mod tests {
     /// put each at the `g` packet offset `gdb_serialize` uses.
     #[test]
     fn gdb_agrees_with_the_layout() {
-        let dir = std::env::temp_dir().join(format!("deja-gdb-arch-{}", std::process::id()));
+        gdb_layout(false);
+    }
+
+    /// The same with the AVX-512 registers.
+    #[test]
+    fn gdb_agrees_with_the_avx512_layout() {
+        gdb_layout(true);
+    }
+
+    fn gdb_layout(with_avx512: bool) {
+        let (n_regs, g_size) = if with_avx512 {
+            (NUM_REGS_AVX512, G_PACKET_SIZE_AVX512)
+        } else {
+            (NUM_REGS, G_PACKET_SIZE)
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "deja-gdb-arch-{}-{with_avx512}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("target.xml");
-        std::fs::write(&file, target_description()).unwrap();
+        std::fs::write(&file, description(with_avx512)).unwrap();
         let out = std::process::Command::new("gdb")
             .args(["-nx", "-batch", "-ex"])
             .arg(format!("set tdesc filename {}", file.display()))
@@ -782,7 +908,7 @@ mod tests {
 
         // Columns: Name Nr Rel Offset Size Type Rmt-Nr g/G-Offset; the last two are present
         // for registers the remote side transfers.
-        let mut seen = vec![None; NUM_REGS];
+        let mut seen = vec![None; n_regs];
         for line in stdout.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 8 {
@@ -795,7 +921,7 @@ mod tests {
             ) else {
                 continue;
             };
-            assert!(rmt < NUM_REGS, "gdb expects remote register {rmt}: {line}");
+            assert!(rmt < n_regs, "gdb expects remote register {rmt}: {line}");
             seen[rmt] = Some((f[0].to_string(), size, goff));
         }
         let mut offset = 0;
@@ -809,6 +935,6 @@ mod tests {
             assert_eq!(goff, offset, "g packet offset of {name}");
             offset += size;
         }
-        assert_eq!(offset, G_PACKET_SIZE);
+        assert_eq!(offset, g_size);
     }
 }

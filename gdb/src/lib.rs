@@ -3,6 +3,7 @@
 //! watchpoints, stepping, thread-local variables), every value as recorded.
 
 pub mod arch;
+mod avx512;
 mod commands;
 mod hostio;
 mod queries;

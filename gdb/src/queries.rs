@@ -94,14 +94,20 @@ impl MonitorCmd for ReplayTarget {
                     Ok(tid) => tid,
                     Err(_) if arg.is_empty() => replay.current_thread(),
                     Err(_) => {
-                        outputln!(out, "deja: `monitor when-tid` takes a thread id, not `{arg}`");
+                        outputln!(
+                            out,
+                            "deja: `monitor when-tid` takes a thread id, not `{arg}`"
+                        );
                         return Ok(());
                     }
                 };
                 if replay.threads().contains(&tid) {
                     outputln!(out, "Current tid: {tid}");
                 } else {
-                    outputln!(out, "deja: {tid} is not a live thread of the debugged process");
+                    outputln!(
+                        out,
+                        "deja: {tid} is not a live thread of the debugged process"
+                    );
                 }
             }
             other if other.starts_with("seek ") || other.starts_with("restart ") => {

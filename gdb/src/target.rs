@@ -53,6 +53,7 @@ impl ReplayTarget {
     /// Starts the replay of `dir` at `start`; `quiet` keeps the program's output from being
     /// echoed.
     pub fn open(dir: PathBuf, start: StartPoint, quiet: bool) -> anyhow::Result<Self> {
+        crate::arch::set_avx512(crate::avx512::shown(&dir)?);
         let timeline = Timeline::open(&dir, start, quiet)?;
         Ok(ReplayTarget {
             timeline,
@@ -189,9 +190,15 @@ impl ReplayTarget {
             .replay_ref()
             .thread(recorded_tid(tid))
             .map_err(|_| TargetError::Errno(libc::ESRCH as u8))?;
+        let avx512 = if crate::arch::avx512() {
+            t.avx512_regs().map_err(TargetError::Fatal)?
+        } else {
+            None
+        };
         Ok(Registers {
             gpr: t.regs().map_err(TargetError::Fatal)?,
             fp: t.fp_regs().map_err(TargetError::Fatal)?,
+            avx512: avx512.unwrap_or_default(),
         })
     }
 }

@@ -416,6 +416,7 @@ mod tests {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(req) => return (passed, req),
                 Incoming::Skipped => panic!("nothing to skip was sent"),
+                Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
             }
         }
     }
@@ -451,6 +452,7 @@ mod tests {
             match incoming {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(_) => panic!("no TLS request was sent"),
+                Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
                 Incoming::Skipped => {}
             }
         }
@@ -484,12 +486,12 @@ mod tests {
         let (mut conn, mut gdb) = pair();
         let mut sent = frame(b"m401000,ffffffffffffffffffff");
         sent.extend_from_slice(&frame(b"m401000,10"));
-        sent.extend_from_slice(&frame(b"m401000,801"));
+        sent.extend_from_slice(&frame(b"m401000,c001"));
         gdb.write_all(&sent).expect("sending");
         gdb.shutdown(std::net::Shutdown::Write).expect("closing");
-        let mut want = frame(b"m401000,800");
+        let mut want = frame(b"m401000,c000");
         want.extend_from_slice(&frame(b"m401000,10"));
-        want.extend_from_slice(&frame(b"m401000,800"));
+        want.extend_from_slice(&frame(b"m401000,c000"));
         assert_eq!(all_passed(&mut conn), want);
         assert_eq!(clamped_mem_read(b"m401000,zz"), None);
         assert_eq!(clamped_mem_read(b"mo,ffffff"), None);

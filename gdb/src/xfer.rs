@@ -109,9 +109,8 @@ mod tests {
     #[test]
     fn adds_the_feature_to_qsupported_only() {
         let reply = crate::tls_packet::frame(b"PacketSize=186a0;vContSupported+");
-        let want = crate::tls_packet::frame(
-            b"PacketSize=186a0;vContSupported+;qXfer:siginfo:read+",
-        );
+        let want =
+            crate::tls_packet::frame(b"PacketSize=186a0;vContSupported+;qXfer:siginfo:read+");
         assert_eq!(with_siginfo_feature(&reply), Some(want));
         assert_eq!(with_siginfo_feature(&crate::tls_packet::frame(b"OK")), None);
     }

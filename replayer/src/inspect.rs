@@ -56,8 +56,8 @@ impl DebugReplay {
         let path = format!("/proc/{real}/{name}");
         match name {
             "maps" | "smaps" => {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {path}"))?;
+                let text =
+                    std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
                 Ok(self.recorded_maps(&text).into_bytes())
             }
             "comm" => {
@@ -156,7 +156,10 @@ mod tests {
         let line = "7f0000-7f1000 r-xp 00001000 08:01 1234         /usr/lib/libc.so.6\n";
         let (at, path) = map_path(line).expect("a path");
         assert_eq!(path, "/usr/lib/libc.so.6");
-        assert_eq!(&line[..at], "7f0000-7f1000 r-xp 00001000 08:01 1234         ");
+        assert_eq!(
+            &line[..at],
+            "7f0000-7f1000 r-xp 00001000 08:01 1234         "
+        );
         assert_eq!(map_path("7f0000-7f1000 rw-p 00000000 00:00 0 \n"), None);
         assert_eq!(
             map_path("7ffd0000-7ffd1000 rw-p 00000000 00:00 0      [stack]\n"),

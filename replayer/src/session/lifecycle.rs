@@ -44,7 +44,8 @@ impl Session {
             for f in ev.mappings.iter().filter_map(|m| m.file.as_ref()) {
                 self.emu.note_name(&reader.file_path(f)?, &f.path);
             }
-            self.emu.note_name(&reader.file_path(&ev.exe)?, &ev.exe.path);
+            self.emu
+                .note_name(&reader.file_path(&ev.exe)?, &ev.exe.path);
         }
         self.resume(tid, 0)
     }
