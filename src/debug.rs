@@ -48,8 +48,13 @@ pub fn debug(args: DebugArgs) -> Result<ExitCode> {
     let once = args.once;
     let addr = addr.to_string();
     // rr's commands (when, checkpoint, restart N, ...), which gdb loads with `-x`.
-    let script = gdb::install_script()?;
-    let load = ["-x".to_string(), script.display().to_string()];
+    let load = match gdb::install_script() {
+        Ok(script) => vec!["-x".to_string(), script.display().to_string()],
+        Err(e) => {
+            eprintln!("deja: warning: gdb will lack rr's commands (when, checkpoint, ...): {e:#}");
+            Vec::new()
+        }
+    };
     if args.serve_port.is_some() {
         eprintln!(
             "deja: serving the replay of process {} on {addr}{}; connect with:\n  gdb {}",

@@ -143,15 +143,51 @@ gdb.execute("define hookpost-run\nset args\nend")
 "##;
 
 /// Writes [`SCRIPT`] where gdb can load it (`-x FILE`): `$XDG_CACHE_HOME/deja` or
-/// `~/.cache/deja` (the system's temporary directory without either), replaced atomically,
-/// so that a gdb reading it meanwhile sees a whole script. Returns its path.
+/// `~/.cache/deja`, else a directory of this user's own (mode 0700) in the system's temporary
+/// directory; replaced atomically, so that a gdb reading it meanwhile sees a whole script.
+/// Returns its path.
 pub fn install_script() -> Result<PathBuf> {
-    let dir = match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
-        (Some(cache), _) if !cache.is_empty() => PathBuf::from(cache).join("deja"),
-        (_, Some(home)) if !home.is_empty() => PathBuf::from(home).join(".cache").join("deja"),
-        _ => std::env::temp_dir().join(format!("deja-{}", nix_uid())),
+    let cache = match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+        (Some(cache), _) if !cache.is_empty() => Some(PathBuf::from(cache).join("deja")),
+        (_, Some(home)) if !home.is_empty() => Some(PathBuf::from(home).join(".cache/deja")),
+        _ => None,
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let in_cache = cache.map(|dir| {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating {}", dir.display()))
+            .and_then(|()| write_script(&dir))
+    });
+    match in_cache {
+        Some(Ok(path)) => Ok(path),
+        Some(Err(e)) => private_temp_dir()
+            .and_then(|dir| write_script(&dir))
+            .map_err(|e2| e.context(e2)),
+        None => write_script(&private_temp_dir()?),
+    }
+}
+
+/// `deja-UID` in the temporary directory: made with mode 0700, or found as this user's own
+/// directory that no one else can write.
+fn private_temp_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    // SAFETY: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("deja-{uid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+    let meta =
+        std::fs::symlink_metadata(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        bail!("{} is not a private directory of this user", dir.display());
+    }
+    Ok(dir)
+}
+
+/// Writes the script into `dir` (through a private name, renamed into place).
+fn write_script(dir: &std::path::Path) -> Result<PathBuf> {
     let path = dir.join("gdb-commands.py");
     let tmp = dir.join(format!(".gdb-commands.py.{}", std::process::id()));
     let write = || -> std::io::Result<()> {
@@ -161,11 +197,6 @@ pub fn install_script() -> Result<PathBuf> {
     };
     write().with_context(|| format!("writing deja's gdb commands to {}", path.display()))?;
     Ok(path)
-}
-
-fn nix_uid() -> u32 {
-    // SAFETY: getuid cannot fail and touches no memory.
-    unsafe { libc::getuid() }
 }
 
 /// Where gdb's `run ARG` restarts the replay (rr's meanings).
