@@ -80,6 +80,34 @@ fn siginfo_at_a_recorded_kill_and_in_its_handler_names_the_sender() {
 }
 
 #[test]
+fn siginfo_is_each_threads_own() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(threaded("siginfo_thread"), &[]);
+    assert_eq!(rec.status.code(), Some(0), "{}", describe("rec", &rec));
+    let all = text(&gdb_batch(
+        &ctx,
+        &trace,
+        &["-q"],
+        &[
+            "continue",
+            "p $_siginfo.si_signo",
+            "p $_siginfo.si_code",
+            "thread 2",
+            "p $_siginfo.si_signo",
+            "thread 1",
+            "p $_siginfo.si_signo",
+        ],
+    ));
+    assert_has(&all, "received signal SIGUSR2");
+    // SI_TKILL (-6): sent by pthread_kill; the other thread never had a signal.
+    assert_eq!(printed(&all), ["12", "-6", "12"], "{all}");
+    assert_has(&all, "Unable to read siginfo");
+}
+
+#[test]
 fn siginfo_of_a_recorded_segv_has_the_fault_address() {
     if installed("gdb").is_none() {
         return;

@@ -254,6 +254,10 @@ impl gdbstub::conn::Connection for GdbConnection {
 
     fn flush(&mut self) -> Result<(), Self::Error> {
         let out = std::mem::take(&mut self.out);
+        if matches!(out.get(..2), Some(b"$T" | b"$S")) {
+            // gdb takes a stop reply's thread as the stub's selected one from then on.
+            self.general_thread = None;
+        }
         let out = crate::xfer::with_siginfo_feature(&out).unwrap_or(out);
         Write::write_all(&mut self.stream, &out)?;
         Write::flush(&mut self.stream)
