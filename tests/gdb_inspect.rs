@@ -251,6 +251,9 @@ fn rr_checkpoints_and_when_in_a_multithreaded_program() {
             "when",
             "when-tid",
             "p n",
+            "continue",
+            "restart",
+            "p n",
             "info checkpoints",
             "delete checkpoint 1",
             "info checkpoints",
@@ -276,10 +279,11 @@ fn rr_checkpoints_and_when_in_a_multithreaded_program() {
     assert_eq!(tids[0].to_string(), switched, "{all}");
     assert_eq!(tids[1], tids[0], "{all}");
     let values = printed(&all);
-    assert_eq!(values.len(), 3, "{all}");
+    assert_eq!(values.len(), 4, "{all}");
+    assert_eq!(values[2], values[0], "the checkpoint's value again:\n{all}");
     assert_eq!(
-        values[2], values[0],
-        "the value at the checkpoint again:\n{all}"
+        values[3], values[0],
+        "plain restart: the last checkpoint:\n{all}"
     );
     assert_has(&all, "Checkpoint 1 at work (n=");
     assert_has(&all, &format!("ID\tWhen\tWhere\n1\t{}\twork (n=", when[0]));
@@ -316,8 +320,10 @@ fn run_n_restarts_the_replay_at_event_n_and_plain_run_at_the_start() {
             "break main",
             "run",
             "when",
+            "run 999999999",
         ],
     ));
+    assert_has(&all, "event 999999999 is past the end of the recording");
     let when = numbers_after(&all, "Completed event: ");
     assert_eq!(when.len(), 3, "{all}");
     assert_eq!(&when[..2], [late, early], "{all}");

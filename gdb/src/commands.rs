@@ -80,18 +80,22 @@ Use the 'restart' command to return to the checkpoint."""
 
 
 class _DejaRestart(gdb.Command):
-    """Restart at checkpoint N (checkpoints are created with the 'checkpoint' command)."""
+    """Restart at checkpoint N (checkpoints are created with the 'checkpoint' command);
+without N, at the checkpoint restarted last."""
+
+    last = None
 
     def __init__(self):
         gdb.Command.__init__(self, "restart", gdb.COMMAND_RUNNING, gdb.COMPLETE_NONE)
 
     def invoke(self, arg, from_tty):
-        arg = arg.strip()
+        arg = arg.strip() or (_DejaRestart.last or "")
         if not arg.isdigit():
             raise gdb.GdbError("'restart' takes the number of a checkpoint")
         saved = re.findall(r"^(\d+)\s+after event", _deja_monitor("checkpoints"), re.M)
         if arg not in saved:
             raise gdb.GdbError("Checkpoint %s not found." % arg)
+        _DejaRestart.last = arg
         confirm = gdb.parameter("confirm")
         gdb.execute("set confirm off")
         try:

@@ -75,6 +75,31 @@ impl ReplayTarget {
         Ok(())
     }
 
+    /// `to` if the replay can go there: an event of the recording, a kept checkpoint.
+    fn check_run_to(
+        &mut self,
+        to: crate::commands::RunTo,
+    ) -> anyhow::Result<crate::commands::RunTo> {
+        match to {
+            crate::commands::RunTo::Event(n) => {
+                let count = self.replay_ref().event_count();
+                anyhow::ensure!(
+                    n < count,
+                    "event {n} is past the end of the recording ({count} events)"
+                );
+            }
+            crate::commands::RunTo::Checkpoint(n) => {
+                let saved = self.timeline.saved_positions();
+                anyhow::ensure!(
+                    saved.iter().any(|(k, _)| *k == n),
+                    "Checkpoint {n} not found."
+                );
+            }
+            crate::commands::RunTo::Start => {}
+        }
+        Ok(to)
+    }
+
     /// Goes where gdb's `run ARG` asks, from the start.
     fn run_to(&mut self, to: crate::commands::RunTo) -> anyhow::Result<()> {
         match to {
@@ -539,9 +564,16 @@ impl ExtendedMode for ReplayTarget {
     /// gdb's `run`: the replay starts over from where it first started, or at the event or
     /// checkpoint its argument names (see [`crate::commands::RunTo`]).
     fn run(&mut self, _filename: Option<&[u8]>, mut args: Args<'_, '_>) -> TargetResult<Pid, Self> {
-        let to = crate::commands::RunTo::parse(args.next());
+        let to = crate::commands::RunTo::parse(args.next()).and_then(|to| self.check_run_to(to));
+        let to = match to {
+            Ok(to) => to,
+            Err(e) => {
+                eprintln!("deja: {e:#}");
+                return Err(TargetError::NonFatal);
+            }
+        };
         self.start_over().map_err(TargetError::Fatal)?;
-        if let Err(e) = to.and_then(|to| self.run_to(to)) {
+        if let Err(e) = self.run_to(to) {
             eprintln!("deja: {e:#}; the replay is at its start");
         }
         Ok(gdb_tid(self.replay_ref().process()))
