@@ -50,6 +50,8 @@ const HELP: &str = "deja monitor commands:
   monitor restart N            go to kept position N
   monitor delete checkpoint N  forget kept position N
   monitor help                 this list
+gdb commands (rr's, from the script deja loads): when, when-tid, checkpoint, restart N,
+  info checkpoints, delete checkpoint N, run N (restart at event N; plain run: the start)
 After seek and restart, gdb shows the new position once its caches are flushed:
   maintenance flush register-cache
   maintenance flush dcache";
