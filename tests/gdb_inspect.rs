@@ -365,3 +365,57 @@ fn set_executable(path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .expect("making the wrapper executable");
 }
+
+#[test]
+fn the_connect_hint_of_a_server_loads_the_commands() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    use std::io::BufRead;
+    let ctx = Ctx::new();
+    let (trace, _) = siginfo_kill(&ctx);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut server = spawn_captured(ctx.deja().arg("replay").arg(&trace).args([
+        "-s",
+        &port.to_string(),
+        "--once",
+    ]));
+    let pgid = server.id();
+    let mut err = std::io::BufReader::new(server.stderr.take().expect("the server's stderr"));
+    let mut hint = String::new();
+    while !hint.contains("connect with:") {
+        hint.clear();
+        let n = err.read_line(&mut hint).expect("reading the server's hint");
+        assert!(n > 0, "the server ended without a hint");
+    }
+    let mut command = String::new();
+    err.read_line(&mut command)
+        .expect("reading the gdb command");
+    let command = command.trim();
+    assert!(command.starts_with("gdb "), "{command}");
+    assert!(command.contains(" -x "), "the script is passed: {command}");
+    let gdb = run_with_timeout(
+        std::process::Command::new("sh").arg("-c").arg(format!(
+            "{command} -batch -nx -ex when -ex 'info checkpoints'"
+        )),
+        std::time::Duration::from_secs(120),
+    );
+    let all = text(&gdb);
+    assert_has(&all, "Completed event: ");
+    assert_has(&all, "No checkpoints.");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = server.try_wait().expect("waiting for the server") {
+            assert!(status.success(), "the server failed: {status}");
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            kill_group(pgid);
+            panic!("the server did not end after its one gdb");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
