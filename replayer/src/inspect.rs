@@ -15,7 +15,7 @@ use trace_format::Tid;
 use crate::debugger::DebugReplay;
 
 /// The files of `/proc/PID/` a debugger may read ([`DebugReplay::proc_file`]).
-pub const PROC_FILES: [&str; 5] = ["maps", "smaps", "cmdline", "comm", "auxv"];
+pub const PROC_FILES: [&str; 7] = ["maps", "smaps", "cmdline", "comm", "auxv", "status", "stat"];
 
 /// The links of `/proc/PID/` a debugger may read ([`DebugReplay::proc_link`]).
 pub const PROC_LINKS: [&str; 2] = ["exe", "cwd"];
@@ -66,6 +66,18 @@ impl DebugReplay {
                 Ok(name.into_bytes())
             }
             "auxv" => Ok(self.auxv().to_vec()),
+            "status" | "stat" => {
+                let text =
+                    std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+                let comm = self.thread_name(pid).unwrap_or_default();
+                let ids = |real: &str| self.recorded_id(real);
+                Ok(if name == "stat" {
+                    recorded_stat(&text, &comm, ids)
+                } else {
+                    recorded_status(&text, &comm, ids)
+                }
+                .into_bytes())
+            }
             "cmdline" => Ok(self
                 .session
                 .debug
@@ -91,6 +103,19 @@ impl DebugReplay {
             "cwd" => Ok(target.display().to_string()),
             other => anyhow::bail!("/proc/PID/{other} is not served"),
         }
+    }
+
+    /// The recorded id of the replay's task (or process) `real`, if it is one of the
+    /// replay's; `real` itself otherwise.
+    fn recorded_id(&self, real: &str) -> String {
+        let Ok(n) = real.parse::<i32>() else {
+            return real.to_string();
+        };
+        let tasks = &self.session.tasks;
+        if let Some((tid, _)) = tasks.all().find(|(_, t)| t.tracee.pid().as_raw() == n) {
+            return tid.to_string();
+        }
+        real.to_string()
     }
 
     /// The file the replay maps where the recording mapped the file at `recorded` (the
@@ -129,6 +154,44 @@ impl DebugReplay {
     }
 }
 
+/// `/proc/PID/status` with the recorded name and ids (`ids` maps one).
+fn recorded_status(text: &str, comm: &str, ids: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let (key, value) = line.split_once(':').unwrap_or((line, ""));
+        match key {
+            "Name" => out.push_str(&format!("Name:\t{comm}")),
+            "Tgid" | "Pid" | "PPid" | "NStgid" | "NSpid" => {
+                let mapped: Vec<String> = value.split_whitespace().map(&ids).collect();
+                out.push_str(&format!("{key}:\t{}", mapped.join("\t")));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `/proc/PID/stat` with the recorded name and ids: pid, ppid, process group, session and
+/// the terminal's process group (fields 1, 4, 5, 6, 8).
+fn recorded_stat(text: &str, comm: &str, ids: impl Fn(&str) -> String) -> String {
+    let (Some(open), Some(close)) = (text.find('('), text.rfind(')')) else {
+        return text.to_string();
+    };
+    let pid = ids(text[..open].trim());
+    let mut fields: Vec<String> = text[close + 1..]
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    // After the name: state (3), ppid (4), pgrp (5), session (6), tty (7), tpgid (8).
+    for i in [1, 2, 3, 5] {
+        if let Some(f) = fields.get_mut(i) {
+            *f = ids(f);
+        }
+    }
+    format!("{pid} ({comm}) {}\n", fields.join(" "))
+}
+
 /// Where the path of a maps line starts and the path (without the newline): after five
 /// fields (range, permissions, offset, device, inode) and the spaces that pad them. `None`
 /// for a line without a path (anonymous memory, or an smaps detail line).
@@ -150,6 +213,27 @@ fn map_path(line: &str) -> Option<(usize, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_and_stat_show_recorded_ids() {
+        let ids = |real: &str| match real {
+            "500" => "42".to_string(),
+            "499" => "41".to_string(),
+            other => other.to_string(),
+        };
+        let status = "Name:\tab12cd\nUmask:\t0022\nTgid:\t500\nPid:\t500\nPPid:\t499\n\
+                      TracerPid:\t498\nNSpid:\t500\n";
+        assert_eq!(
+            recorded_status(status, "prog", ids),
+            "Name:\tprog\nUmask:\t0022\nTgid:\t42\nPid:\t42\nPPid:\t41\n\
+             TracerPid:\t498\nNSpid:\t42\n"
+        );
+        let stat = "500 (ab 12) t 499 500 499 0 -1 4194560 100\n";
+        assert_eq!(
+            recorded_stat(stat, "prog", ids),
+            "42 (prog) t 41 42 41 0 -1 4194560 100\n"
+        );
+    }
 
     #[test]
     fn finds_the_path_of_a_maps_line() {
