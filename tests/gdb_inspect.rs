@@ -153,9 +153,12 @@ fn info_proc_shows_the_recorded_process_and_its_mappings() {
             "continue",
             "info proc",
             "info proc mappings",
+            "info proc status",
         ],
     ));
     assert_has(&all, &format!("process {pid}\n"));
+    assert_has(&all, &format!("\nPid:\t{pid}\n"));
+    assert_has(&all, &format!("\nTgid:\t{pid}\n"));
     assert_has(&all, &format!("cmdline = '{}'", prog.display()));
     assert_has(&all, &format!("exe = '{}'", prog.display()));
     let maps: Vec<&str> = all
