@@ -33,6 +33,7 @@ pub mod tracee;
 pub mod tsc;
 pub mod vdso;
 pub mod xregs;
+pub mod xregs512;
 
 pub use regs::Regs;
 pub use spawn::{spawn, SignalState, SpawnOptions};
