@@ -27,12 +27,14 @@ pub struct TlsRequest {
 }
 
 /// The size of gdbstub's packet buffer, which it tells gdb as `PacketSize`: the longest
-/// packet (`$`, body, `#`, checksum) the server takes.
-pub const PACKET_SIZE: usize = 4096;
+/// packet (`$`, body, `#`, checksum) the server takes. rr's size: gdb then reads and writes
+/// memory in pieces this large (fewer round trips), and a `g` packet with the AVX-512
+/// registers fits.
+pub const PACKET_SIZE: usize = 100_000;
 
 /// The most bytes one memory read (`m`) returns: its reply, two hex digits a byte, fits a
 /// packet, and gdbstub reads it in one piece of its buffer.
-pub const MAX_MEM_READ: u64 = 2048;
+pub const MAX_MEM_READ: u64 = 49_152;
 
 /// gdb's interrupt byte (Ctrl-C).
 const INTERRUPT: u8 = 0x03;
@@ -49,6 +51,13 @@ pub enum Incoming {
     /// A `qGetTLSAddr` packet (already acknowledged): answer it with
     /// [`GdbConnection::send_tls_reply`]. An error if its arguments make no sense.
     GetTlsAddr(anyhow::Result<TlsRequest>),
+    /// A `qXfer:siginfo:read` packet (already acknowledged) for the thread gdb last selected
+    /// with `Hg` (`None`: any thread), reading `length` bytes at `offset`: answer it with
+    /// [`GdbConnection::send_xfer_reply`]. An error if its arguments make no sense.
+    SigInfo {
+        thread: Option<u64>,
+        range: anyhow::Result<(u64, usize)>,
+    },
     /// Something gdb never sends (noise between packets, a damaged or oversized packet),
     /// dropped or already answered: nothing for gdbstub.
     Skipped,
@@ -67,6 +76,11 @@ pub struct GdbConnection {
     /// Whether `QStartNoAckMode` went to gdbstub: neither side acknowledges packets any more
     /// (deja's target keeps gdbstub's default of accepting it).
     no_ack: bool,
+    /// The thread gdb last selected with `Hg` (`None`: any), which `qXfer:siginfo` reads.
+    general_thread: Option<u64>,
+    /// The packet gdbstub is writing, sent whole when it flushes (one write, not one a
+    /// byte; and the `qSupported` reply gets deja's own features).
+    out: Vec<u8>,
 }
 
 impl GdbConnection {
@@ -76,6 +90,8 @@ impl GdbConnection {
             stream,
             ahead: VecDeque::new(),
             no_ack: false,
+            general_thread: None,
+            out: Vec::new(),
         }
     }
 
@@ -127,6 +143,18 @@ impl GdbConnection {
             }
             return Ok(Incoming::GetTlsAddr(parse_tls_request(body)));
         }
+        if let Some(range) = crate::xfer::siginfo_request(body) {
+            if !self.no_ack {
+                self.write_bytes(b"+")?;
+            }
+            return Ok(Incoming::SigInfo {
+                thread: self.general_thread,
+                range,
+            });
+        }
+        if let Some(thread) = crate::xfer::general_thread(body) {
+            self.general_thread = thread;
+        }
         if body == NO_ACK_PACKET {
             self.no_ack = true;
         }
@@ -174,6 +202,20 @@ impl GdbConnection {
         self.write_bytes(&frame(body.as_bytes()))
     }
 
+    /// Answers a `qXfer` read of `length` bytes at `offset` of `whole` (an error if `None`).
+    pub fn send_xfer_reply(
+        &mut self,
+        whole: Option<&[u8]>,
+        offset: u64,
+        length: usize,
+    ) -> std::io::Result<()> {
+        let body = match whole {
+            Some(whole) => crate::xfer::xfer_reply(whole, offset, length),
+            None => b"E01".to_vec(),
+        };
+        self.write_bytes(&frame(&body))
+    }
+
     /// Whether something from gdb (its interrupt byte) waits to be read.
     pub fn has_input(&self) -> bool {
         !self.ahead.is_empty() || stream_has_input(&self.stream)
@@ -194,15 +236,30 @@ impl GdbConnection {
 impl gdbstub::conn::Connection for GdbConnection {
     type Error = std::io::Error;
 
+    /// Acknowledgements go out at once (gdb may wait for one before anything else); a
+    /// packet is kept until gdbstub flushes it.
     fn write(&mut self, byte: u8) -> Result<(), Self::Error> {
-        Write::write_all(&mut self.stream, &[byte])
+        self.write_all(&[byte])
     }
 
     fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
-        Write::write_all(&mut self.stream, buf)
+        match buf.first() {
+            Some(b'+' | b'-') if self.out.is_empty() => Write::write_all(&mut self.stream, buf),
+            _ => {
+                self.out.extend_from_slice(buf);
+                Ok(())
+            }
+        }
     }
 
     fn flush(&mut self) -> Result<(), Self::Error> {
+        let out = std::mem::take(&mut self.out);
+        if matches!(out.get(..2), Some(b"$T" | b"$S")) {
+            // gdb takes a stop reply's thread as the stub's selected one from then on.
+            self.general_thread = None;
+        }
+        let out = crate::xfer::with_siginfo_feature(&out).unwrap_or(out);
+        Write::write_all(&mut self.stream, &out)?;
         Write::flush(&mut self.stream)
     }
 
@@ -241,7 +298,7 @@ fn checksum(body: &[u8]) -> u8 {
 }
 
 /// The packet `$body#cs`.
-fn frame(body: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
     let mut packet = Vec::with_capacity(body.len() + 4);
     packet.push(b'$');
     packet.extend_from_slice(body);
@@ -363,6 +420,7 @@ mod tests {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(req) => return (passed, req),
                 Incoming::Skipped => panic!("nothing to skip was sent"),
+                Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
             }
         }
     }
@@ -398,6 +456,7 @@ mod tests {
             match incoming {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(_) => panic!("no TLS request was sent"),
+                Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
                 Incoming::Skipped => {}
             }
         }
@@ -431,12 +490,12 @@ mod tests {
         let (mut conn, mut gdb) = pair();
         let mut sent = frame(b"m401000,ffffffffffffffffffff");
         sent.extend_from_slice(&frame(b"m401000,10"));
-        sent.extend_from_slice(&frame(b"m401000,801"));
+        sent.extend_from_slice(&frame(b"m401000,c001"));
         gdb.write_all(&sent).expect("sending");
         gdb.shutdown(std::net::Shutdown::Write).expect("closing");
-        let mut want = frame(b"m401000,800");
+        let mut want = frame(b"m401000,c000");
         want.extend_from_slice(&frame(b"m401000,10"));
-        want.extend_from_slice(&frame(b"m401000,800"));
+        want.extend_from_slice(&frame(b"m401000,c000"));
         assert_eq!(all_passed(&mut conn), want);
         assert_eq!(clamped_mem_read(b"m401000,zz"), None);
         assert_eq!(clamped_mem_read(b"mo,ffffff"), None);
