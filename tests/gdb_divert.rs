@@ -136,6 +136,8 @@ fn a_crash_in_a_called_function_stops_in_the_diversion_and_the_replay_is_untouch
             "print at",
             "set unwindonsignal off",
             "print crash()",
+            // The fault's siginfo is the diversion's.
+            "print $_siginfo.si_signo",
             // Continuing delivers the fault in the diversion, whose process ends.
             "continue",
             "info threads",
@@ -151,7 +153,11 @@ fn a_crash_in_a_called_function_stops_in_the_diversion_and_the_replay_is_untouch
     assert_has(&all, "signaled while in a function called from GDB");
     assert_has(&all, "Program received signal SIGSEGV");
     assert_has(&all, "Program terminated with signal SIGSEGV");
-    assert_eq!(printed(&all), ["2", "1", "2"], "gdb's session:\n{all}");
+    assert_eq!(
+        printed(&all),
+        ["2", "1", "11", "2"],
+        "gdb's session:\n{all}"
+    );
     assert_has(&all, RECORDED);
     assert_has(&all, "exited with code 03");
 }

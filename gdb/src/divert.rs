@@ -154,6 +154,15 @@ impl ReplayTarget {
         }
     }
 
+    /// The siginfo of the last signal thread `tid` stopped with: in the diversion if one is
+    /// under way and the thread stopped with a signal there, else the replay's.
+    pub(crate) fn siginfo(&self, tid: Tid) -> Option<&[u8]> {
+        self.diversion
+            .as_ref()
+            .and_then(|d| d.div.siginfo(tid))
+            .or_else(|| self.replay_ref().siginfo(tid))
+    }
+
     /// Ends the diversion, if any: the copy is killed, the replay is where it was, with the
     /// breakpoints gdb set and removed meanwhile.
     pub(crate) fn end_diversion(&mut self) {

@@ -263,9 +263,8 @@ fn answer_siginfo(
     thread: Option<u64>,
     range: Result<(u64, usize)>,
 ) -> Result<()> {
-    let replay = target.replay_ref();
-    let tid = thread.map_or_else(|| replay.current_thread(), |t| t as trace_format::Tid);
-    let info = replay.siginfo(tid);
+    let tid = thread.map_or_else(|| target.stop_thread(), |t| t as trace_format::Tid);
+    let info = target.siginfo(tid);
     let (info, offset, length) = match range {
         Ok((offset, length)) => (info, offset, length),
         Err(e) => {

@@ -57,6 +57,8 @@ pub struct Diversion {
     /// registers, and the point each register serves.
     hw_regs: DebugRegs,
     hw: [Option<HwPoint>; debugregs::SLOTS],
+    /// The `siginfo_t` of the last signal each thread stopped with in the diversion.
+    siginfo: std::collections::HashMap<Tid, Vec<u8>>,
 }
 
 /// `si_code` of a debug-register trap.
@@ -150,6 +152,7 @@ impl Session {
             stopping: false,
             hw_regs: d.regs,
             hw: d.hw,
+            siginfo: Default::default(),
         };
         private_copies(div.leader())
             .context("giving the diversion its own copy of shared memory")?;
@@ -375,6 +378,11 @@ impl Diversion {
         Ok(debugregs::hit_slots(dr6).find_map(|i| self.hw[i]))
     }
 
+    /// The `siginfo_t` of the last signal thread `tid` stopped with in the diversion, if any.
+    pub fn siginfo(&self, tid: Tid) -> Option<&[u8]> {
+        self.siginfo.get(&tid).map(Vec::as_slice)
+    }
+
     /// Whether a software breakpoint is set at `addr` (as the debugger names it).
     pub fn has_breakpoint(&self, addr: u64) -> bool {
         self.in_windows.contains_key(&addr) || self.breakpoints.contains_key(&addr)
@@ -543,7 +551,10 @@ impl Diversion {
                     }
                     // (Sent for an earlier run, which stopped for another reason first.)
                 }
-                Stop::Signal(signo) => return Ok(Halt::Signal { tid, signo }),
+                Stop::Signal(signo) => {
+                    self.siginfo.insert(tid, t.siginfo()?.to_vec());
+                    return Ok(Halt::Signal { tid, signo });
+                }
                 Stop::Exited(code) => return Ok(self.ended(ExitStatus::Exited(code))),
                 Stop::Killed(signo) => return Ok(self.ended(ExitStatus::Signaled(signo))),
                 // (Events and syscall stops: nothing the copy's program asked for.)
