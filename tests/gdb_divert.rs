@@ -341,9 +341,11 @@ fn a_cpp_string_shows_its_c_str_and_size_mid_replay() {
     assert_has(&all, "exited normally");
 }
 
-/// The pid of the gdb that deja process `deja` launched.
-fn gdb_child(deja: u32) -> Option<i32> {
-    let tasks = std::fs::read_dir(format!("/proc/{deja}/task")).ok()?;
+/// The children of process `pid` (of all its threads).
+fn children(pid: u32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
     tasks
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
@@ -352,9 +354,26 @@ fn gdb_child(deja: u32) -> Option<i32> {
                 .filter_map(|p| p.parse::<i32>().ok())
                 .collect::<Vec<_>>()
         })
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "gdb")
-        })
+        .collect()
+}
+
+/// The pid of the gdb that deja process `deja` launched.
+fn gdb_child(deja: u32) -> Option<i32> {
+    children(deja).into_iter().find(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "gdb")
+    })
+}
+
+/// Whether a process deja started (not gdb) is running: the diversion's copy, in `spin`
+/// (the replay and its checkpoints are stopped).
+fn copy_running(deja: u32) -> bool {
+    children(deja).into_iter().any(|p| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        // (The state follows the command's closing parenthesis.)
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        comm.trim() != "gdb" && state == Some(Some('R'))
+    })
 }
 
 #[test]
@@ -392,13 +411,14 @@ fn an_interrupt_stops_a_called_function_that_loops_and_the_replay_goes_on() {
         .spawn()
         .expect("spawning deja replay");
     let deja = child.id();
-    // Once the call has been running for a while, gdb's Ctrl-C.
+    // Once the called function runs, gdb's Ctrl-C.
     let started = std::time::Instant::now();
     let mut sent = false;
     while started.elapsed() < TIMEOUT {
         let so_far = std::fs::read_to_string(&log).unwrap_or_default();
-        if so_far.contains("stop_here (at=0)") {
-            std::thread::sleep(std::time::Duration::from_millis(800));
+        if so_far.contains("stop_here (at=0)") && copy_running(deja) {
+            // (Running for a while: gdb is waiting for the call to end.)
+            std::thread::sleep(std::time::Duration::from_millis(300));
             let gdb = gdb_child(deja).expect("deja's gdb");
             // SAFETY: kill with a pid this test's own child launched and an integer signal.
             unsafe { libc::kill(gdb, libc::SIGINT) };
