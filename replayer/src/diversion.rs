@@ -417,6 +417,13 @@ impl Diversion {
             r.rip = copy;
             self.threads[i].1.set_regs(&r)?;
         }
+        if self.threads[i].1.at_syscall_entry()? && r.orig_rax != u64::MAX {
+            // The thread was copied inside the syscall it was making in the replay: gdb has
+            // set it to run something else, and that syscall (with the arguments gdb's call
+            // put in its registers) is not made.
+            r.orig_rax = u64::MAX;
+            self.threads[i].1.set_regs(&r)?;
+        }
         if let Some(&orig) = self.breakpoints.get(&r.rip) {
             // Over the breakpoint at the pc first: its byte back for one step.
             let t = &self.threads[i].1;
