@@ -494,8 +494,10 @@ impl Diversion {
             let t = &self.threads[i].1;
             let stop = if step {
                 if sig != 0 {
+                    // (The signal may end the process: its other threads are reaped while
+                    // waiting.)
                     t.step(sig)?;
-                    t.wait()?
+                    self.wait(i, interrupt, &mut interrupted)?
                 } else {
                     match tracee::state::step_one(t)? {
                         Some(stop) => stop,
