@@ -13,11 +13,13 @@ mod point;
 mod seccomp;
 mod session;
 mod sigmask;
+mod start;
 mod tasks;
 mod timeline;
 
 pub use debug::{Halt, HwPoint, Position, WatchKind};
-pub use debugger::{start_point, DebugOptions, DebugReplay, Resume, StartPoint};
+pub use debugger::{DebugReplay, Resume};
 pub use divergence::{Divergence, Incomplete};
 pub use session::{replay, Progress, ReplayOptions, ReplayOutcome};
+pub use start::{start_point, DebugOptions, StartPoint};
 pub use timeline::Timeline;

@@ -19,7 +19,8 @@ use anyhow::{bail, Context, Result};
 use trace_format::Tid;
 
 use crate::debug::{Halt, HwPoint, Position};
-use crate::debugger::{DebugReplay, Resume, StartPoint};
+use crate::debugger::{DebugReplay, Resume};
+use crate::start::StartPoint;
 
 /// How many instructions `reverse-stepi` single-steps through at most to find the one before
 /// the current position (going backwards steps a task's run from its start).
@@ -127,7 +128,28 @@ impl Timeline {
             }
             timeline.checkpoint_here()?;
         }
+        if timeline.start.at_exit {
+            timeline.run_to_end()?;
+        }
         Ok(timeline)
+    }
+
+    /// Runs on to the debugged process's end (`deja replay -e`): to its task's stop at the
+    /// syscall that ends it ([`Halt::Ending`]), keeping checkpoints on the way (nothing the
+    /// debugger set yet: the recorded signals it meets are passed over).
+    fn run_to_end(&mut self) -> Result<()> {
+        loop {
+            match run(&mut self.checkpoints, &mut self.replay, Resume::Continue)? {
+                Halt::Ending(_) => break,
+                end @ (Halt::Exited(_) | Halt::End) => bail!(
+                    "process {} has no end in the recording to start at: the replay stopped \
+                     with {end:?}",
+                    self.start.process
+                ),
+                _ => {}
+            }
+        }
+        self.checkpoint_here()
     }
 
     /// Keeps a copy of the replay at its position (see [`keep_checkpoint`]).
