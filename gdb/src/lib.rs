@@ -3,6 +3,7 @@
 //! watchpoints, stepping, thread-local variables), every value as recorded.
 
 pub mod arch;
+mod procs;
 mod queries;
 pub mod server;
 mod target;

@@ -9,6 +9,8 @@ use std::os::fd::AsRawFd;
 
 use anyhow::{bail, Context};
 
+use crate::procs::Filtered;
+
 /// The packet gdb sends for the address of a thread-local variable.
 const TLS_PACKET: &[u8] = b"qGetTLSAddr:";
 
@@ -49,6 +51,9 @@ pub enum Incoming {
     /// A `qGetTLSAddr` packet (already acknowledged): answer it with
     /// [`GdbConnection::send_tls_reply`]. An error if its arguments make no sense.
     GetTlsAddr(anyhow::Result<TlsRequest>),
+    /// gdb detaches the debugged process right after a fork to follow its child
+    /// (`follow-fork-mode child`; already acknowledged): switch to the child, then answer.
+    FollowChild(u64),
     /// Something gdb never sends (noise between packets, a damaged or oversized packet),
     /// dropped or already answered: nothing for gdbstub.
     Skipped,
@@ -67,6 +72,8 @@ pub struct GdbConnection {
     /// Whether `QStartNoAckMode` went to gdbstub: neither side acknowledges packets any more
     /// (deja's target keeps gdbstub's default of accepting it).
     no_ack: bool,
+    /// The part of the protocol about processes (see `crate::procs`).
+    pub procs: crate::procs::ProcFilter,
 }
 
 impl GdbConnection {
@@ -76,6 +83,7 @@ impl GdbConnection {
             stream,
             ahead: VecDeque::new(),
             no_ack: false,
+            procs: Default::default(),
         }
     }
 
@@ -127,6 +135,22 @@ impl GdbConnection {
             }
             return Ok(Incoming::GetTlsAddr(parse_tls_request(body)));
         }
+        match self.procs.incoming(body) {
+            Filtered::Pass => {}
+            Filtered::Answer(reply) => {
+                if !self.no_ack {
+                    self.write_bytes(b"+")?;
+                }
+                self.write_bytes(&frame(&reply))?;
+                return Ok(Incoming::Skipped);
+            }
+            Filtered::FollowChild(child) => {
+                if !self.no_ack {
+                    self.write_bytes(b"+")?;
+                }
+                return Ok(Incoming::FollowChild(child));
+            }
+        }
         if body == NO_ACK_PACKET {
             self.no_ack = true;
         }
@@ -174,6 +198,18 @@ impl GdbConnection {
         self.write_bytes(&frame(body.as_bytes()))
     }
 
+    /// Answers a packet the server took (see [`Incoming::FollowChild`]) with `body`.
+    pub fn send_reply(&mut self, body: &[u8]) -> std::io::Result<()> {
+        self.write_bytes(&frame(body))
+    }
+
+    /// Writes `text` on gdb's console: an `O` packet, which gdb takes while it waits for a
+    /// stop reply (send it right before one).
+    pub fn send_console(&mut self, text: &str) -> std::io::Result<()> {
+        let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+        self.write_bytes(&frame(format!("O{hex}").as_bytes()))
+    }
+
     /// Whether something from gdb (its interrupt byte) waits to be read.
     pub fn has_input(&self) -> bool {
         !self.ahead.is_empty() || stream_has_input(&self.stream)
@@ -195,11 +231,15 @@ impl gdbstub::conn::Connection for GdbConnection {
     type Error = std::io::Error;
 
     fn write(&mut self, byte: u8) -> Result<(), Self::Error> {
-        Write::write_all(&mut self.stream, &[byte])
+        let stream = &mut self.stream;
+        self.procs
+            .outgoing(&[byte], &mut |b| Write::write_all(stream, b))
     }
 
     fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
-        Write::write_all(&mut self.stream, buf)
+        let stream = &mut self.stream;
+        self.procs
+            .outgoing(buf, &mut |b| Write::write_all(stream, b))
     }
 
     fn flush(&mut self) -> Result<(), Self::Error> {
@@ -241,7 +281,7 @@ fn checksum(body: &[u8]) -> u8 {
 }
 
 /// The packet `$body#cs`.
-fn frame(body: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
     let mut packet = Vec::with_capacity(body.len() + 4);
     packet.push(b'$');
     packet.extend_from_slice(body);

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use trace_format::Tid;
 use tracee::{Regs, Tracee};
 
-use crate::debug::{Debug, Halt, HwPoint, Position, Step, INT3};
+use crate::debug::{Debug, Halt, HwPoint, Position, ProcEvents, Step, INT3};
 use crate::divergence::Incomplete;
 use crate::session::{ReplayOptions, Session};
 use crate::start::StartPoint;
@@ -420,7 +420,70 @@ impl DebugReplay {
     }
 }
 
+/// Following processes: the fork, vfork and exec events the debugger halts at, and a switch
+/// to another process.
 impl DebugReplay {
+    /// Which process events halt the replay from now on (none forgets those not reported
+    /// yet).
+    pub fn set_proc_events(&mut self, events: ProcEvents) {
+        let d = self.debug_mut();
+        d.proc_events = events;
+        if events == ProcEvents::default() {
+            d.proc_halts.clear();
+        }
+    }
+
+    /// Whether process `pid` has a task that ran since it was made (a child that has not
+    /// started yet is still at its fork).
+    pub fn has_run(&self, pid: Tid) -> bool {
+        self.session
+            .tasks
+            .in_process(pid)
+            .any(|(_, t)| t.state != crate::tasks::RState::Unstarted)
+    }
+
+    /// Makes `pid` the debugged process, with nothing set in it, its program the one the
+    /// debugged process runs now (a fork's child runs its parent's); if its first task has
+    /// not run yet, runs the replay to that task's first run.
+    pub fn switch_to(&mut self, pid: Tid) -> Result<()> {
+        if self.finished.is_some() {
+            bail!("the replay has ended");
+        }
+        if self.session.tasks.in_process(pid).next().is_none() {
+            bail!("process {pid} does not exist at this point of the replay");
+        }
+        self.session.leave_process()?;
+        let d = self.debug_mut();
+        d.process = pid;
+        d.proc_halts.clear();
+        d.current = None;
+        d.step = None;
+        if self.has_run(pid) {
+            return Ok(());
+        }
+        self.debug_mut().halt_at_run_of = Some(pid);
+        match self.resume(Resume::Continue)? {
+            Halt::Reached(_) => Ok(()),
+            other => bail!("process {pid} never ran in the replay: it stopped with {other:?}"),
+        }
+    }
+
+    /// Makes `pid` the debugged process of a copy of the replay (see
+    /// `Timeline::switch_to`), its breakpoints already taken out.
+    pub(crate) fn set_process(&mut self, pid: Tid) {
+        let d = self.debug_mut();
+        if d.process != pid {
+            d.process = pid;
+            d.current = None;
+            d.hw_generation += 1;
+        }
+    }
+
+    /// The name the kernel gave the debugged program's threads in the recording.
+    pub fn comm(&self) -> &str {
+        &self.debug().comm
+    }
+
     /// Ends the replay: kills its tasks (as dropping it does).
     pub fn kill(&mut self) {
         self.session.tasks.kill_all();

@@ -17,7 +17,7 @@ mod start;
 mod tasks;
 mod timeline;
 
-pub use debug::{Halt, HwPoint, Position, WatchKind};
+pub use debug::{Halt, HwPoint, Position, ProcEvents, WatchKind};
 pub use debugger::{DebugReplay, Resume};
 pub use divergence::{Divergence, Incomplete};
 pub use session::{replay, Progress, ReplayOptions, ReplayOutcome};

@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use trace_format::Tid;
 
-use crate::debug::{Halt, HwPoint, Position};
+use crate::debug::{Halt, HwPoint, Position, ProcEvents};
 use crate::debugger::{DebugReplay, Resume};
 use crate::start::StartPoint;
 
@@ -69,6 +69,9 @@ pub struct Timeline {
     /// Copies of the replay at the last two positions it halted at part-way through a task's
     /// run, the earlier first (see [`Anchor`]).
     anchors: [Option<Anchor>; 2],
+    /// The process events the debugger halts at (going forward only: the replays that go
+    /// backwards do not halt at them).
+    proc_events: ProcEvents,
 }
 
 /// A copy of the replay kept at a halt part-way through task `tid`'s run after event `event`.
@@ -105,6 +108,7 @@ impl Timeline {
             checkpoints: Vec::new(),
             saved: Vec::new(),
             anchors: [None, None],
+            proc_events: ProcEvents::default(),
         };
         timeline.replay.set_pause_every(Some(PAUSE_EVERY));
         timeline.checkpoint_here()?;
@@ -149,6 +153,33 @@ impl Timeline {
                 _ => {}
             }
         }
+        self.checkpoint_here()
+    }
+
+    /// Which process events halt the replay going forward (what gdb asked for).
+    pub fn set_proc_events(&mut self, events: ProcEvents) {
+        self.proc_events = events;
+        self.replay.set_proc_events(events);
+    }
+
+    /// Debugs process `pid` from here on (gdb following a fork's child): the replay runs to
+    /// the child's first instruction if it has not run yet (see [`DebugReplay::switch_to`]),
+    /// and that is where going backwards, and `run`, start from now.
+    pub fn switch_to(&mut self, pid: Tid) -> Result<()> {
+        self.anchors = [None, None];
+        self.breakpoints.clear();
+        self.hw.clear();
+        self.replay.switch_to(pid)?;
+        let at = self.replay.when();
+        self.start = StartPoint {
+            process: pid,
+            event: at,
+            first: at,
+            exe: self.replay.exe().to_path_buf(),
+            comm: self.replay.comm().to_string(),
+            auxv: self.replay.auxv().to_vec(),
+            at_exit: false,
+        };
         self.checkpoint_here()
     }
 
@@ -551,6 +582,7 @@ impl Timeline {
     /// Gives a copy of a replay the debugger's requests as they are now, not echoing output.
     fn prepare(&self, replay: &mut DebugReplay) -> Result<()> {
         replay.set_quiet(true);
+        replay.set_proc_events(ProcEvents::default());
         replay.set_pause_every(Some(PAUSE_EVERY));
         // (A checkpoint kept from a scan has the scan's mark.)
         replay.set_mark(&Position::End);
@@ -558,6 +590,9 @@ impl Timeline {
         for &addr in now.difference(&self.breakpoints) {
             replay.remove_breakpoint(addr)?;
         }
+        // (A checkpoint kept before the debugger followed a fork's child debugs the parent:
+        // its breakpoints are gone from there now.)
+        replay.set_process(self.start.process);
         for &addr in self.breakpoints.difference(&now) {
             replay.add_breakpoint_or_pending(addr)?;
         }
@@ -601,6 +636,7 @@ impl Timeline {
     fn take(&mut self, mut replay: DebugReplay) {
         replay.set_quiet(self.quiet);
         replay.set_mark(&Position::End);
+        replay.set_proc_events(self.proc_events);
         self.replay.kill();
         self.replay = replay;
     }

@@ -188,7 +188,9 @@ impl Session {
             } else {
                 self.halt_thread()
             };
-            self.debug.as_mut()?.halt_after_event = None;
+            let d = self.debug.as_mut()?;
+            d.halt_after_event = None;
+            d.proc_halts.clear();
             return Some(Halt::Reached(who));
         }
         if let Some(why) = self.boundary_mark(run.tid) {
@@ -200,8 +202,15 @@ impl Session {
         if !debugged || d.halt_after_event.is_some() {
             return None;
         }
+        if d.halt_at_run_of == Some(run.tid) {
+            d.halt_at_run_of = None;
+            return Some(Halt::Reached(run.tid));
+        }
         if let Some(w) = d.pending_watch.take() {
             return Some(w);
+        }
+        if let Some(h) = d.take_proc_halt(run.tid) {
+            return Some(h);
         }
         if run.sig != 0 && !run.sig_reported {
             self.running = Some(Run {

@@ -1,0 +1,374 @@
+//! Processes under gdb: the fork, vfork and exec events gdb asks for (`catch fork`, `catch
+//! vfork`, `catch exec`, and following an exec to its new program), and what gdb does with a
+//! fork's child, which deja does not debug (it debugs one process at a time).
+//!
+//! gdbstub knows fork and vfork stop replies but names the child with the parent's pid, knows
+//! no exec event, and ends the session at any `D` (detach) packet, whose pid it ignores. So
+//! the connection does this part of the protocol itself ([`ProcFilter`]):
+//!
+//! - It notes which events gdb offers in `qSupported` and adds `exec-events+` to the reply
+//!   (gdbstub announces `fork-events+`, `vfork-events+` and `vforkdone-events+`).
+//! - A fork stop names the child `p<child>.<child>`; an exec stop carries the new program's
+//!   path (the trace's copy, so that gdb loads its symbols): the server hands the reply to
+//!   [`ProcFilter::replace_next_reply`] and gdbstub's own stop reply is swapped for it.
+//! - Packets for another process than the debugged one (after `Hg p<pid>.<tid>`: gdb
+//!   removing its breakpoints from a fork's child before it detaches it) are answered here:
+//!   the child has none of gdb's breakpoints (deja puts the program's bytes back in it), so
+//!   removals succeed and anything else fails.
+//! - `D;<child>` (`detach-on-fork on`, following the parent) and `vKill` of another process
+//!   are answered OK here: the child goes on replaying as recorded. `D;<parent>` right after a
+//!   fork (`follow-fork-mode child`) goes to the server, which makes the child the debugged
+//!   process. gdb resuming without detaching the child (`detach-on-fork off`) is noted: the
+//!   server tells gdb's console that deja cannot keep it (see [`ProcFilter::kept_child`]).
+
+use replayer::ProcEvents;
+
+/// What the connection does with a packet from gdb.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Filtered {
+    /// It goes to gdbstub.
+    Pass,
+    /// It is answered with this body.
+    Answer(Vec<u8>),
+    /// gdb detaches the parent after a fork to follow the child (`follow-fork-mode child`):
+    /// the server answers once it switched (or refused to).
+    FollowChild(u64),
+}
+
+/// A change to make to the next packet gdbstub sends.
+#[derive(Debug)]
+enum Rewrite {
+    /// Replace its body.
+    Replace(Vec<u8>),
+    /// Add this to its body.
+    Append(Vec<u8>),
+}
+
+/// The connection's part of following processes (see the module's documentation).
+#[derive(Debug, Default)]
+pub struct ProcFilter {
+    /// The debugged process (recorded pid), as the server last said.
+    debugged: u64,
+    /// The events gdb offered in `qSupported`.
+    offered: ProcEvents,
+    /// gdb offered `multiprocess+` (thread ids are `p<pid>.<tid>`).
+    multiprocess: bool,
+    /// gdb's general thread (`Hg`) is in another process than the debugged one.
+    foreign: bool,
+    /// The child of the fork reported last, until gdb detaches it or resumes.
+    reported_child: Option<u64>,
+    /// A child gdb resumed without detaching (`detach-on-fork off`), to tell it about.
+    kept: Option<u64>,
+    /// The change to make to the next packet sent.
+    rewrite: Option<Rewrite>,
+    /// The packet being sent while a change is pending (from its `$`).
+    outgoing: Vec<u8>,
+}
+
+impl ProcFilter {
+    /// Notes the debugged process.
+    pub fn set_debugged(&mut self, pid: u64) {
+        self.debugged = pid;
+    }
+
+    /// The process events gdb asked for.
+    pub fn events(&self) -> ProcEvents {
+        self.offered
+    }
+
+    /// Notes that the fork making `child` is reported.
+    pub fn fork_reported(&mut self, child: u64) {
+        self.reported_child = Some(child);
+    }
+
+    /// The child gdb kept attached though deja cannot debug it (`detach-on-fork off`), once.
+    pub fn kept_child(&mut self) -> Option<u64> {
+        self.kept.take()
+    }
+
+    /// Makes the next packet gdbstub sends (its stop reply) `body` instead.
+    pub fn replace_next_reply(&mut self, body: Vec<u8>) {
+        self.rewrite = Some(Rewrite::Replace(body));
+    }
+
+    /// What to do with packet `body` from gdb.
+    pub fn incoming(&mut self, body: &[u8]) -> Filtered {
+        if let Some(features) = body.strip_prefix(b"qSupported") {
+            let offers = |f: &[u8]| features.split(|&b| b == b';' || b == b':').any(|x| x == f);
+            self.offered = ProcEvents {
+                fork: offers(b"fork-events+"),
+                vfork: offers(b"vfork-events+"),
+                exec: offers(b"exec-events+"),
+            };
+            self.multiprocess = offers(b"multiprocess+");
+            if self.offered.exec {
+                self.rewrite = Some(Rewrite::Append(b";exec-events+".to_vec()));
+            }
+            return Filtered::Pass;
+        }
+        if let Some(thread) = body.strip_prefix(b"Hg") {
+            self.foreign = match thread_pid(thread) {
+                Some(pid) => pid != self.debugged,
+                None => false,
+            };
+            return if self.foreign {
+                Filtered::Answer(b"OK".to_vec())
+            } else {
+                Filtered::Pass
+            };
+        }
+        if let Some(pid) = body.strip_prefix(b"D;").and_then(hex) {
+            if pid == self.debugged {
+                return match self.reported_child.take() {
+                    Some(child) => Filtered::FollowChild(child),
+                    None => Filtered::Pass,
+                };
+            }
+            if self.reported_child == Some(pid) {
+                self.reported_child = None;
+            }
+            return Filtered::Answer(b"OK".to_vec());
+        }
+        if let Some(pid) = body.strip_prefix(b"vKill;").and_then(hex) {
+            if pid != self.debugged {
+                return Filtered::Answer(b"OK".to_vec());
+            }
+        }
+        if is_resume(body) {
+            self.foreign = false;
+            if let Some(child) = self.reported_child.take() {
+                self.kept = Some(child);
+            }
+            return Filtered::Pass;
+        }
+        if self.foreign {
+            return match body.first() {
+                // Removing a breakpoint the child does not have: done.
+                Some(b'z') => Filtered::Answer(b"OK".to_vec()),
+                Some(b'Z' | b'm' | b'M' | b'X' | b'g' | b'G' | b'p' | b'P') => {
+                    Filtered::Answer(b"E01".to_vec())
+                }
+                _ => Filtered::Pass,
+            };
+        }
+        Filtered::Pass
+    }
+
+    /// Sends `bytes` (part of what gdbstub writes) through `send`, changed as asked: while a
+    /// change is pending, a packet is held from its `$` to its checksum and sent changed.
+    pub fn outgoing(
+        &mut self,
+        bytes: &[u8],
+        send: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        if self.rewrite.is_none() {
+            return send(bytes);
+        }
+        for &byte in bytes {
+            if self.outgoing.is_empty() && byte != b'$' {
+                send(&[byte])?;
+                continue;
+            }
+            self.outgoing.push(byte);
+            let n = self.outgoing.len();
+            if n >= 4 && self.outgoing[n - 3] == b'#' {
+                let packet = std::mem::take(&mut self.outgoing);
+                let body = &packet[1..n - 3];
+                let body = match self.rewrite.take() {
+                    Some(Rewrite::Replace(new)) => new,
+                    Some(Rewrite::Append(more)) => [body, &more[..]].concat(),
+                    None => body.to_vec(),
+                };
+                send(&crate::tls_packet::frame(&body))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stop reply for `halt` if it is a process event: gdb's `fork`, `vfork` or `exec`
+    /// stop (the server reports it through [`Self::replace_next_reply`]).
+    pub fn stop_reply(
+        &self,
+        halt: replayer::Halt,
+        pid: u64,
+        exe: &std::path::Path,
+    ) -> Option<Vec<u8>> {
+        let thread = |pid: u64, tid: u64| {
+            if self.multiprocess {
+                format!("p{pid:x}.{tid:x}")
+            } else {
+                format!("{tid:x}")
+            }
+        };
+        let reply = match halt {
+            replayer::Halt::Fork { tid, child, vfork } => format!(
+                "T05thread:{};{}:{};",
+                thread(pid, tid as u64),
+                if vfork { "vfork" } else { "fork" },
+                thread(child as u64, child as u64)
+            ),
+            replayer::Halt::Exec(tid) => {
+                let path: String = exe
+                    .as_os_str()
+                    .as_encoded_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("T05thread:{};exec:{path};", thread(pid, tid as u64))
+            }
+            _ => return None,
+        };
+        Some(reply.into_bytes())
+    }
+}
+
+/// The pid of thread id `p<pid>.<tid>` (hex); `None` for a plain thread id, or for all or any
+/// process (`-1`, `0`).
+fn thread_pid(thread: &[u8]) -> Option<u64> {
+    let rest = thread.strip_prefix(b"p")?;
+    let pid = rest.split(|&b| b == b'.').next()?;
+    hex(pid).filter(|&p| p != 0)
+}
+
+/// A hex number.
+fn hex(s: &[u8]) -> Option<u64> {
+    u64::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
+}
+
+/// Whether packet `body` resumes the program.
+fn is_resume(body: &[u8]) -> bool {
+    body.starts_with(b"vCont;")
+        || matches!(body.first(), Some(b'c' | b's' | b'C' | b'S'))
+        || body == b"bc"
+        || body == b"bs"
+}
+
+/// gdb's message when it kept a fork's child (`detach-on-fork off`).
+pub fn kept_child_message(child: u64) -> String {
+    format!(
+        "deja: cannot keep process {child} under gdb (detach-on-fork off): deja debugs one \
+         process at a time, and {child} replays on as recorded, not stopped; use `set \
+         follow-fork-mode child` to follow it instead, or debug it alone with `deja replay -p \
+         {child}` (or -f {child}, from its fork)\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detaching_the_child_is_answered_here() {
+        let mut f = ProcFilter::default();
+        f.set_debugged(0x10);
+        f.fork_reported(0x11);
+        assert_eq!(f.incoming(b"Hgp11.11"), Filtered::Answer(b"OK".to_vec()));
+        assert_eq!(f.incoming(b"z0,401000,1"), Filtered::Answer(b"OK".to_vec()));
+        assert_eq!(f.incoming(b"m401000,4"), Filtered::Answer(b"E01".to_vec()));
+        assert_eq!(f.incoming(b"D;11"), Filtered::Answer(b"OK".to_vec()));
+        assert_eq!(f.incoming(b"Hgp10.10"), Filtered::Pass);
+        assert_eq!(f.incoming(b"z0,401000,1"), Filtered::Pass);
+        assert_eq!(f.incoming(b"vCont;c"), Filtered::Pass);
+        assert_eq!(f.kept_child(), None);
+    }
+
+    #[test]
+    fn following_the_child_and_keeping_it_are_noted() {
+        let mut f = ProcFilter::default();
+        f.set_debugged(0x10);
+        f.fork_reported(0x11);
+        assert_eq!(f.incoming(b"D;10"), Filtered::FollowChild(0x11));
+        assert_eq!(f.incoming(b"D;10"), Filtered::Pass, "a plain detach");
+        f.fork_reported(0x12);
+        assert_eq!(f.incoming(b"vCont;c:p10.-1"), Filtered::Pass);
+        assert_eq!(f.kept_child(), Some(0x12));
+    }
+
+    #[test]
+    fn exec_events_are_announced_when_offered() {
+        let mut f = ProcFilter::default();
+        assert_eq!(
+            f.incoming(b"qSupported:multiprocess+;fork-events+;exec-events+"),
+            Filtered::Pass
+        );
+        assert!(f.events().fork && f.events().exec && !f.events().vfork);
+        let mut sent = Vec::new();
+        f.outgoing(b"+$PacketSize=1000;fork-events+#00", &mut |b| {
+            sent.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        let body = b"PacketSize=1000;fork-events+;exec-events+";
+        let mut want = b"+".to_vec();
+        want.extend(crate::tls_packet::frame(body));
+        assert_eq!(sent, want);
+        let reply = f
+            .stop_reply(
+                replayer::Halt::Fork {
+                    tid: 16,
+                    child: 17,
+                    vfork: false,
+                },
+                16,
+                std::path::Path::new("/x"),
+            )
+            .unwrap();
+        assert_eq!(reply, b"T05thread:p10.10;fork:p11.11;");
+    }
+}
+
+/// The server's part: before a stop is reported, what the connection must know and say.
+pub(crate) fn before_stop(
+    target: &crate::target::ReplayTarget,
+    conn: &mut crate::tls_packet::GdbConnection,
+    halt: replayer::Halt,
+) -> std::io::Result<()> {
+    if let Some(child) = conn.procs.kept_child() {
+        let text = kept_child_message(child);
+        eprint!("{text}");
+        conn.send_console(&text)?;
+    }
+    let replay = target.replay_ref();
+    let pid = replay.process() as u64;
+    if let Some(reply) = conn.procs.stop_reply(halt, pid, replay.exe()) {
+        if let replayer::Halt::Fork { child, .. } = halt {
+            conn.procs.fork_reported(child as u64);
+        }
+        conn.procs.replace_next_reply(reply);
+    }
+    Ok(())
+}
+
+/// gdb detached the debugged process right after its fork to follow the child
+/// (`follow-fork-mode child`): the child becomes the debugged process, at its first
+/// instruction, and gdb hears OK. Refused (gdb hears an error, deja's terminal why) when the
+/// child already ran in the recording before its parent was back from the fork (always so
+/// after a `vfork`: the parent waits for the child's exec or end), since the replay cannot
+/// go back to the child's start without the parent's.
+pub(crate) fn follow_child(
+    target: &mut crate::target::ReplayTarget,
+    conn: &mut crate::tls_packet::GdbConnection,
+    child: u64,
+) -> anyhow::Result<()> {
+    let pid = child as trace_format::Tid;
+    if target.replay_ref().has_run(pid) {
+        eprintln!(
+            "deja: cannot follow process {child} (follow-fork-mode child): it ran in the \
+             recording before its parent was back from the fork (a vfork's child always does); \
+             `deja replay -f {child}` debugs it from its fork"
+        );
+        conn.send_reply(b"E01")?;
+        return Ok(());
+    }
+    match target.timeline().switch_to(pid) {
+        Ok(()) => {
+            conn.procs.set_debugged(child);
+            conn.send_reply(b"OK")?;
+        }
+        Err(e) => {
+            eprintln!("deja: cannot follow process {child}: {e:#}");
+            conn.send_reply(b"E01")?;
+        }
+    }
+    Ok(())
+}
