@@ -33,6 +33,9 @@ pub enum Filtered {
     /// gdb detaches the parent after a fork to follow the child (`follow-fork-mode child`):
     /// the server answers once it switched (or refused to).
     FollowChild(u64),
+    /// gdb turns to the child after a vfork to follow it: the server switches, and the
+    /// packet (`Hg`) then goes to gdbstub.
+    FollowChildThenPass(u64),
 }
 
 /// A change to make to the next packet gdbstub sends.
@@ -57,6 +60,10 @@ pub struct ProcFilter {
     foreign: bool,
     /// The child of the fork reported last, until gdb detaches it or resumes.
     reported_child: Option<u64>,
+    /// That fork was a `vfork`.
+    reported_vfork: bool,
+    /// The child deja said it cannot keep under gdb (said once).
+    told: Option<u64>,
     /// A child gdb resumed without detaching (`detach-on-fork off`), to tell it about.
     kept: Option<u64>,
     /// The change to make to the next packet sent.
@@ -76,14 +83,17 @@ impl ProcFilter {
         self.offered
     }
 
-    /// Notes that the fork making `child` is reported.
-    pub fn fork_reported(&mut self, child: u64) {
+    /// Notes that the fork (or `vfork`) making `child` is reported.
+    pub fn fork_reported(&mut self, child: u64, vfork: bool) {
         self.reported_child = Some(child);
+        self.reported_vfork = vfork;
     }
 
     /// The child gdb kept attached though deja cannot debug it (`detach-on-fork off`), once.
     pub fn kept_child(&mut self) -> Option<u64> {
-        self.kept.take()
+        self.kept
+            .take()
+            .filter(|&c| self.told.replace(c) != Some(c))
     }
 
     /// Makes the next packet gdbstub sends (its stop reply) `body` instead.
@@ -107,7 +117,14 @@ impl ProcFilter {
             return Filtered::Pass;
         }
         if let Some(thread) = body.strip_prefix(b"Hg") {
-            self.foreign = match thread_pid(thread) {
+            let pid = thread_pid(thread);
+            if self.reported_vfork && pid.is_some() && pid == self.reported_child {
+                // After a vfork, gdb turns to the child only to follow it (it detaches the
+                // parent once the child exec'd or ended).
+                self.reported_child = None;
+                return Filtered::FollowChildThenPass(pid.unwrap_or_default());
+            }
+            self.foreign = match pid {
                 Some(pid) => pid != self.debugged,
                 None => false,
             };
@@ -142,6 +159,14 @@ impl ProcFilter {
             return Filtered::Pass;
         }
         if self.foreign {
+            if matches!(body.first(), Some(b'g' | b'p')) {
+                if let Some(child) = self.reported_child.take() {
+                    // gdb keeps the child (`detach-on-fork off`) and looks at it.
+                    if self.told.replace(child) != Some(child) {
+                        eprint!("{}", kept_child_message(child));
+                    }
+                }
+            }
             return match body.first() {
                 // Removing a breakpoint the child does not have: done.
                 Some(b'z') => Filtered::Answer(b"OK".to_vec()),
@@ -261,7 +286,7 @@ mod tests {
     fn detaching_the_child_is_answered_here() {
         let mut f = ProcFilter::default();
         f.set_debugged(0x10);
-        f.fork_reported(0x11);
+        f.fork_reported(0x11, false);
         assert_eq!(f.incoming(b"Hgp11.11"), Filtered::Answer(b"OK".to_vec()));
         assert_eq!(f.incoming(b"z0,401000,1"), Filtered::Answer(b"OK".to_vec()));
         assert_eq!(f.incoming(b"m401000,4"), Filtered::Answer(b"E01".to_vec()));
@@ -276,12 +301,14 @@ mod tests {
     fn following_the_child_and_keeping_it_are_noted() {
         let mut f = ProcFilter::default();
         f.set_debugged(0x10);
-        f.fork_reported(0x11);
+        f.fork_reported(0x11, false);
         assert_eq!(f.incoming(b"D;10"), Filtered::FollowChild(0x11));
         assert_eq!(f.incoming(b"D;10"), Filtered::Pass, "a plain detach");
-        f.fork_reported(0x12);
+        f.fork_reported(0x12, false);
         assert_eq!(f.incoming(b"vCont;c:p10.-1"), Filtered::Pass);
         assert_eq!(f.kept_child(), Some(0x12));
+        f.fork_reported(0x13, true);
+        assert_eq!(f.incoming(b"Hgp13.13"), Filtered::FollowChildThenPass(0x13));
     }
 
     #[test]
@@ -324,51 +351,42 @@ pub(crate) fn before_stop(
     halt: replayer::Halt,
 ) -> std::io::Result<()> {
     if let Some(child) = conn.procs.kept_child() {
-        let text = kept_child_message(child);
-        eprint!("{text}");
-        conn.send_console(&text)?;
+        conn.send_console(&kept_child_message(child))?;
     }
     let replay = target.replay_ref();
     let pid = replay.process() as u64;
     if let Some(reply) = conn.procs.stop_reply(halt, pid, replay.exe()) {
-        if let replayer::Halt::Fork { child, .. } = halt {
-            conn.procs.fork_reported(child as u64);
+        if let replayer::Halt::Fork { child, vfork, .. } = halt {
+            conn.procs.fork_reported(child as u64, vfork);
         }
         conn.procs.replace_next_reply(reply);
     }
     Ok(())
 }
 
-/// gdb detached the debugged process right after its fork to follow the child
-/// (`follow-fork-mode child`): the child becomes the debugged process, at its first
-/// instruction, and gdb hears OK. Refused (gdb hears an error, deja's terminal why) when the
-/// child already ran in the recording before its parent was back from the fork (always so
-/// after a `vfork`: the parent waits for the child's exec or end), since the replay cannot
-/// go back to the child's start without the parent's.
+/// gdb follows the child of the fork reported last (`follow-fork-mode child`): it detached
+/// the parent (after a fork) or turned to the child (after a vfork). The child becomes the
+/// debugged process, at its first instruction (see `Timeline::switch_to`), and gdb hears OK;
+/// if that fails, gdb hears an error and deja's terminal why.
+/// With `reply` false, the packet that asked goes on to gdbstub, which answers it.
 pub(crate) fn follow_child(
     target: &mut crate::target::ReplayTarget,
     conn: &mut crate::tls_packet::GdbConnection,
     child: u64,
+    reply: bool,
 ) -> anyhow::Result<()> {
-    let pid = child as trace_format::Tid;
-    if target.replay_ref().has_run(pid) {
-        eprintln!(
-            "deja: cannot follow process {child} (follow-fork-mode child): it ran in the \
-             recording before its parent was back from the fork (a vfork's child always does); \
-             `deja replay -f {child}` debugs it from its fork"
-        );
-        conn.send_reply(b"E01")?;
-        return Ok(());
-    }
-    match target.timeline().switch_to(pid) {
+    let answer: &[u8] = match target.timeline().switch_to(child as trace_format::Tid) {
         Ok(()) => {
             conn.procs.set_debugged(child);
-            conn.send_reply(b"OK")?;
+            b"OK"
         }
         Err(e) => {
             eprintln!("deja: cannot follow process {child}: {e:#}");
-            conn.send_reply(b"E01")?;
+            b"E01"
         }
+    };
+    if reply {
+        conn.send_reply(answer)?;
     }
     Ok(())
 }

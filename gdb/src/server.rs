@@ -155,8 +155,8 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                         Ok(GdbStubStateMachine::Idle(gdb))
                     }
                     Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Idle(gdb)),
-                    Ok(Incoming::FollowChild(child)) => {
-                        crate::procs::follow_child(target, gdb.borrow_conn(), child)?;
+                    Ok(Incoming::FollowChild { child, reply }) => {
+                        crate::procs::follow_child(target, gdb.borrow_conn(), child, reply)?;
                         Ok(GdbStubStateMachine::Idle(gdb))
                     }
                     // gdb went away.
@@ -179,7 +179,7 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                         // Noise: the replay runs on.
                         Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Running(gdb)),
                         // (Not while running: gdb waits for the stop.)
-                        Ok(Incoming::FollowChild(_)) => Ok(GdbStubStateMachine::Running(gdb)),
+                        Ok(Incoming::FollowChild { .. }) => Ok(GdbStubStateMachine::Running(gdb)),
                         Err(_) => return Ok(session),
                     }
                 } else {

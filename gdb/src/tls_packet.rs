@@ -51,9 +51,15 @@ pub enum Incoming {
     /// A `qGetTLSAddr` packet (already acknowledged): answer it with
     /// [`GdbConnection::send_tls_reply`]. An error if its arguments make no sense.
     GetTlsAddr(anyhow::Result<TlsRequest>),
-    /// gdb detaches the debugged process right after a fork to follow its child
-    /// (`follow-fork-mode child`; already acknowledged): switch to the child, then answer.
-    FollowChild(u64),
+    /// gdb follows a fork's child (`follow-fork-mode child`): switch to the child, then
+    /// answer (`reply`: the packet, a detach of the parent, was acknowledged) or let gdbstub
+    /// read the packet (a `Hg` naming the child after a vfork), which comes next.
+    FollowChild {
+        /// The child.
+        child: u64,
+        /// Whether the server answers the packet.
+        reply: bool,
+    },
     /// Something gdb never sends (noise between packets, a damaged or oversized packet),
     /// dropped or already answered: nothing for gdbstub.
     Skipped,
@@ -148,7 +154,14 @@ impl GdbConnection {
                 if !self.no_ack {
                     self.write_bytes(b"+")?;
                 }
-                return Ok(Incoming::FollowChild(child));
+                return Ok(Incoming::FollowChild { child, reply: true });
+            }
+            Filtered::FollowChildThenPass(child) => {
+                self.ahead.extend(&packet);
+                return Ok(Incoming::FollowChild {
+                    child,
+                    reply: false,
+                });
             }
         }
         if body == NO_ACK_PACKET {

@@ -277,8 +277,6 @@ pub(crate) struct Debug {
     pub proc_events: ProcEvents,
     /// Process events of the debugged process to report, each before its task next runs.
     pub proc_halts: std::collections::VecDeque<Halt>,
-    /// Halt before this task first runs (the child the debugger follows after a fork).
-    pub halt_at_run_of: Option<Tid>,
 }
 
 impl Debug {
@@ -311,7 +309,6 @@ impl Debug {
             pending_breakpoints: BTreeSet::new(),
             proc_events: ProcEvents::default(),
             proc_halts: Default::default(),
-            halt_at_run_of: None,
         }
     }
 
@@ -345,7 +342,6 @@ impl Debug {
             pending_breakpoints: self.pending_breakpoints.clone(),
             proc_events: self.proc_events,
             proc_halts: self.proc_halts.clone(),
-            halt_at_run_of: self.halt_at_run_of,
         }
     }
 

@@ -420,8 +420,8 @@ impl DebugReplay {
     }
 }
 
-/// Following processes: the fork, vfork and exec events the debugger halts at, and a switch
-/// to another process.
+/// Following processes: the fork, vfork and exec events the debugger halts at, and the
+/// debugged process of copies (see `Timeline::switch_to`).
 impl DebugReplay {
     /// Which process events halt the replay from now on (none forgets those not reported
     /// yet).
@@ -430,41 +430,6 @@ impl DebugReplay {
         d.proc_events = events;
         if events == ProcEvents::default() {
             d.proc_halts.clear();
-        }
-    }
-
-    /// Whether process `pid` has a task that ran since it was made (a child that has not
-    /// started yet is still at its fork).
-    pub fn has_run(&self, pid: Tid) -> bool {
-        self.session
-            .tasks
-            .in_process(pid)
-            .any(|(_, t)| t.state != crate::tasks::RState::Unstarted)
-    }
-
-    /// Makes `pid` the debugged process, with nothing set in it, its program the one the
-    /// debugged process runs now (a fork's child runs its parent's); if its first task has
-    /// not run yet, runs the replay to that task's first run.
-    pub fn switch_to(&mut self, pid: Tid) -> Result<()> {
-        if self.finished.is_some() {
-            bail!("the replay has ended");
-        }
-        if self.session.tasks.in_process(pid).next().is_none() {
-            bail!("process {pid} does not exist at this point of the replay");
-        }
-        self.session.leave_process()?;
-        let d = self.debug_mut();
-        d.process = pid;
-        d.proc_halts.clear();
-        d.current = None;
-        d.step = None;
-        if self.has_run(pid) {
-            return Ok(());
-        }
-        self.debug_mut().halt_at_run_of = Some(pid);
-        match self.resume(Resume::Continue)? {
-            Halt::Reached(_) => Ok(()),
-            other => bail!("process {pid} never ran in the replay: it stopped with {other:?}"),
         }
     }
 

@@ -162,24 +162,30 @@ impl Timeline {
         self.replay.set_proc_events(events);
     }
 
-    /// Debugs process `pid` from here on (gdb following a fork's child): the replay runs to
-    /// the child's first instruction if it has not run yet (see [`DebugReplay::switch_to`]),
-    /// and that is where going backwards, and `run`, start from now.
+    /// Debugs process `pid` from its fork on (gdb following a fork's child): the replay goes
+    /// to the child's first instruction (forwards, or backwards if the child ran before its
+    /// parent was back from the fork, as a `vfork`'s always does), with nothing set in it; that
+    /// is where going backwards, and `run`, start from now (the checkpoints and saved
+    /// positions before it are dropped).
     pub fn switch_to(&mut self, pid: Tid) -> Result<()> {
+        let start = crate::start::start_point(
+            &self.dir,
+            &crate::start::DebugOptions {
+                process: Some(pid),
+                from_fork: true,
+                ..Default::default()
+            },
+        )?;
         self.anchors = [None, None];
         self.breakpoints.clear();
         self.hw.clear();
-        self.replay.switch_to(pid)?;
-        let at = self.replay.when();
-        self.start = StartPoint {
-            process: pid,
-            event: at,
-            first: at,
-            exe: self.replay.exe().to_path_buf(),
-            comm: self.replay.comm().to_string(),
-            auxv: self.replay.auxv().to_vec(),
-            at_exit: false,
-        };
+        self.start = start;
+        let replay = self.fresh_at(&Position::Boundary(self.start.event))?;
+        self.take(replay);
+        // Nothing before the child's start is reachable now: not the checkpoints of its
+        // parent's replay, nor the positions the debugger saved there.
+        self.checkpoints.clear();
+        self.saved.iter_mut().for_each(|p| *p = None);
         self.checkpoint_here()
     }
 

@@ -22,7 +22,6 @@ mod deja_code;
 mod group_stop;
 mod lifecycle;
 mod mark;
-mod procs;
 mod ptrace;
 mod robust;
 mod run;

@@ -202,10 +202,6 @@ impl Session {
         if !debugged || d.halt_after_event.is_some() {
             return None;
         }
-        if d.halt_at_run_of == Some(run.tid) {
-            d.halt_at_run_of = None;
-            return Some(Halt::Reached(run.tid));
-        }
         if let Some(w) = d.pending_watch.take() {
             return Some(w);
         }
