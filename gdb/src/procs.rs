@@ -45,6 +45,8 @@ enum Rewrite {
     Replace(Vec<u8>),
     /// Add this to its body.
     Append(Vec<u8>),
+    /// It is a register read (`g`): make its first register (`rax`) zero.
+    ZeroRax,
 }
 
 /// The connection's part of following processes (see the module's documentation).
@@ -56,14 +58,17 @@ pub struct ProcFilter {
     offered: ProcEvents,
     /// gdb offered `multiprocess+` (thread ids are `p<pid>.<tid>`).
     multiprocess: bool,
-    /// gdb's general thread (`Hg`) is in another process than the debugged one.
+    /// gdb's general thread (`Hg`) is in another process than the debugged one (a fork's
+    /// child).
     foreign: bool,
     /// The child of the fork reported last, until gdb detaches it or resumes.
     reported_child: Option<u64>,
+    /// The children gdb was told about and has not detached: it still counts them as its
+    /// inferiors (`detach-on-fork off`), and detaches them after the debugged process.
+    known: std::collections::BTreeSet<u64>,
     /// That fork was a `vfork`.
     reported_vfork: bool,
-    /// The child deja said it cannot keep under gdb (said once).
-    told: Option<u64>,
+
     /// A child gdb resumed without detaching (`detach-on-fork off`), to tell it about.
     kept: Option<u64>,
     /// The change to make to the next packet sent.
@@ -87,13 +92,12 @@ impl ProcFilter {
     pub fn fork_reported(&mut self, child: u64, vfork: bool) {
         self.reported_child = Some(child);
         self.reported_vfork = vfork;
+        self.known.insert(child);
     }
 
     /// The child gdb kept attached though deja cannot debug it (`detach-on-fork off`), once.
     pub fn kept_child(&mut self) -> Option<u64> {
-        self.kept
-            .take()
-            .filter(|&c| self.told.replace(c) != Some(c))
+        self.kept.take()
     }
 
     /// Makes the next packet gdbstub sends (its stop reply) `body` instead.
@@ -122,7 +126,9 @@ impl ProcFilter {
                 // After a vfork, gdb turns to the child only to follow it (it detaches the
                 // parent once the child exec'd or ended).
                 self.reported_child = None;
-                return Filtered::FollowChildThenPass(pid.unwrap_or_default());
+                let child = pid.unwrap_or_default();
+                self.known.remove(&child);
+                return Filtered::FollowChildThenPass(child);
             }
             self.foreign = match pid {
                 Some(pid) => pid != self.debugged,
@@ -136,14 +142,22 @@ impl ProcFilter {
         }
         if let Some(pid) = body.strip_prefix(b"D;").and_then(hex) {
             if pid == self.debugged {
+                // (gdb follows a vfork's child without detaching the parent first.)
                 return match self.reported_child.take() {
-                    Some(child) => Filtered::FollowChild(child),
-                    None => Filtered::Pass,
+                    Some(child) if !self.reported_vfork => {
+                        self.known.remove(&child);
+                        Filtered::FollowChild(child)
+                    }
+                    // gdb detaches the children it kept next: the session goes on until
+                    // it has (gdbstub would end it now).
+                    _ if !self.known.is_empty() => Filtered::Answer(b"OK".to_vec()),
+                    _ => Filtered::Pass,
                 };
             }
             if self.reported_child == Some(pid) {
                 self.reported_child = None;
             }
+            self.known.remove(&pid);
             return Filtered::Answer(b"OK".to_vec());
         }
         if let Some(pid) = body.strip_prefix(b"vKill;").and_then(hex) {
@@ -159,18 +173,20 @@ impl ProcFilter {
             return Filtered::Pass;
         }
         if self.foreign {
-            if matches!(body.first(), Some(b'g' | b'p')) {
-                if let Some(child) = self.reported_child.take() {
-                    // gdb keeps the child (`detach-on-fork off`) and looks at it.
-                    if self.told.replace(child) != Some(child) {
-                        eprint!("{}", kept_child_message(child));
-                    }
-                }
-            }
+            // Right after the fork (the child not detached), the child is its parent at the
+            // fork with the call's result 0, as it has not run yet: what gdb reads of it is
+            // the parent's. gdb keeping it (`detach-on-fork off`) inserts its breakpoints
+            // there: accepted, never hit (the child is not debugged; deja says so).
+            let at_fork = self.reported_child.is_some();
             return match body.first() {
                 // Removing a breakpoint the child does not have: done.
-                Some(b'z') => Filtered::Answer(b"OK".to_vec()),
-                Some(b'Z' | b'm' | b'M' | b'X' | b'g' | b'G' | b'p' | b'P') => {
+                Some(b'z' | b'Z') => Filtered::Answer(b"OK".to_vec()),
+                Some(b'g') if at_fork => {
+                    self.rewrite = Some(Rewrite::ZeroRax);
+                    Filtered::Pass
+                }
+                Some(b'm') if at_fork => Filtered::Pass,
+                Some(b'm' | b'M' | b'X' | b'g' | b'G' | b'p' | b'P') => {
                     Filtered::Answer(b"E01".to_vec())
                 }
                 _ => Filtered::Pass,
@@ -202,6 +218,13 @@ impl ProcFilter {
                 let body = match self.rewrite.take() {
                     Some(Rewrite::Replace(new)) => new,
                     Some(Rewrite::Append(more)) => [body, &more[..]].concat(),
+                    Some(Rewrite::ZeroRax) => {
+                        let mut regs = run_length_decoded(body);
+                        if regs.len() >= 16 && regs[..16].iter().all(u8::is_ascii_hexdigit) {
+                            regs[..16].fill(b'0');
+                        }
+                        regs
+                    }
                     None => body.to_vec(),
                 };
                 send(&crate::tls_packet::frame(&body))?;
@@ -253,6 +276,22 @@ fn thread_pid(thread: &[u8]) -> Option<u64> {
     let rest = thread.strip_prefix(b"p")?;
     let pid = rest.split(|&b| b == b'.').next()?;
     hex(pid).filter(|&p| p != 0)
+}
+
+/// A packet body without its run-length encoding (`c*n`: `c` and `n - 29` more of it).
+fn run_length_decoded(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut bytes = body.iter().copied();
+    while let Some(b) = bytes.next() {
+        match (b, out.last().copied()) {
+            (b'*', Some(prev)) => {
+                let n = bytes.next().map_or(0, |c| c.saturating_sub(29));
+                out.extend(std::iter::repeat(prev).take(n as usize));
+            }
+            _ => out.push(b),
+        }
+    }
+    out
 }
 
 /// A hex number.
