@@ -82,7 +82,8 @@ enum Command {
         /// next one, until Ctrl-C).
         #[arg(long, requires = "serve")]
         once: bool,
-        /// Debug this process of the recording (a pid `deja ps` lists), from its first exec.
+        /// Debug this process of the recording (a pid `deja ps` lists), from its first exec (or
+        /// its fork, if it never execs).
         #[arg(
             short = 'p',
             long = "onprocess",

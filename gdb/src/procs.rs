@@ -317,6 +317,53 @@ pub fn kept_child_message(child: u64) -> String {
     )
 }
 
+/// The server's part: before a stop is reported, what the connection must know and say.
+pub(crate) fn before_stop(
+    target: &crate::target::ReplayTarget,
+    conn: &mut crate::tls_packet::GdbConnection,
+    halt: replayer::Halt,
+) -> std::io::Result<()> {
+    if let Some(child) = conn.procs.kept_child() {
+        conn.send_console(&kept_child_message(child))?;
+    }
+    let replay = target.replay_ref();
+    let pid = replay.process() as u64;
+    if let Some(reply) = conn.procs.stop_reply(halt, pid, replay.exe()) {
+        if let replayer::Halt::Fork { child, vfork, .. } = halt {
+            conn.procs.fork_reported(child as u64, vfork);
+        }
+        conn.procs.replace_next_reply(reply);
+    }
+    Ok(())
+}
+
+/// gdb follows the child of the fork reported last (`follow-fork-mode child`): it detached
+/// the parent (after a fork) or turned to the child (after a vfork). The child becomes the
+/// debugged process, at its first instruction (see `Timeline::switch_to`), and gdb hears OK;
+/// if that fails, gdb hears an error and deja's terminal why.
+/// With `reply` false, the packet that asked goes on to gdbstub, which answers it.
+pub(crate) fn follow_child(
+    target: &mut crate::target::ReplayTarget,
+    conn: &mut crate::tls_packet::GdbConnection,
+    child: u64,
+    reply: bool,
+) -> anyhow::Result<()> {
+    let answer: &[u8] = match target.timeline().switch_to(child as trace_format::Tid) {
+        Ok(()) => {
+            conn.procs.set_debugged(child);
+            b"OK"
+        }
+        Err(e) => {
+            eprintln!("deja: cannot follow process {child}: {e:#}");
+            b"E01"
+        }
+    };
+    if reply {
+        conn.send_reply(answer)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,8 +375,11 @@ mod tests {
         f.fork_reported(0x11, false);
         assert_eq!(f.incoming(b"Hgp11.11"), Filtered::Answer(b"OK".to_vec()));
         assert_eq!(f.incoming(b"z0,401000,1"), Filtered::Answer(b"OK".to_vec()));
-        assert_eq!(f.incoming(b"m401000,4"), Filtered::Answer(b"E01".to_vec()));
+        // At its fork the child is its parent (gdbstub answers with the parent's state).
+        assert_eq!(f.incoming(b"m401000,4"), Filtered::Pass);
         assert_eq!(f.incoming(b"D;11"), Filtered::Answer(b"OK".to_vec()));
+        // Detached, it is not there to look at any more.
+        assert_eq!(f.incoming(b"m401000,4"), Filtered::Answer(b"E01".to_vec()));
         assert_eq!(f.incoming(b"Hgp10.10"), Filtered::Pass);
         assert_eq!(f.incoming(b"z0,401000,1"), Filtered::Pass);
         assert_eq!(f.incoming(b"vCont;c"), Filtered::Pass);
@@ -381,51 +431,21 @@ mod tests {
             .unwrap();
         assert_eq!(reply, b"T05thread:p10.10;fork:p11.11;");
     }
-}
 
-/// The server's part: before a stop is reported, what the connection must know and say.
-pub(crate) fn before_stop(
-    target: &crate::target::ReplayTarget,
-    conn: &mut crate::tls_packet::GdbConnection,
-    halt: replayer::Halt,
-) -> std::io::Result<()> {
-    if let Some(child) = conn.procs.kept_child() {
-        conn.send_console(&kept_child_message(child))?;
+    #[test]
+    fn a_register_read_of_the_child_at_its_fork_shows_the_call_returning_zero() {
+        let mut f = ProcFilter::default();
+        f.set_debugged(0x10);
+        f.fork_reported(0x11, false);
+        assert_eq!(f.incoming(b"Hgp11.11"), Filtered::Answer(b"OK".to_vec()));
+        assert_eq!(f.incoming(b"g"), Filtered::Pass);
+        let mut sent = Vec::new();
+        // rax = 0x11 (the parent's fork result), then `0*"` (0 and 5 more) and a register.
+        f.outgoing(b"$1100000000000000*\"ab#00", &mut |b| {
+            sent.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(sent, crate::tls_packet::frame(b"000000000000000000000ab"));
     }
-    let replay = target.replay_ref();
-    let pid = replay.process() as u64;
-    if let Some(reply) = conn.procs.stop_reply(halt, pid, replay.exe()) {
-        if let replayer::Halt::Fork { child, vfork, .. } = halt {
-            conn.procs.fork_reported(child as u64, vfork);
-        }
-        conn.procs.replace_next_reply(reply);
-    }
-    Ok(())
-}
-
-/// gdb follows the child of the fork reported last (`follow-fork-mode child`): it detached
-/// the parent (after a fork) or turned to the child (after a vfork). The child becomes the
-/// debugged process, at its first instruction (see `Timeline::switch_to`), and gdb hears OK;
-/// if that fails, gdb hears an error and deja's terminal why.
-/// With `reply` false, the packet that asked goes on to gdbstub, which answers it.
-pub(crate) fn follow_child(
-    target: &mut crate::target::ReplayTarget,
-    conn: &mut crate::tls_packet::GdbConnection,
-    child: u64,
-    reply: bool,
-) -> anyhow::Result<()> {
-    let answer: &[u8] = match target.timeline().switch_to(child as trace_format::Tid) {
-        Ok(()) => {
-            conn.procs.set_debugged(child);
-            b"OK"
-        }
-        Err(e) => {
-            eprintln!("deja: cannot follow process {child}: {e:#}");
-            b"E01"
-        }
-    };
-    if reply {
-        conn.send_reply(answer)?;
-    }
-    Ok(())
 }

@@ -416,6 +416,7 @@ mod tests {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(req) => return (passed, req),
                 Incoming::Skipped => panic!("nothing to skip was sent"),
+                Incoming::FollowChild { .. } => panic!("no fork was reported"),
             }
         }
     }
@@ -452,6 +453,7 @@ mod tests {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(_) => panic!("no TLS request was sent"),
                 Incoming::Skipped => {}
+                Incoming::FollowChild { .. } => panic!("no fork was reported"),
             }
         }
         passed
