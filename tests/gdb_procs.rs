@@ -269,3 +269,27 @@ fn e_starts_at_the_end_of_a_process_and_goes_backwards() {
     assert_has(&all, "_exit");
     assert_has(&all, "exited normally");
 }
+
+#[test]
+fn e_of_a_process_a_signal_killed_stops_where_the_signal_came() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(
+        built_once("child_signaled", &["-O0"], "child_signaled-O0"),
+        &[],
+    );
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    // The first child dies of SIGSEGV: it makes no exit call, its end is the fault.
+    let child = ctx.ps(&trace)[1].pid.clone();
+    let all = session(
+        &ctx,
+        &trace,
+        &["-q", "-e", &child],
+        &["bt", "print bad", "continue"],
+    );
+    assert_has(&all, "*bad = 1;");
+    assert_has(&all, "(volatile int *) 0x10");
+    assert_has(&all, "Program terminated with signal SIGSEGV");
+}

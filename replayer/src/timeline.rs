@@ -140,20 +140,26 @@ impl Timeline {
 
     /// Runs on to the debugged process's end (`deja replay -e`): to its task's stop at the
     /// syscall that ends it ([`Halt::Ending`]), keeping checkpoints on the way (nothing the
-    /// debugger set yet: the recorded signals it meets are passed over).
+    /// debugger set yet: the recorded signals it meets are passed over). A process that a
+    /// signal killed makes no such call: the replay goes back from its end to its last halt,
+    /// the signal's delivery; one the recording ends without ending stops at its last halt
+    /// too.
     fn run_to_end(&mut self) -> Result<()> {
         loop {
             match run(&mut self.checkpoints, &mut self.replay, Resume::Continue)? {
-                Halt::Ending(_) => break,
-                end @ (Halt::Exited(_) | Halt::End) => bail!(
-                    "process {} has no end in the recording to start at: the replay stopped \
-                     with {end:?}",
-                    self.start.process
-                ),
+                Halt::Ending(_) => return self.checkpoint_here(),
+                Halt::Exited(_) | Halt::End => break,
                 _ => {}
             }
         }
-        self.checkpoint_here()
+        match self.reverse(Resume::Continue)? {
+            Halt::Start(_) => bail!(
+                "process {} has no end in the recording to start at (`deja ps` tells how it \
+                 ended)",
+                self.start.process
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Which process events halt the replay going forward (what gdb asked for).
