@@ -3,12 +3,17 @@
 //! watchpoints, stepping, thread-local variables), every value as recorded.
 
 pub mod arch;
+mod avx512;
+mod commands;
+mod hostio;
 mod procs;
 mod queries;
 pub mod server;
 mod target;
 mod tls;
 mod tls_packet;
+mod xfer;
 
+pub use commands::{install_script, SCRIPT};
 pub use server::{gdb_command, serve};
 pub use target::ReplayTarget;

@@ -73,8 +73,6 @@ pub struct ProcFilter {
     kept: Option<u64>,
     /// The change to make to the next packet sent.
     rewrite: Option<Rewrite>,
-    /// The packet being sent while a change is pending (from its `$`).
-    outgoing: Vec<u8>,
 }
 
 impl ProcFilter {
@@ -195,42 +193,26 @@ impl ProcFilter {
         Filtered::Pass
     }
 
-    /// Sends `bytes` (part of what gdbstub writes) through `send`, changed as asked: while a
-    /// change is pending, a packet is held from its `$` to its checksum and sent changed.
-    pub fn outgoing(
-        &mut self,
-        bytes: &[u8],
-        send: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        if self.rewrite.is_none() {
-            return send(bytes);
+    /// The packet gdbstub sends (`$body#cs`, whole), changed as asked.
+    pub fn outgoing(&mut self, packet: Vec<u8>) -> Vec<u8> {
+        let n = packet.len();
+        if self.rewrite.is_none() || n < 4 || packet[0] != b'$' || packet[n - 3] != b'#' {
+            return packet;
         }
-        for &byte in bytes {
-            if self.outgoing.is_empty() && byte != b'$' {
-                send(&[byte])?;
-                continue;
+        let body = &packet[1..n - 3];
+        let body = match self.rewrite.take() {
+            Some(Rewrite::Replace(new)) => new,
+            Some(Rewrite::Append(more)) => [body, &more[..]].concat(),
+            Some(Rewrite::ZeroRax) => {
+                let mut regs = run_length_decoded(body);
+                if regs.len() >= 16 && regs[..16].iter().all(u8::is_ascii_hexdigit) {
+                    regs[..16].fill(b'0');
+                }
+                regs
             }
-            self.outgoing.push(byte);
-            let n = self.outgoing.len();
-            if n >= 4 && self.outgoing[n - 3] == b'#' {
-                let packet = std::mem::take(&mut self.outgoing);
-                let body = &packet[1..n - 3];
-                let body = match self.rewrite.take() {
-                    Some(Rewrite::Replace(new)) => new,
-                    Some(Rewrite::Append(more)) => [body, &more[..]].concat(),
-                    Some(Rewrite::ZeroRax) => {
-                        let mut regs = run_length_decoded(body);
-                        if regs.len() >= 16 && regs[..16].iter().all(u8::is_ascii_hexdigit) {
-                            regs[..16].fill(b'0');
-                        }
-                        regs
-                    }
-                    None => body.to_vec(),
-                };
-                send(&crate::tls_packet::frame(&body))?;
-            }
-        }
-        Ok(())
+            None => return packet,
+        };
+        crate::tls_packet::frame(&body)
     }
 
     /// The stop reply for `halt` if it is a process event: gdb's `fork`, `vfork` or `exec`
@@ -408,16 +390,11 @@ mod tests {
             Filtered::Pass
         );
         assert!(f.events().fork && f.events().exec && !f.events().vfork);
-        let mut sent = Vec::new();
-        f.outgoing(b"+$PacketSize=1000;fork-events+#00", &mut |b| {
-            sent.extend_from_slice(b);
-            Ok(())
-        })
-        .unwrap();
+        let sent = f.outgoing(b"$PacketSize=1000;fork-events+#00".to_vec());
         let body = b"PacketSize=1000;fork-events+;exec-events+";
-        let mut want = b"+".to_vec();
-        want.extend(crate::tls_packet::frame(body));
-        assert_eq!(sent, want);
+        assert_eq!(sent, crate::tls_packet::frame(body));
+        // Once only.
+        assert_eq!(f.outgoing(b"$OK#9a".to_vec()), b"$OK#9a");
         let reply = f
             .stop_reply(
                 replayer::Halt::Fork {
@@ -439,13 +416,8 @@ mod tests {
         f.fork_reported(0x11, false);
         assert_eq!(f.incoming(b"Hgp11.11"), Filtered::Answer(b"OK".to_vec()));
         assert_eq!(f.incoming(b"g"), Filtered::Pass);
-        let mut sent = Vec::new();
         // rax = 0x11 (the parent's fork result), then `0*"` (0 and 5 more) and a register.
-        f.outgoing(b"$1100000000000000*\"ab#00", &mut |b| {
-            sent.extend_from_slice(b);
-            Ok(())
-        })
-        .unwrap();
+        let sent = f.outgoing(b"$1100000000000000*\"ab#00".to_vec());
         assert_eq!(sent, crate::tls_packet::frame(b"000000000000000000000ab"));
     }
 }

@@ -42,18 +42,26 @@ pub struct ReplayTarget {
     reverse: bool,
     /// Where thread-local variables are.
     tls: TlsResolver,
+    /// The files gdb opened with host I/O (`crate::hostio`).
+    pub(crate) files: crate::hostio::OpenFiles,
+    /// `run N` or `restart N` moved the replay: the resume with which gdb's `run` goes on
+    /// stops at once, there (as rr does).
+    stop_at_resume: bool,
 }
 
 impl ReplayTarget {
     /// Starts the replay of `dir` at `start`; `quiet` keeps the program's output from being
     /// echoed.
     pub fn open(dir: PathBuf, start: StartPoint, quiet: bool) -> anyhow::Result<Self> {
+        crate::arch::set_avx512(crate::avx512::shown(&dir)?);
         let timeline = Timeline::open(&dir, start, quiet)?;
         Ok(ReplayTarget {
             timeline,
             step: None,
             reverse: false,
             tls: TlsResolver::default(),
+            files: Default::default(),
+            stop_at_resume: false,
         })
     }
 
@@ -63,7 +71,63 @@ impl ReplayTarget {
         self.step = None;
         self.reverse = false;
         self.tls.clear();
+        self.stop_at_resume = false;
         Ok(())
+    }
+
+    /// `to` if the replay can go there: an event of the recording, a kept checkpoint.
+    fn check_run_to(
+        &mut self,
+        to: crate::commands::RunTo,
+    ) -> anyhow::Result<crate::commands::RunTo> {
+        match to {
+            crate::commands::RunTo::Event(n) => {
+                let count = self.replay_ref().event_count();
+                anyhow::ensure!(
+                    n < count,
+                    "event {n} is past the end of the recording ({count} events)"
+                );
+            }
+            crate::commands::RunTo::Checkpoint(n) => {
+                let saved = self.timeline.saved_positions();
+                anyhow::ensure!(
+                    saved.iter().any(|(k, _)| *k == n),
+                    "Checkpoint {n} not found."
+                );
+            }
+            crate::commands::RunTo::Start => {}
+        }
+        Ok(to)
+    }
+
+    /// Goes where gdb's `run ARG` asks, from the start.
+    fn run_to(&mut self, to: crate::commands::RunTo) -> anyhow::Result<()> {
+        match to {
+            crate::commands::RunTo::Start => return Ok(()),
+            crate::commands::RunTo::Event(n) => self.timeline.seek(n)?,
+            crate::commands::RunTo::Checkpoint(n) => self.timeline.restore_position(n)?,
+        }
+        self.stop_at_resume = true;
+        Ok(())
+    }
+
+    /// Whether the coming resume stops at once (see [`Self::take_stop_at_resume`]).
+    pub(crate) fn stops_at_resume(&self) -> bool {
+        self.stop_at_resume
+    }
+
+    /// The stop to report at once for the resume that follows `run N` or `restart N`, which
+    /// leaves the replay where it is: a stop with no signal (gdb shows "stopped" and where).
+    pub(crate) fn take_stop_at_resume(&mut self) -> Option<MultiThreadStopReason<u64>> {
+        if !std::mem::take(&mut self.stop_at_resume) {
+            return None;
+        }
+        self.step = None;
+        self.reverse = false;
+        Some(MultiThreadStopReason::SignalWithThread {
+            tid: gdb_tid(self.replay_ref().current_thread()),
+            signal: Signal(0),
+        })
     }
 
     /// The replay, with going backwards.
@@ -155,9 +219,15 @@ impl ReplayTarget {
             .replay_ref()
             .thread(recorded_tid(tid))
             .map_err(|_| TargetError::Errno(libc::ESRCH as u8))?;
+        let avx512 = if crate::arch::avx512() {
+            t.avx512_regs().map_err(TargetError::Fatal)?
+        } else {
+            None
+        };
         Ok(Registers {
             gpr: t.regs().map_err(TargetError::Fatal)?,
             fp: t.fp_regs().map_err(TargetError::Fatal)?,
+            avx512: avx512.unwrap_or_default(),
         })
     }
 }
@@ -271,6 +341,10 @@ impl Target for ReplayTarget {
 
     fn use_vforkdone_stop_reason(&self) -> bool {
         true
+    }
+
+    fn support_host_io(&mut self) -> Option<gdbstub::target::ext::host_io::HostIoOps<'_, Self>> {
+        Some(self)
     }
 }
 
@@ -504,9 +578,21 @@ impl HwWatchpoint for ReplayTarget {
 }
 
 impl ExtendedMode for ReplayTarget {
-    /// gdb's `run`: the replay starts over from where it first started.
-    fn run(&mut self, _filename: Option<&[u8]>, _args: Args<'_, '_>) -> TargetResult<Pid, Self> {
+    /// gdb's `run`: the replay starts over from where it first started, or at the event or
+    /// checkpoint its argument names (see [`crate::commands::RunTo`]).
+    fn run(&mut self, _filename: Option<&[u8]>, mut args: Args<'_, '_>) -> TargetResult<Pid, Self> {
+        let to = crate::commands::RunTo::parse(args.next()).and_then(|to| self.check_run_to(to));
+        let to = match to {
+            Ok(to) => to,
+            Err(e) => {
+                eprintln!("deja: {e:#}");
+                return Err(TargetError::NonFatal);
+            }
+        };
         self.start_over().map_err(TargetError::Fatal)?;
+        if let Err(e) = self.run_to(to) {
+            eprintln!("deja: {e:#}; the replay is at its start");
+        }
         Ok(gdb_tid(self.replay_ref().process()))
     }
 

@@ -29,12 +29,14 @@ pub struct TlsRequest {
 }
 
 /// The size of gdbstub's packet buffer, which it tells gdb as `PacketSize`: the longest
-/// packet (`$`, body, `#`, checksum) the server takes.
-pub const PACKET_SIZE: usize = 4096;
+/// packet (`$`, body, `#`, checksum) the server takes. rr's size: gdb then reads and writes
+/// memory in pieces this large (fewer round trips), and a `g` packet with the AVX-512
+/// registers fits.
+pub const PACKET_SIZE: usize = 100_000;
 
 /// The most bytes one memory read (`m`) returns: its reply, two hex digits a byte, fits a
 /// packet, and gdbstub reads it in one piece of its buffer.
-pub const MAX_MEM_READ: u64 = 2048;
+pub const MAX_MEM_READ: u64 = 49_152;
 
 /// gdb's interrupt byte (Ctrl-C).
 const INTERRUPT: u8 = 0x03;
@@ -60,6 +62,13 @@ pub enum Incoming {
         /// Whether the server answers the packet.
         reply: bool,
     },
+    /// A `qXfer:siginfo:read` packet (already acknowledged) for the thread gdb last selected
+    /// with `Hg` (`None`: any thread), reading `length` bytes at `offset`: answer it with
+    /// [`GdbConnection::send_xfer_reply`]. An error if its arguments make no sense.
+    SigInfo {
+        thread: Option<u64>,
+        range: anyhow::Result<(u64, usize)>,
+    },
     /// Something gdb never sends (noise between packets, a damaged or oversized packet),
     /// dropped or already answered: nothing for gdbstub.
     Skipped,
@@ -80,6 +89,11 @@ pub struct GdbConnection {
     no_ack: bool,
     /// The part of the protocol about processes (see `crate::procs`).
     pub procs: crate::procs::ProcFilter,
+    /// The thread gdb last selected with `Hg` (`None`: any), which `qXfer:siginfo` reads.
+    general_thread: Option<u64>,
+    /// The packet gdbstub is writing, sent whole when it flushes (one write, not one a
+    /// byte; and the `qSupported` reply gets deja's own features).
+    out: Vec<u8>,
 }
 
 impl GdbConnection {
@@ -90,6 +104,8 @@ impl GdbConnection {
             ahead: VecDeque::new(),
             no_ack: false,
             procs: Default::default(),
+            general_thread: None,
+            out: Vec::new(),
         }
     }
 
@@ -140,6 +156,18 @@ impl GdbConnection {
                 self.write_bytes(b"+")?;
             }
             return Ok(Incoming::GetTlsAddr(parse_tls_request(body)));
+        }
+        if let Some(range) = crate::xfer::siginfo_request(body) {
+            if !self.no_ack {
+                self.write_bytes(b"+")?;
+            }
+            return Ok(Incoming::SigInfo {
+                thread: self.general_thread,
+                range,
+            });
+        }
+        if let Some(thread) = crate::xfer::general_thread(body) {
+            self.general_thread = thread;
         }
         match self.procs.incoming(body) {
             Filtered::Pass => {}
@@ -223,6 +251,20 @@ impl GdbConnection {
         self.write_bytes(&frame(format!("O{hex}").as_bytes()))
     }
 
+    /// Answers a `qXfer` read of `length` bytes at `offset` of `whole` (an error if `None`).
+    pub fn send_xfer_reply(
+        &mut self,
+        whole: Option<&[u8]>,
+        offset: u64,
+        length: usize,
+    ) -> std::io::Result<()> {
+        let body = match whole {
+            Some(whole) => crate::xfer::xfer_reply(whole, offset, length),
+            None => b"E01".to_vec(),
+        };
+        self.write_bytes(&frame(&body))
+    }
+
     /// Whether something from gdb (its interrupt byte) waits to be read.
     pub fn has_input(&self) -> bool {
         !self.ahead.is_empty() || stream_has_input(&self.stream)
@@ -243,19 +285,31 @@ impl GdbConnection {
 impl gdbstub::conn::Connection for GdbConnection {
     type Error = std::io::Error;
 
+    /// Acknowledgements go out at once (gdb may wait for one before anything else); a
+    /// packet is kept until gdbstub flushes it.
     fn write(&mut self, byte: u8) -> Result<(), Self::Error> {
-        let stream = &mut self.stream;
-        self.procs
-            .outgoing(&[byte], &mut |b| Write::write_all(stream, b))
+        self.write_all(&[byte])
     }
 
     fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
-        let stream = &mut self.stream;
-        self.procs
-            .outgoing(buf, &mut |b| Write::write_all(stream, b))
+        match buf.first() {
+            Some(b'+' | b'-') if self.out.is_empty() => Write::write_all(&mut self.stream, buf),
+            _ => {
+                self.out.extend_from_slice(buf);
+                Ok(())
+            }
+        }
     }
 
     fn flush(&mut self) -> Result<(), Self::Error> {
+        let out = std::mem::take(&mut self.out);
+        if matches!(out.get(..2), Some(b"$T" | b"$S")) {
+            // gdb takes a stop reply's thread as the stub's selected one from then on.
+            self.general_thread = None;
+        }
+        let out = crate::xfer::with_siginfo_feature(&out).unwrap_or(out);
+        let out = self.procs.outgoing(out);
+        Write::write_all(&mut self.stream, &out)?;
         Write::flush(&mut self.stream)
     }
 
@@ -417,6 +471,7 @@ mod tests {
                 Incoming::GetTlsAddr(req) => return (passed, req),
                 Incoming::Skipped => panic!("nothing to skip was sent"),
                 Incoming::FollowChild { .. } => panic!("no fork was reported"),
+                Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
             }
         }
     }
@@ -452,6 +507,7 @@ mod tests {
             match incoming {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(_) => panic!("no TLS request was sent"),
+                Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
                 Incoming::Skipped => {}
                 Incoming::FollowChild { .. } => panic!("no fork was reported"),
             }
@@ -486,12 +542,12 @@ mod tests {
         let (mut conn, mut gdb) = pair();
         let mut sent = frame(b"m401000,ffffffffffffffffffff");
         sent.extend_from_slice(&frame(b"m401000,10"));
-        sent.extend_from_slice(&frame(b"m401000,801"));
+        sent.extend_from_slice(&frame(b"m401000,c001"));
         gdb.write_all(&sent).expect("sending");
         gdb.shutdown(std::net::Shutdown::Write).expect("closing");
-        let mut want = frame(b"m401000,800");
+        let mut want = frame(b"m401000,c000");
         want.extend_from_slice(&frame(b"m401000,10"));
-        want.extend_from_slice(&frame(b"m401000,800"));
+        want.extend_from_slice(&frame(b"m401000,c000"));
         assert_eq!(all_passed(&mut conn), want);
         assert_eq!(clamped_mem_read(b"m401000,zz"), None);
         assert_eq!(clamped_mem_read(b"mo,ffffff"), None);

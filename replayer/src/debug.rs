@@ -277,6 +277,12 @@ pub(crate) struct Debug {
     pub proc_events: ProcEvents,
     /// Process events of the debugged process to report, each before its task next runs.
     pub proc_halts: std::collections::VecDeque<Halt>,
+    /// The recorded `siginfo_t` of the last signal delivered to each task (gdb's
+    /// `$_siginfo`).
+    pub siginfo: std::collections::HashMap<Tid, Vec<u8>>,
+    /// The debugged process's command line as its last exec had it (`/proc/PID/cmdline`:
+    /// each argument followed by a NUL).
+    pub cmdline: Vec<u8>,
 }
 
 impl Debug {
@@ -309,6 +315,8 @@ impl Debug {
             pending_breakpoints: BTreeSet::new(),
             proc_events: ProcEvents::default(),
             proc_halts: Default::default(),
+            siginfo: Default::default(),
+            cmdline: Vec::new(),
         }
     }
 
@@ -342,6 +350,8 @@ impl Debug {
             pending_breakpoints: self.pending_breakpoints.clone(),
             proc_events: self.proc_events,
             proc_halts: self.proc_halts.clone(),
+            siginfo: self.siginfo.clone(),
+            cmdline: self.cmdline.clone(),
         }
     }
 

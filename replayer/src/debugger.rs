@@ -31,7 +31,7 @@ pub enum Resume {
 /// A replay under a debugger's control. Must be used from the thread that made it (the
 /// tracer).
 pub struct DebugReplay {
-    session: Session,
+    pub(crate) session: Session,
     /// The halt that ends the replay (the process ended, or the recording did).
     finished: Option<Halt>,
 }
@@ -45,6 +45,7 @@ impl DebugReplay {
         debug.exe = start.exe.clone();
         debug.comm = start.comm.clone();
         debug.auxv = start.auxv.clone();
+        debug.cmdline = start.cmdline.clone();
         let session = Session::open(
             dir,
             &ReplayOptions {

@@ -45,16 +45,21 @@ pub struct StartPoint {
     /// gdb needs to find the program's load address and the dynamic loader's (a forked child
     /// has its parent's).
     pub auxv: Vec<u8>,
+    /// The command line of that program's exec (each argument followed by a NUL), which a
+    /// forked child keeps too.
+    pub cmdline: Vec<u8>,
     /// After reaching `event`, the replay goes on to the process's end (see
     /// [`DebugOptions::at_exit`]).
     pub at_exit: bool,
 }
 
-/// What a process runs: the trace's file of its executable and its auxiliary vector.
+/// What a process runs: the trace's file of its executable, its auxiliary vector and
+/// command line.
 #[derive(Debug, Clone)]
 struct Program {
     exe: FileRef,
     auxv: Vec<u8>,
+    cmdline: Vec<u8>,
 }
 
 /// Finds where the replay of `dir` starts for `opts`: after the debugged process's first
@@ -88,6 +93,7 @@ pub fn start_point(dir: &Path, opts: &DebugOptions) -> Result<StartPoint> {
                 let program = Program {
                     exe: e.exe.clone(),
                     auxv: tracee::auxv::raw(&e.stack),
+                    cmdline: e.argv.iter().flat_map(|a| a.bytes().chain([0])).collect(),
                 };
                 program_of.insert(process, program.clone());
                 if process == wanted {
@@ -158,6 +164,7 @@ pub fn start_point(dir: &Path, opts: &DebugOptions) -> Result<StartPoint> {
         exe: reader.file_path(&program.exe)?,
         comm: crate::debug::comm_of(&program.exe.path),
         auxv: program.auxv,
+        cmdline: program.cmdline,
         at_exit: opts.at_exit,
     })
 }
