@@ -101,7 +101,8 @@ enum Command {
         )]
         fork: Option<i32>,
         /// Start at the end of a process (the debugged one by default, or PID): at the
-        /// syscall that ends it, from where gdb can go backwards.
+        /// syscall that ends it, from where gdb can go backwards. (Name the trace before
+        /// `-e`: a value after it is taken as the PID.)
         #[arg(
             short = 'e',
             long = "onexit",
