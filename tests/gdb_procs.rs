@@ -293,3 +293,39 @@ fn e_of_a_process_a_signal_killed_stops_where_the_signal_came() {
     assert_has(&all, "(volatile int *) 0x10");
     assert_has(&all, "Program terminated with signal SIGSEGV");
 }
+
+#[test]
+fn catch_exec_of_a_thread_shows_the_new_program_with_one_thread() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, rec) = ctx.record(threaded("thread_exec"), &[]);
+    assert!(rec.status.success(), "{}", describe("rec", &rec));
+    let pid = ctx.ps(&trace)[0].pid.clone();
+    let all = session(
+        &ctx,
+        &trace,
+        &["-q"],
+        &[
+            "catch exec",
+            "continue",
+            "info threads",
+            "break main",
+            "continue",
+            "print argc",
+            "continue",
+            "continue",
+        ],
+    );
+    // The thread that exec'd takes the process id; the threads the exec killed are gone.
+    assert_has(&all, "Catchpoint 1 (exec'd ");
+    assert_has(&all, &format!("* 1    Thread {pid}.{pid} "));
+    assert!(!all.contains("  2    Thread"), "{all}");
+    assert_has(&all, "Breakpoint 2, main (argc=2");
+    assert_has(&all, "$1 = 2");
+    assert_has(
+        &all,
+        &format!("[Inferior 1 (process {pid}) exited normally]"),
+    );
+}

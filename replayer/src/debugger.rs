@@ -122,11 +122,14 @@ impl DebugReplay {
     }
 
     /// The threads of the debugged process that exist now (recorded ids, ascending).
+    /// A thread another thread's exec killed is left out: the replay keeps it until its
+    /// recorded end, but it has no registers to show any more.
     pub fn threads(&self) -> Vec<Tid> {
         let mut ids: Vec<Tid> = self
             .session
             .tasks
             .in_process(self.process())
+            .filter(|(_, t)| !gone(t.tracee.pid().as_raw()))
             .map(|(id, _)| id)
             .collect();
         ids.sort_unstable();
@@ -460,5 +463,17 @@ impl DebugReplay {
 impl Drop for DebugReplay {
     fn drop(&mut self) {
         self.session.tasks.kill_all();
+    }
+}
+
+/// Whether the task with kernel id `tid` has ended (gone, or a zombie waiting to be reaped).
+fn gone(tid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold any byte.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| matches!(state, 'Z' | 'X')),
+        Err(_) => true,
     }
 }
