@@ -14,12 +14,16 @@
 //! - Packets for another process than the debugged one (after `Hg p<pid>.<tid>`: gdb
 //!   removing its breakpoints from a fork's child before it detaches it) are answered here:
 //!   the child has none of gdb's breakpoints (deja puts the program's bytes back in it), so
-//!   removals succeed and anything else fails.
+//!   breakpoint changes succeed; until the child is detached, register and memory reads show
+//!   the parent's state with `rax` 0 (the child's at its fork); anything else fails.
 //! - `D;<child>` (`detach-on-fork on`, following the parent) and `vKill` of another process
 //!   are answered OK here: the child goes on replaying as recorded. `D;<parent>` right after a
-//!   fork (`follow-fork-mode child`) goes to the server, which makes the child the debugged
-//!   process. gdb resuming without detaching the child (`detach-on-fork off`) is noted: the
-//!   server tells gdb's console that deja cannot keep it (see [`ProcFilter::kept_child`]).
+//!   fork (`follow-fork-mode child`), or `Hg` of the child right after a vfork, goes to the
+//!   server, which makes the child the debugged process. gdb resuming without detaching the
+//!   child (`detach-on-fork off`) is noted: the server tells gdb's console that deja cannot
+//!   keep it (see [`ProcFilter::kept_child`]); detaching the debugged process while gdb still
+//!   counts such children is answered here too, so that the session lasts until gdb has
+//!   detached them all.
 
 use replayer::ProcEvents;
 
@@ -68,7 +72,6 @@ pub struct ProcFilter {
     known: std::collections::BTreeSet<u64>,
     /// That fork was a `vfork`.
     reported_vfork: bool,
-
     /// A child gdb resumed without detaching (`detach-on-fork off`), to tell it about.
     kept: Option<u64>,
     /// The change to make to the next packet sent.
@@ -177,7 +180,8 @@ impl ProcFilter {
             // there: accepted, never hit (the child is not debugged; deja says so).
             let at_fork = self.reported_child.is_some();
             return match body.first() {
-                // Removing a breakpoint the child does not have: done.
+                // Breakpoints in the child: none of gdb's are there to remove, and one
+                // inserted would never be hit (the child is not debugged).
                 Some(b'z' | b'Z') => Filtered::Answer(b"OK".to_vec()),
                 Some(b'g') if at_fork => {
                     self.rewrite = Some(Rewrite::ZeroRax);
