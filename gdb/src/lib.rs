@@ -6,6 +6,7 @@ pub mod arch;
 mod avx512;
 mod commands;
 mod hostio;
+mod procs;
 mod queries;
 pub mod server;
 mod target;

@@ -144,6 +144,8 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
     loop {
         let next = match machine {
             GdbStubStateMachine::Idle(mut gdb) => {
+                let process = target.replay_ref().process() as u64;
+                gdb.borrow_conn().procs.set_debugged(process);
                 let incoming = gdb.borrow_conn().read_incoming();
                 session.used |= incoming.is_ok();
                 match incoming {
@@ -157,6 +159,10 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                         Ok(GdbStubStateMachine::Idle(gdb))
                     }
                     Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Idle(gdb)),
+                    Ok(Incoming::FollowChild { child, reply }) => {
+                        crate::procs::follow_child(target, gdb.borrow_conn(), child, reply)?;
+                        Ok(GdbStubStateMachine::Idle(gdb))
+                    }
                     // gdb went away.
                     Err(_) => return Ok(session),
                 }
@@ -168,6 +174,8 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                 }
             }
             GdbStubStateMachine::Running(mut gdb) => {
+                let events = gdb.borrow_conn().procs.events();
+                target.timeline().set_proc_events(events);
                 let halt = target.run()?;
                 if matches!(halt, Halt::Interrupted(_)) && gdb.borrow_conn().has_input() {
                     // gdb's interrupt byte: gdbstub then asks for the stop (CtrlCInterrupt).
@@ -184,9 +192,13 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                         }
                         // Noise: the replay runs on.
                         Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Running(gdb)),
+                        // (Not while running: gdb waits for the stop.)
+                        Ok(Incoming::FollowChild { .. }) => Ok(GdbStubStateMachine::Running(gdb)),
                         Err(_) => return Ok(session),
                     }
                 } else {
+                    crate::procs::before_stop(target, gdb.borrow_conn(), halt)
+                        .context("telling gdb about a process event")?;
                     let reason = target.stop_reason(halt);
                     gdb.report_stop(target, reason)
                 }

@@ -213,6 +213,10 @@ impl ReplayTarget {
                 tid: Some(gdb_tid(tid)),
                 pos: ReplayLogPosition::Begin,
             },
+            // (The connection replaces these replies with gdb's fork and exec stops, see
+            // `crate::procs`; gdbstub's own names the child with the parent's pid.)
+            Halt::Fork { tid, .. } | Halt::Exec(tid) => trap(tid),
+            Halt::VForkDone(tid) => MultiThreadStopReason::VForkDone(gdb_tid(tid)),
             Halt::End => MultiThreadStopReason::SignalWithThread {
                 tid: gdb_tid(self.replay_ref().current_thread()),
                 signal: Signal::SIGKILL,
@@ -329,6 +333,19 @@ impl Target for ReplayTarget {
 
     fn support_auxv(&mut self) -> Option<gdbstub::target::ext::auxv::AuxvOps<'_, Self>> {
         Some(self)
+    }
+
+    // Fork, vfork and exec events: see `crate::procs`.
+    fn use_fork_stop_reason(&self) -> bool {
+        true
+    }
+
+    fn use_vfork_stop_reason(&self) -> bool {
+        true
+    }
+
+    fn use_vforkdone_stop_reason(&self) -> bool {
+        true
     }
 
     fn support_host_io(&mut self) -> Option<gdbstub::target::ext::host_io::HostIoOps<'_, Self>> {

@@ -9,6 +9,8 @@ use std::os::fd::AsRawFd;
 
 use anyhow::{bail, Context};
 
+use crate::procs::Filtered;
+
 /// The packet gdb sends for the address of a thread-local variable.
 const TLS_PACKET: &[u8] = b"qGetTLSAddr:";
 
@@ -51,6 +53,15 @@ pub enum Incoming {
     /// A `qGetTLSAddr` packet (already acknowledged): answer it with
     /// [`GdbConnection::send_tls_reply`]. An error if its arguments make no sense.
     GetTlsAddr(anyhow::Result<TlsRequest>),
+    /// gdb follows a fork's child (`follow-fork-mode child`): switch to the child, then
+    /// answer (`reply`: the packet, a detach of the parent, was acknowledged) or let gdbstub
+    /// read the packet (a `Hg` naming the child after a vfork), which comes next.
+    FollowChild {
+        /// The child.
+        child: u64,
+        /// Whether the server answers the packet.
+        reply: bool,
+    },
     /// A `qXfer:siginfo:read` packet (already acknowledged) for the thread gdb last selected
     /// with `Hg` (`None`: any thread), reading `length` bytes at `offset`: answer it with
     /// [`GdbConnection::send_xfer_reply`]. An error if its arguments make no sense.
@@ -76,6 +87,8 @@ pub struct GdbConnection {
     /// Whether `QStartNoAckMode` went to gdbstub: neither side acknowledges packets any more
     /// (deja's target keeps gdbstub's default of accepting it).
     no_ack: bool,
+    /// The part of the protocol about processes (see `crate::procs`).
+    pub procs: crate::procs::ProcFilter,
     /// The thread gdb last selected with `Hg` (`None`: any), which `qXfer:siginfo` reads.
     general_thread: Option<u64>,
     /// The packet gdbstub is writing, sent whole when it flushes (one write, not one a
@@ -90,6 +103,7 @@ impl GdbConnection {
             stream,
             ahead: VecDeque::new(),
             no_ack: false,
+            procs: Default::default(),
             general_thread: None,
             out: Vec::new(),
         }
@@ -155,6 +169,29 @@ impl GdbConnection {
         if let Some(thread) = crate::xfer::general_thread(body) {
             self.general_thread = thread;
         }
+        match self.procs.incoming(body) {
+            Filtered::Pass => {}
+            Filtered::Answer(reply) => {
+                if !self.no_ack {
+                    self.write_bytes(b"+")?;
+                }
+                self.write_bytes(&frame(&reply))?;
+                return Ok(Incoming::Skipped);
+            }
+            Filtered::FollowChild(child) => {
+                if !self.no_ack {
+                    self.write_bytes(b"+")?;
+                }
+                return Ok(Incoming::FollowChild { child, reply: true });
+            }
+            Filtered::FollowChildThenPass(child) => {
+                self.ahead.extend(&packet);
+                return Ok(Incoming::FollowChild {
+                    child,
+                    reply: false,
+                });
+            }
+        }
         if body == NO_ACK_PACKET {
             self.no_ack = true;
         }
@@ -200,6 +237,18 @@ impl GdbConnection {
             None => "E01".to_string(),
         };
         self.write_bytes(&frame(body.as_bytes()))
+    }
+
+    /// Answers a packet the server took (see [`Incoming::FollowChild`]) with `body`.
+    pub fn send_reply(&mut self, body: &[u8]) -> std::io::Result<()> {
+        self.write_bytes(&frame(body))
+    }
+
+    /// Writes `text` on gdb's console: an `O` packet, which gdb takes while it waits for a
+    /// stop reply (send it right before one).
+    pub fn send_console(&mut self, text: &str) -> std::io::Result<()> {
+        let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+        self.write_bytes(&frame(format!("O{hex}").as_bytes()))
     }
 
     /// Answers a `qXfer` read of `length` bytes at `offset` of `whole` (an error if `None`).
@@ -259,6 +308,7 @@ impl gdbstub::conn::Connection for GdbConnection {
             self.general_thread = None;
         }
         let out = crate::xfer::with_siginfo_feature(&out).unwrap_or(out);
+        let out = self.procs.outgoing(out);
         Write::write_all(&mut self.stream, &out)?;
         Write::flush(&mut self.stream)
     }
@@ -420,6 +470,7 @@ mod tests {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(req) => return (passed, req),
                 Incoming::Skipped => panic!("nothing to skip was sent"),
+                Incoming::FollowChild { .. } => panic!("no fork was reported"),
                 Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
             }
         }
@@ -458,6 +509,7 @@ mod tests {
                 Incoming::GetTlsAddr(_) => panic!("no TLS request was sent"),
                 Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
                 Incoming::Skipped => {}
+                Incoming::FollowChild { .. } => panic!("no fork was reported"),
             }
         }
         passed

@@ -16,13 +16,15 @@ mod point;
 mod seccomp;
 mod session;
 mod sigmask;
+mod start;
 mod tasks;
 mod timeline;
 
-pub use debug::{Halt, HwPoint, Position, WatchKind};
-pub use debugger::{start_point, DebugOptions, DebugReplay, Resume, StartPoint};
+pub use debug::{Halt, HwPoint, Position, ProcEvents, WatchKind};
+pub use debugger::{DebugReplay, Resume};
 pub use divergence::{Divergence, Incomplete};
 pub use diversion::Diversion;
 pub use inspect::{PROC_FILES, PROC_LINKS};
 pub use session::{replay, Progress, ReplayOptions, ReplayOutcome};
+pub use start::{start_point, DebugOptions, StartPoint};
 pub use timeline::Timeline;

@@ -194,6 +194,19 @@ impl Session {
         } else {
             Some(r.r10)
         };
+        if e.child_pid == e.child && self.debugged(tid) {
+            if let Some(d) = self.debug.as_mut() {
+                let vfork = e.flags & libc::CLONE_VFORK as u64 != 0;
+                d.note_proc_event(Halt::Fork {
+                    tid,
+                    child: e.child,
+                    vfork,
+                });
+                if vfork {
+                    d.note_proc_event(Halt::VForkDone(tid));
+                }
+            }
+        }
         let c = self.task(e.child)?;
         c.clear_tid_at = clear_tid_at.filter(|&a| a != 0);
         let shares_vm = e.flags & libc::CLONE_VM as u64 != 0 && e.child_pid == e.child;

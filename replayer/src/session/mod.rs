@@ -437,6 +437,11 @@ impl Session {
             d.exe = reader.file_path(&ev.exe)?;
             d.comm = debug::comm_of(&ev.exe.path);
             d.auxv = tracee::auxv::raw(&ev.stack);
+            if self.index > 0 {
+                // (Reported under the process's id: a thread's exec makes it the main one.)
+                let process = d.process;
+                d.note_proc_event(Halt::Exec(process));
+            }
         }
         Ok(())
     }
