@@ -128,6 +128,10 @@ pub struct Task {
     /// An asynchronous signal was just delivered by a single step: its stop (at the handler's
     /// first instruction) is still that signal's boundary.
     pub entering_handler: bool,
+    /// The lane (tracer thread) that traces it (see `recording::lanes`).
+    pub lane: u8,
+    /// It has just executed a new program and not run since (it may move to another lane).
+    pub just_execed: bool,
 }
 
 impl Task {
@@ -147,6 +151,8 @@ impl Task {
             slot: None,
             library_pending: false,
             entering_handler: false,
+            lane: 0,
+            just_execed: false,
         }
     }
 

@@ -23,7 +23,7 @@
 //! new tracer once the mask is restored and the task resumed. The new tracer holds the task
 //! with `PTRACE_SEIZE` (its group-stops are reported as `PTRACE_EVENT_STOP`s).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use nix::unistd::Pid;
 
 use crate::regs::Regs;
@@ -66,11 +66,11 @@ impl Parked {
 /// Parks the stopped task `t`, traced by the calling thread, and detaches it (see the module
 /// documentation). `allowed_syscall` is the address of a `syscall` instruction in the task
 /// that deja's seccomp filter lets through without a stop (the library's own).
-pub fn park(t: Tracee, at: ParkedAt, allowed_syscall: u64) -> Result<Parked> {
+pub fn park(t: &Tracee, at: ParkedAt, allowed_syscall: u64) -> Result<Parked> {
     let pid = t.pid();
     let regs = t.regs()?;
-    let mask = signal_mask(&t)?;
-    set_signal_mask(&t, !0)?;
+    let mask = signal_mask(t)?;
+    set_signal_mask(t, !0)?;
     let mut wait = regs;
     wait.rip = allowed_syscall;
     wait.rax = libc::SYS_pause as u64;
@@ -92,9 +92,10 @@ pub fn park(t: Tracee, at: ParkedAt, allowed_syscall: u64) -> Result<Parked> {
 }
 
 /// Takes the parked task `p` over from the calling thread with `PTRACE_SEIZE` and ptrace
-/// `options` (`PTRACE_O_*`), and puts its registers and signal mask back. Returns it stopped
-/// (in a `PTRACE_EVENT_STOP`), ready to be resumed.
-pub fn adopt(p: Parked, options: libc::c_int) -> Result<Tracee> {
+/// `options` (`PTRACE_O_*`), and puts its registers and signal mask back through `t` (a handle
+/// of the task: any thread's, its requests are the calling thread's). Leaves it stopped (in a
+/// `PTRACE_EVENT_STOP`), ready to be resumed.
+pub fn adopt(t: &Tracee, p: Parked, options: libc::c_int) -> Result<()> {
     let pid = p.pid;
     // SAFETY: plain ptrace requests on a task no thread traces (it was detached by `park`).
     if unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid.as_raw(), 0, options as usize) } < 0 {
@@ -110,7 +111,7 @@ pub fn adopt(p: Parked, options: libc::c_int) -> Result<Tracee> {
         Stop::Event(PTRACE_EVENT_STOP) => {}
         other => bail!("the parked task {pid} stopped unexpectedly when seized: {other:?}"),
     }
-    let t = Tracee::attach_traced(pid)?;
+    ensure!(t.pid() == pid, "adopting task {pid} through the handle of task {}", t.pid());
     let mut regs = p.regs;
     if p.at == ParkedAt::SyscallEntry {
         // Back onto the `syscall` instruction, with the call's number: it runs again.
@@ -119,6 +120,5 @@ pub fn adopt(p: Parked, options: libc::c_int) -> Result<Tracee> {
         regs.orig_rax = u64::MAX;
     }
     t.set_regs(&regs)?;
-    set_signal_mask(&t, p.mask)?;
-    Ok(t)
+    set_signal_mask(t, p.mask)
 }

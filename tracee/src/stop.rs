@@ -100,7 +100,7 @@ fn wait(pid: Option<Pid>, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pi
     loop {
         let mut status: libc::c_int = 0;
         // SAFETY: waitpid stores one int at `status`, a local that outlives the call.
-        let who = unsafe { libc::waitpid(target, &mut status, libc::__WALL) };
+        let who = unsafe { libc::waitpid(target, &mut status, libc::__WALL | libc::__WNOTHREAD) };
         if who < 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EINTR) {
