@@ -3,6 +3,7 @@
 //! events in the trace (see the crate README).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -200,16 +201,17 @@ impl Session {
         let tick = Duration::from_micros(TICK_MICROS.load(Ordering::Relaxed));
         let m: lanes::Shared = std::sync::Mutex::new(self);
         let result = std::thread::scope(|scope| {
+            let (to_first, from_second) = std::sync::mpsc::channel();
             if let Some(cpu) = second {
                 let (tx, rx) = std::sync::mpsc::channel();
-                lanes::lock(&m).link_second_lane(tx, cpu);
+                lanes::lock(&m).link_second_lane(tx, cpu, to_first);
                 let m = &m;
                 std::thread::Builder::new()
                     .name("deja-tracer-2".into())
                     .spawn_scoped(scope, move || lanes::second_lane(m, rx, cpu, tick))
                     .context("starting the second tracer thread")?;
             }
-            let r = first_lane(&m);
+            let r = first_lane(&m, &from_second);
             let mut s = lanes::lock(&m);
             s.unlink_second_lane();
             if r.is_err() {
@@ -392,6 +394,12 @@ impl Session {
                     self.current = Some(tid);
                     return self.on_syscall_entry(tid);
                 }
+                State::Moved => {
+                    // It makes its syscall again: its entry stop comes at once.
+                    self.current = Some(tid);
+                    t.boundary = None;
+                    return t.tracee.cont(0);
+                }
                 other => t.state = other,
             }
         }
@@ -493,7 +501,8 @@ impl Session {
             | State::ReadyAfter(_)
             | State::Preempted
             | State::GroupStopped(_)
-            | State::ReadyToContinue(_) => {
+            | State::ReadyToContinue(_)
+            | State::Moved => {
                 if stop == Stop::Exec {
                     bail!(THREAD_EXEC);
                 }
@@ -630,13 +639,14 @@ impl Session {
 
 /// The first lane's loop (the recorder's tracer thread): records its tasks until every task
 /// of the recording has ended.
-fn first_lane(m: &lanes::Shared) -> Result<()> {
+fn first_lane(m: &lanes::Shared, back: &Receiver<lanes::Moved>) -> Result<()> {
     loop {
         {
             let mut s = lanes::lock(m);
             if let Some(e) = s.lane_failure.take() {
                 return Err(e);
             }
+            s.take_moved_back(back)?;
             s.schedule_lane()?;
             if s.tasks.is_empty() {
                 return Ok(());
@@ -652,7 +662,7 @@ fn first_lane(m: &lanes::Shared) -> Result<()> {
                 continue;
             }
         }
-        let stop = wait_first(m)?;
+        let stop = wait_first(m, back)?;
         let mut s = lanes::lock(m);
         if let Some((pid, stop)) = stop {
             let handled = s.dispatch(pid.as_raw(), stop);
@@ -668,11 +678,18 @@ fn first_lane(m: &lanes::Shared) -> Result<()> {
 /// for the lane's time slice and flushes (see [`Session::on_tick`]) and checks for a request
 /// to stop. `None` when a tick found a group-stopped task whose process got a `SIGCONT` (see
 /// `group_stop`).
-fn wait_first(m: &lanes::Shared) -> Result<Option<(Pid, Stop)>> {
+fn wait_first(m: &lanes::Shared, back: &Receiver<lanes::Moved>) -> Result<Option<(Pid, Stop)>> {
     set_ticks_blocked(false);
     let stop = tracee::stop::wait_any(&mut || {
         set_ticks_blocked(true);
-        let ticked = lanes::lock(m).on_tick();
+        let ticked = {
+            let mut s = lanes::lock(m);
+            s.on_tick().and_then(|()| {
+                // A task moved back from the second lane wakes this wait; it may get the CPU.
+                s.take_moved_back(back)?;
+                s.schedule_lane()
+            })
+        };
         set_ticks_blocked(false);
         ticked?;
         crate::session::stop_requested()

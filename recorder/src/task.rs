@@ -61,6 +61,9 @@ pub enum State {
     GroupStopped(Option<Box<Entry>>),
     /// Continued after a group-stop, waiting for the CPU to go on.
     ReadyToContinue(Option<Box<Entry>>),
+    /// Moved from another lane at a syscall's entry (see `recording::lanes`): stopped right
+    /// before making that syscall again, waiting for the CPU.
+    Moved,
 }
 
 impl State {
@@ -87,6 +90,7 @@ impl State {
                     ..
                 })
                 | State::ReadyToContinue(_)
+                | State::Moved
         )
     }
 }

@@ -26,7 +26,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
 use trace_format::{Event, ExitEvent, LaneEvent};
 use tracee::migrate::{adopt, park, Parked, ParkedAt};
@@ -41,19 +41,26 @@ pub(crate) const FIRST: u8 = 0;
 /// The lane of the thread on the other CPU.
 pub(crate) const SECOND: u8 = 1;
 
-/// A process moved to the second lane: its task, parked, and the registers it goes on with.
+/// A process moved to another lane: its task, parked, and the registers it goes on with
+/// right after its event (`None`: moved at a syscall's entry, which it makes again).
 pub(crate) struct Moved {
     tid: i32,
     parked: Parked,
-    regs: Regs,
+    regs: Option<Regs>,
 }
 
-/// The first lane's end of the link to the second.
+/// The links between the lanes.
 pub(crate) struct Link {
-    /// Where moved tasks go.
-    tx: Sender<Moved>,
+    /// Where tasks moved to the second lane go (`None` once the first lane has ended).
+    to_second: Option<Sender<Moved>>,
     /// The second lane's CPU.
     cpu: u32,
+    /// Where tasks moved back to the first lane go.
+    to_first: Sender<Moved>,
+    /// The first lane's thread (woken with a `SIGALRM` when a task comes back).
+    first_thread: libc::pid_t,
+    /// The first lane's CPU.
+    first_cpu: u32,
 }
 
 /// One lane's schedule: the session's fields of these names while the lane works.
@@ -94,14 +101,29 @@ impl Session {
         self.tasks.values().any(|t| t.lane == lane)
     }
 
-    /// Sets up the second lane on `cpu`, fed by `tx`.
-    pub(super) fn link_second_lane(&mut self, tx: Sender<Moved>, cpu: u32) {
-        self.lanes = Some(Link { tx, cpu });
+    /// Sets up the second lane on `cpu`, fed by `to_second`; tasks come back to the calling
+    /// thread, the first lane's, through `to_first`.
+    pub(super) fn link_second_lane(
+        &mut self,
+        to_second: Sender<Moved>,
+        cpu: u32,
+        to_first: Sender<Moved>,
+    ) {
+        self.lanes = Some(Link {
+            to_second: Some(to_second),
+            cpu,
+            to_first,
+            // SAFETY: gettid has no arguments and cannot fail.
+            first_thread: unsafe { libc::gettid() },
+            first_cpu: self.cpu,
+        });
     }
 
     /// Ends the link to the second lane: its thread stops once it has no task left.
     pub(super) fn unlink_second_lane(&mut self) {
-        self.lanes = None;
+        if let Some(l) = &mut self.lanes {
+            l.to_second = None;
+        }
     }
 
     /// In [`Session::resume`], right after an `exec` of `tid` (registers `regs`): moves its
@@ -114,7 +136,7 @@ impl Session {
         if !std::mem::take(&mut t.just_execed) {
             return Ok(false);
         }
-        let Some(link) = &self.lanes else {
+        let Some(link) = self.lanes.as_ref().filter(|l| l.to_second.is_some()) else {
             return Ok(false);
         };
         let cpu = link.cpu;
@@ -144,14 +166,106 @@ impl Session {
         t.lane = SECOND;
         t.state = State::Running;
         self.current = None;
-        let moved = Moved { tid, parked, regs };
-        if let Some(link) = &self.lanes {
-            link.tx
-                .send(moved)
+        let moved = Moved {
+            tid,
+            parked,
+            regs: Some(regs),
+        };
+        if let Some(tx) = self.lanes.as_ref().and_then(|l| l.to_second.as_ref()) {
+            tx.send(moved)
                 .map_err(|_| anyhow::anyhow!("the second lane's thread is gone"))?;
         }
         Ok(true)
     }
+
+    /// At the entry of syscall `entry` of `tid`, a task of the second lane: a call that could
+    /// make its process share memory with a process of the other lane (a shared mapping of a
+    /// file, System V shared memory, ptrace, another process's memory) moves the process back
+    /// to the first lane, where it makes the call again. True if it moved.
+    pub(super) fn move_back_for(&mut self, tid: i32, entry: &Regs) -> Result<bool> {
+        if self.lane != SECOND || !shares_across_lanes(entry.orig_rax, entry.rdi, entry.r10) {
+            return Ok(false);
+        }
+        let call = syscalls::name(entry.orig_rax);
+        let t = self.task(tid)?;
+        let (pid, mm) = (t.pid, t.mm);
+        let alone = !self
+            .tasks
+            .values()
+            .any(|o| (o.pid == pid || o.mm == mm || o.mm == pid) && o.tid() != tid);
+        let t = &self.tasks[&tid];
+        let quiet = t.held_signal.is_none() && !t.stop_sent && t.resent.is_empty();
+        if !alone || !quiet {
+            bail!(
+                "a process recorded in parallel with others, with several threads, makes \
+                 {call}, through which it could share memory with them (record it with \
+                 `deja rec --serial`)"
+            );
+        }
+        let Some(link) = &self.lanes else {
+            bail!("no lane to move task {tid} back to");
+        };
+        let (tx, thread, cpu) = (link.to_first.clone(), link.first_thread, link.first_cpu);
+        let insn = syscallbuf::loaded()?.untraced_end - 2;
+        self.writer.push(Event::Lane(LaneEvent { tid, lane: FIRST }))?;
+        tracee::affinity::pin(tid, cpu)?;
+        let parked = park(&t.tracee, ParkedAt::SyscallEntry, insn)
+            .with_context(|| format!("moving task {tid} back to CPU {cpu}"))?;
+        tracing::debug!(tid, call = %call, "moved back to the first lane");
+        let t = self.task(tid)?;
+        t.lane = FIRST;
+        t.state = State::Moved;
+        if self.current == Some(tid) {
+            self.current = None;
+        }
+        tx.send(Moved {
+            tid,
+            parked,
+            regs: None,
+        })
+        .map_err(|_| anyhow::anyhow!("the first lane's thread is gone"))?;
+        // Its wait is interrupted: it takes the task at once.
+        // SAFETY: tgkill of a thread of this process with a signal it handles.
+        unsafe { libc::syscall(libc::SYS_tgkill, std::process::id(), thread, libc::SIGALRM) };
+        Ok(true)
+    }
+
+    /// Takes the tasks moved back to the calling lane, the first, from `rx`: each waits for
+    /// the lane's CPU, to make its syscall again.
+    pub(super) fn take_moved_back(&mut self, rx: &Receiver<Moved>) -> Result<()> {
+        while let Ok(moved) = rx.try_recv() {
+            let tid = moved.tid;
+            adopt(
+                &self.task(tid)?.tracee,
+                moved.parked,
+                tracee::spawn::PTRACE_OPTIONS,
+            )?;
+            self.ready.push_back(tid);
+        }
+        Ok(())
+    }
+}
+
+/// Whether syscall `nr` (first argument `a0`, fourth `a3`) could make its process share memory
+/// with processes of another lane: a shared mapping that is not anonymous (of a file, a
+/// memfd, a device), System V shared memory, ptrace, reading or writing another process's
+/// memory.
+fn shares_across_lanes(nr: u64, _a0: u64, a3: u64) -> bool {
+    let shared_map = {
+        // The mapping type (`MAP_TYPE`, the low four bits): `MAP_SHARED_VALIDATE` is 3.
+        let kind = a3 & 0xf;
+        (kind == libc::MAP_SHARED as u64 || kind == libc::MAP_SHARED_VALIDATE as u64)
+            && a3 & libc::MAP_ANONYMOUS as u64 == 0
+    };
+    (nr == libc::SYS_mmap as u64 && shared_map)
+        || [
+            libc::SYS_shmat,
+            libc::SYS_ptrace,
+            libc::SYS_process_vm_readv,
+            libc::SYS_process_vm_writev,
+        ]
+        .iter()
+        .any(|&n| n as u64 == nr)
 }
 
 /// The second lane's thread: pinned to `cpu`, adopts the processes the first lane moves to it
@@ -214,6 +328,7 @@ pub(crate) fn second_lane(m: &Shared, rx: Receiver<Moved>, cpu: u32, tick: Durat
 fn take_moved(m: &Shared, sched: &mut Sched, moved: Moved) -> Result<()> {
     let mut s = lock(m);
     let Moved { tid, parked, regs } = moved;
+    let regs = regs.context("a task moved to the second lane without its registers")?;
     adopt(
         &s.task(tid)?.tracee,
         parked,
