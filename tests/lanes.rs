@@ -30,7 +30,10 @@ fn exec_children_are_recorded_in_parallel_and_replay() {
     assert_stdout_has(
         "rec of lanes parallel",
         &r.rec,
-        &["child 0: 390 bytes, status 0\n", "child 1: 393 bytes, status 0\n"],
+        &[
+            "child 0: 390 bytes, status 0\n",
+            "child 1: 393 bytes, status 0\n",
+        ],
     );
     let moves = lane_moves(&r.ctx, &r.trace);
     if two_cpus() {
@@ -75,15 +78,23 @@ fn a_shared_mapping_brings_a_process_back_to_the_first_lane() {
         assert_stdout_has(
             &format!("recording {round}"),
             &rec,
-            &["peer: done at 4000 after ", "parent: done at 3999 after ", "peer status 0\n"],
+            &[
+                "peer: done at 4000 after ",
+                "parent: done at 3999 after ",
+                "peer status 0\n",
+            ],
         );
         let replay = ctx.replay(&trace);
         assert_replay_matches(&rec, &replay);
         let moves = lane_moves(&ctx, &trace);
         if two_cpus() {
             assert_eq!(moves.len(), 2, "{moves:?}");
-            assert!(moves[0].ends_with("moves to lane 1 (recorded in parallel with the other lanes)"));
-            assert!(moves[1].ends_with("moves to lane 0 (recorded in parallel with the other lanes)"));
+            assert!(
+                moves[0].ends_with("moves to lane 1 (recorded in parallel with the other lanes)")
+            );
+            assert!(
+                moves[1].ends_with("moves to lane 0 (recorded in parallel with the other lanes)")
+            );
         }
     }
 }

@@ -111,7 +111,11 @@ pub fn adopt(t: &Tracee, p: Parked, options: libc::c_int) -> Result<()> {
         Stop::Event(PTRACE_EVENT_STOP) => {}
         other => bail!("the parked task {pid} stopped unexpectedly when seized: {other:?}"),
     }
-    ensure!(t.pid() == pid, "adopting task {pid} through the handle of task {}", t.pid());
+    ensure!(
+        t.pid() == pid,
+        "adopting task {pid} through the handle of task {}",
+        t.pid()
+    );
     let mut regs = p.regs;
     if p.at == ParkedAt::SyscallEntry {
         // Back onto the `syscall` instruction, with the call's number: it runs again.

@@ -17,7 +17,6 @@
 //! trace: `wait4`'s status, the `SIGCHLD`): it parks a task at its group-stop, and lets it go on
 //! at its next event (see the replayer's `group_stop`).
 
-
 use anyhow::Result;
 
 use super::Session;
@@ -33,10 +32,9 @@ pub(super) struct Continued;
 
 /// At a tick of the recorder's wait: [`Continued`] if a group-stopped task among `tasks` got a
 /// `SIGCONT`.
-pub(super) fn continued_while_waiting<'a>(
-    mut tasks: impl Iterator<Item = &'a Task>,
-) -> Result<()> {
-    let continued = tasks.any(|t| matches!(t.state, State::GroupStopped(_)) && sigcont_pending(&t.tracee));
+pub(super) fn continued_while_waiting<'a>(mut tasks: impl Iterator<Item = &'a Task>) -> Result<()> {
+    let continued =
+        tasks.any(|t| matches!(t.state, State::GroupStopped(_)) && sigcont_pending(&t.tracee));
     if continued {
         return Err(Continued.into());
     }

@@ -156,7 +156,8 @@ impl Session {
         }
         // The library's own `syscall` instruction, which the filter lets through.
         let insn = syscallbuf::loaded()?.untraced_end - 2;
-        self.writer.push(Event::Lane(LaneEvent { tid, lane: SECOND }))?;
+        self.writer
+            .push(Event::Lane(LaneEvent { tid, lane: SECOND }))?;
         tracee::affinity::pin(tid, cpu)?;
         let t = &self.tasks[&tid];
         let parked = park(&t.tracee, ParkedAt::Elsewhere, insn)
@@ -207,7 +208,8 @@ impl Session {
         };
         let (tx, thread, cpu) = (link.to_first.clone(), link.first_thread, link.first_cpu);
         let insn = syscallbuf::loaded()?.untraced_end - 2;
-        self.writer.push(Event::Lane(LaneEvent { tid, lane: FIRST }))?;
+        self.writer
+            .push(Event::Lane(LaneEvent { tid, lane: FIRST }))?;
         tracee::affinity::pin(tid, cpu)?;
         let parked = park(&t.tracee, ParkedAt::SyscallEntry, insn)
             .with_context(|| format!("moving task {tid} back to CPU {cpu}"))?;
@@ -228,6 +230,34 @@ impl Session {
         // SAFETY: tgkill of a thread of this process with a signal it handles.
         unsafe { libc::syscall(libc::SYS_tgkill, std::process::id(), thread, libc::SIGALRM) };
         Ok(true)
+    }
+
+    /// At a syscall's entry in the first lane: ptrace or another process's memory reached
+    /// across lanes (a task of the second lane, which only its lane's thread may trace, and
+    /// whose memory changes while this lane runs) is refused with an error.
+    pub(super) fn refuse_across_lanes(&self, entry: &Regs) -> Result<()> {
+        let nr = entry.orig_rax;
+        let target = if nr == libc::SYS_ptrace as u64 {
+            entry.rsi as i32
+        } else if nr == libc::SYS_process_vm_readv as u64
+            || nr == libc::SYS_process_vm_writev as u64
+        {
+            entry.rdi as i32
+        } else {
+            return Ok(());
+        };
+        let across = self
+            .tasks
+            .values()
+            .any(|t| (t.tid() == target || t.pid == target) && t.lane != self.lane);
+        if across {
+            bail!(
+                "{} of process {target}, which deja records in parallel with the caller, is not \
+                 supported (record with `deja rec --serial`)",
+                syscalls::name(nr)
+            );
+        }
+        Ok(())
     }
 
     /// Takes the tasks moved back to the calling lane, the first, from `rx`: each waits for
@@ -329,11 +359,7 @@ fn take_moved(m: &Shared, sched: &mut Sched, moved: Moved) -> Result<()> {
     let mut s = lock(m);
     let Moved { tid, parked, regs } = moved;
     let regs = regs.context("a task moved to the second lane without its registers")?;
-    adopt(
-        &s.task(tid)?.tracee,
-        parked,
-        tracee::spawn::PTRACE_OPTIONS,
-    )?;
+    adopt(&s.task(tid)?.tracee, parked, tracee::spawn::PTRACE_OPTIONS)?;
     s.swap_sched(sched);
     s.lane = SECOND;
     let r = s.run_on(tid, regs, false);

@@ -30,6 +30,7 @@ impl Session {
         if self.move_back_for(tid, &entry)? {
             return Ok(());
         }
+        self.refuse_across_lanes(&entry)?;
         if self.ptrace_entry(tid, &entry)? {
             return Ok(());
         }
