@@ -9,11 +9,23 @@
 use std::cell::Cell;
 use std::time::Duration;
 
+/// A thread's timer, deleted when the thread ends (POSIX timers belong to the process).
+struct Timer(Cell<Option<usize>>);
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.get() {
+            // SAFETY: deletes a timer this thread created and nothing else uses.
+            unsafe { libc::timer_delete(t as libc::timer_t) };
+        }
+    }
+}
+
 thread_local! {
     /// How many times the calling thread's timer has fired.
     static FIRED: Cell<u64> = const { Cell::new(0) };
     /// The calling thread's timer, once created.
-    static TIMER: Cell<Option<usize>> = const { Cell::new(None) };
+    static TIMER: Timer = const { Timer(Cell::new(None)) };
 }
 
 extern "C" fn wake_waiter(_: libc::c_int) {
@@ -42,7 +54,7 @@ pub fn start(first: Duration, interval: Duration) {
         tv_sec: d.as_secs() as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
     };
-    let timer = match TIMER.with(Cell::get) {
+    let timer = match TIMER.with(|t| t.0.get()) {
         Some(t) => t as libc::timer_t,
         None => {
             // SAFETY: installs an async-signal-safe handler without SA_RESTART (so the signal
@@ -64,7 +76,7 @@ pub fn start(first: Duration, interval: Duration) {
                     );
                     return;
                 }
-                TIMER.with(|t| t.set(Some(timer as usize)));
+                TIMER.with(|t| t.0.set(Some(timer as usize)));
                 timer
             }
         }
@@ -79,7 +91,7 @@ pub fn start(first: Duration, interval: Duration) {
 
 /// Disarms the calling thread's timer.
 pub fn stop() {
-    if let Some(t) = TIMER.with(Cell::get) {
+    if let Some(t) = TIMER.with(|t| t.0.get()) {
         // SAFETY: a zeroed itimerspec disarms the timer, which this thread created.
         unsafe {
             let spec: libc::itimerspec = std::mem::zeroed();
