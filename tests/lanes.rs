@@ -1,7 +1,8 @@
 //! Processes recorded in parallel (the recorder's lanes: a tracer thread per CPU, see the
 //! recorder's README): exec'd children run on two CPUs and replay exactly; a process that maps
 //! a file shared comes back to the first lane, so two processes handing a counter back and
-//! forth through shared memory still replay exactly; `--serial` records one task at a time.
+//! forth through shared memory still replay exactly; job control reaches a process of the
+//! other lane; `--serial` records one task at a time.
 
 mod common;
 
@@ -96,5 +97,19 @@ fn a_shared_mapping_brings_a_process_back_to_the_first_lane() {
                 moves[1].ends_with("moves to lane 0 (recorded in parallel with the other lanes)")
             );
         }
+    }
+}
+
+#[test]
+fn a_process_of_the_second_lane_is_stopped_and_continued() {
+    let prog = program("lanes");
+    let r = assert_replays_exactly(&prog, &["stop"]);
+    assert_stdout_has(
+        "rec of lanes stop",
+        &r.rec,
+        &["stopped 1 by 19\n", "exited 1 with 3\n", "sleeper 4\n"],
+    );
+    if two_cpus() {
+        assert_eq!(lane_moves(&r.ctx, &r.trace).len(), 1);
     }
 }

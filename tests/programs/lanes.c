@@ -8,9 +8,13 @@
  * (`lanes peer FILE`), which maps the same file shared (the recorder moves it back into the
  * parent's lane there); the two then hand a counter back and forth through the mapping with
  * spin-waits, and each prints how many times it had to wait: numbers that depend on the
- * interleaving. */
+ * interleaving.
+ *
+ * `lanes stop`: forks a child that execs this program (`lanes sleeper`), stops it with
+ * SIGSTOP, sees it stopped, continues it with SIGCONT and waits for its end. */
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +103,33 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
-    fprintf(stderr, "usage: lanes parallel | shared FILE\n");
+    if (argc == 2 && !strcmp(argv[1], "sleeper")) {
+        for (int i = 0; i < 5; i++) {
+            printf("sleeper %d\n", i);
+            fflush(stdout);
+            usleep(20000);
+        }
+        return 3;
+    }
+    if (argc == 2 && !strcmp(argv[1], "stop")) {
+        fflush(stdout);
+        pid_t p = fork();
+        if (p == 0) {
+            execl("/proc/self/exe", argv[0], "sleeper", (char *)0);
+            _exit(8);
+        }
+        usleep(30000);
+        kill(p, SIGSTOP);
+        int st;
+        waitpid(p, &st, WUNTRACED);
+        printf("stopped %d by %d\n", WIFSTOPPED(st), WSTOPSIG(st));
+        fflush(stdout);
+        usleep(20000);
+        kill(p, SIGCONT);
+        waitpid(p, &st, 0);
+        printf("exited %d with %d\n", WIFEXITED(st), WEXITSTATUS(st));
+        return 0;
+    }
+    fprintf(stderr, "usage: lanes parallel | shared FILE | stop\n");
     return 2;
 }

@@ -115,6 +115,9 @@ fn wait(pid: Option<Pid>, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pi
     }
 }
 
+/// `PTRACE_EVENT_STOP` (`linux/ptrace.h`).
+const PTRACE_EVENT_STOP: i32 = 128;
+
 /// A raw `waitpid` status as a [`Stop`] (`None`: a continuation, which ptrace never reports
 /// with these flags).
 fn decode(status: libc::c_int) -> Option<Stop> {
@@ -133,6 +136,10 @@ fn decode(status: libc::c_int) -> Option<Stop> {
         0 if sig == libc::SIGTRAP | 0x80 => Stop::SyscallStop,
         0 => Stop::Signal(sig),
         libc::PTRACE_EVENT_SECCOMP => Stop::SeccompEntry,
+        // A task traced with `PTRACE_SEIZE` (moved between tracer threads, see `migrate`)
+        // reports its group-stops this way: a stop signal's stop like an attached task's,
+        // which a failing `PTRACE_GETSIGINFO` tells from a signal-delivery-stop.
+        PTRACE_EVENT_STOP if sig != libc::SIGTRAP => Stop::Signal(sig),
         libc::PTRACE_EVENT_EXEC => Stop::Exec,
         ev => Stop::Event(ev),
     })

@@ -335,11 +335,10 @@ pub(crate) fn second_lane(m: &Shared, rx: Receiver<Moved>, cpu: u32, tick: Durat
                     let handled = s.dispatch(pid.as_raw(), stop);
                     s.unless_vanished(handled)?;
                 }
-                s.schedule_lane()?;
                 if s.any_group_stopped() {
                     s.continue_group_stops();
                 }
-                Ok(())
+                s.schedule_lane()
             })();
             s.lane = FIRST;
             s.swap_sched(&mut sched);
