@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
-use trace_format::{Event, ExitEvent, LaneEvent};
+use trace_format::{Event, ExitEvent, ExitStatus, LaneEvent};
 use tracee::migrate::{adopt, park, Parked, ParkedAt};
 use tracee::{Regs, Stop};
 
@@ -265,15 +265,55 @@ impl Session {
     pub(super) fn take_moved_back(&mut self, rx: &Receiver<Moved>) -> Result<()> {
         while let Ok(moved) = rx.try_recv() {
             let tid = moved.tid;
-            adopt(
-                &self.task(tid)?.tracee,
-                moved.parked,
-                tracee::spawn::PTRACE_OPTIONS,
-            )?;
-            self.ready.push_back(tid);
+            if self.adopt_or_bury(tid, moved.parked)? {
+                self.ready.push_back(tid);
+            }
         }
         Ok(())
     }
+
+    /// Takes the parked task `tid` over in the calling lane; false if it died while parked
+    /// (only `SIGKILL` can end it there: every other signal is blocked), then its end is
+    /// recorded as such and it is forgotten (its parent reaps it: it is no longer traced).
+    fn adopt_or_bury(&mut self, tid: i32, parked: Parked) -> Result<bool> {
+        let adopted = adopt(
+            &self.task(tid)?.tracee,
+            parked,
+            tracee::spawn::PTRACE_OPTIONS,
+        );
+        let Err(e) = adopted else {
+            return Ok(true);
+        };
+        // (A task being killed may still run its exit for a moment.)
+        let dead = (0..100).any(|_| {
+            exiting(tid) || {
+                std::thread::sleep(Duration::from_millis(1));
+                false
+            }
+        });
+        if !dead {
+            return Err(e);
+        }
+        tracing::debug!(tid, "a parked task was killed: {e:#}");
+        self.on_death(
+            tid,
+            ExitStatus::Signaled(libc::SIGKILL),
+            Stop::Killed(libc::SIGKILL),
+        )?;
+        Ok(false)
+    }
+}
+
+/// Whether task `tid` is gone or dying (a zombie, or dead: `/proc/TID/stat` says `Z` or `X`,
+/// or is no more).
+fn exiting(tid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    matches!(state, Some('Z' | 'X'))
 }
 
 /// Whether syscall `nr` (first argument `a0`, fourth `a3`) could make its process share memory
@@ -358,7 +398,14 @@ fn take_moved(m: &Shared, sched: &mut Sched, moved: Moved) -> Result<()> {
     let mut s = lock(m);
     let Moved { tid, parked, regs } = moved;
     let regs = regs.context("a task moved to the second lane without its registers")?;
-    adopt(&s.task(tid)?.tracee, parked, tracee::spawn::PTRACE_OPTIONS)?;
+    s.swap_sched(sched);
+    s.lane = SECOND;
+    let adopted = s.adopt_or_bury(tid, parked);
+    s.lane = FIRST;
+    s.swap_sched(sched);
+    if !adopted? {
+        return Ok(());
+    }
     s.swap_sched(sched);
     s.lane = SECOND;
     let r = s.run_on(tid, regs, false);
