@@ -40,6 +40,10 @@ enum Command {
         /// The seed is printed and kept in the trace (`deja info`).
         #[arg(long, value_name = "SEED", num_args = 0..=1, require_equals = true)]
         chaos: Option<Option<u64>>,
+        /// Run one task at a time, always: by default processes that share no memory with
+        /// others are recorded in parallel, on two CPUs.
+        #[arg(long)]
+        serial: bool,
         /// Delete the trace when the program exits 0: keep only failing runs (as a test
         /// runner's wrapper, e.g. cargo's CARGO_TARGET_<TRIPLE>_RUNNER). The exit status is
         /// still the program's.
@@ -240,6 +244,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             wait,
             no_syscall_buffer,
             chaos,
+            serial,
             keep_failing,
             until_fail,
             max_runs,
@@ -268,6 +273,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     eprintln!("deja: chaos scheduling with seed {seed}");
                     seed
                 }),
+                parallel: !serial && std::env::var_os("DEJA_SERIAL").is_none(),
             })
         }
         Command::Replay {

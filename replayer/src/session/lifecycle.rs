@@ -181,6 +181,7 @@ impl Session {
             .filter(|b| !b.is_empty());
         self.tasks
             .add(e.child, e.child_pid, child, child_pid, RState::Unstarted);
+        self.inherit_lane(tid, e.child);
         if e.child_pid == e.child {
             self.segv.fork(e.parent_pid, e.child);
             self.sites.fork(e.parent_pid, e.child);
