@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::gdb::{assert_has, gdb_batch, text};
+use common::gdb::{assert_has, gdb_batch, printed, text};
 use common::*;
 
 /// `divert.c` without optimization, so every local is visible.
@@ -42,18 +42,6 @@ fn session(no_fast_path: bool, commands: &[&str]) -> Option<String> {
     let ctx = Ctx::new();
     let trace = recorded(&ctx, no_fast_path);
     Some(text(&gdb_batch(&ctx, &trace, &[], commands)))
-}
-
-/// The values gdb printed (`$N = VALUE`), in order.
-fn printed(all: &str) -> Vec<String> {
-    all.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix('$')?;
-            let (n, value) = rest.split_once(" = ")?;
-            n.parse::<u32>().ok()?;
-            Some(value.trim().to_string())
-        })
-        .collect()
 }
 
 /// Calls, a call that changes a global and prints, one that writes shared memory, `set var`:

@@ -7,20 +7,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::gdb::{assert_has, gdb_batch, text};
+use common::gdb::{assert_has, gdb_batch, printed, text};
 use common::*;
-
-/// The values gdb printed (`$N = VALUE`), in order.
-fn printed(all: &str) -> Vec<String> {
-    all.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix('$')?;
-            let (n, value) = rest.split_once(" = ")?;
-            n.parse::<u32>().ok()?;
-            Some(value.trim().to_string())
-        })
-        .collect()
-}
 
 /// The numbers after each `prefix` in `all`, in order.
 fn numbers_after(all: &str, prefix: &str) -> Vec<u64> {

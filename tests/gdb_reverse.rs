@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::gdb::{assert_has, gdb_batch, text};
+use common::gdb::{assert_has, gdb_batch, printed, text};
 use common::*;
 
 /// `reverse.c` without optimization, so every local is visible.
@@ -39,18 +39,6 @@ fn line_of(code: &str) -> usize {
         .position(|l| l.contains(code))
         .unwrap_or_else(|| panic!("no {code:?} in reverse.c"))
         + 1
-}
-
-/// The values gdb printed (`$N = VALUE`), in order.
-fn printed(all: &str) -> Vec<String> {
-    all.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix('$')?;
-            let (n, value) = rest.split_once(" = ")?;
-            n.parse::<u32>().ok()?;
-            Some(value.trim().to_string())
-        })
-        .collect()
 }
 
 #[test]

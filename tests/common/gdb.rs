@@ -31,3 +31,15 @@ pub fn assert_has(all: &str, needle: &str) {
         "expected {needle:?} in gdb's session:\n{all}"
     );
 }
+
+/// The values gdb printed (`$N = VALUE`), in order.
+pub fn printed(all: &str) -> Vec<String> {
+    all.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix('$')?;
+            let (n, value) = rest.split_once(" = ")?;
+            n.parse::<u32>().ok()?;
+            Some(value.trim().to_string())
+        })
+        .collect()
+}
