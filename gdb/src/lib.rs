@@ -4,6 +4,7 @@
 
 pub mod arch;
 mod queries;
+mod regcache;
 pub mod server;
 mod target;
 mod tls;

@@ -30,6 +30,7 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 use replayer::{DebugReplay, Halt, HwPoint, Resume, StartPoint, Timeline};
 
 use crate::arch::{RegId, Registers, X86_64Linux};
+use crate::regcache::RegCache;
 use crate::tls::TlsResolver;
 use crate::tls_packet::TlsRequest;
 
@@ -42,6 +43,8 @@ pub struct ReplayTarget {
     reverse: bool,
     /// Where thread-local variables are.
     tls: TlsResolver,
+    /// The registers read at the current stop.
+    regs: RegCache,
 }
 
 impl ReplayTarget {
@@ -54,11 +57,13 @@ impl ReplayTarget {
             step: None,
             reverse: false,
             tls: TlsResolver::default(),
+            regs: RegCache::default(),
         })
     }
 
     /// Ends the replay and starts it again from its start.
     pub(crate) fn start_over(&mut self) -> anyhow::Result<()> {
+        self.regs.clear();
         self.timeline.start_over()?;
         self.step = None;
         self.reverse = false;
@@ -66,8 +71,10 @@ impl ReplayTarget {
         Ok(())
     }
 
-    /// The replay, with going backwards.
+    /// The replay, with going backwards (which may move it: the registers read are
+    /// forgotten).
     pub fn timeline(&mut self) -> &mut Timeline {
+        self.regs.clear();
         &mut self.timeline
     }
 
@@ -78,6 +85,7 @@ impl ReplayTarget {
 
     /// Runs the replay as gdb's last resume asked, until it halts.
     pub(crate) fn run(&mut self) -> anyhow::Result<Halt> {
+        self.regs.clear();
         let how = match self.step.take() {
             Some(tid) => Resume::Step(tid),
             None => Resume::Continue,
@@ -144,17 +152,31 @@ impl ReplayTarget {
         }
     }
 
-    /// The registers of thread `tid`: an error number if gdb names no live thread (its
-    /// mistake, or a client's nonsense), an error of the replay if ptrace cannot read them.
-    fn registers(&self, tid: Tid) -> Result<Registers, TargetError<anyhow::Error>> {
-        let t = self
-            .replay_ref()
-            .thread(recorded_tid(tid))
-            .map_err(|_| TargetError::Errno(libc::ESRCH as u8))?;
-        Ok(Registers {
-            gpr: t.regs().map_err(TargetError::Fatal)?,
-            fp: t.fp_regs().map_err(TargetError::Fatal)?,
-        })
+    /// The registers of thread `tid` (read once per stop): an error number if gdb names no
+    /// live thread (its mistake, or a client's nonsense), an error of the replay if ptrace
+    /// cannot read them.
+    fn registers(&mut self, tid: Tid) -> Result<Registers, TargetError<anyhow::Error>> {
+        self.regs.get(self.timeline.replay(), recorded_tid(tid))
+    }
+
+    /// The registers the stop reply for `halt` carries (see [`crate::regcache`]): none for a
+    /// stop that names no thread, or one whose registers cannot be read.
+    pub(crate) fn expedited_registers(&mut self, halt: &Halt) -> Vec<(RegId, Vec<u8>)> {
+        let tid = match *halt {
+            Halt::Breakpoint(t)
+            | Halt::HwBreakpoint(t)
+            | Halt::Watch { tid: t, .. }
+            | Halt::Step(t)
+            | Halt::Reached(t)
+            | Halt::Pause(t)
+            | Halt::Signal { tid: t, .. }
+            | Halt::Interrupted(t) => t,
+            _ => return Vec::new(),
+        };
+        match self.regs.get(self.timeline.replay(), tid) {
+            Ok(regs) => crate::regcache::expedited(&regs),
+            Err(_) => Vec::new(),
+        }
     }
 }
 
@@ -506,6 +528,7 @@ impl ExtendedMode for ReplayTarget {
     /// gdb's `kill` (also sent before `run` restarts a running program): the replay ends,
     /// the session stays for `run`.
     fn kill(&mut self, _pid: Option<Pid>) -> TargetResult<ShouldTerminate, Self> {
+        self.regs.clear();
         self.timeline.replay_mut().kill();
         Ok(ShouldTerminate::No)
     }

@@ -2,10 +2,12 @@
 //! packets out of the byte stream before gdbstub sees them, so that the server can answer
 //! them, and passes everything else through unchanged.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 
 use anyhow::{bail, Context};
 
@@ -67,6 +69,16 @@ pub struct GdbConnection {
     /// Whether `QStartNoAckMode` went to gdbstub: neither side acknowledges packets any more
     /// (deja's target keeps gdbstub's default of accepting it).
     no_ack: bool,
+    /// What gdbstub wrote since its last flush: sent in one piece (gdbstub writes a reply
+    /// byte by byte; each byte its own TCP segment made a register read cost milliseconds).
+    out: Vec<u8>,
+    /// Bytes read from gdb and not yet looked at (read as many as arrived at once, not one
+    /// system call per byte), from `in_start` to `in_end`.
+    inbuf: Vec<u8>,
+    in_start: usize,
+    in_end: usize,
+    /// Whether `inbuf` holds bytes, for [`GdbConnection::input_probe`].
+    buffered: Rc<Cell<bool>>,
 }
 
 impl GdbConnection {
@@ -76,6 +88,11 @@ impl GdbConnection {
             stream,
             ahead: VecDeque::new(),
             no_ack: false,
+            out: Vec::with_capacity(PACKET_SIZE),
+            inbuf: vec![0; PACKET_SIZE],
+            in_start: 0,
+            in_end: 0,
+            buffered: Rc::new(Cell::new(false)),
         }
     }
 
@@ -176,16 +193,42 @@ impl GdbConnection {
 
     /// Whether something from gdb (its interrupt byte) waits to be read.
     pub fn has_input(&self) -> bool {
-        !self.ahead.is_empty() || stream_has_input(&self.stream)
+        !self.ahead.is_empty() || self.in_start < self.in_end || stream_has_input(&self.stream)
+    }
+
+    /// A check of whether something from gdb waits to be read, for the replay to poll while
+    /// it runs (see [`GdbConnection::has_input`]).
+    pub fn input_probe(&self) -> std::io::Result<Box<dyn FnMut() -> bool>> {
+        let stream = self.stream.try_clone()?;
+        let buffered = self.buffered.clone();
+        Ok(Box::new(move || {
+            buffered.get() || stream_has_input(&stream)
+        }))
     }
 
     fn read_byte(&mut self) -> std::io::Result<u8> {
-        let mut byte = [0u8];
-        self.stream.read_exact(&mut byte)?;
-        Ok(byte[0])
+        if self.in_start == self.in_end {
+            let n = loop {
+                match self.stream.read(&mut self.inbuf) {
+                    Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            };
+            (self.in_start, self.in_end) = (0, n);
+        }
+        let byte = self.inbuf[self.in_start];
+        self.in_start += 1;
+        self.buffered.set(self.in_start < self.in_end);
+        Ok(byte)
     }
 
     fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        // (gdbstub flushes after each reply: nothing of it waits here, but keep the order.)
+        if !self.out.is_empty() {
+            gdbstub::conn::Connection::flush(self)?;
+        }
         self.stream.write_all(bytes)?;
         self.stream.flush()
     }
@@ -194,15 +237,29 @@ impl GdbConnection {
 impl gdbstub::conn::Connection for GdbConnection {
     type Error = std::io::Error;
 
+    /// Kept until [`flush`](Self::flush), except an acknowledgement (`+` with nothing
+    /// before it), which goes at once: gdb waits for it, and the reply to a resume comes
+    /// only when the replay halts.
     fn write(&mut self, byte: u8) -> Result<(), Self::Error> {
-        Write::write_all(&mut self.stream, &[byte])
+        if self.out.is_empty() && byte == b'+' {
+            return Write::write_all(&mut self.stream, &[byte]);
+        }
+        self.out.push(byte);
+        Ok(())
     }
 
     fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
-        Write::write_all(&mut self.stream, buf)
+        self.out.extend_from_slice(buf);
+        Ok(())
     }
 
+    /// Sends what gdbstub wrote since the last flush (gdbstub flushes after every reply).
     fn flush(&mut self) -> Result<(), Self::Error> {
+        let out = std::mem::take(&mut self.out);
+        let sent = Write::write_all(&mut self.stream, &out);
+        self.out = out;
+        self.out.clear();
+        sent?;
         Write::flush(&mut self.stream)
     }
 
