@@ -2,10 +2,13 @@
 //! which debugs it as it would a live process (threads, registers, memory, breakpoints,
 //! watchpoints, stepping, thread-local variables), every value as recorded.
 
+mod agent;
 pub mod arch;
+mod conditions;
 mod queries;
 mod regcache;
 pub mod server;
+mod stepping;
 mod target;
 mod tls;
 mod tls_packet;

@@ -151,6 +151,10 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                         answer_tls(target, gdb.borrow_conn(), req)?;
                         Ok(GdbStubStateMachine::Idle(gdb))
                     }
+                    Ok(Incoming::Conditions(c)) => {
+                        target.set_conditions(c);
+                        Ok(GdbStubStateMachine::Idle(gdb))
+                    }
                     Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Idle(gdb)),
                     // gdb went away.
                     Err(_) => return Ok(session),
@@ -168,6 +172,10 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                             Ok(GdbStubStateMachine::Running(gdb))
                         }
                         // Noise: the replay runs on.
+                        Ok(Incoming::Conditions(c)) => {
+                            target.set_conditions(c);
+                            Ok(GdbStubStateMachine::Running(gdb))
+                        }
                         Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Running(gdb)),
                         Err(_) => return Ok(session),
                     }

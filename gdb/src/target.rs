@@ -1,8 +1,10 @@
 //! The replay as a gdbstub target: threads, registers, memory, breakpoints, watchpoints and
 //! resuming, all answered by a [`DebugReplay`].
 
+use std::cell::RefCell;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use gdbstub::common::{Pid, Signal, Tid};
 use gdbstub::stub::MultiThreadStopReason;
@@ -30,6 +32,7 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 use replayer::{DebugReplay, Halt, HwPoint, Resume, StartPoint, Timeline};
 
 use crate::arch::{RegId, Registers, X86_64Linux};
+use crate::conditions::{BreakpointConditions, Conditions};
 use crate::regcache::RegCache;
 use crate::tls::TlsResolver;
 use crate::tls_packet::TlsRequest;
@@ -41,32 +44,46 @@ pub struct ReplayTarget {
     step: Option<trace_format::Tid>,
     /// The coming resume goes backwards.
     reverse: bool,
+    /// The coming single step goes on while the pc stays in this range (gdb's range
+    /// stepping, see [`crate::stepping`]).
+    range: Option<std::ops::Range<u64>>,
     /// Where thread-local variables are.
     tls: TlsResolver,
     /// The registers read at the current stop.
     regs: RegCache,
+    /// The breakpoints' conditions gdb sent, which the replay evaluates at each hit.
+    conditions: Rc<RefCell<Conditions>>,
 }
 
 impl ReplayTarget {
     /// Starts the replay of `dir` at `start`; `quiet` keeps the program's output from being
     /// echoed.
     pub fn open(dir: PathBuf, start: StartPoint, quiet: bool) -> anyhow::Result<Self> {
-        let timeline = Timeline::open(&dir, start, quiet)?;
+        let mut timeline = Timeline::open(&dir, start, quiet)?;
+        let conditions = Rc::new(RefCell::new(Conditions::default()));
+        let shared = conditions.clone();
+        timeline.set_breakpoint_filter(Box::new(move |replay, tid| {
+            shared.borrow().holds(replay, tid)
+        }));
         Ok(ReplayTarget {
             timeline,
             step: None,
             reverse: false,
+            range: None,
             tls: TlsResolver::default(),
             regs: RegCache::default(),
+            conditions,
         })
     }
 
     /// Ends the replay and starts it again from its start.
     pub(crate) fn start_over(&mut self) -> anyhow::Result<()> {
         self.regs.clear();
+        self.conditions.borrow_mut().clear();
         self.timeline.start_over()?;
         self.step = None;
         self.reverse = false;
+        self.range = None;
         self.tls.clear();
         Ok(())
     }
@@ -90,11 +107,25 @@ impl ReplayTarget {
             Some(tid) => Resume::Step(tid),
             None => Resume::Continue,
         };
+        let range = self.range.take();
         if std::mem::take(&mut self.reverse) {
             self.timeline.reverse(how)
+        } else if let (Some(range), Resume::Step(tid)) = (range, how) {
+            crate::stepping::range_step(&mut self.timeline, tid, range)
         } else {
             self.timeline.resume(how)
         }
+    }
+
+    /// Makes the coming single step of `tid` go on while its pc stays in `range`.
+    pub(crate) fn set_range_step(&mut self, tid: trace_format::Tid, range: std::ops::Range<u64>) {
+        self.step = Some(tid);
+        self.range = Some(range);
+    }
+
+    /// Keeps the conditions gdb sent with a breakpoint (see [`crate::conditions`]).
+    pub(crate) fn set_conditions(&mut self, c: BreakpointConditions) {
+        self.conditions.borrow_mut().set(c);
     }
 
     /// The address of a thread-local variable, as gdb's `qGetTLSAddr` asks.
@@ -228,7 +259,7 @@ pub(crate) fn gdb_tid(tid: trace_format::Tid) -> Tid {
 }
 
 /// The recorded task gdb calls `tid`.
-fn recorded_tid(tid: Tid) -> trace_format::Tid {
+pub(crate) fn recorded_tid(tid: Tid) -> trace_format::Tid {
     tid.get() as trace_format::Tid
 }
 
@@ -359,6 +390,7 @@ impl MultiThreadResume for ReplayTarget {
     fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
         self.step = None;
         self.reverse = false;
+        self.range = None;
         Ok(())
     }
 
@@ -373,6 +405,13 @@ impl MultiThreadResume for ReplayTarget {
     }
 
     fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_range_step(
+        &mut self,
+    ) -> Option<gdbstub::target::ext::base::multithread::MultiThreadRangeSteppingOps<'_, Self>>
+    {
         Some(self)
     }
 
@@ -458,6 +497,7 @@ impl SwBreakpoint for ReplayTarget {
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.conditions.borrow_mut().remove(addr);
         self.timeline
             .remove_breakpoint(addr)
             .map_err(TargetError::Fatal)
@@ -482,6 +522,7 @@ impl HwBreakpoint for ReplayTarget {
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.conditions.borrow_mut().remove(addr);
         Ok(self.timeline.remove_hw_point(hw_point(addr, 1, None)))
     }
 }

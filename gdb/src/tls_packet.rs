@@ -11,6 +11,8 @@ use std::rc::Rc;
 
 use anyhow::{bail, Context};
 
+use crate::conditions::{announce_in_supported, split_breakpoint, BreakpointConditions};
+
 /// The packet gdb sends for the address of a thread-local variable.
 const TLS_PACKET: &[u8] = b"qGetTLSAddr:";
 
@@ -51,6 +53,9 @@ pub enum Incoming {
     /// A `qGetTLSAddr` packet (already acknowledged): answer it with
     /// [`GdbConnection::send_tls_reply`]. An error if its arguments make no sense.
     GetTlsAddr(anyhow::Result<TlsRequest>),
+    /// The conditions of a breakpoint packet (`Z0`/`Z1`, see [`crate::conditions`]), for the
+    /// server to keep before gdbstub reads the packet without them, which comes next.
+    Conditions(BreakpointConditions),
     /// Something gdb never sends (noise between packets, a damaged or oversized packet),
     /// dropped or already answered: nothing for gdbstub.
     Skipped,
@@ -79,6 +84,8 @@ pub struct GdbConnection {
     in_end: usize,
     /// Whether `inbuf` holds bytes, for [`GdbConnection::input_probe`].
     buffered: Rc<Cell<bool>>,
+    /// gdb asked `qSupported`: gdbstub's reply gets `ConditionalBreakpoints+`.
+    announce: bool,
 }
 
 impl GdbConnection {
@@ -93,6 +100,7 @@ impl GdbConnection {
             in_start: 0,
             in_end: 0,
             buffered: Rc::new(Cell::new(false)),
+            announce: false,
         }
     }
 
@@ -146,6 +154,13 @@ impl GdbConnection {
         }
         if body == NO_ACK_PACKET {
             self.no_ack = true;
+        }
+        if body.starts_with(b"qSupported") {
+            self.announce = true;
+        }
+        if let Some((conds, plain)) = split_breakpoint(body) {
+            self.ahead.extend(frame(&plain));
+            return Ok(Incoming::Conditions(conds));
         }
         if let Some(clamped) = clamped_mem_read(body) {
             packet = frame(&clamped);
@@ -255,6 +270,11 @@ impl gdbstub::conn::Connection for GdbConnection {
 
     /// Sends what gdbstub wrote since the last flush (gdbstub flushes after every reply).
     fn flush(&mut self) -> Result<(), Self::Error> {
+        if std::mem::take(&mut self.announce) {
+            if let Some(amended) = announce_in_supported(&self.out) {
+                self.out = amended;
+            }
+        }
         let out = std::mem::take(&mut self.out);
         let sent = Write::write_all(&mut self.stream, &out);
         self.out = out;
@@ -298,7 +318,7 @@ fn checksum(body: &[u8]) -> u8 {
 }
 
 /// The packet `$body#cs`.
-fn frame(body: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
     let mut packet = Vec::with_capacity(body.len() + 4);
     packet.push(b'$');
     packet.extend_from_slice(body);
@@ -419,6 +439,7 @@ mod tests {
             match conn.read_incoming().expect("reading") {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(req) => return (passed, req),
+                Incoming::Conditions(_) => panic!("no breakpoint was sent"),
                 Incoming::Skipped => panic!("nothing to skip was sent"),
             }
         }
@@ -455,6 +476,7 @@ mod tests {
             match incoming {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(_) => panic!("no TLS request was sent"),
+                Incoming::Conditions(_) => panic!("no breakpoint was sent"),
                 Incoming::Skipped => {}
             }
         }

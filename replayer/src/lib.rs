@@ -17,7 +17,7 @@ mod tasks;
 mod timeline;
 
 pub use debug::{Halt, HwPoint, Position, WatchKind};
-pub use debugger::{start_point, DebugOptions, DebugReplay, Resume, StartPoint};
+pub use debugger::{start_point, BreakpointFilter, DebugOptions, DebugReplay, Resume, StartPoint};
 pub use divergence::{Divergence, Incomplete};
 pub use session::{replay, Progress, ReplayOptions, ReplayOutcome};
 pub use timeline::Timeline;

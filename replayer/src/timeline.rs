@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use trace_format::Tid;
 
 use crate::debug::{Halt, HwPoint, Position};
-use crate::debugger::{DebugReplay, Resume, StartPoint};
+use crate::debugger::{BreakpointFilter, DebugReplay, Resume, StartPoint};
 
 /// How many instructions `reverse-stepi` single-steps through at most to find the one before
 /// the current position (going backwards steps a task's run from its start).
@@ -55,6 +55,9 @@ struct Checkpoint {
 /// The debugger's interrupt check, shared by every replay the timeline makes.
 type Interrupt = Rc<RefCell<Box<dyn FnMut() -> bool>>>;
 
+/// The debugger's breakpoint filter, shared by every replay the timeline makes.
+type Filter = Rc<RefCell<BreakpointFilter>>;
+
 /// A debugged replay that can also go backwards.
 pub struct Timeline {
     replay: DebugReplay,
@@ -66,6 +69,8 @@ pub struct Timeline {
     /// The hardware breakpoints and watchpoints it set.
     hw: Vec<HwPoint>,
     interrupt: Option<Interrupt>,
+    /// Which breakpoint hits halt (conditions), in every replay.
+    filter: Option<Filter>,
     /// Copies of the replay at earlier positions, in the order of their events.
     checkpoints: Vec<Checkpoint>,
     /// Positions the debugger saved (`monitor checkpoint`), numbered from 1; `None` once
@@ -110,6 +115,7 @@ impl Timeline {
             breakpoints: BTreeSet::new(),
             hw: Vec::new(),
             interrupt: None,
+            filter: None,
             checkpoints: Vec::new(),
             saved: Vec::new(),
             anchors: [None, None],
@@ -177,6 +183,16 @@ impl Timeline {
         if let Some(check) = forwarding(&self.interrupt) {
             self.replay.set_interrupt(check);
         }
+    }
+
+    /// Installs the check of which breakpoint hits halt (see
+    /// [`DebugReplay::set_breakpoint_filter`]), in this replay and every later one: the
+    /// replays going backwards pass over the same hits as going forward.
+    pub fn set_breakpoint_filter(&mut self, filter: BreakpointFilter) {
+        let shared = Rc::new(RefCell::new(filter));
+        self.replay
+            .set_breakpoint_filter(forwarding_filter(&shared));
+        self.filter = Some(shared);
     }
 
     /// Inserts a software breakpoint (see [`DebugReplay::add_breakpoint`]).
@@ -586,10 +602,13 @@ impl Timeline {
         Ok(())
     }
 
-    /// Installs the debugger's interrupt check in `replay`.
+    /// Installs the debugger's interrupt check and breakpoint filter in `replay`.
     fn attach_interrupt(&self, replay: &mut DebugReplay) {
         if let Some(check) = forwarding(&self.interrupt) {
             replay.set_interrupt(check);
+        }
+        if let Some(shared) = &self.filter {
+            replay.set_breakpoint_filter(forwarding_filter(shared));
         }
     }
 
@@ -623,6 +642,12 @@ impl Timeline {
 fn forwarding(interrupt: &Option<Interrupt>) -> Option<Box<dyn FnMut() -> bool>> {
     let shared = interrupt.clone()?;
     Some(Box::new(move || (shared.borrow_mut())()))
+}
+
+/// A filter that asks the debugger's shared breakpoint filter, for one replay.
+fn forwarding_filter(shared: &Filter) -> BreakpointFilter {
+    let shared = shared.clone();
+    Box::new(move |replay, tid| (shared.borrow_mut())(replay, tid))
 }
 
 /// Resumes `replay` as asked until it halts for something other than a pause, keeping a
