@@ -523,6 +523,49 @@ mod tests {
     }
 
     #[test]
+    fn breakpoint_conditions_are_taken_out_and_the_plain_packet_passed_on() {
+        let (mut conn, mut gdb) = pair();
+        let mut sent = frame(b"Z0,401136,1;X3,260006");
+        sent.extend_from_slice(&frame(b"z0,401136,1"));
+        gdb.write_all(&sent).expect("sending");
+        gdb.shutdown(std::net::Shutdown::Write).expect("closing");
+        match conn.read_incoming().expect("reading") {
+            Incoming::Conditions(c) => {
+                assert_eq!(c.addr, 0x401136);
+                assert_eq!(c.conds, Ok(vec![vec![0x26, 0x00, 0x06]]));
+            }
+            other => panic!("expected the conditions first, got {other:?}"),
+        }
+        let mut want = frame(b"Z0,401136,1");
+        want.extend_from_slice(&frame(b"z0,401136,1"));
+        assert_eq!(all_passed(&mut conn), want);
+    }
+
+    #[test]
+    fn replies_go_in_one_piece_and_qsupported_announces_conditions() {
+        let (mut conn, mut gdb) = pair();
+        gdb.write_all(&frame(b"qSupported:multiprocess+"))
+            .expect("sending");
+        for _ in 0..frame(b"qSupported:multiprocess+").len() {
+            assert!(matches!(conn.read_incoming(), Ok(Incoming::Byte(_))));
+        }
+        // gdbstub's ack goes at once; its reply, written byte by byte, at the flush.
+        gdbstub::conn::Connection::write(&mut conn, b'+').expect("acking");
+        assert_eq!(read_exactly(&mut gdb, 1), b"+");
+        for &b in frame(b"PacketSize=1000").iter() {
+            gdbstub::conn::Connection::write(&mut conn, b).expect("writing");
+        }
+        assert!(!stream_has_input(&gdb), "nothing before the flush");
+        gdbstub::conn::Connection::flush(&mut conn).expect("flushing");
+        let want = frame(b"PacketSize=1000;ConditionalBreakpoints+");
+        assert_eq!(read_exactly(&mut gdb, want.len()), want);
+        // Only that reply is amended.
+        gdbstub::conn::Connection::write_all(&mut conn, &frame(b"OK")).expect("writing");
+        gdbstub::conn::Connection::flush(&mut conn).expect("flushing");
+        assert_eq!(read_exactly(&mut gdb, 6), frame(b"OK"));
+    }
+
+    #[test]
     fn no_ack_after_qstartnoackmode() {
         let (mut conn, mut gdb) = pair();
         let mut sent = frame(b"QStartNoAckMode");

@@ -29,7 +29,7 @@ const MAX_STEPS: u64 = 2_000_000;
 /// latest anchor is then at most this many steps before the current position, which bounds
 /// what `reverse-stepi` replays, and `stepi` forks a copy of the replay only once per as many
 /// steps (see [`Timeline::resume`]).
-const ANCHOR_EVERY: u64 = 64;
+const ANCHOR_EVERY: u64 = 256;
 
 /// How many checkpoints a timeline keeps, the one at the start among them.
 const MAX_CHECKPOINTS: usize = 48;
