@@ -120,8 +120,8 @@ fn retrace_script(how: &str, back_how: &str, count: usize) -> String {
 
 #[test]
 fn stepi_forward_then_reverse_stepi_back_retraces_the_same_instructions() {
-    // 600 steps: past the 256 the timeline steps without a new anchor, twice.
-    let script = retrace_script("stepi", "reverse-stepi", 600);
+    // 300 steps: past the 256 the timeline steps without a new anchor.
+    let script = retrace_script("stepi", "reverse-stepi", 300);
     let Some(all) = session(&["break main", "continue", &script]) else {
         return;
     };

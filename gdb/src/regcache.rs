@@ -36,10 +36,12 @@ const EXPEDITED: [RegId; 18] = [
     RegId::Eflags,
 ];
 
-/// Each thread's registers at the current stop, read once.
+/// Each thread's registers at the current stop, read once: the general ones alone for a stop
+/// reply, all of them (with the x87/SSE/AVX state, a larger read) when gdb asks.
 #[derive(Default)]
 pub(crate) struct RegCache {
     regs: HashMap<Tid, Registers>,
+    gpr: HashMap<Tid, tracee::Regs>,
 }
 
 impl RegCache {
@@ -54,26 +56,52 @@ impl RegCache {
         if let Some(r) = self.regs.get(&tid) {
             return Ok(*r);
         }
+        let gpr = self.gpr(replay, tid)?;
         let t = replay
             .thread(tid)
             .map_err(|_| TargetError::Errno(libc::ESRCH as u8))?;
         let regs = Registers {
-            gpr: t.regs().map_err(TargetError::Fatal)?,
+            gpr,
             fp: t.fp_regs().map_err(TargetError::Fatal)?,
         };
         self.regs.insert(tid, regs);
         Ok(regs)
     }
 
+    /// The general registers of thread `tid` of `replay` (see [`RegCache::get`]).
+    pub(crate) fn gpr(
+        &mut self,
+        replay: &DebugReplay,
+        tid: Tid,
+    ) -> Result<tracee::Regs, TargetError<anyhow::Error>> {
+        if let Some(r) = self.regs.get(&tid) {
+            return Ok(r.gpr);
+        }
+        if let Some(r) = self.gpr.get(&tid) {
+            return Ok(*r);
+        }
+        let t = replay
+            .thread(tid)
+            .map_err(|_| TargetError::Errno(libc::ESRCH as u8))?;
+        let gpr = t.regs().map_err(TargetError::Fatal)?;
+        self.gpr.insert(tid, gpr);
+        Ok(gpr)
+    }
+
     /// Forgets every register read: the replay may have moved.
     pub(crate) fn clear(&mut self) {
         self.regs.clear();
+        self.gpr.clear();
     }
 }
 
-/// The registers of `regs` a stop reply carries, with their values (little-endian, 8 bytes
-/// for the general registers and rip, 4 for eflags).
-pub(crate) fn expedited(regs: &Registers) -> Vec<(RegId, Vec<u8>)> {
+/// The registers a stop reply carries, with their values in `gpr` (little-endian, 8 bytes for
+/// the general registers and rip, 4 for eflags).
+pub(crate) fn expedited(gpr: &tracee::Regs) -> Vec<(RegId, Vec<u8>)> {
+    let regs = Registers {
+        gpr: *gpr,
+        ..Registers::default()
+    };
     let mut buf = [0u8; 8];
     EXPEDITED
         .iter()
@@ -94,7 +122,7 @@ mod tests {
         regs.gpr.rip = 0x40_1000;
         regs.gpr.rsp = 0x7fff_0000;
         regs.gpr.eflags = 0x246;
-        let ex = expedited(&regs);
+        let ex = expedited(&regs.gpr);
         assert_eq!(ex.len(), 18);
         let find = |id: RegId| ex.iter().find(|(r, _)| *r == id).map(|(_, v)| v.clone());
         assert_eq!(find(RegId::Rip), Some(0x40_1000u64.to_le_bytes().to_vec()));

@@ -204,8 +204,8 @@ impl ReplayTarget {
             | Halt::Interrupted(t) => t,
             _ => return Vec::new(),
         };
-        match self.regs.get(self.timeline.replay(), tid) {
-            Ok(regs) => crate::regcache::expedited(&regs),
+        match self.regs.gpr(self.timeline.replay(), tid) {
+            Ok(gpr) => crate::regcache::expedited(&gpr),
             Err(_) => Vec::new(),
         }
     }
