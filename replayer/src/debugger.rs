@@ -88,13 +88,18 @@ impl DebugReplay {
     }
 
     /// Resumes the replay as asked, until it halts. Continuing, a breakpoint hit the
-    /// breakpoint filter passes over does not halt it: it goes on from there.
+    /// breakpoint filter passes over does not halt it: it goes on from there (unless the
+    /// debugger asked for an interrupt: a loop of such hits may make no event, where the
+    /// replay otherwise looks for one).
     pub fn resume(&mut self, how: Resume) -> Result<Halt> {
         loop {
             let halt = self.resume_once(how)?;
             if let (Halt::Breakpoint(tid) | Halt::HwBreakpoint(tid), Resume::Continue) = (halt, how)
             {
                 if !self.stops_at(tid) {
+                    if self.debug_mut().interrupt_requested() {
+                        return Ok(Halt::Interrupted(tid));
+                    }
                     continue;
                 }
             }
