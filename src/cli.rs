@@ -112,6 +112,15 @@ enum Command {
         /// if a signal N killed it) instead of 0. deja's own errors still exit 1.
         #[arg(long, requires = "autopilot")]
         exit_status: bool,
+        /// The debugger to launch (gdb, or a wrapper of it such as rust-gdb).
+        #[arg(
+            short = 'd',
+            long = "debugger",
+            value_name = "DEBUGGER",
+            default_value = "gdb",
+            conflicts_with_all = ["autopilot", "serve"]
+        )]
+        debugger: String,
         /// Arguments for the gdb deja launches (after `--`).
         #[arg(last = true)]
         gdb_args: Vec<String>,
@@ -252,6 +261,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             digest,
             trust,
             exit_status,
+            debugger,
             gdb_args,
         } => {
             let dir = resolve(trace.as_deref())?;
@@ -268,6 +278,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     once,
                     host,
                     gdb_args,
+                    debugger,
                 });
             }
             let outcome = progress::replay(

@@ -25,6 +25,8 @@ pub struct DebugArgs {
     pub host: String,
     /// Extra arguments for the gdb deja launches.
     pub gdb_args: Vec<String>,
+    /// The debugger to launch (gdb, or a gdb wrapper such as rust-gdb).
+    pub debugger: String,
 }
 
 /// Serves the replay; launches gdb unless asked to only serve. Returns gdb's exit status.
@@ -45,12 +47,20 @@ pub fn debug(args: DebugArgs) -> Result<ExitCode> {
     let (dir, quiet, exe) = (args.dir.clone(), args.opts.quiet, start.exe.clone());
     let once = args.once;
     let addr = addr.to_string();
+    // rr's commands (when, checkpoint, restart N, ...), which gdb loads with `-x`.
+    let load = match gdb::install_script() {
+        Ok(script) => vec!["-x".to_string(), script.display().to_string()],
+        Err(e) => {
+            eprintln!("deja: warning: gdb will lack rr's commands (when, checkpoint, ...): {e:#}");
+            Vec::new()
+        }
+    };
     if args.serve_port.is_some() {
         eprintln!(
             "deja: serving the replay of process {} on {addr}{}; connect with:\n  gdb {}",
             start.process,
             if once { " to one gdb" } else { " until Ctrl-C" },
-            gdb::gdb_command(&addr, &exe, &[])
+            gdb::gdb_command(&addr, &exe, &load)
                 .iter()
                 .map(|a| shell_quote(a))
                 .collect::<Vec<_>>()
@@ -59,8 +69,9 @@ pub fn debug(args: DebugArgs) -> Result<ExitCode> {
         tracee::tsc::on_tracer_thread(move || gdb::serve(dir, start, quiet, listener, None, once))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut cmd = Command::new("gdb");
-    cmd.args(gdb::gdb_command(&addr, &exe, &args.gdb_args));
+    let mut cmd = Command::new(&args.debugger);
+    let extra: Vec<String> = load.iter().chain(&args.gdb_args).cloned().collect();
+    cmd.args(gdb::gdb_command(&addr, &exe, &extra));
     // SAFETY: the closure only calls signal(2), which is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -74,11 +85,12 @@ pub fn debug(args: DebugArgs) -> Result<ExitCode> {
     let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             anyhow::anyhow!(
-                "gdb is not installed (install it, or serve only with `deja replay -s PORT` and \
-                 connect any gdb)"
+                "{} is not installed (install it, or serve only with `deja replay -s PORT` and \
+                 connect any gdb)",
+                args.debugger
             )
         } else {
-            anyhow::Error::new(e).context("starting gdb")
+            anyhow::Error::new(e).context(format!("starting {}", args.debugger))
         }
     })?;
     let gdb_pid = child.id() as libc::pid_t;

@@ -11,7 +11,10 @@ use std::fmt::Write as _;
 use std::num::NonZeroUsize;
 use std::sync::OnceLock;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tracee::xregs::FpRegs;
+use tracee::xregs512::Avx512Regs;
 use tracee::Regs;
 
 /// The x86-64 Linux architecture with AVX, for `gdbstub`.
@@ -34,6 +37,44 @@ pub const NUM_REGS: usize = 76;
 
 /// Size in bytes of a `g` packet's register data (before hex encoding).
 pub const G_PACKET_SIZE: usize = 816;
+
+/// Number of registers with the AVX-512 ones (see [`set_avx512`]).
+pub const NUM_REGS_AVX512: usize = 148;
+
+/// Size of a `g` packet's register data with the AVX-512 registers.
+pub const G_PACKET_SIZE_AVX512: usize = G_PACKET_SIZE + 16 * 16 + 16 * 16 + 8 * 8 + 32 * 32;
+
+/// Whether gdb is shown the AVX-512 registers.
+static AVX512: AtomicBool = AtomicBool::new(false);
+
+/// Shows gdb the AVX-512 registers (`org.gnu.gdb.i386.avx512`) or not, for the whole
+/// process: set before gdb connects, where the recording CPU and this one have them.
+pub fn set_avx512(on: bool) {
+    AVX512.store(on, Ordering::Relaxed);
+}
+
+/// Whether gdb is shown the AVX-512 registers.
+pub fn avx512() -> bool {
+    AVX512.load(Ordering::Relaxed)
+}
+
+/// The number of registers gdb is shown.
+fn num_regs() -> usize {
+    if avx512() {
+        NUM_REGS_AVX512
+    } else {
+        NUM_REGS
+    }
+}
+
+/// The size of a `g` packet's register data.
+fn g_packet_size() -> usize {
+    if avx512() {
+        G_PACKET_SIZE_AVX512
+    } else {
+        G_PACKET_SIZE
+    }
+}
 
 /// A register, by what gdb calls it. Index payloads are positions in gdb's order; a
 /// `RegId` built by hand with an index out of range is refused by [`Registers::read_reg`] and
@@ -79,6 +120,14 @@ pub enum RegId {
     GsBase,
     /// ymm0h–ymm15h: bits 128–255 of ymm0–ymm15 (60–75).
     Ymmh(u8),
+    /// xmm16–xmm31 (index 0–15), 128 bits (76–91; AVX-512).
+    Xmm16(u8),
+    /// ymm16h–ymm31h (index 0–15): bits 128–255 of ymm16–ymm31 (92–107; AVX-512).
+    Ymm16h(u8),
+    /// k0–k7, 64 bits (108–115; AVX-512).
+    K(u8),
+    /// zmm0h–zmm31h: bits 256–511 of zmm0–zmm31 (116–147; AVX-512).
+    Zmmh(u8),
 }
 
 impl RegId {
@@ -105,6 +154,10 @@ impl RegId {
             58 => RegId::FsBase,
             59 => RegId::GsBase,
             60..=75 => RegId::Ymmh(i(60)),
+            76..=91 => RegId::Xmm16(i(76)),
+            92..=107 => RegId::Ymm16h(i(92)),
+            108..=115 => RegId::K(i(108)),
+            116..=147 => RegId::Zmmh(i(116)),
             _ => return None,
         })
     }
@@ -132,6 +185,10 @@ impl RegId {
             RegId::FsBase => 58,
             RegId::GsBase => 59,
             RegId::Ymmh(i) => 60 + usize::from(i),
+            RegId::Xmm16(i) => 76 + usize::from(i),
+            RegId::Ymm16h(i) => 92 + usize::from(i),
+            RegId::K(i) => 108 + usize::from(i),
+            RegId::Zmmh(i) => 116 + usize::from(i),
         }
     }
 
@@ -143,7 +200,12 @@ impl RegId {
     /// Size in bytes, as the target description declares it.
     pub fn size(self) -> usize {
         match self {
-            RegId::Gpr(_) | RegId::Rip | RegId::OrigRax | RegId::FsBase | RegId::GsBase => 8,
+            RegId::Gpr(_)
+            | RegId::Rip
+            | RegId::OrigRax
+            | RegId::FsBase
+            | RegId::GsBase
+            | RegId::K(_) => 8,
             RegId::Eflags
             | RegId::Segment(_)
             | RegId::Fctrl
@@ -156,7 +218,8 @@ impl RegId {
             | RegId::Fop
             | RegId::Mxcsr => 4,
             RegId::St(_) => 10,
-            RegId::Xmm(_) | RegId::Ymmh(_) => 16,
+            RegId::Xmm(_) | RegId::Ymmh(_) | RegId::Xmm16(_) | RegId::Ymm16h(_) => 16,
+            RegId::Zmmh(_) => 32,
         }
     }
 
@@ -189,6 +252,10 @@ impl RegId {
             RegId::FsBase => ("fs_base".into(), "int", None),
             RegId::GsBase => ("gs_base".into(), "int", None),
             RegId::Ymmh(i) => (format!("ymm{i}h"), "uint128", None),
+            RegId::Xmm16(i) => (format!("xmm{}", 16 + i), "vec128", None),
+            RegId::Ymm16h(i) => (format!("ymm{}h", 16 + i), "uint128", None),
+            RegId::K(i) => (format!("k{i}"), "uint64", None),
+            RegId::Zmmh(i) => (format!("zmm{i}h"), "v2ui128", None),
         }
     }
 }
@@ -238,6 +305,8 @@ pub struct Registers {
     pub gpr: Regs,
     /// The x87, SSE and AVX registers.
     pub fp: FpRegs,
+    /// The AVX-512 registers (zero where gdb is not shown them, see [`set_avx512`]).
+    pub avx512: Avx512Regs,
 }
 
 impl Default for Registers {
@@ -245,6 +314,7 @@ impl Default for Registers {
         Registers {
             gpr: tracee::regs::from_words(&[0; tracee::regs::REGS_WORDS]),
             fp: FpRegs::default(),
+            avx512: Avx512Regs::default(),
         }
     }
 }
@@ -316,17 +386,25 @@ fn read_from(r: &mut Registers, id: RegId, out: &mut [u8]) -> Option<usize> {
     } else if let Some(v) = u32_field(&mut r.fp, id) {
         out.copy_from_slice(&v.to_le_bytes());
     } else {
-        out.copy_from_slice(bytes_field(&mut r.fp, id)?);
+        out.copy_from_slice(bytes_field(r, id)?);
     }
     Some(size)
 }
 
-/// A register's bytes (for `St`, `Xmm` and `Ymmh`).
-fn bytes_field(fp: &mut FpRegs, id: RegId) -> Option<&mut [u8]> {
+/// A register's bytes (for `St`, `Xmm`, `Ymmh` and the AVX-512 registers).
+fn bytes_field(r: &mut Registers, id: RegId) -> Option<&mut [u8]> {
+    let fp = &mut r.fp;
+    let z = &mut r.avx512;
+    let i = |i: u8| usize::from(i);
     match id {
-        RegId::St(i) => fp.st.get_mut(usize::from(i)).map(|r| &mut r[..]),
-        RegId::Xmm(i) => fp.xmm.get_mut(usize::from(i)).map(|r| &mut r[..]),
-        RegId::Ymmh(i) => fp.ymmh.get_mut(usize::from(i)).map(|r| &mut r[..]),
+        RegId::St(n) => fp.st.get_mut(i(n)).map(|r| &mut r[..]),
+        RegId::Xmm(n) => fp.xmm.get_mut(i(n)).map(|r| &mut r[..]),
+        RegId::Ymmh(n) => fp.ymmh.get_mut(i(n)).map(|r| &mut r[..]),
+        RegId::Xmm16(n) => z.hi16_zmm.get_mut(i(n)).map(|r| &mut r[..16]),
+        RegId::Ymm16h(n) => z.hi16_zmm.get_mut(i(n)).map(|r| &mut r[16..32]),
+        RegId::K(n) => z.k.get_mut(i(n)).map(|r| &mut r[..]),
+        RegId::Zmmh(n @ 0..=15) => z.zmm_hi256.get_mut(i(n)).map(|r| &mut r[..]),
+        RegId::Zmmh(n) => z.hi16_zmm.get_mut(i(n) - 16).map(|r| &mut r[32..]),
         _ => None,
     }
 }
@@ -358,9 +436,7 @@ impl Registers {
         } else if let Some(v) = u32_field(&mut self.fp, id) {
             *v = u32::from_le_bytes([val[0], val[1], val[2], val[3]]);
         } else {
-            bytes_field(&mut self.fp, id)
-                .ok_or(bad)?
-                .copy_from_slice(val);
+            bytes_field(self, id).ok_or(bad)?.copy_from_slice(val);
         }
         Ok(())
     }
@@ -374,9 +450,9 @@ impl gdbstub::arch::Registers for Registers {
     }
 
     fn gdb_serialize(&self, mut write_byte: impl FnMut(Option<u8>)) {
-        let mut buf = [0u8; 16];
+        let mut buf = [0u8; 32];
         let mut copy = *self;
-        for id in (0..NUM_REGS).filter_map(RegId::from_gdb_number) {
+        for id in (0..num_regs()).filter_map(RegId::from_gdb_number) {
             // In range by construction, and `buf` holds the largest register.
             let n = read_from(&mut copy, id, &mut buf).unwrap_or(0);
             buf[..n].iter().for_each(|&b| write_byte(Some(b)));
@@ -384,12 +460,12 @@ impl gdbstub::arch::Registers for Registers {
     }
 
     fn gdb_deserialize(&mut self, bytes: &[u8]) -> Result<(), ()> {
-        if bytes.len() != G_PACKET_SIZE {
+        if bytes.len() != g_packet_size() {
             return Err(());
         }
         let mut new = *self;
         let mut rest = bytes;
-        for id in (0..NUM_REGS).filter_map(RegId::from_gdb_number) {
+        for id in (0..num_regs()).filter_map(RegId::from_gdb_number) {
             let (val, tail) = rest.split_at(id.size());
             new.write_reg(id, val).map_err(drop)?;
             rest = tail;
@@ -470,10 +546,37 @@ fn flags(xml: &mut String, id: &str, bits: &[(&str, u8)]) {
     xml.push_str("    </flags>\n");
 }
 
-/// The target description: one document, gdb's amd64 Linux AVX description.
+/// The target description: one document, gdb's amd64 Linux AVX description (AVX-512, when
+/// shown).
 pub fn target_description() -> &'static str {
     static XML: OnceLock<String> = OnceLock::new();
-    XML.get_or_init(|| {
+    static XML_AVX512: OnceLock<String> = OnceLock::new();
+    if avx512() {
+        return XML_AVX512.get_or_init(|| description(true));
+    }
+    XML.get_or_init(|| description(false))
+}
+
+/// The description's `<union id="vec128">` and the vectors it uses (types are defined per
+/// feature).
+fn vec128_types(xml: &mut String) {
+    for (_, id, ty, count) in VEC128_VIEWS {
+        let _ = writeln!(
+            xml,
+            "    <vector id=\"{id}\" type=\"{ty}\" count=\"{count}\"/>"
+        );
+    }
+    xml.push_str("    <union id=\"vec128\">\n");
+    for (name, id, _, _) in VEC128_VIEWS {
+        let _ = writeln!(xml, "      <field name=\"{name}\" type=\"{id}\"/>");
+    }
+    xml.push_str("      <field name=\"uint128\" type=\"uint128\"/>\n");
+    xml.push_str("    </union>\n");
+}
+
+/// The target description, with the AVX-512 feature or without.
+fn description(with_avx512: bool) -> String {
+    {
         let mut xml = String::from(
             "<?xml version=\"1.0\"?>\n\
              <!DOCTYPE target SYSTEM \"gdb-target.dtd\">\n\
@@ -481,24 +584,19 @@ pub fn target_description() -> &'static str {
              <architecture>i386:x86-64</architecture>\n  \
              <osabi>GNU/Linux</osabi>\n",
         );
-        for (feature, regs) in FEATURES {
+        let avx512 = ("org.gnu.gdb.i386.avx512", NUM_REGS..NUM_REGS_AVX512);
+        let features = FEATURES.into_iter().chain(with_avx512.then_some(avx512));
+        for (feature, regs) in features {
             let _ = writeln!(xml, "  <feature name=\"{feature}\">");
             match feature {
                 "org.gnu.gdb.i386.core" => flags(&mut xml, "i386_eflags", &EFLAGS_BITS),
                 "org.gnu.gdb.i386.sse" => {
-                    for (_, id, ty, count) in VEC128_VIEWS {
-                        let _ = writeln!(
-                            xml,
-                            "    <vector id=\"{id}\" type=\"{ty}\" count=\"{count}\"/>"
-                        );
-                    }
-                    xml.push_str("    <union id=\"vec128\">\n");
-                    for (name, id, _, _) in VEC128_VIEWS {
-                        let _ = writeln!(xml, "      <field name=\"{name}\" type=\"{id}\"/>");
-                    }
-                    xml.push_str("      <field name=\"uint128\" type=\"uint128\"/>\n");
-                    xml.push_str("    </union>\n");
+                    vec128_types(&mut xml);
                     flags(&mut xml, "i386_mxcsr", &MXCSR_BITS);
+                }
+                "org.gnu.gdb.i386.avx512" => {
+                    vec128_types(&mut xml);
+                    xml.push_str("    <vector id=\"v2ui128\" type=\"uint128\" count=\"2\"/>\n");
                 }
                 _ => {}
             }
@@ -519,296 +617,8 @@ pub fn target_description() -> &'static str {
         }
         xml.push_str("</target>\n");
         xml
-    })
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use gdbstub::arch::{Arch, RegId as _, Registers as _};
-
-    /// Registers with a distinct value in every byte gdb sees.
-    fn sample() -> Registers {
-        let mut r = Registers::default();
-        let mut k = 1u8;
-        for id in (0..NUM_REGS).filter_map(RegId::from_gdb_number) {
-            let v: Vec<u8> = (0..id.size())
-                .map(|_| {
-                    k = k.wrapping_add(37);
-                    k
-                })
-                .collect();
-            r.write_reg(id, &v).unwrap();
-        }
-        r
-    }
-
-    fn serialize(r: &Registers) -> Vec<u8> {
-        let mut out = Vec::new();
-        r.gdb_serialize(|b| out.push(b.expect("every register is available")));
-        out
-    }
-
-    #[test]
-    fn numbers_and_sizes() {
-        let sizes: Vec<usize> = (0..NUM_REGS)
-            .map(|n| {
-                let id = RegId::from_gdb_number(n).unwrap();
-                assert_eq!(id.gdb_number(), n);
-                assert!(id.is_valid());
-                assert_eq!(id.to_raw_id(), Some(n));
-                let (id2, size) = RegId::from_raw_id(n).unwrap();
-                assert_eq!(id2, id);
-                assert_eq!(size.map(NonZeroUsize::get), Some(id.size()));
-                id.size()
-            })
-            .collect();
-        assert_eq!(sizes.iter().sum::<usize>(), G_PACKET_SIZE);
-        assert_eq!(RegId::from_gdb_number(NUM_REGS), None);
-        assert!(!RegId::Gpr(16).is_valid());
-        assert!(!RegId::Ymmh(16).is_valid());
-        assert_eq!(RegId::from_gdb_number(57), Some(RegId::OrigRax));
-        assert_eq!(RegId::from_gdb_number(58), Some(RegId::FsBase));
-        assert_eq!(RegId::from_gdb_number(60), Some(RegId::Ymmh(0)));
-    }
-
-    #[test]
-    fn serialize_round_trip() {
-        let r = sample();
-        let bytes = serialize(&r);
-        assert_eq!(bytes.len(), G_PACKET_SIZE);
-        let mut back = Registers::default();
-        back.gdb_deserialize(&bytes).unwrap();
-        assert_eq!(back, r);
-        assert_eq!(serialize(&back), bytes);
-
-        let before = back;
-        assert!(back.gdb_deserialize(&bytes[..G_PACKET_SIZE - 1]).is_err());
-        let mut long = bytes.clone();
-        long.push(0);
-        assert!(back.gdb_deserialize(&long).is_err());
-        assert!(back.gdb_deserialize(&[]).is_err());
-        assert_eq!(back, before);
-    }
-
-    #[test]
-    fn layout_puts_each_register_where_gdb_expects() {
-        let mut r = Registers::default();
-        r.gpr.rax = 0x1122_3344_5566_7788;
-        r.gpr.rbx = 2;
-        r.gpr.rsp = 7;
-        r.gpr.r15 = 15;
-        r.gpr.rip = 0x40_1000;
-        r.gpr.eflags = 0x246;
-        r.gpr.cs = 0x33;
-        r.gpr.gs = 0x1234;
-        r.gpr.orig_rax = u64::MAX;
-        r.gpr.fs_base = 0x7fff_0000_1000;
-        r.gpr.gs_base = 0x5a5a;
-        r.fp.st[0][9] = 0x3f;
-        r.fp.fctrl = 0x37f;
-        r.fp.fop = 0x7ff;
-        r.fp.xmm[0][0] = 0xee;
-        r.fp.xmm[15][15] = 0xef;
-        r.fp.mxcsr = 0x1f80;
-        r.fp.ymmh[0][0] = 0xaa;
-        r.fp.ymmh[15][15] = 0xab;
-        assert_eq!(r.pc(), 0x40_1000);
-        let b = serialize(&r);
-        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-        assert_eq!(u64_at(0), 0x1122_3344_5566_7788);
-        assert_eq!(u64_at(8), 2);
-        assert_eq!(u64_at(56), 7);
-        assert_eq!(u64_at(120), 15);
-        assert_eq!(u64_at(128), 0x40_1000);
-        assert_eq!(u32_at(136), 0x246);
-        assert_eq!(u32_at(140), 0x33);
-        assert_eq!(u32_at(160), 0x1234);
-        assert_eq!(b[164 + 9], 0x3f);
-        assert_eq!(u32_at(244), 0x37f);
-        assert_eq!(u32_at(272), 0x7ff);
-        assert_eq!(b[276], 0xee);
-        assert_eq!(b[276 + 16 * 16 - 1], 0xef);
-        assert_eq!(u32_at(532), 0x1f80);
-        assert_eq!(u64_at(536), u64::MAX);
-        assert_eq!(u64_at(544), 0x7fff_0000_1000);
-        assert_eq!(u64_at(552), 0x5a5a);
-        assert_eq!(b[560], 0xaa);
-        assert_eq!(b[815], 0xab);
-    }
-
-    #[test]
-    fn single_registers_match_the_g_packet() {
-        let r = sample();
-        let g = serialize(&r);
-        let mut offset = 0;
-        for n in 0..NUM_REGS {
-            let id = RegId::from_gdb_number(n).unwrap();
-            let mut buf = [0u8; 16];
-            let len = r.read_reg(id, &mut buf).unwrap();
-            assert_eq!(&buf[..len], &g[offset..offset + len], "register {n}");
-            // Writing one register changes exactly its bytes of the g packet.
-            let mut w = r;
-            let new = vec![0x5au8; len];
-            w.write_reg(id, &new).unwrap();
-            let g2 = serialize(&w);
-            assert_eq!(&g2[offset..offset + len], &new[..]);
-            assert_eq!(&g2[..offset], &g[..offset]);
-            assert_eq!(&g2[offset + len..], &g[offset + len..]);
-            assert!(w.write_reg(id, &new[1..]).is_err());
-            assert_eq!(r.read_reg(id, &mut buf[..len - 1]), None);
-            offset += len;
-        }
-        assert_eq!(offset, G_PACKET_SIZE);
-        let mut w = r;
-        assert!(w.write_reg(RegId::Xmm(16), &[0; 16]).is_err());
-        assert_eq!(r.read_reg(RegId::Segment(6), &mut [0; 16]), None);
-    }
-
-    #[test]
-    fn write_zero_extends_32_bit_views() {
-        let mut r = Registers::default();
-        r.gpr.eflags = u64::MAX;
-        r.write_reg(RegId::Eflags, &0x202u32.to_le_bytes()).unwrap();
-        assert_eq!(r.gpr.eflags, 0x202);
-        r.write_reg(RegId::Segment(0), &0x33u32.to_le_bytes())
-            .unwrap();
-        assert_eq!(r.gpr.cs, 0x33);
-    }
-
-    /// Every tag of `xml`, in order: (name, is closing, is self-closing).
-    fn tags(xml: &str) -> Vec<(String, bool, bool)> {
-        let mut out = Vec::new();
-        let mut rest = xml;
-        while let Some(start) = rest.find('<') {
-            let end = rest[start..].find('>').expect("unterminated tag") + start;
-            let tag = &rest[start + 1..end];
-            rest = &rest[end + 1..];
-            if tag.starts_with('?') || tag.starts_with('!') {
-                continue;
-            }
-            let closing = tag.starts_with('/');
-            let self_closing = tag.ends_with('/');
-            let name = tag
-                .trim_start_matches('/')
-                .split(|c: char| c.is_whitespace() || c == '/')
-                .next()
-                .unwrap()
-                .to_string();
-            out.push((name, closing, self_closing));
-        }
-        out
-    }
-
-    /// The value of attribute `attr` in the tag text `tag`.
-    fn attr<'a>(tag: &'a str, attr: &str) -> Option<&'a str> {
-        let key = format!(" {attr}=\"");
-        let start = tag.find(&key)? + key.len();
-        Some(&tag[start..start + tag[start..].find('"')?])
-    }
-
-    #[test]
-    fn description_is_well_formed_and_matches_the_layout() {
-        let xml = X86_64Linux::target_description_xml().unwrap();
-        assert!(!xml.contains("xi:include"));
-        assert!(xml.contains("<architecture>i386:x86-64</architecture>"));
-        assert!(xml.contains("<osabi>GNU/Linux</osabi>"));
-        let mut stack = Vec::new();
-        for (name, closing, self_closing) in tags(xml) {
-            if closing {
-                assert_eq!(stack.pop(), Some(name));
-            } else if !self_closing {
-                stack.push(name);
-            }
-        }
-        assert!(stack.is_empty(), "unclosed: {stack:?}");
-
-        let regs: Vec<&str> = xml
-            .split("<reg ")
-            .skip(1)
-            .map(|s| &s[..s.find("/>").unwrap()])
-            .collect();
-        assert_eq!(regs.len(), NUM_REGS);
-        for (n, tag) in regs.iter().enumerate() {
-            let id = RegId::from_gdb_number(n).unwrap();
-            let tag = format!(" {tag}");
-            assert_eq!(attr(&tag, "regnum"), Some(n.to_string().as_str()));
-            assert_eq!(
-                attr(&tag, "bitsize"),
-                Some((id.size() * 8).to_string().as_str())
-            );
-            assert_eq!(attr(&tag, "name"), Some(id.describe().0.as_str()));
-        }
-        for name in [
-            "orig_rax", "fs_base", "gs_base", "ymm0h", "ymm15h", "st7", "mxcsr",
-        ] {
-            assert!(xml.contains(&format!("name=\"{name}\"")), "{name}");
-        }
-        for ty in ["vec128", "i387_ext", "i386_eflags", "i386_mxcsr"] {
-            assert!(xml.contains(&format!("type=\"{ty}\"")), "{ty}");
-        }
-    }
-
-    /// gdb itself reads the description: it must accept it, number the registers as we do and
-    /// put each at the `g` packet offset `gdb_serialize` uses.
-    #[test]
-    fn gdb_agrees_with_the_layout() {
-        let dir = std::env::temp_dir().join(format!("deja-gdb-arch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("target.xml");
-        std::fs::write(&file, target_description()).unwrap();
-        let out = std::process::Command::new("gdb")
-            .args(["-nx", "-batch", "-ex"])
-            .arg(format!("set tdesc filename {}", file.display()))
-            .args(["-ex", "maint print remote-registers"])
-            .output();
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = match out {
-            Ok(o) => o,
-            Err(e) => {
-                println!("note: skipping, cannot run gdb: {e}");
-                return;
-            }
-        };
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "gdb failed: {stderr}");
-        let complaint = stderr.to_lowercase();
-        assert!(
-            !complaint.contains("error") && !complaint.contains("warning"),
-            "gdb complained: {stderr}"
-        );
-
-        // Columns: Name Nr Rel Offset Size Type Rmt-Nr g/G-Offset; the last two are present
-        // for registers the remote side transfers.
-        let mut seen = vec![None; NUM_REGS];
-        for line in stdout.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 8 {
-                continue;
-            }
-            let (Ok(size), Ok(rmt), Ok(goff)) = (
-                f[4].parse::<usize>(),
-                f[f.len() - 2].parse::<usize>(),
-                f[f.len() - 1].parse::<usize>(),
-            ) else {
-                continue;
-            };
-            assert!(rmt < NUM_REGS, "gdb expects remote register {rmt}: {line}");
-            seen[rmt] = Some((f[0].to_string(), size, goff));
-        }
-        let mut offset = 0;
-        for (n, s) in seen.iter().enumerate() {
-            let id = RegId::from_gdb_number(n).unwrap();
-            let (name, size, goff) = s
-                .clone()
-                .unwrap_or_else(|| panic!("gdb does not transfer register {n}:\n{stdout}"));
-            assert_eq!(name, id.describe().0, "register {n}");
-            assert_eq!(size, id.size(), "size of {name}");
-            assert_eq!(goff, offset, "g packet offset of {name}");
-            offset += size;
-        }
-        assert_eq!(offset, G_PACKET_SIZE);
-    }
-}
+mod tests;

@@ -7,7 +7,7 @@
 //! not plumbed to targets) and does not announce the feature. So the connection
 //! ([`crate::tls_packet::GdbConnection`]) takes the conditions out of `Z0`/`Z1` packets and
 //! hands gdbstub the plain packet, and adds `;ConditionalBreakpoints+` to gdbstub's reply to
-//! `qSupported`; the server keeps the conditions here, and the replay asks [`Conditions::holds`]
+//! `qSupported` (as `crate::xfer` adds siginfo); the server keeps the conditions here, and the replay asks [`Conditions::holds`]
 //! at each breakpoint hit (see `replayer::DebugReplay::set_breakpoint_filter`). gdb evaluates
 //! a condition again where the server reports a hit, so reporting one too many (an error in
 //! the expression, a breakpoint the server cannot map to its address) costs time, never a
@@ -94,10 +94,14 @@ fn parse_cond_list(mut rest: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     Ok(conds)
 }
 
-/// `reply` (a framed packet `$body#cs`, gdbstub's reply to `qSupported`) with
-/// `;ConditionalBreakpoints+` at the end of its body; `None` if it is no framed packet.
+/// `reply` with `;ConditionalBreakpoints+` at the end of its body if it is gdbstub's reply to
+/// `qSupported` (a framed packet `$PacketSize=…#cs`, the only reply that starts so); `None`
+/// for any other.
 pub fn announce_in_supported(reply: &[u8]) -> Option<Vec<u8>> {
     let inner = reply.strip_prefix(b"$")?;
+    if !inner.starts_with(b"PacketSize=") {
+        return None;
+    }
     let hash = inner.len().checked_sub(3)?;
     if inner.get(hash) != Some(&b'#') {
         return None;
@@ -198,7 +202,11 @@ impl Machine for ReplayMachine<'_> {
                     .thread(self.tid)
                     .and_then(|t| t.fp_regs())
                     .map_err(|_| AxError::Register(n))?;
-                let all = Registers { gpr: self.gpr, fp };
+                let all = Registers {
+                    gpr: self.gpr,
+                    fp,
+                    ..Registers::default()
+                };
                 self.all = Some(all);
                 all
             }
@@ -265,6 +273,7 @@ mod tests {
         );
         assert!(announce_in_supported(b"+").is_none());
         assert!(announce_in_supported(b"$OK").is_none());
+        assert!(announce_in_supported(&crate::tls_packet::frame(b"OK")).is_none());
     }
 
     #[test]

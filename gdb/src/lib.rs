@@ -4,7 +4,10 @@
 
 mod agent;
 pub mod arch;
+mod avx512;
+mod commands;
 mod conditions;
+mod hostio;
 mod queries;
 mod regcache;
 pub mod server;
@@ -12,6 +15,8 @@ mod stepping;
 mod target;
 mod tls;
 mod tls_packet;
+mod xfer;
 
+pub use commands::{install_script, SCRIPT};
 pub use server::{gdb_command, serve};
 pub use target::ReplayTarget;

@@ -43,12 +43,15 @@ impl Auxv for ReplayTarget {
 const HELP: &str = "deja monitor commands:
   monitor when                 the number of the event the replay is at (`deja dump` lists
                                events), and whether a thread has run since
+  monitor when-tid TID         the recorded id of thread TID (as rr's when-tid)
   monitor seek EVENT           go to right after event EVENT (forwards or backwards)
   monitor checkpoint           keep this position under a number (as rr's `checkpoint`)
   monitor checkpoints          list the kept positions
   monitor restart N            go to kept position N
   monitor delete checkpoint N  forget kept position N
   monitor help                 this list
+gdb commands (rr's, from the script deja loads): when, when-tid, checkpoint, restart N,
+  info checkpoints, delete checkpoint N, run N (restart at event N; plain run: the start)
 After seek and restart, gdb shows the new position once its caches are flushed:
   maintenance flush register-cache
   maintenance flush dcache";
@@ -86,6 +89,29 @@ impl MonitorCmd for ReplayTarget {
                 }
             }
             "help" | "" => outputln!(out, "{HELP}"),
+            other if other.starts_with("when-tid") => {
+                let arg = other.trim_start_matches("when-tid").trim();
+                let replay = self.replay_ref();
+                let tid = match arg.parse::<trace_format::Tid>() {
+                    Ok(tid) => tid,
+                    Err(_) if arg.is_empty() => replay.current_thread(),
+                    Err(_) => {
+                        outputln!(
+                            out,
+                            "deja: `monitor when-tid` takes a thread id, not `{arg}`"
+                        );
+                        return Ok(());
+                    }
+                };
+                if replay.threads().contains(&tid) {
+                    outputln!(out, "Current tid: {tid}");
+                } else {
+                    outputln!(
+                        out,
+                        "deja: {tid} is not a live thread of the debugged process"
+                    );
+                }
+            }
             other if other.starts_with("seek ") || other.starts_with("restart ") => {
                 let (verb, arg) = other.split_once(' ').unwrap_or((other, ""));
                 let Ok(n) = arg.trim().parse::<u64>() else {
@@ -112,7 +138,7 @@ impl MonitorCmd for ReplayTarget {
                     Ok(n) if self.timeline().forget_position(n) => {
                         outputln!(out, "Deleted checkpoint {n}.")
                     }
-                    _ => outputln!(out, "deja: there is no checkpoint {arg}"),
+                    _ => outputln!(out, "No checkpoint number {arg}."),
                 }
             }
             other => outputln!(out, "deja: unknown monitor command `{other}`\n{HELP}"),

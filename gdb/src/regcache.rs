@@ -37,7 +37,7 @@ const EXPEDITED: [RegId; 18] = [
 ];
 
 /// Each thread's registers at the current stop, read once: the general ones alone for a stop
-/// reply, all of them (with the x87/SSE/AVX state, a larger read) when gdb asks.
+/// reply, all of them (with the x87/SSE/AVX/AVX-512 state, larger reads) when gdb asks.
 #[derive(Default)]
 pub(crate) struct RegCache {
     regs: HashMap<Tid, Registers>,
@@ -60,9 +60,15 @@ impl RegCache {
         let t = replay
             .thread(tid)
             .map_err(|_| TargetError::Errno(libc::ESRCH as u8))?;
+        let avx512 = if crate::arch::avx512() {
+            t.avx512_regs().map_err(TargetError::Fatal)?
+        } else {
+            None
+        };
         let regs = Registers {
             gpr,
             fp: t.fp_regs().map_err(TargetError::Fatal)?,
+            avx512: avx512.unwrap_or_default(),
         };
         self.regs.insert(tid, regs);
         Ok(regs)

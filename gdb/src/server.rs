@@ -155,9 +155,19 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                         target.set_conditions(c);
                         Ok(GdbStubStateMachine::Idle(gdb))
                     }
+                    Ok(Incoming::SigInfo { thread, range }) => {
+                        answer_siginfo(target, gdb.borrow_conn(), thread, range)?;
+                        Ok(GdbStubStateMachine::Idle(gdb))
+                    }
                     Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Idle(gdb)),
                     // gdb went away.
                     Err(_) => return Ok(session),
+                }
+            }
+            GdbStubStateMachine::Running(gdb) if target.stops_at_resume() => {
+                match target.take_stop_at_resume() {
+                    Some(reason) => gdb.report_stop(target, reason),
+                    None => Ok(GdbStubStateMachine::Running(gdb)),
                 }
             }
             GdbStubStateMachine::Running(mut gdb) => {
@@ -171,11 +181,15 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                             answer_tls(target, gdb.borrow_conn(), req)?;
                             Ok(GdbStubStateMachine::Running(gdb))
                         }
-                        // Noise: the replay runs on.
+                        Ok(Incoming::SigInfo { thread, range }) => {
+                            answer_siginfo(target, gdb.borrow_conn(), thread, range)?;
+                            Ok(GdbStubStateMachine::Running(gdb))
+                        }
                         Ok(Incoming::Conditions(c)) => {
                             target.set_conditions(c);
                             Ok(GdbStubStateMachine::Running(gdb))
                         }
+                        // Noise: the replay runs on.
                         Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Running(gdb)),
                         Err(_) => return Ok(session),
                     }
@@ -249,4 +263,27 @@ fn answer_tls(
     };
     conn.send_tls_reply(address)
         .context("answering gdb's qGetTLSAddr")
+}
+
+/// Answers gdb's `qXfer:siginfo:read` (which gdbstub does not know) for `thread` (the halted
+/// one if gdb named none): the recorded `siginfo_t` of its last signal, or an error (gdb
+/// then says it cannot read siginfo) if it had none.
+fn answer_siginfo(
+    target: &mut ReplayTarget,
+    conn: &mut GdbConnection,
+    thread: Option<u64>,
+    range: Result<(u64, usize)>,
+) -> Result<()> {
+    let replay = target.replay_ref();
+    let tid = thread.map_or_else(|| replay.current_thread(), |t| t as trace_format::Tid);
+    let info = replay.siginfo(tid);
+    let (info, offset, length) = match range {
+        Ok((offset, length)) => (info, offset, length),
+        Err(e) => {
+            eprintln!("deja: a siginfo request made no sense: {e:#}");
+            (None, 0, 0)
+        }
+    };
+    conn.send_xfer_reply(info, offset, length)
+        .context("answering gdb's qXfer:siginfo:read")
 }

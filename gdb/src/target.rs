@@ -53,12 +53,18 @@ pub struct ReplayTarget {
     regs: RegCache,
     /// The breakpoints' conditions gdb sent, which the replay evaluates at each hit.
     conditions: Rc<RefCell<Conditions>>,
+    /// The files gdb opened with host I/O (`crate::hostio`).
+    pub(crate) files: crate::hostio::OpenFiles,
+    /// `run N` or `restart N` moved the replay: the resume with which gdb's `run` goes on
+    /// stops at once, there (as rr does).
+    stop_at_resume: bool,
 }
 
 impl ReplayTarget {
     /// Starts the replay of `dir` at `start`; `quiet` keeps the program's output from being
     /// echoed.
     pub fn open(dir: PathBuf, start: StartPoint, quiet: bool) -> anyhow::Result<Self> {
+        crate::arch::set_avx512(crate::avx512::shown(&dir)?);
         let mut timeline = Timeline::open(&dir, start, quiet)?;
         let conditions = Rc::new(RefCell::new(Conditions::default()));
         let shared = conditions.clone();
@@ -73,6 +79,8 @@ impl ReplayTarget {
             tls: TlsResolver::default(),
             regs: RegCache::default(),
             conditions,
+            files: Default::default(),
+            stop_at_resume: false,
         })
     }
 
@@ -85,7 +93,64 @@ impl ReplayTarget {
         self.reverse = false;
         self.range = None;
         self.tls.clear();
+        self.stop_at_resume = false;
         Ok(())
+    }
+
+    /// `to` if the replay can go there: an event of the recording, a kept checkpoint.
+    fn check_run_to(
+        &mut self,
+        to: crate::commands::RunTo,
+    ) -> anyhow::Result<crate::commands::RunTo> {
+        match to {
+            crate::commands::RunTo::Event(n) => {
+                let count = self.replay_ref().event_count();
+                anyhow::ensure!(
+                    n < count,
+                    "event {n} is past the end of the recording ({count} events)"
+                );
+            }
+            crate::commands::RunTo::Checkpoint(n) => {
+                let saved = self.timeline.saved_positions();
+                anyhow::ensure!(
+                    saved.iter().any(|(k, _)| *k == n),
+                    "Checkpoint {n} not found."
+                );
+            }
+            crate::commands::RunTo::Start => {}
+        }
+        Ok(to)
+    }
+
+    /// Goes where gdb's `run ARG` asks, from the start.
+    fn run_to(&mut self, to: crate::commands::RunTo) -> anyhow::Result<()> {
+        self.regs.clear();
+        match to {
+            crate::commands::RunTo::Start => return Ok(()),
+            crate::commands::RunTo::Event(n) => self.timeline.seek(n)?,
+            crate::commands::RunTo::Checkpoint(n) => self.timeline.restore_position(n)?,
+        }
+        self.stop_at_resume = true;
+        Ok(())
+    }
+
+    /// Whether the coming resume stops at once (see [`Self::take_stop_at_resume`]).
+    pub(crate) fn stops_at_resume(&self) -> bool {
+        self.stop_at_resume
+    }
+
+    /// The stop to report at once for the resume that follows `run N` or `restart N`, which
+    /// leaves the replay where it is: a stop with no signal (gdb shows "stopped" and where).
+    pub(crate) fn take_stop_at_resume(&mut self) -> Option<MultiThreadStopReason<u64>> {
+        if !std::mem::take(&mut self.stop_at_resume) {
+            return None;
+        }
+        self.step = None;
+        self.reverse = false;
+        Some(MultiThreadStopReason::SignalWithThread {
+            tid: gdb_tid(self.replay_ref().current_thread()),
+            signal: Signal(0),
+        })
     }
 
     /// The replay, with going backwards (which may move it: the registers read are
@@ -306,6 +371,10 @@ impl Target for ReplayTarget {
     }
 
     fn support_auxv(&mut self) -> Option<gdbstub::target::ext::auxv::AuxvOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_host_io(&mut self) -> Option<gdbstub::target::ext::host_io::HostIoOps<'_, Self>> {
         Some(self)
     }
 }
@@ -550,9 +619,21 @@ impl HwWatchpoint for ReplayTarget {
 }
 
 impl ExtendedMode for ReplayTarget {
-    /// gdb's `run`: the replay starts over from where it first started.
-    fn run(&mut self, _filename: Option<&[u8]>, _args: Args<'_, '_>) -> TargetResult<Pid, Self> {
+    /// gdb's `run`: the replay starts over from where it first started, or at the event or
+    /// checkpoint its argument names (see [`crate::commands::RunTo`]).
+    fn run(&mut self, _filename: Option<&[u8]>, mut args: Args<'_, '_>) -> TargetResult<Pid, Self> {
+        let to = crate::commands::RunTo::parse(args.next()).and_then(|to| self.check_run_to(to));
+        let to = match to {
+            Ok(to) => to,
+            Err(e) => {
+                eprintln!("deja: {e:#}");
+                return Err(TargetError::NonFatal);
+            }
+        };
         self.start_over().map_err(TargetError::Fatal)?;
+        if let Err(e) = self.run_to(to) {
+            eprintln!("deja: {e:#}; the replay is at its start");
+        }
         Ok(gdb_tid(self.replay_ref().process()))
     }
 

@@ -31,12 +31,14 @@ pub struct TlsRequest {
 }
 
 /// The size of gdbstub's packet buffer, which it tells gdb as `PacketSize`: the longest
-/// packet (`$`, body, `#`, checksum) the server takes.
-pub const PACKET_SIZE: usize = 4096;
+/// packet (`$`, body, `#`, checksum) the server takes. rr's size: gdb then reads and writes
+/// memory in pieces this large (fewer round trips), and a `g` packet with the AVX-512
+/// registers fits.
+pub const PACKET_SIZE: usize = 100_000;
 
 /// The most bytes one memory read (`m`) returns: its reply, two hex digits a byte, fits a
 /// packet, and gdbstub reads it in one piece of its buffer.
-pub const MAX_MEM_READ: u64 = 2048;
+pub const MAX_MEM_READ: u64 = 49_152;
 
 /// gdb's interrupt byte (Ctrl-C).
 const INTERRUPT: u8 = 0x03;
@@ -56,6 +58,13 @@ pub enum Incoming {
     /// The conditions of a breakpoint packet (`Z0`/`Z1`, see [`crate::conditions`]), for the
     /// server to keep before gdbstub reads the packet without them, which comes next.
     Conditions(BreakpointConditions),
+    /// A `qXfer:siginfo:read` packet (already acknowledged) for the thread gdb last selected
+    /// with `Hg` (`None`: any thread), reading `length` bytes at `offset`: answer it with
+    /// [`GdbConnection::send_xfer_reply`]. An error if its arguments make no sense.
+    SigInfo {
+        thread: Option<u64>,
+        range: anyhow::Result<(u64, usize)>,
+    },
     /// Something gdb never sends (noise between packets, a damaged or oversized packet),
     /// dropped or already answered: nothing for gdbstub.
     Skipped,
@@ -74,8 +83,10 @@ pub struct GdbConnection {
     /// Whether `QStartNoAckMode` went to gdbstub: neither side acknowledges packets any more
     /// (deja's target keeps gdbstub's default of accepting it).
     no_ack: bool,
-    /// What gdbstub wrote since its last flush: sent in one piece (gdbstub writes a reply
-    /// byte by byte; each byte its own TCP segment made a register read cost milliseconds).
+    /// The thread gdb last selected with `Hg` (`None`: any), which `qXfer:siginfo` reads.
+    general_thread: Option<u64>,
+    /// The packet gdbstub is writing, sent whole when it flushes (one write, not one a
+    /// byte; and the `qSupported` reply gets deja's own features).
     out: Vec<u8>,
     /// Bytes read from gdb and not yet looked at (read as many as arrived at once, not one
     /// system call per byte), from `in_start` to `in_end`.
@@ -84,8 +95,6 @@ pub struct GdbConnection {
     in_end: usize,
     /// Whether `inbuf` holds bytes, for [`GdbConnection::input_probe`].
     buffered: Rc<Cell<bool>>,
-    /// gdb asked `qSupported`: gdbstub's reply gets `ConditionalBreakpoints+`.
-    announce: bool,
 }
 
 impl GdbConnection {
@@ -95,12 +104,12 @@ impl GdbConnection {
             stream,
             ahead: VecDeque::new(),
             no_ack: false,
-            out: Vec::with_capacity(PACKET_SIZE),
+            general_thread: None,
+            out: Vec::new(),
             inbuf: vec![0; PACKET_SIZE],
             in_start: 0,
             in_end: 0,
             buffered: Rc::new(Cell::new(false)),
-            announce: false,
         }
     }
 
@@ -152,11 +161,20 @@ impl GdbConnection {
             }
             return Ok(Incoming::GetTlsAddr(parse_tls_request(body)));
         }
+        if let Some(range) = crate::xfer::siginfo_request(body) {
+            if !self.no_ack {
+                self.write_bytes(b"+")?;
+            }
+            return Ok(Incoming::SigInfo {
+                thread: self.general_thread,
+                range,
+            });
+        }
+        if let Some(thread) = crate::xfer::general_thread(body) {
+            self.general_thread = thread;
+        }
         if body == NO_ACK_PACKET {
             self.no_ack = true;
-        }
-        if body.starts_with(b"qSupported") {
-            self.announce = true;
         }
         if let Some((conds, plain)) = split_breakpoint(body) {
             self.ahead.extend(frame(&plain));
@@ -206,6 +224,20 @@ impl GdbConnection {
         self.write_bytes(&frame(body.as_bytes()))
     }
 
+    /// Answers a `qXfer` read of `length` bytes at `offset` of `whole` (an error if `None`).
+    pub fn send_xfer_reply(
+        &mut self,
+        whole: Option<&[u8]>,
+        offset: u64,
+        length: usize,
+    ) -> std::io::Result<()> {
+        let body = match whole {
+            Some(whole) => crate::xfer::xfer_reply(whole, offset, length),
+            None => b"E01".to_vec(),
+        };
+        self.write_bytes(&frame(&body))
+    }
+
     /// Whether something from gdb (its interrupt byte) waits to be read.
     pub fn has_input(&self) -> bool {
         !self.ahead.is_empty() || self.in_start < self.in_end || stream_has_input(&self.stream)
@@ -252,34 +284,32 @@ impl GdbConnection {
 impl gdbstub::conn::Connection for GdbConnection {
     type Error = std::io::Error;
 
-    /// Kept until [`flush`](Self::flush), except an acknowledgement (`+` with nothing
-    /// before it), which goes at once: gdb waits for it, and the reply to a resume comes
-    /// only when the replay halts.
+    /// Acknowledgements go out at once (gdb may wait for one before anything else); a
+    /// packet is kept until gdbstub flushes it.
     fn write(&mut self, byte: u8) -> Result<(), Self::Error> {
-        if self.out.is_empty() && byte == b'+' {
-            return Write::write_all(&mut self.stream, &[byte]);
-        }
-        self.out.push(byte);
-        Ok(())
+        self.write_all(&[byte])
     }
 
     fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
-        self.out.extend_from_slice(buf);
-        Ok(())
+        match buf.first() {
+            Some(b'+' | b'-') if self.out.is_empty() => Write::write_all(&mut self.stream, buf),
+            _ => {
+                self.out.extend_from_slice(buf);
+                Ok(())
+            }
+        }
     }
 
     /// Sends what gdbstub wrote since the last flush (gdbstub flushes after every reply).
     fn flush(&mut self) -> Result<(), Self::Error> {
-        if std::mem::take(&mut self.announce) {
-            if let Some(amended) = announce_in_supported(&self.out) {
-                self.out = amended;
-            }
-        }
         let out = std::mem::take(&mut self.out);
-        let sent = Write::write_all(&mut self.stream, &out);
-        self.out = out;
-        self.out.clear();
-        sent?;
+        if matches!(out.get(..2), Some(b"$T" | b"$S")) {
+            // gdb takes a stop reply's thread as the stub's selected one from then on.
+            self.general_thread = None;
+        }
+        let out = crate::xfer::with_siginfo_feature(&out).unwrap_or(out);
+        let out = announce_in_supported(&out).unwrap_or(out);
+        Write::write_all(&mut self.stream, &out)?;
         Write::flush(&mut self.stream)
     }
 
@@ -441,6 +471,7 @@ mod tests {
                 Incoming::GetTlsAddr(req) => return (passed, req),
                 Incoming::Conditions(_) => panic!("no breakpoint was sent"),
                 Incoming::Skipped => panic!("nothing to skip was sent"),
+                Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
             }
         }
     }
@@ -477,6 +508,7 @@ mod tests {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(_) => panic!("no TLS request was sent"),
                 Incoming::Conditions(_) => panic!("no breakpoint was sent"),
+                Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
                 Incoming::Skipped => {}
             }
         }
@@ -510,12 +542,12 @@ mod tests {
         let (mut conn, mut gdb) = pair();
         let mut sent = frame(b"m401000,ffffffffffffffffffff");
         sent.extend_from_slice(&frame(b"m401000,10"));
-        sent.extend_from_slice(&frame(b"m401000,801"));
+        sent.extend_from_slice(&frame(b"m401000,c001"));
         gdb.write_all(&sent).expect("sending");
         gdb.shutdown(std::net::Shutdown::Write).expect("closing");
-        let mut want = frame(b"m401000,800");
+        let mut want = frame(b"m401000,c000");
         want.extend_from_slice(&frame(b"m401000,10"));
-        want.extend_from_slice(&frame(b"m401000,800"));
+        want.extend_from_slice(&frame(b"m401000,c000"));
         assert_eq!(all_passed(&mut conn), want);
         assert_eq!(clamped_mem_read(b"m401000,zz"), None);
         assert_eq!(clamped_mem_read(b"mo,ffffff"), None);
@@ -544,11 +576,6 @@ mod tests {
     #[test]
     fn replies_go_in_one_piece_and_qsupported_announces_conditions() {
         let (mut conn, mut gdb) = pair();
-        gdb.write_all(&frame(b"qSupported:multiprocess+"))
-            .expect("sending");
-        for _ in 0..frame(b"qSupported:multiprocess+").len() {
-            assert!(matches!(conn.read_incoming(), Ok(Incoming::Byte(_))));
-        }
         // gdbstub's ack goes at once; its reply, written byte by byte, at the flush.
         gdbstub::conn::Connection::write(&mut conn, b'+').expect("acking");
         assert_eq!(read_exactly(&mut gdb, 1), b"+");
@@ -557,7 +584,7 @@ mod tests {
         }
         assert!(!stream_has_input(&gdb), "nothing before the flush");
         gdbstub::conn::Connection::flush(&mut conn).expect("flushing");
-        let want = frame(b"PacketSize=1000;ConditionalBreakpoints+");
+        let want = frame(b"PacketSize=1000;qXfer:siginfo:read+;ConditionalBreakpoints+");
         assert_eq!(read_exactly(&mut gdb, want.len()), want);
         // Only that reply is amended.
         gdbstub::conn::Connection::write_all(&mut conn, &frame(b"OK")).expect("writing");

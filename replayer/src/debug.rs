@@ -239,6 +239,12 @@ pub(crate) struct Debug {
     /// mapped later, when the replay started over to go backwards): inserted when it is
     /// mapped.
     pub pending_breakpoints: BTreeSet<u64>,
+    /// The recorded `siginfo_t` of the last signal delivered to each task (gdb's
+    /// `$_siginfo`).
+    pub siginfo: std::collections::HashMap<Tid, Vec<u8>>,
+    /// The debugged process's command line as its last exec had it (`/proc/PID/cmdline`:
+    /// each argument followed by a NUL).
+    pub cmdline: Vec<u8>,
 }
 
 impl Debug {
@@ -269,6 +275,8 @@ impl Debug {
             pause_every: None,
             last_pause: std::time::Instant::now(),
             pending_breakpoints: BTreeSet::new(),
+            siginfo: Default::default(),
+            cmdline: Vec::new(),
         }
     }
 
@@ -300,6 +308,8 @@ impl Debug {
             pause_every: self.pause_every,
             last_pause: std::time::Instant::now(),
             pending_breakpoints: self.pending_breakpoints.clone(),
+            siginfo: self.siginfo.clone(),
+            cmdline: self.cmdline.clone(),
         }
     }
 

@@ -43,7 +43,7 @@ pub enum Resume {
 /// A replay under a debugger's control. Must be used from the thread that made it (the
 /// tracer).
 pub struct DebugReplay {
-    session: Session,
+    pub(crate) session: Session,
     /// The halt that ends the replay (the process ended, or the recording did).
     finished: Option<Halt>,
     /// Which breakpoint hits halt the replay (see [`DebugReplay::set_breakpoint_filter`]).

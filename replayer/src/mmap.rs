@@ -77,6 +77,9 @@ pub struct EmuFiles {
     dir: Option<std::rc::Rc<EmuDir>>,
     /// The descriptor of an emulated file each task's process holds, by task and file.
     tracee_fds: HashMap<(i32, FileId), u64>,
+    /// The path the recording knew each file the replay maps by, by the (absolute) path of
+    /// the file the replay maps instead: for the debugger's `/proc/PID/maps`.
+    names: HashMap<PathBuf, String>,
 }
 
 /// The directory of a replay's emulated files, removed when the last copy of the replay
@@ -103,6 +106,25 @@ impl EmuFiles {
             changing: changing.map(|c| c.iter().copied().collect()),
             ..Default::default()
         }
+    }
+
+    /// Notes that the replay maps `real` where the recording mapped `recorded`.
+    pub fn note_name(&mut self, real: &std::path::Path, recorded: &str) {
+        let real = std::fs::canonicalize(real).unwrap_or_else(|_| real.to_path_buf());
+        self.names.insert(real, recorded.to_string());
+    }
+
+    /// The path the recording knew the file the replay maps from `real` by.
+    pub fn recorded_name(&self, real: &std::path::Path) -> Option<&str> {
+        self.names.get(real).map(String::as_str)
+    }
+
+    /// The file the replay maps where the recording mapped `recorded`.
+    pub fn replay_file(&self, recorded: &str) -> Option<&std::path::Path> {
+        self.names
+            .iter()
+            .find(|(_, r)| r.as_str() == recorded)
+            .map(|(real, _)| real.as_path())
     }
 
     /// Whether file `id` is known never to change in the recording.
@@ -278,6 +300,7 @@ impl EmuFiles {
         }
         Ok(EmuFiles {
             files,
+            names: self.names.clone(),
             changing: self.changing.clone(),
             dir: self.dir.clone(),
             tracee_fds: self
@@ -322,6 +345,7 @@ impl EmuFiles {
                     direct: false,
                 }
             };
+            self.note_name(&emu.path, &stored.path);
             self.files.insert(id, emu);
         }
         let emu = self

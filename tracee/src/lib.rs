@@ -20,6 +20,7 @@ pub mod inject;
 pub mod insn;
 pub mod locate;
 pub mod maps;
+pub mod migrate;
 pub mod nsinit;
 pub mod patch;
 pub mod regs;
@@ -32,6 +33,7 @@ pub mod tracee;
 pub mod tsc;
 pub mod vdso;
 pub mod xregs;
+pub mod xregs512;
 
 pub use regs::Regs;
 pub use spawn::{spawn, SignalState, SpawnOptions};

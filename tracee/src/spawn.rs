@@ -13,6 +13,16 @@ use crate::seccomp;
 use crate::stop::Stop;
 use crate::tracee::Tracee;
 
+/// The ptrace options of every tracee (`PTRACE_O_*`): syscalls trapped by seccomp, exec,
+/// clone, fork and vfork reported, killed if the tracer ends, syscall-stops marked.
+pub const PTRACE_OPTIONS: libc::c_int = libc::PTRACE_O_TRACESECCOMP
+    | libc::PTRACE_O_TRACEEXEC
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACEVFORK
+    | libc::PTRACE_O_EXITKILL
+    | libc::PTRACE_O_TRACESYSGOOD;
+
 /// How to start a tracee.
 #[derive(Debug, Clone)]
 pub struct SpawnOptions {
@@ -260,13 +270,7 @@ pub fn spawn(opts: &SpawnOptions) -> Result<Tracee> {
     }
     // Children and threads are traced from their first instruction (they start with a
     // SIGSTOP), and the parent reports their creation as a ptrace event.
-    let options = libc::PTRACE_O_TRACESECCOMP
-        | libc::PTRACE_O_TRACEEXEC
-        | libc::PTRACE_O_TRACECLONE
-        | libc::PTRACE_O_TRACEFORK
-        | libc::PTRACE_O_TRACEVFORK
-        | libc::PTRACE_O_EXITKILL
-        | libc::PTRACE_O_TRACESYSGOOD;
+    let options = PTRACE_OPTIONS;
     // SAFETY: plain ptrace request on our stopped child.
     if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid.as_raw(), 0, options as usize) } < 0 {
         let e = std::io::Error::last_os_error();

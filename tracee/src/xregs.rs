@@ -49,13 +49,13 @@ const NT_X86_XSTATE: libc::c_int = 0x202;
 /// Size of the FXSAVE image, which is also the legacy area at the start of an XSAVE image.
 const FXSAVE_SIZE: usize = 512;
 /// Offset of the XSAVE header's `XSTATE_BV` in an XSAVE image.
-const XSTATE_BV_OFFSET: usize = 512;
+pub(crate) const XSTATE_BV_OFFSET: usize = 512;
 /// Size of the legacy area plus the XSAVE header: the smallest XSAVE image.
 const XSAVE_MIN_SIZE: usize = 576;
 /// Where the kernel puts its `struct _fpx_sw_bytes` in the legacy area's reserved bytes.
-const SW_BYTES_OFFSET: usize = 464;
+pub(crate) const SW_BYTES_OFFSET: usize = 464;
 /// `FP_XSTATE_MAGIC1`: marks valid `_fpx_sw_bytes`.
-const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+pub(crate) const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
 
 /// `XSTATE_BV` bit of the x87 component.
 const XFEATURE_X87: u64 = 1 << 0;
@@ -84,7 +84,7 @@ const XMM0: usize = 160;
 
 /// Where this CPU's XSAVE image keeps what we need.
 #[derive(Debug, Clone, Copy)]
-struct XsaveLayout {
+pub(crate) struct XsaveLayout {
     /// Bytes to offer `PTRACE_GETREGSET` (at least the kernel's XSAVE image size).
     size: usize,
     /// Offset of the AVX component in the standard format, if the CPU has one.
@@ -92,7 +92,7 @@ struct XsaveLayout {
 }
 
 /// The layout as CPUID leaf 0xD reports it (the same for every task on this machine).
-fn xsave_layout() -> XsaveLayout {
+pub(crate) fn xsave_layout() -> XsaveLayout {
     static LAYOUT: OnceLock<XsaveLayout> = OnceLock::new();
     *LAYOUT.get_or_init(|| {
         let max_leaf = crate::cpuid::query(0, 0)[0];
@@ -117,11 +117,11 @@ fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes([b[o], b[o + 1]])
 }
 
-fn u32_at(b: &[u8], o: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
-fn u64_at(b: &[u8], o: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], o: usize) -> u64 {
     let mut w = [0; 8];
     w.copy_from_slice(&b[o..o + 8]);
     u64::from_le_bytes(w)
@@ -390,7 +390,7 @@ impl Tracee {
 
     /// The XSAVE image, or `None` if the kernel has none for this task (no XSAVE on this CPU,
     /// or a kernel without `NT_X86_XSTATE`).
-    fn get_xstate(&self, layout: &XsaveLayout) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn get_xstate(&self, layout: &XsaveLayout) -> Result<Option<Vec<u8>>> {
         let mut buf = vec![0u8; layout.size];
         match self.regset(libc::PTRACE_GETREGSET, NT_X86_XSTATE, &mut buf) {
             Ok(len) => {

@@ -36,6 +36,17 @@ impl Session {
         let t = &tasks::task(&mut self.tasks, tid)?.tracee;
         self.segv_blocked.after_call(tid, t, None)?;
         exec::set_comm(self.tracee(tid)?, ev)?;
+        if let Some(d) = self.debug.as_mut().filter(|d| d.process == rpid) {
+            d.cmdline = ev.argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+        }
+        if self.debug.is_some() {
+            let reader = self.reader.clone();
+            for f in ev.mappings.iter().filter_map(|m| m.file.as_ref()) {
+                self.emu.note_name(&reader.file_path(f)?, &f.path);
+            }
+            self.emu
+                .note_name(&reader.file_path(&ev.exe)?, &ev.exe.path);
+        }
         self.resume(tid, 0)
     }
 

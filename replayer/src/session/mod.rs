@@ -222,7 +222,7 @@ pub(crate) struct Session {
     /// The debugger, when one drives the replay.
     pub(crate) debug: Option<Debug>,
     /// The replay's copies of the files the program maps.
-    emu: crate::mmap::EmuFiles,
+    pub(crate) emu: crate::mmap::EmuFiles,
     /// Each process's `SIGSEGV` action, put back where a trapped `rdtsc` made the kernel reset
     /// it, as the recorder did (see `tracee::forced_segv`).
     segv: SegvActions,

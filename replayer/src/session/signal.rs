@@ -35,6 +35,7 @@ impl Session {
             ));
         }
         let temporary_mask = std::mem::take(&mut self.task(tid)?.temporary_mask);
+        self.note_siginfo(e);
         match e.origin {
             SignalOrigin::Fault => {
                 // The fault trapped in the replay too.
@@ -51,6 +52,13 @@ impl Session {
             }
         }
         self.resume(tid, if e.delivered { e.signo } else { 0 })
+    }
+
+    /// Keeps the recorded `siginfo` of signal `e` as its task's last, for the debugger.
+    pub(super) fn note_siginfo(&mut self, e: &SignalEvent) {
+        if let Some(d) = self.debug.as_mut().filter(|_| e.delivered) {
+            d.siginfo.insert(e.tid, e.siginfo.clone());
+        }
     }
 
     pub(super) fn rdtsc(&mut self, e: &RdtscEvent) -> Result<()> {

@@ -471,6 +471,7 @@ impl Session {
             return Err(self.diverged(tid, expected, format!("the task at rip {rip:#x}")));
         }
         t.set_siginfo(&e.siginfo)?;
+        self.note_siginfo(e);
         self.task(tid)?.state = RState::Parked(Stop::Signal(e.signo));
         self.resume(tid, if e.delivered { e.signo } else { 0 })
     }
