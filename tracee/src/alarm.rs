@@ -25,13 +25,18 @@ pub fn start(first: Duration, interval: Duration) {
         tv_sec: d.as_secs() as libc::time_t,
         tv_usec: d.subsec_micros() as libc::suseconds_t,
     };
+    // (The handler once: nothing else in deja sets SIGALRM's, and a debugger's single step
+    // arms the timer at every instruction.)
+    static HANDLER: std::sync::Once = std::sync::Once::new();
     // SAFETY: installs an async-signal-safe no-op handler without SA_RESTART (so the signal
-    // interrupts waitpid), then arms the process's real-time timer; neither is inherited by a
-    // tracee after its exec.
-    unsafe {
+    // interrupts waitpid); a tracee does not keep it after its exec.
+    HANDLER.call_once(|| unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = wake_waiter as *const () as libc::sighandler_t;
         libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut());
+    });
+    // SAFETY: arms the process's real-time timer (plain values; not inherited by a tracee).
+    unsafe {
         let it = libc::itimerval {
             it_interval: tv(interval),
             it_value: tv(first),
