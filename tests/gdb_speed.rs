@@ -80,6 +80,24 @@ fn a_conditional_breakpoint_stops_only_where_its_condition_holds() {
 }
 
 #[test]
+fn a_condition_the_server_cannot_evaluate_is_left_to_gdb() {
+    // Address 8 is never mapped: the server's evaluation fails, it reports the first hit, and
+    // gdb, evaluating the condition again, says why it stops there.
+    let Some(all) = session(&[
+        "break f if *(int *)8 == 1",
+        "continue",
+        "print i",
+        "info breakpoints",
+    ]) else {
+        return;
+    };
+    assert_has(&all, "(target evals)");
+    assert_has(&all, "Error in testing");
+    assert_has(&all, "Cannot access memory at address 0x8");
+    assert_eq!(printed(&all), ["0"], "the first call's stop:\n{all}");
+}
+
+#[test]
 fn a_conditional_breakpoint_going_backwards_stops_at_the_earlier_hit_where_it_holds() {
     let Some(all) = session(&[
         "break f if i % 4 == 1",
