@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use recorder::RecordOptions;
-use replayer::{DebugOptions, ReplayOptions};
+use replayer::ReplayOptions;
 use trace_format::TraceRoot;
 
 use crate::{debug, progress, runs, show, traces};
@@ -40,6 +40,10 @@ enum Command {
         /// The seed is printed and kept in the trace (`deja info`).
         #[arg(long, value_name = "SEED", num_args = 0..=1, require_equals = true)]
         chaos: Option<Option<u64>>,
+        /// Run one task at a time, always: by default processes that share no memory with
+        /// others are recorded in parallel, on two CPUs.
+        #[arg(long)]
+        serial: bool,
         /// Delete the trace when the program exits 0: keep only failing runs (as a test
         /// runner's wrapper, e.g. cargo's CARGO_TARGET_<TRIPLE>_RUNNER). The exit status is
         /// still the program's.
@@ -82,7 +86,8 @@ enum Command {
         /// next one, until Ctrl-C).
         #[arg(long, requires = "serve")]
         once: bool,
-        /// Debug this process of the recording (a pid `deja ps` lists), from its first exec.
+        /// Debug this process of the recording (a pid `deja ps` lists), from its first exec (or
+        /// its fork, if it never execs).
         #[arg(
             short = 'p',
             long = "onprocess",
@@ -90,6 +95,26 @@ enum Command {
             conflicts_with = "autopilot"
         )]
         process: Option<i32>,
+        /// Debug this process from its fork (its first instruction, in its parent's program),
+        /// even if it execs later.
+        #[arg(
+            short = 'f',
+            long = "onfork",
+            value_name = "PID",
+            conflicts_with_all = ["autopilot", "process"]
+        )]
+        fork: Option<i32>,
+        /// Start at the end of a process (the debugged one by default, or PID): at the
+        /// syscall that ends it, from where gdb can go backwards. (Name the trace before
+        /// `-e`: a value after it is taken as the PID.)
+        #[arg(
+            short = 'e',
+            long = "onexit",
+            value_name = "PID",
+            num_args = 0..=1,
+            conflicts_with = "autopilot"
+        )]
+        exit: Option<Option<i32>>,
         /// Start debugging after this event (`deja dump` numbers them).
         #[arg(
             short = 'g',
@@ -219,6 +244,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             wait,
             no_syscall_buffer,
             chaos,
+            serial,
             keep_failing,
             until_fail,
             max_runs,
@@ -247,6 +273,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     eprintln!("deja: chaos scheduling with seed {seed}");
                     seed
                 }),
+                parallel: !serial && std::env::var_os("DEJA_SERIAL").is_none(),
             })
         }
         Command::Replay {
@@ -256,6 +283,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             serve,
             once,
             process,
+            fork,
+            exit,
             event,
             host,
             digest,
@@ -269,11 +298,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if !autopilot {
                 return debug::debug(debug::DebugArgs {
                     dir,
-                    opts: DebugOptions {
-                        process,
-                        event,
-                        quiet,
-                    },
+                    opts: debug::options(process, fork, exit, event, quiet)?,
                     serve_port: serve,
                     once,
                     host,

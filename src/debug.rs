@@ -29,6 +29,34 @@ pub struct DebugArgs {
     pub debugger: String,
 }
 
+/// Where `deja replay` starts debugging: `-p PID` (at the process's exec, or its fork if it
+/// never execs), `-f PID` (at its fork), `-e [PID]` (at its end; the process named there, or
+/// the one `-p`/`-f` names, or the initial one), `-g EVENT`.
+pub fn options(
+    process: Option<i32>,
+    fork: Option<i32>,
+    exit: Option<Option<i32>>,
+    event: Option<u64>,
+    quiet: bool,
+) -> Result<DebugOptions> {
+    let chosen = process.or(fork);
+    let process = match exit {
+        Some(Some(pid)) if chosen.is_some_and(|c| c != pid) => anyhow::bail!(
+            "-e {pid} names another process than the one to debug ({}): give one",
+            chosen.unwrap_or(pid)
+        ),
+        Some(Some(pid)) => Some(pid),
+        _ => chosen,
+    };
+    Ok(DebugOptions {
+        process,
+        from_fork: fork.is_some(),
+        at_exit: exit.is_some(),
+        event,
+        quiet,
+    })
+}
+
 /// Serves the replay; launches gdb unless asked to only serve. Returns gdb's exit status.
 pub fn debug(args: DebugArgs) -> Result<ExitCode> {
     let start = replayer::start_point(&args.dir, &args.opts)?;

@@ -334,6 +334,10 @@ fn describe(ev: &Event) -> String {
             e.patch.len(),
             e.stub_addr
         ),
+        Event::Lane(e) => format!(
+            "[{tid}] moves to lane {} (recorded in parallel with the other lanes)",
+            e.lane
+        ),
     }
 }
 
@@ -501,7 +505,8 @@ impl ProcessTable {
             | Event::Resume(_)
             | Event::Ptrace(_)
             | Event::Buffered(_)
-            | Event::Patch(_) => {}
+            | Event::Patch(_)
+            | Event::Lane(_) => {}
         }
     }
 }

@@ -8,6 +8,7 @@ mod avx512;
 mod commands;
 mod conditions;
 mod hostio;
+mod procs;
 mod queries;
 mod regcache;
 pub mod server;

@@ -63,6 +63,8 @@ impl MonitorCmd for ReplayTarget {
         mut out: ConsoleOutput<'_>,
     ) -> Result<(), Self::Error> {
         let cmd = String::from_utf8_lossy(cmd);
+        // (The replay answers, and may move: what gdb changed in a diversion is gone.)
+        self.end_diversion();
         match cmd.trim() {
             "when" => {
                 let replay = self.replay_ref();

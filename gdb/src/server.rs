@@ -143,6 +143,8 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
     loop {
         let next = match machine {
             GdbStubStateMachine::Idle(mut gdb) => {
+                let process = target.replay_ref().process() as u64;
+                gdb.borrow_conn().procs.set_debugged(process);
                 let incoming = gdb.borrow_conn().read_incoming();
                 session.used |= incoming.is_ok();
                 match incoming {
@@ -160,6 +162,10 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                         Ok(GdbStubStateMachine::Idle(gdb))
                     }
                     Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Idle(gdb)),
+                    Ok(Incoming::FollowChild { child, reply }) => {
+                        crate::procs::follow_child(target, gdb.borrow_conn(), child, reply)?;
+                        Ok(GdbStubStateMachine::Idle(gdb))
+                    }
                     // gdb went away.
                     Err(_) => return Ok(session),
                 }
@@ -171,6 +177,8 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                 }
             }
             GdbStubStateMachine::Running(mut gdb) => {
+                let events = gdb.borrow_conn().procs.events();
+                target.timeline().set_proc_events(events);
                 let halt = target.run()?;
                 if matches!(halt, Halt::Interrupted(_)) && gdb.borrow_conn().has_input() {
                     // gdb's interrupt byte: gdbstub then asks for the stop (CtrlCInterrupt).
@@ -191,9 +199,13 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                         }
                         // Noise: the replay runs on.
                         Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Running(gdb)),
+                        // (Not while running: gdb waits for the stop.)
+                        Ok(Incoming::FollowChild { .. }) => Ok(GdbStubStateMachine::Running(gdb)),
                         Err(_) => return Ok(session),
                     }
                 } else {
+                    crate::procs::before_stop(target, gdb.borrow_conn(), halt)
+                        .context("telling gdb about a process event")?;
                     let reason = target.stop_reason(halt);
                     // The halting thread's general registers go with the stop: gdb then
                     // needs no `g` round trip to go on stepping.
@@ -203,7 +215,7 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                 }
             }
             GdbStubStateMachine::CtrlCInterrupt(gdb) => {
-                let tid = target.replay_ref().current_thread();
+                let tid = target.stop_thread();
                 let reason = MultiThreadStopReason::SignalWithThread {
                     tid: gdb_tid(tid),
                     signal: Signal::SIGINT,
@@ -274,9 +286,8 @@ fn answer_siginfo(
     thread: Option<u64>,
     range: Result<(u64, usize)>,
 ) -> Result<()> {
-    let replay = target.replay_ref();
-    let tid = thread.map_or_else(|| replay.current_thread(), |t| t as trace_format::Tid);
-    let info = replay.siginfo(tid);
+    let tid = thread.map_or_else(|| target.stop_thread(), |t| t as trace_format::Tid);
+    let info = target.siginfo(tid);
     let (info, offset, length) = match range {
         Ok((offset, length)) => (info, offset, length),
         Err(e) => {

@@ -34,11 +34,18 @@ use replayer::{DebugReplay, Halt, HwPoint, Resume, StartPoint, Timeline};
 use crate::arch::{RegId, Registers, X86_64Linux};
 use crate::conditions::{BreakpointConditions, Conditions};
 use crate::regcache::RegCache;
+use divert::Diverted;
+
+#[path = "divert.rs"]
+mod divert;
 use crate::tls::TlsResolver;
 use crate::tls_packet::TlsRequest;
 
 /// A debugged replay, as gdb sees it.
 pub struct ReplayTarget {
+    /// The live copy gdb's writes and calls go to, once it wrote something. (Declared
+    /// first: it is killed before the replay, whose end reaps whatever it finds.)
+    diversion: Option<Diverted>,
     timeline: Timeline,
     /// The thread gdb asked to single-step in the coming resume, if any.
     step: Option<trace_format::Tid>,
@@ -72,6 +79,7 @@ impl ReplayTarget {
             shared.borrow().holds(replay, tid)
         }));
         Ok(ReplayTarget {
+            diversion: None,
             timeline,
             step: None,
             reverse: false,
@@ -88,6 +96,7 @@ impl ReplayTarget {
     pub(crate) fn start_over(&mut self) -> anyhow::Result<()> {
         self.regs.clear();
         self.conditions.borrow_mut().clear();
+        self.end_diversion();
         self.timeline.start_over()?;
         self.step = None;
         self.reverse = false;
@@ -168,6 +177,9 @@ impl ReplayTarget {
     /// Runs the replay as gdb's last resume asked, until it halts.
     pub(crate) fn run(&mut self) -> anyhow::Result<Halt> {
         self.regs.clear();
+        if let Some(diverted) = self.run_diverted() {
+            return diverted;
+        }
         let how = match self.step.take() {
             Some(tid) => Resume::Step(tid),
             None => Resume::Continue,
@@ -241,6 +253,10 @@ impl ReplayTarget {
                 tid: Some(gdb_tid(tid)),
                 pos: ReplayLogPosition::Begin,
             },
+            // (The connection replaces these replies with gdb's fork and exec stops, see
+            // `crate::procs`; gdbstub's own names the child with the parent's pid.)
+            Halt::Fork { tid, .. } | Halt::Exec(tid) => trap(tid),
+            Halt::VForkDone(tid) => MultiThreadStopReason::VForkDone(gdb_tid(tid)),
             Halt::End => MultiThreadStopReason::SignalWithThread {
                 tid: gdb_tid(self.replay_ref().current_thread()),
                 signal: Signal::SIGKILL,
@@ -252,12 +268,42 @@ impl ReplayTarget {
     /// live thread (its mistake, or a client's nonsense), an error of the replay if ptrace
     /// cannot read them.
     fn registers(&mut self, tid: Tid) -> Result<Registers, TargetError<anyhow::Error>> {
+        if self.diversion.is_some() {
+            // (gdb's writes and calls change the copy's: never cached.)
+            return self.registers_now(tid);
+        }
         self.regs.get(self.timeline.replay(), recorded_tid(tid))
+    }
+
+    /// The registers of thread `tid` read now, from the live copy gdb diverted the replay to
+    /// if it has that thread, else from the replay (see [`Self::registers`]).
+    fn registers_now(&self, tid: Tid) -> Result<Registers, TargetError<anyhow::Error>> {
+        let t = match self.diverted_thread(recorded_tid(tid)) {
+            Some(t) => t,
+            None => self
+                .replay_ref()
+                .thread(recorded_tid(tid))
+                .map_err(|_| TargetError::Errno(libc::ESRCH as u8))?,
+        };
+        let avx512 = if crate::arch::avx512() {
+            t.avx512_regs().map_err(TargetError::Fatal)?
+        } else {
+            None
+        };
+        Ok(Registers {
+            gpr: t.regs().map_err(TargetError::Fatal)?,
+            fp: t.fp_regs().map_err(TargetError::Fatal)?,
+            avx512: avx512.unwrap_or_default(),
+        })
     }
 
     /// The registers the stop reply for `halt` carries (see [`crate::regcache`]): none for a
     /// stop that names no thread, or one whose registers cannot be read.
     pub(crate) fn expedited_registers(&mut self, halt: &Halt) -> Vec<(RegId, Vec<u8>)> {
+        if self.diversion.is_some() {
+            // (A stop of the live copy: gdb asks for its registers.)
+            return Vec::new();
+        }
         let tid = match *halt {
             Halt::Breakpoint(t)
             | Halt::HwBreakpoint(t)
@@ -328,16 +374,6 @@ pub(crate) fn recorded_tid(tid: Tid) -> trace_format::Tid {
     tid.get() as trace_format::Tid
 }
 
-/// Says why gdb may not change the replay, on deja's terminal (gdb only shows an error
-/// number).
-fn refuse_write(what: &str) -> TargetError<anyhow::Error> {
-    eprintln!(
-        "deja: refusing to write {what}: a replay must stay exactly the recorded execution \
-         (set breakpoints and watchpoints freely; values cannot be changed)"
-    );
-    TargetError::Errno(libc::EPERM as u8)
-}
-
 impl Target for ReplayTarget {
     type Arch = X86_64Linux;
     type Error = anyhow::Error;
@@ -374,6 +410,19 @@ impl Target for ReplayTarget {
         Some(self)
     }
 
+    // Fork, vfork and exec events: see `crate::procs`.
+    fn use_fork_stop_reason(&self) -> bool {
+        true
+    }
+
+    fn use_vfork_stop_reason(&self) -> bool {
+        true
+    }
+
+    fn use_vforkdone_stop_reason(&self) -> bool {
+        true
+    }
+
     fn support_host_io(&mut self) -> Option<gdbstub::target::ext::host_io::HostIoOps<'_, Self>> {
         Some(self)
     }
@@ -390,7 +439,7 @@ impl MultiThreadBase for ReplayTarget {
         if now == *regs {
             return Ok(());
         }
-        Err(refuse_write("registers"))
+        self.write_diverted_regs(recorded_tid(tid), regs)
     }
 
     fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
@@ -398,18 +447,24 @@ impl MultiThreadBase for ReplayTarget {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], _tid: Tid) -> TargetResult<usize, Self> {
-        match self.replay_ref().read_mem(start, data) {
+        let read = self
+            .read_diverted_mem(start, data)
+            .unwrap_or_else(|| self.replay_ref().read_mem(start, data));
+        match read {
             0 if !data.is_empty() => Err(TargetError::Errno(libc::EFAULT as u8)),
             n => Ok(n),
         }
     }
 
-    fn write_addrs(&mut self, start: u64, data: &[u8], _tid: Tid) -> TargetResult<(), Self> {
+    fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
         let mut now = vec![0u8; data.len()];
-        if self.replay_ref().read_mem(start, &mut now) == data.len() && now == data {
+        let read = self
+            .read_diverted_mem(start, &mut now)
+            .unwrap_or_else(|| self.replay_ref().read_mem(start, &mut now));
+        if read == data.len() && now == data {
             return Ok(());
         }
-        Err(refuse_write(&format!("memory at {start:#x}")))
+        self.write_diverted_mem(recorded_tid(tid), start, data)
     }
 
     fn list_active_threads(
@@ -444,10 +499,10 @@ impl SingleRegisterAccess<Tid> for ReplayTarget {
             .write_reg(reg, val)
             .map_err(|_| TargetError::NonFatal)?;
         // gdb writes orig_rax = -1 when it restarts a call; the replay restarts nothing.
-        if changed == regs || reg == RegId::OrigRax {
+        if changed == regs || (reg == RegId::OrigRax && self.diversion.is_none()) {
             return Ok(());
         }
-        Err(refuse_write("a register"))
+        self.write_diverted_regs(recorded_tid(tid), &changed)
     }
 }
 
@@ -460,16 +515,18 @@ impl MultiThreadResume for ReplayTarget {
         self.step = None;
         self.reverse = false;
         self.range = None;
+        self.clear_divert_signal();
         Ok(())
     }
 
     fn set_resume_action_continue(
         &mut self,
         _tid: Tid,
-        _signal: Option<Signal>,
+        signal: Option<Signal>,
     ) -> Result<(), Self::Error> {
         // The signal gdb passes is the recorded one (or one it wants suppressed): the replay
-        // delivers what the recording delivered either way.
+        // delivers what the recording delivered either way. (A diversion delivers it.)
+        self.divert_signal(signal);
         Ok(())
     }
 
@@ -517,9 +574,10 @@ impl MultiThreadSingleStep for ReplayTarget {
     fn set_resume_action_step(
         &mut self,
         tid: Tid,
-        _signal: Option<Signal>,
+        signal: Option<Signal>,
     ) -> Result<(), Self::Error> {
         self.step = Some(recorded_tid(tid));
+        self.divert_signal(signal);
         Ok(())
     }
 }
@@ -560,6 +618,9 @@ impl Breakpoints for ReplayTarget {
 
 impl SwBreakpoint for ReplayTarget {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if let Some(done) = self.divert_breakpoint(addr, true) {
+            return Ok(done);
+        }
         self.timeline
             .add_breakpoint(addr)
             .map_err(TargetError::Fatal)
@@ -567,6 +628,9 @@ impl SwBreakpoint for ReplayTarget {
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
         self.conditions.borrow_mut().remove(addr);
+        if let Some(done) = self.divert_breakpoint(addr, false) {
+            return Ok(done);
+        }
         self.timeline
             .remove_breakpoint(addr)
             .map_err(TargetError::Fatal)
@@ -651,6 +715,7 @@ impl ExtendedMode for ReplayTarget {
     /// the session stays for `run`.
     fn kill(&mut self, _pid: Option<Pid>) -> TargetResult<ShouldTerminate, Self> {
         self.regs.clear();
+        self.end_diversion();
         self.timeline.replay_mut().kill();
         Ok(ShouldTerminate::No)
     }

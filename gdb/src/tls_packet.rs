@@ -12,6 +12,7 @@ use std::rc::Rc;
 use anyhow::{bail, Context};
 
 use crate::conditions::{announce_in_supported, split_breakpoint, BreakpointConditions};
+use crate::procs::Filtered;
 
 /// The packet gdb sends for the address of a thread-local variable.
 const TLS_PACKET: &[u8] = b"qGetTLSAddr:";
@@ -58,6 +59,15 @@ pub enum Incoming {
     /// The conditions of a breakpoint packet (`Z0`/`Z1`, see [`crate::conditions`]), for the
     /// server to keep before gdbstub reads the packet without them, which comes next.
     Conditions(BreakpointConditions),
+    /// gdb follows a fork's child (`follow-fork-mode child`): switch to the child, then
+    /// answer (`reply`: the packet, a detach of the parent, was acknowledged) or let gdbstub
+    /// read the packet (a `Hg` naming the child after a vfork), which comes next.
+    FollowChild {
+        /// The child.
+        child: u64,
+        /// Whether the server answers the packet.
+        reply: bool,
+    },
     /// A `qXfer:siginfo:read` packet (already acknowledged) for the thread gdb last selected
     /// with `Hg` (`None`: any thread), reading `length` bytes at `offset`: answer it with
     /// [`GdbConnection::send_xfer_reply`]. An error if its arguments make no sense.
@@ -83,6 +93,8 @@ pub struct GdbConnection {
     /// Whether `QStartNoAckMode` went to gdbstub: neither side acknowledges packets any more
     /// (deja's target keeps gdbstub's default of accepting it).
     no_ack: bool,
+    /// The part of the protocol about processes (see `crate::procs`).
+    pub procs: crate::procs::ProcFilter,
     /// The thread gdb last selected with `Hg` (`None`: any), which `qXfer:siginfo` reads.
     general_thread: Option<u64>,
     /// The packet gdbstub is writing, sent whole when it flushes (one write, not one a
@@ -104,6 +116,7 @@ impl GdbConnection {
             stream,
             ahead: VecDeque::new(),
             no_ack: false,
+            procs: Default::default(),
             general_thread: None,
             out: Vec::new(),
             inbuf: vec![0; PACKET_SIZE],
@@ -173,6 +186,29 @@ impl GdbConnection {
         if let Some(thread) = crate::xfer::general_thread(body) {
             self.general_thread = thread;
         }
+        match self.procs.incoming(body) {
+            Filtered::Pass => {}
+            Filtered::Answer(reply) => {
+                if !self.no_ack {
+                    self.write_bytes(b"+")?;
+                }
+                self.write_bytes(&frame(&reply))?;
+                return Ok(Incoming::Skipped);
+            }
+            Filtered::FollowChild(child) => {
+                if !self.no_ack {
+                    self.write_bytes(b"+")?;
+                }
+                return Ok(Incoming::FollowChild { child, reply: true });
+            }
+            Filtered::FollowChildThenPass(child) => {
+                self.ahead.extend(&packet);
+                return Ok(Incoming::FollowChild {
+                    child,
+                    reply: false,
+                });
+            }
+        }
         if body == NO_ACK_PACKET {
             self.no_ack = true;
         }
@@ -222,6 +258,18 @@ impl GdbConnection {
             None => "E01".to_string(),
         };
         self.write_bytes(&frame(body.as_bytes()))
+    }
+
+    /// Answers a packet the server took (see [`Incoming::FollowChild`]) with `body`.
+    pub fn send_reply(&mut self, body: &[u8]) -> std::io::Result<()> {
+        self.write_bytes(&frame(body))
+    }
+
+    /// Writes `text` on gdb's console: an `O` packet, which gdb takes while it waits for a
+    /// stop reply (send it right before one).
+    pub fn send_console(&mut self, text: &str) -> std::io::Result<()> {
+        let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+        self.write_bytes(&frame(format!("O{hex}").as_bytes()))
     }
 
     /// Answers a `qXfer` read of `length` bytes at `offset` of `whole` (an error if `None`).
@@ -309,6 +357,7 @@ impl gdbstub::conn::Connection for GdbConnection {
         }
         let out = crate::xfer::with_siginfo_feature(&out).unwrap_or(out);
         let out = announce_in_supported(&out).unwrap_or(out);
+        let out = self.procs.outgoing(out);
         Write::write_all(&mut self.stream, &out)?;
         Write::flush(&mut self.stream)
     }
@@ -471,6 +520,7 @@ mod tests {
                 Incoming::GetTlsAddr(req) => return (passed, req),
                 Incoming::Conditions(_) => panic!("no breakpoint was sent"),
                 Incoming::Skipped => panic!("nothing to skip was sent"),
+                Incoming::FollowChild { .. } => panic!("no fork was reported"),
                 Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
             }
         }
@@ -510,6 +560,7 @@ mod tests {
                 Incoming::Conditions(_) => panic!("no breakpoint was sent"),
                 Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
                 Incoming::Skipped => {}
+                Incoming::FollowChild { .. } => panic!("no fork was reported"),
             }
         }
         passed

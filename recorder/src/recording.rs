@@ -3,6 +3,7 @@
 //! events in the trace (see the crate README).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -29,6 +30,7 @@ mod chaos;
 mod ending;
 mod fatal_call;
 mod group_stop;
+mod lanes;
 mod point;
 mod ptrace;
 mod restart;
@@ -107,6 +109,14 @@ pub struct Session {
     kept_since: (Option<i32>, u64),
     /// Chaos scheduling, when asked for (see `chaos`).
     chaos: Option<chaos::Chaos>,
+    /// Processes recorded in parallel (see `lanes`): whether it may be done at all.
+    parallel: bool,
+    /// The lane whose schedule the session's fields hold now.
+    lane: u8,
+    /// The link to the second lane, while it may take processes.
+    lanes: Option<lanes::Link>,
+    /// Why the second lane stopped, for the first to stop the recording.
+    lane_failure: Option<anyhow::Error>,
 }
 
 impl Session {
@@ -119,6 +129,7 @@ impl Session {
         wait_all: bool,
         syscall_buffer: bool,
         chaos: Option<u64>,
+        parallel: bool,
     ) -> Session {
         let tid = root.pid().as_raw();
         let mut tasks = HashMap::new();
@@ -150,6 +161,10 @@ impl Session {
             fast: crate::fastpath::FastPath::new(syscall_buffer),
             kept_since: (None, 0),
             chaos: chaos.map(chaos::Chaos::new),
+            parallel,
+            lane: lanes::FIRST,
+            lanes: None,
+            lane_failure: None,
         }
     }
 
@@ -182,48 +197,80 @@ impl Session {
     /// Records until every task has ended; returns how the initial process ended.
     pub fn run(&mut self) -> Result<ExitStatus> {
         self.first_exec()?;
-        loop {
-            if self.current.is_none() {
-                for e in std::mem::take(&mut self.exits) {
-                    self.writer.push(Event::Exit(e))?;
-                }
-                if self.tasks.is_empty() {
-                    break;
-                }
-                let scheduled = self.schedule_next();
-                if self.unless_vanished(scheduled)? {
-                    // The next ready task, if any, gets the CPU instead.
-                    continue;
-                }
-                if self.tasks.is_empty() {
-                    // The last ones ended as chaos let them reach their stops (see `chaos`).
-                    continue;
-                }
-                if self.current.is_none() && self.others_wait() {
-                    // The task given the CPU gave it up at once (held or parked for emulated
-                    // ptrace, or gone into a blocking syscall from a held stop or a
-                    // group-stop): the next one gets it now, as no stop of its may ever come.
-                    continue;
-                }
+        let second = self.second_cpu();
+        let tick = Duration::from_micros(TICK_MICROS.load(Ordering::Relaxed));
+        let m: lanes::Shared = std::sync::Mutex::new(self);
+        let result = std::thread::scope(|scope| {
+            let (to_first, from_second) = std::sync::mpsc::channel();
+            if let Some(cpu) = second {
+                let (tx, rx) = std::sync::mpsc::channel();
+                lanes::lock(&m).link_second_lane(tx, cpu, to_first);
+                let m = &m;
+                std::thread::Builder::new()
+                    .name("deja-tracer-2".into())
+                    .spawn_scoped(scope, move || lanes::second_lane(m, rx, cpu, tick))
+                    .context("starting the second tracer thread")?;
             }
-            if let Some((pid, stop)) = self.wait_any()? {
-                let handled = self.dispatch(pid.as_raw(), stop);
-                self.unless_vanished(handled)?;
+            let r = first_lane(&m, &from_second);
+            let mut s = lanes::lock(&m);
+            s.unlink_second_lane();
+            if r.is_err() {
+                s.kill_lane(lanes::SECOND);
             }
-
-            if self.any_group_stopped() {
-                self.continue_group_stops();
-            }
+            r
+        });
+        let s = m.into_inner().unwrap_or_else(|e| e.into_inner());
+        result?;
+        if let Some(e) = s.lane_failure.take() {
+            return Err(e);
         }
-        self.root_status
+        s.root_status
             .context("the initial process ended without a reported status")
     }
 
-    /// Waits for any task; at each timer tick while it waits, writes out buffered events now
-    /// and then, and preempts the task holding the CPU once its time slice is over while
-    /// another task waits for the CPU. `None` when a tick found a group-stopped task whose
-    /// process got a `SIGCONT` (see `group_stop`).
-    fn wait_any(&mut self) -> Result<Option<(Pid, Stop)>> {
+    /// The CPU of the second lane, if processes may be recorded in parallel: another CPU the
+    /// recorder may use.
+    fn second_cpu(&self) -> Option<u32> {
+        if !self.parallel || self.chaos.is_some() || !self.fast.enabled {
+            return None;
+        }
+        tracee::affinity::allowed(std::process::id() as i32)
+            .into_iter()
+            .find(|&c| c != self.cpu)
+    }
+
+    /// Gives the calling lane's CPU to its next ready task if none holds it, writing the
+    /// deaths deferred until then first.
+    fn schedule_lane(&mut self) -> Result<()> {
+        loop {
+            if self.current.is_some() {
+                return Ok(());
+            }
+            for e in std::mem::take(&mut self.exits) {
+                self.writer.push(Event::Exit(e))?;
+            }
+            if !self.lane_has_tasks(self.lane) {
+                return Ok(());
+            }
+            let scheduled = self.schedule_next();
+            if self.unless_vanished(scheduled)? {
+                // The next ready task, if any, gets the CPU instead.
+                continue;
+            }
+            if self.current.is_none() && self.others_wait() {
+                // The task given the CPU gave it up at once (held or parked for emulated
+                // ptrace, or gone into a blocking syscall from a held stop or a
+                // group-stop): the next one gets it now, as no stop of its may ever come.
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// At a tick that interrupted the calling lane's wait: its time slice and flushes (see
+    /// `account_ticks`), and a group-stopped task of the lane whose process got a `SIGCONT`
+    /// (an error that ends the wait: see `group_stop`).
+    fn on_tick(&mut self) -> Result<()> {
         let Session {
             writer,
             tasks,
@@ -232,31 +279,24 @@ impl Session {
             stall,
             ticks,
             chaos,
+            lane,
             ..
         } = self;
-        set_ticks_blocked(false);
-        let stop = tracee::stop::wait_any(&mut || {
-            set_ticks_blocked(true);
-            let accounted = account_ticks(
-                writer,
-                tasks,
-                ready,
-                *current,
-                (stall, ticks),
-                chaos.as_mut(),
-            );
-            set_ticks_blocked(false);
-            accounted?;
-            crate::session::stop_requested()?;
-            group_stop::continued_while_waiting(tasks)
-        });
-        set_ticks_blocked(true);
-        // A stop signal ends the loop (the caller kills the tasks and keeps the trace).
-        crate::session::stop_requested()?;
-        match stop {
-            Ok(stop) => Ok(Some(stop)),
-            Err(e) if group_stop::is_continued(&e) => Ok(None),
-            Err(e) => Err(e),
+        account_ticks(
+            writer,
+            tasks,
+            ready,
+            *current,
+            (stall, ticks),
+            chaos.as_mut(),
+        )?;
+        group_stop::continued_while_waiting(tasks.values().filter(|t| t.lane == *lane))
+    }
+
+    /// Kills every task of `lane` (after an error).
+    fn kill_lane(&mut self, lane: u8) {
+        for t in self.tasks.values().filter(|t| t.lane == lane) {
+            let _ = nix::sys::signal::kill(t.tracee.pid(), nix::sys::signal::Signal::SIGKILL);
         }
     }
 
@@ -304,6 +344,7 @@ impl Session {
         let (old_mm, old_slot) = (t.mm, t.slot.take());
         t.mm = t.pid;
         t.clear_tid_at = None;
+        t.just_execed = true;
         let mut ev = exec::capture(&t.tracee, writer, files)?;
         ev.tid = named;
         if old_mm != t.pid {
@@ -353,6 +394,12 @@ impl Session {
                     self.current = Some(tid);
                     return self.on_syscall_entry(tid);
                 }
+                State::Moved => {
+                    // It makes its syscall again: its entry stop comes at once.
+                    self.current = Some(tid);
+                    t.boundary = None;
+                    return t.tracee.cont(0);
+                }
                 other => t.state = other,
             }
         }
@@ -379,6 +426,9 @@ impl Session {
     fn resume(&mut self, tid: i32, regs: Regs) -> Result<()> {
         self.load_pending_library(tid)?;
         if self.ptrace_stops_after_event(tid)? {
+            return Ok(());
+        }
+        if self.move_after_exec(tid, regs)? {
             return Ok(());
         }
         self.run_on(tid, regs, false)
@@ -451,7 +501,8 @@ impl Session {
             | State::ReadyAfter(_)
             | State::Preempted
             | State::GroupStopped(_)
-            | State::ReadyToContinue(_) => {
+            | State::ReadyToContinue(_)
+            | State::Moved => {
                 if stop == Stop::Exec {
                     bail!(THREAD_EXEC);
                 }
@@ -554,6 +605,7 @@ impl Session {
                 let clone_vm = args.flags & libc::CLONE_VM as u64 != 0;
                 let slot = self.slot_for_child(tid, child, clone_vm);
                 let mut task = Task::new(tracee, child_pid, state);
+                task.lane = self.lane;
                 task.slot = slot;
                 task.child_tid_at = args.child_tid;
                 task.clear_tid_at = clear_tid_at.filter(|&a| a != 0);
@@ -582,6 +634,73 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// The first lane's loop (the recorder's tracer thread): records its tasks until every task
+/// of the recording has ended.
+fn first_lane(m: &lanes::Shared, back: &Receiver<lanes::Moved>) -> Result<()> {
+    loop {
+        {
+            let mut s = lanes::lock(m);
+            if let Some(e) = s.lane_failure.take() {
+                return Err(e);
+            }
+            s.take_moved_back(back)?;
+            s.schedule_lane()?;
+            if s.tasks.is_empty() {
+                return Ok(());
+            }
+            if !s.lane_has_tasks(lanes::FIRST) {
+                // Only the second lane's tasks are left: wait for them to end, still open to
+                // the signals that stop a recording.
+                drop(s);
+                set_ticks_blocked(false);
+                std::thread::sleep(Duration::from_millis(1));
+                set_ticks_blocked(true);
+                crate::session::stop_requested()?;
+                continue;
+            }
+        }
+        let stop = wait_first(m, back)?;
+        let mut s = lanes::lock(m);
+        if let Some((pid, stop)) = stop {
+            let handled = s.dispatch(pid.as_raw(), stop);
+            s.unless_vanished(handled)?;
+        }
+        if s.any_group_stopped() {
+            s.continue_group_stops();
+        }
+    }
+}
+
+/// Waits for a stop of a task of the first lane; at each timer tick while it waits, accounts
+/// for the lane's time slice and flushes (see [`Session::on_tick`]) and checks for a request
+/// to stop. `None` when a tick found a group-stopped task whose process got a `SIGCONT` (see
+/// `group_stop`).
+fn wait_first(m: &lanes::Shared, back: &Receiver<lanes::Moved>) -> Result<Option<(Pid, Stop)>> {
+    set_ticks_blocked(false);
+    let stop = tracee::stop::wait_any(&mut || {
+        set_ticks_blocked(true);
+        let ticked = {
+            let mut s = lanes::lock(m);
+            s.on_tick().and_then(|()| {
+                // A task moved back from the second lane wakes this wait; it may get the CPU.
+                s.take_moved_back(back)?;
+                s.schedule_lane()
+            })
+        };
+        set_ticks_blocked(false);
+        ticked?;
+        crate::session::stop_requested()
+    });
+    set_ticks_blocked(true);
+    // A stop signal ends the loop (the caller kills the tasks and keeps the trace).
+    crate::session::stop_requested()?;
+    match stop {
+        Ok(stop) => Ok(Some(stop)),
+        Err(e) if group_stop::is_continued(&e) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct RecordOptions {
     /// Chaos scheduling with this seed (`deja rec --chaos`): random scheduling decisions
     /// that make races show (see `recording::chaos`).
     pub chaos: Option<u64>,
+    /// Record processes that share no memory in parallel, each CPU with its own tracer
+    /// thread (on by default; `deja rec --serial` turns it off).
+    pub parallel: bool,
 }
 
 /// A finished recording.
@@ -232,6 +235,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         opts.wait_all,
         opts.syscall_buffer,
         opts.chaos,
+        opts.parallel,
     );
     let kept = session.writer().kept_events();
     let result = session.run();

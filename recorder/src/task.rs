@@ -61,6 +61,9 @@ pub enum State {
     GroupStopped(Option<Box<Entry>>),
     /// Continued after a group-stop, waiting for the CPU to go on.
     ReadyToContinue(Option<Box<Entry>>),
+    /// Moved from another lane at a syscall's entry (see `recording::lanes`): stopped right
+    /// before making that syscall again, waiting for the CPU.
+    Moved,
 }
 
 impl State {
@@ -87,6 +90,7 @@ impl State {
                     ..
                 })
                 | State::ReadyToContinue(_)
+                | State::Moved
         )
     }
 }
@@ -128,6 +132,10 @@ pub struct Task {
     /// An asynchronous signal was just delivered by a single step: its stop (at the handler's
     /// first instruction) is still that signal's boundary.
     pub entering_handler: bool,
+    /// The lane (tracer thread) that traces it (see `recording::lanes`).
+    pub lane: u8,
+    /// It has just executed a new program and not run since (it may move to another lane).
+    pub just_execed: bool,
 }
 
 impl Task {
@@ -147,6 +155,8 @@ impl Task {
             slot: None,
             library_pending: false,
             entering_handler: false,
+            lane: 0,
+            just_execed: false,
         }
     }
 

@@ -253,6 +253,7 @@ fn record_ok(prog: &Path, args: &[&str]) -> (ExitStatus, Vec<Event>) {
         wait_all: false,
         syscall_buffer: true,
         chaos: None,
+        parallel: true,
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

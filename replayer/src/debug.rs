@@ -55,6 +55,37 @@ pub enum Halt {
     /// The replay paused between events for its timeline to keep a checkpoint (see
     /// [`Debug::pause_every`]); never a debugger's halt.
     Pause(Tid),
+    /// The task's `fork` (or `vfork`, or a `clone` making a process) made process `child`;
+    /// the task is back from the call, in the parent (only when the debugger asked, see
+    /// [`ProcEvents`]).
+    Fork {
+        /// The task that forked.
+        tid: Tid,
+        /// The new process (its recorded pid).
+        child: Tid,
+        /// It was a `vfork` (`CLONE_VFORK`): [`Halt::VForkDone`] comes next.
+        vfork: bool,
+    },
+    /// The `vfork` the task made is over: its child exec'd or ended (in a replay, as in the
+    /// recording, the parent is back from `vfork` only then, so this comes right after the
+    /// [`Halt::Fork`] halt).
+    VForkDone(Tid),
+    /// The task (of the debugged process) exec'd a new program: it is at that program's
+    /// first instruction (only when the debugger asked, see [`ProcEvents`]).
+    Exec(Tid),
+}
+
+/// Which of the debugged process's fork, vfork and exec events halt the replay (gdb's
+/// `fork-events`, `vfork-events` and `exec-events`, which it asks for to stop at
+/// catchpoints and to follow an exec to the new program).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcEvents {
+    /// Halt after a fork (or a `clone` making a process) returns in the parent.
+    pub fork: bool,
+    /// Halt after a `vfork` returns in the parent.
+    pub vfork: bool,
+    /// Halt after an exec, at the new program's first instruction.
+    pub exec: bool,
 }
 
 impl Halt {
@@ -70,7 +101,10 @@ impl Halt {
             | Halt::Reached(t)
             | Halt::Start(t)
             | Halt::Ending(t)
-            | Halt::Pause(t) => Some(t),
+            | Halt::Pause(t)
+            | Halt::Fork { tid: t, .. }
+            | Halt::VForkDone(t)
+            | Halt::Exec(t) => Some(t),
             Halt::Signal { .. } | Halt::Exited(_) | Halt::End => None,
         }
     }
@@ -239,6 +273,10 @@ pub(crate) struct Debug {
     /// mapped later, when the replay started over to go backwards): inserted when it is
     /// mapped.
     pub pending_breakpoints: BTreeSet<u64>,
+    /// The process events the debugger halts at.
+    pub proc_events: ProcEvents,
+    /// Process events of the debugged process to report, each before its task next runs.
+    pub proc_halts: std::collections::VecDeque<Halt>,
     /// The recorded `siginfo_t` of the last signal delivered to each task (gdb's
     /// `$_siginfo`).
     pub siginfo: std::collections::HashMap<Tid, Vec<u8>>,
@@ -275,6 +313,8 @@ impl Debug {
             pause_every: None,
             last_pause: std::time::Instant::now(),
             pending_breakpoints: BTreeSet::new(),
+            proc_events: ProcEvents::default(),
+            proc_halts: Default::default(),
             siginfo: Default::default(),
             cmdline: Vec::new(),
         }
@@ -308,9 +348,34 @@ impl Debug {
             pause_every: self.pause_every,
             last_pause: std::time::Instant::now(),
             pending_breakpoints: self.pending_breakpoints.clone(),
+            proc_events: self.proc_events,
+            proc_halts: self.proc_halts.clone(),
             siginfo: self.siginfo.clone(),
             cmdline: self.cmdline.clone(),
         }
+    }
+
+    /// Notes a process event of task `tid` (of the debugged process), reported before the
+    /// task next runs if the debugger wants it. Nothing is noted on the way to the starting
+    /// point.
+    pub fn note_proc_event(&mut self, halt: Halt) {
+        let wanted = match halt {
+            Halt::Fork { vfork: false, .. } => self.proc_events.fork,
+            Halt::Fork { vfork: true, .. } | Halt::VForkDone(_) => self.proc_events.vfork,
+            Halt::Exec(_) => self.proc_events.exec,
+            _ => false,
+        };
+        if wanted && self.halt_after_event.is_none() {
+            self.proc_halts.push_back(halt);
+        }
+    }
+
+    /// The process event to report before task `tid` runs, if any.
+    pub fn take_proc_halt(&mut self, tid: Tid) -> Option<Halt> {
+        if self.proc_halts.front()?.task() != Some(tid) {
+            return None;
+        }
+        self.proc_halts.pop_front()
     }
 
     /// Whether the debugger wants the replay interrupted now.

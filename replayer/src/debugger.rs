@@ -7,28 +7,16 @@
 //! this: a position is an event index plus, at most, a task part-way to its next event, and
 //! [`DebugReplay::open`] can already reach any event from the start.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use trace_format::{Event, Tid, TraceReader};
+use trace_format::Tid;
 use tracee::{Regs, Tracee};
 
-use crate::debug::{Debug, Halt, HwPoint, Position, Step, INT3};
+use crate::debug::{Debug, Halt, HwPoint, Position, ProcEvents, Step, INT3};
 use crate::divergence::Incomplete;
 use crate::session::{ReplayOptions, Session};
-
-/// Where the debugger wants the replay to start.
-#[derive(Debug, Clone, Default)]
-pub struct DebugOptions {
-    /// The process to debug (recorded pid); the initial process if `None`. The replay starts
-    /// at its first exec, or at its first instruction if it never execs.
-    pub process: Option<Tid>,
-    /// Start no earlier than after this event.
-    pub event: Option<u64>,
-    /// Do not echo what the program wrote to stdout/stderr.
-    pub quiet: bool,
-}
+use crate::start::StartPoint;
 
 /// How the debugger resumes the replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,13 +44,15 @@ pub struct DebugReplay {
 pub type BreakpointFilter = Box<dyn FnMut(&DebugReplay, Tid) -> bool>;
 
 impl DebugReplay {
-    /// Starts replaying the trace in `dir` and runs it to `start` (see [`start_point`]);
+    /// Starts replaying the trace in `dir` and runs it to `start` (see [`crate::start_point`]);
     /// `quiet` keeps the program's output from being echoed.
     pub fn open(dir: &Path, start: &StartPoint, quiet: bool) -> Result<Self> {
         let mut debug = Debug::new(start.process);
         debug.halt_after_event = Some(start.event);
         debug.exe = start.exe.clone();
         debug.comm = start.comm.clone();
+        debug.auxv = start.auxv.clone();
+        debug.cmdline = start.cmdline.clone();
         let session = Session::open(
             dir,
             &ReplayOptions {
@@ -176,11 +166,14 @@ impl DebugReplay {
     }
 
     /// The threads of the debugged process that exist now (recorded ids, ascending).
+    /// A thread another thread's exec killed is left out: the replay keeps it until its
+    /// recorded end, but it has no registers to show any more.
     pub fn threads(&self) -> Vec<Tid> {
         let mut ids: Vec<Tid> = self
             .session
             .tasks
             .in_process(self.process())
+            .filter(|(_, t)| !gone(t.tracee.pid().as_raw()))
             .map(|(id, _)| id)
             .collect();
         ids.sort_unstable();
@@ -344,7 +337,7 @@ impl DebugReplay {
         &self.debug().exe
     }
 
-    fn debug(&self) -> &Debug {
+    pub(crate) fn debug(&self) -> &Debug {
         self.session
             .debug
             .as_ref()
@@ -431,6 +424,16 @@ impl DebugReplay {
         }))
     }
 
+    /// A diversion at the replay's position, thread `tid` of the debugged process its leader:
+    /// a live copy of the process for the debugger to run and change (see
+    /// [`crate::Diversion`]); the replay stays as it is.
+    pub fn divert(&self, tid: Tid) -> Result<crate::Diversion> {
+        if self.finished.is_some() {
+            bail!("the replay has ended");
+        }
+        self.session.divert(tid)
+    }
+
     /// Whether task `tid` is stopped at one of the debugger's software breakpoints, about to
     /// execute it, one the breakpoint filter lets halt the replay.
     pub fn at_breakpoint(&mut self, tid: Tid) -> Result<bool> {
@@ -483,7 +486,35 @@ impl DebugReplay {
     }
 }
 
+/// Following processes: the fork, vfork and exec events the debugger halts at, and the
+/// debugged process of copies (see `Timeline::switch_to`).
 impl DebugReplay {
+    /// Which process events halt the replay from now on (none forgets those not reported
+    /// yet).
+    pub fn set_proc_events(&mut self, events: ProcEvents) {
+        let d = self.debug_mut();
+        d.proc_events = events;
+        if events == ProcEvents::default() {
+            d.proc_halts.clear();
+        }
+    }
+
+    /// Makes `pid` the debugged process of a copy of the replay (see
+    /// `Timeline::switch_to`), its breakpoints already taken out.
+    pub(crate) fn set_process(&mut self, pid: Tid) {
+        let d = self.debug_mut();
+        if d.process != pid {
+            d.process = pid;
+            d.current = None;
+            d.hw_generation += 1;
+        }
+    }
+
+    /// The name the kernel gave the debugged program's threads in the recording.
+    pub fn comm(&self) -> &str {
+        &self.debug().comm
+    }
+
     /// Ends the replay: kills its tasks (as dropping it does).
     pub fn kill(&mut self) {
         self.session.tasks.kill_all();
@@ -497,85 +528,14 @@ impl Drop for DebugReplay {
     }
 }
 
-/// Where a debugged replay starts.
-#[derive(Debug, Clone)]
-pub struct StartPoint {
-    /// The debugged process (recorded pid).
-    pub process: Tid,
-    /// The event after which the replay first halts.
-    pub event: u64,
-    /// The debugged process's last exec (or its first run) at or before `event`: where going
-    /// backwards stops.
-    pub first: u64,
-    /// The executable the process runs there (the trace's copy), for gdb's symbols.
-    pub exe: PathBuf,
-    /// The name the kernel gave the process's threads there (from the recorded path).
-    pub comm: String,
-}
-
-/// Finds where the replay of `dir` starts for `opts`: after the debugged process's first
-/// exec (or its first run, if it never execs), and no earlier than `opts.event`.
-pub fn start_point(dir: &Path, opts: &DebugOptions) -> Result<StartPoint> {
-    let reader = TraceReader::open(dir)?;
-    let mut at = None;
-    let mut last_exec = None;
-    let mut root = None;
-    let mut count = 0u64;
-    // The process of each task, and the file each process runs.
-    let mut process_of: HashMap<Tid, Tid> = HashMap::new();
-    let mut exe_of: HashMap<Tid, trace_format::FileRef> = HashMap::new();
-    for (index, ev) in reader.events()?.enumerate() {
-        let ev = ev?;
-        count += 1;
-        let index = index as u64;
-        let root = *root.get_or_insert(ev.tid());
-        let wanted = opts.process.unwrap_or(root);
-        match &ev {
-            Event::Exec(e) => {
-                process_of.insert(e.tid, e.tid);
-                exe_of.insert(e.tid, e.exe.clone());
-                if e.tid == wanted && !matches!(at, Some((_, true))) {
-                    at = Some((index, true));
-                }
-                if e.tid == wanted && opts.event.map_or(true, |o| index <= o) {
-                    last_exec = Some(index);
-                }
-            }
-            Event::Clone(c) => {
-                process_of.insert(c.child, c.child_pid);
-                let parent = process_of.get(&c.tid).copied().unwrap_or(c.tid);
-                if let Some(exe) = exe_of.get(&parent).cloned() {
-                    exe_of.entry(c.child_pid).or_insert(exe);
-                }
-            }
-            Event::Start(e) if e.tid == wanted && at.is_none() => at = Some((index, false)),
-            _ => {}
-        }
-        let exec_found = matches!(at, Some((_, true)));
-        if exec_found && opts.event.map_or(true, |e| e < index) {
-            break;
-        }
+/// Whether the task with kernel id `tid` has ended (gone, or a zombie waiting to be reaped).
+fn gone(tid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold any byte.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| matches!(state, 'Z' | 'X')),
+        Err(_) => true,
     }
-    let root = root.context("the trace has no events")?;
-    let process = opts.process.unwrap_or(root);
-    let Some((at, _)) = at else {
-        bail!("the recording has no process {process} (`deja ps` lists its processes)");
-    };
-    let event = opts.event.map_or(at, |e| e.max(at));
-    if event >= count {
-        bail!(
-            "event {event} is past the end of the recording ({count} events; `deja info` \
-             tells)"
-        );
-    }
-    let exe = exe_of
-        .get(&process)
-        .with_context(|| format!("no executable is recorded for process {process}"))?;
-    Ok(StartPoint {
-        process,
-        event,
-        first: last_exec.unwrap_or(at).min(event),
-        exe: reader.file_path(exe)?,
-        comm: crate::debug::comm_of(&exe.path),
-    })
 }

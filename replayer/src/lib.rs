@@ -5,6 +5,8 @@
 mod debug;
 mod debugger;
 mod divergence;
+mod diversion;
+mod diversion_syscalls;
 mod echo;
 mod exec;
 mod inspect;
@@ -14,12 +16,15 @@ mod point;
 mod seccomp;
 mod session;
 mod sigmask;
+mod start;
 mod tasks;
 mod timeline;
 
-pub use debug::{Halt, HwPoint, Position, WatchKind};
-pub use debugger::{start_point, BreakpointFilter, DebugOptions, DebugReplay, Resume, StartPoint};
+pub use debug::{Halt, HwPoint, Position, ProcEvents, WatchKind};
+pub use debugger::{BreakpointFilter, DebugReplay, Resume};
 pub use divergence::{Divergence, Incomplete};
+pub use diversion::Diversion;
 pub use inspect::{PROC_FILES, PROC_LINKS};
 pub use session::{replay, Progress, ReplayOptions, ReplayOutcome};
+pub use start::{start_point, DebugOptions, StartPoint};
 pub use timeline::Timeline;

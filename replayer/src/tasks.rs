@@ -154,6 +154,15 @@ impl Tasks {
         self.stash.values().any(|s| !s.is_empty())
     }
 
+    /// Whether a stop of task `tid` (recorded id) waits to be collected.
+    pub fn stop_waiting(&self, tid: Tid) -> bool {
+        self.by_tid.get(&tid).is_some_and(|t| {
+            self.stash
+                .get(&t.tracee.pid().as_raw())
+                .is_some_and(|s| !s.is_empty())
+        })
+    }
+
     /// All tasks (recorded id, task).
     pub fn all(&self) -> impl Iterator<Item = (Tid, &Task)> {
         self.by_tid.iter().map(|(&tid, t)| (tid, t))

@@ -18,8 +18,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use trace_format::Tid;
 
-use crate::debug::{Halt, HwPoint, Position};
-use crate::debugger::{BreakpointFilter, DebugReplay, Resume, StartPoint};
+use crate::debug::{Halt, HwPoint, Position, ProcEvents};
+use crate::debugger::{BreakpointFilter, DebugReplay, Resume};
+use crate::start::StartPoint;
 
 /// How many instructions `reverse-stepi` single-steps through at most to find the one before
 /// the current position (going backwards steps a task's run from its start).
@@ -82,6 +83,9 @@ pub struct Timeline {
     /// How many forward single steps went by since the later anchor was taken (0: it is at
     /// the current position; more: it is before it, on the same run).
     steps_past: u64,
+    /// The process events the debugger halts at (going forward only: the replays that go
+    /// backwards do not halt at them).
+    proc_events: ProcEvents,
 }
 
 /// A copy of the replay kept at a halt part-way through task `tid`'s run after event `event`.
@@ -120,6 +124,7 @@ impl Timeline {
             saved: Vec::new(),
             anchors: [None, None],
             steps_past: 0,
+            proc_events: ProcEvents::default(),
         };
         timeline.replay.set_pause_every(Some(PAUSE_EVERY));
         timeline.checkpoint_here()?;
@@ -143,7 +148,67 @@ impl Timeline {
             }
             timeline.checkpoint_here()?;
         }
+        if timeline.start.at_exit {
+            timeline.run_to_end()?;
+        }
         Ok(timeline)
+    }
+
+    /// Runs on to the debugged process's end (`deja replay -e`): to its task's stop at the
+    /// syscall that ends it ([`Halt::Ending`]), keeping checkpoints on the way (nothing the
+    /// debugger set yet: the recorded signals it meets are passed over). A process that a
+    /// signal killed makes no such call: the replay goes back from its end to its last halt,
+    /// the signal's delivery; one the recording ends without ending stops at its last halt
+    /// too.
+    fn run_to_end(&mut self) -> Result<()> {
+        loop {
+            match run(&mut self.checkpoints, &mut self.replay, Resume::Continue)? {
+                Halt::Ending(_) => return self.checkpoint_here(),
+                Halt::Exited(_) | Halt::End => break,
+                _ => {}
+            }
+        }
+        match self.reverse(Resume::Continue)? {
+            Halt::Start(_) => bail!(
+                "process {} has no end in the recording to start at (`deja ps` tells how it \
+                 ended)",
+                self.start.process
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Which process events halt the replay going forward (what gdb asked for).
+    pub fn set_proc_events(&mut self, events: ProcEvents) {
+        self.proc_events = events;
+        self.replay.set_proc_events(events);
+    }
+
+    /// Debugs process `pid` from its fork on (gdb following a fork's child): the replay goes
+    /// to the child's first instruction (forwards, or backwards if the child ran before its
+    /// parent was back from the fork, as a `vfork`'s always does), with nothing set in it; that
+    /// is where going backwards, and `run`, start from now (the checkpoints and saved
+    /// positions before it are dropped).
+    pub fn switch_to(&mut self, pid: Tid) -> Result<()> {
+        let start = crate::start::start_point(
+            &self.dir,
+            &crate::start::DebugOptions {
+                process: Some(pid),
+                from_fork: true,
+                ..Default::default()
+            },
+        )?;
+        self.drop_anchors();
+        self.breakpoints.clear();
+        self.hw.clear();
+        self.start = start;
+        let replay = self.fresh_at(&Position::Boundary(self.start.event))?;
+        self.take(replay);
+        // Nothing before the child's start is reachable now: not the checkpoints of its
+        // parent's replay, nor the positions the debugger saved there.
+        self.checkpoints.clear();
+        self.saved.iter_mut().for_each(|p| *p = None);
+        self.checkpoint_here()
     }
 
     /// Keeps a copy of the replay at its position (see [`keep_checkpoint`]).
@@ -177,6 +242,14 @@ impl Timeline {
     pub fn set_interrupt(&mut self, check: Box<dyn FnMut() -> bool>) {
         self.interrupt = Some(Rc::new(RefCell::new(check)));
         self.install_interrupt();
+    }
+
+    /// Whether the debugger asks for an interrupt now (its check, for what runs outside the
+    /// replay: a diversion).
+    pub fn interrupt_requested(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|check| (check.borrow_mut())())
     }
 
     fn install_interrupt(&mut self) {
@@ -580,6 +653,7 @@ impl Timeline {
     /// Gives a copy of a replay the debugger's requests as they are now, not echoing output.
     fn prepare(&self, replay: &mut DebugReplay) -> Result<()> {
         replay.set_quiet(true);
+        replay.set_proc_events(ProcEvents::default());
         replay.set_pause_every(Some(PAUSE_EVERY));
         // (A checkpoint kept from a scan has the scan's mark.)
         replay.set_mark(&Position::End);
@@ -587,6 +661,9 @@ impl Timeline {
         for &addr in now.difference(&self.breakpoints) {
             replay.remove_breakpoint(addr)?;
         }
+        // (A checkpoint kept before the debugger followed a fork's child debugs the parent:
+        // its breakpoints are gone from there now.)
+        replay.set_process(self.start.process);
         for &addr in self.breakpoints.difference(&now) {
             replay.add_breakpoint_or_pending(addr)?;
         }
@@ -633,6 +710,7 @@ impl Timeline {
     fn take(&mut self, mut replay: DebugReplay) {
         replay.set_quiet(self.quiet);
         replay.set_mark(&Position::End);
+        replay.set_proc_events(self.proc_events);
         self.replay.kill();
         self.replay = replay;
     }

@@ -20,7 +20,8 @@ pub fn writes_mut(ev: &mut Event) -> Vec<&mut MemWrite> {
         | Event::Preempt(_)
         | Event::Resume(_)
         | Event::Ptrace(_)
-        | Event::Patch(_) => Vec::new(),
+        | Event::Patch(_)
+        | Event::Lane(_) => Vec::new(),
     }
 }
 

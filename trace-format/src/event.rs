@@ -45,6 +45,9 @@ pub enum Event {
     /// A syscall site was patched to jump into the in-process library; the task, stopped at
     /// that syscall's entry, makes the call again through the patch.
     Patch(PatchEvent),
+    /// The task's process moved to another lane of the recorder (a tracer thread of another
+    /// CPU): from its next run on, its runs overlap those of the other lane's tasks.
+    Lane(LaneEvent),
 }
 
 impl Event {
@@ -76,6 +79,7 @@ impl Event {
             Event::Ptrace(e) => e.tid,
             Event::Buffered(e) => e.tid,
             Event::Patch(e) => e.tid,
+            Event::Lane(e) => e.tid,
         }
     }
 
@@ -95,6 +99,7 @@ impl Event {
             Event::Ptrace(_) => "ptrace",
             Event::Buffered(_) => "buffered",
             Event::Patch(_) => "patch",
+            Event::Lane(_) => "lane",
         }
     }
 }
@@ -312,6 +317,21 @@ pub struct PatchEvent {
     pub stub: Vec<u8>,
     /// A page for stubs mapped first (its first 8 bytes hold the library hook's address).
     pub new_page: Option<u64>,
+}
+
+/// A process moves to another lane, right after its task's event and before it runs on (see
+/// the recorder's README, "Processes recorded in parallel"). Each lane runs one of its tasks
+/// at a time, and the lanes run at once: the events of a lane's tasks keep the order of a
+/// one-CPU recording, and the other lanes' events come in between. Tasks of different lanes
+/// share no memory, so what a task computes between its events depends on nothing the other
+/// lanes do; a replay finds a task's next event as the next event of its lane. The tasks a
+/// task creates are in its lane.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct LaneEvent {
+    /// The task (alone in its process).
+    pub tid: Tid,
+    /// Its lane from now on (0: the recorder's first).
+    pub lane: u8,
 }
 
 /// A system call as it happened in the recording.

@@ -33,4 +33,4 @@ pub use writer::{
 };
 
 /// The trace format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;

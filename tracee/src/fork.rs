@@ -228,9 +228,17 @@ impl Tracee {
                 {
                     child = Some(nix::unistd::Pid::from_raw(self.event_msg()? as i32));
                 }
+                // A signal the replay itself caused (a child's `SIGCHLD`: a copy is never
+                // made while a recorded one waits to be delivered), dropped by the next
+                // resumption, as the replay drops it anyway.
+                Stop::Signal(_) => continue,
                 Stop::SeccompEntry | Stop::SyscallStop => {
                     let (op, rval) = self.syscall_info()?;
                     if op != INFO_EXIT {
+                        continue;
+                    }
+                    if (-516..=-512).contains(&rval) {
+                        // Interrupted by such a signal: the kernel makes the call again.
                         continue;
                     }
                     if self.regs()?.rip != site + 2 {
@@ -278,13 +286,25 @@ impl Tracee {
             StopKind::Seccomp => {
                 // Enter a syscall again to be at its seccomp stop (the filter traps it).
                 self.point_at_getpid(saved, site)?;
-                self.cont(0)?;
-                match self.wait()? {
-                    Stop::SeccompEntry => {}
-                    other => bail!(
-                        "task {} stopped with {other:?} instead of at its syscall's seccomp stop",
-                        self.pid()
-                    ),
+                let mut entered = false;
+                for _ in 0..MAX_STOPS {
+                    self.cont(0)?;
+                    match self.wait()? {
+                        Stop::SeccompEntry => {
+                            entered = true;
+                            break;
+                        }
+                        // (A signal the replay caused, dropped: see `run_clone`.)
+                        Stop::Signal(_) => {}
+                        other => bail!(
+                            "task {} stopped with {other:?} instead of at its syscall's \
+                             seccomp stop",
+                            self.pid()
+                        ),
+                    }
+                }
+                if !entered {
+                    bail!("task {} did not reach a seccomp stop", self.pid());
                 }
             }
             StopKind::Exit => {
@@ -294,6 +314,8 @@ impl Tracee {
                     self.cont_syscall(0)?;
                     match self.wait()? {
                         Stop::SeccompEntry | Stop::SyscallStop => {}
+                        // (A signal the replay caused, dropped: see `run_clone`.)
+                        Stop::Signal(_) => continue,
                         other => bail!(
                             "task {} stopped with {other:?} on its way to a syscall exit",
                             self.pid()

@@ -5,6 +5,7 @@
 //! new process (its memory map, its initial stack and auxiliary vector, its instructions), and
 //! the planning of syscall-site patches for the in-process fast path ([`functions`], [`patch`]).
 
+pub mod affinity;
 pub mod alarm;
 pub mod auxv;
 pub mod cpuid;

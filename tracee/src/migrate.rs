@@ -14,25 +14,21 @@
 //! library's own) with `pause` in `rax`, and detaches. The task enters `pause`, which returns
 //! only when a signal is to be handled; none can be (all are blocked; `SIGKILL` ends it, which
 //! the new tracer then sees), and when the kernel wakes it for anything else (a freeze, a job
-//! control stop) it restarts `pause` at the same instruction. [`adopt`] seizes the task from
-//! the new thread, interrupts `pause` (`PTRACE_INTERRUPT`: a `PTRACE_EVENT_STOP`), and puts
-//! back its registers and signal mask; a task parked at a syscall's entry is set to make that
+//! control stop) it restarts `pause` at the same instruction. [`adopt`] attaches to the task
+//! from the new thread, whose `SIGSTOP` interrupts `pause` (the new tracer sees it at its
+//! delivery and drops it), and puts back its registers and signal mask; a task parked at a syscall's entry is set to make that
 //! syscall again, so the new tracer sees its entry stop.
 //!
 //! Signals sent to the task while it is parked stay pending (blocked) and are reported to the
-//! new tracer once the mask is restored and the task resumed. The new tracer holds the task
-//! with `PTRACE_SEIZE` (its group-stops are reported as `PTRACE_EVENT_STOP`s).
+//! new tracer once the mask is restored and the task resumed.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use nix::unistd::Pid;
 
 use crate::regs::Regs;
 use crate::segv_mask::{set_signal_mask, signal_mask};
 use crate::stop::{wait_for, Stop};
 use crate::tracee::Tracee;
-
-/// `PTRACE_EVENT_STOP` (`linux/ptrace.h`): the stop `PTRACE_INTERRUPT` causes.
-const PTRACE_EVENT_STOP: i32 = 128;
 
 /// Where a task was stopped when it was parked, which decides how it goes on once adopted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,11 +62,11 @@ impl Parked {
 /// Parks the stopped task `t`, traced by the calling thread, and detaches it (see the module
 /// documentation). `allowed_syscall` is the address of a `syscall` instruction in the task
 /// that deja's seccomp filter lets through without a stop (the library's own).
-pub fn park(t: Tracee, at: ParkedAt, allowed_syscall: u64) -> Result<Parked> {
+pub fn park(t: &Tracee, at: ParkedAt, allowed_syscall: u64) -> Result<Parked> {
     let pid = t.pid();
     let regs = t.regs()?;
-    let mask = signal_mask(&t)?;
-    set_signal_mask(&t, !0)?;
+    let mask = signal_mask(t)?;
+    set_signal_mask(t, !0)?;
     let mut wait = regs;
     wait.rip = allowed_syscall;
     wait.rax = libc::SYS_pause as u64;
@@ -91,26 +87,37 @@ pub fn park(t: Tracee, at: ParkedAt, allowed_syscall: u64) -> Result<Parked> {
     })
 }
 
-/// Takes the parked task `p` over from the calling thread with `PTRACE_SEIZE` and ptrace
-/// `options` (`PTRACE_O_*`), and puts its registers and signal mask back. Returns it stopped
-/// (in a `PTRACE_EVENT_STOP`), ready to be resumed.
-pub fn adopt(p: Parked, options: libc::c_int) -> Result<Tracee> {
+/// Takes the parked task `p` over from the calling thread (`PTRACE_ATTACH`, then ptrace
+/// `options`, `PTRACE_O_*`), and puts its registers and signal mask back through `t` (a handle
+/// of the task: any thread's, its requests are the calling thread's). Leaves it stopped (in
+/// the signal-delivery-stop of the attach's `SIGSTOP`, which resuming it with no signal
+/// discards), ready to be resumed.
+///
+/// `PTRACE_ATTACH` rather than `PTRACE_SEIZE`: a seized task reports group-stops, `SIGCONT`s
+/// and its children's first stops in other ways than the attached tasks deja spawns, and the
+/// attach's `SIGSTOP` is harmless here: the tracer sees it first, at its delivery, and drops
+/// it, so the task never stops for it and its parent never sees a stop.
+pub fn adopt(t: &Tracee, p: Parked, options: libc::c_int) -> Result<()> {
     let pid = p.pid;
     // SAFETY: plain ptrace requests on a task no thread traces (it was detached by `park`).
-    if unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid.as_raw(), 0, options as usize) } < 0 {
+    if unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid.as_raw(), 0, 0) } < 0 {
         return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("seizing the parked task {pid}"));
-    }
-    // SAFETY: as above, on a task this thread now traces.
-    if unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, pid.as_raw(), 0, 0) } < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("interrupting the parked task {pid}"));
+            .with_context(|| format!("attaching the parked task {pid}"));
     }
     match wait_for(pid)? {
-        Stop::Event(PTRACE_EVENT_STOP) => {}
-        other => bail!("the parked task {pid} stopped unexpectedly when seized: {other:?}"),
+        Stop::Signal(libc::SIGSTOP) => {}
+        other => bail!("the parked task {pid} stopped unexpectedly when attached: {other:?}"),
     }
-    let t = Tracee::attach_traced(pid)?;
+    // SAFETY: as above, on a task this thread now traces, stopped.
+    if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid.as_raw(), 0, options as usize) } < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setting the ptrace options of task {pid}"));
+    }
+    ensure!(
+        t.pid() == pid,
+        "adopting task {pid} through the handle of task {}",
+        t.pid()
+    );
     let mut regs = p.regs;
     if p.at == ParkedAt::SyscallEntry {
         // Back onto the `syscall` instruction, with the call's number: it runs again.
@@ -119,6 +126,5 @@ pub fn adopt(p: Parked, options: libc::c_int) -> Result<Tracee> {
         regs.orig_rax = u64::MAX;
     }
     t.set_regs(&regs)?;
-    set_signal_mask(&t, p.mask)?;
-    Ok(t)
+    set_signal_mask(t, p.mask)
 }

@@ -100,7 +100,7 @@ fn wait(pid: Option<Pid>, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pi
     loop {
         let mut status: libc::c_int = 0;
         // SAFETY: waitpid stores one int at `status`, a local that outlives the call.
-        let who = unsafe { libc::waitpid(target, &mut status, libc::__WALL) };
+        let who = unsafe { libc::waitpid(target, &mut status, libc::__WALL | libc::__WNOTHREAD) };
         if who < 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EINTR) {
@@ -114,6 +114,9 @@ fn wait(pid: Option<Pid>, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pi
         }
     }
 }
+
+/// `PTRACE_EVENT_STOP` (`linux/ptrace.h`).
+const PTRACE_EVENT_STOP: i32 = 128;
 
 /// A raw `waitpid` status as a [`Stop`] (`None`: a continuation, which ptrace never reports
 /// with these flags).
@@ -133,6 +136,10 @@ fn decode(status: libc::c_int) -> Option<Stop> {
         0 if sig == libc::SIGTRAP | 0x80 => Stop::SyscallStop,
         0 => Stop::Signal(sig),
         libc::PTRACE_EVENT_SECCOMP => Stop::SeccompEntry,
+        // A task traced with `PTRACE_SEIZE` (moved between tracer threads, see `migrate`)
+        // reports its group-stops this way: a stop signal's stop like an attached task's,
+        // which a failing `PTRACE_GETSIGINFO` tells from a signal-delivery-stop.
+        PTRACE_EVENT_STOP if sig != libc::SIGTRAP => Stop::Signal(sig),
         libc::PTRACE_EVENT_EXEC => Stop::Exec,
         ev => Stop::Event(ev),
     })

@@ -259,8 +259,11 @@ impl Tracee {
 
     /// Kills all `tracees` at once, then reaps them in whatever order the kernel reports their
     /// ends: a thread group's leader is reported only after its other threads, and a vfork
-    /// parent only after its child, so reaping one by one could wait forever. Errors are
-    /// ignored: a task may already be gone.
+    /// parent only after its child, so reaping one by one could wait forever. Only these
+    /// tasks are waited for (each polled in turn): a wait for any task would take, and lose,
+    /// the stops of other traced tasks still in use (a replay's fresh fork child's first
+    /// stop, when a copy of that replay is dropped). Errors are ignored: a task may already
+    /// be gone.
     pub fn kill_and_reap_all<'a>(tracees: impl IntoIterator<Item = &'a Tracee>) {
         let mut alive: std::collections::HashSet<Pid> =
             tracees.into_iter().map(|t| t.pid).collect();
@@ -268,16 +271,19 @@ impl Tracee {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         }
         while !alive.is_empty() {
-            match crate::stop::wait_any(&mut || Ok(())) {
-                Ok((pid, stop)) if stop.is_end() => {
-                    alive.remove(&pid);
+            let mut reported = false;
+            alive.retain(|&pid| match crate::stop::poll(pid) {
+                Ok(None) => true,
+                Ok(Some(stop)) => {
+                    reported = true;
+                    !stop.is_end()
                 }
-                Ok(_) => {}
-                // No traced task is left (the rest were reaped before).
-                Err(_) => break,
+                // Not a child any more: reaped before (its end is not reported again).
+                Err(_) => false,
+            });
+            if !reported {
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
-            // Ends already collected elsewhere are not reported again.
-            alive.retain(|&pid| nix::sys::signal::kill(pid, None).is_ok());
         }
     }
 

@@ -77,7 +77,7 @@ fn serve(
                     here += 1;
                     if here >= move_every {
                         on_park(t.pid().as_raw());
-                        let p = park(t, ParkedAt::SyscallEntry, syscall_insn).expect("parking");
+                        let p = park(&t, ParkedAt::SyscallEntry, syscall_insn).expect("parking");
                         to_other.send(Msg::Take(Box::new(p))).expect("sending");
                         return None;
                     }
@@ -105,7 +105,8 @@ fn tracer(
     for msg in from {
         match msg {
             Msg::Take(p) => {
-                let t = adopt(*p, PTRACE_OPTIONS).expect("adopting");
+                let t = Tracee::attach_traced(p.pid()).expect("a handle");
+                adopt(&t, *p, PTRACE_OPTIONS).expect("adopting");
                 moves += 1;
                 if let Some(code) = serve(
                     t,

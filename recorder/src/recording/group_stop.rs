@@ -17,8 +17,6 @@
 //! trace: `wait4`'s status, the `SIGCHLD`): it parks a task at its group-stop, and lets it go on
 //! at its next event (see the replayer's `group_stop`).
 
-use std::collections::HashMap;
-
 use anyhow::Result;
 
 use super::Session;
@@ -34,10 +32,9 @@ pub(super) struct Continued;
 
 /// At a tick of the recorder's wait: [`Continued`] if a group-stopped task among `tasks` got a
 /// `SIGCONT`.
-pub(super) fn continued_while_waiting(tasks: &HashMap<i32, Task>) -> Result<()> {
-    let continued = tasks
-        .values()
-        .any(|t| matches!(t.state, State::GroupStopped(_)) && sigcont_pending(&t.tracee));
+pub(super) fn continued_while_waiting<'a>(mut tasks: impl Iterator<Item = &'a Task>) -> Result<()> {
+    let continued =
+        tasks.any(|t| matches!(t.state, State::GroupStopped(_)) && sigcont_pending(&t.tracee));
     if continued {
         return Err(Continued.into());
     }
@@ -80,7 +77,7 @@ impl Session {
     pub(super) fn any_group_stopped(&self) -> bool {
         self.tasks
             .values()
-            .any(|t| matches!(t.state, State::GroupStopped(_)))
+            .any(|t| t.lane == self.lane && matches!(t.state, State::GroupStopped(_)))
     }
 
     /// Queues for the CPU every group-stopped task whose process got a `SIGCONT`. A `SIGCONT`
@@ -88,12 +85,12 @@ impl Session {
     /// stopped threads go on together, and so does a thread whose group-stop is reported after
     /// that (its process is in `continued` until the next stop signal).
     pub(super) fn continue_group_stops(&mut self) {
-        for t in self.tasks.values() {
+        for t in self.tasks.values().filter(|t| t.lane == self.lane) {
             if matches!(t.state, State::GroupStopped(_)) && sigcont_pending(&t.tracee) {
                 self.continued.insert(t.pid);
             }
         }
-        for (&tid, t) in self.tasks.iter_mut() {
+        for (&tid, t) in self.tasks.iter_mut().filter(|(_, t)| t.lane == self.lane) {
             if !matches!(t.state, State::GroupStopped(_)) || !self.continued.contains(&t.pid) {
                 continue;
             }

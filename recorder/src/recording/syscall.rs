@@ -27,6 +27,10 @@ impl Session {
     pub(super) fn on_syscall_entry(&mut self, tid: i32) -> Result<()> {
         let t = self.task(tid)?;
         let (entry, pid) = (t.tracee.regs()?, t.pid);
+        if self.move_back_for(tid, &entry)? {
+            return Ok(());
+        }
+        self.refuse_across_lanes(&entry)?;
         if self.ptrace_entry(tid, &entry)? {
             return Ok(());
         }

@@ -73,21 +73,24 @@ impl Session {
         }
         let placed: Vec<u64> = self.task(tid)?.placed.iter().map(|&(n, _)| n).collect();
         let mut batches = Vec::new();
-        let mut i = 0;
-        while i < LOOKAHEAD {
-            let index = self.index + 1 + i as u64;
-            match self.peek_at(i)? {
+        // (Events of other lanes in between do not count: see `lanes`.)
+        let first = self.index + 1;
+        let mut seen = 0;
+        self.lane_walk(tid, |s, i| {
+            seen += 1;
+            match s.peek_at(i)? {
                 Some(Event::Buffered(b)) if b.tid == tid => {
+                    let index = first + i as u64;
                     if !placed.contains(&index) {
                         batches.push((index, b.clone()));
                     }
+                    Ok(seen < LOOKAHEAD)
                 }
-                Some(ev) if ev.tid() == tid => break,
-                Some(_) => {}
-                None => break,
+                Some(ev) if ev.tid() == tid => Ok(false),
+                Some(_) => Ok(seen < LOOKAHEAD),
+                None => Ok(false),
             }
-            i += 1;
-        }
+        })?;
         if batches.is_empty() {
             return Ok(());
         }
@@ -311,11 +314,18 @@ impl Session {
 
     /// The next event but the `Buffered` ones of `tid` right before it.
     pub(super) fn peek_past_buffered(&mut self, tid: Tid) -> Result<Option<&Event>> {
-        let mut i = 0;
-        while matches!(self.peek_at(i)?, Some(Event::Buffered(b)) if b.tid == tid) {
-            i += 1;
+        let mut at = None;
+        self.lane_walk(tid, |s, i| {
+            at = Some(i);
+            Ok(matches!(s.peek_at(i)?, Some(Event::Buffered(b)) if b.tid == tid))
+        })?;
+        // (Past the last buffered event, the trace ended.)
+        match at {
+            Some(i) if !matches!(self.peek_at(i)?, Some(Event::Buffered(b)) if b.tid == tid) => {
+                self.peek_at(i)
+            }
+            _ => Ok(None),
         }
-        self.peek_at(i)
     }
 }
 

@@ -86,6 +86,7 @@ impl Session {
             stretches: self.stretches.clone(),
             after_mark: None,
             held_stop: None,
+            lanes: self.lanes.clone(),
         }))
     }
 

@@ -181,6 +181,7 @@ impl Session {
             .filter(|b| !b.is_empty());
         self.tasks
             .add(e.child, e.child_pid, child, child_pid, RState::Unstarted);
+        self.inherit_lane(tid, e.child);
         if e.child_pid == e.child {
             self.segv.fork(e.parent_pid, e.child);
             self.sites.fork(e.parent_pid, e.child);
@@ -194,6 +195,19 @@ impl Session {
         } else {
             Some(r.r10)
         };
+        if e.child_pid == e.child && self.debugged(tid) {
+            if let Some(d) = self.debug.as_mut() {
+                let vfork = e.flags & libc::CLONE_VFORK as u64 != 0;
+                d.note_proc_event(Halt::Fork {
+                    tid,
+                    child: e.child,
+                    vfork,
+                });
+                if vfork {
+                    d.note_proc_event(Halt::VForkDone(tid));
+                }
+            }
+        }
         let c = self.task(e.child)?;
         c.clear_tid_at = clear_tid_at.filter(|&a| a != 0);
         let shares_vm = e.flags & libc::CLONE_VM as u64 != 0 && e.child_pid == e.child;

@@ -45,6 +45,14 @@ impl Session {
         self.running.map(|r| r.tid)
     }
 
+    /// The signal task `tid` is to be resumed with (it is stopped to have it delivered), if
+    /// any.
+    pub(crate) fn signal_to_deliver(&self, tid: Tid) -> Option<i32> {
+        self.running
+            .filter(|r| r.tid == tid && r.sig != 0)
+            .map(|r| r.sig)
+    }
+
     /// How many events the trace holds.
     pub(crate) fn event_count(&self) -> u64 {
         self.reader.meta().event_count

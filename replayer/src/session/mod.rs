@@ -20,6 +20,7 @@ mod buffered;
 mod checkpoint;
 mod deja_code;
 mod group_stop;
+mod lanes;
 mod lifecycle;
 mod mark;
 mod ptrace;
@@ -158,6 +159,7 @@ impl Session {
             stretches: Default::default(),
             after_mark: None,
             held_stop: None,
+            lanes: Default::default(),
         };
         if let Err(e) = session.first_exec(&exec_ev) {
             session.tasks.kill_all();
@@ -243,6 +245,8 @@ pub(crate) struct Session {
     /// The stop the running task reached, kept while the replay halts there (the debugged
     /// process's end, see `Halt::Ending`): its run goes on from it.
     held_stop: Option<Stop>,
+    /// The lanes of tasks the recorder ran in another lane than the first (see `lanes`).
+    lanes: std::collections::HashMap<Tid, u8>,
 }
 
 /// A task resumed after its event.
@@ -373,6 +377,7 @@ impl Session {
                 Event::Ptrace(e) => self.ptrace(&e)?,
                 Event::Buffered(e) => self.check_buffered(&e)?,
                 Event::Patch(e) => self.patch(&e)?,
+                Event::Lane(e) => self.lane_event(&e),
             }
         }
     }
@@ -437,6 +442,11 @@ impl Session {
             d.exe = reader.file_path(&ev.exe)?;
             d.comm = debug::comm_of(&ev.exe.path);
             d.auxv = tracee::auxv::raw(&ev.stack);
+            if self.index > 0 {
+                // (Reported under the process's id: a thread's exec makes it the main one.)
+                let process = d.process;
+                d.note_proc_event(Halt::Exec(process));
+            }
         }
         Ok(())
     }

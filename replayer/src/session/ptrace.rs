@@ -33,7 +33,7 @@ impl Session {
     /// event itself). A stop at a syscall's entry is reached by running to it as usual.
     pub(super) fn ptrace_holds(&mut self, tid: Tid) -> Result<bool> {
         Ok(matches!(
-            self.peek()?,
+            self.peek_lane(tid)?,
             Some(Event::Ptrace(PtraceEvent {
                 tid: t,
                 action: PtraceAction::Stop(PtraceHeld::Signal(_) | PtraceHeld::AfterEvent),

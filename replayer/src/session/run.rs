@@ -36,6 +36,7 @@ impl Session {
     /// at this point, if any, then runs it to its next stop: exactly one task runs user code
     /// at a time, in the recorded order.
     pub(super) fn resume(&mut self, tid: Tid, sig: i32) -> Result<()> {
+        self.take_lane_change(tid)?;
         if self.ptrace_holds(tid)? {
             return Ok(());
         }
@@ -188,7 +189,9 @@ impl Session {
             } else {
                 self.halt_thread()
             };
-            self.debug.as_mut()?.halt_after_event = None;
+            let d = self.debug.as_mut()?;
+            d.halt_after_event = None;
+            d.proc_halts.clear();
             return Some(Halt::Reached(who));
         }
         if let Some(why) = self.boundary_mark(run.tid) {
@@ -202,6 +205,9 @@ impl Session {
         }
         if let Some(w) = d.pending_watch.take() {
             return Some(w);
+        }
+        if let Some(h) = d.take_proc_halt(run.tid) {
+            return Some(h);
         }
         if run.sig != 0 && !run.sig_reported {
             self.running = Some(Run {

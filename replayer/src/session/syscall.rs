@@ -241,7 +241,7 @@ impl Session {
             Err(err) => tracing::warn!("could not echo output: {err:#}"),
         }
         let interrupted = is_restart_code(e.result) || e.result == -(libc::EINTR as i64);
-        let signal_next = match self.peek()? {
+        let signal_next = match self.peek_lane(tid)? {
             Some(Event::Signal(s))
                 if s.tid == tid && s.origin == SignalOrigin::Async && s.point.is_none() =>
             {
