@@ -2,13 +2,17 @@
 //! which debugs it as it would a live process (threads, registers, memory, breakpoints,
 //! watchpoints, stepping, thread-local variables), every value as recorded.
 
+mod agent;
 pub mod arch;
 mod avx512;
 mod commands;
+mod conditions;
 mod hostio;
 mod procs;
 mod queries;
+mod regcache;
 pub mod server;
+mod stepping;
 mod target;
 mod tls;
 mod tls_packet;

@@ -12,7 +12,7 @@ use replayer::{Halt, StartPoint};
 use tracee::debugregs::MAX_WATCH_LEN;
 
 use crate::target::{gdb_tid, ReplayTarget};
-use crate::tls_packet::{stream_has_input, GdbConnection, Incoming, TlsRequest, PACKET_SIZE};
+use crate::tls_packet::{GdbConnection, Incoming, TlsRequest, PACKET_SIZE};
 
 /// gdb's arguments to connect to a server at `addr` and load symbols from `exe`, as `rr`
 /// launches gdb (libraries come from this machine's file system), with `extra` arguments
@@ -129,11 +129,10 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
         used: false,
         protocol_error: None,
     };
-    let probe = conn.try_clone().context("cloning the gdb connection")?;
-    target
-        .timeline()
-        .set_interrupt(Box::new(move || stream_has_input(&probe)));
-    let stub = GdbStub::builder(GdbConnection::new(conn))
+    let conn = GdbConnection::new(conn);
+    let probe = conn.input_probe().context("cloning the gdb connection")?;
+    target.timeline().set_interrupt(probe);
+    let stub = GdbStub::builder(conn)
         .packet_buffer_size(PACKET_SIZE)
         .build()
         .map_err(|e| anyhow::anyhow!("setting up the gdb protocol: {e}"))?;
@@ -152,6 +151,10 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                     Ok(Incoming::Byte(byte)) => gdb.incoming_data(target, byte),
                     Ok(Incoming::GetTlsAddr(req)) => {
                         answer_tls(target, gdb.borrow_conn(), req)?;
+                        Ok(GdbStubStateMachine::Idle(gdb))
+                    }
+                    Ok(Incoming::Conditions(c)) => {
+                        target.set_conditions(c);
                         Ok(GdbStubStateMachine::Idle(gdb))
                     }
                     Ok(Incoming::SigInfo { thread, range }) => {
@@ -190,6 +193,10 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                             answer_siginfo(target, gdb.borrow_conn(), thread, range)?;
                             Ok(GdbStubStateMachine::Running(gdb))
                         }
+                        Ok(Incoming::Conditions(c)) => {
+                            target.set_conditions(c);
+                            Ok(GdbStubStateMachine::Running(gdb))
+                        }
                         // Noise: the replay runs on.
                         Ok(Incoming::Skipped) => Ok(GdbStubStateMachine::Running(gdb)),
                         // (Not while running: gdb waits for the stop.)
@@ -200,7 +207,11 @@ fn serve_connection(target: &mut ReplayTarget, conn: TcpStream) -> Result<Sessio
                     crate::procs::before_stop(target, gdb.borrow_conn(), halt)
                         .context("telling gdb about a process event")?;
                     let reason = target.stop_reason(halt);
-                    gdb.report_stop(target, reason)
+                    // The halting thread's general registers go with the stop: gdb then
+                    // needs no `g` round trip to go on stepping.
+                    let regs = target.expedited_registers(&halt);
+                    let mut regs = regs.iter().map(|(id, v)| (*id, v.as_slice()));
+                    gdb.report_stop_with_regs(target, reason, &mut regs)
                 }
             }
             GdbStubStateMachine::CtrlCInterrupt(gdb) => {

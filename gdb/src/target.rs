@@ -1,8 +1,10 @@
 //! The replay as a gdbstub target: threads, registers, memory, breakpoints, watchpoints and
 //! resuming, all answered by a [`DebugReplay`].
 
+use std::cell::RefCell;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use gdbstub::common::{Pid, Signal, Tid};
 use gdbstub::stub::MultiThreadStopReason;
@@ -30,6 +32,8 @@ use gdbstub::target::{Target, TargetError, TargetResult};
 use replayer::{DebugReplay, Halt, HwPoint, Resume, StartPoint, Timeline};
 
 use crate::arch::{RegId, Registers, X86_64Linux};
+use crate::conditions::{BreakpointConditions, Conditions};
+use crate::regcache::RegCache;
 use divert::Diverted;
 
 #[path = "divert.rs"]
@@ -47,8 +51,15 @@ pub struct ReplayTarget {
     step: Option<trace_format::Tid>,
     /// The coming resume goes backwards.
     reverse: bool,
+    /// The coming single step goes on while the pc stays in this range (gdb's range
+    /// stepping, see [`crate::stepping`]).
+    range: Option<std::ops::Range<u64>>,
     /// Where thread-local variables are.
     tls: TlsResolver,
+    /// The registers read at the current stop.
+    regs: RegCache,
+    /// The breakpoints' conditions gdb sent, which the replay evaluates at each hit.
+    conditions: Rc<RefCell<Conditions>>,
     /// The files gdb opened with host I/O (`crate::hostio`).
     pub(crate) files: crate::hostio::OpenFiles,
     /// `run N` or `restart N` moved the replay: the resume with which gdb's `run` goes on
@@ -61,13 +72,21 @@ impl ReplayTarget {
     /// echoed.
     pub fn open(dir: PathBuf, start: StartPoint, quiet: bool) -> anyhow::Result<Self> {
         crate::arch::set_avx512(crate::avx512::shown(&dir)?);
-        let timeline = Timeline::open(&dir, start, quiet)?;
+        let mut timeline = Timeline::open(&dir, start, quiet)?;
+        let conditions = Rc::new(RefCell::new(Conditions::default()));
+        let shared = conditions.clone();
+        timeline.set_breakpoint_filter(Box::new(move |replay, tid| {
+            shared.borrow().holds(replay, tid)
+        }));
         Ok(ReplayTarget {
             diversion: None,
             timeline,
             step: None,
             reverse: false,
+            range: None,
             tls: TlsResolver::default(),
+            regs: RegCache::default(),
+            conditions,
             files: Default::default(),
             stop_at_resume: false,
         })
@@ -75,10 +94,13 @@ impl ReplayTarget {
 
     /// Ends the replay and starts it again from its start.
     pub(crate) fn start_over(&mut self) -> anyhow::Result<()> {
+        self.regs.clear();
+        self.conditions.borrow_mut().clear();
         self.end_diversion();
         self.timeline.start_over()?;
         self.step = None;
         self.reverse = false;
+        self.range = None;
         self.tls.clear();
         self.stop_at_resume = false;
         Ok(())
@@ -111,6 +133,7 @@ impl ReplayTarget {
 
     /// Goes where gdb's `run ARG` asks, from the start.
     fn run_to(&mut self, to: crate::commands::RunTo) -> anyhow::Result<()> {
+        self.regs.clear();
         match to {
             crate::commands::RunTo::Start => return Ok(()),
             crate::commands::RunTo::Event(n) => self.timeline.seek(n)?,
@@ -139,8 +162,10 @@ impl ReplayTarget {
         })
     }
 
-    /// The replay, with going backwards.
+    /// The replay, with going backwards (which may move it: the registers read are
+    /// forgotten).
     pub fn timeline(&mut self) -> &mut Timeline {
+        self.regs.clear();
         &mut self.timeline
     }
 
@@ -151,6 +176,7 @@ impl ReplayTarget {
 
     /// Runs the replay as gdb's last resume asked, until it halts.
     pub(crate) fn run(&mut self) -> anyhow::Result<Halt> {
+        self.regs.clear();
         if let Some(diverted) = self.run_diverted() {
             return diverted;
         }
@@ -158,11 +184,25 @@ impl ReplayTarget {
             Some(tid) => Resume::Step(tid),
             None => Resume::Continue,
         };
+        let range = self.range.take();
         if std::mem::take(&mut self.reverse) {
             self.timeline.reverse(how)
+        } else if let (Some(range), Resume::Step(tid)) = (range, how) {
+            crate::stepping::range_step(&mut self.timeline, tid, range)
         } else {
             self.timeline.resume(how)
         }
+    }
+
+    /// Makes the coming single step of `tid` go on while its pc stays in `range`.
+    pub(crate) fn set_range_step(&mut self, tid: trace_format::Tid, range: std::ops::Range<u64>) {
+        self.step = Some(tid);
+        self.range = Some(range);
+    }
+
+    /// Keeps the conditions gdb sent with a breakpoint (see [`crate::conditions`]).
+    pub(crate) fn set_conditions(&mut self, c: BreakpointConditions) {
+        self.conditions.borrow_mut().set(c);
     }
 
     /// The address of a thread-local variable, as gdb's `qGetTLSAddr` asks.
@@ -224,9 +264,20 @@ impl ReplayTarget {
         }
     }
 
-    /// The registers of thread `tid`: an error number if gdb names no live thread (its
-    /// mistake, or a client's nonsense), an error of the replay if ptrace cannot read them.
-    fn registers(&self, tid: Tid) -> Result<Registers, TargetError<anyhow::Error>> {
+    /// The registers of thread `tid` (read once per stop): an error number if gdb names no
+    /// live thread (its mistake, or a client's nonsense), an error of the replay if ptrace
+    /// cannot read them.
+    fn registers(&mut self, tid: Tid) -> Result<Registers, TargetError<anyhow::Error>> {
+        if self.diversion.is_some() {
+            // (gdb's writes and calls change the copy's: never cached.)
+            return self.registers_now(tid);
+        }
+        self.regs.get(self.timeline.replay(), recorded_tid(tid))
+    }
+
+    /// The registers of thread `tid` read now, from the live copy gdb diverted the replay to
+    /// if it has that thread, else from the replay (see [`Self::registers`]).
+    fn registers_now(&self, tid: Tid) -> Result<Registers, TargetError<anyhow::Error>> {
         let t = match self.diverted_thread(recorded_tid(tid)) {
             Some(t) => t,
             None => self
@@ -244,6 +295,30 @@ impl ReplayTarget {
             fp: t.fp_regs().map_err(TargetError::Fatal)?,
             avx512: avx512.unwrap_or_default(),
         })
+    }
+
+    /// The registers the stop reply for `halt` carries (see [`crate::regcache`]): none for a
+    /// stop that names no thread, or one whose registers cannot be read.
+    pub(crate) fn expedited_registers(&mut self, halt: &Halt) -> Vec<(RegId, Vec<u8>)> {
+        if self.diversion.is_some() {
+            // (A stop of the live copy: gdb asks for its registers.)
+            return Vec::new();
+        }
+        let tid = match *halt {
+            Halt::Breakpoint(t)
+            | Halt::HwBreakpoint(t)
+            | Halt::Watch { tid: t, .. }
+            | Halt::Step(t)
+            | Halt::Reached(t)
+            | Halt::Pause(t)
+            | Halt::Signal { tid: t, .. }
+            | Halt::Interrupted(t) => t,
+            _ => return Vec::new(),
+        };
+        match self.regs.gpr(self.timeline.replay(), tid) {
+            Ok(gpr) => crate::regcache::expedited(&gpr),
+            Err(_) => Vec::new(),
+        }
     }
 }
 
@@ -295,7 +370,7 @@ pub(crate) fn gdb_tid(tid: trace_format::Tid) -> Tid {
 }
 
 /// The recorded task gdb calls `tid`.
-fn recorded_tid(tid: Tid) -> trace_format::Tid {
+pub(crate) fn recorded_tid(tid: Tid) -> trace_format::Tid {
     tid.get() as trace_format::Tid
 }
 
@@ -439,6 +514,7 @@ impl MultiThreadResume for ReplayTarget {
     fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
         self.step = None;
         self.reverse = false;
+        self.range = None;
         self.clear_divert_signal();
         Ok(())
     }
@@ -455,6 +531,13 @@ impl MultiThreadResume for ReplayTarget {
     }
 
     fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_range_step(
+        &mut self,
+    ) -> Option<gdbstub::target::ext::base::multithread::MultiThreadRangeSteppingOps<'_, Self>>
+    {
         Some(self)
     }
 
@@ -544,6 +627,7 @@ impl SwBreakpoint for ReplayTarget {
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.conditions.borrow_mut().remove(addr);
         if let Some(done) = self.divert_breakpoint(addr, false) {
             return Ok(done);
         }
@@ -571,6 +655,7 @@ impl HwBreakpoint for ReplayTarget {
     }
 
     fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        self.conditions.borrow_mut().remove(addr);
         Ok(self.timeline.remove_hw_point(hw_point(addr, 1, None)))
     }
 }
@@ -629,6 +714,7 @@ impl ExtendedMode for ReplayTarget {
     /// gdb's `kill` (also sent before `run` restarts a running program): the replay ends,
     /// the session stays for `run`.
     fn kill(&mut self, _pid: Option<Pid>) -> TargetResult<ShouldTerminate, Self> {
+        self.regs.clear();
         self.end_diversion();
         self.timeline.replay_mut().kill();
         Ok(ShouldTerminate::No)

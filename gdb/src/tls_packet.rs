@@ -2,13 +2,16 @@
 //! packets out of the byte stream before gdbstub sees them, so that the server can answer
 //! them, and passes everything else through unchanged.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 
 use anyhow::{bail, Context};
 
+use crate::conditions::{announce_in_supported, split_breakpoint, BreakpointConditions};
 use crate::procs::Filtered;
 
 /// The packet gdb sends for the address of a thread-local variable.
@@ -53,6 +56,9 @@ pub enum Incoming {
     /// A `qGetTLSAddr` packet (already acknowledged): answer it with
     /// [`GdbConnection::send_tls_reply`]. An error if its arguments make no sense.
     GetTlsAddr(anyhow::Result<TlsRequest>),
+    /// The conditions of a breakpoint packet (`Z0`/`Z1`, see [`crate::conditions`]), for the
+    /// server to keep before gdbstub reads the packet without them, which comes next.
+    Conditions(BreakpointConditions),
     /// gdb follows a fork's child (`follow-fork-mode child`): switch to the child, then
     /// answer (`reply`: the packet, a detach of the parent, was acknowledged) or let gdbstub
     /// read the packet (a `Hg` naming the child after a vfork), which comes next.
@@ -94,6 +100,13 @@ pub struct GdbConnection {
     /// The packet gdbstub is writing, sent whole when it flushes (one write, not one a
     /// byte; and the `qSupported` reply gets deja's own features).
     out: Vec<u8>,
+    /// Bytes read from gdb and not yet looked at (read as many as arrived at once, not one
+    /// system call per byte), from `in_start` to `in_end`.
+    inbuf: Vec<u8>,
+    in_start: usize,
+    in_end: usize,
+    /// Whether `inbuf` holds bytes, for [`GdbConnection::input_probe`].
+    buffered: Rc<Cell<bool>>,
 }
 
 impl GdbConnection {
@@ -106,6 +119,10 @@ impl GdbConnection {
             procs: Default::default(),
             general_thread: None,
             out: Vec::new(),
+            inbuf: vec![0; PACKET_SIZE],
+            in_start: 0,
+            in_end: 0,
+            buffered: Rc::new(Cell::new(false)),
         }
     }
 
@@ -195,6 +212,10 @@ impl GdbConnection {
         if body == NO_ACK_PACKET {
             self.no_ack = true;
         }
+        if let Some((conds, plain)) = split_breakpoint(body) {
+            self.ahead.extend(frame(&plain));
+            return Ok(Incoming::Conditions(conds));
+        }
         if let Some(clamped) = clamped_mem_read(body) {
             packet = frame(&clamped);
         }
@@ -267,16 +288,42 @@ impl GdbConnection {
 
     /// Whether something from gdb (its interrupt byte) waits to be read.
     pub fn has_input(&self) -> bool {
-        !self.ahead.is_empty() || stream_has_input(&self.stream)
+        !self.ahead.is_empty() || self.in_start < self.in_end || stream_has_input(&self.stream)
+    }
+
+    /// A check of whether something from gdb waits to be read, for the replay to poll while
+    /// it runs (see [`GdbConnection::has_input`]).
+    pub fn input_probe(&self) -> std::io::Result<Box<dyn FnMut() -> bool>> {
+        let stream = self.stream.try_clone()?;
+        let buffered = self.buffered.clone();
+        Ok(Box::new(move || {
+            buffered.get() || stream_has_input(&stream)
+        }))
     }
 
     fn read_byte(&mut self) -> std::io::Result<u8> {
-        let mut byte = [0u8];
-        self.stream.read_exact(&mut byte)?;
-        Ok(byte[0])
+        if self.in_start == self.in_end {
+            let n = loop {
+                match self.stream.read(&mut self.inbuf) {
+                    Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            };
+            (self.in_start, self.in_end) = (0, n);
+        }
+        let byte = self.inbuf[self.in_start];
+        self.in_start += 1;
+        self.buffered.set(self.in_start < self.in_end);
+        Ok(byte)
     }
 
     fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        // (gdbstub flushes after each reply: nothing of it waits here, but keep the order.)
+        if !self.out.is_empty() {
+            gdbstub::conn::Connection::flush(self)?;
+        }
         self.stream.write_all(bytes)?;
         self.stream.flush()
     }
@@ -301,6 +348,7 @@ impl gdbstub::conn::Connection for GdbConnection {
         }
     }
 
+    /// Sends what gdbstub wrote since the last flush (gdbstub flushes after every reply).
     fn flush(&mut self) -> Result<(), Self::Error> {
         let out = std::mem::take(&mut self.out);
         if matches!(out.get(..2), Some(b"$T" | b"$S")) {
@@ -308,6 +356,7 @@ impl gdbstub::conn::Connection for GdbConnection {
             self.general_thread = None;
         }
         let out = crate::xfer::with_siginfo_feature(&out).unwrap_or(out);
+        let out = announce_in_supported(&out).unwrap_or(out);
         let out = self.procs.outgoing(out);
         Write::write_all(&mut self.stream, &out)?;
         Write::flush(&mut self.stream)
@@ -469,6 +518,7 @@ mod tests {
             match conn.read_incoming().expect("reading") {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(req) => return (passed, req),
+                Incoming::Conditions(_) => panic!("no breakpoint was sent"),
                 Incoming::Skipped => panic!("nothing to skip was sent"),
                 Incoming::FollowChild { .. } => panic!("no fork was reported"),
                 Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
@@ -507,6 +557,7 @@ mod tests {
             match incoming {
                 Incoming::Byte(b) => passed.push(b),
                 Incoming::GetTlsAddr(_) => panic!("no TLS request was sent"),
+                Incoming::Conditions(_) => panic!("no breakpoint was sent"),
                 Incoming::SigInfo { .. } => panic!("no siginfo request was sent"),
                 Incoming::Skipped => {}
                 Incoming::FollowChild { .. } => panic!("no fork was reported"),
@@ -552,6 +603,44 @@ mod tests {
         assert_eq!(clamped_mem_read(b"m401000,zz"), None);
         assert_eq!(clamped_mem_read(b"mo,ffffff"), None);
         assert_eq!(clamped_mem_read(b"M401000,ffffff:00"), None);
+    }
+
+    #[test]
+    fn breakpoint_conditions_are_taken_out_and_the_plain_packet_passed_on() {
+        let (mut conn, mut gdb) = pair();
+        let mut sent = frame(b"Z0,401136,1;X3,260006");
+        sent.extend_from_slice(&frame(b"z0,401136,1"));
+        gdb.write_all(&sent).expect("sending");
+        gdb.shutdown(std::net::Shutdown::Write).expect("closing");
+        match conn.read_incoming().expect("reading") {
+            Incoming::Conditions(c) => {
+                assert_eq!(c.addr, 0x401136);
+                assert_eq!(c.conds, Ok(vec![vec![0x26, 0x00, 0x06]]));
+            }
+            other => panic!("expected the conditions first, got {other:?}"),
+        }
+        let mut want = frame(b"Z0,401136,1");
+        want.extend_from_slice(&frame(b"z0,401136,1"));
+        assert_eq!(all_passed(&mut conn), want);
+    }
+
+    #[test]
+    fn replies_go_in_one_piece_and_qsupported_announces_conditions() {
+        let (mut conn, mut gdb) = pair();
+        // gdbstub's ack goes at once; its reply, written byte by byte, at the flush.
+        gdbstub::conn::Connection::write(&mut conn, b'+').expect("acking");
+        assert_eq!(read_exactly(&mut gdb, 1), b"+");
+        for &b in frame(b"PacketSize=1000").iter() {
+            gdbstub::conn::Connection::write(&mut conn, b).expect("writing");
+        }
+        assert!(!stream_has_input(&gdb), "nothing before the flush");
+        gdbstub::conn::Connection::flush(&mut conn).expect("flushing");
+        let want = frame(b"PacketSize=1000;qXfer:siginfo:read+;ConditionalBreakpoints+");
+        assert_eq!(read_exactly(&mut gdb, want.len()), want);
+        // Only that reply is amended.
+        gdbstub::conn::Connection::write_all(&mut conn, &frame(b"OK")).expect("writing");
+        gdbstub::conn::Connection::flush(&mut conn).expect("flushing");
+        assert_eq!(read_exactly(&mut gdb, 6), frame(b"OK"));
     }
 
     #[test]

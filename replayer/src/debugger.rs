@@ -34,7 +34,14 @@ pub struct DebugReplay {
     pub(crate) session: Session,
     /// The halt that ends the replay (the process ended, or the recording did).
     finished: Option<Halt>,
+    /// Which breakpoint hits halt the replay (see [`DebugReplay::set_breakpoint_filter`]).
+    filter: Option<BreakpointFilter>,
 }
+
+/// Whether task `tid` of a replay, halted at a software or hardware breakpoint, should stop
+/// there (its condition holds); false: the replay goes on as if the breakpoint had not been
+/// hit.
+pub type BreakpointFilter = Box<dyn FnMut(&DebugReplay, Tid) -> bool>;
 
 impl DebugReplay {
     /// Starts replaying the trace in `dir` and runs it to `start` (see [`crate::start_point`]);
@@ -57,6 +64,7 @@ impl DebugReplay {
         let mut replay = DebugReplay {
             session,
             finished: None,
+            filter: None,
         };
         let halt = replay.advance()?;
         match halt {
@@ -69,8 +77,44 @@ impl DebugReplay {
         }
     }
 
-    /// Resumes the replay as asked, until it halts.
+    /// Resumes the replay as asked, until it halts. Continuing, a breakpoint hit the
+    /// breakpoint filter passes over does not halt it: it goes on from there (unless the
+    /// debugger asked for an interrupt: a loop of such hits may make no event, where the
+    /// replay otherwise looks for one).
     pub fn resume(&mut self, how: Resume) -> Result<Halt> {
+        loop {
+            let halt = self.resume_once(how)?;
+            if let (Halt::Breakpoint(tid) | Halt::HwBreakpoint(tid), Resume::Continue) = (halt, how)
+            {
+                if !self.stops_at(tid) {
+                    if self.debug_mut().interrupt_requested() {
+                        return Ok(Halt::Interrupted(tid));
+                    }
+                    continue;
+                }
+            }
+            return Ok(halt);
+        }
+    }
+
+    /// Whether the breakpoint filter lets task `tid`'s breakpoint hit halt the replay.
+    fn stops_at(&mut self, tid: Tid) -> bool {
+        let Some(mut filter) = self.filter.take() else {
+            return true;
+        };
+        let stop = filter(self, tid);
+        self.filter = Some(filter);
+        stop
+    }
+
+    /// Installs the check of whether a breakpoint hit halts the replay (a conditional
+    /// breakpoint's condition), asked at each hit while the replay continues (a single step
+    /// halts at any hit).
+    pub fn set_breakpoint_filter(&mut self, filter: BreakpointFilter) {
+        self.filter = Some(filter);
+    }
+
+    fn resume_once(&mut self, how: Resume) -> Result<Halt> {
         if let Some(end) = self.finished {
             return Ok(end);
         }
@@ -376,6 +420,7 @@ impl DebugReplay {
         Ok(self.session.fork_copy()?.map(|session| DebugReplay {
             session,
             finished: None,
+            filter: None,
         }))
     }
 
@@ -390,11 +435,18 @@ impl DebugReplay {
     }
 
     /// Whether task `tid` is stopped at one of the debugger's software breakpoints, about to
-    /// execute it.
-    pub fn at_breakpoint(&self, tid: Tid) -> Result<bool> {
+    /// execute it, one the breakpoint filter lets halt the replay.
+    pub fn at_breakpoint(&mut self, tid: Tid) -> Result<bool> {
         let rip = self.regs(tid)?.rip;
         let d = self.debug();
-        Ok(d.breakpoints.contains_key(&rip) || d.in_windows.contains_key(&rip))
+        let at = d.breakpoints.contains_key(&rip) || d.in_windows.contains_key(&rip);
+        Ok(at && self.stops_at(tid))
+    }
+
+    /// Whether a software breakpoint the debugger set is at `addr` (whatever its condition).
+    pub fn has_breakpoint_at(&self, addr: u64) -> bool {
+        let d = self.debug();
+        d.breakpoints.contains_key(&addr) || d.in_windows.contains_key(&addr)
     }
 
     /// The addresses of the software breakpoints the debugger set (inserted or pending).

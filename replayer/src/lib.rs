@@ -21,7 +21,7 @@ mod tasks;
 mod timeline;
 
 pub use debug::{Halt, HwPoint, Position, ProcEvents, WatchKind};
-pub use debugger::{DebugReplay, Resume};
+pub use debugger::{BreakpointFilter, DebugReplay, Resume};
 pub use divergence::{Divergence, Incomplete};
 pub use diversion::Diversion;
 pub use inspect::{PROC_FILES, PROC_LINKS};

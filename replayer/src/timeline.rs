@@ -19,12 +19,18 @@ use anyhow::{bail, Context, Result};
 use trace_format::Tid;
 
 use crate::debug::{Halt, HwPoint, Position, ProcEvents};
-use crate::debugger::{DebugReplay, Resume};
+use crate::debugger::{BreakpointFilter, DebugReplay, Resume};
 use crate::start::StartPoint;
 
 /// How many instructions `reverse-stepi` single-steps through at most to find the one before
 /// the current position (going backwards steps a task's run from its start).
 const MAX_STEPS: u64 = 2_000_000;
+
+/// How many forward single steps of one task's run may go by without a new anchor: the
+/// latest anchor is then at most this many steps before the current position, which bounds
+/// what `reverse-stepi` replays, and `stepi` forks a copy of the replay only once per as many
+/// steps (see [`Timeline::resume`]).
+const ANCHOR_EVERY: u64 = 256;
 
 /// How many checkpoints a timeline keeps, the one at the start among them.
 const MAX_CHECKPOINTS: usize = 48;
@@ -50,6 +56,9 @@ struct Checkpoint {
 /// The debugger's interrupt check, shared by every replay the timeline makes.
 type Interrupt = Rc<RefCell<Box<dyn FnMut() -> bool>>>;
 
+/// The debugger's breakpoint filter, shared by every replay the timeline makes.
+type Filter = Rc<RefCell<BreakpointFilter>>;
+
 /// A debugged replay that can also go backwards.
 pub struct Timeline {
     replay: DebugReplay,
@@ -61,14 +70,19 @@ pub struct Timeline {
     /// The hardware breakpoints and watchpoints it set.
     hw: Vec<HwPoint>,
     interrupt: Option<Interrupt>,
+    /// Which breakpoint hits halt (conditions), in every replay.
+    filter: Option<Filter>,
     /// Copies of the replay at earlier positions, in the order of their events.
     checkpoints: Vec<Checkpoint>,
     /// Positions the debugger saved (`monitor checkpoint`), numbered from 1; `None` once
     /// deleted.
     saved: Vec<Option<Position>>,
-    /// Copies of the replay at the last two positions it halted at part-way through a task's
-    /// run, the earlier first (see [`Anchor`]).
+    /// Copies of the replay at the last two positions it was anchored at part-way through a
+    /// task's run, the earlier first (see [`Anchor`]).
     anchors: [Option<Anchor>; 2],
+    /// How many forward single steps went by since the later anchor was taken (0: it is at
+    /// the current position; more: it is before it, on the same run).
+    steps_past: u64,
     /// The process events the debugger halts at (going forward only: the replays that go
     /// backwards do not halt at them).
     proc_events: ProcEvents,
@@ -105,9 +119,11 @@ impl Timeline {
             breakpoints: BTreeSet::new(),
             hw: Vec::new(),
             interrupt: None,
+            filter: None,
             checkpoints: Vec::new(),
             saved: Vec::new(),
             anchors: [None, None],
+            steps_past: 0,
             proc_events: ProcEvents::default(),
         };
         timeline.replay.set_pause_every(Some(PAUSE_EVERY));
@@ -182,7 +198,7 @@ impl Timeline {
                 ..Default::default()
             },
         )?;
-        self.anchors = [None, None];
+        self.drop_anchors();
         self.breakpoints.clear();
         self.hw.clear();
         self.start = start;
@@ -212,7 +228,7 @@ impl Timeline {
 
     /// Ends the replay and starts it again from its start, with nothing set (gdb's `run`).
     pub fn start_over(&mut self) -> Result<()> {
-        self.anchors = [None, None];
+        self.drop_anchors();
         self.replay.kill();
         self.breakpoints.clear();
         self.hw.clear();
@@ -240,6 +256,16 @@ impl Timeline {
         if let Some(check) = forwarding(&self.interrupt) {
             self.replay.set_interrupt(check);
         }
+    }
+
+    /// Installs the check of which breakpoint hits halt (see
+    /// [`DebugReplay::set_breakpoint_filter`]), in this replay and every later one: the
+    /// replays going backwards pass over the same hits as going forward.
+    pub fn set_breakpoint_filter(&mut self, filter: BreakpointFilter) {
+        let shared = Rc::new(RefCell::new(filter));
+        self.replay
+            .set_breakpoint_filter(forwarding_filter(&shared));
+        self.filter = Some(shared);
     }
 
     /// Inserts a software breakpoint (see [`DebugReplay::add_breakpoint`]).
@@ -275,7 +301,7 @@ impl Timeline {
     /// Goes to the boundary after event `event` (no task has run since), from the latest
     /// checkpoint before it (`monitor seek`); no earlier than where the replay starts.
     pub fn seek(&mut self, event: u64) -> Result<()> {
-        self.anchors = [None, None];
+        self.drop_anchors();
         let count = self.replay.event_count();
         if event >= count {
             bail!("event {event} is past the end of the recording ({count} events)");
@@ -297,7 +323,7 @@ impl Timeline {
 
     /// Goes back (or forward) to the position saved as `n` (`monitor restart N`).
     pub fn restore_position(&mut self, n: usize) -> Result<()> {
-        self.anchors = [None, None];
+        self.drop_anchors();
         let Some(Some(pos)) = n.checked_sub(1).and_then(|i| self.saved.get(i)).cloned() else {
             bail!("there is no checkpoint {n} (`monitor checkpoints` lists them)");
         };
@@ -327,13 +353,33 @@ impl Timeline {
     }
 
     /// Runs forward as asked, until the replay halts (keeping a checkpoint there).
+    ///
+    /// A halt part-way through a task's run gets an anchor (a forked copy of the replay),
+    /// except after a single step on the run of the latest anchor, fewer than
+    /// [`ANCHOR_EVERY`] steps past it: that anchor is then before the position, which is all
+    /// `reverse-stepi` needs, and `stepi` costs a step rather than a fork.
     pub fn resume(&mut self, how: Resume) -> Result<Halt> {
         let halt = run(&mut self.checkpoints, &mut self.replay, how)?;
         self.checkpoint_here()?;
-        // Forward: the anchor at the last halt stays before the new one.
-        let earlier = self.anchors[1].take();
-        self.anchors = [earlier, self.anchor_here()?];
+        let on_latest_run = match (&self.anchors[1], self.replay.part_way()) {
+            (Some(a), Some(tid)) => a.tid == tid && a.event == self.replay.when(),
+            _ => false,
+        };
+        if matches!(how, Resume::Step(_)) && on_latest_run && self.steps_past < ANCHOR_EVERY {
+            self.steps_past += 1;
+        } else {
+            // Forward: the latest anchor stays before the new one.
+            let earlier = self.anchors[1].take();
+            self.anchors = [earlier, self.anchor_here()?];
+            self.steps_past = 0;
+        }
         Ok(halt)
+    }
+
+    /// Forgets the anchors (the replay moved where they say nothing of).
+    fn drop_anchors(&mut self) {
+        self.anchors = [None, None];
+        self.steps_past = 0;
     }
 
     /// Runs backwards as asked: to the last halt before the current position
@@ -344,10 +390,15 @@ impl Timeline {
         if here == Position::Boundary(self.start.first) {
             return Ok(Halt::Start(self.replay.current_thread()));
         }
+        if self.steps_past > 0 {
+            // The later anchor is before the position: the closest one known.
+            self.anchors[0] = self.anchors[1].take();
+            self.steps_past = 0;
+        }
         let halt = match how {
             Resume::Continue => {
                 // (Nothing is known to be before where it lands.)
-                self.anchors = [None, None];
+                self.drop_anchors();
                 self.reverse_continue(&here)
             }
             // (The earlier anchor, if used, is before where it lands.)
@@ -628,10 +679,13 @@ impl Timeline {
         Ok(())
     }
 
-    /// Installs the debugger's interrupt check in `replay`.
+    /// Installs the debugger's interrupt check and breakpoint filter in `replay`.
     fn attach_interrupt(&self, replay: &mut DebugReplay) {
         if let Some(check) = forwarding(&self.interrupt) {
             replay.set_interrupt(check);
+        }
+        if let Some(shared) = &self.filter {
+            replay.set_breakpoint_filter(forwarding_filter(shared));
         }
     }
 
@@ -666,6 +720,12 @@ impl Timeline {
 fn forwarding(interrupt: &Option<Interrupt>) -> Option<Box<dyn FnMut() -> bool>> {
     let shared = interrupt.clone()?;
     Some(Box::new(move || (shared.borrow_mut())()))
+}
+
+/// A filter that asks the debugger's shared breakpoint filter, for one replay.
+fn forwarding_filter(shared: &Filter) -> BreakpointFilter {
+    let shared = shared.clone();
+    Box::new(move |replay, tid| (shared.borrow_mut())(replay, tid))
 }
 
 /// Resumes `replay` as asked until it halts for something other than a pause, keeping a

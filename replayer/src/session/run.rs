@@ -343,7 +343,9 @@ impl Session {
             unsafe { libc::syscall(libc::SYS_tgkill, pid.as_raw(), real.as_raw(), libc::SIGSTOP) };
         };
         const POLL: Duration = Duration::from_millis(100);
-        let started = Instant::now();
+        // (The clock only for a run toward a point: reading it is a trapped `rdtsc` on the
+        // tracer thread, and a debugger's single step waits here once per instruction.)
+        let started = toward.is_some().then(Instant::now);
         tracee::alarm::start(POLL, POLL);
         let stop = self.tasks.wait_real(real, &mut || {
             if let Some(d) = debug.as_deref_mut() {
@@ -353,7 +355,8 @@ impl Session {
                 }
             }
             if let Some(w) = toward.as_deref_mut() {
-                if !w.timeout_sent && w.ran + started.elapsed() > w.limit {
+                let ran = started.map_or(Duration::ZERO, |s| s.elapsed());
+                if !w.timeout_sent && w.ran + ran > w.limit {
                     tracing::debug!(tid, "the run to a point takes too long: stopping the task");
                     stop_task();
                     w.timeout_sent = true;
@@ -362,7 +365,7 @@ impl Session {
             Ok(())
         });
         tracee::alarm::stop();
-        if let Some(w) = toward {
+        if let (Some(w), Some(started)) = (toward, started) {
             w.ran += started.elapsed();
         }
         stop
