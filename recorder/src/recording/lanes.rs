@@ -184,7 +184,10 @@ impl Session {
     /// file, System V shared memory, ptrace, another process's memory) moves the process back
     /// to the first lane, where it makes the call again. True if it moved.
     pub(super) fn move_back_for(&mut self, tid: i32, entry: &Regs) -> Result<bool> {
-        if self.lane != SECOND || !shares_across_lanes(entry.orig_rax, entry.rdi, entry.r10) {
+        if self.lane != SECOND
+            || !shares_across_lanes(entry.orig_rax, entry.r10)
+            || maps_system_file_read_only(tid, entry)
+        {
             return Ok(false);
         }
         let call = syscalls::name(entry.orig_rax);
@@ -316,11 +319,10 @@ fn exiting(tid: i32) -> bool {
     matches!(state, Some('Z' | 'X'))
 }
 
-/// Whether syscall `nr` (first argument `a0`, fourth `a3`) could make its process share memory
-/// with processes of another lane: a shared mapping that is not anonymous (of a file, a
-/// memfd, a device), System V shared memory, ptrace, reading or writing another process's
-/// memory.
-fn shares_across_lanes(nr: u64, _a0: u64, a3: u64) -> bool {
+/// Whether syscall `nr` (fourth argument `a3`) could make its process share memory with
+/// processes of another lane: a shared mapping that is not anonymous (of a file, a memfd, a
+/// device), System V shared memory, ptrace, reading or writing another process's memory.
+fn shares_across_lanes(nr: u64, a3: u64) -> bool {
     let shared_map = {
         // The mapping type (`MAP_TYPE`, the low four bits): `MAP_SHARED_VALIDATE` is 3.
         let kind = a3 & 0xf;
@@ -336,6 +338,28 @@ fn shares_across_lanes(nr: u64, _a0: u64, a3: u64) -> bool {
         ]
         .iter()
         .any(|&n| n as u64 == nr)
+}
+
+/// Whether `entry` (an `mmap` of task `tid`) maps a system file (under
+/// `trace_format::SYSTEM_PREFIXES`, which deja takes as unchanging) read-only through a
+/// descriptor opened read-only, which no `mprotect` can make writable: what glibc does with
+/// `gconv-modules.cache` in every program that converts characters. Nothing another process
+/// does can change what such a mapping shows.
+fn maps_system_file_read_only(tid: i32, entry: &Regs) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    if entry.orig_rax != libc::SYS_mmap as u64 || entry.rdx & libc::PROT_WRITE as u64 != 0 {
+        return false;
+    }
+    let fd = format!("/proc/{tid}/fd/{}", entry.r8 as i32);
+    let read_only =
+        std::fs::symlink_metadata(&fd).is_ok_and(|m| m.permissions().mode() & 0o200 == 0);
+    let system = std::fs::read_link(&fd).is_ok_and(|p| {
+        let p = p.to_string_lossy();
+        trace_format::SYSTEM_PREFIXES
+            .iter()
+            .any(|s| p.starts_with(s))
+    });
+    read_only && system
 }
 
 /// The second lane's thread: pinned to `cpu`, adopts the processes the first lane moves to it
