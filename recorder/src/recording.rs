@@ -3,7 +3,6 @@
 //! events in the trace (see the crate README).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -20,7 +19,7 @@ use crate::exec;
 use crate::file_effects::FileEffects;
 use crate::mapped_files::MappedFiles;
 use crate::memory::TraceeMemory;
-use crate::session::{set_ticks_blocked, TICK};
+use crate::session::TICK;
 use crate::task::{Entry, State, Task};
 use crate::tsc_mode::TscModes;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,7 +210,7 @@ impl Session {
                     .spawn_scoped(scope, move || lanes::second_lane(m, rx, cpu, tick))
                     .context("starting the second tracer thread")?;
             }
-            let r = first_lane(&m, &from_second);
+            let r = lanes::first_lane(&m, &from_second);
             let mut s = lanes::lock(&m);
             s.unlink_second_lane();
             if r.is_err() {
@@ -226,78 +225,6 @@ impl Session {
         }
         s.root_status
             .context("the initial process ended without a reported status")
-    }
-
-    /// The CPU of the second lane, if processes may be recorded in parallel: another CPU the
-    /// recorder may use.
-    fn second_cpu(&self) -> Option<u32> {
-        if !self.parallel || self.chaos.is_some() || !self.fast.enabled {
-            return None;
-        }
-        tracee::affinity::allowed(std::process::id() as i32)
-            .into_iter()
-            .find(|&c| c != self.cpu)
-    }
-
-    /// Gives the calling lane's CPU to its next ready task if none holds it, writing the
-    /// deaths deferred until then first.
-    fn schedule_lane(&mut self) -> Result<()> {
-        loop {
-            if self.current.is_some() {
-                return Ok(());
-            }
-            for e in std::mem::take(&mut self.exits) {
-                self.writer.push(Event::Exit(e))?;
-            }
-            if !self.lane_has_tasks(self.lane) {
-                return Ok(());
-            }
-            let scheduled = self.schedule_next();
-            if self.unless_vanished(scheduled)? {
-                // The next ready task, if any, gets the CPU instead.
-                continue;
-            }
-            if self.current.is_none() && self.others_wait() {
-                // The task given the CPU gave it up at once (held or parked for emulated
-                // ptrace, or gone into a blocking syscall from a held stop or a
-                // group-stop): the next one gets it now, as no stop of its may ever come.
-                continue;
-            }
-            return Ok(());
-        }
-    }
-
-    /// At a tick that interrupted the calling lane's wait: its time slice and flushes (see
-    /// `account_ticks`), and a group-stopped task of the lane whose process got a `SIGCONT`
-    /// (an error that ends the wait: see `group_stop`).
-    fn on_tick(&mut self) -> Result<()> {
-        let Session {
-            writer,
-            tasks,
-            current,
-            ready,
-            stall,
-            ticks,
-            chaos,
-            lane,
-            ..
-        } = self;
-        account_ticks(
-            writer,
-            tasks,
-            ready,
-            *current,
-            (stall, ticks),
-            chaos.as_mut(),
-        )?;
-        group_stop::continued_while_waiting(tasks.values().filter(|t| t.lane == *lane))
-    }
-
-    /// Kills every task of `lane` (after an error).
-    fn kill_lane(&mut self, lane: u8) {
-        for t in self.tasks.values().filter(|t| t.lane == lane) {
-            let _ = nix::sys::signal::kill(t.tracee.pid(), nix::sys::signal::Signal::SIGKILL);
-        }
     }
 
     /// Runs the initial `execve` and records the new program image.
@@ -634,73 +561,6 @@ impl Session {
             }
         }
         Ok(())
-    }
-}
-
-/// The first lane's loop (the recorder's tracer thread): records its tasks until every task
-/// of the recording has ended.
-fn first_lane(m: &lanes::Shared, back: &Receiver<lanes::Moved>) -> Result<()> {
-    loop {
-        {
-            let mut s = lanes::lock(m);
-            if let Some(e) = s.lane_failure.take() {
-                return Err(e);
-            }
-            s.take_moved_back(back)?;
-            s.schedule_lane()?;
-            if s.tasks.is_empty() {
-                return Ok(());
-            }
-            if !s.lane_has_tasks(lanes::FIRST) {
-                // Only the second lane's tasks are left: wait for them to end, still open to
-                // the signals that stop a recording.
-                drop(s);
-                set_ticks_blocked(false);
-                std::thread::sleep(Duration::from_millis(1));
-                set_ticks_blocked(true);
-                crate::session::stop_requested()?;
-                continue;
-            }
-        }
-        let stop = wait_first(m, back)?;
-        let mut s = lanes::lock(m);
-        if let Some((pid, stop)) = stop {
-            let handled = s.dispatch(pid.as_raw(), stop);
-            s.unless_vanished(handled)?;
-        }
-        if s.any_group_stopped() {
-            s.continue_group_stops();
-        }
-    }
-}
-
-/// Waits for a stop of a task of the first lane; at each timer tick while it waits, accounts
-/// for the lane's time slice and flushes (see [`Session::on_tick`]) and checks for a request
-/// to stop. `None` when a tick found a group-stopped task whose process got a `SIGCONT` (see
-/// `group_stop`).
-fn wait_first(m: &lanes::Shared, back: &Receiver<lanes::Moved>) -> Result<Option<(Pid, Stop)>> {
-    set_ticks_blocked(false);
-    let stop = tracee::stop::wait_any(&mut || {
-        set_ticks_blocked(true);
-        let ticked = {
-            let mut s = lanes::lock(m);
-            s.on_tick().and_then(|()| {
-                // A task moved back from the second lane wakes this wait; it may get the CPU.
-                s.take_moved_back(back)?;
-                s.schedule_lane()
-            })
-        };
-        set_ticks_blocked(false);
-        ticked?;
-        crate::session::stop_requested()
-    });
-    set_ticks_blocked(true);
-    // A stop signal ends the loop (the caller kills the tasks and keeps the trace).
-    crate::session::stop_requested()?;
-    match stop {
-        Ok(stop) => Ok(Some(stop)),
-        Err(e) if group_stop::is_continued(&e) => Ok(None),
-        Err(e) => Err(e),
     }
 }
 
