@@ -1,11 +1,16 @@
-//! Processes recorded in parallel (the recorder's lanes: a tracer thread per CPU, see the
-//! recorder's README): exec'd children run on two CPUs and replay exactly; a process that maps
-//! a file shared comes back to the first lane, so two processes handing a counter back and
-//! forth through shared memory still replay exactly; job control reaches a process of the
-//! other lane; `--serial` records one task at a time.
+//! Processes recorded in parallel (`deja rec --parallel`, the recorder's lanes: a tracer thread
+//! per CPU, see the recorder's README): exec'd children run on two CPUs and replay exactly; a
+//! process that maps a file shared comes back to the first lane, so two processes handing a
+//! counter back and forth through shared memory still replay exactly; job control reaches a
+//! process of the other lane; gdb debugs such a recording forwards; without `--parallel` a
+//! recording runs one task at a time.
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::gdb::{gdb_batch, printed, text};
 use common::*;
 
 /// Whether this machine lets deja use two CPUs (lanes need a second one).
@@ -13,8 +18,15 @@ fn two_cpus() -> bool {
     std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
 }
 
+/// `deja rec --parallel` of the `lanes` program with `args`; the trace and deja's output.
+fn record_parallel(ctx: &Ctx, args: &[&str]) -> (PathBuf, Output) {
+    let (trace, rec) = ctx.record_opts(&["--parallel"], program("lanes"), args);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    (trace, rec)
+}
+
 /// The lines of `deja dump` of `trace` that say a task moved to another lane.
-fn lane_moves(ctx: &Ctx, trace: &std::path::Path) -> Vec<String> {
+fn lane_moves(ctx: &Ctx, trace: &Path) -> Vec<String> {
     let out = ctx.run_deja(&["dump".as_ref(), trace.as_os_str()]);
     assert!(out.status.success(), "{}", describe("dump", &out));
     stdout_str(&out)
@@ -24,24 +36,26 @@ fn lane_moves(ctx: &Ctx, trace: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+const TO_SECOND: &str = "moves to lane 1 (recorded in parallel with the other lanes)";
+const TO_FIRST: &str = "moves to lane 0 (recorded in parallel with the other lanes)";
+
 #[test]
 fn exec_children_are_recorded_in_parallel_and_replay() {
-    let prog = program("lanes");
-    let r = assert_replays_exactly(&prog, &["parallel"]);
+    let ctx = Ctx::new();
+    let (trace, rec) = record_parallel(&ctx, &["parallel"]);
     assert_stdout_has(
         "rec of lanes parallel",
-        &r.rec,
+        &rec,
         &[
             "child 0: 390 bytes, status 0\n",
             "child 1: 393 bytes, status 0\n",
         ],
     );
-    let moves = lane_moves(&r.ctx, &r.trace);
+    assert_replay_matches(&rec, &ctx.replay(&trace));
+    let moves = lane_moves(&ctx, &trace);
     if two_cpus() {
         assert!(
-            moves.iter().any(|m| m.ends_with(
-                "moves to lane 1 (recorded in parallel with the other lanes)"
-            )),
+            moves.iter().any(|m| m.ends_with(TO_SECOND)),
             "no child moved to the second lane: {moves:?}"
         );
     } else {
@@ -51,18 +65,9 @@ fn exec_children_are_recorded_in_parallel_and_replay() {
 }
 
 #[test]
-fn serial_recording_moves_nothing() {
+fn without_parallel_nothing_moves() {
     let ctx = Ctx::new();
-    let prog = program("lanes");
-    let trace = ctx.fresh_path("serial");
-    let rec = ctx.run_deja(&[
-        "rec".as_ref(),
-        "--serial".as_ref(),
-        "-o".as_ref(),
-        trace.as_os_str(),
-        prog.as_os_str(),
-        "parallel".as_ref(),
-    ]);
+    let (trace, rec) = ctx.record(program("lanes"), &["parallel"]);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
     assert!(lane_moves(&ctx, &trace).is_empty());
     assert_replay_matches(&rec, &ctx.replay(&trace));
@@ -70,12 +75,10 @@ fn serial_recording_moves_nothing() {
 
 #[test]
 fn a_shared_mapping_brings_a_process_back_to_the_first_lane() {
-    let prog = program("lanes");
     for round in 1..=3 {
         let ctx = Ctx::new();
         let file = ctx.dir().join("counter");
-        let (trace, rec) = ctx.record(&prog, &["shared", file.to_str().unwrap()]);
-        assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+        let (trace, rec) = record_parallel(&ctx, &["shared", file.to_str().unwrap()]);
         assert_stdout_has(
             &format!("recording {round}"),
             &rec,
@@ -85,31 +88,54 @@ fn a_shared_mapping_brings_a_process_back_to_the_first_lane() {
                 "peer status 0\n",
             ],
         );
-        let replay = ctx.replay(&trace);
-        assert_replay_matches(&rec, &replay);
+        assert_replay_matches(&rec, &ctx.replay(&trace));
         let moves = lane_moves(&ctx, &trace);
         if two_cpus() {
             assert_eq!(moves.len(), 2, "{moves:?}");
-            assert!(
-                moves[0].ends_with("moves to lane 1 (recorded in parallel with the other lanes)")
-            );
-            assert!(
-                moves[1].ends_with("moves to lane 0 (recorded in parallel with the other lanes)")
-            );
+            assert!(moves[0].ends_with(TO_SECOND), "{moves:?}");
+            assert!(moves[1].ends_with(TO_FIRST), "{moves:?}");
         }
     }
 }
 
 #[test]
 fn a_process_of_the_second_lane_is_stopped_and_continued() {
-    let prog = program("lanes");
-    let r = assert_replays_exactly(&prog, &["stop"]);
+    let ctx = Ctx::new();
+    let (trace, rec) = record_parallel(&ctx, &["stop"]);
     assert_stdout_has(
         "rec of lanes stop",
-        &r.rec,
+        &rec,
         &["stopped 1 by 19\n", "exited 1 with 3\n", "sleeper 4\n"],
     );
+    assert_replay_matches(&rec, &ctx.replay(&trace));
     if two_cpus() {
-        assert_eq!(lane_moves(&r.ctx, &r.trace).len(), 1);
+        assert_eq!(lane_moves(&ctx, &trace).len(), 1);
     }
+}
+
+#[test]
+fn gdb_debugs_a_recording_in_lanes_forwards() {
+    if installed("gdb").is_none() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let (trace, _) = record_parallel(&ctx, &["parallel"]);
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "break waitpid",
+            "continue",
+            "print $rdi",
+            "continue",
+            "print $rdi",
+            "continue",
+        ],
+    );
+    let all = text(&out);
+    // The parent waits for its first child, then its second.
+    let waited = printed(&all);
+    assert_eq!(waited.len(), 2, "{all}");
+    assert_ne!(waited[0], waited[1], "{all}");
 }

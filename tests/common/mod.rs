@@ -414,6 +414,26 @@ impl Ctx {
         self.record_with(prog, args, |_| {})
     }
 
+    /// [`Ctx::record`] with `options` of `deja rec` (before the program).
+    pub fn record_opts(
+        &self,
+        options: &[&str],
+        prog: impl AsRef<OsStr>,
+        args: &[&str],
+    ) -> (PathBuf, Output) {
+        let trace = self.fresh_path("trace");
+        let mut cmd = self.deja();
+        cmd.arg("rec")
+            .args(options)
+            .arg("-o")
+            .arg(&trace)
+            .arg(prog.as_ref())
+            .args(args);
+        let out = run_with_timeout(&mut cmd, TIMEOUT);
+        assert_no_panic("deja rec", &out);
+        (trace, out)
+    }
+
     /// [`Ctx::record`] after `tweak` adjusted the command (environment, limits).
     pub fn record_with(
         &self,

@@ -286,7 +286,7 @@ impl Session {
             bail!(
                 "a process recorded in parallel with others, with several threads, makes \
                  {call}, through which it could share memory with them (record it with \
-                 `deja rec --serial`)"
+                 `deja rec` without `--parallel`)"
             );
         }
         let Some(link) = &self.lanes else {
@@ -339,7 +339,7 @@ impl Session {
         if across {
             bail!(
                 "{} of process {target}, which deja records in parallel with the caller, is not \
-                 supported (record with `deja rec --serial`)",
+                 supported (record without `--parallel`)",
                 syscalls::name(nr)
             );
         }

@@ -14,6 +14,9 @@ use crate::tasks::{self, RState};
 
 use super::{errno_text, Session, END_GRACE};
 
+/// How many times a clone interrupted by signals is made again before the replay gives up.
+const MAX_CLONE_RESTARTS: usize = 16;
+
 impl Session {
     /// At the exec stop of `tid`: makes the new image the recorded one and runs to the end of
     /// `execve`.
@@ -140,7 +143,33 @@ impl Session {
             t.set_regs(&traced)?;
         }
         t.cont_syscall(0)?;
-        let stop = self.wait_task(tid)?;
+        let mut stop = self.wait_task(tid)?;
+        // A signal the replay itself caused (a child's `SIGCHLD`, from another task's `Exit`
+        // event handled while this one was stopped at its clone) makes the kernel refuse the
+        // clone with a restart code: the signal is dropped at its delivery, as the replay drops
+        // such signals, and the kernel makes the call again (a new seccomp stop first).
+        for _ in 0..MAX_CLONE_RESTARTS {
+            let restarting = match stop {
+                Stop::SyscallStop => {
+                    // Its exit with a restart code, or the entry of the call made again.
+                    let t = self.tracee(tid)?;
+                    let rax = t.regs()?.rax as i64;
+                    (-516..=-512).contains(&rax) || t.at_syscall_entry()?
+                }
+                Stop::Signal(_) | Stop::SeccompEntry => true,
+                _ => false,
+            };
+            if !restarting {
+                break;
+            }
+            tracing::debug!(
+                tid,
+                ?stop,
+                "a clone interrupted by a signal the replay caused"
+            );
+            self.tracee(tid)?.cont_syscall(0)?;
+            stop = self.wait_task(tid)?;
+        }
         if !matches!(
             stop,
             Stop::Event(
