@@ -209,6 +209,40 @@ impl Session {
         }
     }
 
+    /// Whether task `tid` may move to another lane: alone in its process and address space
+    /// (no other thread, no `vfork` child borrowing its memory), with nothing of the
+    /// recorder's pending on it (a preemption `SIGSTOP` on its way, a signal held or sent
+    /// again).
+    fn movable(&self, tid: i32) -> bool {
+        let Some(t) = self.tasks.get(&tid) else {
+            return false;
+        };
+        let (pid, mm) = (t.pid, t.mm);
+        let alone = !self
+            .tasks
+            .values()
+            .any(|o| (o.pid == pid || o.mm == mm || o.mm == pid) && o.tid() != tid);
+        alone && t.held_signal.is_none() && !t.stop_sent && t.resent.is_empty()
+    }
+
+    /// Moves task `tid`, stopped (`at`), out of the calling lane to lane `to` on `cpu`: writes
+    /// the `Lane` event, pins it there and parks it for the other lane's thread to adopt.
+    fn move_out(&mut self, tid: i32, to: u8, cpu: u32, at: ParkedAt) -> Result<Parked> {
+        // The library's own `syscall` instruction, which the filter lets through.
+        let insn = syscallbuf::loaded()?.untraced_end - 2;
+        self.writer.push(Event::Lane(LaneEvent { tid, lane: to }))?;
+        tracee::affinity::pin(tid, cpu)?;
+        let parked = park(&self.task(tid)?.tracee, at, insn)
+            .with_context(|| format!("moving task {tid} to CPU {cpu}"))?;
+        tracing::debug!(tid, cpu, lane = to, "moved to another lane");
+        let t = self.task(tid)?;
+        t.lane = to;
+        if self.current == Some(tid) {
+            self.current = None;
+        }
+        Ok(parked)
+    }
+
     /// In [`Session::resume`], right after an `exec` of `tid` (registers `regs`): moves its
     /// process to the second lane if it may go (see the module documentation). True if it
     /// did.
@@ -223,32 +257,19 @@ impl Session {
             return Ok(false);
         };
         let cpu = link.cpu;
-        let t = &self.tasks[&tid];
-        let alone = !self.tasks.values().any(|o| o.mm == t.mm && o.tid() != tid);
-        let quiet = t.held_signal.is_none() && !t.stop_sent && t.resent.is_empty();
+        let has_library = self.tasks.get(&tid).is_some_and(|t| t.slot.is_some());
         if self.lane != FIRST
             || self.chaos.is_some()
             || self.stop_at_syscalls
             || !self.ptrace.is_empty()
-            || t.slot.is_none()
-            || !alone
-            || !quiet
+            || !has_library
+            || !self.movable(tid)
             || self.lane_has_tasks(SECOND)
         {
             return Ok(false);
         }
-        // The library's own `syscall` instruction, which the filter lets through.
-        let insn = syscallbuf::loaded()?.untraced_end - 2;
-        self.writer
-            .push(Event::Lane(LaneEvent { tid, lane: SECOND }))?;
-        tracee::affinity::pin(tid, cpu)?;
-        let t = &self.tasks[&tid];
-        let parked = park(&t.tracee, ParkedAt::Elsewhere, insn)
-            .with_context(|| format!("moving task {tid} to CPU {cpu}"))?;
-        tracing::debug!(tid, cpu, "moved to the second lane");
-        let t = self.task(tid)?;
-        t.lane = SECOND;
-        t.state = State::Running;
+        let parked = self.move_out(tid, SECOND, cpu, ParkedAt::Elsewhere)?;
+        self.task(tid)?.state = State::Running;
         self.current = None;
         let moved = Moved {
             tid,
@@ -274,15 +295,7 @@ impl Session {
             return Ok(false);
         }
         let call = syscalls::name(entry.orig_rax);
-        let t = self.task(tid)?;
-        let (pid, mm) = (t.pid, t.mm);
-        let alone = !self
-            .tasks
-            .values()
-            .any(|o| (o.pid == pid || o.mm == mm || o.mm == pid) && o.tid() != tid);
-        let t = &self.tasks[&tid];
-        let quiet = t.held_signal.is_none() && !t.stop_sent && t.resent.is_empty();
-        if !alone || !quiet {
+        if !self.movable(tid) {
             bail!(
                 "a process recorded in parallel with others, with several threads, makes \
                  {call}, through which it could share memory with them (record it with \
@@ -293,19 +306,9 @@ impl Session {
             bail!("no lane to move task {tid} back to");
         };
         let (tx, thread, cpu) = (link.to_first.clone(), link.first_thread, link.first_cpu);
-        let insn = syscallbuf::loaded()?.untraced_end - 2;
-        self.writer
-            .push(Event::Lane(LaneEvent { tid, lane: FIRST }))?;
-        tracee::affinity::pin(tid, cpu)?;
-        let parked = park(&t.tracee, ParkedAt::SyscallEntry, insn)
-            .with_context(|| format!("moving task {tid} back to CPU {cpu}"))?;
+        let parked = self.move_out(tid, FIRST, cpu, ParkedAt::SyscallEntry)?;
         tracing::debug!(tid, call = %call, "moved back to the first lane");
-        let t = self.task(tid)?;
-        t.lane = FIRST;
-        t.state = State::Moved;
-        if self.current == Some(tid) {
-            self.current = None;
-        }
+        self.task(tid)?.state = State::Moved;
         tx.send(Moved {
             tid,
             parked,
