@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use common::gdb::{assert_has, gdb_batch, printed, text};
+use common::gdb::{assert_has, gdb_batch, line_of, printed, text};
 use common::*;
 
 /// `reverse.c` without optimization, so every local is visible.
@@ -29,16 +29,6 @@ fn session(commands: &[&str]) -> Option<String> {
     let ctx = Ctx::new();
     let trace = recorded(&ctx);
     Some(text(&gdb_batch(&ctx, &trace, &[], commands)))
-}
-
-/// The line of `reverse.c` that holds `code`.
-fn line_of(code: &str) -> usize {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/reverse.c");
-    let text = std::fs::read_to_string(&src).expect("reading reverse.c");
-    text.lines()
-        .position(|l| l.contains(code))
-        .unwrap_or_else(|| panic!("no {code:?} in reverse.c"))
-        + 1
 }
 
 #[test]
@@ -117,8 +107,8 @@ fn a_watchpoint_going_backwards_stops_before_the_other_threads_previous_write() 
 
 #[test]
 fn reverse_next_step_and_finish_walk_back_over_and_into_calls() {
-    let after_call = line_of("total += 1;");
-    let call = line_of("total += step(i);");
+    let after_call = line_of("reverse.c", "total += 1;");
+    let call = line_of("reverse.c", "total += step(i);");
     let Some(all) = session(&[
         &format!("break reverse.c:{after_call}"),
         "continue",

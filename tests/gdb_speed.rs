@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use common::gdb::{assert_has, gdb_batch, text};
+use common::gdb::{assert_has, gdb_batch, line_of, printed, text};
 use common::*;
 
 /// `cond_loop.c` without optimization, so every local is visible.
@@ -25,28 +25,6 @@ fn session(commands: &[&str]) -> Option<String> {
     assert_eq!(rec.status.code(), Some(0), "{}", describe("rec", &rec));
     assert_has(&stdout_str(&rec), "counter=40 sink=780 s=8994");
     Some(text(&gdb_batch(&ctx, &trace, &[], commands)))
-}
-
-/// The values gdb printed (`$N = VALUE`), in order.
-fn printed(all: &str) -> Vec<String> {
-    all.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix('$')?;
-            let (n, value) = rest.split_once(" = ")?;
-            n.parse::<u32>().ok()?;
-            Some(value.trim().to_string())
-        })
-        .collect()
-}
-
-/// The line of `cond_loop.c` that holds `code`.
-fn line_of(code: &str) -> usize {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/cond_loop.c");
-    let text = std::fs::read_to_string(&src).expect("reading cond_loop.c");
-    text.lines()
-        .position(|l| l.contains(code))
-        .unwrap_or_else(|| panic!("no {code:?} in cond_loop.c"))
-        + 1
 }
 
 #[test]
@@ -176,7 +154,7 @@ fn nexti_steps_over_calls_and_reverse_nexti_retraces_it() {
 
 #[test]
 fn next_over_a_one_line_loop_lands_after_it_with_its_result() {
-    let line = line_of("/* one line */");
+    let line = line_of("cond_loop.c", "/* one line */");
     let Some(all) = session(&[
         &format!("break {line}"),
         "continue",

@@ -43,3 +43,13 @@ pub fn printed(all: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The line (from 1) of test program `tests/programs/<program>` that holds `code`.
+pub fn line_of(program: &str, code: &str) -> usize {
+    let src = programs_src_dir().join(program);
+    let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("reading {program}: {e}"));
+    text.lines()
+        .position(|l| l.contains(code))
+        .unwrap_or_else(|| panic!("no {code:?} in {program}"))
+        + 1
+}
