@@ -42,8 +42,7 @@ enum Command {
         chaos: Option<Option<u64>>,
         /// Record processes that share no memory with others in parallel, on two CPUs (a
         /// program a process exec'd, with its children): `make -j2` records at about 1.8x
-        /// native instead of 2.5x. Not yet the default: going backwards in gdb over a signal
-        /// can fail on such a recording.
+        /// native instead of 2.5x. Not yet the default: it is new.
         #[arg(long)]
         parallel: bool,
         /// Delete the trace when the program exits 0: keep only failing runs (as a test

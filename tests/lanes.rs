@@ -2,8 +2,8 @@
 //! per CPU, see the recorder's README): exec'd children run on two CPUs and replay exactly; a
 //! process that maps a file shared comes back to the first lane, so two processes handing a
 //! counter back and forth through shared memory still replay exactly; job control reaches a
-//! process of the other lane; gdb debugs such a recording forwards; without `--parallel` a
-//! recording runs one task at a time.
+//! process of the other lane; gdb goes backwards and forwards on such a recording; without
+//! `--parallel` a recording runs one task at a time.
 
 mod common;
 
@@ -114,7 +114,7 @@ fn a_process_of_the_second_lane_is_stopped_and_continued() {
 }
 
 #[test]
-fn gdb_debugs_a_recording_in_lanes_forwards() {
+fn gdb_goes_backwards_and_forwards_on_a_recording_in_lanes() {
     if installed("gdb").is_none() {
         return;
     }
@@ -130,12 +130,20 @@ fn gdb_debugs_a_recording_in_lanes_forwards() {
             "print $rdi",
             "continue",
             "print $rdi",
+            // Back over the parent's SIGCHLD (delivered in deja's library, right after a read
+            // whose run the other lane's events interleave) to the first wait, then on again.
+            "reverse-continue",
+            "print $rdi",
             "continue",
+            "print $rdi",
         ],
     );
     let all = text(&out);
     // The parent waits for its first child, then its second.
     let waited = printed(&all);
-    assert_eq!(waited.len(), 2, "{all}");
+    assert_eq!(waited.len(), 4, "{all}");
     assert_ne!(waited[0], waited[1], "{all}");
+    assert_eq!(waited[2], waited[0], "{all}");
+    assert_eq!(waited[3], waited[1], "{all}");
+    assert!(!all.contains("going backwards:"), "{all}");
 }

@@ -262,6 +262,10 @@ pub(crate) struct Debug {
     /// Halt when the replay gets to this position (going backwards: the position the
     /// debugger was at), reporting [`Halt::Reached`]; halts on the way happen as usual.
     pub mark: Option<Position>,
+    /// The coming [`Halt::Reached`] is the mark's: it halts where the task is, even in deja's
+    /// code (the position it reproduces was a halt there: one put off until the task left
+    /// deja's code would have named a position outside it).
+    pub at_mark: bool,
     /// The replay halted at the debugged process's end ([`Halt::Ending`]) once already.
     pub end_reported: bool,
     /// Pause ([`Halt::Pause`]) between events once this long has passed since the last pause
@@ -309,6 +313,7 @@ impl Debug {
             leaving: None,
             in_windows: BTreeMap::new(),
             mark: None,
+            at_mark: false,
             end_reported: false,
             pause_every: None,
             last_pause: std::time::Instant::now(),
@@ -344,6 +349,7 @@ impl Debug {
             leaving: self.leaving,
             in_windows: self.in_windows.clone(),
             mark: self.mark.clone(),
+            at_mark: false,
             end_reported: self.end_reported,
             pause_every: self.pause_every,
             last_pause: std::time::Instant::now(),

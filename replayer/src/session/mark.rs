@@ -173,6 +173,7 @@ impl Session {
             return None;
         }
         d.mark = None;
+        d.at_mark = true;
         Some(Halt::Reached(who))
     }
 
@@ -181,6 +182,9 @@ impl Session {
     pub(super) fn mark_reached(&mut self, tid: Tid) -> Result<()> {
         self.toward = self.after_mark.take();
         tracing::debug!(tid, event = self.index, "reached the debugger's mark");
+        if let Some(d) = self.debug.as_mut() {
+            d.at_mark = true;
+        }
         self.halt(Halt::Reached(tid));
         Ok(())
     }

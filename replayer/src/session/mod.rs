@@ -394,7 +394,11 @@ impl Session {
             // The debugger's mark, reached where another halt came too: the mark is the one.
             return;
         }
-        if self.leave_before_halt(why) {
+        let at_mark = self
+            .debug
+            .as_mut()
+            .is_some_and(|d| std::mem::take(&mut d.at_mark));
+        if !(at_mark && matches!(why, Halt::Reached(_))) && self.leave_before_halt(why) {
             return;
         }
         if let Some(d) = self.debug.as_mut() {
