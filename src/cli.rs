@@ -40,10 +40,13 @@ enum Command {
         /// The seed is printed and kept in the trace (`deja info`).
         #[arg(long, value_name = "SEED", num_args = 0..=1, require_equals = true)]
         chaos: Option<Option<u64>>,
-        /// Record processes that share no memory with others in parallel, on two CPUs (a
-        /// program a process exec'd, with its children): `make -j2` records at about 1.8x
-        /// native instead of 2.5x. Not yet the default: it is new.
+        /// Record one task at a time on one CPU. By default processes that share no memory
+        /// with others (a program a process exec'd, with its children) are recorded in
+        /// parallel on two CPUs: `make -j2` records at about 1.8x native instead of 2.5x.
         #[arg(long)]
+        serial: bool,
+        /// Processes in parallel (the default; kept for scripts that name it).
+        #[arg(long, hide = true, conflicts_with = "serial")]
         parallel: bool,
         /// Delete the trace when the program exits 0: keep only failing runs (as a test
         /// runner's wrapper, e.g. cargo's CARGO_TARGET_<TRIPLE>_RUNNER). The exit status is
@@ -245,7 +248,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             wait,
             no_syscall_buffer,
             chaos,
-            parallel,
+            serial,
+            parallel: _,
             keep_failing,
             until_fail,
             max_runs,
@@ -274,7 +278,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     eprintln!("deja: chaos scheduling with seed {seed}");
                     seed
                 }),
-                parallel,
+                parallel: !serial,
             })
         }
         Command::Replay {

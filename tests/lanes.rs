@@ -1,9 +1,9 @@
-//! Processes recorded in parallel (`deja rec --parallel`, the recorder's lanes: a tracer thread
+//! Processes recorded in parallel (`deja rec`'s default, the recorder's lanes: a tracer thread
 //! per CPU, see the recorder's README): exec'd children run on two CPUs and replay exactly; a
 //! process that maps a file shared comes back to the first lane, so two processes handing a
 //! counter back and forth through shared memory still replay exactly; job control reaches a
-//! process of the other lane; gdb goes backwards and forwards on such a recording; without
-//! `--parallel` a recording runs one task at a time.
+//! process of the other lane; gdb goes backwards and forwards on such a recording; with
+//! `--serial` a recording runs one task at a time.
 
 mod common;
 
@@ -18,9 +18,10 @@ fn two_cpus() -> bool {
     std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
 }
 
-/// `deja rec --parallel` of the `lanes` program with `args`; the trace and deja's output.
+/// `deja rec` (processes in parallel, the default) of the `lanes` program with `args`; the
+/// trace and deja's output.
 fn record_parallel(ctx: &Ctx, args: &[&str]) -> (PathBuf, Output) {
-    let (trace, rec) = ctx.record_opts(&["--parallel"], program("lanes"), args);
+    let (trace, rec) = ctx.record(program("lanes"), args);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
     (trace, rec)
 }
@@ -65,9 +66,9 @@ fn exec_children_are_recorded_in_parallel_and_replay() {
 }
 
 #[test]
-fn without_parallel_nothing_moves() {
+fn with_serial_nothing_moves() {
     let ctx = Ctx::new();
-    let (trace, rec) = ctx.record(program("lanes"), &["parallel"]);
+    let (trace, rec) = ctx.record_opts(&["--serial"], program("lanes"), &["parallel"]);
     assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
     assert!(lane_moves(&ctx, &trace).is_empty());
     assert_replay_matches(&rec, &ctx.replay(&trace));

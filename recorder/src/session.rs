@@ -34,7 +34,7 @@ pub struct RecordOptions {
     /// that make races show (see `recording::chaos`).
     pub chaos: Option<u64>,
     /// Record processes that share no memory in parallel, each CPU with its own tracer
-    /// thread (`deja rec --parallel`; off by default for now, see the crate README).
+    /// thread (the default of `deja rec`; `--serial` turns it off).
     pub parallel: bool,
 }
 
