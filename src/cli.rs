@@ -78,6 +78,10 @@ enum Command {
         /// Do not echo what the program wrote to stdout and stderr.
         #[arg(short = 'q', long)]
         quiet: bool,
+        /// With -a: replay one task at a time, also the processes the recording ran in
+        /// parallel (by default they replay in parallel too).
+        #[arg(long, requires = "autopilot")]
+        serial: bool,
         /// Only serve the replay to gdb on this port (do not launch gdb).
         #[arg(
             short = 's',
@@ -285,6 +289,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             trace,
             autopilot,
             quiet,
+            serial,
             serve,
             once,
             process,
@@ -315,6 +320,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 &dir,
                 ReplayOptions {
                     quiet,
+                    serial,
                     ..Default::default()
                 },
             )?;

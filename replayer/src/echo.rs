@@ -29,54 +29,49 @@ pub struct Mismatch {
 }
 
 /// Checks the write `ev` (recorded as going to stdout or stderr) against what the replayed
-/// program at `tracee` passes to it now, and unless `quiet` echoes it to the replayer's own
-/// stream (out of `progress`'s way). `Ok(Some(_))` is a divergence: nothing is echoed then.
-pub fn check_and_echo(
-    tracee: &Tracee,
-    ev: &SyscallEvent,
-    quiet: bool,
-    progress: Option<&dyn crate::Progress>,
-) -> Result<Option<Mismatch>> {
-    let Some(Echoed { stream, bytes }) = &ev.echo else {
-        return Ok(None);
-    };
+/// program at `tracee` passes to it now. `Some(_)` is a divergence.
+pub fn check(tracee: &Tracee, ev: &SyscallEvent) -> Option<Mismatch> {
+    let Echoed { stream, bytes } = ev.echo.as_ref()?;
     let call = Call {
         nr: ev.nr,
         args: ev.args,
         result: ev.result,
     };
     let replayed = syscalls::written_bytes(&call, &TraceeMemory(tracee));
-    if replayed.as_deref() != Some(bytes.as_slice()) {
-        return Ok(Some(Mismatch {
-            expected: format!("{} to write {}", stream_name(*stream), quote(bytes)),
-            found: match replayed {
-                Some(r) => quote(&r),
-                None => "a buffer that cannot be read".into(),
-            },
-        }));
+    if replayed.as_deref() == Some(bytes.as_slice()) {
+        return None;
     }
-    if !quiet {
-        let what = stream_name(*stream);
-        let write = || {
-            if *stream == 2 {
-                let mut e = std::io::stderr().lock();
-                e.write_all(bytes).and_then(|()| e.flush())
-            } else {
-                let mut o = std::io::stdout().lock();
-                o.write_all(bytes).and_then(|()| o.flush())
-            }
-        };
-        let written = match progress {
-            Some(p) => {
-                let mut written = Ok(());
-                p.around_output(&mut || written = write());
-                written
-            }
-            None => write(),
-        };
-        written.with_context(|| format!("echoing the program's {what}"))?;
-    }
-    Ok(None)
+    Some(Mismatch {
+        expected: format!("{} to write {}", stream_name(*stream), quote(bytes)),
+        found: match replayed {
+            Some(r) => quote(&r),
+            None => "a buffer that cannot be read".into(),
+        },
+    })
+}
+
+/// Echoes `bytes`, which the program wrote to `stream` (1 or 2), to the replayer's own stream
+/// of that number, out of `progress`'s way.
+pub fn write_out(stream: u8, bytes: &[u8], progress: Option<&dyn crate::Progress>) -> Result<()> {
+    let what = stream_name(stream);
+    let write = || {
+        if stream == 2 {
+            let mut e = std::io::stderr().lock();
+            e.write_all(bytes).and_then(|()| e.flush())
+        } else {
+            let mut o = std::io::stdout().lock();
+            o.write_all(bytes).and_then(|()| o.flush())
+        }
+    };
+    let written = match progress {
+        Some(p) => {
+            let mut written = Ok(());
+            p.around_output(&mut || written = write());
+            written
+        }
+        None => write(),
+    };
+    written.with_context(|| format!("echoing the program's {what}"))
 }
 
 fn stream_name(stream: u8) -> &'static str {

@@ -11,6 +11,7 @@ mod echo;
 mod exec;
 mod inspect;
 mod mmap;
+mod parallel;
 mod patched;
 mod point;
 mod seccomp;

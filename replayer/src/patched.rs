@@ -134,6 +134,22 @@ impl PatchedSites {
         self.by_process.remove(&rpid);
     }
 
+    /// Takes process `rpid`'s sites out, to hand them to another tracer thread with the
+    /// process (see `crate::parallel`).
+    pub fn take(&mut self, rpid: Tid) -> Option<BTreeMap<u64, Site>> {
+        self.by_process
+            .remove(&rpid)
+            .map(|s| Rc::try_unwrap(s).unwrap_or_else(|shared| (*shared).clone()))
+    }
+
+    /// Puts in process `rpid`'s sites, taken by [`PatchedSites::take`].
+    pub fn put(&mut self, rpid: Tid, sites: Option<BTreeMap<u64, Site>>) {
+        match sites {
+            Some(s) => self.by_process.insert(rpid, Rc::new(s)),
+            None => self.by_process.remove(&rpid),
+        };
+    }
+
     /// Whether process `rpid` has patched sites.
     pub fn any(&self, rpid: Tid) -> bool {
         self.by_process.get(&rpid).is_some_and(|s| !s.is_empty())

@@ -220,10 +220,21 @@ impl Tasks {
 
     /// Forgets an ended task.
     pub fn remove(&mut self, tid: Tid) {
-        if let Some(t) = self.by_tid.remove(&tid) {
-            self.recorded.remove(&t.tracee.pid().as_raw());
-            self.stash.remove(&t.tracee.pid().as_raw());
-        }
+        self.take(tid);
+    }
+
+    /// Takes task `tid` out, to hand it to another tracer thread (see `crate::parallel`).
+    pub fn take(&mut self, tid: Tid) -> Option<Task> {
+        let t = self.by_tid.remove(&tid)?;
+        self.recorded.remove(&t.tracee.pid().as_raw());
+        self.stash.remove(&t.tracee.pid().as_raw());
+        Some(t)
+    }
+
+    /// Puts in task `tid`, taken out of another thread's tasks by [`Tasks::take`].
+    pub fn insert(&mut self, tid: Tid, task: Task) {
+        self.recorded.insert(task.tracee.pid().as_raw(), tid);
+        self.by_tid.insert(tid, task);
     }
 
     /// The next stop of the replay task `real`, blocking; `on_idle` runs whenever a signal

@@ -70,6 +70,20 @@ impl SegvActions {
         }
     }
 
+    /// Takes process `process`'s action out, to hand it to another tracer thread with the
+    /// process.
+    pub fn take(&mut self, process: i32) -> Option<[u8; KERNEL_SIGACTION]> {
+        self.by_process.remove(&process)
+    }
+
+    /// Puts in process `process`'s action, taken by [`SegvActions::take`].
+    pub fn put(&mut self, process: i32, act: Option<[u8; KERNEL_SIGACTION]>) {
+        match act {
+            Some(a) => self.by_process.insert(process, a),
+            None => self.by_process.remove(&process),
+        };
+    }
+
     /// Process `process` ended.
     pub fn exit(&mut self, process: i32) {
         self.by_process.remove(&process);

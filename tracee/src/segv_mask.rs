@@ -67,6 +67,21 @@ impl SegvBlocked {
         self.blocked.remove(&key);
     }
 
+    /// Takes task `key` out (whether it blocks `SIGSEGV`), to hand it to another tracer
+    /// thread.
+    pub fn take(&mut self, key: i32) -> bool {
+        self.blocked.remove(&key)
+    }
+
+    /// Puts in task `key`, taken by [`SegvBlocked::take`].
+    pub fn put(&mut self, key: i32, blocked: bool) {
+        if blocked {
+            self.blocked.insert(key);
+        } else {
+            self.blocked.remove(&key);
+        }
+    }
+
     /// After a trapped instruction of task `key` (traced as `t`) was emulated: blocks `SIGSEGV`
     /// again if the task blocked it before the trap. Whether it did.
     pub fn reblock_after_trap(&self, key: i32, t: &Tracee) -> Result<bool> {

@@ -74,13 +74,13 @@ impl Session {
         let placed: Vec<u64> = self.task(tid)?.placed.iter().map(|&(n, _)| n).collect();
         let mut batches = Vec::new();
         // (Events of other lanes in between do not count: see `lanes`.)
-        let first = self.index + 1;
         let mut seen = 0;
         self.lane_walk(tid, |s, i| {
             seen += 1;
+            s.peek_at(i)?;
+            let index = s.index_at(i);
             match s.peek_at(i)? {
                 Some(Event::Buffered(b)) if b.tid == tid => {
-                    let index = first + i as u64;
                     if !placed.contains(&index) {
                         batches.push((index, b.clone()));
                     }
@@ -304,10 +304,16 @@ impl Session {
     /// The event `i` places after the current one, read ahead as needed.
     pub(super) fn peek_at(&mut self, i: usize) -> Result<Option<&Event>> {
         while self.ahead.len() <= i {
-            match self.events.next().transpose()? {
-                Some(ev) => self.ahead.push_back(ev),
-                None => return Ok(None),
+            let Some(ev) = self.events.next().transpose()? else {
+                return Ok(None);
+            };
+            let at = self.read;
+            self.read += 1;
+            if self.filter.as_mut().is_some_and(|f| !f.keep(&ev)) {
+                continue;
             }
+            self.ahead.push_back(ev);
+            self.ahead_at.push_back(at);
         }
         Ok(self.ahead.get(i))
     }

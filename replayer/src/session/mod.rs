@@ -13,8 +13,11 @@ use tracee::{spawn, SpawnOptions, Stop, Tracee};
 use crate::debug::{self, Debug, Halt};
 use crate::divergence::{Divergence, Incomplete};
 use crate::exec;
+use crate::parallel::LaneFilter;
 use crate::point::Toward;
 use crate::tasks::{self, RState, Task, Tasks};
+
+use lanes::LaneRole;
 
 mod buffered;
 mod checkpoint;
@@ -35,6 +38,9 @@ mod toward;
 pub struct ReplayOptions {
     /// Do not echo what the program wrote to stdout/stderr.
     pub quiet: bool,
+    /// Replay one task at a time, even the lanes the recorder ran at once (see
+    /// `crate::parallel`; a replay under a debugger always does).
+    pub serial: bool,
     /// A progress display, told of each event and of the program's output.
     pub progress: Option<std::sync::Arc<dyn Progress>>,
 }
@@ -90,11 +96,50 @@ pub fn replay(dir: &Path, opts: &ReplayOptions) -> Result<ReplayOutcome> {
             None => bail!("the replay halted without a debugger"),
         });
         session.tasks.kill_all();
-        result
+        result.map_err(|e| session.fail_lanes(e))
     })
 }
 
 impl Session {
+    /// A session of no task yet, at the start of the trace `reader` (whose events `events`
+    /// has read the first of), for the program whose first task is `root`.
+    fn new(
+        reader: Rc<TraceReader>,
+        events: EventIter,
+        root: Tid,
+        opts: &ReplayOptions,
+        debug: Option<Debug>,
+    ) -> Self {
+        let changing = reader.meta().changing_files.clone();
+        Session {
+            tasks: Tasks::default(),
+            reader,
+            events,
+            ahead: Default::default(),
+            ahead_at: Default::default(),
+            read: 0,
+            filter: None,
+            par: None,
+            index: 0,
+            opts: opts.clone(),
+            root,
+            root_status: None,
+            running: None,
+            toward: None,
+            debug,
+            emu: crate::mmap::EmuFiles::with_changing(changing.as_deref()),
+            segv: SegvActions::default(),
+            ptrace_held: Default::default(),
+            segv_blocked: SegvBlocked::default(),
+            sites: Default::default(),
+            ran: false,
+            stretches: Default::default(),
+            after_mark: None,
+            held_stop: None,
+            lanes: Default::default(),
+        }
+    }
+
     /// Opens the trace in `dir`, starts the program and replays its exec (event 0). With a
     /// debugger, the replay then halts before the program's first instruction.
     pub(crate) fn open(dir: &Path, opts: &ReplayOptions, debug: Option<Debug>) -> Result<Self> {
@@ -109,7 +154,6 @@ impl Session {
             bail!("the trace does not start with the program's exec");
         };
         let meta = reader.meta();
-        let meta_changing = meta.changing_files.clone();
         let program = reader.file_path(&exec_ev.exe)?;
         let bind_over = exec::interpreter_override(&reader, &exec_ev, &program)?;
         let cpu = meta.cpu.map(|c| c as usize).filter(|&c| cpu_allowed(c));
@@ -135,32 +179,18 @@ impl Session {
             bind_over,
             own_process_group: true,
         })?;
-        let mut tasks = Tasks::default();
+        let mut session = Session::new(reader, events, exec_ev.tid, opts, debug);
         let pid = tracee.pid();
-        tasks.add(exec_ev.tid, exec_ev.tid, tracee, pid, RState::Unstarted);
-        let mut session = Session {
-            tasks,
-            reader,
-            events,
-            ahead: Default::default(),
-            index: 0,
-            opts: opts.clone(),
-            root: exec_ev.tid,
-            root_status: None,
-            running: None,
-            toward: None,
-            debug,
-            emu: crate::mmap::EmuFiles::with_changing(meta_changing.as_deref()),
-            segv: SegvActions::default(),
-            ptrace_held: Default::default(),
-            segv_blocked: SegvBlocked::default(),
-            sites: Default::default(),
-            ran: false,
-            stretches: Default::default(),
-            after_mark: None,
-            held_stop: None,
-            lanes: Default::default(),
-        };
+        let root = exec_ev.tid;
+        session
+            .tasks
+            .add(root, root, tracee, pid, RState::Unstarted);
+        session.read = 1;
+        if session.debug.is_none() && !opts.serial {
+            // (The exec, read above, moves no task.)
+            session.filter = Some(LaneFilter::new(0));
+            session.par = Some(LaneRole::first(dir, opts, cpu));
+        }
         if let Err(e) = session.first_exec(&exec_ev) {
             session.tasks.kill_all();
             return Err(e);
@@ -209,6 +239,14 @@ pub(crate) struct Session {
     events: EventIter,
     /// The events after the current one read so far (peeked).
     ahead: std::collections::VecDeque<Event>,
+    /// Their indices in the trace.
+    ahead_at: std::collections::VecDeque<u64>,
+    /// How many events of the trace were read (kept or not).
+    read: u64,
+    /// The lane whose events this session replays, when it replays one (see `lanes`).
+    filter: Option<LaneFilter>,
+    /// Its part in a replay of lanes at once.
+    par: Option<LaneRole>,
     /// Index of the event being replayed.
     index: u64,
     opts: ReplayOptions,
@@ -267,9 +305,25 @@ impl Session {
         self.peek_at(0)
     }
 
+    /// Takes the next event: it becomes the current one ([`Session::index`]).
     fn take(&mut self) -> Result<Option<Event>> {
         self.peek()?;
-        Ok(self.ahead.pop_front())
+        let Some(ev) = self.ahead.pop_front() else {
+            return Ok(None);
+        };
+        self.index = self.ahead_at.pop_front().unwrap_or(self.index + 1);
+        if let Some(par) = &self.par {
+            par.at_event(self.index);
+        }
+        Ok(Some(ev))
+    }
+
+    /// The index in the trace of the event `i` places after the current one (read ahead).
+    fn index_at(&self, i: usize) -> u64 {
+        self.ahead_at
+            .get(i)
+            .copied()
+            .unwrap_or(self.index + 1 + i as u64)
     }
 
     fn diverged(&self, tid: Tid, expected: String, found: String) -> anyhow::Error {
@@ -336,20 +390,32 @@ impl Session {
             }
             let Some(ev) = self.take()? else {
                 if self.events.truncated() || !self.reader.meta().complete {
-                    bail!(Incomplete::of(self.index + 1, self.reader.meta()));
+                    bail!(Incomplete::of(self.read, self.reader.meta()));
                 }
-                let status = self
-                    .root_status
-                    .context("the trace ends without the program's exit")?;
+                let status = match self.end_lanes()? {
+                    // (A second lane's outcome: its thread reports the root's status, if it
+                    // saw it end, from `root_status`.)
+                    None => ExitStatus::Exited(0),
+                    Some(other_lane) => self
+                        .root_status
+                        .or(other_lane)
+                        .context("the trace ends without the program's exit")?,
+                };
                 return Ok(Some(ReplayOutcome {
                     status,
-                    events: self.index + 1,
+                    events: self.read,
                 }));
             };
-            self.index += 1;
             self.ran = false;
             if let Some(p) = &self.opts.progress {
                 p.event(self.index);
+            }
+            if let Some(par) = &self.par {
+                par.check_other_lane()?;
+            }
+            if let Event::Lane(e) = &ev {
+                self.lane_event(e, None)?;
+                continue;
             }
             let tid = ev.tid();
             if self.tasks.get(tid).is_none() {
@@ -377,7 +443,7 @@ impl Session {
                 Event::Ptrace(e) => self.ptrace(&e)?,
                 Event::Buffered(e) => self.check_buffered(&e)?,
                 Event::Patch(e) => self.patch(&e)?,
-                Event::Lane(e) => self.lane_event(&e),
+                Event::Lane(_) => {}
             }
         }
     }

@@ -36,7 +36,10 @@ impl Session {
     /// at this point, if any, then runs it to its next stop: exactly one task runs user code
     /// at a time, in the recorded order.
     pub(super) fn resume(&mut self, tid: Tid, sig: i32) -> Result<()> {
-        self.take_lane_change(tid)?;
+        if self.take_lane_change(tid)? {
+            // (Handed to the other lane's thread, which runs it on.)
+            return Ok(());
+        }
         if self.ptrace_holds(tid)? {
             return Ok(());
         }

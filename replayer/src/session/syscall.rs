@@ -234,11 +234,11 @@ impl Session {
         mut r: tracee::Regs,
     ) -> Result<()> {
         let name = syscalls::name(e.nr);
-        let (quiet, progress) = (self.opts.quiet, self.opts.progress.clone());
-        match echo::check_and_echo(self.tracee(tid)?, e, quiet, progress.as_deref()) {
-            Ok(Some(m)) => return Err(self.diverged(tid, m.expected, m.found)),
-            Ok(None) => {}
-            Err(err) => tracing::warn!("could not echo output: {err:#}"),
+        if let Some(m) = echo::check(self.tracee(tid)?, e) {
+            return Err(self.diverged(tid, m.expected, m.found));
+        }
+        if let Some(out) = e.echo.as_ref().filter(|_| !self.opts.quiet) {
+            self.echo_out(out.stream, &out.bytes);
         }
         let interrupted = is_restart_code(e.result) || e.result == -(libc::EINTR as i64);
         let signal_next = match self.peek_lane(tid)? {

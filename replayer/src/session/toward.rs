@@ -382,7 +382,7 @@ impl Session {
         }
         self.running = None;
         Divergence {
-            event: self.index + 1,
+            event: self.index_at(0),
             task: tid,
             expected: w.expected(),
             found,
