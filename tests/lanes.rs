@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -96,6 +97,46 @@ fn a_shared_mapping_brings_a_process_back_to_the_first_lane() {
             assert!(moves[0].ends_with(TO_SECOND), "{moves:?}");
             assert!(moves[1].ends_with(TO_FIRST), "{moves:?}");
         }
+    }
+}
+
+#[test]
+fn lanes_replay_at_once_and_echo_output_in_the_recorded_order() {
+    let ctx = Ctx::new();
+    let (trace, rec) = record_parallel(&ctx, &["chatter"]);
+    let out = stdout_str(&rec);
+    for who in ["parent ", "child "] {
+        let lines = out
+            .lines()
+            .filter(|l| l.starts_with(who) && !l.contains("status"))
+            .count();
+        assert_eq!(lines, 40, "{who}lines in:\n{out}");
+    }
+    assert!(out.ends_with("child status 0\n"), "{out}");
+    // Byte for byte, interleaving included, whichever lane replays first.
+    assert_replay_matches(&rec, &ctx.replay(&trace));
+    let serial = ctx.run_deja(&[
+        OsStr::new("replay"),
+        OsStr::new("-a"),
+        OsStr::new("--serial"),
+        trace.as_os_str(),
+    ]);
+    assert_replay_matches(&rec, &serial);
+    if two_cpus() {
+        assert_eq!(lane_moves(&ctx, &trace).len(), 1);
+        let logged = run_with_timeout(
+            ctx.deja()
+                .env("DEJA_LOG", "debug")
+                .args(["replay", "-a", "-q"])
+                .arg(&trace),
+            TIMEOUT,
+        );
+        assert!(logged.status.success(), "{}", describe("replay", &logged));
+        assert!(
+            stderr_str(&logged).contains("replays lane 1 on a thread of its own"),
+            "{}",
+            describe("replay", &logged)
+        );
     }
 }
 

@@ -11,7 +11,10 @@
  * interleaving.
  *
  * `lanes stop`: forks a child that execs this program (`lanes sleeper`), stops it with
- * SIGSTOP, sees it stopped, continues it with SIGCONT and waits for its end. */
+ * SIGSTOP, sees it stopped, continues it with SIGCONT and waits for its end.
+ *
+ * `lanes chatter`: forks a child that execs this program (`lanes talk child`); parent and
+ * child then each compute and print 40 lines to the same stdout, interleaved as it happens. */
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -103,6 +106,29 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
+    if (argc == 3 && !strcmp(argv[1], "talk")) {
+        unsigned long s = 0;
+        for (int i = 0; i < 40; i++) {
+            for (unsigned long k = 0; k < 3000000; k++) s += k * 2654435761u ^ (s >> 7);
+            printf("%s %d %lu\n", argv[2], i, s % 1000);
+            fflush(stdout);
+        }
+        return 0;
+    }
+    if (argc == 2 && !strcmp(argv[1], "chatter")) {
+        fflush(stdout);
+        pid_t p = fork();
+        if (p == 0) {
+            execl("/proc/self/exe", argv[0], "talk", "child", (char *)0);
+            _exit(8);
+        }
+        char *args[] = {argv[0], "talk", "parent", 0};
+        int r = main(3, args);
+        int st;
+        waitpid(p, &st, 0);
+        printf("child status %d\n", WEXITSTATUS(st));
+        return r;
+    }
     if (argc == 2 && !strcmp(argv[1], "sleeper")) {
         for (int i = 0; i < 5; i++) {
             printf("sleeper %d\n", i);
@@ -130,6 +156,6 @@ int main(int argc, char **argv) {
         printf("exited %d with %d\n", WIFEXITED(st), WEXITSTATUS(st));
         return 0;
     }
-    fprintf(stderr, "usage: lanes parallel | shared FILE | stop\n");
+    fprintf(stderr, "usage: lanes parallel | shared FILE | stop | chatter\n");
     return 2;
 }

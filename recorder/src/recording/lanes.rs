@@ -184,6 +184,11 @@ impl Session {
         self.tasks.values().any(|t| t.lane == lane)
     }
 
+    /// Whether a lane other than the calling one has tasks (which run meanwhile).
+    pub(super) fn other_lane_busy(&self) -> bool {
+        self.lanes.is_some() && self.tasks.values().any(|t| t.lane != self.lane)
+    }
+
     /// Sets up the second lane on `cpu`, fed by `to_second`; tasks come back to the calling
     /// thread, the first lane's, through `to_first`.
     pub(super) fn link_second_lane(

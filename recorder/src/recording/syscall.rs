@@ -150,9 +150,9 @@ impl Session {
                 // calls that never block (`syscalls::runs_exclusively`). Writes
                 // to the recording's stdout/stderr also run alone, so the order in which their
                 // bytes reach the stream is the order of their events, which the replay echoes.
-                let exclusive = replay != Replay::Emulate
-                    || syscalls::runs_exclusively(nr, &args)
-                    || ev.echo.is_some();
+                let echoed = ev.echo.is_some();
+                let exclusive =
+                    replay != Replay::Emulate || syscalls::runs_exclusively(nr, &args) || echoed;
                 let stop_now = !exclusive && self.stop_at_syscalls;
                 let t = self.task(tid)?;
                 let mut traced = entry;
@@ -170,6 +170,15 @@ impl Session {
                     exec_done: false,
                 }));
                 t.tracee.cont_syscall(0)?;
+                if echoed && self.other_lane_busy() {
+                    // Across lanes too: the write's exit is taken now, under the session's
+                    // lock, so no task of the other lane writes to the stream between this
+                    // write and its event.
+                    let stop = tracee::stop::wait_for(Pid::from_raw(tid))?;
+                    let handled = self.dispatch(tid, stop);
+                    self.unless_vanished(handled)?;
+                    return Ok(());
+                }
                 if !exclusive {
                     // (Not while emulated ptrace runs: its tracers' waits and tracees' stops
                     // count on the hand-over.)

@@ -169,6 +169,10 @@ impl Session {
             .find(|&c| Some(c) != par.cpu);
         // It writes nothing before this event.
         par.shared.at_event(1, index);
+        tracing::debug!(
+            ?cpu,
+            "the replay of lane 1 starts: it replays lane 1 on a thread of its own"
+        );
         let (dir, opts, shared) = (par.dir.clone(), par.opts.clone(), Arc::clone(&par.shared));
         let handle = std::thread::Builder::new()
             .name("deja-replay-2".into())
