@@ -257,7 +257,7 @@ mod tests {
             let mut f = LaneFilter::new(l);
             events.iter().map(|e| f.keep(e)).collect::<Vec<_>>()
         };
-        assert_eq!(kept(0), [true, false, false, true, true]);
+        assert_eq!(kept(0), [true, true, false, true, true]);
         assert_eq!(kept(1), [false, true, true, false, true]);
     }
 }

@@ -304,7 +304,7 @@ impl Session {
             bail!(
                 "a process recorded in parallel with others, with several threads, makes \
                  {call}, through which it could share memory with them (record it with \
-                 `deja rec` without `--parallel`)"
+                 `deja rec --serial`)"
             );
         }
         let Some(link) = &self.lanes else {
@@ -347,7 +347,7 @@ impl Session {
         if across {
             bail!(
                 "{} of process {target}, which deja records in parallel with the caller, is not \
-                 supported (record without `--parallel`)",
+                 supported (record with `deja rec --serial`)",
                 syscalls::name(nr)
             );
         }

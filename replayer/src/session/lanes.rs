@@ -68,7 +68,16 @@ impl LaneRole {
 impl Session {
     /// The lane of task `tid`.
     pub(super) fn lane(&self, tid: Tid) -> u8 {
-        self.lanes.get(&tid).copied().unwrap_or(0)
+        if let Some(&lane) = self.lanes.get(&tid) {
+            return lane;
+        }
+        // The first lane's session of a replay of lanes at once never sees the clones of the
+        // second lane's tasks: a task it does not have and that no `Lane` event moved is one
+        // of those (its own are in lane 0 until they move).
+        match &self.par {
+            Some(p) if p.lane == 0 && self.tasks.by_tid(tid).is_none() => 1,
+            _ => 0,
+        }
     }
 
     /// A `Lane` event: `e.tid`'s runs from now on are in lane `e.lane`. With lanes replayed
