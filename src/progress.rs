@@ -26,7 +26,8 @@ struct Shared {
 
 impl Progress for Shared {
     fn event(&self, index: u64) {
-        self.event.store(index, Ordering::Relaxed);
+        // (Lanes replayed at once report their events each: the bar shows the furthest.)
+        self.event.fetch_max(index, Ordering::Relaxed);
     }
 
     fn around_output(&self, write: &mut dyn FnMut()) {

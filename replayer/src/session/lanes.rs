@@ -72,10 +72,10 @@ impl Session {
             return lane;
         }
         // The first lane's session of a replay of lanes at once never sees the clones of the
-        // second lane's tasks: a task it does not have and that no `Lane` event moved is one
-        // of those (its own are in lane 0 until they move).
+        // second lane's tasks: once a task went there, a task it does not have and that no
+        // `Lane` event moved is one of those (its own are in lane 0 until they move).
         match &self.par {
-            Some(p) if p.lane == 0 && self.tasks.by_tid(tid).is_none() => 1,
+            Some(p) if p.lane == 0 && p.second.is_some() && self.tasks.by_tid(tid).is_none() => 1,
             _ => 0,
         }
     }

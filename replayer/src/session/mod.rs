@@ -47,7 +47,8 @@ pub struct ReplayOptions {
 
 /// A display of how far a replay is (`deja replay -a` draws a bar on a terminal).
 pub trait Progress: Send + Sync + std::fmt::Debug {
-    /// The replay reached event `index` (0 is the program's exec).
+    /// The replay reached event `index` (0 is the program's exec). Lanes replayed at once
+    /// report their own events: `index` may be below one reported before.
     fn event(&self, index: u64);
     /// Runs `write`, which echoes the program's output, with the display out of its way.
     fn around_output(&self, write: &mut dyn FnMut());
