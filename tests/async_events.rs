@@ -316,6 +316,22 @@ fn preemptions_inside_rep_movsb_replay() {
     replay_all(&ctx, &recs);
 }
 
+/// Threads preempted in a nested loop built at `-O0`, whose outer counter only a stack word
+/// holds (never written in the steps past the point, which the inner loop fills): the point
+/// records the stack's words around `rsp` too, so the replay filters its visits on that
+/// counter instead of giving up after thousands of near misses (one per outer pass).
+#[test]
+fn preemptions_in_an_unoptimized_nested_loop_replay() {
+    let prog = built_once("nested_loops", &["-pthread", "-O0"], "nested_loops-O0");
+    let ctx = Ctx::new();
+    let recs = record_several(&ctx, &prog, &[], false);
+    for r in &recs {
+        assert_stdout_has("rec", &r.rec, &["thread 0: 3\n", "thread 1: 3\n"]);
+    }
+    assert_preempted(&ctx, &recs);
+    replay_all(&ctx, &recs);
+}
+
 #[test]
 fn sigusr1_from_the_parent_lands_in_a_computing_child() {
     let prog = program("sigusr_child");

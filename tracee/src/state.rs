@@ -354,6 +354,59 @@ pub fn watch_values(t: &Tracee, written: &[(u64, u8)], limit: usize) -> Vec<Watc
     out
 }
 
+/// Bytes on each side of the stack pointer whose words [`stack_words`] watches: the red zone
+/// below it, as much of the frame above it.
+const STACK_WATCH_BYTES: u64 = 128;
+
+/// Up to `limit` words of the stack around `rsp` (`[rsp - 128, rsp + 128)`: a leaf function's
+/// red zone, a frame's locals), with their values, outside `excluded` and not wholly in
+/// `taken`: where unoptimized code keeps a loop's counters. An outer loop's counter is written
+/// only once per pass of the inner loop, too seldom for the steps past a point to see it
+/// written, yet it is what tells the point's visit from the thousands of others with the same
+/// registers (rr's `vfork_done`: a 100 × 1 000 000 loop at `-O0`). Watched words only filter
+/// candidate moments (the memory digest, which covers these words too, decides), so more of
+/// them never make a wrong match; words above the stack pointer first (nearest first), then
+/// the red zone's.
+pub fn stack_words(
+    t: &Tracee,
+    rsp: u64,
+    excluded: &[(u64, u64)],
+    taken: &[WatchedWord],
+    limit: usize,
+) -> Vec<WatchedWord> {
+    let rsp = rsp & !7;
+    let above = (0..STACK_WATCH_BYTES / 8).map(|i| rsp.wrapping_add(8 * i));
+    let below = (1..=STACK_WATCH_BYTES / 8).map(|i| rsp.wrapping_sub(8 * i));
+    let overlaps = |a: u64, s: u64, e: u64| a < e && a.wrapping_add(8) > s;
+    let mut out = Vec::new();
+    for addr in above.chain(below) {
+        if out.len() >= limit {
+            break;
+        }
+        // (A word a watched one covers only in part still tells more: `-O0` keeps an inner
+        // loop's counter and the outer one's side by side.)
+        let covered = (0..8u64).all(|i| {
+            let a = addr.wrapping_add(i);
+            taken
+                .iter()
+                .any(|w| a >= w.addr && a - w.addr < u64::from(w.size))
+        });
+        if covered || excluded.iter().any(|&(s, e)| overlaps(addr, s, e)) {
+            continue;
+        }
+        let mut b = [0u8; 8];
+        if t.read_mem_partial(addr, &mut b) != 8 {
+            continue;
+        }
+        out.push(WatchedWord {
+            addr,
+            size: 8,
+            value: u64::from_le_bytes(b),
+        });
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Points
 // ---------------------------------------------------------------------------------------------

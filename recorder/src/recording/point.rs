@@ -27,8 +27,12 @@ const PATCHABLE_STEPS: usize = 16;
 /// [`WATCH_STEPS`], `tracee::state::step_for_watch`).
 const PASS_STEPS: usize = 64;
 
-/// Most watched words a point records.
+/// Most watched words a point records of those the task wrote.
 const WATCH_WORDS: usize = 32;
+
+/// Most watched words a point records of the stack around its `rsp` (see
+/// `tracee::state::stack_words`).
+const STACK_WORDS: usize = 32;
 
 impl Session {
     /// At the stop for the recorder's own preemption `SIGSTOP` of the running task `tid`
@@ -268,6 +272,11 @@ impl Session {
         };
         let t = self.task(tid)?;
         let mut watch = tracee::state::watch_values(&t.tracee, &written, WATCH_WORDS);
+        let rsp = t.tracee.regs()?.rsp;
+        let mut leave_out = excluded.clone();
+        leave_out.push(own);
+        let stack = tracee::state::stack_words(&t.tracee, rsp, &leave_out, &watch, STACK_WORDS);
+        watch.extend(stack);
         watch.extend(seq);
         tracee::state::capture(&t.tracee, excluded, watch, ticks)
             .with_context(|| format!("recording the point task {tid} stopped at"))
