@@ -140,6 +140,21 @@ fn lanes_replay_at_once_and_echo_output_in_the_recorded_order() {
     }
 }
 
+/// A child stopped and continued at once while it starts in the second lane (rr's
+/// `exec_stopsig`): its `SIGSTOP` may be delivered mid-code with the `SIGCONT` coming before
+/// the stop takes hold (the recorder holds a stop signal while it takes its point), so the
+/// recording's task runs on; its replay, where nothing cancels the stop, passes over that
+/// group-stop. Several recordings (the timing decides), each replays.
+#[test]
+fn a_child_stopped_and_continued_as_it_starts_replays() {
+    let ctx = Ctx::new();
+    for _ in 0..8 {
+        let (trace, rec) = record_parallel(&ctx, &["stopcont"]);
+        assert_stdout_has("rec of lanes stopcont", &rec, &["child exited 1 with 5\n"]);
+        assert_replay_matches(&rec, &ctx.replay(&trace));
+    }
+}
+
 #[test]
 fn a_process_of_the_second_lane_is_stopped_and_continued() {
     let ctx = Ctx::new();

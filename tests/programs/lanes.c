@@ -14,7 +14,10 @@
  * SIGSTOP, sees it stopped, continues it with SIGCONT and waits for its end.
  *
  * `lanes chatter`: forks a child that execs this program (`lanes talk child`); parent and
- * child then each compute and print 40 lines to the same stdout, interleaved as it happens. */
+ * child then each compute and print 40 lines to the same stdout, interleaved as it happens.
+ *
+ * `lanes stopcont`: forks a child that execs this program (`lanes quiet`) and sends it SIGSTOP
+ * then SIGCONT at once, while it starts (rr's exec_stopsig); waits for its end. */
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -129,6 +132,24 @@ int main(int argc, char **argv) {
         printf("child status %d\n", WEXITSTATUS(st));
         return r;
     }
+    if (argc == 2 && !strcmp(argv[1], "quiet")) {
+        return 5;
+    }
+    if (argc == 2 && !strcmp(argv[1], "stopcont")) {
+        fflush(stdout);
+        pid_t p = fork();
+        if (p == 0) {
+            execl("/proc/self/exe", argv[0], "quiet", (char *)0);
+            _exit(8);
+        }
+        sched_yield();
+        kill(p, SIGSTOP);
+        kill(p, SIGCONT);
+        int st;
+        waitpid(p, &st, 0);
+        printf("child exited %d with %d\n", WIFEXITED(st), WEXITSTATUS(st));
+        return 0;
+    }
     if (argc == 2 && !strcmp(argv[1], "sleeper")) {
         for (int i = 0; i < 5; i++) {
             printf("sleeper %d\n", i);
@@ -156,6 +177,6 @@ int main(int argc, char **argv) {
         printf("exited %d with %d\n", WIFEXITED(st), WEXITSTATUS(st));
         return 0;
     }
-    fprintf(stderr, "usage: lanes parallel | shared FILE | stop | chatter\n");
+    fprintf(stderr, "usage: lanes parallel | shared FILE | stop | chatter | stopcont\n");
     return 2;
 }

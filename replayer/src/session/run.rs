@@ -387,12 +387,20 @@ impl Session {
                 return Ok(next);
             }
         }
+        let toward = self.running_toward(tid);
         let t = self.task(tid)?;
         if t.injected == Some(sig) {
             t.injected = None;
             return Ok(Next::Park(stop));
         }
         let drop = match t.tracee.siginfo() {
+            Err(e) if tracee::gone::vanished_task(&e).is_none() && toward => {
+                // A group-stop on the way to a point in its code: the recording's task ran
+                // on to that point, its stop cancelled by a `SIGCONT` that came before it
+                // took hold (the recorder holds a stop signal while it takes its point).
+                tracing::debug!(tid, "a group-stop the recording did not keep: going on");
+                return Ok(Next::Again);
+            }
             Err(e) if tracee::gone::vanished_task(&e).is_none() => {
                 // A group-stop: the recording's task stopped there too, until its next event.
                 t.group_stopped = true;
