@@ -155,6 +155,79 @@ fn a_child_stopped_and_continued_as_it_starts_replays() {
     }
 }
 
+/// What the trace at `trace` (a recording that may still be going on) says was written to
+/// stdout, in the trace's order, by task: `(tid, bytes)`.
+fn stdout_writes(ctx: &Ctx, trace: &Path) -> Vec<(i64, Vec<u8>)> {
+    let out = ctx.run_deja(&[OsStr::new("dump"), OsStr::new("--json"), trace.as_os_str()]);
+    stdout_str(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["Syscall"]["echo"]["stream"] == serde_json::json!(1))
+        .map(|v| {
+            let bytes = v["Syscall"]["echo"]["bytes"]
+                .as_array()
+                .map(|b| {
+                    b.iter()
+                        .filter_map(|x| x.as_u64())
+                        .map(|x| x as u8)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (v["Syscall"]["tid"].as_i64().unwrap_or(0), bytes)
+        })
+        .collect()
+}
+
+/// A recording in lanes whose recorder is killed while both processes print: the replay runs
+/// both lanes to the trace's end, echoes every recorded write in the trace's order, and then
+/// says the recording is incomplete.
+#[test]
+fn a_killed_recording_in_lanes_replays_both_lanes_to_its_end() {
+    if !two_cpus() {
+        return;
+    }
+    let ctx = Ctx::new();
+    let trace = ctx.fresh_path("trace");
+    let mut cmd = ctx.deja();
+    cmd.arg("rec")
+        .arg("-o")
+        .arg(&trace)
+        .arg(program("lanes"))
+        .args(["chatter", "2000"]);
+    let mut child = spawn_captured(&mut cmd);
+    let pgid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let writes = stdout_writes(&ctx, &trace);
+        let mut tids: Vec<i64> = writes.iter().map(|(t, _)| *t).collect();
+        tids.dedup();
+        if tids.len() >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no writes of both processes in the trace within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    kill_group(pgid);
+    let expected: Vec<u8> = stdout_writes(&ctx, &trace)
+        .into_iter()
+        .flat_map(|(_, b)| b)
+        .collect();
+    let out = ctx.replay(&trace);
+    assert!(!out.status.success(), "{}", describe("replay", &out));
+    assert_stderr_mentions("replay -a of a killed recording", &out, &["incomplete"]);
+    assert!(
+        out.stdout == expected,
+        "the replay did not echo the recorded writes in order\n{}\nexpected:\n{}",
+        describe("replay", &out),
+        String::from_utf8_lossy(&expected)
+    );
+}
+
 #[test]
 fn a_process_of_the_second_lane_is_stopped_and_continued() {
     let ctx = Ctx::new();

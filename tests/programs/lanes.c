@@ -13,8 +13,9 @@
  * `lanes stop`: forks a child that execs this program (`lanes sleeper`), stops it with
  * SIGSTOP, sees it stopped, continues it with SIGCONT and waits for its end.
  *
- * `lanes chatter`: forks a child that execs this program (`lanes talk child`); parent and
- * child then each compute and print 40 lines to the same stdout, interleaved as it happens.
+ * `lanes chatter [LINES]`: forks a child that execs this program (`lanes talk child LINES`);
+ * parent and child then each compute and print LINES lines (40) to the same stdout,
+ * interleaved as it happens.
  *
  * `lanes stopcont`: forks a child that execs this program (`lanes quiet`) and sends it SIGSTOP
  * then SIGCONT at once, while it starts (rr's exec_stopsig); waits for its end. */
@@ -109,24 +110,26 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
-    if (argc == 3 && !strcmp(argv[1], "talk")) {
+    if (argc >= 3 && !strcmp(argv[1], "talk")) {
         unsigned long s = 0;
-        for (int i = 0; i < 40; i++) {
+        int lines = argc > 3 ? atoi(argv[3]) : 40;
+        for (int i = 0; i < lines; i++) {
             for (unsigned long k = 0; k < 3000000; k++) s += k * 2654435761u ^ (s >> 7);
             printf("%s %d %lu\n", argv[2], i, s % 1000);
             fflush(stdout);
         }
         return 0;
     }
-    if (argc == 2 && !strcmp(argv[1], "chatter")) {
+    if (argc >= 2 && !strcmp(argv[1], "chatter")) {
+        char *lines = argc > 2 ? argv[2] : "40";
         fflush(stdout);
         pid_t p = fork();
         if (p == 0) {
-            execl("/proc/self/exe", argv[0], "talk", "child", (char *)0);
+            execl("/proc/self/exe", argv[0], "talk", "child", lines, (char *)0);
             _exit(8);
         }
-        char *args[] = {argv[0], "talk", "parent", 0};
-        int r = main(3, args);
+        char *args[] = {argv[0], "talk", "parent", lines, 0};
+        int r = main(4, args);
         int st;
         waitpid(p, &st, 0);
         printf("child status %d\n", WEXITSTATUS(st));

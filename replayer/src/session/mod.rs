@@ -390,10 +390,13 @@ impl Session {
                 }
             }
             let Some(ev) = self.take()? else {
+                // (The other lane's events are all replayed first, even in a trace that ends
+                // early.)
+                let lanes_end = self.end_lanes()?;
                 if self.events.truncated() || !self.reader.meta().complete {
                     bail!(Incomplete::of(self.read, self.reader.meta()));
                 }
-                let status = match self.end_lanes()? {
+                let status = match lanes_end {
                     // (A second lane's outcome: its thread reports the root's status, if it
                     // saw it end, from `root_status`.)
                     None => ExitStatus::Exited(0),
