@@ -66,6 +66,38 @@ fn exec_children_are_recorded_in_parallel_and_replay() {
     }
 }
 
+/// A shell that execs the program: the initial process runs a new program, yet stays in the
+/// first lane (its real parent is the recorder's first tracer thread, whose waits would take
+/// its stops from the other lane's thread); its exec'd children still go to the second. The
+/// replay, in parallel, matches.
+#[test]
+fn the_initial_process_stays_in_the_first_lane() {
+    let ctx = Ctx::new();
+    let lanes = program("lanes");
+    let script = format!("exec {} parallel", lanes.display());
+    let (trace, rec) = ctx.record("/bin/sh", &["-c", &script]);
+    assert_eq!(shell_code(&rec.status), 0, "{}", describe("rec", &rec));
+    let dump = ctx.run_deja(&["dump".as_ref(), trace.as_os_str()]);
+    let dump = stdout_str(&dump);
+    let root = dump
+        .lines()
+        .next()
+        .and_then(|l| l.split('[').nth(1)?.split(']').next().map(str::to_string))
+        .expect("the first event's task");
+    let moves = lane_moves(&ctx, &trace);
+    assert!(
+        !moves.iter().any(|m| m.contains(&format!("[{root}]"))),
+        "the initial process {root} moved: {moves:?}"
+    );
+    if two_cpus() {
+        assert!(
+            moves.iter().any(|m| m.ends_with(TO_SECOND)),
+            "no child moved to the second lane: {moves:?}"
+        );
+    }
+    assert_replay_matches(&rec, &ctx.replay(&trace));
+}
+
 #[test]
 fn with_serial_nothing_moves() {
     let ctx = Ctx::new();

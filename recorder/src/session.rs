@@ -162,6 +162,7 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         cpu: Some(cpu as u32),
         cpuid_faulting: false,
         chaos_seed: opts.chaos,
+        root_stays_in_first_lane: true,
         ..TraceMeta::default()
     };
     // The root's pool of stored files (the default root's for `-o DIR`): files recorded

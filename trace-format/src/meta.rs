@@ -69,6 +69,11 @@ pub struct TraceMeta {
     pub stopped: Option<Stopped>,
     /// The seed of the recording's chaos scheduling (`deja rec --chaos`), if it had it.
     pub chaos_seed: Option<u64>,
+    /// The recorder kept the initial process in the first lane (see the recorder's README,
+    /// "Processes recorded in parallel"): its real parent is a tracer thread, whose waits
+    /// would take its stops from another lane's thread. False for traces of earlier builds,
+    /// which may have moved it.
+    pub root_stays_in_first_lane: bool,
 }
 
 /// Why a recording was stopped before its program ended.

@@ -217,12 +217,18 @@ impl Session {
     /// Whether task `tid` may move to another lane: alone in its process and address space
     /// (no other thread, no `vfork` child borrowing its memory), with nothing of the
     /// recorder's pending on it (a preemption `SIGSTOP` on its way, a signal held or sent
-    /// again).
+    /// again), and not the initial process: that one is the real child of the first lane's
+    /// thread, and the kernel reports a child's ptrace stops to its real parent too when its
+    /// tracer is a thread of the same process, so the first lane's waits would take its
+    /// stops (a replay of a trace that moved it hung).
     fn movable(&self, tid: i32) -> bool {
         let Some(t) = self.tasks.get(&tid) else {
             return false;
         };
         let (pid, mm) = (t.pid, t.mm);
+        if pid == self.root {
+            return false;
+        }
         let alone = !self
             .tasks
             .values()

@@ -354,6 +354,25 @@ fn second_lane(
     result
 }
 
+/// Whether the trace moves the initial process `root` to another lane, which only recorders
+/// before `TraceMeta::root_stays_in_first_lane` did. Such a trace replays one task at a time:
+/// the initial process is the real child of the first lane's thread, whose waits would take
+/// its stops from the second lane's thread (the kernel reports a child's ptrace stops to its
+/// real parent too when its tracer is a thread of the same process).
+pub(super) fn root_moves(reader: &TraceReader, root: Tid) -> Result<bool> {
+    if reader.meta().root_stays_in_first_lane {
+        return Ok(false);
+    }
+    // (A damaged or cut trace ends the look here: the replay reports it where it gets to it.)
+    for ev in reader.events()?.map_while(|ev| ev.ok()) {
+        if matches!(ev, Event::Lane(e) if e.tid == root) {
+            tracing::debug!("the trace moves the initial process: replaying one task at a time");
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Kills the tasks parked for a lane that will not take them.
 fn kill_left_over(shared: &Shared) {
     for m in shared.left_over() {

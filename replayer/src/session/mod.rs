@@ -187,7 +187,7 @@ impl Session {
             .tasks
             .add(root, root, tracee, pid, RState::Unstarted);
         session.read = 1;
-        if session.debug.is_none() && !opts.serial {
+        if session.debug.is_none() && !opts.serial && !lanes::root_moves(&session.reader, root)? {
             // (The exec, read above, moves no task.)
             session.filter = Some(LaneFilter::new(0));
             session.par = Some(LaneRole::first(dir, opts, cpu));
@@ -422,6 +422,7 @@ impl Session {
                 continue;
             }
             let tid = ev.tid();
+            tracing::trace!(event = self.index, tid, kind = ev.kind(), "replaying");
             if self.tasks.get(tid).is_none() {
                 return Err(self.diverged(
                     tid,
