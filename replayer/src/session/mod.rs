@@ -71,6 +71,8 @@ enum Next {
     Again,
     /// The debugger halts the replay here.
     Halt(Halt),
+    /// The task is at the point it ran toward, parked there (see `Session::reached`).
+    Reached,
 }
 
 /// The trap flag (TF) of rflags: single-stepping.

@@ -167,7 +167,7 @@ impl Session {
                     };
                     self.running = None;
                 }
-                Next::Again => {}
+                Next::Again | Next::Reached => {}
                 Next::Halt(why) => self.halt(why),
             }
         }
@@ -397,8 +397,14 @@ impl Session {
             Err(e) if tracee::gone::vanished_task(&e).is_none() && toward => {
                 // A group-stop on the way to a point in its code: the recording's task ran
                 // on to that point, its stop cancelled by a `SIGCONT` that came before it
-                // took hold (the recorder holds a stop signal while it takes its point).
+                // took hold (the recorder holds a stop signal while it takes its point). The
+                // point may be where it stopped (the stop signal's own point): its
+                // instruction breakpoint would not fire again there.
                 tracing::debug!(tid, "a group-stop the recording did not keep: going on");
+                if self.check_at_point(tid)? {
+                    self.reached(tid)?;
+                    return Ok(Next::Reached);
+                }
                 return Ok(Next::Again);
             }
             Err(e) if tracee::gone::vanished_task(&e).is_none() => {

@@ -267,6 +267,9 @@ impl Session {
                     // their own addresses: still in the trampoline is in its filter.
                     let in_filter = w.in_trampoline(t.regs()?.rip);
                     let next = self.classify(tid, stop)?;
+                    if matches!(next, Next::Reached) {
+                        return Ok(None);
+                    }
                     if in_filter
                         && matches!(next, Next::Halt(Halt::Watch { kind, .. }) if kind != WatchKind::Write)
                     {
@@ -283,6 +286,9 @@ impl Session {
         }
         if !stepped {
             let next = self.classify(tid, stop)?;
+            if matches!(next, Next::Reached) {
+                return Ok(None);
+            }
             return self.halt_outside_trampoline(tid, next);
         }
         // A single step: the locator was not armed, so check the state the step led to.
@@ -296,6 +302,9 @@ impl Session {
         } else {
             self.classify(tid, stop)?
         };
+        if matches!(next, Next::Reached) {
+            return Ok(None);
+        }
         if matches!(next, Next::Park(_)) || stop != Stop::Signal(libc::SIGTRAP) {
             return Ok(Some(next));
         }
