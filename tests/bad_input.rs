@@ -242,7 +242,7 @@ fn killed_recording_replays_to_its_end(slow: &Path, first_prefix: &str) {
     // Wait until the line's write is in the trace (the recorder writes its events out on a
     // 250 ms timer while the tracee sleeps), then kill the recorder.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !stdout_write_in_trace(&ctx, &trace) {
+    while ctx.stdout_writes(&trace).is_empty() {
         if Instant::now() > deadline {
             abandon(&mut child);
             panic!(
@@ -285,17 +285,6 @@ fn killed_recording_replays_to_its_end(slow: &Path, first_prefix: &str) {
     assert!(out.status.success(), "{}", describe("info", &out));
     let out = ctx.run_deja(&[OsStr::new("dump"), trace.as_os_str()]);
     assert_no_panic("dump of a killed recording", &out);
-}
-
-/// Whether `deja dump --json TRACE` (of a recording that may still be going on) shows a write to
-/// stdout: a syscall event whose `echo` stream is 1.
-fn stdout_write_in_trace(ctx: &Ctx, trace: &Path) -> bool {
-    let out = ctx.run_deja(&[OsStr::new("dump"), OsStr::new("--json"), trace.as_os_str()]);
-    assert_no_panic("dump --json of a recording in progress", &out);
-    stdout_str(&out).lines().any(|l| {
-        serde_json::from_str::<serde_json::Value>(l)
-            .is_ok_and(|v| v["Syscall"]["echo"]["stream"] == serde_json::json!(1))
-    })
 }
 
 /// A replay whose program no longer does what the recording did must stop at the first

@@ -29,16 +29,6 @@ fn info_status(ctx: &Ctx, trace: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Whether `deja dump --json TRACE` shows a write to stdout.
-fn stdout_write_in_trace(ctx: &Ctx, trace: &Path) -> bool {
-    let out = ctx.run_deja(&[OsStr::new("dump"), OsStr::new("--json"), trace.as_os_str()]);
-    assert_no_panic("dump --json of a recording in progress", &out);
-    stdout_str(&out).lines().any(|l| {
-        serde_json::from_str::<serde_json::Value>(l)
-            .is_ok_and(|v| v["Syscall"]["echo"]["stream"] == serde_json::json!(1))
-    })
-}
-
 /// Records `slow` (prints a line with its pid, then sleeps 30 s), checks `info` calls the
 /// recording in progress, sends `sig` to deja alone, and checks that deja exits 128+`sig`,
 /// the program is gone, `info` says the recorder was stopped by `sig` (named `name`), and
@@ -66,7 +56,7 @@ fn stop_mid_recording(sig: i32, name: &str) {
         }
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !stdout_write_in_trace(&ctx, &trace) {
+    while ctx.stdout_writes(&trace).is_empty() {
         if Instant::now() > deadline {
             kill_group(pgid);
             panic!("the write of {first:?} did not reach the trace within 30 s");
@@ -517,7 +507,7 @@ fn ctrl_c_at_the_terminal_is_left_to_the_program() {
     let mut child = cmd.spawn().expect("spawn script");
     let pgid = child.id();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !(trace.join("index.sqlite").exists() && stdout_write_in_trace(&ctx, &trace)) {
+    while !trace.join("index.sqlite").exists() || ctx.stdout_writes(&trace).is_empty() {
         if Instant::now() > deadline {
             kill_group(pgid);
             panic!("the program's first line did not reach the trace within 30 s");

@@ -187,29 +187,6 @@ fn a_child_stopped_and_continued_as_it_starts_replays() {
     }
 }
 
-/// What the trace at `trace` (a recording that may still be going on) says was written to
-/// stdout, in the trace's order, by task: `(tid, bytes)`.
-fn stdout_writes(ctx: &Ctx, trace: &Path) -> Vec<(i64, Vec<u8>)> {
-    let out = ctx.run_deja(&[OsStr::new("dump"), OsStr::new("--json"), trace.as_os_str()]);
-    stdout_str(&out)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["Syscall"]["echo"]["stream"] == serde_json::json!(1))
-        .map(|v| {
-            let bytes = v["Syscall"]["echo"]["bytes"]
-                .as_array()
-                .map(|b| {
-                    b.iter()
-                        .filter_map(|x| x.as_u64())
-                        .map(|x| x as u8)
-                        .collect()
-                })
-                .unwrap_or_default();
-            (v["Syscall"]["tid"].as_i64().unwrap_or(0), bytes)
-        })
-        .collect()
-}
-
 /// A recording in lanes whose recorder is killed while both processes print: the replay runs
 /// both lanes to the trace's end, echoes every recorded write in the trace's order, and then
 /// says the recording is incomplete.
@@ -230,7 +207,7 @@ fn a_killed_recording_in_lanes_replays_both_lanes_to_its_end() {
     let pgid = child.id();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let writes = stdout_writes(&ctx, &trace);
+        let writes = ctx.stdout_writes(&trace);
         let mut tids: Vec<i64> = writes.iter().map(|(t, _)| *t).collect();
         tids.dedup();
         if tids.len() >= 3 {
@@ -245,7 +222,8 @@ fn a_killed_recording_in_lanes_replays_both_lanes_to_its_end() {
     let _ = child.kill();
     let _ = child.wait();
     kill_group(pgid);
-    let expected: Vec<u8> = stdout_writes(&ctx, &trace)
+    let expected: Vec<u8> = ctx
+        .stdout_writes(&trace)
         .into_iter()
         .flat_map(|(_, b)| b)
         .collect();

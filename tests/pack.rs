@@ -568,7 +568,7 @@ fn a_recording_in_progress_is_not_packed_and_a_killed_one_is() {
         // Refused while in progress, and once the program's first line is in the trace (a
         // recorder killed before it wrote any metadata leaves no trace to pack).
         if stderr_str(&out).contains("is still being recorded")
-            && stdout_write_in_trace(&ctx, &trace)
+            && !ctx.stdout_writes(&trace).is_empty()
         {
             break out;
         }
@@ -599,16 +599,6 @@ fn a_recording_in_progress_is_not_packed_and_a_killed_one_is() {
     let out = other.replay(&file);
     assert_deja_error("replay of a killed recording's pack", &out);
     assert_stderr_mentions("replay", &out, &["incomplete"]);
-}
-
-/// Whether `deja dump --json TRACE` (of a recording that may still be going on) shows a write
-/// to stdout.
-fn stdout_write_in_trace(ctx: &Ctx, trace: &Path) -> bool {
-    let out = ctx.run_deja(&[OsStr::new("dump"), OsStr::new("--json"), trace.as_os_str()]);
-    stdout_str(&out).lines().any(|l| {
-        serde_json::from_str::<serde_json::Value>(l)
-            .is_ok_and(|v| v["Syscall"]["echo"]["stream"] == serde_json::json!(1))
-    })
 }
 
 /// Compiles C `source` with gcc and `args` into `out`.

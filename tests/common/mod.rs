@@ -496,6 +496,30 @@ impl Ctx {
         v
     }
 
+    /// What `deja dump --json TRACE` (of a recording that may still be going on) says was
+    /// written to stdout, in the trace's order: `(task, bytes)` of each write.
+    pub fn stdout_writes(&self, trace: &Path) -> Vec<(i64, Vec<u8>)> {
+        let out = self.run_deja(&[OsStr::new("dump"), OsStr::new("--json"), trace.as_os_str()]);
+        assert_no_panic("dump --json of a recording in progress", &out);
+        stdout_str(&out)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["Syscall"]["echo"]["stream"] == serde_json::json!(1))
+            .map(|v| {
+                let bytes = v["Syscall"]["echo"]["bytes"]
+                    .as_array()
+                    .map(|b| {
+                        b.iter()
+                            .filter_map(|x| x.as_u64())
+                            .map(|x| x as u8)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (v["Syscall"]["tid"].as_i64().unwrap_or(0), bytes)
+            })
+            .collect()
+    }
+
     /// `deja ps TRACE`, parsed into its rows; asserts it did not panic, succeeded, printed the
     /// header `PID PPID EXIT CMD` and no blank line.
     pub fn ps(&self, trace: &Path) -> Vec<PsRow> {
