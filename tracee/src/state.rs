@@ -333,12 +333,7 @@ pub fn watch_values(t: &Tracee, written: &[(u64, u8)], limit: usize) -> Vec<Watc
         if size == 0 || size > 8 {
             continue;
         }
-        let covered = (0..u64::from(size)).all(|i| {
-            let a = addr.wrapping_add(i);
-            out.iter()
-                .any(|w| a >= w.addr && a - w.addr < u64::from(w.size))
-        });
-        if covered {
+        if covered(&out, addr, size) {
             continue;
         }
         let mut b = [0u8; 8];
@@ -352,6 +347,16 @@ pub fn watch_values(t: &Tracee, written: &[(u64, u8)], limit: usize) -> Vec<Watc
         });
     }
     out
+}
+
+/// Whether every byte of `[addr, addr + size)` lies in one of `words`.
+fn covered(words: &[WatchedWord], addr: u64, size: u8) -> bool {
+    (0..u64::from(size)).all(|i| {
+        let a = addr.wrapping_add(i);
+        words
+            .iter()
+            .any(|w| a >= w.addr && a - w.addr < u64::from(w.size))
+    })
 }
 
 /// Bytes on each side of the stack pointer whose words [`stack_words`] watches: the red zone
@@ -385,13 +390,7 @@ pub fn stack_words(
         }
         // (A word a watched one covers only in part still tells more: `-O0` keeps an inner
         // loop's counter and the outer one's side by side.)
-        let covered = (0..8u64).all(|i| {
-            let a = addr.wrapping_add(i);
-            taken
-                .iter()
-                .any(|w| a >= w.addr && a - w.addr < u64::from(w.size))
-        });
-        if covered || excluded.iter().any(|&(s, e)| overlaps(addr, s, e)) {
+        if covered(taken, addr, 8) || excluded.iter().any(|&(s, e)| overlaps(addr, s, e)) {
             continue;
         }
         let mut b = [0u8; 8];
