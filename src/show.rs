@@ -334,6 +334,15 @@ fn describe(ev: &Event) -> String {
             e.patch.len(),
             e.stub_addr
         ),
+        Event::Patches(e) => format!(
+            "[{tid}] patched the {} site at {:#x} ({} bytes) to its stub at {:#x}, and {} more \
+             ahead of their first call",
+            syscalls::name(e.first.nr),
+            e.first.window,
+            e.first.patch.len(),
+            e.first.stub_addr,
+            e.ahead.len()
+        ),
         Event::Lane(e) => format!(
             "[{tid}] moves to lane {} (recorded in parallel with the other lanes)",
             e.lane
@@ -506,6 +515,7 @@ impl ProcessTable {
             | Event::Ptrace(_)
             | Event::Buffered(_)
             | Event::Patch(_)
+            | Event::Patches(_)
             | Event::Lane(_) => {}
         }
     }

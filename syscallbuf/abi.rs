@@ -79,6 +79,15 @@ pub const PROBE_READV: u8 = 4;
 /// [`SlotHeader::diverged`] and [`SlotHeader::exec_result`], and the program gets the result
 /// the kernel gave.
 pub const PROBE_EXEC: u8 = 5;
+/// [`Spec::probe`]: `mmap` of anonymous private memory, placed where the recording's call
+/// placed it. Recording: like [`PROBE_DIRECT`]. Replaying: like [`PROBE_EXEC`], but a
+/// successful recorded call is made at the recorded address (its result) with
+/// `MAP_FIXED_NOREPLACE` (or the program's own `MAP_FIXED`), as the replayer does for a
+/// traced `mmap`: the layout of a replay need not make the kernel choose the same place.
+pub const PROBE_PLACE: u8 = 6;
+/// [`Spec::probe`]: refused with `-ENOSYS` without a call, in both modes (`rseq`, the table's
+/// `Replay::Deny(ENOSYS)`): recorded with that result; replayed like an emulated call.
+pub const PROBE_ENOSYS: u8 = 7;
 
 /// [`Cond::kind`]: unused (holds).
 pub const COND_NONE: u8 = 0;
@@ -107,6 +116,10 @@ pub const COND_WORD_CLEAR: u8 = 4;
 /// recording the signal. (The replay needs no check: such a call has no record, and a call
 /// without one takes the traced path.)
 pub const COND_NOT_PENDING: u8 = 5;
+
+/// [`Cond::kind`]: the argument's bits in the high 32 bits of `value` (a mask) equal the
+/// low 32 bits of `value` (`mmap`'s flags: anonymous and private).
+pub const COND_MASK_EQ: u8 = 6;
 
 /// Conditions per [`Spec`].
 pub const MAX_CONDS: usize = 4;

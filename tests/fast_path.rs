@@ -491,11 +491,11 @@ fn dump_arg(line: &str, i: usize) -> u64 {
 }
 
 /// Calls the replay runs for real (`rt_sigaction`, `rt_sigprocmask`, `mprotect`, `munmap`,
-/// `brk`) and emulated ones buffered only for some arguments (`fcntl` F_GETFD/F_SETFD/
-/// F_GETFL/F_SETFL, `ioctl` TCGETS/TIOCGWINSZ, `prlimit64` queries), in a loop: all buffered,
-/// and the replay (which runs the first kind again, checking their results) is exact. What
-/// must stay traced does: `SIGSEGV`'s action and masks naming it (deja follows both),
-/// `SIG_SETMASK`, unblocks of a pending signal, and the `mmap`s.
+/// `brk`, anonymous `mmap` placed at the recorded address) and emulated ones buffered only for
+/// some arguments (`fcntl` F_GETFD/F_SETFD/F_GETFL/F_SETFL, `ioctl` TCGETS/TIOCGWINSZ,
+/// `prlimit64` queries), in a loop: all buffered, and the replay (which runs the first kind
+/// again, checking their results) is exact. What must stay traced does: `SIGSEGV`'s action and
+/// masks naming it (deja follows both), `SIG_SETMASK` and unblocks of a pending signal.
 #[test]
 fn executed_and_conditional_calls_are_buffered() {
     let r = assert_replays_exactly(program("fp_exec_calls"), &["loop", "300"]);
@@ -512,6 +512,7 @@ fn executed_and_conditional_calls_are_buffered() {
         ("mprotect", 600),
         ("brk", 600),
         ("munmap", 300),
+        ("mmap", 300),
         ("fcntl", 1_800),
         ("ioctl", 900),
         ("prlimit64", 300),
@@ -563,7 +564,11 @@ fn executed_and_conditional_calls_are_buffered() {
         .filter(|e| e.line.contains("] signal ") && e.line.contains("mid-code"))
         .count();
     assert_eq!(inside, 0, "signals delivered inside the library");
-    assert!(traced("mmap") >= 300, "mmap not traced");
+    let traced_anon = events
+        .iter()
+        .filter(|e| e.line.contains("] syscall mmap(") && !e.line.contains(" maps /"))
+        .count();
+    assert_eq!(traced_anon, 0, "anonymous mmap traced");
     assert!(
         c.traced < 1_000,
         "{} traced syscalls: the loop's calls were not buffered ({c:?})",
@@ -644,5 +649,74 @@ fn executed_call_returning_otherwise_in_replay_is_a_divergence() {
         "when the replay ran it",
     ] {
         assert_stderr_mentions("replay under RLIMIT_DATA", &out, &[needle]);
+    }
+}
+
+/// Anonymous private memory mapped (without an address, with `MAP_FIXED` over an earlier
+/// mapping, as a `MAP_NORESERVE` reservation) and unmapped in a loop: every `mmap` is buffered
+/// (`PROBE_PLACE`: the replay's library maps at the recorded address), none is traced, and the
+/// replay prints the same placements.
+#[test]
+fn anonymous_maps_are_buffered_and_placed_again() {
+    let r = assert_replays_exactly(program("fp_anon_maps"), &["300"]);
+    assert_stdout_has("rec", &r.rec, &["fp_anon_maps: 300 rounds"]);
+    let events = dump(&r.ctx, &r.trace);
+    let prog = events
+        .iter()
+        .rev()
+        .find(|e| e.line.contains("] exec "))
+        .map(|e| e.tid)
+        .expect("an exec in the trace");
+    // 300 rounds of three maps (the MAP_FIXED one in six rounds of seven) and two unmaps.
+    let maps = buffered_named(&events, "mmap", Some(prog));
+    assert!(maps >= 800, "{maps} buffered mmap calls");
+    assert!(buffered_named(&events, "munmap", Some(prog)) >= 600);
+    let traced_anon = events
+        .iter()
+        .filter(|e| e.tid == prog && e.line.contains("syscall mmap(") && e.index > 0)
+        .filter(|e| !e.line.contains(" maps /"))
+        .count();
+    // (The C library's start-up may map anonymous memory before its first patched site.)
+    assert!(
+        traced_anon <= 3,
+        "{traced_anon} traced anonymous mmaps: {events:#?}"
+    );
+}
+
+/// The same program run three times by a shell: the sites the shell and the first run patched
+/// in the C library and the dynamic loader are patched ahead in the next processes (`Patches`
+/// events, at their first patched site), so the later runs take fewer patching stops than the
+/// first; all replay exactly.
+#[test]
+fn sites_are_patched_ahead_in_the_next_processes() {
+    let prog = program("fp_fork_exec");
+    let cmd = format!(
+        "{p} /bin/true; {p} /bin/true; {p} /bin/true",
+        p = prog.display()
+    );
+    let r = assert_replays_exactly("/bin/sh", &["-c", &cmd]);
+    let events = dump(&r.ctx, &r.trace);
+    // The processes that ran the program, in order, with their patching stops.
+    let mut runs: Vec<(i32, usize, usize)> = Vec::new();
+    for e in &events {
+        if e.line.contains("] exec ") && e.line.contains("fp_fork_exec") {
+            runs.push((e.tid, 0, 0));
+        } else if let Some(run) = runs.iter_mut().find(|(t, ..)| *t == e.tid) {
+            if e.line.contains("] patched the ") {
+                run.1 += 1;
+                if e.line.contains("more ahead of their first call") {
+                    run.2 += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(runs.len(), 3, "three runs of the program: {runs:?}");
+    let first_stops = runs[0].1;
+    for (i, &(tid, stops, ahead)) in runs.iter().enumerate() {
+        assert!(ahead >= 1, "task {tid} patched nothing ahead: {runs:?}");
+        assert!(
+            i == 0 || stops < first_stops,
+            "task {tid} stopped {stops} times to patch, the first run {first_stops}: {runs:?}"
+        );
     }
 }

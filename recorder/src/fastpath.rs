@@ -114,6 +114,20 @@ pub struct FastPath {
     ///
     /// [`Patch`]: trace_format::Event::Patch
     pub harmless_events: u64,
+    /// The syscall sites patched so far in each mapped file, by (device, inode), to patch
+    /// ahead in the next processes that map the file (see `Session::patch_ahead`).
+    pub known: HashMap<(String, u64), Vec<KnownSite>>,
+}
+
+/// A syscall site patched in a mapped file.
+#[derive(Debug, Clone)]
+pub struct KnownSite {
+    /// The file offset of its `syscall` instruction.
+    pub offset: u64,
+    /// The syscall number fixed there.
+    pub nr: u64,
+    /// The bytes of the function around it when it was patched.
+    pub code: Vec<u8>,
 }
 
 /// Whether a call of syscall `nr` may change a memory map (the calls the library buffers that

@@ -63,6 +63,10 @@ pub(crate) struct Room {
     pub avoid: Vec<(u64, u64)>,
     /// Debug-register slots the debugger does not use.
     pub free: Vec<usize>,
+    /// `[start, end)` ranges the task maps while it runs toward the point (its buffered
+    /// `mmap`s, which the replay's library places at their recorded addresses): the scratch
+    /// page must leave them free.
+    pub reserved: Vec<(u64, u64)>,
 }
 
 impl Room {
@@ -71,6 +75,7 @@ impl Room {
         Room {
             avoid: Vec::new(),
             free: (0..SLOTS).collect(),
+            reserved: Vec::new(),
         }
     }
 
@@ -94,6 +99,7 @@ impl Room {
         Room {
             avoid,
             free: (0..SLOTS).filter(|&i| regs.slots[i].is_none()).collect(),
+            reserved: Vec::new(),
         }
     }
 }
@@ -190,9 +196,10 @@ impl Toward {
         let built = match self.built.take() {
             Some(b) => b,
             None => Built {
-                locator: Locator::new(t, &self.point, &room.avoid, &room.free).with_context(
-                    || format!("preparing to find {} in task {}", self.expected(), self.tid),
-                )?,
+                locator: Locator::new(t, &self.point, &room.avoid, &room.free, &room.reserved)
+                    .with_context(|| {
+                        format!("preparing to find {} in task {}", self.expected(), self.tid)
+                    })?,
                 room,
                 armed_once: false,
             },

@@ -86,6 +86,9 @@ pub struct Task {
     /// The `Buffered` events placed in its slot and not checked yet: (event index, where its
     /// records end in the slot's buffer).
     pub placed: Vec<(u64, u64)>,
+    /// The ranges the placed records' `mmap`s map (at their recorded addresses), which a
+    /// locator's scratch page must leave free (see `point::Room::reserved`).
+    pub reserved: Vec<(u64, u64)>,
     /// The task whose address space it runs in until it execs: its parent, for a child made
     /// with `CLONE_VM` but not `CLONE_THREAD` (`vfork`, `posix_spawn`).
     pub borrows_vm_of: Option<Tid>,
@@ -121,6 +124,7 @@ impl Task {
             inherits_breakpoints: self.inherits_breakpoints.clone(),
             slot: self.slot,
             placed: self.placed.clone(),
+            reserved: self.reserved.clone(),
             single_stepped: self.single_stepped,
             last_trap: self.last_trap,
             debugger_trapped: self.debugger_trapped,
@@ -185,6 +189,7 @@ impl Tasks {
                 inherits_breakpoints: None,
                 slot: None,
                 placed: Vec::new(),
+                reserved: Vec::new(),
                 single_stepped: false,
                 last_trap: LastTrap::Tsc,
                 debugger_trapped: false,
@@ -199,6 +204,11 @@ impl Tasks {
     /// The task the recording called `tid`.
     pub fn get(&mut self, tid: Tid) -> Option<&mut Task> {
         self.by_tid.get_mut(&tid)
+    }
+
+    /// Task `tid`, to look at.
+    pub fn peek(&self, tid: Tid) -> Option<&Task> {
+        self.by_tid.get(&tid)
     }
 
     /// The task the recording called `tid`, to look at.

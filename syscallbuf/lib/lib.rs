@@ -40,6 +40,13 @@ struct Saved {
 
 const SYS_PREADV2: u64 = 327;
 const RWF_NOWAIT: u64 = 8;
+/// The result of a call refused with `ENOSYS`.
+const ENOSYS: i64 = 38;
+/// `mmap` flags.
+const MAP_FIXED: u64 = 0x10;
+const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+/// Results at or above this (as unsigned) are `-errno`.
+const MAX_ERRNO_RESULT: u64 = -4095i64 as u64;
 /// Most iovecs a buffered `readv` may have (they are copied onto the slot's stack).
 const MAX_IOV: usize = 64;
 
@@ -297,6 +304,7 @@ unsafe fn check(spec: &Spec, args: &[u64; 6], recording: bool) -> Option<Checked
         let v = narrow(a, cond.width);
         let ok = match cond.kind {
             COND_EQ => v == narrow(cond.value, cond.width),
+            COND_MASK_EQ => v & (cond.value >> 32) == cond.value & 0xffff_ffff,
             COND_NE => v != narrow(cond.value, cond.width),
             COND_IN => match spec
                 .cases
@@ -413,9 +421,10 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
         return TRACED;
     }
     let result = match spec.probe {
-        PROBE_DIRECT | PROBE_EXEC => deja_untraced_syscall(
+        PROBE_DIRECT | PROBE_EXEC | PROBE_PLACE => deja_untraced_syscall(
             nr, kargs[0], kargs[1], kargs[2], kargs[3], kargs[4], kargs[5],
         ),
+        PROBE_ENOSYS => -ENOSYS,
         PROBE_READ | PROBE_PREAD => {
             let pos = if spec.probe == PROBE_PREAD {
                 if (args[3] as i64) < 0 {
@@ -465,7 +474,11 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
         interrupted.write_volatile(0);
         return TRACED;
     }
-    if !matches!(spec.probe, PROBE_DIRECT | PROBE_EXEC) && result < 0 {
+    if !matches!(
+        spec.probe,
+        PROBE_DIRECT | PROBE_EXEC | PROBE_PLACE | PROBE_ENOSYS
+    ) && result < 0
+    {
         return TRACED;
     }
 
@@ -609,10 +622,17 @@ unsafe fn replay(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
         hdr.diverged_how = DIVERGED_COND;
         return diverge(hdr);
     };
-    if spec.probe == PROBE_EXEC {
+    if spec.probe == PROBE_EXEC || spec.probe == PROBE_PLACE {
         // Run for real: the kernel writes the outputs; its result must be the recorded one.
         let word = checked.word.map_or(0, |(_, w)| w);
-        let k = kernel_args(&regs.args, &checked, &word);
+        let mut k = kernel_args(&regs.args, &checked, &word);
+        if spec.probe == PROBE_PLACE && (head.result as u64) < MAX_ERRNO_RESULT {
+            // Where the recording's call placed the memory (see `PROBE_PLACE`).
+            k[0] = head.result as u64;
+            if k[3] & MAP_FIXED == 0 {
+                k[3] |= MAP_FIXED_NOREPLACE;
+            }
+        }
         let result = deja_untraced_syscall(head.nr as u64, k[0], k[1], k[2], k[3], k[4], k[5]);
         regs.rax = result as u64;
         if result != head.result {

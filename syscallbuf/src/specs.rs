@@ -34,6 +34,8 @@ pub fn spec_of(nr: u64) -> Result<Option<Spec>> {
             Probe::Pread => abi::PROBE_PREAD,
             Probe::Readv => abi::PROBE_READV,
             Probe::Exec => abi::PROBE_EXEC,
+            Probe::Place => abi::PROBE_PLACE,
+            Probe::Enosys => abi::PROBE_ENOSYS,
         },
         ..Spec::default()
     };
@@ -55,6 +57,9 @@ pub fn spec_of(nr: u64) -> Result<Option<Spec>> {
             Test::In => (abi::COND_IN, 0),
             Test::WordClear(bits) => (abi::COND_WORD_CLEAR, bits),
             Test::NotPending => (abi::COND_NOT_PENDING, 0),
+            Test::MaskEq { mask, value } => {
+                (abi::COND_MASK_EQ, u64::from(mask) << 32 | u64::from(value))
+            }
         };
         ensure!(
             c.arg < 6 && c.unless_zero.map_or(true, |a| a < 6),
@@ -77,7 +82,8 @@ pub fn spec_of(nr: u64) -> Result<Option<Spec>> {
             used: abi::CASE_USED,
         };
     }
-    if def.outs.len() > spec.outs.len() || def.outs_on_error {
+    // (A call whose cases say what it writes writes nothing else, on success or failure.)
+    if def.outs.len() > spec.outs.len() || (def.outs_on_error && b.case_out.is_none()) {
         bail!("{}: its outputs cannot be buffered", def.name);
     }
     if let Some(arg) = b.case_out {
@@ -165,7 +171,27 @@ mod tests {
             (abi::PROBE_DIRECT, abi::OUT_FIXED, 16)
         );
         assert_eq!(all[libc::SYS_openat as usize].probe, abi::PROBE_DIRECT);
-        assert_eq!(all[libc::SYS_mmap as usize].probe, abi::PROBE_NONE);
+        let mmap = all[libc::SYS_mmap as usize];
+        assert_eq!(mmap.probe, abi::PROBE_PLACE);
+        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        assert_eq!(
+            (mmap.conds[0].kind, mmap.conds[0].arg, mmap.conds[0].value),
+            (
+                abi::COND_MASK_EQ,
+                3,
+                (0xf | libc::MAP_ANONYMOUS as u64) << 32 | anon
+            )
+        );
+        assert_eq!(all[libc::SYS_rseq as usize].probe, abi::PROBE_ENOSYS);
+        assert_eq!(
+            all[libc::SYS_set_robust_list as usize].probe,
+            abi::PROBE_EXEC
+        );
+        let futex = all[libc::SYS_futex as usize];
+        assert_eq!(
+            (futex.probe, futex.conds[0].kind),
+            (abi::PROBE_DIRECT, abi::COND_IN)
+        );
         assert_eq!(all[libc::SYS_write as usize].probe, abi::PROBE_NONE);
         assert_eq!(all[libc::SYS_madvise as usize].probe, abi::PROBE_NONE);
         assert_eq!(all[libc::SYS_mremap as usize].probe, abi::PROBE_NONE);

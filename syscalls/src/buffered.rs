@@ -28,6 +28,14 @@ pub enum Probe {
     /// [`Probe::Direct`]; in replay the library makes the same call and its result must be
     /// the recorded one (the kernel writes its outputs again).
     Exec,
+    /// `mmap` of anonymous private memory (`Replay::Mmap`): recorded like [`Probe::Direct`];
+    /// in replay the library makes the call at the recorded address (`MAP_FIXED_NOREPLACE`,
+    /// or the program's `MAP_FIXED`), as the replayer does for a traced `mmap`, and its
+    /// result must be the recorded one.
+    Place,
+    /// Refused with `ENOSYS` in both modes (`Replay::Deny(ENOSYS)`): the library returns it
+    /// without making the call (`rseq`, which every glibc program tries once per thread).
+    Enosys,
 }
 
 /// What a [`Cond`] requires of its argument.
@@ -46,6 +54,13 @@ pub enum Test {
     /// the thread (or is NULL), so that the call cannot make a pending signal deliverable
     /// inside the library (see `syscallbuf::abi::COND_NOT_PENDING`).
     NotPending,
+    /// The argument's bits in `mask` equal `value` (both 32 bits).
+    MaskEq {
+        /// The bits compared.
+        mask: u32,
+        /// What they must be.
+        value: u32,
+    },
 }
 
 /// A condition on one argument of a buffered call; a call failing one takes the traced path.
@@ -94,6 +109,7 @@ impl Buffered {
             };
             match c.test {
                 Test::Eq(v) => narrow(a) == narrow(v),
+                Test::MaskEq { mask, value } => a as u32 & mask == value,
                 Test::Ne(v) => narrow(a) != narrow(v),
                 Test::In => self.cases.iter().any(|&(v, _)| narrow(v) == narrow(a)),
                 Test::WordClear(_) | Test::NotPending => true,
@@ -138,6 +154,31 @@ const SIGPROCMASK: &[Cond] = &[
 const SIGPROCMASK_HOW: &[(u64, u64)] =
     &[(libc::SIG_BLOCK as u64, 0), (libc::SIG_UNBLOCK as u64, 0)];
 
+/// `mmap` of anonymous private memory (`MAP_PRIVATE | MAP_ANONYMOUS`, the mapping type in
+/// the low four bits): nothing the recorder follows (no file, nothing shared across lanes).
+const ANON_PRIVATE: &[Cond] = &[cond(
+    3,
+    Test::MaskEq {
+        mask: 0xf | libc::MAP_ANONYMOUS as u32,
+        value: libc::MAP_PRIVATE as u32 | libc::MAP_ANONYMOUS as u32,
+    },
+    true,
+)];
+
+/// `arch_prctl(ARCH_SET_FS)`: the thread pointer of the C library's start-up. Not `ARCH_SET_GS`
+/// (the library's slot is the `gs` base) nor the CPUID and CET requests.
+const SET_FS: &[Cond] = &[cond(0, Test::Eq(ARCH_SET_FS), true)];
+
+/// `arch_prctl`'s `ARCH_SET_FS` (`asm/prctl.h`).
+const ARCH_SET_FS: u64 = 0x1002;
+
+/// `futex` operations that only wake (nothing written, never blocking): `FUTEX_WAKE`, private
+/// or not.
+const FUTEX_WAKES: &[(u64, u64)] = &[
+    (libc::FUTEX_WAKE as u64, 0),
+    ((libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64, 0),
+];
+
 /// `prlimit64` as a query only (a new limit is `Replay::SetLimit`'s business).
 const PRLIMIT_QUERY: &[Cond] = &[cond(2, Test::Eq(0), false)];
 
@@ -178,6 +219,27 @@ pub fn buffered(nr: u64) -> Option<Buffered> {
         // `mprotect`; signal delivery reads the kernel's own state), but for `SIGSEGV`'s
         // action and mask, which the conditions leave to the traced path.
         libc::SYS_mprotect | libc::SYS_munmap | libc::SYS_brk => plain(Exec, None),
+        // The C library's start-up in every process and thread: run in both modes; the
+        // replayer reads the robust list from the kernel when a task dies.
+        libc::SYS_set_robust_list => plain(Exec, None),
+        libc::SYS_arch_prctl => Buffered {
+            conds: SET_FS,
+            ..plain(Exec, None)
+        },
+        libc::SYS_rseq => plain(Enosys, None),
+        // A wake returns how many it woke, recorded; in replay the waiters' calls return what
+        // they returned (emulated), whoever woke them.
+        libc::SYS_futex => Buffered {
+            conds: CMD_IN_CASES,
+            cases: FUTEX_WAKES,
+            case_out: Some(0),
+            ..plain(Direct, None)
+        },
+        // Anonymous private memory, placed in replay where the recording's call put it.
+        libc::SYS_mmap => Buffered {
+            conds: ANON_PRIVATE,
+            ..plain(Place, None)
+        },
         libc::SYS_rt_sigaction => Buffered {
             conds: SIGACTION,
             ..plain(Exec, None)

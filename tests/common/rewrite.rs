@@ -21,6 +21,7 @@ pub fn writes_mut(ev: &mut Event) -> Vec<&mut MemWrite> {
         | Event::Resume(_)
         | Event::Ptrace(_)
         | Event::Patch(_)
+        | Event::Patches(_)
         | Event::Lane(_) => Vec::new(),
     }
 }

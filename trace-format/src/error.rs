@@ -13,13 +13,15 @@ pub enum TraceError {
 
     /// The trace was written in a format version this build cannot read.
     #[error(
-        "trace format version {found} is not supported (this deja reads version {supported}): \
-         replay it with the deja that recorded it, or record the program again"
+        "trace format version {found} is not supported (this deja reads versions {} to \
+         {supported}): \
+         replay it with the deja that recorded it, or record the program again",
+        crate::OLDEST_READABLE_VERSION
     )]
     UnsupportedVersion {
         /// The version the trace declares.
         found: u32,
-        /// The version this build reads and writes.
+        /// The newest version this build reads (the one it writes).
         supported: u32,
     },
 

@@ -45,6 +45,10 @@ pub enum Event {
     /// A syscall site was patched to jump into the in-process library; the task, stopped at
     /// that syscall's entry, makes the call again through the patch.
     Patch(PatchEvent),
+    /// Like `Patch`, with more sites of the task's process patched right after the site the
+    /// task is stopped at, ahead of their first call (see [`PatchesEvent`]). Added in format
+    /// version 7.
+    Patches(PatchesEvent),
     /// The task's process moved to another lane of the recorder (a tracer thread of another
     /// CPU): from its next run on, its runs overlap those of the other lane's tasks.
     Lane(LaneEvent),
@@ -79,6 +83,7 @@ impl Event {
             Event::Ptrace(e) => e.tid,
             Event::Buffered(e) => e.tid,
             Event::Patch(e) => e.tid,
+            Event::Patches(e) => e.first.tid,
             Event::Lane(e) => e.tid,
         }
     }
@@ -99,6 +104,7 @@ impl Event {
             Event::Ptrace(_) => "ptrace",
             Event::Buffered(_) => "buffered",
             Event::Patch(_) => "patch",
+            Event::Patches(_) => "patches",
             Event::Lane(_) => "lane",
         }
     }
@@ -317,6 +323,20 @@ pub struct PatchEvent {
     pub stub: Vec<u8>,
     /// A page for stubs mapped first (its first 8 bytes hold the library hook's address).
     pub new_page: Option<u64>,
+}
+
+/// Syscall sites patched at one stop: the site the task is stopped at, as a `Patch` event
+/// does, then sites of the same mapped file that earlier processes of the recording patched at
+/// the same file offsets, ahead of their first call, in order (each write may need the stub
+/// page the ones before mapped); the task then makes its call through the first (see the
+/// recorder's README, "Patching ahead").
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PatchesEvent {
+    /// The site the task is stopped at.
+    pub first: PatchEvent,
+    /// The sites patched ahead (their `tid` is the task's; their `site` is one past their
+    /// `syscall` instruction, where no task is).
+    pub ahead: Vec<PatchEvent>,
 }
 
 /// A process moves to another lane, right after its task's event and before it runs on (see

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{sql_err, Result, TraceError};
 use crate::meta::TraceMeta;
-use crate::FORMAT_VERSION;
+use crate::{FORMAT_VERSION, OLDEST_READABLE_VERSION};
 
 /// How long a connection waits for the other side's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,7 +147,7 @@ pub(crate) fn open(path: &Path) -> Result<(Connection, TraceMeta)> {
             "the index has no format version (the recorder died while creating it?)",
         ));
     }
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(TraceError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
@@ -174,7 +174,7 @@ fn parse_meta(json: &str, path: &Path) -> Result<TraceMeta> {
         .get("format_version")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| TraceError::corrupt(path, "the metadata has no format_version"))?;
-    if version != u64::from(FORMAT_VERSION) {
+    if !(u64::from(OLDEST_READABLE_VERSION)..=u64::from(FORMAT_VERSION)).contains(&version) {
         return Err(TraceError::UnsupportedVersion {
             found: u32::try_from(version).unwrap_or(u32::MAX),
             supported: FORMAT_VERSION,

@@ -32,5 +32,9 @@ pub use writer::{
     recording_in_progress, KeptEvents, TraceWriter, CHUNK_TARGET_BYTES, INLINE_MAX, SYSTEM_PREFIXES,
 };
 
-/// The trace format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 6;
+/// The trace format version this build writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 7;
+
+/// The oldest trace format version this build reads: version 7 only added an event kind
+/// (`PatchAhead`), so a version 6 trace is a version 7 trace without it.
+pub const OLDEST_READABLE_VERSION: u32 = 6;

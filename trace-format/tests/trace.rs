@@ -394,6 +394,35 @@ fn damaged_index_is_an_error() {
     assert_corrupt(TraceReader::open(&dir).map(|_| ()), "no metadata");
 }
 
+/// A version 6 trace (before the `Patches` event) is read: it is a version 7 trace without it.
+#[test]
+fn the_previous_version_is_read() {
+    let (_tmp, dir) = trace_dir();
+    TraceWriter::create(&dir, &meta())
+        .unwrap()
+        .finish(ExitStatus::Exited(0))
+        .unwrap();
+    sql(
+        &dir,
+        &format!("PRAGMA user_version = {OLDEST_READABLE_VERSION}"),
+    );
+    sql(
+        &dir,
+        &format!(
+            "UPDATE meta SET value = json_set(value, '$.format_version', \
+             {OLDEST_READABLE_VERSION})"
+        ),
+    );
+    let r = TraceReader::open(&dir).unwrap();
+    assert_eq!(r.meta().format_version, OLDEST_READABLE_VERSION);
+    assert_eq!(OLDEST_READABLE_VERSION, 6);
+    sql(&dir, "PRAGMA user_version = 5");
+    assert!(matches!(
+        TraceReader::open(&dir),
+        Err(TraceError::UnsupportedVersion { found: 5, .. })
+    ));
+}
+
 #[test]
 fn unknown_version_is_unsupported() {
     let (_tmp, dir) = trace_dir();
@@ -401,19 +430,20 @@ fn unknown_version_is_unsupported() {
         .unwrap()
         .finish(ExitStatus::Exited(0))
         .unwrap();
-    sql(&dir, "PRAGMA user_version = 7");
+    sql(&dir, "PRAGMA user_version = 8");
     let err = TraceReader::open(&dir).unwrap_err();
     assert!(matches!(
         err,
         TraceError::UnsupportedVersion {
-            found: 7,
+            found: 8,
             supported: FORMAT_VERSION
         }
     ));
     assert_eq!(
         err.to_string(),
         format!(
-            "trace format version 7 is not supported (this deja reads version {FORMAT_VERSION}): \
+            "trace format version 8 is not supported (this deja reads versions \
+             {OLDEST_READABLE_VERSION} to {FORMAT_VERSION}): \
              replay it with the deja that recorded it, or record the program again"
         )
     );

@@ -86,12 +86,17 @@ pub fn header(t: &Tracee, slot: u64) -> Result<SlotHeader> {
     let mut b = [0u8; std::mem::size_of::<SlotHeader>()];
     t.read_mem(slot, &mut b)
         .context("reading a slot of deja's in-process library")?;
+    Ok(header_from(&b))
+}
+
+/// A slot header from its bytes.
+fn header_from(b: &[u8; std::mem::size_of::<SlotHeader>()]) -> SlotHeader {
     let w = |i: usize| {
         let mut x = [0u8; 8];
         x.copy_from_slice(&b[i * 8..i * 8 + 8]);
         u64::from_le_bytes(x)
     };
-    Ok(SlotHeader {
+    SlotHeader {
         self_addr: w(0),
         magic: w(1),
         seq: w(2),
@@ -106,7 +111,7 @@ pub fn header(t: &Tracee, slot: u64) -> Result<SlotHeader> {
         interrupted: w(11),
         diverged_how: w(12),
         exec_result: w(13),
-    })
+    }
 }
 
 /// Turns the fast path off in the process of stopped task `t`: every later syscall of its
@@ -150,7 +155,12 @@ pub fn set_word(t: &Tracee, slot: u64, off: u64, value: u64) -> Result<()> {
 /// drained at a later stop. The records are read into `buf` (a recycled buffer: its content
 /// does not matter).
 pub fn drain(t: &Tracee, slot: u64, mut buf: Vec<u8>) -> Result<(Vec<u8>, Vec<syscallbuf::Head>)> {
-    let h = header(t, slot)?;
+    // The header and the buffer's first bytes in one read (most drains find a few records or
+    // none), the rest after it if there is more.
+    let mut head = [0u8; std::mem::size_of::<SlotHeader>()];
+    buf.resize(DRAIN_FIRST, 0);
+    t.read_many(&mut [(slot, &mut head), (slot + abi::BUF_OFF, &mut buf)])?;
+    let h = header_from(&head);
     if h.used == 0 || h.magic != abi::SLOT_MAGIC || h.locked != 0 {
         buf.clear();
         return Ok((buf, Vec::new()));
@@ -160,15 +170,29 @@ pub fn drain(t: &Tracee, slot: u64, mut buf: Vec<u8>) -> Result<(Vec<u8>, Vec<sy
         "a slot of deja's in-process library claims {} bytes of records",
         h.used
     );
-    // Only the part of `buf` beyond its old length is zeroed (a recycled buffer's stale bytes
-    // are all overwritten).
-    buf.resize(h.used as usize, 0);
-    t.read_mem(slot + abi::BUF_OFF, &mut buf)?;
+    let used = h.used as usize;
+    if used > DRAIN_FIRST {
+        // Only the part of `buf` beyond its old length is zeroed (a recycled buffer's stale
+        // bytes are all overwritten).
+        buf.resize(used, 0);
+        t.read_mem(
+            slot + abi::BUF_OFF + DRAIN_FIRST as u64,
+            &mut buf[DRAIN_FIRST..],
+        )?;
+    } else {
+        buf.truncate(used);
+    }
     let heads = syscallbuf::heads(&buf).context("reading the syscalls the library logged")?;
-    set_word(t, slot, abi::OFF_USED, 0)?;
-    set_word(t, slot, abi::OFF_CALLS, 0)?;
+    let zero = 0u64.to_le_bytes();
+    t.write_many(&[
+        (slot + abi::OFF_USED, &zero[..]),
+        (slot + abi::OFF_CALLS, &zero[..]),
+    ])?;
     Ok((buf, heads))
 }
+
+/// How many bytes of a slot's buffer [`drain`] reads with its header.
+const DRAIN_FIRST: usize = 1024;
 
 /// Places `records` in `slot` of stopped task `t` for the library to answer the task's next
 /// buffered syscalls with (replay).
@@ -203,11 +227,22 @@ pub struct SitePatch<'a> {
     pub new_page: Option<u64>,
 }
 
-/// Applies `p` in task `t`, stopped at the seccomp stop of the site's syscall: maps a new stub
-/// page if needed, writes the stub and the patch, and sets the task back onto the `syscall`
-/// instruction with the call skipped, so that resumed it makes the call again through the
-/// patch.
+/// Applies `p` in task `t`, stopped at the seccomp stop of the site's syscall: installs it
+/// ([`install`]) and sets the task back onto the `syscall` instruction with the call skipped,
+/// so that resumed it makes the call again through the patch.
 pub fn apply(t: &Tracee, p: &SitePatch) -> Result<()> {
+    install(t, p)?;
+    let mut regs: Regs = t.regs()?;
+    regs.rip = p.window;
+    regs.rax = p.nr;
+    regs.orig_rax = u64::MAX;
+    t.set_regs(&regs)
+}
+
+/// Installs `p` in the process of task `t`, stopped at a syscall's entry (a new stub page is
+/// mapped by a syscall injected there): maps the new stub page if needed, writes the stub and
+/// the patch. The task stays where it is.
+pub fn install(t: &Tracee, p: &SitePatch) -> Result<()> {
     if let Some(page) = p.new_page {
         map_fixed(t, page, STUB_PAGE, libc::PROT_READ | libc::PROT_EXEC, 0)
             .context("mapping a page of syscall stubs")?;
@@ -217,12 +252,7 @@ pub fn apply(t: &Tracee, p: &SitePatch) -> Result<()> {
     t.write_mem(p.stub_addr, p.stub)
         .context("writing a syscall stub")?;
     t.write_mem(p.window, p.patch)
-        .context("patching a syscall site")?;
-    let mut regs: Regs = t.regs()?;
-    regs.rip = p.window;
-    regs.rax = p.nr;
-    regs.orig_rax = u64::MAX;
-    t.set_regs(&regs)
+        .context("patching a syscall site")
 }
 
 /// `mmap(addr, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | extra)` in `t`.

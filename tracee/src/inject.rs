@@ -38,7 +38,8 @@ impl Tracee {
     /// that syscall-exit-stop: resuming it continues the program at its original `rip`.
     ///
     /// At a syscall-entry or seccomp stop, the task is inside a syscall of its own: the
-    /// injected call runs in its place, and the task is then left before its `syscall`
+    /// injected call runs in its place (a call skipped already, `orig_rax` -1, stays skipped,
+    /// the task going on at its `rip`), and the task is otherwise left before its `syscall`
     /// instruction (`rip` - 2, the number back in `rax`), so resuming it makes the same call
     /// again (a new entry / seccomp stop), as a restarted syscall does.
     ///
@@ -54,11 +55,16 @@ impl Tracee {
         let mut back = saved;
         let (site, patched) = if matches!(op, INFO_ENTRY | INFO_SECCOMP) {
             // Inside a syscall's entry: run ours in its place, then set the task back before
-            // its `syscall` instruction, with the number in rax, to enter it again.
+            // its `syscall` instruction, with the number in rax, to enter it again; unless its
+            // call is skipped already (`orig_rax` -1, the task sent elsewhere, as a patched
+            // site's is): then it goes on where it was sent. (`site` + 2 is where the injected
+            // call's exit finds `rip`: the registers' `rip`.)
             regs.orig_rax = nr as u64;
-            back.rip = saved.rip.wrapping_sub(2);
-            back.rax = saved.orig_rax;
-            (back.rip, None)
+            if saved.orig_rax != u64::MAX {
+                back.rip = saved.rip.wrapping_sub(2);
+                back.rax = saved.orig_rax;
+            }
+            (saved.rip.wrapping_sub(2), None)
         } else {
             let (site, patched) = self.syscall_site(saved.rip)?;
             regs.rip = site;

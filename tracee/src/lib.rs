@@ -10,6 +10,7 @@ pub mod alarm;
 pub mod auxv;
 pub mod cpuid;
 pub mod debugregs;
+pub mod deferred;
 pub mod digest;
 pub mod elf;
 pub mod fastpath;

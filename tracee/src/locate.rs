@@ -108,9 +108,10 @@ pub struct Locator {
     /// Watched words the trampoline and the fallback's quick check compare (the readable ones).
     watch: Vec<WatchedWord>,
     mode: Mode,
-    /// What `new` was given, for a late fallback.
+    /// What `new` was given, for a late fallback or a rebuilt trampoline.
     avoid: Vec<(u64, u64)>,
     free_slots: Vec<usize>,
+    reserved: Vec<(u64, u64)>,
     armed: bool,
     /// Whether the trampoline counts every visit, not only those past its quick filter.
     counting: bool,
@@ -177,7 +178,9 @@ impl Locator {
     /// ranges `[start, end)` not to patch (the debugger's breakpoints); `free_slots`: debug
     /// register slots (0–3) it may use (guards / fallback). Both are taken as they are now: a
     /// breakpoint the caller inserts later inside the patched bytes needs a new locator
-    /// (disarming writes the bytes seen here back).
+    /// (disarming writes the bytes seen here back). `reserved`: ranges `[start, end)` the task
+    /// will map while it runs toward the point (its buffered `mmap`s, placed at recorded
+    /// addresses), which the scratch page must leave free.
     ///
     /// Does not resume the task: the scratch page is mapped (by an injected `mmap`) at the
     /// first [`Locator::arm`]. A task in a signal-delivery-stop whose signal is still to be
@@ -191,8 +194,9 @@ impl Locator {
         point: &Point,
         avoid: &[(u64, u64)],
         free_slots: &[usize],
+        reserved: &[(u64, u64)],
     ) -> Result<Locator> {
-        Self::build(t, point, avoid, free_slots, false)
+        Self::build(t, point, avoid, free_slots, reserved, false)
     }
 
     /// [`Locator::new`], with a trampoline that counts every visit of the point's `rip` (a
@@ -203,8 +207,9 @@ impl Locator {
         point: &Point,
         avoid: &[(u64, u64)],
         free_slots: &[usize],
+        reserved: &[(u64, u64)],
     ) -> Result<Locator> {
-        Self::build(t, point, avoid, free_slots, true)
+        Self::build(t, point, avoid, free_slots, reserved, true)
     }
 
     fn build(
@@ -212,6 +217,7 @@ impl Locator {
         point: &Point,
         avoid: &[(u64, u64)],
         free_slots: &[usize],
+        reserved: &[(u64, u64)],
         counting: bool,
     ) -> Result<Locator> {
         if let Some(&bad) = free_slots.iter().find(|&&s| s >= crate::debugregs::SLOTS) {
@@ -255,9 +261,10 @@ impl Locator {
         );
         // A guarded trampoline first (a punned jump makes the CPU decode the bytes after the
         // point two ways, which costs at every visit); a punned one if that cannot be built.
+        let planned = with_reserved(&maps, reserved);
         let build = |pun| {
             build_trampoline(
-                t, point, &watch, &quick, counting, &maps, avoid, free_slots, pun,
+                t, point, &watch, &quick, counting, &planned, avoid, free_slots, pun,
             )
         };
         let mode = match build(false).or_else(|_| build(true)) {
@@ -275,6 +282,7 @@ impl Locator {
             mode,
             avoid: avoid.to_vec(),
             free_slots: free_slots.to_vec(),
+            reserved: reserved.to_vec(),
             armed: false,
             counting,
             quick,
@@ -628,7 +636,7 @@ impl Locator {
             Mode::Trampoline(old) => (old.base, old.mapped),
             _ => return Ok(()),
         };
-        let maps = maps::read(t.pid())?;
+        let maps = with_reserved(&maps::read(t.pid())?, &self.reserved);
         let new = match build_trampoline(
             t,
             &self.point,
@@ -833,6 +841,23 @@ fn size_mask(size: u8) -> u64 {
 
 /// The fallback when no trampoline can be used: a hardware execute breakpoint at `rip` in the
 /// first free slot, else an `int3` byte there.
+/// `maps` with the `reserved` ranges as mappings of their own (`[reserved]`), for choosing
+/// where the scratch page goes.
+fn with_reserved(maps: &[maps::MapEntry], reserved: &[(u64, u64)]) -> Vec<maps::MapEntry> {
+    let mut all = maps.to_vec();
+    all.extend(reserved.iter().map(|&(start, end)| maps::MapEntry {
+        start,
+        end,
+        perms: "---p".into(),
+        offset: 0,
+        dev: "00:00".into(),
+        inode: 0,
+        name: "[reserved]".into(),
+    }));
+    all.sort_by_key(|m| m.start);
+    all
+}
+
 fn fallback(t: &Tracee, rip: u64, avoid: &[(u64, u64)], free_slots: &[usize]) -> Result<Mode> {
     if let Some(&slot) = free_slots.first() {
         return Ok(Mode::Breakpoint { slot });

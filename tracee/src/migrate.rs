@@ -63,6 +63,7 @@ impl Parked {
 /// documentation). `allowed_syscall` is the address of a `syscall` instruction in the task
 /// that deja's seccomp filter lets through without a stop (the library's own).
 pub fn park(t: &Tracee, at: ParkedAt, allowed_syscall: u64) -> Result<Parked> {
+    crate::deferred::make_held()?;
     let pid = t.pid();
     let regs = t.regs()?;
     let mask = signal_mask(t)?;

@@ -38,6 +38,7 @@ pub fn wait_for(pid: Pid) -> Result<Stop> {
 
 /// The stop or end of `pid` if one is reported already (`waitpid` with `WNOHANG`), else `None`.
 pub fn poll(pid: Pid) -> Result<Option<Stop>> {
+    crate::deferred::make_held()?;
     loop {
         let mut status: libc::c_int = 0;
         // SAFETY: waitpid stores one int at `status`, a local that outlives the call.
@@ -61,6 +62,9 @@ pub fn poll(pid: Pid) -> Result<Option<Stop>> {
 /// Whether task `pid` is running or ready to run in the kernel (state `R` in
 /// `/proc/PID/stat`), as opposed to sleeping, stopped or gone.
 pub fn runnable(pid: Pid) -> bool {
+    if crate::deferred::make_held().is_err() {
+        return false;
+    }
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -96,6 +100,7 @@ pub fn wait_any(on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> 
 /// here rather than by `nix`, whose decoding refuses realtime signals (`SIGRTMIN`..`SIGRTMAX`)
 /// with `EINVAL`.
 fn wait(pid: Option<Pid>, on_idle: &mut dyn FnMut() -> Result<()>) -> Result<(Pid, Stop)> {
+    crate::deferred::make_held()?;
     let target = pid.map_or(-1, Pid::as_raw);
     loop {
         let mut status: libc::c_int = 0;

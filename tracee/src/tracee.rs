@@ -75,6 +75,77 @@ impl Tracee {
         done
     }
 
+    /// Reads several places of the task's memory in one request (`process_vm_readv`): each
+    /// `(addr, buf)` gets `buf.len()` bytes at `addr`. Fails unless every byte was read (the
+    /// pages must be readable: this does not reach through the protections `/proc/PID/mem`
+    /// does).
+    pub fn read_many(&self, parts: &mut [(u64, &mut [u8])]) -> Result<()> {
+        let remote: Vec<(u64, usize)> = parts.iter().map(|(a, b)| (*a, b.len())).collect();
+        let local: Vec<libc::iovec> = parts
+            .iter_mut()
+            .map(|(_, b)| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        self.transfer(false, &remote, &local)
+    }
+
+    /// Writes several places of the task's memory in one request (`process_vm_writev`): each
+    /// `(addr, bytes)`. The pages must be writable (unlike [`Tracee::write_mem`], which
+    /// writes through `/proc/PID/mem`).
+    pub fn write_many(&self, parts: &[(u64, &[u8])]) -> Result<()> {
+        let remote: Vec<(u64, usize)> = parts.iter().map(|(a, b)| (*a, b.len())).collect();
+        let local: Vec<libc::iovec> = parts
+            .iter()
+            .map(|(_, b)| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        self.transfer(true, &remote, &local)
+    }
+
+    /// `process_vm_writev` (`write`) or `process_vm_readv` between the `local` buffers and the
+    /// task's `remote` places (address, length); fails unless every byte moved.
+    fn transfer(&self, write: bool, remote: &[(u64, usize)], local: &[libc::iovec]) -> Result<()> {
+        let want: usize = remote.iter().map(|&(_, len)| len).sum();
+        let remote: Vec<libc::iovec> = remote
+            .iter()
+            .map(|&(addr, len)| libc::iovec {
+                iov_base: addr as *mut libc::c_void,
+                iov_len: len,
+            })
+            .collect();
+        let call = if write {
+            libc::process_vm_writev
+        } else {
+            libc::process_vm_readv
+        };
+        // SAFETY: the local iovecs describe buffers the caller borrows for the call (mutably
+        // for a read); the kernel checks the remote ones against the task's address space.
+        let n = unsafe {
+            call(
+                self.pid.as_raw(),
+                local.as_ptr(),
+                local.len() as libc::c_ulong,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        if n < 0 || n as usize != want {
+            self.check_stopped()?;
+            bail!(
+                "cannot {} {want} bytes in {} places of task {} memory ({n} moved)",
+                if write { "write" } else { "read" },
+                remote.len(),
+                self.pid
+            );
+        }
+        Ok(())
+    }
+
     /// Reads exactly `buf.len()` bytes at `addr`.
     pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
         let n = self.read_mem_partial(addr, buf);
@@ -202,6 +273,9 @@ impl Tracee {
     }
 
     fn resume(&self, request: libc::c_uint, sig: i32, what: &str) -> Result<()> {
+        if crate::deferred::hold(self.pid, request, sig) {
+            return Ok(());
+        }
         // SAFETY: a resume request on our tracee takes only integers.
         let r = unsafe { libc::ptrace(request, self.pid.as_raw(), 0usize, sig as usize) };
         if r < 0 {

@@ -188,9 +188,9 @@ fn replay_with(
     let child = start(mode);
     let t = &child.0;
     let mut loc = if counting {
-        Locator::new_counting(t, point, avoid, free_slots).unwrap()
+        Locator::new_counting(t, point, avoid, free_slots, &[]).unwrap()
     } else {
-        Locator::new(t, point, avoid, free_slots).unwrap()
+        Locator::new(t, point, avoid, free_slots, &[]).unwrap()
     };
     let method = loc.method();
     let t0 = Instant::now();
@@ -452,7 +452,7 @@ fn the_signal_to_deliver_goes_before_anything_else() {
     t.tgkill(t.pid(), libc::SIGUSR1).unwrap();
     t.cont(0).unwrap();
     assert_eq!(t.wait().unwrap(), Stop::Signal(libc::SIGUSR1));
-    let mut loc = Locator::new(t, &point, &[], &[0, 1, 2, 3]).unwrap();
+    let mut loc = Locator::new(t, &point, &[], &[0, 1, 2, 3], &[]).unwrap();
     assert_eq!(
         loc.run(t, libc::SIGUSR1).unwrap(),
         Verdict::Other(Stop::Killed(libc::SIGUSR1))
@@ -474,7 +474,7 @@ fn a_watchpoint_hit_in_the_moved_code_is_reported_at_the_original_address() {
         Some(vec![0])
     );
     t.set_debug_regs(&d).unwrap();
-    let mut loc = Locator::new(t, &point, &[], &[1, 2, 3]).unwrap();
+    let mut loc = Locator::new(t, &point, &[], &[1, 2, 3], &[]).unwrap();
     assert_eq!(loc.method(), Method::Trampoline { guards: 1 });
     assert_eq!(
         loc.run(t, 0).unwrap(),

@@ -5,11 +5,11 @@
 
 use anyhow::{Context, Result};
 use syscallbuf::abi;
-use trace_format::{BufferedEvent, Event, LibraryLoad, PatchEvent, WatchedWord};
+use trace_format::{BufferedEvent, Event, LibraryLoad, PatchEvent, PatchesEvent, WatchedWord};
 use tracee::fastpath::{SitePatch, STUB_PAGE, STUB_START};
 use tracee::{Regs, Stop};
 
-use crate::fastpath::{Site, Space};
+use crate::fastpath::{KnownSite, Site, Space};
 use crate::task::{HeldSignal, State};
 
 use super::Session;
@@ -150,7 +150,9 @@ impl Session {
 
     /// At the seccomp stop of a buffered syscall at a site not yet decided: patches the site
     /// if it is safe (see `tracee::patch`) and sends the task through the patch. True when it
-    /// did (the stop is handled).
+    /// did (the stop is handled). The sites that earlier processes patched in the site's
+    /// mapped file are patched right after it, ahead of their first call (see
+    /// [`Session::patch_ahead`]).
     pub(super) fn try_patch(&mut self, tid: i32, entry: &Regs) -> Result<bool> {
         let nr = entry.orig_rax;
         if !self.fast.enabled {
@@ -164,26 +166,113 @@ impl Session {
             _ => return Ok(false),
         }
         let t = self.task(tid)?;
-        let mm = t.mm;
+        let (mm, pid) = (t.mm, t.tracee.pid());
         let site = entry.rip.wrapping_sub(2);
         let Some(space) = self.fast.spaces.get(&mm) else {
             return Ok(false);
         };
-        if space.sites.contains_key(&site) || space.owns_code(entry.rip) {
+        if space.sites.contains_key(&site) || space.owns_code(entry.rip) || self.inside(tid, site) {
             return Ok(false);
         }
-        // Another task of this address space stopped inside the window would come back into
-        // the middle of the jump: decide later, at another call.
+        let mapping = tracee::maps::entry_at(pid, site)?.filter(|m| m.is_file());
+        let target = Target {
+            site,
+            nr,
+            mapping: mapping.as_ref(),
+            ahead: None,
+        };
+        let Some(first) = self.install_site(tid, target)? else {
+            return Ok(false);
+        };
+        let ahead = match &mapping {
+            Some(m) => self.patch_ahead(tid, m, site)?,
+            None => Vec::new(),
+        };
+        // A patch in place changes no map: the map stays good for the next site.
+        if first.new_page.is_none() && ahead.iter().all(|a| a.new_page.is_none()) {
+            self.fast.harmless_events += 1;
+        }
+        self.writer.push(if ahead.is_empty() {
+            Event::Patch(first)
+        } else {
+            Event::Patches(PatchesEvent { first, ahead })
+        })?;
+        self.task(tid)?.tracee.cont(0)?;
+        Ok(true)
+    }
+
+    /// Whether a task of `tid`'s address space other than `tid` is stopped inside the window a
+    /// patch of the syscall at `site` may cover: it would come back into the middle of the
+    /// jump (the site is decided later, at another call).
+    fn inside(&self, tid: i32, site: u64) -> bool {
+        let Some(mm) = self.tasks.get(&tid).map(|t| t.mm) else {
+            return false;
+        };
         let window_end = site + 16;
-        let inside = self.tasks.iter().any(|(&o, ot)| {
+        self.tasks.iter().any(|(&o, ot)| {
             o != tid && ot.mm == mm && resume_rip(ot).is_some_and(|r| r > site && r < window_end)
-        });
-        if inside {
-            return Ok(false);
+        })
+    }
+
+    /// Patches, in `tid`'s process, the syscall sites that earlier processes patched in the
+    /// file that `m` maps, at the same file offsets and with the same function around them
+    /// (the code of a `make`'s programs is the same libc again and again), so that their
+    /// first calls go through the library without a stop; returns their patches. `except` is
+    /// the site the task is stopped at, patched already.
+    fn patch_ahead(
+        &mut self,
+        tid: i32,
+        m: &tracee::maps::MapEntry,
+        except: u64,
+    ) -> Result<Vec<PatchEvent>> {
+        let mm = self.task(tid)?.mm;
+        let Some(known) = self.fast.known.get(&(m.dev.clone(), m.inode)) else {
+            return Ok(Vec::new());
+        };
+        let in_map = |off: u64| off >= m.offset && off - m.offset < m.end - m.start;
+        let todo: Vec<(u64, u64, Vec<u8>)> = known
+            .iter()
+            .filter(|k| in_map(k.offset))
+            .map(|k| (m.start + k.offset - m.offset, k.nr, k.code.clone()))
+            .filter(|&(site, _, _)| site != except)
+            .collect();
+        let mut done = Vec::new();
+        for (site, nr, code) in todo {
+            let decided = self
+                .fast
+                .spaces
+                .get(&mm)
+                .map_or(true, |s| s.sites.contains_key(&site));
+            if decided || self.inside(tid, site) {
+                continue;
+            }
+            let target = Target {
+                site,
+                nr,
+                mapping: Some(m),
+                ahead: Some(&code),
+            };
+            done.extend(self.install_site(tid, target)?);
         }
+        Ok(done)
+    }
+
+    /// Patches `target`'s site in `tid`'s process if it is safe and returns its patch: the
+    /// task, stopped at the entry of the site's syscall, is sent through it (unless the site
+    /// is patched ahead, the task left where it was sent). `None` if it was not patched:
+    /// refused (the site then stays on the ptrace path in this process), or, ahead, its
+    /// function's code is not the code it had where it was patched before (left undecided).
+    fn install_site(&mut self, tid: i32, target: Target) -> Result<Option<PatchEvent>> {
+        let Target {
+            site,
+            nr,
+            mapping,
+            ahead,
+        } = target;
         let stamp = self.writer.event_count() - self.fast.harmless_events;
         let Session { tasks, fast, .. } = self;
         let t = tasks.get(&tid).context("patching for an unknown task")?;
+        let mm = t.mm;
         let pid = t.tracee.pid();
         let read = |a: u64, b: &mut [u8]| t.tracee.read_mem(a, b).is_ok();
         let space = fast.spaces.get_mut(&mm).context("no fast-path state")?;
@@ -201,14 +290,12 @@ impl Session {
         };
         // A file's functions are the same in every process that maps it (each new program of
         // a `make` maps the same libc): found once per file, kept relative to the site.
-        let file_key = tracee::maps::entry_at(pid, site)?
-            .filter(|m| m.is_file())
-            .map(|m| (m.dev, m.inode, site - m.start + m.offset));
+        let file_key = mapping.map(|m| (m.dev.clone(), m.inode, site - m.start + m.offset));
         let known = match &file_key {
             Some(key) => fast.functions.get(key).copied(),
             None => space.functions.get(&site).copied(),
         };
-        let bounds = match (known, file_key) {
+        let bounds = match (known, file_key.clone()) {
             (Some(Some((before, after))), Some(_)) => Some((site - before, site + after)),
             (Some(b), None) => b,
             (Some(None), Some(_)) => None,
@@ -235,12 +322,16 @@ impl Session {
             }
         };
         let Some((start, end)) = bounds else {
-            return self.refuse(mm, site, "no function bounds");
+            self.refuse(mm, site, "no function bounds");
+            return Ok(None);
         };
         let code = t
             .tracee
             .read_vec(start, (end - start) as usize)
             .context("reading the code around a syscall site")?;
+        if ahead.is_some_and(|c| c != code.as_slice()) {
+            return Ok(None);
+        }
         // A stub page within reach with room, or a new one.
         let reach = |p: u64| p.abs_diff(site) < (1 << 31) - 2 * STUB_PAGE;
         let (stub_addr, new_page) = match space
@@ -259,7 +350,10 @@ impl Session {
                 site,
             ) {
                 Some(p) => (p + STUB_START, Some(p)),
-                None => return self.refuse(mm, site, "no room for stubs in reach"),
+                None => {
+                    self.refuse(mm, site, "no room for stubs in reach");
+                    return Ok(None);
+                }
             },
         };
         let page = new_page.unwrap_or(stub_addr & !(STUB_PAGE - 1));
@@ -269,7 +363,7 @@ impl Session {
             None => {
                 let (start, code, site, nr, stub_addr, page) = &inputs;
                 let p = tracee::patch::plan(*start, code, *site, *nr, *stub_addr, *page);
-                self.fast.plans.insert(inputs, p.clone());
+                self.fast.plans.insert(inputs.clone(), p.clone());
                 p
             }
         };
@@ -277,7 +371,8 @@ impl Session {
             Ok(plan) => plan,
             Err(why) => {
                 tracing::debug!(site, %why, "syscall site not patched");
-                return self.refuse(mm, site, "unsafe");
+                self.refuse(mm, site, "unsafe");
+                return Ok(None);
             }
         };
         let p = SitePatch {
@@ -288,8 +383,13 @@ impl Session {
             stub: &plan.stub,
             new_page,
         };
-        tracee::fastpath::apply(&t.tracee, &p)
-            .with_context(|| format!("patching the syscall site {site:#x}"))?;
+        let t = self.task(tid)?;
+        if ahead.is_some() {
+            tracee::fastpath::install(&t.tracee, &p)
+        } else {
+            tracee::fastpath::apply(&t.tracee, &p)
+        }
+        .with_context(|| format!("patching the syscall site {site:#x}"))?;
         let space = self
             .fast
             .spaces
@@ -304,36 +404,44 @@ impl Session {
         }
         space.sites.insert(site, Site::Patched);
         self.fast.counts.sites_patched += 1;
-        self.writer.push(Event::Patch(PatchEvent {
+        if let (None, Some((dev, inode, offset))) = (ahead, file_key) {
+            let (_, code, ..) = inputs;
+            self.fast
+                .known
+                .entry((dev, inode))
+                .or_default()
+                .push(KnownSite { offset, nr, code });
+        }
+        if let Some(all) = maps {
+            self.fast.maps = Some((mm, stamp, all));
+        }
+        tracing::debug!(
+            tid,
+            site,
+            nr,
+            ahead = ahead.is_some(),
+            "syscall site patched"
+        );
+        Ok(Some(PatchEvent {
             tid,
             nr,
-            site: entry.rip,
+            site: site + 2,
             window: plan.window_start,
             original: plan.original,
             patch: plan.patch,
             stub_addr,
             stub: plan.stub,
             new_page,
-        }))?;
-        // A patch in place changes no map: the map stays good for the next site.
-        if new_page.is_none() {
-            self.fast.harmless_events += 1;
-        }
-        if let Some(all) = maps {
-            self.fast.maps = Some((mm, stamp, all));
-        }
-        tracing::debug!(tid, site, nr, "syscall site patched");
-        self.task(tid)?.tracee.cont(0)?;
-        Ok(true)
+        }))
     }
 
-    fn refuse(&mut self, mm: i32, site: u64, why: &str) -> Result<bool> {
+    /// Leaves `site` of address space `mm` on the ptrace path (counted), for the reason `why`.
+    fn refuse(&mut self, mm: i32, site: u64, why: &str) {
         tracing::debug!(site, why, "syscall site left on the ptrace path");
         if let Some(space) = self.fast.spaces.get_mut(&mm) {
             space.sites.insert(site, Site::Refused);
         }
         self.fast.counts.sites_refused += 1;
-        Ok(false)
     }
 
     /// Whether running task `tid`, stopped at `rip`, is inside deja's own code (the library or
@@ -425,6 +533,18 @@ impl Session {
             value: h.seq,
         }))
     }
+}
+
+/// A syscall site to patch.
+struct Target<'a> {
+    /// Its `syscall` instruction.
+    site: u64,
+    /// The syscall number fixed there.
+    nr: u64,
+    /// The file mapping the site is in, if it is in one.
+    mapping: Option<&'a tracee::maps::MapEntry>,
+    /// Patched ahead of its first call: the code its function had where it was patched before.
+    ahead: Option<&'a [u8]>,
 }
 
 /// Where a task will resume in user code, if known without stopping it: the end of the

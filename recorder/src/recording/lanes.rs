@@ -78,18 +78,65 @@ pub(crate) struct Sched {
 /// The session, shared by the lanes.
 pub(crate) type Shared<'a> = Mutex<&'a mut Session>;
 
+/// The session, locked by a lane's thread ([`lock`]): the thread's resume requests are held
+/// back while it holds the lock and made when it lets it go (see `tracee::deferred`: a tracee
+/// resumed on its tracer's CPU runs at once, and its tracer, preempted, would keep the lock
+/// all that time, while the other lane waits for it).
+pub(crate) struct Locked<'a, 'b> {
+    guard: Option<MutexGuard<'a, &'b mut Session>>,
+}
+
+impl<'b> std::ops::Deref for Locked<'_, 'b> {
+    type Target = &'b mut Session;
+    fn deref(&self) -> &Self::Target {
+        self.guard
+            .as_ref()
+            .expect("a locked session has its guard until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_, '_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.guard
+            .as_mut()
+            .expect("a locked session has its guard until dropped")
+    }
+}
+
+impl Locked<'_, '_> {
+    /// Lets the session go, then makes the resume requests held back meanwhile.
+    pub(crate) fn unlock(mut self) -> Result<()> {
+        self.guard = None;
+        tracee::deferred::run()
+    }
+}
+
+impl Drop for Locked<'_, '_> {
+    fn drop(&mut self) {
+        if self.guard.take().is_some() {
+            if let Err(e) = tracee::deferred::run() {
+                tracing::warn!("resuming a task after the session's lock: {e:#}");
+            }
+        }
+    }
+}
+
 /// Locks the session (a lane that panicked leaves it usable: the other lane stops on its
 /// reported failure).
-pub(crate) fn lock<'a, 'b>(m: &'a Shared<'b>) -> MutexGuard<'a, &'b mut Session> {
+pub(crate) fn lock<'a, 'b>(m: &'a Shared<'b>) -> Locked<'a, 'b> {
     // A lane's hold is short (one stop's handling): spinning a while takes the lock without
     // the futex wake-up, which crosses CPUs (tens of microseconds on these VMs).
-    for _ in 0..SPINS {
-        if let Ok(g) = m.try_lock() {
-            return g;
+    let guard = (|| {
+        for _ in 0..SPINS {
+            if let Ok(g) = m.try_lock() {
+                return g;
+            }
+            std::hint::spin_loop();
         }
-        std::hint::spin_loop();
-    }
-    m.lock().unwrap_or_else(|e| e.into_inner())
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    })();
+    tracee::deferred::defer();
+    Locked { guard: Some(guard) }
 }
 
 /// How many times [`lock`] tries before it sleeps.
@@ -504,6 +551,7 @@ pub(crate) fn second_lane(m: &Shared, rx: Receiver<Moved>, cpu: u32, tick: Durat
             s.lane = FIRST;
             s.swap_sched(&mut sched);
             r?;
+            s.unlock()?;
         }
     })();
     tracee::alarm::stop();
@@ -603,6 +651,7 @@ pub(super) fn first_lane(m: &Shared, back: &Receiver<Moved>) -> Result<()> {
         if s.any_group_stopped() {
             s.continue_group_stops();
         }
+        s.unlock()?;
     }
 }
 

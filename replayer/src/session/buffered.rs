@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use anyhow::{Context, Result};
 use syscallbuf::abi;
-use trace_format::{BufferedEvent, Event, ExecEvent, PatchEvent, Tid};
+use trace_format::{BufferedEvent, Event, ExecEvent, PatchEvent, PatchesEvent, Tid};
 use tracee::fastpath::SitePatch;
 use tracee::Stop;
 
@@ -101,11 +101,13 @@ impl Session {
             bytes.extend(reader.read_data(&b.records)?);
             ends.push((*index, bytes.len() as u64));
         }
+        let reserved = mapped_by(&bytes);
         let t = self.task(tid)?;
         let slot = t.slot.context("no slot")?;
         tracee::fastpath::place(&t.tracee, slot, &bytes)
             .with_context(|| format!("placing the buffered syscalls of task {tid}"))?;
         t.placed = ends;
+        t.reserved = reserved;
         Ok(())
     }
 
@@ -208,6 +210,13 @@ impl Session {
     /// A `Patch` event: the task, stopped at the site's syscall, gets the same patch and makes
     /// the call again through it.
     pub(super) fn patch(&mut self, e: &PatchEvent) -> Result<()> {
+        self.check_patch_stop(e)?;
+        self.install_patch(e, true)?;
+        self.resume(e.tid, 0)
+    }
+
+    /// Checks that the task of `e` is stopped at the entry of the call `e` patches the site of.
+    fn check_patch_stop(&mut self, e: &PatchEvent) -> Result<()> {
         let tid = e.tid;
         let stop = self.parked(tid)?;
         let r = self.entry_regs(tid)?;
@@ -223,24 +232,44 @@ impl Session {
                 found,
             ));
         }
+        Ok(())
+    }
+
+    /// A `Patches` event: as [`Session::patch`] for its first site, whose patch sends the
+    /// task through it; the sites patched ahead are written before the task goes on.
+    pub(super) fn patches(&mut self, e: &PatchesEvent) -> Result<()> {
+        self.check_patch_stop(&e.first)?;
+        self.install_patch(&e.first, true)?;
+        for a in &e.ahead {
+            self.install_patch(a, false)?;
+        }
+        self.resume(e.first.tid, 0)
+    }
+
+    /// Writes the patch of `e` into its task's process, the debugger's breakpoints in the
+    /// window lifted and planted again around it; `redirect`: the task, at the site's
+    /// syscall, is set to make the call again through the patch (else it stays as it is).
+    fn install_patch(&mut self, e: &PatchEvent, redirect: bool) -> Result<()> {
+        let tid = e.tid;
         let lifted = self.lift_breakpoints_in(tid, e)?;
         let t = self.tracee(tid)?;
-        tracee::fastpath::apply(
-            t,
-            &SitePatch {
-                nr: e.nr,
-                window: e.window,
-                patch: &e.patch,
-                stub_addr: e.stub_addr,
-                stub: &e.stub,
-                new_page: e.new_page,
-            },
-        )
+        let p = SitePatch {
+            nr: e.nr,
+            window: e.window,
+            patch: &e.patch,
+            stub_addr: e.stub_addr,
+            stub: &e.stub,
+            new_page: e.new_page,
+        };
+        if redirect {
+            tracee::fastpath::apply(t, &p)
+        } else {
+            tracee::fastpath::install(t, &p)
+        }
         .with_context(|| format!("patching the syscall site {:#x}", e.window))?;
         let rpid = self.task(tid)?.rpid;
         self.sites.add(rpid, e);
-        self.replant_breakpoints(rpid, lifted)?;
-        self.resume(tid, 0)
+        self.replant_breakpoints(rpid, lifted)
     }
 
     /// Takes the debugger's breakpoints out of the window patch `e` is about to overwrite in
@@ -371,4 +400,24 @@ fn describe_call(records: &[u8], at: u64) -> String {
         ),
         None => format!("{n} buffered syscall(s)"),
     }
+}
+
+/// The ranges the successful `mmap`s among the records `bytes` map (the library places them at
+/// their recorded addresses, see `syscallbuf::abi::PROBE_PLACE`). Records that do not parse map
+/// nothing here: the library diverges on them.
+fn mapped_by(bytes: &[u8]) -> Vec<(u64, u64)> {
+    let Ok(heads) = syscallbuf::heads(bytes) else {
+        return Vec::new();
+    };
+    heads
+        .iter()
+        .filter(|h| h.nr == libc::SYS_mmap as u64 && !syscalls::is_error(h.result))
+        .map(|h| {
+            let start = h.result as u64;
+            (
+                start,
+                start.saturating_add(h.args[1].next_multiple_of(4096)),
+            )
+        })
+        .collect()
 }

@@ -450,6 +450,7 @@ impl Session {
                 Event::Ptrace(e) => self.ptrace(&e)?,
                 Event::Buffered(e) => self.check_buffered(&e)?,
                 Event::Patch(e) => self.patch(&e)?,
+                Event::Patches(e) => self.patches(&e)?,
                 Event::Lane(_) => {}
             }
         }

@@ -22,10 +22,14 @@ impl Session {
     /// What a locator may use in task `tid`: everything, unless the debugger has breakpoints
     /// in its memory or hardware points in its debug registers.
     pub(super) fn room(&self, tid: Tid) -> Room {
-        match &self.debug {
+        let mut room = match &self.debug {
             Some(d) if self.debugged(tid) => Room::around(&d.breakpoints, &d.regs),
             _ => Room::all(),
+        };
+        if let Some(t) = self.tasks.peek(tid) {
+            room.reserved.clone_from(&t.reserved);
         }
+        room
     }
 
     /// [`Self::launch`] for a task running toward a point: a step (the debugger's, a step over

@@ -3,6 +3,7 @@
 use super::*;
 
 /// Every buffered syscall is emulated in replay (or, with `Probe::Exec`, run in both modes;
+/// with `Probe::Place`, an anonymous `mmap` placed where the recording's was;
 /// `prlimit64` only as a query) and writes nothing on failure: a buffered record is its result
 /// and, on success, the memory its outputs name.
 #[test]
@@ -14,6 +15,10 @@ fn buffered_calls_are_emulated_and_write_only_on_success() {
         let def = crate::lookup(nr).expect("a buffered syscall is in the table");
         match b.probe {
             crate::Probe::Exec => assert_eq!(def.replay, Replay::Execute, "{}", def.name),
+            crate::Probe::Place => assert_eq!(def.replay, Replay::Mmap, "{}", def.name),
+            crate::Probe::Enosys => {
+                assert_eq!(def.replay, Replay::Deny(libc::ENOSYS), "{}", def.name)
+            }
             _ if def.replay == Replay::SetLimit => {
                 // Only as a query: the new limit NULL.
                 assert!(
@@ -26,7 +31,13 @@ fn buffered_calls_are_emulated_and_write_only_on_success() {
             }
             _ => assert_eq!(def.replay, Replay::Emulate, "{}", def.name),
         }
-        assert!(!def.outs_on_error, "{}", def.name);
+        // (A call whose accepted requests write nothing may write on failures the table
+        // knows of for others: `futex`'s PI operations.)
+        assert!(
+            !def.outs_on_error || b.cases.iter().all(|&(_, size)| size == 0),
+            "{}",
+            def.name
+        );
         let rets = def
             .outs
             .iter()
@@ -41,7 +52,10 @@ fn buffered_calls_are_emulated_and_write_only_on_success() {
             })
             .count();
         assert_eq!(rets > 0, b.bound.is_some(), "{}: bound argument", def.name);
-        if !matches!(b.probe, crate::Probe::Direct | crate::Probe::Exec) {
+        if !matches!(
+            b.probe,
+            crate::Probe::Direct | crate::Probe::Exec | crate::Probe::Place | crate::Probe::Enosys
+        ) {
             assert!(def.name.contains("read"), "{}", def.name);
         }
         // Each accepted request writes no more than the table covers for it (so the fast
@@ -109,12 +123,30 @@ fn buffered_conditions() {
     ] {
         assert!(!fcntl.cases.iter().any(|&(v, _)| v == cmd as u64), "{cmd}");
     }
-    for nr in [
-        libc::SYS_mmap,
-        libc::SYS_write,
-        libc::SYS_madvise,
-        libc::SYS_mremap,
-    ] {
+    for nr in [libc::SYS_write, libc::SYS_madvise, libc::SYS_mremap] {
         assert!(crate::buffered(nr as u64).is_none(), "{nr}");
     }
+    // mmap only of anonymous private memory.
+    let mmap = crate::buffered(libc::SYS_mmap as u64).unwrap();
+    let with_flags = |flags: i32| {
+        let mut args = [0, 4096, 3, flags as u64, u64::MAX, 0];
+        args[3] |= 0xffff_ffff_0000_0000; // (an int: the high bits do not count)
+        mmap.may_take(&args)
+    };
+    assert!(with_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS));
+    assert!(with_flags(
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE
+    ));
+    assert!(!with_flags(libc::MAP_SHARED | libc::MAP_ANONYMOUS));
+    assert!(!with_flags(libc::MAP_SHARED_VALIDATE | libc::MAP_ANONYMOUS));
+    assert!(!with_flags(libc::MAP_PRIVATE));
+    // arch_prctl only to set fs; futex only to wake.
+    let ap = crate::buffered(libc::SYS_arch_prctl as u64).unwrap();
+    assert!(ap.may_take(&[0x1002, 0x1000, 0, 0, 0, 0]));
+    assert!(!ap.may_take(&[0x1001, 0x1000, 0, 0, 0, 0]));
+    let futex = crate::buffered(libc::SYS_futex as u64).unwrap();
+    assert!(futex.may_take(&[0x1000, libc::FUTEX_WAKE as u64, 1, 0, 0, 0]));
+    assert!(futex.may_take(&[0x1000, 0x81, 1, 0, 0, 0]));
+    assert!(!futex.may_take(&[0x1000, libc::FUTEX_WAIT as u64, 1, 0, 0, 0]));
+    assert!(!futex.may_take(&[0x1000, 0x80, 1, 0, 0, 0]));
 }
