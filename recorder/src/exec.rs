@@ -27,7 +27,7 @@ pub fn capture(
     let mut stack = tracee.read_vec(r.rsp, (stack_top - r.rsp) as usize)?;
     // The vDSO stays (programs read its image), its functions made syscalls; where that
     // cannot be done it is hidden, and the C library makes the syscalls itself.
-    if let Err(e) = vdso::patch(tracee) {
+    if let Err(e) = vdso::patch_in(tracee, &entries) {
         tracing::warn!("hiding the vDSO: {e:#}");
         if auxv::hide_vdso(&mut stack) {
             tracee.write_mem(r.rsp, &stack)?;
@@ -41,8 +41,11 @@ pub fn capture(
     for e in entries {
         let file = if e.is_file() {
             let shown = e.name.strip_suffix(" (deleted)").unwrap_or(&e.name);
-            let source = mapping_source(pid.as_raw(), shown, &exe.path, e.start, e.end);
-            Some(files.store(writer, &source, shown, false)?)
+            let (source, meta) = mapping_source(pid.as_raw(), shown, &exe.path, e.start, e.end);
+            Some(match meta {
+                Some(m) => files.store_as(writer, &m, &source, shown)?,
+                None => files.store(writer, &source, shown, false)?,
+            })
         } else {
             None
         };
@@ -108,13 +111,20 @@ fn refuse_non_x86_64(pid: i32) -> Result<()> {
 /// the executable through `/proc/PID/exe` (it may have no path at all: a memfd run by
 /// `fexecve`), other files through `/proc/PID/map_files` (the file itself, even deleted or in
 /// another mount namespace), or through the task's root directory if that is not readable.
-fn mapping_source(pid: i32, shown: &str, exe: &str, start: u64, end: u64) -> String {
+/// With the metadata of what a `map_files` link names (read to see that it is readable).
+fn mapping_source(
+    pid: i32,
+    shown: &str,
+    exe: &str,
+    start: u64,
+    end: u64,
+) -> (String, Option<std::fs::Metadata>) {
     if shown == exe {
-        return format!("/proc/{pid}/exe");
+        return (format!("/proc/{pid}/exe"), None);
     }
     let by_map = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
-    if std::fs::metadata(&by_map).is_ok() {
-        return by_map;
+    if let Ok(m) = std::fs::metadata(&by_map) {
+        return (by_map, Some(m));
     }
-    format!("/proc/{pid}/root{shown}")
+    (format!("/proc/{pid}/root{shown}"), None)
 }

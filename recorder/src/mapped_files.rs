@@ -29,10 +29,24 @@ impl MappedFiles {
         fresh: bool,
     ) -> Result<FileRef> {
         let m = std::fs::metadata(source).with_context(|| format!("inspecting {shown_path}"))?;
-        if let Some(f) = self.known(&m, fresh) {
+        if fresh {
+            return self.store_new(writer, &m, source, shown_path);
+        }
+        self.store_as(writer, &m, source, shown_path)
+    }
+
+    /// [`Self::store`] of `source`, whose metadata the caller has read (`m`).
+    pub fn store_as(
+        &mut self,
+        writer: &mut TraceWriter,
+        m: &std::fs::Metadata,
+        source: &str,
+        shown_path: &str,
+    ) -> Result<FileRef> {
+        if let Some(f) = self.known(m, false) {
             return Ok(f);
         }
-        self.store_new(writer, &m, source, shown_path)
+        self.store_new(writer, m, source, shown_path)
     }
 
     /// The stored file of the version `m` describes, if it was stored before and need not be

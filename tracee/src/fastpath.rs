@@ -39,8 +39,7 @@ pub fn load(t: &Tracee, mode: u64, slot: u64) -> Result<()> {
         t.write_mem(seg.addr, &seg.bytes)
             .context("writing deja's in-process library")?;
     }
-    let specs = syscallbuf::specs::specs()?;
-    t.write_mem(lib.config, &syscallbuf::config_bytes(mode, &specs))
+    t.write_mem(lib.config, &config(mode)?)
         .context("configuring deja's in-process library")?;
     for seg in &lib.segments {
         if seg.prot != libc::PROT_READ | libc::PROT_WRITE {
@@ -65,6 +64,19 @@ pub fn load(t: &Tracee, mode: u64, slot: u64) -> Result<()> {
         &syscallbuf::slot_header(abi::slot_addr(0), true),
     )?;
     give_slot(t, slot)
+}
+
+/// The library's configuration in `mode` ([`syscallbuf::config_bytes`]), its specs derived
+/// once per run of deja (at every exec of a recording, that took longer than the rest of
+/// the load).
+fn config(mode: u64) -> Result<Vec<u8>> {
+    static SPECS: std::sync::OnceLock<Result<Box<[abi::Spec; abi::MAX_NR]>, String>> =
+        std::sync::OnceLock::new();
+    let specs = SPECS
+        .get_or_init(|| syscallbuf::specs::specs().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("the library's syscall specs: {e}"))?;
+    Ok(syscallbuf::config_bytes(mode, specs))
 }
 
 /// Makes `slot` the slot of stopped task `t`: a fresh header (empty buffer) and `t`'s `gs`

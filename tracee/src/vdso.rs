@@ -105,12 +105,16 @@ fn functions(image: &[u8]) -> Option<Vec<(String, u64, u64)>> {
 /// has no vDSO; an error when its image cannot be read or a function is too short for a stub
 /// (the caller then hides the vDSO instead).
 pub fn patch(tracee: &Tracee) -> Result<bool> {
-    let entries = maps::read(tracee.pid())?;
+    patch_in(tracee, &maps::read(tracee.pid())?)
+}
+
+/// [`patch`], with the task's memory map (`entries`) read already.
+pub fn patch_in(tracee: &Tracee, entries: &[maps::MapEntry]) -> Result<bool> {
     let Some(vdso) = entries.iter().find(|e| e.name == "[vdso]") else {
         return Ok(false);
     };
     let len = usize::try_from(vdso.end - vdso.start).context("the vDSO's size")?;
-    let image = tracee.read_vec(vdso.start, len)?;
+    let mut image = tracee.read_vec(vdso.start, len)?;
     let funcs = functions(&image).context("the vDSO has no readable .dynsym")?;
     for (name, value, size) in &funcs {
         if *size < STUB_LEN as u64 || value + STUB_LEN as u64 > len as u64 {
@@ -120,10 +124,13 @@ pub fn patch(tracee: &Tracee) -> Result<bool> {
     for (name, value, size) in &funcs {
         // Padded to the function's size, within the image.
         let size = (*size).min(len as u64 - value) as usize;
-        tracee
-            .write_mem(vdso.start + value, &patched_function(name, size))
-            .with_context(|| format!("patching the vDSO function {name}"))?;
+        let at = *value as usize;
+        image[at..at + size].copy_from_slice(&patched_function(name, size));
     }
+    // One write of the whole image, its functions patched.
+    tracee
+        .write_mem(vdso.start, &image)
+        .context("patching the vDSO")?;
     Ok(true)
 }
 

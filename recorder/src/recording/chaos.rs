@@ -26,7 +26,7 @@ use crate::task::State;
 /// Most instructions chaos adds to [`WATCH_STEPS`].
 pub(crate) const MAX_EXTRA_STEPS: usize = 256;
 
-/// How many times the recorder looks for the exit of a `sched_yield` under chaos.
+/// How many times the recorder looks for the exit of a `sched_yield`.
 const YIELD_POLLS: usize = 64;
 
 /// How many times the recorder looks for the stop of a task on its way to one before a chaos
@@ -198,13 +198,17 @@ impl super::Session {
         Ok(())
     }
 
-    /// Under chaos, a `sched_yield` of `tid`, just let into the call while it holds the CPU:
-    /// waits for the call's exit (it returns at once) and queues the task as ready, so that
-    /// chaos's next choice is among all the tasks ready, the yielder too, whatever the timing
-    /// of the stops; true then. False without chaos, or if the exit did not come at once (the
-    /// CPU then goes to the others, as at any call that may block).
+    /// A `sched_yield` of `tid`, just let into the call while it holds the CPU: waits for the
+    /// call's exit (it returns at once) and queues the task as ready behind the others, so
+    /// that the next task to run (chaos's choice, or the first ready) is chosen among all the
+    /// tasks ready, the yielder too, whatever the timing of the stops; true then. False while
+    /// emulated ptrace runs, or if the exit did not come at once (the CPU then goes to the
+    /// others, as at any call that may block). (Without it, two threads taking turns with
+    /// `sched_yield` could see one run twice in a row when the other's exit stop came late:
+    /// rr's `sched_yield` test failed one recording in three once the recorder made its
+    /// resume requests after its lock.)
     pub(super) fn yield_in_turn(&mut self, tid: i32) -> anyhow::Result<bool> {
-        if self.chaos.is_none() || !self.ptrace.is_empty() {
+        if !self.ptrace.is_empty() {
             return Ok(false);
         }
         let pid = nix::unistd::Pid::from_raw(tid);
