@@ -210,7 +210,12 @@ impl Session {
                     .spawn_scoped(scope, move || lanes::second_lane(m, rx, cpu, tick))
                     .context("starting the second tracer thread")?;
             }
-            let r = lanes::first_lane(&m, &from_second);
+            // A panic of the first lane's thread ends the recording with an error rather than
+            // leaving the second lane waiting for tasks that would never come.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                lanes::first_lane(&m, &from_second)
+            }))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the first tracer thread panicked")));
             let mut s = lanes::lock(&m);
             s.unlink_second_lane();
             if r.is_err() {

@@ -511,7 +511,9 @@ fn maps_system_file_read_only(tid: i32, entry: &Regs) -> bool {
 /// A failure is left in the session for the first lane, which stops the recording.
 pub(crate) fn second_lane(m: &Shared, rx: Receiver<Moved>, cpu: u32, tick: Duration) {
     let mut sched = Sched::default();
-    let outcome = (|| -> Result<()> {
+    // A panic is a failure like another: the first lane stops the recording on it (its
+    // tasks would otherwise wait for this thread forever).
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<()> {
         tracee::affinity::pin(0, cpu)?;
         set_ticks_blocked(true);
         tracee::alarm::start(tick, tick);
@@ -553,7 +555,8 @@ pub(crate) fn second_lane(m: &Shared, rx: Receiver<Moved>, cpu: u32, tick: Durat
             r?;
             s.unlock()?;
         }
-    })();
+    }))
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("the second tracer thread panicked")));
     tracee::alarm::stop();
     if let Err(e) = outcome {
         let mut s = lock(m);

@@ -420,6 +420,18 @@ impl Session {
         };
         if drop {
             tracing::debug!(tid, sig, "dropping a signal the recording did not have");
+            // A debugger's step it stopped did not run its instruction (the signal came at the
+            // task's return to user mode, before it): the step is launched again, not taken
+            // as done (which made gdb's step over a breakpoint report the breakpoint twice
+            // when a child's `SIGCHLD` came in between).
+            if let Some(s) = self
+                .debug
+                .as_mut()
+                .and_then(|d| d.step.as_mut())
+                .filter(|s| s.tid == tid)
+            {
+                s.launched = false;
+            }
             return Ok(Next::Again);
         }
         Ok(Next::Park(stop))
