@@ -43,7 +43,7 @@ pub fn capture(
             let shown = e.name.strip_suffix(" (deleted)").unwrap_or(&e.name);
             let (source, meta) = mapping_source(pid.as_raw(), shown, &exe.path, e.start, e.end);
             Some(match meta {
-                Some(m) => files.store_as(writer, &m, &source, shown)?,
+                Some(m) => files.store_as(writer, &m, &source, shown, false)?,
                 None => files.store(writer, &source, shown, false)?,
             })
         } else {

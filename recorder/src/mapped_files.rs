@@ -29,10 +29,7 @@ impl MappedFiles {
         fresh: bool,
     ) -> Result<FileRef> {
         let m = std::fs::metadata(source).with_context(|| format!("inspecting {shown_path}"))?;
-        if fresh {
-            return self.store_new(writer, &m, source, shown_path);
-        }
-        self.store_as(writer, &m, source, shown_path)
+        self.store_as(writer, &m, source, shown_path, fresh)
     }
 
     /// [`Self::store`] of `source`, whose metadata the caller has read (`m`).
@@ -42,11 +39,12 @@ impl MappedFiles {
         m: &std::fs::Metadata,
         source: &str,
         shown_path: &str,
+        fresh: bool,
     ) -> Result<FileRef> {
-        if let Some(f) = self.known(m, false) {
-            return Ok(f);
+        match self.known(m, fresh) {
+            Some(f) => Ok(f),
+            None => self.store_new(writer, m, source, shown_path),
         }
-        self.store_new(writer, m, source, shown_path)
     }
 
     /// The stored file of the version `m` describes, if it was stored before and need not be
