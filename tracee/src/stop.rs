@@ -77,9 +77,9 @@ pub fn runnable(pid: Pid) -> bool {
 /// The stop task `pid` reaches while it keeps running: polls it up to `polls` times, yielding
 /// the CPU in between (the tracer shares it with its tracees); `None` as soon as it is not
 /// runnable (it sleeps; unless it stopped right then) or when the polls run out. The task,
-/// just resumed, usually reaches its
-/// stop in the first yield: the CPU is yielded before the first look, and its scheduler state
-/// (a read of `/proc/TID/stat`, the costly part) is read only when a poll found no stop.
+/// just resumed, usually reaches its stop in the first yield: the CPU is yielded before the
+/// first look, and its scheduler state (a read of `/proc/TID/stat`, the costly part) is read
+/// only when a poll found no stop.
 pub fn poll_while_runnable(pid: Pid, polls: usize) -> Result<Option<Stop>> {
     crate::deferred::make_held()?;
     for _ in 0..polls {
