@@ -720,3 +720,41 @@ fn sites_are_patched_ahead_in_the_next_processes() {
         );
     }
 }
+
+/// The sites a recording patched are kept in the trace root's pool (`sites.json`): the next
+/// recording of the program patches them ahead from its first process (a `Patches` event at
+/// its first patching stop) and stops fewer times to patch; both replay exactly.
+#[test]
+fn sites_patched_in_one_recording_are_patched_ahead_in_the_next() {
+    let ctx = Ctx::new();
+    let prog = program("fp_clocks");
+    let mut stops = Vec::new();
+    for _ in 0..2 {
+        let (trace, rec) = ctx.record(&prog, &["200"]);
+        assert!(rec.status.success(), "{}", describe("rec", &rec));
+        assert_replay_matches(&rec, &ctx.replay(&trace));
+        let events = dump(&ctx, &trace);
+        let patching = events
+            .iter()
+            .filter(|e| e.line.contains("] patched the "))
+            .count();
+        let ahead = events
+            .iter()
+            .filter(|e| e.line.contains("more ahead of their first call"))
+            .count();
+        stops.push((patching, ahead));
+    }
+    let (first, second) = (stops[0], stops[1]);
+    assert_eq!(
+        first.1, 0,
+        "nothing to patch ahead in the first recording: {stops:?}"
+    );
+    assert!(
+        second.1 >= 1,
+        "nothing patched ahead in the second: {stops:?}"
+    );
+    assert!(
+        second.0 < first.0,
+        "as many patching stops the second time: {stops:?}"
+    );
+}

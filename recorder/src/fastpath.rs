@@ -117,6 +117,10 @@ pub struct FastPath {
     /// The syscall sites patched so far in each mapped file, by (device, inode), to patch
     /// ahead in the next processes that map the file (see `Session::patch_ahead`).
     pub known: HashMap<(String, u64), Vec<KnownSite>>,
+    /// The version of each file in `known` (for the site cache).
+    pub versions: HashMap<(String, u64), crate::site_cache::FileVersion>,
+    /// Sites patched in earlier recordings, not taken into `known` yet (see `site_cache`).
+    pub cached: crate::site_cache::Cached,
 }
 
 /// A syscall site patched in a mapped file.
@@ -128,6 +132,10 @@ pub struct KnownSite {
     pub nr: u64,
     /// The bytes of the function around it when it was patched.
     pub code: Vec<u8>,
+    /// The function's bounds: bytes before the site, and after it.
+    pub before: u64,
+    /// (See `before`.)
+    pub after: u64,
 }
 
 /// Whether a call of syscall `nr` may change a memory map (the calls the library buffers that

@@ -16,6 +16,7 @@ mod recording;
 mod remote_memory;
 mod session;
 mod signals;
+mod site_cache;
 mod task;
 mod tsc_mode;
 

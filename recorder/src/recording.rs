@@ -114,6 +114,8 @@ pub struct Session {
     lane: u8,
     /// The link to the second lane, while it may take processes.
     lanes: Option<lanes::Link>,
+    /// Where the sites patched in this recording are kept for the next (`site_cache`).
+    site_cache: Option<std::path::PathBuf>,
     /// Why the second lane stopped, for the first to stop the recording.
     lane_failure: Option<anyhow::Error>,
 }
@@ -163,6 +165,7 @@ impl Session {
             parallel,
             lane: lanes::FIRST,
             lanes: None,
+            site_cache: None,
             lane_failure: None,
         }
     }
@@ -174,11 +177,31 @@ impl Session {
 
     /// Ends the trace with the initial process's status.
     pub fn finish(mut self, status: ExitStatus) -> Result<()> {
+        if let Some(path) = &self.site_cache {
+            // The sites of the files met this time, with those of the others kept before.
+            let mut all = std::mem::take(&mut self.fast.cached);
+            for (key, sites) in &self.fast.known {
+                if let Some(v) = self.fast.versions.get(key) {
+                    all.insert(key.clone(), (*v, sites.clone()));
+                }
+            }
+            crate::site_cache::save(path, &all);
+        }
         self.writer.set_syscall_counts(self.fast.counts);
         self.writer
             .set_changing_files(self.effects.changing_files(&self.files));
         self.writer.finish(status)?;
         Ok(())
+    }
+
+    /// Patches ahead, from the first process on, the sites earlier recordings patched, kept in
+    /// the site cache at `path`, where this recording's are kept at its end (see
+    /// `site_cache`).
+    pub fn use_site_cache(&mut self, path: std::path::PathBuf) {
+        if self.fast.enabled {
+            self.fast.cached = crate::site_cache::load(&path);
+            self.site_cache = Some(path);
+        }
     }
 
     /// Kills every task still alive (after an error).

@@ -14,6 +14,8 @@ use crate::TraceDest;
 
 /// The file pool's directory in a trace root (hidden from `deja ls`, which skips dot names).
 const POOL_DIR: &str = ".pool";
+/// The site cache in the pool (see `site_cache`).
+const SITE_CACHE: &str = "sites.json";
 
 /// What to record.
 #[derive(Debug, Clone)]
@@ -172,7 +174,13 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         Some(r) => Some(r.path().to_path_buf()),
         None => TraceRoot::from_env().ok().map(|r| r.path().to_path_buf()),
     };
-    let pool = pool_root.and_then(|r| trace_format::pool::Pool::open(&r.join(POOL_DIR)));
+    let pool = pool_root
+        .as_ref()
+        .and_then(|r| trace_format::pool::Pool::open(&r.join(POOL_DIR)));
+    let site_cache = pool
+        .as_ref()
+        .and(pool_root)
+        .map(|r| r.join(POOL_DIR).join(SITE_CACHE));
     // On the writing thread, while the program starts: the instruction tables the tracer
     // needs at the program's first `rdtsc` or patch, and the CPU fingerprint.
     let created = TraceWriter::create_completing(&dir, &meta, pool, |meta| {
@@ -238,6 +246,9 @@ fn record_here(opts: &RecordOptions, signals: tracee::SignalState) -> Result<Rec
         opts.chaos,
         opts.parallel,
     );
+    if let Some(path) = site_cache {
+        session.use_site_cache(path);
+    }
     let kept = session.writer().kept_events();
     let result = session.run();
     tracee::alarm::stop();

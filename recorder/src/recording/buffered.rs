@@ -225,8 +225,26 @@ impl Session {
         m: &tracee::maps::MapEntry,
         except: u64,
     ) -> Result<Vec<PatchEvent>> {
-        let mm = self.task(tid)?.mm;
-        let Some(known) = self.fast.known.get(&(m.dev.clone(), m.inode)) else {
+        let t = self.task(tid)?;
+        let (mm, pid) = (t.mm, t.tracee.pid().as_raw());
+        let key = (m.dev.clone(), m.inode);
+        // Sites an earlier recording patched in this version of the file join those of this
+        // recording, once.
+        if let Some((version, sites)) = self.fast.cached.remove(&key) {
+            if crate::site_cache::version_of(pid, m.start, m.end) == Some(version) {
+                self.fast.versions.insert(key.clone(), version);
+                let known = self.fast.known.entry(key.clone()).or_default();
+                for s in sites {
+                    if !known.iter().any(|k| k.offset == s.offset) {
+                        self.fast
+                            .functions
+                            .insert((key.0.clone(), key.1, s.offset), Some((s.before, s.after)));
+                        known.push(s);
+                    }
+                }
+            }
+        }
+        let Some(known) = self.fast.known.get(&key) else {
             return Ok(Vec::new());
         };
         let in_map = |off: u64| off >= m.offset && off - m.offset < m.end - m.start;
@@ -404,13 +422,24 @@ impl Session {
         }
         space.sites.insert(site, Site::Patched);
         self.fast.counts.sites_patched += 1;
-        if let (None, Some((dev, inode, offset))) = (ahead, file_key) {
+        if let (None, Some((dev, inode, offset)), Some(m)) = (ahead, file_key, mapping) {
             let (_, code, ..) = inputs;
-            self.fast
-                .known
-                .entry((dev, inode))
-                .or_default()
-                .push(KnownSite { offset, nr, code });
+            let key = (dev, inode);
+            if !self.fast.versions.contains_key(&key) {
+                if let Some(v) = crate::site_cache::version_of(pid.as_raw(), m.start, m.end) {
+                    self.fast.versions.insert(key.clone(), v);
+                }
+            }
+            let known = self.fast.known.entry(key).or_default();
+            if !known.iter().any(|k| k.offset == offset) {
+                known.push(KnownSite {
+                    offset,
+                    nr,
+                    code,
+                    before: site - start,
+                    after: end - site,
+                });
+            }
         }
         if let Some(all) = maps {
             self.fast.maps = Some((mm, stamp, all));
