@@ -174,6 +174,17 @@ impl FastPath {
         }
     }
 
+    /// Adds `site` to the sites known in file `key` (device, inode), unless one at its offset
+    /// is known already; true if it was added.
+    pub fn note_known(&mut self, key: &(String, u64), site: KnownSite) -> bool {
+        let known = self.known.entry(key.clone()).or_default();
+        if known.iter().any(|k| k.offset == site.offset) {
+            return false;
+        }
+        known.push(site);
+        true
+    }
+
     /// Whether `rip` of a task in address space `mm` is in deja's own code.
     pub fn owns_code(&self, mm: i32, rip: u64) -> bool {
         self.spaces.get(&mm).is_some_and(|s| s.owns_code(rip))

@@ -233,13 +233,13 @@ impl Session {
         if let Some((version, sites)) = self.fast.cached.remove(&key) {
             if crate::site_cache::version_of(pid, m.start, m.end) == Some(version) {
                 self.fast.versions.insert(key.clone(), version);
-                let known = self.fast.known.entry(key.clone()).or_default();
                 for s in sites {
-                    if !known.iter().any(|k| k.offset == s.offset) {
+                    let bounds = Some((s.before, s.after));
+                    let offset = s.offset;
+                    if self.fast.note_known(&key, s) {
                         self.fast
                             .functions
-                            .insert((key.0.clone(), key.1, s.offset), Some((s.before, s.after)));
-                        known.push(s);
+                            .insert((key.0.clone(), key.1, offset), bounds);
                     }
                 }
             }
@@ -430,16 +430,16 @@ impl Session {
                     self.fast.versions.insert(key.clone(), v);
                 }
             }
-            let known = self.fast.known.entry(key).or_default();
-            if !known.iter().any(|k| k.offset == offset) {
-                known.push(KnownSite {
+            self.fast.note_known(
+                &key,
+                KnownSite {
                     offset,
                     nr,
                     code,
                     before: site - start,
                     after: end - site,
-                });
-            }
+                },
+            );
         }
         if let Some(all) = maps {
             self.fast.maps = Some((mm, stamp, all));
