@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use crate::gone::PtraceContext;
 use crate::regs::{set_syscall_args, Regs};
 use crate::stop::Stop;
-use crate::tracee::Tracee;
+use crate::tracee::{SignalAside, Tracee};
 
 /// The bytes of the `syscall` instruction.
 pub(crate) const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
@@ -23,6 +23,9 @@ const INFO_SIZE: usize = 88;
 /// Stops a task may pass through while it runs an injected syscall, at most: a syscall-entry
 /// stop, the seccomp stop, the exit stop (and one spare for kernels that order them otherwise).
 const MAX_INJECT_STOPS: usize = 4;
+
+/// Signals set aside before one injected syscall, at most (then it is given up).
+const MAX_SIGNALS_ASIDE: usize = 16;
 
 impl Tracee {
     /// Runs syscall `nr(args)` in the stopped tracee and returns its raw result (`-errno` on
@@ -47,8 +50,60 @@ impl Tracee {
     /// such a stop with a signal still to deliver must deliver it first (single-step with it).
     /// If a signal becomes pending meanwhile and stops the task before the call is entered,
     /// the registers and code are restored and an error is returned, with the task left in that
-    /// signal-delivery-stop (its signal still deliverable by the caller).
+    /// signal-delivery-stop (its signal still deliverable by the caller); after
+    /// [`Tracee::set_signals_aside`], the signal is taken instead and the call made again.
     pub fn inject_syscall(&self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        for _ in 0..MAX_SIGNALS_ASIDE {
+            match self.inject_once(nr, args)? {
+                Ok(rval) => return Ok(rval),
+                Err(sig) if self.set_aside(sig)? => {}
+                Err(sig) => bail!(
+                    "signal {sig} stopped task {} before the injected syscall {nr} ran; the \
+                     task is left in that signal-delivery-stop",
+                    self.pid()
+                ),
+            }
+        }
+        bail!(
+            "signals kept stopping task {} before the injected syscall {nr} could run",
+            self.pid()
+        )
+    }
+
+    /// From now until [`Tracee::signals_set_aside`]: a signal that stops the task before a
+    /// syscall injected into it runs is taken from the task (with its `siginfo`) and the call
+    /// made again, instead of the injection failing; for the caller to send those signals
+    /// again (a recording) or drop them (a replay, where no real signal is the recording's).
+    pub fn set_signals_aside(&self) {
+        *self.lock_aside() = Some(Vec::new());
+    }
+
+    /// Ends [`Tracee::set_signals_aside`]: the signals taken meanwhile, in order.
+    pub fn signals_set_aside(&self) -> Vec<SignalAside> {
+        self.lock_aside().take().unwrap_or_default()
+    }
+
+    fn lock_aside(&self) -> std::sync::MutexGuard<'_, Option<Vec<SignalAside>>> {
+        // A panic while the lock was held left a list that is still whole: go on with it.
+        self.aside.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After [`Tracee::set_signals_aside`]: takes signal `sig`, which stops the task
+    /// before an injected syscall (its `siginfo` kept; resuming the task discards it).
+    fn set_aside(&self, sig: i32) -> Result<bool> {
+        if self.lock_aside().is_none() {
+            return Ok(false);
+        }
+        let info = self.siginfo()?;
+        if let Some(list) = self.lock_aside().as_mut() {
+            list.push((sig, info));
+        }
+        Ok(true)
+    }
+
+    /// One try of [`Tracee::inject_syscall`]: `Err(sig)` if signal `sig` stopped the task
+    /// before the call was entered (registers and code restored).
+    fn inject_once(&self, nr: i64, args: [u64; 6]) -> Result<std::result::Result<i64, i32>> {
         let saved = self.regs()?;
         let (op, _) = self.syscall_info()?;
         let mut regs = saved;
@@ -86,15 +141,11 @@ impl Tracee {
         match outcome? {
             Injected::Done(rval) => {
                 restored?;
-                Ok(rval)
+                Ok(Ok(rval))
             }
             Injected::Signal(sig) => {
                 restored?;
-                bail!(
-                    "signal {sig} stopped task {} before the injected syscall {nr} ran; the \
-                     task is left in that signal-delivery-stop",
-                    self.pid()
-                )
+                Ok(Err(sig))
             }
             Injected::Ended(stop) => {
                 bail!(

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::ptrace;
@@ -28,13 +29,23 @@ pub struct Tracee {
     pid: Pid,
     /// `/proc/PID/mem`, which reads and writes through page protections (as ptrace may).
     mem: File,
+    /// After [`Tracee::set_signals_aside`]: the signals that stopped the task before
+    /// a syscall injected into it ran, with their `siginfo`, in order.
+    pub(crate) aside: Mutex<Option<Vec<SignalAside>>>,
 }
+
+/// A signal taken from a task (its number and raw `siginfo_t`), to be sent again or dropped.
+pub type SignalAside = (i32, [u8; SIGINFO_SIZE]);
 
 impl Tracee {
     /// Takes control of an already traced task `pid`.
     pub fn attach_traced(pid: Pid) -> Result<Self> {
         let mem = open_mem(pid)?;
-        Ok(Tracee { pid, mem })
+        Ok(Tracee {
+            pid,
+            mem,
+            aside: Mutex::new(None),
+        })
     }
 
     /// The task id.

@@ -435,6 +435,35 @@ fn inject_syscall_leaves_the_task_as_it_was() {
 }
 
 #[test]
+fn signals_that_stop_an_injected_syscall_are_set_aside() {
+    let c = start("r");
+    let t = &c.0;
+    // At the exit stop of getppid, a signal pending stops the task before an injected call.
+    t.tgkill(t.pid(), libc::SIGUSR2).unwrap();
+    let before = t.regs().unwrap();
+    let err = t.inject_syscall(libc::SYS_getpid, [0; 6]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("signal 12 stopped task"),
+        "{err:#}"
+    );
+    assert_eq!(to_words(&t.regs().unwrap()), to_words(&before));
+    // Set aside: the signal is taken (with its siginfo) and the call runs.
+    t.tgkill(t.pid(), libc::SIGUSR1).unwrap();
+    t.set_signals_aside();
+    let pid = t.inject_syscall(libc::SYS_getpid, [0; 6]).unwrap();
+    let aside = t.signals_set_aside();
+    assert_eq!(pid, i64::from(t.pid().as_raw()));
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(aside[0].0, libc::SIGUSR1);
+    let (signo, code) = tracee::tracee::signo_code(&aside[0].1);
+    assert_eq!((signo, code), (libc::SIGUSR1, libc::SI_TKILL));
+    assert_eq!(to_words(&t.regs().unwrap()), to_words(&before));
+    // Not set aside any more: the next signal fails the injection again.
+    t.tgkill(t.pid(), libc::SIGUSR1).unwrap();
+    assert!(t.inject_syscall(libc::SYS_getpid, [0; 6]).is_err());
+}
+
+#[test]
 fn a_task_already_at_the_point_is_reached_without_running() {
     let point = point_here(&start("r").0);
     let r = replay("r", &point, &[], &[0, 1, 2, 3]);

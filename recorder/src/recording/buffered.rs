@@ -57,8 +57,12 @@ impl Session {
         let slot = t
             .slot
             .context("a task to load the library into has no slot")?;
-        tracee::fastpath::load(&t.tracee, abi::MODE_RECORD, slot)
-            .with_context(|| format!("loading deja's in-process library into task {tid}"))
+        // At the exec's exit stop, a signal pending (a child's SIGCHLD) stops the task before
+        // each syscall injected there.
+        self.with_signals_aside(tid, |s| {
+            tracee::fastpath::load(&s.task(tid)?.tracee, abi::MODE_RECORD, slot)
+        })
+        .with_context(|| format!("loading deja's in-process library into task {tid}"))
     }
 
     /// A task gets an emulated tracer: its process stops using the fast path, so that the
@@ -401,12 +405,16 @@ impl Session {
             stub: &plan.stub,
             new_page,
         };
-        let t = self.task(tid)?;
-        if ahead.is_some() {
-            tracee::fastpath::install(&t.tracee, &p)
-        } else {
-            tracee::fastpath::apply(&t.tracee, &p)
-        }
+        // The second stub page mapped at one stop (sites patched ahead) is mapped from the
+        // first's exit stop, where a pending signal stops the task first.
+        self.with_signals_aside(tid, |s| {
+            let t = &s.task(tid)?.tracee;
+            if ahead.is_some() {
+                tracee::fastpath::install(t, &p)
+            } else {
+                tracee::fastpath::apply(t, &p)
+            }
+        })
         .with_context(|| format!("patching the syscall site {site:#x}"))?;
         let space = self
             .fast

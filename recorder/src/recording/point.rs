@@ -210,11 +210,24 @@ impl Session {
         sig: i32,
         aside: &mut Vec<HeldSignal>,
     ) -> Result<()> {
-        let me = self.me;
-        let t = self.task(tid)?;
-        let Ok(info) = t.tracee.siginfo() else {
+        let Ok(info) = self.task(tid)?.tracee.siginfo() else {
             return Ok(());
         };
+        self.keep_aside(tid, sig, info, aside)
+    }
+
+    /// Puts signal `sig` (`info`, taken from task `tid`) in `aside` to be sent again, unless it
+    /// is deja's own stop request or a fault (which the task raises again when it runs on); a
+    /// signal sent again before gets back its original siginfo.
+    fn keep_aside(
+        &mut self,
+        tid: i32,
+        sig: i32,
+        info: [u8; tracee::tracee::SIGINFO_SIZE],
+        aside: &mut Vec<HeldSignal>,
+    ) -> Result<()> {
+        let me = self.me;
+        let t = self.task(tid)?;
         let (signo, code) = signo_code(&info);
         if let Some(i) = t.resent.iter().position(|(s, _)| *s == sig) {
             aside.push(t.resent.remove(i));
@@ -224,6 +237,28 @@ impl Session {
             aside.push((sig, info));
         }
         Ok(())
+    }
+
+    /// Runs `f`, which injects syscalls into task `tid`, with the signals that stop the task
+    /// before them set aside (`Tracee::set_signals_aside`), then sends those again (as
+    /// `put_aside` and `send_again` do).
+    pub(super) fn with_signals_aside<T>(
+        &mut self,
+        tid: i32,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        self.task(tid)?.tracee.set_signals_aside();
+        let result = f(self);
+        let taken = match self.tasks.get(&tid) {
+            Some(t) => t.tracee.signals_set_aside(),
+            None => Vec::new(),
+        };
+        let mut aside = Vec::new();
+        for (sig, info) in taken {
+            self.keep_aside(tid, sig, info, &mut aside)?;
+        }
+        self.send_again(tid, aside)?;
+        result
     }
 
     /// Sends the signals `reach_point` put aside to `tid` again; their stops get back their

@@ -252,7 +252,6 @@ impl Session {
     fn install_patch(&mut self, e: &PatchEvent, redirect: bool) -> Result<()> {
         let tid = e.tid;
         let lifted = self.lift_breakpoints_in(tid, e)?;
-        let t = self.tracee(tid)?;
         let p = SitePatch {
             nr: e.nr,
             window: e.window,
@@ -261,11 +260,14 @@ impl Session {
             stub: &e.stub,
             new_page: e.new_page,
         };
-        if redirect {
-            tracee::fastpath::apply(t, &p)
-        } else {
-            tracee::fastpath::install(t, &p)
-        }
+        self.with_signals_aside(tid, |s| {
+            let t = s.tracee(tid)?;
+            if redirect {
+                tracee::fastpath::apply(t, &p)
+            } else {
+                tracee::fastpath::install(t, &p)
+            }
+        })
         .with_context(|| format!("patching the syscall site {:#x}", e.window))?;
         let rpid = self.task(tid)?.rpid;
         self.sites.add(rpid, e);

@@ -33,12 +33,16 @@ impl Session {
             Stop::SyscallStop => {}
             other => bail!("unexpected stop after exec: {other:?}"),
         }
-        self.load_library(tid, ev)?;
-        self.segv.exec(rpid);
-        self.sites.exec(rpid);
-        let t = &tasks::task(&mut self.tasks, tid)?.tracee;
-        self.segv_blocked.after_call(tid, t, None)?;
-        exec::set_comm(self.tracee(tid)?, ev)?;
+        // At the exec's exit stop, a signal pending (a child's SIGCHLD) would stop the task
+        // before each syscall injected here.
+        self.with_signals_aside(tid, |s| {
+            s.load_library(tid, ev)?;
+            s.segv.exec(rpid);
+            s.sites.exec(rpid);
+            let t = &tasks::task(&mut s.tasks, tid)?.tracee;
+            s.segv_blocked.after_call(tid, t, None)?;
+            exec::set_comm(s.tracee(tid)?, ev)
+        })?;
         if let Some(d) = self.debug.as_mut().filter(|d| d.process == rpid) {
             d.cmdline = ev.argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
         }

@@ -217,4 +217,35 @@ impl Session {
         }
         bail!("signals keep stopping task {tid} before it can take a trap")
     }
+
+    /// Runs `f`, which injects syscalls into task `tid`, with the signals that stop the task
+    /// before them set aside (`Tracee::set_signals_aside`), then drops those: no real signal
+    /// of a replay is the recording's (a recorded one is delivered by the replay, at its
+    /// place), but a `SIGSTOP` (the debugger's interrupt, the time limit's) and a signal the
+    /// replay sent the task itself are sent again.
+    pub(super) fn with_signals_aside<T>(
+        &mut self,
+        tid: Tid,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        self.tracee(tid)?.set_signals_aside();
+        let result = f(self);
+        let aside = match self.tasks.by_tid(tid) {
+            Some(t) => t.tracee.signals_set_aside(),
+            None => Vec::new(),
+        };
+        for (sig, _) in aside {
+            let t = self.task(tid)?;
+            if sig == libc::SIGSTOP || t.injected == Some(sig) {
+                t.tracee.tgkill(t.pid, sig)?;
+            } else {
+                tracing::debug!(
+                    tid,
+                    sig,
+                    "dropping a signal that came before an injected syscall"
+                );
+            }
+        }
+        result
+    }
 }

@@ -116,8 +116,12 @@ impl Session {
             }
             Replay::Mmap if !syscalls::is_error(e.result) && mmap::EmuFiles::maps_file(e) => {
                 let reader = Rc::clone(&self.reader);
-                let t = &crate::tasks::task(&mut self.tasks, tid)?.tracee;
-                let got = self.emu.map(t, &reader, e)?;
+                // Opening the file in the process, then mapping it: a signal pending (a
+                // child's SIGCHLD) stops the task before the second.
+                let got = self.with_signals_aside(tid, |s| {
+                    let t = &crate::tasks::task(&mut s.tasks, tid)?.tracee;
+                    s.emu.map(t, &reader, e)
+                })?;
                 if got != e.result {
                     return Err(self.diverged(
                         tid,
@@ -168,8 +172,10 @@ impl Session {
                         .write_mem(addr, &data)
                         .with_context(|| format!("replaying a write to /proc/{target}/mem"))?;
                 } else if e.file_effect.is_some() {
-                    let t = &crate::tasks::task(&mut self.tasks, tid)?.tracee;
-                    self.emu.apply(t, e)?;
+                    self.with_signals_aside(tid, |s| {
+                        let t = &crate::tasks::task(&mut s.tasks, tid)?.tracee;
+                        s.emu.apply(t, e)
+                    })?;
                 }
                 self.emulate(tid, e, r)?
             }
