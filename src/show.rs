@@ -347,6 +347,14 @@ fn describe(ev: &Event) -> String {
             "[{tid}] moves to lane {} (recorded in parallel with the other lanes)",
             e.lane
         ),
+        Event::BufferedMaps(e) => {
+            let files: Vec<String> = e
+                .maps
+                .iter()
+                .map(|m| format!("call {}: {}", m.call, m.stored.path))
+                .collect();
+            format!("[{tid}] buffered mmaps of {}", files.join(", "))
+        }
     }
 }
 
@@ -516,7 +524,8 @@ impl ProcessTable {
             | Event::Buffered(_)
             | Event::Patch(_)
             | Event::Patches(_)
-            | Event::Lane(_) => {}
+            | Event::Lane(_)
+            | Event::BufferedMaps(_) => {}
         }
     }
 }

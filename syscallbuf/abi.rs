@@ -79,11 +79,17 @@ pub const PROBE_READV: u8 = 4;
 /// [`SlotHeader::diverged`] and [`SlotHeader::exec_result`], and the program gets the result
 /// the kernel gave.
 pub const PROBE_EXEC: u8 = 5;
-/// [`Spec::probe`]: `mmap` of anonymous private memory, placed where the recording's call
-/// placed it. Recording: like [`PROBE_DIRECT`]. Replaying: like [`PROBE_EXEC`], but a
+/// [`Spec::probe`]: `mmap` of private memory, anonymous or of a file, placed where the
+/// recording's call placed it. Recording: an anonymous call like [`PROBE_DIRECT`]; a file's
+/// only if the descriptor's file (`fstat`: device, inode, size, modification time) is in the
+/// [`FileTable`] deja wrote (a version of a file it keeps in the trace), its index then in
+/// [`RecordHead::file`]; else the traced path. Replaying: like [`PROBE_EXEC`], but a
 /// successful recorded call is made at the recorded address (its result) with
-/// `MAP_FIXED_NOREPLACE` (or the program's own `MAP_FIXED`), as the replayer does for a
-/// traced `mmap`: the layout of a replay need not make the kernel choose the same place.
+/// `MAP_FIXED_NOREPLACE` (or the program's own `MAP_FIXED`), as the replayer does for a traced
+/// `mmap` (the layout of a replay need not make the kernel choose the same place); a file's
+/// through a descriptor of the trace's copy, opened once per process from the path the
+/// replayer wrote in [`ReplayFiles`] at the record's index. A failed file call is not made:
+/// its recorded error is returned.
 pub const PROBE_PLACE: u8 = 6;
 /// [`Spec::probe`]: refused with `-ENOSYS` without a call, in both modes (`rseq`, the table's
 /// `Replay::Deny(ENOSYS)`): recorded with that result; replayed like an emulated call.
@@ -118,7 +124,7 @@ pub const COND_WORD_CLEAR: u8 = 4;
 pub const COND_NOT_PENDING: u8 = 5;
 
 /// [`Cond::kind`]: the argument's bits in the high 32 bits of `value` (a mask) equal the
-/// low 32 bits of `value` (`mmap`'s flags: anonymous and private).
+/// low 32 bits of `value` (`mmap`'s flags: private).
 pub const COND_MASK_EQ: u8 = 6;
 
 /// Conditions per [`Spec`].
@@ -294,8 +300,8 @@ pub struct SlotHeader {
     pub interrupted: u64,
     /// Replaying: 0, or 1 when `diverged` names a [`PROBE_EXEC`] call that the replay ran and
     /// that returned [`SlotHeader::exec_result`] instead of the recorded result (the program
-    /// went on with it), or 2 when it names a call that matched its record but failed its
-    /// spec's conditions.
+    /// went on with it), 2 when it names a call that matched its record but failed its
+    /// spec's conditions, or 3 ([`DIVERGED_FILE`]).
     pub diverged_how: u64,
     /// Replaying: the result the replay's own run of the call `diverged` names returned.
     pub exec_result: u64,
@@ -335,6 +341,9 @@ pub const DIVERGED_RESULT: u64 = 1;
 /// [`SlotHeader::diverged_how`]: the call matched its record's number and arguments but not
 /// its spec's conditions (e.g. a signal set naming `SIGSEGV`).
 pub const DIVERGED_COND: u64 = 2;
+/// [`SlotHeader::diverged_how`]: the call is an `mmap` of a file ([`PROBE_PLACE`]) whose
+/// copy the library could not open (no path in [`ReplayFiles`], or `openat` failed).
+pub const DIVERGED_FILE: u64 = 3;
 
 /// The head of one record in a slot's buffer, followed by `nwrites` writes, each an
 /// `addr: u64`, a `len: u64` and `len` bytes padded to a multiple of 8. `size` covers it all
@@ -352,9 +361,64 @@ pub struct RecordHead {
     pub result: i64,
     /// Number of memory writes that follow.
     pub nwrites: u32,
-    /// Padding.
-    pub pad: u32,
+    /// 0, or for an `mmap` of a file ([`PROBE_PLACE`]): 1 + the index of its file in the
+    /// process's [`FileTable`] (recording) and [`ReplayFiles`] (replaying).
+    pub file: u32,
 }
+
+/// Files per process a buffered `mmap` may map ([`FileTable`], [`ReplayFiles`]).
+pub const MAX_FILES: usize = 128;
+
+/// One version of a file, as `fstat` shows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileKey {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// `st_size`.
+    pub size: u64,
+    /// `st_mtime`.
+    pub mtime: i64,
+    /// `st_mtime_nsec`.
+    pub mtime_nsec: i64,
+}
+
+/// Recording: the file versions a buffered `mmap` may map (each one the trace keeps a copy
+/// of), at the library's exported symbol `deja_files`; written by the recorder when it loads
+/// the library. Entries never change once written (a forked child inherits them).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileTable {
+    /// Entries in use.
+    pub count: u64,
+    /// The versions; index `i` is a record's `file` `i + 1`.
+    pub keys: [FileKey; MAX_FILES],
+}
+
+/// Longest path (with its terminating NUL) of a [`ReplayFile`].
+pub const REPLAY_PATH_SIZE: usize = 256;
+
+/// Replaying: the trace's copy of the file at one index of the recording's [`FileTable`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ReplayFile {
+    /// 0, or 1 + the descriptor the library opened `path` as (the library's own field).
+    pub fd: u64,
+    /// NUL-terminated path, written by the replayer before a record naming the index is
+    /// placed.
+    pub path: [u8; REPLAY_PATH_SIZE],
+}
+
+/// Replaying: the files of the process's buffered `mmap`s, at the library's exported symbol
+/// `deja_replay_files`.
+pub type ReplayFiles = [ReplayFile; MAX_FILES];
+
+/// Offset of [`ReplayFile::path`].
+pub const REPLAY_FILE_PATH_OFF: u64 = 8;
+/// Size of [`ReplayFile`].
+pub const REPLAY_FILE_SIZE: u64 = 8 + REPLAY_PATH_SIZE as u64;
 
 /// Size of [`RecordHead`].
 pub const RECORD_HEAD_SIZE: u64 = 72;

@@ -758,3 +758,35 @@ fn sites_patched_in_one_recording_are_patched_ahead_in_the_next() {
         "as many patching stops the second time: {stops:?}"
     );
 }
+
+/// A private `mmap` of a file whose version the trace already keeps (a system library an
+/// earlier process mapped) is buffered: the library checks the descriptor's file (`fstat`)
+/// against the table the recorder wrote at the exec, and the trace names the file in a
+/// `BufferedMaps` event; the replay's library maps the trace's copy at the recorded address.
+/// The last process maps the C library without a stop.
+#[test]
+fn files_the_trace_keeps_are_mapped_without_a_stop() {
+    let r = assert_replays_exactly("/bin/sh", &["-c", "/bin/true; /bin/true; ls / >/dev/null"]);
+    let events = dump(&r.ctx, &r.trace);
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e.line.contains("] exec "))
+        .map(|e| e.tid)
+        .expect("an exec event");
+    let of_last = |what: &str| {
+        events
+            .iter()
+            .filter(|e| e.tid == last && e.line.contains(what) && e.line.contains("libc.so"))
+            .count()
+    };
+    assert_eq!(
+        of_last("syscall mmap("),
+        0,
+        "traced mmaps of libc in the last process"
+    );
+    assert!(
+        of_last("buffered mmaps of") >= 1,
+        "no buffered mmap of libc in the last process"
+    );
+}

@@ -28,6 +28,9 @@ pub struct Space {
     pub sites: HashMap<u64, Site>,
     /// Function bounds found, by syscall site.
     pub functions: HashMap<u64, Option<(u64, u64)>>,
+    /// The files of the library's `FileTable` in this address space, by index: what its
+    /// buffered `mmap`s may map.
+    pub files: Vec<(trace_format::FileId, trace_format::FileRef)>,
 }
 
 impl Space {

@@ -269,6 +269,18 @@ impl FileEffects {
         Some(effect)
     }
 
+    /// Whether file `id` may have changed since it was stored (a writable shared mapping of
+    /// it, a recorded effect on it, at any time).
+    pub fn may_have_changed(&self, id: &FileId) -> bool {
+        self.ever_changed.contains(id) || self.mapped.get(id).copied().unwrap_or(false)
+    }
+
+    /// File `id` was mapped by a buffered `mmap` (of a version stored before): later writes
+    /// to it are followed as for a traced one.
+    pub fn note_mapped(&mut self, id: FileId) {
+        self.mapped.entry(id).or_insert(false);
+    }
+
     /// The mapped files whose content changed during the recording, `files` being the
     /// recording's stored files (a file stored with two contents changed too).
     pub fn changing_files(&self, files: &MappedFiles) -> Vec<FileId> {

@@ -117,6 +117,41 @@ impl MappedFiles {
     }
 }
 
+impl MappedFiles {
+    /// The stored versions of system files (under `trace_format::SYSTEM_PREFIXES`, which
+    /// deja takes as unchanging) other than those in `changed`: what a buffered `mmap` may
+    /// map (see `syscallbuf::abi::FileTable`), ordered by path, at most `max`.
+    pub fn system_versions(
+        &self,
+        changed: impl Fn(&trace_format::FileId) -> bool,
+        max: usize,
+    ) -> Vec<(syscallbuf::abi::FileKey, trace_format::FileId, FileRef)> {
+        let mut out: Vec<_> = self
+            .stored
+            .iter()
+            .filter(|(_, f)| {
+                trace_format::SYSTEM_PREFIXES
+                    .iter()
+                    .any(|p| f.path.starts_with(p))
+            })
+            .map(|(&(dev, ino, size, mtime, mtime_nsec), f)| {
+                let key = syscallbuf::abi::FileKey {
+                    dev,
+                    ino,
+                    size,
+                    mtime,
+                    mtime_nsec,
+                };
+                (key, trace_format::FileId { dev, ino }, f.clone())
+            })
+            .filter(|(_, id, _)| !changed(id))
+            .collect();
+        out.sort_by(|a, b| a.2.path.cmp(&b.2.path).then(a.0.ino.cmp(&b.0.ino)));
+        out.truncate(max);
+        out
+    }
+}
+
 /// The version of a file `m` describes.
 fn version(m: &std::fs::Metadata) -> FileVersion {
     (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec())

@@ -209,6 +209,17 @@ impl EmuFiles {
             .context("mapping the emulated file in the tracee")
     }
 
+    /// The path of emulated file `id`, its content set to the stored copy `stored` (for the
+    /// in-process library to open and map: a buffered `mmap`).
+    pub fn path_of(
+        &mut self,
+        id: FileId,
+        reader: &TraceReader,
+        stored: &FileRef,
+    ) -> Result<PathBuf> {
+        Ok(self.load(id, reader, stored)?.path.clone())
+    }
+
     /// A descriptor of emulated file `id` in the process of task `t`, opened (injected) once
     /// and kept: mappings of one file made through one open file are one `struct file` to the
     /// kernel, which merges adjacent mappings of it as in the recording (a later `mremap`

@@ -26,6 +26,27 @@ pub static mut deja_config: Config = Config {
     specs: [Spec::NONE; MAX_NR],
 };
 
+/// Recording: the file versions a buffered `mmap` may map, written by deja at load time.
+#[no_mangle]
+pub static mut deja_files: FileTable = FileTable {
+    count: 0,
+    keys: [FileKey {
+        dev: 0,
+        ino: 0,
+        size: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+    }; MAX_FILES],
+};
+
+/// Replaying: the trace's copies of those files (paths written by deja, descriptors opened
+/// here).
+#[no_mangle]
+pub static mut deja_replay_files: ReplayFiles = [ReplayFile {
+    fd: 0,
+    path: [0; REPLAY_PATH_SIZE],
+}; MAX_FILES];
+
 /// The registers the hook's assembly saves on the slot's stack, in memory order.
 #[repr(C)]
 struct Saved {
@@ -45,6 +66,13 @@ const ENOSYS: i64 = 38;
 /// `mmap` flags.
 const MAP_FIXED: u64 = 0x10;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+const MAP_ANONYMOUS: u64 = 0x20;
+const SYS_FSTAT: u64 = 5;
+const SYS_OPENAT: u64 = 257;
+const AT_FDCWD: u64 = -100i64 as u64;
+const O_RDONLY_CLOEXEC: u64 = 0o2_000_000;
+const S_IFMT: u64 = 0o170_000;
+const S_IFREG: u64 = 0o100_000;
 /// Results at or above this (as unsigned) are `-errno`.
 const MAX_ERRNO_RESULT: u64 = -4095i64 as u64;
 /// Most iovecs a buffered `readv` may have (they are copied onto the slot's stack).
@@ -420,6 +448,14 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
     if used > BUF_SIZE || need > BUF_SIZE - used {
         return TRACED;
     }
+    // An `mmap` of a file: only of a version the trace keeps (see `PROBE_PLACE`).
+    let mut file = 0u32;
+    if spec.probe == PROBE_PLACE && args[3] & MAP_ANONYMOUS == 0 {
+        match known_file(args[4]) {
+            Some(i) => file = i + 1,
+            None => return TRACED,
+        }
+    }
     let result = match spec.probe {
         PROBE_DIRECT | PROBE_EXEC | PROBE_PLACE => deja_untraced_syscall(
             nr, kargs[0], kargs[1], kargs[2], kargs[3], kargs[4], kargs[5],
@@ -536,7 +572,7 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
         args,
         result,
         nwrites: w.nwrites,
-        pad: 0,
+        file,
     };
     // SAFETY: `used` + `need` <= BUF_SIZE, and `need` >= RECORD_HEAD_SIZE; `used` is a multiple
     // of 8 as every record's size is (unaligned writes all the same).
@@ -546,6 +582,71 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
     hdr.seq = hdr.seq.wrapping_add(1);
     regs.rax = result as u64;
     HANDLED
+}
+
+/// The index in [`deja_files`] of the file version descriptor `fd` names (`fstat`), if it is
+/// there and a regular file.
+unsafe fn known_file(fd: u64) -> Option<u32> {
+    // `struct stat`: st_dev at 0, st_ino 8, st_mode 24, st_size 48, st_mtime 88,
+    // st_mtime_nsec 96 (144 bytes).
+    let mut st = [0u64; 18];
+    if deja_untraced_syscall(SYS_FSTAT, fd, st.as_mut_ptr() as u64, 0, 0, 0, 0) != 0 {
+        return None;
+    }
+    if st[3] & S_IFMT != S_IFREG {
+        return None;
+    }
+    // SAFETY: deja writes the table before the program runs; nothing writes it after.
+    let table = &*addr_of!(deja_files);
+    let n = (table.count as usize).min(MAX_FILES);
+    let i = table.keys[..n].iter().position(|k| {
+        k.dev == st[0]
+            && k.ino == st[1]
+            && k.size == st[6]
+            && k.mtime == st[11] as i64
+            && k.mtime_nsec == st[12] as i64
+    })?;
+    Some(i as u32)
+}
+
+/// Replaying: the descriptor of the trace's copy of file `i` of [`deja_replay_files`], opened
+/// at its first use in the process (and kept: a forked child inherits it with the table).
+unsafe fn replay_fd(i: u32) -> Option<u64> {
+    let i = i as usize;
+    if i >= MAX_FILES {
+        return None;
+    }
+    // SAFETY: this thread holds the hook (`locked`); the entry is the process's own memory.
+    let entry = &mut (*addr_of_mut!(deja_replay_files))[i];
+    if entry.fd != 0 {
+        return Some(entry.fd - 1);
+    }
+    // A path, NUL-terminated within the entry (a byte loop: `contains` would link core's
+    // `memchr`, built with unwinding).
+    let mut terminated = false;
+    for &b in entry.path.iter() {
+        if b == 0 {
+            terminated = true;
+            break;
+        }
+    }
+    if entry.path[0] == 0 || !terminated {
+        return None;
+    }
+    let fd = deja_untraced_syscall(
+        SYS_OPENAT,
+        AT_FDCWD,
+        entry.path.as_ptr() as u64,
+        O_RDONLY_CLOEXEC,
+        0,
+        0,
+        0,
+    );
+    if fd < 0 {
+        return None;
+    }
+    entry.fd = fd as u64 + 1;
+    Some(fd as u64)
 }
 
 /// Appends writes (`addr`, `len`, bytes padded to 8) after a record's head, never past `cap`.
@@ -622,6 +723,14 @@ unsafe fn replay(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
         hdr.diverged_how = DIVERGED_COND;
         return diverge(hdr);
     };
+    if spec.probe == PROBE_PLACE && head.file != 0 && head.result as u64 >= MAX_ERRNO_RESULT {
+        // A file's mapping that failed: nothing to make (see `PROBE_PLACE`).
+        regs.rax = head.result as u64;
+        hdr.pos = pos + size;
+        hdr.calls = hdr.calls.wrapping_add(1);
+        hdr.seq = hdr.seq.wrapping_add(1);
+        return HANDLED;
+    }
     if spec.probe == PROBE_EXEC || spec.probe == PROBE_PLACE {
         // Run for real: the kernel writes the outputs; its result must be the recorded one.
         let word = checked.word.map_or(0, |(_, w)| w);
@@ -631,6 +740,15 @@ unsafe fn replay(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
             k[0] = head.result as u64;
             if k[3] & MAP_FIXED == 0 {
                 k[3] |= MAP_FIXED_NOREPLACE;
+            }
+            if head.file != 0 {
+                match replay_fd(head.file - 1) {
+                    Some(fd) => k[4] = fd,
+                    None => {
+                        hdr.diverged_how = DIVERGED_FILE;
+                        return diverge(hdr);
+                    }
+                }
             }
         }
         let result = deja_untraced_syscall(head.nr as u64, k[0], k[1], k[2], k[3], k[4], k[5]);

@@ -47,6 +47,10 @@ pub struct Loaded {
     pub hook: u64,
     /// Address of `deja_config` (an [`abi::Config`], see [`config_bytes`]).
     pub config: u64,
+    /// Address of `deja_files` (an [`abi::FileTable`], see [`file_table_bytes`]).
+    pub files: u64,
+    /// Address of `deja_replay_files` (an [`abi::ReplayFiles`]).
+    pub replay_files: u64,
     /// Address of `deja_traced_syscall` (the hook's traced `syscall` instruction).
     pub traced: u64,
     /// Address of `deja_traced_syscall_end`, right after the traced `syscall`.
@@ -147,6 +151,8 @@ pub fn load(image: &[u8], base: u64) -> Result<Loaded> {
     Ok(Loaded {
         hook: sym("deja_syscall_hook")?,
         config: sym("deja_config")?,
+        files: sym("deja_files")?,
+        replay_files: sym("deja_replay_files")?,
         traced: sym("deja_traced_syscall")?,
         traced_end: sym("deja_traced_syscall_end")?,
         untraced_end: sym("deja_untraced_syscall_end")?,
@@ -158,6 +164,33 @@ pub fn load(image: &[u8], base: u64) -> Result<Loaded> {
 /// The blake3 hash (hex) of [`IMAGE`], to tell library versions apart in traces.
 pub fn image_hash() -> String {
     blake3::hash(IMAGE).to_hex().to_string()
+}
+
+/// The [`abi::FileTable`] of `keys` (at most [`abi::MAX_FILES`]) as bytes, its used part
+/// only (the rest of the library's table is zero), to write at [`Loaded::files`].
+pub fn file_table_bytes(keys: &[abi::FileKey]) -> Vec<u8> {
+    let keys = &keys[..keys.len().min(abi::MAX_FILES)];
+    let mut out = Vec::with_capacity(8 + 40 * keys.len());
+    out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
+    for k in keys {
+        for w in [k.dev, k.ino, k.size, k.mtime as u64, k.mtime_nsec as u64] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Where the replayer writes the path of index `i` of a process's [`abi::ReplayFiles`], and
+/// the bytes (the path and its NUL); `None` if the path is too long for it.
+pub fn replay_file_path(i: usize, path: &[u8]) -> Option<(u64, Vec<u8>)> {
+    if i >= abi::MAX_FILES || path.len() >= abi::REPLAY_PATH_SIZE || path.contains(&0) {
+        return None;
+    }
+    let at =
+        loaded().ok()?.replay_files + i as u64 * abi::REPLAY_FILE_SIZE + abi::REPLAY_FILE_PATH_OFF;
+    let mut bytes = path.to_vec();
+    bytes.push(0);
+    Some((at, bytes))
 }
 
 /// Size of an [`abi::Config`] in bytes.
@@ -250,6 +283,8 @@ pub struct Head {
     pub offset: usize,
     /// Its size in bytes, writes included.
     pub size: usize,
+    /// [`abi::RecordHead::file`]: 0, or 1 + the file table index of an `mmap` of a file.
+    pub file: u32,
 }
 
 /// The heads of the records of a buffer, checked as strictly as [`parse_records`] does but
@@ -283,7 +318,8 @@ pub fn heads(buf: &[u8]) -> Result<Vec<Head>> {
             *a = word(buf, pos + 8 + 8 * i)?;
         }
         let rec = &buf[pos..pos + size];
-        let nwrites = word(buf, pos + 64)? & 0xffff_ffff;
+        let w64 = word(buf, pos + 64)?;
+        let nwrites = w64 & 0xffff_ffff;
         let mut off = head;
         for k in 0..nwrites {
             ensure!(
@@ -312,6 +348,7 @@ pub fn heads(buf: &[u8]) -> Result<Vec<Head>> {
             result: word(buf, pos + 56)? as i64,
             offset: pos,
             size,
+            file: (w64 >> 32) as u32,
         });
         pos += size;
     }
@@ -391,6 +428,26 @@ mod tests {
             std::mem::size_of::<abi::RecordHead>() as u64,
             abi::RECORD_HEAD_SIZE
         );
+        assert_eq!(std::mem::size_of::<abi::FileKey>(), 40);
+        assert_eq!(
+            std::mem::size_of::<abi::ReplayFile>() as u64,
+            abi::REPLAY_FILE_SIZE
+        );
+        assert_eq!(
+            std::mem::offset_of!(abi::ReplayFile, path) as u64,
+            abi::REPLAY_FILE_PATH_OFF
+        );
+        let keys = [abi::FileKey {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime: 4,
+            mtime_nsec: 5,
+        }];
+        let t = file_table_bytes(&keys);
+        assert_eq!(t.len(), 8 + 40);
+        assert_eq!(word(&t, 0).unwrap(), 1);
+        assert_eq!(word(&t, 8 + 32).unwrap(), 5);
     }
 
     #[test]

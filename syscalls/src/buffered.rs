@@ -28,10 +28,12 @@ pub enum Probe {
     /// [`Probe::Direct`]; in replay the library makes the same call and its result must be
     /// the recorded one (the kernel writes its outputs again).
     Exec,
-    /// `mmap` of anonymous private memory (`Replay::Mmap`): recorded like [`Probe::Direct`];
-    /// in replay the library makes the call at the recorded address (`MAP_FIXED_NOREPLACE`,
-    /// or the program's `MAP_FIXED`), as the replayer does for a traced `mmap`, and its
-    /// result must be the recorded one.
+    /// `mmap` of private memory (`Replay::Mmap`), anonymous or of a file: recorded like
+    /// [`Probe::Direct`], a file's only when its version (`fstat`) is one the trace keeps
+    /// (the recorder's table in the library, `syscallbuf::abi::FileTable`), else traced; in
+    /// replay the library makes the call at the recorded address (`MAP_FIXED_NOREPLACE`, or
+    /// the program's `MAP_FIXED`), as the replayer does for a traced `mmap`, a file's through
+    /// a descriptor of the trace's copy of it, and its result must be the recorded one.
     Place,
     /// Refused with `ENOSYS` in both modes (`Replay::Deny(ENOSYS)`): the library returns it
     /// without making the call (`rseq`, which every glibc program tries once per thread).
@@ -154,13 +156,13 @@ const SIGPROCMASK: &[Cond] = &[
 const SIGPROCMASK_HOW: &[(u64, u64)] =
     &[(libc::SIG_BLOCK as u64, 0), (libc::SIG_UNBLOCK as u64, 0)];
 
-/// `mmap` of anonymous private memory (`MAP_PRIVATE | MAP_ANONYMOUS`, the mapping type in
-/// the low four bits): nothing the recorder follows (no file, nothing shared across lanes).
-const ANON_PRIVATE: &[Cond] = &[cond(
+/// `mmap` of private memory (`MAP_PRIVATE`, the mapping type in the low four bits): nothing
+/// shared across lanes; anonymous, or of a file the trace keeps (see [`Probe::Place`]).
+const PRIVATE: &[Cond] = &[cond(
     3,
     Test::MaskEq {
-        mask: 0xf | libc::MAP_ANONYMOUS as u32,
-        value: libc::MAP_PRIVATE as u32 | libc::MAP_ANONYMOUS as u32,
+        mask: 0xf,
+        value: libc::MAP_PRIVATE as u32,
     },
     true,
 )];
@@ -235,9 +237,9 @@ pub fn buffered(nr: u64) -> Option<Buffered> {
             case_out: Some(0),
             ..plain(Direct, None)
         },
-        // Anonymous private memory, placed in replay where the recording's call put it.
+        // Private memory, placed in replay where the recording's call put it.
         libc::SYS_mmap => Buffered {
-            conds: ANON_PRIVATE,
+            conds: PRIVATE,
             ..plain(Place, None)
         },
         libc::SYS_rt_sigaction => Buffered {

@@ -22,7 +22,8 @@ pub fn writes_mut(ev: &mut Event) -> Vec<&mut MemWrite> {
         | Event::Ptrace(_)
         | Event::Patch(_)
         | Event::Patches(_)
-        | Event::Lane(_) => Vec::new(),
+        | Event::Lane(_)
+        | Event::BufferedMaps(_) => Vec::new(),
     }
 }
 

@@ -52,6 +52,9 @@ pub enum Event {
     /// The task's process moved to another lane of the recorder (a tracer thread of another
     /// CPU): from its next run on, its runs overlap those of the other lane's tasks.
     Lane(LaneEvent),
+    /// The files the `mmap`s of the task's next [`BufferedEvent`] mapped (it comes right
+    /// before that event). Added in format version 8.
+    BufferedMaps(BufferedMapsEvent),
 }
 
 impl Event {
@@ -85,6 +88,7 @@ impl Event {
             Event::Patch(e) => e.tid,
             Event::Patches(e) => e.first.tid,
             Event::Lane(e) => e.tid,
+            Event::BufferedMaps(e) => e.tid,
         }
     }
 
@@ -106,6 +110,7 @@ impl Event {
             Event::Patch(_) => "patch",
             Event::Patches(_) => "patches",
             Event::Lane(_) => "lane",
+            Event::BufferedMaps(_) => "buffered maps",
         }
     }
 }
@@ -297,6 +302,30 @@ pub struct BufferedEvent {
     /// wrote; the layout is `syscallbuf::abi`'s, fixed by the library image the trace names in
     /// its [`ExecEvent`]): the replay hands them back to the library as they are.
     pub records: Data,
+}
+
+/// The files a task's buffered `mmap`s mapped (of versions the trace keeps): one entry per
+/// such call of the [`BufferedEvent`] that follows.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BufferedMapsEvent {
+    /// The task.
+    pub tid: Tid,
+    /// The calls, by increasing index.
+    pub maps: Vec<BufferedMap>,
+}
+
+/// One buffered `mmap` of a file.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BufferedMap {
+    /// The call's index among the records of its [`BufferedEvent`].
+    pub call: u32,
+    /// The index of its file in the process's table (`syscallbuf::abi::FileTable`), as the
+    /// record names it.
+    pub table_index: u32,
+    /// The file's identity (one emulated copy per file in replay).
+    pub file: FileId,
+    /// The file's content, as the trace keeps it.
+    pub stored: FileRef,
 }
 
 /// The patch of one syscall site, made at the seccomp stop of its first call.

@@ -33,8 +33,8 @@ pub use writer::{
 };
 
 /// The trace format version this build writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 
-/// The oldest trace format version this build reads: version 7 only added an event kind
-/// (`PatchAhead`), so a version 6 trace is a version 7 trace without it.
+/// The oldest trace format version this build reads: versions 7 and 8 only added event kinds
+/// (`Patches`, `BufferedMaps`), so a version 6 trace is a version 8 trace without them.
 pub const OLDEST_READABLE_VERSION: u32 = 6;

@@ -66,6 +66,14 @@ pub fn load(t: &Tracee, mode: u64, slot: u64) -> Result<()> {
     give_slot(t, slot)
 }
 
+/// Writes the recording's [`syscallbuf::abi::FileTable`] (`keys`: the file versions a
+/// buffered `mmap` may map) into the library just loaded in the process of task `t`.
+pub fn write_file_table(t: &Tracee, keys: &[syscallbuf::abi::FileKey]) -> Result<()> {
+    let lib = syscallbuf::loaded()?;
+    t.write_mem(lib.files, &syscallbuf::file_table_bytes(keys))
+        .context("writing the file table of deja's in-process library")
+}
+
 /// The library's configuration in `mode` ([`syscallbuf::config_bytes`]), its specs derived
 /// once per run of deja (at every exec of a recording, that took longer than the rest of
 /// the load).

@@ -5,7 +5,10 @@
 
 use anyhow::{Context, Result};
 use syscallbuf::abi;
-use trace_format::{BufferedEvent, Event, LibraryLoad, PatchEvent, PatchesEvent, WatchedWord};
+use trace_format::{
+    BufferedEvent, BufferedMap, BufferedMapsEvent, Event, LibraryLoad, PatchEvent, PatchesEvent,
+    WatchedWord,
+};
 use tracee::fastpath::{SitePatch, STUB_PAGE, STUB_START};
 use tracee::{Regs, Stop};
 
@@ -57,12 +60,25 @@ impl Session {
         let slot = t
             .slot
             .context("a task to load the library into has no slot")?;
+        // The file versions its buffered `mmap`s may map: those stored so far.
+        let effects = &self.effects;
+        let table = self
+            .files
+            .system_versions(|id| effects.may_have_changed(id), abi::MAX_FILES);
+        let keys: Vec<abi::FileKey> = table.iter().map(|(k, ..)| *k).collect();
         // At the exec's exit stop, a signal pending (a child's SIGCHLD) stops the task before
         // each syscall injected there.
         self.with_signals_aside(tid, |s| {
-            tracee::fastpath::load(&s.task(tid)?.tracee, abi::MODE_RECORD, slot)
+            let t = &s.task(tid)?.tracee;
+            tracee::fastpath::load(t, abi::MODE_RECORD, slot)?;
+            tracee::fastpath::write_file_table(t, &keys)
         })
-        .with_context(|| format!("loading deja's in-process library into task {tid}"))
+        .with_context(|| format!("loading deja's in-process library into task {tid}"))?;
+        let mm = self.task(tid)?.mm;
+        if let Some(space) = self.fast.spaces.get_mut(&mm) {
+            space.files = table.into_iter().map(|(_, id, f)| (id, f)).collect();
+        }
+        Ok(())
     }
 
     /// A task gets an emulated tracer: its process stops using the fast path, so that the
@@ -143,6 +159,11 @@ impl Session {
         if !heads.iter().any(|h| crate::fastpath::changes_maps(h.nr)) {
             self.fast.harmless_events += 1;
         }
+        let maps = self.buffered_maps(tid, &heads)?;
+        if !maps.is_empty() {
+            self.writer
+                .push(Event::BufferedMaps(BufferedMapsEvent { tid, maps }))?;
+        }
         let records = self.writer.data_vec(buf);
         self.writer.push(Event::Buffered(BufferedEvent {
             tid,
@@ -150,6 +171,36 @@ impl Session {
             records,
         }))?;
         Ok(())
+    }
+
+    /// The files the buffered `mmap`s among `heads` (drained from task `tid`) mapped, from
+    /// its address space's table; each is followed as a mapped file from now on.
+    fn buffered_maps(&mut self, tid: i32, heads: &[syscallbuf::Head]) -> Result<Vec<BufferedMap>> {
+        let mut maps = Vec::new();
+        for (call, h) in heads.iter().enumerate() {
+            if h.file == 0 || h.nr != libc::SYS_mmap as u64 {
+                continue;
+            }
+            let mm = self.task(tid)?.mm;
+            let index = h.file - 1;
+            let (file, stored) = self
+                .fast
+                .spaces
+                .get(&mm)
+                .and_then(|s| s.files.get(index as usize))
+                .cloned()
+                .with_context(|| {
+                    format!("a buffered mmap of task {tid} names file {index}, not in its table")
+                })?;
+            self.effects.note_mapped(file);
+            maps.push(BufferedMap {
+                call: call as u32,
+                table_index: index,
+                file,
+                stored,
+            });
+        }
+        Ok(maps)
     }
 
     /// At the seccomp stop of a buffered syscall at a site not yet decided: patches the site

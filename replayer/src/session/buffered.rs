@@ -4,6 +4,7 @@
 //! task runs, for the library to answer them; at their event, a check that the task made
 //! exactly those calls.
 
+use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
 
 use anyhow::{Context, Result};
@@ -73,6 +74,7 @@ impl Session {
         }
         let placed: Vec<u64> = self.task(tid)?.placed.iter().map(|&(n, _)| n).collect();
         let mut batches = Vec::new();
+        let mut maps = Vec::new();
         // (Events of other lanes in between do not count: see `lanes`.)
         let mut seen = 0;
         self.lane_walk(tid, |s, i| {
@@ -84,6 +86,10 @@ impl Session {
                     if !placed.contains(&index) {
                         batches.push((index, b.clone()));
                     }
+                    Ok(seen < LOOKAHEAD)
+                }
+                Some(Event::BufferedMaps(m)) if m.tid == tid => {
+                    maps.extend(m.maps.iter().cloned());
                     Ok(seen < LOOKAHEAD)
                 }
                 Some(ev) if ev.tid() == tid => Ok(false),
@@ -101,6 +107,7 @@ impl Session {
             bytes.extend(reader.read_data(&b.records)?);
             ends.push((*index, bytes.len() as u64));
         }
+        self.name_mapped_files(tid, &maps)?;
         let reserved = mapped_by(&bytes);
         let t = self.task(tid)?;
         let slot = t.slot.context("no slot")?;
@@ -108,6 +115,33 @@ impl Session {
             .with_context(|| format!("placing the buffered syscalls of task {tid}"))?;
         t.placed = ends;
         t.reserved = reserved;
+        Ok(())
+    }
+
+    /// Writes the paths of the replay's copies of the files the buffered `mmap`s `maps` of
+    /// task `tid` map into its process's library (`abi::ReplayFiles`, at the recording's
+    /// table index), for the library to open.
+    fn name_mapped_files(&mut self, tid: Tid, maps: &[trace_format::BufferedMap]) -> Result<()> {
+        let reader = Rc::clone(&self.reader);
+        for m in maps {
+            let path = self.emu.path_of(m.file, &reader, &m.stored)?;
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            let (at, bytes) =
+                syscallbuf::replay_file_path(m.table_index as usize, path.as_os_str().as_bytes())
+                    .with_context(|| {
+                    format!(
+                        "the replay's copy of {} ({}) cannot be named to the in-process \
+                             library (index {}, a path of at most {} bytes)",
+                        m.stored.path,
+                        path.display(),
+                        m.table_index,
+                        abi::REPLAY_PATH_SIZE - 1
+                    )
+                })?;
+            self.tracee(tid)?
+                .write_mem(at, &bytes)
+                .context("naming a mapped file to the in-process library")?;
+        }
         Ok(())
     }
 
@@ -163,6 +197,15 @@ impl Session {
                              with the result the replay got"
                                 .into(),
                         ],
+                    ));
+                }
+                abi::DIVERGED_FILE => {
+                    return Err(self.diverged(
+                        tid,
+                        expected,
+                        "that call, but the in-process library could not open the replay's \
+                         copy of the file it maps"
+                            .into(),
                     ));
                 }
                 abi::DIVERGED_COND => {
@@ -354,15 +397,22 @@ impl Session {
         let mut at = None;
         self.lane_walk(tid, |s, i| {
             at = Some(i);
-            Ok(matches!(s.peek_at(i)?, Some(Event::Buffered(b)) if b.tid == tid))
+            Ok(is_buffered_of(s.peek_at(i)?, tid))
         })?;
         // (Past the last buffered event, the trace ended.)
         match at {
-            Some(i) if !matches!(self.peek_at(i)?, Some(Event::Buffered(b)) if b.tid == tid) => {
-                self.peek_at(i)
-            }
+            Some(i) if !is_buffered_of(self.peek_at(i)?, tid) => self.peek_at(i),
             _ => Ok(None),
         }
+    }
+}
+
+/// Whether `ev` is a `Buffered` event of task `tid`, or the `BufferedMaps` event before one.
+fn is_buffered_of(ev: Option<&Event>, tid: Tid) -> bool {
+    match ev {
+        Some(Event::Buffered(b)) => b.tid == tid,
+        Some(Event::BufferedMaps(m)) => m.tid == tid,
+        _ => false,
     }
 }
 

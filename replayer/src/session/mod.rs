@@ -451,6 +451,8 @@ impl Session {
                 Event::Buffered(e) => self.check_buffered(&e)?,
                 Event::Patch(e) => self.patch(&e)?,
                 Event::Patches(e) => self.patches(&e)?,
+                // Used when the buffered calls after it are placed (`place_buffered`).
+                Event::BufferedMaps(_) => {}
                 Event::Lane(_) => {}
             }
         }

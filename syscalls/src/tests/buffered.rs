@@ -3,7 +3,7 @@
 use super::*;
 
 /// Every buffered syscall is emulated in replay (or, with `Probe::Exec`, run in both modes;
-/// with `Probe::Place`, an anonymous `mmap` placed where the recording's was;
+/// with `Probe::Place`, a private `mmap` placed where the recording's was;
 /// `prlimit64` only as a query) and writes nothing on failure: a buffered record is its result
 /// and, on success, the memory its outputs name.
 #[test]
@@ -126,7 +126,7 @@ fn buffered_conditions() {
     for nr in [libc::SYS_write, libc::SYS_madvise, libc::SYS_mremap] {
         assert!(crate::buffered(nr as u64).is_none(), "{nr}");
     }
-    // mmap only of anonymous private memory.
+    // mmap only of private memory (of a file: the library checks it is one the trace keeps).
     let mmap = crate::buffered(libc::SYS_mmap as u64).unwrap();
     let with_flags = |flags: i32| {
         let mut args = [0, 4096, 3, flags as u64, u64::MAX, 0];
@@ -139,7 +139,11 @@ fn buffered_conditions() {
     ));
     assert!(!with_flags(libc::MAP_SHARED | libc::MAP_ANONYMOUS));
     assert!(!with_flags(libc::MAP_SHARED_VALIDATE | libc::MAP_ANONYMOUS));
-    assert!(!with_flags(libc::MAP_PRIVATE));
+    assert!(with_flags(libc::MAP_PRIVATE));
+    assert!(with_flags(
+        libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_DENYWRITE
+    ));
+    assert!(!with_flags(libc::MAP_SHARED));
     // arch_prctl only to set fs; futex only to wake.
     let ap = crate::buffered(libc::SYS_arch_prctl as u64).unwrap();
     assert!(ap.may_take(&[0x1002, 0x1000, 0, 0, 0, 0]));
