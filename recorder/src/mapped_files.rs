@@ -119,8 +119,9 @@ impl MappedFiles {
 
 impl MappedFiles {
     /// The stored versions of system files (under `trace_format::SYSTEM_PREFIXES`, which
-    /// deja takes as unchanging) other than those in `changed`: what a buffered `mmap` may
-    /// map (see `syscallbuf::abi::FileTable`), ordered by path, at most `max`.
+    /// deja takes as unchanging, and the dynamic loader's cache, which `ldconfig` replaces
+    /// whole, never writes in place) other than those in `changed`: what a buffered `mmap`
+    /// may map (see `syscallbuf::abi::FileTable`), ordered by path, at most `max`.
     pub fn system_versions(
         &self,
         changed: impl Fn(&trace_format::FileId) -> bool,
@@ -130,9 +131,10 @@ impl MappedFiles {
             .stored
             .iter()
             .filter(|(_, f)| {
-                trace_format::SYSTEM_PREFIXES
-                    .iter()
-                    .any(|p| f.path.starts_with(p))
+                f.path == "/etc/ld.so.cache"
+                    || trace_format::SYSTEM_PREFIXES
+                        .iter()
+                        .any(|p| f.path.starts_with(p))
             })
             .map(|(&(dev, ino, size, mtime, mtime_nsec), f)| {
                 let key = syscallbuf::abi::FileKey {

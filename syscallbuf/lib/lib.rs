@@ -67,6 +67,15 @@ const ENOSYS: i64 = 38;
 const MAP_FIXED: u64 = 0x10;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 const MAP_ANONYMOUS: u64 = 0x20;
+/// The mapping type bits of `mmap`'s flags, and two of its values.
+const MAP_TYPE: u64 = 0xf;
+const MAP_SHARED: u64 = 0x1;
+const MAP_PRIVATE: u64 = 0x2;
+const PROT_WRITE: u64 = 0x2;
+const SYS_FCNTL: u64 = 72;
+const F_GETFL: u64 = 3;
+const O_ACCMODE: i64 = 0o3;
+const O_RDONLY: i64 = 0;
 const SYS_FSTAT: u64 = 5;
 const SYS_OPENAT: u64 = 257;
 const AT_FDCWD: u64 = -100i64 as u64;
@@ -448,11 +457,12 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
     if used > BUF_SIZE || need > BUF_SIZE - used {
         return TRACED;
     }
-    // An `mmap` of a file: only of a version the trace keeps (see `PROBE_PLACE`).
+    // An `mmap`: of private anonymous memory, or of a file version the trace keeps (see
+    // `PROBE_PLACE`).
     let mut file = 0u32;
-    if spec.probe == PROBE_PLACE && args[3] & MAP_ANONYMOUS == 0 {
-        match known_file(args[4]) {
-            Some(i) => file = i + 1,
+    if spec.probe == PROBE_PLACE {
+        match mapped_file(&args) {
+            Some(f) => file = f,
             None => return TRACED,
         }
     }
@@ -582,6 +592,26 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
     hdr.seq = hdr.seq.wrapping_add(1);
     regs.rax = result as u64;
     HANDLED
+}
+
+/// What an `mmap(args)` the library may make maps: `Some(0)` for private anonymous memory,
+/// `Some(1 + i)` for file `i` of [`deja_files`], mapped private, or shared but neither
+/// writable nor through a descriptor that could make it so (`gconv-modules.cache`); `None`
+/// for anything else (the traced path).
+unsafe fn mapped_file(args: &[u64; 6]) -> Option<u32> {
+    let kind = args[3] & MAP_TYPE;
+    if args[3] & MAP_ANONYMOUS != 0 {
+        return (kind == MAP_PRIVATE).then_some(0);
+    }
+    if kind == MAP_SHARED {
+        let mode = deja_untraced_syscall(SYS_FCNTL, args[4], F_GETFL, 0, 0, 0, 0);
+        if args[2] & PROT_WRITE != 0 || mode < 0 || mode & O_ACCMODE != O_RDONLY {
+            return None;
+        }
+    } else if kind != MAP_PRIVATE {
+        return None;
+    }
+    Some(known_file(args[4])? + 1)
 }
 
 /// The index in [`deja_files`] of the file version descriptor `fd` names (`fstat`), if it is

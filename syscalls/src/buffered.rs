@@ -28,7 +28,8 @@ pub enum Probe {
     /// [`Probe::Direct`]; in replay the library makes the same call and its result must be
     /// the recorded one (the kernel writes its outputs again).
     Exec,
-    /// `mmap` of private memory (`Replay::Mmap`), anonymous or of a file: recorded like
+    /// `mmap` (`Replay::Mmap`) of private anonymous memory, or of a file mapped private (or
+    /// shared, not writable, through a read-only descriptor): recorded like
     /// [`Probe::Direct`], a file's only when its version (`fstat`) is one the trace keeps
     /// (the recorder's table in the library, `syscallbuf::abi::FileTable`), else traced; in
     /// replay the library makes the call at the recorded address (`MAP_FIXED_NOREPLACE`, or
@@ -156,13 +157,15 @@ const SIGPROCMASK: &[Cond] = &[
 const SIGPROCMASK_HOW: &[(u64, u64)] =
     &[(libc::SIG_BLOCK as u64, 0), (libc::SIG_UNBLOCK as u64, 0)];
 
-/// `mmap` of private memory (`MAP_PRIVATE`, the mapping type in the low four bits): nothing
-/// shared across lanes; anonymous, or of a file the trace keeps (see [`Probe::Place`]).
-const PRIVATE: &[Cond] = &[cond(
+/// `mmap` of the mapping types (the low four bits) up to 3 (`MAP_SHARED`, `MAP_PRIVATE`,
+/// `MAP_SHARED_VALIDATE`): of these the library takes private anonymous memory, and files
+/// the trace keeps mapped private or shared read-only (see [`Probe::Place`]), nothing shared
+/// across lanes; the rest it leaves to the traced path.
+const MAPPINGS: &[Cond] = &[cond(
     3,
     Test::MaskEq {
-        mask: 0xf,
-        value: libc::MAP_PRIVATE as u32,
+        mask: 0xc,
+        value: 0,
     },
     true,
 )];
@@ -237,9 +240,10 @@ pub fn buffered(nr: u64) -> Option<Buffered> {
             case_out: Some(0),
             ..plain(Direct, None)
         },
-        // Private memory, placed in replay where the recording's call put it.
+        // Private memory and files the trace keeps, placed in replay where the recording's
+        // call put them.
         libc::SYS_mmap => Buffered {
-            conds: PRIVATE,
+            conds: MAPPINGS,
             ..plain(Place, None)
         },
         libc::SYS_rt_sigaction => Buffered {

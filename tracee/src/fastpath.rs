@@ -36,10 +36,11 @@ pub fn load(t: &Tracee, mode: u64, slot: u64) -> Result<()> {
     )
     .context("mapping deja's in-process library")?;
     for seg in &lib.segments {
-        t.write_mem(seg.addr, &seg.bytes)
+        // (The fresh mapping is zero: its zero tail, the .bss, needs no writing.)
+        t.write_mem(seg.addr, nonzero_prefix(&seg.bytes))
             .context("writing deja's in-process library")?;
     }
-    t.write_mem(lib.config, &config(mode)?)
+    t.write_mem(lib.config, nonzero_prefix(&config(mode)?))
         .context("configuring deja's in-process library")?;
     for seg in &lib.segments {
         if seg.prot != libc::PROT_READ | libc::PROT_WRITE {
@@ -289,6 +290,12 @@ fn map_fixed(t: &Tracee, addr: u64, len: u64, prot: i32, extra: i32) -> Result<(
         );
     }
     Ok(())
+}
+
+/// `bytes` without its trailing zeros.
+fn nonzero_prefix(bytes: &[u8]) -> &[u8] {
+    let len = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    &bytes[..len]
 }
 
 fn page_up(n: u64) -> u64 {

@@ -126,7 +126,7 @@ fn buffered_conditions() {
     for nr in [libc::SYS_write, libc::SYS_madvise, libc::SYS_mremap] {
         assert!(crate::buffered(nr as u64).is_none(), "{nr}");
     }
-    // mmap only of private memory (of a file: the library checks it is one the trace keeps).
+    // mmap of the mapping types shared and private (the library checks the rest).
     let mmap = crate::buffered(libc::SYS_mmap as u64).unwrap();
     let with_flags = |flags: i32| {
         let mut args = [0, 4096, 3, flags as u64, u64::MAX, 0];
@@ -137,13 +137,15 @@ fn buffered_conditions() {
     assert!(with_flags(
         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE
     ));
-    assert!(!with_flags(libc::MAP_SHARED | libc::MAP_ANONYMOUS));
-    assert!(!with_flags(libc::MAP_SHARED_VALIDATE | libc::MAP_ANONYMOUS));
     assert!(with_flags(libc::MAP_PRIVATE));
     assert!(with_flags(
         libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_DENYWRITE
     ));
-    assert!(!with_flags(libc::MAP_SHARED));
+    // Shared: the library takes it only of a file the trace keeps, read-only (and no
+    // anonymous shared memory, nor `MAP_SHARED_VALIDATE`).
+    assert!(with_flags(libc::MAP_SHARED));
+    assert!(with_flags(libc::MAP_SHARED | libc::MAP_ANONYMOUS));
+    assert!(!with_flags(0x4 | libc::MAP_PRIVATE));
     // arch_prctl only to set fs; futex only to wake.
     let ap = crate::buffered(libc::SYS_arch_prctl as u64).unwrap();
     assert!(ap.may_take(&[0x1002, 0x1000, 0, 0, 0, 0]));
