@@ -305,6 +305,11 @@ pub struct SlotHeader {
     pub diverged_how: u64,
     /// Replaying: the result the replay's own run of the call `diverged` names returned.
     pub exec_result: u64,
+    /// Recording: set by the recorder (while the thread runs) when the thread's time slice
+    /// ran out while another task waits: the library clears it and sends the thread's next
+    /// call it would buffer to the traced path instead, where the recorder hands the CPU over
+    /// at the call's entry (no point needed).
+    pub yield_asked: u64,
 }
 
 /// Byte offsets of [`SlotHeader`] fields, for the hook's assembly and the host side.
@@ -334,6 +339,8 @@ pub const OFF_INTERRUPTED: u64 = 88;
 pub const OFF_DIVERGED_HOW: u64 = 96;
 /// Offset of [`SlotHeader::exec_result`].
 pub const OFF_EXEC_RESULT: u64 = 104;
+/// Offset of [`SlotHeader::yield_asked`].
+pub const OFF_YIELD_ASKED: u64 = 112;
 
 /// [`SlotHeader::diverged_how`]: the replay's run of a [`PROBE_EXEC`] call returned
 /// [`SlotHeader::exec_result`], not the recorded result.

@@ -433,36 +433,61 @@ fn no_syscall_buffer_switch() {
 }
 
 /// Four threads each making buffered calls (getpid, getppid, clock_gettime, reads of /dev/zero)
-/// with computing in between and no traced call in their loops but when a buffer fills: the
-/// recorder's time slice preempts them (a preemption may land inside the library). Three
-/// recordings, each replayed exactly; at least one preemption among them.
+/// with computing in between and no traced call in their loops but when a buffer fills. When a
+/// thread's time slice runs out while the others wait, the recorder asks the library to hand
+/// the CPU over at the thread's next call, which then takes the traced path (no point, no
+/// single steps); with chaos scheduling it preempts them at points of their user code, some of
+/// the time inside the library. Three recordings (the last with chaos), each replayed exactly;
+/// hand-overs at calls in the plain ones, preemptions in the chaotic one.
 #[test]
 fn threads_preempted_amid_buffered_calls() {
     let prog = threaded("fp_threads");
     // Each thread computes for some 100 ms natively: more than a 50 ms time slice.
     let args = ["4", "300", "300000"];
-    let mut preempted = 0;
+    let ctx = Ctx::new();
+    let (mut handed_over, mut preempted) = (0, 0);
     for round in 0..3 {
-        let r = assert_replays_exactly(&prog, &args);
-        let out = stdout_str(&r.rec);
+        let chaos = round == 2;
+        let opts: &[&str] = if chaos { &["--chaos=7"] } else { &[] };
+        let (trace, rec) = ctx.record_opts(opts, &prog, &args);
+        assert!(
+            rec.status.success(),
+            "round {round}\n{}",
+            describe("rec", &rec)
+        );
+        let out = stdout_str(&rec);
         assert_eq!(
             out.matches(": bad 0 digest ").count(),
             4,
             "round {round}\n{}",
-            describe("rec", &r.rec)
+            describe("rec", &rec)
         );
-        assert!(out.contains("tickets 76\n"), "{}", describe("rec", &r.rec));
-        assert_buffered_at_least(&r.ctx, &r.trace, 4_000);
-        let events = dump(&r.ctx, &r.trace);
+        assert!(out.contains("tickets 76\n"), "{}", describe("rec", &rec));
+        assert_replay_matches(&rec, &ctx.replay(&trace));
+        assert_buffered_at_least(&ctx, &trace, 4_000);
+        let events = dump(&ctx, &trace);
         let tids: BTreeSet<i32> = events
             .iter()
             .filter(|e| e.is_buffered())
             .map(|e| e.tid)
             .collect();
         assert!(tids.len() >= 4, "buffered calls in {tids:?} only");
-        preempted += preemptions(&events);
+        if chaos {
+            preempted += preemptions(&events);
+        } else {
+            // The loops' calls the library sent to the traced path to hand the CPU over.
+            handed_over += events
+                .iter()
+                .filter(|e| {
+                    ["] syscall read(", "] syscall getpid(", "] syscall getppid("]
+                        .iter()
+                        .any(|c| e.line.contains(c))
+                })
+                .count();
+        }
     }
-    assert!(preempted > 0, "no preemption in three recordings");
+    assert!(handed_over > 0, "no hand-over at a call in two recordings");
+    assert!(preempted > 0, "no preemption in the chaotic recording");
 }
 
 /// The buffered calls of `events` named `name`, as their dump lines (`name(args) = r ...`).

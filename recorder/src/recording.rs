@@ -42,6 +42,10 @@ mod vanish;
 /// for it: then the recorder preempts it.
 pub(crate) const TIME_SLICE: Duration = Duration::from_millis(50);
 
+/// How long a task asked to give the CPU up at its next syscall (its slice over) may run on
+/// before it is stopped in its user code instead (see `preempt_if_others_wait`).
+const YIELD_GRACE: Duration = Duration::from_millis(20);
+
 /// How often buffered events are written out while the tracee blocks or computes.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
@@ -623,6 +627,7 @@ fn preempt_if_others_wait(
     tasks: &mut HashMap<i32, Task>,
     ready: &VecDeque<i32>,
     current: Option<i32>,
+    (fired, chaos): (u64, bool),
 ) {
     let waiting = ready
         .iter()
@@ -633,6 +638,23 @@ fn preempt_if_others_wait(
     if !waiting || t.stop_sent || !matches!(t.state, State::Running) {
         return;
     }
+    // First the task is asked to give the CPU up at its next syscall, buffered ones included
+    // (see `Session::yield_at_entry`): a hand-over at a syscall's entry needs no point, which
+    // costs hundreds of single steps. Only a task that makes no syscall for `YIELD_GRACE`
+    // is stopped in its user code. (Chaos wants the points: it preempts at once.)
+    if let (Some(slot), false) = (t.slot, chaos) {
+        match t.yield_asked {
+            None => {
+                if tracee::fastpath::ask_yield(&t.tracee, slot).is_ok() {
+                    t.yield_asked = Some(fired);
+                    return;
+                }
+            }
+            Some(at) if fired.saturating_sub(at) < u64::from(ticks_in(YIELD_GRACE)) => return,
+            Some(_) => {}
+        }
+    }
+    t.yield_asked = None;
     match t.tracee.tgkill(Pid::from_raw(t.pid), libc::SIGSTOP) {
         Ok(()) => t.stop_sent = true,
         // The task may have ended, its end not reported yet.
@@ -676,9 +698,10 @@ fn account_ticks(
             c.new_slice();
         }
     }
+    let chaotic = chaos.is_some();
     let slice = chaos.map_or(ticks_in(TIME_SLICE), |c| c.slice());
     if stall.2 >= slice {
-        preempt_if_others_wait(tasks, ready, current);
+        preempt_if_others_wait(tasks, ready, current, (fired, chaotic));
     }
     if flush {
         writer.flush_soon()?;

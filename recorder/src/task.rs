@@ -122,6 +122,10 @@ pub struct Task {
     pub clear_tid_at: Option<u64>,
     /// The recorder sent this task a preemption `SIGSTOP` whose stop has not been seen yet.
     pub stop_sent: bool,
+    /// The timer's count of ticks (`tracee::alarm::fired`) when the recorder asked the
+    /// library to give the CPU up at the task's next syscall (its slice ran out while others
+    /// waited): the task yields at the entry of its next traced call.
+    pub yield_asked: Option<u64>,
     /// The task is stopped at the signal-delivery-stop of this signal, to be handled when the
     /// task gets the CPU (right after its pending syscall event is written).
     pub held_signal: Option<i32>,
@@ -151,6 +155,7 @@ impl Task {
             child_tid_at: None,
             clear_tid_at: None,
             stop_sent: false,
+            yield_asked: None,
             held_signal: None,
             slot: None,
             library_pending: false,

@@ -412,6 +412,13 @@ unsafe fn record(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
     let Some(checked) = check(spec, &args, true) else {
         return TRACED;
     };
+    // SAFETY: the slot is mapped; the recorder writes `yield_asked` (one aligned word) while
+    // the thread runs.
+    let yield_asked = addr_of_mut!(hdr.yield_asked);
+    if yield_asked.read_volatile() != 0 {
+        yield_asked.write_volatile(0);
+        return TRACED;
+    }
     // The copy of a word the conditions read, which the kernel reads in its place.
     let word = checked.word.map_or(0, |(_, w)| w);
     let kargs = kernel_args(&args, &checked, &word);

@@ -244,6 +244,7 @@ pub fn slot_header(slot_addr: u64, disabled: bool) -> Vec<u8> {
         0,
         0,
         0,
+        0,
     ];
     let out: Vec<u8> = h.iter().flat_map(|w| w.to_le_bytes()).collect();
     debug_assert_eq!(out.len(), SLOT_HEADER_SIZE);
@@ -423,7 +424,7 @@ mod tests {
         assert_eq!(l.traced_end, l.traced + 2);
         assert_eq!(image_hash().len(), 64);
         assert_eq!(CONFIG_SIZE, 16 + SPEC_SIZE * abi::MAX_NR);
-        assert_eq!(SLOT_HEADER_SIZE, abi::OFF_EXEC_RESULT as usize + 8);
+        assert_eq!(SLOT_HEADER_SIZE, abi::OFF_YIELD_ASKED as usize + 8);
         assert_eq!(
             std::mem::size_of::<abi::RecordHead>() as u64,
             abi::RECORD_HEAD_SIZE

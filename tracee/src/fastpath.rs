@@ -132,6 +132,7 @@ fn header_from(b: &[u8; std::mem::size_of::<SlotHeader>()]) -> SlotHeader {
         interrupted: w(11),
         diverged_how: w(12),
         exec_result: w(13),
+        yield_asked: w(14),
     }
 }
 
@@ -210,6 +211,13 @@ pub fn drain(t: &Tracee, slot: u64, mut buf: Vec<u8>) -> Result<(Vec<u8>, Vec<sy
         (slot + abi::OFF_CALLS, &zero[..]),
     ])?;
     Ok((buf, heads))
+}
+
+/// Asks the library to send the next call it would buffer in the thread of `slot` (task
+/// `t`, running or stopped) to the traced path ([`SlotHeader::yield_asked`]).
+pub fn ask_yield(t: &Tracee, slot: u64) -> Result<()> {
+    t.write_mem(slot + abi::OFF_YIELD_ASKED, &1u64.to_le_bytes())
+        .context("asking the in-process library to yield")
 }
 
 /// How many bytes of a slot's buffer [`drain`] reads with its header.

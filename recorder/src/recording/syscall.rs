@@ -34,6 +34,9 @@ impl Session {
         if self.ptrace_entry(tid, &entry)? {
             return Ok(());
         }
+        if self.yield_at_entry(tid)? {
+            return Ok(());
+        }
         if !self.ptrace.is_traced(tid) && self.try_patch(tid, &entry)? {
             return Ok(());
         }
@@ -195,6 +198,30 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// At the entry of a syscall of `tid`, which was asked to give the CPU up there (its
+    /// slice ran out while others waited, see `preempt_if_others_wait`): if others still
+    /// wait, it does: stopped at the entry, it waits for the CPU behind them, and the call is
+    /// handled when it gets it (no event marks the hand-over: the task ran no code since its
+    /// last event but up to this stop, which its next event is). True then.
+    fn yield_at_entry(&mut self, tid: i32) -> Result<bool> {
+        // (Asked during this hold of the CPU: a task that gave it up since, at a call that
+        // blocked, has a fresh slice.)
+        let holds_since =
+            self.stall.0 == Some(tid) && self.stall.2 >= super::ticks_in(super::TIME_SLICE);
+        if self.task(tid)?.yield_asked.take().is_none()
+            || !holds_since
+            || !self.others_wait()
+            || !self.ptrace.is_empty()
+        {
+            return Ok(false);
+        }
+        self.task(tid)?.state = State::AtEntry;
+        self.ready.push_back(tid);
+        self.current = None;
+        tracing::debug!(tid, "gives the CPU up at a syscall's entry");
+        Ok(true)
     }
 
     /// `tid`, holding the CPU, was just let into a syscall that may block: if the call
