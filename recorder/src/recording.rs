@@ -641,17 +641,20 @@ fn preempt_if_others_wait(
     // First the task is asked to give the CPU up at its next syscall, buffered ones included
     // (see `Session::yield_at_entry`): a hand-over at a syscall's entry needs no point, which
     // costs hundreds of single steps. Only a task that makes no syscall for `YIELD_GRACE`
-    // is stopped in its user code. (Chaos wants the points: it preempts at once.)
+    // is stopped in its user code, and one that made no buffered call in the slice's last
+    // tick (spinning, computing) at once. (Chaos wants the points: it preempts at once.)
     if let (Some(slot), false) = (t.slot, chaos) {
+        let calls_now = tracee::fastpath::buffered_calls(&t.tracee, slot).ok();
+        let makes_calls = calls_now.is_some() && t.calls_seen.take() != calls_now;
         match t.yield_asked {
-            None => {
+            None if makes_calls => {
                 if tracee::fastpath::ask_yield(&t.tracee, slot).is_ok() {
                     t.yield_asked = Some(fired);
                     return;
                 }
             }
             Some(at) if fired.saturating_sub(at) < u64::from(ticks_in(YIELD_GRACE)) => return,
-            Some(_) => {}
+            _ => {}
         }
     }
     t.yield_asked = None;
@@ -659,6 +662,17 @@ fn preempt_if_others_wait(
         Ok(()) => t.stop_sent = true,
         // The task may have ended, its end not reported yet.
         Err(e) => tracing::debug!(tid = t.tid(), "no preemption: {e:#}"),
+    }
+}
+
+/// A tick before the running task's slice ends: notes how many buffered calls it has made
+/// (its slot's count), to tell at the slice's end whether it makes any (see
+/// `preempt_if_others_wait`).
+fn note_buffered_calls(tasks: &mut HashMap<i32, Task>, current: Option<i32>) {
+    if let Some(t) = current.and_then(|c| tasks.get_mut(&c)) {
+        if let Some(slot) = t.slot {
+            t.calls_seen = tracee::fastpath::buffered_calls(&t.tracee, slot).ok();
+        }
     }
 }
 
@@ -700,6 +714,9 @@ fn account_ticks(
     }
     let chaotic = chaos.is_some();
     let slice = chaos.map_or(ticks_in(TIME_SLICE), |c| c.slice());
+    if stall.2 + 1 == slice && !chaotic {
+        note_buffered_calls(tasks, current);
+    }
     if stall.2 >= slice {
         preempt_if_others_wait(tasks, ready, current, (fired, chaotic));
     }

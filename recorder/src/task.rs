@@ -126,6 +126,8 @@ pub struct Task {
     /// library to give the CPU up at the task's next syscall (its slice ran out while others
     /// waited): the task yields at the entry of its next traced call.
     pub yield_asked: Option<u64>,
+    /// Its slot's count of buffered calls a tick before its time slice ended.
+    pub calls_seen: Option<u64>,
     /// The task is stopped at the signal-delivery-stop of this signal, to be handled when the
     /// task gets the CPU (right after its pending syscall event is written).
     pub held_signal: Option<i32>,
@@ -156,6 +158,7 @@ impl Task {
             clear_tid_at: None,
             stop_sent: false,
             yield_asked: None,
+            calls_seen: None,
             held_signal: None,
             slot: None,
             library_pending: false,

@@ -213,6 +213,12 @@ pub fn drain(t: &Tracee, slot: u64, mut buf: Vec<u8>) -> Result<(Vec<u8>, Vec<sy
     Ok((buf, heads))
 }
 
+/// How many buffered calls the thread of `slot` (task `t`, running or stopped) has completed
+/// ([`SlotHeader::seq`]).
+pub fn buffered_calls(t: &Tracee, slot: u64) -> Result<u64> {
+    t.read_u64(slot + abi::OFF_SEQ)
+}
+
 /// Asks the library to send the next call it would buffer in the thread of `slot` (task
 /// `t`, running or stopped) to the traced path ([`SlotHeader::yield_asked`]).
 pub fn ask_yield(t: &Tracee, slot: u64) -> Result<()> {
