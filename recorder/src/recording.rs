@@ -644,17 +644,17 @@ fn preempt_if_others_wait(
     // is stopped in its user code, and one that made no buffered call in the slice's last
     // tick (spinning, computing) at once. (Chaos wants the points: it preempts at once.)
     if let (Some(slot), false) = (t.slot, chaos) {
-        let calls_now = tracee::fastpath::buffered_calls(&t.tracee, slot).ok();
-        let makes_calls = calls_now.is_some() && t.calls_seen.take() != calls_now;
         match t.yield_asked {
-            None if makes_calls => {
-                if tracee::fastpath::ask_yield(&t.tracee, slot).is_ok() {
+            Some(at) if fired.saturating_sub(at) < u64::from(ticks_in(YIELD_GRACE)) => return,
+            Some(_) => {}
+            None => {
+                let calls_now = tracee::fastpath::buffered_calls(&t.tracee, slot).ok();
+                let makes_calls = calls_now.is_some() && t.calls_seen.take() != calls_now;
+                if makes_calls && tracee::fastpath::ask_yield(&t.tracee, slot).is_ok() {
                     t.yield_asked = Some(fired);
                     return;
                 }
             }
-            Some(at) if fired.saturating_sub(at) < u64::from(ticks_in(YIELD_GRACE)) => return,
-            _ => {}
         }
     }
     t.yield_asked = None;
