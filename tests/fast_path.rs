@@ -815,3 +815,49 @@ fn files_the_trace_keeps_are_mapped_without_a_stop() {
         "no buffered mmap of libc in the last process"
     );
 }
+
+/// Files a program's processes mapped in one recording are stored ahead at the exec of the
+/// same program in the next (the site cache keeps them per executable), so that even its first
+/// process maps them without a stop. A file outside the system directories is in the
+/// library's table only once it was last modified more than a second before the exec: a
+/// file just written (here, by the test) is mapped on the traced path by every process, as a
+/// later write could leave its size and mtime as they were. All replay exactly.
+#[test]
+fn files_mapped_in_one_recording_are_mapped_without_a_stop_in_the_next() {
+    let ctx = Ctx::new();
+    let prog = program("mmap_file");
+    let file = ctx.fresh_path("mapped.txt");
+    std::fs::write(&file, "the mapped file's bytes\n").unwrap();
+    let cmd = format!("{p} {f}; {p} {f}", p = prog.display(), f = file.display());
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    let mut counts = Vec::new();
+    for round in 0..2 {
+        if round == 1 {
+            // Settled: last modified an hour ago.
+            let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        let (trace, rec) = ctx.record("/bin/sh", &["-c", &cmd]);
+        assert!(rec.status.success(), "{}", describe("rec", &rec));
+        assert_replay_matches(&rec, &ctx.replay(&trace));
+        let events = dump(&ctx, &trace);
+        let with = |what: &str| {
+            events
+                .iter()
+                .filter(|e| e.line.contains(what) && e.line.contains(&name))
+                .count()
+        };
+        counts.push((with("] syscall mmap("), with("buffered mmaps of")));
+    }
+    assert_eq!(counts[0], (2, 0), "just written: traced in both processes");
+    assert_eq!(
+        counts[1],
+        (0, 2),
+        "settled and stored ahead: buffered in both"
+    );
+}

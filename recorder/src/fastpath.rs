@@ -31,6 +31,8 @@ pub struct Space {
     /// The files of the library's `FileTable` in this address space, by index: what its
     /// buffered `mmap`s may map.
     pub files: Vec<(trace_format::FileId, trace_format::FileRef)>,
+    /// The version of the executable the address space runs (from its exec).
+    pub exe: Option<crate::site_cache::ExeKey>,
 }
 
 impl Space {
@@ -122,6 +124,9 @@ pub struct FastPath {
     pub known: HashMap<(String, u64), Vec<KnownSite>>,
     /// The version of each file in `known` (for the site cache).
     pub versions: HashMap<(String, u64), crate::site_cache::FileVersion>,
+    /// Per executable, the system files its processes mapped, in earlier recordings and in
+    /// this one (kept in the site cache; see `Session::store_ahead`).
+    pub mapped_by_exe: crate::site_cache::MappedByExe,
     /// Sites patched in earlier recordings, not taken into `known` yet (see `site_cache`).
     pub cached: crate::site_cache::Cached,
 }

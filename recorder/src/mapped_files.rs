@@ -118,23 +118,33 @@ impl MappedFiles {
 }
 
 impl MappedFiles {
-    /// The stored versions of system files (under `trace_format::SYSTEM_PREFIXES`, which
-    /// deja takes as unchanging, and the dynamic loader's cache, which `ldconfig` replaces
-    /// whole, never writes in place) other than those in `changed`: what a buffered `mmap`
-    /// may map (see `syscallbuf::abi::FileTable`), ordered by path, at most `max`.
-    pub fn system_versions(
+    /// The stored versions a buffered `mmap` may map (see `syscallbuf::abi::FileTable`),
+    /// ordered by path, at most `max`: of files other than those in `changed`, that are
+    /// system files (under `trace_format::SYSTEM_PREFIXES`, which deja takes as unchanging,
+    /// and the dynamic loader's cache, which `ldconfig` replaces whole, never writes in
+    /// place) or were last modified more than [`SETTLED`] before `now` (seconds and
+    /// nanoseconds since the epoch): a write after `now` gives such a file another mtime
+    /// (see the recorder's README, "Mapped files").
+    pub fn table_versions(
         &self,
         changed: impl Fn(&trace_format::FileId) -> bool,
+        now: (i64, i64),
         max: usize,
     ) -> Vec<(syscallbuf::abi::FileKey, trace_format::FileId, FileRef)> {
+        let settled = |mtime: i64, nsec: i64| {
+            (i128::from(now.0) * 1_000_000_000 + i128::from(now.1))
+                - (i128::from(mtime) * 1_000_000_000 + i128::from(nsec))
+                > SETTLED.as_nanos() as i128
+        };
         let mut out: Vec<_> = self
             .stored
             .iter()
-            .filter(|(_, f)| {
+            .filter(|(&(.., mtime, nsec), f)| {
                 f.path == "/etc/ld.so.cache"
                     || trace_format::SYSTEM_PREFIXES
                         .iter()
                         .any(|p| f.path.starts_with(p))
+                    || settled(mtime, nsec)
             })
             .map(|(&(dev, ino, size, mtime, mtime_nsec), f)| {
                 let key = syscallbuf::abi::FileKey {
@@ -153,6 +163,11 @@ impl MappedFiles {
         out
     }
 }
+
+/// How long before a file's table is written the file must have been last modified, for a
+/// file outside the system directories: longer than the coarse clock's tick that stamps
+/// writes, by far.
+pub const SETTLED: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The version of a file `m` describes.
 fn version(m: &std::fs::Metadata) -> FileVersion {

@@ -189,7 +189,7 @@ impl Session {
                     all.insert(key.clone(), (*v, sites.clone()));
                 }
             }
-            crate::site_cache::save(path, &all);
+            crate::site_cache::save(path, &all, &self.fast.mapped_by_exe);
         }
         self.writer.set_syscall_counts(self.fast.counts);
         self.writer
@@ -203,7 +203,7 @@ impl Session {
     /// `site_cache`).
     pub fn use_site_cache(&mut self, path: std::path::PathBuf) {
         if self.fast.enabled {
-            self.fast.cached = crate::site_cache::load(&path);
+            (self.fast.cached, self.fast.mapped_by_exe) = crate::site_cache::load(&path);
             self.site_cache = Some(path);
         }
     }

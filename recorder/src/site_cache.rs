@@ -20,11 +20,30 @@ pub type FileVersion = (u64, i64);
 /// Known sites by file (device as `major:minor`, inode), with the version they were found in.
 pub type Cached = HashMap<(String, u64), (FileVersion, Vec<KnownSite>)>;
 
+/// An executable's version: device (`major:minor`), inode, size and modification time (ns).
+pub type ExeKey = (String, u64, u64, i64);
+
+/// Per executable, the system files its processes mapped (paths), in earlier recordings.
+pub type MappedByExe = HashMap<ExeKey, std::collections::BTreeSet<String>>;
+
 /// The file's form.
 #[derive(Serialize, Deserialize)]
 struct CacheFile {
     version: u32,
     files: Vec<CachedFile>,
+    /// (Absent from the caches of recorders before it.)
+    #[serde(default)]
+    maps: Vec<CachedMaps>,
+}
+
+/// The system files the processes of one executable mapped.
+#[derive(Serialize, Deserialize)]
+struct CachedMaps {
+    dev: String,
+    inode: u64,
+    size: u64,
+    mtime: i64,
+    paths: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -49,19 +68,30 @@ struct CachedSite {
 /// This form's version.
 const VERSION: u32 = 1;
 
-/// The sites kept at `path` (none if it cannot be read).
-pub fn load(path: &Path) -> Cached {
+/// The sites and mapped files kept at `path` (none if it cannot be read).
+pub fn load(path: &Path) -> (Cached, MappedByExe) {
     let Ok(text) = std::fs::read_to_string(path) else {
-        return Cached::new();
+        return Default::default();
     };
     let Ok(file) = serde_json::from_str::<CacheFile>(&text) else {
         tracing::debug!("the site cache {} does not parse: ignored", path.display());
-        return Cached::new();
+        return Default::default();
     };
     if file.version != VERSION {
-        return Cached::new();
+        return Default::default();
     }
-    file.files
+    let maps = file
+        .maps
+        .into_iter()
+        .map(|m| {
+            (
+                (m.dev, m.inode, m.size, m.mtime),
+                m.paths.into_iter().collect(),
+            )
+        })
+        .collect();
+    let sites = file
+        .files
         .into_iter()
         .map(|f| {
             let sites = f
@@ -79,14 +109,25 @@ pub fn load(path: &Path) -> Cached {
                 .collect();
             ((f.dev, f.inode), ((f.size, f.mtime), sites))
         })
-        .collect()
+        .collect();
+    (sites, maps)
 }
 
 /// Keeps `all` at `path` (written to a new file renamed over the old one; failures are only
 /// logged: the cache saves time, nothing depends on it).
-pub fn save(path: &Path, all: &Cached) {
+pub fn save(path: &Path, all: &Cached, maps: &MappedByExe) {
     let file = CacheFile {
         version: VERSION,
+        maps: maps
+            .iter()
+            .map(|((dev, inode, size, mtime), paths)| CachedMaps {
+                dev: dev.clone(),
+                inode: *inode,
+                size: *size,
+                mtime: *mtime,
+                paths: paths.iter().cloned().collect(),
+            })
+            .collect(),
         files: all
             .iter()
             .map(|((dev, inode), (v, sites))| CachedFile {
@@ -117,6 +158,18 @@ pub fn save(path: &Path, all: &Cached) {
     if let Err(e) = written {
         tracing::debug!("keeping the site cache at {}: {e}", path.display());
     }
+}
+
+/// The version of process `pid`'s executable, if it can be read.
+pub fn exe_of(pid: i32) -> Option<ExeKey> {
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    let dev = format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev()));
+    Some((
+        dev,
+        m.ino(),
+        m.size(),
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+    ))
 }
 
 /// The version of the file mapped at `[start, end)` in task `pid`, if it can be read.
@@ -157,8 +210,14 @@ mod tests {
             after: 32,
         };
         all.insert(("fe:00".into(), 42), ((100, 5), vec![site.clone()]));
-        save(&path, &all);
-        let back = load(&path);
+        let mut maps = MappedByExe::new();
+        let exe: ExeKey = ("fe:00".into(), 7, 300, 9);
+        maps.entry(exe.clone())
+            .or_default()
+            .insert("/usr/lib/libz.so.1".into());
+        save(&path, &all, &maps);
+        let (back, back_maps) = load(&path);
+        assert_eq!(back_maps, maps);
         let (v, sites) = back
             .get(&("fe:00".to_string(), 42))
             .expect("the file's sites");
@@ -174,8 +233,16 @@ mod tests {
             ),
             (0x1234, 0, &site.code, 16, 32)
         );
+        // A cache without the mapped files (an older recorder's) still gives its sites.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v.as_object_mut().unwrap().remove("maps");
+        std::fs::write(&path, v.to_string()).unwrap();
+        let (back, back_maps) = load(&path);
+        assert_eq!(back.len(), 1);
+        assert!(back_maps.is_empty());
         std::fs::write(&path, "{not json").unwrap();
-        assert!(load(&path).is_empty());
+        assert!(load(&path).0.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -60,11 +60,16 @@ impl Session {
         let slot = t
             .slot
             .context("a task to load the library into has no slot")?;
+        self.store_ahead(tid)?;
         // The file versions its buffered `mmap`s may map: those stored so far.
         let effects = &self.effects;
-        let table = self
-            .files
-            .system_versions(|id| effects.may_have_changed(id), abi::MAX_FILES);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| (d.as_secs() as i64, i64::from(d.subsec_nanos())))
+            .unwrap_or((0, 0));
+        let table =
+            self.files
+                .table_versions(|id| effects.may_have_changed(id), now, abi::MAX_FILES);
         let keys: Vec<abi::FileKey> = table.iter().map(|(k, ..)| *k).collect();
         // At the exec's exit stop, a signal pending (a child's SIGCHLD) stops the task before
         // each syscall injected there.
@@ -79,6 +84,46 @@ impl Session {
             space.files = table.into_iter().map(|(_, id, f)| (id, f)).collect();
         }
         Ok(())
+    }
+
+    /// At the exit stop of `tid`'s exec: stores the files that processes of the same
+    /// executable mapped in earlier recordings (the site cache's), so that the library's table
+    /// has them and this process maps them without a stop too (stored versions cost a
+    /// `stat`; a system file from the pool, a hard link). Files gone or unreadable are
+    /// skipped.
+    fn store_ahead(&mut self, tid: i32) -> Result<()> {
+        let exe = crate::site_cache::exe_of(tid);
+        let mm = self.task(tid)?.mm;
+        if let Some(space) = self.fast.spaces.get_mut(&mm) {
+            space.exe.clone_from(&exe);
+        }
+        let Some(paths) = exe.and_then(|e| self.fast.mapped_by_exe.get(&e)) else {
+            return Ok(());
+        };
+        for path in paths {
+            if let Err(e) = self.files.store(&mut self.writer, path, path, false) {
+                tracing::debug!(path, "not stored ahead: {e:#}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that a process of address space `mm` mapped the file `path` (for the next
+    /// recordings' `store_ahead`): a file of the file system (not a device, `/proc` or `/tmp`,
+    /// a memfd or a deleted file).
+    pub(super) fn note_mapped_by_exe(&mut self, mm: i32, path: &str) {
+        let kept = path.starts_with('/')
+            && !["/dev/", "/proc/", "/tmp/", "/memfd:"]
+                .iter()
+                .any(|p| path.starts_with(p))
+            && !path.ends_with(" (deleted)");
+        let exe = self.fast.spaces.get(&mm).and_then(|s| s.exe.clone());
+        if let (true, Some(exe)) = (kept, exe) {
+            let paths = self.fast.mapped_by_exe.entry(exe).or_default();
+            if !paths.contains(path) {
+                paths.insert(path.to_string());
+            }
+        }
     }
 
     /// A task gets an emulated tracer: its process stops using the fast path, so that the
@@ -193,6 +238,7 @@ impl Session {
                     format!("a buffered mmap of task {tid} names file {index}, not in its table")
                 })?;
             self.effects.note_mapped(file);
+            self.note_mapped_by_exe(mm, &stored.path);
             maps.push(BufferedMap {
                 call: call as u32,
                 table_index: index,

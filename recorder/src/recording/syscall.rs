@@ -401,7 +401,11 @@ impl Session {
         echo.entry(t.pid)
             .or_default()
             .after_syscall(nr, &args, ev.result);
+        let mapped = ev.mapped_file.as_ref().map(|f| (t.mm, f.path.clone()));
         writer.push(Event::Syscall(ev))?;
+        if let Some((mm, path)) = mapped {
+            self.note_mapped_by_exe(mm, &path);
+        }
         self.resume(tid, exit)
     }
 }
