@@ -828,19 +828,24 @@ fn files_mapped_in_one_recording_are_mapped_without_a_stop_in_the_next() {
     let prog = program("mmap_file");
     let file = ctx.fresh_path("mapped.txt");
     std::fs::write(&file, "the mapped file's bytes\n").unwrap();
+    let set_mtime = |t: std::time::SystemTime| {
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(t)
+            .unwrap()
+    };
+    // Just written, as far as the recorder can tell however slow the machine: an mtime a
+    // minute ahead.
+    set_mtime(std::time::SystemTime::now() + std::time::Duration::from_secs(60));
     let cmd = format!("{p} {f}; {p} {f}", p = prog.display(), f = file.display());
     let name = file.file_name().unwrap().to_string_lossy().to_string();
     let mut counts = Vec::new();
     for round in 0..2 {
         if round == 1 {
             // Settled: last modified an hour ago.
-            let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-            std::fs::File::options()
-                .write(true)
-                .open(&file)
-                .unwrap()
-                .set_modified(hour_ago)
-                .unwrap();
+            set_mtime(std::time::SystemTime::now() - std::time::Duration::from_secs(3600));
         }
         let (trace, rec) = ctx.record("/bin/sh", &["-c", &cmd]);
         assert!(rec.status.success(), "{}", describe("rec", &rec));
