@@ -410,3 +410,56 @@ fn the_connect_hint_of_a_server_loads_the_commands() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A program recorded a second time maps its libraries without a stop (the first recording's
+/// files, stored ahead; the in-process library maps the replay's copies): gdb still reads the
+/// C library's symbols, stops at a breakpoint in it, and `info proc mappings` names the
+/// recorded files.
+#[test]
+fn libraries_mapped_without_a_stop_are_the_debugger_s_too() {
+    let ctx = Ctx::new();
+    let mut trace = PathBuf::new();
+    for _ in 0..2 {
+        let (t, rec) = ctx.record("/bin/ls", &["/"]);
+        assert!(rec.status.success(), "{}", describe("rec", &rec));
+        trace = t;
+    }
+    let dump = ctx.run_deja(&[std::ffi::OsStr::new("dump"), trace.as_os_str()]);
+    let events = stdout_str(&dump);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("buffered mmaps of") && l.contains("libc.so")),
+        "the second recording mapped the C library on the traced path:\n{events}"
+    );
+    let out = gdb_batch(
+        &ctx,
+        &trace,
+        &[],
+        &[
+            "break opendir",
+            "continue",
+            "bt 2",
+            "info sharedlibrary",
+            "info proc mappings",
+        ],
+    );
+    let all = text(&out);
+    // (With the C library's debugging information or without: "Breakpoint 1.1, invalid_name
+    // (...) at .../opendir.c:33", "Breakpoint 1, 0x... in opendir () from ...".)
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("Breakpoint 1") && l.contains("opendir")),
+        "the breakpoint in opendir was not hit:\n{all}"
+    );
+    assert!(
+        all.lines()
+            .any(|l| l.contains("libc.so.6") && l.contains("Yes")),
+        "the C library's symbols were not read:\n{all}"
+    );
+    assert!(
+        all.lines()
+            .any(|l| l.contains("r-xp") && l.contains("/libc.so.6")),
+        "no mapping of the C library by its recorded name:\n{all}"
+    );
+}
