@@ -16,6 +16,7 @@ fn main() {
     for f in [
         "lib/lib.rs",
         "lib/mem.rs",
+        "lib/files.rs",
         "abi.rs",
         "src/elf.rs",
         "build.rs",
