@@ -79,6 +79,8 @@ fn main() {
     }
     for sym in [
         "deja_config",
+        "deja_files",
+        "deja_replay_files",
         "deja_syscall_hook",
         "deja_traced_syscall",
         "deja_traced_syscall_end",
