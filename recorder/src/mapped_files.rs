@@ -141,9 +141,7 @@ impl MappedFiles {
             .iter()
             .filter(|(&(.., mtime, nsec), f)| {
                 f.path == "/etc/ld.so.cache"
-                    || trace_format::SYSTEM_PREFIXES
-                        .iter()
-                        .any(|p| f.path.starts_with(p))
+                    || trace_format::is_system_path(std::path::Path::new(&f.path))
                     || settled(mtime, nsec)
             })
             .map(|(&(dev, ino, size, mtime, mtime_nsec), f)| {

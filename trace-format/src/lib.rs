@@ -29,7 +29,8 @@ pub use reader::{ChunkInfo, EventIter, TraceReader};
 pub use remove::{check_removable, remove_trace};
 pub use store::{check_private_dir, TraceEntry, TraceRoot, LATEST_LINK};
 pub use writer::{
-    recording_in_progress, KeptEvents, TraceWriter, CHUNK_TARGET_BYTES, INLINE_MAX, SYSTEM_PREFIXES,
+    is_system_path, recording_in_progress, KeptEvents, TraceWriter, CHUNK_TARGET_BYTES, INLINE_MAX,
+    SYSTEM_PREFIXES,
 };
 
 /// The trace format version this build writes (and the newest it reads).

@@ -235,7 +235,7 @@ pub(crate) fn create_private_dir(dir: &Path, parents: bool) -> io::Result<()> {
 }
 
 /// Whether `path` lies under one of the [`SYSTEM_PREFIXES`].
-pub(crate) fn is_system_path(path: &Path) -> bool {
+pub fn is_system_path(path: &Path) -> bool {
     let s = path.to_string_lossy();
     SYSTEM_PREFIXES.iter().any(|p| s.starts_with(p))
 }

@@ -497,12 +497,7 @@ fn maps_system_file_read_only(tid: i32, entry: &Regs) -> bool {
     let fd = format!("/proc/{tid}/fd/{}", entry.r8 as i32);
     let read_only =
         std::fs::symlink_metadata(&fd).is_ok_and(|m| m.permissions().mode() & 0o200 == 0);
-    let system = std::fs::read_link(&fd).is_ok_and(|p| {
-        let p = p.to_string_lossy();
-        trace_format::SYSTEM_PREFIXES
-            .iter()
-            .any(|s| p.starts_with(s))
-    });
+    let system = std::fs::read_link(&fd).is_ok_and(|p| trace_format::is_system_path(&p));
     read_only && system
 }
 

@@ -74,7 +74,10 @@ impl Session {
         }
         let placed: Vec<u64> = self.task(tid)?.placed.iter().map(|&(n, _)| n).collect();
         let mut batches = Vec::new();
+        // The files of the batches to place (a `BufferedMaps` event comes right before its
+        // `Buffered` one).
         let mut maps = Vec::new();
+        let mut next_maps = Vec::new();
         // (Events of other lanes in between do not count: see `lanes`.)
         let mut seen = 0;
         self.lane_walk(tid, |s, i| {
@@ -83,13 +86,15 @@ impl Session {
             let index = s.index_at(i);
             match s.peek_at(i)? {
                 Some(Event::Buffered(b)) if b.tid == tid => {
+                    let files = std::mem::take(&mut next_maps);
                     if !placed.contains(&index) {
                         batches.push((index, b.clone()));
+                        maps.extend(files);
                     }
                     Ok(seen < LOOKAHEAD)
                 }
                 Some(Event::BufferedMaps(m)) if m.tid == tid => {
-                    maps.extend(m.maps.iter().cloned());
+                    next_maps = m.maps.clone();
                     Ok(seen < LOOKAHEAD)
                 }
                 Some(ev) if ev.tid() == tid => Ok(false),
