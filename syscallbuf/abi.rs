@@ -374,7 +374,7 @@ pub struct RecordHead {
 }
 
 /// Files per process a buffered `mmap` may map ([`FileTable`], [`ReplayFiles`]).
-pub const MAX_FILES: usize = 128;
+pub const MAX_FILES: usize = 512;
 
 /// One version of a file, as `fstat` shows it.
 #[repr(C)]

@@ -119,7 +119,8 @@ impl MappedFiles {
 
 impl MappedFiles {
     /// The stored versions a buffered `mmap` may map (see `syscallbuf::abi::FileTable`),
-    /// ordered by path, at most `max`: of files other than those in `changed`, that are
+    /// those `first` names first (so a full table keeps them), then by path, at most `max`:
+    /// of files other than those in `changed`, that are
     /// system files (under `trace_format::SYSTEM_PREFIXES`, which deja takes as unchanging,
     /// and the dynamic loader's cache, which `ldconfig` replaces whole, never writes in
     /// place) or were last modified more than [`SETTLED`] before `now` (seconds and
@@ -129,6 +130,7 @@ impl MappedFiles {
         &self,
         changed: impl Fn(&trace_format::FileId) -> bool,
         now: (i64, i64),
+        first: &std::collections::BTreeSet<String>,
         max: usize,
     ) -> Vec<(syscallbuf::abi::FileKey, trace_format::FileId, FileRef)> {
         let settled = |mtime: i64, nsec: i64| {
@@ -156,7 +158,9 @@ impl MappedFiles {
             })
             .filter(|(_, id, _)| !changed(id))
             .collect();
-        out.sort_by(|a, b| a.2.path.cmp(&b.2.path).then(a.0.ino.cmp(&b.0.ino)));
+        // The files `first` names first (what the process's executable mapped before), so
+        // that a truncated table keeps them.
+        out.sort_by_key(|(k, _, f)| (!first.contains(&f.path), f.path.clone(), k.ino));
         out.truncate(max);
         out
     }

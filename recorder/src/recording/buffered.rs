@@ -61,15 +61,24 @@ impl Session {
             .slot
             .context("a task to load the library into has no slot")?;
         self.store_ahead(tid)?;
+        let mm = self.task(tid)?.mm;
         // The file versions its buffered `mmap`s may map: those stored so far.
         let effects = &self.effects;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| (d.as_secs() as i64, i64::from(d.subsec_nanos())))
             .unwrap_or((0, 0));
-        let table =
-            self.files
-                .table_versions(|id| effects.may_have_changed(id), now, abi::MAX_FILES);
+        let exe = self.fast.spaces.get(&mm).and_then(|s| s.exe.as_ref());
+        let none = std::collections::BTreeSet::new();
+        let first = exe
+            .and_then(|e| self.fast.mapped_by_exe.get(e))
+            .unwrap_or(&none);
+        let table = self.files.table_versions(
+            |id| effects.may_have_changed(id),
+            now,
+            first,
+            abi::MAX_FILES,
+        );
         let keys: Vec<abi::FileKey> = table.iter().map(|(k, ..)| *k).collect();
         // At the exec's exit stop, a signal pending (a child's SIGCHLD) stops the task before
         // each syscall injected there.
@@ -79,7 +88,6 @@ impl Session {
             tracee::fastpath::write_file_table(t, &keys)
         })
         .with_context(|| format!("loading deja's in-process library into task {tid}"))?;
-        let mm = self.task(tid)?.mm;
         if let Some(space) = self.fast.spaces.get_mut(&mm) {
             space.files = table.into_iter().map(|(_, id, f)| (id, f)).collect();
         }
