@@ -647,9 +647,7 @@ unsafe fn replay(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
     if spec.probe == PROBE_PLACE && head.file != 0 && head.result as u64 >= MAX_ERRNO_RESULT {
         // A file's mapping that failed: nothing to make (see `PROBE_PLACE`).
         regs.rax = head.result as u64;
-        hdr.pos = pos + size;
-        hdr.calls = hdr.calls.wrapping_add(1);
-        hdr.seq = hdr.seq.wrapping_add(1);
+        consume(hdr, pos + size);
         return HANDLED;
     }
     if spec.probe == PROBE_EXEC || spec.probe == PROBE_PLACE {
@@ -679,9 +677,7 @@ unsafe fn replay(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
             hdr.diverged_how = DIVERGED_RESULT;
             hdr.diverged = pos + 1;
         } else {
-            hdr.pos = pos + size;
-            hdr.calls = hdr.calls.wrapping_add(1);
-            hdr.seq = hdr.seq.wrapping_add(1);
+            consume(hdr, pos + size);
         }
         return HANDLED;
     }
@@ -699,10 +695,16 @@ unsafe fn replay(cfg: &Config, regs: &mut Saved, hdr: &mut SlotHeader, slot: *mu
         off += write_size(len) as usize;
     }
     regs.rax = head.result as u64;
-    hdr.pos = pos + size;
+    consume(hdr, pos + size);
+    HANDLED
+}
+
+/// Replaying: the record before `next` is answered: the slot moves past it and counts it.
+#[inline(always)]
+fn consume(hdr: &mut SlotHeader, next: u64) {
+    hdr.pos = next;
     hdr.calls = hdr.calls.wrapping_add(1);
     hdr.seq = hdr.seq.wrapping_add(1);
-    HANDLED
 }
 
 #[panic_handler]

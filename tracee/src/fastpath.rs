@@ -35,12 +35,13 @@ pub fn load(t: &Tracee, mode: u64, slot: u64) -> Result<()> {
         0,
     )
     .context("mapping deja's in-process library")?;
-    for seg in &lib.segments {
-        // (The fresh mapping is zero: its zero tail, the .bss, needs no writing.)
-        t.write_mem(seg.addr, nonzero_prefix(&seg.bytes))
+    // (The fresh mapping is zero: the zero tails, the .bss and the unused specs, need no
+    // writing.)
+    for (seg, &len) in lib.segments.iter().zip(nonzero_lengths(lib)) {
+        t.write_mem(seg.addr, &seg.bytes[..len])
             .context("writing deja's in-process library")?;
     }
-    t.write_mem(lib.config, nonzero_prefix(&config(mode)?))
+    t.write_mem(lib.config, config(mode)?)
         .context("configuring deja's in-process library")?;
     for seg in &lib.segments {
         if seg.prot != libc::PROT_READ | libc::PROT_WRITE {
@@ -75,17 +76,35 @@ pub fn write_file_table(t: &Tracee, keys: &[syscallbuf::abi::FileKey]) -> Result
         .context("writing the file table of deja's in-process library")
 }
 
-/// The library's configuration in `mode` ([`syscallbuf::config_bytes`]), its specs derived
-/// once per run of deja (at every exec of a recording, that took longer than the rest of
-/// the load).
-fn config(mode: u64) -> Result<Vec<u8>> {
-    static SPECS: std::sync::OnceLock<Result<Box<[abi::Spec; abi::MAX_NR]>, String>> =
-        std::sync::OnceLock::new();
-    let specs = SPECS
-        .get_or_init(|| syscallbuf::specs::specs().map_err(|e| format!("{e:#}")))
+/// The library's configuration in `mode` ([`syscallbuf::config_bytes`]) without its zero
+/// tail, derived once per run of deja for each mode (at every exec of a recording, deriving
+/// the specs took longer than the rest of the load).
+fn config(mode: u64) -> Result<&'static [u8]> {
+    type Configs = Result<[Vec<u8>; 2], String>;
+    static CONFIGS: std::sync::OnceLock<Configs> = std::sync::OnceLock::new();
+    let configs = CONFIGS
+        .get_or_init(|| {
+            let specs = syscallbuf::specs::specs().map_err(|e| format!("{e:#}"))?;
+            let trimmed = |m| {
+                let mut c = syscallbuf::config_bytes(m, &specs);
+                c.truncate(nonzero_len(&c));
+                c
+            };
+            Ok([trimmed(abi::MODE_RECORD), trimmed(abi::MODE_REPLAY)])
+        })
         .as_ref()
         .map_err(|e| anyhow::anyhow!("the library's syscall specs: {e}"))?;
-    Ok(syscallbuf::config_bytes(mode, specs))
+    match mode {
+        abi::MODE_RECORD => Ok(&configs[0]),
+        abi::MODE_REPLAY => Ok(&configs[1]),
+        other => bail!("no configuration of deja's in-process library for mode {other}"),
+    }
+}
+
+/// How many bytes of each of `lib`'s segments are not its zero tail (computed once).
+fn nonzero_lengths(lib: &syscallbuf::Loaded) -> &'static [usize] {
+    static LENGTHS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    LENGTHS.get_or_init(|| lib.segments.iter().map(|s| nonzero_len(&s.bytes)).collect())
 }
 
 /// Makes `slot` the slot of stopped task `t`: a fresh header (empty buffer) and `t`'s `gs`
@@ -306,10 +325,9 @@ fn map_fixed(t: &Tracee, addr: u64, len: u64, prot: i32, extra: i32) -> Result<(
     Ok(())
 }
 
-/// `bytes` without its trailing zeros.
-fn nonzero_prefix(bytes: &[u8]) -> &[u8] {
-    let len = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    &bytes[..len]
+/// The length of `bytes` without its trailing zeros.
+fn nonzero_len(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
 }
 
 fn page_up(n: u64) -> u64 {
